@@ -1,0 +1,146 @@
+"""The HTTP API for 1C (FastAPI). OpenAPI at /docs."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Path, Request
+from fastapi.responses import JSONResponse
+
+from esi.api.errors import ApiError, install_error_handlers
+from esi.api.ingress import Accepted, build_request, check_pdf_bytes, parse_json_object
+from esi.messages.crm import UpdateOrderStatus
+from esi.messages.dms import CreateUser
+from esi.store import RequestRecord, Store
+
+log = logging.getLogger(__name__)
+
+ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+
+@dataclass
+class ApiDeps:
+    store: Store
+    #: called after a request was committed with its message (wakes the outbox relay)
+    on_accepted: Callable[[], None]
+    max_pdf_bytes: int
+    readiness: ReadyCheck | None = None
+
+
+def _json_schema(model: type, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema.setdefault("properties", {})["request_id"] = {
+        "type": "string", "description": "your id of this request; generated when missing", "maxLength": 128}
+    if extra:
+        schema["properties"].update(extra)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def create_app(deps: ApiDeps) -> FastAPI:
+    app = FastAPI(
+        title="esi — Enterprise System Integration",
+        description="Send requests from 1C to the DMS and the CRM, and read their outcome.",
+        version="0.1.0",
+    )
+    install_error_handlers(app)
+    max_body = deps.max_pdf_bytes * 4 // 3 + 1024 * 1024
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            raise ApiError(413, "body_too_large", f"the request body exceeds {max_body} bytes")
+        return parse_json_object(await request.body())
+
+    async def accept(accepted: Accepted) -> JSONResponse:
+        record, created, first_hash = await deps.store.accept(
+            request_id=accepted.request_id, source="1c", target=accepted.target,
+            message_type=accepted.message_type, payload_hash=accepted.payload_hash,
+            message_id=accepted.envelope.message_id, routing_key=accepted.routing_key,
+            body=accepted.envelope.encode(),
+        )
+        if created:
+            deps.on_accepted()
+            log.info("accepted %s %s", accepted.routing_key, accepted.request_id)
+        elif first_hash != accepted.payload_hash:
+            raise ApiError(409, "request_id_conflict",
+                           f"request_id {accepted.request_id!r} was already used for a different request "
+                           f"({record.target}/{record.message_type}); use a new request_id")
+        headers = None if created else {"X-Esi-Duplicate": "true"}
+        return JSONResponse({"status": "accepted", "request_id": record.request_id}, status_code=202,
+                            headers=headers)
+
+    @app.post("/send_to_dms", status_code=202, openapi_extra=_json_schema(CreateUser),
+              summary="Send a request to the DMS (default message type: create_user)")
+    async def send_to_dms(request: Request) -> JSONResponse:
+        """The original system's endpoint; `message_type` in the body picks another DMS request."""
+        body = await read_json(request)
+        message_type = body.pop("message_type", None) or "create_user"
+        return await accept(build_request("dms", str(message_type), body, max_pdf_bytes=deps.max_pdf_bytes,
+                                          status_for_unknown_type=422))
+
+    @app.post("/send_to_crm", status_code=202, openapi_extra=_json_schema(UpdateOrderStatus),
+              summary="Send a request to the CRM (default message type: update_order_status)")
+    async def send_to_crm(request: Request) -> JSONResponse:
+        """The original system's endpoint; `message_type` in the body picks another CRM request."""
+        body = await read_json(request)
+        message_type = body.pop("message_type", None) or "update_order_status"
+        return await accept(build_request("crm", str(message_type), body, max_pdf_bytes=deps.max_pdf_bytes,
+                                          status_for_unknown_type=422))
+
+    @app.post("/requests/{target}/{message_type}", status_code=202,
+              summary="Send any request of the catalog (JSON, or multipart/form-data for send_pdf_file)")
+    async def send_request(request: Request, target: str = Path(max_length=16),
+                           message_type: str = Path(max_length=64)) -> JSONResponse:
+        """Targets: `dms` (create_user, get_policy_info) and `crm` (update_order_status, send_pdf_file).
+
+        `send_pdf_file` also takes a multipart upload with the fields `order_id`, `request_id` and `file`.
+        """
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            body = await read_multipart(request, message_type)
+        else:
+            body = await read_json(request)
+        return await accept(build_request(target, message_type, body, max_pdf_bytes=deps.max_pdf_bytes))
+
+    async def read_multipart(request: Request, message_type: str) -> dict[str, Any]:
+        if message_type != "send_pdf_file":
+            raise ApiError(415, "unsupported_media_type", "multipart/form-data is accepted for send_pdf_file only")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > deps.max_pdf_bytes + 1024 * 1024:
+            raise ApiError(413, "file_too_large", f"the upload exceeds the limit of {deps.max_pdf_bytes} bytes")
+        form = await request.form(max_files=1, max_fields=10, max_part_size=1024 * 1024)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(422, "validation_error", "file: a PDF file part named 'file' is required")
+        content = await upload.read(deps.max_pdf_bytes + 1)
+        check_pdf_bytes(content, max_pdf_bytes=deps.max_pdf_bytes)
+        body: dict[str, Any] = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
+        body["file_name"] = body.get("file_name") or upload.filename or "document.pdf"
+        body["file_content"] = base64.b64encode(content).decode("ascii")
+        return body
+
+    @app.get("/requests/{request_id}", response_model=RequestRecord, summary="The state of a request")
+    async def get_request(request_id: str = Path(max_length=128)) -> RequestRecord:
+        """accepted → in_progress → completed | failed | dead_lettered, with the answer or the reason."""
+        record = await deps.store.get(request_id)
+        if record is None:
+            raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
+        return record
+
+    @app.get("/healthz", summary="The process lives")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The service can do its job")
+    async def readyz() -> JSONResponse:
+        if deps.readiness is None:
+            return JSONResponse({"status": "ready", "checks": {}})
+        ready, checks = await deps.readiness()
+        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
+                            status_code=200 if ready else 503)
+
+    return app

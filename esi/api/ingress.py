@@ -1,0 +1,112 @@
+"""Turning what 1C posts into a validated request: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from esi.api.errors import ApiError, validation_details
+from esi.errors import InvalidMessage
+from esi.messages import CATALOG, Catalog, Envelope, Kind
+from esi.messages.crm import PDF_MAGIC
+from esi.messages.envelope import ID_PATTERN, normalise_system
+
+_ID_RE = re.compile(ID_PATTERN)
+SOURCE = "1c"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A request ready to be stored with its outgoing message."""
+
+    request_id: str
+    target: str
+    message_type: str
+    payload: BaseModel
+    envelope: Envelope
+    routing_key: str
+    payload_hash: str
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise ApiError(400, "empty_body", "the request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", f"the request body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def resolve_target(target: str, catalog: Catalog = CATALOG) -> str:
+    try:
+        code = normalise_system(target)
+    except ValueError:
+        raise ApiError(404, "unknown_target", f"unknown target {target!r}; known targets: dms, crm") from None
+    if code == SOURCE or not catalog.requests_for(code):
+        raise ApiError(404, "unknown_target", f"unknown target {target!r}; known targets: dms, crm")
+    return code
+
+
+def build_request(
+    target: str, message_type: str, body: dict[str, Any], *, max_pdf_bytes: int, catalog: Catalog = CATALOG,
+    status_for_unknown_type: int = 404,
+) -> Accepted:
+    """Validate a flat request body (the original's shape) and build its envelope."""
+    target = resolve_target(target, catalog)
+    message_type = message_type.strip().lower()
+    try:
+        spec = catalog.request_spec(target, message_type)
+    except InvalidMessage as exc:
+        raise ApiError(status_for_unknown_type, "unknown_message_type", exc.message) from None
+    fields = dict(body)
+    request_id = fields.pop("request_id", None)
+    if request_id is None or request_id == "":
+        request_id = uuid.uuid4().hex
+    elif not isinstance(request_id, str) or not _ID_RE.match(request_id):
+        raise ApiError(422, "invalid_request_id",
+                       "request_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+    if spec.message_type == "send_pdf_file":
+        check_pdf_base64(fields.get("file_content"), max_pdf_bytes=max_pdf_bytes)
+    try:
+        payload = spec.model.model_validate(fields)
+    except ValidationError as exc:
+        details = validation_details(list(exc.errors()))
+        message = "; ".join(f"{d['field']}: {d['problem']}" for d in details[:5])
+        raise ApiError(422, "validation_error", f"invalid {message_type} request: {message}", details=details) from None
+    data = payload.model_dump(exclude_none=True)
+    envelope = Envelope(request_id=request_id, source_system=SOURCE, target_system=target,
+                        message_type=message_type, payload=data)
+    digest = hashlib.sha256(orjson.dumps([target, message_type, data], option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return Accepted(request_id=request_id, target=target, message_type=message_type, payload=payload,
+                    envelope=envelope, routing_key=envelope.routing_key(Kind.REQUEST), payload_hash=digest)
+
+
+def check_pdf_base64(value: Any, *, max_pdf_bytes: int) -> None:
+    """Refuse what is not a PDF or is too large, before anything else looks at it."""
+    if not isinstance(value, str) or not value:
+        return  # the schema names the missing field
+    if len(value) > (max_pdf_bytes + 2) // 3 * 4 + 4:
+        raise ApiError(413, "file_too_large", f"the PDF exceeds the limit of {max_pdf_bytes} bytes")
+    try:
+        content = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_base64", "file_content is not valid base64") from None
+    check_pdf_bytes(content, max_pdf_bytes=max_pdf_bytes)
+
+
+def check_pdf_bytes(content: bytes, *, max_pdf_bytes: int) -> None:
+    if len(content) > max_pdf_bytes:
+        raise ApiError(413, "file_too_large", f"the PDF is {len(content)} bytes; the limit is {max_pdf_bytes} bytes")
+    if not content.startswith(PDF_MAGIC):
+        raise ApiError(422, "not_a_pdf", "the file is not a PDF (it does not start with %PDF-)")

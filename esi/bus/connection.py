@@ -1,0 +1,76 @@
+"""The connection to RabbitMQ: one robust connection per service, a confirm channel and a consume channel."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from esi.bus.publisher import Publisher
+from esi.bus.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not answer the first connect."""
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+class Bus:
+    """A robust connection with the topology declared, a `Publisher` and a channel to consume on.
+
+    aio-pika's robust connection reconnects by itself and restores channels, QoS, queues, bindings and consumers.
+    """
+
+    def __init__(self, connection: AbstractRobustConnection, publish_channel: AbstractChannel,
+                 consume_channel: AbstractChannel, publisher: Publisher, topology: Topology) -> None:
+        self.connection = connection
+        self.publish_channel = publish_channel
+        self.consume_channel = consume_channel
+        self.publisher = publisher
+        self.topology = topology
+
+    @classmethod
+    async def open(cls, url: str, *, topology: Topology, prefetch: int = 200, publish_timeout: float = 10.0,
+                   name: str = "esi") -> "Bus":
+        try:
+            connection = await aio_pika.connect_robust(url, client_properties={"connection_name": name},
+                                                       reconnect_interval=1.0)
+        except Exception as exc:
+            raise BrokerUnavailable(
+                f"cannot connect to RabbitMQ at {redact(url)} ({type(exc).__name__}: {exc}). "
+                "Is it running? Start it with: rabbitmq-server -detached"
+            ) from exc
+        publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=prefetch)
+        await topology.declare(publish_channel)
+        publisher = Publisher(publish_channel, exchange=topology.exchange, timeout=publish_timeout)
+        return cls(connection, publish_channel, consume_channel, publisher, topology)
+
+    @property
+    def connected(self) -> bool:
+        return not (self.connection.is_closed or self.connection.reconnecting or self.publish_channel.is_closed)
+
+    async def check(self) -> None:
+        if not self.connected:
+            raise ConnectionError("not connected to RabbitMQ")
+
+    async def aclose(self) -> None:
+        await self.connection.close()
+
+    async def __aenter__(self) -> "Bus":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

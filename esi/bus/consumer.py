@@ -1,0 +1,288 @@
+"""The consumer loop: the one place that decides ack, retry or dead-letter.
+
+For each delivery it decodes the envelope, validates the payload against the catalog, runs the handler, publishes
+what the handler returned (waiting for every confirm), records the message in the inbox and only then acks.
+From the class of a failure (`esi.errors`) it decides the rest:
+
+- `TransientError` (and any unexpected exception): republish the original bytes to the next hold queue of the retry
+  ladder with the attempt count (our own header) raised, then ack; after `max_attempts` tries, dead-letter.
+- `PermanentError`: dead-letter at once. A `BusinessError` on a request is also answered to its source with an
+  error response, so the requester learns why its request failed.
+
+Dead letters are republished (confirmed) to the queue's dead-letter exchange with the story in headers, body
+untouched, and only then is the original acked. If even that publish fails, the delivery is rejected back to the
+queue, where the quorum queue's delivery limit is the last backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from pydantic import BaseModel
+
+from esi.bus.publisher import ATTEMPT_HEADER, Publisher
+from esi.bus.topology import WorkQueue
+from esi.errors import BusinessError, EsiError, InvalidMessage, PermanentError, TransientError
+from esi.messages import Catalog, Envelope, ErrorInfo, Kind, decode_envelope
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Envelope, Any], Awaitable[list[Envelope]]]
+
+H_ERROR_CLASS = "x-esi-error-class"
+H_ERROR_CODE = "x-esi-error-code"
+H_ERROR_MESSAGE = "x-esi-error-message"
+H_ADAPTER = "x-esi-adapter"
+H_ATTEMPTS = "x-esi-attempts"
+H_FIRST_FAILURE = "x-esi-first-failure"
+H_LAST_FAILURE = "x-esi-last-failure"
+H_ORIGINAL_EXCHANGE = "x-esi-original-exchange"
+H_ORIGINAL_ROUTING_KEY = "x-esi-original-routing-key"
+H_DEAD_LETTERED_AT = "x-esi-dead-lettered-at"
+H_REPLAYED = "x-esi-replayed"
+
+_COPIED_PROPERTIES = ("content_type", "content_encoding", "message_id", "correlation_id", "type", "app_id", "timestamp")
+
+
+class Tracker(Protocol):
+    """Where the loop reports what happened to a business request (the store)."""
+
+    async def retrying(self, request_id: str, *, attempt: int, error: str) -> None: ...
+
+    async def dead_lettered(self, request_id: str, *, error: str, queue: str) -> None: ...
+
+
+class Inbox(Protocol):
+    """The ids of messages a consumer has fully handled (for deduplication of redeliveries)."""
+
+    async def seen(self, consumer: str, message_id: str) -> bool: ...
+
+    async def record(self, consumer: str, message_id: str) -> None: ...
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _describe(exc: BaseException) -> EsiError:
+    if isinstance(exc, EsiError):
+        return exc
+    return TransientError(f"unexpected {type(exc).__name__}: {exc}", code="unexpected_error")
+
+
+class Consumer:
+    """Consumes one work queue with up to `prefetch` messages handled concurrently."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        queue: WorkQueue,
+        channel: AbstractChannel,
+        publisher: Publisher,
+        catalog: Catalog,
+        handlers: Mapping[str, Handler],
+        max_attempts: int,
+        tracker: Tracker | None = None,
+        inbox: Inbox | None = None,
+    ) -> None:
+        self.service = service
+        self.queue = queue
+        self._channel = channel
+        self._publisher = publisher
+        self._catalog = catalog
+        self._handlers = dict(handlers)
+        self._max_attempts = max_attempts
+        self._tracker = tracker
+        self._inbox = inbox
+        self._amqp_queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        self._amqp_queue = await self._channel.get_queue(self.queue.name, ensure=False)
+        self._consumer_tag = await self._amqp_queue.consume(self._on_message, no_ack=False)
+        log.info("consuming %s as %s", self.queue.name, self.service)
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking new messages and let the ones in hand finish."""
+        if self._amqp_queue is not None and self._consumer_tag is not None:
+            try:
+                await self._amqp_queue.cancel(self._consumer_tag)
+            except Exception as exc:  # the channel may already be gone
+                log.debug("cancel of %s failed: %s", self.queue.name, exc)
+            self._consumer_tag = None
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("%d messages still in flight on %s after %ss; they will be redelivered",
+                        len(self._tasks), self.queue.name, timeout)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.create_task(self.handle(message))
+        self._tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        headers = dict(message.headers or {})
+        attempt = _int(headers.get(ATTEMPT_HEADER), 1)
+        envelope: Envelope | None = None
+        try:
+            envelope = decode_envelope(message.body)
+            if envelope.target_system != self.queue.system:
+                raise InvalidMessage(
+                    f"message for {envelope.target_system!r} reached {self.queue.name}", code="wrong_queue"
+                )
+            handler = self._handlers.get(envelope.message_type)
+            if handler is None:
+                self._catalog.get(envelope.message_type)  # unknown to esi at all → names the known ones
+                raise InvalidMessage(
+                    f"{self.service} does not handle {envelope.message_type!r}", code="unknown_message_type"
+                )
+            payload = self._catalog.validate_payload(envelope)
+            if self._inbox is not None and await self._inbox.seen(self.service, envelope.message_id):
+                log.info("duplicate %s %s acknowledged without effect", envelope.message_type, envelope.message_id)
+                await self._ack(message)
+                return
+            outgoing = await handler(envelope, payload)
+            await self._publish_all(outgoing)
+            if self._inbox is not None:
+                await self._inbox.record(self.service, envelope.message_id)
+        except PermanentError as exc:
+            await self._dead_letter(message, envelope, exc, attempt, headers)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # TransientError, and any bug: retried, then parked
+            error = _describe(exc)
+            if error is not exc:
+                log.exception("unexpected error handling a message from %s", self.queue.name)
+            if attempt >= self._max_attempts:
+                await self._dead_letter(message, envelope, error, attempt, headers)
+            else:
+                await self._retry(message, envelope, error, attempt, headers)
+            return
+        await self._ack(message)
+
+    async def _publish_all(self, outgoing: list[Envelope]) -> None:
+        if not outgoing:
+            return
+        await asyncio.gather(*(self._publisher.publish(env, self._catalog.routing_key(env)) for env in outgoing))
+
+    def _failure_headers(self, message: AbstractIncomingMessage, headers: dict[str, Any], error: EsiError,
+                         attempt: int) -> dict[str, Any]:
+        now = _now_iso()
+        out = dict(headers)
+        out.setdefault(H_FIRST_FAILURE, now)
+        out[H_LAST_FAILURE] = now
+        out.setdefault(H_ORIGINAL_EXCHANGE, message.exchange or "")
+        out.setdefault(H_ORIGINAL_ROUTING_KEY, message.routing_key or "")
+        out[H_ERROR_CLASS] = type(error).__name__
+        out[H_ERROR_CODE] = error.code
+        out[H_ERROR_MESSAGE] = error.message[:2000]
+        out[H_ADAPTER] = self.service
+        out[H_ATTEMPTS] = attempt
+        return out
+
+    @staticmethod
+    def _properties(message: AbstractIncomingMessage) -> dict[str, Any]:
+        return {name: getattr(message, name) for name in _COPIED_PROPERTIES if getattr(message, name, None) is not None}
+
+    async def _retry(self, message: AbstractIncomingMessage, envelope: Envelope | None, error: EsiError,
+                     attempt: int, headers: dict[str, Any]) -> None:
+        step = self.queue.retry_step(attempt)
+        out = self._failure_headers(message, headers, error, attempt)
+        out[ATTEMPT_HEADER] = attempt + 1
+        log.warning("attempt %d/%d of %s failed (%s: %s); retrying in %ss",
+                    attempt, self._max_attempts, _label(envelope), type(error).__name__, error.message, step.delay_s)
+        try:
+            await self._publisher.publish_raw("", step.queue, message.body, headers=out,
+                                              properties=self._properties(message))
+        except Exception as exc:
+            log.error("could not park %s for retry (%s); returning it to %s", _label(envelope), exc, self.queue.name)
+            await self._reject_requeue(message)
+            return
+        await self._ack(message)
+        if envelope is not None and self._tracker is not None:
+            await self._track(self._tracker.retrying(envelope.request_id, attempt=attempt,
+                                                     error=f"{type(error).__name__}: {error.message}"))
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, envelope: Envelope | None, error: EsiError,
+                           attempt: int, headers: dict[str, Any]) -> None:
+        out = self._failure_headers(message, headers, error, attempt)
+        out[H_DEAD_LETTERED_AT] = out[H_LAST_FAILURE]
+        log.error("dead-lettering %s after %d attempt(s): %s: %s",
+                  _label(envelope), attempt, type(error).__name__, error.message)
+        reply = self._error_reply(envelope, error)
+        try:
+            if reply is not None:
+                await self._publish_all([reply])
+            await self._publisher.publish_raw(self.queue.dead_letter_exchange, "", message.body, headers=out,
+                                              properties=self._properties(message))
+        except Exception as exc:
+            log.error("could not dead-letter %s (%s); returning it to %s", _label(envelope), exc, self.queue.name)
+            await self._reject_requeue(message)
+            return
+        await self._ack(message)
+        if envelope is not None and reply is None and self._tracker is not None:
+            await self._track(self._tracker.dead_lettered(envelope.request_id,
+                                                          error=f"{type(error).__name__}: {error.message}",
+                                                          queue=self.queue.dead_letter_queue))
+
+    def _error_reply(self, envelope: Envelope | None, error: EsiError) -> Envelope | None:
+        """A business refusal of a request is answered to its source, so that it ends as `failed` with a reason."""
+        if envelope is None or not isinstance(error, BusinessError):
+            return None
+        spec = self._catalog.get(envelope.message_type)
+        if spec.kind is not Kind.REQUEST or spec.response_type is None:
+            return None
+        info = ErrorInfo(code=error.code, message=error.message, error_class=type(error).__name__, system=error.system)
+        return envelope.reply(spec.response_type, error=info)
+
+    async def _track(self, call: Awaitable[None]) -> None:
+        try:
+            await call
+        except Exception as exc:  # tracking must never block the flow of messages
+            log.error("could not record a request's state: %s", exc)
+
+    async def _ack(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await message.ack()
+        except Exception as exc:  # channel gone: the broker redelivers it and the inbox absorbs the duplicate
+            log.warning("ack failed (%s); the message will be redelivered", exc)
+
+    async def _reject_requeue(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await message.reject(requeue=True)
+        except Exception as exc:
+            log.warning("reject failed (%s); the message will be redelivered", exc)
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return max(1, int(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def _label(envelope: Envelope | None) -> str:
+    if envelope is None:
+        return "an undecodable message"
+    return f"{envelope.message_type} {envelope.message_id} (request {envelope.request_id})"

@@ -1,0 +1,94 @@
+"""The confirmed publisher: every publish is persistent, mandatory and waits for the broker's confirm."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+
+from esi.errors import TransientError
+from esi.messages import Envelope
+
+log = logging.getLogger(__name__)
+
+#: our own header counting the tries of a message (never the body, never x-death)
+ATTEMPT_HEADER = "x-esi-attempt"
+
+
+class Publisher:
+    """Publishes on one channel opened with publisher confirms and `on_return_raises`.
+
+    Many publishes may be in flight at once; each `publish` returns only once the broker confirmed the message,
+    and raises `TransientError` if the broker refused it, returned it as unroutable, or did not answer in time.
+    """
+
+    def __init__(self, channel: AbstractChannel, *, exchange: str = "main_exchange", timeout: float = 10.0) -> None:
+        self._channel = channel
+        self._exchange_name = exchange
+        self._timeout = timeout
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        if name == "":
+            return self._channel.default_exchange
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            exchange = await self._channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(self, envelope: Envelope, routing_key: str, *, headers: Mapping[str, Any] | None = None) -> None:
+        """Publish an envelope to the main exchange and wait for its confirm."""
+        message = aio_pika.Message(
+            envelope.encode(),
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=envelope.message_id,
+            correlation_id=envelope.request_id,
+            type=envelope.message_type,
+            timestamp=datetime.now(timezone.utc),
+            app_id="esi",
+            headers={ATTEMPT_HEADER: 1, **(headers or {})},
+        )
+        await self.publish_message(self._exchange_name, routing_key, message)
+
+    async def publish_raw(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any],
+        properties: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Publish bytes as they are (a retry or a dead letter keeps the original body byte for byte)."""
+        props = dict(properties or {})
+        props.setdefault("delivery_mode", aio_pika.DeliveryMode.PERSISTENT)
+        message = aio_pika.Message(body, headers=dict(headers), **props)
+        await self.publish_message(exchange, routing_key, message)
+
+    async def publish_message(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+        try:
+            target = await self._exchange(exchange)
+            confirmation = await target.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout)
+        except (DeliveryError, PublishError) as exc:
+            raise TransientError(
+                f"broker refused the publish to {exchange or '(default)'}/{routing_key}: {exc}", code="publish_refused"
+            ) from exc
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise TransientError(
+                f"broker did not confirm the publish to {exchange or '(default)'}/{routing_key} in {self._timeout}s",
+                code="publish_timeout",
+            ) from exc
+        except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError) as exc:
+            raise TransientError(f"publish failed: {type(exc).__name__}: {exc}", code="publish_failed") from exc
+        # aiormq answers a nack with a Basic.Nack frame rather than an exception on some paths
+        if confirmation is not None and confirmation.__class__.__name__ == "Nack":
+            raise TransientError(f"broker nacked the publish to {exchange}/{routing_key}", code="publish_nacked")

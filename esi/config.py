@@ -1,0 +1,101 @@
+"""Settings, read from the environment and `.env` — only at the edges (`esi.cli`, `esi.runtime`).
+
+Everything below the edges receives plain values through keyword-only constructors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+DEFAULT_RETRY_DELAYS = [1.0, 5.0, 30.0, 120.0, 600.0]
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Every setting esi reads. Names are environment variables (case-insensitive); `.env` is read too."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    env: Literal["demo", "production"] = Field("demo", validation_alias=_env("ESI_ENV"))
+
+    # --- broker -------------------------------------------------------------------------------------------------
+    amqp_url: SecretStr | None = Field(None, validation_alias=_env("ESI_AMQP_URL"))
+    rabbitmq_host: str | None = Field(None, validation_alias=_env("RABBITMQ_HOST"))
+    rabbitmq_port: int = Field(5672, validation_alias=_env("RABBITMQ_PORT"))
+    rabbitmq_username: str = Field("guest", validation_alias=_env("RABBITMQ_USERNAME", "RABBITMQ_USER"))
+    rabbitmq_password: SecretStr = Field(SecretStr("guest"), validation_alias=_env("RABBITMQ_PASSWORD"))
+    prefetch: int = Field(200, ge=1, le=10_000, validation_alias=_env("ESI_PREFETCH"))
+    publish_timeout: float = Field(10.0, gt=0, validation_alias=_env("ESI_PUBLISH_TIMEOUT"))
+    delivery_limit: int = Field(20, ge=1, validation_alias=_env("ESI_DELIVERY_LIMIT"))
+    queue_max_length: int = Field(1_000_000, ge=1, validation_alias=_env("ESI_QUEUE_MAX_LENGTH"))
+
+    # --- retries ------------------------------------------------------------------------------------------------
+    retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_DELAYS), validation_alias=_env("ESI_RETRY_DELAYS")
+    )
+    max_attempts: int = Field(5, ge=1, le=100, validation_alias=_env("ESI_MAX_ATTEMPTS"))
+
+    # --- store --------------------------------------------------------------------------------------------------
+    database_url: str = Field("sqlite:///./var/esi.db", validation_alias=_env("ESI_DATABASE_URL"))
+
+    # --- HTTP API for 1C ----------------------------------------------------------------------------------------
+    http_host: str = Field("127.0.0.1", validation_alias=_env("ESI_HTTP_HOST"))
+    http_port: int = Field(5000, validation_alias=_env("ESI_HTTP_PORT", "FLASK_PORT"))
+    max_pdf_bytes: int = Field(10 * 1024 * 1024, ge=1, validation_alias=_env("ESI_MAX_PDF_BYTES"))
+
+    # --- Creatio (CRM) ------------------------------------------------------------------------------------------
+    creatio_url: str = Field("http://127.0.0.1:5100", validation_alias=_env("CREATIO_URL"))
+    creatio_username: str = Field("Supervisor", validation_alias=_env("CREATIO_USERNAME"))
+    creatio_password: SecretStr = Field(SecretStr("Supervisor"), validation_alias=_env("CREATIO_PASSWORD"))
+    creatio_odata_path: str = Field("/0/odata", validation_alias=_env("CREATIO_ODATA_PATH"))
+    creatio_timeout: float = Field(10.0, gt=0, validation_alias=_env("CREATIO_TIMEOUT"))
+
+    # --- DMS ----------------------------------------------------------------------------------------------------
+    dms_url: str = Field("http://127.0.0.1:5200", validation_alias=_env("DMS_URL"))
+    dms_api_key: SecretStr | None = Field(None, validation_alias=_env("DMS_API_KEY"))
+    dms_timeout: float = Field(10.0, gt=0, validation_alias=_env("DMS_TIMEOUT"))
+
+    # --- the fakes (esi run --with-fakes) ----------------------------------------------------------------------
+    fake_host: str = Field("127.0.0.1", validation_alias=_env("ESI_FAKE_HOST"))
+    fake_creatio_port: int = Field(5100, validation_alias=_env("ESI_FAKE_CREATIO_PORT"))
+    fake_dms_port: int = Field(5200, validation_alias=_env("ESI_FAKE_DMS_PORT"))
+
+    # --- logs ---------------------------------------------------------------------------------------------------
+    log_level: str = Field("INFO", validation_alias=_env("ESI_LOG_LEVEL"))
+    log_format: Literal["json", "text"] = Field("json", validation_alias=_env("ESI_LOG_FORMAT"))
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _parse_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"ESI_RETRY_DELAYS must be a JSON list of seconds such as [1, 5, 30]: {exc}") from exc
+        if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) and v > 0 for v in value):
+            raise ValueError("ESI_RETRY_DELAYS must be a non-empty JSON list of positive numbers of seconds")
+        return [float(v) for v in value]
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.env == "production" and self.creatio_password.get_secret_value() == "Supervisor":
+            raise ValueError("ESI_ENV=production refuses the demo Creatio password: set CREATIO_PASSWORD")
+        return self
+
+    def broker_url(self) -> str:
+        """The AMQP URL: `ESI_AMQP_URL`, else one built from the original's `RABBITMQ_*` settings."""
+        if self.amqp_url is not None:
+            return self.amqp_url.get_secret_value()
+        host = self.rabbitmq_host or "localhost"
+        user = quote(self.rabbitmq_username, safe="")
+        password = quote(self.rabbitmq_password.get_secret_value(), safe="")
+        return f"amqp://{user}:{password}@{host}:{self.rabbitmq_port}/"

@@ -1,0 +1,69 @@
+"""The errors esi raises, and how the consumer loop treats them.
+
+    EsiError
+    ├── TransientError          retry later (timeouts, connection errors, 5xx/429/408, broker refusals)
+    │   └── SessionExpired      Creatio session gone: the client logs in again and retries once itself
+    └── PermanentError          dead-letter now: retrying cannot help
+        ├── InvalidMessage      not JSON, not UTF-8, wrong envelope, unknown type, payload failing its schema
+        └── BusinessError       the external system refused (unknown order, unknown status, user refused)
+            └── NotFound        the thing the message refers to does not exist
+
+Each external system's client translates its own failures into these classes at its boundary; the consumer loop
+alone decides from the class whether to ack, retry or dead-letter.
+"""
+
+from __future__ import annotations
+
+
+class EsiError(Exception):
+    """Base of every error esi raises on purpose."""
+
+    #: short machine-readable code, carried in error responses and dead-letter headers
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, system: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        #: the external system the error comes from ("crm", "dms"), if any
+        self.system = system
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"class": type(self).__name__, "code": self.code, "message": self.message, "system": self.system}
+
+
+class TransientError(EsiError):
+    """A failure that may heal by itself: the message is retried later."""
+
+    code = "transient"
+
+
+class SessionExpired(TransientError):
+    """The external system's session has expired; the client renews it without spending a retry."""
+
+    code = "session_expired"
+
+
+class PermanentError(EsiError):
+    """A failure that retrying cannot fix: the message is dead-lettered at once."""
+
+    code = "permanent"
+
+
+class InvalidMessage(PermanentError):
+    """The message itself is malformed: bad JSON, bad envelope, unknown type, invalid payload."""
+
+    code = "invalid_message"
+
+
+class BusinessError(PermanentError):
+    """The external system understood the request and refused it."""
+
+    code = "business_error"
+
+
+class NotFound(BusinessError):
+    """The entity a message refers to does not exist in the external system."""
+
+    code = "not_found"

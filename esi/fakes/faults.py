@@ -1,0 +1,107 @@
+"""Fault injection shared by the fake servers.
+
+`POST /_fake/faults` with `{"status": 503, "rate": 1.0, "count": 3, "latency_ms": 200}` — every field optional:
+answer `status` to that fraction (`rate`, default 1.0) of calls, for the next `count` calls (default: until cleared),
+after waiting `latency_ms`. `{}` clears every fault. Only the fake's business endpoints are affected, never `/_fake/*`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FaultSpec(BaseModel):
+    """What `POST /_fake/faults` accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: int | None = Field(default=None, ge=100, le=599)
+    rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    count: int | None = Field(default=None, ge=0)
+    latency_ms: int = Field(default=0, ge=0, le=600_000)
+
+
+@dataclass
+class Decision:
+    latency_s: float = 0.0
+    status: int | None = None
+
+
+class Faults:
+    """The fault currently armed on one fake server."""
+
+    def __init__(self) -> None:
+        self.spec: FaultSpec | None = None
+        self.remaining: int | None = None
+        #: how many calls a fault answered with its status (tests read it back through /_fake/state)
+        self.injected = 0
+        self._rng = random.Random(1234)
+
+    def arm(self, spec: FaultSpec) -> None:
+        empty = spec.status is None and spec.latency_ms == 0
+        self.spec = None if empty else spec
+        self.remaining = spec.count
+        self._rng = random.Random(1234)
+
+    def clear(self) -> None:
+        self.spec = None
+        self.remaining = None
+
+    def decide(self) -> Decision:
+        """Consume one call's worth of the armed fault."""
+        spec = self.spec
+        if spec is None:
+            return Decision()
+        if self.remaining is not None:
+            if self.remaining <= 0:
+                self.clear()
+                return Decision()
+            self.remaining -= 1
+        status = spec.status if spec.status is not None and self._rng.random() < spec.rate else None
+        if status is not None:
+            self.injected += 1
+        if self.remaining == 0:
+            self.clear()
+        return Decision(latency_s=spec.latency_ms / 1000.0, status=status)
+
+    def state(self) -> dict:
+        return {
+            "armed": self.spec.model_dump() if self.spec else None,
+            "remaining": self.remaining,
+            "injected": self.injected,
+        }
+
+
+def fault_response(status: int) -> Response:
+    """The body a fake answers an injected fault with."""
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return JSONResponse({"error": "injected fault", "status": status}, status_code=status, headers=headers)
+
+
+def install(app: FastAPI, faults: Faults, *, protected_prefix: str = "/_fake") -> None:
+    """Add the `/_fake/faults` endpoint and a middleware applying the armed fault to every other path."""
+    router = APIRouter()
+
+    @router.post("/_fake/faults")
+    async def set_faults(spec: FaultSpec) -> dict:
+        faults.arm(spec)
+        return faults.state()
+
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def apply_faults(request: Request, call_next):  # type: ignore[no-untyped-def]
+        if request.url.path.startswith(protected_prefix):
+            return await call_next(request)
+        decision = faults.decide()
+        if decision.latency_s:
+            await asyncio.sleep(decision.latency_s)
+        if decision.status is not None:
+            return fault_response(decision.status)
+        return await call_next(request)

@@ -1,0 +1,33 @@
+"""Readiness checks: one entry per dependency, each with its status and the latency of its check."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+Check = Callable[[], Awaitable[None]]
+
+
+async def run_checks(checks: Mapping[str, Check], *, timeout: float = 3.0) -> tuple[bool, dict[str, Any]]:
+    """Run every check at once; ready only if all pass within `timeout`."""
+
+    async def one(check: Check) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(check(), timeout)
+            status, error = "ok", None
+        except asyncio.TimeoutError:
+            status, error = "down", f"no answer within {timeout}s"
+        except Exception as exc:
+            status, error = "down", f"{type(exc).__name__}: {exc}"[:300]
+        entry: dict[str, Any] = {"status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+        if error:
+            entry["error"] = error
+        return entry
+
+    names = list(checks)
+    results = await asyncio.gather(*(one(checks[n]) for n in names))
+    report = dict(zip(names, results))
+    return all(r["status"] == "ok" for r in results), report

@@ -1,0 +1,217 @@
+"""Assembling and running the services: the edge where settings become plain values.
+
+    onec          the HTTP API for 1C, the outbox relay, and the consumer of 1c_queue (answers to 1C)
+    dms           the DMS adapter: consumes dms_queue, calls the DMS over HTTP
+    crm           the CRM adapter: consumes crm_queue, calls Creatio over HTTP
+    fake-creatio  a fake Creatio server (demo and tests)
+    fake-dms      a fake DMS server (demo and tests)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator, Sequence
+
+import uvicorn
+from fastapi import FastAPI
+
+from esi.api.app import ApiDeps, create_app
+from esi.bus.connection import Bus
+from esi.bus.consumer import Consumer, Handler
+from esi.bus.relay import OutboxRelay
+from esi.bus.topology import Topology, build_topology
+from esi.config import Settings
+from esi.health import run_checks
+from esi.messages import CATALOG
+from esi.store import Store
+
+log = logging.getLogger(__name__)
+
+ADAPTERS = ("onec", "dms", "crm")
+FAKES = ("fake-creatio", "fake-dms")
+SERVICES = ADAPTERS + FAKES
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside our own event loop: the process's signal handling stays ours."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServer:
+    def __init__(self, app: FastAPI, *, host: str, port: int, name: str) -> None:
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                lifespan="off", timeout_graceful_shutdown=10)
+        self.name = name
+        self.server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.server.serve(), name=f"http-{self.name}")
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()  # raises the bind error
+                raise RuntimeError(f"{self.name}: HTTP server stopped during start-up")
+            await asyncio.sleep(0.02)
+        log.info("%s listening on http://%s:%d", self.name, self.server.config.host, self.server.config.port)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+
+def topology_from(settings: Settings) -> Topology:
+    return build_topology(retry_delays=settings.retry_delays, delivery_limit=settings.delivery_limit,
+                          max_length=settings.queue_max_length)
+
+
+class Service:
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class AdapterService(Service):
+    """A consumer of one system's work queue, and (for onec) the HTTP API and the outbox relay."""
+
+    def __init__(self, name: str, settings: Settings, store: Store) -> None:
+        self.name = name
+        self.settings = settings
+        self.store = store
+        self.system = {"onec": "1c"}.get(name, name)
+        self.bus: Bus | None = None
+        self.consumer: Consumer | None = None
+        self.relay: OutboxRelay | None = None
+        self.http: HttpServer | None = None
+        self._client: object | None = None
+
+    def _handlers(self) -> dict[str, Handler]:
+        s = self.settings
+        if self.name == "dms":
+            from esi.systems.dms.client import DmsClient
+            from esi.systems.dms.handlers import dms_handlers
+
+            client = DmsClient(base_url=s.dms_url, timeout=s.dms_timeout, max_connections=s.prefetch,
+                               api_key=s.dms_api_key.get_secret_value() if s.dms_api_key else None)
+            self._client = client
+            return dms_handlers(client)
+        if self.name == "crm":
+            from esi.systems.crm.client import CreatioClient
+            from esi.systems.crm.handlers import crm_handlers
+
+            client = CreatioClient(base_url=s.creatio_url, username=s.creatio_username,
+                                   password=s.creatio_password.get_secret_value(), odata_path=s.creatio_odata_path,
+                                   timeout=s.creatio_timeout, max_connections=s.prefetch)
+            self._client = client
+            return crm_handlers(client, max_pdf_bytes=s.max_pdf_bytes)
+        from esi.systems.onec.handlers import onec_handlers
+
+        return onec_handlers(self.store)
+
+    async def readiness(self) -> tuple[bool, dict]:
+        checks = {"broker": self.bus.check if self.bus else _down, "store": self.store.ping}
+        check = getattr(self._client, "check", None)
+        if check is not None:
+            checks[{"dms": "dms", "crm": "creatio"}[self.name]] = check
+        return await run_checks(checks)
+
+    async def start(self) -> None:
+        s = self.settings
+        topology = topology_from(s)
+        self.bus = await Bus.open(s.broker_url(), topology=topology, prefetch=s.prefetch,
+                                  publish_timeout=s.publish_timeout, name=f"esi-{self.name}")
+        handlers = self._handlers()
+        self.consumer = Consumer(
+            service=self.name, queue=topology.queue_for(self.system), channel=self.bus.consume_channel,
+            publisher=self.bus.publisher, catalog=CATALOG, handlers=handlers, max_attempts=s.max_attempts,
+            tracker=self.store, inbox=self.store,
+        )
+        if self.name == "onec":
+            self.relay = OutboxRelay(store=self.store, publisher=self.bus.publisher, exchange=topology.exchange)
+            self.relay.start()
+            app = create_app(ApiDeps(store=self.store, on_accepted=self.relay.notify,
+                                     max_pdf_bytes=s.max_pdf_bytes, readiness=self.readiness))
+            self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api")
+            await self.http.start()
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        if self.bus is not None:
+            await self.bus.aclose()
+        aclose = getattr(self._client, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class FakeService(Service):
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name = name
+        if name == "fake-creatio":
+            from esi.fakes.creatio import create_app as fake_app
+
+            app, port = fake_app(username=settings.creatio_username,
+                                 password=settings.creatio_password.get_secret_value()), settings.fake_creatio_port
+        else:
+            from esi.fakes.dms import create_app as fake_app
+
+            key = settings.dms_api_key.get_secret_value() if settings.dms_api_key else None
+            app, port = fake_app(api_key=key), settings.fake_dms_port
+        self.http = HttpServer(app, host=settings.fake_host, port=port, name=name)
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    async def stop(self) -> None:
+        await self.http.stop()
+
+
+async def _down() -> None:
+    raise ConnectionError("not connected")
+
+
+async def run(settings: Settings, services: Sequence[str], *, stop: asyncio.Event | None = None) -> None:
+    """Start the services, wait for SIGTERM/SIGINT (or `stop`), then stop them in reverse order."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    started: list[Service] = []
+    store: Store | None = None
+    try:
+        # fakes first, so that adapters find their external systems
+        for name in sorted(services, key=lambda n: n not in FAKES):
+            if name in FAKES:
+                service: Service = FakeService(name, settings)
+            else:
+                if store is None:
+                    store = await Store.open(settings.database_url)
+                service = AdapterService(name, settings, store)
+            await service.start()
+            started.append(service)
+        log.info("esi running: %s", ", ".join(s.name for s in started))
+        await stop.wait()
+        log.info("stopping: finishing in-flight work")
+    finally:
+        for service in reversed(started):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("error while stopping %s", service.name)
+        if store is not None:
+            await store.aclose()
+        log.info("esi stopped")

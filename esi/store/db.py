@@ -1,0 +1,256 @@
+"""The store behind request tracking, the outbox and the inbox (SQLAlchemy Core, async).
+
+SQLite (aiosqlite, WAL, safe for several processes on one host) is the default; PostgreSQL (asyncpg) for several
+hosts. Plain URLs are accepted: `sqlite:///var/esi.db`, `postgresql://user@host:5432/db`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import event, func, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from esi.store import schema
+from esi.store.records import OutboxRow, RequestRecord, RequestStatus
+
+log = logging.getLogger(__name__)
+
+_FINAL = (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def async_url(url: str) -> str:
+    """Map a plain database URL to the async driver esi uses."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return str(parsed.set(drivername="sqlite+aiosqlite"))
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise ValueError(f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use sqlite or postgresql")
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
+class Store:
+    """One engine and the operations esi needs; an async context manager."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer at a time: queueing writes here avoids lock-upgrade failures between connections
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    @classmethod
+    async def open(cls, url: str) -> "Store":
+        target = async_url(url)
+        parsed = make_url(target)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(target, connect_args={"timeout": 30}, pool_size=5, max_overflow=5)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        store = cls(engine)
+        await store.migrate()
+        return store
+
+    async def __aenter__(self) -> "Store":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        if self._write_lock is None:
+            async with self._engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self._engine.begin() as conn:
+            yield conn
+
+    async def migrate(self) -> None:
+        """Apply the migrations not yet applied (safe when several services start at once)."""
+        async with self._write() as conn:
+            await conn.run_sync(lambda c: schema.schema_migrations.create(c, checkfirst=True))
+            done = set((await conn.execute(select(schema.schema_migrations.c.version))).scalars())
+            for version in sorted(schema.MIGRATIONS):
+                if version in done:
+                    continue
+                for table in schema.MIGRATIONS[version]:
+                    await conn.run_sync(lambda c, t=table: t.create(c, checkfirst=True))
+                await conn.execute(insert(schema.schema_migrations).values(version=version, applied_at=now_iso()))
+                log.info("store migrated to version %d", version)
+
+    async def ping(self) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execute(select(1))
+
+    # --- requests -----------------------------------------------------------------------------------------------
+
+    async def accept(
+        self, *, request_id: str, source: str, target: str, message_type: str, payload_hash: str,
+        message_id: str, routing_key: str, body: bytes,
+    ) -> tuple[RequestRecord, bool, str]:
+        """Record a new request and its outgoing message (the outbox) in one transaction.
+
+        Returns the request, whether it was created now, and the payload hash it was first accepted with.
+        """
+        now = now_iso()
+        try:
+            async with self._write() as conn:
+                await conn.execute(insert(schema.requests).values(
+                    request_id=request_id, source=source, target=target, message_type=message_type,
+                    status=RequestStatus.ACCEPTED.value, payload_hash=payload_hash, attempts=0,
+                    created_at=now, updated_at=now,
+                ))
+                await conn.execute(insert(schema.outbox).values(
+                    message_id=message_id, request_id=request_id, routing_key=routing_key, body=body, created_at=now,
+                ))
+        except IntegrityError:
+            existing = await self._get_row(request_id)
+            if existing is None:  # pragma: no cover - a concurrent delete; nothing deletes requests
+                raise
+            return _record(existing), False, existing["payload_hash"]
+        record = RequestRecord(request_id=request_id, status=RequestStatus.ACCEPTED, target=target,
+                               message_type=message_type, created_at=now, updated_at=now)
+        return record, True, payload_hash
+
+    async def _get_row(self, request_id: str) -> Any:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(schema.requests).where(schema.requests.c.request_id == request_id))).first()
+        return None if row is None else row._mapping
+
+    async def get(self, request_id: str) -> RequestRecord | None:
+        row = await self._get_row(request_id)
+        return None if row is None else _record(row)
+
+    async def record_response(self, request_id: str, *, response: dict[str, Any] | None,
+                              error: dict[str, Any] | None) -> bool:
+        """Store the final answer of a request; returns False for an unknown request id."""
+        status = RequestStatus.FAILED if error else RequestStatus.COMPLETED
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(schema.requests).where(schema.requests.c.request_id == request_id).values(
+                    status=status.value, response=_dumps(response), error=_dumps(error), updated_at=now_iso(),
+                )
+            )
+        return result.rowcount > 0
+
+    async def retrying(self, request_id: str, *, attempt: int, error: str) -> None:
+        """A hop of the request failed and waits for its next attempt."""
+        async with self._write() as conn:
+            await conn.execute(
+                update(schema.requests)
+                .where(schema.requests.c.request_id == request_id, schema.requests.c.status.not_in(_FINAL))
+                .values(status=RequestStatus.IN_PROGRESS.value, attempts=attempt, last_error=error,
+                        updated_at=now_iso())
+            )
+
+    async def dead_lettered(self, request_id: str, *, error: str, queue: str) -> None:
+        """A hop of the request was parked in a dead-letter queue."""
+        async with self._write() as conn:
+            await conn.execute(
+                update(schema.requests)
+                .where(schema.requests.c.request_id == request_id, schema.requests.c.status.not_in(_FINAL))
+                .values(status=RequestStatus.DEAD_LETTERED.value, last_error=error,
+                        error=_dumps({"code": "dead_lettered", "message": error, "queue": queue}),
+                        updated_at=now_iso())
+            )
+
+    # --- outbox -------------------------------------------------------------------------------------------------
+
+    async def outbox_pending(self, limit: int = 500) -> list[OutboxRow]:
+        o = schema.outbox
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                select(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body)
+                .where(o.c.sent_at.is_(None)).order_by(o.c.id).limit(limit)
+            )).all()
+        return [OutboxRow(id=r.id, message_id=r.message_id, request_id=r.request_id, routing_key=r.routing_key,
+                          body=r.body) for r in rows]
+
+    async def outbox_mark_sent(self, rows: list[OutboxRow]) -> None:
+        if not rows:
+            return
+        now = now_iso()
+        async with self._write() as conn:
+            await conn.execute(update(schema.outbox).where(schema.outbox.c.id.in_([r.id for r in rows]))
+                               .values(sent_at=now))
+            await conn.execute(
+                update(schema.requests)
+                .where(schema.requests.c.request_id.in_([r.request_id for r in rows]),
+                       schema.requests.c.status == RequestStatus.ACCEPTED.value)
+                .values(status=RequestStatus.IN_PROGRESS.value, updated_at=now)
+            )
+
+    async def outbox_backlog(self) -> int:
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(
+                select(func.count()).select_from(schema.outbox).where(schema.outbox.c.sent_at.is_(None))
+            )).scalar_one())
+
+    # --- inbox --------------------------------------------------------------------------------------------------
+
+    async def seen(self, consumer: str, message_id: str) -> bool:
+        i = schema.inbox
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(
+                select(i.c.message_id).where(i.c.consumer == consumer, i.c.message_id == message_id)
+            )).first()
+        return row is not None
+
+    async def record(self, consumer: str, message_id: str) -> None:
+        try:
+            async with self._write() as conn:
+                await conn.execute(insert(schema.inbox).values(consumer=consumer, message_id=message_id,
+                                                                processed_at=now_iso()))
+        except IntegrityError:
+            pass  # already recorded by a concurrent duplicate
+
+    async def prune_inbox(self, older_than: str) -> int:
+        async with self._write() as conn:
+            result = await conn.execute(schema.inbox.delete().where(schema.inbox.c.processed_at < older_than))
+        return result.rowcount
+
+
+def _record(row: Any) -> RequestRecord:
+    return RequestRecord(
+        request_id=row["request_id"], status=RequestStatus(row["status"]), target=row["target"],
+        message_type=row["message_type"], response=_loads(row["response"]), error=_loads(row["error"]),
+        attempts=row["attempts"] or 0, last_error=row["last_error"], created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,39 @@
+"""Plain records the store hands out."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class RequestStatus(StrEnum):
+    ACCEPTED = "accepted"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class RequestRecord(BaseModel):
+    """A business request as 1C sees it through `GET /requests/{request_id}`."""
+
+    request_id: str
+    status: RequestStatus
+    target: str
+    message_type: str
+    response: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: str
+    updated_at: str
+
+
+class OutboxRow(BaseModel):
+    id: int
+    message_id: str
+    request_id: str
+    routing_key: str
+    body: bytes
