@@ -1,0 +1,151 @@
+"""Every flow of the original system, end to end: HTTP API → RabbitMQ → adapters → fakes → back to 1C."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+
+from tests.support import EsiSystem, unique
+
+pytestmark = pytest.mark.integration
+
+PDF = b"%PDF-1.4\n" + b"1 0 obj << /Type /Catalog >> endobj\n" * 2000 + b"%%EOF\n"
+
+
+def test_create_user_reaches_the_dms_and_its_answer_reaches_1c(esi_system: EsiSystem) -> None:
+    request_id = unique("USER_REQ")
+    user_id = unique("U")
+    response = esi_system.post("/send_to_dms", {"request_id": request_id, "user_id": user_id,
+                                                "name": "Иванов Иван", "email": "ivanov@example.com"})
+    assert response.status_code == 202
+    assert response.json() == {"status": "accepted", "request_id": request_id}
+
+    final = esi_system.wait_final(request_id)
+    assert final["status"] == "completed", final
+    assert final["target"] == "dms" and final["message_type"] == "create_user"
+    assert final["response"]["name"] == "Иванов Иван"
+    assert final["response"]["dms_user_id"].startswith("DMS-")
+
+    users = [u for u in esi_system.dms_state()["users"] if u["external_id"] == user_id]
+    assert len(users) == 1
+    assert users[0]["name"] == "Иванов Иван"
+    assert users[0]["id"] == final["response"]["dms_user_id"]
+
+
+def test_update_order_status_with_policy_info_goes_crm_then_dms_then_back(esi_system: EsiSystem) -> None:
+    request_id = unique("ORDER_REQ")
+    response = esi_system.post("/send_to_crm", {"request_id": request_id, "order_id": "ORD9876", "status": "Shipped",
+                                                "needs_policy_info": True, "policy_number": "POL-0001"})
+    assert response.status_code == 202, response.text
+
+    final = esi_system.wait_final(request_id)
+    assert final["status"] == "completed", final
+    assert final["response"]["status"] == "Shipped"
+    assert final["response"]["order_number"] == "ORD9876"
+    assert final["response"]["policy_info"]["policy_number"] == "POL-0001"
+    assert final["response"]["policy_info"]["status"] == "active"
+
+    state = esi_system.creatio_state()
+    order = next(o for o in state["orders"] if o["Number"] == "ORD9876")
+    shipped = next(s for s in state["statuses"] if s["Name"] == "Shipped")
+    assert order["StatusId"] == shipped["Id"]
+
+
+def test_update_order_status_by_guid_without_policy(esi_system: EsiSystem) -> None:
+    state = esi_system.creatio_state()
+    order = next(o for o in state["orders"] if o["Number"] == "ORD0001")
+    request_id = unique("ORDER_REQ")
+    assert esi_system.post("/send_to_crm", {"request_id": request_id, "order_id": order["Id"],
+                                            "status": "Delivered"}).status_code == 202
+    final = esi_system.wait_final(request_id)
+    assert final["status"] == "completed", final
+    assert final["response"]["order_guid"] == order["Id"]
+    assert "policy_info" not in final["response"]
+    after = next(o for o in esi_system.creatio_state()["orders"] if o["Id"] == order["Id"])
+    delivered = next(s for s in state["statuses"] if s["Name"] == "Delivered")
+    assert after["StatusId"] == delivered["Id"]
+
+
+def test_get_policy_info_through_the_generic_endpoint(esi_system: EsiSystem) -> None:
+    response = esi_system.post("/requests/dms/get_policy_info", {"policy_number": "POL-0001"})
+    assert response.status_code == 202
+    request_id = response.json()["request_id"]  # generated, since none was sent
+    assert request_id
+    final = esi_system.wait_final(request_id)
+    assert final["status"] == "completed", final
+    assert final["response"]["holder_name"] == "Иванов Иван Иванович"
+    assert final["message_type"] == "get_policy_info"
+
+
+def _files_for(system: EsiSystem, order_guid: str) -> list[dict]:
+    return [f for f in system.creatio_state()["files"] if f["order_id"] == order_guid]
+
+
+def test_send_pdf_file_as_base64_json_is_attached_in_two_steps(esi_system: EsiSystem) -> None:
+    request_id = unique("PDF_REQ")
+    name = f"Счёт-{request_id}.pdf"
+    response = esi_system.post("/send_to_crm", {
+        "request_id": request_id, "message_type": "send_pdf_file", "order_id": "ORD9876",
+        "file_name": name, "file_content": base64.b64encode(PDF).decode()})
+    assert response.status_code == 202, response.text
+    final = esi_system.wait_final(request_id)
+    assert final["status"] == "completed", final
+    assert final["response"]["size"] == len(PDF)
+    files = [f for f in _files_for(esi_system, final["response"]["order_guid"]) if f["name"] == name]
+    assert len(files) == 1 and files[0]["complete"] and files[0]["size"] == len(PDF)
+    download = httpx.get(f"{esi_system.creatio_url}/0/rest/FileService/Download/OrderFile/{files[0]['id']}")
+    # the download needs a session; log in as a client would
+    if download.status_code != 200:
+        with httpx.Client(base_url=esi_system.creatio_url) as c:
+            c.post("/ServiceModel/AuthService.svc/Login", json={"UserName": "Supervisor", "UserPassword": "Supervisor"})
+            download = c.get(f"/0/rest/FileService/Download/OrderFile/{files[0]['id']}")
+    assert download.content == PDF
+
+
+def test_send_pdf_file_as_multipart_upload(esi_system: EsiSystem) -> None:
+    request_id = unique("PDF_MP")
+    response = httpx.post(f"{esi_system.api_url}/requests/crm/send_pdf_file",
+                          data={"request_id": request_id, "order_id": "ORD0002"},
+                          files={"file": (f"{request_id}.pdf", PDF, "application/pdf")}, timeout=30)
+    assert response.status_code == 202, response.text
+    final = esi_system.wait_final(request_id)
+    assert final["status"] == "completed", final
+    assert final["response"]["file_name"] == f"{request_id}.pdf"
+    files = [f for f in _files_for(esi_system, final["response"]["order_guid"]) if f["name"] == f"{request_id}.pdf"]
+    assert len(files) == 1 and files[0]["size"] == len(PDF)
+
+
+@pytest.mark.parametrize("body, problem", [
+    ({"order_id": "ORD9876", "status": "NoSuchStatus"}, "NoSuchStatus"),
+    ({"order_id": "ORD-DOES-NOT-EXIST", "status": "Shipped"}, "ORD-DOES-NOT-EXIST"),
+])
+def test_crm_business_failures_end_as_failed_with_a_reason(esi_system: EsiSystem, body: dict, problem: str) -> None:
+    request_id = unique("ORDER_FAIL")
+    assert esi_system.post("/send_to_crm", {"request_id": request_id, **body}).status_code == 202
+    final = esi_system.wait_final(request_id)
+    assert final["status"] == "failed", final
+    assert problem in final["error"]["message"]
+    assert final["error"]["code"] in ("unknown_status", "not_found")
+
+
+def test_dms_refusing_a_user_ends_as_failed_with_its_reason(esi_system: EsiSystem) -> None:
+    request_id = unique("USER_FAIL")
+    body = {"request_id": request_id, "user_id": unique("U"), "name": "Пётр", "email": "petr@refused.example"}
+    assert esi_system.post("/send_to_dms", body).status_code == 202
+    final = esi_system.wait_final(request_id)
+    assert final["status"] == "failed", final
+    assert final["error"]["system"] == "dms"
+    assert "refused" in final["error"]["message"] or "validation" in final["error"]["message"]
+
+
+def test_unknown_policy_in_the_crm_sub_request_fails_the_order_request(esi_system: EsiSystem) -> None:
+    request_id = unique("ORDER_POL")
+    assert esi_system.post("/send_to_crm", {"request_id": request_id, "order_id": "ORD0001", "status": "Shipped",
+                                            "needs_policy_info": True, "policy_number": "POL-NOPE"}).status_code == 202
+    final = esi_system.wait_final(request_id)
+    assert final["status"] == "failed", final
+    assert "POL-NOPE" in final["error"]["message"]
+    # the status change itself happened and is reported
+    assert final["response"]["status"] == "Shipped"

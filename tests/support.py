@@ -1,0 +1,221 @@
+"""Test support: isolated broker vhosts, throwaway PostgreSQL databases, and a running esi in subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+AMQP_HOST = "127.0.0.1"
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+ROOT = Path(__file__).resolve().parent.parent
+ESI = str(Path(sys.executable).parent / "esi")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rabbitmqctl(*args: str) -> str:
+    result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
+    return result.stdout
+
+
+class Vhost:
+    """A RabbitMQ vhost of its own for one test (or module), deleted afterwards."""
+
+    def __init__(self) -> None:
+        self.name = f"esi-test-{uuid.uuid4().hex[:10]}"
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        self.url = f"amqp://guest:guest@{AMQP_HOST}:5672/{quote(self.name, safe='')}"
+
+    def delete(self) -> None:
+        rabbitmqctl("delete_vhost", self.name)
+
+
+class PgDatabase:
+    """A PostgreSQL database of its own, dropped afterwards."""
+
+    def __init__(self) -> None:
+        import asyncpg
+
+        self.name = f"esi_test_{uuid.uuid4().hex[:10]}"
+        self._asyncpg = asyncpg
+        asyncio.run(self._exec(f'CREATE DATABASE "{self.name}"'))
+        self.url = f"postgresql://postgres@127.0.0.1:5432/{self.name}"
+
+    async def _exec(self, sql: str) -> None:
+        conn = await self._asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def drop(self) -> None:
+        asyncio.run(self._exec(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+@dataclass
+class EsiProcess:
+    services: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([ESI, "run", *self.services], env=self.env, stdout=log, stderr=log,
+                                     cwd=self.log_path.parent)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@dataclass
+class EsiSystem:
+    """esi running in subprocesses on its own vhost and store, with the fakes, driven over HTTP."""
+
+    workdir: Path
+    amqp_url: str
+    database_url: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+    api_port: int = field(default_factory=free_port)
+    creatio_port: int = field(default_factory=free_port)
+    dms_port: int = field(default_factory=free_port)
+    processes: dict[str, EsiProcess] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def creatio_url(self) -> str:
+        return f"http://127.0.0.1:{self.creatio_port}"
+
+    @property
+    def dms_url(self) -> str:
+        return f"http://127.0.0.1:{self.dms_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ESI_", "CREATIO_", "DMS_", "RABBITMQ_"))}
+        env.update({
+            "ESI_AMQP_URL": self.amqp_url,
+            "ESI_DATABASE_URL": self.database_url,
+            "ESI_HTTP_PORT": str(self.api_port),
+            "ESI_FAKE_CREATIO_PORT": str(self.creatio_port),
+            "ESI_FAKE_DMS_PORT": str(self.dms_port),
+            "CREATIO_URL": self.creatio_url,
+            "DMS_URL": self.dms_url,
+            "ESI_RETRY_DELAYS": "[0.2, 0.4, 0.8, 1.6]",
+            "ESI_MAX_ATTEMPTS": "4",
+            "ESI_LOG_FORMAT": "json",
+            "CREATIO_TIMEOUT": "5",
+            "DMS_TIMEOUT": "5",
+        })
+        env.update(self.extra_env)
+        return env
+
+    def start(self, name: str, services: list[str]) -> EsiProcess:
+        process = EsiProcess(services, self.env(), self.workdir / f"{name}.log")
+        process.start()
+        self.processes[name] = process
+        return process
+
+    def start_all(self, layout: dict[str, list[str]] | None = None) -> None:
+        layout = layout or {"fakes": ["fake-creatio", "fake-dms"], "adapters": ["onec", "dms", "crm"]}
+        for name, services in layout.items():
+            self.start(name, services)
+        if any("fake-creatio" in s for s in layout.values()):
+            self.wait_http(f"{self.creatio_url}/_fake/state")
+        if any("fake-dms" in s for s in layout.values()):
+            self.wait_http(f"{self.dms_url}/_fake/state")
+        if any("onec" in s for s in layout.values()):
+            self.wait_http(f"{self.api_url}/readyz")
+
+    def wait_http(self, url: str, timeout: float = 30) -> None:
+        def ok() -> bool:
+            for p in self.processes.values():
+                if p.proc is not None and p.proc.poll() is not None:
+                    raise AssertionError(f"esi {p.services} exited with {p.proc.returncode}:\n{self.logs()[-3000:]}")
+            try:
+                return httpx.get(url, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ok, timeout=timeout, interval=0.1, what=f"{url} to answer 200")
+
+    def stop_all(self) -> dict[str, int]:
+        return {name: p.stop() for name, p in reversed(list(self.processes.items())) if p.proc is not None}
+
+    def logs(self) -> str:
+        return "".join(p.log_path.read_text(errors="replace") for p in self.processes.values() if p.log_path.exists())
+
+    # --- driving it ---------------------------------------------------------------------------------------------
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> httpx.Response:
+        return httpx.post(f"{self.api_url}{path}", json=json, timeout=30, **kwargs)
+
+    def get_request(self, request_id: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.api_url}/requests/{request_id}", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_final(self, request_id: str, timeout: float = 20,
+                   final: tuple[str, ...] = ("completed", "failed", "dead_lettered")) -> dict[str, Any]:
+        return wait_until(lambda: (r := self.get_request(request_id))["status"] in final and r,
+                          timeout=timeout, what=f"request {request_id} to reach one of {final}")
+
+    def creatio_state(self) -> dict[str, Any]:
+        return httpx.get(f"{self.creatio_url}/_fake/state", timeout=10).json()
+
+    def dms_state(self) -> dict[str, Any]:
+        return httpx.get(f"{self.dms_url}/_fake/state", timeout=10).json()
+
+    def reset_fakes(self) -> None:
+        httpx.post(f"{self.creatio_url}/_fake/reset", timeout=10).raise_for_status()
+        httpx.post(f"{self.dms_url}/_fake/reset", timeout=10).raise_for_status()
+
+    def fault(self, system: str, spec: dict[str, Any]) -> None:
+        base = self.creatio_url if system == "crm" else self.dms_url
+        httpx.post(f"{base}/_fake/faults", json=spec, timeout=10).raise_for_status()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
