@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Optional
 
 import httpx
@@ -12,7 +13,7 @@ import typer
 
 from esi.config import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="esi — Enterprise System Integration bus")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="esi — Enterprise System Integration bus")
 
 
 def _settings() -> Settings:
@@ -74,6 +75,123 @@ def status(
     typer.echo(json.dumps(response.json(), ensure_ascii=False, indent=2))
     if response.status_code == 404:
         raise typer.Exit(1)
+
+
+dlq_app = typer.Typer(no_args_is_help=True, help="Inspect, replay and purge dead letters (nothing is lost by looking)")
+app.add_typer(dlq_app, name="dlq")
+
+
+def _filters(queue: Optional[str], reason: Optional[str], since: Optional[str], ids: Sequence[str] = ()):
+    from esi.bus.dead_letters import Filters, parse_duration
+
+    try:
+        return Filters(queue=queue, reason=reason, since=parse_duration(since) if since else None, ids=tuple(ids))
+    except ValueError as exc:
+        typer.echo(f"esi: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _with_dead_letters(action):
+    """Run `action(dead_letters)` on a connection of its own."""
+    from esi.bus.dead_letters import DeadLetters
+    from esi.runtime import topology_from
+
+    settings = _settings()
+
+    async def go():
+        import aio_pika
+
+        try:
+            connection = await aio_pika.connect(settings.broker_url(), client_properties={"connection_name": "esi-dlq"})
+        except Exception as exc:
+            typer.echo(f"esi: cannot connect to RabbitMQ: {exc}", err=True)
+            raise typer.Exit(3) from None
+        try:
+            return await action(DeadLetters(connection, topology_from(settings)))
+        except ValueError as exc:
+            typer.echo(f"esi: {exc}", err=True)
+            raise typer.Exit(2) from None
+        finally:
+            await connection.close()
+
+    return asyncio.run(go())
+
+
+def _age(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _table(letters) -> None:
+    rows = [("ID", "QUEUE", "ROUTING KEY", "REASON", "ATTEMPTS", "AGE")]
+    for d in letters:
+        reason = d.reason if len(d.reason) <= 60 else d.reason[:57] + "..."
+        rows.append((d.id, d.queue, d.routing_key, reason, str(d.attempts), _age(d.age_s)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+
+
+QueueOpt = Annotated[Optional[str], typer.Option("--queue", help="a DLQ (dms_dead_letter_queue) or its system (dms)")]
+ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="text the reason or error class contains")]
+SinceOpt = Annotated[Optional[str], typer.Option("--since", help="dead-lettered within this long: 90s, 15m, 2h, 7d")]
+
+
+@dlq_app.command("list")
+def dlq_list(queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt = None,
+             limit: Annotated[Optional[int], typer.Option("--limit")] = None,
+             as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False) -> None:
+    """List dead letters (they stay in their queue)."""
+    filters = _filters(queue, reason, since)
+    letters = _with_dead_letters(lambda dl: dl.list(filters, limit=limit))
+    if as_json:
+        for d in letters:
+            typer.echo(json.dumps(d.summary(), ensure_ascii=False))
+    else:
+        _table(letters)
+
+
+@dlq_app.command("show")
+def dlq_show(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Headers and body of one dead letter (it stays in its queue)."""
+    letter = _with_dead_letters(lambda dl: dl.show(ident))
+    if letter is None:
+        typer.echo(f"esi: no dead letter with id {ident}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(letter.detail(), ensure_ascii=False, indent=2))
+
+
+@dlq_app.command("replay")
+def dlq_replay(ids: Annotated[Optional[list[str]], typer.Argument(metavar="[ID ...]")] = None,
+               all_: Annotated[bool, typer.Option("--all", help="every dead letter matching the filters")] = False,
+               queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt = None,
+               rate: Annotated[Optional[float], typer.Option("--rate", help="at most N messages per second")] = None,
+               dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be replayed")] = False) -> None:
+    """Republish dead letters to their original routing key, attempt count reset."""
+    if not ids and not all_:
+        typer.echo("esi: name the IDs to replay, or --all (with filters) for every match", err=True)
+        raise typer.Exit(2)
+    filters = _filters(queue, reason, since, ids or ())
+    letters = _with_dead_letters(lambda dl: dl.replay(filters, rate=rate, dry_run=dry_run))
+    _table(letters)
+    typer.echo(f"{'would replay' if dry_run else 'replayed'} {len(letters)} message(s)")
+
+
+@dlq_app.command("purge")
+def dlq_purge(queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt = None,
+              yes: Annotated[bool, typer.Option("--yes", help="really delete them")] = False) -> None:
+    """Delete dead letters for good (needs --yes)."""
+    if not yes:
+        typer.echo("esi: purge deletes messages for good; add --yes to confirm (see them first with esi dlq list)",
+                   err=True)
+        raise typer.Exit(2)
+    filters = _filters(queue, reason, since)
+    letters = _with_dead_letters(lambda dl: dl.purge(filters))
+    typer.echo(f"purged {len(letters)} message(s)")
 
 
 def main() -> None:  # pragma: no cover

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from esi.api.app import ApiDeps, create_app
 from esi.bus.connection import Bus
 from esi.bus.consumer import Consumer, Handler
+from esi.bus.dead_letters import DeadLetters
 from esi.bus.relay import OutboxRelay
 from esi.bus.topology import Topology, build_topology
 from esi.config import Settings
@@ -138,7 +139,8 @@ class AdapterService(Service):
             self.relay = OutboxRelay(store=self.store, publisher=self.bus.publisher, exchange=topology.exchange)
             self.relay.start()
             app = create_app(ApiDeps(store=self.store, on_accepted=self.relay.notify,
-                                     max_pdf_bytes=s.max_pdf_bytes, readiness=self.readiness))
+                                     max_pdf_bytes=s.max_pdf_bytes, readiness=self.readiness,
+                                     dead_letters=DeadLetters(self.bus.connection, topology)))
             self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api")
             await self.http.start()
         await self.consumer.start()

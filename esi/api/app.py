@@ -8,10 +8,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 from fastapi.responses import JSONResponse
 
 from esi.api.errors import ApiError, install_error_handlers
+from esi.bus.dead_letters import DeadLetters, Filters, parse_duration
 from esi.api.ingress import Accepted, build_request, check_pdf_bytes, parse_json_object
 from esi.messages.crm import UpdateOrderStatus
 from esi.messages.dms import CreateUser
@@ -29,6 +31,21 @@ class ApiDeps:
     on_accepted: Callable[[], None]
     max_pdf_bytes: int
     readiness: ReadyCheck | None = None
+    dead_letters: DeadLetters | None = None
+
+
+class ReplayRequest(BaseModel):
+    """Which dead letters to replay: named ids, or `all` that match the filters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(default_factory=list, max_length=10_000)
+    all: bool = False
+    queue: str | None = None
+    reason: str | None = None
+    since: str | None = Field(default=None, description="90s, 15m, 2h, 7d")
+    rate: float | None = Field(default=None, gt=0, le=10_000)
+    dry_run: bool = False
 
 
 def _json_schema(model: type, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -130,6 +147,50 @@ def create_app(deps: ApiDeps) -> FastAPI:
         if record is None:
             raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
         return record
+
+    def dead_letters() -> DeadLetters:
+        if deps.dead_letters is None:
+            raise ApiError(503, "unavailable", "dead-letter access is not configured on this service")
+        return deps.dead_letters
+
+    def filters(queue: str | None, reason: str | None, since: str | None, ids: list[str] | None = None) -> Filters:
+        try:
+            return Filters(queue=queue, reason=reason, since=parse_duration(since) if since else None,
+                           ids=tuple(ids or ()))
+        except ValueError as exc:
+            raise ApiError(422, "validation_error", str(exc)) from None
+
+    @app.get("/dlq", summary="Dead letters (they stay where they are)")
+    async def list_dead_letters(queue: str | None = Query(None, max_length=64),
+                                reason: str | None = Query(None, max_length=200),
+                                since: str | None = Query(None, max_length=16),
+                                limit: int | None = Query(None, ge=1, le=10_000)) -> dict[str, Any]:
+        """Filter by queue (`dms` or `dms_dead_letter_queue`), reason text, and age (`since=15m`)."""
+        try:
+            letters = await dead_letters().list(filters(queue, reason, since), limit=limit)
+        except ValueError as exc:
+            raise ApiError(422, "validation_error", str(exc)) from None
+        return {"count": len(letters), "messages": [d.summary() for d in letters]}
+
+    @app.get("/dlq/{ident}", summary="One dead letter with its headers and body")
+    async def show_dead_letter(ident: str = Path(max_length=128)) -> dict[str, Any]:
+        letter = await dead_letters().show(ident)
+        if letter is None:
+            raise ApiError(404, "unknown_dead_letter", f"no dead letter with id {ident!r}")
+        return letter.detail()
+
+    @app.post("/dlq/replay", summary="Replay dead letters to their original routing key")
+    async def replay_dead_letters(body: ReplayRequest) -> dict[str, Any]:
+        """Each message leaves its DLQ only once its republish is confirmed."""
+        if not body.ids and not body.all:
+            raise ApiError(422, "validation_error", "name the ids to replay, or set all=true (with filters)")
+        try:
+            letters = await dead_letters().replay(filters(body.queue, body.reason, body.since, body.ids),
+                                                  rate=body.rate, dry_run=body.dry_run)
+        except ValueError as exc:
+            raise ApiError(422, "validation_error", str(exc)) from None
+        return {"replayed": 0 if body.dry_run else len(letters), "dry_run": body.dry_run,
+                "messages": [d.summary() for d in letters]}
 
     @app.get("/healthz", summary="The process lives")
     async def healthz() -> dict[str, str]:

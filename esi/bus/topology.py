@@ -4,7 +4,7 @@
       ├─ *.request.dms.*                      → dms_queue  (quorum)
       ├─ *.request.crm.*, *.response.crm.*    → crm_queue  (quorum)
       └─ *.response.1c.*                      → 1c_queue   (quorum)
-    <queue>_dlx (fanout) → <queue>'s dead-letter queue, e.g. dms_dead_letter_queue (quorum)
+    <queue>_dlx (fanout) → <queue>'s dead-letter queue, e.g. dms_dead_letter_queue (classic, durable)
     <queue>.retry.<delay> (classic, queue-level TTL) ──expires──▶ default exchange ─▶ <queue>
 
 The retry ladder uses queue-level TTLs (never per-message expiration in a shared queue, which would make a short
@@ -94,7 +94,9 @@ class Topology:
         }
 
     def dead_letter_queue_arguments(self) -> dict[str, Any]:
-        return {"x-queue-type": "quorum", "x-max-length": self.max_length, "x-overflow": "reject-publish"}
+        # classic, durable: a quorum queue counts every peek (get, then return) as a delivery, and from RabbitMQ 4.0
+        # drops a message past its delivery limit — inspecting a DLQ must never cost a message
+        return {"x-queue-type": "classic", "x-max-length": self.max_length, "x-overflow": "reject-publish"}
 
     @staticmethod
     def retry_queue_arguments(queue: WorkQueue, step: RetryStep) -> dict[str, Any]:

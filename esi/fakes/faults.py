@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from collections import deque
 from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, Request
@@ -41,6 +43,8 @@ class Faults:
         self.remaining: int | None = None
         #: how many calls a fault answered with its status (tests read it back through /_fake/state)
         self.injected = 0
+        #: wall-clock times (epoch seconds) of the latest business calls, faulted or not: tests check retry spacing
+        self.call_times: deque[float] = deque(maxlen=2000)
         self._rng = random.Random(1234)
 
     def arm(self, spec: FaultSpec) -> None:
@@ -53,8 +57,14 @@ class Faults:
         self.spec = None
         self.remaining = None
 
+    def reset(self) -> None:
+        self.clear()
+        self.injected = 0
+        self.call_times.clear()
+
     def decide(self) -> Decision:
         """Consume one call's worth of the armed fault."""
+        self.call_times.append(time.time())
         spec = self.spec
         if spec is None:
             return Decision()
@@ -75,6 +85,7 @@ class Faults:
             "armed": self.spec.model_dump() if self.spec else None,
             "remaining": self.remaining,
             "injected": self.injected,
+            "call_times": list(self.call_times),
         }
 
 
