@@ -77,6 +77,44 @@ def status(
         raise typer.Exit(1)
 
 
+@app.command(hidden=False)
+def check(what: Annotated[str, typer.Argument(help="broker or postgres")]) -> None:
+    """Check that a dependency answers, with a clear message naming how to start it when it does not."""
+    settings = _settings()
+
+    async def broker() -> None:
+        import aio_pika
+
+        from esi.bus.connection import redact
+
+        url = settings.broker_url()
+        try:
+            connection = await asyncio.wait_for(aio_pika.connect(url), 10)
+        except Exception as exc:
+            typer.echo(f"RabbitMQ does not answer at {redact(url)} ({type(exc).__name__}: {exc}).\n"
+                       "Start it with:  rabbitmq-server -detached   (or set ESI_AMQP_URL)", err=True)
+            raise typer.Exit(1) from None
+        await connection.close()
+
+    async def postgres() -> None:
+        import asyncpg
+
+        try:
+            conn = await asyncio.wait_for(asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres"), 10)
+        except Exception as exc:
+            typer.echo(f"PostgreSQL does not answer on 127.0.0.1:5432 ({type(exc).__name__}: {exc}); the tests "
+                       "need it.\nStart it with:  pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) "
+                       "main start", err=True)
+            raise typer.Exit(1) from None
+        await conn.close()
+
+    checks = {"broker": broker, "postgres": postgres}
+    if what not in checks:
+        typer.echo(f"esi: check one of {', '.join(checks)}", err=True)
+        raise typer.Exit(2)
+    asyncio.run(checks[what]())
+
+
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect, replay and purge dead letters (nothing is lost by looking)")
 app.add_typer(dlq_app, name="dlq")
 

@@ -1,0 +1,35 @@
+# The two commands of the quick start: `make run` and `make test`. Both set themselves up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test bench install check-broker check-postgres clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+check-broker: install
+	@$(BIN)/esi check broker
+
+check-postgres: install
+	@$(BIN)/esi check postgres
+
+## run: the whole system (1C API, DMS and CRM adapters, fake Creatio, fake DMS) on the local RabbitMQ, SQLite store
+run: check-broker
+	ESI_LOG_FORMAT=$${ESI_LOG_FORMAT:-text} $(BIN)/esi run --with-fakes
+
+## test: the whole suite, against the local RabbitMQ and PostgreSQL
+test: check-broker check-postgres
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+## bench: the benchmark harness (not a test); figures land in bench/results/
+bench: check-broker
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
