@@ -134,6 +134,7 @@ class AdapterService(Service):
             service=self.name, queue=topology.queue_for(self.system), channel=self.bus.consume_channel,
             publisher=self.bus.publisher, catalog=CATALOG, handlers=handlers, max_attempts=s.max_attempts,
             tracker=self.store, inbox=self.store,
+            queue_arguments=topology.work_queue_arguments(topology.queue_for(self.system)),
         )
         if self.name == "onec":
             self.relay = OutboxRelay(store=self.store, publisher=self.bus.publisher, exchange=topology.exchange)

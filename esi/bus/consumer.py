@@ -90,6 +90,7 @@ class Consumer:
         max_attempts: int,
         tracker: Tracker | None = None,
         inbox: Inbox | None = None,
+        queue_arguments: dict[str, Any] | None = None,
     ) -> None:
         self.service = service
         self.queue = queue
@@ -100,6 +101,7 @@ class Consumer:
         self._max_attempts = max_attempts
         self._tracker = tracker
         self._inbox = inbox
+        self._queue_arguments = queue_arguments
         self._amqp_queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -111,7 +113,10 @@ class Consumer:
         return len(self._tasks)
 
     async def start(self) -> None:
-        self._amqp_queue = await self._channel.get_queue(self.queue.name, ensure=False)
+        # declared (not merely looked up) on the robust channel, so that a reconnection restores it and its consumer
+        self._amqp_queue = await self._channel.declare_queue(
+            self.queue.name, durable=True, arguments=self._queue_arguments,
+            passive=self._queue_arguments is None)
         self._consumer_tag = await self._amqp_queue.consume(self._on_message, no_ack=False)
         log.info("consuming %s as %s", self.queue.name, self.service)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from esi.store import schema
@@ -95,7 +95,21 @@ class Store:
 
     async def migrate(self) -> None:
         """Apply the migrations not yet applied (safe when several services start at once)."""
+        for attempt in range(10):
+            try:
+                await self._migrate_once()
+                return
+            except (IntegrityError, OperationalError, ProgrammingError) as exc:
+                # another process migrated the same store at the same moment: look again
+                if attempt == 9:
+                    raise
+                log.info("store migration raced with another process (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.1 * (attempt + 1))
+
+    async def _migrate_once(self) -> None:
         async with self._write() as conn:
+            if not self.is_sqlite:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(724301)"))
             await conn.run_sync(lambda c: schema.schema_migrations.create(c, checkfirst=True))
             done = set((await conn.execute(select(schema.schema_migrations.c.version))).scalars())
             for version in sorted(schema.MIGRATIONS):
