@@ -46,6 +46,9 @@ class Settings(BaseSettings):
 
     # --- store --------------------------------------------------------------------------------------------------
     database_url: str = Field("sqlite:///./var/esi.db", validation_alias=_env("ESI_DATABASE_URL"))
+    outbox_max_backlog: int = Field(100_000, ge=1, validation_alias=_env("ESI_OUTBOX_MAX_BACKLOG"))
+    inbox_retention_s: float = Field(7 * 86400, gt=0, validation_alias=_env("ESI_INBOX_RETENTION"))
+    prune_interval_s: float = Field(3600, gt=0, validation_alias=_env("ESI_PRUNE_INTERVAL"))
 
     # --- HTTP API for 1C ----------------------------------------------------------------------------------------
     http_host: str = Field("127.0.0.1", validation_alias=_env("ESI_HTTP_HOST"))

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta, timezone
 
 import uvicorn
 from fastapi import FastAPI
@@ -93,6 +94,7 @@ class AdapterService(Service):
         self.relay: OutboxRelay | None = None
         self.http: HttpServer | None = None
         self._client: object | None = None
+        self._pruner: asyncio.Task[None] | None = None
 
     def _handlers(self) -> dict[str, Handler]:
         s = self.settings
@@ -141,12 +143,28 @@ class AdapterService(Service):
             self.relay.start()
             app = create_app(ApiDeps(store=self.store, on_accepted=self.relay.notify,
                                      max_pdf_bytes=s.max_pdf_bytes, readiness=self.readiness,
-                                     dead_letters=DeadLetters(self.bus.connection, topology)))
+                                     dead_letters=DeadLetters(self.bus.connection, topology),
+                                     max_backlog=s.outbox_max_backlog))
             self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api")
             await self.http.start()
         await self.consumer.start()
+        self._pruner = asyncio.create_task(self._prune_forever(), name=f"prune-{self.name}")
+
+    async def _prune_forever(self) -> None:
+        """Forget processed message ids (and sent outbox rows) after the retention time."""
+        while True:
+            try:
+                cutoff = (datetime.now(timezone.utc) - timedelta(seconds=self.settings.inbox_retention_s))
+                inbox, outbox = await self.store.prune(cutoff.isoformat(timespec="microseconds"))
+                if inbox or outbox:
+                    log.info("pruned %d inbox ids and %d sent outbox rows older than %s", inbox, outbox, cutoff)
+            except Exception as exc:
+                log.warning("pruning the store failed: %s", exc)
+            await asyncio.sleep(self.settings.prune_interval_s)
 
     async def stop(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
         if self.http is not None:
             await self.http.stop()
         if self.consumer is not None:

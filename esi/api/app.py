@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,8 @@ class ApiDeps:
     max_pdf_bytes: int
     readiness: ReadyCheck | None = None
     dead_letters: DeadLetters | None = None
+    #: above this many unpublished messages (the broker is away), new requests get 503 with Retry-After
+    max_backlog: int = 100_000
 
 
 class ReplayRequest(BaseModel):
@@ -46,6 +50,26 @@ class ReplayRequest(BaseModel):
     since: str | None = Field(default=None, description="90s, 15m, 2h, 7d")
     rate: float | None = Field(default=None, gt=0, le=10_000)
     dry_run: bool = False
+
+
+class _BacklogGauge:
+    """The outbox backlog, counted at most every `ttl` seconds (a count per request would cost more than it tells)."""
+
+    def __init__(self, store: Store, *, ttl: float) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._value = 0
+        self._at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def value(self) -> int:
+        if time.monotonic() - self._at < self._ttl:
+            return self._value
+        async with self._lock:
+            if time.monotonic() - self._at >= self._ttl:
+                self._value = await self._store.outbox_backlog()
+                self._at = time.monotonic()
+        return self._value
 
 
 def _json_schema(model: type, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -65,6 +89,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     )
     install_error_handlers(app)
     max_body = deps.max_pdf_bytes * 4 // 3 + 1024 * 1024
+    backlog = _BacklogGauge(deps.store, ttl=0.5)
 
     async def read_json(request: Request) -> dict[str, Any]:
         length = request.headers.get("content-length")
@@ -73,6 +98,10 @@ def create_app(deps: ApiDeps) -> FastAPI:
         return parse_json_object(await request.body())
 
     async def accept(accepted: Accepted) -> JSONResponse:
+        if await backlog.value() >= deps.max_backlog:
+            raise ApiError(503, "backlog_full",
+                           f"{deps.max_backlog} or more requests are waiting for the broker; try again later",
+                           headers={"Retry-After": "5"})
         record, created, first_hash = await deps.store.accept(
             request_id=accepted.request_id, source="1c", target=accepted.target,
             message_type=accepted.message_type, payload_hash=accepted.payload_hash,

@@ -246,10 +246,13 @@ class Store:
         except IntegrityError:
             pass  # already recorded by a concurrent duplicate
 
-    async def prune_inbox(self, older_than: str) -> int:
+    async def prune(self, older_than: str) -> tuple[int, int]:
+        """Forget inbox ids and sent outbox rows older than `older_than` (ISO time); returns how many of each."""
         async with self._write() as conn:
-            result = await conn.execute(schema.inbox.delete().where(schema.inbox.c.processed_at < older_than))
-        return result.rowcount
+            inbox = await conn.execute(schema.inbox.delete().where(schema.inbox.c.processed_at < older_than))
+            outbox = await conn.execute(schema.outbox.delete().where(schema.outbox.c.sent_at.is_not(None),
+                                                                     schema.outbox.c.sent_at < older_than))
+        return inbox.rowcount, outbox.rowcount
 
 
 def _record(row: Any) -> RequestRecord:

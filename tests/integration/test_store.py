@@ -1,0 +1,95 @@
+"""The store, on SQLite and PostgreSQL: request tracking, outbox, inbox, retention, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from esi.api.app import ApiDeps, create_app
+from esi.store import RequestStatus, Store
+from esi.store import schema
+
+pytestmark = pytest.mark.integration
+
+
+def _accept(store: Store, request_id: str, payload_hash: str = "h1", message_id: str | None = None):
+    return store.accept(request_id=request_id, source="1c", target="dms", message_type="create_user",
+                        payload_hash=payload_hash, message_id=message_id or f"m-{request_id}-{payload_hash}",
+                        routing_key="1c.request.dms.create_user", body=b'{"x": 1}')
+
+
+async def test_accept_is_idempotent_on_request_id_even_when_concurrent(store_url: str) -> None:
+    async with await Store.open(store_url) as store:
+        results = await asyncio.gather(*(_accept(store, "R1", message_id=f"m{i}") for i in range(5)))
+        assert sum(created for _, created, _ in results) == 1
+        assert {first for _, _, first in results} == {"h1"}
+        _, created, first = await _accept(store, "R1", payload_hash="h2")
+        assert not created and first == "h1"
+        assert len(await store.outbox_pending()) == 1
+
+
+async def test_outbox_rows_are_published_once_marked_and_the_request_moves_on(store_url: str) -> None:
+    async with await Store.open(store_url) as store:
+        await _accept(store, "R2")
+        rows = await store.outbox_pending()
+        assert [r.request_id for r in rows] == ["R2"]
+        assert await store.outbox_backlog() == 1
+        await store.outbox_mark_sent(rows)
+        assert await store.outbox_pending() == []
+        assert (await store.get("R2")).status is RequestStatus.IN_PROGRESS
+        await store.record_response("R2", response={"ok": True}, error=None)
+        record = await store.get("R2")
+        assert record.status is RequestStatus.COMPLETED and record.response == {"ok": True}
+        # a late retry report never reopens a finished request
+        await store.retrying("R2", attempt=2, error="late")
+        assert (await store.get("R2")).status is RequestStatus.COMPLETED
+
+
+async def test_inbox_remembers_and_retention_forgets(store_url: str) -> None:
+    async with await Store.open(store_url) as store:
+        await store.record("dms", "old")
+        await store.record("dms", "old")  # a concurrent duplicate is harmless
+        assert await store.seen("dms", "old")
+        assert not await store.seen("crm", "old")
+        await _accept(store, "R3")
+        await store.outbox_mark_sent(await store.outbox_pending())
+        future = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat(timespec="microseconds")
+        await store.record("dms", "unsent-marker")
+        await _accept(store, "R4")  # unsent: never pruned
+        inbox, outbox = await store.prune(future)
+        assert inbox == 2 and outbox == 1
+        assert not await store.seen("dms", "old")
+        assert [r.request_id for r in await store.outbox_pending()] == ["R4"]
+
+
+async def test_migrations_apply_once_even_from_several_openers(store_url: str) -> None:
+    stores = await asyncio.gather(*(Store.open(store_url) for _ in range(3)))
+    try:
+        async with stores[0]._engine.connect() as conn:
+            versions = (await conn.execute(select(schema.schema_migrations.c.version))).scalars().all()
+        assert versions == [1]
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_api_answers_503_with_retry_after_when_the_backlog_is_full(tmp_path) -> None:
+    async with await Store.open(f"sqlite:///{tmp_path}/b.db") as store:
+        app = create_app(ApiDeps(store=store, on_accepted=lambda: None, max_pdf_bytes=1024, max_backlog=3))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://esi") as client:
+            codes = []
+            for i in range(6):
+                r = await client.post("/send_to_dms", json={"user_id": f"U{i}", "name": "n", "email": "a@b.c"})
+                codes.append(r.status_code)
+                if r.status_code == 503:
+                    assert r.headers["Retry-After"] == "5"
+                    assert r.json()["error"]["code"] == "backlog_full"
+                await asyncio.sleep(0.6)  # let the cached backlog count refresh (its TTL is 0.5 s)
+        assert codes[:3] == [202, 202, 202]
+        assert codes[3:] == [503, 503, 503]
+        assert await store.outbox_backlog() == 3
