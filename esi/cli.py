@@ -77,6 +77,34 @@ def status(
         raise typer.Exit(1)
 
 
+@app.command()
+def trace(
+    request_id: str,
+    api: Annotated[Optional[str], typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the raw timeline as JSON")] = False,
+) -> None:
+    """Every hop of a request: accepted, published, consumed, external calls, retries, answers, the end."""
+    base = api or f"http://127.0.0.1:{_settings().http_port}"
+    try:
+        response = httpx.get(f"{base}/requests/{request_id}/timeline", timeout=10)
+    except httpx.HTTPError as exc:
+        typer.echo(f"esi: cannot reach the API at {base}: {exc}", err=True)
+        raise typer.Exit(3) from None
+    body = response.json()
+    if response.status_code != 200:
+        typer.echo(json.dumps(body, ensure_ascii=False), err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(body, ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"request {request_id}: {body['status']}")
+    for event in body["events"]:
+        detail = event.get("detail") or {}
+        extra = " ".join(f"{k}={v}" for k, v in detail.items())
+        typer.echo(f"{event['at'][11:23]}  {event['service']:<6} {event['event']:<17} "
+                   f"{event.get('message_type') or '':<22} {extra}".rstrip())
+
+
 @app.command(hidden=False)
 def check(what: Annotated[str, typer.Argument(help="broker or postgres")]) -> None:
     """Check that a dependency answers, with a clear message naming how to start it when it does not."""

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     # --- HTTP API for 1C ----------------------------------------------------------------------------------------
     http_host: str = Field("127.0.0.1", validation_alias=_env("ESI_HTTP_HOST"))
     http_port: int = Field(5000, validation_alias=_env("ESI_HTTP_PORT", "FLASK_PORT"))
+    health_host: str = Field("127.0.0.1", validation_alias=_env("ESI_HEALTH_HOST"))
+    health_port: int = Field(8080, validation_alias=_env("ESI_HEALTH_PORT"))
     max_pdf_bytes: int = Field(10 * 1024 * 1024, ge=1, validation_alias=_env("ESI_MAX_PDF_BYTES"))
 
     # --- Creatio (CRM) ------------------------------------------------------------------------------------------

@@ -19,16 +19,20 @@ from datetime import datetime, timedelta, timezone
 import uvicorn
 from fastapi import FastAPI
 
+from esi import metrics
 from esi.api.app import ApiDeps, create_app
+from esi.api.ops import ReadyCheck, create_ops_app
 from esi.bus.connection import Bus
 from esi.bus.consumer import Consumer, Handler
 from esi.bus.dead_letters import DeadLetters
 from esi.bus.relay import OutboxRelay
 from esi.bus.topology import Topology, build_topology
 from esi.config import Settings
-from esi.health import run_checks
+from esi.health import Check, run_checks
 from esi.messages import CATALOG
+from esi.metrics import Instrumented
 from esi.store import Store
+from esi.store.events import EventRecorder
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +88,13 @@ class Service:
 class AdapterService(Service):
     """A consumer of one system's work queue, and (for onec) the HTTP API and the outbox relay."""
 
-    def __init__(self, name: str, settings: Settings, store: Store) -> None:
+    def __init__(self, name: str, settings: Settings, store: Store, *, events: EventRecorder,
+                 readiness: ReadyCheck | None = None) -> None:
         self.name = name
         self.settings = settings
         self.store = store
+        self.events = events
+        self.process_readiness = readiness
         self.system = {"onec": "1c"}.get(name, name)
         self.bus: Bus | None = None
         self.consumer: Consumer | None = None
@@ -105,7 +112,7 @@ class AdapterService(Service):
             client = DmsClient(base_url=s.dms_url, timeout=s.dms_timeout, max_connections=s.prefetch,
                                api_key=s.dms_api_key.get_secret_value() if s.dms_api_key else None)
             self._client = client
-            return dms_handlers(client)
+            return dms_handlers(Instrumented(client, system="dms", events=self.events, service="dms"))
         if self.name == "crm":
             from esi.systems.crm.client import CreatioClient
             from esi.systems.crm.handlers import crm_handlers
@@ -114,17 +121,20 @@ class AdapterService(Service):
                                    password=s.creatio_password.get_secret_value(), odata_path=s.creatio_odata_path,
                                    timeout=s.creatio_timeout, max_connections=s.prefetch)
             self._client = client
-            return crm_handlers(client, max_pdf_bytes=s.max_pdf_bytes)
+            return crm_handlers(Instrumented(client, system="crm", events=self.events, service="crm"),
+                                max_pdf_bytes=s.max_pdf_bytes)
         from esi.systems.onec.handlers import onec_handlers
 
-        return onec_handlers(self.store)
+        return onec_handlers(self.store, events=self.events)
 
-    async def readiness(self) -> tuple[bool, dict]:
-        checks = {"broker": self.bus.check if self.bus else _down, "store": self.store.ping}
+    def checks(self) -> dict[str, Check]:
+        """What this service needs to do its job, by name."""
+        checks: dict[str, Check] = {f"broker ({self.name})": self.bus.check if self.bus else _down,
+                                    "store": self.store.ping}
         check = getattr(self._client, "check", None)
         if check is not None:
             checks[{"dms": "dms", "crm": "creatio"}[self.name]] = check
-        return await run_checks(checks)
+        return checks
 
     async def start(self) -> None:
         s = self.settings
@@ -133,16 +143,19 @@ class AdapterService(Service):
                                   publish_timeout=s.publish_timeout, name=f"esi-{self.name}")
         handlers = self._handlers()
         self.consumer = Consumer(
+            events=self.events,
             service=self.name, queue=topology.queue_for(self.system), channel=self.bus.consume_channel,
             publisher=self.bus.publisher, catalog=CATALOG, handlers=handlers, max_attempts=s.max_attempts,
             tracker=self.store, inbox=self.store,
             queue_arguments=topology.work_queue_arguments(topology.queue_for(self.system)),
         )
         if self.name == "onec":
-            self.relay = OutboxRelay(store=self.store, publisher=self.bus.publisher, exchange=topology.exchange)
+            self.relay = OutboxRelay(store=self.store, publisher=self.bus.publisher, exchange=topology.exchange,
+                                     events=self.events)
             self.relay.start()
             app = create_app(ApiDeps(store=self.store, on_accepted=self.relay.notify,
-                                     max_pdf_bytes=s.max_pdf_bytes, readiness=self.readiness,
+                                     max_pdf_bytes=s.max_pdf_bytes, readiness=self.process_readiness,
+                                     events=self.events,
                                      dead_letters=DeadLetters(self.bus.connection, topology),
                                      max_backlog=s.outbox_max_backlog))
             self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api")
@@ -212,7 +225,17 @@ async def run(settings: Settings, services: Sequence[str], *, stop: asyncio.Even
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     started: list[Service] = []
+    adapters: list[AdapterService] = []
     store: Store | None = None
+    events: EventRecorder | None = None
+    background: list[asyncio.Task[None]] = []
+
+    async def readiness() -> tuple[bool, dict]:
+        checks: dict[str, Check] = {}
+        for adapter in adapters:
+            checks.update(adapter.checks())
+        return await run_checks(checks)
+
     try:
         # fakes first, so that adapters find their external systems
         for name in sorted(services, key=lambda n: n not in FAKES):
@@ -221,18 +244,67 @@ async def run(settings: Settings, services: Sequence[str], *, stop: asyncio.Even
             else:
                 if store is None:
                     store = await Store.open(settings.database_url)
-                service = AdapterService(name, settings, store)
+                    events = EventRecorder(store)
+                    events.start()
+                assert events is not None
+                service = AdapterService(name, settings, store, events=events, readiness=readiness)
+                adapters.append(service)
             await service.start()
             started.append(service)
+        if adapters and not any(a.name == "onec" for a in adapters):
+            # adapters without the 1C API still answer /healthz, /readyz and /metrics on a port of their own
+            ops = HttpServer(create_ops_app(readiness), host=settings.health_host, port=settings.health_port,
+                             name="health")
+            await ops.start()
+            started.append(_Stoppable("health", ops))
+        if adapters:
+            background.append(asyncio.create_task(_sample_depths(adapters, store), name="queue-depths"))
         log.info("esi running: %s", ", ".join(s.name for s in started))
         await stop.wait()
         log.info("stopping: finishing in-flight work")
     finally:
+        for task in background:
+            task.cancel()
         for service in reversed(started):
             try:
                 await service.stop()
             except Exception:
                 log.exception("error while stopping %s", service.name)
+        if events is not None:
+            await events.stop()
         if store is not None:
             await store.aclose()
         log.info("esi stopped")
+
+
+class _Stoppable(Service):
+    def __init__(self, name: str, server: HttpServer) -> None:
+        self.name = name
+        self._server = server
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+
+async def _sample_depths(adapters: list[AdapterService], store: Store | None, interval: float = 5.0) -> None:
+    """Keep the queue-depth and outbox-backlog gauges current (a passive declare per queue)."""
+    while True:
+        for adapter in adapters:
+            bus = adapter.bus
+            if bus is None or not bus.connected:
+                continue
+            work = bus.topology.queue_for(adapter.system)
+            names = [work.name, work.dead_letter_queue, *(s.queue for s in work.retry_steps)]
+            try:
+                channel = await bus.connection.channel()
+                try:
+                    for name in names:
+                        declared = await channel.declare_queue(name, passive=True)
+                        metrics.QUEUE_DEPTH.labels(name).set(declared.declaration_result.message_count)
+                finally:
+                    await channel.close()
+                if adapter.name == "onec" and store is not None:
+                    metrics.OUTBOX_BACKLOG.set(await store.outbox_backlog())
+            except Exception as exc:
+                log.debug("queue depth sampling failed: %s", exc)
+        await asyncio.sleep(interval)

@@ -91,6 +91,13 @@ class EsiProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def health_url(self) -> str:
+        """Where this process answers /healthz, /readyz and /metrics."""
+        if "onec" in self.services:
+            return f"http://127.0.0.1:{self.env['ESI_HTTP_PORT']}"
+        return f"http://127.0.0.1:{self.env['ESI_HEALTH_PORT']}"
+
     def start(self) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([ESI, "run", *self.services], env=self.env, stdout=log, stderr=log,
@@ -152,8 +159,11 @@ class EsiSystem:
         env.update(self.extra_env)
         return env
 
-    def start(self, name: str, services: list[str]) -> EsiProcess:
-        process = EsiProcess(services, self.env(), self.workdir / f"{name}.log")
+    def start(self, name: str, services: list[str], env: dict[str, str] | None = None) -> EsiProcess:
+        previous = self.processes.get(name)
+        port = previous.env["ESI_HEALTH_PORT"] if previous else str(free_port())
+        process = EsiProcess(services, {**self.env(), "ESI_HEALTH_PORT": port, **(env or {})},
+                             self.workdir / f"{name}.log")
         process.start()
         self.processes[name] = process
         return process

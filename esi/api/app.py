@@ -6,24 +6,26 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from esi.api.errors import ApiError, install_error_handlers
-from esi.bus.dead_letters import DeadLetters, Filters, parse_duration
 from esi.api.ingress import Accepted, build_request, check_pdf_bytes, parse_json_object
+from esi.api.ops import ReadyCheck, install_http_metrics, ops_router
+from esi.bus.dead_letters import DeadLetters, Filters, parse_duration
 from esi.messages.crm import UpdateOrderStatus
 from esi.messages.dms import CreateUser
 from esi.store import RequestRecord, Store
+from esi.store.events import EventRecorder, NullRecorder
+from esi.systems.onec.handlers import business_keys
 
 log = logging.getLogger(__name__)
 
-ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 
 @dataclass
@@ -36,6 +38,7 @@ class ApiDeps:
     dead_letters: DeadLetters | None = None
     #: above this many unpublished messages (the broker is away), new requests get 503 with Retry-After
     max_backlog: int = 100_000
+    events: EventRecorder | None = None
 
 
 class ReplayRequest(BaseModel):
@@ -88,6 +91,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
         version="0.1.0",
     )
     install_error_handlers(app)
+    install_http_metrics(app)
+    app.include_router(ops_router(deps.readiness))
+    events = deps.events or NullRecorder()
     max_body = deps.max_pdf_bytes * 4 // 3 + 1024 * 1024
     backlog = _BacklogGauge(deps.store, ttl=0.5)
 
@@ -106,11 +112,15 @@ def create_app(deps: ApiDeps) -> FastAPI:
             request_id=accepted.request_id, source="1c", target=accepted.target,
             message_type=accepted.message_type, payload_hash=accepted.payload_hash,
             message_id=accepted.envelope.message_id, routing_key=accepted.routing_key,
-            body=accepted.envelope.encode(),
+            body=accepted.envelope.encode(), keys=business_keys(accepted.envelope.payload),
         )
         if created:
             deps.on_accepted()
-            log.info("accepted %s %s", accepted.routing_key, accepted.request_id)
+            events.record(accepted.request_id, "accepted", service="api", message_id=accepted.envelope.message_id,
+                          message_type=accepted.message_type, routing_key=accepted.routing_key)
+            log.info("accepted %s %s", accepted.routing_key, accepted.request_id,
+                     extra={"request_id": accepted.request_id, "message_id": accepted.envelope.message_id,
+                            "routing_key": accepted.routing_key})
         elif first_hash != accepted.payload_hash:
             raise ApiError(409, "request_id_conflict",
                            f"request_id {accepted.request_id!r} was already used for a different request "
@@ -177,6 +187,21 @@ def create_app(deps: ApiDeps) -> FastAPI:
             raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
         return record
 
+    @app.get("/requests", summary="Find requests by a business key (order, user, policy)")
+    async def find_requests(key: str = Query(min_length=1, max_length=255,
+                                             description="an order id or number, user id, DMS user id, policy number"),
+                            limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        records = await deps.store.find_by_key(key, limit=limit)
+        return {"key": key, "count": len(records), "requests": [r.model_dump() for r in records]}
+
+    @app.get("/requests/{request_id}/timeline", summary="Every hop of a request, with times")
+    async def request_timeline(request_id: str = Path(max_length=128)) -> dict[str, Any]:
+        """Accepted, published, consumed by which adapter, external calls, retries, answers, the end."""
+        record = await deps.store.get(request_id)
+        if record is None:
+            raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
+        return {"request_id": request_id, "status": record.status, "events": await deps.store.timeline(request_id)}
+
     def dead_letters() -> DeadLetters:
         if deps.dead_letters is None:
             raise ApiError(503, "unavailable", "dead-letter access is not configured on this service")
@@ -220,17 +245,5 @@ def create_app(deps: ApiDeps) -> FastAPI:
             raise ApiError(422, "validation_error", str(exc)) from None
         return {"replayed": 0 if body.dry_run else len(letters), "dry_run": body.dry_run,
                 "messages": [d.summary() for d in letters]}
-
-    @app.get("/healthz", summary="The process lives")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", summary="The service can do its job")
-    async def readyz() -> JSONResponse:
-        if deps.readiness is None:
-            return JSONResponse({"status": "ready", "checks": {}})
-        ready, checks = await deps.readiness()
-        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                            status_code=200 if ready else 503)
 
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -42,10 +43,10 @@ class Bus:
 
     @classmethod
     async def open(cls, url: str, *, topology: Topology, prefetch: int = 200, publish_timeout: float = 10.0,
-                   name: str = "esi") -> "Bus":
+                   name: str = "esi", ssl_context: ssl.SSLContext | None = None) -> "Bus":
         try:
             connection = await aio_pika.connect_robust(url, client_properties={"connection_name": name},
-                                                       reconnect_interval=1.0)
+                                                       reconnect_interval=1.0, ssl_context=ssl_context)
         except Exception as exc:
             raise BrokerUnavailable(
                 f"cannot connect to RabbitMQ at {redact(url)} ({type(exc).__name__}: {exc}). "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -25,10 +26,13 @@ from typing import Any, Protocol
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel
 
+from esi import metrics
 from esi.bus.publisher import ATTEMPT_HEADER, Publisher
 from esi.bus.topology import WorkQueue
 from esi.errors import BusinessError, EsiError, InvalidMessage, PermanentError, TransientError
+from esi.logs import log_context
 from esi.messages import Catalog, Envelope, ErrorInfo, Kind, decode_envelope
+from esi.store.events import NullRecorder
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,7 @@ class Consumer:
         tracker: Tracker | None = None,
         inbox: Inbox | None = None,
         queue_arguments: dict[str, Any] | None = None,
+        events: Any = None,
     ) -> None:
         self.service = service
         self.queue = queue
@@ -102,6 +107,7 @@ class Consumer:
         self._tracker = tracker
         self._inbox = inbox
         self._queue_arguments = queue_arguments
+        self._events = events or NullRecorder()
         self._amqp_queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -148,9 +154,21 @@ class Consumer:
     async def handle(self, message: AbstractIncomingMessage) -> None:
         headers = dict(message.headers or {})
         attempt = _int(headers.get(ATTEMPT_HEADER), 1)
+        with log_context(message_id=message.message_id, request_id=message.correlation_id,
+                         routing_key=headers.get(H_ORIGINAL_ROUTING_KEY) or message.routing_key,
+                         service=self.service):
+            started = time.perf_counter()
+            outcome_label, envelope = await self._handle(message, headers, attempt)
+            message_type = envelope.message_type if envelope is not None else "unknown"
+            metrics.CONSUMED.labels(self.queue.name, message_type, outcome_label).inc()
+            metrics.HANDLER_DURATION.labels(self.queue.name, message_type).observe(time.perf_counter() - started)
+
+    async def _handle(self, message: AbstractIncomingMessage, headers: dict[str, Any],
+                      attempt: int) -> tuple[str, Envelope | None]:
         envelope: Envelope | None = None
         try:
             envelope = decode_envelope(message.body)
+            log.debug("message body: %s", message.body[:4000])
             if envelope.target_system != self.queue.system:
                 raise InvalidMessage(
                     f"message for {envelope.target_system!r} reached {self.queue.name}", code="wrong_queue"
@@ -164,15 +182,18 @@ class Consumer:
             payload = self._catalog.validate_payload(envelope)
             if self._inbox is not None and await self._inbox.seen(self.service, envelope.message_id):
                 log.info("duplicate %s %s acknowledged without effect", envelope.message_type, envelope.message_id)
+                self._event(envelope, "duplicate_ignored", attempt=attempt)
                 await self._ack(message)
-                return
-            outgoing = await handler(envelope, payload)
-            await self._publish_all(outgoing)
+                return "duplicate", envelope
+            self._event(envelope, "consumed", attempt=attempt, queue=self.queue.name)
+            with log_context(request_id=envelope.request_id):
+                outgoing = await handler(envelope, payload)
+                await self._publish_all(outgoing)
             if self._inbox is not None:
                 await self._inbox.record(self.service, envelope.message_id)
         except PermanentError as exc:
             await self._dead_letter(message, envelope, exc, attempt, headers)
-            return
+            return "dead_lettered", envelope
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # TransientError, and any bug: retried, then parked
@@ -181,15 +202,27 @@ class Consumer:
                 log.exception("unexpected error handling a message from %s", self.queue.name)
             if attempt >= self._max_attempts:
                 await self._dead_letter(message, envelope, error, attempt, headers)
-            else:
-                await self._retry(message, envelope, error, attempt, headers)
-            return
+                return "dead_lettered", envelope
+            await self._retry(message, envelope, error, attempt, headers)
+            return "retried", envelope
         await self._ack(message)
+        return "ok", envelope
+
+    def _event(self, envelope: Envelope | None, event: str, **detail: Any) -> None:
+        if envelope is not None:
+            self._events.record(envelope.request_id, event, service=self.service, message_id=envelope.message_id,
+                                causation_id=envelope.causation_id, message_type=envelope.message_type, **detail)
 
     async def _publish_all(self, outgoing: list[Envelope]) -> None:
         if not outgoing:
             return
-        await asyncio.gather(*(self._publisher.publish(env, self._catalog.routing_key(env)) for env in outgoing))
+        keys = [self._catalog.routing_key(env) for env in outgoing]
+        sent_at = datetime.now(timezone.utc)
+        await asyncio.gather(*(self._publisher.publish(env, key) for env, key in zip(outgoing, keys)))
+        for env, key in zip(outgoing, keys):
+            metrics.PUBLISHED.labels(env.message_type).inc()
+            self._event(env, "published", at=sent_at, routing_key=key,
+                        **({"error": env.error.message} if env.error else {}))
 
     def _failure_headers(self, message: AbstractIncomingMessage, headers: dict[str, Any], error: EsiError,
                          attempt: int) -> dict[str, Any]:
@@ -225,6 +258,9 @@ class Consumer:
             await self._reject_requeue(message)
             return
         await self._ack(message)
+        metrics.RETRIED.labels(self.queue.name, envelope.message_type if envelope else "unknown").inc()
+        self._event(envelope, "retry_scheduled", attempt=attempt, delay_s=step.delay_s,
+                    error=f"{type(error).__name__}: {error.message}")
         if envelope is not None and self._tracker is not None:
             await self._track(self._tracker.retrying(envelope.request_id, attempt=attempt,
                                                      error=f"{type(error).__name__}: {error.message}"))
@@ -246,6 +282,10 @@ class Consumer:
             await self._reject_requeue(message)
             return
         await self._ack(message)
+        metrics.DEAD_LETTERED.labels(self.queue.name, envelope.message_type if envelope else "unknown",
+                                     type(error).__name__).inc()
+        self._event(envelope, "dead_lettered", attempt=attempt, queue=self.queue.dead_letter_queue,
+                    error=f"{type(error).__name__}: {error.message}")
         if envelope is not None and reply is None and self._tracker is not None:
             await self._track(self._tracker.dead_lettered(envelope.request_id,
                                                           error=f"{type(error).__name__}: {error.message}",

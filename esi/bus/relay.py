@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from datetime import datetime, timezone
+from typing import Any, Protocol
 
 import aio_pika
 
@@ -28,13 +29,15 @@ class OutboxStore(Protocol):
 
 class OutboxRelay:
     def __init__(self, *, store: OutboxStore, publisher: Publisher, exchange: str = "main_exchange",
-                 batch_size: int = 500, idle_interval: float = 1.0, max_backoff: float = 5.0) -> None:
+                 batch_size: int = 500, idle_interval: float = 1.0, max_backoff: float = 5.0,
+                 events: Any = None) -> None:
         self._store = store
         self._publisher = publisher
         self._exchange = exchange
         self._batch_size = batch_size
         self._idle_interval = idle_interval
         self._max_backoff = max_backoff
+        self._events = events
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -84,10 +87,15 @@ class OutboxRelay:
         rows = await self._store.outbox_pending(self._batch_size)
         if not rows:
             return 0
+        sent_at = datetime.now(timezone.utc)
         results = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
         sent = [row for row, result in zip(rows, results) if result is None]
         failed = [result for result in results if result is not None]
         await self._store.outbox_mark_sent(sent)
+        if self._events is not None:
+            for row in sent:
+                self._events.record(row.request_id, "published", service="relay", message_id=row.message_id,
+                                    routing_key=row.routing_key, at=sent_at)
         if failed:
             raise TransientError(f"{len(failed)} of {len(rows)} outbox messages not confirmed: {failed[0]}")
         return len(sent)

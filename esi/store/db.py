@@ -128,7 +128,7 @@ class Store:
 
     async def accept(
         self, *, request_id: str, source: str, target: str, message_type: str, payload_hash: str,
-        message_id: str, routing_key: str, body: bytes,
+        message_id: str, routing_key: str, body: bytes, keys: list[str] | None = None,
     ) -> tuple[RequestRecord, bool, str]:
         """Record a new request and its outgoing message (the outbox) in one transaction.
 
@@ -145,6 +145,10 @@ class Store:
                 await conn.execute(insert(schema.outbox).values(
                     message_id=message_id, request_id=request_id, routing_key=routing_key, body=body, created_at=now,
                 ))
+                unique_keys = sorted({k[:255] for k in keys or () if k})
+                if unique_keys:
+                    await conn.execute(insert(schema.request_keys),
+                                       [{"key": k, "request_id": request_id} for k in unique_keys])
         except IntegrityError:
             existing = await self._get_row(request_id)
             if existing is None:  # pragma: no cover - a concurrent delete; nothing deletes requests
@@ -195,6 +199,41 @@ class Store:
                         error=_dumps({"code": "dead_lettered", "message": error, "queue": queue}),
                         updated_at=now_iso())
             )
+
+    # --- timeline and business keys ----------------------------------------------------------------------------
+
+    async def add_events(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            async with self._write() as conn:
+                await conn.execute(insert(schema.events), rows)
+
+    async def timeline(self, request_id: str) -> list[dict[str, Any]]:
+        e = schema.events
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(e).where(e.c.request_id == request_id).order_by(e.c.at, e.c.id))).all()
+        return [{"at": r.at, "event": r.event, "service": r.service, "message_id": r.message_id,
+                 "causation_id": r.causation_id, "message_type": r.message_type,
+                 **({"detail": _loads(r.detail)} if r.detail else {})} for r in rows]
+
+    async def add_keys(self, request_id: str, keys: list[str]) -> None:
+        keys = sorted({k[:255] for k in keys if k})
+        if not keys:
+            return
+        k = schema.request_keys
+        async with self._write() as conn:
+            existing = set((await conn.execute(
+                select(k.c.key).where(k.c.request_id == request_id, k.c.key.in_(keys)))).scalars())
+            new = [{"key": key, "request_id": request_id} for key in keys if key not in existing]
+            if new:
+                await conn.execute(insert(k), new)
+
+    async def find_by_key(self, key: str, limit: int = 100) -> list[RequestRecord]:
+        k, r = schema.request_keys, schema.requests
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                select(r).join(k, k.c.request_id == r.c.request_id).where(k.c.key == key)
+                .order_by(r.c.created_at.desc()).limit(limit))).all()
+        return [_record(row._mapping) for row in rows]
 
     # --- outbox -------------------------------------------------------------------------------------------------
 

@@ -54,6 +54,28 @@ inbox = Table(
     Index("ix_esi_inbox_processed_at", "processed_at"),
 )
 
+events = Table(
+    "esi_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=False),
+    Column("at", String(40), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("service", String(32), nullable=False),
+    Column("message_id", String(128)),
+    Column("causation_id", String(128)),
+    Column("message_type", String(64)),
+    Column("detail", Text),
+    Index("ix_esi_events_request", "request_id", "id"),
+)
+
+request_keys = Table(
+    "esi_request_keys",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("request_id", String(128), primary_key=True),
+)
+
 schema_migrations = Table(
     "esi_schema_migrations",
     metadata,
@@ -64,4 +86,5 @@ schema_migrations = Table(
 #: version → tables it creates. A later version adds its own entry; applied versions are recorded.
 MIGRATIONS: dict[int, list[Table]] = {
     1: [requests, outbox, inbox],
+    2: [events, request_keys],
 }

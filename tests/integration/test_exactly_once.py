@@ -175,13 +175,16 @@ def test_broker_stopped_while_requests_are_posted(split_system: EsiSystem, broke
         wait_until(lambda: httpx.get(f"{split_system.api_url}/readyz", timeout=10).status_code == 503,
                    timeout=30, interval=0.2, what="readiness to report the broker outage")
         ready = httpx.get(f"{split_system.api_url}/readyz", timeout=10).json()
-        assert ready["checks"]["broker"]["status"] == "down"
+        assert ready["checks"]["broker (onec)"]["status"] == "down"
+        dms_ready = httpx.get(f"{split_system.processes['dms'].health_url}/readyz", timeout=10)
+        assert dms_ready.status_code == 503 and dms_ready.json()["checks"]["broker (dms)"]["status"] == "down"
         codes = asyncio.run(_post_many(split_system, tag, n))
         assert codes.count(202) == n  # accepted into the outbox while the broker is away
     finally:
         _broker_up()
-    wait_until(lambda: httpx.get(f"{split_system.api_url}/readyz", timeout=10).status_code == 200,
-               timeout=60, interval=0.2, what="readiness to recover by itself")
+    for url in (split_system.api_url, split_system.processes["dms"].health_url):
+        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200,
+                   timeout=60, interval=0.2, what=f"readiness of {url} to recover by itself")
     _all_completed(split_system, tag, n, timeout=120)
     _all_completed(split_system, tag + "a", 20, timeout=30)
     assert len(users_with(split_system, f"U{tag}-")) == n

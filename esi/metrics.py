@@ -1,0 +1,88 @@
+"""Prometheus metrics (prometheus-client). Every service of a process shares one registry, served at /metrics.
+
+Series:
+    esi_messages_consumed_total{queue,message_type,outcome}    outcome: ok | duplicate | retried | dead_lettered
+    esi_messages_published_total{message_type}                 confirmed publishes of envelopes
+    esi_messages_retried_total{queue,message_type}
+    esi_messages_dead_lettered_total{queue,message_type,error_class}
+    esi_handler_duration_seconds{queue,message_type}           histogram, handling + confirmed publishes
+    esi_external_call_duration_seconds{system,operation}       histogram
+    esi_external_call_errors_total{system,operation,error_class}
+    esi_http_requests_total{route,method,status}
+    esi_http_request_duration_seconds{route,method}            histogram
+    esi_queue_messages{queue}                                  work, retry and dead-letter queue depths
+    esi_outbox_backlog                                         requests accepted but not yet confirmed by the broker
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from esi.logs import current_context
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+CONSUMED = Counter("esi_messages_consumed", "Messages taken off a work queue, by outcome",
+                   ["queue", "message_type", "outcome"], registry=REGISTRY)
+PUBLISHED = Counter("esi_messages_published", "Envelopes published and confirmed by the broker",
+                    ["message_type"], registry=REGISTRY)
+RETRIED = Counter("esi_messages_retried", "Messages parked in a retry hold queue",
+                  ["queue", "message_type"], registry=REGISTRY)
+DEAD_LETTERED = Counter("esi_messages_dead_lettered", "Messages moved to a dead-letter queue",
+                        ["queue", "message_type", "error_class"], registry=REGISTRY)
+HANDLER_DURATION = Histogram("esi_handler_duration_seconds", "Time to handle a message, outgoing confirms included",
+                             ["queue", "message_type"], buckets=_BUCKETS, registry=REGISTRY)
+EXTERNAL_DURATION = Histogram("esi_external_call_duration_seconds", "Calls to external systems",
+                              ["system", "operation"], buckets=_BUCKETS, registry=REGISTRY)
+EXTERNAL_ERRORS = Counter("esi_external_call_errors", "Failed calls to external systems",
+                          ["system", "operation", "error_class"], registry=REGISTRY)
+HTTP_REQUESTS = Counter("esi_http_requests", "HTTP requests served", ["route", "method", "status"], registry=REGISTRY)
+HTTP_DURATION = Histogram("esi_http_request_duration_seconds", "HTTP request latency", ["route", "method"],
+                          buckets=_BUCKETS, registry=REGISTRY)
+QUEUE_DEPTH = Gauge("esi_queue_messages", "Messages ready in a queue", ["queue"], registry=REGISTRY)
+OUTBOX_BACKLOG = Gauge("esi_outbox_backlog", "Accepted requests not yet confirmed by the broker", registry=REGISTRY)
+
+
+
+class Instrumented:
+    """Wraps an external system's client: every public coroutine method is timed, its failures counted, and the
+    call recorded in the timeline of the request being handled (taken from the log context)."""
+
+    def __init__(self, client: Any, *, system: str, events: Any = None, service: str = "") -> None:
+        self._client = client
+        self._system = system
+        self._events = events
+        self._service = service or system
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name.startswith("_") or not callable(attr) or name in ("aclose", "check"):
+            return attr
+        system, events, service = self._system, self._events, self._service
+
+        @functools.wraps(attr)
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            outcome = "ok"
+            try:
+                return await attr(*args, **kwargs)
+            except Exception as exc:
+                outcome = f"{type(exc).__name__}: {exc}"[:300]
+                EXTERNAL_ERRORS.labels(system, name, type(exc).__name__).inc()
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                EXTERNAL_DURATION.labels(system, name).observe(elapsed)
+                if events is not None:
+                    context = current_context()
+                    events.record(context.get("request_id"), "external_call", service=service,
+                                  message_id=context.get("message_id"), system=system, operation=name,
+                                  outcome=outcome, duration_ms=round(elapsed * 1000, 1))
+
+        return timed
+
+

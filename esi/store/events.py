@@ -1,0 +1,92 @@
+"""The timeline of a request: every hop recorded with its time, written in batches off the hot path.
+
+Events are diagnostic: they are buffered and written together every `interval` seconds (or `batch` events), so
+recording one costs a list append. A crash may lose the last fraction of a second of events, never a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+
+class EventStore(Protocol):
+    async def add_events(self, rows: list[dict[str, Any]]) -> None: ...
+
+
+class EventRecorder:
+    def __init__(self, store: EventStore, *, interval: float = 0.1, batch: int = 500, max_buffer: int = 100_000):
+        self._store = store
+        self._interval = interval
+        self._batch = batch
+        self._max_buffer = max_buffer
+        self._buffer: list[dict[str, Any]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def record(self, request_id: str | None, event: str, *, service: str, message_id: str | None = None,
+               causation_id: str | None = None, message_type: str | None = None, at: datetime | None = None,
+               **detail: Any) -> None:
+        """Buffer one event; `at` (default: now) lets a caller stamp when the recorded act began."""
+        if not request_id:
+            return
+        if len(self._buffer) >= self._max_buffer:
+            return  # the store is far behind: drop diagnostics rather than memory
+        self._buffer.append({
+            "request_id": request_id, "at": (at or datetime.now(timezone.utc)).isoformat(timespec="microseconds"),
+            "event": event, "service": service, "message_id": message_id, "causation_id": causation_id,
+            "message_type": message_type,
+            "detail": orjson.dumps(detail, default=str).decode() if detail else None,
+        })
+        if len(self._buffer) >= self._batch:
+            self._wakeup.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="event-recorder")
+
+    async def flush(self) -> None:
+        while self._buffer:
+            rows, self._buffer = self._buffer[: self._batch * 4], self._buffer[self._batch * 4:]
+            try:
+                await self._store.add_events(rows)
+            except Exception as exc:
+                log.warning("could not write %d timeline events: %s", len(rows), exc)
+                self._buffer = rows + self._buffer
+                raise
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self._interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wakeup.clear()
+            try:
+                await self.flush()
+            except Exception:
+                await asyncio.sleep(1)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        try:
+            await self.flush()
+        except Exception:
+            log.warning("%d timeline events lost at shutdown", len(self._buffer))
+
+
+class NullRecorder:
+    """Records nothing (for parts used without a store)."""
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        return None
