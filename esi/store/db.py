@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import event, func, insert, select, text, update
@@ -25,6 +25,7 @@ from esi.store.records import OutboxRow, RequestRecord, RequestStatus
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _FINAL = (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
 
 
@@ -59,6 +60,10 @@ class Store:
         self.is_sqlite = engine.dialect.name == "sqlite"
         # SQLite has one writer at a time: queueing writes here avoids lock-upgrade failures between connections
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        # group commit (SQLite): writes that arrive while a commit is in progress share the next one
+        self._pending: list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._kick = asyncio.Event()
+        self._batcher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str) -> "Store":
@@ -69,6 +74,9 @@ class Store:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(target, connect_args={"timeout": 30}, pool_size=5, max_overflow=5)
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            # take over BEGIN from the driver: SAVEPOINTs then work, and IMMEDIATE takes the write lock up front
+            # (a deferred transaction that reads, then writes, can fail to upgrade its lock under contention)
+            event.listen(engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         else:
             engine = create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True)
         store = cls(engine)
@@ -82,7 +90,58 @@ class Store:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._batcher is not None:
+            while self._pending:
+                await asyncio.sleep(0.01)
+            self._batcher.cancel()
         await self._engine.dispose()
+
+    async def _tx(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `fn` in a write transaction. On SQLite, concurrent writes are grouped into one transaction (each in
+        its own savepoint, so one failing write fails alone) and one commit: one fsync serves many requests."""
+        if not self.is_sqlite:
+            async with self._write() as conn:
+                return await fn(conn)
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._run_batches(), name="store-group-commit")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, future))
+        self._kick.set()
+        return await future
+
+    async def _execute(self, statement: Any, parameters: Any = None) -> None:
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(statement, parameters)
+
+        await self._tx(write)
+
+    async def _run_batches(self, max_batch: int = 512) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:max_batch], self._pending[max_batch:]
+                outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+                try:
+                    async with self._write() as conn:
+                        for fn, future in batch:
+                            try:
+                                async with conn.begin_nested():
+                                    outcomes.append((future, await fn(conn), None))
+                            except Exception as exc:  # this write fails alone; the others go on
+                                outcomes.append((future, None, exc))
+                except Exception as exc:  # the commit itself failed: every write of the batch fails
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for future, result, error in outcomes:
+                    if future.done():
+                        continue
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        future.set_result(result)
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -135,20 +194,23 @@ class Store:
         Returns the request, whether it was created now, and the payload hash it was first accepted with.
         """
         now = now_iso()
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(insert(schema.requests).values(
+                request_id=request_id, source=source, target=target, message_type=message_type,
+                status=RequestStatus.ACCEPTED.value, payload_hash=payload_hash, attempts=0,
+                created_at=now, updated_at=now,
+            ))
+            await conn.execute(insert(schema.outbox).values(
+                message_id=message_id, request_id=request_id, routing_key=routing_key, body=body, created_at=now,
+            ))
+            unique_keys = sorted({k[:255] for k in keys or () if k})
+            if unique_keys:
+                await conn.execute(insert(schema.request_keys),
+                                   [{"key": k, "request_id": request_id} for k in unique_keys])
+
         try:
-            async with self._write() as conn:
-                await conn.execute(insert(schema.requests).values(
-                    request_id=request_id, source=source, target=target, message_type=message_type,
-                    status=RequestStatus.ACCEPTED.value, payload_hash=payload_hash, attempts=0,
-                    created_at=now, updated_at=now,
-                ))
-                await conn.execute(insert(schema.outbox).values(
-                    message_id=message_id, request_id=request_id, routing_key=routing_key, body=body, created_at=now,
-                ))
-                unique_keys = sorted({k[:255] for k in keys or () if k})
-                if unique_keys:
-                    await conn.execute(insert(schema.request_keys),
-                                       [{"key": k, "request_id": request_id} for k in unique_keys])
+            await self._tx(write)
         except IntegrityError:
             existing = await self._get_row(request_id)
             if existing is None:  # pragma: no cover - a concurrent delete; nothing deletes requests
@@ -171,41 +233,39 @@ class Store:
                               error: dict[str, Any] | None) -> bool:
         """Store the final answer of a request; returns False for an unknown request id."""
         status = RequestStatus.FAILED if error else RequestStatus.COMPLETED
-        async with self._write() as conn:
+
+        async def write(conn: AsyncConnection) -> int:
             result = await conn.execute(
                 update(schema.requests).where(schema.requests.c.request_id == request_id).values(
                     status=status.value, response=_dumps(response), error=_dumps(error), updated_at=now_iso(),
                 )
             )
-        return result.rowcount > 0
+            return result.rowcount
+
+        return await self._tx(write) > 0
 
     async def retrying(self, request_id: str, *, attempt: int, error: str) -> None:
         """A hop of the request failed and waits for its next attempt."""
-        async with self._write() as conn:
-            await conn.execute(
-                update(schema.requests)
-                .where(schema.requests.c.request_id == request_id, schema.requests.c.status.not_in(_FINAL))
-                .values(status=RequestStatus.IN_PROGRESS.value, attempts=attempt, last_error=error,
-                        updated_at=now_iso())
-            )
+        await self._execute(
+            update(schema.requests)
+            .where(schema.requests.c.request_id == request_id, schema.requests.c.status.not_in(_FINAL))
+            .values(status=RequestStatus.IN_PROGRESS.value, attempts=attempt, last_error=error, updated_at=now_iso())
+        )
 
     async def dead_lettered(self, request_id: str, *, error: str, queue: str) -> None:
         """A hop of the request was parked in a dead-letter queue."""
-        async with self._write() as conn:
-            await conn.execute(
-                update(schema.requests)
-                .where(schema.requests.c.request_id == request_id, schema.requests.c.status.not_in(_FINAL))
-                .values(status=RequestStatus.DEAD_LETTERED.value, last_error=error,
-                        error=_dumps({"code": "dead_lettered", "message": error, "queue": queue}),
-                        updated_at=now_iso())
-            )
+        await self._execute(
+            update(schema.requests)
+            .where(schema.requests.c.request_id == request_id, schema.requests.c.status.not_in(_FINAL))
+            .values(status=RequestStatus.DEAD_LETTERED.value, last_error=error,
+                    error=_dumps({"code": "dead_lettered", "message": error, "queue": queue}), updated_at=now_iso())
+        )
 
     # --- timeline and business keys ----------------------------------------------------------------------------
 
     async def add_events(self, rows: list[dict[str, Any]]) -> None:
         if rows:
-            async with self._write() as conn:
-                await conn.execute(insert(schema.events), rows)
+            await self._execute(insert(schema.events), rows)
 
     async def timeline(self, request_id: str) -> list[dict[str, Any]]:
         e = schema.events
@@ -220,12 +280,15 @@ class Store:
         if not keys:
             return
         k = schema.request_keys
-        async with self._write() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             existing = set((await conn.execute(
                 select(k.c.key).where(k.c.request_id == request_id, k.c.key.in_(keys)))).scalars())
             new = [{"key": key, "request_id": request_id} for key in keys if key not in existing]
             if new:
                 await conn.execute(insert(k), new)
+
+        await self._tx(write)
 
     async def find_by_key(self, key: str, limit: int = 100) -> list[RequestRecord]:
         k, r = schema.request_keys, schema.requests
@@ -251,7 +314,8 @@ class Store:
         if not rows:
             return
         now = now_iso()
-        async with self._write() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             await conn.execute(update(schema.outbox).where(schema.outbox.c.id.in_([r.id for r in rows]))
                                .values(sent_at=now))
             await conn.execute(
@@ -260,6 +324,8 @@ class Store:
                        schema.requests.c.status == RequestStatus.ACCEPTED.value)
                 .values(status=RequestStatus.IN_PROGRESS.value, updated_at=now)
             )
+
+        await self._tx(write)
 
     async def outbox_backlog(self) -> int:
         async with self._engine.connect() as conn:
@@ -279,19 +345,21 @@ class Store:
 
     async def record(self, consumer: str, message_id: str) -> None:
         try:
-            async with self._write() as conn:
-                await conn.execute(insert(schema.inbox).values(consumer=consumer, message_id=message_id,
-                                                                processed_at=now_iso()))
+            await self._execute(insert(schema.inbox).values(consumer=consumer, message_id=message_id,
+                                                            processed_at=now_iso()))
         except IntegrityError:
             pass  # already recorded by a concurrent duplicate
 
     async def prune(self, older_than: str) -> tuple[int, int]:
         """Forget inbox ids and sent outbox rows older than `older_than` (ISO time); returns how many of each."""
-        async with self._write() as conn:
+
+        async def write(conn: AsyncConnection) -> tuple[int, int]:
             inbox = await conn.execute(schema.inbox.delete().where(schema.inbox.c.processed_at < older_than))
             outbox = await conn.execute(schema.outbox.delete().where(schema.outbox.c.sent_at.is_not(None),
                                                                      schema.outbox.c.sent_at < older_than))
-        return inbox.rowcount, outbox.rowcount
+            return inbox.rowcount, outbox.rowcount
+
+        return await self._tx(write)
 
 
 def _record(row: Any) -> RequestRecord:
@@ -304,6 +372,7 @@ def _record(row: Any) -> RequestRecord:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # the driver must not BEGIN on its own (see Store.open)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
