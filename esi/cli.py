@@ -35,6 +35,7 @@ def run(
     from esi import runtime
     from esi.bus.connection import BrokerUnavailable
     from esi.logs import setup_logging
+    from esi.security.auth import ClientsConfigError
 
     settings = _settings()
     setup_logging(settings.log_level, log_format or settings.log_format)
@@ -56,6 +57,9 @@ def run(
     except BrokerUnavailable as exc:
         typer.echo(f"esi: {exc}", err=True)
         raise typer.Exit(3) from None
+    except ClientsConfigError as exc:
+        typer.echo(f"esi: {exc}", err=True)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:  # pragma: no cover
         pass
 

@@ -27,6 +27,22 @@ class Settings(BaseSettings):
 
     env: Literal["demo", "production"] = Field("demo", validation_alias=_env("ESI_ENV"))
 
+    # --- who may use the API ---------------------------------------------------------------------------------------
+    auth: Literal["on", "off"] = Field("on", validation_alias=_env("ESI_AUTH"))
+    clients_file: str | None = Field(None, validation_alias=_env("ESI_CLIENTS_FILE"))
+    clients_json: SecretStr | None = Field(None, validation_alias=_env("ESI_CLIENTS_JSON"))
+    auth_cache_ttl: float = Field(60.0, ge=0, validation_alias=_env("ESI_AUTH_CACHE_TTL"))
+
+    # --- TLS ----------------------------------------------------------------------------------------------------
+    amqp_ca_file: str | None = Field(None, validation_alias=_env("ESI_AMQP_CA_FILE"))
+    amqp_cert_file: str | None = Field(None, validation_alias=_env("ESI_AMQP_CERT_FILE"))
+    amqp_key_file: str | None = Field(None, validation_alias=_env("ESI_AMQP_KEY_FILE"))
+    creatio_ca_bundle: str | None = Field(None, validation_alias=_env("CREATIO_CA_BUNDLE"))
+    dms_ca_bundle: str | None = Field(None, validation_alias=_env("DMS_CA_BUNDLE"))
+    tls_cert_file: str | None = Field(None, validation_alias=_env("ESI_TLS_CERT_FILE"))
+    tls_key_file: str | None = Field(None, validation_alias=_env("ESI_TLS_KEY_FILE"))
+    tls_client_ca_file: str | None = Field(None, validation_alias=_env("ESI_TLS_CLIENT_CA_FILE"))
+
     # --- broker -------------------------------------------------------------------------------------------------
     amqp_url: SecretStr | None = Field(None, validation_alias=_env("ESI_AMQP_URL"))
     rabbitmq_host: str | None = Field(None, validation_alias=_env("RABBITMQ_HOST"))
@@ -94,7 +110,13 @@ class Settings(BaseSettings):
     def _check(self) -> "Settings":
         if self.env == "production" and self.creatio_password.get_secret_value() == "Supervisor":
             raise ValueError("ESI_ENV=production refuses the demo Creatio password: set CREATIO_PASSWORD")
+        if self.env == "production" and self.auth == "off":
+            raise ValueError("ESI_ENV=production refuses ESI_AUTH=off: the API always authenticates in production")
         return self
+
+    def uses_default_broker_credentials(self) -> bool:
+        url = self.broker_url()
+        return "://guest:guest@" in url
 
     def broker_url(self) -> str:
         """The AMQP URL: `ESI_AMQP_URL`, else one built from the original's `RABBITMQ_*` settings."""

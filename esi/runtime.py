@@ -31,6 +31,8 @@ from esi.config import Settings
 from esi.health import Check, run_checks
 from esi.messages import CATALOG
 from esi.metrics import Instrumented
+from esi.security.auth import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_registry, load_registry
+from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
 from esi.store import Store
 from esi.store.events import EventRecorder
 
@@ -50,9 +52,9 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: FastAPI, *, host: str, port: int, name: str) -> None:
+    def __init__(self, app: FastAPI, *, host: str, port: int, name: str, ssl: dict | None = None) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=10)
+                                lifespan="off", timeout_graceful_shutdown=10, **(ssl or {}))
         self.name = name
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
@@ -110,6 +112,7 @@ class AdapterService(Service):
             from esi.systems.dms.handlers import dms_handlers
 
             client = DmsClient(base_url=s.dms_url, timeout=s.dms_timeout, max_connections=s.prefetch,
+                               verify=s.dms_ca_bundle or True,
                                api_key=s.dms_api_key.get_secret_value() if s.dms_api_key else None)
             self._client = client
             return dms_handlers(Instrumented(client, system="dms", events=self.events, service="dms"))
@@ -119,7 +122,8 @@ class AdapterService(Service):
 
             client = CreatioClient(base_url=s.creatio_url, username=s.creatio_username,
                                    password=s.creatio_password.get_secret_value(), odata_path=s.creatio_odata_path,
-                                   timeout=s.creatio_timeout, max_connections=s.prefetch)
+                                   timeout=s.creatio_timeout, max_connections=s.prefetch,
+                                   verify=s.creatio_ca_bundle or True)
             self._client = client
             return crm_handlers(Instrumented(client, system="crm", events=self.events, service="crm"),
                                 max_pdf_bytes=s.max_pdf_bytes)
@@ -139,8 +143,11 @@ class AdapterService(Service):
     async def start(self) -> None:
         s = self.settings
         topology = topology_from(s)
+        ssl_context = amqp_ssl_context_for_url(s.broker_url(), ca_file=s.amqp_ca_file, cert_file=s.amqp_cert_file,
+                                               key_file=s.amqp_key_file)
         self.bus = await Bus.open(s.broker_url(), topology=topology, prefetch=s.prefetch,
-                                  publish_timeout=s.publish_timeout, name=f"esi-{self.name}")
+                                  publish_timeout=s.publish_timeout, name=f"esi-{self.name}",
+                                  ssl_context=ssl_context)
         handlers = self._handlers()
         self.consumer = Consumer(
             events=self.events,
@@ -153,12 +160,15 @@ class AdapterService(Service):
             self.relay = OutboxRelay(store=self.store, publisher=self.bus.publisher, exchange=topology.exchange,
                                      events=self.events)
             self.relay.start()
-            app = create_app(ApiDeps(store=self.store, on_accepted=self.relay.notify,
+            app = create_app(ApiDeps(
+                clients=_clients(s),store=self.store, on_accepted=self.relay.notify,
                                      max_pdf_bytes=s.max_pdf_bytes, readiness=self.process_readiness,
                                      events=self.events,
                                      dead_letters=DeadLetters(self.bus.connection, topology),
                                      max_backlog=s.outbox_max_backlog))
-            self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api")
+            self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api",
+                                   ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file,
+                                                          client_ca_file=s.tls_client_ca_file))
             await self.http.start()
         await self.consumer.start()
         self._pruner = asyncio.create_task(self._prune_forever(), name=f"prune-{self.name}")
@@ -213,12 +223,30 @@ class FakeService(Service):
         await self.http.stop()
 
 
+def _clients(settings: Settings) -> ClientRegistry | None:
+    """Who may use the API. Demo without a clients file: the demo client, printed loudly."""
+    if settings.auth == "off":
+        log.warning("ESI_AUTH=off: the API accepts anyone, with every scope — for a demo on this machine only")
+        return None
+    registry = load_registry(
+        clients_file=settings.clients_file,
+        clients_json=settings.clients_json.get_secret_value() if settings.clients_json else None,
+        production=settings.env == "production", cache_ttl=settings.auth_cache_ttl)
+    if is_demo_registry(registry):
+        log.warning("DEMO CREDENTIALS: the API accepts the client %r with the password %r (HTTP Basic); "
+                    "set ESI_CLIENTS_FILE for real clients", DEMO_CLIENT_ID, DEMO_PASSWORD)
+    return registry
+
+
 async def _down() -> None:
     raise ConnectionError("not connected")
 
 
 async def run(settings: Settings, services: Sequence[str], *, stop: asyncio.Event | None = None) -> None:
     """Start the services, wait for SIGTERM/SIGINT (or `stop`), then stop them in reverse order."""
+    if settings.env == "production" and settings.uses_default_broker_credentials():
+        log.warning("ESI_ENV=production with RabbitMQ's default guest/guest credentials: create a user of esi's "
+                    "own (guest only works over loopback anyway)")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -153,6 +153,7 @@ class EsiSystem:
             "ESI_RETRY_DELAYS": "[0.2, 0.4, 0.8, 1.6]",
             "ESI_MAX_ATTEMPTS": "4",
             "ESI_LOG_FORMAT": "json",
+            "ESI_AUTH": "off",  # the authentication tests turn it on with their own clients
             "CREATIO_TIMEOUT": "5",
             "DMS_TIMEOUT": "5",
         })

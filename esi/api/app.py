@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Path, Query, Request
+
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +21,15 @@ from esi.api.ops import ReadyCheck, install_http_metrics, ops_router
 from esi.bus.dead_letters import DeadLetters, Filters, parse_duration
 from esi.messages.crm import UpdateOrderStatus
 from esi.messages.dms import CreateUser
+from esi.security.auth import (
+    ClientRegistry,
+    Principal,
+    SendScope,
+    principal_dependency,
+    require_operator,
+    require_read,
+    require_send,
+)
 from esi.store import RequestRecord, Store
 from esi.store.events import EventRecorder, NullRecorder
 from esi.systems.onec.handlers import business_keys
@@ -39,6 +49,8 @@ class ApiDeps:
     #: above this many unpublished messages (the broker is away), new requests get 503 with Retry-After
     max_backlog: int = 100_000
     events: EventRecorder | None = None
+    #: the API's clients; None turns authentication off (refused with ESI_ENV=production)
+    clients: ClientRegistry | None = None
 
 
 class ReplayRequest(BaseModel):
@@ -84,6 +96,14 @@ def _json_schema(model: type, extra: dict[str, Any] | None = None) -> dict[str, 
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+#: the caller when authentication is off (demo only): everything is allowed
+OPEN = Principal("anonymous", send_scopes=(SendScope("*", "*"),), can_read=True, is_operator=True)
+
+
+async def _open_principal() -> Principal:
+    return OPEN
+
+
 def create_app(deps: ApiDeps) -> FastAPI:
     app = FastAPI(
         title="esi — Enterprise System Integration",
@@ -94,6 +114,15 @@ def create_app(deps: ApiDeps) -> FastAPI:
     install_http_metrics(app)
     app.include_router(ops_router(deps.readiness))
     events = deps.events or NullRecorder()
+    auth_on = deps.clients is not None
+    current = principal_dependency(deps.clients) if deps.clients is not None else _open_principal
+
+    def check_read(principal: Principal, record: RequestRecord | None, request_id: str) -> RequestRecord:
+        if record is None:
+            raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
+        if auth_on:
+            require_read(principal, request_id, record.client_id)
+        return record
     max_body = deps.max_pdf_bytes * 4 // 3 + 1024 * 1024
     backlog = _BacklogGauge(deps.store, ttl=0.5)
 
@@ -103,7 +132,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
             raise ApiError(413, "body_too_large", f"the request body exceeds {max_body} bytes")
         return parse_json_object(await request.body())
 
-    async def accept(accepted: Accepted) -> JSONResponse:
+    async def accept(accepted: Accepted, principal: Principal) -> JSONResponse:
+        require_send(principal, accepted.target, accepted.message_type)
         if await backlog.value() >= deps.max_backlog:
             raise ApiError(503, "backlog_full",
                            f"{deps.max_backlog} or more requests are waiting for the broker; try again later",
@@ -113,6 +143,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
             message_type=accepted.message_type, payload_hash=accepted.payload_hash,
             message_id=accepted.envelope.message_id, routing_key=accepted.routing_key,
             body=accepted.envelope.encode(), keys=business_keys(accepted.envelope.payload),
+            client_id=principal.client_id if auth_on else None,
         )
         if created:
             deps.on_accepted()
@@ -121,35 +152,38 @@ def create_app(deps: ApiDeps) -> FastAPI:
             log.info("accepted %s %s", accepted.routing_key, accepted.request_id,
                      extra={"request_id": accepted.request_id, "message_id": accepted.envelope.message_id,
                             "routing_key": accepted.routing_key})
-        elif first_hash != accepted.payload_hash:
+        elif first_hash != accepted.payload_hash or (auth_on and record.client_id != principal.client_id):
+            # another client's request is not described: its existence is all that leaks, as it must for ids
+            own = not auth_on or record.client_id == principal.client_id
+            what = f" ({record.target}/{record.message_type})" if own else ""
             raise ApiError(409, "request_id_conflict",
-                           f"request_id {accepted.request_id!r} was already used for a different request "
-                           f"({record.target}/{record.message_type}); use a new request_id")
+                           f"request_id {accepted.request_id!r} was already used for a different request{what}; "
+                           "use a new request_id")
         headers = None if created else {"X-Esi-Duplicate": "true"}
         return JSONResponse({"status": "accepted", "request_id": record.request_id}, status_code=202,
                             headers=headers)
 
     @app.post("/send_to_dms", status_code=202, openapi_extra=_json_schema(CreateUser),
               summary="Send a request to the DMS (default message type: create_user)")
-    async def send_to_dms(request: Request) -> JSONResponse:
+    async def send_to_dms(request: Request, principal: Principal = Depends(current)) -> JSONResponse:
         """The original system's endpoint; `message_type` in the body picks another DMS request."""
         body = await read_json(request)
         message_type = body.pop("message_type", None) or "create_user"
         return await accept(build_request("dms", str(message_type), body, max_pdf_bytes=deps.max_pdf_bytes,
-                                          status_for_unknown_type=422))
+                                          status_for_unknown_type=422), principal)
 
     @app.post("/send_to_crm", status_code=202, openapi_extra=_json_schema(UpdateOrderStatus),
               summary="Send a request to the CRM (default message type: update_order_status)")
-    async def send_to_crm(request: Request) -> JSONResponse:
+    async def send_to_crm(request: Request, principal: Principal = Depends(current)) -> JSONResponse:
         """The original system's endpoint; `message_type` in the body picks another CRM request."""
         body = await read_json(request)
         message_type = body.pop("message_type", None) or "update_order_status"
         return await accept(build_request("crm", str(message_type), body, max_pdf_bytes=deps.max_pdf_bytes,
-                                          status_for_unknown_type=422))
+                                          status_for_unknown_type=422), principal)
 
     @app.post("/requests/{target}/{message_type}", status_code=202,
               summary="Send any request of the catalog (JSON, or multipart/form-data for send_pdf_file)")
-    async def send_request(request: Request, target: str = Path(max_length=16),
+    async def send_request(request: Request, principal: Principal = Depends(current), target: str = Path(max_length=16),
                            message_type: str = Path(max_length=64)) -> JSONResponse:
         """Targets: `dms` (create_user, get_policy_info) and `crm` (update_order_status, send_pdf_file).
 
@@ -160,7 +194,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
             body = await read_multipart(request, message_type)
         else:
             body = await read_json(request)
-        return await accept(build_request(target, message_type, body, max_pdf_bytes=deps.max_pdf_bytes))
+        return await accept(build_request(target, message_type, body, max_pdf_bytes=deps.max_pdf_bytes), principal)
 
     async def read_multipart(request: Request, message_type: str) -> dict[str, Any]:
         if message_type != "send_pdf_file":
@@ -180,29 +214,27 @@ def create_app(deps: ApiDeps) -> FastAPI:
         return body
 
     @app.get("/requests/{request_id}", response_model=RequestRecord, summary="The state of a request")
-    async def get_request(request_id: str = Path(max_length=128)) -> RequestRecord:
+    async def get_request(principal: Principal = Depends(current), request_id: str = Path(max_length=128)) -> RequestRecord:
         """accepted → in_progress → completed | failed | dead_lettered, with the answer or the reason."""
-        record = await deps.store.get(request_id)
-        if record is None:
-            raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
-        return record
+        return check_read(principal, await deps.store.get(request_id), request_id)
 
     @app.get("/requests", summary="Find requests by a business key (order, user, policy)")
-    async def find_requests(key: str = Query(min_length=1, max_length=255,
+    async def find_requests(principal: Principal = Depends(current), key: str = Query(min_length=1, max_length=255,
                                              description="an order id or number, user id, DMS user id, policy number"),
                             limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        records = await deps.store.find_by_key(key, limit=limit)
+        if auth_on and not principal.can_read:
+            raise ApiError(403, "forbidden", f"client {principal.client_id!r} may not read the outcome of requests")
+        records = await deps.store.find_by_key(key, limit=limit, client_id=principal.client_id if auth_on else None)
         return {"key": key, "count": len(records), "requests": [r.model_dump() for r in records]}
 
     @app.get("/requests/{request_id}/timeline", summary="Every hop of a request, with times")
-    async def request_timeline(request_id: str = Path(max_length=128)) -> dict[str, Any]:
+    async def request_timeline(principal: Principal = Depends(current), request_id: str = Path(max_length=128)) -> dict[str, Any]:
         """Accepted, published, consumed by which adapter, external calls, retries, answers, the end."""
-        record = await deps.store.get(request_id)
-        if record is None:
-            raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
+        record = check_read(principal, await deps.store.get(request_id), request_id)
         return {"request_id": request_id, "status": record.status, "events": await deps.store.timeline(request_id)}
 
-    def dead_letters() -> DeadLetters:
+    def dead_letters(principal: Principal) -> DeadLetters:
+        require_operator(principal)
         if deps.dead_letters is None:
             raise ApiError(503, "unavailable", "dead-letter access is not configured on this service")
         return deps.dead_letters
@@ -215,31 +247,31 @@ def create_app(deps: ApiDeps) -> FastAPI:
             raise ApiError(422, "validation_error", str(exc)) from None
 
     @app.get("/dlq", summary="Dead letters (they stay where they are)")
-    async def list_dead_letters(queue: str | None = Query(None, max_length=64),
+    async def list_dead_letters(principal: Principal = Depends(current), queue: str | None = Query(None, max_length=64),
                                 reason: str | None = Query(None, max_length=200),
                                 since: str | None = Query(None, max_length=16),
                                 limit: int | None = Query(None, ge=1, le=10_000)) -> dict[str, Any]:
         """Filter by queue (`dms` or `dms_dead_letter_queue`), reason text, and age (`since=15m`)."""
         try:
-            letters = await dead_letters().list(filters(queue, reason, since), limit=limit)
+            letters = await dead_letters(principal).list(filters(queue, reason, since), limit=limit)
         except ValueError as exc:
             raise ApiError(422, "validation_error", str(exc)) from None
         return {"count": len(letters), "messages": [d.summary() for d in letters]}
 
     @app.get("/dlq/{ident}", summary="One dead letter with its headers and body")
-    async def show_dead_letter(ident: str = Path(max_length=128)) -> dict[str, Any]:
-        letter = await dead_letters().show(ident)
+    async def show_dead_letter(principal: Principal = Depends(current), ident: str = Path(max_length=128)) -> dict[str, Any]:
+        letter = await dead_letters(principal).show(ident)
         if letter is None:
             raise ApiError(404, "unknown_dead_letter", f"no dead letter with id {ident!r}")
         return letter.detail()
 
     @app.post("/dlq/replay", summary="Replay dead letters to their original routing key")
-    async def replay_dead_letters(body: ReplayRequest) -> dict[str, Any]:
+    async def replay_dead_letters(body: ReplayRequest, principal: Principal = Depends(current)) -> dict[str, Any]:
         """Each message leaves its DLQ only once its republish is confirmed."""
         if not body.ids and not body.all:
             raise ApiError(422, "validation_error", "name the ids to replay, or set all=true (with filters)")
         try:
-            letters = await dead_letters().replay(filters(body.queue, body.reason, body.since, body.ids),
+            letters = await dead_letters(principal).replay(filters(body.queue, body.reason, body.since, body.ids),
                                                   rate=body.rate, dry_run=body.dry_run)
         except ValueError as exc:
             raise ApiError(422, "validation_error", str(exc)) from None

@@ -73,7 +73,7 @@ def build_request(
     request_id = fields.pop("request_id", None)
     if request_id is None or request_id == "":
         request_id = uuid.uuid4().hex
-    elif not isinstance(request_id, str) or not _ID_RE.match(request_id):
+    elif not isinstance(request_id, str) or not _ID_RE.fullmatch(request_id):
         raise ApiError(422, "invalid_request_id",
                        "request_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
     if spec.message_type == "send_pdf_file":

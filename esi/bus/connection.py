@@ -7,6 +7,7 @@ import ssl
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
+from yarl import URL
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from esi.bus.publisher import Publisher
@@ -44,9 +45,10 @@ class Bus:
     @classmethod
     async def open(cls, url: str, *, topology: Topology, prefetch: int = 200, publish_timeout: float = 10.0,
                    name: str = "esi", ssl_context: ssl.SSLContext | None = None) -> "Bus":
+        # aiormq takes the connection's name from the URL (client_properties are dropped when a URL is given)
+        named = str(URL(url).update_query(name=name))
         try:
-            connection = await aio_pika.connect_robust(url, client_properties={"connection_name": name},
-                                                       reconnect_interval=1.0, ssl_context=ssl_context)
+            connection = await aio_pika.connect_robust(named, reconnect_interval=1.0, ssl_context=ssl_context)
         except Exception as exc:
             raise BrokerUnavailable(
                 f"cannot connect to RabbitMQ at {redact(url)} ({type(exc).__name__}: {exc}). "

@@ -58,7 +58,7 @@ class RoutingKey:
             kind_value = Kind(kind.lower())
         except ValueError:
             raise ValueError(f"routing key {key!r}: kind must be request or response") from None
-        if not _TYPE_RE.match(message_type.lower()):
+        if not _TYPE_RE.fullmatch(message_type.lower()):
             raise ValueError(f"routing key {key!r}: bad message type")
         return cls(normalise_system(source), kind_value, normalise_system(target), message_type.lower())
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import event, func, insert, select, text, update
+from sqlalchemy import Table, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -174,8 +174,11 @@ class Store:
             for version in sorted(schema.MIGRATIONS):
                 if version in done:
                     continue
-                for table in schema.MIGRATIONS[version]:
-                    await conn.run_sync(lambda c, t=table: t.create(c, checkfirst=True))
+                for step in schema.MIGRATIONS[version]:
+                    if isinstance(step, Table):
+                        await conn.run_sync(lambda c, t=step: t.create(c, checkfirst=True))
+                    else:
+                        await conn.run_sync(step)
                 await conn.execute(insert(schema.schema_migrations).values(version=version, applied_at=now_iso()))
                 log.info("store migrated to version %d", version)
 
@@ -187,7 +190,7 @@ class Store:
 
     async def accept(
         self, *, request_id: str, source: str, target: str, message_type: str, payload_hash: str,
-        message_id: str, routing_key: str, body: bytes, keys: list[str] | None = None,
+        message_id: str, routing_key: str, body: bytes, keys: list[str] | None = None, client_id: str | None = None,
     ) -> tuple[RequestRecord, bool, str]:
         """Record a new request and its outgoing message (the outbox) in one transaction.
 
@@ -199,7 +202,7 @@ class Store:
             await conn.execute(insert(schema.requests).values(
                 request_id=request_id, source=source, target=target, message_type=message_type,
                 status=RequestStatus.ACCEPTED.value, payload_hash=payload_hash, attempts=0,
-                created_at=now, updated_at=now,
+                created_at=now, updated_at=now, client_id=client_id,
             ))
             await conn.execute(insert(schema.outbox).values(
                 message_id=message_id, request_id=request_id, routing_key=routing_key, body=body, created_at=now,
@@ -217,7 +220,7 @@ class Store:
                 raise
             return _record(existing), False, existing["payload_hash"]
         record = RequestRecord(request_id=request_id, status=RequestStatus.ACCEPTED, target=target,
-                               message_type=message_type, created_at=now, updated_at=now)
+                               message_type=message_type, created_at=now, updated_at=now, client_id=client_id)
         return record, True, payload_hash
 
     async def _get_row(self, request_id: str) -> Any:
@@ -290,12 +293,14 @@ class Store:
 
         await self._tx(write)
 
-    async def find_by_key(self, key: str, limit: int = 100) -> list[RequestRecord]:
+    async def find_by_key(self, key: str, limit: int = 100, *, client_id: str | None = None) -> list[RequestRecord]:
+        """Requests carrying a business key; only `client_id`'s when given."""
         k, r = schema.request_keys, schema.requests
+        query = select(r).join(k, k.c.request_id == r.c.request_id).where(k.c.key == key)
+        if client_id is not None:
+            query = query.where(r.c.client_id == client_id)
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(
-                select(r).join(k, k.c.request_id == r.c.request_id).where(k.c.key == key)
-                .order_by(r.c.created_at.desc()).limit(limit))).all()
+            rows = (await conn.execute(query.order_by(r.c.created_at.desc()).limit(limit))).all()
         return [_record(row._mapping) for row in rows]
 
     # --- outbox -------------------------------------------------------------------------------------------------
@@ -367,7 +372,7 @@ def _record(row: Any) -> RequestRecord:
         request_id=row["request_id"], status=RequestStatus(row["status"]), target=row["target"],
         message_type=row["message_type"], response=_loads(row["response"]), error=_loads(row["error"]),
         attempts=row["attempts"] or 0, last_error=row["last_error"], created_at=row["created_at"],
-        updated_at=row["updated_at"],
+        updated_at=row["updated_at"], client_id=row["client_id"],
     )
 
 

@@ -29,6 +29,8 @@ class RequestRecord(BaseModel):
     last_error: str | None = None
     created_at: str
     updated_at: str
+    #: the API client that sent it (None with authentication off)
+    client_id: str | None = None
 
 
 class OutboxRow(BaseModel):

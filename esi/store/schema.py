@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import (
+    Connection,
     Column,
     Index,
     Integer,
@@ -11,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
 )
 
 metadata = MetaData()
@@ -30,6 +34,8 @@ requests = Table(
     Column("last_error", Text),
     Column("created_at", String(40), nullable=False),
     Column("updated_at", String(40), nullable=False),
+    # the API client that sent the request (None with authentication off); added by migration 3
+    Column("client_id", String(64)),
 )
 
 outbox = Table(
@@ -83,8 +89,21 @@ schema_migrations = Table(
     Column("applied_at", String(40), nullable=False),
 )
 
-#: version → tables it creates. A later version adds its own entry; applied versions are recorded.
-MIGRATIONS: dict[int, list[Table]] = {
+def _add_column(table: Table, column: str) -> Callable[[Connection], None]:
+    """A step adding `column` (as declared above) to an existing table, unless it is there already."""
+
+    def step(conn: Connection) -> None:
+        if column in {c["name"] for c in inspect(conn).get_columns(table.name)}:
+            return  # the table was created by this version's declaration
+        ddl = table.c[column].type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN {column} {ddl}')
+
+    return step
+
+
+#: version → what it does: tables to create (checkfirst) or steps to run. Applied versions are recorded.
+MIGRATIONS: dict[int, list[Table | Callable[[Connection], None]]] = {
     1: [requests, outbox, inbox],
     2: [events, request_keys],
+    3: [_add_column(requests, "client_id")],
 }

@@ -1,0 +1,46 @@
+"""Security at esi's edges: who may call the HTTP API (`esi.security.auth`) and TLS everywhere (`esi.security.tls`)."""
+
+from esi.security.auth import (
+    API_KEY_HEADER,
+    DEMO_CLIENT_ID,
+    DEMO_PASSWORD,
+    ClientConfig,
+    ClientRegistry,
+    ClientsConfigError,
+    Principal,
+    demo_registry,
+    generate_api_key,
+    hash_secret,
+    is_demo_registry,
+    load_registry,
+    make_client_entry,
+    principal_dependency,
+    require_operator,
+    require_read,
+    require_send,
+)
+from esi.security.tls import amqp_ssl_context, amqp_ssl_context_for_url, http_verify, uvicorn_ssl_kwargs
+
+__all__ = [
+    "API_KEY_HEADER",
+    "ClientConfig",
+    "ClientRegistry",
+    "ClientsConfigError",
+    "DEMO_CLIENT_ID",
+    "DEMO_PASSWORD",
+    "Principal",
+    "amqp_ssl_context",
+    "amqp_ssl_context_for_url",
+    "demo_registry",
+    "generate_api_key",
+    "hash_secret",
+    "http_verify",
+    "is_demo_registry",
+    "load_registry",
+    "make_client_entry",
+    "principal_dependency",
+    "require_operator",
+    "require_read",
+    "require_send",
+    "uvicorn_ssl_kwargs",
+]
