@@ -305,9 +305,8 @@ async def test_bus_opens_over_amqps_with_the_ca_and_publishes(tls_node: TlsNode)
 async def test_a_client_certificate_is_presented_to_the_broker(tls_node: TlsNode) -> None:
     context = amqp_ssl_context(ca_file=str(tls_node.pki.ca), cert_file=str(tls_node.pki.client_cert),
                                key_file=str(tls_node.pki.client_key))
-    # aio-pika drops `client_properties` when it is given a URL string: aiormq reads the name from `?name=`
-    bus = await asyncio.wait_for(Bus.open(tls_node.url() + "?name=esi-with-client-cert", topology=build_topology(),
-                                          ssl_context=context), 20)
+    bus = await asyncio.wait_for(Bus.open(tls_node.url(), topology=build_topology(), ssl_context=context,
+                                          name="esi-with-client-cert"), 20)
     try:
         await _publish_once(bus)
         listed = await asyncio.to_thread(_ctl, tls_node.name, "list_connections", "client_properties", "ssl",
