@@ -64,15 +64,32 @@ def run(
         pass
 
 
+UserOpt = Annotated[Optional[str], typer.Option("--user", envvar="ESI_API_USER",
+                                                help="API client id (default in demo: demo)")]
+PasswordOpt = Annotated[Optional[str], typer.Option("--password", envvar="ESI_API_PASSWORD",
+                                                    help="its password (default in demo: demo)")]
+
+
+def _auth(user: Optional[str], password: Optional[str]) -> Optional[tuple[str, str]]:
+    if user:
+        return (user, password or "")
+    if _settings().env == "demo":
+        from esi.security.auth import DEMO_CLIENT_ID, DEMO_PASSWORD
+
+        return (DEMO_CLIENT_ID, DEMO_PASSWORD)
+    return None
+
+
 @app.command()
 def status(
     request_id: str,
     api: Annotated[Optional[str], typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")] = None,
+    user: UserOpt = None, password: PasswordOpt = None,
 ) -> None:
     """Print the state of a request as JSON."""
     base = api or f"http://127.0.0.1:{_settings().http_port}"
     try:
-        response = httpx.get(f"{base}/requests/{request_id}", timeout=10)
+        response = httpx.get(f"{base}/requests/{request_id}", timeout=10, auth=_auth(user, password))
     except httpx.HTTPError as exc:
         typer.echo(f"esi: cannot reach the API at {base}: {exc}", err=True)
         raise typer.Exit(3) from None
@@ -86,11 +103,12 @@ def trace(
     request_id: str,
     api: Annotated[Optional[str], typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the raw timeline as JSON")] = False,
+    user: UserOpt = None, password: PasswordOpt = None,
 ) -> None:
     """Every hop of a request: accepted, published, consumed, external calls, retries, answers, the end."""
     base = api or f"http://127.0.0.1:{_settings().http_port}"
     try:
-        response = httpx.get(f"{base}/requests/{request_id}/timeline", timeout=10)
+        response = httpx.get(f"{base}/requests/{request_id}/timeline", timeout=10, auth=_auth(user, password))
     except httpx.HTTPError as exc:
         typer.echo(f"esi: cannot reach the API at {base}: {exc}", err=True)
         raise typer.Exit(3) from None
@@ -145,6 +163,40 @@ def check(what: Annotated[str, typer.Argument(help="broker or postgres")]) -> No
         typer.echo(f"esi: check one of {', '.join(checks)}", err=True)
         raise typer.Exit(2)
     asyncio.run(checks[what]())
+
+
+clients_app = typer.Typer(no_args_is_help=True, help="API clients: make entries for the clients file")
+app.add_typer(clients_app, name="clients")
+
+
+@clients_app.command("add")
+def clients_add(
+    client_id: Annotated[str, typer.Argument(metavar="CLIENT_ID")],
+    send: Annotated[Optional[list[str]], typer.Option("--send", help="target:message_type, e.g. dms:create_user or crm:*")] = None,
+    read: Annotated[bool, typer.Option("--read/--no-read", help="may read the outcome of its requests")] = True,
+    operator: Annotated[bool, typer.Option("--operator", help="may use /dlq and replay")] = False,
+    api_key: Annotated[bool, typer.Option("--api-key", help="also generate an API key (printed once)")] = False,
+    file: Annotated[Optional[str], typer.Option("--file", help="add to this clients file (created if missing)")] = None,
+) -> None:
+    """Hash a new client's password (asked for) and print, or add, its clients-file entry."""
+    from esi.security.auth import generate_api_key, make_client_entry
+
+    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    key = generate_api_key(client_id) if api_key else None
+    entry = make_client_entry(client_id, password=password, api_key=key, send=send or [], read=read,
+                              operator=operator)
+    if file:
+        from pathlib import Path
+
+        path = Path(file)
+        data = json.loads(path.read_text()) if path.exists() else {"clients": []}
+        data["clients"] = [c for c in data["clients"] if c.get("id") != client_id] + [entry]
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        typer.echo(f"{client_id} written to {path}")
+    else:
+        typer.echo(json.dumps(entry, indent=2))
+    if key:
+        typer.echo(f"API key (shown once, send it as X-API-Key): {key}", err=True)
 
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect, replay and purge dead letters (nothing is lost by looking)")
