@@ -161,7 +161,7 @@ class AdapterService(Service):
                                      events=self.events)
             self.relay.start()
             app = create_app(ApiDeps(
-                clients=_clients(s),store=self.store, on_accepted=self.relay.notify,
+                clients=_clients(s),store=self.store, on_accepted=self.relay.submit,
                                      max_pdf_bytes=s.max_pdf_bytes, readiness=self.process_readiness,
                                      events=self.events,
                                      dead_letters=DeadLetters(self.bus.connection, topology),

@@ -31,6 +31,7 @@ from esi.security.auth import (
     require_send,
 )
 from esi.store import RequestRecord, Store
+from esi.store.records import OutboxRow
 from esi.store.events import EventRecorder, NullRecorder
 from esi.systems.onec.handlers import business_keys
 
@@ -41,8 +42,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class ApiDeps:
     store: Store
-    #: called after a request was committed with its message (wakes the outbox relay)
-    on_accepted: Callable[[], None]
+    #: called with each request's message once committed (the outbox relay publishes it at once)
+    on_accepted: Callable[[OutboxRow], None]
     max_pdf_bytes: int
     readiness: ReadyCheck | None = None
     dead_letters: DeadLetters | None = None
@@ -134,6 +135,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     async def accept(accepted: Accepted, principal: Principal) -> JSONResponse:
         require_send(principal, accepted.target, accepted.message_type)
+        body = accepted.envelope.encode()
         if await backlog.value() >= deps.max_backlog:
             raise ApiError(503, "backlog_full",
                            f"{deps.max_backlog} or more requests are waiting for the broker; try again later",
@@ -142,11 +144,12 @@ def create_app(deps: ApiDeps) -> FastAPI:
             request_id=accepted.request_id, source="1c", target=accepted.target,
             message_type=accepted.message_type, payload_hash=accepted.payload_hash,
             message_id=accepted.envelope.message_id, routing_key=accepted.routing_key,
-            body=accepted.envelope.encode(), keys=business_keys(accepted.envelope.payload),
+            body=body, keys=business_keys(accepted.envelope.payload),
             client_id=principal.client_id if auth_on else None,
         )
         if created:
-            deps.on_accepted()
+            deps.on_accepted(OutboxRow(message_id=accepted.envelope.message_id, request_id=accepted.request_id,
+                                       routing_key=accepted.routing_key, body=body))
             events.record(accepted.request_id, "accepted", service="api", message_id=accepted.envelope.message_id,
                           message_type=accepted.message_type, routing_key=accepted.routing_key)
             log.info("accepted %s %s", accepted.routing_key, accepted.request_id,

@@ -1,8 +1,14 @@
 """The outbox relay: publishes what the API committed to the store, with confirms, and marks it sent.
 
-The API answers 202 once a request and its message are committed together; from there the relay owns delivery.
-A relay that dies mid-publish leaves the rows unsent and publishes them again on its next pass: the consumers'
-inbox absorbs the duplicate, so the effect still happens once.
+The API answers 202 once a request and its message are committed together; from there the relay owns delivery:
+
+- the fast path: the API hands each freshly committed row to `submit`, which publishes it at once; confirmed rows
+  are marked sent in batches;
+- the sweep: every `idle_interval` (and after a failure, with backoff) it publishes whatever is still unsent and not
+  in hand — rows of a relay that died, rows that failed while the broker was away.
+
+A relay that dies mid-publish leaves rows unsent and they are published again: the consumers' inbox absorbs the
+duplicate, so the effect still happens once.
 """
 
 from __future__ import annotations
@@ -30,42 +36,98 @@ class OutboxStore(Protocol):
 class OutboxRelay:
     def __init__(self, *, store: OutboxStore, publisher: Publisher, exchange: str = "main_exchange",
                  batch_size: int = 500, idle_interval: float = 1.0, max_backoff: float = 5.0,
-                 events: Any = None) -> None:
+                 mark_interval: float = 0.02, events: Any = None) -> None:
         self._store = store
         self._publisher = publisher
         self._exchange = exchange
         self._batch_size = batch_size
         self._idle_interval = idle_interval
         self._max_backoff = max_backoff
+        self._mark_interval = mark_interval
         self._events = events
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._marked = asyncio.Event()
+        #: message ids being published or confirmed but not yet marked sent: the sweep leaves them alone
+        self._claimed: set[str] = set()
+        self._to_mark: list[OutboxRow] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        #: set while the last pass could not publish (readiness and metrics read it)
+        #: set while publishing fails (the broker is away); cleared by the next success
         self.last_error: str | None = None
 
     def notify(self) -> None:
-        """Something was committed to the outbox: publish it now rather than at the next poll."""
+        """Wake the sweep now rather than at its next poll."""
         self._wakeup.set()
+
+    def submit(self, row: OutboxRow) -> None:
+        """Publish a just-committed row at once (the API's fast path)."""
+        if self._stopping or row.message_id in self._claimed:
+            return
+        self._claimed.add(row.message_id)
+        task = asyncio.create_task(self._publish_one(row))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        self._tasks = [asyncio.create_task(self._sweep_forever(), name="outbox-sweep"),
+                       asyncio.create_task(self._mark_forever(), name="outbox-mark")]
 
     async def stop(self) -> None:
+        """Finish the publishes in hand and mark them; what is left unsent waits in the store for the next start."""
         self._stopping = True
         self._wakeup.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 15)
-            except asyncio.TimeoutError:
-                self._task.cancel()
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=15)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self._flush_marks()
+        except Exception as exc:  # they stay unsent and are published again: the inbox absorbs the duplicate
+            log.warning("could not mark %d published messages as sent: %s", len(self._to_mark), exc)
 
-    async def _run(self) -> None:
+    async def _publish_one(self, row: OutboxRow) -> None:
+        sent_at = datetime.now(timezone.utc)
+        try:
+            await self._publish(row)
+        except Exception as exc:
+            self._claimed.discard(row.message_id)
+            self.last_error = str(exc)
+            self._wakeup.set()  # the sweep takes it from here, with backoff
+            raise
+        self.last_error = None
+        self._to_mark.append(row)
+        if self._events is not None:
+            self._events.record(row.request_id, "published", service="relay", message_id=row.message_id,
+                                routing_key=row.routing_key, at=sent_at)
+
+    async def _mark_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._mark_interval)
+            try:
+                await self._flush_marks()
+            except Exception as exc:
+                log.warning("marking published outbox rows failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+
+    async def _flush_marks(self) -> None:
+        if not self._to_mark:
+            return
+        rows, self._to_mark = self._to_mark, []
+        try:
+            await self._store.outbox_mark_sent(rows)
+        except Exception:
+            self._to_mark = rows + self._to_mark
+            raise
+        for row in rows:
+            self._claimed.discard(row.message_id)
+
+    async def _sweep_forever(self) -> None:
         backoff = 0.2
         while not self._stopping:
             try:
                 sent = await self.drain_once()
-                self.last_error = None
                 backoff = 0.2
                 if sent >= self._batch_size:
                     continue  # more is waiting
@@ -82,23 +144,18 @@ class OutboxRelay:
             self._wakeup.clear()
 
     async def drain_once(self) -> int:
-        """Publish one batch of pending rows; returns how many were confirmed and marked sent."""
+        """Publish one batch of the unsent rows nobody holds; returns how many were confirmed."""
         self._wakeup.clear()
-        rows = await self._store.outbox_pending(self._batch_size)
+        rows = [r for r in await self._store.outbox_pending(self._batch_size) if r.message_id not in self._claimed]
         if not rows:
             return 0
-        sent_at = datetime.now(timezone.utc)
-        results = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
-        sent = [row for row, result in zip(rows, results) if result is None]
-        failed = [result for result in results if result is not None]
-        await self._store.outbox_mark_sent(sent)
-        if self._events is not None:
-            for row in sent:
-                self._events.record(row.request_id, "published", service="relay", message_id=row.message_id,
-                                    routing_key=row.routing_key, at=sent_at)
+        for row in rows:
+            self._claimed.add(row.message_id)
+        results = await asyncio.gather(*(self._publish_one(row) for row in rows), return_exceptions=True)
+        failed = [result for result in results if isinstance(result, BaseException)]
         if failed:
             raise TransientError(f"{len(failed)} of {len(rows)} outbox messages not confirmed: {failed[0]}")
-        return len(sent)
+        return len(rows)
 
     async def _publish(self, row: OutboxRow) -> None:
         message = aio_pika.Message(

@@ -321,7 +321,8 @@ class Store:
         now = now_iso()
 
         async def write(conn: AsyncConnection) -> None:
-            await conn.execute(update(schema.outbox).where(schema.outbox.c.id.in_([r.id for r in rows]))
+            await conn.execute(update(schema.outbox)
+                               .where(schema.outbox.c.message_id.in_([r.message_id for r in rows]))
                                .values(sent_at=now))
             await conn.execute(
                 update(schema.requests)

@@ -34,7 +34,9 @@ class RequestRecord(BaseModel):
 
 
 class OutboxRow(BaseModel):
-    id: int
+    """A message waiting in the outbox (`id` orders the sweep; 0 for a row handed over right after its commit)."""
+
+    id: int = 0
     message_id: str
     request_id: str
     routing_key: str

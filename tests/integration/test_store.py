@@ -79,7 +79,7 @@ async def test_migrations_apply_once_even_from_several_openers(store_url: str) -
 
 async def test_api_answers_503_with_retry_after_when_the_backlog_is_full(tmp_path) -> None:
     async with await Store.open(f"sqlite:///{tmp_path}/b.db") as store:
-        app = create_app(ApiDeps(store=store, on_accepted=lambda: None, max_pdf_bytes=1024, max_backlog=3))
+        app = create_app(ApiDeps(store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, max_backlog=3))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://esi") as client:
             codes = []
