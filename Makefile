@@ -29,6 +29,7 @@ test: check-broker check-postgres
 
 ## bench: the benchmark harness (not a test); figures land in bench/results/
 bench: check-broker
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -271,7 +271,8 @@ async def run(settings: Settings, services: Sequence[str], *, stop: asyncio.Even
                 service: Service = FakeService(name, settings)
             else:
                 if store is None:
-                    store = await Store.open(settings.database_url)
+                    # full durability where 1C's requests and answers are committed (see Store.open)
+                    store = await Store.open(settings.database_url, durable_commits="onec" in services)
                     events = EventRecorder(store)
                     events.start()
                 assert events is not None

@@ -1,24 +1,32 @@
-"""The store behind request tracking, the outbox and the inbox (SQLAlchemy Core, async).
+"""The store behind request tracking, the outbox, the inbox and timelines (SQLAlchemy Core).
 
-SQLite (aiosqlite, WAL, safe for several processes on one host) is the default; PostgreSQL (asyncpg) for several
-hosts. Plain URLs are accepted: `sqlite:///var/esi.db`, `postgresql://user@host:5432/db`.
+SQLite (WAL, safe for several processes on one host) is the default; PostgreSQL (asyncpg) for several hosts. Plain
+URLs are accepted: `sqlite:///var/esi.db`, `postgresql://user@host:5432/db`.
+
+Every operation is a plain function over a SQLAlchemy `Connection`, run by a backend:
+
+- SQLite: the stdlib driver in worker threads. Writes go to one writer thread and are grouped: the writes that
+  arrive while a commit is in progress share the next transaction (each in its own savepoint, so one failing write
+  fails alone) and one commit — one fsync and one thread hop serve many requests. An async SQLite driver would cost
+  a thread hop per statement, which measured as the bottleneck of the whole bus.
+- PostgreSQL: asyncpg through SQLAlchemy's async engine, one transaction per operation from a pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
-from sqlalchemy import Table, event, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from esi.store import schema
 from esi.store.records import OutboxRow, RequestRecord, RequestStatus
@@ -26,6 +34,7 @@ from esi.store.records import OutboxRow, RequestRecord, RequestStatus
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Op = Callable[[Connection], T]
 _FINAL = (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
 
 
@@ -34,11 +43,11 @@ def now_iso() -> str:
 
 
 def async_url(url: str) -> str:
-    """Map a plain database URL to the async driver esi uses."""
+    """Map a plain database URL to the async driver esi uses (PostgreSQL); SQLite keeps the stdlib driver."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return str(parsed.set(drivername="sqlite+aiosqlite"))
+        return str(parsed.set(drivername="sqlite"))
     if backend in ("postgresql", "postgres"):
         return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
     raise ValueError(f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use sqlite or postgresql")
@@ -52,34 +61,145 @@ def _loads(value: str | None) -> Any:
     return None if value is None else orjson.loads(value)
 
 
-class Store:
-    """One engine and the operations esi needs; an async context manager."""
+# --- backends ---------------------------------------------------------------------------------------------------------
 
-    def __init__(self, engine: AsyncEngine) -> None:
+class _Backend(Protocol):
+    async def write(self, op: Op[T]) -> T: ...
+
+    async def write_alone(self, op: Op[T]) -> T: ...
+
+    async def read(self, op: Op[T]) -> T: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _SqliteBackend:
+    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
         self._engine = engine
-        self.is_sqlite = engine.dialect.name == "sqlite"
-        # SQLite has one writer at a time: queueing writes here avoids lock-upgrade failures between connections
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
-        # group commit (SQLite): writes that arrive while a commit is in progress share the next one
-        self._pending: list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._max_batch = max_batch
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esi-sqlite-write")
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="esi-sqlite-read")
+        self._pending: list[tuple[Op[Any], asyncio.Future[Any]]] = []
         self._kick = asyncio.Event()
         self._batcher: asyncio.Task[None] | None = None
 
+    async def write(self, op: Op[T]) -> T:
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._run_batches(), name="store-group-commit")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
+        self._kick.set()
+        return await future
+
+    async def write_alone(self, op: Op[T]) -> T:
+        def run() -> T:
+            with self._engine.begin() as conn:
+                return op(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+
+    async def read(self, op: Op[T]) -> T:
+        def run() -> T:
+            with self._engine.connect() as conn:
+                return op(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    def _run_batch(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> list[tuple[Any, BaseException | None]]:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        with self._engine.begin() as conn:
+            for op, _ in batch:
+                try:
+                    with conn.begin_nested():
+                        outcomes.append((op(conn), None))
+                except Exception as exc:  # this write fails alone; the others go on
+                    outcomes.append((None, exc))
+        return outcomes
+
+    async def _run_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+                try:
+                    outcomes = await loop.run_in_executor(self._writer, self._run_batch, batch)
+                except Exception as exc:  # the commit itself failed: every write of the batch fails
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), (result, error) in zip(batch, outcomes):
+                    if future.done():
+                        continue
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        future.set_result(result)
+
+    async def aclose(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0.01)
+        if self._batcher is not None:
+            self._batcher.cancel()
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self._engine.dispose()
+
+
+class _AsyncBackend:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def write(self, op: Op[T]) -> T:
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(op)
+
+    write_alone = write
+
+    async def read(self, op: Op[T]) -> T:
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(op)
+
+    async def aclose(self) -> None:
+        await self._engine.dispose()
+
+
+# --- the store --------------------------------------------------------------------------------------------------------
+
+class Store:
+    """The operations esi needs; an async context manager."""
+
+    def __init__(self, backend: _Backend, *, is_sqlite: bool) -> None:
+        self._backend = backend
+        self.is_sqlite = is_sqlite
+
     @classmethod
-    async def open(cls, url: str) -> "Store":
+    async def open(cls, url: str, *, durable_commits: bool = True) -> "Store":
+        """Open (and migrate) the store at `url`.
+
+        `durable_commits=False` lets SQLite skip the fsync at each commit (WAL with synchronous=NORMAL: safe against
+        a crash of the process, not of the machine). Adapters use it: all they commit is their inbox, and an inbox
+        entry lost in a power cut only means a redelivered message is handled again, which the external systems'
+        idempotency keys make harmless. The 1C side keeps full durability: its commits are what 1C is told.
+        """
         target = async_url(url)
         parsed = make_url(target)
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(target, connect_args={"timeout": 30}, pool_size=5, max_overflow=5)
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            engine = create_engine(target, connect_args={"timeout": 30, "check_same_thread": False},
+                                   pool_size=6, max_overflow=4)
+            synchronous = "FULL" if durable_commits else "NORMAL"
+            event.listen(engine, "connect", lambda dbapi_conn, _rec: _sqlite_pragmas(dbapi_conn, synchronous))
             # take over BEGIN from the driver: SAVEPOINTs then work, and IMMEDIATE takes the write lock up front
             # (a deferred transaction that reads, then writes, can fail to upgrade its lock under contention)
-            event.listen(engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            store = cls(_SqliteBackend(engine), is_sqlite=True)
         else:
-            engine = create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True)
-        store = cls(engine)
+            async_engine = create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True)
+            store = cls(_AsyncBackend(async_engine), is_sqlite=False)
         await store.migrate()
         return store
 
@@ -90,73 +210,18 @@ class Store:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._batcher is not None:
-            while self._pending:
-                await asyncio.sleep(0.01)
-            self._batcher.cancel()
-        await self._engine.dispose()
-
-    async def _tx(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run `fn` in a write transaction. On SQLite, concurrent writes are grouped into one transaction (each in
-        its own savepoint, so one failing write fails alone) and one commit: one fsync serves many requests."""
-        if not self.is_sqlite:
-            async with self._write() as conn:
-                return await fn(conn)
-        if self._batcher is None or self._batcher.done():
-            self._batcher = asyncio.create_task(self._run_batches(), name="store-group-commit")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((fn, future))
-        self._kick.set()
-        return await future
+        await self._backend.aclose()
 
     async def _execute(self, statement: Any, parameters: Any = None) -> None:
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(statement, parameters)
+        await self._backend.write(lambda conn: conn.execute(statement, parameters) and None)
 
-        await self._tx(write)
-
-    async def _run_batches(self, max_batch: int = 512) -> None:
-        while True:
-            await self._kick.wait()
-            self._kick.clear()
-            while self._pending:
-                batch, self._pending = self._pending[:max_batch], self._pending[max_batch:]
-                outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-                try:
-                    async with self._write() as conn:
-                        for fn, future in batch:
-                            try:
-                                async with conn.begin_nested():
-                                    outcomes.append((future, await fn(conn), None))
-                            except Exception as exc:  # this write fails alone; the others go on
-                                outcomes.append((future, None, exc))
-                except Exception as exc:  # the commit itself failed: every write of the batch fails
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for future, result, error in outcomes:
-                    if future.done():
-                        continue
-                    if error is not None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(result)
-
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self._write_lock is None:
-            async with self._engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, self._engine.begin() as conn:
-            yield conn
+    # --- schema -------------------------------------------------------------------------------------------------
 
     async def migrate(self) -> None:
         """Apply the migrations not yet applied (safe when several services start at once)."""
         for attempt in range(10):
             try:
-                await self._migrate_once()
+                await self._backend.write_alone(self._migrate_once)
                 return
             except (IntegrityError, OperationalError, ProgrammingError) as exc:
                 # another process migrated the same store at the same moment: look again
@@ -165,26 +230,28 @@ class Store:
                 log.info("store migration raced with another process (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(0.1 * (attempt + 1))
 
-    async def _migrate_once(self) -> None:
-        async with self._write() as conn:
-            if not self.is_sqlite:
-                await conn.execute(text("SELECT pg_advisory_xact_lock(724301)"))
-            await conn.run_sync(lambda c: schema.schema_migrations.create(c, checkfirst=True))
-            done = set((await conn.execute(select(schema.schema_migrations.c.version))).scalars())
-            for version in sorted(schema.MIGRATIONS):
-                if version in done:
-                    continue
-                for step in schema.MIGRATIONS[version]:
-                    if isinstance(step, Table):
-                        await conn.run_sync(lambda c, t=step: t.create(c, checkfirst=True))
-                    else:
-                        await conn.run_sync(step)
-                await conn.execute(insert(schema.schema_migrations).values(version=version, applied_at=now_iso()))
-                log.info("store migrated to version %d", version)
+    def _migrate_once(self, conn: Connection) -> None:
+        if not self.is_sqlite:
+            conn.execute(text("SELECT pg_advisory_xact_lock(724301)"))
+        schema.schema_migrations.create(conn, checkfirst=True)
+        done = set(conn.execute(select(schema.schema_migrations.c.version)).scalars())
+        for version in sorted(schema.MIGRATIONS):
+            if version in done:
+                continue
+            for step in schema.MIGRATIONS[version]:
+                if isinstance(step, Table):
+                    step.create(conn, checkfirst=True)
+                else:
+                    step(conn)
+            conn.execute(insert(schema.schema_migrations).values(version=version, applied_at=now_iso()))
+            log.info("store migrated to version %d", version)
+
+    async def applied_migrations(self) -> list[int]:
+        return await self._backend.read(
+            lambda conn: sorted(conn.execute(select(schema.schema_migrations.c.version)).scalars()))
 
     async def ping(self) -> None:
-        async with self._engine.connect() as conn:
-            await conn.execute(select(1))
+        await self._backend.read(lambda conn: conn.execute(select(1)).scalar())
 
     # --- requests -----------------------------------------------------------------------------------------------
 
@@ -197,23 +264,22 @@ class Store:
         Returns the request, whether it was created now, and the payload hash it was first accepted with.
         """
         now = now_iso()
+        unique_keys = sorted({k[:255] for k in keys or () if k})
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(insert(schema.requests).values(
+        def write(conn: Connection) -> None:
+            conn.execute(insert(schema.requests).values(
                 request_id=request_id, source=source, target=target, message_type=message_type,
                 status=RequestStatus.ACCEPTED.value, payload_hash=payload_hash, attempts=0,
                 created_at=now, updated_at=now, client_id=client_id,
             ))
-            await conn.execute(insert(schema.outbox).values(
+            conn.execute(insert(schema.outbox).values(
                 message_id=message_id, request_id=request_id, routing_key=routing_key, body=body, created_at=now,
             ))
-            unique_keys = sorted({k[:255] for k in keys or () if k})
             if unique_keys:
-                await conn.execute(insert(schema.request_keys),
-                                   [{"key": k, "request_id": request_id} for k in unique_keys])
+                conn.execute(insert(schema.request_keys), [{"key": k, "request_id": request_id} for k in unique_keys])
 
         try:
-            await self._tx(write)
+            await self._backend.write(write)
         except IntegrityError:
             existing = await self._get_row(request_id)
             if existing is None:  # pragma: no cover - a concurrent delete; nothing deletes requests
@@ -224,28 +290,32 @@ class Store:
         return record, True, payload_hash
 
     async def _get_row(self, request_id: str) -> Any:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(select(schema.requests).where(schema.requests.c.request_id == request_id))).first()
-        return None if row is None else row._mapping
+        def read(conn: Connection) -> Any:
+            row = conn.execute(select(schema.requests).where(schema.requests.c.request_id == request_id)).first()
+            return None if row is None else dict(row._mapping)
+
+        return await self._backend.read(read)
 
     async def get(self, request_id: str) -> RequestRecord | None:
         row = await self._get_row(request_id)
         return None if row is None else _record(row)
 
     async def record_response(self, request_id: str, *, response: dict[str, Any] | None,
-                              error: dict[str, Any] | None) -> bool:
-        """Store the final answer of a request; returns False for an unknown request id."""
+                              error: dict[str, Any] | None, keys: list[str] | None = None) -> bool:
+        """Store the final answer of a request (and business keys it brings); False for an unknown request id."""
         status = RequestStatus.FAILED if error else RequestStatus.COMPLETED
 
-        async def write(conn: AsyncConnection) -> int:
-            result = await conn.execute(
+        def write(conn: Connection) -> int:
+            result = conn.execute(
                 update(schema.requests).where(schema.requests.c.request_id == request_id).values(
                     status=status.value, response=_dumps(response), error=_dumps(error), updated_at=now_iso(),
                 )
             )
+            if result.rowcount and keys:
+                _add_keys(conn, request_id, keys)
             return result.rowcount
 
-        return await self._tx(write) > 0
+        return await self._backend.write(write) > 0
 
     async def retrying(self, request_id: str, *, attempt: int, error: str) -> None:
         """A hop of the request failed and waits for its next attempt."""
@@ -272,26 +342,18 @@ class Store:
 
     async def timeline(self, request_id: str) -> list[dict[str, Any]]:
         e = schema.events
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(e).where(e.c.request_id == request_id).order_by(e.c.at, e.c.id))).all()
-        return [{"at": r.at, "event": r.event, "service": r.service, "message_id": r.message_id,
-                 "causation_id": r.causation_id, "message_type": r.message_type,
-                 **({"detail": _loads(r.detail)} if r.detail else {})} for r in rows]
+
+        def read(conn: Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(select(e).where(e.c.request_id == request_id).order_by(e.c.at, e.c.id)).all()
+            return [{"at": r.at, "event": r.event, "service": r.service, "message_id": r.message_id,
+                     "causation_id": r.causation_id, "message_type": r.message_type,
+                     **({"detail": _loads(r.detail)} if r.detail else {})} for r in rows]
+
+        return await self._backend.read(read)
 
     async def add_keys(self, request_id: str, keys: list[str]) -> None:
-        keys = sorted({k[:255] for k in keys if k})
-        if not keys:
-            return
-        k = schema.request_keys
-
-        async def write(conn: AsyncConnection) -> None:
-            existing = set((await conn.execute(
-                select(k.c.key).where(k.c.request_id == request_id, k.c.key.in_(keys)))).scalars())
-            new = [{"key": key, "request_id": request_id} for key in keys if key not in existing]
-            if new:
-                await conn.execute(insert(k), new)
-
-        await self._tx(write)
+        if keys:
+            await self._backend.write(lambda conn: _add_keys(conn, request_id, keys))
 
     async def find_by_key(self, key: str, limit: int = 100, *, client_id: str | None = None) -> list[RequestRecord]:
         """Requests carrying a business key; only `client_id`'s when given."""
@@ -299,19 +361,17 @@ class Store:
         query = select(r).join(k, k.c.request_id == r.c.request_id).where(k.c.key == key)
         if client_id is not None:
             query = query.where(r.c.client_id == client_id)
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query.order_by(r.c.created_at.desc()).limit(limit))).all()
-        return [_record(row._mapping) for row in rows]
+        query = query.order_by(r.c.created_at.desc()).limit(limit)
+        rows = await self._backend.read(lambda conn: [dict(row._mapping) for row in conn.execute(query).all()])
+        return [_record(row) for row in rows]
 
     # --- outbox -------------------------------------------------------------------------------------------------
 
     async def outbox_pending(self, limit: int = 500) -> list[OutboxRow]:
         o = schema.outbox
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(
-                select(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body)
-                .where(o.c.sent_at.is_(None)).order_by(o.c.id).limit(limit)
-            )).all()
+        query = (select(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body)
+                 .where(o.c.sent_at.is_(None)).order_by(o.c.id).limit(limit))
+        rows = await self._backend.read(lambda conn: conn.execute(query).all())
         return [OutboxRow(id=r.id, message_id=r.message_id, request_id=r.request_id, routing_key=r.routing_key,
                           body=r.body) for r in rows]
 
@@ -320,34 +380,28 @@ class Store:
             return
         now = now_iso()
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(update(schema.outbox)
-                               .where(schema.outbox.c.message_id.in_([r.message_id for r in rows]))
-                               .values(sent_at=now))
-            await conn.execute(
+        def write(conn: Connection) -> None:
+            conn.execute(update(schema.outbox).where(schema.outbox.c.message_id.in_([r.message_id for r in rows]))
+                         .values(sent_at=now))
+            conn.execute(
                 update(schema.requests)
                 .where(schema.requests.c.request_id.in_([r.request_id for r in rows]),
                        schema.requests.c.status == RequestStatus.ACCEPTED.value)
                 .values(status=RequestStatus.IN_PROGRESS.value, updated_at=now)
             )
 
-        await self._tx(write)
+        await self._backend.write(write)
 
     async def outbox_backlog(self) -> int:
-        async with self._engine.connect() as conn:
-            return int((await conn.execute(
-                select(func.count()).select_from(schema.outbox).where(schema.outbox.c.sent_at.is_(None))
-            )).scalar_one())
+        query = select(func.count()).select_from(schema.outbox).where(schema.outbox.c.sent_at.is_(None))
+        return int(await self._backend.read(lambda conn: conn.execute(query).scalar_one()))
 
     # --- inbox --------------------------------------------------------------------------------------------------
 
     async def seen(self, consumer: str, message_id: str) -> bool:
         i = schema.inbox
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(
-                select(i.c.message_id).where(i.c.consumer == consumer, i.c.message_id == message_id)
-            )).first()
-        return row is not None
+        query = select(i.c.message_id).where(i.c.consumer == consumer, i.c.message_id == message_id)
+        return await self._backend.read(lambda conn: conn.execute(query).first() is not None)
 
     async def record(self, consumer: str, message_id: str) -> None:
         try:
@@ -359,13 +413,24 @@ class Store:
     async def prune(self, older_than: str) -> tuple[int, int]:
         """Forget inbox ids and sent outbox rows older than `older_than` (ISO time); returns how many of each."""
 
-        async def write(conn: AsyncConnection) -> tuple[int, int]:
-            inbox = await conn.execute(schema.inbox.delete().where(schema.inbox.c.processed_at < older_than))
-            outbox = await conn.execute(schema.outbox.delete().where(schema.outbox.c.sent_at.is_not(None),
-                                                                     schema.outbox.c.sent_at < older_than))
+        def write(conn: Connection) -> tuple[int, int]:
+            inbox = conn.execute(schema.inbox.delete().where(schema.inbox.c.processed_at < older_than))
+            outbox = conn.execute(schema.outbox.delete().where(schema.outbox.c.sent_at.is_not(None),
+                                                               schema.outbox.c.sent_at < older_than))
             return inbox.rowcount, outbox.rowcount
 
-        return await self._tx(write)
+        return await self._backend.write(write)
+
+
+def _add_keys(conn: Connection, request_id: str, keys: list[str]) -> None:
+    k = schema.request_keys
+    wanted = sorted({key[:255] for key in keys if key})
+    if not wanted:
+        return
+    existing = set(conn.execute(select(k.c.key).where(k.c.request_id == request_id, k.c.key.in_(wanted))).scalars())
+    new = [{"key": key, "request_id": request_id} for key in wanted if key not in existing]
+    if new:
+        conn.execute(insert(k), new)
 
 
 def _record(row: Any) -> RequestRecord:
@@ -377,11 +442,11 @@ def _record(row: Any) -> RequestRecord:
     )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:
     dbapi_connection.isolation_level = None  # the driver must not BEGIN on its own (see Store.open)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()

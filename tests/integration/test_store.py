@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from sqlalchemy import select
 
 from esi.api.app import ApiDeps, create_app
 from esi.store import RequestStatus, Store
@@ -69,8 +68,7 @@ async def test_inbox_remembers_and_retention_forgets(store_url: str) -> None:
 async def test_migrations_apply_once_even_from_several_openers(store_url: str) -> None:
     stores = await asyncio.gather(*(Store.open(store_url) for _ in range(3)))
     try:
-        async with stores[0]._engine.connect() as conn:
-            versions = (await conn.execute(select(schema.schema_migrations.c.version))).scalars().all()
+        versions = await stores[0].applied_migrations()
         assert sorted(versions) == sorted(schema.MIGRATIONS)  # each once
     finally:
         for store in stores:

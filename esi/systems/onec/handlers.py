@@ -19,9 +19,7 @@ KEY_FIELDS = ("order_id", "order_number", "order_guid", "user_id", "dms_user_id"
 
 class ResponseStore(Protocol):
     async def record_response(self, request_id: str, *, response: dict[str, Any] | None,
-                              error: dict[str, Any] | None) -> bool: ...
-
-    async def add_keys(self, request_id: str, keys: list[str]) -> None: ...
+                              error: dict[str, Any] | None, keys: list[str] | None = None) -> bool: ...
 
 
 def business_keys(payload: dict[str, Any] | None) -> list[str]:
@@ -38,11 +36,11 @@ def business_keys(payload: dict[str, Any] | None) -> list[str]:
 def onec_handlers(store: ResponseStore, events: Any = None) -> dict[str, Handler]:
     async def record(envelope: Envelope, _payload: object) -> list[Envelope]:
         error = envelope.error.model_dump(exclude_none=True) if envelope.error else None
-        known = await store.record_response(envelope.request_id, response=envelope.payload or None, error=error)
+        known = await store.record_response(envelope.request_id, response=envelope.payload or None, error=error,
+                                            keys=business_keys(envelope.payload))
         if not known:
             log.warning("answer %s for unknown request %s recorded nowhere", envelope.message_type, envelope.request_id)
             return []
-        await store.add_keys(envelope.request_id, business_keys(envelope.payload))
         if events is not None:
             events.record(envelope.request_id, "failed" if error else "completed", service="onec",
                           message_id=envelope.message_id, causation_id=envelope.causation_id,
