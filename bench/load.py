@@ -1,0 +1,387 @@
+"""Load drivers: closed loop (N requests, C in flight), fixed rate (open loop), burst; completion by polling.
+
+A request's end-to-end latency runs from the start of its `POST` to the first `GET /requests/{id}` that sees it
+`completed`. The API has no push, so a `Completions` poller watches the requests in flight and polls each when due
+(see there): a few `GET`s per request rather than a poll of every request every few milliseconds, which would load
+the very API being measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import aio_pika
+import httpx
+import orjson
+
+JSON = {"content-type": "application/json"}
+POST_ATTEMPTS = 3
+FINAL_BAD = ("failed", "dead_lettered")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of `values`."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+def latency_summary(values: list[float]) -> dict[str, float | None]:
+    return {"p50_ms": ms(percentile(values, 50)), "p95_ms": ms(percentile(values, 95)),
+            "p99_ms": ms(percentile(values, 99)), "max_ms": ms(max(values) if values else None)}
+
+
+def client(pool: int, base_url: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(60.0),
+                             limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool))
+
+
+@dataclass
+class Outcome:
+    """What happened to the requests of one run."""
+
+    posted: int = 0
+    accepted: int = 0
+    completed: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    post_errors: int = 0
+    post_retries: int = 0
+    poll_retries: int = 0
+    polls: int = 0
+    errors: list[str] = field(default_factory=list)
+    ingress: list[float] = field(default_factory=list)  # POST → 202, s
+    e2e: list[float] = field(default_factory=list)  # POST start → seen completed, s
+    #: request id → [POST start, seen final] in wall-clock seconds (for the stage breakdown)
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    first_post: float | None = None
+    last_accepted: float | None = None
+    last_completed: float | None = None
+
+    def error(self, text: str) -> None:
+        if len(self.errors) < 20:
+            self.errors.append(text)
+
+    @property
+    def all_completed(self) -> bool:
+        return self.posted > 0 and self.completed == self.posted
+
+
+@dataclass
+class _Pending:
+    started: float  # POST start, perf_counter
+    due: float  # when to poll it next
+    polls: int = 0
+
+
+class Completions:
+    """Polls the requests in flight until each is final; calls `on_final` for each.
+
+    `pollers` workers each take the oldest request that is due, poll it, and go on: answers come back roughly in
+    the order requests were accepted, so the oldest are the likeliest to be done, and a hit makes the two oldest
+    due at once. A request polled unfinished is not due again before `gap_fraction` of its age (5-250 ms) has
+    passed: a slow request at the head does not hold back the others, and a completion is seen at most about that
+    share of its latency late (when the pollers keep up). A `GET` itself takes time
+    on a loaded API; that time is part of what 1C would see, and of the latency measured.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, outcome: Outcome, *, on_final: Callable[[], None] = lambda: None,
+                 pollers: int = 4, idle_sleep: float = 0.005, gap_fraction: float = 0.1, min_gap: float = 0.005,
+                 max_gap: float = 0.25, timeout: float = 120.0) -> None:
+        self.http = http
+        self.outcome = outcome
+        self.on_final = on_final
+        self.pollers = pollers
+        self.idle_sleep = idle_sleep
+        self.gap_fraction = gap_fraction
+        self.min_gap = min_gap
+        self.max_gap = max_gap
+        self.timeout = timeout
+        self.inflight: dict[str, _Pending] = {}  # in order of acceptance
+        self._claimed: set[str] = set()
+        self._added = asyncio.Event()
+        self._closed = False
+
+    def add(self, request_id: str, started: float) -> None:
+        self.inflight[request_id] = _Pending(started, started)
+        self._added.set()
+
+    def close(self) -> None:
+        """No more requests will be added: `run` returns once the ones in flight are final."""
+        self._closed = True
+        self._added.set()
+
+    async def _poll(self, request_id: str, pending: _Pending) -> bool:
+        try:
+            response = await self.http.get(f"/requests/{request_id}")
+        except httpx.TransportError:  # a kept-alive connection closed under it: poll again soon
+            self.outcome.poll_retries += 1
+            pending.due = time.perf_counter() + self.min_gap
+            return False
+        except httpx.HTTPError as exc:
+            self.outcome.error(f"GET /requests/{request_id}: {type(exc).__name__}: {exc!r}")
+            pending.due = time.perf_counter() + self.max_gap
+            return False
+        now = time.perf_counter()
+        self.outcome.polls += 1
+        pending.polls += 1
+        if response.status_code != 200:
+            self.outcome.error(f"GET /requests/{request_id}: HTTP {response.status_code} {response.text[:200]}")
+            pending.due = now + self.max_gap
+            return False
+        status = orjson.loads(response.content)["status"]
+        if status == "completed":
+            if self.inflight.pop(request_id, None) is None:
+                return False
+            # answers come roughly in order: the oldest still in flight are likely done too
+            for other in islice(self.inflight.values(), 2):
+                other.due = min(other.due, now)
+            self.outcome.completed += 1
+            self.outcome.e2e.append(now - pending.started)
+            self.outcome.last_completed = now
+            wall = self.outcome.wall.get(request_id)
+            if wall is not None:
+                wall.append(time.time())
+            self.on_final()
+            return True
+        if status in FINAL_BAD:
+            if self.inflight.pop(request_id, None) is not None:
+                self.outcome.failed += 1
+                self.outcome.error(f"request {request_id} ended {status}: {response.text[:300]}")
+                self.on_final()
+            return True
+        pending.due = now + min(self.max_gap, max(self.min_gap, self.gap_fraction * (now - pending.started)))
+        return False
+
+    def _next(self, now: float) -> tuple[str, _Pending] | None:
+        for request_id, pending in self.inflight.items():
+            if pending.due <= now and request_id not in self._claimed:
+                return request_id, pending
+        return None
+
+    async def _worker(self) -> None:
+        while True:
+            if not self.inflight:
+                if self._closed:
+                    return
+                self._added.clear()
+                await self._added.wait()
+                continue
+            now = time.perf_counter()
+            picked = self._next(now)
+            if picked is None:
+                self._expire(now)
+                await asyncio.sleep(self.idle_sleep)
+                continue
+            request_id, pending = picked
+            self._claimed.add(request_id)
+            try:
+                await self._poll(request_id, pending)
+            finally:
+                self._claimed.discard(request_id)
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._worker() for _ in range(self.pollers)))
+
+    def _expire(self, now: float) -> None:
+        for request_id, pending in list(self.inflight.items()):
+            if now - pending.started < self.timeout:
+                break
+            del self.inflight[request_id]
+            self.outcome.timed_out += 1
+            self.outcome.error(f"request {request_id} not completed after {self.timeout}s")
+            self.on_final()
+
+
+class Driver:
+    """Posts create_user requests to the 1C API and follows them to completion."""
+
+    def __init__(self, api_url: str, *, tag: str | None = None, completion_timeout: float = 120.0,
+                 pollers: int = 4) -> None:
+        self.api_url = api_url
+        self.pollers = pollers
+        self.tag = tag or uuid.uuid4().hex[:8]
+        self.completion_timeout = completion_timeout
+        self._seq = 0
+
+    def _body(self) -> tuple[str, bytes]:
+        self._seq += 1
+        request_id = f"bench-{self.tag}-{self._seq}"
+        body = {"request_id": request_id, "user_id": f"U-{self.tag}-{self._seq}", "name": "Иванов Иван",
+                "email": f"user{self._seq}@example.com", "phone": "+79990000000"}
+        return request_id, orjson.dumps(body)
+
+    async def _post(self, http: httpx.AsyncClient, outcome: Outcome, tracker: Completions | None,
+                    scheduled: float | None = None, lags: list[float] | None = None) -> bool:
+        request_id, body = self._body()
+        wall = time.time()
+        started = time.perf_counter()
+        if outcome.first_post is None:
+            outcome.first_post = started
+        if scheduled is not None and lags is not None:
+            lags.append(started - scheduled)
+        outcome.posted += 1
+        for attempt in range(1, POST_ATTEMPTS + 1):
+            try:
+                response = await http.post("/send_to_dms", content=body, headers=JSON)
+                break
+            except httpx.TransportError as exc:
+                # a kept-alive connection the server closed just as it was reused (uvicorn's keep-alive timeout):
+                # the request carries its request_id, so sending it again is safe — what 1C would do
+                if attempt < POST_ATTEMPTS:
+                    outcome.post_retries += 1
+                    continue
+                outcome.post_errors += 1
+                outcome.error(f"POST /send_to_dms: {type(exc).__name__}: {exc!r} after {attempt} attempts")
+                return False
+            except httpx.HTTPError as exc:
+                outcome.post_errors += 1
+                outcome.error(f"POST /send_to_dms: {type(exc).__name__}: {exc!r}")
+                return False
+        now = time.perf_counter()
+        if response.status_code != 202:
+            outcome.post_errors += 1
+            outcome.error(f"POST /send_to_dms: HTTP {response.status_code} {response.text[:300]}")
+            return False
+        outcome.accepted += 1
+        outcome.wall[request_id] = [wall]
+        outcome.ingress.append(now - started)
+        outcome.last_accepted = now
+        if tracker is not None:
+            tracker.add(request_id, started)
+        return True
+
+    def _tracker(self, http: httpx.AsyncClient, outcome: Outcome, on_final: Callable[[], None] = lambda: None):
+        return Completions(http, outcome, on_final=on_final, timeout=self.completion_timeout, pollers=self.pollers)
+
+    async def closed_loop(self, n: int, concurrency: int) -> tuple[Outcome, float]:
+        """`n` requests, at most `concurrency` in flight (posted and not yet seen final). Returns (outcome, seconds)."""
+        outcome = Outcome()
+        slots = asyncio.Semaphore(concurrency)
+        async with client(concurrency, self.api_url) as posts, client(self.pollers, self.api_url) as polls:
+            tracker = self._tracker(polls, outcome, on_final=slots.release)
+            poller = asyncio.create_task(tracker.run())
+            pending: set[asyncio.Task[Any]] = set()
+
+            async def one() -> None:
+                if not await self._post(posts, outcome, tracker):
+                    slots.release()
+
+            start = time.perf_counter()
+            for _ in range(n):
+                await slots.acquire()
+                task = asyncio.create_task(one())
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.gather(*pending)
+            tracker.close()
+            await poller
+        end = outcome.last_completed or time.perf_counter()
+        return outcome, end - start
+
+    async def fixed_rate(self, rate: float, duration: float, *, pool: int = 256) -> tuple[Outcome, dict[str, Any]]:
+        """Open loop: one POST every 1/rate seconds for `duration` seconds, whatever the answers; followed to
+        completion. Ingress latency is measured from the POST's start and also from the moment it was due."""
+        outcome = Outcome()
+        n = max(1, int(rate * duration))
+        lags: list[float] = []
+        from_due: list[float] = []
+        async with client(pool, self.api_url) as posts, client(self.pollers, self.api_url) as polls:
+            tracker = self._tracker(polls, outcome)
+            poller = asyncio.create_task(tracker.run())
+            pending: set[asyncio.Task[Any]] = set()
+
+            async def one(due: float) -> None:
+                if await self._post(posts, outcome, tracker, scheduled=due, lags=lags):
+                    from_due.append(outcome.ingress[-1] + lags[-1])
+
+            start = time.perf_counter()
+            for i in range(n):
+                due = start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(one(due))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.gather(*pending)
+            sent_in = time.perf_counter() - start
+            tracker.close()
+            await poller
+        extra = {"achieved_rate_per_s": round(n / sent_in, 1) if sent_in > 0 else None,
+                 "send_lag_p99_ms": ms(percentile(lags, 99)), "send_lag_max_ms": ms(max(lags) if lags else None),
+                 "from_due": latency_summary(from_due)}
+        return outcome, extra
+
+    async def burst(self, n: int, *, post_concurrency: int = 64) -> tuple[Outcome, float]:
+        """`n` requests posted as fast as `post_concurrency` connections allow, all followed to completion."""
+        outcome = Outcome()
+        async with client(post_concurrency, self.api_url) as posts, client(self.pollers, self.api_url) as polls:
+            tracker = self._tracker(polls, outcome)
+            poller = asyncio.create_task(tracker.run())
+            gate = asyncio.Semaphore(post_concurrency)
+
+            async def one() -> None:
+                async with gate:
+                    await self._post(posts, outcome, tracker)
+
+            start = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(n)))
+            tracker.close()
+            await poller
+        end = outcome.last_completed or time.perf_counter()
+        return outcome, end - start
+
+
+async def publish_backlog(amqp_url: str, n: int, *, in_flight: int = 1000, tag: str | None = None) -> float:
+    """Publish `n` valid create_user envelopes straight to main_exchange (confirmed); returns the seconds taken."""
+    from esi.bus.publisher import ATTEMPT_HEADER
+    from esi.messages import Envelope
+
+    tag = tag or uuid.uuid4().hex[:8]
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.get_exchange("main_exchange", ensure=False)
+        gate = asyncio.Semaphore(in_flight)
+        failures: list[BaseException] = []
+
+        async def one(i: int) -> None:
+            try:
+                envelope = Envelope(request_id=f"backlog-{tag}-{i}", source_system="1c", target_system="dms",
+                                    message_type="create_user",
+                                    payload={"user_id": f"B-{tag}-{i}", "name": "Петров Пётр",
+                                             "email": f"backlog{i}@example.com"})
+                message = aio_pika.Message(envelope.encode(), content_type="application/json",
+                                           content_encoding="utf-8", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                           message_id=envelope.message_id, correlation_id=envelope.request_id,
+                                           type="create_user", app_id="esi-bench", headers={ATTEMPT_HEADER: 1})
+                await exchange.publish(message, routing_key="1c.request.dms.create_user", mandatory=True, timeout=60)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failures.append(exc)
+            finally:
+                gate.release()
+
+        start = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            await gate.acquire()
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {n} backlog publishes failed: {failures[0]!r}")
+        return time.perf_counter() - start
+    finally:
+        await connection.close()

@@ -1,0 +1,742 @@
+"""`make bench` / `python -m bench.run`: the benchmark harness. It reports; it is not a test.
+
+On the local RabbitMQ, in one process tree, on a vhost of its own (deleted at the end) and a store in a temporary
+directory, it measures:
+
+1. ceiling     `../shared/bench/ceiling.py N C quorum`: bare aio-pika round trips (the yardstick of every ratio)
+2. e2e         N create_user requests through the running system (API → outbox → dms_queue → DMS adapter →
+               fake DMS → answer → 1c_queue → stored) at each concurrency, each followed to `completed`
+3. ingress     POST → 202 latency at a fixed rate of half the best end-to-end throughput
+4. slow        the fake DMS answering in 200 ms: time for 1,000 requests against (N × latency) / prefetch
+5. memory      peak RSS of each service during 2 and 4, and while the DMS adapter drains a backlog of 50,000
+6. scaleout    run 4 with one DMS adapter process and with two
+
+Output: a table on the terminal, bench/results/latest.json and bench/results/chart.png. Targets are reported as
+PASS/FAIL and never change the exit status; errors (a request that never completes, a crashed service) do.
+
+    python -m bench.run [--quick] [--n N] [--concurrency 16,64,128] [--skip ceiling,...] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `tests.support` is reused: run from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from bench import chart  # noqa: E402
+from bench.load import Driver, Outcome, latency_summary, ms, percentile, publish_backlog  # noqa: E402
+from bench.procs import machine_info  # noqa: E402
+
+CEILING_SCRIPT = ROOT.parent / "shared" / "bench" / "ceiling.py"
+SECTIONS = ("ceiling", "e2e", "ingress", "slow", "scaleout", "backlog", "chart")
+ADAPTERS = ("onec", "dms", "dms2", "crm")
+
+#: targets (the issue's): checked and printed, never a reason to fail
+TARGET_E2E_RATIO = 0.5
+TARGET_INGRESS_P99_MS = 50.0
+TARGET_SLOW_RATIO = 1.5
+TARGET_RSS_MB = 150.0
+TARGET_SCALEOUT = 1.7
+
+DEFAULTS: dict[str, Any] = {
+    "ceiling_n": 5000, "ceiling_concurrency": 64, "n": 2000, "concurrency": [16, 64, 128], "warmup": 200,
+    "ingress_seconds": 20.0, "slow_n": 1000, "slow_latency_ms": 200, "post_concurrency": 64,
+    "backlog": 50_000, "backlog_sample_seconds": 30.0, "completion_timeout": 120.0,
+}
+QUICK: dict[str, Any] = {
+    "ceiling_n": 200, "ceiling_concurrency": 16, "n": 100, "concurrency": [4, 16], "warmup": 20,
+    "ingress_seconds": 3.0, "slow_n": 50, "slow_latency_ms": 50, "post_concurrency": 16,
+    "backlog": 500, "backlog_sample_seconds": 10.0, "completion_timeout": 60.0,
+}
+
+
+class BenchError(RuntimeError):
+    """Something went wrong that makes the figures meaningless (exit status 1)."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _ratio(value: float | None, base: float | None, digits: int = 3) -> float | None:
+    if value is None or not base:
+        return None
+    return round(value / base, digits)
+
+
+def _check(outcome: Outcome, what: str, errors: list[str]) -> None:
+    if not outcome.all_completed:
+        errors.append(f"{what}: {outcome.completed}/{outcome.posted} completed, {outcome.failed} failed, "
+                      f"{outcome.timed_out} never completed, {outcome.post_errors} POST errors; "
+                      f"first errors: {outcome.errors[:3]}")
+
+
+def _outcome_fields(outcome: Outcome) -> dict[str, Any]:
+    return {"posted": outcome.posted, "completed": outcome.completed, "failed": outcome.failed,
+            "timed_out": outcome.timed_out, "post_errors": outcome.post_errors,
+            "post_retries": outcome.post_retries, "poll_retries": outcome.poll_retries,
+            "all_completed": outcome.all_completed,
+            "polls_per_request": round(outcome.polls / outcome.posted, 2) if outcome.posted else None}
+
+
+# --- 1. ceiling -------------------------------------------------------------------------------------------------
+
+def run_ceiling(amqp_url: str, n: int, concurrency: int) -> dict[str, Any]:
+    if not CEILING_SCRIPT.exists():
+        raise BenchError(f"{CEILING_SCRIPT} not found (the shared/ folder beside the repository)")
+    env = dict(os.environ, AMQP_URL=amqp_url)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(CEILING_SCRIPT), str(n), str(concurrency), "quorum"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    if result.returncode != 0:
+        raise BenchError(f"ceiling.py exited with {result.returncode}: {result.stderr[-2000:]}")
+    lines = [line for line in result.stdout.splitlines() if line.strip().startswith("{")]
+    if not lines:
+        raise BenchError(f"ceiling.py printed no JSON line: {result.stdout[-1000:]} {result.stderr[-1000:]}")
+    figures = json.loads(lines[-1])
+    figures["wall_seconds"] = round(time.perf_counter() - started, 2)
+    figures["script"] = str(CEILING_SCRIPT)
+    return figures
+
+
+# --- the harness ------------------------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.errors: list[str] = []
+        self.result: dict[str, Any] = {
+            "schema": 1, "started_at": _now(), "ok": False, "errors": self.errors, "machine": machine_info(),
+            "config": {}, "ceiling": None, "e2e": None, "ingress": None, "slow": None, "scaleout": None,
+            "memory": None, "backlog": None, "targets": [], "client": {}, "chart": None,
+        }
+        self.system: Any = None
+        self.driver: Driver | None = None
+
+    @property
+    def ceiling(self) -> float | None:
+        return (self.result.get("ceiling") or {}).get("round_trips_per_s")
+
+    def say(self, text: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def skip(self, section: str) -> bool:
+        return section in self.args.skip
+
+    # --- orchestration ------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        from bench.system import BenchSystem
+
+        a = self.args
+        started = time.perf_counter()
+        try:
+            self.system = BenchSystem(store=a.store, prefetch=a.prefetch)
+        except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+            traceback.print_exc()
+            self.errors.append(f"setting up (vhost, store): {type(exc).__name__}: {exc}")
+            self.result["ok"] = False
+            self.write()
+            print_table(self.result)
+            return 1
+        self.result["config"] = {
+            "quick": a.quick, "store": a.store, "prefetch": self.system.prefetch, "n": a.n,
+            "concurrency": a.concurrency, "warmup": a.warmup, "ceiling_n": a.ceiling_n,
+            "ceiling_concurrency": a.ceiling_concurrency, "ingress_seconds": a.ingress_seconds,
+            "slow_n": a.slow_n, "slow_latency_ms": a.slow_latency_ms, "post_concurrency": a.post_concurrency,
+            "backlog": a.backlog, "backlog_sample_seconds": a.backlog_sample_seconds, "skip": sorted(a.skip),
+            "vhost": self.system.vhost.name, "log_level": "WARNING",
+            "layout": "fakes(fake-creatio fake-dms) | onec | dms [| dms2] | crm — one `esi run` process each",
+        }
+        try:
+            if not self.skip("ceiling"):
+                self.say(f"ceiling: {a.ceiling_n} round trips at concurrency {a.ceiling_concurrency}, quorum queues")
+                self.result["ceiling"] = run_ceiling(self.system.amqp_url, a.ceiling_n, a.ceiling_concurrency)
+                self.say(f"ceiling: {self.ceiling} round trips/s")
+            self.say("starting esi: fakes, onec, dms, crm")
+            self.system.start()
+            self.driver = Driver(self.system.api_url, completion_timeout=a.completion_timeout, pollers=a.pollers)
+            if a.warmup:
+                outcome, _ = asyncio.run(self.driver.closed_loop(a.warmup, min(16, max(a.concurrency))))
+                _check(outcome, "warm-up", self.errors)
+            if not self.skip("e2e"):
+                self.run_e2e()
+            if not self.skip("ingress"):
+                self.run_ingress()
+            if not self.skip("slow"):
+                self.run_slow()
+            if not self.skip("scaleout"):
+                self.run_scaleout()
+            self.memory_section()
+            if not self.skip("backlog"):
+                self.run_backlog()
+        except BenchError as exc:
+            self.errors.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            traceback.print_exc()
+        finally:
+            self.say("stopping esi and deleting the vhost")
+            try:
+                if self.errors and self.system is not None:
+                    self.result["log_tail"] = self.system.log_tail(4000)
+                codes = self.system.close()
+                self.result["exit_codes"] = codes
+                bad = {k: v for k, v in codes.items() if v != 0}
+                if bad:
+                    self.errors.append(f"esi processes did not stop cleanly: {bad}")
+            except Exception as exc:  # noqa: BLE001
+                self.errors.append(f"teardown: {type(exc).__name__}: {exc}")
+        self.memory_section()  # again: the backlog phase has closed by now
+        self.targets()
+        self.result["duration_s"] = round(time.perf_counter() - started, 1)
+        self.result["ok"] = not self.errors
+        if not self.skip("chart"):
+            self.make_chart()
+        self.write()
+        print_table(self.result)
+        return 0 if self.result["ok"] else 1
+
+    # --- 2. end to end ------------------------------------------------------------------------------------------
+
+    def run_e2e(self) -> None:
+        a, system = self.args, self.system
+        runs = []
+        system.sampler.mark("e2e")
+        for concurrency in a.concurrency:
+            self.say(f"e2e: {a.n} create_user at concurrency {concurrency}")
+            system.reset_fakes()
+            phase = f"e2e-c{concurrency}"
+            system.sampler.mark(phase)
+            profiles = self._start_profiles() if a.profile and concurrency == max(a.concurrency) else None
+            cpu0 = time.process_time()
+            outcome, seconds = asyncio.run(self.driver.closed_loop(a.n, concurrency))
+            client_cpu = time.process_time() - cpu0
+            if profiles is not None:
+                self.result["profile"] = {"concurrency": concurrency, "seconds": a.profile_seconds,
+                                          "mode": "py-spy record --gil --nonblocking", **profiles.finish()}
+            system.sampler.close(phase)
+            system.check_alive()
+            _check(outcome, f"e2e at concurrency {concurrency}", self.errors)
+            stages = self._stages(outcome)
+            rate = outcome.completed / seconds if seconds > 0 else None
+            processes = system.sampler.report(phase)
+            run = {
+                "concurrency": concurrency, "n": a.n, "seconds": round(seconds, 2),
+                "round_trips_per_s": round(rate, 1) if rate else None,
+                "ratio_to_ceiling": _ratio(rate, self.ceiling),
+                **{k: v for k, v in latency_summary(outcome.e2e).items()},
+                "ingress": latency_summary(outcome.ingress),
+                **_outcome_fields(outcome),
+                "client_cpu_pct_of_one_core": round(100 * client_cpu / seconds, 1) if seconds > 0 else None,
+                "processes": processes,
+                "cpu_ms_per_request": {name: round(1000 * p["cpu_s"] / max(outcome.completed, 1), 2)
+                                       for name, p in processes.items() if name != "machine(all)"},
+                "stages": stages,
+                "machine_cpu": _machine_share(processes, self.result["machine"].get("nproc") or 1),
+            }
+            runs.append(run)
+            self.say(f"e2e c={concurrency}: {run['round_trips_per_s']}/s ({run['ratio_to_ceiling']}× ceiling), "
+                     f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, client CPU {run['client_cpu_pct_of_one_core']}%")
+        system.sampler.close("e2e")
+        best = max(runs, key=lambda r: r["round_trips_per_s"] or 0)
+        client_bound = [r["concurrency"] for r in runs if (r["client_cpu_pct_of_one_core"] or 0) >= 85]
+        from bench.procs import MACHINE
+
+        busy = {name: p["cpu_pct_of_one_core"] for name, p in best["processes"].items() if name != MACHINE}
+        total_cpu = sum(busy.values())
+        machine_cpu = (best["processes"].get(MACHINE) or {}).get("cpu_pct_of_one_core")
+        nproc = self.result["machine"].get("nproc") or 1
+        self.result["e2e"] = {
+            "runs": runs,
+            "best": {"concurrency": best["concurrency"], "round_trips_per_s": best["round_trips_per_s"],
+                     "ratio_to_ceiling": best["ratio_to_ceiling"], "p99_ms": best["p99_ms"]},
+            "completion_detection": f"POST start → first GET /requests/{{id}} answering completed; {a.pollers} "
+                                    "pollers each take the oldest request due; a hit makes the 2 oldest due; a "
+                                    "request polled unfinished is due again after 10% of its age (5-250 ms)",
+        }
+        self.result["client"] = {
+            "tool": f"httpx.AsyncClient, HTTP/1.1, one process; pool = concurrency for POSTs, {a.pollers} pollers",
+            "cpu_pct_of_one_core_by_concurrency": {r["concurrency"]: r["client_cpu_pct_of_one_core"] for r in runs},
+            "bottleneck": bool(client_bound),
+            "verdict": (f"the client used ≥ 85% of a core at concurrency {client_bound}: it may be the bottleneck"
+                        if client_bound else
+                        f"not the bottleneck: at most {max(r['client_cpu_pct_of_one_core'] or 0 for r in runs)}% "
+                        f"of one core"),
+            "bench_processes_cpu_pct_of_machine_at_best": round(total_cpu / nproc, 1),
+            "machine_cpu_busy_pct_at_best": round(machine_cpu / nproc, 1) if machine_cpu is not None else None,
+            "others_cpu_pct_of_machine_at_best": (round(max(0.0, machine_cpu - total_cpu) / nproc, 1)
+                                                  if machine_cpu is not None else None),
+        }
+
+    def _start_profiles(self) -> Any:
+        from bench.profile import Profiles
+
+        pids = {name: pid for name, pid in self.system.pids().items() if name in ("onec", "dms")}
+        try:
+            return Profiles(Path(self.args.profile), pids, self.args.profile_seconds)
+        except Exception as exc:  # noqa: BLE001 - a diagnostic only
+            self.result["profile"] = {"error": f"{type(exc).__name__}: {exc}"}
+            return None
+
+    def _stages(self, outcome: Outcome) -> dict[str, Any]:
+        from bench.stages import breakdown
+
+        try:
+            users = _dms_state(self.system).get("users", [])
+            return breakdown(outcome, database_url=self.system.esi.database_url, dms_users=users)
+        except Exception as exc:  # noqa: BLE001 - a diagnostic only
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    # --- 3. ingress ---------------------------------------------------------------------------------------------
+
+    def run_ingress(self) -> None:
+        a, system = self.args, self.system
+        best = ((self.result.get("e2e") or {}).get("best") or {}).get("round_trips_per_s")
+        if a.ingress_rate:
+            rate, basis = a.ingress_rate, "--ingress-rate"
+        elif best:
+            rate, basis = best / 2, "half the best end-to-end throughput (run 2)"
+        else:
+            rate, basis = 20.0, "a default of 20/s (run 2 skipped)"
+        self.say(f"ingress: POST at {rate:.1f}/s for {a.ingress_seconds:.0f} s ({basis})")
+        system.reset_fakes()
+        system.sampler.mark("ingress")
+        outcome, extra = asyncio.run(self.driver.fixed_rate(rate, a.ingress_seconds))
+        system.sampler.close("ingress")
+        system.check_alive()
+        _check(outcome, "ingress run", self.errors)
+        summary = latency_summary(outcome.ingress)
+        self.result["ingress"] = {
+            "rate_per_s": round(rate, 1), "rate_basis": basis, "ratio_to_ceiling": _ratio(rate, self.ceiling),
+            "seconds": a.ingress_seconds, **summary,
+            "from_due": extra.pop("from_due"), **extra,
+            "e2e_at_this_rate": latency_summary(outcome.e2e),
+            **_outcome_fields(outcome),
+        }
+        self.say(f"ingress: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
+
+    # --- 4. slow downstream, 6. scale-out -----------------------------------------------------------------------
+
+    def _slow_run(self, adapters: int) -> dict[str, Any]:
+        a, system = self.args, self.system
+        system.reset_fakes()
+        system.dms_fault({"latency_ms": a.slow_latency_ms})
+        self.say(f"slow downstream: {a.slow_n} create_user, fake DMS answering in {a.slow_latency_ms} ms, "
+                 f"{adapters} DMS adapter(s)")
+        phase = f"slow-{adapters}"
+        system.sampler.mark(phase)
+        outcome, seconds = asyncio.run(self.driver.burst(a.slow_n, post_concurrency=a.post_concurrency))
+        system.sampler.close(phase)
+        stages = self._stages(outcome)
+        state = _dms_state(system)
+        system.reset_fakes()
+        system.check_alive()
+        _check(outcome, f"slow run with {adapters} adapter(s)", self.errors)
+        limit = system.prefetch * adapters
+        ideal = a.slow_n * a.slow_latency_ms / 1000 / limit
+        rate = outcome.completed / seconds if seconds > 0 else None
+        posting = (outcome.last_accepted - outcome.first_post) if outcome.last_accepted and outcome.first_post else None
+        peak_calls = _peak_in_flight(state.get("faults", {}).get("call_times", []), a.slow_latency_ms / 1000)
+        return {
+            "adapters": adapters, "n": a.slow_n, "latency_ms": a.slow_latency_ms, "prefetch": system.prefetch,
+            "concurrency_limit": limit, "seconds": round(seconds, 2), "ideal_seconds": round(ideal, 4),
+            "ratio_to_ideal": _ratio(seconds, ideal, 2),
+            "round_trips_per_s": round(rate, 1) if rate else None, "ratio_to_ceiling": _ratio(rate, self.ceiling),
+            "posting_seconds": round(posting, 2) if posting else None,
+            "ingress_rate_per_s": round(outcome.accepted / posting, 1) if posting else None,
+            "dms_calls_in_flight_peak": peak_calls,
+            "dms_calls": (state.get("counters") or {}).get("calls", {}).get("create_user"),
+            **latency_summary(outcome.e2e), **_outcome_fields(outcome),
+            "stages": stages, "processes": (processes := system.sampler.report(phase)),
+            "machine_cpu": _machine_share(processes, self.result["machine"].get("nproc") or 1),
+        }
+
+    def run_slow(self) -> None:
+        self.result["slow"] = run = self._slow_run(1)
+        self.say(f"slow: {run['seconds']} s against an ideal of {run['ideal_seconds']} s "
+                 f"({run['ratio_to_ideal']}×), {run['round_trips_per_s']}/s; posting took {run['posting_seconds']} s, "
+                 f"peak DMS calls in flight {run['dms_calls_in_flight_peak']}")
+
+    def run_scaleout(self) -> None:
+        system = self.system
+        one = self.result.get("slow")
+        if one is None:
+            one = self._slow_run(1)
+        self.say("scale-out: starting a second DMS adapter process")
+        system.start_dms("dms2")
+        system.wait_consumers(dms=2)
+        try:
+            two = self._slow_run(2)
+        finally:
+            code = system.stop_process("dms2")
+            if code != 0:
+                self.errors.append(f"dms2 exited with {code}")
+            system.wait_consumers(dms=1)
+        speedup = _ratio(two["round_trips_per_s"], one["round_trips_per_s"], 2)
+        self.result["scaleout"] = {
+            "one": {k: one[k] for k in ("seconds", "round_trips_per_s", "ratio_to_ceiling", "ratio_to_ideal",
+                                        "dms_calls_in_flight_peak", "posting_seconds")},
+            "two": {k: two[k] for k in ("seconds", "round_trips_per_s", "ratio_to_ceiling", "ratio_to_ideal",
+                                        "dms_calls_in_flight_peak", "posting_seconds", "ideal_seconds")},
+            "speedup": speedup, "two_adapters_run": two,
+        }
+        self.say(f"scale-out: one adapter {one['round_trips_per_s']}/s, two {two['round_trips_per_s']}/s "
+                 f"({speedup}×)")
+
+    # --- 5. backlog ---------------------------------------------------------------------------------------------
+
+    def run_backlog(self) -> None:
+        a, system = self.args, self.system
+        for name in system.dms_processes():
+            code = system.stop_process(name)
+            if code != 0:
+                self.errors.append(f"{name} exited with {code} when stopped for the backlog run")
+        system.wait_consumers(dms=0)
+        self.say(f"backlog: publishing {a.backlog} create_user envelopes to main_exchange with the DMS adapter stopped")
+        seconds = asyncio.run(publish_backlog(system.amqp_url, a.backlog))
+        ready, _ = asyncio.run(system.queue_state("dms_queue"))
+        if ready < a.backlog:
+            self.errors.append(f"backlog: only {ready} of {a.backlog} messages in dms_queue")
+        self.say(f"backlog: {ready} messages in dms_queue ({a.backlog / seconds:.0f}/s published); "
+                 "starting the adapter")
+        system.reset_fakes()
+        system.sampler.mark("backlog")
+        t0 = time.perf_counter()
+        system.start_dms("dms")
+        trace: list[tuple[float, int]] = []
+        consuming_at: float | None = None
+        remaining = ready
+        deadline = t0 + a.backlog_sample_seconds
+        while time.perf_counter() < deadline:
+            system.check_alive()
+            remaining, consumers = asyncio.run(system.queue_state("dms_queue"))
+            now = time.perf_counter()
+            if consumers and consuming_at is None:
+                consuming_at = now
+            if consuming_at is not None:
+                trace.append((now - consuming_at, remaining))
+            if remaining == 0:
+                break
+            time.sleep(0.5)
+        system.sampler.close("backlog")
+        drained = ready - remaining
+        window = trace[-1][0] if trace else None
+        rate = drained / window if window else None
+        processes = system.sampler.report("backlog")
+        self.result["backlog"] = {
+            "messages": a.backlog, "in_queue_before": ready, "publish_seconds": round(seconds, 2),
+            "publish_rate_per_s": round(a.backlog / seconds, 1),
+            "adapter_start_seconds": round(consuming_at - t0, 2) if consuming_at else None,
+            "sampled_seconds": round(window, 1) if window else None, "drained": drained,
+            "remaining_when_stopped": remaining, "fully_drained": remaining == 0,
+            "drain_rate_per_s": round(rate, 1) if rate else None, "ratio_to_ceiling": _ratio(rate, self.ceiling),
+            "dms_peak_rss_mb": (processes.get("dms") or {}).get("peak_rss_mb"),
+            "processes": processes,
+            "queue_trace": [[round(t, 1), r] for t, r in trace[:: max(1, len(trace) // 40)]],
+            "note": "the answers name requests the store never saw: the 1C side logs a warning for each and "
+                    "stores nothing",
+        }
+        self.say(f"backlog: drained {drained} in {window and round(window, 1)} s "
+                 f"({self.result['backlog']['drain_rate_per_s']}/s); DMS adapter peak RSS "
+                 f"{self.result['backlog']['dms_peak_rss_mb']} MB")
+
+    # --- 5. memory ----------------------------------------------------------------------------------------------
+
+    def memory_section(self) -> None:
+        sampler = getattr(self.system, "sampler", None)
+        if sampler is None:
+            return
+        phases = {"e2e": "e2e", "slow": ["slow-1", "slow-2"], "backlog": "backlog"}
+        memory: dict[str, Any] = {}
+        for label, names in phases.items():
+            names = [names] if isinstance(names, str) else names
+            merged: dict[str, float] = {}
+            for name in names:
+                try:
+                    report = sampler.report(name)
+                except KeyError:
+                    continue
+                for process, figures in report.items():
+                    if "peak_rss_mb" in figures:
+                        merged[process] = max(merged.get(process, 0.0), figures["peak_rss_mb"])
+            if merged:
+                memory[label] = {"peak_rss_mb": merged}
+        if memory:
+            worst: dict[str, float] = {}
+            for figures in memory.values():
+                for process, value in figures["peak_rss_mb"].items():
+                    worst[process] = max(worst.get(process, 0.0), value)
+            memory["worst_peak_rss_mb"] = worst
+            memory["target_applies_to"] = list(ADAPTERS)
+            memory["method"] = ("VmRSS sampled every 100 ms from /proc/<pid>/status, and VmHWM after resetting it "
+                                "(clear_refs 5) at the start of each run")
+            self.result["memory"] = memory
+
+    # --- targets, chart, output ---------------------------------------------------------------------------------
+
+    def targets(self) -> None:
+        r = self.result
+        targets: list[dict[str, Any]] = []
+
+        def add(name: str, value: float | None, limit: str, passed: bool | None, unit: str = "") -> None:
+            targets.append({"target": name, "value": value, "unit": unit, "limit": limit,
+                            "pass": passed if value is not None else None})
+
+        if r["e2e"]:
+            ratio = r["e2e"]["best"]["ratio_to_ceiling"]
+            add("end-to-end throughput ≥ 0.5 × ceiling", ratio, f"≥ {TARGET_E2E_RATIO}",
+                ratio is not None and ratio >= TARGET_E2E_RATIO, "× ceiling")
+        if r["ingress"]:
+            p99 = r["ingress"]["p99_ms"]
+            add("ingress p99 ≤ 50 ms at half max rate", p99, f"≤ {TARGET_INGRESS_P99_MS:g} ms",
+                p99 is not None and p99 <= TARGET_INGRESS_P99_MS, "ms")
+        if r["slow"]:
+            ratio = r["slow"]["ratio_to_ideal"]
+            add("slow downstream ≤ 1.5 × ideal", ratio, f"≤ {TARGET_SLOW_RATIO}",
+                ratio is not None and ratio <= TARGET_SLOW_RATIO, "× ideal")
+        if r["memory"]:
+            worst = {k: v for k, v in r["memory"]["worst_peak_rss_mb"].items() if k in ADAPTERS}
+            for process, value in sorted(worst.items()):
+                add(f"peak RSS of {process} ≤ 150 MB", value, f"≤ {TARGET_RSS_MB:g} MB", value <= TARGET_RSS_MB, "MB")
+        if r["scaleout"]:
+            speedup = r["scaleout"]["speedup"]
+            add("two DMS adapters ≥ 1.7 × one (slow run)", speedup, f"≥ {TARGET_SCALEOUT}",
+                speedup is not None and speedup >= TARGET_SCALEOUT, "×")
+        r["targets"] = targets
+
+    def make_chart(self) -> None:
+        path = Path(self.args.chart) if self.args.chart else Path(self.args.out).with_name("chart.png")
+        if not self.result.get("e2e"):
+            self.result["chart"] = {"path": None, "skipped": "no end-to-end runs"}
+            return
+        if not chart.available():
+            self.result["chart"] = {"path": None, "skipped": "matplotlib is not installed: pip install -e '.[bench]'"}
+            return
+        try:
+            chart.make_chart(self.result, path)
+            self.result["chart"] = {"path": str(path)}
+        except Exception as exc:  # noqa: BLE001 - a chart is not worth the figures
+            self.result["chart"] = {"path": None, "skipped": f"{type(exc).__name__}: {exc}"}
+
+    def write(self) -> None:
+        out = Path(self.args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(self.result, ensure_ascii=False, indent=2) + "\n")
+        tmp.replace(out)
+
+
+def _machine_share(processes: dict[str, dict[str, Any]], nproc: int) -> dict[str, float | None]:
+    """How busy the machine's CPUs were during a run: in all, by the bench's own processes, and by anyone else."""
+    total = (processes.get("machine(all)") or {}).get("cpu_pct_of_one_core")
+    ours = sum(p["cpu_pct_of_one_core"] for name, p in processes.items() if name != "machine(all)")
+    return {"busy_pct": round(total / nproc, 1) if total is not None else None,
+            "bench_pct": round(ours / nproc, 1),
+            "others_pct": round(max(0.0, total - ours) / nproc, 1) if total is not None else None}
+
+
+def _dms_state(system: Any) -> dict[str, Any]:
+    try:
+        return system.esi.dms_state()
+    except Exception:  # noqa: BLE001 - a diagnostic only
+        return {}
+
+
+def _peak_in_flight(call_times: list[float], latency_s: float) -> int | None:
+    """With every call taking `latency_s`, the most calls the fake DMS held at once."""
+    if not call_times:
+        return None
+    times = sorted(call_times)
+    peak, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - latency_s:
+            start += 1
+        peak = max(peak, end - start + 1)
+    return peak
+
+
+# --- the table --------------------------------------------------------------------------------------------------
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+    else:
+        text = str(value)
+    return f"{text} {unit}".strip()
+
+
+def print_table(result: dict[str, Any]) -> None:
+    rows: list[tuple[str, str, str, str, str]] = []
+    verdicts = {t["target"]: t for t in result.get("targets", [])}
+
+    def row(label: str, value: str, ratio: Any = None, target: str = "", name: str | None = None) -> None:
+        verdict = ""
+        if name and name in verdicts:
+            t = verdicts[name]
+            verdict = {True: "PASS", False: "FAIL", None: "—"}[t["pass"]]
+            target = target or t["limit"]
+        rows.append((label, value, _fmt(ratio, "×") if ratio is not None else "", target, verdict))
+
+    ceiling = result.get("ceiling")
+    if ceiling:
+        row("1. ceiling (bare aio-pika, quorum)", f"{_fmt(ceiling['round_trips_per_s'])}/s  "
+            f"p50 {_fmt(ceiling['p50_ms'])} ms  p99 {_fmt(ceiling['p99_ms'])} ms", 1.0)
+    e2e = result.get("e2e")
+    if e2e:
+        for r in e2e["runs"]:
+            row(f"2. e2e create_user  C={r['concurrency']}  N={r['n']}",
+                f"{_fmt(r['round_trips_per_s'])}/s  p50 {_fmt(r['p50_ms'])}  p95 {_fmt(r['p95_ms'])}  "
+                f"p99 {_fmt(r['p99_ms'])} ms", r["ratio_to_ceiling"])
+        best = e2e["best"]
+        row(f"   best (C={best['concurrency']})", f"{_fmt(best['round_trips_per_s'])}/s", best["ratio_to_ceiling"],
+            name="end-to-end throughput ≥ 0.5 × ceiling")
+        run = next(r for r in e2e["runs"] if r["concurrency"] == best["concurrency"])
+        stages = run.get("stages") or {}
+        if stages.get("requests"):
+            row("   where the time goes, p50 ms (C=%d)" % run["concurrency"],
+                "  ".join(f"{k} {_fmt(stages[k]['p50_ms'])}" for k in ("api", "relay", "to_dms", "back", "poll")))
+            stored = stages["to_stored"]
+            row("   POST → answer stored (no polling)", f"p50 {_fmt(stored['p50_ms'])}  p95 {_fmt(stored['p95_ms'])}  "
+                f"p99 {_fmt(stored['p99_ms'])} ms")
+        cpu = run.get("cpu_ms_per_request") or {}
+        if cpu:
+            row("   CPU ms per request, by process", "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(cpu.items())))
+    ingress = result.get("ingress")
+    if ingress:
+        row(f"3. ingress POST→202 at {_fmt(ingress['rate_per_s'])}/s",
+            f"p50 {_fmt(ingress['p50_ms'])}  p95 {_fmt(ingress['p95_ms'])}  p99 {_fmt(ingress['p99_ms'])} ms",
+            ingress["ratio_to_ceiling"], name="ingress p99 ≤ 50 ms at half max rate")
+    slow = result.get("slow")
+    if slow:
+        row(f"4. slow DMS {slow['latency_ms']} ms, N={slow['n']}, 1 adapter",
+            f"{_fmt(slow['seconds'])} s vs ideal {_fmt(slow['ideal_seconds'])} s = {_fmt(slow['ratio_to_ideal'])}×",
+            slow["ratio_to_ceiling"], name="slow downstream ≤ 1.5 × ideal")
+        row("   throughput / posting time / DMS calls in flight",
+            f"{_fmt(slow['round_trips_per_s'])}/s / {_fmt(slow['posting_seconds'])} s / "
+            f"{_fmt(slow['dms_calls_in_flight_peak'])}")
+    memory = result.get("memory")
+    if memory:
+        for label in ("e2e", "slow", "backlog"):
+            if label in memory:
+                peaks = memory[label]["peak_rss_mb"]
+                row(f"5. peak RSS during {label} (MB)", "  ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items())))
+        for t in result.get("targets", []):
+            if t["target"].startswith("peak RSS of"):
+                row(f"   {t['target']}", _fmt(t["value"], "MB"), name=t["target"])
+    backlog = result.get("backlog")
+    if backlog:
+        row(f"   backlog {backlog['messages']:,}: drain by one adapter",
+            f"{_fmt(backlog['drain_rate_per_s'])}/s, {backlog['drained']:,} in {_fmt(backlog['sampled_seconds'])} s",
+            backlog["ratio_to_ceiling"])
+    scaleout = result.get("scaleout")
+    if scaleout:
+        row("6. scale-out, slow run: 1 → 2 DMS adapters",
+            f"{_fmt(scaleout['one']['round_trips_per_s'])}/s → {_fmt(scaleout['two']['round_trips_per_s'])}/s "
+            f"= {_fmt(scaleout['speedup'])}×", scaleout["two"]["ratio_to_ceiling"],
+            name="two DMS adapters ≥ 1.7 × one (slow run)")
+    client = result.get("client") or {}
+    if client.get("verdict"):
+        row("   client (bench process)", client["verdict"])
+    if client.get("machine_cpu_busy_pct_at_best") is not None:
+        row("   machine CPU busy at best e2e run", f"{_fmt(client['machine_cpu_busy_pct_at_best'])}% of all cores; "
+            f"bench processes {_fmt(client['bench_processes_cpu_pct_of_machine_at_best'])}%, "
+            f"others {_fmt(client['others_cpu_pct_of_machine_at_best'])}%")
+
+    headers = ("run", "figure", "÷ ceiling", "target", "")
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(5)]
+    line = "  ".join("-" * w for w in widths)
+    print()
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print(line)
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(line)
+    machine = result.get("machine") or {}
+    print(f"machine: {machine.get('nproc')} × {machine.get('cpu_model')}, {machine.get('memory_mb')} MB, "
+          f"RabbitMQ {machine.get('rabbitmq_version')}, Python {machine.get('python_version')}; "
+          f"store {(result.get('config') or {}).get('store')}; {result.get('duration_s')} s")
+    chart_info = result.get("chart") or {}
+    if chart_info.get("path"):
+        print(f"chart: {chart_info['path']}")
+    elif chart_info.get("skipped"):
+        print(f"chart: skipped ({chart_info['skipped']})")
+    if result.get("errors"):
+        print("ERRORS:")
+        for error in result["errors"]:
+            print(f"  - {error}")
+    print("result: " + ("ok" if result.get("ok") else "FAILED (see errors)"), flush=True)
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
+    parser.add_argument("--n", type=int, help="requests per end-to-end run (default 2000; quick 100)")
+    parser.add_argument("--concurrency", help="end-to-end concurrencies, comma-separated (default 16,64,128)")
+    parser.add_argument("--skip", default="", help=f"sections to skip, comma-separated: {','.join(SECTIONS)}")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"), help="the JSON file")
+    parser.add_argument("--chart", help="the PNG (default: chart.png beside --out)")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--prefetch", type=int, help="ESI_PREFETCH for the services (default: theirs, 200)")
+    parser.add_argument("--ceiling-n", type=int)
+    parser.add_argument("--ceiling-concurrency", type=int)
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--ingress-seconds", type=float)
+    parser.add_argument("--ingress-rate", type=float, help="fixed POST rate (default: half the best e2e rate)")
+    parser.add_argument("--slow-n", type=int)
+    parser.add_argument("--slow-latency-ms", type=int)
+    parser.add_argument("--post-concurrency", type=int, help="connections posting in the slow runs")
+    parser.add_argument("--backlog", type=int)
+    parser.add_argument("--backlog-sample-seconds", type=float)
+    parser.add_argument("--profile", metavar="DIR",
+                        help="record onec and dms with py-spy during the e2e run at the highest concurrency")
+    parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("--pollers", type=int, default=4, help="concurrent GET /requests/{id} pollers (default 4)")
+    parser.add_argument("--completion-timeout", type=float, help="seconds before a request counts as never completed")
+    args = parser.parse_args(argv)
+    base = QUICK if args.quick else DEFAULTS
+    for key, value in base.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if isinstance(args.concurrency, str):
+        args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skip - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) to skip: {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    args.skip = skip
+    if not args.concurrency or min(args.concurrency) < 1:
+        parser.error("--concurrency needs positive integers")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    return Bench(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

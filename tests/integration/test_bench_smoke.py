@@ -1,0 +1,111 @@
+"""The benchmark harness at tiny sizes, so that it cannot rot: it runs, completes every request, and writes every
+section with numeric figures and ratios to the ceiling. The real run (`make bench`) is not a test."""
+
+from __future__ import annotations
+
+import json
+import numbers
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any],
+                                                                   Path]:
+    out = tmp_path_factory.mktemp("bench") / "latest.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"bench --quick exited {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+    return proc, json.loads(out.read_text()), out
+
+
+@pytest.mark.timeout(330)
+def test_quick_run_exits_0_and_every_request_completes(quick_run) -> None:
+    proc, result, _ = quick_run
+    assert result["ok"] is True and result["errors"] == []
+    assert "result: ok" in proc.stdout and "÷ ceiling" in proc.stdout  # the table was printed
+    for run in result["e2e"]["runs"]:
+        assert run["all_completed"] and run["completed"] == run["n"], run
+    for section in ("ingress", "slow"):
+        assert result[section]["all_completed"], result[section]
+        assert result[section]["failed"] == result[section]["timed_out"] == 0
+    assert result["scaleout"]["two_adapters_run"]["all_completed"]
+    assert result["exit_codes"] and all(code == 0 for code in result["exit_codes"].values())
+
+
+def test_machine_is_recorded(quick_run) -> None:
+    machine = quick_run[1]["machine"]
+    assert _number(machine["nproc"]) and machine["nproc"] >= 1
+    assert machine["cpu_model"] and machine["rabbitmq_version"] and machine["python_version"]
+    assert _number(machine["memory_mb"])
+
+
+def test_every_section_has_figures_and_ratios_to_the_ceiling(quick_run) -> None:
+    result = quick_run[1]
+    ceiling = result["ceiling"]
+    assert _number(ceiling["round_trips_per_s"]) and ceiling["round_trips_per_s"] > 0
+    assert ceiling["queue_type"] == "quorum"
+
+    runs = result["e2e"]["runs"]
+    assert [r["concurrency"] for r in runs] == result["config"]["concurrency"]
+    for run in runs:
+        for key in ("round_trips_per_s", "ratio_to_ceiling", "p50_ms", "p95_ms", "p99_ms", "seconds",
+                    "client_cpu_pct_of_one_core"):
+            assert _number(run[key]), (key, run)
+        assert run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]
+        assert abs(run["ratio_to_ceiling"] - run["round_trips_per_s"] / ceiling["round_trips_per_s"]) < 0.01
+        assert {"onec", "dms", "crm", "fakes"} <= set(run["processes"])
+        assert all(_number(run["stages"][s]["p50_ms"]) for s in ("api", "relay", "to_dms", "back", "poll"))
+
+    ingress = result["ingress"]
+    for key in ("rate_per_s", "ratio_to_ceiling", "p50_ms", "p95_ms", "p99_ms"):
+        assert _number(ingress[key]), (key, ingress)
+
+    slow = result["slow"]
+    for key in ("seconds", "ideal_seconds", "ratio_to_ideal", "round_trips_per_s", "ratio_to_ceiling"):
+        assert _number(slow[key]), (key, slow)
+    assert slow["ideal_seconds"] == pytest.approx(slow["n"] * slow["latency_ms"] / 1000 / slow["prefetch"], rel=0.01)
+
+    scaleout = result["scaleout"]
+    assert _number(scaleout["speedup"])
+    for side in ("one", "two"):
+        assert _number(scaleout[side]["round_trips_per_s"]) and _number(scaleout[side]["ratio_to_ceiling"])
+
+    backlog = result["backlog"]
+    assert backlog["in_queue_before"] == backlog["messages"] == result["config"]["backlog"]
+    assert backlog["drained"] > 0
+    for key in ("drain_rate_per_s", "ratio_to_ceiling", "dms_peak_rss_mb"):
+        assert _number(backlog[key]), (key, backlog)
+
+    memory = result["memory"]
+    for phase in ("e2e", "slow", "backlog"):
+        peaks = memory[phase]["peak_rss_mb"]
+        assert all(_number(peaks[p]) and peaks[p] > 10 for p in ("onec", "dms", "crm")), (phase, peaks)
+
+    targets = {t["target"]: t for t in result["targets"]}
+    assert len(targets) >= 5
+    assert all(isinstance(t["pass"], bool) and _number(t["value"]) for t in targets.values())
+
+
+def test_chart_is_drawn_when_matplotlib_is_installed(quick_run) -> None:
+    result, out = quick_run[1], quick_run[2]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert result["chart"]["path"] is None and "matplotlib" in result["chart"]["skipped"]
+        return
+    chart = Path(result["chart"]["path"])
+    assert chart == out.with_name("chart.png")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
