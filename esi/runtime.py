@@ -53,8 +53,10 @@ class _Server(uvicorn.Server):
 
 class HttpServer:
     def __init__(self, app: FastAPI, *, host: str, port: int, name: str, ssl: dict | None = None) -> None:
+        # a long keep-alive: 1C clients and proxies reuse connections, and a server closing an idle one just as the
+        # client reuses it is a failed request for the client
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=10, **(ssl or {}))
+                                lifespan="off", timeout_graceful_shutdown=10, timeout_keep_alive=75, **(ssl or {}))
         self.name = name
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
@@ -153,7 +155,8 @@ class AdapterService(Service):
             events=self.events,
             service=self.name, queue=topology.queue_for(self.system), channel=self.bus.consume_channel,
             publisher=self.bus.publisher, catalog=CATALOG, handlers=handlers, max_attempts=s.max_attempts,
-            tracker=self.store, inbox=self.store,
+            # 1C's side only records answers, which is idempotent by nature: no inbox to consult or write
+            tracker=self.store, inbox=None if self.name == "onec" else self.store,
             queue_arguments=topology.work_queue_arguments(topology.queue_for(self.system)),
         )
         if self.name == "onec":

@@ -6,9 +6,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from esi import metrics
 
@@ -37,22 +38,38 @@ def ops_router(readiness: ReadyCheck | None) -> APIRouter:
     return router
 
 
-def install_http_metrics(app: FastAPI) -> None:
-    """Count and time every request by its route template (never by raw path: ids would explode the labels)."""
+class HttpMetrics:
+    """Pure ASGI middleware counting and timing every request by its route template (never by raw path: ids would
+    explode the labels). Starlette's BaseHTTPMiddleware costs a task group and a stream per request; this does not."""
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):  # type: ignore[no-untyped-def]
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
         status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, send_with_status)
         finally:
-            route = request.scope.get("route")
+            route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            metrics.HTTP_REQUESTS.labels(template, request.method, str(status)).inc()
-            metrics.HTTP_DURATION.labels(template, request.method).observe(time.perf_counter() - started)
+            method = scope.get("method", "")
+            metrics.HTTP_REQUESTS.labels(template, method, str(status)).inc()
+            metrics.HTTP_DURATION.labels(template, method).observe(time.perf_counter() - started)
+
+
+def install_http_metrics(app: FastAPI) -> None:
+    app.add_middleware(HttpMetrics)
 
 
 def create_ops_app(readiness: ReadyCheck | None) -> FastAPI:

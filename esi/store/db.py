@@ -23,7 +23,19 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import orjson
-from sqlalchemy import Connection, Engine, Table, create_engine, event, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -36,6 +48,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Op = Callable[[Connection], T]
 _FINAL = (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
+
+
+# statements on the hot path, built once (building and keying a statement per call costs more than running it)
+_INSERT_REQUEST = insert(schema.requests)
+_INSERT_OUTBOX = insert(schema.outbox)
+_INSERT_KEYS = insert(schema.request_keys)
+_INSERT_INBOX = insert(schema.inbox)
+_INSERT_EVENTS = insert(schema.events)
+_SELECT_REQUEST = select(schema.requests).where(schema.requests.c.request_id == bindparam("rid"))
+_SELECT_SEEN = select(schema.inbox.c.message_id).where(schema.inbox.c.consumer == bindparam("consumer"),
+                                                       schema.inbox.c.message_id == bindparam("mid"))
+_RECORD_RESPONSE = (update(schema.requests).where(schema.requests.c.request_id == bindparam("rid"))
+                    .values(status=bindparam("st"), response=bindparam("resp"), error=bindparam("err"),
+                            updated_at=bindparam("at")))
 
 
 def now_iso() -> str:
@@ -267,16 +293,17 @@ class Store:
         unique_keys = sorted({k[:255] for k in keys or () if k})
 
         def write(conn: Connection) -> None:
-            conn.execute(insert(schema.requests).values(
-                request_id=request_id, source=source, target=target, message_type=message_type,
-                status=RequestStatus.ACCEPTED.value, payload_hash=payload_hash, attempts=0,
-                created_at=now, updated_at=now, client_id=client_id,
-            ))
-            conn.execute(insert(schema.outbox).values(
-                message_id=message_id, request_id=request_id, routing_key=routing_key, body=body, created_at=now,
-            ))
+            conn.execute(_INSERT_REQUEST, {
+                "request_id": request_id, "source": source, "target": target, "message_type": message_type,
+                "status": RequestStatus.ACCEPTED.value, "payload_hash": payload_hash, "attempts": 0,
+                "created_at": now, "updated_at": now, "client_id": client_id, "response": None, "error": None,
+                "last_error": None,
+            })
+            conn.execute(_INSERT_OUTBOX, {"message_id": message_id, "request_id": request_id,
+                                          "routing_key": routing_key, "body": body, "created_at": now,
+                                          "sent_at": None})
             if unique_keys:
-                conn.execute(insert(schema.request_keys), [{"key": k, "request_id": request_id} for k in unique_keys])
+                conn.execute(_INSERT_KEYS, [{"key": k, "request_id": request_id} for k in unique_keys])
 
         try:
             await self._backend.write(write)
@@ -291,7 +318,7 @@ class Store:
 
     async def _get_row(self, request_id: str) -> Any:
         def read(conn: Connection) -> Any:
-            row = conn.execute(select(schema.requests).where(schema.requests.c.request_id == request_id)).first()
+            row = conn.execute(_SELECT_REQUEST, {"rid": request_id}).first()
             return None if row is None else dict(row._mapping)
 
         return await self._backend.read(read)
@@ -306,11 +333,8 @@ class Store:
         status = RequestStatus.FAILED if error else RequestStatus.COMPLETED
 
         def write(conn: Connection) -> int:
-            result = conn.execute(
-                update(schema.requests).where(schema.requests.c.request_id == request_id).values(
-                    status=status.value, response=_dumps(response), error=_dumps(error), updated_at=now_iso(),
-                )
-            )
+            result = conn.execute(_RECORD_RESPONSE, {"rid": request_id, "st": status.value, "resp": _dumps(response),
+                                                     "err": _dumps(error), "at": now_iso()})
             if result.rowcount and keys:
                 _add_keys(conn, request_id, keys)
             return result.rowcount
@@ -338,7 +362,7 @@ class Store:
 
     async def add_events(self, rows: list[dict[str, Any]]) -> None:
         if rows:
-            await self._execute(insert(schema.events), rows)
+            await self._execute(_INSERT_EVENTS, rows)
 
     async def timeline(self, request_id: str) -> list[dict[str, Any]]:
         e = schema.events
@@ -399,14 +423,13 @@ class Store:
     # --- inbox --------------------------------------------------------------------------------------------------
 
     async def seen(self, consumer: str, message_id: str) -> bool:
-        i = schema.inbox
-        query = select(i.c.message_id).where(i.c.consumer == consumer, i.c.message_id == message_id)
-        return await self._backend.read(lambda conn: conn.execute(query).first() is not None)
+        params = {"consumer": consumer, "mid": message_id}
+        return await self._backend.read(lambda conn: conn.execute(_SELECT_SEEN, params).first() is not None)
 
     async def record(self, consumer: str, message_id: str) -> None:
         try:
-            await self._execute(insert(schema.inbox).values(consumer=consumer, message_id=message_id,
-                                                            processed_at=now_iso()))
+            await self._execute(_INSERT_INBOX, {"consumer": consumer, "message_id": message_id,
+                                                "processed_at": now_iso()})
         except IntegrityError:
             pass  # already recorded by a concurrent duplicate
 
