@@ -31,6 +31,7 @@ from esi.config import Settings
 from esi.health import Check, run_checks
 from esi.messages import CATALOG
 from esi.metrics import Instrumented
+from esi.systems.http import fast_transport
 from esi.security.auth import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_registry, load_registry
 from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
 from esi.store import Store
@@ -115,6 +116,7 @@ class AdapterService(Service):
 
             client = DmsClient(base_url=s.dms_url, timeout=s.dms_timeout, max_connections=s.prefetch,
                                verify=s.dms_ca_bundle or True,
+                               transport=fast_transport(verify=s.dms_ca_bundle or True, max_connections=s.prefetch),
                                api_key=s.dms_api_key.get_secret_value() if s.dms_api_key else None)
             self._client = client
             return dms_handlers(Instrumented(client, system="dms", events=self.events, service="dms"))
@@ -125,7 +127,9 @@ class AdapterService(Service):
             client = CreatioClient(base_url=s.creatio_url, username=s.creatio_username,
                                    password=s.creatio_password.get_secret_value(), odata_path=s.creatio_odata_path,
                                    timeout=s.creatio_timeout, max_connections=s.prefetch,
-                                   verify=s.creatio_ca_bundle or True)
+                                   verify=s.creatio_ca_bundle or True,
+                                   transport=fast_transport(verify=s.creatio_ca_bundle or True,
+                                                            max_connections=s.prefetch))
             self._client = client
             return crm_handlers(Instrumented(client, system="crm", events=self.events, service="crm"),
                                 max_pdf_bytes=s.max_pdf_bytes)

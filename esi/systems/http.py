@@ -47,3 +47,30 @@ def _short_body(response: httpx.Response, limit: int = 300) -> str:
         return ""
     text = " ".join(text.split())
     return text[:limit]
+
+
+def fast_transport(*, verify: bool | str = True, max_connections: int = 100) -> httpx.AsyncBaseTransport:
+    """httpx's API over aiohttp's connection handling (httpx-aiohttp).
+
+    Measured here against the fake DMS, 2,000 POSTs at concurrency 64: httpx's own transport cost 5.6 ms of CPU per
+    request (its pool inspects every pooled connection on each request), this one 0.9 ms. The clients still speak
+    httpx (requests, responses, cookies, errors); only the sockets are aiohttp's. aiohttp's own cookie jar is
+    disabled so that cookies live in one place, the httpx client's.
+    """
+    import ssl
+
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
+
+    if verify is True:
+        context: ssl.SSLContext | bool = ssl.create_default_context()
+    elif isinstance(verify, str):
+        context = ssl.create_default_context(cafile=verify)
+    else:
+        context = False
+
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=max_connections, ssl=context, keepalive_timeout=30)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+    return AiohttpTransport(client=session)
