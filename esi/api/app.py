@@ -131,7 +131,14 @@ def create_app(deps: ApiDeps) -> FastAPI:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body:
             raise ApiError(413, "body_too_large", f"the request body exceeds {max_body} bytes")
-        return parse_json_object(await request.body())
+        # read at most max_body bytes even when no Content-Length was sent (chunked bodies)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise ApiError(413, "body_too_large", f"the request body exceeds {max_body} bytes")
+            chunks.append(chunk)
+        return parse_json_object(b"".join(chunks))
 
     async def accept(accepted: Accepted, principal: Principal) -> JSONResponse:
         require_send(principal, accepted.target, accepted.message_type)

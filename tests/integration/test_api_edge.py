@@ -95,3 +95,23 @@ def test_openapi_document_lists_the_endpoints(esi_sqlite: EsiSystem) -> None:
     for path in ("/send_to_dms", "/send_to_crm", "/requests/{target}/{message_type}", "/requests/{request_id}"):
         assert path in spec["paths"]
     assert httpx.get(f"{esi_sqlite.api_url}/docs", timeout=10).status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(esi_sqlite: EsiSystem) -> None:
+    def chunks():
+        yield b'{"user_id": "U1", "name": "'
+        for _ in range(20):
+            yield b"x" * (1024 * 1024)  # 20 MB, sent without a Content-Length
+        yield b'", "email": "a@b.c"}'
+
+    response = httpx.post(f"{esi_sqlite.api_url}/send_to_dms", content=chunks(),
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    _assert_error(response, 413, "body_too_large")
+
+
+def test_deeply_nested_json_is_a_clear_4xx(esi_sqlite: EsiSystem) -> None:
+    deep = b'{"user_id": "U1", "name": "n", "email": "a@b.c", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    response = httpx.post(f"{esi_sqlite.api_url}/send_to_dms", content=deep,
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert 400 <= response.status_code < 500
+    assert response.json()["error"]["code"] in ("invalid_json", "validation_error")

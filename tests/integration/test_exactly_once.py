@@ -14,19 +14,21 @@ import aio_pika
 import httpx
 import pytest
 
-from tests.support import EsiSystem, Vhost, rabbitmqctl, unique, wait_until
+from tests.support import EsiSystem, PgDatabase, Vhost, rabbitmqctl, unique, wait_until
 
 pytestmark = pytest.mark.integration
 
 LAYOUT = {"fakes": ["fake-creatio", "fake-dms"], "onec": ["onec", "crm"], "dms": ["dms"]}
 
 
-@pytest.fixture(scope="module")
-def split_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EsiSystem]:
-    """The system with the DMS adapter in a process of its own, so that it can be killed."""
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def split_system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EsiSystem]:
+    """The system with the DMS adapter in a process of its own, so that it can be killed; on both stores."""
     workdir = tmp_path_factory.mktemp("esi-split")
     v = Vhost()
-    system = EsiSystem(workdir=workdir, amqp_url=v.url, database_url=f"sqlite:///{workdir}/esi.db",
+    db = PgDatabase() if request.param == "postgres" else None
+    system = EsiSystem(workdir=workdir, amqp_url=v.url,
+                       database_url=db.url if db else f"sqlite:///{workdir}/esi.db",
                        extra_env={"ESI_RETRY_DELAYS": "[0.2, 0.5, 1, 2]", "ESI_MAX_ATTEMPTS": "8"})
     try:
         system.start_all(LAYOUT)
@@ -36,6 +38,8 @@ def split_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EsiSystem
             if p.proc is not None and p.proc.poll() is None:
                 p.stop()
         v.delete()
+        if db is not None:
+            db.drop()
 
 
 def _broker_up() -> None:

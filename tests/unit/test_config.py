@@ -1,0 +1,69 @@
+"""Settings: the names the issue fixes, the original's variables, parsing, and secrets kept out of repr()."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from esi.config import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env from the developer's checkout
+    for name in ("ESI_AMQP_URL", "RABBITMQ_HOST", "RABBITMQ_PORT", "RABBITMQ_USERNAME", "RABBITMQ_USER",
+                 "RABBITMQ_PASSWORD", "ESI_HTTP_PORT", "FLASK_PORT", "ESI_ENV", "CREATIO_PASSWORD", "ESI_AUTH",
+                 "ESI_RETRY_DELAYS", "ESI_MAX_ATTEMPTS", "ESI_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_point_at_the_local_broker_sqlite_and_the_fakes() -> None:
+    s = Settings()
+    assert s.broker_url() == "amqp://guest:guest@localhost:5672/"
+    assert s.database_url == "sqlite:///./var/esi.db"
+    assert s.http_port == 5000
+    assert s.creatio_url.endswith(":5100") and s.dms_url.endswith(":5200")
+    assert s.retry_delays == [1, 5, 30, 120, 600] and s.max_attempts == 5
+
+
+def test_the_original_systems_variables_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RABBITMQ_HOST", "rabbitmq")
+    monkeypatch.setenv("RABBITMQ_PORT", "5673")
+    monkeypatch.setenv("RABBITMQ_USERNAME", "esi")
+    monkeypatch.setenv("RABBITMQ_PASSWORD", "p@ss/word")
+    monkeypatch.setenv("FLASK_PORT", "5050")
+    s = Settings()
+    assert s.broker_url() == "amqp://esi:p%40ss%2Fword@rabbitmq:5673/"
+    assert s.http_port == 5050
+    monkeypatch.setenv("ESI_AMQP_URL", "amqp://a:b@elsewhere:5672/vh")
+    assert Settings().broker_url() == "amqp://a:b@elsewhere:5672/vh"
+
+
+def test_retry_ladder_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESI_RETRY_DELAYS", "[0.5, 2, 10]")
+    assert Settings().retry_delays == [0.5, 2.0, 10.0]
+    for bad in ("[]", "[1, -2]", "five", '["1"]'):
+        monkeypatch.setenv("ESI_RETRY_DELAYS", bad)
+        with pytest.raises(ValidationError, match="ESI_RETRY_DELAYS"):
+            Settings()
+
+
+def test_secrets_are_masked_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREATIO_PASSWORD", "creatio-secret-1")
+    monkeypatch.setenv("RABBITMQ_PASSWORD", "rabbit-secret-2")
+    monkeypatch.setenv("ESI_AMQP_URL", "amqp://u:amqp-secret-3@h:5672/")
+    text = repr(Settings()) + str(Settings())
+    for secret in ("creatio-secret-1", "rabbit-secret-2", "amqp-secret-3"):
+        assert secret not in text
+
+
+def test_production_refuses_demo_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESI_ENV", "production")
+    with pytest.raises(ValidationError, match="demo Creatio password"):
+        Settings()
+    monkeypatch.setenv("CREATIO_PASSWORD", "real-one")
+    monkeypatch.setenv("ESI_AUTH", "off")
+    with pytest.raises(ValidationError, match="ESI_AUTH=off"):
+        Settings()
+    monkeypatch.setenv("ESI_AUTH", "on")
+    assert Settings().env == "production"
