@@ -309,13 +309,14 @@ class Consumer:
 
     async def _ack(self, message: AbstractIncomingMessage) -> None:
         try:
-            await message.ack()
+            # bounded: an ack on the channel of a connection that died must not hold the message's task forever
+            await asyncio.wait_for(message.ack(), 10)
         except Exception as exc:  # channel gone: the broker redelivers it and the inbox absorbs the duplicate
             log.warning("ack failed (%s); the message will be redelivered", exc)
 
     async def _reject_requeue(self, message: AbstractIncomingMessage) -> None:
         try:
-            await message.reject(requeue=True)
+            await asyncio.wait_for(message.reject(requeue=True), 10)
         except Exception as exc:
             log.warning("reject failed (%s); the message will be redelivered", exc)
 

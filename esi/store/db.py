@@ -224,7 +224,8 @@ class Store:
             event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
             store = cls(_SqliteBackend(engine), is_sqlite=True)
         else:
-            async_engine = create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True)
+            async_engine = create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True,
+                                               connect_args={"command_timeout": 30})
             store = cls(_AsyncBackend(async_engine), is_sqlite=False)
         await store.migrate()
         return store
