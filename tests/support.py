@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,31 @@ AMQP_HOST = "127.0.0.1"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
 ESI = str(Path(sys.executable).parent / "esi")
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, *, name: str = "test-server") -> Iterator[str]:
+    """Serve an ASGI app with a real uvicorn server in a thread on a free port of 127.0.0.1; yield its base URL."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10.0
+    while not server.started:  # polling a flag with a deadline: uvicorn offers no start-up event
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"{name}: uvicorn did not start within 10 s")
+        time.sleep(0.005)
+    # port 0: the kernel chose a free one (binding a socket ourselves would leave Nagle on: 40 ms per request)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10.0)
 
 
 def free_port() -> int:

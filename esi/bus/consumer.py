@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from pydantic import BaseModel
 
 from esi import metrics
 from esi.bus.publisher import ATTEMPT_HEADER, Publisher

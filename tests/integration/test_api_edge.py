@@ -39,7 +39,6 @@ def _assert_error(response: httpx.Response, status: int, code: str, mentions: st
 ])
 def test_bad_requests_are_refused_with_a_named_problem(esi_sqlite: EsiSystem, path: str, content: bytes, status: int,
                                                         code: str, mentions: str | None) -> None:
-    before = esi_sqlite.get_request  # noqa: F841 - the API answers
     response = httpx.post(f"{esi_sqlite.api_url}{path}", content=content,
                           headers={"Content-Type": "application/json"}, timeout=10)
     _assert_error(response, status, code, mentions)

@@ -7,15 +7,12 @@ import contextlib
 import hashlib
 import logging
 import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from esi.errors import BusinessError, NotFound, PermanentError, SessionExpired, TransientError
@@ -29,6 +26,7 @@ from esi.fakes.creatio import (
     create_app,
 )
 from esi.systems.crm.client import AttachedFile, CreatioClient, CreatioOrder, odata_string
+from tests.support import serve_in_thread as serve
 
 PASSWORD = "Pa55-'secret'-Пароль"
 
@@ -36,30 +34,6 @@ PASSWORD = "Pa55-'secret'-Пароль"
 # --- a real server for the fake (same helper as in test_fake_creatio.py; tests/unit has no shared module) ---------
 
 
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free local port in a background thread; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                            timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:  # polling a flag with a deadline: uvicorn offers no start-up event
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError("the fake Creatio did not start")
-        time.sleep(0.005)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @dataclass

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -15,12 +14,12 @@ from dataclasses import dataclass
 import certifi
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from esi.errors import BusinessError, NotFound, PermanentError, TransientError
 from esi.fakes.dms import REFUSED_EMAIL_DOMAIN, FakeDms, create_app
 from esi.systems.dms.client import DmsClient, DmsPolicy, DmsUser
+from tests.support import serve_in_thread
 
 API_KEY = "s3cret-api-key-0042"
 
@@ -36,27 +35,6 @@ class _CurrentApp:
         await self.app(scope, receive, send)
 
 
-@contextlib.contextmanager
-def serve_in_thread(app: _CurrentApp) -> Iterator[str]:
-    """Serve `app` with a real uvicorn server, in a thread, on a free port of 127.0.0.1; yield its base URL."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="fake-dms", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5.0
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError("uvicorn did not start within 5 s")
-        time.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]  # port 0: the kernel chose a free one
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5.0)
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from esi.fakes.creatio import (
@@ -27,6 +23,7 @@ from esi.fakes.creatio import (
     STATUS_SHIPPED_ID,
     create_app,
 )
+from tests.support import serve_in_thread as serve
 
 LOGIN = "/ServiceModel/AuthService.svc/Login"
 CREDENTIALS = {"UserName": "Supervisor", "UserPassword": "Supervisor"}
@@ -35,30 +32,6 @@ CREDENTIALS = {"UserName": "Supervisor", "UserPassword": "Supervisor"}
 # --- a real server for the fake ------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free local port in a background thread; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                            timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:  # polling a flag with a deadline: uvicorn offers no start-up event
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError("the fake Creatio did not start")
-        time.sleep(0.005)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @dataclass

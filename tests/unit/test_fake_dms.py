@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-import time
 import datetime as dt
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -13,10 +11,10 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from esi.fakes.dms import REFUSED_EMAIL_DOMAIN, SEED_POLICIES, FakeDms, create_app
+from tests.support import serve_in_thread
 
 IVANOV = {"external_id": "U12345", "name": "Иванов Иван", "email": "ivanov@example.com"}
 
@@ -32,27 +30,6 @@ class _CurrentApp:
         await self.app(scope, receive, send)
 
 
-@contextlib.contextmanager
-def serve_in_thread(app: _CurrentApp) -> Iterator[str]:
-    """Serve `app` with a real uvicorn server, in a thread, on a free port of 127.0.0.1; yield its base URL."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="fake-dms", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5.0
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError("uvicorn did not start within 5 s")
-        time.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]  # port 0: the kernel chose a free one
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5.0)
 
 
 @pytest.fixture(scope="module")
