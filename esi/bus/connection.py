@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from urllib.parse import urlsplit, urlunsplit
@@ -70,7 +71,10 @@ class Bus:
             raise ConnectionError("not connected to RabbitMQ")
 
     async def aclose(self) -> None:
-        await self.connection.close()
+        try:
+            await asyncio.wait_for(self.connection.close(), 10)
+        except asyncio.TimeoutError:
+            log.warning("the broker connection did not close within 10 s; leaving it")
 
     async def __aenter__(self) -> "Bus":
         return self

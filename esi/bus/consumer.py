@@ -129,8 +129,9 @@ class Consumer:
         """Stop taking new messages and let the ones in hand finish."""
         if self._amqp_queue is not None and self._consumer_tag is not None:
             try:
-                await self._amqp_queue.cancel(self._consumer_tag)
-            except Exception as exc:  # the channel may already be gone
+                # bounded: on a connection that is reconnecting, the robust channel would wait for it forever
+                await asyncio.wait_for(self._amqp_queue.cancel(self._consumer_tag), 5)
+            except (Exception, asyncio.TimeoutError) as exc:  # the channel may already be gone
                 log.debug("cancel of %s failed: %s", self.queue.name, exc)
             self._consumer_tag = None
         try:
