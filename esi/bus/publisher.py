@@ -77,7 +77,11 @@ class Publisher:
     async def publish_message(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
         try:
             target = await self._exchange(exchange)
-            confirmation = await target.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout)
+            # aio-pika's own timeout does not cover a publish caught in a reconnection (seen: stuck for minutes
+            # across a broker restart), so the whole call is bounded here
+            confirmation = await asyncio.wait_for(
+                target.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout),
+                self._timeout + 1)
         except (DeliveryError, PublishError) as exc:
             raise TransientError(
                 f"broker refused the publish to {exchange or '(default)'}/{routing_key}: {exc}", code="publish_refused"

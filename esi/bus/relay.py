@@ -65,7 +65,7 @@ class OutboxRelay:
         if self._stopping or row.message_id in self._claimed:
             return
         self._claimed.add(row.message_id)
-        task = asyncio.create_task(self._publish_one(row))
+        task = asyncio.create_task(self._publish_submitted(row))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
@@ -86,6 +86,12 @@ class OutboxRelay:
             await self._flush_marks()
         except Exception as exc:  # they stay unsent and are published again: the inbox absorbs the duplicate
             log.warning("could not mark %d published messages as sent: %s", len(self._to_mark), exc)
+
+    async def _publish_submitted(self, row: OutboxRow) -> None:
+        try:
+            await self._publish_one(row)
+        except Exception as exc:  # the row stays unsent: the sweep publishes it, with backoff
+            log.warning("publishing %s failed (%s); the sweep will retry it", row.message_id, exc)
 
     async def _publish_one(self, row: OutboxRow) -> None:
         sent_at = datetime.now(timezone.utc)

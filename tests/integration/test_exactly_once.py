@@ -194,6 +194,7 @@ def test_broker_stopped_while_requests_are_posted(split_system: EsiSystem, broke
     assert len(users_with(split_system, f"U{tag}-")) == n
 
 
+@pytest.mark.timeout(900)
 def test_broker_restarted_in_the_middle_of_a_2000_request_run(split_system: EsiSystem, broker_restorer: None) -> None:
     tag = uuid.uuid4().hex[:8]
     n = 2000
