@@ -1,9 +1,7 @@
-"""Load drivers: closed loop (N requests, C in flight), fixed rate (open loop), burst; completion by polling.
+"""Load drivers: closed loop (N requests, C in flight), fixed rate (open loop), burst; completion by long poll.
 
-A request's end-to-end latency runs from the start of its `POST` to the first `GET /requests/{id}` that sees it
-`completed`. The API has no push, so a `Completions` poller watches the requests in flight and polls each when due
-(see there): a few `GET`s per request rather than a poll of every request every few milliseconds, which would load
-the very API being measured.
+A request's end-to-end latency runs from the start of its `POST` to the answer of the `GET /requests/{id}?wait=`
+that sees it `completed` (see `Completions`).
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 import aio_pika
@@ -82,129 +79,87 @@ class Outcome:
         return self.posted > 0 and self.completed == self.posted
 
 
-@dataclass
-class _Pending:
-    started: float  # POST start, perf_counter
-    due: float  # when to poll it next
-    polls: int = 0
-
-
 class Completions:
-    """Polls the requests in flight until each is final; calls `on_final` for each.
+    """Follows each accepted request to its end with long polls (`GET /requests/{id}?wait=`), as 1C would.
 
-    `pollers` workers each take the oldest request that is due, poll it, and go on: answers come back roughly in
-    the order requests were accepted, so the oldest are the likeliest to be done, and a hit makes the two oldest
-    due at once. A request polled unfinished is not due again before `gap_fraction` of its age (5-250 ms) has
-    passed: a slow request at the head does not hold back the others, and a completion is seen at most about that
-    share of its latency late (when the pollers keep up). A `GET` itself takes time
-    on a loaded API; that time is part of what 1C would see, and of the latency measured.
+    One waiting `GET` per request in flight: the API answers it the moment the request settles, so the latency
+    measured is the system's, not a polling interval's, and the API is not loaded with repeated polls. A wait that
+    ends unsettled (the server's cap) is simply asked again, until `timeout` after the request's POST.
     """
 
     def __init__(self, http: httpx.AsyncClient, outcome: Outcome, *, on_final: Callable[[], None] = lambda: None,
-                 pollers: int = 4, idle_sleep: float = 0.005, gap_fraction: float = 0.1, min_gap: float = 0.005,
-                 max_gap: float = 0.25, timeout: float = 120.0) -> None:
+                 timeout: float = 120.0, wait: float = 30.0) -> None:
         self.http = http
         self.outcome = outcome
         self.on_final = on_final
-        self.pollers = pollers
-        self.idle_sleep = idle_sleep
-        self.gap_fraction = gap_fraction
-        self.min_gap = min_gap
-        self.max_gap = max_gap
         self.timeout = timeout
-        self.inflight: dict[str, _Pending] = {}  # in order of acceptance
-        self._claimed: set[str] = set()
-        self._added = asyncio.Event()
+        self.wait = wait
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._closed = False
 
     def add(self, request_id: str, started: float) -> None:
-        self.inflight[request_id] = _Pending(started, started)
-        self._added.set()
+        task = asyncio.create_task(self._follow(request_id, started))
+        self._tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
 
     def close(self) -> None:
         """No more requests will be added: `run` returns once the ones in flight are final."""
         self._closed = True
-        self._added.set()
-
-    async def _poll(self, request_id: str, pending: _Pending) -> bool:
-        try:
-            response = await self.http.get(f"/requests/{request_id}")
-        except httpx.TransportError:  # a kept-alive connection closed under it: poll again soon
-            self.outcome.poll_retries += 1
-            pending.due = time.perf_counter() + self.min_gap
-            return False
-        except httpx.HTTPError as exc:
-            self.outcome.error(f"GET /requests/{request_id}: {type(exc).__name__}: {exc!r}")
-            pending.due = time.perf_counter() + self.max_gap
-            return False
-        now = time.perf_counter()
-        self.outcome.polls += 1
-        pending.polls += 1
-        if response.status_code != 200:
-            self.outcome.error(f"GET /requests/{request_id}: HTTP {response.status_code} {response.text[:200]}")
-            pending.due = now + self.max_gap
-            return False
-        status = orjson.loads(response.content)["status"]
-        if status == "completed":
-            if self.inflight.pop(request_id, None) is None:
-                return False
-            # answers come roughly in order: the oldest still in flight are likely done too
-            for other in islice(self.inflight.values(), 2):
-                other.due = min(other.due, now)
-            self.outcome.completed += 1
-            self.outcome.e2e.append(now - pending.started)
-            self.outcome.last_completed = now
-            wall = self.outcome.wall.get(request_id)
-            if wall is not None:
-                wall.append(time.time())
-            self.on_final()
-            return True
-        if status in FINAL_BAD:
-            if self.inflight.pop(request_id, None) is not None:
-                self.outcome.failed += 1
-                self.outcome.error(f"request {request_id} ended {status}: {response.text[:300]}")
-                self.on_final()
-            return True
-        pending.due = now + min(self.max_gap, max(self.min_gap, self.gap_fraction * (now - pending.started)))
-        return False
-
-    def _next(self, now: float) -> tuple[str, _Pending] | None:
-        for request_id, pending in self.inflight.items():
-            if pending.due <= now and request_id not in self._claimed:
-                return request_id, pending
-        return None
-
-    async def _worker(self) -> None:
-        while True:
-            if not self.inflight:
-                if self._closed:
-                    return
-                self._added.clear()
-                await self._added.wait()
-                continue
-            now = time.perf_counter()
-            picked = self._next(now)
-            if picked is None:
-                self._expire(now)
-                await asyncio.sleep(self.idle_sleep)
-                continue
-            request_id, pending = picked
-            self._claimed.add(request_id)
-            try:
-                await self._poll(request_id, pending)
-            finally:
-                self._claimed.discard(request_id)
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._worker() for _ in range(self.pollers)))
+        while True:
+            await self._idle.wait()
+            if self._closed and not self._tasks:
+                return
+            await asyncio.sleep(0.01)  # added-to again before close: keep waiting
 
-    def _expire(self, now: float) -> None:
-        for request_id, pending in list(self.inflight.items()):
-            if now - pending.started < self.timeout:
-                break
-            del self.inflight[request_id]
-            self.outcome.timed_out += 1
-            self.outcome.error(f"request {request_id} not completed after {self.timeout}s")
+    async def _follow(self, request_id: str, started: float) -> None:
+        outcome = self.outcome
+        try:
+            while True:
+                remaining = started + self.timeout - time.perf_counter()
+                if remaining <= 0:
+                    outcome.timed_out += 1
+                    outcome.error(f"request {request_id} not completed after {self.timeout}s")
+                    return
+                try:
+                    response = await self.http.get(f"/requests/{request_id}",
+                                                   params={"wait": round(min(self.wait, remaining), 3)})
+                except httpx.TransportError:  # a kept-alive connection closed under it: ask again
+                    outcome.poll_retries += 1
+                    continue
+                except httpx.HTTPError as exc:
+                    outcome.error(f"GET /requests/{request_id}: {type(exc).__name__}: {exc!r}")
+                    await asyncio.sleep(0.25)
+                    continue
+                now = time.perf_counter()
+                outcome.polls += 1
+                if response.status_code != 200:
+                    outcome.error(f"GET /requests/{request_id}: HTTP {response.status_code} {response.text[:200]}")
+                    await asyncio.sleep(0.25)
+                    continue
+                status = orjson.loads(response.content)["status"]
+                if status == "completed":
+                    outcome.completed += 1
+                    outcome.e2e.append(now - started)
+                    outcome.last_completed = now
+                    wall = outcome.wall.get(request_id)
+                    if wall is not None:
+                        wall.append(time.time())
+                    return
+                if status in FINAL_BAD:
+                    outcome.failed += 1
+                    outcome.error(f"request {request_id} ended {status}: {response.text[:300]}")
+                    return
+        finally:
             self.on_final()
 
 
@@ -212,9 +167,10 @@ class Driver:
     """Posts create_user requests to the 1C API and follows them to completion."""
 
     def __init__(self, api_url: str, *, tag: str | None = None, completion_timeout: float = 120.0,
-                 pollers: int = 4) -> None:
+                 max_waits: int = 1024) -> None:
         self.api_url = api_url
-        self.pollers = pollers
+        #: connections for the long polls: one per request in flight, up to this many
+        self.max_waits = max_waits
         self.tag = tag or uuid.uuid4().hex[:8]
         self.completion_timeout = completion_timeout
         self._seq = 0
@@ -267,13 +223,13 @@ class Driver:
         return True
 
     def _tracker(self, http: httpx.AsyncClient, outcome: Outcome, on_final: Callable[[], None] = lambda: None):
-        return Completions(http, outcome, on_final=on_final, timeout=self.completion_timeout, pollers=self.pollers)
+        return Completions(http, outcome, on_final=on_final, timeout=self.completion_timeout)
 
     async def closed_loop(self, n: int, concurrency: int) -> tuple[Outcome, float]:
         """`n` requests, at most `concurrency` in flight (posted and not yet seen final). Returns (outcome, seconds)."""
         outcome = Outcome()
         slots = asyncio.Semaphore(concurrency)
-        async with client(concurrency, self.api_url) as posts, client(self.pollers, self.api_url) as polls:
+        async with client(concurrency, self.api_url) as posts, client(concurrency, self.api_url) as polls:
             tracker = self._tracker(polls, outcome, on_final=slots.release)
             poller = asyncio.create_task(tracker.run())
             pending: set[asyncio.Task[Any]] = set()
@@ -301,7 +257,7 @@ class Driver:
         n = max(1, int(rate * duration))
         lags: list[float] = []
         from_due: list[float] = []
-        async with client(pool, self.api_url) as posts, client(self.pollers, self.api_url) as polls:
+        async with client(pool, self.api_url) as posts, client(self.max_waits, self.api_url) as polls:
             tracker = self._tracker(polls, outcome)
             poller = asyncio.create_task(tracker.run())
             pending: set[asyncio.Task[Any]] = set()
@@ -331,7 +287,8 @@ class Driver:
     async def burst(self, n: int, *, post_concurrency: int = 64) -> tuple[Outcome, float]:
         """`n` requests posted as fast as `post_concurrency` connections allow, all followed to completion."""
         outcome = Outcome()
-        async with client(post_concurrency, self.api_url) as posts, client(self.pollers, self.api_url) as polls:
+        async with client(post_concurrency, self.api_url) as posts, \
+                client(min(n, self.max_waits), self.api_url) as polls:
             tracker = self._tracker(polls, outcome)
             poller = asyncio.create_task(tracker.run())
             gate = asyncio.Semaphore(post_concurrency)

@@ -167,7 +167,7 @@ class Bench:
                 self.say(f"ceiling: {self.ceiling} round trips/s")
             self.say("starting esi: fakes, onec, dms, crm")
             self.system.start()
-            self.driver = Driver(self.system.api_url, completion_timeout=a.completion_timeout, pollers=a.pollers)
+            self.driver = Driver(self.system.api_url, completion_timeout=a.completion_timeout)
             if a.warmup:
                 outcome, _ = asyncio.run(self.driver.closed_loop(a.warmup, min(16, max(a.concurrency))))
                 _check(outcome, "warm-up", self.errors)
@@ -263,12 +263,12 @@ class Bench:
             "runs": runs,
             "best": {"concurrency": best["concurrency"], "round_trips_per_s": best["round_trips_per_s"],
                      "ratio_to_ceiling": best["ratio_to_ceiling"], "p99_ms": best["p99_ms"]},
-            "completion_detection": f"POST start → first GET /requests/{{id}} answering completed; {a.pollers} "
-                                    "pollers each take the oldest request due; a hit makes the 2 oldest due; a "
-                                    "request polled unfinished is due again after 10% of its age (5-250 ms)",
+            "completion_detection": "POST start → the answer of the long poll GET /requests/{id}?wait=30 that "
+                                    "sees it completed (one waiting GET per request in flight)",
         }
         self.result["client"] = {
-            "tool": f"httpx.AsyncClient, HTTP/1.1, one process; pool = concurrency for POSTs, {a.pollers} pollers",
+            "tool": "httpx.AsyncClient over aiohttp, HTTP/1.1, one process; pool = concurrency for POSTs and as "
+                    "many for the long polls",
             "cpu_pct_of_one_core_by_concurrency": {r["concurrency"]: r["client_cpu_pct_of_one_core"] for r in runs},
             "bottleneck": bool(client_bound),
             "verdict": (f"the client used ≥ 85% of a core at concurrency {client_bound}: it may be the bottleneck"
@@ -708,7 +708,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", metavar="DIR",
                         help="record onec and dms with py-spy during the e2e run at the highest concurrency")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
-    parser.add_argument("--pollers", type=int, default=4, help="concurrent GET /requests/{id} pollers (default 4)")
     parser.add_argument("--completion-timeout", type=float, help="seconds before a request counts as never completed")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS

@@ -172,7 +172,8 @@ class AdapterService(Service):
                                      max_pdf_bytes=s.max_pdf_bytes, readiness=self.process_readiness,
                                      events=self.events,
                                      dead_letters=DeadLetters(self.bus.connection, topology),
-                                     max_backlog=s.outbox_max_backlog))
+                                     max_backlog=s.outbox_max_backlog, max_wait=s.max_wait_s,
+                                     wait_recheck=s.wait_recheck_s))
             self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api",
                                    ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file,
                                                           client_ca_file=s.tls_client_ca_file))

@@ -237,8 +237,13 @@ class EsiSystem:
 
     def wait_final(self, request_id: str, timeout: float = 20,
                    final: tuple[str, ...] = ("completed", "failed", "dead_lettered")) -> dict[str, Any]:
-        return wait_until(lambda: (r := self.get_request(request_id))["status"] in final and r,
-                          timeout=timeout, what=f"request {request_id} to reach one of {final}")
+        def settled() -> dict[str, Any] | None:  # a long poll: one GET usually does it
+            response = httpx.get(f"{self.api_url}/requests/{request_id}", params={"wait": 2}, timeout=10)
+            assert response.status_code == 200, response.text
+            record = response.json()
+            return record if record["status"] in final else None
+
+        return wait_until(settled, timeout=timeout, what=f"request {request_id} to reach one of {final}")
 
     def creatio_state(self) -> dict[str, Any]:
         return httpx.get(f"{self.creatio_url}/_fake/state", timeout=10).json()

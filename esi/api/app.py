@@ -32,6 +32,7 @@ from esi.security.auth import (
 )
 from esi.store import RequestRecord, Store
 from esi.store.records import OutboxRow
+from esi.store.settled import SETTLED
 from esi.store.events import EventRecorder, NullRecorder
 from esi.systems.onec.handlers import business_keys
 
@@ -52,6 +53,9 @@ class ApiDeps:
     events: EventRecorder | None = None
     #: the API's clients; None turns authentication off (refused with ESI_ENV=production)
     clients: ClientRegistry | None = None
+    #: the longest a `GET /requests/{id}?wait=` holds on, and how often it re-reads the store meanwhile
+    max_wait: float = 30.0
+    wait_recheck: float = 1.0
 
 
 class ReplayRequest(BaseModel):
@@ -224,9 +228,21 @@ def create_app(deps: ApiDeps) -> FastAPI:
         return body
 
     @app.get("/requests/{request_id}", response_model=RequestRecord, summary="The state of a request")
-    async def get_request(principal: Principal = Depends(current), request_id: str = Path(max_length=128)) -> RequestRecord:
-        """accepted → in_progress → completed | failed | dead_lettered, with the answer or the reason."""
-        return check_read(principal, await deps.store.get(request_id), request_id)
+    async def get_request(principal: Principal = Depends(current), request_id: str = Path(max_length=128),
+                          wait: float = Query(0, ge=0, le=300, description=(
+                              "seconds to hold the answer until the request is completed, failed or dead-lettered "
+                              "(long poll; capped by ESI_MAX_WAIT); 0 answers at once"))) -> RequestRecord:
+        """accepted → in_progress → completed | failed | dead_lettered, with the answer or the reason.
+
+        With `wait`, the answer comes as soon as the request settles, or with its current state when the wait ends:
+        one request instead of a polling loop.
+        """
+        record = check_read(principal, await deps.store.get(request_id), request_id)
+        wait = min(wait, deps.max_wait)
+        if wait > 0 and record.status not in SETTLED:
+            record = check_read(principal, await deps.store.wait_settled(request_id, wait,
+                                                                         recheck=deps.wait_recheck), request_id)
+        return record
 
     @app.get("/requests", summary="Find requests by a business key (order, user, policy)")
     async def find_requests(principal: Principal = Depends(current), key: str = Query(min_length=1, max_length=255,

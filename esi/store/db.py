@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from esi.store import schema
 from esi.store.records import OutboxRow, RequestRecord, RequestStatus
+from esi.store.settled import SETTLED, Settlements
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,8 @@ class Store:
     def __init__(self, backend: _Backend, *, is_sqlite: bool) -> None:
         self._backend = backend
         self.is_sqlite = is_sqlite
+        #: requests waited for in this process (`wait_settled`); told when this store settles one
+        self.settlements = Settlements()
 
     @classmethod
     async def open(cls, url: str, *, durable_commits: bool = True) -> "Store":
@@ -328,6 +331,26 @@ class Store:
         row = await self._get_row(request_id)
         return None if row is None else _record(row)
 
+    async def wait_settled(self, request_id: str, timeout: float, *, recheck: float = 1.0) -> RequestRecord | None:
+        """The request once it is completed, failed or dead-lettered, or as it stands after `timeout` seconds.
+
+        Woken at once when this process settles it; re-read every `recheck` seconds for a settlement made by
+        another process (another replica, an adapter that dead-lettered it).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self.settlements.watch(request_id) as settled:
+            while True:
+                record = await self.get(request_id)
+                remaining = deadline - loop.time()
+                if record is None or record.status in SETTLED or remaining <= 0:
+                    return record
+                try:
+                    await asyncio.wait_for(settled.wait(), min(recheck, remaining))
+                except asyncio.TimeoutError:
+                    pass
+                settled.clear()
+
     async def record_response(self, request_id: str, *, response: dict[str, Any] | None,
                               error: dict[str, Any] | None, keys: list[str] | None = None) -> bool:
         """Store the final answer of a request (and business keys it brings); False for an unknown request id."""
@@ -340,7 +363,10 @@ class Store:
                 _add_keys(conn, request_id, keys)
             return result.rowcount
 
-        return await self._backend.write(write) > 0
+        recorded = await self._backend.write(write) > 0
+        if recorded:
+            self.settlements.notify(request_id)
+        return recorded
 
     async def retrying(self, request_id: str, *, attempt: int, error: str) -> None:
         """A hop of the request failed and waits for its next attempt."""
@@ -358,6 +384,7 @@ class Store:
             .values(status=RequestStatus.DEAD_LETTERED.value, last_error=error,
                     error=_dumps({"code": "dead_lettered", "message": error, "queue": queue}), updated_at=now_iso())
         )
+        self.settlements.notify(request_id)
 
     # --- timeline and business keys ----------------------------------------------------------------------------
 

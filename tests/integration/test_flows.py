@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import httpx
 import pytest
@@ -149,3 +150,40 @@ def test_unknown_policy_in_the_crm_sub_request_fails_the_order_request(esi_syste
     assert "POL-NOPE" in final["error"]["message"]
     # the status change itself happened and is reported
     assert final["response"]["status"] == "Shipped"
+
+
+def test_a_long_poll_answers_as_soon_as_the_request_settles(esi_system: EsiSystem) -> None:
+    request_id = unique("USER_WAIT")
+    body = {"request_id": request_id, "user_id": unique("U"), "name": "Сидоров", "email": "sidorov@example.com"}
+    assert esi_system.post("/send_to_dms", body).status_code == 202
+    response = httpx.get(f"{esi_system.api_url}/requests/{request_id}", params={"wait": 20}, timeout=30)
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert record["status"] == "completed", record  # one GET, no polling loop
+    assert record["response"]["dms_user_id"].startswith("DMS-")
+
+
+def test_a_long_poll_ends_with_the_current_state_when_the_wait_runs_out(esi_sqlite: EsiSystem) -> None:
+    esi_sqlite.fault("dms", {"latency_ms": 3000, "count": 1})
+    try:
+        request_id = unique("USER_SLOW")
+        body = {"request_id": request_id, "user_id": unique("U"), "name": "Медленный", "email": "slow@example.com"}
+        assert esi_sqlite.post("/send_to_dms", body).status_code == 202
+        started = time.monotonic()
+        response = httpx.get(f"{esi_sqlite.api_url}/requests/{request_id}", params={"wait": 0.5}, timeout=30)
+        waited = time.monotonic() - started
+        assert response.status_code == 200
+        assert response.json()["status"] in ("accepted", "in_progress")
+        assert 0.5 <= waited < 2.5, waited
+        # a second long poll outlasts the slow call and gets the answer
+        response = httpx.get(f"{esi_sqlite.api_url}/requests/{request_id}", params={"wait": 20}, timeout=30)
+        assert response.json()["status"] == "completed", response.text
+    finally:
+        esi_sqlite.fault("dms", {})
+
+
+def test_a_long_poll_refuses_a_bad_wait_and_an_unknown_request(esi_sqlite: EsiSystem) -> None:
+    response = httpx.get(f"{esi_sqlite.api_url}/requests/nope-{unique('X')}", params={"wait": 5}, timeout=10)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_request"
+    response = httpx.get(f"{esi_sqlite.api_url}/requests/whatever", params={"wait": -1}, timeout=10)
+    assert response.status_code == 422 and "wait" in response.text

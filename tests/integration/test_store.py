@@ -91,3 +91,28 @@ async def test_api_answers_503_with_retry_after_when_the_backlog_is_full(tmp_pat
         assert codes[:3] == [202, 202, 202]
         assert codes[3:] == [503, 503, 503]
         assert await store.outbox_backlog() == 3
+
+
+async def test_a_waiter_wakes_at_once_here_and_by_rereading_for_another_process(store_url: str) -> None:
+    async with await Store.open(store_url) as here, await Store.open(store_url) as elsewhere:
+        await _accept(here, "W1")
+        await _accept(here, "W2")
+        # settled by this store: woken at once, long before its 30 s re-read
+        waiter = asyncio.create_task(here.wait_settled("W1", 10, recheck=30))
+        await asyncio.sleep(0)  # let it register and read
+        await here.record_response("W1", response={"ok": 1}, error=None)
+        record = await asyncio.wait_for(waiter, 5)
+        assert record.status is RequestStatus.COMPLETED and record.response == {"ok": 1}
+        assert here.settlements.waiting == 0
+        # settled by another store (another process): seen by the periodic re-read
+        waiter = asyncio.create_task(here.wait_settled("W2", 10, recheck=0.05))
+        await elsewhere.dead_lettered("W2", error="boom", queue="dms_dead_letter_queue")
+        record = await asyncio.wait_for(waiter, 5)
+        assert record.status is RequestStatus.DEAD_LETTERED
+        # nothing settles it: the wait ends with the state as it stands
+        await _accept(here, "W3")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        record = await here.wait_settled("W3", 0.2, recheck=0.05)
+        assert record.status is RequestStatus.ACCEPTED and loop.time() - started >= 0.2
+        assert await here.wait_settled("nobody", 1) is None
