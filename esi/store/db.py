@@ -36,6 +36,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -55,6 +57,9 @@ _FINAL = (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
 _INSERT_REQUEST = insert(schema.requests)
 _INSERT_OUTBOX = insert(schema.outbox)
 _INSERT_KEYS = insert(schema.request_keys)
+#: business keys a request may already have (an answer repeating the order number): one statement, no read first
+_ADD_KEYS = {"sqlite": sqlite_insert(schema.request_keys).on_conflict_do_nothing(),
+             "postgresql": pg_insert(schema.request_keys).on_conflict_do_nothing()}
 _INSERT_INBOX = insert(schema.inbox)
 _INSERT_EVENTS = insert(schema.events)
 _SELECT_REQUEST = select(schema.requests).where(schema.requests.c.request_id == bindparam("rid"))
@@ -133,6 +138,15 @@ class _SqliteBackend:
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
     def _run_batch(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> list[tuple[Any, BaseException | None]]:
+        # optimistic: one transaction, no savepoints (two statements less per write); a write that fails (a
+        # duplicate request_id) rolls it all back, and the batch runs again with each write in its own savepoint
+        try:
+            with self._engine.begin() as conn:
+                results = [op(conn) for op, _ in batch]
+            return [(result, None) for result in results]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(None, exc)]
         outcomes: list[tuple[Any, BaseException | None]] = []
         with self._engine.begin() as conn:
             for op, _ in batch:
@@ -474,14 +488,9 @@ class Store:
 
 
 def _add_keys(conn: Connection, request_id: str, keys: list[str]) -> None:
-    k = schema.request_keys
     wanted = sorted({key[:255] for key in keys if key})
-    if not wanted:
-        return
-    existing = set(conn.execute(select(k.c.key).where(k.c.request_id == request_id, k.c.key.in_(wanted))).scalars())
-    new = [{"key": key, "request_id": request_id} for key in wanted if key not in existing]
-    if new:
-        conn.execute(insert(k), new)
+    if wanted:
+        conn.execute(_ADD_KEYS[conn.dialect.name], [{"key": key, "request_id": request_id} for key in wanted])
 
 
 def _record(row: Any) -> RequestRecord:
