@@ -40,7 +40,7 @@ from bench.load import Driver, Outcome, latency_summary, ms, percentile, publish
 from bench.procs import machine_info  # noqa: E402
 
 CEILING_SCRIPT = ROOT.parent / "shared" / "bench" / "ceiling.py"
-SECTIONS = ("ceiling", "e2e", "ingress", "slow", "scaleout", "backlog", "chart")
+SECTIONS = ("ceiling", "e2e", "ingress", "slow", "scaleout", "bound", "backlog", "chart")
 ADAPTERS = ("onec", "dms", "dms2", "crm")
 
 #: targets (the issue's): checked and printed, never a reason to fail
@@ -53,12 +53,12 @@ TARGET_SCALEOUT = 1.7
 DEFAULTS: dict[str, Any] = {
     "ceiling_n": 5000, "ceiling_concurrency": 64, "n": 2000, "concurrency": [16, 64, 128], "warmup": 200,
     "ingress_seconds": 20.0, "slow_n": 1000, "slow_latency_ms": 200, "post_concurrency": 64,
-    "backlog": 50_000, "backlog_sample_seconds": 30.0, "completion_timeout": 120.0,
+    "backlog": 50_000, "backlog_sample_seconds": 30.0, "completion_timeout": 120.0, "bound_limit": 20,
 }
 QUICK: dict[str, Any] = {
     "ceiling_n": 200, "ceiling_concurrency": 16, "n": 100, "concurrency": [4, 16], "warmup": 20,
     "ingress_seconds": 3.0, "slow_n": 50, "slow_latency_ms": 50, "post_concurrency": 16,
-    "backlog": 500, "backlog_sample_seconds": 10.0, "completion_timeout": 60.0,
+    "backlog": 500, "backlog_sample_seconds": 10.0, "completion_timeout": 60.0, "bound_limit": 5,
 }
 
 
@@ -179,6 +179,8 @@ class Bench:
                 self.run_slow()
             if not self.skip("scaleout"):
                 self.run_scaleout()
+            if not self.skip("bound"):
+                self.run_bound()
             self.memory_section()
             if not self.skip("backlog"):
                 self.run_backlog()
@@ -330,13 +332,16 @@ class Bench:
 
     # --- 4. slow downstream, 6. scale-out -----------------------------------------------------------------------
 
-    def _slow_run(self, adapters: int) -> dict[str, Any]:
+    def _slow_run(self, adapters: int, bound: int | None = None) -> dict[str, Any]:
+        """`bound`: the adapters run with DMS_MAX_CONCURRENCY=bound (and a prefetch of five times that)."""
         a, system = self.args, self.system
+        prefetch = 5 * bound if bound else system.prefetch
+        per_adapter = bound or system.prefetch
         system.reset_fakes()
         system.dms_fault({"latency_ms": a.slow_latency_ms})
         self.say(f"slow downstream: {a.slow_n} create_user, fake DMS answering in {a.slow_latency_ms} ms, "
                  f"{adapters} DMS adapter(s)")
-        phase = f"slow-{adapters}"
+        phase = f"bound-{adapters}" if bound else f"slow-{adapters}"
         system.sampler.mark(phase)
         outcome, seconds = asyncio.run(self.driver.burst(a.slow_n, post_concurrency=a.post_concurrency))
         system.sampler.close(phase)
@@ -345,19 +350,22 @@ class Bench:
         system.reset_fakes()
         system.check_alive()
         _check(outcome, f"slow run with {adapters} adapter(s)", self.errors)
-        limit = system.prefetch * adapters
+        limit = per_adapter * adapters
         ideal = a.slow_n * a.slow_latency_ms / 1000 / limit
         rate = outcome.completed / seconds if seconds > 0 else None
         posting = (outcome.last_accepted - outcome.first_post) if outcome.last_accepted and outcome.first_post else None
         peak_calls = _peak_in_flight(state.get("faults", {}).get("call_times", []), a.slow_latency_ms / 1000)
         return {
-            "adapters": adapters, "n": a.slow_n, "latency_ms": a.slow_latency_ms, "prefetch": system.prefetch,
+            "adapters": adapters, "n": a.slow_n, "latency_ms": a.slow_latency_ms, "prefetch": prefetch,
+            "dms_max_concurrency": bound,
             "concurrency_limit": limit, "seconds": round(seconds, 2), "ideal_seconds": round(ideal, 4),
             "ratio_to_ideal": _ratio(seconds, ideal, 2),
             "round_trips_per_s": round(rate, 1) if rate else None, "ratio_to_ceiling": _ratio(rate, self.ceiling),
             "posting_seconds": round(posting, 2) if posting else None,
             "ingress_rate_per_s": round(outcome.accepted / posting, 1) if posting else None,
             "dms_calls_in_flight_peak": peak_calls,
+            "dms_calls_in_flight_trace": _in_flight_trace(state.get("faults", {}).get("call_times", []),
+                                                          a.slow_latency_ms / 1000),
             "dms_calls": (state.get("counters") or {}).get("calls", {}).get("create_user"),
             **latency_summary(outcome.e2e), **_outcome_fields(outcome),
             "stages": stages, "processes": (processes := system.sampler.report(phase)),
@@ -395,6 +403,45 @@ class Bench:
         }
         self.say(f"scale-out: one adapter {one['round_trips_per_s']}/s, two {two['round_trips_per_s']}/s "
                  f"({speedup}×)")
+
+    def run_bound(self) -> None:
+        """Runs 4 and 6 again with each DMS adapter limited to `bound_limit` calls under way at once
+        (DMS_MAX_CONCURRENCY): the adapters, not the API's ingress, are then what limits the run, which is what a
+        slow-downstream and a scale-out measurement are about. At the default limit of 200 (the prefetch) one
+        adapter keeps more calls in flight than the API is posting, so runs 4 and 6 above measure the ingress.
+        The prefetch is five times the limit: messages whose call is done wait for their answer's confirm and
+        their inbox write (held up by the 1C side's commits on a shared SQLite file during the burst) while the
+        next ones already call the DMS; with only twice the limit the calls in flight fell to 0 for a while."""
+        a, system = self.args, self.system
+        bound = a.bound_limit
+        env = {"ESI_PREFETCH": str(5 * bound), "DMS_MAX_CONCURRENCY": str(bound)}
+        self.say(f"adapter-bound: restarting the DMS adapter with DMS_MAX_CONCURRENCY={bound}, prefetch {5 * bound}")
+        self._stop_dms("dms")
+        system.start_dms("dms", env=env)
+        system.wait_consumers(dms=1)
+        try:
+            one = self._slow_run(1, bound=bound)
+            system.start_dms("dms2", env=env)
+            system.wait_consumers(dms=2)
+            try:
+                two = self._slow_run(2, bound=bound)
+            finally:
+                self._stop_dms("dms2")
+        finally:
+            self._stop_dms("dms")
+            system.start_dms("dms")
+            system.wait_consumers(dms=1)
+        speedup = _ratio(two["round_trips_per_s"], one["round_trips_per_s"], 2)
+        self.result["bound"] = {"dms_max_concurrency": bound, "prefetch": 5 * bound, "one": one, "two": two,
+                                "speedup": speedup}
+        self.say(f"adapter-bound (limit {bound}): one adapter {one['seconds']} s = {one['ratio_to_ideal']}× ideal, "
+                 f"two {two['seconds']} s = {two['ratio_to_ideal']}× ideal; speed-up {speedup}×")
+
+    def _stop_dms(self, name: str) -> None:
+        code = self.system.stop_process(name)
+        if code != 0:
+            self.errors.append(f"{name} exited with {code}")
+        self.system.wait_consumers(dms=len(self.system.dms_processes()))
 
     # --- 5. backlog ---------------------------------------------------------------------------------------------
 
@@ -515,6 +562,14 @@ class Bench:
             speedup = r["scaleout"]["speedup"]
             add("two DMS adapters ≥ 1.7 × one (slow run)", speedup, f"≥ {TARGET_SCALEOUT}",
                 speedup is not None and speedup >= TARGET_SCALEOUT, "×")
+        if r.get("bound"):
+            bound = r["bound"]
+            ratio = bound["one"]["ratio_to_ideal"]
+            add(f"slow downstream ≤ 1.5 × ideal (adapter-bound, limit {bound['dms_max_concurrency']})", ratio,
+                f"≤ {TARGET_SLOW_RATIO}", ratio is not None and ratio <= TARGET_SLOW_RATIO, "× ideal")
+            speedup = bound["speedup"]
+            add(f"two DMS adapters ≥ 1.7 × one (adapter-bound, limit {bound['dms_max_concurrency']})", speedup,
+                f"≥ {TARGET_SCALEOUT}", speedup is not None and speedup >= TARGET_SCALEOUT, "×")
         r["targets"] = targets
 
     def make_chart(self) -> None:
@@ -553,6 +608,19 @@ def _dms_state(system: Any) -> dict[str, Any]:
         return system.esi.dms_state()
     except Exception:  # noqa: BLE001 - a diagnostic only
         return {}
+
+
+def _in_flight_trace(call_times: list[float], latency_s: float, step: float = 0.5) -> list[list[float]]:
+    """[seconds since the first call, calls the fake DMS held at that moment] every `step` seconds."""
+    if not call_times:
+        return []
+    times = sorted(call_times)
+    first, last = times[0], times[-1] + latency_s
+    trace, t = [], first
+    while t <= last:
+        trace.append([round(t - first, 2), sum(1 for c in times if c <= t < c + latency_s)])
+        t += step
+    return trace
 
 
 def _peak_in_flight(call_times: list[float], latency_s: float) -> int | None:
@@ -649,6 +717,17 @@ def print_table(result: dict[str, Any]) -> None:
             f"{_fmt(scaleout['one']['round_trips_per_s'])}/s → {_fmt(scaleout['two']['round_trips_per_s'])}/s "
             f"= {_fmt(scaleout['speedup'])}×", scaleout["two"]["ratio_to_ceiling"],
             name="two DMS adapters ≥ 1.7 × one (slow run)")
+    bound = result.get("bound")
+    if bound:
+        one, two = bound["one"], bound["two"]
+        row(f"4b. slow DMS, adapter-bound (limit {bound['dms_max_concurrency']}), 1 adapter",
+            f"{_fmt(one['seconds'])} s vs ideal {_fmt(one['ideal_seconds'])} s = {_fmt(one['ratio_to_ideal'])}×",
+            one["ratio_to_ceiling"],
+            name=f"slow downstream ≤ 1.5 × ideal (adapter-bound, limit {bound['dms_max_concurrency']})")
+        row(f"6b. scale-out, adapter-bound: 1 → 2 DMS adapters",
+            f"{_fmt(one['round_trips_per_s'])}/s → {_fmt(two['round_trips_per_s'])}/s = {_fmt(bound['speedup'])}× "
+            f"(two: {_fmt(two['seconds'])} s vs ideal {_fmt(two['ideal_seconds'])} s)", two["ratio_to_ceiling"],
+            name=f"two DMS adapters ≥ 1.7 × one (adapter-bound, limit {bound['dms_max_concurrency']})")
     client = result.get("client") or {}
     if client.get("verdict"):
         row("   client (bench process)", client["verdict"])
@@ -703,6 +782,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slow-n", type=int)
     parser.add_argument("--slow-latency-ms", type=int)
     parser.add_argument("--post-concurrency", type=int, help="connections posting in the slow runs")
+    parser.add_argument("--bound-limit", type=int,
+                        help="DMS_MAX_CONCURRENCY per adapter in the adapter-bound runs 4b/6b (default 20; quick 5)")
     parser.add_argument("--backlog", type=int)
     parser.add_argument("--backlog-sample-seconds", type=float)
     parser.add_argument("--profile", metavar="DIR",

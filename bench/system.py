@@ -99,9 +99,9 @@ class BenchSystem:
         assert proc is not None
         self.sampler.watch(name, proc.pid)
 
-    def start_dms(self, name: str) -> None:
-        """Start (again) a DMS adapter process under `name` (dms, dms2)."""
-        self.esi.start(name, ["dms"])
+    def start_dms(self, name: str, env: dict[str, str] | None = None) -> None:
+        """Start (again) a DMS adapter process under `name` (dms, dms2), with `env` over the usual settings."""
+        self.esi.start(name, ["dms"], env)
         self._watch(name)
 
     def stop_process(self, name: str) -> int:

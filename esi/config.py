@@ -82,11 +82,15 @@ class Settings(BaseSettings):
     creatio_password: SecretStr = Field(SecretStr("Supervisor"), validation_alias=_env("CREATIO_PASSWORD"))
     creatio_odata_path: str = Field("/0/odata", validation_alias=_env("CREATIO_ODATA_PATH"))
     creatio_timeout: float = Field(10.0, gt=0, validation_alias=_env("CREATIO_TIMEOUT"))
+    #: operations under way at once against Creatio, per CRM adapter process (default: ESI_PREFETCH)
+    creatio_max_concurrency: int | None = Field(None, ge=1, le=10_000, validation_alias=_env("CREATIO_MAX_CONCURRENCY"))
 
     # --- DMS ----------------------------------------------------------------------------------------------------
     dms_url: str = Field("http://127.0.0.1:5200", validation_alias=_env("DMS_URL"))
     dms_api_key: SecretStr | None = Field(None, validation_alias=_env("DMS_API_KEY"))
     dms_timeout: float = Field(10.0, gt=0, validation_alias=_env("DMS_TIMEOUT"))
+    #: calls under way at once to the DMS, per DMS adapter process (default: ESI_PREFETCH)
+    dms_max_concurrency: int | None = Field(None, ge=1, le=10_000, validation_alias=_env("DMS_MAX_CONCURRENCY"))
 
     # --- the fakes (esi run --with-fakes) ----------------------------------------------------------------------
     fake_host: str = Field("127.0.0.1", validation_alias=_env("ESI_FAKE_HOST"))

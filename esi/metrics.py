@@ -8,6 +8,8 @@ Series:
     esi_handler_duration_seconds{queue,message_type}           histogram, handling + confirmed publishes
     esi_external_call_duration_seconds{system,operation}       histogram
     esi_external_call_errors_total{system,operation,error_class}
+    esi_external_calls_in_flight{system}                       calls under way (at most DMS/CREATIO_MAX_CONCURRENCY)
+    esi_external_calls_waiting{system}                         calls held back by that limit
     esi_http_requests_total{route,method,status}
     esi_http_request_duration_seconds{route,method}            histogram
     esi_queue_messages{queue}                                  work, retry and dead-letter queue depths
@@ -16,6 +18,8 @@ Series:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import time
 from typing import Any
@@ -40,6 +44,10 @@ EXTERNAL_DURATION = Histogram("esi_external_call_duration_seconds", "Calls to ex
                               ["system", "operation"], buckets=_BUCKETS, registry=REGISTRY)
 EXTERNAL_ERRORS = Counter("esi_external_call_errors", "Failed calls to external systems",
                           ["system", "operation", "error_class"], registry=REGISTRY)
+EXTERNAL_IN_FLIGHT = Gauge("esi_external_calls_in_flight", "Calls to an external system under way", ["system"],
+                           registry=REGISTRY)
+EXTERNAL_WAITING = Gauge("esi_external_calls_waiting", "Calls held back by the system's concurrency limit",
+                         ["system"], registry=REGISTRY)
 HTTP_REQUESTS = Counter("esi_http_requests", "HTTP requests served", ["route", "method", "status"], registry=REGISTRY)
 HTTP_DURATION = Histogram("esi_http_request_duration_seconds", "HTTP request latency", ["route", "method"],
                           buckets=_BUCKETS, registry=REGISTRY)
@@ -50,39 +58,67 @@ OUTBOX_BACKLOG = Gauge("esi_outbox_backlog", "Accepted requests not yet confirme
 
 class Instrumented:
     """Wraps an external system's client: every public coroutine method is timed, its failures counted, and the
-    call recorded in the timeline of the request being handled (taken from the log context)."""
+    call recorded in the timeline of the request being handled (taken from the log context).
 
-    def __init__(self, client: Any, *, system: str, events: Any = None, service: str = "") -> None:
+    `max_concurrency` bounds the calls under way at once, whatever the prefetch: the external system is protected,
+    and messages beyond the limit wait their turn (not timed: the duration is the call's own) while those whose call
+    is done publish their answer and are acked — so with a prefetch above the limit, the limit stays busy.
+    """
+
+    def __init__(self, client: Any, *, system: str, events: Any = None, service: str = "",
+                 max_concurrency: int | None = None) -> None:
         self._client = client
         self._system = system
         self._events = events
         self._service = service or system
+        self._slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
         if name.startswith("_") or not callable(attr) or name in ("aclose", "check"):
             return attr
-        system, events, service = self._system, self._events, self._service
+        system, events, service, slots = self._system, self._events, self._service, self._slots
+        in_flight, waiting = EXTERNAL_IN_FLIGHT.labels(system), EXTERNAL_WAITING.labels(system)
 
         @functools.wraps(attr)
         async def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            outcome = "ok"
-            try:
-                return await attr(*args, **kwargs)
-            except Exception as exc:
-                outcome = f"{type(exc).__name__}: {exc}"[:300]
-                EXTERNAL_ERRORS.labels(system, name, type(exc).__name__).inc()
-                raise
-            finally:
-                elapsed = time.perf_counter() - started
-                EXTERNAL_DURATION.labels(system, name).observe(elapsed)
-                if events is not None:
-                    context = current_context()
-                    events.record(context.get("request_id"), "external_call", service=service,
-                                  message_id=context.get("message_id"), system=system, operation=name,
-                                  outcome=outcome, duration_ms=round(elapsed * 1000, 1))
+            async with _slot(slots, waiting):
+                in_flight.inc()
+                started = time.perf_counter()
+                outcome = "ok"
+                try:
+                    return await attr(*args, **kwargs)
+                except Exception as exc:
+                    outcome = f"{type(exc).__name__}: {exc}"[:300]
+                    EXTERNAL_ERRORS.labels(system, name, type(exc).__name__).inc()
+                    raise
+                finally:
+                    in_flight.dec()
+                    elapsed = time.perf_counter() - started
+                    EXTERNAL_DURATION.labels(system, name).observe(elapsed)
+                    if events is not None:
+                        context = current_context()
+                        events.record(context.get("request_id"), "external_call", service=service,
+                                      message_id=context.get("message_id"), system=system, operation=name,
+                                      outcome=outcome, duration_ms=round(elapsed * 1000, 1))
 
         return timed
 
 
+@contextlib.asynccontextmanager
+async def _slot(slots: asyncio.Semaphore | None, waiting: Any) -> Any:
+    if slots is None:
+        yield
+        return
+    if slots.locked():
+        waiting.inc()
+        try:
+            await slots.acquire()
+        finally:
+            waiting.dec()
+    else:
+        await slots.acquire()
+    try:
+        yield
+    finally:
+        slots.release()

@@ -83,6 +83,16 @@ def test_every_section_has_figures_and_ratios_to_the_ceiling(quick_run) -> None:
     for side in ("one", "two"):
         assert _number(scaleout[side]["round_trips_per_s"]) and _number(scaleout[side]["ratio_to_ceiling"])
 
+    bound = result["bound"]
+    assert _number(bound["speedup"]) and bound["prefetch"] == 5 * bound["dms_max_concurrency"]
+    for side, adapters in (("one", 1), ("two", 2)):
+        run = bound[side]
+        assert run["all_completed"] and run["adapters"] == adapters
+        assert run["ideal_seconds"] == pytest.approx(
+            run["n"] * run["latency_ms"] / 1000 / (bound["dms_max_concurrency"] * adapters), rel=0.01)
+        # the limit holds: the fake DMS never saw more calls at once than the adapters may make
+        assert 0 < run["dms_calls_in_flight_peak"] <= bound["dms_max_concurrency"] * adapters
+
     backlog = result["backlog"]
     assert backlog["in_queue_before"] == backlog["messages"] == result["config"]["backlog"]
     assert backlog["drained"] > 0

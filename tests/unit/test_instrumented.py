@@ -1,0 +1,64 @@
+"""The wrapper around external clients: timing, errors, and the limit on calls under way at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from esi.errors import TransientError
+from esi.metrics import EXTERNAL_ERRORS, EXTERNAL_IN_FLIGHT, EXTERNAL_WAITING, Instrumented
+
+
+class SlowSystem:
+    """A client whose calls last until the test lets them finish."""
+
+    def __init__(self) -> None:
+        self.under_way = 0
+        self.peak = 0
+        self.release = asyncio.Event()
+
+    async def call(self, n: int) -> int:
+        self.under_way += 1
+        self.peak = max(self.peak, self.under_way)
+        try:
+            await self.release.wait()
+            return n * 2
+        finally:
+            self.under_way -= 1
+
+    async def fail(self) -> None:
+        raise TransientError("down for now")
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_calls_beyond_the_limit_wait_their_turn_and_all_complete() -> None:
+    system = SlowSystem()
+    client = Instrumented(system, system="limited-test", max_concurrency=3)
+    calls = [asyncio.create_task(client.call(i)) for i in range(10)]
+    await _until(lambda: system.under_way == 3 and EXTERNAL_WAITING.labels("limited-test")._value.get() == 7)
+    assert EXTERNAL_IN_FLIGHT.labels("limited-test")._value.get() == 3
+    system.release.set()
+    assert await asyncio.gather(*calls) == [i * 2 for i in range(10)]
+    assert system.peak == 3
+    assert EXTERNAL_IN_FLIGHT.labels("limited-test")._value.get() == 0
+    assert EXTERNAL_WAITING.labels("limited-test")._value.get() == 0
+
+
+async def test_without_a_limit_every_call_goes_at_once_and_failures_are_counted() -> None:
+    system = SlowSystem()
+    client = Instrumented(system, system="unlimited-test")
+    calls = [asyncio.create_task(client.call(i)) for i in range(25)]
+    await _until(lambda: system.under_way == 25)
+    system.release.set()
+    await asyncio.gather(*calls)
+    before = EXTERNAL_ERRORS.labels("unlimited-test", "fail", "TransientError")._value.get()
+    with pytest.raises(TransientError):
+        await client.fail()
+    assert EXTERNAL_ERRORS.labels("unlimited-test", "fail", "TransientError")._value.get() == before + 1
+    assert EXTERNAL_IN_FLIGHT.labels("unlimited-test")._value.get() == 0
