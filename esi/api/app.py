@@ -32,7 +32,6 @@ from esi.security.auth import (
 )
 from esi.store import RequestRecord, Store
 from esi.store.records import OutboxRow
-from esi.store.settled import SETTLED
 from esi.store.events import EventRecorder, NullRecorder
 from esi.systems.onec.handlers import business_keys
 
@@ -237,12 +236,13 @@ def create_app(deps: ApiDeps) -> FastAPI:
         With `wait`, the answer comes as soon as the request settles, or with its current state when the wait ends:
         one request instead of a polling loop.
         """
-        record = check_read(principal, await deps.store.get(request_id), request_id)
         wait = min(wait, deps.max_wait)
-        if wait > 0 and record.status not in SETTLED:
-            record = check_read(principal, await deps.store.wait_settled(request_id, wait,
-                                                                         recheck=deps.wait_recheck), request_id)
-        return record
+        if wait <= 0:
+            return check_read(principal, await deps.store.get(request_id), request_id)
+        # the first read is checked (404, 403) before any waiting: nobody waits on what they may not see
+        record = await deps.store.wait_settled(request_id, wait, recheck=deps.wait_recheck,
+                                               check=lambda first: check_read(principal, first, request_id))
+        return check_read(principal, record, request_id)
 
     @app.get("/requests", summary="Find requests by a business key (order, user, policy)")
     async def find_requests(principal: Principal = Depends(current), key: str = Query(min_length=1, max_length=255,

@@ -345,17 +345,21 @@ class Store:
         row = await self._get_row(request_id)
         return None if row is None else _record(row)
 
-    async def wait_settled(self, request_id: str, timeout: float, *, recheck: float = 1.0) -> RequestRecord | None:
+    async def wait_settled(self, request_id: str, timeout: float, *, recheck: float = 1.0,
+                           check: Callable[[RequestRecord | None], object] | None = None) -> RequestRecord | None:
         """The request once it is completed, failed or dead-lettered, or as it stands after `timeout` seconds.
 
         Woken at once when this process settles it; re-read every `recheck` seconds for a settlement made by
-        another process (another replica, an adapter that dead-lettered it).
+        another process (another replica, an adapter that dead-lettered it). `check` sees the first read before
+        any waiting (the API's permission check: it raises to refuse).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         with self.settlements.watch(request_id) as settled:
+            record = await self.get(request_id)
+            if check is not None:
+                check(record)
             while True:
-                record = await self.get(request_id)
                 remaining = deadline - loop.time()
                 if record is None or record.status in SETTLED or remaining <= 0:
                     return record
@@ -364,6 +368,7 @@ class Store:
                 except asyncio.TimeoutError:
                     pass
                 settled.clear()
+                record = await self.get(request_id)
 
     async def record_response(self, request_id: str, *, response: dict[str, Any] | None,
                               error: dict[str, Any] | None, keys: list[str] | None = None) -> bool:

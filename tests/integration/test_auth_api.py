@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -72,6 +73,13 @@ async def test_a_client_reads_only_its_own_requests(api: httpx.AsyncClient) -> N
     assert own.status_code == 200 and own.json()["client_id"] == "erp"
     other = await api.get(f"/requests/{request_id}", auth=("crm-feed", "crm-pw-2"))
     assert other.status_code == 404  # exactly as for an unknown id
+    started = time.monotonic()
+    other = await api.get(f"/requests/{request_id}", params={"wait": 30}, auth=("crm-feed", "crm-pw-2"))
+    assert other.status_code == 404 and time.monotonic() - started < 5  # refused before any waiting
+    no_read = await api.get(f"/requests/{request_id}", params={"wait": 30}, auth=("writer", "writer-pw"))
+    assert no_read.status_code == 403 and time.monotonic() - started < 10
+    waited = await api.get(f"/requests/{request_id}", params={"wait": 0.3}, auth=("erp", "erp-pw-1"))
+    assert waited.status_code == 200 and waited.json()["request_id"] == request_id
     assert (await api.get(f"/requests/{request_id}/timeline", auth=("crm-feed", "crm-pw-2"))).status_code == 404
     found = await api.get("/requests", params={"key": "U-own"}, auth=("crm-feed", "crm-pw-2"))
     assert found.status_code == 200 and found.json()["count"] == 0
