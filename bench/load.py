@@ -63,6 +63,7 @@ class Outcome:
     polls: int = 0
     errors: list[str] = field(default_factory=list)
     ingress: list[float] = field(default_factory=list)  # POST → 202, s
+    ingress_started: list[float] = field(default_factory=list)  # when each of those POSTs started, perf_counter
     e2e: list[float] = field(default_factory=list)  # POST start → seen completed, s
     #: request id → [POST start, seen final] in wall-clock seconds (for the stage breakdown)
     wall: dict[str, list[float]] = field(default_factory=dict)
@@ -217,6 +218,7 @@ class Driver:
         outcome.accepted += 1
         outcome.wall[request_id] = [wall]
         outcome.ingress.append(now - started)
+        outcome.ingress_started.append(started)
         outcome.last_accepted = now
         if tracker is not None:
             tracker.add(request_id, started)

@@ -327,6 +327,9 @@ class Bench:
             "from_due": extra.pop("from_due"), **extra,
             "e2e_at_this_rate": latency_summary(outcome.e2e),
             **_outcome_fields(outcome),
+            "p99_ms_by_2s": _windowed_p99(outcome.ingress_started, outcome.ingress, 2.0),
+            "processes": (processes := system.sampler.report("ingress")),
+            "machine_cpu": _machine_share(processes, self.result["machine"].get("nproc") or 1),
         }
         self.say(f"ingress: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
 
@@ -608,6 +611,17 @@ def _dms_state(system: Any) -> dict[str, Any]:
         return system.esi.dms_state()
     except Exception:  # noqa: BLE001 - a diagnostic only
         return {}
+
+
+def _windowed_p99(started: list[float], latencies: list[float], window: float) -> list[float | None]:
+    """The p99 of the latencies of the requests started in each `window` seconds: are the slow ones clustered?"""
+    if not started:
+        return []
+    first = min(started)
+    buckets: dict[int, list[float]] = {}
+    for at, latency in zip(started, latencies):
+        buckets.setdefault(int((at - first) // window), []).append(latency)
+    return [ms(percentile(buckets.get(i, []), 99)) for i in range(max(buckets) + 1)]
 
 
 def _in_flight_trace(call_times: list[float], latency_s: float, step: float = 0.5) -> list[list[float]]:
