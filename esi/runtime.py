@@ -201,6 +201,7 @@ class AdapterService(Service):
         if self._pruner is not None:
             self._pruner.cancel()
         if self.http is not None:
+            self.store.settlements.close()  # long polls answer now, with the state as it stands
             await self.http.stop()
         if self.consumer is not None:
             await self.consumer.stop()

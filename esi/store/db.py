@@ -361,7 +361,7 @@ class Store:
                 check(record)
             while True:
                 remaining = deadline - loop.time()
-                if record is None or record.status in SETTLED or remaining <= 0:
+                if record is None or record.status in SETTLED or remaining <= 0 or self.settlements.closed:
                     return record
                 try:
                     await asyncio.wait_for(settled.wait(), min(recheck, remaining))

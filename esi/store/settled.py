@@ -21,6 +21,8 @@ SETTLED = frozenset({RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatu
 class Settlements:
     def __init__(self) -> None:
         self._waiting: dict[str, set[asyncio.Event]] = {}
+        #: set at shutdown: waiters answer at once with the state as it stands, and new ones do not wait
+        self.closed = False
 
     @contextmanager
     def watch(self, request_id: str) -> Iterator[asyncio.Event]:
@@ -36,6 +38,13 @@ class Settlements:
                 events.discard(event)
                 if not events:
                     del self._waiting[request_id]
+
+    def close(self) -> None:
+        """Shutting down: wake every waiter (a long poll must not hold the server's graceful stop)."""
+        self.closed = True
+        for events in self._waiting.values():
+            for event in events:
+                event.set()
 
     def notify(self, request_id: str) -> None:
         for event in self._waiting.get(request_id, ()):

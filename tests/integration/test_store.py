@@ -116,3 +116,16 @@ async def test_a_waiter_wakes_at_once_here_and_by_rereading_for_another_process(
         record = await here.wait_settled("W3", 0.2, recheck=0.05)
         assert record.status is RequestStatus.ACCEPTED and loop.time() - started >= 0.2
         assert await here.wait_settled("nobody", 1) is None
+
+
+async def test_closing_the_settlements_answers_every_waiter_at_once(store_url: str) -> None:
+    async with await Store.open(store_url) as store:
+        await _accept(store, "C1")
+        waiters = [asyncio.create_task(store.wait_settled("C1", 30, recheck=30)) for _ in range(3)]
+        async with asyncio.timeout(5):
+            while store.settlements.waiting < 3:  # all three are waiting
+                await asyncio.sleep(0.005)
+        store.settlements.close()  # what the API does at shutdown
+        records = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+        assert [r.status for r in records] == [RequestStatus.ACCEPTED] * 3
+        assert (await asyncio.wait_for(store.wait_settled("C1", 30), 5)).status is RequestStatus.ACCEPTED
