@@ -105,12 +105,35 @@ class _Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _SqliteBackend:
-    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
-        self._engine = engine
+Outcomes = list[tuple[Any, BaseException | None]]
+
+
+def _run_ops(conn: Connection, batch: list[tuple[Op[Any], Any]]) -> list[Any]:
+    return [op(conn) for op, _ in batch]
+
+
+def _run_ops_each_in_savepoint(conn: Connection, batch: list[tuple[Op[Any], Any]]) -> Outcomes:
+    outcomes: Outcomes = []
+    for op, _ in batch:
+        try:
+            with conn.begin_nested():
+                outcomes.append((op(conn), None))
+        except Exception as exc:  # this write fails alone; the others go on
+            outcomes.append((None, exc))
+    return outcomes
+
+
+class _GroupCommit:
+    """Writes that arrive while a commit is under way go into the next one, together: one commit (one fsync)
+    for many writes.
+
+    Optimistic: a batch runs as one plain transaction (no savepoints, two statements less per write); a write
+    that fails (a duplicate request_id) rolls it all back, and the batch runs again with each write in its own
+    savepoint, so that only that write fails. Subclasses say how a batch runs on their driver.
+    """
+
+    def __init__(self, *, max_batch: int) -> None:
         self._max_batch = max_batch
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esi-sqlite-write")
-        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="esi-sqlite-read")
         self._pending: list[tuple[Op[Any], asyncio.Future[Any]]] = []
         self._kick = asyncio.Event()
         self._batcher: asyncio.Task[None] | None = None
@@ -122,6 +145,46 @@ class _SqliteBackend:
         self._pending.append((op, future))
         self._kick.set()
         return await future
+
+    async def _run_batch(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
+        raise NotImplementedError
+
+    async def _run_batches(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+                try:
+                    outcomes = await self._run_batch(batch)
+                except Exception as exc:  # the commit itself failed: every write of the batch fails
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), (result, error) in zip(batch, outcomes):
+                    if future.done():
+                        continue
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        future.set_result(result)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0.01)
+        if self._batcher is not None:
+            self._batcher.cancel()
+
+
+class _SqliteBackend(_GroupCommit):
+    """SQLite through the stdlib driver in worker threads: one writer thread (SQLite has one writer), four readers."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
+        super().__init__(max_batch=max_batch)
+        self._engine = engine
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esi-sqlite-write")
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="esi-sqlite-read")
 
     async def write_alone(self, op: Op[T]) -> T:
         def run() -> T:
@@ -137,73 +200,56 @@ class _SqliteBackend:
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
-    def _run_batch(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> list[tuple[Any, BaseException | None]]:
-        # optimistic: one transaction, no savepoints (two statements less per write); a write that fails (a
-        # duplicate request_id) rolls it all back, and the batch runs again with each write in its own savepoint
+    async def _run_batch(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._run_batch_sync, batch)
+
+    def _run_batch_sync(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
         try:
             with self._engine.begin() as conn:
-                results = [op(conn) for op, _ in batch]
+                results = _run_ops(conn, batch)
             return [(result, None) for result in results]
         except Exception as exc:
             if len(batch) == 1:
                 return [(None, exc)]
-        outcomes: list[tuple[Any, BaseException | None]] = []
         with self._engine.begin() as conn:
-            for op, _ in batch:
-                try:
-                    with conn.begin_nested():
-                        outcomes.append((op(conn), None))
-                except Exception as exc:  # this write fails alone; the others go on
-                    outcomes.append((None, exc))
-        return outcomes
-
-    async def _run_batches(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._kick.wait()
-            self._kick.clear()
-            while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
-                try:
-                    outcomes = await loop.run_in_executor(self._writer, self._run_batch, batch)
-                except Exception as exc:  # the commit itself failed: every write of the batch fails
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), (result, error) in zip(batch, outcomes):
-                    if future.done():
-                        continue
-                    if error is not None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(result)
+            return _run_ops_each_in_savepoint(conn, batch)
 
     async def aclose(self) -> None:
-        while self._pending:
-            await asyncio.sleep(0.01)
-        if self._batcher is not None:
-            self._batcher.cancel()
+        await self._drain()
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self._engine.dispose()
 
 
-class _AsyncBackend:
-    def __init__(self, engine: AsyncEngine) -> None:
+class _AsyncBackend(_GroupCommit):
+    """PostgreSQL through asyncpg. Writes are group-committed too: measured end to end, a transaction per write
+    cost the 1C process 5.7 ms of CPU per request."""
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 256) -> None:
+        super().__init__(max_batch=max_batch)
         self._engine = engine
 
-    async def write(self, op: Op[T]) -> T:
+    async def write_alone(self, op: Op[T]) -> T:
         async with self._engine.begin() as conn:
             return await conn.run_sync(op)
-
-    write_alone = write
 
     async def read(self, op: Op[T]) -> T:
         async with self._engine.connect() as conn:
             return await conn.run_sync(op)
 
+    async def _run_batch(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
+        try:
+            async with self._engine.begin() as conn:
+                results = await conn.run_sync(_run_ops, batch)
+            return [(result, None) for result in results]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(None, exc)]
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(_run_ops_each_in_savepoint, batch)
+
     async def aclose(self) -> None:
+        await self._drain()
         await self._engine.dispose()
 
 
