@@ -262,7 +262,7 @@ class Store:
         self._backend = backend
         self.is_sqlite = is_sqlite
         #: requests waited for in this process (`wait_settled`); told when this store settles one
-        self.settlements = Settlements()
+        self.settlements = Settlements(self._settled_among)
 
     @classmethod
     async def open(cls, url: str, *, durable_commits: bool = True) -> "Store":
@@ -395,9 +395,9 @@ class Store:
                            check: Callable[[RequestRecord | None], object] | None = None) -> RequestRecord | None:
         """The request once it is completed, failed or dead-lettered, or as it stands after `timeout` seconds.
 
-        Woken at once when this process settles it; re-read every `recheck` seconds for a settlement made by
-        another process (another replica, an adapter that dead-lettered it). `check` sees the first read before
-        any waiting (the API's permission check: it raises to refuse).
+        Woken at once when this process settles it; a settlement made by another process (another replica, an
+        adapter that dead-lettered it) is found within `recheck` seconds by one query for every request waited
+        on. `check` sees the first read before any waiting (the API's permission check: it raises to refuse).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -409,12 +409,19 @@ class Store:
                 remaining = deadline - loop.time()
                 if record is None or record.status in SETTLED or remaining <= 0 or self.settlements.closed:
                     return record
+                self.settlements.recheck_every(recheck)
                 try:
-                    await asyncio.wait_for(settled.wait(), min(recheck, remaining))
+                    await asyncio.wait_for(settled.wait(), remaining)
                 except asyncio.TimeoutError:
                     pass
                 settled.clear()
                 record = await self.get(request_id)
+
+    async def _settled_among(self, request_ids: list[str]) -> list[str]:
+        r = schema.requests
+        statement = select(r.c.request_id).where(r.c.request_id.in_(request_ids),
+                                                 r.c.status.in_([s.value for s in SETTLED]))
+        return await self._backend.read(lambda conn: list(conn.execute(statement).scalars()))
 
     async def record_response(self, request_id: str, *, response: dict[str, Any] | None,
                               error: dict[str, Any] | None, keys: list[str] | None = None) -> bool:

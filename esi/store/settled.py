@@ -2,27 +2,66 @@
 
 The store calls `notify` right after it commits a request's end (answer recorded, or dead-lettered); a waiter in
 the same process wakes at once. A request settled by another process (another API replica's consumer, an adapter
-that dead-lettered it) is seen by the waiter's periodic re-read of the store, so this registry only makes the
-common case fast: it is never the only way a waiter learns the outcome.
+that dead-lettered it) is found by one periodic query for all the requests waited on (`lookup`), not by a read per
+waiter: a thousand open long polls cost one query a second, not a thousand.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from esi.store.records import RequestStatus
+
+log = logging.getLogger(__name__)
 
 #: the states a waiting client is answered on: the request will not move again by itself
 SETTLED = frozenset({RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.DEAD_LETTERED})
 
 
 class Settlements:
-    def __init__(self) -> None:
+    def __init__(self, lookup: Callable[[list[str]], Awaitable[list[str]]] | None = None, *,
+                 chunk: int = 500) -> None:
         self._waiting: dict[str, set[asyncio.Event]] = {}
         #: set at shutdown: waiters answer at once with the state as it stands, and new ones do not wait
         self.closed = False
+        #: which of these request ids are settled, per the store (None: this process's notifications only)
+        self._lookup = lookup
+        self._chunk = chunk
+        self._interval = float("inf")
+        self._kick = asyncio.Event()
+        self._rechecker: asyncio.Task[None] | None = None
+
+    def recheck_every(self, interval: float) -> None:
+        """Look the waited-on requests up in the store at least every `interval` seconds while any are waited on."""
+        if self._lookup is None:
+            return
+        if self._rechecker is None or self._rechecker.done():
+            self._interval = interval
+            self._rechecker = asyncio.create_task(self._recheck_forever(), name="settlement-recheck")
+        elif interval < self._interval:
+            self._interval = interval
+            self._kick.set()  # start the wait again, shorter
+
+    async def _recheck_forever(self) -> None:
+        assert self._lookup is not None
+        while self._waiting and not self.closed:
+            try:
+                await asyncio.wait_for(self._kick.wait(), self._interval)
+            except asyncio.TimeoutError:
+                pass
+            else:
+                self._kick.clear()
+                continue
+            ids = list(self._waiting)
+            try:
+                for start in range(0, len(ids), self._chunk):
+                    for request_id in await self._lookup(ids[start:start + self._chunk]):
+                        self.notify(request_id)
+            except Exception as exc:  # the store is away: the waiters still end at their deadline
+                log.warning("looking up %d waited-on requests failed: %s", len(ids), exc)
 
     @contextmanager
     def watch(self, request_id: str) -> Iterator[asyncio.Event]:
@@ -42,6 +81,7 @@ class Settlements:
     def close(self) -> None:
         """Shutting down: wake every waiter (a long poll must not hold the server's graceful stop)."""
         self.closed = True
+        self._kick.set()
         for events in self._waiting.values():
             for event in events:
                 event.set()

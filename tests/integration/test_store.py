@@ -129,3 +129,36 @@ async def test_closing_the_settlements_answers_every_waiter_at_once(store_url: s
         records = await asyncio.wait_for(asyncio.gather(*waiters), 5)
         assert [r.status for r in records] == [RequestStatus.ACCEPTED] * 3
         assert (await asyncio.wait_for(store.wait_settled("C1", 30), 5)).status is RequestStatus.ACCEPTED
+
+
+async def test_many_waiters_are_rechecked_by_one_lookup_per_interval(store_url: str) -> None:
+    async with await Store.open(store_url) as here, await Store.open(store_url) as elsewhere:
+        ids = [f"M{i}" for i in range(200)]
+        await asyncio.gather(*(_accept(here, rid) for rid in ids))
+        lookups: list[int] = []
+        lookup = here.settlements._lookup
+        assert lookup is not None
+
+        async def counting(batch: list[str]) -> list[str]:
+            lookups.append(len(batch))
+            return await lookup(batch)
+
+        here.settlements._lookup = counting
+        asked: list[float] = []
+        recheck_every = here.settlements.recheck_every
+
+        def counting_recheck(interval: float) -> None:  # a waiter calls it once it has read the request
+            asked.append(interval)
+            recheck_every(interval)
+
+        here.settlements.recheck_every = counting_recheck  # type: ignore[method-assign]
+        waiters = [asyncio.create_task(here.wait_settled(rid, 20, recheck=0.1)) for rid in ids]
+        async with asyncio.timeout(5):
+            while len(asked) < len(ids):  # every waiter has read its request (accepted) and waits
+                await asyncio.sleep(0.005)
+        # settled by another process: only the lookups can tell the waiters
+        await asyncio.gather(*(elsewhere.record_response(rid, response={"n": 1}, error=None) for rid in ids))
+        records = await asyncio.wait_for(asyncio.gather(*waiters), 10)
+        assert all(r.status is RequestStatus.COMPLETED for r in records)
+        assert 1 <= len(lookups) <= 20, lookups  # a read per waiter and interval would be 200 or more
+        assert max(lookups) == len(ids)  # one query asked about every request waited on
