@@ -96,31 +96,20 @@ class Completions:
         self.timeout = timeout
         self.wait = wait
         self._tasks: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._closed = False
+        self._closed = asyncio.Event()
 
     def add(self, request_id: str, started: float) -> None:
         task = asyncio.create_task(self._follow(request_id, started))
         self._tasks.add(task)
-        self._idle.clear()
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not self._tasks:
-            self._idle.set()
+        task.add_done_callback(self._tasks.discard)
 
     def close(self) -> None:
         """No more requests will be added: `run` returns once the ones in flight are final."""
-        self._closed = True
+        self._closed.set()
 
     async def run(self) -> None:
-        while True:
-            await self._idle.wait()
-            if self._closed and not self._tasks:
-                return
-            await asyncio.sleep(0.01)  # added-to again before close: keep waiting
+        await self._closed.wait()
+        await asyncio.gather(*self._tasks)  # nothing is added after close: these are the last
 
     async def _follow(self, request_id: str, started: float) -> None:
         outcome = self.outcome

@@ -68,7 +68,8 @@ class Settings(BaseSettings):
 
     # --- HTTP API for 1C ----------------------------------------------------------------------------------------
     http_host: str = Field("127.0.0.1", validation_alias=_env("ESI_HTTP_HOST"))
-    #: the longest `GET /requests/{id}?wait=` may hold a request open, and how often a waiter re-reads the store
+    #: the longest `GET /requests/{id}?wait=` may hold a request open, and how often one query looks up the
+    #: requests waited on that another process settled
     max_wait_s: float = Field(30.0, ge=0, le=300, validation_alias=_env("ESI_MAX_WAIT"))
     wait_recheck_s: float = Field(1.0, gt=0, le=60, validation_alias=_env("ESI_WAIT_RECHECK"))
     http_port: int = Field(5000, validation_alias=_env("ESI_HTTP_PORT", "FLASK_PORT"))

@@ -52,7 +52,7 @@ class ApiDeps:
     events: EventRecorder | None = None
     #: the API's clients; None turns authentication off (refused with ESI_ENV=production)
     clients: ClientRegistry | None = None
-    #: the longest a `GET /requests/{id}?wait=` holds on, and how often it re-reads the store meanwhile
+    #: the longest a `GET /requests/{id}?wait=` holds on, and how often settlements made elsewhere are looked up
     max_wait: float = 30.0
     wait_recheck: float = 1.0
 

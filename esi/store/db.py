@@ -146,8 +146,21 @@ class _GroupCommit:
         self._kick.set()
         return await future
 
-    async def _run_batch(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
+    async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
+        """`fn(conn, arg)` in one transaction on this driver, committed."""
         raise NotImplementedError
+
+    async def write_alone(self, op: Op[T]) -> T:
+        return await self._transaction(lambda conn, _: op(conn), None)
+
+    async def _run_batch(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
+        try:
+            results = await self._transaction(_run_ops, batch)
+            return [(result, None) for result in results]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(None, exc)]
+        return await self._transaction(_run_ops_each_in_savepoint, batch)
 
     async def _run_batches(self) -> None:
         while True:
@@ -186,10 +199,10 @@ class _SqliteBackend(_GroupCommit):
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esi-sqlite-write")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="esi-sqlite-read")
 
-    async def write_alone(self, op: Op[T]) -> T:
+    async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
         def run() -> T:
             with self._engine.begin() as conn:
-                return op(conn)
+                return fn(conn, arg)
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, run)
 
@@ -199,20 +212,6 @@ class _SqliteBackend(_GroupCommit):
                 return op(conn)
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
-
-    async def _run_batch(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self._run_batch_sync, batch)
-
-    def _run_batch_sync(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
-        try:
-            with self._engine.begin() as conn:
-                results = _run_ops(conn, batch)
-            return [(result, None) for result in results]
-        except Exception as exc:
-            if len(batch) == 1:
-                return [(None, exc)]
-        with self._engine.begin() as conn:
-            return _run_ops_each_in_savepoint(conn, batch)
 
     async def aclose(self) -> None:
         await self._drain()
@@ -229,24 +228,13 @@ class _AsyncBackend(_GroupCommit):
         super().__init__(max_batch=max_batch)
         self._engine = engine
 
-    async def write_alone(self, op: Op[T]) -> T:
+    async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
         async with self._engine.begin() as conn:
-            return await conn.run_sync(op)
+            return await conn.run_sync(fn, arg)
 
     async def read(self, op: Op[T]) -> T:
         async with self._engine.connect() as conn:
             return await conn.run_sync(op)
-
-    async def _run_batch(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
-        try:
-            async with self._engine.begin() as conn:
-                results = await conn.run_sync(_run_ops, batch)
-            return [(result, None) for result in results]
-        except Exception as exc:
-            if len(batch) == 1:
-                return [(None, exc)]
-        async with self._engine.begin() as conn:
-            return await conn.run_sync(_run_ops_each_in_savepoint, batch)
 
     async def aclose(self) -> None:
         await self._drain()
