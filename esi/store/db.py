@@ -3,13 +3,15 @@
 SQLite (WAL, safe for several processes on one host) is the default; PostgreSQL (asyncpg) for several hosts. Plain
 URLs are accepted: `sqlite:///var/esi.db`, `postgresql://user@host:5432/db`.
 
-Every operation is a plain function over a SQLAlchemy `Connection`, run by a backend:
+Every operation is a plain function over a SQLAlchemy `Connection`, run by a backend; the statements on the hot path
+are built once (`esi.store.statements`) and run on SQLite by the driver itself.
 
-- SQLite: the stdlib driver in worker threads. Writes go to one writer thread and are grouped: the writes that
-  arrive while a commit is in progress share the next transaction (each in its own savepoint, so one failing write
-  fails alone) and one commit — one fsync and one thread hop serve many requests. An async SQLite driver would cost
-  a thread hop per statement, which measured as the bottleneck of the whole bus.
-- PostgreSQL: asyncpg through SQLAlchemy's async engine, one transaction per operation from a pool.
+- SQLite: the stdlib driver in worker threads. Writes go to one writer thread and are group-committed: the writes
+  that arrive while a commit is in progress share the next transaction and one commit — one fsync and one thread
+  hop serve many requests (if one of them fails, the batch runs again with each write in its own savepoint, so that
+  it fails alone). Reads run in reader threads, in deferred transactions that never wait for the writer (WAL). An
+  async SQLite driver would cost a thread hop per statement, which measured as the bottleneck of the whole bus.
+- PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way, reads from the pool.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
-    bindparam,
     create_engine,
     event,
     func,
@@ -36,8 +37,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -45,29 +44,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from esi.store import schema
 from esi.store.records import OutboxRow, RequestRecord, RequestStatus
 from esi.store.settled import SETTLED, Settlements
+from esi.store.statements import (
+    ADD_KEYS,
+    EVENT_COLUMNS,
+    INSERT_EVENTS,
+    INSERT_INBOX,
+    INSERT_KEYS,
+    INSERT_OUTBOX,
+    INSERT_REQUEST,
+    RECORD_RESPONSE,
+    SELECT_REQUEST,
+    SELECT_SEEN,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Op = Callable[[Connection], T]
 _FINAL = (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
-
-
-# statements on the hot path, built once (building and keying a statement per call costs more than running it)
-_INSERT_REQUEST = insert(schema.requests)
-_INSERT_OUTBOX = insert(schema.outbox)
-_INSERT_KEYS = insert(schema.request_keys)
-#: business keys a request may already have (an answer repeating the order number): one statement, no read first
-_ADD_KEYS = {"sqlite": sqlite_insert(schema.request_keys).on_conflict_do_nothing(),
-             "postgresql": pg_insert(schema.request_keys).on_conflict_do_nothing()}
-_INSERT_INBOX = insert(schema.inbox)
-_INSERT_EVENTS = insert(schema.events)
-_SELECT_REQUEST = select(schema.requests).where(schema.requests.c.request_id == bindparam("rid"))
-_SELECT_SEEN = select(schema.inbox.c.message_id).where(schema.inbox.c.consumer == bindparam("consumer"),
-                                                       schema.inbox.c.message_id == bindparam("mid"))
-_RECORD_RESPONSE = (update(schema.requests).where(schema.requests.c.request_id == bindparam("rid"))
-                    .values(status=bindparam("st"), response=bindparam("resp"), error=bindparam("err"),
-                            updated_at=bindparam("at")))
 
 
 def now_iso() -> str:
@@ -191,11 +185,18 @@ class _GroupCommit:
 
 
 class _SqliteBackend(_GroupCommit):
-    """SQLite through the stdlib driver in worker threads: one writer thread (SQLite has one writer), four readers."""
+    """SQLite through the stdlib driver in worker threads: one writer thread (SQLite has one writer), four readers.
 
-    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
+    Writers and readers have engines of their own: a write transaction begins IMMEDIATE (it takes the write lock up
+    front), a read transaction plain BEGIN (deferred: in WAL mode it never waits for the writer, nor the writer for
+    it). Reads that took the write lock too serialised every read with every commit of every process on the file,
+    and a lock found busy costs SQLite's busy handler a sleep of 1 ms or more.
+    """
+
+    def __init__(self, writer: Engine, reader: Engine, *, max_batch: int = 512) -> None:
         super().__init__(max_batch=max_batch)
-        self._engine = engine
+        self._engine = writer
+        self._reader = reader
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esi-sqlite-write")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="esi-sqlite-read")
 
@@ -208,7 +209,7 @@ class _SqliteBackend(_GroupCommit):
 
     async def read(self, op: Op[T]) -> T:
         def run() -> T:
-            with self._engine.connect() as conn:
+            with self._reader.connect() as conn:
                 return op(conn)
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
@@ -218,6 +219,8 @@ class _SqliteBackend(_GroupCommit):
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self._engine.dispose()
+        if self._reader is not self._engine:
+            self._reader.dispose()
 
 
 class _AsyncBackend(_GroupCommit):
@@ -266,14 +269,12 @@ class Store:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(target, connect_args={"timeout": 30, "check_same_thread": False},
-                                   pool_size=6, max_overflow=4)
             synchronous = "FULL" if durable_commits else "NORMAL"
-            event.listen(engine, "connect", lambda dbapi_conn, _rec: _sqlite_pragmas(dbapi_conn, synchronous))
-            # take over BEGIN from the driver: SAVEPOINTs then work, and IMMEDIATE takes the write lock up front
-            # (a deferred transaction that reads, then writes, can fail to upgrade its lock under contention)
-            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-            store = cls(_SqliteBackend(engine), is_sqlite=True)
+            writer = _sqlite_engine(target, synchronous=synchronous, begin="BEGIN IMMEDIATE", pool_size=2)
+            in_memory = parsed.database in (None, "", ":memory:")
+            reader = writer if in_memory else _sqlite_engine(target, synchronous=synchronous, begin="BEGIN",
+                                                             pool_size=4)
+            store = cls(_SqliteBackend(writer, reader), is_sqlite=True)
         else:
             async_engine = create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True,
                                                connect_args={"command_timeout": 30})
@@ -345,17 +346,16 @@ class Store:
         unique_keys = sorted({k[:255] for k in keys or () if k})
 
         def write(conn: Connection) -> None:
-            conn.execute(_INSERT_REQUEST, {
+            INSERT_REQUEST.run(conn, {
                 "request_id": request_id, "source": source, "target": target, "message_type": message_type,
                 "status": RequestStatus.ACCEPTED.value, "payload_hash": payload_hash, "attempts": 0,
                 "created_at": now, "updated_at": now, "client_id": client_id, "response": None, "error": None,
                 "last_error": None,
             })
-            conn.execute(_INSERT_OUTBOX, {"message_id": message_id, "request_id": request_id,
-                                          "routing_key": routing_key, "body": body, "created_at": now,
-                                          "sent_at": None})
+            INSERT_OUTBOX.run(conn, {"message_id": message_id, "request_id": request_id, "routing_key": routing_key,
+                                     "body": body, "created_at": now, "sent_at": None})
             if unique_keys:
-                conn.execute(_INSERT_KEYS, [{"key": k, "request_id": request_id} for k in unique_keys])
+                INSERT_KEYS.run(conn, [{"key": k, "request_id": request_id} for k in unique_keys])
 
         try:
             await self._backend.write(write)
@@ -369,11 +369,7 @@ class Store:
         return record, True, payload_hash
 
     async def _get_row(self, request_id: str) -> Any:
-        def read(conn: Connection) -> Any:
-            row = conn.execute(_SELECT_REQUEST, {"rid": request_id}).first()
-            return None if row is None else dict(row._mapping)
-
-        return await self._backend.read(read)
+        return await self._backend.read(lambda conn: SELECT_REQUEST.first(conn, {"rid": request_id}))
 
     async def get(self, request_id: str) -> RequestRecord | None:
         row = await self._get_row(request_id)
@@ -417,11 +413,11 @@ class Store:
         status = RequestStatus.FAILED if error else RequestStatus.COMPLETED
 
         def write(conn: Connection) -> int:
-            result = conn.execute(_RECORD_RESPONSE, {"rid": request_id, "st": status.value, "resp": _dumps(response),
-                                                     "err": _dumps(error), "at": now_iso()})
-            if result.rowcount and keys:
+            rowcount = RECORD_RESPONSE.run(conn, {"rid": request_id, "st": status.value, "resp": _dumps(response),
+                                                  "err": _dumps(error), "at": now_iso()})
+            if rowcount and keys:
                 _add_keys(conn, request_id, keys)
-            return result.rowcount
+            return rowcount
 
         recorded = await self._backend.write(write) > 0
         if recorded:
@@ -450,7 +446,9 @@ class Store:
 
     async def add_events(self, rows: list[dict[str, Any]]) -> None:
         if rows:
-            await self._execute(_INSERT_EVENTS, rows)
+            columns = EVENT_COLUMNS
+            await self._backend.write(lambda conn: INSERT_EVENTS.run(conn, [{c: row.get(c) for c in columns}
+                                                                          for row in rows]))
 
     async def timeline(self, request_id: str) -> list[dict[str, Any]]:
         e = schema.events
@@ -512,12 +510,12 @@ class Store:
 
     async def seen(self, consumer: str, message_id: str) -> bool:
         params = {"consumer": consumer, "mid": message_id}
-        return await self._backend.read(lambda conn: conn.execute(_SELECT_SEEN, params).first() is not None)
+        return await self._backend.read(lambda conn: SELECT_SEEN.first(conn, params) is not None)
 
     async def record(self, consumer: str, message_id: str) -> None:
         try:
-            await self._execute(_INSERT_INBOX, {"consumer": consumer, "message_id": message_id,
-                                                "processed_at": now_iso()})
+            params = {"consumer": consumer, "message_id": message_id, "processed_at": now_iso()}
+            await self._backend.write(lambda conn: INSERT_INBOX.run(conn, params))
         except IntegrityError:
             pass  # already recorded by a concurrent duplicate
 
@@ -536,7 +534,7 @@ class Store:
 def _add_keys(conn: Connection, request_id: str, keys: list[str]) -> None:
     wanted = sorted({key[:255] for key in keys if key})
     if wanted:
-        conn.execute(_ADD_KEYS[conn.dialect.name], [{"key": key, "request_id": request_id} for key in wanted])
+        ADD_KEYS.run(conn, [{"key": key, "request_id": request_id} for key in wanted])
 
 
 def _record(row: Any) -> RequestRecord:
@@ -546,6 +544,16 @@ def _record(row: Any) -> RequestRecord:
         attempts=row["attempts"] or 0, last_error=row["last_error"], created_at=row["created_at"],
         updated_at=row["updated_at"], client_id=row["client_id"],
     )
+
+
+def _sqlite_engine(url: str, *, synchronous: str, begin: str, pool_size: int) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                           pool_size=pool_size, max_overflow=4)
+    event.listen(engine, "connect", lambda dbapi_conn, _rec: _sqlite_pragmas(dbapi_conn, synchronous))
+    # take over BEGIN from the driver: SAVEPOINTs then work, and a writer's IMMEDIATE takes the write lock up front
+    # (a deferred transaction that reads, then writes, can fail to upgrade its lock under contention)
+    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
+    return engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:
