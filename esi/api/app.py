@@ -12,7 +12,7 @@ from typing import Any
 
 
 from fastapi import Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from esi.api.errors import ApiError, install_error_handlers
@@ -230,7 +230,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     async def get_request(principal: Principal = Depends(current), request_id: str = Path(max_length=128),
                           wait: float = Query(0, ge=0, le=300, description=(
                               "seconds to hold the answer until the request is completed, failed or dead-lettered "
-                              "(long poll; capped by ESI_MAX_WAIT); 0 answers at once"))) -> RequestRecord:
+                              "(long poll; capped by ESI_MAX_WAIT); 0 answers at once"))) -> Response:
         """accepted → in_progress → completed | failed | dead_lettered, with the answer or the reason.
 
         With `wait`, the answer comes as soon as the request settles, or with its current state when the wait ends:
@@ -238,11 +238,14 @@ def create_app(deps: ApiDeps) -> FastAPI:
         """
         wait = min(wait, deps.max_wait)
         if wait <= 0:
-            return check_read(principal, await deps.store.get(request_id), request_id)
-        # the first read is checked (404, 403) before any waiting: nobody waits on what they may not see
-        record = await deps.store.wait_settled(request_id, wait, recheck=deps.wait_recheck,
-                                               check=lambda first: check_read(principal, first, request_id))
-        return check_read(principal, record, request_id)
+            record = check_read(principal, await deps.store.get(request_id), request_id)
+        else:
+            # the first read is checked (404, 403) before any waiting: nobody waits on what they may not see
+            record = check_read(principal, await deps.store.wait_settled(
+                request_id, wait, recheck=deps.wait_recheck,
+                check=lambda first: check_read(principal, first, request_id)), request_id)
+        # serialised by the model itself: the record is already valid, FastAPI's response validation would redo it
+        return Response(record.model_dump_json(), media_type="application/json")
 
     @app.get("/requests", summary="Find requests by a business key (order, user, policy)")
     async def find_requests(principal: Principal = Depends(current), key: str = Query(min_length=1, max_length=255,

@@ -385,7 +385,7 @@ class Store:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        with self.settlements.watch(request_id) as settled:
+        with self.settlements.watch(request_id) as waiter:
             record = await self.get(request_id)
             if check is not None:
                 check(record)
@@ -395,11 +395,13 @@ class Store:
                     return record
                 self.settlements.recheck_every(recheck)
                 try:
-                    await asyncio.wait_for(settled.wait(), remaining)
+                    await asyncio.wait_for(waiter.event.wait(), remaining)
                 except asyncio.TimeoutError:
                     pass
-                settled.clear()
-                record = await self.get(request_id)
+                waiter.event.clear()
+                changes, waiter.changes = waiter.changes, None
+                # settled by this process: the fields it committed complete the first read, no second read needed
+                record = record.model_copy(update=changes) if changes else await self.get(request_id)
 
     async def _settled_among(self, request_ids: list[str]) -> list[str]:
         r = schema.requests
@@ -411,17 +413,19 @@ class Store:
                               error: dict[str, Any] | None, keys: list[str] | None = None) -> bool:
         """Store the final answer of a request (and business keys it brings); False for an unknown request id."""
         status = RequestStatus.FAILED if error else RequestStatus.COMPLETED
+        at = now_iso()
 
         def write(conn: Connection) -> int:
             rowcount = RECORD_RESPONSE.run(conn, {"rid": request_id, "st": status.value, "resp": _dumps(response),
-                                                  "err": _dumps(error), "at": now_iso()})
+                                                  "err": _dumps(error), "at": at})
             if rowcount and keys:
                 _add_keys(conn, request_id, keys)
             return rowcount
 
         recorded = await self._backend.write(write) > 0
         if recorded:
-            self.settlements.notify(request_id)
+            self.settlements.notify(request_id, {"status": status, "response": response, "error": error,
+                                                 "updated_at": at})
         return recorded
 
     async def retrying(self, request_id: str, *, attempt: int, error: str) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from esi.store.records import RequestStatus
 
@@ -21,10 +22,25 @@ log = logging.getLogger(__name__)
 SETTLED = frozenset({RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.DEAD_LETTERED})
 
 
+class Waiter:
+    """One waiting reader: `event` is set when its request settles; `changes` holds the settled fields when the
+    settlement happened in this process (the waiter then needs no second read), None when it must read them."""
+
+    __slots__ = ("event", "changes")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.changes: dict[str, Any] | None = None
+
+    def wake(self, changes: dict[str, Any] | None) -> None:
+        self.changes = changes
+        self.event.set()
+
+
 class Settlements:
     def __init__(self, lookup: Callable[[list[str]], Awaitable[list[str]]] | None = None, *,
                  chunk: int = 500) -> None:
-        self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._waiting: dict[str, set[Waiter]] = {}
         #: set at shutdown: waiters answer at once with the state as it stands, and new ones do not wait
         self.closed = False
         #: which of these request ids are settled, per the store (None: this process's notifications only)
@@ -64,32 +80,33 @@ class Settlements:
                 log.warning("looking up %d waited-on requests failed: %s", len(ids), exc)
 
     @contextmanager
-    def watch(self, request_id: str) -> Iterator[asyncio.Event]:
-        """An event set when `request_id` settles in this process; registered before the caller reads the store,
-        so a settlement between that read and the wait is not missed."""
-        event = asyncio.Event()
-        self._waiting.setdefault(request_id, set()).add(event)
+    def watch(self, request_id: str) -> Iterator[Waiter]:
+        """A waiter woken when `request_id` settles; registered before the caller reads the store, so a
+        settlement between that read and the wait is not missed."""
+        waiter = Waiter()
+        self._waiting.setdefault(request_id, set()).add(waiter)
         try:
-            yield event
+            yield waiter
         finally:
-            events = self._waiting.get(request_id)
-            if events is not None:
-                events.discard(event)
-                if not events:
+            waiters = self._waiting.get(request_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
                     del self._waiting[request_id]
 
     def close(self) -> None:
         """Shutting down: wake every waiter (a long poll must not hold the server's graceful stop)."""
         self.closed = True
         self._kick.set()
-        for events in self._waiting.values():
-            for event in events:
-                event.set()
+        for waiters in self._waiting.values():
+            for waiter in waiters:
+                waiter.wake(None)
 
-    def notify(self, request_id: str) -> None:
-        for event in self._waiting.get(request_id, ()):
-            event.set()
+    def notify(self, request_id: str, changes: dict[str, Any] | None = None) -> None:
+        """`request_id` settled; `changes`, when given, are the fields this process just committed for it."""
+        for waiter in self._waiting.get(request_id, ()):
+            waiter.wake(changes)
 
     @property
     def waiting(self) -> int:
-        return sum(len(events) for events in self._waiting.values())
+        return sum(len(waiters) for waiters in self._waiting.values())

@@ -103,6 +103,8 @@ async def test_a_waiter_wakes_at_once_here_and_by_rereading_for_another_process(
         await here.record_response("W1", response={"ok": 1}, error=None)
         record = await asyncio.wait_for(waiter, 5)
         assert record.status is RequestStatus.COMPLETED and record.response == {"ok": 1}
+        # built from the fields the store committed, without a second read: the same as a read now
+        assert record == await here.get("W1")
         assert here.settlements.waiting == 0
         # settled by another store (another process): seen by the periodic re-read
         waiter = asyncio.create_task(here.wait_settled("W2", 10, recheck=0.05))
