@@ -269,7 +269,7 @@ class Bench:
                                     "sees it completed (one waiting GET per request in flight)",
         }
         self.result["client"] = {
-            "tool": "httpx.AsyncClient over aiohttp, HTTP/1.1, one process; pool = concurrency for POSTs and as "
+            "tool": "aiohttp.ClientSession, HTTP/1.1, one process; pool = concurrency for POSTs and as "
                     "many for the long polls",
             "cpu_pct_of_one_core_by_concurrency": {r["concurrency"]: r["client_cpu_pct_of_one_core"] for r in runs},
             "bottleneck": bool(client_bound),

@@ -113,6 +113,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
         title="esi — Enterprise System Integration",
         description="Send requests from 1C to the DMS and the CRM, and read their outcome.",
         version="0.1.0",
+        # esi's metrics are Prometheus' (esi.api.ops); FastAPI's OpenTelemetry hooks asked for providers per request
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install_error_handlers(app)
     install_http_metrics(app)

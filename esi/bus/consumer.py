@@ -310,13 +310,15 @@ class Consumer:
     async def _ack(self, message: AbstractIncomingMessage) -> None:
         try:
             # bounded: an ack on the channel of a connection that died must not hold the message's task forever
-            await asyncio.wait_for(message.ack(), 10)
+            async with asyncio.timeout(10):  # inline: no task per ack, as wait_for would make
+                await message.ack()
         except Exception as exc:  # channel gone: the broker redelivers it and the inbox absorbs the duplicate
             log.warning("ack failed (%s); the message will be redelivered", exc)
 
     async def _reject_requeue(self, message: AbstractIncomingMessage) -> None:
         try:
-            await asyncio.wait_for(message.reject(requeue=True), 10)
+            async with asyncio.timeout(10):
+                await message.reject(requeue=True)
         except Exception as exc:
             log.warning("reject failed (%s); the message will be redelivered", exc)
 

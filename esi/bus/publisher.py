@@ -79,9 +79,9 @@ class Publisher:
             target = await self._exchange(exchange)
             # aio-pika's own timeout does not cover a publish caught in a reconnection (seen: stuck for minutes
             # across a broker restart), so the whole call is bounded here
-            confirmation = await asyncio.wait_for(
-                target.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout),
-                self._timeout + 1)
+            async with asyncio.timeout(self._timeout + 1):  # inline: no task per publish, as wait_for would make
+                confirmation = await target.publish(message, routing_key=routing_key, mandatory=True,
+                                                    timeout=self._timeout)
         except (DeliveryError, PublishError) as exc:
             raise TransientError(
                 f"broker refused the publish to {exchange or '(default)'}/{routing_key}: {exc}", code="publish_refused"

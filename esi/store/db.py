@@ -395,8 +395,9 @@ class Store:
                     return record
                 self.settlements.recheck_every(recheck)
                 try:
-                    await asyncio.wait_for(waiter.event.wait(), remaining)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(remaining):
+                        await waiter.event.wait()
+                except TimeoutError:
                     pass
                 waiter.event.clear()
                 changes, waiter.changes = waiter.changes, None
