@@ -400,9 +400,9 @@ class Store:
                 except TimeoutError:
                     pass
                 waiter.event.clear()
-                changes, waiter.changes = waiter.changes, None
-                # settled by this process: the fields it committed complete the first read, no second read needed
-                record = record.model_copy(update=changes) if changes else await self.get(request_id)
+                settled, waiter.record = waiter.record, None
+                # settled by this process: its write returned the whole row, no read needed
+                record = settled if settled is not None else await self.get(request_id)
 
     async def _settled_among(self, request_ids: list[str]) -> list[str]:
         r = schema.requests
@@ -414,20 +414,20 @@ class Store:
                               error: dict[str, Any] | None, keys: list[str] | None = None) -> bool:
         """Store the final answer of a request (and business keys it brings); False for an unknown request id."""
         status = RequestStatus.FAILED if error else RequestStatus.COMPLETED
-        at = now_iso()
 
-        def write(conn: Connection) -> int:
-            rowcount = RECORD_RESPONSE.run(conn, {"rid": request_id, "st": status.value, "resp": _dumps(response),
-                                                  "err": _dumps(error), "at": at})
-            if rowcount and keys:
+        def write(conn: Connection) -> dict[str, Any] | None:
+            # RETURNING: the row as this write left it, for the long polls waiting on it in this process
+            row = RECORD_RESPONSE.first(conn, {"rid": request_id, "st": status.value, "resp": _dumps(response),
+                                               "err": _dumps(error), "at": now_iso()})
+            if row is not None and keys:
                 _add_keys(conn, request_id, keys)
-            return rowcount
+            return row
 
-        recorded = await self._backend.write(write) > 0
-        if recorded:
-            self.settlements.notify(request_id, {"status": status, "response": response, "error": error,
-                                                 "updated_at": at})
-        return recorded
+        row = await self._backend.write(write)
+        if row is None:
+            return False
+        self.settlements.notify(request_id, _record(row))
+        return True
 
     async def retrying(self, request_id: str, *, attempt: int, error: str) -> None:
         """A hop of the request failed and waits for its next attempt."""

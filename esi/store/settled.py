@@ -12,9 +12,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from esi.store.records import RequestStatus
+
+if TYPE_CHECKING:
+    from esi.store.records import RequestRecord
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +26,17 @@ SETTLED = frozenset({RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatu
 
 
 class Waiter:
-    """One waiting reader: `event` is set when its request settles; `changes` holds the settled fields when the
-    settlement happened in this process (the waiter then needs no second read), None when it must read them."""
+    """One waiting reader: `event` is set when its request settles; `record` is the request as the settling write
+    left it when that write was made in this process (the waiter then needs no read), None when it must read it."""
 
-    __slots__ = ("event", "changes")
+    __slots__ = ("event", "record")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
-        self.changes: dict[str, Any] | None = None
+        self.record: RequestRecord | None = None
 
-    def wake(self, changes: dict[str, Any] | None) -> None:
-        self.changes = changes
+    def wake(self, record: RequestRecord | None) -> None:
+        self.record = record
         self.event.set()
 
 
@@ -102,10 +105,10 @@ class Settlements:
             for waiter in waiters:
                 waiter.wake(None)
 
-    def notify(self, request_id: str, changes: dict[str, Any] | None = None) -> None:
-        """`request_id` settled; `changes`, when given, are the fields this process just committed for it."""
+    def notify(self, request_id: str, record: RequestRecord | None = None) -> None:
+        """`request_id` settled; `record`, when given, is the whole request as this process just committed it."""
         for waiter in self._waiting.get(request_id, ()):
-            waiter.wake(changes)
+            waiter.wake(record)
 
     @property
     def waiting(self) -> int:

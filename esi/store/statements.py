@@ -84,4 +84,5 @@ SELECT_SEEN = Statement(select(schema.inbox.c.message_id).where(schema.inbox.c.c
                                                                 schema.inbox.c.message_id == bindparam("mid")))
 RECORD_RESPONSE = Statement(update(schema.requests).where(schema.requests.c.request_id == bindparam("rid"))
                             .values(status=bindparam("st"), response=bindparam("resp"), error=bindparam("err"),
-                                    updated_at=bindparam("at")))
+                                    updated_at=bindparam("at"))
+                            .returning(*schema.requests.columns))

@@ -98,12 +98,17 @@ async def test_a_waiter_wakes_at_once_here_and_by_rereading_for_another_process(
         await _accept(here, "W1")
         await _accept(here, "W2")
         # settled by this store: woken at once, long before its 30 s re-read
-        waiter = asyncio.create_task(here.wait_settled("W1", 10, recheck=30))
-        await asyncio.sleep(0)  # let it register and read
+        first_reads = []
+        waiter = asyncio.create_task(here.wait_settled("W1", 10, recheck=30, check=first_reads.append))
+        async with asyncio.timeout(5):
+            while not first_reads:  # registered and read: the request as it stood then
+                await asyncio.sleep(0.005)
+        # meanwhile another process (an adapter) retried it: the answer must not be built from that first read
+        await elsewhere.retrying("W1", attempt=2, error="TransientError: DMS down")
         await here.record_response("W1", response={"ok": 1}, error=None)
         record = await asyncio.wait_for(waiter, 5)
         assert record.status is RequestStatus.COMPLETED and record.response == {"ok": 1}
-        # built from the fields the store committed, without a second read: the same as a read now
+        assert record.attempts == 2 and record.last_error == "TransientError: DMS down"
         assert record == await here.get("W1")
         assert here.settlements.waiting == 0
         # settled by another store (another process): seen by the periodic re-read
