@@ -52,6 +52,8 @@ from esi.store.statements import (
     INSERT_KEYS,
     INSERT_OUTBOX,
     INSERT_REQUEST,
+    MARK_IN_PROGRESS,
+    MARK_SENT,
     RECORD_RESPONSE,
     SELECT_REQUEST,
     SELECT_SEEN,
@@ -496,14 +498,9 @@ class Store:
         now = now_iso()
 
         def write(conn: Connection) -> None:
-            conn.execute(update(schema.outbox).where(schema.outbox.c.message_id.in_([r.message_id for r in rows]))
-                         .values(sent_at=now))
-            conn.execute(
-                update(schema.requests)
-                .where(schema.requests.c.request_id.in_([r.request_id for r in rows]),
-                       schema.requests.c.status == RequestStatus.ACCEPTED.value)
-                .values(status=RequestStatus.IN_PROGRESS.value, updated_at=now)
-            )
+            MARK_SENT.run(conn, [{"mid": r.message_id, "at": now} for r in rows])
+            MARK_IN_PROGRESS.run(conn, [{"rid": r.request_id, "at": now, "from_st": RequestStatus.ACCEPTED.value,
+                                         "to_st": RequestStatus.IN_PROGRESS.value} for r in rows])
 
         await self._backend.write(write)
 

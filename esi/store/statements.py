@@ -38,7 +38,11 @@ class Statement:
                             "postgresql": postgresql if postgresql is not None else statement}
         self._default = statement
         self._keys = list(keys) if keys is not None else None
-        self.sqlite_sql = str(self._statements["sqlite"].compile(dialect=_NAMED, column_keys=self._keys))
+        compiled = self._statements["sqlite"].compile(dialect=_NAMED, column_keys=self._keys)
+        literals = sorted(name for name, bind in compiled.binds.items() if not bind.required)
+        if literals:  # the driver gets only the caller's parameters: a value built into the statement would be lost
+            raise ValueError(f"hot-path statements take every value as a named parameter, not {literals}")
+        self.sqlite_sql = str(compiled)
 
     def run(self, conn: Connection, params: Params) -> int:
         """Execute (many times for a list of parameter sets); returns the rows affected."""
@@ -86,3 +90,10 @@ RECORD_RESPONSE = Statement(update(schema.requests).where(schema.requests.c.requ
                             .values(status=bindparam("st"), response=bindparam("resp"), error=bindparam("err"),
                                     updated_at=bindparam("at"))
                             .returning(*schema.requests.columns))
+#: a published outbox row, and its request moving from accepted to in progress (run for many rows at once)
+MARK_SENT = Statement(update(schema.outbox).where(schema.outbox.c.message_id == bindparam("mid"))
+                      .values(sent_at=bindparam("at")))
+MARK_IN_PROGRESS = Statement(update(schema.requests)
+                             .where(schema.requests.c.request_id == bindparam("rid"),
+                                    schema.requests.c.status == bindparam("from_st"))
+                             .values(status=bindparam("to_st"), updated_at=bindparam("at")))
