@@ -77,11 +77,12 @@ class Publisher:
     async def publish_message(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
         try:
             target = await self._exchange(exchange)
-            # aio-pika's own timeout does not cover a publish caught in a reconnection (seen: stuck for minutes
-            # across a broker restart), so the whole call is bounded here
-            async with asyncio.timeout(self._timeout + 1):  # inline: no task per publish, as wait_for would make
-                confirmation = await target.publish(message, routing_key=routing_key, mandatory=True,
-                                                    timeout=self._timeout)
+            # bounded here, inline, and not by aio-pika's `timeout`: that one does not cover a publish caught in a
+            # reconnection (seen: stuck for minutes across a broker restart), and aiormq runs each step of a publish
+            # under it (the channel lock on entry and exit, the write queue, the confirm) through wait_for: four
+            # tasks per publish
+            async with asyncio.timeout(self._timeout):
+                confirmation = await target.publish(message, routing_key=routing_key, mandatory=True)
         except (DeliveryError, PublishError) as exc:
             raise TransientError(
                 f"broker refused the publish to {exchange or '(default)'}/{routing_key}: {exc}", code="publish_refused"
