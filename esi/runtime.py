@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Iterator, Sequence
@@ -301,6 +302,11 @@ async def run(settings: Settings, services: Sequence[str], *, stop: asyncio.Even
             started.append(_Stoppable("health", ops))
         if adapters:
             background.append(asyncio.create_task(_sample_depths(adapters, store), name="queue-depths"))
+        # what start-up built (modules, apps, connections, caches) lives as long as the process: frozen, a full
+        # collection no longer walks it. Measured here: 110,000 objects after import, 120 ms a full collection,
+        # every one of them an event loop stopped for that long (the ingress p99 showed 2-s windows at 267 ms)
+        gc.collect()
+        gc.freeze()
         log.info("esi running: %s", ", ".join(s.name for s in started))
         await stop.wait()
         log.info("stopping: finishing in-flight work")
