@@ -402,9 +402,9 @@ class Store:
                 except TimeoutError:
                     pass
                 waiter.event.clear()
-                settled, waiter.record = waiter.record, None
+                settled, waiter.row = waiter.row, None
                 # settled by this process: its write returned the whole row, no read needed
-                record = settled if settled is not None else await self.get(request_id)
+                record = _record(settled) if settled is not None else await self.get(request_id)
 
     async def _settled_among(self, request_ids: list[str]) -> list[str]:
         r = schema.requests
@@ -428,7 +428,7 @@ class Store:
         row = await self._backend.write(write)
         if row is None:
             return False
-        self.settlements.notify(request_id, _record(row))
+        self.settlements.notify(request_id, row)
         return True
 
     async def retrying(self, request_id: str, *, attempt: int, error: str) -> None:

@@ -12,12 +12,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import Any
 
 from esi.store.records import RequestStatus
-
-if TYPE_CHECKING:
-    from esi.store.records import RequestRecord
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +23,17 @@ SETTLED = frozenset({RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatu
 
 
 class Waiter:
-    """One waiting reader: `event` is set when its request settles; `record` is the request as the settling write
+    """One waiting reader: `event` is set when its request settles; `row` is the request's row as the settling write
     left it when that write was made in this process (the waiter then needs no read), None when it must read it."""
 
-    __slots__ = ("event", "record")
+    __slots__ = ("event", "row")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
-        self.record: RequestRecord | None = None
+        self.row: dict[str, Any] | None = None
 
-    def wake(self, record: RequestRecord | None) -> None:
-        self.record = record
+    def wake(self, row: dict[str, Any] | None) -> None:
+        self.row = row
         self.event.set()
 
 
@@ -105,10 +102,11 @@ class Settlements:
             for waiter in waiters:
                 waiter.wake(None)
 
-    def notify(self, request_id: str, record: RequestRecord | None = None) -> None:
-        """`request_id` settled; `record`, when given, is the whole request as this process just committed it."""
+    def notify(self, request_id: str, row: dict[str, Any] | None = None) -> None:
+        """`request_id` settled; `row`, when given, is its whole row as this process just committed it (turned into
+        a record only by a waiter, so an answer nobody waits on here costs nothing more)."""
         for waiter in self._waiting.get(request_id, ()):
-            waiter.wake(record)
+            waiter.wake(row)
 
     @property
     def waiting(self) -> int:
