@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from esi.bus.publisher import Publisher
 from esi.bus.topology import Topology
+from esi.bus.wire import CoalescingConnection
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ class Bus:
         # aiormq takes the connection's name from the URL (client_properties are dropped when a URL is given)
         named = str(URL(url).update_query(name=name))
         try:
-            connection = await aio_pika.connect_robust(named, reconnect_interval=1.0, ssl_context=ssl_context)
+            connection = await aio_pika.connect_robust(named, reconnect_interval=1.0, ssl_context=ssl_context,
+                                                      connection_class=CoalescingConnection)
         except Exception as exc:
             raise BrokerUnavailable(
                 f"cannot connect to RabbitMQ at {redact(url)} ({type(exc).__name__}: {exc}). "

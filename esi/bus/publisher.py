@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
 
 from esi.errors import TransientError
@@ -32,16 +32,6 @@ class Publisher:
         self._channel = channel
         self._exchange_name = exchange
         self._timeout = timeout
-        self._exchanges: dict[str, AbstractExchange] = {}
-
-    async def _exchange(self, name: str) -> AbstractExchange:
-        if name == "":
-            return self._channel.default_exchange
-        exchange = self._exchanges.get(name)
-        if exchange is None:
-            exchange = await self._channel.get_exchange(name, ensure=False)
-            self._exchanges[name] = exchange
-        return exchange
 
     async def publish(self, envelope: Envelope, routing_key: str, *, headers: Mapping[str, Any] | None = None) -> None:
         """Publish an envelope to the main exchange and wait for its confirm."""
@@ -76,13 +66,21 @@ class Publisher:
 
     async def publish_message(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
         try:
-            target = await self._exchange(exchange)
             # bounded here, inline, and not by aio-pika's `timeout`: that one does not cover a publish caught in a
             # reconnection (seen: stuck for minutes across a broker restart), and aiormq runs each step of a publish
             # under it (the channel lock on entry and exit, the write queue, the confirm) through wait_for: four
             # tasks per publish
             async with asyncio.timeout(self._timeout):
-                confirmation = await target.publish(message, routing_key=routing_key, mandatory=True)
+                if self._channel.is_closed:
+                    raise ChannelInvalidStateError(f"{self._channel!r} closed")
+                channel = await self._channel.get_underlay_channel()
+                # aiormq's own publish, as aio-pika's Exchange.publish makes it, but with wait=False: the channel's
+                # lock is then held only while the frames are queued (delivery tags stay in order), not until
+                # the socket took them, so the publishes of one loop turn leave together (esi.bus.wire); the
+                # confirm is awaited all the same
+                confirmation = await channel.basic_publish(
+                    message.body, exchange=exchange, routing_key=routing_key, properties=message.properties,
+                    mandatory=True, wait=False)
         except (DeliveryError, PublishError) as exc:
             raise TransientError(
                 f"broker refused the publish to {exchange or '(default)'}/{routing_key}: {exc}", code="publish_refused"
