@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from esi.api.errors import ApiError, install_error_handlers
+from esi.api.hot import HotPath, HotRoutes
 from esi.api.ingress import Accepted, build_request, check_pdf_bytes, parse_json_object
 from esi.api.ops import ReadyCheck, install_http_metrics, ops_router
 from esi.bus.dead_letters import DeadLetters, Filters, parse_duration
@@ -25,6 +26,7 @@ from esi.security.auth import (
     ClientRegistry,
     Principal,
     SendScope,
+    authenticate_request,
     principal_dependency,
     require_operator,
     require_read,
@@ -55,6 +57,8 @@ class ApiDeps:
     #: the longest a `GET /requests/{id}?wait=` holds on, and how often settlements made elsewhere are looked up
     max_wait: float = 30.0
     wait_recheck: float = 1.0
+    #: answer the hot routes without FastAPI's routing and dependencies (esi.api.hot); off only to compare the two
+    hot_path: bool = True
 
 
 class ReplayRequest(BaseModel):
@@ -122,6 +126,10 @@ def create_app(deps: ApiDeps) -> FastAPI:
     events = deps.events or NullRecorder()
     auth_on = deps.clients is not None
     current = principal_dependency(deps.clients) if deps.clients is not None else _open_principal
+    registry = deps.clients
+
+    async def authenticate(request: Request) -> Principal:
+        return OPEN if registry is None else await authenticate_request(registry, request)
 
     def check_read(principal: Principal, record: RequestRecord | None, request_id: str) -> RequestRecord:
         if record is None:
@@ -178,23 +186,24 @@ def create_app(deps: ApiDeps) -> FastAPI:
         return JSONResponse({"status": "accepted", "request_id": record.request_id}, status_code=202,
                             headers=headers)
 
+    async def send_to(target: str, default_type: str, request: Request, principal: Principal) -> JSONResponse:
+        """The original system's endpoints; `message_type` in the body picks another request of the target."""
+        body = await read_json(request)
+        message_type = body.pop("message_type", None) or default_type
+        return await accept(build_request(target, str(message_type), body, max_pdf_bytes=deps.max_pdf_bytes,
+                                          status_for_unknown_type=422), principal)
+
     @app.post("/send_to_dms", status_code=202, openapi_extra=_json_schema(CreateUser),
               summary="Send a request to the DMS (default message type: create_user)")
     async def send_to_dms(request: Request, principal: Principal = Depends(current)) -> JSONResponse:
         """The original system's endpoint; `message_type` in the body picks another DMS request."""
-        body = await read_json(request)
-        message_type = body.pop("message_type", None) or "create_user"
-        return await accept(build_request("dms", str(message_type), body, max_pdf_bytes=deps.max_pdf_bytes,
-                                          status_for_unknown_type=422), principal)
+        return await send_to("dms", "create_user", request, principal)
 
     @app.post("/send_to_crm", status_code=202, openapi_extra=_json_schema(UpdateOrderStatus),
               summary="Send a request to the CRM (default message type: update_order_status)")
     async def send_to_crm(request: Request, principal: Principal = Depends(current)) -> JSONResponse:
         """The original system's endpoint; `message_type` in the body picks another CRM request."""
-        body = await read_json(request)
-        message_type = body.pop("message_type", None) or "update_order_status"
-        return await accept(build_request("crm", str(message_type), body, max_pdf_bytes=deps.max_pdf_bytes,
-                                          status_for_unknown_type=422), principal)
+        return await send_to("crm", "update_order_status", request, principal)
 
     @app.post("/requests/{target}/{message_type}", status_code=202,
               summary="Send any request of the catalog (JSON, or multipart/form-data for send_pdf_file)")
@@ -238,6 +247,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
         With `wait`, the answer comes as soon as the request settles, or with its current state when the wait ends:
         one request instead of a polling loop.
         """
+        return await read_request(principal, request_id, wait)
+
+    async def read_request(principal: Principal, request_id: str, wait: float) -> Response:
         wait = min(wait, deps.max_wait)
         if wait <= 0:
             record = check_read(principal, await deps.store.get(request_id), request_id)
@@ -309,4 +321,17 @@ def create_app(deps: ApiDeps) -> FastAPI:
         return {"replayed": 0 if body.dry_run else len(letters), "dry_run": body.dry_run,
                 "messages": [d.summary() for d in letters]}
 
+    async def hot_send_to_dms(request: Request) -> Response:
+        return await send_to("dms", "create_user", request, await authenticate(request))
+
+    async def hot_send_to_crm(request: Request) -> Response:
+        return await send_to("crm", "update_order_status", request, await authenticate(request))
+
+    async def hot_get_request(request: Request, request_id: str, wait: float) -> Response:
+        return await read_request(await authenticate(request), request_id, wait)
+
+    # outermost of our middlewares: what it answers skips FastAPI's routing and dependencies (esi.api.hot)
+    if deps.hot_path:
+        app.add_middleware(HotPath, routes=HotRoutes(
+            posts={"/send_to_dms": hot_send_to_dms, "/send_to_crm": hot_send_to_crm}, get_request=hot_get_request))
     return app

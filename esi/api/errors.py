@@ -44,6 +44,12 @@ def install_error_handlers(app: FastAPI) -> None:
         message = "; ".join(f"{d['field']}: {d['problem']}" for d in details[:5])
         return JSONResponse(error_body("validation_error", message, details), status_code=422)
 
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, exc: Exception) -> JSONResponse:
+        # Starlette still re-raises it afterwards, so the server logs the traceback
+        return JSONResponse(error_body("internal_error", "internal error; the service log has the details"),
+                            status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")

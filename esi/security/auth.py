@@ -670,7 +670,17 @@ def principal_dependency(registry: ClientRegistry) -> Callable[..., Awaitable[Pr
 
     async def current_principal(request: Request, authorization: str | None = Depends(basic),
                                 key: str | None = Depends(api_key)) -> Principal:
-        remote = f"{request.client.host}:{request.client.port}" if request.client else None
-        return await registry.authenticate_async(authorization, key, remote=remote)
+        return await registry.authenticate_async(authorization, key, remote=remote_of(request))
 
     return current_principal
+
+
+def remote_of(request: Request) -> str | None:
+    return f"{request.client.host}:{request.client.port}" if request.client else None
+
+
+async def authenticate_request(registry: ClientRegistry, request: Request) -> Principal:
+    """What `principal_dependency` gives, for code outside FastAPI's dependencies (esi.api.hot)."""
+    headers = request.headers
+    return await registry.authenticate_async(headers.get("authorization"), headers.get(API_KEY_HEADER),
+                                             remote=remote_of(request))
