@@ -186,6 +186,19 @@ class _GroupCommit:
             self._batcher.cancel()
 
 
+def _settle(batch: list[tuple[Op[Any], asyncio.Future[Any]]], outcome: asyncio.Future[Outcomes]) -> None:
+    """Hand each read of a batch its result, or the error that ended the batch (no connection, say)."""
+    failure = outcome.exception() if not outcome.cancelled() else asyncio.CancelledError()
+    results: Outcomes = [(None, failure)] * len(batch) if failure is not None else outcome.result()
+    for (_, future), (result, error) in zip(batch, results):
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
 class _SqliteBackend(_GroupCommit):
     """SQLite through the stdlib driver in worker threads: one writer thread (SQLite has one writer), four readers.
 
@@ -201,6 +214,8 @@ class _SqliteBackend(_GroupCommit):
         self._reader = reader
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esi-sqlite-write")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="esi-sqlite-read")
+        self._reads: list[tuple[Op[Any], asyncio.Future[Any]]] = []
+        self._max_read_batch = 64
 
     async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
         def run() -> T:
@@ -210,11 +225,37 @@ class _SqliteBackend(_GroupCommit):
         return await asyncio.get_running_loop().run_in_executor(self._writer, run)
 
     async def read(self, op: Op[T]) -> T:
-        def run() -> T:
-            with self._reader.connect() as conn:
-                return op(conn)
+        """Reads asked for in one turn of the loop run together, on one reader connection: one hand-off to a thread
+        for many (under load, the consumers and long polls of one turn each read)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._reads.append((op, future))
+        if len(self._reads) == 1:
+            loop.call_soon(self._dispatch_reads, loop)
+        return await future
 
-        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+    def _dispatch_reads(self, loop: asyncio.AbstractEventLoop) -> None:
+        reads, self._reads = self._reads, []
+        for start in range(0, len(reads), self._max_read_batch):
+            batch = reads[start:start + self._max_read_batch]
+            try:
+                done = loop.run_in_executor(self._readers, self._run_reads, batch)
+            except RuntimeError as exc:  # the store is closing: its executor takes no more work
+                failed: asyncio.Future[Outcomes] = loop.create_future()
+                failed.set_exception(exc)
+                _settle(batch, failed)
+                continue
+            done.add_done_callback(lambda outcome, batch=batch: _settle(batch, outcome))
+
+    def _run_reads(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
+        outcomes: Outcomes = []
+        with self._reader.connect() as conn:
+            for op, _ in batch:
+                try:
+                    outcomes.append((op(conn), None))
+                except Exception as exc:  # this read fails alone
+                    outcomes.append((None, exc))
+        return outcomes
 
     async def aclose(self) -> None:
         await self._drain()

@@ -169,3 +169,26 @@ async def test_many_waiters_are_rechecked_by_one_lookup_per_interval(store_url: 
         assert all(r.status is RequestStatus.COMPLETED for r in records)
         assert 1 <= len(lookups) <= 20, lookups  # a read per waiter and interval would be 200 or more
         assert max(lookups) == len(ids)  # one query asked about every request waited on
+
+
+async def test_reads_of_one_turn_run_together_and_fail_alone(tmp_path) -> None:
+    async with await Store.open(f"sqlite:///{tmp_path}/reads.db") as store:
+        await asyncio.gather(*(_accept(store, f"RD{i}") for i in range(150)))
+        backend = store._backend
+        jobs = []
+        submit = backend._readers.submit
+
+        def counting(fn, *args):
+            jobs.append(len(args[0]) if args else 1)
+            return submit(fn, *args)
+
+        backend._readers.submit = counting
+
+        def broken(conn):
+            raise ValueError("this read is broken")
+
+        reads = [store.get(f"RD{i}") for i in range(150)] + [backend.read(broken), store.get("nope")]
+        results = await asyncio.gather(*reads, return_exceptions=True)
+        assert [r.request_id for r in results[:150]] == [f"RD{i}" for i in range(150)]
+        assert isinstance(results[150], ValueError) and results[151] is None
+        assert jobs == [64, 64, 24]  # 152 reads in three hand-offs to the reader threads
