@@ -104,6 +104,11 @@ def _json_schema(model: type, extra: dict[str, Any] | None = None) -> dict[str, 
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+#: the bounds of `GET /requests/{request_id}?wait=`
+MAX_REQUEST_ID = 128
+MAX_WAIT_PARAM = 300
+
+
 #: the caller when authentication is off (demo only): everything is allowed
 OPEN = Principal("anonymous", send_scopes=(SendScope("*", "*"),), can_read=True, is_operator=True)
 
@@ -238,8 +243,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
         return body
 
     @app.get("/requests/{request_id}", response_model=RequestRecord, summary="The state of a request")
-    async def get_request(principal: Principal = Depends(current), request_id: str = Path(max_length=128),
-                          wait: float = Query(0, ge=0, le=300, description=(
+    async def get_request(principal: Principal = Depends(current), request_id: str = Path(max_length=MAX_REQUEST_ID),
+                          wait: float = Query(0, ge=0, le=MAX_WAIT_PARAM, description=(
                               "seconds to hold the answer until the request is completed, failed or dead-lettered "
                               "(long poll; capped by ESI_MAX_WAIT); 0 answers at once"))) -> Response:
         """accepted → in_progress → completed | failed | dead_lettered, with the answer or the reason.
@@ -333,5 +338,6 @@ def create_app(deps: ApiDeps) -> FastAPI:
     # outermost of our middlewares: what it answers skips FastAPI's routing and dependencies (esi.api.hot)
     if deps.hot_path:
         app.add_middleware(HotPath, routes=HotRoutes(
-            posts={"/send_to_dms": hot_send_to_dms, "/send_to_crm": hot_send_to_crm}, get_request=hot_get_request))
+            posts={"/send_to_dms": hot_send_to_dms, "/send_to_crm": hot_send_to_crm}, get_request=hot_get_request,
+            max_request_id=MAX_REQUEST_ID, max_wait=MAX_WAIT_PARAM))
     return app

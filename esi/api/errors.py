@@ -28,6 +28,16 @@ def error_body(code: str, message: str, details: list[Any] | None = None) -> dic
     return {"error": error}
 
 
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers)
+
+
+def internal_error_response() -> JSONResponse:
+    """A 500 that tells nothing of the failure (the server logs it)."""
+    return JSONResponse(error_body("internal_error", "internal error; the service log has the details"),
+                        status_code=500)
+
+
 def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "(body)", "problem": e.get("msg", "")}
             for e in errors]
@@ -36,7 +46,7 @@ def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -47,8 +57,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(_request: Request, exc: Exception) -> JSONResponse:
         # Starlette still re-raises it afterwards, so the server logs the traceback
-        return JSONResponse(error_body("internal_error", "internal error; the service log has the details"),
-                            status_code=500)
+        return internal_error_response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from esi import metrics
-from esi.api.errors import ApiError, error_body
+from esi.api.errors import ApiError, error_response, internal_error_response
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ class HotRoutes:
     posts: dict[str, Callable[[Request], Awaitable[Response]]]
     #: `GET /requests/{request_id}` with its `wait`
     get_request: Callable[[Request, str, float], Awaitable[Response]]
-    max_request_id: int = 128
-    max_wait: float = 300.0
+    #: the bounds FastAPI's route declares: past them, FastAPI answers (422)
+    max_request_id: int
+    max_wait: float
 
 
 class HotPath:
@@ -86,12 +87,10 @@ class HotPath:
         try:
             response = await pending
         except ApiError as exc:
-            response = JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status,
-                                    headers=exc.headers)
+            response = error_response(exc)
         except Exception:
             log.exception("unhandled error serving %s %s", method, template)
-            response = JSONResponse(error_body("internal_error", "internal error; the service log has the details"),
-                                    status_code=500)
+            response = internal_error_response()
         try:
             await response(scope, receive, send)
         finally:

@@ -50,6 +50,8 @@ class CoalescingStreamWriter(asyncio.StreamWriter):
         self._pending.clear()
         if not self.transport.is_closing():
             super().write(data)
+        # else the connection is gone and these frames with it: their publishes are never confirmed, so their
+        # callers see the failure and retry, as with frames lost in the socket
 
     def write_eof(self) -> None:
         self.flush()

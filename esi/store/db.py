@@ -167,17 +167,8 @@ class _GroupCommit:
                 try:
                     outcomes = await self._run_batch(batch)
                 except Exception as exc:  # the commit itself failed: every write of the batch fails
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), (result, error) in zip(batch, outcomes):
-                    if future.done():
-                        continue
-                    if error is not None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(result)
+                    outcomes = [(None, exc)] * len(batch)
+                _deliver(batch, outcomes)
 
     async def _drain(self) -> None:
         while self._pending:
@@ -186,17 +177,21 @@ class _GroupCommit:
             self._batcher.cancel()
 
 
-def _settle(batch: list[tuple[Op[Any], asyncio.Future[Any]]], outcome: asyncio.Future[Outcomes]) -> None:
-    """Hand each read of a batch its result, or the error that ended the batch (no connection, say)."""
-    failure = outcome.exception() if not outcome.cancelled() else asyncio.CancelledError()
-    results: Outcomes = [(None, failure)] * len(batch) if failure is not None else outcome.result()
-    for (_, future), (result, error) in zip(batch, results):
+def _deliver(batch: list[tuple[Op[Any], asyncio.Future[Any]]], outcomes: Outcomes) -> None:
+    """Hand each operation of a batch its result or its error (a caller that gave up is skipped)."""
+    for (_, future), (result, error) in zip(batch, outcomes):
         if future.done():
             continue
         if error is not None:
             future.set_exception(error)
         else:
             future.set_result(result)
+
+
+def _settle(batch: list[tuple[Op[Any], asyncio.Future[Any]]], outcome: asyncio.Future[Outcomes]) -> None:
+    """Hand each read of a batch its result, or the error that ended the batch (no connection, say)."""
+    failure = outcome.exception() if not outcome.cancelled() else asyncio.CancelledError()
+    _deliver(batch, [(None, failure)] * len(batch) if failure is not None else outcome.result())
 
 
 class _SqliteBackend(_GroupCommit):
