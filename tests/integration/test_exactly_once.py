@@ -89,7 +89,14 @@ def _all_completed(system: EsiSystem, tag: str, n: int, timeout: float) -> None:
 
     wait_until(lambda: len(users_with(system, f"U{tag}-")) >= n, timeout=timeout, interval=0.5,
                what=f"{n} users in the fake DMS")
-    wait_until(done, timeout=180, interval=0.5, what=f"all {n} requests completed")
+    try:
+        wait_until(done, timeout=180, interval=0.5, what=f"all {n} requests completed")
+    except AssertionError as exc:
+        # name what stayed behind, so that an intermittent failure can be followed in the service logs
+        pending = [(f"{tag}-{i}", r["status"], r.get("attempts"), r.get("last_error"))
+                   for i in range(n) if (r := system.get_request(f"{tag}-{i}"))["status"] != "completed"]
+        raise AssertionError(f"{exc}; {len(pending)} not completed, first: {pending[:10]}; "
+                             f"logs in {system.workdir}") from None
 
 
 def test_the_same_request_posted_five_times_at_once_has_one_effect(split_system: EsiSystem) -> None:
