@@ -11,7 +11,9 @@ From the class of a failure (`esi.errors`) it decides the rest:
 
 Dead letters are republished (confirmed) to the queue's dead-letter exchange with the story in headers, body
 untouched, and only then is the original acked. If even that publish fails, the delivery is rejected back to the
-queue, where the quorum queue's delivery limit is the last backstop.
+queue after a pause (`REQUEUE_PAUSE_S`), where the quorum queue's delivery limit is the last backstop: every return
+counts against it, so a delivery must not churn through reject and redelivery while the broker cannot take its
+retry.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ H_ORIGINAL_EXCHANGE = "x-esi-original-exchange"
 H_ORIGINAL_ROUTING_KEY = "x-esi-original-routing-key"
 H_DEAD_LETTERED_AT = "x-esi-dead-lettered-at"
 H_REPLAYED = "x-esi-replayed"
+
+#: how long a delivery whose retry or dead letter could not be published is held before it goes back to its queue
+REQUEUE_PAUSE_S = 1.0
 
 _COPIED_PROPERTIES = ("content_type", "content_encoding", "message_id", "correlation_id", "type", "app_id", "timestamp")
 
@@ -316,6 +321,7 @@ class Consumer:
             log.warning("ack failed (%s); the message will be redelivered", exc)
 
     async def _reject_requeue(self, message: AbstractIncomingMessage) -> None:
+        await asyncio.sleep(REQUEUE_PAUSE_S)  # back-pressure, not synchronisation: see the module's docstring
         try:
             async with asyncio.timeout(10):
                 await message.reject(requeue=True)

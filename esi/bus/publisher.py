@@ -72,7 +72,7 @@ class Publisher:
             # tasks per publish
             async with asyncio.timeout(self._timeout):
                 if self._channel.is_closed:
-                    raise ChannelInvalidStateError(f"{self._channel!r} closed")
+                    await self._until_restored()
                 channel = await self._channel.get_underlay_channel()
                 # aiormq's own publish, as aio-pika's Exchange.publish makes it, but with wait=False: the channel's
                 # lock is then held only while the frames are queued (delivery tags stay in order), not until
@@ -87,7 +87,8 @@ class Publisher:
             ) from exc
         except (asyncio.TimeoutError, TimeoutError) as exc:
             raise TransientError(
-                f"broker did not confirm the publish to {exchange or '(default)'}/{routing_key} in {self._timeout}s",
+                f"no confirm for the publish to {exchange or '(default)'}/{routing_key} within {self._timeout}s "
+                "(the broker is slow, or the connection is still being restored)",
                 code="publish_timeout",
             ) from exc
         except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError) as exc:
@@ -95,3 +96,18 @@ class Publisher:
         # aiormq answers a nack with a Basic.Nack frame rather than an exception on some paths
         if confirmation is not None and confirmation.__class__.__name__ == "Nack":
             raise TransientError(f"broker nacked the publish to {exchange}/{routing_key}", code="publish_nacked")
+
+    async def _until_restored(self) -> None:
+        """Wait for a robust channel closed by a lost connection or by the broker to be reopened.
+
+        Waiting (within the caller's bound) rather than failing at once: failing at once made every delivery of a
+        consumer whose channel came back first churn through reject and redelivery until this one came back too.
+        """
+        if not isinstance(self._channel, aio_pika.RobustChannel):
+            raise ChannelInvalidStateError(f"{self._channel!r} closed")
+        while self._channel.is_closed:
+            await self._channel.ready()
+            if self._channel.is_closed:
+                # the channel's close callback, which starts the restore, has not run yet: give it the loop
+                await asyncio.sleep(0.01)
+
