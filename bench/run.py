@@ -286,7 +286,7 @@ class Bench:
     def _start_profiles(self) -> Any:
         from bench.profile import Profiles
 
-        pids = {name: pid for name, pid in self.system.pids().items() if name in ("onec", "dms")}
+        pids = {name: pid for name, pid in self.system.pids().items() if name in ("onec", "dms", "fakes")}
         try:
             return Profiles(Path(self.args.profile), pids, self.args.profile_seconds)
         except Exception as exc:  # noqa: BLE001 - a diagnostic only

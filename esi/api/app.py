@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from esi.api import TELEMETRY_OFF
 from esi.api.errors import ApiError, install_error_handlers
 from esi.api.hot import HotPath, HotRoutes
 from esi.api.ingress import Accepted, build_request, check_pdf_bytes, parse_json_object
@@ -122,8 +123,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
         title="esi — Enterprise System Integration",
         description="Send requests from 1C to the DMS and the CRM, and read their outcome.",
         version="0.1.0",
-        # esi's metrics are Prometheus' (esi.api.ops); FastAPI's OpenTelemetry hooks asked for providers per request
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        telemetry=TELEMETRY_OFF,
     )
     install_error_handlers(app)
     install_http_metrics(app)

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from esi.api import TELEMETRY_OFF
 from esi import metrics
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
@@ -73,7 +74,7 @@ def install_http_metrics(app: FastAPI) -> None:
 
 
 def create_ops_app(readiness: ReadyCheck | None) -> FastAPI:
-    app = FastAPI(title="esi adapter", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="esi adapter", docs_url=None, redoc_url=None, openapi_url=None, telemetry=TELEMETRY_OFF)
     install_http_metrics(app)
     app.include_router(ops_router(readiness))
     return app

@@ -44,6 +44,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from esi.api import TELEMETRY_OFF
 from esi.fakes import faults as faults_module
 
 #: the value of an empty lookup column
@@ -600,7 +601,7 @@ def create_app(
     """
     fake = FakeCreatio(username=username, password=password, odata_prefix=odata_prefix, expiry_mode=expiry_mode,
                        csrf_failure_status=csrf_failure_status, session_ttl_s=session_ttl_s)
-    app = FastAPI(title="Fake Creatio", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="Fake Creatio", docs_url=None, redoc_url=None, openapi_url=None, telemetry=TELEMETRY_OFF)
     app.state.fake = fake
     prefix = fake.odata_prefix
 

@@ -64,6 +64,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from esi.api import TELEMETRY_OFF
 from esi.fakes.faults import Faults, install
 
 #: the email domain the fake DMS always refuses (422 validation_error)
@@ -287,7 +288,7 @@ def create_app(*, api_key: str | None = None) -> FastAPI:
     fake = FakeDms(api_key=api_key)
 
     # the outer app serves only /health; its own docs are off so that /docs shows the DMS API below
-    app = FastAPI(title="Fake DMS", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="Fake DMS", docs_url=None, redoc_url=None, openapi_url=None, telemetry=TELEMETRY_OFF)
     app.state.fake = fake
 
     @app.get("/health")
@@ -295,7 +296,8 @@ def create_app(*, api_key: str | None = None) -> FastAPI:
         """Liveness: always ok, never faulted."""
         return {"status": "ok"}
 
-    api = FastAPI(title="Fake DMS", summary="An in-memory stand-in for the DMS, for tests, demos and benchmarks")
+    api = FastAPI(title="Fake DMS", summary="An in-memory stand-in for the DMS, for tests, demos and benchmarks",
+                  telemetry=TELEMETRY_OFF)
     api.state.fake = fake
 
     @api.exception_handler(FakeDmsError)
