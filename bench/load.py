@@ -1,7 +1,9 @@
-"""Load drivers: closed loop (N requests, C in flight), fixed rate (open loop), burst; completion by long poll.
+"""Load drivers: closed loop (N requests, C in flight), fixed rate (open loop), burst.
 
-A request's end-to-end latency runs from the start of its `POST` to the answer of the `GET /requests/{id}?wait=`
-that sees it `completed` (see `Completions`).
+A request's end-to-end latency runs from the start of its `POST` to the answer that shows it `completed`: with
+`prefer_wait`, the POST's own (`Prefer: wait=N`: one request per round trip, as 1C would make it when it wants the
+outcome); else, or when that wait ran out (202), the long poll `GET /requests/{id}?wait=` that sees it (see
+`Completions`).
 """
 
 from __future__ import annotations
@@ -147,21 +149,37 @@ class Completions:
                     outcome.error(f"GET /requests/{request_id}: HTTP {status_code} {content[:200]!r}")
                     await asyncio.sleep(0.25)
                     continue
-                status = orjson.loads(content)["status"]
-                if status == "completed":
-                    outcome.completed += 1
-                    outcome.e2e.append(now - started)
-                    outcome.last_completed = now
-                    wall = outcome.wall.get(request_id)
-                    if wall is not None:
-                        wall.append(time.time())
-                    return
-                if status in FINAL_BAD:
-                    outcome.failed += 1
-                    outcome.error(f"request {request_id} ended {status}: {content[:300]!r}")
+                if self._final(request_id, started, now, content):
                     return
         finally:
             self.on_final()
+
+    def settled(self, request_id: str, started: float, now: float, content: bytes) -> None:
+        """A request whose POST answered with its outcome (200 to `Prefer: wait=N`)."""
+        try:
+            if not self._final(request_id, started, now, content):
+                self.outcome.error(f"POST for {request_id} answered 200 with a state that is not final: "
+                                   f"{content[:200]!r}")
+        finally:
+            self.on_final()
+
+    def _final(self, request_id: str, started: float, now: float, content: bytes) -> bool:
+        """Count a request's state as seen at `now`; True if it is final."""
+        outcome = self.outcome
+        status = orjson.loads(content)["status"]
+        if status == "completed":
+            outcome.completed += 1
+            outcome.e2e.append(now - started)
+            outcome.last_completed = now
+            wall = outcome.wall.get(request_id)
+            if wall is not None:
+                wall.append(time.time())
+            return True
+        if status in FINAL_BAD:
+            outcome.failed += 1
+            outcome.error(f"request {request_id} ended {status}: {content[:300]!r}")
+            return True
+        return False
 
 
 class Driver:
@@ -170,6 +188,8 @@ class Driver:
     def __init__(self, api_url: str, *, tag: str | None = None, completion_timeout: float = 120.0,
                  max_waits: int = 1024) -> None:
         self.api_url = api_url
+        #: seconds each closed-loop POST asks to wait for its outcome (`Prefer: wait=N`); 0: POST, then long polls
+        self.prefer_wait = 0
         #: connections for the long polls: one per request in flight, up to this many
         self.max_waits = max_waits
         self.tag = tag or uuid.uuid4().hex[:8]
@@ -184,8 +204,11 @@ class Driver:
         return request_id, orjson.dumps(body)
 
     async def _post(self, http: aiohttp.ClientSession, outcome: Outcome, tracker: Completions | None,
-                    scheduled: float | None = None, lags: list[float] | None = None) -> bool:
+                    scheduled: float | None = None, lags: list[float] | None = None, prefer_wait: int = 0) -> bool:
+        """POST one request; False if it was not accepted. With `prefer_wait`, a POST answered with the outcome
+        (200) is handed to `tracker` as settled, one answered 202 is followed by long polls as without it."""
         request_id, body = self._body()
+        headers = {**JSON, "prefer": f"wait={prefer_wait}"} if prefer_wait else JSON
         wall = time.time()
         started = time.perf_counter()
         if outcome.first_post is None:
@@ -195,7 +218,7 @@ class Driver:
         outcome.posted += 1
         for attempt in range(1, POST_ATTEMPTS + 1):
             try:
-                status_code, content = await _call(http, "POST", "/send_to_dms", data=body, headers=JSON)
+                status_code, content = await _call(http, "POST", "/send_to_dms", data=body, headers=headers)
                 break
             except CONNECTION_LOST as exc:
                 # a kept-alive connection the server closed just as it was reused (uvicorn's keep-alive timeout):
@@ -211,6 +234,11 @@ class Driver:
                 outcome.error(f"POST /send_to_dms: {type(exc).__name__}: {exc!r}")
                 return False
         now = time.perf_counter()
+        if status_code == 200 and prefer_wait and tracker is not None:
+            outcome.accepted += 1
+            outcome.wall[request_id] = [wall]
+            tracker.settled(request_id, started, now, content)
+            return True
         if status_code != 202:
             outcome.post_errors += 1
             outcome.error(f"POST /send_to_dms: HTTP {status_code} {content[:300]!r}")
@@ -237,7 +265,7 @@ class Driver:
             pending: set[asyncio.Task[Any]] = set()
 
             async def one() -> None:
-                if not await self._post(posts, outcome, tracker):
+                if not await self._post(posts, outcome, tracker, prefer_wait=self.prefer_wait):
                     slots.release()
 
             start = time.perf_counter()

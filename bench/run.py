@@ -40,6 +40,9 @@ from bench.load import Driver, Outcome, latency_summary, ms, percentile, publish
 from bench.procs import machine_info  # noqa: E402
 
 CEILING_SCRIPT = ROOT.parent / "shared" / "bench" / "ceiling.py"
+#: what a closed-loop POST asks to wait for its outcome, seconds (Prefer: wait=N)
+PREFER_WAIT_S = 30
+
 SECTIONS = ("ceiling", "e2e", "ingress", "slow", "scaleout", "bound", "backlog", "chart")
 ADAPTERS = ("onec", "dms", "dms2", "crm")
 
@@ -217,6 +220,7 @@ class Bench:
         a, system = self.args, self.system
         runs = []
         system.sampler.mark("e2e")
+        self.driver.prefer_wait = PREFER_WAIT_S if a.e2e_completion == "prefer" else 0
         for concurrency in a.concurrency:
             self.say(f"e2e: {a.n} create_user at concurrency {concurrency}")
             system.reset_fakes()
@@ -232,28 +236,57 @@ class Bench:
             system.sampler.close(phase)
             system.check_alive()
             _check(outcome, f"e2e at concurrency {concurrency}", self.errors)
-            stages = self._stages(outcome)
-            rate = outcome.completed / seconds if seconds > 0 else None
-            processes = system.sampler.report(phase)
-            run = {
-                "concurrency": concurrency, "n": a.n, "seconds": round(seconds, 2),
-                "round_trips_per_s": round(rate, 1) if rate else None,
-                "ratio_to_ceiling": _ratio(rate, self.ceiling),
-                **{k: v for k, v in latency_summary(outcome.e2e).items()},
-                "ingress": latency_summary(outcome.ingress),
-                **_outcome_fields(outcome),
-                "client_cpu_pct_of_one_core": round(100 * client_cpu / seconds, 1) if seconds > 0 else None,
-                "processes": processes,
-                "cpu_ms_per_request": {name: round(1000 * p["cpu_s"] / max(outcome.completed, 1), 2)
-                                       for name, p in processes.items() if name != "machine(all)"},
-                "stages": stages,
-                "machine_cpu": _machine_share(processes, self.result["machine"].get("nproc") or 1),
-            }
+            run = self._e2e_run(concurrency, outcome, seconds, client_cpu, phase)
             runs.append(run)
             self.say(f"e2e c={concurrency}: {run['round_trips_per_s']}/s ({run['ratio_to_ceiling']}× ceiling), "
                      f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, client CPU {run['client_cpu_pct_of_one_core']}%")
         system.sampler.close("e2e")
         best = max(runs, key=lambda r: r["round_trips_per_s"] or 0)
+        by_long_poll = None
+        if self.driver.prefer_wait:
+            # the same at the best concurrency, completion followed as a client without `Prefer` would: POST, then
+            # a long poll — two requests per round trip
+            self.driver.prefer_wait = 0
+            concurrency = best["concurrency"]
+            self.say(f"e2e: {a.n} create_user at concurrency {concurrency}, POST then long poll")
+            system.reset_fakes()
+            phase = f"e2e-poll-c{concurrency}"
+            system.sampler.mark(phase)
+            cpu0 = time.process_time()
+            outcome, seconds = asyncio.run(self.driver.closed_loop(a.n, concurrency))
+            client_cpu = time.process_time() - cpu0
+            system.sampler.close(phase)
+            system.check_alive()
+            _check(outcome, f"e2e (long poll) at concurrency {concurrency}", self.errors)
+            by_long_poll = self._e2e_run(concurrency, outcome, seconds, client_cpu, phase)
+            self.say(f"e2e c={concurrency}, long poll: {by_long_poll['round_trips_per_s']}/s "
+                     f"({by_long_poll['ratio_to_ceiling']}× ceiling), p99 {by_long_poll['p99_ms']} ms")
+        self._e2e_summary(runs, best, by_long_poll)
+
+    def _e2e_run(self, concurrency: int, outcome: Outcome, seconds: float, client_cpu: float,
+                 phase: str) -> dict[str, Any]:
+        a, system = self.args, self.system
+        stages = self._stages(outcome)
+        rate = outcome.completed / seconds if seconds > 0 else None
+        processes = system.sampler.report(phase)
+        run = {
+            "concurrency": concurrency, "n": a.n, "seconds": round(seconds, 2),
+            "round_trips_per_s": round(rate, 1) if rate else None,
+            "ratio_to_ceiling": _ratio(rate, self.ceiling),
+            **{k: v for k, v in latency_summary(outcome.e2e).items()},
+            "ingress": latency_summary(outcome.ingress),
+            **_outcome_fields(outcome),
+            "client_cpu_pct_of_one_core": round(100 * client_cpu / seconds, 1) if seconds > 0 else None,
+            "processes": processes,
+            "cpu_ms_per_request": {name: round(1000 * p["cpu_s"] / max(outcome.completed, 1), 2)
+                                   for name, p in processes.items() if name != "machine(all)"},
+            "stages": stages,
+            "machine_cpu": _machine_share(processes, self.result["machine"].get("nproc") or 1),
+        }
+        return run
+
+    def _e2e_summary(self, runs: list[dict[str, Any]], best: dict[str, Any],
+                     by_long_poll: dict[str, Any] | None) -> None:
         client_bound = [r["concurrency"] for r in runs if (r["client_cpu_pct_of_one_core"] or 0) >= 85]
         from bench.procs import MACHINE
 
@@ -265,12 +298,18 @@ class Bench:
             "runs": runs,
             "best": {"concurrency": best["concurrency"], "round_trips_per_s": best["round_trips_per_s"],
                      "ratio_to_ceiling": best["ratio_to_ceiling"], "p99_ms": best["p99_ms"]},
-            "completion_detection": "POST start → the answer of the long poll GET /requests/{id}?wait=30 that "
-                                    "sees it completed (one waiting GET per request in flight)",
+            "completion_detection": (
+                f"POST start → the POST's own answer, 200 with the request completed (Prefer: wait={PREFER_WAIT_S}: "
+                "one HTTP request per round trip); a POST whose wait ran out (202) is followed by long polls"
+                if by_long_poll is not None else
+                "POST start → the answer of the long poll GET /requests/{id}?wait=30 that sees it completed (one "
+                "waiting GET per request in flight)"),
         }
+        if by_long_poll is not None:
+            self.result["e2e"]["by_long_poll"] = by_long_poll
         self.result["client"] = {
             "tool": "aiohttp.ClientSession, HTTP/1.1, one process; pool = concurrency for POSTs and as "
-                    "many for the long polls",
+                    "many for the long polls (when used)",
             "cpu_pct_of_one_core_by_concurrency": {r["concurrency"]: r["client_cpu_pct_of_one_core"] for r in runs},
             "bottleneck": bool(client_bound),
             "verdict": (f"the client used ≥ 85% of a core at concurrency {client_bound}: it may be the bottleneck"
@@ -701,6 +740,13 @@ def print_table(result: dict[str, Any]) -> None:
         cpu = run.get("cpu_ms_per_request") or {}
         if cpu:
             row("   CPU ms per request, by process", "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(cpu.items())))
+        polled = e2e.get("by_long_poll")
+        if polled:
+            row(f"   same, POST then long poll (C={polled['concurrency']})",
+                f"{_fmt(polled['round_trips_per_s'])}/s  p50 {_fmt(polled['p50_ms'])}  p99 {_fmt(polled['p99_ms'])} ms",
+                polled["ratio_to_ceiling"])
+            cpu = polled.get("cpu_ms_per_request") or {}
+            row("   CPU ms per request, by process", "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(cpu.items())))
     ingress = result.get("ingress")
     if ingress:
         row(f"3. ingress POST→202 at {_fmt(ingress['rate_per_s'])}/s",
@@ -807,6 +853,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="record onec and dms with py-spy during the e2e run at the highest concurrency")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--completion-timeout", type=float, help="seconds before a request counts as never completed")
+    parser.add_argument("--e2e-completion", choices=("prefer", "poll"), default="prefer",
+                        help="how run 2 learns a request completed: the POST waits for it (Prefer: wait=N; then one "
+                             "run at the best concurrency with long polls, for comparison) or POST then long poll")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
     for key, value in base.items():

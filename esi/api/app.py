@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from esi.api import TELEMETRY_OFF
 from esi.api.errors import ApiError, install_error_handlers
 from esi.api.hot import HotPath, HotRoutes
-from esi.api.ingress import Accepted, build_request, check_pdf_bytes, parse_json_object
+from esi.api.ingress import Accepted, build_request, check_pdf_bytes, parse_json_object, prefer_wait
 from esi.api.ops import ReadyCheck, install_http_metrics, ops_router
 from esi.bus.dead_letters import DeadLetters, Filters, parse_duration
 from esi.messages.crm import UpdateOrderStatus
@@ -36,6 +36,7 @@ from esi.security.auth import (
 from esi.store import RequestRecord, Store
 from esi.store.records import OutboxRow
 from esi.store.events import EventRecorder, NullRecorder
+from esi.store.settled import SETTLED
 from esi.systems.onec.handlers import business_keys
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,12 @@ def _json_schema(model: type, extra: dict[str, Any] | None = None) -> dict[str, 
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+#: what the POSTs that send a request answer besides 202: the outcome, when `Prefer: wait=N` asked to wait for it
+SETTLED_WITHIN_WAIT = {200: {"model": RequestRecord, "description": (
+    "With the header `Prefer: wait=N` (RFC 7240; N seconds, capped by ESI_MAX_WAIT): the request was completed, "
+    "failed or dead-lettered within the wait, and this is its state, as `GET /requests/{request_id}` gives it. "
+    "When the wait ends first, the answer is the 202.")}}
+
 #: the bounds of `GET /requests/{request_id}?wait=`
 MAX_REQUEST_ID = 128
 MAX_WAIT_PARAM = 300
@@ -158,7 +165,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
             chunks.append(chunk)
         return parse_json_object(b"".join(chunks))
 
-    async def accept(accepted: Accepted, principal: Principal) -> JSONResponse:
+    async def accept(accepted: Accepted, principal: Principal, wait: float = 0) -> Response:
+        """Store the request and its outgoing message; 202. With `wait` (from `Prefer: wait=N`), the answer waits
+        up to that long for the request's outcome, and is then its state, 200, as `GET /requests/{id}` gives it."""
         require_send(principal, accepted.target, accepted.message_type)
         body = accepted.envelope.encode()
         if await backlog.value() >= deps.max_backlog:
@@ -188,32 +197,41 @@ def create_app(deps: ApiDeps) -> FastAPI:
                            f"request_id {accepted.request_id!r} was already used for a different request{what}; "
                            "use a new request_id")
         headers = None if created else {"X-Esi-Duplicate": "true"}
+        wait = min(wait, deps.max_wait)
+        if wait > 0:
+            # `record` was read or written without an await since: the watch cannot miss the settlement
+            settled = await deps.store.wait_settled(record.request_id, wait, recheck=deps.wait_recheck, known=record)
+            if settled is not None and settled.status in SETTLED:
+                return Response(settled.model_dump_json(), media_type="application/json", headers=headers)
         return JSONResponse({"status": "accepted", "request_id": record.request_id}, status_code=202,
                             headers=headers)
 
-    async def send_to(target: str, default_type: str, request: Request, principal: Principal) -> JSONResponse:
+    async def send_to(target: str, default_type: str, request: Request, principal: Principal) -> Response:
         """The original system's endpoints; `message_type` in the body picks another request of the target."""
         body = await read_json(request)
         message_type = body.pop("message_type", None) or default_type
         return await accept(build_request(target, str(message_type), body, max_pdf_bytes=deps.max_pdf_bytes,
-                                          status_for_unknown_type=422), principal)
+                                          status_for_unknown_type=422), principal,
+                            prefer_wait(request.headers.get("prefer")))
 
-    @app.post("/send_to_dms", status_code=202, openapi_extra=_json_schema(CreateUser),
+    @app.post("/send_to_dms", status_code=202, responses=SETTLED_WITHIN_WAIT,
+              openapi_extra=_json_schema(CreateUser),
               summary="Send a request to the DMS (default message type: create_user)")
-    async def send_to_dms(request: Request, principal: Principal = Depends(current)) -> JSONResponse:
+    async def send_to_dms(request: Request, principal: Principal = Depends(current)) -> Response:
         """The original system's endpoint; `message_type` in the body picks another DMS request."""
         return await send_to("dms", "create_user", request, principal)
 
-    @app.post("/send_to_crm", status_code=202, openapi_extra=_json_schema(UpdateOrderStatus),
+    @app.post("/send_to_crm", status_code=202, responses=SETTLED_WITHIN_WAIT,
+              openapi_extra=_json_schema(UpdateOrderStatus),
               summary="Send a request to the CRM (default message type: update_order_status)")
-    async def send_to_crm(request: Request, principal: Principal = Depends(current)) -> JSONResponse:
+    async def send_to_crm(request: Request, principal: Principal = Depends(current)) -> Response:
         """The original system's endpoint; `message_type` in the body picks another CRM request."""
         return await send_to("crm", "update_order_status", request, principal)
 
-    @app.post("/requests/{target}/{message_type}", status_code=202,
+    @app.post("/requests/{target}/{message_type}", status_code=202, responses=SETTLED_WITHIN_WAIT,
               summary="Send any request of the catalog (JSON, or multipart/form-data for send_pdf_file)")
     async def send_request(request: Request, principal: Principal = Depends(current), target: str = Path(max_length=16),
-                           message_type: str = Path(max_length=64)) -> JSONResponse:
+                           message_type: str = Path(max_length=64)) -> Response:
         """Targets: `dms` (create_user, get_policy_info) and `crm` (update_order_status, send_pdf_file).
 
         `send_pdf_file` also takes a multipart upload with the fields `order_id`, `request_id` and `file`.
@@ -223,7 +241,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
             body = await read_multipart(request, message_type)
         else:
             body = await read_json(request)
-        return await accept(build_request(target, message_type, body, max_pdf_bytes=deps.max_pdf_bytes), principal)
+        return await accept(build_request(target, message_type, body, max_pdf_bytes=deps.max_pdf_bytes), principal,
+                            prefer_wait(request.headers.get("prefer")))
 
     async def read_multipart(request: Request, message_type: str) -> dict[str, Any]:
         if message_type != "send_pdf_file":

@@ -110,3 +110,18 @@ def check_pdf_bytes(content: bytes, *, max_pdf_bytes: int) -> None:
         raise ApiError(413, "file_too_large", f"the PDF is {len(content)} bytes; the limit is {max_pdf_bytes} bytes")
     if not content.startswith(PDF_MAGIC):
         raise ApiError(422, "not_a_pdf", "the file is not a PDF (it does not start with %PDF-)")
+
+
+#: `wait=<delta-seconds>` among the preferences of a `Prefer` header (RFC 7240 §4.3)
+_PREFER_WAIT = re.compile(r"(?:^|,)\s*wait\s*=\s*\"?(\d{1,9})\"?\s*(?=$|[,;])", re.IGNORECASE)
+
+
+def prefer_wait(header: str | None) -> int:
+    """The seconds a client asks a POST to wait for its request's outcome (`Prefer: wait=N`); 0 if it does not.
+
+    As RFC 7240 asks, a preference that is not understood (a malformed value) is ignored, not refused.
+    """
+    if not header:
+        return 0
+    match = _PREFER_WAIT.search(header.strip())
+    return int(match.group(1)) if match else 0

@@ -414,17 +414,20 @@ class Store:
         return None if row is None else _record(row)
 
     async def wait_settled(self, request_id: str, timeout: float, *, recheck: float = 1.0,
-                           check: Callable[[RequestRecord | None], object] | None = None) -> RequestRecord | None:
+                           check: Callable[[RequestRecord | None], object] | None = None,
+                           known: RequestRecord | None = None) -> RequestRecord | None:
         """The request once it is completed, failed or dead-lettered, or as it stands after `timeout` seconds.
 
         Woken at once when this process settles it; a settlement made by another process (another replica, an
         adapter that dead-lettered it) is found within `recheck` seconds by one query for every request waited
         on. `check` sees the first read before any waiting (the API's permission check: it raises to refuse).
+        `known` is the request as the caller has just read or written it, without awaiting since: it stands in for
+        the first read.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         with self.settlements.watch(request_id) as waiter:
-            record = await self.get(request_id)
+            record = known if known is not None else await self.get(request_id)
             if check is not None:
                 check(record)
             while True:

@@ -38,6 +38,10 @@ def test_quick_run_exits_0_and_every_request_completes(quick_run) -> None:
     assert "result: ok" in proc.stdout and "÷ ceiling" in proc.stdout  # the table was printed
     for run in result["e2e"]["runs"]:
         assert run["all_completed"] and run["completed"] == run["n"], run
+    # the comparison run, completion followed by long polls instead of the POST's own wait
+    polled = result["e2e"]["by_long_poll"]
+    assert polled["all_completed"] and polled["completed"] == polled["n"] and polled["polls_per_request"] >= 1, polled
+    assert "Prefer: wait=" in result["e2e"]["completion_detection"]
     for section in ("ingress", "slow"):
         assert result[section]["all_completed"], result[section]
         assert result[section]["failed"] == result[section]["timed_out"] == 0

@@ -187,3 +187,47 @@ def test_a_long_poll_refuses_a_bad_wait_and_an_unknown_request(esi_sqlite: EsiSy
     assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_request"
     response = httpx.get(f"{esi_sqlite.api_url}/requests/whatever", params={"wait": -1}, timeout=10)
     assert response.status_code == 422 and "wait" in response.text
+
+
+def test_a_post_with_prefer_wait_answers_with_the_outcome(esi_system: EsiSystem) -> None:
+    request_id = unique("USER_PREFER")
+    body = {"request_id": request_id, "user_id": unique("U"), "name": "Сразу", "email": "at-once@example.com"}
+    response = esi_system.post("/send_to_dms", body, headers={"Prefer": "wait=20"})
+    assert response.status_code == 200, response.text  # one request: accepted, carried, answered
+    record = response.json()
+    assert record["request_id"] == request_id and record["status"] == "completed", record
+    assert record["response"]["dms_user_id"].startswith("DMS-")
+    assert record == esi_system.get_request(request_id)
+    # the same request again: no second effect, the same outcome at once, marked as a duplicate
+    again = esi_system.post("/send_to_dms", body, headers={"Prefer": "respond-async, wait=20"})
+    assert again.status_code == 200 and again.headers["X-Esi-Duplicate"] == "true"
+    assert again.json() == record
+    users = [u for u in esi_system.dms_state()["users"] if u["external_id"] == body["user_id"]]
+    assert len(users) == 1
+
+
+def test_a_post_with_prefer_wait_reports_a_business_failure(esi_system: EsiSystem) -> None:
+    request_id = unique("USER_PREFER_REFUSED")
+    body = {"request_id": request_id, "user_id": unique("U"), "name": "Отказ", "email": "no@refused.example"}
+    response = esi_system.post("/send_to_dms", body, headers={"Prefer": "wait=20"})
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "failed" and response.json()["error"]["code"] == "validation_error"
+
+
+def test_a_post_whose_wait_runs_out_is_accepted_as_without_it(esi_sqlite: EsiSystem) -> None:
+    esi_sqlite.fault("dms", {"latency_ms": 3000, "count": 1})
+    try:
+        request_id = unique("USER_PREFER_SLOW")
+        body = {"request_id": request_id, "user_id": unique("U"), "name": "Долго", "email": "late@example.com"}
+        started = time.monotonic()
+        response = esi_sqlite.post("/send_to_dms", body, headers={"Prefer": "wait=1"})
+        waited = time.monotonic() - started
+        assert response.status_code == 202, response.text
+        assert response.json() == {"status": "accepted", "request_id": request_id}
+        assert 1 <= waited < 2.5, waited
+        # a malformed preference is ignored, as RFC 7240 asks: the answer is at once
+        other = {**body, "request_id": unique("USER_PREFER_BAD"), "user_id": unique("U")}
+        assert esi_sqlite.post("/send_to_dms", other, headers={"Prefer": "wait=soon"}).status_code == 202
+        assert esi_sqlite.wait_final(request_id)["status"] == "completed"
+    finally:
+        esi_sqlite.fault("dms", {})

@@ -45,6 +45,7 @@ class Pair:
     hot: httpx.AsyncClient
     plain: httpx.AsyncClient
     hot_router: RouterSpy
+    store: Store
 
 
 @pytest.fixture(params=["open", "auth"])
@@ -63,7 +64,7 @@ async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
                                      auth=ERP) as hot, \
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app(False)), base_url="http://esi",
                                   auth=ERP) as plain:
-            yield Pair(hot, plain, spy)
+            yield Pair(hot, plain, spy, store)
 
 
 def _same(a: httpx.Response, b: httpx.Response) -> None:
@@ -106,6 +107,21 @@ async def test_posts_answer_alike_and_skip_the_router(pair: Pair) -> None:
     conflict = {**USER, "request_id": rid, "name": "Пётр"}
     _same(await pair.hot.post("/send_to_dms", json=conflict), await pair.plain.post("/send_to_dms", json=conflict))
     assert not [seen for seen in pair.hot_router.seen if seen[1] in ("/send_to_dms", "/send_to_crm")]
+
+
+async def test_a_prefer_wait_answers_alike(pair: Pair) -> None:
+    rid = unique("PREFER")
+    wait = {"Prefer": "wait=5"}  # capped by the apps' max_wait (0.2 s)
+    first = await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait)
+    assert first.status_code == 202  # nothing settles it here: the wait ran out
+    _same(await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait),
+          await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait))
+    await pair.store.record_response(rid, response={"dms_user_id": "DMS-1"}, error=None)
+    hot = await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait)
+    _same(hot, await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait))
+    assert hot.status_code == 200 and hot.json()["status"] == "completed"
+    assert hot.json()["response"] == {"dms_user_id": "DMS-1"}
+    assert not [seen for seen in pair.hot_router.seen if seen[1] == "/send_to_dms"]
 
 
 async def test_reads_answer_alike_and_odd_queries_go_to_fastapi(pair: Pair) -> None:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from esi.api.errors import ApiError
-from esi.api.ingress import Accepted, build_request
+from esi.api.ingress import Accepted, build_request, prefer_wait
 from esi.errors import InvalidMessage
 from esi.messages import CATALOG, SYSTEMS, Envelope, ErrorInfo, Kind, RoutingKey, decode_envelope
 from esi.messages.envelope import ID_PATTERN
@@ -299,3 +299,19 @@ def test_a_request_id_with_a_trailing_newline_is_a_422() -> None:
     with pytest.raises(ApiError) as caught:
         build_request("dms", "create_user", {**VALID_BODIES["create_user"], "request_id": "R1\n"}, max_pdf_bytes=1024)
     assert caught.value.status == 422
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    (None, 0), ("", 0), ("wait=10", 10), ("respond-async, wait=5", 5), ("wait=5, respond-async", 5),
+    ("Wait = 7", 7), ('handling=lenient,wait="4"', 4), ("wait=3;foo=1", 3),
+    # not understood, hence ignored (RFC 7240): not a number, a parameter of another preference, another name
+    ("wait=soon", 0), ("wait=-1", 0), ("return=minimal; wait=3", 0), ("xwait=3", 0), ("wait=1e3", 0),
+])
+def test_prefer_wait_reads_the_wait_preference_and_ignores_what_it_does_not_understand(
+        header: str | None, seconds: int) -> None:
+    assert prefer_wait(header) == seconds
+
+
+@given(header=st.text(max_size=60))
+def test_prefer_wait_never_raises_and_is_never_negative(header: str) -> None:
+    assert prefer_wait(header) >= 0
