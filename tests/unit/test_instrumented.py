@@ -62,3 +62,25 @@ async def test_without_a_limit_every_call_goes_at_once_and_failures_are_counted(
         await client.fail()
     assert EXTERNAL_ERRORS.labels("unlimited-test", "fail", "TransientError")._value.get() == before + 1
     assert EXTERNAL_IN_FLIGHT.labels("unlimited-test")._value.get() == 0
+
+
+async def test_a_call_cancelled_while_waiting_or_under_way_gives_its_slot_back() -> None:
+    system = SlowSystem()
+    client = Instrumented(system, system="cancel-test", max_concurrency=2)
+    assert client.call is client.call  # the wrapper is built once
+    under_way = [asyncio.create_task(client.call(i)) for i in range(2)]
+    waiting = asyncio.create_task(client.call(99))
+    await _until(lambda: system.under_way == 2 and EXTERNAL_WAITING.labels("cancel-test")._value.get() == 1)
+    waiting.cancel()
+    under_way[0].cancel()
+    await asyncio.gather(waiting, under_way[0], return_exceptions=True)
+    system.release.set()
+    assert await under_way[1] == 2
+    # both slots are free again: two calls are under way at once
+    system.release.clear()
+    again = [asyncio.create_task(client.call(i)) for i in (1, 2)]
+    await _until(lambda: system.under_way == 2)
+    system.release.set()
+    assert await asyncio.gather(*again) == [2, 4]
+    assert EXTERNAL_IN_FLIGHT.labels("cancel-test")._value.get() == 0
+    assert EXTERNAL_WAITING.labels("cancel-test")._value.get() == 0
