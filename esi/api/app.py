@@ -198,7 +198,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
                            "use a new request_id")
         headers = None if created else {"X-Esi-Duplicate": "true"}
         wait = min(wait, deps.max_wait)
-        if wait > 0:
+        # the outcome is only for a client that may read it (the request is its own: a conflict was refused above);
+        # for another, the preference is ignored, as RFC 7240 lets a server do
+        if wait > 0 and (not auth_on or principal.can_read):
             # `record` was read or written without an await since: the watch cannot miss the settlement
             settled = await deps.store.wait_settled(record.request_id, wait, recheck=deps.wait_recheck, known=record)
             if settled is not None and settled.status in SETTLED:

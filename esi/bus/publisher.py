@@ -110,4 +110,3 @@ class Publisher:
             if self._channel.is_closed:
                 # the channel's close callback, which starts the restore, has not run yet: give it the loop
                 await asyncio.sleep(0.01)
-

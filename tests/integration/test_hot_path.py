@@ -46,6 +46,7 @@ class Pair:
     plain: httpx.AsyncClient
     hot_router: RouterSpy
     store: Store
+    auth: bool
 
 
 @pytest.fixture(params=["open", "auth"])
@@ -64,7 +65,7 @@ async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
                                      auth=ERP) as hot, \
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app(False)), base_url="http://esi",
                                   auth=ERP) as plain:
-            yield Pair(hot, plain, spy, store)
+            yield Pair(hot, plain, spy, store, request.param == "auth")
 
 
 def _same(a: httpx.Response, b: httpx.Response) -> None:
@@ -121,6 +122,16 @@ async def test_a_prefer_wait_answers_alike(pair: Pair) -> None:
     _same(hot, await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait))
     assert hot.status_code == 200 and hot.json()["status"] == "completed"
     assert hot.json()["response"] == {"dms_user_id": "DMS-1"}
+    if pair.auth:
+        # a client that may send but not read outcomes gets no outcome by waiting: the preference is ignored
+        writer = ("writer", "writer-pw")
+        mine = unique("PREFER-W")
+        assert (await pair.hot.post("/send_to_dms", json={**USER, "request_id": mine}, auth=writer)).status_code == 202
+        await pair.store.record_response(mine, response={"dms_user_id": "DMS-2"}, error=None)
+        for client in (pair.hot, pair.plain):
+            again = await client.post("/send_to_dms", json={**USER, "request_id": mine}, headers=wait, auth=writer)
+            assert again.status_code == 202 and again.json() == {"status": "accepted", "request_id": mine}
+            assert "DMS-2" not in again.text
     assert not [seen for seen in pair.hot_router.seen if seen[1] == "/send_to_dms"]
 
 
