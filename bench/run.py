@@ -394,7 +394,7 @@ class Bench:
         """`bound`: the adapters run with DMS_MAX_CONCURRENCY=bound (and a prefetch of five times that)."""
         a, system = self.args, self.system
         prefetch = 5 * bound if bound else system.prefetch
-        per_adapter = bound or system.prefetch
+        per_adapter = bound or system.dms_limit
         system.reset_fakes()
         system.dms_fault({"latency_ms": a.slow_latency_ms})
         self.say(f"slow downstream: {a.slow_n} create_user, fake DMS answering in {a.slow_latency_ms} ms, "
@@ -415,7 +415,7 @@ class Bench:
         peak_calls = _peak_in_flight(state.get("faults", {}).get("call_times", []), a.slow_latency_ms / 1000)
         return {
             "adapters": adapters, "n": a.slow_n, "latency_ms": a.slow_latency_ms, "prefetch": prefetch,
-            "dms_max_concurrency": bound,
+            "dms_max_concurrency": per_adapter,
             "concurrency_limit": limit, "seconds": round(seconds, 2), "ideal_seconds": round(ideal, 4),
             "ratio_to_ideal": _ratio(seconds, ideal, 2),
             "round_trips_per_s": round(rate, 1) if rate else None, "ratio_to_ceiling": _ratio(rate, self.ceiling),
@@ -463,20 +463,20 @@ class Bench:
                  f"({speedup}×)")
 
     def run_bound(self) -> None:
-        """Runs 4 and 6 again with each DMS adapter limited to `bound_limit` calls under way at once
-        (DMS_MAX_CONCURRENCY): the adapters, not the API's ingress, are then what limits the run, which is what a
-        slow-downstream and a scale-out measurement are about. At the default limit of 200 (the prefetch) one
-        adapter keeps more calls in flight than the API is posting, so runs 4 and 6 above measure the ingress.
-        The prefetch is five times the limit: messages whose call is done wait for their answer's confirm and
-        their inbox write (held up by the 1C side's commits on a shared SQLite file during the burst) while the
+        """Runs 4 and 6 again with each DMS adapter held to a tighter limit, `bound_limit` calls under way at once
+        (DMS_MAX_CONCURRENCY, default 10, against the default 32 of runs 4 and 6), as one would set for a fragile
+        system. The prefetch is five times the limit: messages whose call is done wait for their answer's confirm
+        and their inbox write (held up by the 1C side's commits on a shared SQLite file during the burst) while the
         next ones already call the DMS; with only twice the limit the calls in flight fell to 0 for a while.
-        The limit leaves the machine room: two adapters at 10 calls of 200 ms need 100 requests/s end to end. At 20
-        they needed 200/s, which on a slow day here (ceiling 600-660/s instead of 1,376/s) is more than the whole
-        system carries (138-164/s), so 6b measured the two cores, not the adapters (1.16-1.40×)."""
+        The adapters must stay what limits the run: two adapters at 10 calls of 200 ms need 100 requests/s end to
+        end, at 32 (runs 4 and 6) 320/s. On a slow day here (ceiling 600-660/s instead of 1,376/s) the whole system
+        carried 138-164/s, and a scale-out run asking for more measures the two cores, not the adapters. Until
+        2026-11-27 the default limit was the prefetch (200): one adapter then kept more calls in flight than the
+        API could post requests, and runs 4 and 6 measured the ingress (1.9-3.1x the ideal of 1 s, speed-up 1.0-1.4x)."""
         a, system = self.args, self.system
         bound = a.bound_limit
         env = {"ESI_PREFETCH": str(5 * bound), "DMS_MAX_CONCURRENCY": str(bound)}
-        self.say(f"adapter-bound: restarting the DMS adapter with DMS_MAX_CONCURRENCY={bound}, prefetch {5 * bound}")
+        self.say(f"tight limit: restarting the DMS adapter with DMS_MAX_CONCURRENCY={bound}, prefetch {5 * bound}")
         self._stop_dms("dms")
         system.start_dms("dms", env=env)
         system.wait_consumers(dms=1)
@@ -495,7 +495,7 @@ class Bench:
         speedup = _ratio(two["round_trips_per_s"], one["round_trips_per_s"], 2)
         self.result["bound"] = {"dms_max_concurrency": bound, "prefetch": 5 * bound, "one": one, "two": two,
                                 "speedup": speedup}
-        self.say(f"adapter-bound (limit {bound}): one adapter {one['seconds']} s = {one['ratio_to_ideal']}× ideal, "
+        self.say(f"tight limit {bound}: one adapter {one['seconds']} s = {one['ratio_to_ideal']}× ideal, "
                  f"two {two['seconds']} s = {two['ratio_to_ideal']}× ideal; speed-up {speedup}×")
 
     def _stop_dms(self, name: str) -> None:
@@ -626,10 +626,10 @@ class Bench:
         if r.get("bound"):
             bound = r["bound"]
             ratio = bound["one"]["ratio_to_ideal"]
-            add(f"slow downstream ≤ 1.5 × ideal (adapter-bound, limit {bound['dms_max_concurrency']})", ratio,
+            add(f"slow downstream ≤ 1.5 × ideal (tight limit {bound['dms_max_concurrency']})", ratio,
                 f"≤ {TARGET_SLOW_RATIO}", ratio is not None and ratio <= TARGET_SLOW_RATIO, "× ideal")
             speedup = bound["speedup"]
-            add(f"two DMS adapters ≥ 1.7 × one (adapter-bound, limit {bound['dms_max_concurrency']})", speedup,
+            add(f"two DMS adapters ≥ 1.7 × one (tight limit {bound['dms_max_concurrency']})", speedup,
                 f"≥ {TARGET_SCALEOUT}", speedup is not None and speedup >= TARGET_SCALEOUT, "×")
         r["targets"] = targets
 
@@ -775,7 +775,7 @@ def print_table(result: dict[str, Any]) -> None:
                 harder["ratio_to_ceiling"])
     slow = result.get("slow")
     if slow:
-        row(f"4. slow DMS {slow['latency_ms']} ms, N={slow['n']}, 1 adapter",
+        row(f"4. slow DMS {slow['latency_ms']} ms, N={slow['n']}, limit {slow['dms_max_concurrency']}, 1 adapter",
             f"{_fmt(slow['seconds'])} s vs ideal {_fmt(slow['ideal_seconds'])} s = {_fmt(slow['ratio_to_ideal'])}×",
             slow["ratio_to_ceiling"], name="slow downstream ≤ 1.5 × ideal")
         row("   throughput / posting time / DMS calls in flight",
@@ -804,14 +804,14 @@ def print_table(result: dict[str, Any]) -> None:
     bound = result.get("bound")
     if bound:
         one, two = bound["one"], bound["two"]
-        row(f"4b. slow DMS, adapter-bound (limit {bound['dms_max_concurrency']}), 1 adapter",
+        row(f"4b. slow DMS, tight limit {bound['dms_max_concurrency']}, 1 adapter",
             f"{_fmt(one['seconds'])} s vs ideal {_fmt(one['ideal_seconds'])} s = {_fmt(one['ratio_to_ideal'])}×",
             one["ratio_to_ceiling"],
-            name=f"slow downstream ≤ 1.5 × ideal (adapter-bound, limit {bound['dms_max_concurrency']})")
-        row(f"6b. scale-out, adapter-bound: 1 → 2 DMS adapters",
+            name=f"slow downstream ≤ 1.5 × ideal (tight limit {bound['dms_max_concurrency']})")
+        row(f"6b. scale-out, tight limit: 1 → 2 DMS adapters",
             f"{_fmt(one['round_trips_per_s'])}/s → {_fmt(two['round_trips_per_s'])}/s = {_fmt(bound['speedup'])}× "
             f"(two: {_fmt(two['seconds'])} s vs ideal {_fmt(two['ideal_seconds'])} s)", two["ratio_to_ceiling"],
-            name=f"two DMS adapters ≥ 1.7 × one (adapter-bound, limit {bound['dms_max_concurrency']})")
+            name=f"two DMS adapters ≥ 1.7 × one (tight limit {bound['dms_max_concurrency']})")
     client = result.get("client") or {}
     if client.get("verdict"):
         row("   client (bench process)", client["verdict"])
@@ -867,7 +867,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slow-latency-ms", type=int)
     parser.add_argument("--post-concurrency", type=int, help="connections posting in the slow runs")
     parser.add_argument("--bound-limit", type=int,
-                        help="DMS_MAX_CONCURRENCY per adapter in the adapter-bound runs 4b/6b (default 10; quick 5)")
+                        help="DMS_MAX_CONCURRENCY per adapter in the tight-limit runs 4b/6b (default 10; quick 5)")
     parser.add_argument("--backlog", type=int)
     parser.add_argument("--backlog-sample-seconds", type=float)
     parser.add_argument("--profile", metavar="DIR",

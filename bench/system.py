@@ -16,6 +16,7 @@ from typing import Any
 import aio_pika
 
 from bench.procs import ProcSampler, find_rabbitmq_pid
+from esi.config import DEFAULT_MAX_CONCURRENCY
 from tests.support import EsiSystem, PgDatabase, Vhost, wait_until
 
 LAYOUT: dict[str, list[str]] = {
@@ -59,6 +60,9 @@ class BenchSystem:
         if prefetch is not None:
             extra["ESI_PREFETCH"] = str(prefetch)
         self.prefetch = prefetch if prefetch is not None else 200  # esi.config's default
+        #: DMS calls under way at once per adapter process: what the ideal of the slow runs divides by
+        self.dms_limit = int(os.environ.get("DMS_MAX_CONCURRENCY") or DEFAULT_MAX_CONCURRENCY)
+        extra["DMS_MAX_CONCURRENCY"] = str(self.dms_limit)
         self.esi = EsiSystem(workdir=self.workdir, amqp_url=self.vhost.url, database_url=database_url,
                              extra_env=extra)
         self.sampler = ProcSampler()

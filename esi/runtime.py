@@ -115,19 +115,19 @@ class AdapterService(Service):
             from esi.systems.dms.client import DmsClient
             from esi.systems.dms.handlers import dms_handlers
 
-            limit = s.dms_max_concurrency or s.prefetch
+            limit = s.dms_max_concurrency
             client = DmsClient(base_url=s.dms_url, timeout=s.dms_timeout, max_connections=limit,
                                verify=s.dms_ca_bundle or True,
                                transport=fast_transport(verify=s.dms_ca_bundle or True, max_connections=limit),
                                api_key=s.dms_api_key.get_secret_value() if s.dms_api_key else None)
             self._client = client
             return dms_handlers(Instrumented(client, system="dms", events=self.events, service="dms",
-                                             max_concurrency=s.dms_max_concurrency))
+                                             max_concurrency=limit))
         if self.name == "crm":
             from esi.systems.crm.client import CreatioClient
             from esi.systems.crm.handlers import crm_handlers
 
-            limit = s.creatio_max_concurrency or s.prefetch
+            limit = s.creatio_max_concurrency
             client = CreatioClient(base_url=s.creatio_url, username=s.creatio_username,
                                    password=s.creatio_password.get_secret_value(), odata_path=s.creatio_odata_path,
                                    timeout=s.creatio_timeout, max_connections=limit,
@@ -136,7 +136,7 @@ class AdapterService(Service):
                                                             max_connections=limit))
             self._client = client
             return crm_handlers(Instrumented(client, system="crm", events=self.events, service="crm",
-                                             max_concurrency=s.creatio_max_concurrency),
+                                             max_concurrency=limit),
                                 max_pdf_bytes=s.max_pdf_bytes)
         from esi.systems.onec.handlers import onec_handlers
 
