@@ -808,7 +808,7 @@ def print_table(result: dict[str, Any]) -> None:
             f"{_fmt(one['seconds'])} s vs ideal {_fmt(one['ideal_seconds'])} s = {_fmt(one['ratio_to_ideal'])}×",
             one["ratio_to_ceiling"],
             name=f"slow downstream ≤ 1.5 × ideal (tight limit {bound['dms_max_concurrency']})")
-        row(f"6b. scale-out, tight limit: 1 → 2 DMS adapters",
+        row("6b. scale-out, tight limit: 1 → 2 DMS adapters",
             f"{_fmt(one['round_trips_per_s'])}/s → {_fmt(two['round_trips_per_s'])}/s = {_fmt(bound['speedup'])}× "
             f"(two: {_fmt(two['seconds'])} s vs ideal {_fmt(two['ideal_seconds'])} s)", two["ratio_to_ceiling"],
             name=f"two DMS adapters ≥ 1.7 × one (tight limit {bound['dms_max_concurrency']})")
