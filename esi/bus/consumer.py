@@ -1,7 +1,8 @@
 """The consumer loop: the one place that decides ack, retry or dead-letter.
 
 For each delivery it decodes the envelope, validates the payload against the catalog, runs the handler, publishes
-what the handler returned (waiting for every confirm), records the message in the inbox and only then acks.
+what the handler returned (waiting for every confirm), records the message in the inbox and only then acks (the
+acks of one loop turn leave together: `esi.bus.acks`).
 From the class of a failure (`esi.errors`) it decides the rest:
 
 - `TransientError` (and any unexpected exception): republish the original bytes to the next hold queue of the retry
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from esi import metrics
+from esi.bus.acks import AckBatcher
 from esi.bus.publisher import ATTEMPT_HEADER, Publisher
 from esi.bus.topology import WorkQueue
 from esi.errors import BusinessError, EsiError, InvalidMessage, PermanentError, TransientError
@@ -117,6 +119,8 @@ class Consumer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        #: acks of one loop turn go out together (the consume channel carries this consumer alone)
+        self._acks = AckBatcher()
 
     @property
     def in_flight(self) -> int:
@@ -146,6 +150,7 @@ class Consumer:
                         len(self._tasks), self.queue.name, timeout)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._acks.delivered(message)
         task = asyncio.create_task(self.handle(message))
         self._tasks.add(task)
         self._idle.clear()
@@ -316,7 +321,7 @@ class Consumer:
         try:
             # bounded: an ack on the channel of a connection that died must not hold the message's task forever
             async with asyncio.timeout(10):  # inline: no task per ack, as wait_for would make
-                await message.ack()
+                await self._acks.ack(message)
         except Exception as exc:  # channel gone: the broker redelivers it and the inbox absorbs the duplicate
             log.warning("ack failed (%s); the message will be redelivered", exc)
 
@@ -327,6 +332,8 @@ class Consumer:
                 await message.reject(requeue=True)
         except Exception as exc:
             log.warning("reject failed (%s); the message will be redelivered", exc)
+        else:
+            self._acks.settled(message)
 
 
 def _int(value: Any, default: int) -> int:
