@@ -14,7 +14,7 @@ directory, it measures:
 Output: a table on the terminal, bench/results/latest.json and bench/results/chart.png. Targets are reported as
 PASS/FAIL and never change the exit status; errors (a request that never completes, a crashed service) do.
 
-    python -m bench.run [--quick] [--n N] [--concurrency 16,64,128] [--skip ceiling,...] [--out PATH]
+    python -m bench.run [--quick] [--n N] [--concurrency 16,64,128,256] [--skip ceiling,...] [--out PATH]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ TARGET_RSS_MB = 150.0
 TARGET_SCALEOUT = 1.7
 
 DEFAULTS: dict[str, Any] = {
-    "ceiling_n": 5000, "ceiling_concurrency": 64, "n": 2000, "concurrency": [16, 64, 128], "warmup": 200,
+    "ceiling_n": 5000, "ceiling_concurrency": 64, "n": 2000, "concurrency": [16, 64, 128, 256], "warmup": 200,
     "ingress_seconds": 20.0, "slow_n": 1000, "slow_latency_ms": 200, "post_concurrency": 64,
     "backlog": 50_000, "backlog_sample_seconds": 30.0, "completion_timeout": 120.0, "bound_limit": 10,
 }
@@ -852,7 +852,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
     parser.add_argument("--n", type=int, help="requests per end-to-end run (default 2000; quick 100)")
-    parser.add_argument("--concurrency", help="end-to-end concurrencies, comma-separated (default 16,64,128)")
+    parser.add_argument("--concurrency", help="end-to-end concurrencies, comma-separated (default 16,64,128,256)")
     parser.add_argument("--skip", default="", help=f"sections to skip, comma-separated: {','.join(SECTIONS)}")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"), help="the JSON file")
     parser.add_argument("--chart", help="the PNG (default: chart.png beside --out)")
