@@ -54,7 +54,7 @@ def make_chart(result: dict[str, Any], path: Path) -> Path:
         left.set_ylabel("round trips / s")
         left.set_ylim(bottom=0)
     left.set_title("Throughput: create_user, API → DMS → stored")
-    left.legend(fontsize=8, loc="center right")
+    left.legend(fontsize=8, loc="lower right")
     left.grid(alpha=0.3)
 
     right.plot(conc, p99, "s-", color="tab:orange", label="p99")
