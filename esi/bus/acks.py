@@ -13,12 +13,9 @@ tracked or not. A delivery settled otherwise (rejected back to its queue) is tol
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
-
-log = logging.getLogger(__name__)
 
 
 class _Channel:

@@ -19,9 +19,12 @@ def translate_transport_errors(system: str, operation: str) -> Iterator[None]:
     try:
         yield
     except httpx.TimeoutException as exc:
+        import aiohttp  # here, not at the top: the 1C process imports this module and has no use for aiohttp
+
         cause = exc.__cause__
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
-            # httpx-aiohttp maps every aiohttp connection error, a refused connection too, to ConnectTimeout
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
+            # httpx-aiohttp maps every aiohttp connection error (refused, reset, the server hanging up) to
+            # ConnectTimeout; only aiohttp's own timeouts are timeouts
             raise _connection_failed(system, operation, cause) from exc
         raise TransientError(f"{system} {operation}: timed out ({type(exc).__name__})", code="timeout", system=system) from exc
     except httpx.TransportError as exc:

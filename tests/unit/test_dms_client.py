@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -64,6 +65,11 @@ class Dms:
         assert response.status_code == 200, response.text
 
 
+def _transport(kind: str) -> httpx.AsyncBaseTransport | None:
+    """httpx's own transport (None: the client's default), or httpx over aiohttp as the DMS adapter runs it."""
+    return fast_transport(verify=False) if kind == "aiohttp" else None
+
+
 @contextlib.asynccontextmanager
 async def fresh_dms(
     server: tuple[_CurrentApp, str], *, fake_key: str | None = None, client_key: str | None = None, timeout: float = 5.0,
@@ -76,7 +82,7 @@ async def fresh_dms(
         async with (
             # plain HTTP: verify=False only spares each test building an unused TLS context (~70 ms)
             DmsClient(base_url=base_url, api_key=client_key, timeout=timeout, verify=False,
-                      transport=fast_transport(verify=False) if transport == "aiohttp" else None) as client,
+                      transport=_transport(transport)) as client,
             httpx.AsyncClient(base_url=base_url, verify=False) as http,
         ):
             yield Dms(client, current.app.state.fake, base_url, http)
@@ -104,6 +110,34 @@ def closed_port() -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+@pytest.fixture
+def hanging_up_port() -> Iterator[int]:
+    """A port on 127.0.0.1 whose server accepts each connection and closes it without a word."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conn.recv(65536)
+            conn.close()
+
+    thread = threading.Thread(target=serve, name="hang-up-server", daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(2)
+        server.close()
 
 
 def mock_client(handler) -> DmsClient:  # type: ignore[no-untyped-def]
@@ -287,7 +321,7 @@ async def test_latency_beyond_the_client_timeout_is_transient(server: tuple[_Cur
 
 async def test_nothing_listening_is_transient(closed_port: int, transport: str) -> None:
     async with DmsClient(base_url=f"http://127.0.0.1:{closed_port}", timeout=2.0, verify=False,
-                         transport=fast_transport(verify=False) if transport == "aiohttp" else None) as client:
+                         transport=_transport(transport)) as client:
         for call in (
             lambda: client.get_policy("POL-0001"),
             lambda: client.create_user(**IVANOV, idempotency_key="esi-msg-1"),
@@ -296,6 +330,16 @@ async def test_nothing_listening_is_transient(closed_port: int, transport: str) 
             with pytest.raises(TransientError) as caught:
                 await call()
             assert caught.value.code == "connection_error"
+
+
+async def test_a_server_that_hangs_up_is_a_connection_error(hanging_up_port: int, transport: str) -> None:
+    async with DmsClient(base_url=f"http://127.0.0.1:{hanging_up_port}", timeout=2.0, verify=False,
+                         transport=_transport(transport)) as client:
+        for call in (lambda: client.get_policy("POL-0001"),
+                     lambda: client.create_user(**IVANOV, idempotency_key="esi-msg-1")):
+            with pytest.raises(TransientError) as caught:
+                await call()
+            assert caught.value.code == "connection_error", caught.value
 
 
 # -- authentication --------------------------------------------------------------------------------------------------
