@@ -3,7 +3,7 @@
 On the local RabbitMQ, in one process tree, on a vhost of its own (deleted at the end) and a store in a temporary
 directory, it measures:
 
-1. ceiling     `../shared/bench/ceiling.py N C quorum`: bare aio-pika round trips (the yardstick of every ratio)
+1. ceiling     `python -m bench.ceiling N C quorum`: bare aio-pika round trips (the yardstick of every ratio)
 2. e2e         N create_user requests through the running system (API → outbox → dms_queue → DMS adapter →
                fake DMS → answer → 1c_queue → stored) at each concurrency, each followed to `completed`
 3. ingress     POST → 202 latency at a fixed rate of half the best end-to-end throughput
@@ -39,7 +39,6 @@ from bench import chart  # noqa: E402
 from bench.load import Driver, Outcome, latency_summary, ms, percentile, publish_backlog  # noqa: E402
 from bench.procs import machine_info  # noqa: E402
 
-CEILING_SCRIPT = ROOT.parent / "shared" / "bench" / "ceiling.py"
 #: what a closed-loop POST asks to wait for its outcome, seconds (Prefer: wait=N)
 PREFER_WAIT_S = 30
 
@@ -97,12 +96,10 @@ def _outcome_fields(outcome: Outcome) -> dict[str, Any]:
 # --- 1. ceiling -------------------------------------------------------------------------------------------------
 
 def run_ceiling(amqp_url: str, n: int, concurrency: int) -> dict[str, Any]:
-    if not CEILING_SCRIPT.exists():
-        raise BenchError(f"{CEILING_SCRIPT} not found (the shared/ folder beside the repository)")
     env = dict(os.environ, AMQP_URL=amqp_url)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(CEILING_SCRIPT), str(n), str(concurrency), "quorum"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "bench.ceiling", str(n), str(concurrency), "quorum"],
+                            capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     if result.returncode != 0:
         raise BenchError(f"ceiling.py exited with {result.returncode}: {result.stderr[-2000:]}")
     lines = [line for line in result.stdout.splitlines() if line.strip().startswith("{")]
@@ -110,7 +107,7 @@ def run_ceiling(amqp_url: str, n: int, concurrency: int) -> dict[str, Any]:
         raise BenchError(f"ceiling.py printed no JSON line: {result.stdout[-1000:]} {result.stderr[-1000:]}")
     figures = json.loads(lines[-1])
     figures["wall_seconds"] = round(time.perf_counter() - started, 2)
-    figures["script"] = str(CEILING_SCRIPT)
+    figures["script"] = "bench/ceiling.py"
     return figures
 
 
@@ -643,7 +640,9 @@ class Bench:
             return
         try:
             chart.make_chart(self.result, path)
-            self.result["chart"] = {"path": str(path)}
+            # relative to the repository when inside it: the results are committed and read on other machines
+            shown = path.resolve()
+            self.result["chart"] = {"path": str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown)}
         except Exception as exc:  # noqa: BLE001 - a chart is not worth the figures
             self.result["chart"] = {"path": None, "skipped": f"{type(exc).__name__}: {exc}"}
 
