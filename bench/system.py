@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 
 from bench.procs import ProcSampler, find_rabbitmq_pid
-from esi.config import DEFAULT_MAX_CONCURRENCY
+from esi.systems.spec import DEFAULT_MAX_CONCURRENCY
 from tests.support import EsiSystem, PgDatabase, Vhost, wait_until
 
 LAYOUT: dict[str, list[str]] = {

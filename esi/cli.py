@@ -27,8 +27,8 @@ def _settings() -> Settings:
 @app.command()
 def run(
     services: Annotated[Optional[list[str]], typer.Argument(
-        help="onec dms crm fake-creatio fake-dms (none: the three adapters)")] = None,
-    with_fakes: Annotated[bool, typer.Option("--with-fakes", help="also start the fake Creatio and fake DMS")] = False,
+        help="the adapters (onec dms crm ...) and fakes (fake-dms ...) to run; none: every adapter")] = None,
+    with_fakes: Annotated[bool, typer.Option("--with-fakes", help="also start every system's fake")] = False,
     log_format: Annotated[Optional[str], typer.Option(help="json or text (default: ESI_LOG_FORMAT)")] = None,
 ) -> None:
     """Run services until SIGTERM/SIGINT; in-flight work is finished before exit."""
@@ -36,16 +36,23 @@ def run(
     from esi.bus.connection import BrokerUnavailable
     from esi.logs import setup_logging
     from esi.security.auth import ClientsConfigError
+    from esi.systems.registry import RegistryError
 
     settings = _settings()
     setup_logging(settings.log_level, log_format or settings.log_format)
-    chosen = list(services or runtime.ADAPTERS)
-    unknown = [s for s in chosen if s not in runtime.SERVICES]
+    try:
+        registry = runtime.registry_from(settings)
+    except RegistryError as exc:
+        typer.echo(f"esi: {exc}", err=True)
+        raise typer.Exit(2) from None
+    chosen = list(services or registry.services)
+    unknown = [s for s in chosen if s not in registry.services and s not in registry.fakes]
     if unknown:
-        typer.echo(f"esi: unknown service(s) {', '.join(unknown)}; choose from {' '.join(runtime.SERVICES)}", err=True)
+        typer.echo(f"esi: unknown service(s) {', '.join(unknown)}; choose from "
+                   f"{' '.join([*registry.services, *registry.fakes])}", err=True)
         raise typer.Exit(2)
     if with_fakes:
-        chosen += [f for f in runtime.FAKES if f not in chosen]
+        chosen += [f for f in registry.fakes if f not in chosen]
     try:
         import uvloop
 
@@ -53,11 +60,11 @@ def run(
     except ImportError:  # pragma: no cover
         pass
     try:
-        asyncio.run(runtime.run(settings, chosen))
+        asyncio.run(runtime.run(settings, chosen, registry=registry))
     except BrokerUnavailable as exc:
         typer.echo(f"esi: {exc}", err=True)
         raise typer.Exit(3) from None
-    except ClientsConfigError as exc:
+    except (ClientsConfigError, RegistryError, runtime.SettingsError) as exc:
         typer.echo(f"esi: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:  # pragma: no cover
@@ -179,8 +186,10 @@ def clients_add(
     file: Annotated[Optional[str], typer.Option("--file", help="add to this clients file (created if missing)")] = None,
 ) -> None:
     """Hash a new client's password (asked for) and print, or add, its clients-file entry."""
+    from esi.runtime import registry_from
     from esi.security.auth import generate_api_key, make_client_entry
 
+    registry_from(_settings())  # the scopes name the systems this deployment runs with
     password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     key = generate_api_key(client_id) if api_key else None
     entry = make_client_entry(client_id, password=password, api_key=key, send=send or [], read=read,
@@ -216,9 +225,10 @@ def _filters(queue: Optional[str], reason: Optional[str], since: Optional[str], 
 def _with_dead_letters(action):
     """Run `action(dead_letters)` on a connection of its own."""
     from esi.bus.dead_letters import DeadLetters
-    from esi.runtime import topology_from
+    from esi.runtime import registry_from, topology_from
 
     settings = _settings()
+    registry = registry_from(settings)
 
     async def go():
         import aio_pika
@@ -229,7 +239,7 @@ def _with_dead_letters(action):
             typer.echo(f"esi: cannot connect to RabbitMQ: {exc}", err=True)
             raise typer.Exit(3) from None
         try:
-            return await action(DeadLetters(connection, topology_from(settings)))
+            return await action(DeadLetters(connection, topology_from(settings, registry)))
         except ValueError as exc:
             typer.echo(f"esi: {exc}", err=True)
             raise typer.Exit(2) from None

@@ -14,10 +14,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
 DEFAULT_RETRY_DELAYS = [1.0, 5.0, 30.0, 120.0, 600.0]
-#: calls under way at once to an external system, per adapter process. A limit that protects the system, not one
-#: sized by the prefetch: 32 calls carry 160 requests/s per process to a system answering in 200 ms, 640/s at 50 ms.
-#: A second adapter process doubles it (the bench's runs 4 and 6); raise it for a system that takes more.
-DEFAULT_MAX_CONCURRENCY = 32
 
 
 def _env(*names: str) -> AliasChoices:
@@ -37,12 +33,10 @@ class Settings(BaseSettings):
     clients_json: SecretStr | None = Field(None, validation_alias=_env("ESI_CLIENTS_JSON"))
     auth_cache_ttl: float = Field(60.0, ge=0, validation_alias=_env("ESI_AUTH_CACHE_TTL"))
 
-    # --- TLS ----------------------------------------------------------------------------------------------------
+    # --- TLS (HTTPS to each system: its own `<PREFIX>CA_BUNDLE`) ------------------------------------------------
     amqp_ca_file: str | None = Field(None, validation_alias=_env("ESI_AMQP_CA_FILE"))
     amqp_cert_file: str | None = Field(None, validation_alias=_env("ESI_AMQP_CERT_FILE"))
     amqp_key_file: str | None = Field(None, validation_alias=_env("ESI_AMQP_KEY_FILE"))
-    creatio_ca_bundle: str | None = Field(None, validation_alias=_env("CREATIO_CA_BUNDLE"))
-    dms_ca_bundle: str | None = Field(None, validation_alias=_env("DMS_CA_BUNDLE"))
     tls_cert_file: str | None = Field(None, validation_alias=_env("ESI_TLS_CERT_FILE"))
     tls_key_file: str | None = Field(None, validation_alias=_env("ESI_TLS_KEY_FILE"))
     tls_client_ca_file: str | None = Field(None, validation_alias=_env("ESI_TLS_CLIENT_CA_FILE"))
@@ -81,32 +75,24 @@ class Settings(BaseSettings):
     health_port: int = Field(8080, validation_alias=_env("ESI_HEALTH_PORT"))
     max_pdf_bytes: int = Field(10 * 1024 * 1024, ge=1, validation_alias=_env("ESI_MAX_PDF_BYTES"))
 
-    # --- Creatio (CRM) ------------------------------------------------------------------------------------------
-    creatio_url: str = Field("http://127.0.0.1:5100", validation_alias=_env("CREATIO_URL"))
-    creatio_username: str = Field("Supervisor", validation_alias=_env("CREATIO_USERNAME"))
-    creatio_password: SecretStr = Field(SecretStr("Supervisor"), validation_alias=_env("CREATIO_PASSWORD"))
-    creatio_odata_path: str = Field("/0/odata", validation_alias=_env("CREATIO_ODATA_PATH"))
-    creatio_timeout: float = Field(10.0, gt=0, validation_alias=_env("CREATIO_TIMEOUT"))
-    #: operations under way at once against Creatio, per CRM adapter process: the limit that protects Creatio
-    creatio_max_concurrency: int = Field(DEFAULT_MAX_CONCURRENCY, ge=1, le=10_000,
-                                         validation_alias=_env("CREATIO_MAX_CONCURRENCY"))
-
-    # --- DMS ----------------------------------------------------------------------------------------------------
-    dms_url: str = Field("http://127.0.0.1:5200", validation_alias=_env("DMS_URL"))
-    dms_api_key: SecretStr | None = Field(None, validation_alias=_env("DMS_API_KEY"))
-    dms_timeout: float = Field(10.0, gt=0, validation_alias=_env("DMS_TIMEOUT"))
-    #: calls under way at once to the DMS, per DMS adapter process: the limit that protects the DMS
-    dms_max_concurrency: int = Field(DEFAULT_MAX_CONCURRENCY, ge=1, le=10_000,
-                                     validation_alias=_env("DMS_MAX_CONCURRENCY"))
+    # --- the systems ------------------------------------------------------------------------------------------
+    #: systems beyond the built-in ones, as `module:attribute` of an `esi.systems.spec.System` (comma-separated);
+    #: each system reads its own settings (`DMS_*`, `CREATIO_*`, ...: `esi.systems.<code>.settings`)
+    systems: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=_env("ESI_SYSTEMS"))
 
     # --- the fakes (esi run --with-fakes) ----------------------------------------------------------------------
     fake_host: str = Field("127.0.0.1", validation_alias=_env("ESI_FAKE_HOST"))
-    fake_creatio_port: int = Field(5100, validation_alias=_env("ESI_FAKE_CREATIO_PORT"))
-    fake_dms_port: int = Field(5200, validation_alias=_env("ESI_FAKE_DMS_PORT"))
 
     # --- logs ---------------------------------------------------------------------------------------------------
     log_level: str = Field("INFO", validation_alias=_env("ESI_LOG_LEVEL"))
     log_format: Literal["json", "text"] = Field("json", validation_alias=_env("ESI_LOG_FORMAT"))
+
+    @field_validator("systems", mode="before")
+    @classmethod
+    def _parse_systems(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("retry_delays", mode="before")
     @classmethod
@@ -122,8 +108,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
-        if self.env == "production" and self.creatio_password.get_secret_value() == "Supervisor":
-            raise ValueError("ESI_ENV=production refuses the demo Creatio password: set CREATIO_PASSWORD")
         if self.env == "production" and self.auth == "off":
             raise ValueError("ESI_ENV=production refuses ESI_AUTH=off: the API always authenticates in production")
         return self

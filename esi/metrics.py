@@ -18,12 +18,6 @@ Series:
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import time
-from typing import Any
-
-from esi.logs import current_context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -52,74 +46,3 @@ HTTP_DURATION = Histogram("esi_http_request_duration_seconds", "HTTP request lat
                           buckets=_BUCKETS, registry=REGISTRY)
 QUEUE_DEPTH = Gauge("esi_queue_messages", "Messages ready in a queue", ["queue"], registry=REGISTRY)
 OUTBOX_BACKLOG = Gauge("esi_outbox_backlog", "Accepted requests not yet confirmed by the broker", registry=REGISTRY)
-
-
-
-class Instrumented:
-    """Wraps an external system's client: every public coroutine method is timed, its failures counted, and the
-    call recorded in the timeline of the request being handled (taken from the log context).
-
-    `max_concurrency` bounds the calls under way at once, whatever the prefetch: the external system is protected,
-    and messages beyond the limit wait their turn (not timed: the duration is the call's own) while those whose call
-    is done publish their answer and are acked — so with a prefetch above the limit, the limit stays busy.
-    """
-
-    def __init__(self, client: Any, *, system: str, events: Any = None, service: str = "",
-                 max_concurrency: int | None = None) -> None:
-        self._client = client
-        self._system = system
-        self._events = events
-        self._service = service or system
-        self._slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
-        if name.startswith("_") or not callable(attr) or name in ("aclose", "check"):
-            return attr
-        system, events, service, slots = self._system, self._events, self._service, self._slots
-        in_flight, waiting = EXTERNAL_IN_FLIGHT.labels(system), EXTERNAL_WAITING.labels(system)
-        duration = EXTERNAL_DURATION.labels(system, name)
-
-        @functools.wraps(attr)
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            if slots is not None:
-                await _take(slots, waiting)
-            try:
-                in_flight.inc()
-                started = time.perf_counter()
-                outcome = "ok"
-                try:
-                    return await attr(*args, **kwargs)
-                except Exception as exc:
-                    outcome = f"{type(exc).__name__}: {exc}"[:300]
-                    EXTERNAL_ERRORS.labels(system, name, type(exc).__name__).inc()
-                    raise
-                finally:
-                    in_flight.dec()
-                    elapsed = time.perf_counter() - started
-                    duration.observe(elapsed)
-                    if events is not None:
-                        context = current_context()
-                        events.record(context.get("request_id"), "external_call", service=service,
-                                      message_id=context.get("message_id"), system=system, operation=name,
-                                      outcome=outcome, duration_ms=round(elapsed * 1000, 1))
-            finally:
-                if slots is not None:
-                    slots.release()
-
-        # kept as an attribute of this instance: later lookups find it without coming back here (building the
-        # wrapper on every call was 2% of the DMS adapter's CPU)
-        self.__dict__[name] = timed
-        return timed
-
-
-async def _take(slots: asyncio.Semaphore, waiting: Any) -> None:
-    """A slot, counted in `waiting` while none is free."""
-    if slots.locked():
-        waiting.inc()
-        try:
-            await slots.acquire()
-        finally:
-            waiting.dec()
-    else:
-        await slots.acquire()

@@ -1,10 +1,10 @@
 """Assembling and running the services: the edge where settings become plain values.
 
-    onec          the HTTP API for 1C, the outbox relay, and the consumer of 1c_queue (answers to 1C)
-    dms           the DMS adapter: consumes dms_queue, calls the DMS over HTTP
-    crm           the CRM adapter: consumes crm_queue, calls Creatio over HTTP
-    fake-creatio  a fake Creatio server (demo and tests)
-    fake-dms      a fake DMS server (demo and tests)
+Every service comes from the registry of systems (`esi.systems.registry`):
+
+    <system>      a system's adapter, e.g. `dms`: consumes its work queue, calls the system over its client
+    onec          the origin's adapter (1C): the consumer of 1c_queue (answers to 1C), the HTTP API, the outbox relay
+    fake-<name>   a system's fake server (demo and tests), e.g. `fake-dms`
 """
 
 from __future__ import annotations
@@ -14,35 +14,41 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from esi import metrics
 from esi.api.app import ApiDeps, create_app
 from esi.api.ops import ReadyCheck, create_ops_app
 from esi.bus.connection import Bus
-from esi.bus.consumer import Consumer, Handler
+from esi.bus.consumer import Consumer
 from esi.bus.dead_letters import DeadLetters
 from esi.bus.relay import OutboxRelay
-from esi.bus.topology import Topology, build_topology
+from esi.bus.topology import Topology
 from esi.config import Settings
 from esi.health import Check, run_checks
-from esi.messages import CATALOG
-from esi.metrics import Instrumented
-from esi.systems.http import fast_transport
+from esi.messages import Handler
 from esi.security.auth import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_registry, load_registry
 from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
 from esi.store import Store
 from esi.store.events import EventRecorder
+from esi.systems.calls import Guarded, Limiter
+from esi.systems.registry import Registry, RegistryError, activate, load_registry as load_systems
+from esi.systems.spec import System, SystemContext, SystemSettings
 
 log = logging.getLogger(__name__)
 
-ADAPTERS = ("onec", "dms", "crm")
-FAKES = ("fake-creatio", "fake-dms")
-SERVICES = ADAPTERS + FAKES
+
+def registry_from(settings: Settings) -> Registry:
+    """The systems this process runs with (built-in, installed, `ESI_SYSTEMS`), made the process's own."""
+    registry = load_systems(settings.systems)
+    activate(registry)
+    return registry
 
 
 class _Server(uvicorn.Server):
@@ -78,9 +84,23 @@ class HttpServer:
             await self._task
 
 
-def topology_from(settings: Settings) -> Topology:
-    return build_topology(retry_delays=settings.retry_delays, delivery_limit=settings.delivery_limit,
-                          max_length=settings.queue_max_length)
+class SettingsError(ValueError):
+    """A system's settings are invalid (the message names the variable); `esi run` exits with status 2."""
+
+
+def topology_from(settings: Settings, registry: Registry) -> Topology:
+    return registry.topology(retry_delays=settings.retry_delays, delivery_limit=settings.delivery_limit,
+                             max_length=settings.queue_max_length)
+
+
+def system_settings(system: System) -> SystemSettings | None:
+    """A system's settings, read from the environment and `.env` (here, at the edge)."""
+    if system.settings is None:
+        return None
+    try:
+        return system.settings()
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings of {system.code}: {exc}") from None
 
 
 class Service:
@@ -91,56 +111,39 @@ class Service:
     async def stop(self) -> None: ...
 
 
-class AdapterService(Service):
-    """A consumer of one system's work queue, and (for onec) the HTTP API and the outbox relay."""
+class SystemService(Service):
+    """A system's adapter: the consumer of its work queue over its client; for the origin (1C), also the HTTP API
+    and the outbox relay."""
 
-    def __init__(self, name: str, settings: Settings, store: Store, *, events: EventRecorder,
-                 readiness: ReadyCheck | None = None) -> None:
-        self.name = name
+    def __init__(self, system: System, *, registry: Registry, settings: Settings, store: Store,
+                 events: EventRecorder, readiness: ReadyCheck | None = None) -> None:
+        self.system = system
+        self.name = system.service
+        self.registry = registry
         self.settings = settings
+        self.system_settings = system_settings(system)
         self.store = store
         self.events = events
         self.process_readiness = readiness
-        self.system = {"onec": "1c"}.get(name, name)
         self.bus: Bus | None = None
         self.consumer: Consumer | None = None
         self.relay: OutboxRelay | None = None
         self.http: HttpServer | None = None
-        self._client: object | None = None
+        self._client: Any = None
         self._pruner: asyncio.Task[None] | None = None
 
-    def _handlers(self) -> dict[str, Handler]:
-        s = self.settings
-        if self.name == "dms":
-            from esi.systems.dms.client import DmsClient
-            from esi.systems.dms.handlers import dms_handlers
-
-            limit = s.dms_max_concurrency
-            client = DmsClient(base_url=s.dms_url, timeout=s.dms_timeout, max_connections=limit,
-                               verify=s.dms_ca_bundle or True,
-                               transport=fast_transport(verify=s.dms_ca_bundle or True, max_connections=limit),
-                               api_key=s.dms_api_key.get_secret_value() if s.dms_api_key else None)
-            self._client = client
-            return dms_handlers(Instrumented(client, system="dms", events=self.events, service="dms",
-                                             max_concurrency=limit))
-        if self.name == "crm":
-            from esi.systems.crm.client import CreatioClient
-            from esi.systems.crm.handlers import crm_handlers
-
-            limit = s.creatio_max_concurrency
-            client = CreatioClient(base_url=s.creatio_url, username=s.creatio_username,
-                                   password=s.creatio_password.get_secret_value(), odata_path=s.creatio_odata_path,
-                                   timeout=s.creatio_timeout, max_connections=limit,
-                                   verify=s.creatio_ca_bundle or True,
-                                   transport=fast_transport(verify=s.creatio_ca_bundle or True,
-                                                            max_connections=limit))
-            self._client = client
-            return crm_handlers(Instrumented(client, system="crm", events=self.events, service="crm",
-                                             max_concurrency=limit),
-                                max_pdf_bytes=s.max_pdf_bytes)
-        from esi.systems.onec.handlers import onec_handlers
-
-        return onec_handlers(self.store, events=self.events)
+    def _handlers(self) -> Mapping[str, Handler]:
+        system, config = self.system, self.system_settings
+        guarded = None
+        if system.client is not None:
+            self._client = system.client(config)
+            limit = getattr(config, "max_concurrency", None)
+            guarded = Guarded(self._client, system=system.code, events=self.events, service=self.name,
+                              limiter=Limiter(system=system.code, max_concurrency=limit) if limit else None)
+        handlers = system.handlers(SystemContext(system=system, settings=config, client=guarded, store=self.store,
+                                                 events=self.events, registry=self.registry))
+        self.registry.check_handlers(system, handlers)
+        return handlers
 
     def checks(self) -> dict[str, Check]:
         """What this service needs to do its job, by name."""
@@ -148,43 +151,45 @@ class AdapterService(Service):
                                     "store": self.store.ping}
         check = getattr(self._client, "check", None)
         if check is not None:
-            checks[{"dms": "dms", "crm": "creatio"}[self.name]] = check
+            checks[self.system.health] = check
         return checks
 
     async def start(self) -> None:
         s = self.settings
-        topology = topology_from(s)
+        topology = topology_from(s, self.registry)
+        work = topology.queue_for(self.system.code)
         ssl_context = amqp_ssl_context_for_url(s.broker_url(), ca_file=s.amqp_ca_file, cert_file=s.amqp_cert_file,
                                                key_file=s.amqp_key_file)
         self.bus = await Bus.open(s.broker_url(), topology=topology, prefetch=s.prefetch,
                                   publish_timeout=s.publish_timeout, name=f"esi-{self.name}",
                                   ssl_context=ssl_context)
-        handlers = self._handlers()
         self.consumer = Consumer(
-            events=self.events,
-            service=self.name, queue=topology.queue_for(self.system), channel=self.bus.consume_channel,
-            publisher=self.bus.publisher, catalog=CATALOG, handlers=handlers, max_attempts=s.max_attempts,
-            # 1C's side only records answers, which is idempotent by nature: no inbox to consult or write
-            tracker=self.store, inbox=None if self.name == "onec" else self.store,
-            queue_arguments=topology.work_queue_arguments(topology.queue_for(self.system)),
+            events=self.events, service=self.name, queue=work, channel=self.bus.consume_channel,
+            publisher=self.bus.publisher, catalog=self.registry.catalog, handlers=self._handlers(),
+            max_attempts=s.max_attempts, tracker=self.store, inbox=self.store if self.system.inbox else None,
+            queue_arguments=topology.work_queue_arguments(work),
         )
-        if self.name == "onec":
-            self.relay = OutboxRelay(store=self.store, publisher=self.bus.publisher, exchange=topology.exchange,
-                                     events=self.events)
-            self.relay.start()
-            app = create_app(ApiDeps(
-                clients=_clients(s),store=self.store, on_accepted=self.relay.submit,
-                                     max_pdf_bytes=s.max_pdf_bytes, readiness=self.process_readiness,
-                                     events=self.events,
-                                     dead_letters=DeadLetters(self.bus.connection, topology),
-                                     max_backlog=s.outbox_max_backlog, max_wait=s.max_wait_s,
-                                     wait_recheck=s.wait_recheck_s))
-            self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api",
-                                   ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file,
-                                                          client_ca_file=s.tls_client_ca_file))
-            await self.http.start()
+        if self.system.origin:
+            await self._start_api(topology)
         await self.consumer.start()
         self._pruner = asyncio.create_task(self._prune_forever(), name=f"prune-{self.name}")
+
+    async def _start_api(self, topology: Topology) -> None:
+        """The origin's edge: the outbox relay, and the HTTP API that accepts its requests."""
+        s = self.settings
+        assert self.bus is not None
+        self.relay = OutboxRelay(store=self.store, publisher=self.bus.publisher, exchange=topology.exchange,
+                                 events=self.events)
+        self.relay.start()
+        app = create_app(ApiDeps(
+            clients=_clients(s), store=self.store, on_accepted=self.relay.submit, max_pdf_bytes=s.max_pdf_bytes,
+            readiness=self.process_readiness, events=self.events,
+            dead_letters=DeadLetters(self.bus.connection, topology), max_backlog=s.outbox_max_backlog,
+            max_wait=s.max_wait_s, wait_recheck=s.wait_recheck_s))
+        self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api",
+                               ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file,
+                                                      client_ca_file=s.tls_client_ca_file))
+        await self.http.start()
 
     async def _prune_forever(self) -> None:
         """Forget processed message ids (and sent outbox rows) after the retention time."""
@@ -216,19 +221,14 @@ class AdapterService(Service):
 
 
 class FakeService(Service):
-    def __init__(self, name: str, settings: Settings) -> None:
-        self.name = name
-        if name == "fake-creatio":
-            from esi.fakes.creatio import create_app as fake_app
+    """A system's fake server (demo and tests), on `ESI_FAKE_HOST` and the system's `fake_port`."""
 
-            app, port = fake_app(username=settings.creatio_username,
-                                 password=settings.creatio_password.get_secret_value()), settings.fake_creatio_port
-        else:
-            from esi.fakes.dms import create_app as fake_app
-
-            key = settings.dms_api_key.get_secret_value() if settings.dms_api_key else None
-            app, port = fake_app(api_key=key), settings.fake_dms_port
-        self.http = HttpServer(app, host=settings.fake_host, port=port, name=name)
+    def __init__(self, system: System, settings: Settings) -> None:
+        assert system.fake is not None
+        self.name = system.fake.service
+        config = system_settings(system)
+        self.http = HttpServer(system.fake.app(config), host=settings.fake_host, port=config.fake_port,
+                               name=self.name)
 
     async def start(self) -> None:
         await self.http.start()
@@ -256,23 +256,29 @@ async def _down() -> None:
     raise ConnectionError("not connected")
 
 
-async def run(settings: Settings, services: Sequence[str], *, stop: asyncio.Event | None = None) -> None:
+async def run(settings: Settings, services: Sequence[str], *, registry: Registry | None = None,
+              stop: asyncio.Event | None = None) -> None:
     """Start the services, wait for SIGTERM/SIGINT (or `stop`), then stop them in reverse order."""
+    registry = registry or registry_from(settings)
     if settings.env == "production" and settings.uses_default_broker_credentials():
         log.warning("ESI_ENV=production with RabbitMQ's default guest/guest credentials: create a user of esi's "
                     "own (guest only works over loopback anyway)")
+    unknown = [name for name in services if name not in registry.services and name not in registry.fakes]
+    if unknown:
+        raise RegistryError(f"unknown service(s) {', '.join(unknown)}; "
+                            f"choose from {' '.join([*registry.services, *registry.fakes])}")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     started: list[Service] = []
-    adapters: list[AdapterService] = []
+    adapters: list[SystemService] = []
     store: Store | None = None
     events: EventRecorder | None = None
     background: list[asyncio.Task[None]] = []
 
-    async def readiness() -> tuple[bool, dict]:
+    async def readiness() -> tuple[bool, dict[str, Any]]:
         checks: dict[str, Check] = {}
         for adapter in adapters:
             checks.update(adapter.checks())
@@ -280,21 +286,23 @@ async def run(settings: Settings, services: Sequence[str], *, stop: asyncio.Even
 
     try:
         # fakes first, so that adapters find their external systems
-        for name in sorted(services, key=lambda n: n not in FAKES):
-            if name in FAKES:
-                service: Service = FakeService(name, settings)
+        for name in sorted(services, key=lambda n: n not in registry.fakes):
+            if name in registry.fakes:
+                service: Service = FakeService(registry.fakes[name], settings)
             else:
+                system = registry.by_service(name)
                 if store is None:
                     # full durability where 1C's requests and answers are committed (see Store.open)
-                    store = await Store.open(settings.database_url, durable_commits="onec" in services)
+                    store = await Store.open(settings.database_url, durable_commits=registry.origin.service in services)
                     events = EventRecorder(store)
                     events.start()
                 assert events is not None
-                service = AdapterService(name, settings, store, events=events, readiness=readiness)
+                service = SystemService(system, registry=registry, settings=settings, store=store, events=events,
+                                        readiness=readiness)
                 adapters.append(service)
             await service.start()
             started.append(service)
-        if adapters and not any(a.name == "onec" for a in adapters):
+        if adapters and not any(a.system.origin for a in adapters):
             # adapters without the 1C API still answer /healthz, /readyz and /metrics on a port of their own
             ops = HttpServer(create_ops_app(readiness), host=settings.health_host, port=settings.health_port,
                              name="health")
@@ -303,8 +311,7 @@ async def run(settings: Settings, services: Sequence[str], *, stop: asyncio.Even
         if adapters:
             background.append(asyncio.create_task(_sample_depths(adapters, store), name="queue-depths"))
         # what start-up built (modules, apps, connections, caches) lives as long as the process: frozen, a full
-        # collection no longer walks it. Measured here: 110,000 objects after import, 120 ms a full collection,
-        # every one of them an event loop stopped for that long (the ingress p99 showed 2-s windows at 267 ms)
+        # collection no longer walks it (measured: 120 ms of stopped event loop per full collection otherwise)
         gc.collect()
         gc.freeze()
         log.info("esi running: %s", ", ".join(s.name for s in started))
@@ -334,14 +341,14 @@ class _Stoppable(Service):
         await self._server.stop()
 
 
-async def _sample_depths(adapters: list[AdapterService], store: Store | None, interval: float = 5.0) -> None:
+async def _sample_depths(adapters: list[SystemService], store: Store | None, interval: float = 5.0) -> None:
     """Keep the queue-depth and outbox-backlog gauges current (a passive declare per queue)."""
     while True:
         for adapter in adapters:
             bus = adapter.bus
             if bus is None or not bus.connected:
                 continue
-            work = bus.topology.queue_for(adapter.system)
+            work = bus.topology.queue_for(adapter.system.code)
             names = [work.name, work.dead_letter_queue, *(s.queue for s in work.retry_steps)]
             try:
                 channel = await bus.connection.channel()
@@ -351,7 +358,7 @@ async def _sample_depths(adapters: list[AdapterService], store: Store | None, in
                         metrics.QUEUE_DEPTH.labels(name).set(declared.declaration_result.message_count)
                 finally:
                     await channel.close()
-                if adapter.name == "onec" and store is not None:
+                if adapter.system.origin and store is not None:
                     metrics.OUTBOX_BACKLOG.set(await store.outbox_backlog())
             except Exception as exc:
                 log.debug("queue depth sampling failed: %s", exc)

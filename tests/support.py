@@ -142,48 +142,66 @@ class EsiProcess:
         self.proc.wait(10)
 
 
+def _registry() -> Any:
+    from esi.systems.registry import current
+
+    return current()
+
+
 @dataclass
 class EsiSystem:
-    """esi running in subprocesses on its own vhost and store, with the fakes, driven over HTTP."""
+    """esi running in subprocesses on its own vhost and store, with every system's fake, driven over HTTP."""
 
     workdir: Path
     amqp_url: str
     database_url: str
     extra_env: dict[str, str] = field(default_factory=dict)
     api_port: int = field(default_factory=free_port)
-    creatio_port: int = field(default_factory=free_port)
-    dms_port: int = field(default_factory=free_port)
+    #: the registry of systems the processes run with (its fakes get ports here)
+    registry: Any = field(default_factory=_registry)
+    fake_ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, EsiProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for system in self.registry.systems:
+            if system.fake is not None:
+                self.fake_ports.setdefault(system.code, free_port())
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    def fake_url(self, code: str) -> str:
+        return f"http://127.0.0.1:{self.fake_ports[code]}"
+
     @property
     def creatio_url(self) -> str:
-        return f"http://127.0.0.1:{self.creatio_port}"
+        return self.fake_url("crm")
 
     @property
     def dms_url(self) -> str:
-        return f"http://127.0.0.1:{self.dms_port}"
+        return self.fake_url("dms")
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ESI_", "CREATIO_", "DMS_", "RABBITMQ_"))}
+        prefixes = ("ESI_", "RABBITMQ_", *(s.settings.model_config.get("env_prefix", "") for s in self.registry.systems
+                                          if s.settings is not None))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(tuple(p for p in prefixes if p))}
         env.update({
             "ESI_AMQP_URL": self.amqp_url,
             "ESI_DATABASE_URL": self.database_url,
             "ESI_HTTP_PORT": str(self.api_port),
-            "ESI_FAKE_CREATIO_PORT": str(self.creatio_port),
-            "ESI_FAKE_DMS_PORT": str(self.dms_port),
-            "CREATIO_URL": self.creatio_url,
-            "DMS_URL": self.dms_url,
             "ESI_RETRY_DELAYS": "[0.2, 0.4, 0.8, 1.6]",
             "ESI_MAX_ATTEMPTS": "4",
             "ESI_LOG_FORMAT": "json",
             "ESI_AUTH": "off",  # the authentication tests turn it on with their own clients
-            "CREATIO_TIMEOUT": "5",
-            "DMS_TIMEOUT": "5",
         })
+        for system in self.registry.systems:
+            if system.settings is None:
+                continue
+            env[system.settings.env_name("timeout")] = "5"
+            if system.fake is not None:
+                env[system.settings.env_name("fake_port")] = str(self.fake_ports[system.code])
+                env[system.settings.env_name("url")] = self.fake_url(system.code)
         env.update(self.extra_env)
         return env
 
@@ -197,14 +215,14 @@ class EsiSystem:
         return process
 
     def start_all(self, layout: dict[str, list[str]] | None = None) -> None:
-        layout = layout or {"fakes": ["fake-creatio", "fake-dms"], "adapters": ["onec", "dms", "crm"]}
+        fakes = list(self.registry.fakes)
+        layout = layout or {"fakes": fakes, "adapters": list(self.registry.services)}
         for name, services in layout.items():
             self.start(name, services)
-        if any("fake-creatio" in s for s in layout.values()):
-            self.wait_http(f"{self.creatio_url}/_fake/state")
-        if any("fake-dms" in s for s in layout.values()):
-            self.wait_http(f"{self.dms_url}/_fake/state")
-        if any("onec" in s for s in layout.values()):
+        for fake, system in self.registry.fakes.items():
+            if any(fake in s for s in layout.values()):
+                self.wait_http(f"{self.fake_url(system.code)}/_fake/state")
+        if any(self.registry.origin.service in s for s in layout.values()):
             self.wait_http(f"{self.api_url}/readyz")
 
     def wait_http(self, url: str, timeout: float = 30) -> None:
@@ -252,12 +270,11 @@ class EsiSystem:
         return httpx.get(f"{self.dms_url}/_fake/state", timeout=10).json()
 
     def reset_fakes(self) -> None:
-        httpx.post(f"{self.creatio_url}/_fake/reset", timeout=10).raise_for_status()
-        httpx.post(f"{self.dms_url}/_fake/reset", timeout=10).raise_for_status()
+        for code in self.fake_ports:
+            httpx.post(f"{self.fake_url(code)}/_fake/reset", timeout=10).raise_for_status()
 
     def fault(self, system: str, spec: dict[str, Any]) -> None:
-        base = self.creatio_url if system == "crm" else self.dms_url
-        httpx.post(f"{base}/_fake/faults", json=spec, timeout=10).raise_for_status()
+        httpx.post(f"{self.fake_url(system)}/_fake/faults", json=spec, timeout=10).raise_for_status()
 
 
 def unique(prefix: str) -> str:

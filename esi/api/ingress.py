@@ -15,9 +15,10 @@ from pydantic import BaseModel, ValidationError
 
 from esi.api.errors import ApiError, validation_details
 from esi.errors import InvalidMessage
-from esi.messages import CATALOG, Catalog, Envelope, Kind
+from esi.messages import Catalog, Envelope, Kind
 from esi.messages.crm import PDF_MAGIC
 from esi.messages.envelope import ID_PATTERN, normalise_system
+from esi.systems.spec import Upload
 
 _ID_RE = re.compile(ID_PATTERN)
 SOURCE = "1c"
@@ -48,21 +49,31 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def resolve_target(target: str, catalog: Catalog = CATALOG) -> str:
+def _active_catalog() -> Catalog:
+    from esi.systems.registry import current
+
+    return current().catalog
+
+
+def resolve_target(target: str, catalog: Catalog | None = None) -> str:
+    """The code of a system 1C may send requests to; 404 naming the known ones for anything else."""
+    catalog = catalog or _active_catalog()
+    known = [t for t in catalog.targets() if t != SOURCE]
     try:
         code = normalise_system(target)
     except ValueError:
-        raise ApiError(404, "unknown_target", f"unknown target {target!r}; known targets: dms, crm") from None
-    if code == SOURCE or not catalog.requests_for(code):
-        raise ApiError(404, "unknown_target", f"unknown target {target!r}; known targets: dms, crm")
+        code = None
+    if code is None or code not in known:
+        raise ApiError(404, "unknown_target", f"unknown target {target!r}; known targets: {', '.join(known)}")
     return code
 
 
 def build_request(
-    target: str, message_type: str, body: dict[str, Any], *, max_pdf_bytes: int, catalog: Catalog = CATALOG,
+    target: str, message_type: str, body: dict[str, Any], *, max_pdf_bytes: int, catalog: Catalog | None = None,
     status_for_unknown_type: int = 404,
 ) -> Accepted:
     """Validate a flat request body (the original's shape) and build its envelope."""
+    catalog = catalog or _active_catalog()
     target = resolve_target(target, catalog)
     message_type = message_type.strip().lower()
     try:
@@ -76,8 +87,8 @@ def build_request(
     elif not isinstance(request_id, str) or not _ID_RE.fullmatch(request_id):
         raise ApiError(422, "invalid_request_id",
                        "request_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
-    if spec.message_type == "send_pdf_file":
-        check_pdf_base64(fields.get("file_content"), max_pdf_bytes=max_pdf_bytes)
+    if spec.upload is not None:
+        check_file_base64(fields.get(spec.upload.content_field), spec.upload, max_bytes=max_pdf_bytes)
     try:
         payload = spec.model.model_validate(fields)
     except ValidationError as exc:
@@ -92,24 +103,34 @@ def build_request(
                     envelope=envelope, routing_key=envelope.routing_key(Kind.REQUEST), payload_hash=digest)
 
 
-def check_pdf_base64(value: Any, *, max_pdf_bytes: int) -> None:
-    """Refuse what is not a PDF or is too large, before anything else looks at it."""
+def check_file_base64(value: Any, upload: Upload, *, max_bytes: int) -> None:
+    """Refuse what is not the expected kind of file or is too large, before anything else looks at it."""
     if not isinstance(value, str) or not value:
         return  # the schema names the missing field
-    if len(value) > (max_pdf_bytes + 2) // 3 * 4 + 4:
-        raise ApiError(413, "file_too_large", f"the PDF exceeds the limit of {max_pdf_bytes} bytes")
+    if len(value) > (max_bytes + 2) // 3 * 4 + 4:
+        raise ApiError(413, "file_too_large", f"the file exceeds the limit of {max_bytes} bytes")
     try:
         content = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(422, "invalid_base64", "file_content is not valid base64") from None
-    check_pdf_bytes(content, max_pdf_bytes=max_pdf_bytes)
+        raise ApiError(422, "invalid_base64", f"{upload.content_field} is not valid base64") from None
+    check_file_bytes(content, upload, max_bytes=max_bytes)
+
+
+def check_file_bytes(content: bytes, upload: Upload, *, max_bytes: int) -> None:
+    if len(content) > max_bytes:
+        raise ApiError(413, "file_too_large", f"the file is {len(content)} bytes; the limit is {max_bytes} bytes")
+    if not content.startswith(upload.magic):
+        kind = upload.media_type.rpartition("/")[2].upper()
+        raise ApiError(422, f"not_a_{kind.lower()}",
+                       f"the file is not a {kind} (it does not start with {upload.magic.decode('latin-1')})")
 
 
 def check_pdf_bytes(content: bytes, *, max_pdf_bytes: int) -> None:
-    if len(content) > max_pdf_bytes:
-        raise ApiError(413, "file_too_large", f"the PDF is {len(content)} bytes; the limit is {max_pdf_bytes} bytes")
-    if not content.startswith(PDF_MAGIC):
-        raise ApiError(422, "not_a_pdf", "the file is not a PDF (it does not start with %PDF-)")
+    check_file_bytes(content, _PDF, max_bytes=max_pdf_bytes)
+
+
+_PDF = Upload(content_field="file_content", name_field="file_name", magic=PDF_MAGIC, media_type="application/pdf",
+              default_name="document.pdf")
 
 
 #: `wait=<delta-seconds>` among the preferences of a `Prefer` header (RFC 7240 §4.3)

@@ -1,5 +1,7 @@
 """The broker topology as data, declared idempotently at start-up by every service.
 
+One work queue per registered system (`esi.systems.registry.Registry.topology`); with the built-in systems:
+
     main_exchange (topic)
       ├─ *.request.dms.*                      → dms_queue  (quorum)
       ├─ *.request.crm.*, *.response.crm.*    → crm_queue  (quorum)
@@ -14,6 +16,7 @@ RabbitMQ 3.12 on, and this ladder has to work on 3.10.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,12 +78,6 @@ class Topology:
     def queue_for(self, system: str) -> WorkQueue:
         return self._by_system[system]
 
-    def all_queue_names(self) -> list[str]:
-        names = []
-        for q in self.work_queues:
-            names += [q.name, q.dead_letter_queue, *(s.queue for s in q.retry_steps)]
-        return names
-
     def work_queue_arguments(self, queue: WorkQueue) -> dict[str, Any]:
         return {
             "x-queue-type": "quorum",
@@ -123,18 +120,7 @@ class Topology:
                 await channel.declare_queue(step.queue, durable=True, arguments=self.retry_queue_arguments(queue, step))
 
 
-def build_topology(
-    *, retry_delays: list[float] | tuple[float, ...] = (1, 5, 30, 120, 600), delivery_limit: int = 20,
-    max_length: int = 1_000_000,
-) -> Topology:
-    """The topology of the original system: one work queue per system, bound as the original bound them."""
-    delays = tuple(float(d) for d in retry_delays)
-    return Topology(
-        work_queues=(
-            WorkQueue("1c", "1c_queue", ("*.response.1c.*",), delays),
-            WorkQueue("dms", "dms_queue", ("*.request.dms.*",), delays),
-            WorkQueue("crm", "crm_queue", ("*.request.crm.*", "*.response.crm.*"), delays),
-        ),
-        delivery_limit=delivery_limit,
-        max_length=max_length,
-    )
+def build_topology(*, work_queues: Sequence[WorkQueue], delivery_limit: int = 20,
+                   max_length: int = 1_000_000) -> Topology:
+    """The topology of the given work queues (the registry of systems derives them: `Registry.topology`)."""
+    return Topology(work_queues=tuple(work_queues), delivery_limit=delivery_limit, max_length=max_length)

@@ -1,18 +1,21 @@
 """The catalog: every message type esi knows, which system handles it, its payload model and its answer.
 
-Anything outside the catalog is refused before it reaches a routing key.
+It is derived from the systems' declarations (`esi.systems.registry.Registry.catalog`). Anything outside the
+catalog is refused before it reaches a routing key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 
 from esi.errors import InvalidMessage
-from esi.messages.crm import OrderStatusUpdated, PdfReceived, SendPdfFile, UpdateOrderStatus
-from esi.messages.dms import CreateUser, GetPolicyInfo, PolicyInfo, UserCreated
 from esi.messages.envelope import Envelope, Kind, describe_validation_error
+
+if TYPE_CHECKING:
+    from esi.systems.spec import Upload
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class MessageSpec:
     handled_by: str | None = None
     #: for requests: the message type of its answer
     response_type: str | None = None
+    #: for requests that carry a file: how (multipart uploads, the file's magic bytes)
+    upload: Upload | None = None
 
 
 class Catalog:
@@ -38,6 +43,14 @@ class Catalog:
                 f"unknown message type {message_type!r}; known: {', '.join(sorted(self._by_type))}",
                 code="unknown_message_type",
             ) from None
+
+    @property
+    def specs(self) -> tuple[MessageSpec, ...]:
+        return tuple(self._by_type.values())
+
+    def targets(self) -> list[str]:
+        """The systems that answer requests, in declaration order."""
+        return list(dict.fromkeys(s.handled_by for s in self._by_type.values() if s.handled_by))
 
     def requests_for(self, target: str) -> list[str]:
         return sorted(s.message_type for s in self._by_type.values() if s.handled_by == target)
@@ -70,19 +83,3 @@ class Catalog:
             raise InvalidMessage(
                 f"invalid {envelope.message_type} payload: {describe_validation_error(exc)}", code="invalid_payload"
             ) from exc
-
-
-CATALOG = Catalog(
-    [
-        MessageSpec("create_user", Kind.REQUEST, CreateUser, handled_by="dms", response_type="user_created"),
-        MessageSpec("get_policy_info", Kind.REQUEST, GetPolicyInfo, handled_by="dms", response_type="policy_info_response"),
-        MessageSpec(
-            "update_order_status", Kind.REQUEST, UpdateOrderStatus, handled_by="crm", response_type="order_status_updated"
-        ),
-        MessageSpec("send_pdf_file", Kind.REQUEST, SendPdfFile, handled_by="crm", response_type="pdf_received"),
-        MessageSpec("user_created", Kind.RESPONSE, UserCreated),
-        MessageSpec("policy_info_response", Kind.RESPONSE, PolicyInfo),
-        MessageSpec("order_status_updated", Kind.RESPONSE, OrderStatusUpdated),
-        MessageSpec("pdf_received", Kind.RESPONSE, PdfReceived),
-    ]
-)

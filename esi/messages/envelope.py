@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from esi.errors import InvalidMessage
 
 SCHEMA_VERSION = 1
-SYSTEMS = ("1c", "dms", "crm")
+#: a system's code: which systems exist is the registry's business (`esi.systems.registry`), not the envelope's
+_SYSTEM_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
 #: namespace of the deterministic ids of messages caused by another message
 _DERIVED_NS = uuid.UUID("5b0e7c1e-2f64-4c0b-9d7e-6a8f3f1d2c11")
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -36,8 +37,8 @@ class Kind(StrEnum):
 def normalise_system(value: str) -> str:
     """System codes are lower-case on the wire ("1C" and "1c" are the same system)."""
     code = value.strip().lower()
-    if code not in SYSTEMS:
-        raise ValueError(f"unknown system {value!r}; known systems: {', '.join(SYSTEMS)}")
+    if not _SYSTEM_RE.fullmatch(code):
+        raise ValueError(f"{value!r} is not a system code (1-32 letters, digits or '_')")
     return code
 
 

@@ -72,8 +72,7 @@ from fastapi.security import APIKeyHeader
 from fastapi.security.base import SecurityBase
 
 from esi.api.errors import ApiError
-from esi.messages.catalog import CATALOG, Catalog
-from esi.messages.envelope import SYSTEMS
+from esi.messages.catalog import Catalog
 
 __all__ = [
     "API_KEY_HEADER",
@@ -159,7 +158,7 @@ class SendScope:
     message_type: str
 
     @classmethod
-    def parse(cls, text: str, catalog: Catalog = CATALOG) -> "SendScope":
+    def parse(cls, text: str, catalog: Catalog | None = None) -> "SendScope":
         if not isinstance(text, str):
             raise ClientsConfigError(f"send scope {text!r} must be a string such as 'dms:create_user' or 'crm:*'")
         value = text.strip().lower()
@@ -170,7 +169,11 @@ class SendScope:
             target, message_type = "*", "*"
         if not _SCOPE_PART_RE.match(target) or not _SCOPE_PART_RE.match(message_type):
             raise ClientsConfigError(f"send scope {text!r} must be '<target>:<message_type>', each a name or '*'")
-        targets = _catalog_targets(catalog)
+        if catalog is None:  # the systems this process runs with
+            from esi.systems.registry import current
+
+            catalog = current().catalog
+        targets = catalog.targets()
         if target != "*" and target not in targets:
             raise ClientsConfigError(f"send scope {text!r}: unknown target {target!r}; known: {', '.join(targets)}")
         if message_type != "*":
@@ -185,10 +188,6 @@ class SendScope:
 
     def __str__(self) -> str:
         return f"{self.target}:{self.message_type}"
-
-
-def _catalog_targets(catalog: Catalog) -> list[str]:
-    return [s for s in SYSTEMS if catalog.requests_for(s)]
 
 
 @dataclass(frozen=True)
@@ -245,7 +244,7 @@ class ClientConfig:
         return Principal(self.client_id, self.send, self.read, self.operator)
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, Any], *, where: str = "entry", catalog: Catalog = CATALOG) -> "ClientConfig":
+    def from_entry(cls, entry: Mapping[str, Any], *, where: str = "entry", catalog: Catalog | None = None) -> "ClientConfig":
         if not isinstance(entry, Mapping):
             raise ClientsConfigError(f"{where}: a client must be an object, not {type(entry).__name__}")
         plaintext = sorted(k for k in entry if str(k).lower() in _PLAINTEXT_KEYS)
@@ -300,7 +299,7 @@ def _check_hash(value: object, where: str) -> None:
         raise ClientsConfigError(f"{where} is not a well-formed argon2 hash") from None
 
 
-def parse_clients(data: Any, *, source: str = "clients", catalog: Catalog = CATALOG) -> list[ClientConfig]:
+def parse_clients(data: Any, *, source: str = "clients", catalog: Catalog | None = None) -> list[ClientConfig]:
     """Clients from parsed JSON/TOML: `{"clients": [...]}` or a bare list of entries."""
     if isinstance(data, Mapping):
         extra = sorted(str(k) for k in data if k != "clients")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from esi.config import DEFAULT_MAX_CONCURRENCY
+from esi.systems.spec import DEFAULT_MAX_CONCURRENCY
 
 pytestmark = pytest.mark.integration
 

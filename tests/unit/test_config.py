@@ -6,6 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from esi.config import Settings
+from esi.systems.crm.settings import CreatioSettings
+from esi.systems.dms.settings import DmsSettings
 
 
 @pytest.fixture(autouse=True)
@@ -13,7 +15,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.chdir(tmp_path)  # no .env from the developer's checkout
     for name in ("ESI_AMQP_URL", "RABBITMQ_HOST", "RABBITMQ_PORT", "RABBITMQ_USERNAME", "RABBITMQ_USER",
                  "RABBITMQ_PASSWORD", "ESI_HTTP_PORT", "FLASK_PORT", "ESI_ENV", "CREATIO_PASSWORD", "ESI_AUTH",
-                 "ESI_RETRY_DELAYS", "ESI_MAX_ATTEMPTS", "ESI_DATABASE_URL"):
+                 "ESI_RETRY_DELAYS", "ESI_MAX_ATTEMPTS", "ESI_DATABASE_URL", "CREATIO_URL", "DMS_URL",
+                 "DMS_MAX_CONCURRENCY", "ESI_FAKE_DMS_PORT", "ESI_SYSTEMS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -22,8 +25,27 @@ def test_defaults_point_at_the_local_broker_sqlite_and_the_fakes() -> None:
     assert s.broker_url() == "amqp://guest:guest@localhost:5672/"
     assert s.database_url == "sqlite:///./var/esi.db"
     assert s.http_port == 5000
-    assert s.creatio_url.endswith(":5100") and s.dms_url.endswith(":5200")
+    assert CreatioSettings().url.endswith(":5100") and DmsSettings().url.endswith(":5200")
     assert s.retry_delays == [1, 5, 30, 120, 600] and s.max_attempts == 5
+    assert s.systems == []
+
+
+def test_each_system_reads_its_own_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DMS_URL", "https://dms.example")
+    monkeypatch.setenv("DMS_MAX_CONCURRENCY", "7")
+    monkeypatch.setenv("ESI_FAKE_DMS_PORT", "5999")
+    dms = DmsSettings()
+    assert (dms.url, dms.max_concurrency, dms.fake_port) == ("https://dms.example", 7, 5999)
+    assert CreatioSettings().url.endswith(":5100") and CreatioSettings().max_concurrency == 32
+    assert DmsSettings.env_name("url") == "DMS_URL" and DmsSettings.env_name("fake_port") == "ESI_FAKE_DMS_PORT"
+    monkeypatch.setenv("DMS_MAX_CONCURRENCY", "0")
+    with pytest.raises(ValidationError, match="max_concurrency"):
+        DmsSettings()
+
+
+def test_extra_systems_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESI_SYSTEMS", "acme.wms:SYSTEM, acme.tms")
+    assert Settings().systems == ["acme.wms:SYSTEM", "acme.tms"]
 
 
 def test_the_original_systems_variables_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,7 +74,7 @@ def test_secrets_are_masked_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CREATIO_PASSWORD", "creatio-secret-1")
     monkeypatch.setenv("RABBITMQ_PASSWORD", "rabbit-secret-2")
     monkeypatch.setenv("ESI_AMQP_URL", "amqp://u:amqp-secret-3@h:5672/")
-    text = repr(Settings()) + str(Settings())
+    text = repr(Settings()) + str(Settings()) + repr(CreatioSettings())
     for secret in ("creatio-secret-1", "rabbit-secret-2", "amqp-secret-3"):
         assert secret not in text
 
@@ -60,8 +82,9 @@ def test_secrets_are_masked_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_production_refuses_demo_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ESI_ENV", "production")
     with pytest.raises(ValidationError, match="demo Creatio password"):
-        Settings()
+        CreatioSettings()
     monkeypatch.setenv("CREATIO_PASSWORD", "real-one")
+    assert CreatioSettings().env == "production"
     monkeypatch.setenv("ESI_AUTH", "off")
     with pytest.raises(ValidationError, match="ESI_AUTH=off"):
         Settings()

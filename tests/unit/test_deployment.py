@@ -33,8 +33,10 @@ import pytest
 import yaml
 
 from esi import runtime
-from esi.bus.topology import Topology, build_topology
+from esi.bus.topology import Topology
 from esi.config import Settings
+from esi.systems.registry import current
+from esi.systems.spec import SystemSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -46,8 +48,13 @@ DEFINITIONS_FILE = RABBITMQ_DIR / "definitions.json"
 COMPOSE_SCHEMA = Path(__file__).with_name("compose-spec.json")
 COMPOSE_SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"
 
-ADAPTERS = runtime.ADAPTERS  # onec, dms, crm: they consume the broker and use the store
-FAKES = runtime.FAKES  # fake-creatio, fake-dms: demo only
+REGISTRY = current()
+ADAPTERS = REGISTRY.services  # onec, dms, crm: they consume the broker and use the store
+FAKES = tuple(REGISTRY.fakes)  # fake-creatio, fake-dms: demo only
+SERVICES = (*ADAPTERS, *FAKES)
+#: every class of settings esi reads: the core's and each system's own (DMS_*, CREATIO_*)
+SETTINGS_CLASSES: tuple[type[Settings] | type[SystemSettings], ...] = (
+    Settings, *(s.settings for s in REGISTRY.systems if s.settings is not None))
 SCALED_ADAPTERS = ("dms", "crm")  # onec publishes the API's port, so it is scaled behind a load balancer instead
 VHOST = "/"
 
@@ -64,13 +71,21 @@ def load_compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
 
 
+def setting_fields() -> dict[str, tuple[Any, str]]:
+    """Every environment variable esi reads -> (the settings class, the field it sets)."""
+    fields: dict[str, tuple[Any, str]] = {}
+    for cls in SETTINGS_CLASSES:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            for choice in getattr(alias, "choices", None) or [alias or f"{prefix}{name}"]:
+                fields.setdefault(str(choice).upper(), (cls, name))  # ESI_ENV: the core's
+    return fields
+
+
 def setting_aliases() -> dict[str, str]:
-    """Every environment variable esi reads -> the Settings field it sets."""
-    aliases = {}
-    for name, field in Settings.model_fields.items():
-        for alias in getattr(field.validation_alias, "choices", None) or [field.validation_alias or name]:
-            aliases[str(alias).upper()] = name
-    return aliases
+    """Every environment variable esi reads -> the field it sets."""
+    return {env: name for env, (_, name) in setting_fields().items()}
 
 
 def env_example_lines() -> list[tuple[int, str, str | None, bool]]:
@@ -93,7 +108,7 @@ def env_example_values(*, commented: bool) -> dict[str, str]:
 
 
 def esi_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: compose["services"][name] for name in runtime.SERVICES}
+    return {name: compose["services"][name] for name in SERVICES}
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -192,7 +207,7 @@ class RecordingChannel:
 
 def default_topology() -> Topology:
     """The topology esi declares with its default settings (no environment, no .env)."""
-    return runtime.topology_from(Settings.model_construct())
+    return runtime.topology_from(Settings.model_construct(), REGISTRY)
 
 
 def expected_definitions(topology: Topology) -> dict[str, Any]:
@@ -351,17 +366,17 @@ def test_every_esi_service_runs_the_one_image() -> None:
             f"{name} must be built from ./Dockerfile")
         assert service.get("command") == ["run", name], f"{name} must run `esi run {name}`"
     built = {name for name, service in compose["services"].items() if "build" in service}
-    assert built == set(runtime.SERVICES), "only esi's services are built from the Dockerfile"
+    assert built == set(SERVICES), "only esi's services are built from the Dockerfile"
 
 
 def _health_port(name: str, env: dict[str, str]) -> int:
     defaults = Settings.model_construct()
     if name == "onec":
         return int(env.get("ESI_HTTP_PORT") or env.get("FLASK_PORT") or defaults.http_port)
-    if name == "fake-creatio":
-        return int(env.get("ESI_FAKE_CREATIO_PORT") or defaults.fake_creatio_port)
-    if name == "fake-dms":
-        return int(env.get("ESI_FAKE_DMS_PORT") or defaults.fake_dms_port)
+    if name in REGISTRY.fakes:
+        config = REGISTRY.fakes[name].settings
+        assert config is not None
+        return int(env.get(config.env_name("fake_port")) or config.model_construct().fake_port)
     assert "ESI_HEALTH_PORT" in env, f"{name}: set ESI_HEALTH_PORT, the port of its /healthz"
     return int(env["ESI_HEALTH_PORT"])
 
@@ -384,11 +399,10 @@ def test_every_esi_service_has_the_image_healthcheck_on_its_own_port() -> None:
 async def test_health_urls_are_served() -> None:
     """The paths the compose healthchecks probe are served: the adapters' health port, and the fakes' own paths."""
     from esi.api.ops import create_ops_app
-    from esi.fakes.creatio import create_app as creatio_app
-    from esi.fakes.dms import create_app as dms_app
 
     services = esi_services(load_compose())
-    apps = [("fake-creatio", creatio_app()), ("fake-dms", dms_app())]
+    apps = [(name, system.fake.app(system.settings.model_construct()))  # type: ignore[union-attr]
+            for name, system in REGISTRY.fakes.items()]
     apps += [(name, create_ops_app(None)) for name in SCALED_ADAPTERS]
     for name, app in apps:
         path = urlsplit(environment(services[name])["ESI_HEALTH_URL"]).path
@@ -433,10 +447,10 @@ def test_the_fakes_run_only_in_the_demo_profile() -> None:
     env = {name: environment(service) for name, service in esi_services(compose).items()}
     for name in ADAPTERS:
         # unless .env says otherwise, the adapters talk to the fakes, on the ports the fakes listen on
-        creatio = urlsplit(interpolation_default(env[name]["CREATIO_URL"]))
-        dms = urlsplit(interpolation_default(env[name]["DMS_URL"]))
-        assert (creatio.hostname, creatio.port) == ("fake-creatio", _health_port("fake-creatio", env["fake-creatio"]))
-        assert (dms.hostname, dms.port) == ("fake-dms", _health_port("fake-dms", env["fake-dms"]))
+        for fake, system in REGISTRY.fakes.items():
+            assert system.settings is not None
+            url = urlsplit(interpolation_default(env[name][system.settings.env_name("url")]))
+            assert (url.hostname, url.port) == (fake, _health_port(fake, env[fake])), f"{name}: {system.code}'s URL"
     for name in FAKES:
         assert env[name].get("ESI_FAKE_HOST") == "0.0.0.0", f"{name} must listen on every interface"
     assert env["onec"].get("ESI_HTTP_HOST") == "0.0.0.0", "onec must listen on every interface"
@@ -490,20 +504,20 @@ def _field_value(value: Any) -> Any:
 @pytest.mark.usefixtures("no_esi_environment")
 def test_env_example_shows_esi_defaults() -> None:
     """Each commented-out `# NAME=value` is what esi uses when NAME is unset."""
-    aliases, defaults = setting_aliases(), Settings.model_construct()
+    fields = setting_fields()
     checked = set()
     for name, value in env_example_values(commented=True).items():
-        if name not in aliases:
+        if name not in fields:
             continue
-        field = aliases[name]
-        default = _field_value(getattr(defaults, field))
+        cls, field = fields[name]
+        default = _field_value(getattr(cls.model_construct(), field))
         if value == "":
-            assert default is None, f".env.example shows {name} unset, but esi's default is {default!r}"
+            assert default in (None, []), f".env.example shows {name} unset, but esi's default is {default!r}"
         else:
-            parsed = _field_value(getattr(Settings(_env_file=None, **{name: value}), field))
+            parsed = _field_value(getattr(cls(_env_file=None, **{field: value}), field))
             assert parsed == default, f".env.example shows {name}={value}, but esi's default is {default!r}"
         checked.add(name)
-    assert checked == set(aliases) - set(env_example_values(commented=False)), "some settings show no default"
+    assert checked == set(fields) - set(env_example_values(commented=False)), "some settings show no default"
 
 
 @pytest.mark.usefixtures("no_esi_environment")
@@ -516,8 +530,10 @@ def test_env_example_is_valid_for_esi() -> None:
         assert re.fullmatch(r"[A-Za-z0-9._~-]+", active[name]), f"{name} must be URL-safe"
     # what .env.example says of production is true
     assert "ESI_ENV=production refuses" in ENV_EXAMPLE.read_text(encoding="utf-8")
+    from esi.systems.crm.settings import CreatioSettings
+
     with pytest.raises(ValueError, match="CREATIO_PASSWORD"):
-        Settings(_env_file=None, ESI_ENV="production")
+        CreatioSettings(_env_file=None, ESI_ENV="production")
 
 
 # --- (e) the RabbitMQ definitions ------------------------------------------------------------------------------------
@@ -537,7 +553,7 @@ def test_definitions_comparison_notices_a_change() -> None:
     topology = default_topology()
     expected = expected_definitions(topology)
     assert definitions_differences(copy.deepcopy(expected), expected) == []
-    assert definitions_differences(expected_definitions(build_topology(
+    assert definitions_differences(expected_definitions(REGISTRY.topology(
         retry_delays=Settings.model_construct().retry_delays, delivery_limit=topology.delivery_limit + 1,
         max_length=topology.max_length)), expected)
     retyped = copy.deepcopy(expected)

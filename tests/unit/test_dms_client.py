@@ -65,9 +65,10 @@ class Dms:
         assert response.status_code == 200, response.text
 
 
-def _transport(kind: str) -> httpx.AsyncBaseTransport | None:
-    """httpx's own transport (None: the client's default), or httpx over aiohttp as the DMS adapter runs it."""
-    return fast_transport(verify=False) if kind == "aiohttp" else None
+def _transport(kind: str) -> httpx.AsyncBaseTransport:
+    """httpx's own transport, or httpx over aiohttp as the DMS adapter runs it (the client's default)."""
+    # plain HTTP: verify=False only spares each test building an unused TLS context (~70 ms)
+    return fast_transport() if kind == "aiohttp" else httpx.AsyncHTTPTransport(verify=False)
 
 
 @contextlib.asynccontextmanager
@@ -80,9 +81,7 @@ async def fresh_dms(
     current.app = create_app(api_key=fake_key)
     try:
         async with (
-            # plain HTTP: verify=False only spares each test building an unused TLS context (~70 ms)
-            DmsClient(base_url=base_url, api_key=client_key, timeout=timeout, verify=False,
-                      transport=_transport(transport)) as client,
+            DmsClient(base_url=base_url, api_key=client_key, timeout=timeout, transport=_transport(transport)) as client,
             httpx.AsyncClient(base_url=base_url, verify=False) as http,
         ):
             yield Dms(client, current.app.state.fake, base_url, http)
@@ -141,7 +140,7 @@ def hanging_up_port() -> Iterator[int]:
 
 
 def mock_client(handler) -> DmsClient:  # type: ignore[no-untyped-def]
-    return DmsClient(base_url="http://dms.test", transport=httpx.MockTransport(handler), verify=False)
+    return DmsClient(base_url="http://dms.test", transport=httpx.MockTransport(handler))
 
 
 IVANOV = {"user_id": "U12345", "name": "Иванов Иван", "email": "ivanov@example.com"}
@@ -320,7 +319,7 @@ async def test_latency_beyond_the_client_timeout_is_transient(server: tuple[_Cur
 
 
 async def test_nothing_listening_is_transient(closed_port: int, transport: str) -> None:
-    async with DmsClient(base_url=f"http://127.0.0.1:{closed_port}", timeout=2.0, verify=False,
+    async with DmsClient(base_url=f"http://127.0.0.1:{closed_port}", timeout=2.0,
                          transport=_transport(transport)) as client:
         for call in (
             lambda: client.get_policy("POL-0001"),
@@ -333,7 +332,7 @@ async def test_nothing_listening_is_transient(closed_port: int, transport: str) 
 
 
 async def test_a_server_that_hangs_up_is_a_connection_error(hanging_up_port: int, transport: str) -> None:
-    async with DmsClient(base_url=f"http://127.0.0.1:{hanging_up_port}", timeout=2.0, verify=False,
+    async with DmsClient(base_url=f"http://127.0.0.1:{hanging_up_port}", timeout=2.0,
                          transport=_transport(transport)) as client:
         for call in (lambda: client.get_policy("POL-0001"),
                      lambda: client.create_user(**IVANOV, idempotency_key="esi-msg-1")):
@@ -480,8 +479,8 @@ async def test_requests_carry_the_idempotency_key_and_quoted_path() -> None:
     assert get.url.raw_path == b"/policies/A%2FB%20%3F%23"
 
 
-async def test_a_ca_bundle_path_is_accepted_for_verify_without_deprecation_warnings() -> None:
+async def test_a_ca_bundle_path_is_accepted_without_deprecation_warnings() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        async with DmsClient(base_url="https://dms.test", verify=certifi.where()):
+        async with DmsClient(base_url="https://dms.test", ca_bundle=certifi.where()):
             pass

@@ -1,0 +1,53 @@
+"""The CRM (Creatio): order statuses and files attached to orders, over OData 4; asks the DMS for policies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from esi.messages.crm import PDF_MAGIC, OrderStatusUpdated, PdfReceived, SendPdfFile, UpdateOrderStatus
+from esi.systems.crm.settings import CreatioSettings
+from esi.systems.spec import Fake, Operation, SendRoute, System, SystemContext, Upload
+
+
+def _client(settings: CreatioSettings) -> Any:
+    from esi.systems.crm.client import CreatioClient
+
+    return CreatioClient(base_url=settings.url, username=settings.username,
+                         password=settings.password.get_secret_value(), odata_path=settings.odata_path,
+                         timeout=settings.timeout, ca_bundle=settings.ca_bundle,
+                         max_connections=settings.max_concurrency)
+
+
+def _handlers(context: SystemContext) -> Any:
+    from esi.systems.crm.handlers import crm_handlers
+
+    return crm_handlers(context.client, max_pdf_bytes=context.settings.max_pdf_bytes)
+
+
+def _fake(settings: CreatioSettings) -> Any:
+    from esi.fakes.creatio import create_app
+
+    return create_app(username=settings.username, password=settings.password.get_secret_value())
+
+
+PDF = Upload(content_field="file_content", name_field="file_name", magic=PDF_MAGIC, media_type="application/pdf",
+             default_name="document.pdf")
+
+SYSTEM = System(
+    code="crm",
+    title="Creatio",
+    description="the CRM: order statuses, files attached to orders",
+    answers=(
+        Operation("update_order_status", UpdateOrderStatus, "order_status_updated", OrderStatusUpdated),
+        Operation("send_pdf_file", SendPdfFile, "pdf_received", PdfReceived, upload=PDF),
+    ),
+    asks=("get_policy_info",),
+    settings=CreatioSettings,
+    client=_client,
+    handlers=_handlers,
+    health_name="creatio",
+    fake=Fake("fake-creatio", _fake),
+    key_fields=("order_id", "order_number", "order_guid", "file_id", "policy_number"),
+    send_routes=(SendRoute("/send_to_crm", "crm", "update_order_status", UpdateOrderStatus,
+                           "Send a request to the CRM (default message type: update_order_status)"),),
+)

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import re
-import ssl
 import uuid
 from dataclasses import dataclass
 from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
@@ -23,7 +22,7 @@ from urllib.parse import quote
 import httpx
 
 from esi.errors import BusinessError, NotFound, PermanentError, SessionExpired
-from esi.systems.http import error_for_status, translate_transport_errors
+from esi.systems.http import error_for_status, http_client, translate_transport_errors
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +84,10 @@ class CreatioClient:
         password: that user's password (never logged).
         odata_path: where OData 4 lives: `/0/odata` on .NET Framework builds, `/odata` on .NET Core builds.
         timeout: seconds allowed for each of connect, read, write and pool acquisition.
-        verify: TLS verification: `True`, `False` or the path of a CA bundle.
+        ca_bundle: a CA bundle to trust instead of the system's; verification is always on.
         max_connections: the connection pool's size.
         upload_chunk_size: bytes per `UploadFile` request.
-        transport: an httpx transport to use instead of the network (tests).
+        transport: an httpx transport to use instead of aiohttp's sockets (tests).
         rest_path: where Creatio's REST services live (`/0/rest`; `/rest` on some .NET Core builds).
     """
 
@@ -100,7 +99,7 @@ class CreatioClient:
         password: str,
         odata_path: str = "/0/odata",
         timeout: float = 10.0,
-        verify: bool | str = True,
+        ca_bundle: str | None = None,
         max_connections: int = 100,
         upload_chunk_size: int = 1_048_576,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -113,14 +112,11 @@ class CreatioClient:
         self._odata = "/" + odata_path.strip("/")
         self._rest = "/" + rest_path.strip("/")
         self._chunk_size = upload_chunk_size
-        verify_arg: bool | ssl.SSLContext = verify
-        if isinstance(verify, str):  # a CA bundle; httpx wants an SSLContext for that
-            verify_arg = ssl.create_default_context(cafile=verify)
-        self._http = httpx.AsyncClient(
+        self._http = http_client(
             base_url=base_url,
-            timeout=httpx.Timeout(timeout),
-            verify=verify_arg,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            timeout=timeout,
+            ca_bundle=ca_bundle,
+            max_connections=max_connections,
             follow_redirects=False,
             transport=transport,
             # the session's cookies are sent explicitly; a shared jar would let a late answer to an old session

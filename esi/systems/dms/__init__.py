@@ -1,0 +1,46 @@
+"""The DMS (voluntary medical insurance system): registers people and answers about their policies, over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from esi.messages.dms import CreateUser, GetPolicyInfo, PolicyInfo, UserCreated
+from esi.systems.dms.settings import DmsSettings
+from esi.systems.spec import Fake, Operation, SendRoute, System, SystemContext
+
+
+def _client(settings: DmsSettings) -> Any:
+    from esi.systems.dms.client import DmsClient
+
+    return DmsClient(base_url=settings.url, api_key=settings.secret(settings.api_key), timeout=settings.timeout,
+                     ca_bundle=settings.ca_bundle, max_connections=settings.max_concurrency)
+
+
+def _handlers(context: SystemContext) -> Any:
+    from esi.systems.dms.handlers import dms_handlers
+
+    return dms_handlers(context.client)
+
+
+def _fake(settings: DmsSettings) -> Any:
+    from esi.fakes.dms import create_app
+
+    return create_app(api_key=settings.secret(settings.api_key))
+
+
+SYSTEM = System(
+    code="dms",
+    title="DMS",
+    description="voluntary medical insurance: users and policies",
+    answers=(
+        Operation("create_user", CreateUser, "user_created", UserCreated),
+        Operation("get_policy_info", GetPolicyInfo, "policy_info_response", PolicyInfo),
+    ),
+    settings=DmsSettings,
+    client=_client,
+    handlers=_handlers,
+    fake=Fake("fake-dms", _fake),
+    key_fields=("user_id", "dms_user_id", "policy_number"),
+    send_routes=(SendRoute("/send_to_dms", "dms", "create_user", CreateUser,
+                           "Send a request to the DMS (default message type: create_user)"),),
+)

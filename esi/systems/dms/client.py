@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import ssl
 from types import TracebackType
 from typing import Self, TypeVar, cast
 from urllib.parse import quote
@@ -25,7 +23,13 @@ import httpx
 import pydantic
 
 from esi.errors import EsiError, PermanentError, TransientError
-from esi.systems.http import error_for_status, send_and_read, translate_transport_errors
+from esi.systems.http import (
+    default_transport,
+    error_for_status,
+    http_client,
+    send_and_read,
+    translate_transport_errors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +68,9 @@ class DmsClient:
         base_url: the DMS's root URL, e.g. ``http://dms.internal:8080``.
         api_key: sent as ``Authorization: Bearer <api_key>`` when given; never logged.
         timeout: seconds allowed for connecting, each read and write, and waiting for a pooled connection.
-        verify: TLS verification: ``True``, ``False``, or the path of a CA bundle file or directory.
+        ca_bundle: a CA bundle (file or directory) to trust instead of the system's; verification is always on.
         max_connections: the connection pool's size (all of them kept alive between calls).
-        transport: an httpx transport to use instead of the network (tests).
+        transport: an httpx transport to use instead of aiohttp's sockets (tests).
     """
 
     def __init__(
@@ -75,7 +79,7 @@ class DmsClient:
         base_url: str,
         api_key: str | None = None,
         timeout: float = 10.0,
-        verify: bool | str = True,
+        ca_bundle: str | None = None,
         max_connections: int = 100,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -83,13 +87,8 @@ class DmsClient:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.base_url = base_url
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        if transport is None:
-            transport = httpx.AsyncHTTPTransport(verify=_ssl_verify(verify), limits=limits)
-        self._transport = transport
-        self._http = httpx.AsyncClient(
-            base_url=base_url, headers=headers, timeout=timeout, transport=transport,
-        )
+        self._transport = transport or default_transport(ca_bundle=ca_bundle, max_connections=max_connections)
+        self._http = http_client(base_url=base_url, timeout=timeout, transport=self._transport, headers=headers)
         # what the hot call sends without going through the client (see `create_user`)
         self._users_url = base_url.rstrip("/") + "/users"
         self._json_headers = {**self._http.headers, "Content-Type": "application/json"}
@@ -181,15 +180,6 @@ class DmsClient:
 def _json(body: dict[str, str]) -> bytes:
     # as httpx's `json=` encodes it, Cyrillic as it is
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _ssl_verify(verify: bool | str) -> bool | ssl.SSLContext:
-    # httpx 0.28 deprecates verify=<path>; build the context it asks for instead
-    if isinstance(verify, bool):
-        return verify
-    if os.path.isdir(verify):
-        return ssl.create_default_context(capath=verify)
-    return ssl.create_default_context(cafile=verify)
 
 
 def _parse(response: httpx.Response, model: type[_Model], operation: str) -> _Model:

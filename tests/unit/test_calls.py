@@ -1,4 +1,4 @@
-"""The wrapper around external clients: timing, errors, and the limit on calls under way at once."""
+"""The way calls to external systems go: the limiter, timing, errors (esi.systems.calls)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from esi.errors import TransientError
-from esi.metrics import EXTERNAL_ERRORS, EXTERNAL_IN_FLIGHT, EXTERNAL_WAITING, Instrumented
+from esi.metrics import EXTERNAL_ERRORS, EXTERNAL_IN_FLIGHT, EXTERNAL_WAITING
+from esi.systems.calls import Guarded, Limiter
 
 
 class SlowSystem:
@@ -39,7 +40,7 @@ async def _until(predicate, timeout: float = 5.0) -> None:
 
 async def test_calls_beyond_the_limit_wait_their_turn_and_all_complete() -> None:
     system = SlowSystem()
-    client = Instrumented(system, system="limited-test", max_concurrency=3)
+    client = Guarded(system, system="limited-test", limiter=Limiter(system="limited-test", max_concurrency=3))
     calls = [asyncio.create_task(client.call(i)) for i in range(10)]
     await _until(lambda: system.under_way == 3 and EXTERNAL_WAITING.labels("limited-test")._value.get() == 7)
     assert EXTERNAL_IN_FLIGHT.labels("limited-test")._value.get() == 3
@@ -52,7 +53,7 @@ async def test_calls_beyond_the_limit_wait_their_turn_and_all_complete() -> None
 
 async def test_without_a_limit_every_call_goes_at_once_and_failures_are_counted() -> None:
     system = SlowSystem()
-    client = Instrumented(system, system="unlimited-test")
+    client = Guarded(system, system="unlimited-test")
     calls = [asyncio.create_task(client.call(i)) for i in range(25)]
     await _until(lambda: system.under_way == 25)
     system.release.set()
@@ -66,7 +67,7 @@ async def test_without_a_limit_every_call_goes_at_once_and_failures_are_counted(
 
 async def test_a_call_cancelled_while_waiting_or_under_way_gives_its_slot_back() -> None:
     system = SlowSystem()
-    client = Instrumented(system, system="cancel-test", max_concurrency=2)
+    client = Guarded(system, system="cancel-test", limiter=Limiter(system="cancel-test", max_concurrency=2))
     assert client.call is client.call  # the wrapper is built once
     under_way = [asyncio.create_task(client.call(i)) for i in range(2)]
     waiting = asyncio.create_task(client.call(99))

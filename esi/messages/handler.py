@@ -1,0 +1,11 @@
+"""What a system's adapter does with one message type: a coroutine from the envelope and its validated payload to
+the messages it sends (replies, sub-requests), which the consumer loop publishes before it acks."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from esi.messages.envelope import Envelope
+
+Handler = Callable[[Envelope, Any], Awaitable[list[Envelope]]]

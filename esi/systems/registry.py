@@ -1,0 +1,195 @@
+"""The registry of systems: every `System` declaration esi runs with, and what is derived from them.
+
+    catalog        every message type: the requests each system answers and the replies they produce
+    topology       one work queue per system, bound to `*.request.<code>.*` if it answers requests and to
+                   `*.response.<code>.*` if it sends them (the origin, 1C, receives every reply)
+    targets        the systems 1C may send requests to (the HTTP API's targets)
+    routed_to      the message types arriving on a system's queue: its handlers must cover exactly these
+    services/fakes the names `esi run` accepts
+
+Built-in systems are listed in `esi.systems.builtin`; more come from `ESI_SYSTEMS` (`module:attribute` of a
+`System`) or from installed packages' `esi.systems` entry points (`load_registry`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from importlib.metadata import entry_points
+
+from esi.bus.topology import Topology, WorkQueue, build_topology
+from esi.messages.catalog import Catalog, MessageSpec
+from esi.messages.envelope import Kind
+from esi.messages.handler import Handler
+from esi.systems.spec import SendRoute, System
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "esi.systems"
+
+
+class RegistryError(ValueError):
+    """The declarations do not fit together (a duplicate code, a request nobody answers, a handler missing)."""
+
+
+class Registry:
+    """The systems esi runs with. Immutable once built; every derived view is computed here, once."""
+
+    def __init__(self, systems: Iterable[System]) -> None:
+        self.systems: tuple[System, ...] = tuple(systems)
+        self._by_code = _unique({s.code: s for s in self.systems}, [s.code for s in self.systems], "system code")
+        self._by_service = _unique({s.service: s for s in self.systems}, [s.service for s in self.systems],
+                                   "service name")
+        _unique({}, [s.queue for s in self.systems], "queue name")
+        origins = [s for s in self.systems if s.origin]
+        if len(origins) != 1:
+            raise RegistryError(f"exactly one origin system is needed (the one whose API sends requests), "
+                                f"found {len(origins)}: {[s.code for s in origins]}")
+        self.origin = origins[0]
+        self._answered_by: dict[str, System] = {}
+        specs: list[MessageSpec] = []
+        for system in self.systems:
+            for op in system.answers:
+                for message_type in (op.request, op.reply):
+                    if any(spec.message_type == message_type for spec in specs):
+                        raise RegistryError(f"message type {message_type!r} of {system.code} is declared twice")
+                self._answered_by[op.request] = system
+                specs.append(MessageSpec(op.request, Kind.REQUEST, op.model, handled_by=system.code,
+                                         response_type=op.reply, upload=op.upload))
+                specs.append(MessageSpec(op.reply, Kind.RESPONSE, op.reply_model))
+        for system in self.systems:
+            for request in system.asks:
+                if request not in self._answered_by:
+                    raise RegistryError(f"{system.code} asks {request!r}, which no registered system answers")
+        self.catalog = Catalog(specs)
+        self.fakes: dict[str, System] = _unique(
+            {s.fake.service: s for s in self.systems if s.fake is not None},
+            [s.fake.service for s in self.systems if s.fake is not None] + list(self._by_service), "service name")
+        self.key_fields: tuple[str, ...] = tuple(dict.fromkeys(f for s in self.systems for f in s.key_fields))
+        self.send_routes: tuple[SendRoute, ...] = tuple(r for s in self.systems for r in s.send_routes)
+
+    # --- lookups ---------------------------------------------------------------------------------------------
+
+    def system(self, code: str) -> System:
+        try:
+            return self._by_code[code]
+        except KeyError:
+            raise KeyError(f"unknown system {code!r}; known: {', '.join(self.codes)}") from None
+
+    def by_service(self, service: str) -> System:
+        return self._by_service[service]
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(self._by_code)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The adapters' service names, the origin first."""
+        return tuple(s.service for s in sorted(self.systems, key=lambda s: not s.origin))
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The systems that answer requests: where 1C's requests may go."""
+        return tuple(s.code for s in self.systems if s.answers)
+
+    def asks(self, system: System) -> tuple[str, ...]:
+        """The requests `system` sends: for the origin, every request some system answers."""
+        if system.origin:
+            return tuple(self._answered_by)
+        return system.asks
+
+    def routed_to(self, system: System) -> frozenset[str]:
+        """The message types arriving on `system`'s queue: the requests it answers, the replies to its own."""
+        replies = {self._answered_by[r].operation(r).reply for r in self.asks(system)}  # type: ignore[union-attr]
+        return frozenset({op.request for op in system.answers} | replies)
+
+    def bindings(self, system: System) -> tuple[str, ...]:
+        keys = []
+        if system.answers:
+            keys.append(f"*.request.{system.code}.*")
+        if self.asks(system):
+            keys.append(f"*.response.{system.code}.*")
+        return tuple(keys)
+
+    def check_handlers(self, system: System, handlers: Mapping[str, Handler]) -> None:
+        """Refuse, at start-up, handlers that do not cover exactly what reaches the system's queue."""
+        expected = self.routed_to(system)
+        missing, extra = sorted(expected - set(handlers)), sorted(set(handlers) - expected)
+        if missing or extra:
+            raise RegistryError(
+                f"the handlers of {system.code} do not match what reaches {system.queue}: "
+                + "; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+                                          extra and f"never routed there: {', '.join(extra)}"])))
+
+    def topology(self, *, retry_delays: Sequence[float] = (1, 5, 30, 120, 600), delivery_limit: int = 20,
+                 max_length: int = 1_000_000) -> Topology:
+        delays = tuple(float(d) for d in retry_delays)
+        return build_topology(
+            work_queues=[WorkQueue(s.code, s.queue, self.bindings(s), delays) for s in self.systems],
+            delivery_limit=delivery_limit, max_length=max_length)
+
+    def business_keys(self, payload: Mapping[str, object] | None) -> list[str]:
+        """The values of a payload (and of the payloads nested in it) that people search requests by."""
+        if not payload:
+            return []
+        keys = [str(payload[f]) for f in self.key_fields if payload.get(f)]
+        for value in payload.values():
+            if isinstance(value, Mapping):
+                keys += [str(value[f]) for f in self.key_fields if value.get(f)]
+        return list(dict.fromkeys(keys))
+
+
+def _unique(mapping: dict, names: list[str], what: str) -> dict:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise RegistryError(f"{what} {name!r} is declared twice")
+        seen.add(name)
+    return mapping
+
+
+_current: Registry | None = None
+
+
+def activate(registry: Registry) -> None:
+    """Make `registry` the one this process runs with (the edge does it at start-up, once)."""
+    global _current
+    _current = registry
+
+
+def current() -> Registry:
+    """The registry this process runs with; the built-in systems until the edge activates another."""
+    global _current
+    if _current is None:
+        from esi.systems.builtin import BUILT_IN
+
+        _current = Registry(BUILT_IN)
+    return _current
+
+
+def resolve(spec: str) -> System:
+    """The `System` named by `module:attribute` (or a module with a `SYSTEM` attribute)."""
+    module_name, _, attribute = spec.strip().partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RegistryError(f"cannot import the system module {module_name!r} (ESI_SYSTEMS): {exc}") from exc
+    value = getattr(module, attribute or "SYSTEM", None)
+    if not isinstance(value, System):
+        raise RegistryError(f"{spec!r} does not name an esi System (found {type(value).__name__})")
+    return value
+
+
+def load_registry(extra: Sequence[str] = (), *, entry_points_group: str | None = ENTRY_POINT_GROUP) -> Registry:
+    """The built-in systems, the installed packages' `esi.systems` entry points, and the `extra` specs."""
+    from esi.systems.builtin import BUILT_IN
+
+    systems = list(BUILT_IN)
+    if entry_points_group:
+        for point in entry_points(group=entry_points_group):
+            systems.append(resolve(point.value))
+            log.debug("system %s registered by the entry point %s", systems[-1].code, point.name)
+    systems += [resolve(spec) for spec in extra if spec.strip()]
+    return Registry(systems)

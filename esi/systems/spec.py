@@ -1,0 +1,180 @@
+"""How an external system is declared: one `System` value per system, in `esi/systems/<code>/__init__.py`.
+
+A declaration says everything the rest of esi derives from it:
+
+- its wire code (`dms`), the service that runs its adapter (`esi run dms`) and its work queue (`dms_queue`);
+- the requests it answers (`Operation`: the request's type and payload model, the reply's type and model), and the
+  requests it sends to other systems (`asks`: their replies come back to its own queue);
+- its settings (a `SystemSettings` subclass with its own environment prefix, e.g. `DMS_`), the client built from
+  them, and the handlers built over that client;
+- its fake (a demo/test server), the payload fields people search requests by, and its HTTP routes of the original
+  system (`/send_to_dms`).
+
+`esi.systems.registry.Registry` derives the catalog, the topology, the ingress targets, the 1C side's expected
+replies, the runtime wiring and readiness from the declarations; nothing else names a system.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from esi.messages.handler import Handler
+
+if TYPE_CHECKING:
+    from esi.store.events import EventRecorder
+    from esi.systems.registry import Registry
+
+#: a system's code on the wire: lower case, as routing keys carry it ("1c", "dms", "crm")
+CODE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
+#: the default limit of calls under way at once to one system, per adapter process: a limit that protects the
+#: system, not one sized by the prefetch (32 calls carry 160 requests/s to a system answering in 200 ms)
+DEFAULT_MAX_CONCURRENCY = 32
+
+
+class SystemSettings(BaseSettings):
+    """What every external system's adapter reads; a subclass sets `env_prefix` (`DMS_`) and adds its own fields.
+
+    Fields read `<PREFIX><NAME>` from the environment or `.env`: `DMS_URL`, `DMS_TIMEOUT`, `DMS_MAX_CONCURRENCY`,
+    `DMS_CA_BUNDLE`, ...
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    #: the deployment's mode, as ESI_ENV gives it: production refuses a system's demo secrets
+    env: Literal["demo", "production"] = Field("demo", validation_alias="ESI_ENV")
+    url: str = Field("http://127.0.0.1:8000", description="the system's base URL")
+    timeout: float = Field(10.0, gt=0, description="seconds per HTTP call")
+    max_concurrency: int = Field(DEFAULT_MAX_CONCURRENCY, ge=1, le=10_000,
+                                 description="calls under way at once, per adapter process")
+    ca_bundle: str | None = Field(None, description="a CA bundle for HTTPS to the system")
+    fake_port: int = Field(8000, description="where the system's fake listens (`esi run --with-fakes`)")
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        """The environment variable that sets `field_name`."""
+        info = cls.model_fields[field_name]
+        alias = info.validation_alias
+        if isinstance(alias, str):
+            return alias.upper()
+        if isinstance(alias, AliasChoices):
+            return str(alias.choices[0]).upper()
+        return f"{cls.model_config.get('env_prefix', '')}{field_name}".upper()
+
+    @staticmethod
+    def secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A request that carries a file: as base64 in a JSON field, or as a multipart part named `file`."""
+
+    content_field: str
+    name_field: str
+    #: the bytes every such file starts with (`%PDF-`), checked at the edge
+    magic: bytes
+    media_type: str
+    default_name: str
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A request a system answers, and the reply it produces."""
+
+    request: str
+    model: type[BaseModel]
+    reply: str
+    reply_model: type[BaseModel]
+    upload: Upload | None = None
+
+
+@dataclass(frozen=True)
+class SendRoute:
+    """An HTTP route of the original system that sends one system a request (`POST /send_to_dms`)."""
+
+    path: str
+    target: str
+    default_message_type: str
+    #: the payload model shown for the route in the OpenAPI document
+    body_model: type[BaseModel]
+    summary: str
+
+
+@dataclass(frozen=True)
+class Fake:
+    """A demo and test stand-in for the system: an ASGI app built from the system's settings.
+
+    It listens on the settings' `fake_port` (and `ESI_FAKE_HOST`); the system's `url` points at it by default.
+    """
+
+    service: str
+    app: Callable[[Any], Any]
+
+
+@dataclass
+class SystemContext:
+    """What a system's handlers are built from, at start-up."""
+
+    system: System
+    #: the system's settings, read at the edge (None for a system without settings)
+    settings: Any
+    #: the system's client, behind its limiter and instrumentation (None for a system without a client)
+    client: Any
+    store: Any
+    events: EventRecorder
+    #: every system esi runs with (what reaches this system's queue, the fields requests are searched by)
+    registry: Registry
+
+
+@dataclass(frozen=True)
+class System:
+    """One external system, declared once."""
+
+    code: str
+    title: str
+    handlers: Callable[[SystemContext], Mapping[str, Handler]]
+    answers: tuple[Operation, ...] = ()
+    #: requests this system sends to others (their replies come back to its queue)
+    asks: tuple[str, ...] = ()
+    settings: type[SystemSettings] | None = None
+    #: builds the system's client from its settings; the client may have `check()` (readiness) and `aclose()`
+    client: Callable[[Any], Any] | None = None
+    #: the name of its entry in /readyz ("creatio"); the code by default
+    health_name: str | None = None
+    fake: Fake | None = None
+    key_fields: tuple[str, ...] = ()
+    send_routes: tuple[SendRoute, ...] = ()
+    service_name: str | None = None
+    queue_name: str | None = None
+    #: the origin (1C): its service hosts the HTTP API and the outbox relay, and every reply comes back to it
+    origin: bool = False
+    #: whether the adapter keeps an inbox of handled message ids (an origin only records answers: idempotent)
+    inbox: bool = True
+    #: free text for `esi systems` and the docs
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not CODE_PATTERN.fullmatch(self.code):
+            raise ValueError(f"system code {self.code!r} must be 1-32 lower-case letters, digits or '_'")
+
+    @property
+    def service(self) -> str:
+        """The service that runs its adapter (`esi run <service>`)."""
+        return self.service_name or self.code
+
+    @property
+    def queue(self) -> str:
+        return self.queue_name or f"{self.code}_queue"
+
+    @property
+    def health(self) -> str:
+        return self.health_name or self.code
+
+    def operation(self, request: str) -> Operation | None:
+        return next((op for op in self.answers if op.request == request), None)

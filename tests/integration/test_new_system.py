@@ -1,0 +1,245 @@
+"""A fourth system, declared outside the `esi` package: the proof that a system lives in one place.
+
+This module is what README "Adding a system" walks through. It declares a warehouse (one request type,
+`reserve_stock`, answered by `stock_reserved`) with its settings (`WAREHOUSE_*`), a client, a handler and a fake
+HTTP server, registers it with `ESI_SYSTEMS=tests.integration.test_new_system:WAREHOUSE`, and sends a request from
+1C to the warehouse and back through the real broker, store and API — with no edit to `esi/`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import SettingsConfigDict
+
+from esi.errors import BusinessError
+from esi.messages import Envelope, Handler
+from esi.systems.builtin import BUILT_IN
+from esi.systems.http import error_for_status, http_client, translate_transport_errors
+from esi.systems.registry import Registry, RegistryError
+from esi.systems.spec import Fake, Operation, System, SystemContext, SystemSettings
+from tests.support import EsiSystem, Vhost, rabbitmqctl
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = "tests.integration.test_new_system:WAREHOUSE"
+
+
+# --- 1. the messages ------------------------------------------------------------------------------------------------
+
+class ReserveStock(BaseModel):
+    """Hold stock of one article for an order (`1c.request.warehouse.reserve_stock`)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(gt=0, le=100_000)
+    order_id: str = Field(min_length=1, max_length=64)
+
+
+class StockReserved(BaseModel):
+    """The warehouse holds the stock (`warehouse.response.1c.stock_reserved`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    reservation_id: str
+    sku: str
+    quantity: int
+    order_id: str
+
+
+# --- 2. the settings: WAREHOUSE_URL, WAREHOUSE_TIMEOUT, WAREHOUSE_MAX_CONCURRENCY, WAREHOUSE_FAKE_PORT, ... -----------
+
+class WarehouseSettings(SystemSettings):
+    model_config = SettingsConfigDict(env_prefix="WAREHOUSE_", env_file=".env", extra="ignore",
+                                      populate_by_name=True)
+
+    url: str = Field("http://127.0.0.1:5300", description="the warehouse system")
+    fake_port: int = Field(5300, description="where `esi run fake-warehouse` listens")
+
+
+# --- 3. the client: I/O with the warehouse only, its failures translated into esi's ---------------------------------
+
+class WarehouseClient:
+    def __init__(self, settings: WarehouseSettings) -> None:
+        self._http = http_client(base_url=settings.url, timeout=settings.timeout, ca_bundle=settings.ca_bundle,
+                                 max_connections=settings.max_concurrency)
+
+    async def reserve(self, *, sku: str, quantity: int, order_id: str, key: str) -> dict[str, Any]:
+        with translate_transport_errors("warehouse", "reserve"):
+            response = await self._http.post("/reservations", json={"sku": sku, "quantity": quantity,
+                                                                    "order_id": order_id},
+                                             headers={"Idempotency-Key": key})
+        if response.status_code == 409:
+            raise BusinessError(f"warehouse: {response.json()['detail']}", code="out_of_stock", system="warehouse")
+        if not response.is_success:
+            raise error_for_status(response, system="warehouse", operation="reserve")
+        return dict(response.json())
+
+    async def check(self) -> None:
+        with translate_transport_errors("warehouse", "check"):
+            (await self._http.get("/health")).raise_for_status()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+# --- 4. the handlers: pure logic over the client --------------------------------------------------------------------
+
+def warehouse_handlers(context: SystemContext) -> dict[str, Handler]:
+    client: WarehouseClient = context.client
+
+    async def reserve_stock(envelope: Envelope, payload: ReserveStock) -> list[Envelope]:
+        held = await client.reserve(sku=payload.sku, quantity=payload.quantity, order_id=payload.order_id,
+                                    key=f"esi-{envelope.message_id}")
+        answer = StockReserved(reservation_id=held["id"], sku=payload.sku, quantity=payload.quantity,
+                               order_id=payload.order_id)
+        return [envelope.reply("stock_reserved", answer.model_dump())]
+
+    return {"reserve_stock": reserve_stock}
+
+
+# --- 5. a fake warehouse (demo and tests) ---------------------------------------------------------------------------
+
+def fake_warehouse(_settings: WarehouseSettings) -> FastAPI:
+    app = FastAPI()
+    state: dict[str, Any] = {"stock": {"SKU-1": 10}, "reservations": {}}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/reservations", status_code=201)
+    async def reserve(request: Request, idempotency_key: str = Header()) -> Any:
+        if idempotency_key in state["reservations"]:
+            return state["reservations"][idempotency_key]
+        body = await request.json()
+        if state["stock"].get(body["sku"], 0) < body["quantity"]:
+            return JSONResponse({"detail": f"only {state['stock'].get(body['sku'], 0)} of {body['sku']}"}, 409)
+        state["stock"][body["sku"]] -= body["quantity"]
+        held = {"id": f"RES-{len(state['reservations']) + 1:04d}", **body}
+        state["reservations"][idempotency_key] = held
+        return held
+
+    @app.get("/_fake/state")
+    async def fake_state() -> dict[str, Any]:
+        return state
+
+    @app.post("/_fake/reset")
+    async def reset() -> dict[str, str]:
+        state.update({"stock": {"SKU-1": 10}, "reservations": {}})
+        return {"status": "reset"}
+
+    return app
+
+
+# --- 6. the declaration: everything esi derives from -------------------------------------------------------------
+
+WAREHOUSE = System(
+    code="warehouse",
+    title="Warehouse",
+    description="stock held for orders",
+    answers=(Operation("reserve_stock", ReserveStock, "stock_reserved", StockReserved),),
+    settings=WarehouseSettings,
+    client=WarehouseClient,
+    handlers=warehouse_handlers,
+    fake=Fake("fake-warehouse", fake_warehouse),
+    key_fields=("sku", "reservation_id"),
+)
+
+
+# --- what the registry derives from it (no broker) ------------------------------------------------------------------
+
+def test_the_registry_derives_catalog_topology_targets_and_routing() -> None:
+    registry = Registry([*BUILT_IN, WAREHOUSE])
+    spec = registry.catalog.request_spec("warehouse", "reserve_stock")
+    assert spec.model is ReserveStock and spec.response_type == "stock_reserved"
+    assert registry.catalog.get("stock_reserved").model is StockReserved
+    assert "warehouse" in registry.targets and "warehouse" in registry.services
+    assert registry.fakes["fake-warehouse"] is WAREHOUSE
+    work = registry.topology().queue_for("warehouse")
+    assert (work.name, work.bindings) == ("warehouse_queue", ("*.request.warehouse.*",))
+    assert work.dead_letter_queue == "warehouse_dead_letter_queue"
+    # the reply goes back to 1C, whose adapter must record it
+    assert "stock_reserved" in registry.routed_to(registry.origin)
+    assert registry.routed_to(WAREHOUSE) == {"reserve_stock"}
+    assert registry.business_keys({"sku": "SKU-1", "quantity": 3}) == ["SKU-1"]
+
+
+def test_declarations_that_do_not_fit_are_refused_at_start_up() -> None:
+    with pytest.raises(RegistryError, match="declared twice"):
+        Registry([*BUILT_IN, WAREHOUSE, WAREHOUSE])
+    asks_nobody = System(code="erp2", title="x", handlers=lambda _: {}, asks=("ship_it",))
+    with pytest.raises(RegistryError, match="no registered system answers"):
+        Registry([*BUILT_IN, asks_nobody])
+    registry = Registry([*BUILT_IN, WAREHOUSE])
+    with pytest.raises(RegistryError, match="missing reserve_stock"):
+        registry.check_handlers(WAREHOUSE, {})
+    # forgetting the 1C side's reply handler is caught at start-up, not by a dead letter at run time
+    before = {t: warehouse_handlers for t in Registry(BUILT_IN).routed_to(registry.origin)}
+    with pytest.raises(RegistryError, match="missing stock_reserved$"):
+        registry.check_handlers(registry.origin, before)  # type: ignore[arg-type]
+
+
+def test_the_esi_package_does_not_know_the_warehouse() -> None:
+    found = subprocess.run(["grep", "-ril", "warehouse", str(ROOT / "esi")], capture_output=True, text=True)
+    assert found.stdout == "", f"esi/ names the warehouse: {found.stdout}"
+
+
+# --- end to end: 1C → warehouse → 1C through the real broker, store and API -----------------------------------------
+
+@pytest.mark.integration
+def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> None:
+    vhost = Vhost()
+    system = EsiSystem(workdir=tmp_path, amqp_url=vhost.url, database_url=f"sqlite:///{tmp_path}/esi.db",
+                       registry=Registry([*BUILT_IN, WAREHOUSE]),
+                       extra_env={"ESI_SYSTEMS": SPEC, "PYTHONPATH": str(ROOT)})
+    try:
+        system.start_all()
+        request_id = f"WH-{uuid.uuid4().hex[:10]}"
+        body = {"request_id": request_id, "sku": "SKU-1", "quantity": 3, "order_id": "ORD9876"}
+        response = system.post("/requests/warehouse/reserve_stock", json=body)
+        assert response.status_code == 202, response.text
+        record = system.wait_final(request_id)
+        assert record["status"] == "completed", record
+        assert record["target"] == "warehouse" and record["message_type"] == "reserve_stock"
+        assert record["response"]["sku"] == "SKU-1" and record["response"]["reservation_id"] == "RES-0001"
+        state = httpx.get(f"{system.fake_url('warehouse')}/_fake/state", timeout=10).json()
+        assert state["stock"]["SKU-1"] == 7 and len(state["reservations"]) == 1
+        # found by the new system's business keys; the timeline shows the warehouse call
+        found = httpx.get(f"{system.api_url}/requests", params={"key": "RES-0001"}, timeout=10).json()
+        assert [r["request_id"] for r in found["requests"]] == [request_id]
+        events = httpx.get(f"{system.api_url}/requests/{request_id}/timeline", timeout=10).json()["events"]
+        calls = [e for e in events if e["event"] == "external_call"]
+        assert calls and calls[0]["detail"]["system"] == "warehouse" and calls[0]["detail"]["outcome"] == "ok"
+        # the warehouse's refusal ends the request failed, with its reason
+        refused_id = f"WH-{uuid.uuid4().hex[:10]}"
+        system.post("/requests/warehouse/reserve_stock", json={**body, "request_id": refused_id, "quantity": 99})
+        refused = system.wait_final(refused_id)
+        assert refused["status"] == "failed" and "only 7 of SKU-1" in refused["error"]["message"], refused
+        # the edge knows the new target and its one message type
+        unknown = system.post("/requests/warehouse/ship_it", json={"sku": "SKU-1"})
+        assert unknown.status_code == 404 and "reserve_stock" in unknown.json()["error"]["message"]
+        invalid = system.post("/requests/warehouse/reserve_stock", json={"sku": "SKU-1", "quantity": -1})
+        assert invalid.status_code == 422
+        ready = httpx.get(f"{system.processes['adapters'].health_url}/readyz", timeout=10).json()
+        assert ready["checks"]["warehouse"]["status"] == "ok", ready
+        queues = rabbitmqctl("list_queues", "-p", vhost.name, "name", "arguments")
+        assert "warehouse_queue" in queues and "warehouse_dead_letter_queue" in queues
+        codes = system.stop_all()
+        assert all(code == 0 for code in codes.values()), (codes, system.logs()[-3000:])
+    except BaseException:
+        print(system.logs()[-5000:])
+        for process in system.processes.values():
+            if process.proc is not None and process.proc.poll() is None:
+                process.kill()
+        raise
+    finally:
+        vhost.delete()
