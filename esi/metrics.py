@@ -14,6 +14,8 @@ Series:
     esi_http_request_duration_seconds{route,method}            histogram
     esi_queue_messages{queue}                                  work, retry and dead-letter queue depths
     esi_outbox_backlog                                         requests accepted but not yet confirmed by the broker
+    esi_circuit_open{system}                                   1 while the system's breaker is not closed (or paused)
+    esi_circuit_transitions_total{system,to}                   breaker transitions, by the state entered
 """
 
 from __future__ import annotations
@@ -45,4 +47,8 @@ HTTP_REQUESTS = Counter("esi_http_requests", "HTTP requests served", ["route", "
 HTTP_DURATION = Histogram("esi_http_request_duration_seconds", "HTTP request latency", ["route", "method"],
                           buckets=_BUCKETS, registry=REGISTRY)
 QUEUE_DEPTH = Gauge("esi_queue_messages", "Messages ready in a queue", ["queue"], registry=REGISTRY)
+CIRCUIT_OPEN = Gauge("esi_circuit_open", "1 while a system's circuit is open, half-open or paused; 0 closed",
+                     ["system"], registry=REGISTRY)
+CIRCUIT_TRANSITIONS = Counter("esi_circuit_transitions", "Circuit breaker transitions, by the state entered",
+                              ["system", "to"], registry=REGISTRY)
 OUTBOX_BACKLOG = Gauge("esi_outbox_backlog", "Accepted requests not yet confirmed by the broker", registry=REGISTRY)

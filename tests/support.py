@@ -225,7 +225,7 @@ class EsiSystem:
         if any(self.registry.origin.service in s for s in layout.values()):
             self.wait_http(f"{self.api_url}/readyz")
 
-    def wait_http(self, url: str, timeout: float = 30) -> None:
+    def wait_http(self, url: str, timeout: float = 60) -> None:
         def ok() -> bool:
             for p in self.processes.values():
                 if p.proc is not None and p.proc.poll() is not None:
