@@ -34,9 +34,18 @@ class EsiError(Exception):
 
 
 class TransientError(EsiError):
-    """A failure that may heal by itself: the message is retried later."""
+    """A failure that may heal by itself: the message is retried later.
+
+    `retry_after`: seconds the system asked us to wait (`Retry-After` on a 429 or 503); the retry waits at least
+    that long (the nearest rung of the ladder at or above it).
+    """
 
     code = "transient"
+
+    def __init__(self, message: str, *, code: str | None = None, system: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, code=code, system=system)
+        self.retry_after = retry_after
 
 
 class SessionExpired(TransientError):

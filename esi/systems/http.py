@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import ssl
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,12 +48,34 @@ def error_for_status(response: httpx.Response, *, system: str, operation: str, d
     text = detail or _short_body(response)
     message = f"{system} {operation}: HTTP {status}" + (f": {text}" if text else "")
     if status in TRANSIENT_STATUSES or status >= 500:
-        return TransientError(message, code=f"http_{status}", system=system)
+        return TransientError(message, code=f"http_{status}", system=system,
+                              retry_after=retry_after(response.headers.get("retry-after")))
     if status == 404:
         return NotFound(message, code="not_found", system=system)
     if status in (409, 422):
         return BusinessError(message, code=f"http_{status}", system=system)
     return PermanentError(message, code=f"http_{status}", system=system)
+
+
+#: the longest `Retry-After` honoured: a system asking for more gets the ladder's last rung and its dead letter
+MAX_RETRY_AFTER_S = 24 * 3600.0
+
+
+def retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a `Retry-After` header (RFC 9110: delay-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 def _short_body(response: httpx.Response, limit: int = 300) -> str:
