@@ -43,6 +43,8 @@ Test and demo controls (never need the API key, never hit by faults)
 - ``POST /_fake/policies`` — add or replace a policy (the body is a policy as ``GET /policies/…`` serves it).
 - ``POST /_fake/faults`` — see `esi.fakes.faults`.
 
+``/_fake/state``, ``/_fake/reset`` and ``/_fake/faults`` are the endpoints every fake has (`esi.fakes.controls`).
+
 Layout: ``/health`` lives on the outer app, the DMS API and ``/_fake/*`` on a sub-application mounted at ``/``
 on which the fault middleware is installed; that is how ``/health`` escapes injected faults.
 Everything is held in plain dicts and answered without awaiting anything, so concurrent requests cannot interleave
@@ -65,7 +67,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from esi.api import TELEMETRY_OFF
-from esi.fakes.faults import Faults, install
+from esi.fakes.controls import install_controls
+from esi.fakes.faults import Faults
 
 #: the email domain the fake DMS always refuses (422 validation_error)
 REFUSED_EMAIL_DOMAIN = "refused.example"
@@ -340,23 +343,12 @@ def create_app(*, api_key: str | None = None) -> FastAPI:
         fake.authorize(request.headers.get("authorization"))
         return JSONResponse(fake.get_policy(policy_number))
 
-    @api.get("/_fake/state")
-    async def state() -> JSONResponse:
-        """Everything the fake holds, with its counters and the armed fault."""
-        return JSONResponse(fake.state())
-
-    @api.post("/_fake/reset")
-    async def reset() -> JSONResponse:
-        """Back to the seed; counters and faults cleared."""
-        fake.reset()
-        return JSONResponse(fake.state())
-
     @api.post("/_fake/policies", status_code=201)
     async def add_policy(policy: NewPolicy) -> JSONResponse:
         """Add or replace a policy (tests and demos)."""
         return JSONResponse(fake.add_policy(policy), status_code=201)
 
-    install(api, fake.faults)
+    install_controls(api, fake)  # /_fake/state, /_fake/reset, /_fake/faults and the faults on the DMS API
     app.mount("/", api)
     return app
 

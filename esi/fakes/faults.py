@@ -32,6 +32,8 @@ class FaultSpec(BaseModel):
 
 @dataclass
 class Decision:
+    """What one call gets from the armed fault: a delay first, then a status instead of the answer (None: none)."""
+
     latency_s: float = 0.0
     status: int | None = None
 
@@ -49,16 +51,19 @@ class Faults:
         self._rng = random.Random(1234)
 
     def arm(self, spec: FaultSpec) -> None:
+        """Arm `spec` in place of any fault armed before (a spec without status or latency clears)."""
         empty = spec.status is None and spec.latency_ms == 0
         self.spec = None if empty else spec
         self.remaining = spec.count
         self._rng = random.Random(1234)
 
     def clear(self) -> None:
+        """Disarm; the counts of what was injected stay."""
         self.spec = None
         self.remaining = None
 
     def reset(self) -> None:
+        """Disarm and forget what was injected and when calls came (a fake's `/_fake/reset`)."""
         self.clear()
         self.injected = 0
         self.call_times.clear()
@@ -82,6 +87,7 @@ class Faults:
         return Decision(latency_s=spec.latency_ms / 1000.0, status=status)
 
     def state(self) -> dict:
+        """The armed fault, its remaining count, how many calls it answered and when calls came."""
         return {
             "armed": self.spec.model_dump() if self.spec else None,
             "remaining": self.remaining,

@@ -23,8 +23,9 @@ requests = Table(
     "esi_requests",
     metadata,
     Column("request_id", String(128), primary_key=True),
-    Column("source", String(8), nullable=False),
-    Column("target", String(8), nullable=False),
+    # system codes ("1c", "crm", ...): 8 characters until migration 4, which left room for longer ones ("warehouse")
+    Column("source", String(32), nullable=False),
+    Column("target", String(32), nullable=False),
     Column("message_type", String(64), nullable=False),
     Column("status", String(16), nullable=False),
     Column("payload_hash", String(64), nullable=False),
@@ -101,9 +102,32 @@ def _add_column(table: Table, column: str) -> Callable[[Connection], None]:
     return step
 
 
+def _widen_column(table: Table, column: str) -> Callable[[Connection], None]:
+    """A step giving an existing `column` its declared (longer) VARCHAR length.
+
+    PostgreSQL only: SQLite ignores VARCHAR lengths (a column holds text of any length whatever its declaration), so
+    its tables need no change, and SQLite has no ALTER COLUMN anyway. Widening a VARCHAR on PostgreSQL changes the
+    catalog only (no table rewrite); a column already as wide, from a table created by this version's declaration,
+    is left alone.
+    """
+
+    def step(conn: Connection) -> None:
+        if conn.dialect.name != "postgresql":
+            return
+        declared = table.c[column].type
+        found = {c["name"]: c["type"] for c in inspect(conn).get_columns(table.name)}[column]
+        if getattr(found, "length", None) is None or found.length >= declared.length:
+            return
+        ddl = declared.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} ALTER COLUMN {column} TYPE {ddl}")
+
+    return step
+
+
 #: version → what it does: tables to create (checkfirst) or steps to run. Applied versions are recorded.
 MIGRATIONS: dict[int, list[Table | Callable[[Connection], None]]] = {
     1: [requests, outbox, inbox],
     2: [events, request_keys],
     3: [_add_column(requests, "client_id")],
+    4: [_widen_column(requests, "source"), _widen_column(requests, "target")],
 }

@@ -7,10 +7,13 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
+from sqlalchemy import MetaData, String, inspect, insert, select
+from sqlalchemy.exc import DBAPIError
 
 from esi.api.app import ApiDeps, create_app
 from esi.store import RequestStatus, Store
 from esi.store import schema
+from esi.store.backends import open_backend
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +76,76 @@ async def test_migrations_apply_once_even_from_several_openers(store_url: str) -
     finally:
         for store in stores:
             await store.aclose()
+
+
+def _version_3_tables() -> MetaData:
+    """The tables as schema version 3 declared them: the same, but for system codes of at most 8 characters."""
+    tables = MetaData()
+    for table in schema.metadata.sorted_tables:
+        table.to_metadata(tables)
+    for column in ("source", "target"):
+        tables.tables["esi_requests"].c[column].type = String(8)
+    return tables
+
+
+async def _system_code_lengths(store: Store) -> dict[str, int]:
+    def read(conn) -> dict[str, int]:
+        columns = {c["name"]: c["type"] for c in inspect(conn).get_columns("esi_requests")}
+        return {name: columns[name].length for name in ("source", "target")}
+
+    return await store._backend.read(read)
+
+
+async def _accept_long_codes(store: Store) -> None:
+    """A request between two systems whose codes are longer than the 8 characters of schema version 3."""
+    await store.accept(request_id="LONG1", source="warehouse_eu", target="warehouse", message_type="stock_level",
+                       payload_hash="h", message_id="m-long-1",
+                       routing_key="warehouse_eu.request.warehouse.stock_level", body=b"{}")
+    record = await store.get("LONG1")
+    assert record is not None and record.target == "warehouse" and record.status is RequestStatus.ACCEPTED
+    r = schema.requests
+    stored = await store._backend.read(
+        lambda conn: conn.execute(select(r.c.source, r.c.target).where(r.c.request_id == "LONG1")).one())
+    assert tuple(stored) == ("warehouse_eu", "warehouse")
+
+
+async def test_a_system_code_longer_than_8_characters_is_stored_and_read_back(store_url: str) -> None:
+    async with await Store.open(store_url) as store:
+        await _accept_long_codes(store)
+        assert await _system_code_lengths(store) == {"source": 32, "target": 32}
+
+
+async def test_a_store_created_by_schema_version_3_is_migrated_to_wider_system_codes(store_url: str) -> None:
+    old = _version_3_tables()
+    backend = open_backend(store_url)
+
+    def create_version_3(conn) -> None:
+        old.create_all(conn)
+        conn.execute(insert(old.tables["esi_schema_migrations"]),
+                     [{"version": v, "applied_at": "2026-01-01T00:00:00+00:00"} for v in (1, 2, 3)])
+
+    def insert_long_code(conn) -> None:
+        conn.execute(insert(old.tables["esi_requests"]).values(
+            request_id="OLD1", source="1c", target="warehouse", message_type="t", status="accepted",
+            payload_hash="h", attempts=0, created_at="2026-01-01", updated_at="2026-01-01"))
+
+    try:
+        await backend.write_alone(create_version_3)
+        if backend.dialect == "postgresql":  # the old column really refuses a long code: the test starts narrow
+            with pytest.raises(DBAPIError):
+                await backend.write_alone(insert_long_code)
+    finally:
+        await backend.aclose()
+
+    async with await Store.open(store_url) as store:
+        assert await store.applied_migrations() == sorted(schema.MIGRATIONS)
+        assert max(schema.MIGRATIONS) >= 4
+        if not store.is_sqlite:  # SQLite ignores VARCHAR lengths: its declaration stays, its values are not cut
+            assert await _system_code_lengths(store) == {"source": 32, "target": 32}
+        await _accept_long_codes(store)
+    async with await Store.open(store_url) as store:  # opened again: nothing left to migrate, nothing lost
+        assert await store.applied_migrations() == sorted(schema.MIGRATIONS)
+        assert (await store.get("LONG1")).target == "warehouse"
 
 
 async def test_api_answers_503_with_retry_after_when_the_backlog_is_full(tmp_path) -> None:

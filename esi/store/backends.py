@@ -1,0 +1,301 @@
+"""How the store's operations run: the execution backends, their group commits, engines and pragmas.
+
+An operation is a plain function over a SQLAlchemy `Connection` (`esi.store.db` holds them); a backend runs it and
+knows nothing of what it does.
+
+- SQLite: the stdlib driver in worker threads. Writes go to one writer thread and are group-committed: the writes
+  that arrive while a commit is in progress share the next transaction and one commit — one fsync and one thread
+  hop serve many requests (if one of them fails, the batch runs again with each write in its own savepoint, so that
+  it fails alone). Reads run in reader threads, in deferred transactions that never wait for the writer (WAL); the
+  reads asked for in one turn of the event loop go to a thread in one hand-off. An async SQLite driver would cost a
+  thread hop per statement, which measured as the bottleneck of the whole bus.
+- PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way, reads from the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+T = TypeVar("T")
+#: an operation: a function run on a connection inside the backend's transaction
+Op = Callable[[Connection], T]
+#: the result or the error of each operation of a batch, in order
+Outcomes = list[tuple[Any, BaseException | None]]
+
+
+class Backend(Protocol):
+    """What the store asks of a backend."""
+
+    #: the SQLAlchemy dialect: "sqlite" or "postgresql"
+    dialect: str
+
+    async def write(self, op: Op[T]) -> T:
+        """Run `op` in a transaction, committed; possibly sharing the transaction with other writes."""
+        ...
+
+    async def write_alone(self, op: Op[T]) -> T:
+        """Run `op` in a transaction of its own, committed (migrations)."""
+        ...
+
+    async def read(self, op: Op[T]) -> T:
+        """Run `op` on a connection that writes nothing."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish the writes under way, then close the engines."""
+        ...
+
+
+# --- group commit ---------------------------------------------------------------------------------------------------
+
+def _run_ops(conn: Connection, batch: list[tuple[Op[Any], Any]]) -> list[Any]:
+    return [op(conn) for op, _ in batch]
+
+
+def _run_ops_each_in_savepoint(conn: Connection, batch: list[tuple[Op[Any], Any]]) -> Outcomes:
+    outcomes: Outcomes = []
+    for op, _ in batch:
+        try:
+            with conn.begin_nested():
+                outcomes.append((op(conn), None))
+        except Exception as exc:  # this write fails alone; the others go on
+            outcomes.append((None, exc))
+    return outcomes
+
+
+class GroupCommit:
+    """Writes that arrive while a commit is under way go into the next one, together: one commit (one fsync)
+    for many writes.
+
+    Optimistic: a batch runs as one plain transaction (no savepoints, two statements less per write); a write
+    that fails (a duplicate request_id) rolls it all back, and the batch runs again with each write in its own
+    savepoint, so that only that write fails. Subclasses say how a batch runs on their driver.
+    """
+
+    def __init__(self, *, max_batch: int) -> None:
+        self._max_batch = max_batch
+        self._pending: list[tuple[Op[Any], asyncio.Future[Any]]] = []
+        self._kick = asyncio.Event()
+        self._batcher: asyncio.Task[None] | None = None
+
+    async def write(self, op: Op[T]) -> T:
+        """Run `op` in the next group commit; its result, or its own error."""
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._run_batches(), name="store-group-commit")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
+        self._kick.set()
+        return await future
+
+    async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
+        """`fn(conn, arg)` in one transaction on this driver, committed."""
+        raise NotImplementedError
+
+    async def write_alone(self, op: Op[T]) -> T:
+        """Run `op` in a transaction of its own, outside the group commits."""
+        return await self._transaction(lambda conn, _: op(conn), None)
+
+    async def _run_batch(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
+        try:
+            results = await self._transaction(_run_ops, batch)
+            return [(result, None) for result in results]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(None, exc)]
+        return await self._transaction(_run_ops_each_in_savepoint, batch)
+
+    async def _run_batches(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+                try:
+                    outcomes = await self._run_batch(batch)
+                except Exception as exc:  # the commit itself failed: every write of the batch fails
+                    outcomes = [(None, exc)] * len(batch)
+                _deliver(batch, outcomes)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0.01)
+        if self._batcher is not None:
+            self._batcher.cancel()
+
+
+def _deliver(batch: list[tuple[Op[Any], asyncio.Future[Any]]], outcomes: Outcomes) -> None:
+    """Hand each operation of a batch its result or its error (a caller that gave up is skipped)."""
+    for (_, future), (result, error) in zip(batch, outcomes):
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _settle(batch: list[tuple[Op[Any], asyncio.Future[Any]]], outcome: asyncio.Future[Outcomes]) -> None:
+    """Hand each read of a batch its result, or the error that ended the batch (no connection, say)."""
+    failure = outcome.exception() if not outcome.cancelled() else asyncio.CancelledError()
+    _deliver(batch, [(None, failure)] * len(batch) if failure is not None else outcome.result())
+
+
+# --- SQLite ---------------------------------------------------------------------------------------------------------
+
+class SqliteBackend(GroupCommit):
+    """SQLite through the stdlib driver in worker threads: one writer thread (SQLite has one writer), four readers.
+
+    Writers and readers have engines of their own: a write transaction begins IMMEDIATE (it takes the write lock up
+    front), a read transaction plain BEGIN (deferred: in WAL mode it never waits for the writer, nor the writer for
+    it). Reads that took the write lock too serialised every read with every commit of every process on the file,
+    and a lock found busy costs SQLite's busy handler a sleep of 1 ms or more.
+    """
+
+    dialect = "sqlite"
+
+    def __init__(self, writer: Engine, reader: Engine, *, max_batch: int = 512) -> None:
+        super().__init__(max_batch=max_batch)
+        self._engine = writer
+        self._reader = reader
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esi-sqlite-write")
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="esi-sqlite-read")
+        self._reads: list[tuple[Op[Any], asyncio.Future[Any]]] = []
+        self._max_read_batch = 64
+
+    async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
+        def run() -> T:
+            with self._engine.begin() as conn:
+                return fn(conn, arg)
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+
+    async def read(self, op: Op[T]) -> T:
+        """Reads asked for in one turn of the loop run together, on one reader connection: one hand-off to a thread
+        for many (under load, the consumers and long polls of one turn each read)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._reads.append((op, future))
+        if len(self._reads) == 1:
+            loop.call_soon(self._dispatch_reads, loop)
+        return await future
+
+    def _dispatch_reads(self, loop: asyncio.AbstractEventLoop) -> None:
+        reads, self._reads = self._reads, []
+        for start in range(0, len(reads), self._max_read_batch):
+            batch = reads[start:start + self._max_read_batch]
+            try:
+                done = loop.run_in_executor(self._readers, self._run_reads, batch)
+            except RuntimeError as exc:  # the store is closing: its executor takes no more work
+                failed: asyncio.Future[Outcomes] = loop.create_future()
+                failed.set_exception(exc)
+                _settle(batch, failed)
+                continue
+            done.add_done_callback(lambda outcome, batch=batch: _settle(batch, outcome))
+
+    def _run_reads(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
+        outcomes: Outcomes = []
+        with self._reader.connect() as conn:
+            for op, _ in batch:
+                try:
+                    outcomes.append((op(conn), None))
+                except Exception as exc:  # this read fails alone
+                    outcomes.append((None, exc))
+        return outcomes
+
+    async def aclose(self) -> None:
+        """Finish the writes under way, stop the threads, close the engines."""
+        await self._drain()
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self._engine.dispose()
+        if self._reader is not self._engine:
+            self._reader.dispose()
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------------------------
+
+class PostgresBackend(GroupCommit):
+    """PostgreSQL through asyncpg. Writes are group-committed too: measured end to end, a transaction per write
+    cost the 1C process 5.7 ms of CPU per request."""
+
+    dialect = "postgresql"
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 256) -> None:
+        super().__init__(max_batch=max_batch)
+        self._engine = engine
+
+    async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(fn, arg)
+
+    async def read(self, op: Op[T]) -> T:
+        """Run `op` on a pooled connection."""
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(op)
+
+    async def aclose(self) -> None:
+        """Finish the writes under way, close the pool."""
+        await self._drain()
+        await self._engine.dispose()
+
+
+# --- engines --------------------------------------------------------------------------------------------------------
+
+def async_url(url: str) -> str:
+    """Map a plain database URL to the async driver esi uses (PostgreSQL); SQLite keeps the stdlib driver."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return str(parsed.set(drivername="sqlite"))
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise ValueError(f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use sqlite or postgresql")
+
+
+def open_backend(url: str, *, durable_commits: bool = True) -> SqliteBackend | PostgresBackend:
+    """The backend for a plain database URL, its engines created (nothing is connected yet).
+
+    `durable_commits=False`: SQLite commits without an fsync (WAL with synchronous=NORMAL); see `Store.open`.
+    """
+    target = async_url(url)
+    parsed = make_url(target)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        synchronous = "FULL" if durable_commits else "NORMAL"
+        writer = sqlite_engine(target, synchronous=synchronous, begin="BEGIN IMMEDIATE", pool_size=2)
+        in_memory = parsed.database in (None, "", ":memory:")
+        reader = writer if in_memory else sqlite_engine(target, synchronous=synchronous, begin="BEGIN", pool_size=4)
+        return SqliteBackend(writer, reader)
+    async_engine = create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True,
+                                       connect_args={"command_timeout": 30})
+    return PostgresBackend(async_engine)
+
+
+def sqlite_engine(url: str, *, synchronous: str, begin: str, pool_size: int) -> Engine:
+    """An engine on the SQLite file `url` whose transactions begin with `begin` (see `SqliteBackend`)."""
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                           pool_size=pool_size, max_overflow=4)
+    event.listen(engine, "connect", lambda dbapi_conn, _rec: _sqlite_pragmas(dbapi_conn, synchronous))
+    # take over BEGIN from the driver: SAVEPOINTs then work, and a writer's IMMEDIATE takes the write lock up front
+    # (a deferred transaction that reads, then writes, can fail to upgrade its lock under contention)
+    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:
+    dbapi_connection.isolation_level = None  # the driver must not BEGIN on its own (see sqlite_engine)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
