@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from esi.bus.consumer import Handler
 from esi.errors import InvalidMessage
-from esi.messages import Envelope
+from esi.messages import Envelope, Handler
 from esi.messages.crm import OrderStatusUpdated, PdfReceived, SendPdfFile, UpdateOrderStatus
 from esi.messages.dms import GetPolicyInfo, PolicyInfo
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from esi.bus.consumer import Handler
-from esi.messages import Envelope
+from esi.messages import Envelope, Handler
 from esi.messages.dms import CreateUser, GetPolicyInfo, PolicyInfo, UserCreated
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from esi.bus.consumer import Handler
-from esi.messages import Envelope
+from esi.messages import Envelope, Handler
 
 log = logging.getLogger(__name__)
 
