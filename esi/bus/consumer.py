@@ -30,7 +30,20 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from esi import metrics
 from esi.bus.acks import AckBatcher
-from esi.bus.publisher import ATTEMPT_HEADER, Publisher
+from esi.bus.headers import (
+    ATTEMPT_HEADER,
+    H_ADAPTER,
+    H_ATTEMPTS,
+    H_DEAD_LETTERED_AT,
+    H_ERROR_CLASS,
+    H_ERROR_CODE,
+    H_ERROR_MESSAGE,
+    H_FIRST_FAILURE,
+    H_LAST_FAILURE,
+    H_ORIGINAL_EXCHANGE,
+    H_ORIGINAL_ROUTING_KEY,
+)
+from esi.bus.publisher import Publisher
 from esi.bus.topology import WorkQueue
 from esi.errors import BusinessError, EsiError, InvalidMessage, PermanentError, TransientError
 from esi.logs import log_context
@@ -40,18 +53,6 @@ from esi.store.events import NullRecorder
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Envelope, Any], Awaitable[list[Envelope]]]
-
-H_ERROR_CLASS = "x-esi-error-class"
-H_ERROR_CODE = "x-esi-error-code"
-H_ERROR_MESSAGE = "x-esi-error-message"
-H_ADAPTER = "x-esi-adapter"
-H_ATTEMPTS = "x-esi-attempts"
-H_FIRST_FAILURE = "x-esi-first-failure"
-H_LAST_FAILURE = "x-esi-last-failure"
-H_ORIGINAL_EXCHANGE = "x-esi-original-exchange"
-H_ORIGINAL_ROUTING_KEY = "x-esi-original-routing-key"
-H_DEAD_LETTERED_AT = "x-esi-dead-lettered-at"
-H_REPLAYED = "x-esi-replayed"
 
 #: how long a delivery whose retry or dead letter could not be published is held before it goes back to its queue
 REQUEUE_PAUSE_S = 1.0

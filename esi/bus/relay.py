@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import aio_pika
 
-from esi.bus.publisher import ATTEMPT_HEADER, Publisher
+from esi.bus.headers import ATTEMPT_HEADER
+from esi.bus.publisher import Publisher
 from esi.errors import TransientError
 from esi.store.records import OutboxRow
 
