@@ -57,10 +57,6 @@ class OutboxRelay:
         #: set while publishing fails (the broker is away); cleared by the next success
         self.last_error: str | None = None
 
-    def notify(self) -> None:
-        """Wake the sweep now rather than at its next poll."""
-        self._wakeup.set()
-
     def submit(self, row: OutboxRow) -> None:
         """Publish a just-committed row at once (the API's fast path)."""
         if self._stopping or row.message_id in self._claimed:
