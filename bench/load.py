@@ -337,7 +337,7 @@ class Driver:
 
 async def publish_backlog(amqp_url: str, n: int, *, in_flight: int = 1000, tag: str | None = None) -> float:
     """Publish `n` valid create_user envelopes straight to main_exchange (confirmed); returns the seconds taken."""
-    from esi.bus.publisher import ATTEMPT_HEADER
+    from esi.bus.headers import ATTEMPT_HEADER
     from esi.messages import Envelope
 
     tag = tag or uuid.uuid4().hex[:8]

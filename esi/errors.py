@@ -8,8 +8,8 @@
         └── BusinessError       the external system refused (unknown order, unknown status, user refused)
             └── NotFound        the thing the message refers to does not exist
 
-Each external system's client translates its own failures into these classes at its boundary; the consumer loop
-alone decides from the class whether to ack, retry or dead-letter.
+Each external system's client translates its own failures into these classes at its boundary; the consumer's
+decision (`esi.bus.decision.decide`) alone chooses from the class whether to ack, retry or dead-letter.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""The consumer loop: the one place that decides ack, retry or dead-letter.
+"""The consumer loop: the one place that acts on ack, retry or dead-letter.
 
 For each delivery it decodes the envelope, validates the payload against the catalog, runs the handler, publishes
 what the handler returned (waiting for every confirm), records the message in the inbox and only then acks (the
 acks of one loop turn leave together: `esi.bus.acks`).
-From the class of a failure (`esi.errors`) it decides the rest:
+A failure is handed to `esi.bus.decision.decide`, a pure function that chooses from its class (`esi.errors`) what
+becomes of the delivery; the loop carries that out (publishing, acking, rejecting, tracking, events, metrics):
 
 - `TransientError` (and any unexpected exception): republish the original bytes to the next hold queue of the retry
   ladder with the attempt count (our own header) raised, then ack; after `max_attempts` tries, dead-letter.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -30,28 +31,16 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from esi import metrics
 from esi.bus.acks import AckBatcher
-from esi.bus.publisher import ATTEMPT_HEADER, Publisher
+from esi.bus.decision import Ack, DeadLetter, Decision, Retry, RetryPolicy, decide
+from esi.bus.headers import ATTEMPT_HEADER, H_ORIGINAL_ROUTING_KEY
+from esi.bus.publisher import Publisher
 from esi.bus.topology import WorkQueue
-from esi.errors import BusinessError, EsiError, InvalidMessage, PermanentError, TransientError
+from esi.errors import EsiError, InvalidMessage
 from esi.logs import log_context
-from esi.messages import Catalog, Envelope, ErrorInfo, Kind, decode_envelope
+from esi.messages import Catalog, Envelope, ErrorInfo, Handler, Kind, decode_envelope
 from esi.store.events import NullRecorder
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[Envelope, Any], Awaitable[list[Envelope]]]
-
-H_ERROR_CLASS = "x-esi-error-class"
-H_ERROR_CODE = "x-esi-error-code"
-H_ERROR_MESSAGE = "x-esi-error-message"
-H_ADAPTER = "x-esi-adapter"
-H_ATTEMPTS = "x-esi-attempts"
-H_FIRST_FAILURE = "x-esi-first-failure"
-H_LAST_FAILURE = "x-esi-last-failure"
-H_ORIGINAL_EXCHANGE = "x-esi-original-exchange"
-H_ORIGINAL_ROUTING_KEY = "x-esi-original-routing-key"
-H_DEAD_LETTERED_AT = "x-esi-dead-lettered-at"
-H_REPLAYED = "x-esi-replayed"
 
 #: how long a delivery whose retry or dead letter could not be published is held before it goes back to its queue
 REQUEUE_PAUSE_S = 1.0
@@ -73,16 +62,6 @@ class Inbox(Protocol):
     async def seen(self, consumer: str, message_id: str) -> bool: ...
 
     async def record(self, consumer: str, message_id: str) -> None: ...
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _describe(exc: BaseException) -> EsiError:
-    if isinstance(exc, EsiError):
-        return exc
-    return TransientError(f"unexpected {type(exc).__name__}: {exc}", code="unexpected_error")
 
 
 class Consumer:
@@ -109,7 +88,8 @@ class Consumer:
         self._publisher = publisher
         self._catalog = catalog
         self._handlers = dict(handlers)
-        self._max_attempts = max_attempts
+        #: what `decide` needs of the settings and the topology, built once
+        self._policy = RetryPolicy(max_attempts, queue.retry_steps)
         self._tracker = tracker
         self._inbox = inbox
         self._queue_arguments = queue_arguments
@@ -201,22 +181,31 @@ class Consumer:
                 await self._publish_all(outgoing)
             if self._inbox is not None:
                 await self._inbox.record(self.service, envelope.message_id)
-        except PermanentError as exc:
-            await self._dead_letter(message, envelope, exc, attempt, headers)
-            return "dead_lettered", envelope
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # TransientError, and any bug: retried, then parked
-            error = _describe(exc)
-            if error is not exc:
+        except Exception as exc:  # any failure, a bug included: `decide` chooses, this loop carries it out
+            if not isinstance(exc, EsiError):
                 log.exception("unexpected error handling a message from %s", self.queue.name)
-            if attempt >= self._max_attempts:
-                await self._dead_letter(message, envelope, error, attempt, headers)
-                return "dead_lettered", envelope
-            await self._retry(message, envelope, error, attempt, headers)
-            return "retried", envelope
+            decision = decide(exc, attempt, self._policy, adapter=self.service, headers=headers,
+                              exchange=message.exchange, routing_key=message.routing_key,
+                              now=datetime.now(timezone.utc), answer_with=self._response_type(envelope))
+            await self._carry_out(decision, message, envelope)
+            return decision.outcome, envelope
+        # success: acked straight away, without going through `decide` (it would only answer ACK)
         await self._ack(message)
         return "ok", envelope
+
+    async def _carry_out(self, decision: Decision, message: AbstractIncomingMessage,
+                         envelope: Envelope | None) -> None:
+        match decision:
+            case Retry():
+                await self._retry(message, envelope, decision)
+            case DeadLetter():
+                await self._dead_letter(message, envelope, decision)
+            case Ack():
+                await self._ack(message)
+            case _:  # a decision this loop does not know how to carry out yet: a bug, never a silent ack
+                raise TypeError(f"no way to carry out {decision!r}")
 
     def _event(self, envelope: Envelope | None, event: str, **detail: Any) -> None:
         if envelope is not None:
@@ -234,34 +223,15 @@ class Consumer:
             self._event(env, "published", at=sent_at, routing_key=key,
                         **({"error": env.error.message} if env.error else {}))
 
-    def _failure_headers(self, message: AbstractIncomingMessage, headers: dict[str, Any], error: EsiError,
-                         attempt: int) -> dict[str, Any]:
-        now = _now_iso()
-        out = dict(headers)
-        out.setdefault(H_FIRST_FAILURE, now)
-        out[H_LAST_FAILURE] = now
-        out.setdefault(H_ORIGINAL_EXCHANGE, message.exchange or "")
-        out.setdefault(H_ORIGINAL_ROUTING_KEY, message.routing_key or "")
-        out[H_ERROR_CLASS] = type(error).__name__
-        out[H_ERROR_CODE] = error.code
-        out[H_ERROR_MESSAGE] = error.message[:2000]
-        out[H_ADAPTER] = self.service
-        out[H_ATTEMPTS] = attempt
-        return out
-
     @staticmethod
     def _properties(message: AbstractIncomingMessage) -> dict[str, Any]:
         return {name: getattr(message, name) for name in _COPIED_PROPERTIES if getattr(message, name, None) is not None}
 
-    async def _retry(self, message: AbstractIncomingMessage, envelope: Envelope | None, error: EsiError,
-                     attempt: int, headers: dict[str, Any]) -> None:
-        step = self.queue.retry_step(attempt)
-        out = self._failure_headers(message, headers, error, attempt)
-        out[ATTEMPT_HEADER] = attempt + 1
-        log.warning("attempt %d/%d of %s failed (%s: %s); retrying in %ss",
-                    attempt, self._max_attempts, _label(envelope), type(error).__name__, error.message, step.delay_s)
+    async def _retry(self, message: AbstractIncomingMessage, envelope: Envelope | None, decision: Retry) -> None:
+        log.warning("attempt %d/%d of %s failed (%s); retrying in %ss",
+                    decision.attempt, self._policy.max_attempts, _label(envelope), decision.reason, decision.delay_s)
         try:
-            await self._publisher.publish_raw("", step.queue, message.body, headers=out,
+            await self._publisher.publish_raw("", decision.queue, message.body, headers=decision.headers,
                                               properties=self._properties(message))
         except Exception as exc:
             log.error("could not park %s for retry (%s); returning it to %s", _label(envelope), exc, self.queue.name)
@@ -269,47 +239,52 @@ class Consumer:
             return
         await self._ack(message)
         metrics.RETRIED.labels(self.queue.name, envelope.message_type if envelope else "unknown").inc()
-        self._event(envelope, "retry_scheduled", attempt=attempt, delay_s=step.delay_s,
-                    error=f"{type(error).__name__}: {error.message}")
+        self._event(envelope, "retry_scheduled", attempt=decision.attempt, delay_s=decision.delay_s,
+                    error=decision.reason)
         if envelope is not None and self._tracker is not None:
-            await self._track(self._tracker.retrying(envelope.request_id, attempt=attempt,
-                                                     error=f"{type(error).__name__}: {error.message}"))
+            await self._track(self._tracker.retrying(envelope.request_id, attempt=decision.attempt,
+                                                     error=decision.reason))
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, envelope: Envelope | None, error: EsiError,
-                           attempt: int, headers: dict[str, Any]) -> None:
-        out = self._failure_headers(message, headers, error, attempt)
-        out[H_DEAD_LETTERED_AT] = out[H_LAST_FAILURE]
-        log.error("dead-lettering %s after %d attempt(s): %s: %s",
-                  _label(envelope), attempt, type(error).__name__, error.message)
-        reply = self._error_reply(envelope, error)
+    async def _dead_letter(self, message: AbstractIncomingMessage, envelope: Envelope | None,
+                           decision: DeadLetter) -> None:
+        log.error("dead-lettering %s after %d attempt(s): %s", _label(envelope), decision.attempt, decision.reason)
+        reply = self._error_reply(envelope, decision)
         try:
             if reply is not None:
                 await self._publish_all([reply])
-            await self._publisher.publish_raw(self.queue.dead_letter_exchange, "", message.body, headers=out,
-                                              properties=self._properties(message))
+            await self._publisher.publish_raw(self.queue.dead_letter_exchange, "", message.body,
+                                              headers=decision.headers, properties=self._properties(message))
         except Exception as exc:
             log.error("could not dead-letter %s (%s); returning it to %s", _label(envelope), exc, self.queue.name)
             await self._reject_requeue(message)
             return
         await self._ack(message)
         metrics.DEAD_LETTERED.labels(self.queue.name, envelope.message_type if envelope else "unknown",
-                                     type(error).__name__).inc()
-        self._event(envelope, "dead_lettered", attempt=attempt, queue=self.queue.dead_letter_queue,
-                    error=f"{type(error).__name__}: {error.message}")
+                                     type(decision.error).__name__).inc()
+        self._event(envelope, "dead_lettered", attempt=decision.attempt, queue=self.queue.dead_letter_queue,
+                    error=decision.reason)
         if envelope is not None and reply is None and self._tracker is not None:
-            await self._track(self._tracker.dead_lettered(envelope.request_id,
-                                                          error=f"{type(error).__name__}: {error.message}",
+            await self._track(self._tracker.dead_lettered(envelope.request_id, error=decision.reason,
                                                           queue=self.queue.dead_letter_queue))
 
-    def _error_reply(self, envelope: Envelope | None, error: EsiError) -> Envelope | None:
-        """A business refusal of a request is answered to its source, so that it ends as `failed` with a reason."""
-        if envelope is None or not isinstance(error, BusinessError):
+    def _response_type(self, envelope: Envelope | None) -> str | None:
+        """The message type answering the delivery, if it is a request (what `decide` may tell us to answer with)."""
+        if envelope is None:
             return None
-        spec = self._catalog.get(envelope.message_type)
-        if spec.kind is not Kind.REQUEST or spec.response_type is None:
+        try:
+            spec = self._catalog.get(envelope.message_type)
+        except InvalidMessage:  # a type unknown to esi: nobody waits for an answer to it
             return None
+        return spec.response_type if spec.kind is Kind.REQUEST else None
+
+    @staticmethod
+    def _error_reply(envelope: Envelope | None, decision: DeadLetter) -> Envelope | None:
+        """The error response `decision` says the requester gets, so that its request ends `failed` with a reason."""
+        if envelope is None or decision.answer_with is None:
+            return None
+        error = decision.error
         info = ErrorInfo(code=error.code, message=error.message, error_class=type(error).__name__, system=error.system)
-        return envelope.reply(spec.response_type, error=info)
+        return envelope.reply(decision.answer_with, error=info)
 
     async def _track(self, call: Awaitable[None]) -> None:
         try:

@@ -18,17 +18,12 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import ChannelNotFoundEntity
 
-from esi.bus import consumer as c
-from esi.bus.publisher import ATTEMPT_HEADER, Publisher
+from esi.bus import headers as h
+from esi.bus.publisher import Publisher
 from esi.bus.topology import Topology
 
 log = logging.getLogger(__name__)
 
-#: headers describing a failure: dropped from a replayed message, which starts its story afresh
-_FAILURE_HEADERS = (c.H_ERROR_CLASS, c.H_ERROR_CODE, c.H_ERROR_MESSAGE, c.H_ADAPTER, c.H_ATTEMPTS, c.H_FIRST_FAILURE,
-                    c.H_LAST_FAILURE, c.H_DEAD_LETTERED_AT, "x-death", "x-first-death-exchange",
-                    "x-first-death-queue", "x-first-death-reason", "x-last-death-exchange", "x-last-death-queue",
-                    "x-last-death-reason", "x-delivery-count")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
 
@@ -98,18 +93,18 @@ class DeadLetter:
     @classmethod
     def from_message(cls, queue: str, message: AbstractIncomingMessage) -> "DeadLetter":
         headers = dict(message.headers or {})
-        deaths = headers.get("x-death") or []
+        deaths = headers.get(h.H_DEATH) or []
         first_death = deaths[-1] if isinstance(deaths, list) and deaths else {}
-        exchange = _text(headers.get(c.H_ORIGINAL_EXCHANGE))
-        routing_key = _text(headers.get(c.H_ORIGINAL_ROUTING_KEY))
+        exchange = _text(headers.get(h.H_ORIGINAL_EXCHANGE))
+        routing_key = _text(headers.get(h.H_ORIGINAL_ROUTING_KEY))
         if exchange is None and isinstance(first_death, dict):  # dead-lettered by the broker itself
             exchange = _text(first_death.get("exchange"))
             keys = first_death.get("routing-keys") or []
             routing_key = _text(keys[0]) if keys else None
-        reason = _text(headers.get(c.H_ERROR_MESSAGE))
+        reason = _text(headers.get(h.H_ERROR_MESSAGE))
         if reason is None and isinstance(first_death, dict):
             reason = f"broker: {_text(first_death.get('reason'))} in {_text(first_death.get('queue'))}"
-        when = _parse_time(headers.get(c.H_DEAD_LETTERED_AT))
+        when = _parse_time(headers.get(h.H_DEAD_LETTERED_AT))
         if when is None and isinstance(first_death, dict):
             when = _parse_time(first_death.get("time"))
         ident = _text(message.message_id) or hashlib.sha256(message.body).hexdigest()[:32]
@@ -117,11 +112,11 @@ class DeadLetter:
                       ("content_type", "content_encoding", "message_id", "correlation_id", "type", "app_id",
                        "timestamp") if getattr(message, name, None) is not None}
         try:
-            attempts = int(headers.get(c.H_ATTEMPTS) or 0)
+            attempts = int(headers.get(h.H_ATTEMPTS) or 0)
         except (TypeError, ValueError):
             attempts = 0
         return cls(id=ident, queue=queue, exchange=exchange or "", routing_key=routing_key or "",
-                   reason=reason or "unknown", error_class=_text(headers.get(c.H_ERROR_CLASS)), attempts=attempts,
+                   reason=reason or "unknown", error_class=_text(headers.get(h.H_ERROR_CLASS)), attempts=attempts,
                    dead_lettered_at=when, headers=headers, body=message.body, properties=properties)
 
 
@@ -262,13 +257,13 @@ class DeadLetters:
 
 
 def _replay_headers(headers: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in headers.items() if k not in _FAILURE_HEADERS}
-    out[ATTEMPT_HEADER] = 1
+    out = {k: v for k, v in headers.items() if k not in h.FAILURE_HEADERS}
+    out[h.ATTEMPT_HEADER] = 1
     try:
-        out["x-esi-replay-count"] = int(out.get("x-esi-replay-count") or 0) + 1
+        out[h.H_REPLAY_COUNT] = int(out.get(h.H_REPLAY_COUNT) or 0) + 1
     except (TypeError, ValueError):
-        out["x-esi-replay-count"] = 1
-    out[c.H_REPLAYED] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        out[h.H_REPLAY_COUNT] = 1
+    out[h.H_REPLAYED] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     return out
 
 

@@ -12,13 +12,11 @@ import aio_pika
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
 
+from esi.bus.headers import ATTEMPT_HEADER
 from esi.errors import TransientError
 from esi.messages import Envelope
 
 log = logging.getLogger(__name__)
-
-#: our own header counting the tries of a message (never the body, never x-death)
-ATTEMPT_HEADER = "x-esi-attempt"
 
 
 class Publisher:

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import aio_pika
 
-from esi.bus.publisher import ATTEMPT_HEADER, Publisher
+from esi.bus.headers import ATTEMPT_HEADER
+from esi.bus.publisher import Publisher
 from esi.errors import TransientError
 from esi.store.records import OutboxRow
 
@@ -55,10 +56,6 @@ class OutboxRelay:
         self._stopping = False
         #: set while publishing fails (the broker is away); cleared by the next success
         self.last_error: str | None = None
-
-    def notify(self) -> None:
-        """Wake the sweep now rather than at its next poll."""
-        self._wakeup.set()
 
     def submit(self, row: OutboxRow) -> None:
         """Publish a just-committed row at once (the API's fast path)."""

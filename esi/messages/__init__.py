@@ -1,4 +1,4 @@
-"""What travels on the bus: the envelope, the routing-key grammar, the payload models and the catalog."""
+"""What travels on the bus: the envelope, the routing-key grammar, the payload models, the catalog, the handler type."""
 
 from esi.messages.catalog import Catalog, MessageSpec
 from esi.messages.envelope import SCHEMA_VERSION, Envelope, ErrorInfo, Kind, RoutingKey, decode_envelope
