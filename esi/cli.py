@@ -35,7 +35,7 @@ def run(
     from esi import runtime
     from esi.bus.connection import BrokerUnavailable
     from esi.logs import setup_logging
-    from esi.security.auth import ClientsConfigError
+    from esi.security import ClientsConfigError
 
     settings = _settings()
     setup_logging(settings.log_level, log_format or settings.log_format)
@@ -74,7 +74,7 @@ def _auth(user: Optional[str], password: Optional[str]) -> Optional[tuple[str, s
     if user:
         return (user, password or "")
     if _settings().env == "demo":
-        from esi.security.auth import DEMO_CLIENT_ID, DEMO_PASSWORD
+        from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD
 
         return (DEMO_CLIENT_ID, DEMO_PASSWORD)
     return None
@@ -179,7 +179,7 @@ def clients_add(
     file: Annotated[Optional[str], typer.Option("--file", help="add to this clients file (created if missing)")] = None,
 ) -> None:
     """Hash a new client's password (asked for) and print, or add, its clients-file entry."""
-    from esi.security.auth import generate_api_key, make_client_entry
+    from esi.security import generate_api_key, make_client_entry
 
     password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     key = generate_api_key(client_id) if api_key else None

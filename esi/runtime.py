@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from esi import metrics
 from esi.api.app import ApiDeps, create_app
+from esi.api.routes import ORIGINAL_SEND_ROUTES
 from esi.api.ops import ReadyCheck, create_ops_app
 from esi.bus.connection import Bus
 from esi.bus.consumer import Consumer, Handler
@@ -33,7 +34,7 @@ from esi.health import Check, run_checks
 from esi.messages import CATALOG
 from esi.metrics import Instrumented
 from esi.systems.http import fast_transport
-from esi.security.auth import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_registry, load_registry
+from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_registry, load_registry
 from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
 from esi.store import Store
 from esi.store.events import EventRecorder
@@ -178,7 +179,7 @@ class AdapterService(Service):
                                      events=self.events,
                                      dead_letters=DeadLetters(self.bus.connection, topology),
                                      max_backlog=s.outbox_max_backlog, max_wait=s.max_wait_s,
-                                     wait_recheck=s.wait_recheck_s))
+                                     wait_recheck=s.wait_recheck_s, send_routes=ORIGINAL_SEND_ROUTES))
             self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api",
                                    ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file,
                                                           client_ca_file=s.tls_client_ca_file))
