@@ -35,7 +35,7 @@ def run(
     from esi import runtime
     from esi.bus.connection import BrokerUnavailable
     from esi.logs import setup_logging
-    from esi.security.auth import ClientsConfigError
+    from esi.security import ClientsConfigError
     from esi.systems.registry import RegistryError
 
     settings = _settings()
@@ -81,7 +81,7 @@ def _auth(user: Optional[str], password: Optional[str]) -> Optional[tuple[str, s
     if user:
         return (user, password or "")
     if _settings().env == "demo":
-        from esi.security.auth import DEMO_CLIENT_ID, DEMO_PASSWORD
+        from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD
 
         return (DEMO_CLIENT_ID, DEMO_PASSWORD)
     return None
@@ -187,7 +187,7 @@ def clients_add(
 ) -> None:
     """Hash a new client's password (asked for) and print, or add, its clients-file entry."""
     from esi.runtime import registry_from
-    from esi.security.auth import generate_api_key, make_client_entry
+    from esi.security import generate_api_key, make_client_entry
 
     registry_from(_settings())  # the scopes name the systems this deployment runs with
     password = typer.prompt("password", hide_input=True, confirmation_prompt=True)

@@ -10,9 +10,13 @@
 
 Each external system's client translates its own failures into these classes at its boundary; the consumer's
 decision (`esi.bus.decision.decide`) alone chooses from the class whether to ack, retry or dead-letter.
+
+`ApiError` stands apart: a request refused at the HTTP edge, with the status its caller gets.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class EsiError(Exception):
@@ -76,3 +80,20 @@ class NotFound(BusinessError):
     """The entity a message refers to does not exist in the external system."""
 
     code = "not_found"
+
+
+class ApiError(Exception):
+    """A request refused at the HTTP edge: the status, code, message and headers its caller gets.
+
+    Defined here rather than in `esi.api`, so that the request builder and authentication (`esi.security`) can refuse
+    without importing the web framework; `esi.api.errors` turns it into the JSON error body.
+    """
+
+    def __init__(self, status: int, code: str, message: str, *, details: list[Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers

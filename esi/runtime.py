@@ -33,7 +33,7 @@ from esi.bus.topology import Topology
 from esi.config import Settings
 from esi.health import Check, run_checks
 from esi.messages import Handler
-from esi.security.auth import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_registry, load_registry
+from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_registry, load_registry
 from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
 from esi.store import Store
 from esi.store.events import EventRecorder
@@ -185,7 +185,7 @@ class SystemService(Service):
             clients=_clients(s), store=self.store, on_accepted=self.relay.submit, max_pdf_bytes=s.max_pdf_bytes,
             readiness=self.process_readiness, events=self.events,
             dead_letters=DeadLetters(self.bus.connection, topology), max_backlog=s.outbox_max_backlog,
-            max_wait=s.max_wait_s, wait_recheck=s.wait_recheck_s))
+            max_wait=s.max_wait_s, wait_recheck=s.wait_recheck_s, send_routes=self.registry.send_routes))
         self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api",
                                ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file,
                                                       client_ca_file=s.tls_client_ca_file))

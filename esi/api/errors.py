@@ -1,4 +1,9 @@
-"""Every error the API answers has one JSON shape: `{"error": {"code": ..., "message": ..., "details": [...]}}`."""
+"""Every error the API answers has one JSON shape: `{"error": {"code": ..., "message": ..., "details": [...]}}`.
+
+This module is the one place that shapes it: `error_response` turns an `ApiError` into its response, and every other
+failure — a request FastAPI's validation refused, a 404 or 405 from routing, an unhandled exception — is first put
+as an `ApiError` (the 500 without details), on the fast path (esi.api.hot) and through FastAPI alike.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from esi.errors import ApiError
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, details: list[Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
-        self.headers = headers
+__all__ = ["ApiError", "error_body", "error_response", "install_error_handlers", "internal_error_response",
+           "validation_details"]
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
+    """The JSON body of an error (`details` only when there are some)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if details:
         error["details"] = details
@@ -29,38 +31,44 @@ def error_body(code: str, message: str, details: list[Any] | None = None) -> dic
 
 
 def error_response(exc: ApiError) -> JSONResponse:
+    """The response to a refused request."""
     return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers)
 
 
 def internal_error_response() -> JSONResponse:
     """A 500 that tells nothing of the failure (the server logs it)."""
-    return JSONResponse(error_body("internal_error", "internal error; the service log has the details"),
-                        status_code=500)
+    return error_response(ApiError(500, "internal_error", "internal error; the service log has the details"))
 
 
 def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic's errors as `{"field", "problem"}` pairs, the field a dotted path without the leading `body`."""
     return [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "(body)", "problem": e.get("msg", "")}
             for e in errors]
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    details = validation_details(list(exc.errors()))
+    message = "; ".join(f"{d['field']}: {d['problem']}" for d in details[:5])
+    return ApiError(422, "validation_error", message, details=details)
+
+
+def _http_error(exc: StarletteHTTPException) -> ApiError:
+    return ApiError(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail),
+                    headers=getattr(exc, "headers", None))
+
+
+async def _handle(_request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ApiError):
         return error_response(exc)
+    if isinstance(exc, RequestValidationError):
+        return error_response(_validation_error(exc))
+    if isinstance(exc, StarletteHTTPException):
+        return error_response(_http_error(exc))
+    # Starlette still re-raises it afterwards, so the server logs the traceback
+    return internal_error_response()
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = validation_details(list(exc.errors()))
-        message = "; ".join(f"{d['field']}: {d['problem']}" for d in details[:5])
-        return JSONResponse(error_body("validation_error", message, details), status_code=422)
 
-    @app.exception_handler(Exception)
-    async def _internal(_request: Request, exc: Exception) -> JSONResponse:
-        # Starlette still re-raises it afterwards, so the server logs the traceback
-        return internal_error_response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+def install_error_handlers(app: FastAPI) -> None:
+    """Have FastAPI answer every error in the JSON shape."""
+    for kind in (ApiError, RequestValidationError, Exception, StarletteHTTPException):
+        app.add_exception_handler(kind, _handle)

@@ -96,14 +96,22 @@ class Operation:
 
 @dataclass(frozen=True)
 class SendRoute:
-    """An HTTP route of the original system that sends one system a request (`POST /send_to_dms`)."""
+    """An HTTP route of the original system that sends one system a request (`POST /send_to_dms`): a
+    `default_message_type` request, or the one the body's `message_type` names."""
 
     path: str
     target: str
     default_message_type: str
-    #: the payload model shown for the route in the OpenAPI document
+    #: the default request's payload model, for the OpenAPI document
     body_model: type[BaseModel]
-    summary: str
+    summary: str = ""
+    #: the OpenAPI description; a generic one when not given
+    description: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The operation's name: the path's words (`/send_to_dms` → `send_to_dms`)."""
+        return self.path.strip("/").replace("/", "_").replace("-", "_")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from esi.api.app import ApiDeps, create_app
-from esi.security.auth import ClientRegistry, generate_api_key, make_client_entry
+from esi.security import ClientRegistry, generate_api_key, make_client_entry
 from esi.store import Store
 from tests.support import ESI, free_port, unique
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from esi.api.app import ApiDeps, create_app
-from esi.security.auth import ClientRegistry, make_client_entry
+from esi.security import ClientRegistry, make_client_entry
 from esi.store import Store
 from tests.support import unique
 

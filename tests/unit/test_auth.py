@@ -14,9 +14,10 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 
+from esi.api.auth import principal_dependency
 from esi.api.errors import ApiError, install_error_handlers
 from esi.security import auth
-from esi.security.auth import (
+from esi.security import (
     DEMO_CLIENT_ID,
     DEMO_PASSWORD,
     ClientConfig,
@@ -30,7 +31,6 @@ from esi.security.auth import (
     is_demo_registry,
     load_registry,
     make_client_entry,
-    principal_dependency,
     require_operator,
     require_read,
     require_send,

@@ -49,5 +49,7 @@ SYSTEM = System(
     fake=Fake("fake-creatio", _fake),
     key_fields=("order_id", "order_number", "order_guid", "file_id", "policy_number"),
     send_routes=(SendRoute("/send_to_crm", "crm", "update_order_status", UpdateOrderStatus,
-                           "Send a request to the CRM (default message type: update_order_status)"),),
+                           summary="Send a request to the CRM (default message type: update_order_status)",
+                           description="The original system's endpoint; `message_type` in the body picks another "
+                                       "CRM request."),),
 )

@@ -42,5 +42,7 @@ SYSTEM = System(
     fake=Fake("fake-dms", _fake),
     key_fields=("user_id", "dms_user_id", "policy_number"),
     send_routes=(SendRoute("/send_to_dms", "dms", "create_user", CreateUser,
-                           "Send a request to the DMS (default message type: create_user)"),),
+                           summary="Send a request to the DMS (default message type: create_user)",
+                           description="The original system's endpoint; `message_type` in the body picks another "
+                                       "DMS request."),),
 )

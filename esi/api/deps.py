@@ -1,0 +1,43 @@
+"""What the HTTP API needs from the service that runs it, passed explicitly (`ApiDeps`)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from esi.api.routes.send import ORIGINAL_SEND_ROUTES, SendRoute
+from esi.bus.dead_letters import DeadLetters
+from esi.security.auth import ClientRegistry
+from esi.store import Store
+from esi.store.events import EventRecorder
+from esi.store.records import OutboxRow
+
+__all__ = ["ApiDeps", "ReadyCheck"]
+
+#: the readiness of a service: whether it is ready, and one entry per dependency
+ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+
+@dataclass
+class ApiDeps:
+    """The API's dependencies and settings."""
+
+    store: Store
+    #: called with each request's message once committed (the outbox relay publishes it at once)
+    on_accepted: Callable[[OutboxRow], None]
+    max_pdf_bytes: int
+    readiness: ReadyCheck | None = None
+    dead_letters: DeadLetters | None = None
+    #: above this many unpublished messages (the broker is away), new requests get 503 with Retry-After
+    max_backlog: int = 100_000
+    events: EventRecorder | None = None
+    #: the API's clients; None turns authentication off (refused with ESI_ENV=production)
+    clients: ClientRegistry | None = None
+    #: the longest a `GET /requests/{id}?wait=` holds on, and how often settlements made elsewhere are looked up
+    max_wait: float = 30.0
+    wait_recheck: float = 1.0
+    #: answer the hot routes without FastAPI's routing and dependencies (esi.api.hot); off only to compare the two
+    hot_path: bool = True
+    #: the routes that send one target's requests (`POST /send_to_dms`, ...); the original system's two by default
+    send_routes: Sequence[SendRoute] = ORIGINAL_SEND_ROUTES

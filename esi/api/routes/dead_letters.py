@@ -1,0 +1,91 @@
+"""Dead letters over HTTP, for operators: `GET /dlq`, `GET /dlq/{ident}`, `POST /dlq/replay`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from esi.api.routes.table import Param, Route
+from esi.bus.dead_letters import DeadLetters, Filters, parse_duration
+from esi.errors import ApiError
+from esi.security.scopes import Principal, require_operator
+
+__all__ = ["DeadLetterRoutes", "ReplayRequest"]
+
+
+class ReplayRequest(BaseModel):
+    """Which dead letters to replay: named ids, or `all` that match the filters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(default_factory=list, max_length=10_000)
+    all: bool = False
+    queue: str | None = None
+    reason: str | None = None
+    since: str | None = Field(default=None, description="90s, 15m, 2h, 7d")
+    rate: float | None = Field(default=None, gt=0, le=10_000)
+    dry_run: bool = False
+
+
+class DeadLetterRoutes:
+    """The operator's view of the dead-letter queues; `dead_letters` is None where the service has no broker access
+    for it (503)."""
+
+    def __init__(self, dead_letters: DeadLetters | None) -> None:
+        self._dead_letters = dead_letters
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("GET", "/dlq", "list_dead_letters", self.list_letters, "Dead letters (they stay where they are)",
+                  params=(Param("queue", str | None, Query(None, max_length=64)),
+                          Param("reason", str | None, Query(None, max_length=200)),
+                          Param("since", str | None, Query(None, max_length=16)),
+                          Param("limit", int | None, Query(None, ge=1, le=10_000)))),
+            Route("GET", "/dlq/{ident}", "show_dead_letter", self.show, "One dead letter with its headers and body",
+                  params=(Param("ident", str, Path(max_length=128)),)),
+            Route("POST", "/dlq/replay", "replay_dead_letters", self.replay,
+                  "Replay dead letters to their original routing key", params=(Param("body", ReplayRequest),)),
+        ]
+
+    async def list_letters(self, request: Request, principal: Principal, queue: str | None, reason: str | None,
+                           since: str | None, limit: int | None) -> dict[str, Any]:
+        """Filter by queue (`dms` or `dms_dead_letter_queue`), reason text, and age (`since=15m`)."""
+        try:
+            letters = await self._for(principal).list(_filters(queue, reason, since), limit=limit)
+        except ValueError as exc:
+            raise ApiError(422, "validation_error", str(exc)) from None
+        return {"count": len(letters), "messages": [d.summary() for d in letters]}
+
+    async def show(self, request: Request, principal: Principal, ident: str) -> dict[str, Any]:
+        letter = await self._for(principal).show(ident)
+        if letter is None:
+            raise ApiError(404, "unknown_dead_letter", f"no dead letter with id {ident!r}")
+        return letter.detail()
+
+    async def replay(self, request: Request, principal: Principal, body: ReplayRequest) -> dict[str, Any]:
+        """Each message leaves its DLQ only once its republish is confirmed."""
+        if not body.ids and not body.all:
+            raise ApiError(422, "validation_error", "name the ids to replay, or set all=true (with filters)")
+        try:
+            letters = await self._for(principal).replay(_filters(body.queue, body.reason, body.since, body.ids),
+                                                        rate=body.rate, dry_run=body.dry_run)
+        except ValueError as exc:
+            raise ApiError(422, "validation_error", str(exc)) from None
+        return {"replayed": 0 if body.dry_run else len(letters), "dry_run": body.dry_run,
+                "messages": [d.summary() for d in letters]}
+
+    def _for(self, principal: Principal) -> DeadLetters:
+        require_operator(principal)
+        if self._dead_letters is None:
+            raise ApiError(503, "unavailable", "dead-letter access is not configured on this service")
+        return self._dead_letters
+
+
+def _filters(queue: str | None, reason: str | None, since: str | None, ids: list[str] | None = None) -> Filters:
+    try:
+        return Filters(queue=queue, reason=reason, since=parse_duration(since) if since else None,
+                       ids=tuple(ids or ()))
+    except ValueError as exc:
+        raise ApiError(422, "validation_error", str(exc)) from None

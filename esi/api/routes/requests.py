@@ -1,0 +1,253 @@
+"""Sending requests and reading their outcome: the send routes (`POST /send_to_dms`, ... — `ApiDeps.send_routes`),
+`POST /requests/{target}/{message_type}`, `GET /requests/{request_id}` (with its long poll), `GET /requests?key=`
+and `GET /requests/{request_id}/timeline`.
+
+The send routes and `GET /requests/{request_id}` are the hot routes: 1C calls them all day, and the fast path
+(esi.api.hot) answers their common cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+import time
+from typing import Any
+
+from fastapi import Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from esi.api.deps import ApiDeps
+from esi.api.ingress import Accepted, build_request, check_pdf_bytes, parse_json_object, prefer_wait
+from esi.api.routes.send import SendRoute
+from esi.api.routes.table import Param, Route
+from esi.errors import ApiError
+from esi.security.scopes import Principal, require_read, require_send
+from esi.store import RequestRecord, Store
+from esi.store.events import NullRecorder
+from esi.store.records import OutboxRow
+from esi.store.settled import SETTLED
+from esi.systems.onec.handlers import business_keys
+
+__all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "RequestRoutes", "SETTLED_WITHIN_WAIT"]
+
+log = logging.getLogger(__name__)
+
+#: what the POSTs that send a request answer besides 202: the outcome, when `Prefer: wait=N` asked to wait for it
+SETTLED_WITHIN_WAIT = {200: {"model": RequestRecord, "description": (
+    "With the header `Prefer: wait=N` (RFC 7240; N seconds, capped by ESI_MAX_WAIT): the request was completed, "
+    "failed or dead-lettered within the wait, and this is its state, as `GET /requests/{request_id}` gives it. "
+    "When the wait ends first, the answer is the 202.")}}
+
+#: the bounds of `GET /requests/{request_id}?wait=`
+MAX_REQUEST_ID = 128
+MAX_WAIT_PARAM = 300
+
+
+class _BacklogGauge:
+    """The outbox backlog, counted at most every `ttl` seconds (a count per request would cost more than it tells)."""
+
+    def __init__(self, store: Store, *, ttl: float) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._value = 0
+        self._at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def value(self) -> int:
+        if time.monotonic() - self._at < self._ttl:
+            return self._value
+        async with self._lock:
+            if time.monotonic() - self._at >= self._ttl:
+                self._value = await self._store.outbox_backlog()
+                self._at = time.monotonic()
+        return self._value
+
+
+def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a send route: the default request's payload, and the `request_id`."""
+    schema = model.model_json_schema()
+    schema.setdefault("properties", {})["request_id"] = {
+        "type": "string", "description": "your id of this request; generated when missing", "maxLength": 128}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+class RequestRoutes:
+    """The routes of requests, over the store and the outbox in `deps`."""
+
+    def __init__(self, deps: ApiDeps) -> None:
+        self._deps = deps
+        self._store = deps.store
+        self._events = deps.events or NullRecorder()
+        #: without a registry every caller may do everything, and requests are recorded without a client
+        self._auth_on = deps.clients is not None
+        self._max_body = deps.max_pdf_bytes * 4 // 3 + 1024 * 1024
+        self._backlog = _BacklogGauge(deps.store, ttl=0.5)
+
+    def routes(self) -> list[Route]:
+        """The send routes first, then the generic one, reading, finding and the timeline (the OpenAPI order)."""
+        sends = [Route("POST", r.path, r.name, functools.partial(self.send, r), r.summary, hot=True,
+                       description=r.description or (f"`message_type` in the body picks another {r.target.upper()} "
+                                                     f"request than {r.default_message_type}."),
+                       status_code=202, responses=SETTLED_WITHIN_WAIT, openapi_extra=_json_schema(r.body_model))
+                 for r in self._deps.send_routes]
+        return sends + [
+            Route("POST", "/requests/{target}/{message_type}", "send_request", self.send_any,
+                  "Send any request of the catalog (JSON, or multipart/form-data for send_pdf_file)",
+                  params=(Param("target", str, Path(max_length=16)), Param("message_type", str, Path(max_length=64))),
+                  status_code=202, responses=SETTLED_WITHIN_WAIT),
+            Route("GET", "/requests/{request_id}", "get_request", self.read, "The state of a request", hot=True,
+                  params=(Param("request_id", str, Path(max_length=MAX_REQUEST_ID)),
+                          Param("wait", float, Query(0, ge=0, le=MAX_WAIT_PARAM, description=(
+                              "seconds to hold the answer until the request is completed, failed or dead-lettered "
+                              "(long poll; capped by ESI_MAX_WAIT); 0 answers at once")))),
+                  response_model=RequestRecord),
+            Route("GET", "/requests", "find_requests", self.find,
+                  "Find requests by a business key (order, user, policy)",
+                  params=(Param("key", str, Query(min_length=1, max_length=255, description=(
+                      "an order id or number, user id, DMS user id, policy number"))),
+                          Param("limit", int, Query(100, ge=1, le=1000)))),
+            Route("GET", "/requests/{request_id}/timeline", "request_timeline", self.timeline,
+                  "Every hop of a request, with times", params=(Param("request_id", str, Path(max_length=128)),)),
+        ]
+
+    # --- sending ----------------------------------------------------------------------------------------------------
+
+    async def send(self, route: SendRoute, request: Request, principal: Principal) -> Response:
+        """A send route: `route.default_message_type` unless the body's `message_type` names another request."""
+        body = await self._read_json(request)
+        message_type = body.pop("message_type", None) or route.default_message_type
+        return await self._accept(build_request(route.target, str(message_type), body,
+                                                max_pdf_bytes=self._deps.max_pdf_bytes, status_for_unknown_type=422),
+                                  principal, prefer_wait(request.headers.get("prefer")))
+
+    async def send_any(self, request: Request, principal: Principal, target: str, message_type: str) -> Response:
+        """Targets: `dms` (create_user, get_policy_info) and `crm` (update_order_status, send_pdf_file).
+
+        `send_pdf_file` also takes a multipart upload with the fields `order_id`, `request_id` and `file`.
+        """
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            body = await self._read_multipart(request, message_type)
+        else:
+            body = await self._read_json(request)
+        return await self._accept(build_request(target, message_type, body, max_pdf_bytes=self._deps.max_pdf_bytes),
+                                  principal, prefer_wait(request.headers.get("prefer")))
+
+    async def _read_json(self, request: Request) -> dict[str, Any]:
+        max_body = self._max_body
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            raise ApiError(413, "body_too_large", f"the request body exceeds {max_body} bytes")
+        # read at most max_body bytes even when no Content-Length was sent (chunked bodies)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise ApiError(413, "body_too_large", f"the request body exceeds {max_body} bytes")
+            chunks.append(chunk)
+        return parse_json_object(b"".join(chunks))
+
+    async def _read_multipart(self, request: Request, message_type: str) -> dict[str, Any]:
+        max_pdf_bytes = self._deps.max_pdf_bytes
+        if message_type != "send_pdf_file":
+            raise ApiError(415, "unsupported_media_type", "multipart/form-data is accepted for send_pdf_file only")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_pdf_bytes + 1024 * 1024:
+            raise ApiError(413, "file_too_large", f"the upload exceeds the limit of {max_pdf_bytes} bytes")
+        form = await request.form(max_files=1, max_fields=10, max_part_size=1024 * 1024)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(422, "validation_error", "file: a PDF file part named 'file' is required")
+        content = await upload.read(max_pdf_bytes + 1)
+        check_pdf_bytes(content, max_pdf_bytes=max_pdf_bytes)
+        body: dict[str, Any] = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
+        body["file_name"] = body.get("file_name") or upload.filename or "document.pdf"
+        body["file_content"] = base64.b64encode(content).decode("ascii")
+        return body
+
+    async def _accept(self, accepted: Accepted, principal: Principal, wait: float = 0) -> Response:
+        """Store the request and its outgoing message; 202. With `wait` (from `Prefer: wait=N`), the answer waits
+        up to that long for the request's outcome, and is then its state, 200, as `GET /requests/{id}` gives it."""
+        deps, auth_on = self._deps, self._auth_on
+        require_send(principal, accepted.target, accepted.message_type)
+        body = accepted.envelope.encode()
+        if await self._backlog.value() >= deps.max_backlog:
+            raise ApiError(503, "backlog_full",
+                           f"{deps.max_backlog} or more requests are waiting for the broker; try again later",
+                           headers={"Retry-After": "5"})
+        record, created, first_hash = await self._store.accept(
+            request_id=accepted.request_id, source="1c", target=accepted.target,
+            message_type=accepted.message_type, payload_hash=accepted.payload_hash,
+            message_id=accepted.envelope.message_id, routing_key=accepted.routing_key,
+            body=body, keys=business_keys(accepted.envelope.payload),
+            client_id=principal.client_id if auth_on else None,
+        )
+        if created:
+            deps.on_accepted(OutboxRow(message_id=accepted.envelope.message_id, request_id=accepted.request_id,
+                                       routing_key=accepted.routing_key, body=body))
+            self._events.record(accepted.request_id, "accepted", service="api",
+                                message_id=accepted.envelope.message_id, message_type=accepted.message_type,
+                                routing_key=accepted.routing_key)
+            log.info("accepted %s %s", accepted.routing_key, accepted.request_id,
+                     extra={"request_id": accepted.request_id, "message_id": accepted.envelope.message_id,
+                            "routing_key": accepted.routing_key})
+        elif first_hash != accepted.payload_hash or (auth_on and record.client_id != principal.client_id):
+            # another client's request is not described: its existence is all that leaks, as it must for ids
+            own = not auth_on or record.client_id == principal.client_id
+            what = f" ({record.target}/{record.message_type})" if own else ""
+            raise ApiError(409, "request_id_conflict",
+                           f"request_id {accepted.request_id!r} was already used for a different request{what}; "
+                           "use a new request_id")
+        headers = None if created else {"X-Esi-Duplicate": "true"}
+        wait = min(wait, deps.max_wait)
+        # the outcome is only for a client that may read it (the request is its own: a conflict was refused above);
+        # for another, the preference is ignored, as RFC 7240 lets a server do
+        if wait > 0 and (not auth_on or principal.can_read):
+            # `record` was read or written without an await since: the watch cannot miss the settlement
+            settled = await self._store.wait_settled(record.request_id, wait, recheck=deps.wait_recheck, known=record)
+            if settled is not None and settled.status in SETTLED:
+                return Response(settled.model_dump_json(), media_type="application/json", headers=headers)
+        return JSONResponse({"status": "accepted", "request_id": record.request_id}, status_code=202,
+                            headers=headers)
+
+    # --- reading ----------------------------------------------------------------------------------------------------
+
+    async def read(self, request: Request, principal: Principal, request_id: str, wait: float) -> Response:
+        """accepted → in_progress → completed | failed | dead_lettered, with the answer or the reason.
+
+        With `wait`, the answer comes as soon as the request settles, or with its current state when the wait ends:
+        one request instead of a polling loop.
+        """
+        wait = min(wait, self._deps.max_wait)
+        if wait <= 0:
+            record = self._check_read(principal, await self._store.get(request_id), request_id)
+        else:
+            # the first read is checked (404, 403) before any waiting: nobody waits on what they may not see
+            record = self._check_read(principal, await self._store.wait_settled(
+                request_id, wait, recheck=self._deps.wait_recheck,
+                check=lambda first: self._check_read(principal, first, request_id)), request_id)
+        # serialised by the model itself: the record is already valid, FastAPI's response validation would redo it
+        return Response(record.model_dump_json(), media_type="application/json")
+
+    async def find(self, request: Request, principal: Principal, key: str, limit: int) -> dict[str, Any]:
+        """The caller's requests that carry `key` (an order id or number, a user id, a DMS user id, a policy number)."""
+        if self._auth_on and not principal.can_read:
+            raise ApiError(403, "forbidden", f"client {principal.client_id!r} may not read the outcome of requests")
+        records = await self._store.find_by_key(key, limit=limit,
+                                                client_id=principal.client_id if self._auth_on else None)
+        return {"key": key, "count": len(records), "requests": [r.model_dump() for r in records]}
+
+    async def timeline(self, request: Request, principal: Principal, request_id: str) -> dict[str, Any]:
+        """Accepted, published, consumed by which adapter, external calls, retries, answers, the end."""
+        record = self._check_read(principal, await self._store.get(request_id), request_id)
+        return {"request_id": request_id, "status": record.status, "events": await self._store.timeline(request_id)}
+
+    def _check_read(self, principal: Principal, record: RequestRecord | None, request_id: str) -> RequestRecord:
+        if record is None:
+            raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
+        if self._auth_on:
+            require_read(principal, request_id, record.client_id)
+        return record
