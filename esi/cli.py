@@ -208,6 +208,88 @@ def clients_add(
         typer.echo(f"API key (shown once, send it as X-API-Key): {key}", err=True)
 
 
+SinceOpt = Annotated[Optional[str], typer.Option("--since", help="within this long: 90s, 15m, 2h, 7d")]
+
+systems_app = typer.Typer(no_args_is_help=True, help="The systems: maintenance pauses and circuit breakers")
+app.add_typer(systems_app, name="systems")
+
+ApiOpt = Annotated[Optional[str], typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")]
+
+
+def _call_api(method: str, path: str, *, api: Optional[str], user: Optional[str], password: Optional[str],
+              **kwargs: object) -> dict:
+    """One call to the API as an operator; exits 3 when it cannot be reached, 1 on an error answer."""
+    base = api or f"http://127.0.0.1:{_settings().http_port}"
+    try:
+        response = httpx.request(method, f"{base}{path}", timeout=30, auth=_auth(user, password), **kwargs)
+    except httpx.HTTPError as exc:
+        typer.echo(f"esi: cannot reach the API at {base}: {exc}", err=True)
+        raise typer.Exit(3) from None
+    body = response.json()
+    if response.status_code >= 400:
+        typer.echo(f"esi: {json.dumps(body.get('error', body), ensure_ascii=False)}", err=True)
+        raise typer.Exit(1)
+    return body
+
+
+@systems_app.command("status")
+def systems_status(api: ApiOpt = None, user: UserOpt = None, password: PasswordOpt = None,
+                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each system: paused or not (for every replica), and the breakers its adapter processes report."""
+    body = _call_api("GET", "/systems", api=api, user=user, password=password)
+    if as_json:
+        typer.echo(json.dumps(body, ensure_ascii=False, indent=2))
+        return
+    for system in body["systems"]:
+        if system["origin"]:
+            continue
+        pause = system["paused"]
+        state = "paused" if pause else "running"
+        if pause:
+            state += f" by {pause['paused_by']}" + (f" until {pause['until']}" if pause["until"] else "")
+            state += f" ({pause['reason']})" if pause["reason"] else ""
+        breakers = ", ".join(f"{b['instance']}: {b['state']} since {b['since']}" for b in system["breakers"])
+        typer.echo(f"{system['code']:<10} {state}" + (f"; breakers {breakers}" if breakers else ""))
+
+
+@systems_app.command("pause")
+def systems_pause(code: Annotated[str, typer.Argument(metavar="SYSTEM")],
+                  for_: Annotated[Optional[str], typer.Option("--for", help="90s, 15m, 2h, 7d (default: until "
+                                                                             "resumed)")] = None,
+                  reason: Annotated[Optional[str], typer.Option("--reason")] = None,
+                  api: ApiOpt = None, user: UserOpt = None, password: PasswordOpt = None) -> None:
+    """Pause a system for maintenance: every adapter replica stops taking its messages, which wait in its queue."""
+    body = _call_api("POST", f"/systems/{code}/pause", api=api, user=user, password=password,
+                     json={"for": for_, "reason": reason})
+    until = body["paused"]["until"]
+    typer.echo(f"{body['system']} paused" + (f" until {until}" if until else " until resumed"))
+
+
+@systems_app.command("resume")
+def systems_resume(code: Annotated[str, typer.Argument(metavar="SYSTEM")], api: ApiOpt = None,
+                   user: UserOpt = None, password: PasswordOpt = None) -> None:
+    """Lift a system's pause: every replica takes its messages again."""
+    body = _call_api("POST", f"/systems/{code}/resume", api=api, user=user, password=password)
+    typer.echo(f"{body['system']} resumed" + ("" if body["was_paused"] else " (it was not paused)"))
+
+
+@app.command("audit")
+def audit(action: Annotated[Optional[str], typer.Option(help="dlq.replay, dlq.purge, system.pause, ...")] = None,
+          since: SinceOpt = None, limit: Annotated[int, typer.Option()] = 50, api: ApiOpt = None,
+          user: UserOpt = None, password: PasswordOpt = None,
+          as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """What operators did, newest first: who, when, what, how many."""
+    params = {k: v for k, v in {"action": action, "since": since, "limit": limit}.items() if v is not None}
+    body = _call_api("GET", "/audit", api=api, user=user, password=password, params=params)
+    if as_json:
+        typer.echo(json.dumps(body, ensure_ascii=False, indent=2))
+        return
+    for entry in body["entries"]:
+        count = f" ×{entry['count']}" if entry["count"] is not None else ""
+        typer.echo(f"{entry['at'][:19]}  {entry['client_id']:<16} {entry['action']:<14} {entry['subject'] or ''}"
+                   f"{count}".rstrip())
+
+
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect, replay and purge dead letters (nothing is lost by looking)")
 app.add_typer(dlq_app, name="dlq")
 
@@ -249,6 +331,26 @@ def _with_dead_letters(action):
     return asyncio.run(go())
 
 
+def _audit_cli(action: str, *, subject: Optional[str], count: int, detail: dict) -> None:
+    """What an operator did from the command line goes to the audit log too, as `cli:<user>`."""
+    import getpass
+
+    from esi.store import Store
+
+    async def write() -> None:
+        store = await Store.open(_settings().database_url)
+        try:
+            await store.audit(action, client_id=f"cli:{getpass.getuser()}", subject=subject, count=count,
+                              detail=detail)
+        finally:
+            await store.aclose()
+
+    try:
+        asyncio.run(write())
+    except Exception as exc:  # the messages moved already: say so, do not fail the command
+        typer.echo(f"esi: could not write the audit log ({exc})", err=True)
+
+
 def _age(seconds: Optional[float]) -> str:
     if seconds is None:
         return "?"
@@ -270,7 +372,6 @@ def _table(letters) -> None:
 
 QueueOpt = Annotated[Optional[str], typer.Option("--queue", help="a DLQ (dms_dead_letter_queue) or its system (dms)")]
 ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="text the reason or error class contains")]
-SinceOpt = Annotated[Optional[str], typer.Option("--since", help="dead-lettered within this long: 90s, 15m, 2h, 7d")]
 
 
 @dlq_app.command("list")
@@ -309,6 +410,9 @@ def dlq_replay(ids: Annotated[Optional[list[str]], typer.Argument(metavar="[ID .
         raise typer.Exit(2)
     filters = _filters(queue, reason, since, ids or ())
     letters = _with_dead_letters(lambda dl: dl.replay(filters, rate=rate, dry_run=dry_run))
+    if not dry_run:
+        _audit_cli("dlq.replay", subject=queue, count=len(letters),
+                   detail={"ids": [d.id for d in letters][:1000], "reason": reason, "since": since})
     _table(letters)
     typer.echo(f"{'would replay' if dry_run else 'replayed'} {len(letters)} message(s)")
 
@@ -323,6 +427,8 @@ def dlq_purge(queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt 
         raise typer.Exit(2)
     filters = _filters(queue, reason, since)
     letters = _with_dead_letters(lambda dl: dl.purge(filters))
+    _audit_cli("dlq.purge", subject=queue, count=len(letters),
+               detail={"ids": [d.id for d in letters][:1000], "reason": reason, "since": since})
     typer.echo(f"purged {len(letters)} message(s)")
 
 

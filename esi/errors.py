@@ -2,7 +2,8 @@
 
     EsiError
     ├── TransientError          retry later (timeouts, connection errors, 5xx/429/408, broker refusals)
-    │   └── SessionExpired      Creatio session gone: the client logs in again and retries once itself
+    │   ├── SessionExpired      Creatio session gone: the client logs in again and retries once itself
+    │   └── CircuitOpen         the system is known down or paused: no call made, the message goes back untried
     └── PermanentError          dead-letter now: retrying cannot help
         ├── InvalidMessage      not JSON, not UTF-8, wrong envelope, unknown type, payload failing its schema
         └── BusinessError       the external system refused (unknown order, unknown status, user refused)
@@ -56,6 +57,13 @@ class SessionExpired(TransientError):
     """The external system's session has expired; the client renews it without spending a retry."""
 
     code = "session_expired"
+
+
+class CircuitOpen(TransientError):
+    """The system is known to be down (its circuit breaker is open) or paused for maintenance: the call was not
+    made, and the message goes back to its queue without spending one of its tries."""
+
+    code = "circuit_open"
 
 
 class PermanentError(EsiError):

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -37,11 +39,18 @@ from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_
 from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
 from esi.store import Store
 from esi.store.events import EventRecorder
+from esi.systems.breaker import Breaker
 from esi.systems.calls import Guarded, Limiter
 from esi.systems.registry import Registry, RegistryError, activate, load_registry as load_systems
 from esi.systems.spec import System, SystemContext, SystemSettings
 
 log = logging.getLogger(__name__)
+
+#: how often an adapter looks up its system's maintenance pause in the store (an operator's pause or resume
+#: reaches every replica within this)
+PAUSE_POLL_S = 0.5
+#: this process among the replicas, in the breaker reports (`GET /systems`)
+INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def registry_from(settings: Settings) -> Registry:
@@ -130,16 +139,20 @@ class SystemService(Service):
         self.relay: OutboxRelay | None = None
         self.http: HttpServer | None = None
         self._client: Any = None
-        self._pruner: asyncio.Task[None] | None = None
+        self.breaker: Breaker | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     def _handlers(self) -> Mapping[str, Handler]:
         system, config = self.system, self.system_settings
         guarded = None
         if system.client is not None:
             self._client = system.client(config)
-            limit = getattr(config, "max_concurrency", None)
+            self.breaker = Breaker(system=system.code, probe=getattr(self._client, "check", None),
+                                   failure_threshold=config.breaker_failures, probe_max=config.breaker_probe_max)
+            limiter = Limiter(system=system.code, max_concurrency=config.max_concurrency,
+                              rate_limit=config.rate_limit)
             guarded = Guarded(self._client, system=system.code, events=self.events, service=self.name,
-                              limiter=Limiter(system=system.code, max_concurrency=limit) if limit else None)
+                              limiter=limiter, breaker=self.breaker)
         handlers = system.handlers(SystemContext(system=system, settings=config, client=guarded, store=self.store,
                                                  events=self.events, registry=self.registry))
         self.registry.check_handlers(system, handlers)
@@ -154,6 +167,11 @@ class SystemService(Service):
             checks[self.system.health] = check
         return checks
 
+    def circuits(self) -> dict[str, Any]:
+        """The breaker's state for /readyz (an open breaker is the adapter doing its job, not being unready)."""
+        if self.breaker is None:
+            return {}
+        return {f"circuit ({self.system.code})": self.breaker.report()}
     async def start(self) -> None:
         s = self.settings
         topology = topology_from(s, self.registry)
@@ -171,8 +189,55 @@ class SystemService(Service):
         )
         if self.system.origin:
             await self._start_api(topology)
+        if self.breaker is not None:
+            await self._follow_pauses_once()  # a replica started during a pause does not consume at all
+            self.breaker.on_change(self._on_breaker_change)
+            await self._follow_breaker()
+            self._background.append(asyncio.create_task(self._follow_pauses(), name=f"pauses-{self.name}"))
         await self.consumer.start()
-        self._pruner = asyncio.create_task(self._prune_forever(), name=f"prune-{self.name}")
+        self._background.append(asyncio.create_task(self._prune_forever(), name=f"prune-{self.name}"))
+
+    # --- the breaker and maintenance pauses -------------------------------------------------------------------
+
+    def _on_breaker_change(self, _old: Any, _new: Any) -> None:
+        self._background.append(asyncio.get_running_loop().create_task(self._follow_breaker()))
+        self._background = [t for t in self._background if not t.done()]
+
+    async def _follow_breaker(self) -> None:
+        """Consume while the breaker lets calls through; tell the store what this process sees."""
+        breaker, consumer = self.breaker, self.consumer
+        assert breaker is not None and consumer is not None
+        try:
+            if breaker.usable:
+                await consumer.resume()
+            else:
+                await consumer.pause()
+        except Exception as exc:  # the channel is being restored: the next transition or restore consumes again
+            log.warning("could not follow the %s circuit on %s: %s", self.system.code, consumer.queue.name, exc)
+        report = breaker.report()
+        try:
+            await self.store.report_breaker(system=self.system.code, instance=INSTANCE, state=str(report["state"]),
+                                            since=str(report["since"]), reason=breaker.reason)
+        except Exception as exc:
+            log.warning("could not record the %s circuit's state: %s", self.system.code, exc)
+
+    async def _follow_pauses_once(self) -> None:
+        assert self.breaker is not None
+        pause = (await self.store.system_pauses()).get(self.system.code)
+        if pause is not None:
+            until = f" until {pause.until}" if pause.until else ""
+            self.breaker.pause(f"{pause.reason or 'maintenance'} (by {pause.paused_by}{until})")
+        elif self.breaker.state.value == "paused":
+            self.breaker.resume()
+
+    async def _follow_pauses(self) -> None:
+        """An operator's pause or resume, stored for every replica, reaches this one within `PAUSE_POLL_S`."""
+        while True:
+            await asyncio.sleep(PAUSE_POLL_S)
+            try:
+                await self._follow_pauses_once()
+            except Exception as exc:  # the store is away: keep the state as it is
+                log.debug("could not read the maintenance pauses: %s", exc)
 
     async def _start_api(self, topology: Topology) -> None:
         """The origin's edge: the outbox relay, and the HTTP API that accepts its requests."""
@@ -204,8 +269,12 @@ class SystemService(Service):
             await asyncio.sleep(self.settings.prune_interval_s)
 
     async def stop(self) -> None:
-        if self._pruner is not None:
-            self._pruner.cancel()
+        for task in self._background:
+            task.cancel()
+        if self.breaker is not None:
+            await self.breaker.aclose()
+            with contextlib.suppress(Exception):
+                await self.store.forget_breakers(INSTANCE)
         if self.http is not None:
             self.store.settlements.close()  # long polls answer now, with the state as it stands
             await self.http.stop()
@@ -282,7 +351,10 @@ async def run(settings: Settings, services: Sequence[str], *, registry: Registry
         checks: dict[str, Check] = {}
         for adapter in adapters:
             checks.update(adapter.checks())
-        return await run_checks(checks)
+        ready, report = await run_checks(checks)
+        for adapter in adapters:
+            report.update(adapter.circuits())
+        return ready, report
 
     try:
         # fakes first, so that adapters find their external systems

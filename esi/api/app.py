@@ -14,6 +14,7 @@ from esi.api.deps import ApiDeps
 from esi.api.errors import install_error_handlers
 from esi.api.hot import HotPath
 from esi.api.routes.dead_letters import DeadLetterRoutes
+from esi.api.routes.operations import OperationsRoutes
 from esi.api.routes.ops import OpsRoutes
 from esi.api.routes.requests import RequestRoutes
 from esi.api.routes.table import Route, add_routes
@@ -24,7 +25,8 @@ __all__ = ["ApiDeps", "build_routes", "create_app"]
 def build_routes(deps: ApiDeps) -> list[Route]:
     """The API's route table, in the order of the OpenAPI document."""
     return [*OpsRoutes(deps.readiness).routes(), *RequestRoutes(deps).routes(),
-            *DeadLetterRoutes(deps.dead_letters).routes()]
+            *DeadLetterRoutes(deps.dead_letters, deps.store).routes(),
+            *OperationsRoutes(deps.store, deps.registry).routes()]
 
 
 def create_app(deps: ApiDeps) -> FastAPI:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from esi.api.routes.send import ORIGINAL_SEND_ROUTES, SendRoute
@@ -12,6 +12,7 @@ from esi.security.auth import ClientRegistry
 from esi.store import Store
 from esi.store.events import EventRecorder
 from esi.store.records import OutboxRow
+from esi.systems.registry import Registry, current
 
 __all__ = ["ApiDeps", "ReadyCheck"]
 
@@ -41,3 +42,5 @@ class ApiDeps:
     hot_path: bool = True
     #: the routes that send one target's requests (`POST /send_to_dms`, ...); the original system's two by default
     send_routes: Sequence[SendRoute] = ORIGINAL_SEND_ROUTES
+    #: the systems the API sends to (catalog, targets, business keys); the process's own when not given
+    registry: Registry = field(default_factory=current)

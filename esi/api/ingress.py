@@ -16,7 +16,6 @@ from pydantic import BaseModel, ValidationError
 from esi.api.errors import ApiError, validation_details
 from esi.errors import InvalidMessage
 from esi.messages import Catalog, Envelope, Kind
-from esi.messages.crm import PDF_MAGIC
 from esi.messages.envelope import ID_PATTERN, normalise_system
 from esi.systems.spec import Upload
 
@@ -123,14 +122,6 @@ def check_file_bytes(content: bytes, upload: Upload, *, max_bytes: int) -> None:
         kind = upload.media_type.rpartition("/")[2].upper()
         raise ApiError(422, f"not_a_{kind.lower()}",
                        f"the file is not a {kind} (it does not start with {upload.magic.decode('latin-1')})")
-
-
-def check_pdf_bytes(content: bytes, *, max_pdf_bytes: int) -> None:
-    check_file_bytes(content, _PDF, max_bytes=max_pdf_bytes)
-
-
-_PDF = Upload(content_field="file_content", name_field="file_name", magic=PDF_MAGIC, media_type="application/pdf",
-              default_name="document.pdf")
 
 
 #: `wait=<delta-seconds>` among the preferences of a `Prefer` header (RFC 7240 §4.3)

@@ -31,8 +31,8 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from esi import metrics
 from esi.bus.acks import AckBatcher
-from esi.bus.decision import Ack, DeadLetter, Decision, Retry, RetryPolicy, decide
-from esi.bus.headers import ATTEMPT_HEADER, H_ORIGINAL_ROUTING_KEY
+from esi.bus.decision import Ack, DeadLetter, Decision, GiveBack, Retry, RetryPolicy, decide, not_yet
+from esi.bus.headers import ATTEMPT_HEADER, H_NOT_BEFORE, H_ORIGINAL_ROUTING_KEY
 from esi.bus.publisher import Publisher
 from esi.bus.topology import WorkQueue
 from esi.errors import EsiError, InvalidMessage
@@ -54,6 +54,8 @@ class Tracker(Protocol):
     async def retrying(self, request_id: str, *, attempt: int, error: str) -> None: ...
 
     async def dead_lettered(self, request_id: str, *, error: str, queue: str) -> None: ...
+
+    async def waiting(self, request_id: str, *, error: str) -> None: ...
 
 
 class Inbox(Protocol):
@@ -101,6 +103,9 @@ class Consumer:
         self._idle.set()
         #: acks of one loop turn go out together (the consume channel carries this consumer alone)
         self._acks = AckBatcher()
+        #: paused: no deliveries taken (the external system is down or in maintenance); see `pause`
+        self._paused = False
+        self._switching = asyncio.Lock()
 
     @property
     def in_flight(self) -> int:
@@ -111,11 +116,38 @@ class Consumer:
         self._amqp_queue = await self._channel.declare_queue(
             self.queue.name, durable=True, arguments=self._queue_arguments,
             passive=self._queue_arguments is None)
-        self._consumer_tag = await self._amqp_queue.consume(self._on_message, no_ack=False)
+        async with self._switching:
+            if self._paused:  # paused before it started (a system in maintenance): `resume` consumes
+                log.info("%s declared; consuming it is paused", self.queue.name)
+                return
+            self._consumer_tag = await self._amqp_queue.consume(self._on_message, no_ack=False)
         log.info("consuming %s as %s", self.queue.name, self.service)
 
-    async def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking new messages and let the ones in hand finish."""
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    async def pause(self) -> None:
+        """Stop taking deliveries (basic.cancel): messages wait in the queue, where waiting costs nothing. The
+        deliveries in hand finish (a call refused by an open breaker puts its message back untried)."""
+        async with self._switching:
+            if self._paused:
+                return
+            self._paused = True
+            await self._cancel()
+            log.info("paused consuming %s", self.queue.name)
+
+    async def resume(self) -> None:
+        """Take deliveries again after `pause`."""
+        async with self._switching:
+            if not self._paused:
+                return
+            self._paused = False
+            if self._amqp_queue is not None and self._consumer_tag is None:
+                self._consumer_tag = await self._amqp_queue.consume(self._on_message, no_ack=False)
+            log.info("resumed consuming %s", self.queue.name)
+
+    async def _cancel(self) -> None:
         if self._amqp_queue is not None and self._consumer_tag is not None:
             try:
                 # bounded: on a connection that is reconnecting, the robust channel would wait for it forever
@@ -123,6 +155,12 @@ class Consumer:
             except (Exception, asyncio.TimeoutError) as exc:  # the channel may already be gone
                 log.debug("cancel of %s failed: %s", self.queue.name, exc)
             self._consumer_tag = None
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking new messages and let the ones in hand finish."""
+        async with self._switching:
+            self._paused = True
+            await self._cancel()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except asyncio.TimeoutError:
@@ -156,6 +194,11 @@ class Consumer:
     async def _handle(self, message: AbstractIncomingMessage, headers: dict[str, Any],
                       attempt: int) -> tuple[str, Envelope | None]:
         envelope: Envelope | None = None
+        if H_NOT_BEFORE in headers:  # rare: only a message back early from a long Retry-After carries it
+            step = not_yet(headers, self._policy, datetime.now(timezone.utc))
+            if step is not None:
+                await self._park_again(message, headers, step.queue)
+                return "parked", None
         try:
             envelope = decode_envelope(message.body)
             log.debug("message body: %s", message.body[:4000])
@@ -202,6 +245,8 @@ class Consumer:
                 await self._retry(message, envelope, decision)
             case DeadLetter():
                 await self._dead_letter(message, envelope, decision)
+            case GiveBack():
+                await self._give_back(message, envelope, decision)
             case Ack():
                 await self._ack(message)
             case _:  # a decision this loop does not know how to carry out yet: a bug, never a silent ack
@@ -244,6 +289,34 @@ class Consumer:
         if envelope is not None and self._tracker is not None:
             await self._track(self._tracker.retrying(envelope.request_id, attempt=decision.attempt,
                                                      error=decision.reason))
+
+    async def _park_again(self, message: AbstractIncomingMessage, headers: dict[str, Any], queue: str) -> None:
+        """Back to a hold queue, untried: the system asked for a longer wait than the ladder's rungs."""
+        try:
+            await self._publisher.publish_raw("", queue, message.body, headers=headers,
+                                              properties=self._properties(message))
+        except Exception as exc:
+            log.error("could not park message %s again (%s); returning the delivery", message.message_id, exc)
+            await self._reject_requeue(message)
+            return
+        await self._ack(message)
+
+    async def _give_back(self, message: AbstractIncomingMessage, envelope: Envelope | None,
+                         decision: GiveBack) -> None:
+        """Back to the work queue as it came (confirmed), then acked: no try spent, no delivery count raised."""
+        log.debug("%s goes back to %s untried: %s", _label(envelope), self.queue.name, decision.reason)
+        try:
+            await self._publisher.publish_raw("", self.queue.name, message.body, headers=decision.headers,
+                                              properties=self._properties(message))
+        except Exception as exc:
+            log.error("could not put %s back on %s (%s); returning the delivery", _label(envelope), self.queue.name,
+                      exc)
+            await self._reject_requeue(message)
+            return
+        await self._ack(message)
+        self._event(envelope, "waiting", attempt=decision.attempt, error=decision.reason)
+        if envelope is not None and self._tracker is not None:
+            await self._track(self._tracker.waiting(envelope.request_id, error=decision.reason))
 
     async def _dead_letter(self, message: AbstractIncomingMessage, envelope: Envelope | None,
                            decision: DeadLetter) -> None:

@@ -5,7 +5,10 @@
 - `Ack` — handled (the consumer acks the success path itself, without asking: see `ACK`);
 - `Retry` — park the original bytes in a hold queue of the ladder, attempt header raised, story in headers;
 - `DeadLetter` — move it to the dead-letter exchange with its story, and say whether a business refusal is
-  answered to the requester.
+  answered to the requester;
+- `GiveBack` — the external system is known down or paused (`CircuitOpen`): put the original bytes back on the work
+  queue as they came, without spending a try (our attempt header unchanged) and without returning the delivery to
+  the broker (a quorum queue counts every return toward its `x-delivery-limit`).
 
 Nothing here does I/O, reads a clock or touches a message: the consumer (`esi.bus.consumer`) carries the decision
 out. A decision is a small frozen value; a new kind of decision (say, giving a delivery back without spending a try
@@ -30,10 +33,11 @@ from esi.bus.headers import (
     H_ERROR_MESSAGE,
     H_FIRST_FAILURE,
     H_LAST_FAILURE,
+    H_NOT_BEFORE,
     H_ORIGINAL_EXCHANGE,
     H_ORIGINAL_ROUTING_KEY,
 )
-from esi.errors import BusinessError, EsiError, PermanentError, TransientError
+from esi.errors import BusinessError, CircuitOpen, EsiError, PermanentError, TransientError
 
 #: longest error message carried in a header (a whole HTML error page has no place there)
 MAX_ERROR_MESSAGE = 2000
@@ -63,9 +67,16 @@ class RetryPolicy:
             raise ValueError("a retry policy with more than one attempt needs at least one hold queue")
         object.__setattr__(self, "ladder", tuple(self.ladder))  # a list passed in must not change under us
 
-    def step(self, attempt: int) -> HoldStep:
-        """The hold queue a message waits in after its `attempt`-th try failed (1-based; the last step repeats)."""
-        return self.ladder[min(max(attempt, 1), len(self.ladder)) - 1]
+    def step(self, attempt: int, *, at_least: float | None = None) -> HoldStep:
+        """The hold queue a message waits in after its `attempt`-th try failed (1-based; the last step repeats).
+
+        `at_least`: seconds the system asked us to wait (`Retry-After`): the nearest rung at or above it, if the
+        attempt's own rung is shorter (the last rung when none is that long).
+        """
+        step = self.ladder[min(max(attempt, 1), len(self.ladder)) - 1]
+        if at_least is None or step.delay_s >= at_least:
+            return step
+        return next((rung for rung in self.ladder if rung.delay_s >= at_least), self.ladder[-1])
 
 
 class Decision:
@@ -130,6 +141,26 @@ class DeadLetter(Decision):
         return reason(self.error)
 
 
+@dataclass(frozen=True, slots=True)
+class GiveBack(Decision):
+    """Republish the original bytes to the work queue itself with its headers unchanged (no try spent), then ack.
+
+    The consumer has stopped (or is about to stop) taking deliveries from that queue while the system is down, so
+    the message waits there, not in the ladder or the dead-letter queue, until the breaker lets calls through again.
+    """
+
+    error: EsiError
+    #: the try that was not made (it stays the message's next try)
+    attempt: int
+    headers: dict[str, Any]
+
+    outcome: ClassVar[str] = "given_back"
+
+    @property
+    def reason(self) -> str:
+        return reason(self.error)
+
+
 def reason(error: EsiError) -> str:
     """How a failure reads in logs, timelines and the request's state: `Class: message`."""
     return f"{type(error).__name__}: {error.message}"
@@ -171,9 +202,11 @@ def decide(failure: BaseException | None, attempt: int, policy: RetryPolicy, *, 
     - success → `ACK`;
     - `PermanentError` → `DeadLetter` at once; a `BusinessError` carries `answer_with` (the response type of the
       delivery when it is a request, given by the caller), so that the requester is answered;
+    - `CircuitOpen` (the call was not made: the system is known down or paused) → `GiveBack`, whatever the attempt;
     - `TransientError`, or any other exception (as transient, code `unexpected_error`) → `Retry` in the ladder's
-      hold queue for this attempt (the last one for attempts beyond the ladder), until the `max_attempts`-th try
-      fails: then `DeadLetter`.
+      hold queue for this attempt (the last one for attempts beyond the ladder; the nearest one at or above the
+      error's `retry_after`, when the system asked for a wait), until the `max_attempts`-th try fails: then
+      `DeadLetter`.
 
     `headers`, `exchange` and `routing_key` are the delivery's; `adapter` names the service deciding; `now` stamps
     the failure. An attempt below 1 counts as the first.
@@ -182,11 +215,29 @@ def decide(failure: BaseException | None, attempt: int, policy: RetryPolicy, *, 
         return ACK
     error = classify(failure)
     attempt = max(attempt, 1)
+    if isinstance(error, CircuitOpen):
+        return GiveBack(error, attempt, dict(headers))
     story = failure_headers(headers, error, attempt=attempt, adapter=adapter, exchange=exchange,
                             routing_key=routing_key, now=now)
     if isinstance(error, PermanentError) or attempt >= policy.max_attempts:
         story[H_DEAD_LETTERED_AT] = story[H_LAST_FAILURE]
         return DeadLetter(error, attempt, story, answer_with if isinstance(error, BusinessError) else None)
-    step = policy.step(attempt)
+    retry_after = error.retry_after if isinstance(error, TransientError) else None
+    step = policy.step(attempt, at_least=retry_after)
     story[ATTEMPT_HEADER] = attempt + 1
+    if retry_after is not None and retry_after > step.delay_s:
+        # longer than any rung: the message comes back early and is parked again, untried, until then
+        story[H_NOT_BEFORE] = int((now.timestamp() + retry_after) * 1000)
     return Retry(error, attempt, step.queue, step.delay_s, story)
+
+
+def not_yet(headers: Mapping[str, Any], policy: RetryPolicy, now: datetime) -> HoldStep | None:
+    """For a message back early from the ladder (a `Retry-After` beyond its longest rung): the rung to wait in
+    again, without a try; None when it may be tried now."""
+    value = headers.get(H_NOT_BEFORE)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not policy.ladder:
+        return None
+    remaining = value / 1000 - now.timestamp()
+    if remaining <= 0.01:
+        return None
+    return policy.step(1, at_least=remaining)

@@ -23,6 +23,9 @@ H_LAST_FAILURE = "x-esi-last-failure"
 H_ORIGINAL_EXCHANGE = "x-esi-original-exchange"
 H_ORIGINAL_ROUTING_KEY = "x-esi-original-routing-key"
 H_DEAD_LETTERED_AT = "x-esi-dead-lettered-at"
+#: the message is not to be tried before this time (epoch milliseconds): the `Retry-After` the system asked for,
+#: kept when it is longer than the ladder's longest rung (the message is parked again until then, no try spent)
+H_NOT_BEFORE = "x-esi-not-before"
 
 # written when an operator replays a dead letter
 H_REPLAYED = "x-esi-replayed"
@@ -42,6 +45,6 @@ H_DELIVERY_COUNT = "x-delivery-count"
 #: what describes a failure: dropped from a replayed message, which starts its story afresh
 FAILURE_HEADERS = (
     H_ERROR_CLASS, H_ERROR_CODE, H_ERROR_MESSAGE, H_ADAPTER, H_ATTEMPTS, H_FIRST_FAILURE, H_LAST_FAILURE,
-    H_DEAD_LETTERED_AT, H_DEATH, H_FIRST_DEATH_EXCHANGE, H_FIRST_DEATH_QUEUE, H_FIRST_DEATH_REASON,
+    H_DEAD_LETTERED_AT, H_NOT_BEFORE, H_DEATH, H_FIRST_DEATH_EXCHANGE, H_FIRST_DEATH_QUEUE, H_FIRST_DEATH_REASON,
     H_LAST_DEATH_EXCHANGE, H_LAST_DEATH_QUEUE, H_LAST_DEATH_REASON, H_DELIVERY_COUNT,
 )

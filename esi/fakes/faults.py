@@ -1,8 +1,10 @@
 """Fault injection shared by the fake servers.
 
-`POST /_fake/faults` with `{"status": 503, "rate": 1.0, "count": 3, "latency_ms": 200}` — every field optional:
-answer `status` to that fraction (`rate`, default 1.0) of calls, for the next `count` calls (default: until cleared),
-after waiting `latency_ms`. `{}` clears every fault. Only the fake's business endpoints are affected, never `/_fake/*`.
+`POST /_fake/faults` with `{"status": 503, "rate": 1.0, "count": 3, "latency_ms": 200, "duration_s": 60,
+"retry_after": 3}` — every field optional: answer `status` to that fraction (`rate`, default 1.0) of calls, for the
+next `count` calls or `duration_s` seconds (default: until cleared), after waiting `latency_ms`, with a `Retry-After`
+header of `retry_after` seconds when given. `{}` clears every fault. Only the fake's business endpoints are
+affected, never `/_fake/*`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ class FaultSpec(BaseModel):
     rate: float = Field(default=1.0, ge=0.0, le=1.0)
     count: int | None = Field(default=None, ge=0)
     latency_ms: int = Field(default=0, ge=0, le=600_000)
+    #: the fault lifts by itself this long after it was armed (an outage of a known length)
+    duration_s: float | None = Field(default=None, gt=0, le=86_400)
+    #: sent as `Retry-After` with the injected status
+    retry_after: int | None = Field(default=None, ge=0, le=86_400)
 
 
 @dataclass
@@ -36,6 +42,7 @@ class Decision:
 
     latency_s: float = 0.0
     status: int | None = None
+    retry_after: int | None = None
 
 
 class Faults:
@@ -44,6 +51,7 @@ class Faults:
     def __init__(self) -> None:
         self.spec: FaultSpec | None = None
         self.remaining: int | None = None
+        self.until: float | None = None
         #: how many calls a fault answered with its status (tests read it back through /_fake/state)
         self.injected = 0
         #: wall-clock times (epoch seconds) of the latest business calls, faulted or not: tests check retry spacing
@@ -55,12 +63,14 @@ class Faults:
         empty = spec.status is None and spec.latency_ms == 0
         self.spec = None if empty else spec
         self.remaining = spec.count
+        self.until = time.monotonic() + spec.duration_s if spec.duration_s else None
         self._rng = random.Random(1234)
 
     def clear(self) -> None:
         """Disarm; the counts of what was injected stay."""
         self.spec = None
         self.remaining = None
+        self.until = None
 
     def reset(self) -> None:
         """Disarm and forget what was injected and when calls came (a fake's `/_fake/reset`)."""
@@ -74,6 +84,9 @@ class Faults:
         spec = self.spec
         if spec is None:
             return Decision()
+        if self.until is not None and time.monotonic() >= self.until:
+            self.clear()
+            return Decision()
         if self.remaining is not None:
             if self.remaining <= 0:
                 self.clear()
@@ -84,7 +97,7 @@ class Faults:
             self.injected += 1
         if self.remaining == 0:
             self.clear()
-        return Decision(latency_s=spec.latency_ms / 1000.0, status=status)
+        return Decision(latency_s=spec.latency_ms / 1000.0, status=status, retry_after=spec.retry_after)
 
     def state(self) -> dict:
         """The armed fault, its remaining count, how many calls it answered and when calls came."""
@@ -96,9 +109,9 @@ class Faults:
         }
 
 
-def fault_response(status: int) -> Response:
+def fault_response(status: int, retry_after: int | None = None) -> Response:
     """The body a fake answers an injected fault with."""
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return JSONResponse({"error": "injected fault", "status": status}, status_code=status, headers=headers)
 
 
@@ -123,7 +136,7 @@ class FaultMiddleware:
         if decision.latency_s:
             await asyncio.sleep(decision.latency_s)
         if decision.status is not None:
-            await fault_response(decision.status)(scope, receive, send)
+            await fault_response(decision.status, decision.retry_after)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

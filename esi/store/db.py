@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from esi.store import schema
 from esi.store.backends import Backend, open_backend
-from esi.store.records import OutboxRow, RequestRecord, RequestStatus
+from esi.store.records import AuditEntry, BreakerReport, OutboxRow, RequestRecord, RequestStatus, SystemPause
 from esi.store.settled import SETTLED, Settlements
 from esi.store.statements import (
     ADD_KEYS,
@@ -244,6 +244,14 @@ class Store:
             .values(status=RequestStatus.IN_PROGRESS.value, attempts=attempt, last_error=error, updated_at=now_iso())
         )
 
+    async def waiting(self, request_id: str, *, error: str) -> None:
+        """A hop of the request waits for its system to come back (an open breaker, a pause): no try spent."""
+        await self._execute(
+            update(schema.requests)
+            .where(schema.requests.c.request_id == request_id, schema.requests.c.status.not_in(_FINAL))
+            .values(status=RequestStatus.IN_PROGRESS.value, last_error=error, updated_at=now_iso())
+        )
+
     async def dead_lettered(self, request_id: str, *, error: str, queue: str) -> None:
         """A hop of the request was parked in a dead-letter queue."""
         await self._execute(
@@ -339,6 +347,79 @@ class Store:
             return inbox.rowcount, outbox.rowcount
 
         return await self._backend.write(write)
+
+    # --- operations: maintenance pauses and the audit log -----------------------------------------------------
+
+    async def pause_system(self, system: str, *, until: str | None, reason: str | None, paused_by: str) -> SystemPause:
+        """Pause `system` for every adapter replica (until `until`, ISO time, or until resumed); pausing it again
+        replaces the pause."""
+        p = schema.system_pauses
+        row = {"system": system, "paused_at": now_iso(), "until": until, "reason": reason, "paused_by": paused_by}
+
+        def write(conn: Connection) -> None:
+            conn.execute(p.delete().where(p.c.system == system))
+            conn.execute(insert(p).values(**row))
+
+        await self._backend.write(write)
+        return SystemPause(**row)
+
+    async def resume_system(self, system: str) -> bool:
+        """Lift `system`'s pause; whether there was one."""
+        p = schema.system_pauses
+        return bool(await self._backend.write(lambda conn: conn.execute(p.delete().where(p.c.system == system))
+                                              .rowcount))
+
+    async def system_pauses(self, *, now: str | None = None) -> dict[str, SystemPause]:
+        """The pauses in force (one that ran out is not: it lifts itself), by system."""
+        p, now = schema.system_pauses, now or now_iso()
+        query = select(p).where((p.c.until.is_(None)) | (p.c.until > now))
+        rows = await self._backend.read(lambda conn: [dict(r._mapping) for r in conn.execute(query).all()])
+        return {row["system"]: SystemPause(**row) for row in rows}
+
+    async def report_breaker(self, *, system: str, instance: str, state: str, since: str,
+                             reason: str | None) -> None:
+        """Record a breaker's state as this process sees it (for `GET /systems` and the console)."""
+        b = schema.breakers
+        row = {"system": system, "instance": instance, "state": state, "since": since, "reason": reason,
+               "updated_at": now_iso()}
+
+        def write(conn: Connection) -> None:
+            conn.execute(b.delete().where(b.c.system == system, b.c.instance == instance))
+            conn.execute(insert(b).values(**row))
+
+        await self._backend.write(write)
+
+    async def forget_breakers(self, instance: str) -> None:
+        """A process that stops takes its reports with it."""
+        b = schema.breakers
+        await self._backend.write(lambda conn: conn.execute(b.delete().where(b.c.instance == instance)))
+
+    async def breaker_states(self) -> list[BreakerReport]:
+        query = select(schema.breakers).order_by(schema.breakers.c.system, schema.breakers.c.instance)
+        rows = await self._backend.read(lambda conn: [dict(r._mapping) for r in conn.execute(query).all()])
+        return [BreakerReport(**row) for row in rows]
+
+    async def audit(self, action: str, *, client_id: str, subject: str | None = None, count: int | None = None,
+                    detail: dict[str, Any] | None = None) -> None:
+        """Record what an operator did: `action` (dlq.replay, system.pause, ...), on what, how many."""
+        row = {"at": now_iso(), "client_id": client_id, "action": action, "subject": subject, "count": count,
+               "detail": _dumps(detail)}
+        await self._backend.write(lambda conn: conn.execute(insert(schema.audit).values(**row)))
+
+    async def audit_log(self, *, limit: int = 100, action: str | None = None, since: str | None = None,
+                        client_id: str | None = None) -> list[AuditEntry]:
+        """The newest entries first."""
+        a = schema.audit
+        query = select(a)
+        if action:
+            query = query.where(a.c.action == action)
+        if since:
+            query = query.where(a.c.at >= since)
+        if client_id:
+            query = query.where(a.c.client_id == client_id)
+        query = query.order_by(a.c.id.desc()).limit(limit)
+        rows = await self._backend.read(lambda conn: [dict(r._mapping) for r in conn.execute(query).all()])
+        return [AuditEntry(**{**row, "detail": _loads(row["detail"])}) for row in rows]
 
 
 def _add_keys(conn: Connection, request_id: str, keys: list[str]) -> None:

@@ -41,3 +41,36 @@ class OutboxRow(BaseModel):
     request_id: str
     routing_key: str
     body: bytes
+
+
+class SystemPause(BaseModel):
+    """A system paused for maintenance by an operator: every adapter replica stops calling it until `until`."""
+
+    system: str
+    paused_at: str
+    until: str | None = None
+    reason: str | None = None
+    paused_by: str | None = None
+
+
+class AuditEntry(BaseModel):
+    """One thing an operator did."""
+
+    id: int
+    at: str
+    client_id: str
+    action: str
+    subject: str | None = None
+    count: int | None = None
+    detail: dict[str, Any] | None = None
+
+
+class BreakerReport(BaseModel):
+    """A circuit breaker's state as one adapter process (`instance`) reported it."""
+
+    system: str
+    instance: str
+    state: str
+    since: str
+    reason: str | None = None
+    updated_at: str

@@ -83,6 +83,44 @@ request_keys = Table(
     Column("request_id", String(128), primary_key=True),
 )
 
+#: what operators did (replays, purges, pauses, client changes), with who and how many: read at GET /audit
+audit = Table(
+    "esi_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", String(40), nullable=False),
+    Column("client_id", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(255)),
+    Column("count", Integer),
+    Column("detail", Text),
+    Index("ix_esi_audit_at", "at"),
+)
+
+#: systems an operator paused for maintenance, for every adapter replica (a row per paused system)
+system_pauses = Table(
+    "esi_system_pauses",
+    metadata,
+    Column("system", String(32), primary_key=True),
+    Column("paused_at", String(40), nullable=False),
+    #: when the pause lifts by itself (None: when resumed)
+    Column("until", String(40)),
+    Column("reason", Text),
+    Column("paused_by", String(64)),
+)
+
+#: the circuit breakers' states as each adapter process last reported them (one row per system and process)
+breakers = Table(
+    "esi_breakers",
+    metadata,
+    Column("system", String(32), primary_key=True),
+    Column("instance", String(128), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("since", String(40), nullable=False),
+    Column("reason", Text),
+    Column("updated_at", String(40), nullable=False),
+)
+
 schema_migrations = Table(
     "esi_schema_migrations",
     metadata,
@@ -130,4 +168,5 @@ MIGRATIONS: dict[int, list[Table | Callable[[Connection], None]]] = {
     2: [events, request_keys],
     3: [_add_column(requests, "client_id")],
     4: [_widen_column(requests, "source"), _widen_column(requests, "target")],
+    5: [audit, system_pauses, breakers],
 }

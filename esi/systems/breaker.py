@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 from esi import metrics
-from esi.errors import TransientError
+from esi.errors import CircuitOpen, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,6 @@ class State(StrEnum):
     OPEN = "open"
     HALF_OPEN = "half_open"
     PAUSED = "paused"
-
-
-class CircuitOpen(TransientError):
-    """The system is known to be down (or paused for maintenance): the call was not made."""
-
-    code = "circuit_open"
 
 
 Probe = Callable[[], Awaitable[None]]
@@ -121,6 +115,10 @@ class Breaker:
             self._open(f"the trial call failed: {error}")
         self._end_trial(trial)
 
+    def abandon(self, trial: bool) -> None:
+        """A call given up (cancelled) says nothing of the system; a trial given up lets another be the trial."""
+        self._end_trial(trial)
+
     def describe(self) -> str:
         what = {State.CLOSED: "closed", State.OPEN: "unavailable (circuit open)", State.HALF_OPEN: "half-open",
                 State.PAUSED: "paused for maintenance"}[self.state]
@@ -154,20 +152,21 @@ class Breaker:
 
     def _open(self, reason: str) -> None:
         self._transition(State.OPEN, reason)
-        if self._probe is not None and (self._prober is None or self._prober.done()):
+        if self._prober is None or self._prober.done():
             self._prober = asyncio.get_running_loop().create_task(self._probe_until_up(),
                                                                   name=f"breaker-probe-{self.system}")
 
     async def _probe_until_up(self) -> None:
-        """Probe with backoff while open; half-open when the system answers."""
-        assert self._probe is not None
+        """Probe with backoff while open; half-open when the system answers (without a probe: when the wait is
+        over, and the trial call is the probe)."""
         delay = self._next_delay
         while self.state is State.OPEN:
             await asyncio.sleep(delay)
             if self.state is not State.OPEN:
                 return
             try:
-                await self._probe()
+                if self._probe is not None:
+                    await self._probe()
             except Exception as exc:  # still down: wait longer
                 log.debug("%s probe failed: %s", self.system, exc)
                 delay = min(delay * 2, self.probe_max)

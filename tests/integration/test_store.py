@@ -265,3 +265,38 @@ async def test_reads_of_one_turn_run_together_and_fail_alone(tmp_path) -> None:
         assert [r.request_id for r in results[:150]] == [f"RD{i}" for i in range(150)]
         assert isinstance(results[150], ValueError) and results[151] is None
         assert jobs == [64, 64, 24]  # 152 reads in three hand-offs to the reader threads
+
+
+async def test_a_pause_holds_until_resumed_or_until_it_runs_out(store_url: str) -> None:
+    async with await Store.open(store_url) as store:
+        assert await store.system_pauses() == {}
+        later = (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat(timespec="microseconds")
+        await store.pause_system("crm", until=None, reason="Creatio upgrade", paused_by="ops")
+        await store.pause_system("dms", until=later, reason=None, paused_by="ops")
+        pauses = await store.system_pauses()
+        assert set(pauses) == {"crm", "dms"}
+        assert pauses["crm"].reason == "Creatio upgrade" and pauses["crm"].until is None
+        assert pauses["dms"].until == later and pauses["dms"].paused_by == "ops"
+        # two hours on, the DMS pause has lifted itself; the open-ended one holds
+        in_three_hours = (datetime.now(timezone.utc) + timedelta(hours=3)).isoformat(timespec="microseconds")
+        assert set(await store.system_pauses(now=in_three_hours)) == {"crm"}
+        # pausing again replaces the pause
+        await store.pause_system("crm", until=later, reason="moved", paused_by="ops2")
+        assert (await store.system_pauses())["crm"].reason == "moved"
+        assert await store.resume_system("crm") is True
+        assert await store.resume_system("crm") is False
+        assert set(await store.system_pauses()) == {"dms"}
+
+
+async def test_the_audit_log_keeps_who_did_what_newest_first(store_url: str) -> None:
+    async with await Store.open(store_url) as store:
+        await store.audit("dlq.replay", client_id="ops", subject="dms_dead_letter_queue", count=3,
+                          detail={"ids": ["a", "b", "c"]})
+        await store.audit("system.pause", client_id="anna", subject="crm", detail={"reason": "upgrade"})
+        entries = await store.audit_log()
+        assert [(e.action, e.client_id, e.subject, e.count) for e in entries] == [
+            ("system.pause", "anna", "crm", None), ("dlq.replay", "ops", "dms_dead_letter_queue", 3)]
+        assert entries[1].detail == {"ids": ["a", "b", "c"]} and entries[0].at >= entries[1].at
+        assert [e.action for e in await store.audit_log(action="dlq.replay")] == ["dlq.replay"]
+        assert [e.client_id for e in await store.audit_log(client_id="anna")] == ["anna"]
+        assert await store.audit_log(since=(datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()) == []

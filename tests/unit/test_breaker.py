@@ -157,3 +157,13 @@ async def test_a_listener_that_fails_does_not_stop_the_transition() -> None:
     breaker.on_change(lambda _old, new: seen.append(new))
     breaker.failure(_transient())
     assert breaker.state is State.OPEN and seen == [State.OPEN]
+
+
+async def test_without_a_probe_the_next_call_after_the_wait_is_the_trial() -> None:
+    breaker = Breaker(system="bk-no-probe", failure_threshold=1, probe_initial=0.01)
+    breaker.failure(_transient())
+    assert breaker.state is State.OPEN
+    await _until(lambda: breaker.state is State.HALF_OPEN)
+    assert await breaker.guard() is True
+    breaker.success(trial=True)
+    assert breaker.state is State.CLOSED

@@ -107,3 +107,35 @@ def test_a_429_or_503_carries_its_retry_after() -> None:
         error = error_for_status(httpx.Response(status, headers={"Retry-After": "3"}), system="dms", operation="x")
         assert isinstance(error, TransientError) and error.retry_after == 3.0 and error.code == f"http_{status}"
     assert error_for_status(httpx.Response(502), system="dms", operation="x").retry_after is None  # type: ignore[attr-defined]
+
+
+async def test_an_open_breaker_refuses_calls_before_they_reach_the_system() -> None:
+    from esi.errors import CircuitOpen
+    from esi.systems.breaker import Breaker, State
+
+    system = SlowSystem()
+    breaker = Breaker(system="guarded-breaker", failure_threshold=3)
+    client = Guarded(system, system="guarded-breaker", breaker=breaker,
+                     limiter=Limiter(system="guarded-breaker", max_concurrency=2))
+    for _ in range(3):
+        with pytest.raises(TransientError):
+            await client.fail()
+    assert breaker.state is State.OPEN
+    system.release.set()
+    with pytest.raises(CircuitOpen):
+        await client.call(1)
+    assert system.peak == 0  # the call never reached the system
+    # the refused call gave its slot back: two more can wait for the breaker
+    assert EXTERNAL_IN_FLIGHT.labels("guarded-breaker")._value.get() == 0
+
+
+async def test_a_rate_limit_spaces_the_calls_out() -> None:
+    import time
+
+    system = SlowSystem()
+    system.release.set()
+    client = Guarded(system, system="rated", limiter=Limiter(system="rated", max_concurrency=50, rate_limit=20))
+    started = time.monotonic()
+    assert await asyncio.gather(*(client.call(i) for i in range(40))) == [i * 2 for i in range(40)]
+    # a bucket of 20 at once, then 20 per second: the 40th call starts about a second in
+    assert 0.85 <= time.monotonic() - started < 3.0

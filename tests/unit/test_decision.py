@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from esi.bus import consumer as consumer_module
 from esi.bus.consumer import Consumer
 from esi.bus.decision import (
+    GiveBack,
+    not_yet,
     ACK,
     MAX_ERROR_MESSAGE,
     Ack,
@@ -32,6 +34,7 @@ from esi.bus.decision import (
     failure_headers,
 )
 from esi.bus.headers import (
+    H_NOT_BEFORE,
     ATTEMPT_HEADER,
     H_ADAPTER,
     H_ATTEMPTS,
@@ -46,6 +49,7 @@ from esi.bus.headers import (
 )
 from esi.bus.topology import RetryStep
 from esi.errors import (
+    CircuitOpen,
     BusinessError,
     EsiError,
     InvalidMessage,
@@ -81,6 +85,45 @@ def _decide(failure: BaseException | None, attempt: int, *, max_attempts: int = 
     return decide(failure, attempt, RetryPolicy(max_attempts, ladder), adapter="dms", headers=headers or {},
                   exchange="main_exchange", routing_key="1c.request.dms.create_user", now=NOW,
                   answer_with=answer_with)
+
+
+# --- a system known down, and one that asks for a wait ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 50])
+def test_a_call_refused_by_an_open_breaker_gives_the_message_back_untried(attempt: int) -> None:
+    headers = {ATTEMPT_HEADER: attempt, "x-custom": "kept"}
+    decision = _decide(CircuitOpen("dms is unavailable (circuit open)", system="dms"), attempt, max_attempts=3,
+                       headers=headers)
+    assert isinstance(decision, GiveBack) and decision.outcome == "given_back"
+    # not a retry, whatever the attempt: the same headers, the same attempt, no failure story
+    assert decision.headers == headers and decision.headers is not headers and decision.attempt == attempt
+
+
+@pytest.mark.parametrize(("retry_after", "attempt", "queue"), [
+    (None, 1, "q.retry.1s"), (0.5, 1, "q.retry.1s"), (1.0, 1, "q.retry.1s"), (3, 1, "q.retry.5s"),
+    (5, 1, "q.retry.5s"), (6, 1, "q.retry.30s"), (3, 2, "q.retry.5s"), (3, 3, "q.retry.30s"),
+])
+def test_retry_after_takes_the_nearest_rung_at_or_above_it(retry_after: float | None, attempt: int,
+                                                           queue: str) -> None:
+    error = TransientError("429", code="http_429", system="dms", retry_after=retry_after)
+    decision = _decide(error, attempt, max_attempts=10)
+    assert isinstance(decision, Retry) and decision.queue == queue
+    assert H_NOT_BEFORE not in decision.headers  # a rung is long enough
+
+
+def test_a_retry_after_beyond_the_longest_rung_parks_the_message_again_until_then() -> None:
+    error = TransientError("503", code="http_503", system="dms", retry_after=100)
+    policy = RetryPolicy(10, LADDERS["several"])
+    decision = _decide(error, 1, max_attempts=10)
+    assert isinstance(decision, Retry) and decision.queue == "q.retry.30s"
+    not_before = decision.headers[H_NOT_BEFORE]
+    assert not_before == int((NOW.timestamp() + 100) * 1000)
+    # back after 30 s: 70 s to go, the longest rung again; after 90 s: 10 s to go, the 30 s rung; then it may go
+    assert not_yet(decision.headers, policy, NOW + timedelta(seconds=30)).queue == "q.retry.30s"  # type: ignore[union-attr]
+    assert not_yet(decision.headers, policy, NOW + timedelta(seconds=96)).queue == "q.retry.5s"  # type: ignore[union-attr]
+    assert not_yet(decision.headers, policy, NOW + timedelta(seconds=100)) is None
+    assert not_yet({}, policy, NOW) is None and not_yet({H_NOT_BEFORE: "junk"}, policy, NOW) is None
 
 
 # --- success ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Dead letters over HTTP, for operators: `GET /dlq`, `GET /dlq/{ident}`, `POST /dlq/replay`."""
+"""Dead letters over HTTP, for operators: `GET /dlq`, `GET /dlq/{ident}`, `POST /dlq/replay`, `POST /dlq/purge`;
+replays and purges go to the audit log with who made them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from esi.api.routes.table import Param, Route
 from esi.bus.dead_letters import DeadLetters, Filters, parse_duration
 from esi.errors import ApiError
 from esi.security.scopes import Principal, require_operator
+from esi.store import Store
 
-__all__ = ["DeadLetterRoutes", "ReplayRequest"]
+__all__ = ["DeadLetterRoutes", "PurgeRequest", "ReplayRequest"]
 
 
 class ReplayRequest(BaseModel):
@@ -29,12 +31,26 @@ class ReplayRequest(BaseModel):
     dry_run: bool = False
 
 
+class PurgeRequest(BaseModel):
+    """Which dead letters to delete, and how many the caller expects (the confirmation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(default_factory=list, max_length=10_000)
+    queue: str | None = None
+    reason: str | None = None
+    since: str | None = Field(default=None, description="90s, 15m, 2h, 7d")
+    expect: int = Field(ge=0, description="how many the caller saw and confirms deleting")
+
+
 class DeadLetterRoutes:
     """The operator's view of the dead-letter queues; `dead_letters` is None where the service has no broker access
     for it (503)."""
 
-    def __init__(self, dead_letters: DeadLetters | None) -> None:
+    def __init__(self, dead_letters: DeadLetters | None, store: Store | None = None) -> None:
         self._dead_letters = dead_letters
+        #: where replays and purges are audited
+        self._store = store
 
     def routes(self) -> list[Route]:
         return [
@@ -47,6 +63,9 @@ class DeadLetterRoutes:
                   params=(Param("ident", str, Path(max_length=128)),)),
             Route("POST", "/dlq/replay", "replay_dead_letters", self.replay,
                   "Replay dead letters to their original routing key", params=(Param("body", ReplayRequest),)),
+            Route("POST", "/dlq/purge", "purge_dead_letters", self.purge,
+                  "Delete dead letters for good (needs the count it expects: a confirmation)",
+                  params=(Param("body", PurgeRequest),)),
         ]
 
     async def list_letters(self, request: Request, principal: Principal, queue: str | None, reason: str | None,
@@ -73,8 +92,34 @@ class DeadLetterRoutes:
                                                         rate=body.rate, dry_run=body.dry_run)
         except ValueError as exc:
             raise ApiError(422, "validation_error", str(exc)) from None
+        if not body.dry_run:
+            await self._audit(principal, "dlq.replay", body.queue, len(letters),
+                              {"ids": [d.id for d in letters][:1000], "reason": body.reason, "since": body.since})
         return {"replayed": 0 if body.dry_run else len(letters), "dry_run": body.dry_run,
                 "messages": [d.summary() for d in letters]}
+
+    async def purge(self, request: Request, principal: Principal, body: PurgeRequest) -> dict[str, Any]:
+        """Deletes exactly what the filters match, and only if that is as many as `expect` says: the caller saw the
+        count it confirms (409 otherwise, with the count now)."""
+        dead_letters = self._for(principal)
+        filters = _filters(body.queue, body.reason, body.since, body.ids)
+        try:
+            matching = await dead_letters.list(filters)
+            if len(matching) != body.expect:
+                raise ApiError(409, "count_changed", f"{len(matching)} dead letters match now, not {body.expect}; "
+                                                     "look again and confirm that count")
+            purged = await dead_letters.purge(filters)
+        except ValueError as exc:
+            raise ApiError(422, "validation_error", str(exc)) from None
+        await self._audit(principal, "dlq.purge", body.queue, len(purged),
+                          {"ids": [d.id for d in purged][:1000], "reason": body.reason, "since": body.since})
+        return {"purged": len(purged), "messages": [d.summary() for d in purged]}
+
+    async def _audit(self, principal: Principal, action: str, subject: str | None, count: int,
+                     detail: dict[str, Any]) -> None:
+        if self._store is not None:
+            await self._store.audit(action, client_id=principal.client_id, subject=subject, count=count,
+                                    detail=detail)
 
     def _for(self, principal: Principal) -> DeadLetters:
         require_operator(principal)

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from esi.api.deps import ApiDeps
-from esi.api.ingress import Accepted, build_request, check_pdf_bytes, parse_json_object, prefer_wait
+from esi.api.ingress import Accepted, build_request, check_file_bytes, parse_json_object, prefer_wait
 from esi.api.routes.send import SendRoute
 from esi.api.routes.table import Param, Route
 from esi.errors import ApiError
@@ -29,7 +29,6 @@ from esi.store import RequestRecord, Store
 from esi.store.events import NullRecorder
 from esi.store.records import OutboxRow
 from esi.store.settled import SETTLED
-from esi.systems.onec.handlers import business_keys
 
 __all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "RequestRoutes", "SETTLED_WITHIN_WAIT"]
 
@@ -85,6 +84,12 @@ class RequestRoutes:
         self._auth_on = deps.clients is not None
         self._max_body = deps.max_pdf_bytes * 4 // 3 + 1024 * 1024
         self._backlog = _BacklogGauge(deps.store, ttl=0.5)
+        self._registry = deps.registry
+        self._catalog = deps.registry.catalog
+        self._source = deps.registry.origin.code
+        uploads = sorted(s.message_type for s in self._catalog.specs if s.upload is not None)
+        self._send_any_summary = ("Send any request of the catalog (JSON"
+                                  + (f", or multipart/form-data for {', '.join(uploads)})" if uploads else ")"))
 
     def routes(self) -> list[Route]:
         """The send routes first, then the generic one, reading, finding and the timeline (the OpenAPI order)."""
@@ -95,7 +100,7 @@ class RequestRoutes:
                  for r in self._deps.send_routes]
         return sends + [
             Route("POST", "/requests/{target}/{message_type}", "send_request", self.send_any,
-                  "Send any request of the catalog (JSON, or multipart/form-data for send_pdf_file)",
+                  self._send_any_summary,
                   params=(Param("target", str, Path(max_length=16)), Param("message_type", str, Path(max_length=64))),
                   status_code=202, responses=SETTLED_WITHIN_WAIT),
             Route("GET", "/requests/{request_id}", "get_request", self.read, "The state of a request", hot=True,
@@ -119,21 +124,24 @@ class RequestRoutes:
         """A send route: `route.default_message_type` unless the body's `message_type` names another request."""
         body = await self._read_json(request)
         message_type = body.pop("message_type", None) or route.default_message_type
-        return await self._accept(build_request(route.target, str(message_type), body,
+        return await self._accept(build_request(route.target, str(message_type), body, catalog=self._catalog,
                                                 max_pdf_bytes=self._deps.max_pdf_bytes, status_for_unknown_type=422),
                                   principal, prefer_wait(request.headers.get("prefer")))
 
     async def send_any(self, request: Request, principal: Principal, target: str, message_type: str) -> Response:
-        """Targets: `dms` (create_user, get_policy_info) and `crm` (update_order_status, send_pdf_file).
+        """Any request a registered system answers, e.g. `dms` (create_user, get_policy_info), `crm`
+        (update_order_status, send_pdf_file).
 
-        `send_pdf_file` also takes a multipart upload with the fields `order_id`, `request_id` and `file`.
+        A request that carries a file (`send_pdf_file`) also takes a multipart upload: its fields, and the file in a
+        part named `file`.
         """
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             body = await self._read_multipart(request, message_type)
         else:
             body = await self._read_json(request)
-        return await self._accept(build_request(target, message_type, body, max_pdf_bytes=self._deps.max_pdf_bytes),
+        return await self._accept(build_request(target, message_type, body, catalog=self._catalog,
+                                                max_pdf_bytes=self._deps.max_pdf_bytes),
                                   principal, prefer_wait(request.headers.get("prefer")))
 
     async def _read_json(self, request: Request) -> dict[str, Any]:
@@ -151,21 +159,26 @@ class RequestRoutes:
         return parse_json_object(b"".join(chunks))
 
     async def _read_multipart(self, request: Request, message_type: str) -> dict[str, Any]:
-        max_pdf_bytes = self._deps.max_pdf_bytes
-        if message_type != "send_pdf_file":
-            raise ApiError(415, "unsupported_media_type", "multipart/form-data is accepted for send_pdf_file only")
+        max_bytes = self._deps.max_pdf_bytes
+        spec = next((s for s in self._catalog.specs if s.message_type == message_type.strip().lower()), None)
+        upload_spec = spec.upload if spec is not None else None
+        if upload_spec is None:
+            accepted = sorted(s.message_type for s in self._catalog.specs if s.upload is not None)
+            raise ApiError(415, "unsupported_media_type",
+                           f"multipart/form-data is accepted for {', '.join(accepted) or 'no request'} only")
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_pdf_bytes + 1024 * 1024:
-            raise ApiError(413, "file_too_large", f"the upload exceeds the limit of {max_pdf_bytes} bytes")
+        if length is not None and length.isdigit() and int(length) > max_bytes + 1024 * 1024:
+            raise ApiError(413, "file_too_large", f"the upload exceeds the limit of {max_bytes} bytes")
         form = await request.form(max_files=1, max_fields=10, max_part_size=1024 * 1024)
         upload = form.get("file")
+        kind = upload_spec.media_type.rpartition("/")[2].upper()
         if upload is None or isinstance(upload, str):
-            raise ApiError(422, "validation_error", "file: a PDF file part named 'file' is required")
-        content = await upload.read(max_pdf_bytes + 1)
-        check_pdf_bytes(content, max_pdf_bytes=max_pdf_bytes)
+            raise ApiError(422, "validation_error", f"file: a {kind} file part named 'file' is required")
+        content = await upload.read(max_bytes + 1)
+        check_file_bytes(content, upload_spec, max_bytes=max_bytes)
         body: dict[str, Any] = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
-        body["file_name"] = body.get("file_name") or upload.filename or "document.pdf"
-        body["file_content"] = base64.b64encode(content).decode("ascii")
+        body[upload_spec.name_field] = body.get(upload_spec.name_field) or upload.filename or upload_spec.default_name
+        body[upload_spec.content_field] = base64.b64encode(content).decode("ascii")
         return body
 
     async def _accept(self, accepted: Accepted, principal: Principal, wait: float = 0) -> Response:
@@ -179,10 +192,10 @@ class RequestRoutes:
                            f"{deps.max_backlog} or more requests are waiting for the broker; try again later",
                            headers={"Retry-After": "5"})
         record, created, first_hash = await self._store.accept(
-            request_id=accepted.request_id, source="1c", target=accepted.target,
+            request_id=accepted.request_id, source=self._source, target=accepted.target,
             message_type=accepted.message_type, payload_hash=accepted.payload_hash,
             message_id=accepted.envelope.message_id, routing_key=accepted.routing_key,
-            body=body, keys=business_keys(accepted.envelope.payload),
+            body=body, keys=self._registry.business_keys(accepted.envelope.payload),
             client_id=principal.client_id if auth_on else None,
         )
         if created:

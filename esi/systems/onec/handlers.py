@@ -36,9 +36,3 @@ def onec_handlers(context: SystemContext) -> dict[str, Handler]:
 
     return {name: record for name in sorted(registry.routed_to(context.system))}
 
-
-def business_keys(payload: dict[str, Any] | None) -> list[str]:
-    """The values of a payload that people search requests by (the fields every registered system names)."""
-    from esi.systems.registry import current
-
-    return current().business_keys(payload)
