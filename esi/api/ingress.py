@@ -17,7 +17,7 @@ from esi.api.errors import ApiError, validation_details
 from esi.errors import InvalidMessage
 from esi.messages import Catalog, Envelope, Kind
 from esi.messages.envelope import ID_PATTERN, normalise_system
-from esi.systems.spec import Upload
+from esi.messages.catalog import Upload
 
 _ID_RE = re.compile(ID_PATTERN)
 SOURCE = "1c"

@@ -7,15 +7,23 @@ catalog is refused before it reaches a routing key.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 
 from esi.errors import InvalidMessage
 from esi.messages.envelope import Envelope, Kind, describe_validation_error
 
-if TYPE_CHECKING:
-    from esi.systems.spec import Upload
+
+@dataclass(frozen=True)
+class Upload:
+    """A request that carries a file: as base64 in a JSON field, or as a multipart part named `file`."""
+
+    content_field: str
+    name_field: str
+    #: the bytes every such file starts with (`%PDF-`), checked at the edge
+    magic: bytes
+    media_type: str
+    default_name: str
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from esi.messages.catalog import Upload
 from esi.messages.handler import Handler
 
 if TYPE_CHECKING:
@@ -74,18 +75,6 @@ class SystemSettings(BaseSettings):
     @staticmethod
     def secret(value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value is not None else None
-
-
-@dataclass(frozen=True)
-class Upload:
-    """A request that carries a file: as base64 in a JSON field, or as a multipart part named `file`."""
-
-    content_field: str
-    name_field: str
-    #: the bytes every such file starts with (`%PDF-`), checked at the edge
-    magic: bytes
-    media_type: str
-    default_name: str
 
 
 @dataclass(frozen=True)

@@ -28,3 +28,28 @@ def test_security_imports_neither_the_web_framework_nor_the_api() -> None:
     for module in modules:
         bad = sorted(m for m in _imports(module) if m.split(".")[0] in FORBIDDEN or m.startswith(FORBIDDEN))
         assert not bad, f"{module.name} imports {bad}"
+
+
+def _package_imports(package: str) -> dict[str, set[str]]:
+    root = Path(esi.security.__file__).parent.parent / package
+    return {str(p.relative_to(root.parent)): _imports(p) for p in sorted(root.rglob("*.py"))}
+
+
+def test_one_system_never_imports_another() -> None:
+    systems = Path(esi.security.__file__).parent.parent / "systems"
+    packages = sorted(p.name for p in systems.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert {"onec", "dms", "crm"} <= set(packages)
+    for package in packages:
+        for module, imports in _package_imports(f"systems/{package}").items():
+            others = sorted(m for m in imports for other in packages
+                            if other != package and m.startswith(f"esi.systems.{other}"))
+            assert not others, f"{module} imports another system: {others}"
+
+
+def test_the_core_does_not_reach_up_into_systems_or_the_api() -> None:
+    """messages and the bus are below the systems and the edges: they never import them."""
+    for package, forbidden in (("messages", ("esi.bus", "esi.systems", "esi.api", "esi.runtime")),
+                               ("bus", ("esi.systems", "esi.api", "esi.runtime"))):
+        for module, imports in _package_imports(package).items():
+            bad = sorted(m for m in imports if m.startswith(forbidden))
+            assert not bad, f"{module} imports {bad}"
