@@ -171,7 +171,10 @@ class SystemService(Service):
         """The breaker's state for /readyz (an open breaker is the adapter doing its job, not being unready)."""
         if self.breaker is None:
             return {}
-        return {f"circuit ({self.system.code})": self.breaker.report()}
+        report = self.breaker.report()
+        # the same shape as a dependency's entry; "ok" only while closed (open / half_open / paused say which)
+        entry = {"status": "ok" if report["state"] == "closed" else report["state"], "latency_ms": 0.0, **report}
+        return {f"circuit ({self.system.code})": entry}
     async def start(self) -> None:
         s = self.settings
         topology = topology_from(s, self.registry)

@@ -52,7 +52,8 @@ def test_every_process_reports_readiness_per_dependency(ops_system: EsiSystem) -
     assert {"broker (onec)", "broker (crm)", "store", "creatio"} <= set(api["checks"])
     assert all(c["status"] == "ok" and c["latency_ms"] >= 0 for c in api["checks"].values())
     dms = httpx.get(f"{ops_system.processes['dms'].health_url}/readyz", timeout=10).json()
-    assert set(dms["checks"]) == {"broker (dms)", "store", "dms"}
+    assert set(dms["checks"]) == {"broker (dms)", "store", "dms", "circuit (dms)"}
+    assert dms["checks"]["circuit (dms)"]["state"] == "closed"
     assert httpx.get(f"{ops_system.processes['dms'].health_url}/healthz", timeout=10).json() == {"status": "ok"}
 
 
