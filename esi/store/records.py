@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from enum import StrEnum
 from typing import Any
 
@@ -41,6 +43,17 @@ class OutboxRow(BaseModel):
     request_id: str
     routing_key: str
     body: bytes
+
+
+@dataclass(frozen=True)
+class OrderClaim:
+    """Where an order's newest update stands (`Store.claim_order_update`)."""
+
+    #: whether the update that asked may be applied
+    held: bool
+    #: the newest update's time and status
+    changed_at: str
+    status: str
 
 
 class SystemPause(BaseModel):
