@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     tls_client_ca_file: str | None = Field(None, validation_alias=_env("ESI_TLS_CLIENT_CA_FILE"))
 
     # --- broker -------------------------------------------------------------------------------------------------
+    #: one node's URL, or several nodes' of one cluster, comma-separated (same vhost and credentials)
     amqp_url: SecretStr | None = Field(None, validation_alias=_env("ESI_AMQP_URL"))
+    #: how long a process starting while no node answers waits for one (0: for ever)
+    connect_timeout: float = Field(0.0, ge=0, validation_alias=_env("ESI_CONNECT_TIMEOUT"))
     rabbitmq_host: str | None = Field(None, validation_alias=_env("RABBITMQ_HOST"))
     rabbitmq_port: int = Field(5672, validation_alias=_env("RABBITMQ_PORT"))
     rabbitmq_username: str = Field("guest", validation_alias=_env("RABBITMQ_USERNAME", "RABBITMQ_USER"))
@@ -117,10 +120,18 @@ class Settings(BaseSettings):
         return "://guest:guest@" in url
 
     def broker_url(self) -> str:
-        """The AMQP URL: `ESI_AMQP_URL`, else one built from the original's `RABBITMQ_*` settings."""
+        """The (first) AMQP URL: see `broker_urls`."""
+        return self.broker_urls()[0]
+
+    def broker_urls(self) -> list[str]:
+        """The AMQP URLs of the broker's nodes: `ESI_AMQP_URL` split on commas, else one built from the original's
+        `RABBITMQ_*` settings."""
         if self.amqp_url is not None:
-            return self.amqp_url.get_secret_value()
+            urls = [u.strip() for u in self.amqp_url.get_secret_value().split(",") if u.strip()]
+            if not urls:
+                raise ValueError("ESI_AMQP_URL is set but names no node")
+            return urls
         host = self.rabbitmq_host or "localhost"
         user = quote(self.rabbitmq_username, safe="")
         password = quote(self.rabbitmq_password.get_secret_value(), safe="")
-        return f"amqp://{user}:{password}@{host}:{self.rabbitmq_port}/"
+        return [f"amqp://{user}:{password}@{host}:{self.rabbitmq_port}/"]

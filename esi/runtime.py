@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import os
 import signal
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -181,9 +182,10 @@ class SystemService(Service):
         work = topology.queue_for(self.system.code)
         ssl_context = amqp_ssl_context_for_url(s.broker_url(), ca_file=s.amqp_ca_file, cert_file=s.amqp_cert_file,
                                                key_file=s.amqp_key_file)
-        self.bus = await Bus.open(s.broker_url(), topology=topology, prefetch=s.prefetch,
+        # a process started while no broker node answers waits for one (ESI_CONNECT_TIMEOUT; 0: for ever)
+        self.bus = await Bus.open(s.broker_urls(), topology=topology, prefetch=s.prefetch,
                                   publish_timeout=s.publish_timeout, name=f"esi-{self.name}",
-                                  ssl_context=ssl_context)
+                                  ssl_context=ssl_context, wait=s.connect_timeout or math.inf)
         self.consumer = Consumer(
             events=self.events, service=self.name, queue=work, channel=self.bus.consume_channel,
             publisher=self.bus.publisher, catalog=self.registry.catalog, handlers=self._handlers(),
@@ -375,7 +377,9 @@ async def run(settings: Settings, services: Sequence[str], *, registry: Registry
                 service = SystemService(system, registry=registry, settings=settings, store=store, events=events,
                                         readiness=readiness)
                 adapters.append(service)
-            await service.start()
+            if not await _unless_stopped(service.start(), stop):
+                started.append(service)  # stopped while starting (waiting for the broker): stop what it opened
+                return
             started.append(service)
         if adapters and not any(a.system.origin for a in adapters):
             # adapters without the 1C API still answer /healthz, /readyz and /metrics on a port of their own
@@ -405,6 +409,24 @@ async def run(settings: Settings, services: Sequence[str], *, registry: Registry
         if store is not None:
             await store.aclose()
         log.info("esi stopped")
+
+
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run `work` unless `stop` is set first (then cancel it and return False): a service waiting for the broker
+    at start-up still ends on SIGTERM."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 class _Stoppable(Service):

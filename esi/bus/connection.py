@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
+from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
-from yarl import URL
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from esi.bus.failover import FailoverConnection, node_urls
 from esi.bus.publisher import Publisher
 from esi.bus.topology import Topology
-from esi.bus.wire import CoalescingConnection
 
 log = logging.getLogger(__name__)
 
 
+#: the longest one connection attempt may take (a node that does not answer at all, rather than refusing)
+CONNECT_ATTEMPT_TIMEOUT = 10.0
+#: the longest pause between two rounds of attempts while waiting for a first node at start-up
+WAIT_MAX_DELAY = 10.0
+
+
 class BrokerUnavailable(RuntimeError):
-    """The broker did not answer the first connect."""
+    """No node of the broker answered within the wait given to `Bus.open`."""
 
 
 def redact(url: str) -> str:
@@ -33,7 +40,8 @@ def redact(url: str) -> str:
 class Bus:
     """A robust connection with the topology declared, a `Publisher` and a channel to consume on.
 
-    aio-pika's robust connection reconnects by itself and restores channels, QoS, queues, bindings and consumers.
+    aio-pika's robust connection reconnects by itself, to the next node of the cluster (`esi.bus.failover`), and
+    restores channels, QoS, queues, bindings and consumers.
     """
 
     def __init__(self, connection: AbstractRobustConnection, publish_channel: AbstractChannel,
@@ -45,24 +53,61 @@ class Bus:
         self.topology = topology
 
     @classmethod
-    async def open(cls, url: str, *, topology: Topology, prefetch: int = 200, publish_timeout: float = 10.0,
-                   name: str = "esi", ssl_context: ssl.SSLContext | None = None) -> "Bus":
+    async def open(cls, url: str | Sequence[str], *, topology: Topology, prefetch: int = 200,
+                   publish_timeout: float = 10.0, name: str = "esi", ssl_context: ssl.SSLContext | None = None,
+                   wait: float = 0.0) -> "Bus":
+        """Connect to one of the nodes `url` names (a comma-separated list, or a list: `esi.bus.failover`).
+
+        Every node is tried once, starting at a random one (a fleet's connections spread over the nodes). While none
+        answers, keep trying for `wait` seconds (`math.inf`: for ever), each attempt to the next node, with one log
+        line per attempt and a backoff between rounds (up to `WAIT_MAX_DELAY`); then raise `BrokerUnavailable`.
+        """
         # aiormq takes the connection's name from the URL (client_properties are dropped when a URL is given)
-        named = str(URL(url).update_query(name=name))
+        nodes = node_urls(url, name=name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        first = random.randrange(len(nodes))
+        attempt = 0
+        while True:
+            node = nodes[(first + attempt) % len(nodes)]
+            try:
+                connection = await aio_pika.connect_robust(
+                    node, reconnect_interval=1.0, ssl_context=ssl_context, timeout=CONNECT_ATTEMPT_TIMEOUT,
+                    connection_class=FailoverConnection, nodes=nodes, first=first + attempt)
+                break
+            except Exception as exc:
+                attempt += 1
+                delay = min(WAIT_MAX_DELAY, 0.5 * 2 ** (attempt // len(nodes))) if attempt % len(nodes) == 0 else 0.2
+                problem = f"cannot connect to RabbitMQ at {redact(str(node))} ({type(exc).__name__}: {exc})"
+                if attempt >= len(nodes) and loop.time() + delay > deadline:
+                    raise BrokerUnavailable(
+                        f"{problem}{' nor at any other node' if len(nodes) > 1 else ''}. "
+                        "Is it running? Start it with: rabbitmq-server -detached"
+                    ) from exc
+                log.warning("%s; not ready, next attempt in %.1fs", problem, delay)
+                await asyncio.sleep(delay)
         try:
-            connection = await aio_pika.connect_robust(named, reconnect_interval=1.0, ssl_context=ssl_context,
-                                                      connection_class=CoalescingConnection)
-        except Exception as exc:
-            raise BrokerUnavailable(
-                f"cannot connect to RabbitMQ at {redact(url)} ({type(exc).__name__}: {exc}). "
-                "Is it running? Start it with: rabbitmq-server -detached"
-            ) from exc
-        publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        consume_channel = await connection.channel()
-        await consume_channel.set_qos(prefetch_count=prefetch)
-        await topology.declare(publish_channel)
+            publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            consume_channel = await connection.channel()
+            await consume_channel.set_qos(prefetch_count=prefetch)
+            # on a plain channel of its own, closed after: a refused declare closes its channel (`QueueMismatch`),
+            # and the durable topology needs no restoring after a reconnection
+            declaring = await aio_pika.Channel(connection=connection, publisher_confirms=False)
+            try:
+                await topology.declare(declaring)
+            finally:
+                if not declaring.is_closed:
+                    await declaring.close()
+        except BaseException:
+            await connection.close()
+            raise
         publisher = Publisher(publish_channel, exchange=topology.exchange, timeout=publish_timeout)
         return cls(connection, publish_channel, consume_channel, publisher, topology)
+
+    @property
+    def node(self) -> str:
+        """The node this process is connected to (or trying), as host:port."""
+        return f"{self.connection.url.host}:{self.connection.url.port}"
 
     @property
     def connected(self) -> bool:

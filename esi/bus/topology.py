@@ -6,12 +6,18 @@ One work queue per registered system (`esi.systems.registry.Registry.topology`);
       ├─ *.request.dms.*                      → dms_queue  (quorum)
       ├─ *.request.crm.*, *.response.crm.*    → crm_queue  (quorum)
       └─ *.response.1c.*                      → 1c_queue   (quorum)
-    <queue>_dlx (fanout) → <queue>'s dead-letter queue, e.g. dms_dead_letter_queue (classic, durable)
-    <queue>.retry.<delay> (classic, queue-level TTL) ──expires──▶ default exchange ─▶ <queue>
+    <queue>_dlx (fanout) → <queue>'s dead-letter queue, e.g. dms_dead_letter_queue (quorum)
+    <queue>.retry.<delay> (quorum, queue-level TTL) ──expires──▶ default exchange ─▶ <queue>
 
-The retry ladder uses queue-level TTLs (never per-message expiration in a shared queue, which would make a short
-wait queue up behind a long one); hold queues are classic because quorum queues only accept a message TTL from
-RabbitMQ 3.12 on, and this ladder has to work on 3.10.
+Every queue that holds a message is a quorum queue, replicated on `QUORUM_GROUP_SIZE` nodes (all of them on a
+smaller cluster; one on a single node): the loss of one node of three loses no message and stops no flow. The retry
+ladder uses queue-level TTLs (never per-message expiration in a shared queue, which would make a short wait queue
+up behind a long one); quorum queues expire messages from RabbitMQ 3.10 on, and dead-letter them at least once
+(a classic hold queue dead-letters at most once).
+
+Declaring is idempotent. A queue that exists with other arguments (declared by an earlier version: classic
+dead-letter and hold queues) is refused by the broker; `declare` raises `QueueMismatch`, naming the migration.
+A work queue created before the group size was declared is taken as it is (the size only matters at creation).
 """
 
 from __future__ import annotations
@@ -22,8 +28,21 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel
+from aiormq.exceptions import ChannelPreconditionFailed
 
 MAIN_EXCHANGE = "main_exchange"
+#: replicas of each queue: a majority of three survives one node's loss; RabbitMQ places it on every node of a
+#: cluster with fewer nodes (one, on a single node), so this is min(3, nodes)
+QUORUM_GROUP_SIZE = 3
+#: the dead-letter queues' delivery limit: looking at a dead letter returns it to its queue, which a quorum queue
+#: counts as a delivery (and RabbitMQ 4 drops a message past a default limit of 20): inspecting must never cost one
+DEAD_LETTER_DELIVERY_LIMIT = 1_000_000
+GROUP_SIZE_ARGUMENT = "x-quorum-initial-group-size"
+MIGRATION_HINT = "README.md, section 'Migrating queues to quorum'"
+
+
+class QueueMismatch(RuntimeError):
+    """A queue exists on the broker with other arguments than this version declares."""
 
 
 def _format_delay(seconds: float) -> str:
@@ -71,6 +90,8 @@ class Topology:
     max_length: int = 1_000_000
     exchange: str = MAIN_EXCHANGE
     _by_system: dict[str, WorkQueue] = field(default_factory=dict, compare=False, repr=False)
+    #: work queues found created without the group size (by an earlier version): declared without it from then on
+    _legacy: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_system.update({q.system: q for q in self.work_queues})
@@ -79,7 +100,7 @@ class Topology:
         return self._by_system[system]
 
     def work_queue_arguments(self, queue: WorkQueue) -> dict[str, Any]:
-        return {
+        arguments: dict[str, Any] = {
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": queue.dead_letter_exchange,
             # at-least-once dead-lettering needs reject-publish overflow (with drop-head it silently is at-most-once)
@@ -89,35 +110,81 @@ class Topology:
             # backstop against a consumer that crashes mid-message again and again
             "x-delivery-limit": self.delivery_limit,
         }
+        if queue.name not in self._legacy:
+            arguments[GROUP_SIZE_ARGUMENT] = QUORUM_GROUP_SIZE
+        return arguments
 
     def dead_letter_queue_arguments(self) -> dict[str, Any]:
-        # classic, durable: a quorum queue counts every peek (get, then return) as a delivery, and from RabbitMQ 4.0
-        # drops a message past its delivery limit — inspecting a DLQ must never cost a message
-        return {"x-queue-type": "classic", "x-max-length": self.max_length, "x-overflow": "reject-publish"}
+        # no dead-letter exchange of its own: a parked message stays until an operator replays or purges it
+        return {"x-queue-type": "quorum", GROUP_SIZE_ARGUMENT: QUORUM_GROUP_SIZE, "x-max-length": self.max_length,
+                "x-overflow": "reject-publish", "x-delivery-limit": DEAD_LETTER_DELIVERY_LIMIT}
 
-    @staticmethod
-    def retry_queue_arguments(queue: WorkQueue, step: RetryStep) -> dict[str, Any]:
+    def retry_queue_arguments(self, queue: WorkQueue, step: RetryStep) -> dict[str, Any]:
         return {
-            "x-queue-type": "classic",
+            "x-queue-type": "quorum",
+            GROUP_SIZE_ARGUMENT: QUORUM_GROUP_SIZE,
             "x-message-ttl": round(step.delay_s * 1000),
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": queue.name,
+            # expired messages go back to the work queue at least once (confirmed), never dropped on the way
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-max-length": self.max_length,
         }
 
     async def declare(self, channel: AbstractChannel) -> None:
-        """Declare everything; safe to run again and from several services at once."""
+        """Declare everything; safe to run again and from several services at once.
+
+        Raises `QueueMismatch` when a queue exists with other arguments; a refused declare closes the channel, so
+        give a channel of its own (`Bus.open` does).
+        """
+        opened: list[AbstractChannel] = []
+        try:
+            await self._declare(channel, opened)
+        finally:
+            for extra in opened:
+                if not extra.is_closed:
+                    await extra.close()
+
+    async def _declare(self, channel: AbstractChannel, opened: list[AbstractChannel]) -> None:
         exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         for queue in self.work_queues:
             dlx = await channel.declare_exchange(queue.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-            dlq = await channel.declare_queue(
-                queue.dead_letter_queue, durable=True, arguments=self.dead_letter_queue_arguments()
-            )
+            dlq = await _declare_queue(channel, queue.dead_letter_queue, self.dead_letter_queue_arguments())
             await dlq.bind(dlx, routing_key="")
-            work = await channel.declare_queue(queue.name, durable=True, arguments=self.work_queue_arguments(queue))
+            try:
+                work = await _declare_queue(channel, queue.name, self.work_queue_arguments(queue))
+            except QueueMismatch as exc:
+                if f"'{GROUP_SIZE_ARGUMENT}'" not in str(exc) or queue.name in self._legacy:
+                    raise
+                # created by an earlier version without the group size: everything else must still match
+                self._legacy.add(queue.name)
+                channel = await _reopen(channel)
+                opened.append(channel)
+                work = await _declare_queue(channel, queue.name, self.work_queue_arguments(queue))
             for key in queue.bindings:
                 await work.bind(exchange, routing_key=key)
             for step in queue.retry_steps:
-                await channel.declare_queue(step.queue, durable=True, arguments=self.retry_queue_arguments(queue, step))
+                await _declare_queue(channel, step.queue, self.retry_queue_arguments(queue, step))
+
+
+async def _declare_queue(channel: AbstractChannel, name: str, arguments: dict[str, Any]) -> Any:
+    try:
+        return await channel.declare_queue(name, durable=True, arguments=arguments)
+    except ChannelPreconditionFailed as exc:
+        raise QueueMismatch(
+            f"queue {name!r} exists on the broker with other arguments than this version of esi declares "
+            f"({exc.args[0] if exc.args else exc}); it was created by an earlier version or by hand. Migrate it as "
+            f"{MIGRATION_HINT} says: until then esi cannot use it"
+        ) from exc
+
+
+async def _reopen(channel: AbstractChannel) -> AbstractChannel:
+    """A refused declare closed `channel`: another one, plain (a robust one would restore itself meanwhile)."""
+    connection = getattr(channel, "_connection", None)
+    if connection is None:  # pragma: no cover - a stand-in channel
+        raise RuntimeError("cannot open another channel to declare on")
+    return await aio_pika.Channel(connection=connection, publisher_confirms=False)
 
 
 def build_topology(*, work_queues: Sequence[WorkQueue], delivery_limit: int = 20,

@@ -12,6 +12,7 @@ aio-pika takes no transport factory of its own, so `CoalescingConnection` hands 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -73,9 +74,18 @@ async def open_coalescing_connection(host: str | None, port: int | None, *, ssl:
 
 
 class CoalescingTransportFactory(aiormq.TransportFactory):
-    """aiormq's TCP and TLS factories, opening a `CoalescingStreamWriter`."""
+    """aiormq's TCP and TLS factories, opening a `CoalescingStreamWriter`.
+
+    `choose`, when given, names the node each connection attempt goes to (`esi.bus.failover`): its host and port
+    replace the URL's, whose vhost, credentials and options are the same for every node.
+    """
+
+    def __init__(self, choose: Callable[[], URL] | None = None) -> None:
+        self._choose = choose
 
     async def create(self, url: URL, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._choose is not None:
+            url = self._choose()
         provider = kwargs.pop("ssl_context_provider", None)
         ssl = await provider.get_context() if url.scheme == "amqps" and provider is not None else None
         try:

@@ -579,7 +579,10 @@ def test_definitions_declare_the_default_topology() -> None:
         for delay in ("1s", "5s", "30s", "120s", "600s"):
             assert queues[f"{queue}.retry.{delay}"]["arguments"]["x-dead-letter-routing-key"] == queue
     for system in ("1c", "dms", "crm"):
-        assert queues[f"{system}_dead_letter_queue"]["arguments"]["x-queue-type"] == "classic"
+        assert queues[f"{system}_dead_letter_queue"]["arguments"]["x-queue-type"] == "quorum"
+    # every queue that holds a message is replicated (on min(3, nodes) nodes) and survives one node's loss
+    assert all(q["arguments"]["x-queue-type"] == "quorum" and q["arguments"]["x-quorum-initial-group-size"] == 3
+               for q in queues.values())
     assert all(q["durable"] and not q["auto_delete"] for q in queues.values())
     keys = {(b["source"], b["destination"], b["routing_key"]) for b in definitions["bindings"]}
     assert ("main_exchange", "crm_queue", "*.response.crm.*") in keys
