@@ -34,6 +34,7 @@ def run(
     """Run services until SIGTERM/SIGINT; in-flight work is finished before exit."""
     from esi import runtime
     from esi.bus.connection import BrokerUnavailable
+    from esi.bus.topology import QueueMismatch
     from esi.logs import setup_logging
     from esi.security import ClientsConfigError
     from esi.systems.registry import RegistryError
@@ -64,7 +65,7 @@ def run(
     except BrokerUnavailable as exc:
         typer.echo(f"esi: {exc}", err=True)
         raise typer.Exit(3) from None
-    except (ClientsConfigError, RegistryError, runtime.SettingsError) as exc:
+    except (ClientsConfigError, RegistryError, runtime.SettingsError, QueueMismatch) as exc:
         typer.echo(f"esi: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:  # pragma: no cover
@@ -144,14 +145,18 @@ def check(what: Annotated[str, typer.Argument(help="broker or postgres")]) -> No
 
         from esi.bus.connection import redact
 
-        url = settings.broker_url()
-        try:
-            connection = await asyncio.wait_for(aio_pika.connect(url), 10)
-        except Exception as exc:
-            typer.echo(f"RabbitMQ does not answer at {redact(url)} ({type(exc).__name__}: {exc}).\n"
-                       "Start it with:  rabbitmq-server -detached   (or set ESI_AMQP_URL)", err=True)
-            raise typer.Exit(1) from None
-        await connection.close()
+        problems = []
+        for url in settings.broker_urls():  # a cluster: any node answering will do
+            try:
+                connection = await asyncio.wait_for(aio_pika.connect(url), 10)
+            except Exception as exc:
+                problems.append(f"RabbitMQ does not answer at {redact(url)} ({type(exc).__name__}: {exc}).")
+                continue
+            await connection.close()
+            return
+        typer.echo("\n".join(problems) + "\nStart it with:  rabbitmq-server -detached   (or set ESI_AMQP_URL)",
+                   err=True)
+        raise typer.Exit(1) from None
 
     async def postgres() -> None:
         import asyncpg

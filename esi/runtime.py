@@ -248,8 +248,9 @@ class SystemService(Service):
         """The origin's edge: the outbox relay, and the HTTP API that accepts its requests."""
         s = self.settings
         assert self.bus is not None
+        # a sweep leaves a row to the fast path of the process that committed it until that publish has ended
         self.relay = OutboxRelay(store=self.store, publisher=self.bus.publisher, exchange=topology.exchange,
-                                 events=self.events)
+                                 events=self.events, fresh_s=s.publish_timeout + 2)
         self.relay.start()
         app = create_app(ApiDeps(
             clients=_clients(s), store=self.store, on_accepted=self.relay.submit, max_pdf_bytes=s.max_pdf_bytes,

@@ -7,14 +7,20 @@ The API answers 202 once a request and its message are committed together; from 
 - the sweep: every `idle_interval` (and after a failure, with backoff) it publishes whatever is still unsent and not
   in hand — rows of a relay that died, rows that failed while the broker was away.
 
-A relay that dies mid-publish leaves rows unsent and they are published again: the consumers' inbox absorbs the
-duplicate, so the effect still happens once.
+Several API processes each run a relay, all sweeping one PostgreSQL outbox: a sweep claims the rows it publishes
+for a lease (`Store.outbox_claim`, `FOR UPDATE SKIP LOCKED`), so no two sweeps publish one row; a sweep leaves rows
+younger than `fresh_s` to the fast path of the process that committed them (their publish ends, confirmed or
+failed, within the publish timeout), except its own process's failed ones, which it retries at once.
+
+A relay that dies mid-publish leaves rows unsent (or claimed until the lease ends) and they are published again:
+the consumers' inbox absorbs the duplicate, so the effect still happens once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -29,7 +35,10 @@ log = logging.getLogger(__name__)
 
 
 class OutboxStore(Protocol):
-    async def outbox_pending(self, limit: int = 500) -> list[OutboxRow]: ...
+    async def outbox_claim(self, *, limit: int, fresh_s: float, lease_s: float,
+                           mine: list[str] | None = None) -> list[OutboxRow]: ...
+
+    async def outbox_release(self, rows: list[OutboxRow]) -> None: ...
 
     async def outbox_mark_sent(self, rows: list[OutboxRow]) -> None: ...
 
@@ -37,7 +46,8 @@ class OutboxStore(Protocol):
 class OutboxRelay:
     def __init__(self, *, store: OutboxStore, publisher: Publisher, exchange: str = "main_exchange",
                  batch_size: int = 500, idle_interval: float = 1.0, max_backoff: float = 5.0,
-                 mark_interval: float = 0.02, events: Any = None) -> None:
+                 mark_interval: float = 0.02, events: Any = None, fresh_s: float = 12.0,
+                 lease_s: float = 60.0) -> None:
         self._store = store
         self._publisher = publisher
         self._exchange = exchange
@@ -46,6 +56,10 @@ class OutboxRelay:
         self._max_backoff = max_backoff
         self._mark_interval = mark_interval
         self._events = events
+        self._fresh_s = fresh_s
+        self._lease_s = lease_s
+        #: rows of this process's fast path whose publish failed (message id → when): its sweep retries them at once
+        self._failed: dict[str, float] = {}
         self._wakeup = asyncio.Event()
         self._marked = asyncio.Event()
         #: message ids being published or confirmed but not yet marked sent: the sweep leaves them alone
@@ -88,6 +102,7 @@ class OutboxRelay:
         try:
             await self._publish_one(row)
         except Exception as exc:  # the row stays unsent: the sweep publishes it, with backoff
+            self._failed[row.message_id] = time.monotonic()
             log.warning("publishing %s failed (%s); the sweep will retry it", row.message_id, exc)
 
     async def _publish_one(self, row: OutboxRow) -> None:
@@ -149,15 +164,26 @@ class OutboxRelay:
     async def drain_once(self) -> int:
         """Publish one batch of the unsent rows nobody holds; returns how many were confirmed."""
         self._wakeup.clear()
-        rows = [r for r in await self._store.outbox_pending(self._batch_size) if r.message_id not in self._claimed]
+        # past `fresh_s`, any process's sweep may take a failed row: this one need not remember it any longer
+        too_old = time.monotonic() - self._fresh_s
+        self._failed = {mid: at for mid, at in self._failed.items() if at > too_old}
+        claimed = await self._store.outbox_claim(limit=self._batch_size, fresh_s=self._fresh_s, lease_s=self._lease_s,
+                                                 mine=list(self._failed)[:self._batch_size])
+        rows = [r for r in claimed if r.message_id not in self._claimed]
         if not rows:
             return 0
         for row in rows:
             self._claimed.add(row.message_id)
+            self._failed.pop(row.message_id, None)
         results = await asyncio.gather(*(self._publish_one(row) for row in rows), return_exceptions=True)
-        failed = [result for result in results if isinstance(result, BaseException)]
+        failed = [row for row, result in zip(rows, results) if isinstance(result, BaseException)]
         if failed:
-            raise TransientError(f"{len(failed)} of {len(rows)} outbox messages not confirmed: {failed[0]}")
+            try:  # back to every process's sweep at once, rather than when the lease ends
+                await self._store.outbox_release(failed)
+            except Exception as exc:
+                log.warning("could not release %d claimed outbox rows (%s); their claim ends by itself", len(failed), exc)
+            error = next(result for result in results if isinstance(result, BaseException))
+            raise TransientError(f"{len(failed)} of {len(rows)} outbox messages not confirmed: {error}")
         return len(rows)
 
     async def _publish(self, row: OutboxRow) -> None:

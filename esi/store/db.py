@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, func, insert, select, text, update
+from sqlalchemy import Connection, Table, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from esi.store import schema
@@ -304,6 +304,40 @@ class Store:
         rows = await self._backend.read(lambda conn: conn.execute(query).all())
         return [OutboxRow(id=r.id, message_id=r.message_id, request_id=r.request_id, routing_key=r.routing_key,
                           body=r.body) for r in rows]
+
+    async def outbox_claim(self, *, limit: int, fresh_s: float, lease_s: float,
+                           mine: list[str] | None = None) -> list[OutboxRow]:
+        """Claim for `lease_s` seconds up to `limit` unsent outbox rows that no sweep holds, oldest first.
+
+        Rows younger than `fresh_s` are left to the fast path of the API process that committed them (its publish
+        ends, confirmed or failed, within the publish timeout), except those of `mine` (message ids this process's
+        fast path failed to publish). `FOR UPDATE SKIP LOCKED`: sweeps of several processes never claim one row
+        twice (SQLite has one writer at a time anyway).
+        """
+        now = datetime.now(timezone.utc)
+        o = schema.outbox
+        eligible = o.c.created_at < (now - timedelta(seconds=fresh_s)).isoformat(timespec="microseconds")
+        if mine:
+            eligible = or_(eligible, o.c.message_id.in_(mine))
+        now_s = now.isoformat(timespec="microseconds")
+        pick = (select(o.c.id)
+                .where(o.c.sent_at.is_(None), or_(o.c.claimed_until.is_(None), o.c.claimed_until < now_s), eligible)
+                .order_by(o.c.id).limit(limit).with_for_update(skip_locked=True))
+        claim = (update(o).where(o.c.id.in_(pick.scalar_subquery()))
+                 .values(claimed_until=(now + timedelta(seconds=lease_s)).isoformat(timespec="microseconds"))
+                 .returning(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body))
+        rows = await self._backend.write(lambda conn: conn.execute(claim).all())
+        return [OutboxRow(id=r.id, message_id=r.message_id, request_id=r.request_id, routing_key=r.routing_key,
+                          body=r.body) for r in sorted(rows, key=lambda r: r.id)]
+
+    async def outbox_release(self, rows: list[OutboxRow]) -> None:
+        """Give claimed rows back (their publish failed): the next sweep of any process takes them."""
+        if not rows:
+            return
+        o = schema.outbox
+        release = update(o).where(o.c.message_id.in_([r.message_id for r in rows]), o.c.sent_at.is_(None)) \
+            .values(claimed_until=None)
+        await self._backend.write(lambda conn: conn.execute(release))
 
     async def outbox_mark_sent(self, rows: list[OutboxRow]) -> None:
         """These rows are published (confirmed): mark them sent and move their accepted requests to in progress."""

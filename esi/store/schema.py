@@ -49,6 +49,8 @@ outbox = Table(
     Column("body", LargeBinary, nullable=False),
     Column("created_at", String(40), nullable=False),
     Column("sent_at", String(40)),
+    #: a relay's sweep holds the row until then (`Store.outbox_claim`): the other processes' sweeps leave it alone
+    Column("claimed_until", String(40)),
     Index("ix_esi_outbox_unsent", "sent_at", "id"),
 )
 
@@ -184,4 +186,5 @@ MIGRATIONS: dict[int, list[Table | Callable[[Connection], None]]] = {
     4: [_widen_column(requests, "source"), _widen_column(requests, "target")],
     5: [audit, system_pauses, breakers],
     6: [order_updates],
+    7: [_add_column(outbox, "claimed_until")],
 }
