@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench install check-broker check-postgres clean
+.PHONY: run test bench install check-broker check-postgres clean cluster cluster-down
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ test: check-broker check-postgres
 bench: check-broker
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## cluster: three RabbitMQ nodes on loopback (n1..n3@localhost, AMQP 5681-5683) for the cluster tests and `ESI_AMQP_URL`
+cluster:
+	deploy/cluster/local.sh up
+
+cluster-down:
+	deploy/cluster/local.sh down
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
