@@ -61,7 +61,7 @@ VHOST = "/"
 # Variables esi services may be given that are not esi settings: name -> what reads them.
 NOT_SETTINGS = {"ESI_HEALTH_URL": "the image's HEALTHCHECK"}
 # Variables only docker-compose.yml reads (for ${...}), never esi.
-COMPOSE_ONLY = {"POSTGRES_PASSWORD"}
+COMPOSE_ONLY = {"POSTGRES_PASSWORD", "ERLANG_COOKIE"}
 
 
 # --- loading ---------------------------------------------------------------------------------------------------------
