@@ -10,6 +10,8 @@ directory, it measures:
 4. slow        the fake DMS answering in 200 ms: time for 1,000 requests against (N × latency) / prefetch
 5. memory      peak RSS of each service during 2 and 4, and while the DMS adapter drains a backlog of 50,000
 6. scaleout    run 4 with one DMS adapter process and with two
+7. cluster     the three-node cluster (`make cluster`) against the single node, and two API processes against one,
+               as ratios (`bench.cluster`; alone: `python -m bench.cluster`)
 
 Output: a table on the terminal, bench/results/latest.json and bench/results/chart.png. Targets are reported as
 PASS/FAIL and never change the exit status; errors (a request that never completes, a crashed service) do.
@@ -42,7 +44,7 @@ from bench.procs import machine_info  # noqa: E402
 #: what a closed-loop POST asks to wait for its outcome, seconds (Prefer: wait=N)
 PREFER_WAIT_S = 30
 
-SECTIONS = ("ceiling", "e2e", "ingress", "slow", "scaleout", "bound", "backlog", "chart")
+SECTIONS = ("ceiling", "e2e", "ingress", "slow", "scaleout", "bound", "backlog", "cluster", "chart")
 ADAPTERS = ("onec", "dms", "dms2", "crm")
 
 #: targets (the issue's): checked and printed, never a reason to fail
@@ -202,6 +204,15 @@ class Bench:
             except Exception as exc:  # noqa: BLE001
                 self.errors.append(f"teardown: {type(exc).__name__}: {exc}")
         self.memory_section()  # again: the backlog phase has closed by now
+        if not self.skip("cluster"):
+            try:  # systems of its own (the single node's and the cluster's), after the main one has stopped
+                from bench import cluster
+
+                self.result["cluster"] = cluster.run(n=a.n, concurrency=min(64, max(a.concurrency)),
+                                                     publishes=max(500, a.n * 2), warmup=a.warmup, say=self.say)
+            except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+                self.errors.append(f"cluster: {type(exc).__name__}: {exc}")
+                traceback.print_exc()
         self.targets()
         self.result["duration_s"] = round(time.perf_counter() - started, 1)
         self.result["ok"] = not self.errors

@@ -7,10 +7,12 @@ The tests start it when it is not running (CI starts it beforehand: `.ci/run`) a
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -168,6 +170,7 @@ async def _post_all(apis: list[str], bodies: list[dict[str, Any]], on_progress: 
     return codes
 
 
+@pytest.mark.timeout(600)
 def test_2000_requests_through_two_apis_survive_the_loss_of_the_queue_leader_and_an_adapter(
         cluster_system: tuple[EsiSystem, str]) -> None:
     system, second_api = cluster_system
@@ -228,7 +231,8 @@ def test_2000_requests_through_two_apis_survive_the_loss_of_the_queue_leader_and
                 async with sem:
                     first, second = await asyncio.gather(*(client.get(f"{api}/requests/{request_id}") for api in apis))
                 assert first.status_code == second.status_code == 200
-                assert first.json() == second.json() and first.json()["status"] == "completed", (first.text, second.text)
+                assert first.json() == second.json(), (first.text, second.text)
+                assert first.json()["status"] == "completed", first.text
 
             await asyncio.gather(*(both(b["request_id"]) for b in bodies))
 
@@ -281,3 +285,17 @@ def test_a_long_poll_on_one_api_answers_when_the_other_settled_it(cluster_system
     # the answer comes back on 1c_queue to whichever API process consumes it; the long poll is on the other one too
     response = httpx.get(f"{second_api}/requests/{request_id}", params={"wait": 20}, timeout=30)
     assert response.json()["status"] == "completed", response.text
+
+
+@pytest.mark.timeout(400)
+def test_the_cluster_benchmark_section_runs_and_reports_ratios(cluster: None, tmp_path: Any) -> None:
+    out = tmp_path / "cluster.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.cluster", "--n", "40", "--concurrency", "8", "--publishes",
+                           "300", "--warmup", "5", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=380)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["machine"]["nproc"] >= 1
+    for name in ("cluster_vs_single", "two_apis_vs_one"):
+        assert result["ratios"][name] > 0
+    assert set(result["publish_per_s"]) == {"single_classic", "single_quorum", "cluster_classic", "cluster_quorum"}
