@@ -169,6 +169,33 @@ class DeadLetters:
             raise ValueError(f"unknown dead-letter queue {only!r}; known: {', '.join(names)}")
         return chosen
 
+    async def depths(self) -> dict[str, dict[str, int]]:
+        """By system code: messages ready in its work queue (`ready`), waiting in its retry hold queues
+        (`retrying`) and parked in its dead-letter queue (`dead_lettered`). Passive declares: nothing is read; a
+        queue not declared yet counts 0."""
+        depths: dict[str, dict[str, int]] = {}
+        channel = await self._connection.channel()
+
+        async def count(name: str) -> int:
+            nonlocal channel
+            try:
+                declared = await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity:  # the broker closed the channel: go on with another
+                channel = await self._connection.channel()
+                return 0
+            return int(declared.declaration_result.message_count or 0)
+
+        try:
+            for work in self._topology.work_queues:
+                depths[work.system] = {
+                    "ready": await count(work.name),
+                    "retrying": sum([await count(step.queue) for step in work.retry_steps]),
+                    "dead_lettered": await count(work.dead_letter_queue),
+                }
+        finally:
+            await _close(channel)
+        return depths
+
     async def _take_all(self, channel: AbstractChannel, queue: str) -> list[AbstractIncomingMessage]:
         """Every message of the queue, unacked (they return to the queue when the channel closes)."""
         try:
