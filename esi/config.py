@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     clients_file: str | None = Field(None, validation_alias=_env("ESI_CLIENTS_FILE"))
     clients_json: SecretStr | None = Field(None, validation_alias=_env("ESI_CLIENTS_JSON"))
     auth_cache_ttl: float = Field(60.0, ge=0, validation_alias=_env("ESI_AUTH_CACHE_TTL"))
+    #: the operator console's CSRF key, the same on every API replica; unset: each process draws its own
+    console_secret: SecretStr | None = Field(None, validation_alias=_env("ESI_CONSOLE_SECRET"))
 
     # --- TLS (HTTPS to each system: its own `<PREFIX>CA_BUNDLE`) ------------------------------------------------
     amqp_ca_file: str | None = Field(None, validation_alias=_env("ESI_AMQP_CA_FILE"))

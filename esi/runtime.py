@@ -253,7 +253,8 @@ class SystemService(Service):
             clients=_clients(s), store=self.store, on_accepted=self.relay.submit, max_pdf_bytes=s.max_pdf_bytes,
             readiness=self.process_readiness, events=self.events,
             dead_letters=DeadLetters(self.bus.connection, topology), max_backlog=s.outbox_max_backlog,
-            max_wait=s.max_wait_s, wait_recheck=s.wait_recheck_s, send_routes=self.registry.send_routes))
+            max_wait=s.max_wait_s, wait_recheck=s.wait_recheck_s, send_routes=self.registry.send_routes,
+            console_secret=s.console_secret.get_secret_value().encode() if s.console_secret else None))
         self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api",
                                ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file,
                                                       client_ca_file=s.tls_client_ca_file))

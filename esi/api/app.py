@@ -18,6 +18,7 @@ from esi.api.routes.operations import OperationsRoutes
 from esi.api.routes.ops import OpsRoutes
 from esi.api.routes.requests import RequestRoutes
 from esi.api.routes.table import Route, add_routes
+from esi.console import console_router
 
 __all__ = ["ApiDeps", "build_routes", "create_app"]
 
@@ -42,6 +43,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     routes = build_routes(deps)
     add_routes(app, routes, auth.dependency)
     app.state.routes = routes
+    app.include_router(console_router(deps, auth))  # the operator console at /console (never on the fast path)
     # outermost of our middlewares: what it answers skips FastAPI's routing and dependencies
     app.add_middleware(HotPath, routes=routes if deps.hot_path else (), authenticate=auth.authenticate)
     return app
