@@ -201,7 +201,7 @@ def _step(registry: Registry, event: dict[str, Any], start: datetime | None) -> 
         return base(source=lane, target=origin, label=f"{name}: 1C reads the answer",
                     tone="ok" if name == "completed" else "warn", dashed=True)
     if name == "consumed":
-        return base(source=lane, target=lane, label=f"consumed {message_type} (try {detail.get('attempt', 1)})")
+        return base(source=lane, target=lane, label=f"consumed · try {detail.get('attempt', 1)}")
     if name == "retry_scheduled":
         return base(source=lane, target=lane, tone="warn",
                     label=f"retry in {detail.get('delay_s')} s (after try {detail.get('attempt')})")
@@ -222,7 +222,14 @@ def sequence(registry: Registry, events: Sequence[dict[str, Any]]) -> SequenceDi
     steps = [_step(registry, event, start) for event in events]
     known = _lanes(registry)
     used = {s.source for s in steps} | {s.target for s in steps} | {known[0].key, known[1].key}
-    lanes = [lane for lane in known if lane.key in used]
+    # the origin's two lanes first, then each system's pair in the order the request reached it: left to right
+    first_seen: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        for key in (step.source, step.target):
+            first_seen.setdefault(key.partition(":")[2], i)
+    lanes = [lane for lane in known[:2] if lane.key in used] + sorted(
+        (lane for lane in known[2:] if lane.key in used),
+        key=lambda lane: (first_seen.get(lane.key.partition(":")[2], len(steps)), lane.kind != "esi"))
     lanes += [Lane(key, key.partition(":")[2], "esi") for key in sorted(used - {lane.key for lane in known})]
     diagram = SequenceDiagram(lanes=[], steps=[], events=list(events))
     x_of: dict[str, float] = {}

@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,12 +30,18 @@ CLIENTS = [
 HOSTILE = "<script>alert(1)</script>"
 
 
+async def _readiness() -> tuple[bool, dict[str, Any]]:
+    return False, {"store": {"status": "ok", "latency_ms": 0.4},
+                   "dms": {"status": "down", "latency_ms": 3.1, "error": "TransientError: dms health: <refused>"},
+                   "circuit (dms)": {"status": "open", "latency_ms": 0.0, "state": "open", "reason": "5 failures"}}
+
+
 @pytest.fixture
 async def console(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     async with await Store.open(f"sqlite:///{tmp_path}/console.db") as store:
         app = create_app(ApiDeps(store=store, on_accepted=lambda row: None, max_pdf_bytes=1024,
                                  clients=ClientRegistry.from_json(json.dumps({"clients": CLIENTS})),
-                                 console_secret=b"k" * 32))
+                                 console_secret=b"k" * 32, readiness=_readiness))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://esi") as client:
             yield client
 
@@ -60,6 +67,8 @@ async def test_pages_carry_the_security_headers_and_need_credentials(console: ht
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
         assert page.headers["X-Content-Type-Options"] == "nosniff"
         assert "<script>" not in page.text.replace('<script src="/console/static/console.js" defer></script>', "")
+    overview = await console.get("/console", auth=("viewer", "viewer-pw"))
+    assert "&lt;refused&gt;" in overview.text and 'data-check="circuit (dms)"' in overview.text
     script = await console.get("/console/static/console.js")
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     assert (await console.get("/console/static/../app.py")).status_code == 404
