@@ -184,7 +184,8 @@ def build_asyncapi(registry: Registry, topology: Topology | None = None) -> dict
         }
         operations[f"send.{key}"] = {
             "action": "send",
-            "title": f"{route.sender.title} sends {route.key.message_type} to {registry.system(route.key.target).title}",
+            "title": f"{route.sender.title} sends {route.key.message_type} to "
+                     f"{registry.system(route.key.target).title}",
             "channel": {"$ref": f"#/channels/{key}"},
             "messages": [{"$ref": f"#/channels/{key}/messages/{name}"}],
             "tags": [{"name": route.sender.code}],

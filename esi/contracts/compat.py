@@ -404,9 +404,21 @@ def _message_types(document: Mapping[str, Any], refs: Any) -> set[str]:
         for _ in range(8):  # an operation's message refers to the channel's, which refers to the component
             if "$ref" not in message:
                 break
-            message = _resolve(document, message["$ref"])
+            try:
+                message = _resolve(document, message["$ref"])
+            except (KeyError, IndexError, TypeError):  # a dangling reference (a hand-edited snapshot): its key
+                message = {"name": message["$ref"].rsplit("/", 1)[-1].rsplit(".v", 1)[0]}
         types.add(str(message.get("name", "?")))
     return types
+
+
+def _address(document: Mapping[str, Any], operation: Mapping[str, Any]) -> Any:
+    """The address of an operation's channel (its reference when it dangles)."""
+    ref = operation.get("channel", {}).get("$ref", "")
+    try:
+        return _resolve(document, ref).get("address")
+    except (KeyError, IndexError, TypeError, ValueError):
+        return ref
 
 
 def _messages(document: Mapping[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -429,8 +441,7 @@ def _compare_members(file: str, old: Contract, new: Contract, section: str, what
                 findings.append(Finding(file, _key(here, attribute), f"{attribute} changed from "
                                         f"{_show(old_item.get(attribute))} to {_show(new_item.get(attribute))}", True))
         if "channel" in old_item:
-            old_channel = _resolve(old.asyncapi, old_item["channel"]["$ref"]).get("address")
-            new_channel = _resolve(new.asyncapi, new_item["channel"]["$ref"]).get("address")
+            old_channel, new_channel = _address(old.asyncapi, old_item), _address(new.asyncapi, new_item)
             if old_channel != new_channel:
                 findings.append(Finding(file, _key(here, "channel"), f"channel changed from {old_channel!r} to "
                                         f"{new_channel!r}", True))

@@ -279,3 +279,10 @@ def test_a_breaking_change_to_the_envelope_is_found() -> None:
     old, new = contract({"a": (1, OBJ)}), contract({"a": (1, OBJ)})
     new.schemas["envelope"] = {"type": "object", "properties": {"request_id": {"type": "string", "maxLength": 8}}}
     assert paths(old, new) == [("schemas/envelope.json", "$.properties.request_id.maxLength", True)]
+
+
+def test_a_hand_edited_snapshot_with_a_dangling_reference_is_still_compared() -> None:
+    old = contract({"a": (1, OBJ), "b": (1, OBJ)})
+    del old.asyncapi["components"]["messages"]["b.v1"]
+    found = paths(old, contract({"a": (1, OBJ)}))
+    assert ("asyncapi.json", "$.channels[\"1c.request.dms.a\"].messages", True) in found
