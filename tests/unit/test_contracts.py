@@ -15,6 +15,7 @@ import argon2
 import httpx
 import jsonschema
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 from typer.testing import CliRunner
 
 from esi.api.app import ApiDeps, create_app
@@ -27,6 +28,7 @@ from esi.security import ClientRegistry, make_client_entry
 from esi.store import Store
 from esi.systems.builtin import BUILT_IN
 from esi.systems.registry import Registry
+from esi.systems.spec import Operation, System
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = ROOT / "contracts"
@@ -143,6 +145,36 @@ def test_messages_carry_their_type_and_version_in_the_amqp_bindings() -> None:
         assert name == f"{message['name']}.v{message['x-esi-version']}"
         assert message["bindings"]["amqp"]["messageType"] == message["name"]
         assert message["contentType"] == "application/json"
+
+
+class ReserveStock(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sku: str = Field(max_length=32)
+    quantity: int = Field(ge=1)
+
+
+class StockReserved(BaseModel):
+    sku: str
+    reserved: int
+
+
+#: a fourth system, declared as a site would: the contract follows the registry
+STOCK = System(code="stock", title="Warehouse stock", handlers=lambda context: {},
+               answers=(Operation("reserve_stock", ReserveStock, "stock_reserved", StockReserved),))
+
+
+def test_a_new_system_adds_its_channels_and_messages_compatibly() -> None:
+    registry = Registry((*BUILT_IN, STOCK))
+    document = build_asyncapi(registry)
+    validator = jsonschema.Draft7Validator(json.loads(ASYNCAPI_SCHEMA.read_text(encoding="utf-8")))
+    assert list(validator.iter_errors(document)) == []
+    assert {"1c.request.stock.reserve_stock", "stock.response.1c.stock_reserved", "stock_queue",
+            "stock_dead_letter_queue"} == set(document["channels"]) - set(DOCUMENT["channels"])
+    assert document["operations"]["receive.stock.reserve_stock"]["channel"] == {"$ref": "#/channels/stock_queue"}
+    assert document["operations"]["receive.1c.stock_reserved"]["channel"] == {"$ref": "#/channels/1c_queue"}
+    report = compare(live_contract(REGISTRY), live_contract(registry))
+    assert report.findings and not report.breaking
+    assert compare(live_contract(registry), live_contract(REGISTRY)).breaking  # and taking it away breaks
 
 
 # --- the payload schemas -------------------------------------------------------------------------------------------
