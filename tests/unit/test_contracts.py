@@ -8,6 +8,8 @@ import base64
 import copy
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from esi.cli import app as cli
 from esi.contracts.asyncapi import build_asyncapi, iter_refs, routes, topic_matches
 from esi.contracts.compat import compare, dump, live_contract, load_contract
 from esi.contracts.schemas import ENVELOPE, message_schemas
+from esi.messages.catalog import Catalog, MessageSpec
 from esi.messages.envelope import Envelope, Kind
 from esi.security import ClientRegistry, make_client_entry
 from esi.store import Store
@@ -175,6 +178,49 @@ def test_a_new_system_adds_its_channels_and_messages_compatibly() -> None:
     report = compare(live_contract(REGISTRY), live_contract(registry))
     assert report.findings and not report.breaking
     assert compare(live_contract(registry), live_contract(REGISTRY)).breaking  # and taking it away breaks
+
+
+@dataclass(frozen=True)
+class VersionedSpec(MessageSpec):
+    """A spec with a version and an upcaster, as the catalog declares them (read with getattr, default 1)."""
+
+    version: int = 1
+    upcast: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+class CreateUserV2(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1, max_length=64)
+    full_name: str = Field(min_length=1, max_length=200)
+    email: str
+
+
+def _with_create_user(model: type[BaseModel], version: int, upcast: bool) -> Registry:
+    registry = Registry(BUILT_IN)
+    registry.catalog = Catalog([
+        VersionedSpec(**{**vars(s), "model": model, "version": version,
+                         "upcast": (lambda payload: payload) if upcast else None})
+        if s.message_type == "create_user" else s for s in registry.catalog.specs])
+    return registry
+
+
+def test_a_raised_version_is_named_and_may_break_the_payload_only_with_an_upcaster() -> None:
+    with_upcaster = live_contract(_with_create_user(CreateUserV2, 2, upcast=True))
+    assert "create_user.v2" in with_upcaster.schemas and "create_user.v1" not in with_upcaster.schemas
+    message = with_upcaster.asyncapi["components"]["messages"]["create_user.v2"]
+    assert message["x-esi-version"] == 2 and message["x-esi-accepted-versions"] == [1, 2]
+    assert with_upcaster.asyncapi["channels"]["1c.request.dms.create_user"]["messages"] == {
+        "create_user.v2": {"$ref": "#/components/messages/create_user.v2"}}
+    snapshot = load_contract(SNAPSHOT)
+    report = compare(snapshot, with_upcaster)
+    assert report.findings and not report.breaking, report.breaking
+    without = compare(snapshot, live_contract(_with_create_user(CreateUserV2, 2, upcast=False)))
+    # without one, v1 messages in flight would be refused: name and phone removed, full_name a new required field
+    # (email's dropped bounds and pattern widen it: additive)
+    assert {f.path for f in without.breaking} == {"$.properties.name", "$.properties.phone",
+                                                   "$.properties.full_name"}
+    # and going back down from v2 to v1 is breaking
+    assert compare(with_upcaster, live_contract(REGISTRY)).breaking
 
 
 # --- the payload schemas -------------------------------------------------------------------------------------------
