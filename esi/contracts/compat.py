@@ -235,7 +235,8 @@ class _SchemaDiff:
         old_kinds = {self.kind(b) for b in old_branches}
         for branch in old_branches:
             kind = self.kind(branch)
-            match = new_by_kind.get(kind)
+            # an unchanged branch is its own match (several branches of one kind: `anyOf` of required names)
+            match = next((b for b in new_branches if b == branch), None) or new_by_kind.get(kind)
             if match is None and kind == "integer":
                 match = new_by_kind.get("number")
             if match is None and kind.startswith("const "):

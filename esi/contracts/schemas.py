@@ -7,14 +7,16 @@ envelope's `envelope`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel
 
 from esi.messages.catalog import Catalog, MessageSpec
 from esi.messages.envelope import Envelope, Kind
+from esi.messages.payload import has_upcast
 
 __all__ = ["DIALECT", "ENVELOPE", "MessageSchema", "envelope_schema", "message_schemas", "model_schema",
            "schema_name", "version_of"]
@@ -31,7 +33,7 @@ def version_of(spec: MessageSpec) -> int:
 
 def accepts_previous(spec: MessageSpec) -> bool:
     """Whether consumers also accept the previous version (the spec has an upcaster from it)."""
-    return getattr(spec, "upcast", None) is not None and version_of(spec) > 1
+    return has_upcast(spec.model)
 
 
 def schema_name(spec: MessageSpec) -> str:
@@ -39,8 +41,33 @@ def schema_name(spec: MessageSpec) -> str:
 
 
 def model_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON Schema as a standalone 2020-12 document."""
-    return {"$schema": DIALECT, **model.model_json_schema(mode="validation")}
+    """The model's JSON Schema as a standalone 2020-12 document, the original system's field names included."""
+    schema = copy.deepcopy(model.model_json_schema(mode="validation"))
+    return _with_other_names(model, {"$schema": DIALECT, **schema})
+
+
+def _with_other_names(model: type[BaseModel], schema: dict[str, Any]) -> dict[str, Any]:
+    """pydantic writes only the first name of a field's `AliasChoices`; the others (the original system's
+    `filename`, `file_data_base64`) are accepted too, so the schema lists them, marked deprecated, and a required
+    field is satisfied by any of its names."""
+    properties, required = schema.get("properties", {}), schema.get("required", [])
+    any_of_names: list[dict[str, Any]] = []
+    for info in model.model_fields.values():
+        alias = info.validation_alias
+        if not isinstance(alias, AliasChoices):
+            continue
+        names = [choice for choice in alias.choices if isinstance(choice, str)]
+        if len(names) < 2 or names[0] not in properties:
+            continue
+        for other in names[1:]:
+            properties[other] = {**properties[names[0]], "deprecated": True,
+                                 "description": f"the original system's name for `{names[0]}`"}
+        if names[0] in required:
+            required.remove(names[0])
+            any_of_names.append({"anyOf": [{"required": [name]} for name in names]})
+    if any_of_names:
+        schema["allOf"] = any_of_names
+    return schema
 
 
 def envelope_schema() -> dict[str, Any]:
