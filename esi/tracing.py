@@ -61,6 +61,8 @@ VARIABLES = (
 _EXPORTERS = ("otlp", "console")
 _PROTOCOL = "http/protobuf"
 
+#: `opentelemetry.trace`, once configured (imported then, not before: off, the SDK is never loaded)
+_api: Any = None
 _tracer: Tracer | None = None
 _provider: TracerProvider | None = None
 _propagator: TraceContextTextMapPropagator | None = None
@@ -101,7 +103,7 @@ def configure(services: Sequence[str] = (), environ: Mapping[str, str] | None = 
     `services` name the process by default (`esi-onec+crm`) when neither `OTEL_SERVICE_NAME` nor a `service.name`
     in `OTEL_RESOURCE_ATTRIBUTES` does.
     """
-    global enabled, _tracer, _provider, _propagator, _record_factory
+    global enabled, _api, _tracer, _provider, _propagator, _record_factory
     if enabled:
         return True
     if environ is None:
@@ -131,6 +133,7 @@ def configure(services: Sequence[str] = (), environ: Mapping[str, str] | None = 
             exporter = ConsoleSpanExporter()
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    _api = trace
     _provider = provider
     _tracer = provider.get_tracer("esi")
     _propagator = TraceContextTextMapPropagator()
@@ -156,7 +159,7 @@ def _load_env_file(path: str = ".env") -> None:
 
 def shutdown() -> None:
     """Export the spans still buffered and uninstall (at the end of `esi run`)."""
-    global enabled, _tracer, _provider, _record_factory
+    global enabled, _api, _tracer, _provider, _record_factory
     if not enabled:
         return
     enabled = False
@@ -165,7 +168,7 @@ def shutdown() -> None:
         _record_factory = None
     if _provider is not None:
         _provider.shutdown()
-    _provider = _tracer = None
+    _provider = _tracer = _api = None
 
 
 # --- logs and timeline events ---------------------------------------------------------------------------------------
@@ -185,9 +188,7 @@ def current_ids() -> tuple[str, str] | None:
     """The current span's trace id and span id, in hex; None outside a span (or with tracing off)."""
     if not enabled:
         return None
-    from opentelemetry import trace
-
-    context = trace.get_current_span().get_span_context()
+    context = _api.get_current_span().get_span_context()
     if not context.is_valid:
         return None
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
@@ -230,13 +231,19 @@ def _extract(carrier: Mapping[str, Any]) -> Any:
     return _propagator.extract(carrier, getter=_GETTER)  # type: ignore[arg-type]
 
 
+def _stored_context(text: str) -> Any:
+    """The context `outbox_context` stored; None (no parent) when it cannot be read: a row is published anyway."""
+    try:
+        carrier = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return _extract(carrier) if isinstance(carrier, dict) else None
+
+
 def outbox_context(request_id: str) -> str | None:
     """The current context as stored with an outbox row (JSON of its W3C headers), so that the relay's publish span
     is a child of the API's span however late it runs; the request id goes on the current span."""
-    from opentelemetry import trace
-
-    span = trace.get_current_span()
-    span.set_attribute("esi.request_id", request_id)
+    _api.get_current_span().set_attribute("esi.request_id", request_id)
     carrier: dict[str, str] = {}
     inject(carrier)
     return orjson.dumps(carrier).decode() if carrier else None
@@ -266,12 +273,10 @@ def publishing(exchange: str, routing_key: str, message_id: str | None, *, reque
     """A PRODUCER span around one publish, current inside the block (`inject` then carries it in the headers).
 
     `parent` is an outbox row's stored context: the span is its child. Without one, the current span's."""
-    from opentelemetry.trace import SpanKind
-
     assert _tracer is not None
-    context = _extract(orjson.loads(parent)) if parent else None
+    context = _stored_context(parent) if parent else None
     with _tracer.start_as_current_span(
-            f"publish {routing_key}", context=context, kind=SpanKind.PRODUCER,
+            f"publish {routing_key}", context=context, kind=_api.SpanKind.PRODUCER,
             attributes=_messaging("send", "publish", exchange, routing_key, message_id, request_id)) as span:
         yield span
 
@@ -281,8 +286,6 @@ def consuming(message: Any, headers: Mapping[str, Any], *, queue: str, exchange:
               routing_key: str | None, attempt: int) -> Iterator[Span]:
     """A CONSUMER span around the handling of one delivery, a child of the publish whose context its headers carry.
     `settle` gives it the delivery's outcome."""
-    from opentelemetry.trace import SpanKind
-
     assert _tracer is not None
     key = routing_key or ""
     attributes = _messaging("process", "process", exchange or "", key, message.message_id, message.correlation_id)
@@ -291,7 +294,7 @@ def consuming(message: Any, headers: Mapping[str, Any], *, queue: str, exchange:
     tag = getattr(message, "delivery_tag", None)
     if tag is not None:
         attributes["messaging.rabbitmq.message.delivery_tag"] = tag
-    with _tracer.start_as_current_span(f"process {key}", context=_extract(headers), kind=SpanKind.CONSUMER,
+    with _tracer.start_as_current_span(f"process {key}", context=_extract(headers), kind=_api.SpanKind.CONSUMER,
                                        attributes=attributes) as span:
         yield span
 
@@ -301,17 +304,13 @@ _FAILED_OUTCOMES = frozenset({"retried", "dead_lettered"})
 
 
 def settle(span: Span, outcome: str) -> None:
-    from opentelemetry.trace import StatusCode
-
     span.set_attribute("esi.outcome", outcome)
     if outcome in _FAILED_OUTCOMES:
-        span.set_status(StatusCode.ERROR, outcome)
+        span.set_status(_api.StatusCode.ERROR, outcome)
 
 
 def traced_call(call: Callable[..., Awaitable[_T]], system: str, operation: str) -> Callable[..., Awaitable[_T]]:
     """`call` (a guarded client method) inside an INTERNAL span `<system> <operation>`; failures recorded on it."""
-    from opentelemetry.trace import SpanKind
-
     tracer = _tracer
     assert tracer is not None
     name = f"{system} {operation}"
@@ -319,7 +318,7 @@ def traced_call(call: Callable[..., Awaitable[_T]], system: str, operation: str)
 
     @functools.wraps(call)
     async def traced(*args: Any, **kwargs: Any) -> _T:
-        with tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes):
+        with tracer.start_as_current_span(name, kind=_api.SpanKind.INTERNAL, attributes=attributes):
             return await call(*args, **kwargs)
 
     return traced
@@ -336,8 +335,6 @@ UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 def serving(scope: MutableMapping[str, Any]) -> Iterator[Span]:
     """A SERVER span around one HTTP request to the API, current inside the block; `answered` names it by its route
     and gives it the status. A `traceparent` sent by the client makes it a child of the client's span."""
-    from opentelemetry.trace import SpanKind
-
     assert _tracer is not None
     carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())
                if k in _CONTEXT_HEADERS}
@@ -352,23 +349,20 @@ def serving(scope: MutableMapping[str, Any]) -> Iterator[Span]:
     if client:
         attributes["client.address"] = client[0]
     with _tracer.start_as_current_span(method, context=_extract(carrier) if carrier else None,
-                                       kind=SpanKind.SERVER, attributes=attributes) as span:
+                                       kind=_api.SpanKind.SERVER, attributes=attributes) as span:
         yield span
 
 
 def answered(route: str, method: str, status: int) -> None:
     """The current server span's route and status (called where the API records its HTTP metrics)."""
-    from opentelemetry import trace
-    from opentelemetry.trace import SpanKind, StatusCode
-
-    span = trace.get_current_span()
-    if getattr(span, "kind", None) is not SpanKind.SERVER:
+    span = _api.get_current_span()
+    if getattr(span, "kind", None) is not _api.SpanKind.SERVER:
         return
     span.update_name(f"{method} {route}")
     span.set_attribute("http.route", route)
     span.set_attribute("http.response.status_code", status)
     if status >= 500:
-        span.set_status(StatusCode.ERROR)
+        span.set_status(_api.StatusCode.ERROR)
         span.set_attribute("error.type", str(status))
 
 
@@ -381,9 +375,6 @@ def aiohttp_trace_configs() -> list[Any]:
     if not enabled:
         return []
     import aiohttp
-    from opentelemetry import trace
-    from opentelemetry.trace import SpanKind, StatusCode
-
     tracer = _tracer
     assert tracer is not None and _propagator is not None
     propagator = _propagator
@@ -396,9 +387,9 @@ def aiohttp_trace_configs() -> list[Any]:
             attributes["server.address"] = url.host
         if url.port:
             attributes["server.port"] = url.port
-        span = tracer.start_span(params.method, kind=SpanKind.CLIENT, attributes=attributes)
+        span = tracer.start_span(params.method, kind=_api.SpanKind.CLIENT, attributes=attributes)
         ctx.span = span
-        propagator.inject(params.headers, context=trace.set_span_in_context(span))
+        propagator.inject(params.headers, context=_api.set_span_in_context(span))
 
     async def end(_session: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
         span = getattr(ctx, "span", None)
@@ -407,7 +398,7 @@ def aiohttp_trace_configs() -> list[Any]:
         status = params.response.status
         span.set_attribute("http.response.status_code", status)
         if status >= 400:
-            span.set_status(StatusCode.ERROR)
+            span.set_status(_api.StatusCode.ERROR)
             span.set_attribute("error.type", str(status))
         span.end()
 
@@ -416,7 +407,7 @@ def aiohttp_trace_configs() -> list[Any]:
         if span is None:
             return
         span.record_exception(params.exception)
-        span.set_status(StatusCode.ERROR, f"{type(params.exception).__name__}: {params.exception}")
+        span.set_status(_api.StatusCode.ERROR, f"{type(params.exception).__name__}: {params.exception}")
         span.set_attribute("error.type", type(params.exception).__name__)
         span.end()
 
