@@ -12,6 +12,7 @@ import httpx
 import typer
 
 from esi.config import Settings
+from esi.contracts.cli import contracts_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="esi — Enterprise System Integration bus")
 
@@ -299,6 +300,8 @@ def audit(action: Annotated[Optional[str], typer.Option(help="dlq.replay, dlq.pu
         typer.echo(f"{entry['at'][:19]}  {entry['client_id']:<16} {entry['action']:<14} {entry['subject'] or ''}"
                    f"{count}".rstrip())
 
+
+app.add_typer(contracts_app, name="contracts")
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect, replay and purge dead letters (nothing is lost by looking)")
 app.add_typer(dlq_app, name="dlq")

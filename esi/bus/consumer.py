@@ -267,7 +267,8 @@ class Consumer:
     async def _publish_all(self, outgoing: list[Envelope]) -> None:
         if not outgoing:
             return
-        keys = [self._catalog.routing_key(env) for env in outgoing]
+        stamped = [self._catalog.outgoing(env) for env in outgoing]
+        outgoing, keys = [env for env, _ in stamped], [key for _, key in stamped]
         sent_at = datetime.now(timezone.utc)
         await asyncio.gather(*(self._publisher.publish(env, key) for env, key in zip(outgoing, keys)))
         for env, key in zip(outgoing, keys):
