@@ -54,6 +54,14 @@ def run(
         raise typer.Exit(2)
     if with_fakes:
         chosen += [f for f in registry.fakes if f not in chosen]
+    from esi import tracing
+
+    try:
+        # OTEL_* variables; off unless they ask for it. The adapters name the process (esi-onec, esi-crm+dms)
+        tracing.configure([s for s in chosen if s not in registry.fakes])
+    except tracing.TracingConfigError as exc:
+        typer.echo(f"esi: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         import uvloop
 
@@ -70,6 +78,8 @@ def run(
         raise typer.Exit(2) from None
     except KeyboardInterrupt:  # pragma: no cover
         pass
+    finally:
+        tracing.shutdown()  # the spans still buffered are exported
 
 
 UserOpt = Annotated[Optional[str], typer.Option("--user", envvar="ESI_API_USER",

@@ -141,6 +141,7 @@ class Store:
     async def accept(
         self, *, request_id: str, source: str, target: str, message_type: str, payload_hash: str,
         message_id: str, routing_key: str, body: bytes, keys: list[str] | None = None, client_id: str | None = None,
+        trace_context: str | None = None,
     ) -> tuple[RequestRecord, bool, str]:
         """Record a new request and its outgoing message (the outbox) in one transaction.
 
@@ -157,7 +158,8 @@ class Store:
                 "last_error": None,
             })
             INSERT_OUTBOX.run(conn, {"message_id": message_id, "request_id": request_id, "routing_key": routing_key,
-                                     "body": body, "created_at": now, "sent_at": None})
+                                     "body": body, "created_at": now, "sent_at": None,
+                                     "trace_context": trace_context})
             if unique_keys:
                 INSERT_KEYS.run(conn, [{"key": k, "request_id": request_id} for k in unique_keys])
 
@@ -299,11 +301,11 @@ class Store:
     async def outbox_pending(self, limit: int = 500) -> list[OutboxRow]:
         """Up to `limit` outbox rows not yet published, oldest first."""
         o = schema.outbox
-        query = (select(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body)
+        query = (select(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body, o.c.trace_context)
                  .where(o.c.sent_at.is_(None)).order_by(o.c.id).limit(limit))
         rows = await self._backend.read(lambda conn: conn.execute(query).all())
         return [OutboxRow(id=r.id, message_id=r.message_id, request_id=r.request_id, routing_key=r.routing_key,
-                          body=r.body) for r in rows]
+                          body=r.body, trace_context=r.trace_context) for r in rows]
 
     async def outbox_mark_sent(self, rows: list[OutboxRow]) -> None:
         """These rows are published (confirmed): mark them sent and move their accepted requests to in progress."""

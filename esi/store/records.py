@@ -43,6 +43,8 @@ class OutboxRow(BaseModel):
     request_id: str
     routing_key: str
     body: bytes
+    #: the W3C trace context of the request that wrote it (JSON), with tracing on (esi.tracing)
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ outbox = Table(
     Column("body", LargeBinary, nullable=False),
     Column("created_at", String(40), nullable=False),
     Column("sent_at", String(40)),
+    # the W3C trace context of the request that wrote it, as JSON (with tracing on); added by migration 8
+    Column("trace_context", Text),
     Index("ix_esi_outbox_unsent", "sent_at", "id"),
 )
 
@@ -184,4 +186,5 @@ MIGRATIONS: dict[int, list[Table | Callable[[Connection], None]]] = {
     4: [_widen_column(requests, "source"), _widen_column(requests, "target")],
     5: [audit, system_pauses, breakers],
     6: [order_updates],
+    8: [_add_column(outbox, "trace_context")],
 }
