@@ -25,6 +25,7 @@ run: check-broker
 
 ## test: the whole suite, against the local RabbitMQ and PostgreSQL
 test: check-broker check-postgres
+	$(BIN)/esi contracts check contracts
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## bench: the benchmark harness (not a test); figures land in bench/results/

@@ -12,6 +12,7 @@ import httpx
 import typer
 
 from esi.config import Settings
+from esi.contracts.cli import contracts_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="esi — Enterprise System Integration bus")
 
@@ -53,6 +54,14 @@ def run(
         raise typer.Exit(2)
     if with_fakes:
         chosen += [f for f in registry.fakes if f not in chosen]
+    from esi import tracing
+
+    try:
+        # OTEL_* variables; off unless they ask for it. The adapters name the process (esi-onec, esi-crm+dms)
+        tracing.configure([s for s in chosen if s not in registry.fakes])
+    except tracing.TracingConfigError as exc:
+        typer.echo(f"esi: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         import uvloop
 
@@ -69,6 +78,8 @@ def run(
         raise typer.Exit(2) from None
     except KeyboardInterrupt:  # pragma: no cover
         pass
+    finally:
+        tracing.shutdown()  # the spans still buffered are exported
 
 
 UserOpt = Annotated[Optional[str], typer.Option("--user", envvar="ESI_API_USER",
@@ -289,6 +300,8 @@ def audit(action: Annotated[Optional[str], typer.Option(help="dlq.replay, dlq.pu
         typer.echo(f"{entry['at'][:19]}  {entry['client_id']:<16} {entry['action']:<14} {entry['subject'] or ''}"
                    f"{count}".rstrip())
 
+
+app.add_typer(contracts_app, name="contracts")
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect, replay and purge dead letters (nothing is lost by looking)")
 app.add_typer(dlq_app, name="dlq")

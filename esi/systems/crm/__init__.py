@@ -21,7 +21,7 @@ def _client(settings: CreatioSettings) -> Any:
 def _handlers(context: SystemContext) -> Any:
     from esi.systems.crm.handlers import crm_handlers
 
-    return crm_handlers(context.client, max_pdf_bytes=context.settings.max_pdf_bytes)
+    return crm_handlers(context.client, max_pdf_bytes=context.settings.max_pdf_bytes, updates=context.store)
 
 
 def _fake(settings: CreatioSettings) -> Any:
