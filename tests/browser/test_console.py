@@ -1,13 +1,17 @@
 """The operator console in a real browser: Playwright driving Debian's chromium against esi running in processes
 (the API with authentication on, both adapters, both fakes), one browser and one system for the module.
 
-Each page is photographed into docs/console/ (the README shows the pictures).
+Each page is photographed: into docs/console/ (the README shows the pictures) when `ESI_SCREENSHOTS=1`, as when
+refreshing them (`ESI_SCREENSHOTS=1 make test PYTEST_ARGS=tests/browser`); otherwise into the test's temporary
+directory, so that `make test` leaves the working tree as it found it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,8 @@ from tests.support import ROOT, EsiSystem, Vhost, unique, wait_until
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = ROOT / "docs" / "console"
+SHOTS = ROOT / "docs" / "console" if os.environ.get("ESI_SCREENSHOTS") == "1" else \
+    Path(tempfile.gettempdir()) / "esi-console-screenshots"
 OPS = ("ops", "ops-console-pw")
 VIEWER = ("viewer", "viewer-console-pw")
 CLIENTS = {"clients": [
