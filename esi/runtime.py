@@ -378,7 +378,7 @@ async def run(settings: Settings, services: Sequence[str], *, registry: Registry
             await service.start()
             started.append(service)
         if adapters and not any(a.system.origin for a in adapters):
-            # adapters without the 1C API still answer /healthz, /readyz and /metrics on a port of their own
+            # adapters without the 1C API still answer /livez (/healthz), /readyz and /metrics on a port of their own
             ops = HttpServer(create_ops_app(readiness), host=settings.health_host, port=settings.health_port,
                              name="health")
             await ops.start()

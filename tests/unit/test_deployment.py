@@ -377,7 +377,7 @@ def _health_port(name: str, env: dict[str, str]) -> int:
         config = REGISTRY.fakes[name].settings
         assert config is not None
         return int(env.get(config.env_name("fake_port")) or config.model_construct().fake_port)
-    assert "ESI_HEALTH_PORT" in env, f"{name}: set ESI_HEALTH_PORT, the port of its /healthz"
+    assert "ESI_HEALTH_PORT" in env, f"{name}: set ESI_HEALTH_PORT, the port of its /livez"
     return int(env["ESI_HEALTH_PORT"])
 
 
@@ -388,12 +388,12 @@ def test_every_esi_service_has_the_image_healthcheck_on_its_own_port() -> None:
         assert healthcheck.get("test") == image_check, f"{name}: the healthcheck must be the Dockerfile's"
         assert not healthcheck.get("disable")
         env = environment(service)
-        assert "ESI_HEALTH_URL" in env, f"{name}: set ESI_HEALTH_URL to its own /healthz"
+        assert "ESI_HEALTH_URL" in env, f"{name}: set ESI_HEALTH_URL to its own /livez"
         url = urlsplit(env["ESI_HEALTH_URL"])
         assert url.hostname == "127.0.0.1", f"{name}: the check runs inside the container"
         assert url.port == _health_port(name, env), f"{name}: ESI_HEALTH_URL is not on the port the service listens on"
         if name in ADAPTERS:
-            assert url.path == "/healthz"
+            assert url.path == "/livez", f"{name}: probe liveness at /livez (Kubernetes' name)"
 
 
 async def test_health_urls_are_served() -> None:
@@ -630,7 +630,7 @@ def test_dockerfile_slim_non_root_with_healthcheck() -> None:
     assert "curl" not in command[2] and "wget" not in command[2], "the slim base has neither curl nor wget"
     compile(command[2], "<HEALTHCHECK>", "exec")
     env_default = next(args for keyword, args in instructions if keyword == "ENV" and "ESI_HEALTH_URL=" in args)
-    assert "'http://127.0.0.1:8080/healthz'" in command[2] and "ESI_HEALTH_URL=http://127.0.0.1:8080/healthz" in env_default
+    assert "'http://127.0.0.1:8080/livez'" in command[2] and "ESI_HEALTH_URL=http://127.0.0.1:8080/livez" in env_default
     by_keyword = {keyword: args for keyword, args in instructions}
     assert json.loads(by_keyword["ENTRYPOINT"]) == ["esi"]
     assert json.loads(by_keyword["CMD"]) == ["run"]
