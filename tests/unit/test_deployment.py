@@ -61,7 +61,8 @@ VHOST = "/"
 # Variables esi services may be given that are not esi settings: name -> what reads them.
 NOT_SETTINGS = {"ESI_HEALTH_URL": "the image's HEALTHCHECK"}
 # Variables only docker-compose.yml reads (for ${...}), never esi.
-COMPOSE_ONLY = {"POSTGRES_PASSWORD"}
+COMPOSE_ONLY = {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+MONITORING = ("prometheus", "grafana")  # the compose profile `monitoring`
 
 
 # --- loading ---------------------------------------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def _docker_compose() -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("profile", [None, "demo"])
+@pytest.mark.parametrize("profile", [None, "demo", "monitoring"])
 def test_docker_compose_accepts_the_file_where_installed(profile: str | None) -> None:
     """Where Docker Compose is installed, its own `config` (no engine needed) accepts the file with .env.example."""
     command = _docker_compose()
@@ -442,6 +443,8 @@ def test_the_fakes_run_only_in_the_demo_profile() -> None:
     for name, service in compose["services"].items():
         if name in FAKES:
             assert service.get("profiles") == ["demo"], f"{name} belongs to the demo profile"
+        elif name in MONITORING:
+            assert service.get("profiles") == ["monitoring"], f"{name} belongs to the monitoring profile"
         else:
             assert not service.get("profiles"), f"{name} must run without a profile"
     env = {name: environment(service) for name, service in esi_services(compose).items()}
@@ -454,6 +457,43 @@ def test_the_fakes_run_only_in_the_demo_profile() -> None:
     for name in FAKES:
         assert env[name].get("ESI_FAKE_HOST") == "0.0.0.0", f"{name} must listen on every interface"
     assert env["onec"].get("ESI_HTTP_HOST") == "0.0.0.0", "onec must listen on every interface"
+
+
+def test_the_monitoring_profile_runs_prometheus_and_grafana_on_the_repository_files() -> None:
+    services = load_compose()["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    assert config["rule_files"] == ["alerts.yml"] and (ROOT / "deploy" / "prometheus" / "alerts.yml").exists()
+    # every esi service is scraped, on the port its /metrics is served on
+    env = {name: environment(service) for name, service in esi_services(load_compose()).items()}
+    scraped: dict[str, int] = {}
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                scraped[host] = int(port)
+        for sd in job.get("dns_sd_configs", []):
+            for host in sd["names"]:
+                scraped[host] = int(sd["port"])
+        # the alert rules and the dashboard select esi's jobs as esi-<service>
+        assert job["job_name"] in ("prometheus", f"esi-{scraped_hosts(job)[0]}"), job["job_name"]
+    for name in ADAPTERS:
+        assert scraped.get(name) == _health_port(name, env[name]), f"Prometheus does not scrape {name}'s /metrics"
+    mounts = grafana["volumes"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
+    assert "./deploy/grafana/esi.json:/var/lib/grafana/dashboards/esi.json:ro" in mounts
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/esi.yml").read_text(encoding="utf-8"))
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    source = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text("utf-8"))
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def scraped_hosts(job: dict[str, Any]) -> list[str]:
+    hosts = [t.rsplit(":", 1)[0] for s in job.get("static_configs", []) for t in s["targets"]]
+    return hosts + [h for sd in job.get("dns_sd_configs", []) for h in sd["names"]]
 
 
 # --- (c) and (d) variables and .env.example --------------------------------------------------------------------------
