@@ -39,6 +39,7 @@ from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_
 from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
 from esi.store import Store
 from esi.store.events import EventRecorder
+from esi.store.retention import RetentionTask
 from esi.systems.breaker import Breaker
 from esi.systems.calls import Guarded, Limiter
 from esi.systems.registry import Registry, RegistryError, activate, load_registry as load_systems
@@ -199,6 +200,10 @@ class SystemService(Service):
             self._background.append(asyncio.create_task(self._follow_pauses(), name=f"pauses-{self.name}"))
         await self.consumer.start()
         self._background.append(asyncio.create_task(self._prune_forever(), name=f"prune-{self.name}"))
+        if self.system.origin and s.request_retention_s > 0:
+            retention = RetentionTask(store=self.store, retention_s=s.request_retention_s,
+                                      interval_s=s.retention_interval_s, first_delay_s=min(10.0, s.retention_interval_s))
+            self._background.append(asyncio.create_task(retention.run_forever(), name="retention"))
 
     # --- the breaker and maintenance pauses -------------------------------------------------------------------
 
@@ -352,13 +357,14 @@ async def run(settings: Settings, services: Sequence[str], *, registry: Registry
     background: list[asyncio.Task[None]] = []
 
     async def readiness() -> tuple[bool, dict[str, Any]]:
-        checks: dict[str, Check] = {}
-        for adapter in adapters:
-            checks.update(adapter.checks())
-        ready, report = await run_checks(checks)
+        # each adapter's checks on their own, so that esi_dependency_ready{service,dependency} names the service
+        results = await asyncio.gather(*(run_checks(adapter.checks(), service=adapter.name) for adapter in adapters))
+        report: dict[str, Any] = {}
+        for _, checks in results:
+            report.update(checks)
         for adapter in adapters:
             report.update(adapter.circuits())
-        return ready, report
+        return all(ready for ready, _ in results), report
 
     try:
         # fakes first, so that adapters find their external systems
@@ -379,13 +385,16 @@ async def run(settings: Settings, services: Sequence[str], *, registry: Registry
             await service.start()
             started.append(service)
         if adapters and not any(a.system.origin for a in adapters):
-            # adapters without the 1C API still answer /healthz, /readyz and /metrics on a port of their own
+            # adapters without the 1C API still answer /livez (/healthz), /readyz and /metrics on a port of their own
             ops = HttpServer(create_ops_app(readiness), host=settings.health_host, port=settings.health_port,
                              name="health")
             await ops.start()
             started.append(_Stoppable("health", ops))
         if adapters:
             background.append(asyncio.create_task(_sample_depths(adapters, store), name="queue-depths"))
+            if settings.readiness_interval_s > 0:
+                background.append(asyncio.create_task(_sample_readiness(readiness, settings.readiness_interval_s),
+                                                      name="readiness"))
         # what start-up built (modules, apps, connections, caches) lives as long as the process: frozen, a full
         # collection no longer walks it (measured: 120 ms of stopped event loop per full collection otherwise)
         gc.collect()
@@ -415,6 +424,17 @@ class _Stoppable(Service):
 
     async def stop(self) -> None:
         await self._server.stop()
+
+
+async def _sample_readiness(readiness: ReadyCheck, interval: float) -> None:
+    """Run the readiness checks every `interval` seconds, for `esi_dependency_ready` (set by `run_checks`): the
+    alert on a dependency that stays down needs it even where nothing probes /readyz."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await readiness()
+        except Exception as exc:
+            log.debug("readiness sampling failed: %s", exc)
 
 
 async def _sample_depths(adapters: list[SystemService], store: Store | None, interval: float = 5.0) -> None:

@@ -194,6 +194,8 @@ class EsiSystem:
             "ESI_MAX_ATTEMPTS": "4",
             "ESI_LOG_FORMAT": "json",
             "ESI_AUTH": "off",  # the authentication tests turn it on with their own clients
+            # no readiness checks on a timer: they would call the fakes behind the tests' backs (and their faults)
+            "ESI_READINESS_INTERVAL": "0",
         })
         for system in self.registry.systems:
             if system.settings is None:

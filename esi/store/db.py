@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy import Connection, Table, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from esi import metrics
 from esi.store import schema
 from esi.store.backends import Backend, open_backend
 from esi.store.records import (AuditEntry, BreakerReport, OrderClaim, OutboxRow, RequestRecord, RequestStatus,
@@ -92,6 +93,10 @@ class Store:
     async def aclose(self) -> None:
         """Finish the writes under way and close the backend."""
         await self._backend.aclose()
+
+    async def write_alone(self, op: Callable[[Connection], Any]) -> Any:
+        """Run `op` in a short transaction of its own, outside the group commits (retention's batches)."""
+        return await self._backend.write_alone(op)
 
     async def _execute(self, statement: Any, parameters: Any = None) -> None:
         await self._backend.write(lambda conn: conn.execute(statement, parameters) and None)
@@ -236,6 +241,8 @@ class Store:
         row = await self._backend.write(write)
         if row is None:
             return False
+        metrics.request_settled(target=row["target"], message_type=row["message_type"], status=status.value,
+                                created_at=row["created_at"])
         self.settlements.notify(request_id, row)
         return True
 

@@ -178,6 +178,23 @@ def _widen_column(table: Table, column: str) -> Callable[[Connection], None]:
     return step
 
 
+def _create_index(index: Index) -> Callable[[Connection], None]:
+    """A step creating `index` unless it is there (a table created by this version's declaration has it)."""
+
+    def step(conn: Connection) -> None:
+        index.create(conn, checkfirst=True)
+
+    return step
+
+
+#: retention (esi.store.retention) finds expired requests by their creation time (never updated, so the index costs
+#: the hot path one insert per request and keeps PostgreSQL's updates of a request HOT), and deletes a request's
+#: business keys and sent outbox rows by its id
+REQUESTS_CREATED_AT = Index("ix_esi_requests_created_at", requests.c.created_at)
+KEYS_REQUEST = Index("ix_esi_request_keys_request", request_keys.c.request_id)
+OUTBOX_REQUEST = Index("ix_esi_outbox_request", outbox.c.request_id)
+
+
 #: version → what it does: tables to create (checkfirst) or steps to run. Applied versions are recorded.
 MIGRATIONS: dict[int, list[Table | Callable[[Connection], None]]] = {
     1: [requests, outbox, inbox],
@@ -186,5 +203,6 @@ MIGRATIONS: dict[int, list[Table | Callable[[Connection], None]]] = {
     4: [_widen_column(requests, "source"), _widen_column(requests, "target")],
     5: [audit, system_pauses, breakers],
     6: [order_updates],
+    7: [_create_index(REQUESTS_CREATED_AT), _create_index(KEYS_REQUEST), _create_index(OUTBOX_REQUEST)],
     8: [_add_column(outbox, "trace_context")],
 }
