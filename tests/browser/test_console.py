@@ -63,7 +63,10 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EsiSystem]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.fail("the browser tests drive Debian's chromium: apt-get install -y --no-install-recommends chromium")
+        message = "the browser tests drive Debian's chromium: apt-get install -y --no-install-recommends chromium"
+        if os.environ.get("CI"):  # .ci/run installs it: missing there is a failure, not a skip
+            pytest.fail(message)
+        pytest.skip(message)
     with playwright_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
