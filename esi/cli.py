@@ -6,14 +6,15 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Optional
+from typing import Annotated
 
 import httpx
 import typer
 
 from esi.config import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="esi — Enterprise System Integration bus")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="esi — Enterprise System Integration bus")
 
 
 def _settings() -> Settings:
@@ -26,10 +27,10 @@ def _settings() -> Settings:
 
 @app.command()
 def run(
-    services: Annotated[Optional[list[str]], typer.Argument(
+    services: Annotated[list[str] | None, typer.Argument(
         help="the adapters (onec dms crm ...) and fakes (fake-dms ...) to run; none: every adapter")] = None,
     with_fakes: Annotated[bool, typer.Option("--with-fakes", help="also start every system's fake")] = False,
-    log_format: Annotated[Optional[str], typer.Option(help="json or text (default: ESI_LOG_FORMAT)")] = None,
+    log_format: Annotated[str | None, typer.Option(help="json or text (default: ESI_LOG_FORMAT)")] = None,
 ) -> None:
     """Run services until SIGTERM/SIGINT; in-flight work is finished before exit."""
     from esi import runtime
@@ -71,13 +72,13 @@ def run(
         pass
 
 
-UserOpt = Annotated[Optional[str], typer.Option("--user", envvar="ESI_API_USER",
+UserOpt = Annotated[str | None, typer.Option("--user", envvar="ESI_API_USER",
                                                 help="API client id (default in demo: demo)")]
-PasswordOpt = Annotated[Optional[str], typer.Option("--password", envvar="ESI_API_PASSWORD",
+PasswordOpt = Annotated[str | None, typer.Option("--password", envvar="ESI_API_PASSWORD",
                                                     help="its password (default in demo: demo)")]
 
 
-def _auth(user: Optional[str], password: Optional[str]) -> Optional[tuple[str, str]]:
+def _auth(user: str | None, password: str | None) -> tuple[str, str] | None:
     if user:
         return (user, password or "")
     if _settings().env == "demo":
@@ -90,7 +91,7 @@ def _auth(user: Optional[str], password: Optional[str]) -> Optional[tuple[str, s
 @app.command()
 def status(
     request_id: str,
-    api: Annotated[Optional[str], typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")] = None,
+    api: Annotated[str | None, typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")] = None,
     user: UserOpt = None, password: PasswordOpt = None,
 ) -> None:
     """Print the state of a request as JSON."""
@@ -108,7 +109,7 @@ def status(
 @app.command()
 def trace(
     request_id: str,
-    api: Annotated[Optional[str], typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")] = None,
+    api: Annotated[str | None, typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the raw timeline as JSON")] = False,
     user: UserOpt = None, password: PasswordOpt = None,
 ) -> None:
@@ -179,11 +180,12 @@ app.add_typer(clients_app, name="clients")
 @clients_app.command("add")
 def clients_add(
     client_id: Annotated[str, typer.Argument(metavar="CLIENT_ID")],
-    send: Annotated[Optional[list[str]], typer.Option("--send", help="target:message_type, e.g. dms:create_user or crm:*")] = None,
+    send: Annotated[list[str] | None,
+                    typer.Option("--send", help="target:message_type, e.g. dms:create_user or crm:*")] = None,
     read: Annotated[bool, typer.Option("--read/--no-read", help="may read the outcome of its requests")] = True,
     operator: Annotated[bool, typer.Option("--operator", help="may use /dlq and replay")] = False,
     api_key: Annotated[bool, typer.Option("--api-key", help="also generate an API key (printed once)")] = False,
-    file: Annotated[Optional[str], typer.Option("--file", help="add to this clients file (created if missing)")] = None,
+    file: Annotated[str | None, typer.Option("--file", help="add to this clients file (created if missing)")] = None,
 ) -> None:
     """Hash a new client's password (asked for) and print, or add, its clients-file entry."""
     from esi.runtime import registry_from
@@ -208,15 +210,15 @@ def clients_add(
         typer.echo(f"API key (shown once, send it as X-API-Key): {key}", err=True)
 
 
-SinceOpt = Annotated[Optional[str], typer.Option("--since", help="within this long: 90s, 15m, 2h, 7d")]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="within this long: 90s, 15m, 2h, 7d")]
 
 systems_app = typer.Typer(no_args_is_help=True, help="The systems: maintenance pauses and circuit breakers")
 app.add_typer(systems_app, name="systems")
 
-ApiOpt = Annotated[Optional[str], typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")]
+ApiOpt = Annotated[str | None, typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")]
 
 
-def _call_api(method: str, path: str, *, api: Optional[str], user: Optional[str], password: Optional[str],
+def _call_api(method: str, path: str, *, api: str | None, user: str | None, password: str | None,
               **kwargs: object) -> dict:
     """One call to the API as an operator; exits 3 when it cannot be reached, 1 on an error answer."""
     base = api or f"http://127.0.0.1:{_settings().http_port}"
@@ -254,9 +256,9 @@ def systems_status(api: ApiOpt = None, user: UserOpt = None, password: PasswordO
 
 @systems_app.command("pause")
 def systems_pause(code: Annotated[str, typer.Argument(metavar="SYSTEM")],
-                  for_: Annotated[Optional[str], typer.Option("--for", help="90s, 15m, 2h, 7d (default: until "
+                  for_: Annotated[str | None, typer.Option("--for", help="90s, 15m, 2h, 7d (default: until "
                                                                              "resumed)")] = None,
-                  reason: Annotated[Optional[str], typer.Option("--reason")] = None,
+                  reason: Annotated[str | None, typer.Option("--reason")] = None,
                   api: ApiOpt = None, user: UserOpt = None, password: PasswordOpt = None) -> None:
     """Pause a system for maintenance: every adapter replica stops taking its messages, which wait in its queue."""
     body = _call_api("POST", f"/systems/{code}/pause", api=api, user=user, password=password,
@@ -274,7 +276,7 @@ def systems_resume(code: Annotated[str, typer.Argument(metavar="SYSTEM")], api: 
 
 
 @app.command("audit")
-def audit(action: Annotated[Optional[str], typer.Option(help="dlq.replay, dlq.purge, system.pause, ...")] = None,
+def audit(action: Annotated[str | None, typer.Option(help="dlq.replay, dlq.purge, system.pause, ...")] = None,
           since: SinceOpt = None, limit: Annotated[int, typer.Option()] = 50, api: ApiOpt = None,
           user: UserOpt = None, password: PasswordOpt = None,
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -294,7 +296,7 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Inspect, replay and purge dead
 app.add_typer(dlq_app, name="dlq")
 
 
-def _filters(queue: Optional[str], reason: Optional[str], since: Optional[str], ids: Sequence[str] = ()):
+def _filters(queue: str | None, reason: str | None, since: str | None, ids: Sequence[str] = ()):
     from esi.bus.dead_letters import Filters, parse_duration
 
     try:
@@ -331,7 +333,7 @@ def _with_dead_letters(action):
     return asyncio.run(go())
 
 
-def _audit_cli(action: str, *, subject: Optional[str], count: int, detail: dict) -> None:
+def _audit_cli(action: str, *, subject: str | None, count: int, detail: dict) -> None:
     """What an operator did from the command line goes to the audit log too, as `cli:<user>`."""
     import getpass
 
@@ -351,7 +353,7 @@ def _audit_cli(action: str, *, subject: Optional[str], count: int, detail: dict)
         typer.echo(f"esi: could not write the audit log ({exc})", err=True)
 
 
-def _age(seconds: Optional[float]) -> str:
+def _age(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -370,13 +372,13 @@ def _table(letters) -> None:
         typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
 
 
-QueueOpt = Annotated[Optional[str], typer.Option("--queue", help="a DLQ (dms_dead_letter_queue) or its system (dms)")]
-ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="text the reason or error class contains")]
+QueueOpt = Annotated[str | None, typer.Option("--queue", help="a DLQ (dms_dead_letter_queue) or its system (dms)")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="text the reason or error class contains")]
 
 
 @dlq_app.command("list")
 def dlq_list(queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt = None,
-             limit: Annotated[Optional[int], typer.Option("--limit")] = None,
+             limit: Annotated[int | None, typer.Option("--limit")] = None,
              as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False) -> None:
     """List dead letters (they stay in their queue)."""
     filters = _filters(queue, reason, since)
@@ -399,10 +401,10 @@ def dlq_show(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
 
 
 @dlq_app.command("replay")
-def dlq_replay(ids: Annotated[Optional[list[str]], typer.Argument(metavar="[ID ...]")] = None,
+def dlq_replay(ids: Annotated[list[str] | None, typer.Argument(metavar="[ID ...]")] = None,
                all_: Annotated[bool, typer.Option("--all", help="every dead letter matching the filters")] = False,
                queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt = None,
-               rate: Annotated[Optional[float], typer.Option("--rate", help="at most N messages per second")] = None,
+               rate: Annotated[float | None, typer.Option("--rate", help="at most N messages per second")] = None,
                dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be replayed")] = False) -> None:
     """Republish dead letters to their original routing key, attempt count reset."""
     if not ids and not all_:

@@ -6,12 +6,11 @@ Everything below the edges receives plain values through keyword-only constructo
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 DEFAULT_RETRY_DELAYS = [1.0, 5.0, 30.0, 120.0, 600.0]
 
@@ -107,7 +106,7 @@ class Settings(BaseSettings):
         return [float(v) for v in value]
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if self.env == "production" and self.auth == "off":
             raise ValueError("ESI_ENV=production refuses ESI_AUTH=off: the API always authenticates in production")
         return self

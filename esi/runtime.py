@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import uvicorn
@@ -41,7 +41,8 @@ from esi.store import Store
 from esi.store.events import EventRecorder
 from esi.systems.breaker import Breaker
 from esi.systems.calls import Guarded, Limiter
-from esi.systems.registry import Registry, RegistryError, activate, load_registry as load_systems
+from esi.systems.registry import Registry, RegistryError, activate
+from esi.systems.registry import load_registry as load_systems
 from esi.systems.spec import System, SystemContext, SystemSettings
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ class SystemService(Service):
         """Forget processed message ids (and sent outbox rows) after the retention time."""
         while True:
             try:
-                cutoff = (datetime.now(timezone.utc) - timedelta(seconds=self.settings.inbox_retention_s))
+                cutoff = (datetime.now(UTC) - timedelta(seconds=self.settings.inbox_retention_s))
                 inbox, outbox = await self.store.prune(cutoff.isoformat(timespec="microseconds"))
                 if inbox or outbox:
                     log.info("pruned %d inbox ids and %d sent outbox rows older than %s", inbox, outbox, cutoff)

@@ -42,7 +42,8 @@ def internal_error_response() -> JSONResponse:
 
 def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """pydantic's errors as `{"field", "problem"}` pairs, the field a dotted path without the leading `body`."""
-    return [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "(body)", "problem": e.get("msg", "")}
+    return [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "(body)",
+             "problem": e.get("msg", "")}
             for e in errors]
 
 

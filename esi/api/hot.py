@@ -61,7 +61,7 @@ class _Template:
     """A hot route whose path ends in a parameter: matches a path and a query, giving the handler's arguments, or
     None when FastAPI must answer."""
 
-    __slots__ = ("route", "method", "prefix", "max_length", "query", "default", "convert", "high")
+    __slots__ = ("convert", "default", "high", "max_length", "method", "prefix", "query", "route")
 
     def __init__(self, route: Route) -> None:
         match = _TEMPLATE.fullmatch(route.path)

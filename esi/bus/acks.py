@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 
 class _Channel:
-    __slots__ = ("channel", "unsettled", "finished", "frames", "sender")
+    __slots__ = ("channel", "finished", "frames", "sender", "unsettled")
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel

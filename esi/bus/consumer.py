@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -152,7 +152,7 @@ class Consumer:
             try:
                 # bounded: on a connection that is reconnecting, the robust channel would wait for it forever
                 await asyncio.wait_for(self._amqp_queue.cancel(self._consumer_tag), 5)
-            except (Exception, asyncio.TimeoutError) as exc:  # the channel may already be gone
+            except (TimeoutError, Exception) as exc:  # the channel may already be gone
                 log.debug("cancel of %s failed: %s", self.queue.name, exc)
             self._consumer_tag = None
 
@@ -163,7 +163,7 @@ class Consumer:
             await self._cancel()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("%d messages still in flight on %s after %ss; they will be redelivered",
                         len(self._tasks), self.queue.name, timeout)
 
@@ -195,7 +195,7 @@ class Consumer:
                       attempt: int) -> tuple[str, Envelope | None]:
         envelope: Envelope | None = None
         if H_NOT_BEFORE in headers:  # rare: only a message back early from a long Retry-After carries it
-            step = not_yet(headers, self._policy, datetime.now(timezone.utc))
+            step = not_yet(headers, self._policy, datetime.now(UTC))
             if step is not None:
                 await self._park_again(message, headers, step.queue)
                 return "parked", None
@@ -231,7 +231,7 @@ class Consumer:
                 log.exception("unexpected error handling a message from %s", self.queue.name)
             decision = decide(exc, attempt, self._policy, adapter=self.service, headers=headers,
                               exchange=message.exchange, routing_key=message.routing_key,
-                              now=datetime.now(timezone.utc), answer_with=self._response_type(envelope))
+                              now=datetime.now(UTC), answer_with=self._response_type(envelope))
             await self._carry_out(decision, message, envelope)
             return decision.outcome, envelope
         # success: acked straight away, without going through `decide` (it would only answer ACK)
@@ -261,7 +261,7 @@ class Consumer:
         if not outgoing:
             return
         keys = [self._catalog.routing_key(env) for env in outgoing]
-        sent_at = datetime.now(timezone.utc)
+        sent_at = datetime.now(UTC)
         await asyncio.gather(*(self._publisher.publish(env, key) for env, key in zip(outgoing, keys)))
         for env, key in zip(outgoing, keys):
             metrics.PUBLISHED.labels(env.message_type).inc()

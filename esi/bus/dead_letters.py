@@ -12,7 +12,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
@@ -46,7 +46,7 @@ def _text(value: Any) -> str | None:
 
 def _parse_time(value: Any) -> datetime | None:
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     text = _text(value)
     if not text:
         return None
@@ -54,7 +54,7 @@ def _parse_time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -77,7 +77,7 @@ class DeadLetter:
     def age_s(self) -> float | None:
         if self.dead_lettered_at is None:
             return None
-        return (datetime.now(timezone.utc) - self.dead_lettered_at).total_seconds()
+        return (datetime.now(UTC) - self.dead_lettered_at).total_seconds()
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "queue": self.queue, "exchange": self.exchange, "routing_key": self.routing_key,
@@ -91,7 +91,7 @@ class DeadLetter:
                 "properties": {k: _jsonable(v) for k, v in self.properties.items()}, "body": body_text}
 
     @classmethod
-    def from_message(cls, queue: str, message: AbstractIncomingMessage) -> "DeadLetter":
+    def from_message(cls, queue: str, message: AbstractIncomingMessage) -> DeadLetter:
         headers = dict(message.headers or {})
         deaths = headers.get(h.H_DEATH) or []
         first_death = deaths[-1] if isinstance(deaths, list) and deaths else {}
@@ -198,7 +198,7 @@ class DeadLetters:
                         found.append(letter)
             finally:
                 await _close(channel)  # every message taken goes back, unacked
-        found.sort(key=lambda d: d.dead_lettered_at or datetime.min.replace(tzinfo=timezone.utc))
+        found.sort(key=lambda d: d.dead_lettered_at or datetime.min.replace(tzinfo=UTC))
         return found[:limit] if limit else found
 
     async def show(self, ident: str) -> DeadLetter | None:
@@ -263,7 +263,7 @@ def _replay_headers(headers: dict[str, Any]) -> dict[str, Any]:
         out[h.H_REPLAY_COUNT] = int(out.get(h.H_REPLAY_COUNT) or 0) + 1
     except (TypeError, ValueError):
         out[h.H_REPLAY_COUNT] = 1
-    out[h.H_REPLAYED] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    out[h.H_REPLAYED] = datetime.now(UTC).isoformat(timespec="milliseconds")
     return out
 
 

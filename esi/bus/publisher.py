@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -41,7 +41,7 @@ class Publisher:
             message_id=envelope.message_id,
             correlation_id=envelope.request_id,
             type=envelope.message_type,
-            timestamp=datetime.now(timezone.utc),
+            timestamp=datetime.now(UTC),
             app_id="esi",
             headers={ATTEMPT_HEADER: 1, **(headers or {})},
         )
@@ -83,7 +83,7 @@ class Publisher:
             raise TransientError(
                 f"broker refused the publish to {exchange or '(default)'}/{routing_key}: {exc}", code="publish_refused"
             ) from exc
-        except (asyncio.TimeoutError, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise TransientError(
                 f"no confirm for the publish to {exchange or '(default)'}/{routing_key} within {self._timeout}s "
                 "(the broker is slow, or the connection is still being restored)",

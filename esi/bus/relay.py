@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aio_pika
@@ -91,7 +91,7 @@ class OutboxRelay:
             log.warning("publishing %s failed (%s); the sweep will retry it", row.message_id, exc)
 
     async def _publish_one(self, row: OutboxRow) -> None:
-        sent_at = datetime.now(timezone.utc)
+        sent_at = datetime.now(UTC)
         try:
             await self._publish(row)
         except Exception as exc:
@@ -142,7 +142,7 @@ class OutboxRelay:
                 continue
             try:
                 await asyncio.wait_for(self._wakeup.wait(), self._idle_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wakeup.clear()
 

@@ -5,6 +5,7 @@ from esi.messages.envelope import SCHEMA_VERSION, Envelope, ErrorInfo, Kind, Rou
 from esi.messages.handler import Handler
 
 __all__ = [
+    "SCHEMA_VERSION",
     "Catalog",
     "Envelope",
     "ErrorInfo",
@@ -12,6 +13,5 @@ __all__ = [
     "Kind",
     "MessageSpec",
     "RoutingKey",
-    "SCHEMA_VERSION",
     "decode_envelope",
 ]

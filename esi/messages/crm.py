@@ -24,7 +24,7 @@ class UpdateOrderStatus(BaseModel):
     policy_number: str | None = Field(default=None, min_length=1, max_length=64)
 
     @model_validator(mode="after")
-    def _policy_number_when_needed(self) -> "UpdateOrderStatus":
+    def _policy_number_when_needed(self) -> UpdateOrderStatus:
         if self.needs_policy_info and not self.policy_number:
             raise ValueError("policy_number is required when needs_policy_info is true")
         return self
@@ -56,7 +56,7 @@ class SendPdfFile(BaseModel):
         return base64.b64decode(self.file_content, validate=True)
 
     @model_validator(mode="after")
-    def _is_pdf(self) -> "SendPdfFile":
+    def _is_pdf(self) -> SendPdfFile:
         try:
             head = base64.b64decode(self.file_content[:12], validate=True)
         except (binascii.Error, ValueError):

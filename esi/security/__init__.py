@@ -26,11 +26,11 @@ from esi.security.tls import amqp_ssl_context, amqp_ssl_context_for_url, http_ve
 
 __all__ = [
     "API_KEY_HEADER",
+    "DEMO_CLIENT_ID",
+    "DEMO_PASSWORD",
     "ClientConfig",
     "ClientRegistry",
     "ClientsConfigError",
-    "DEMO_CLIENT_ID",
-    "DEMO_PASSWORD",
     "Principal",
     "ScopeError",
     "SendScope",

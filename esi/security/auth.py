@@ -120,7 +120,7 @@ class ClientRegistry:
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "ESI_CLIENTS_JSON", catalog: Catalog | None = None,
-                  **kwargs: Any) -> "ClientRegistry":
+                  **kwargs: Any) -> ClientRegistry:
         """The clients of a JSON document (`ESI_CLIENTS_JSON`); scopes are checked against `catalog`."""
         try:
             data = json.loads(text)
@@ -129,7 +129,8 @@ class ClientRegistry:
         return cls(parse_clients(data, source=source, catalog=catalog), catalog=catalog, **kwargs)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, catalog: Catalog | None = None, **kwargs: Any) -> "ClientRegistry":
+    def from_file(cls, path: str | os.PathLike[str], *, catalog: Catalog | None = None,
+                  **kwargs: Any) -> ClientRegistry:
         """A JSON file, or TOML when its name ends in .toml; scopes are checked against `catalog`."""
         path = Path(path)
         return cls(read_clients_file(path, catalog=catalog), source=str(path), catalog=catalog, **kwargs)

@@ -257,7 +257,8 @@ def async_url(url: str) -> str:
         return str(parsed.set(drivername="sqlite"))
     if backend in ("postgresql", "postgres"):
         return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
-    raise ValueError(f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use sqlite or postgresql")
+    raise ValueError(
+        f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use sqlite or postgresql")
 
 
 def open_backend(url: str, *, durable_commits: bool = True) -> SqliteBackend | PostgresBackend:

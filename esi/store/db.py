@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -46,7 +46,7 @@ _FINAL = (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
 
 def now_iso() -> str:
     """The time now as the store keeps times: ISO 8601, UTC, microseconds (sorts as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _dumps(value: Any) -> str | None:
@@ -69,7 +69,7 @@ class Store:
         self.settlements = Settlements(self._settled_among)
 
     @classmethod
-    async def open(cls, url: str, *, durable_commits: bool = True) -> "Store":
+    async def open(cls, url: str, *, durable_commits: bool = True) -> Store:
         """Open (and migrate) the store at `url`.
 
         `durable_commits=False` lets SQLite skip the fsync at each commit (WAL with synchronous=NORMAL: safe against
@@ -82,7 +82,7 @@ class Store:
         await store.migrate()
         return store
 
-    async def __aenter__(self) -> "Store":
+    async def __aenter__(self) -> Store:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -40,7 +40,7 @@ class EventRecorder:
         if len(self._buffer) >= self._max_buffer:
             return  # the store is far behind: drop diagnostics rather than memory
         self._buffer.append({
-            "request_id": request_id, "at": (at or datetime.now(timezone.utc)).isoformat(timespec="microseconds"),
+            "request_id": request_id, "at": (at or datetime.now(UTC)).isoformat(timespec="microseconds"),
             "event": event, "service": service, "message_id": message_id, "causation_id": causation_id,
             "message_type": message_type,
             "detail": orjson.dumps(detail, default=str).decode() if detail else None,
@@ -66,7 +66,7 @@ class EventRecorder:
         while not self._stopping:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), self._interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wakeup.clear()
             try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import (
-    Connection,
     Column,
+    Connection,
     Index,
     Integer,
     LargeBinary,
@@ -23,7 +23,8 @@ requests = Table(
     "esi_requests",
     metadata,
     Column("request_id", String(128), primary_key=True),
-    # system codes ("1c", "crm", ...): 8 characters until migration 4, which left room for longer ones (a fourth system's)
+    # system codes ("1c", "crm", ...): 8 characters until migration 4, which left room for longer ones
+    # (a fourth system's)
     Column("source", String(32), nullable=False),
     Column("target", String(32), nullable=False),
     Column("message_type", String(64), nullable=False),

@@ -31,7 +31,8 @@ def translate_transport_errors(system: str, operation: str) -> Iterator[None]:
             # httpx-aiohttp maps every aiohttp connection error (refused, reset, the server hanging up) to
             # ConnectTimeout; only aiohttp's own timeouts are timeouts
             raise _connection_failed(system, operation, cause) from exc
-        raise TransientError(f"{system} {operation}: timed out ({type(exc).__name__})", code="timeout", system=system) from exc
+        raise TransientError(f"{system} {operation}: timed out ({type(exc).__name__})", code="timeout",
+                             system=system) from exc
     except httpx.TransportError as exc:
         raise _connection_failed(system, operation, exc) from exc
 

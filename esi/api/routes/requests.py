@@ -30,7 +30,7 @@ from esi.store.events import NullRecorder
 from esi.store.records import OutboxRow
 from esi.store.settled import SETTLED
 
-__all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "RequestRoutes", "SETTLED_WITHIN_WAIT"]
+__all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "SETTLED_WITHIN_WAIT", "RequestRoutes"]
 
 log = logging.getLogger(__name__)
 
