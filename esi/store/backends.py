@@ -15,6 +15,7 @@ knows nothing of what it does.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -198,7 +199,7 @@ class SqliteBackend(GroupCommit):
                 failed.set_exception(exc)
                 _settle(batch, failed)
                 continue
-            done.add_done_callback(lambda outcome, batch=batch: _settle(batch, outcome))
+            done.add_done_callback(functools.partial(_settle, batch))
 
     def _run_reads(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
         outcomes: Outcomes = []

@@ -361,7 +361,7 @@ class Store:
             conn.execute(insert(p).values(**row))
 
         await self._backend.write(write)
-        return SystemPause(**row)
+        return SystemPause.model_validate(row)
 
     async def resume_system(self, system: str) -> bool:
         """Lift `system`'s pause; whether there was one."""

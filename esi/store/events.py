@@ -20,6 +20,14 @@ class EventStore(Protocol):
     async def add_events(self, rows: list[dict[str, Any]]) -> None: ...
 
 
+class Recorder(Protocol):
+    """What records a request's events: an `EventRecorder`, or a `NullRecorder` where there is no store."""
+
+    def record(self, request_id: str | None, event: str, *, service: str, message_id: str | None = None,
+               causation_id: str | None = None, message_type: str | None = None, at: datetime | None = None,
+               **detail: Any) -> None: ...
+
+
 class EventRecorder:
     def __init__(self, store: EventStore, *, interval: float = 0.1, batch: int = 500, max_buffer: int = 100_000):
         self._store = store

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from sqlalchemy import (
     Column,
@@ -153,9 +154,10 @@ def _widen_column(table: Table, column: str) -> Callable[[Connection], None]:
     def step(conn: Connection) -> None:
         if conn.dialect.name != "postgresql":
             return
-        declared = table.c[column].type
+        declared = cast(String, table.c[column].type)  # the columns widened here are strings
         found = {c["name"]: c["type"] for c in inspect(conn).get_columns(table.name)}[column]
-        if getattr(found, "length", None) is None or found.length >= declared.length:
+        found_length: int | None = getattr(found, "length", None)
+        if found_length is None or declared.length is None or found_length >= declared.length:
             return
         ddl = declared.compile(dialect=conn.dialect)
         conn.exec_driver_sql(f"ALTER TABLE {table.name} ALTER COLUMN {column} TYPE {ddl}")

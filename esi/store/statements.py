@@ -13,27 +13,30 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import UpdateBase
 
 from esi.store import schema
 
 _NAMED = SQLiteDialect_pysqlite(paramstyle="named")
 
 Params = dict[str, Any] | Sequence[dict[str, Any]]
+#: what a hot-path statement is built from: an insert or update, or a select
+Sql = UpdateBase | Select[Any]
 
 
 class Statement:
     """One hot-path statement: `run` executes it, `first` reads its first row as a dict (None without one)."""
 
-    def __init__(self, statement: Executable, *, keys: Sequence[str] | None = None,
-                 sqlite: Executable | None = None, postgresql: Executable | None = None) -> None:
+    def __init__(self, statement: Sql, *, keys: Sequence[str] | None = None,
+                 sqlite: Sql | None = None, postgresql: Sql | None = None) -> None:
         self._statements = {"sqlite": sqlite if sqlite is not None else statement,
                             "postgresql": postgresql if postgresql is not None else statement}
         self._default = statement
@@ -61,7 +64,7 @@ class Statement:
         return None if found is None else dict(found._mapping)
 
     def _sqlite(self, conn: Connection, params: Params) -> sqlite3.Cursor:
-        driver = conn.connection.driver_connection
+        driver = cast(sqlite3.Connection, conn.connection.driver_connection)  # on SQLite: pysqlite's own
         try:
             if isinstance(params, dict):
                 return driver.execute(self.sqlite_sql, params)
