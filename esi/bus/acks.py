@@ -13,15 +13,15 @@ tracked or not. A delivery settled otherwise (rejected back to its queue) is tol
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import AbstractChannel
 
 
 class _Channel:
     __slots__ = ("channel", "finished", "frames", "sender", "unsettled")
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: AbstractChannel) -> None:
         self.channel = channel
         #: delivery tags handed to the consumer and not yet acked or rejected
         self.unsettled: set[int] = set()
@@ -71,7 +71,7 @@ class AckBatcher:
             loop.call_soon(self._flush)
         return future
 
-    def _state(self, channel: Any) -> _Channel:
+    def _state(self, channel: AbstractChannel) -> _Channel:
         state = self._channels.get(id(channel))
         if state is None or state.channel is not channel:
             state = self._channels[id(channel)] = _Channel(channel)

@@ -38,7 +38,7 @@ from esi.bus.topology import WorkQueue
 from esi.errors import EsiError, InvalidMessage
 from esi.logs import log_context
 from esi.messages import Catalog, Envelope, ErrorInfo, Handler, Kind, decode_envelope
-from esi.store.events import NullRecorder
+from esi.store.events import NullRecorder, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Consumer:
         tracker: Tracker | None = None,
         inbox: Inbox | None = None,
         queue_arguments: dict[str, Any] | None = None,
-        events: Any = None,
+        events: Recorder | None = None,
     ) -> None:
         self.service = service
         self.queue = queue
@@ -95,7 +95,7 @@ class Consumer:
         self._tracker = tracker
         self._inbox = inbox
         self._queue_arguments = queue_arguments
-        self._events = events or NullRecorder()
+        self._events: Recorder = events or NullRecorder()
         self._amqp_queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()

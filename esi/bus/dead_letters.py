@@ -8,11 +8,13 @@ after its republish was confirmed; a purged one only when the operator asked for
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
@@ -100,7 +102,7 @@ class DeadLetter:
         if exchange is None and isinstance(first_death, dict):  # dead-lettered by the broker itself
             exchange = _text(first_death.get("exchange"))
             keys = first_death.get("routing-keys") or []
-            routing_key = _text(keys[0]) if keys else None
+            routing_key = _text(keys[0]) if isinstance(keys, list) and keys else None
         reason = _text(headers.get(h.H_ERROR_MESSAGE))
         if reason is None and isinstance(first_death, dict):
             reason = f"broker: {_text(first_death.get('reason'))} in {_text(first_death.get('queue'))}"
@@ -111,10 +113,13 @@ class DeadLetter:
         properties = {name: getattr(message, name) for name in
                       ("content_type", "content_encoding", "message_id", "correlation_id", "type", "app_id",
                        "timestamp") if getattr(message, name, None) is not None}
-        try:
-            attempts = int(headers.get(h.H_ATTEMPTS) or 0)
-        except (TypeError, ValueError):
-            attempts = 0
+        attempts = 0
+        raw_attempts = headers.get(h.H_ATTEMPTS) or 0
+        if isinstance(raw_attempts, int | float | str | bytes | bytearray | Decimal):
+            try:
+                attempts = int(raw_attempts)
+            except ValueError:
+                pass
         return cls(id=ident, queue=queue, exchange=exchange or "", routing_key=routing_key or "",
                    reason=reason or "unknown", error_class=_text(headers.get(h.H_ERROR_CLASS)), attempts=attempts,
                    dead_lettered_at=when, headers=headers, body=message.body, properties=properties)
@@ -178,7 +183,7 @@ class DeadLetters:
             return []
         count = amqp_queue.declaration_result.message_count
         taken: list[AbstractIncomingMessage] = []
-        for _ in range(count):
+        for _ in range(count or 0):
             message = await amqp_queue.get(no_ack=False, fail=False, timeout=self._timeout)
             if message is None:
                 break
@@ -205,7 +210,9 @@ class DeadLetters:
         letters = await self.list(Filters(ids=(ident,)))
         return letters[0] if letters else None
 
-    async def replay(self, filters: Filters, *, rate: float | None = None, dry_run: bool = False) -> list[DeadLetter]:
+    # builtins.list: in this class, `list` is the method above
+    async def replay(self, filters: Filters, *, rate: float | None = None,
+                     dry_run: bool = False) -> builtins.list[DeadLetter]:
         """Republish matching dead letters to their original exchange and routing key, attempt count reset.
 
         Each leaves its DLQ only once its republish is confirmed; anything that fails stays where it was.
@@ -240,7 +247,8 @@ class DeadLetters:
                 await _close(publish_channel)
         return replayed
 
-    async def purge(self, filters: Filters) -> list[DeadLetter]:
+    # builtins.list: in this class, `list` is the method above
+    async def purge(self, filters: Filters) -> builtins.list[DeadLetter]:
         """Delete matching dead letters for good."""
         purged: list[DeadLetter] = []
         for queue in self.queues(filters.queue):

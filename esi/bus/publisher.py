@@ -6,9 +6,10 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
 
@@ -71,7 +72,8 @@ class Publisher:
             async with asyncio.timeout(self._timeout):
                 if self._channel.is_closed:
                     await self._until_restored()
-                channel = await self._channel.get_underlay_channel()
+                # aiormq's Channel, whose basic_publish takes `wait` (its abstract class does not say so)
+                channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
                 # aiormq's own publish, as aio-pika's Exchange.publish makes it, but with wait=False: the channel's
                 # lock is then held only while the frames are queued (delivery tags stay in order), not until
                 # the socket took them, so the publishes of one loop turn leave together (esi.bus.wire); the

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aio_pika
 
@@ -24,6 +24,9 @@ from esi.bus.headers import ATTEMPT_HEADER
 from esi.bus.publisher import Publisher
 from esi.errors import TransientError
 from esi.store.records import OutboxRow
+
+if TYPE_CHECKING:
+    from esi.store.events import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class OutboxStore(Protocol):
 class OutboxRelay:
     def __init__(self, *, store: OutboxStore, publisher: Publisher, exchange: str = "main_exchange",
                  batch_size: int = 500, idle_interval: float = 1.0, max_backoff: float = 5.0,
-                 mark_interval: float = 0.02, events: Any = None) -> None:
+                 mark_interval: float = 0.02, events: Recorder | None = None) -> None:
         self._store = store
         self._publisher = publisher
         self._exchange = exchange

@@ -16,7 +16,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aiormq.connection import AMQPConnectionError
+from aiormq.exceptions import AMQPConnectionError
 from yarl import URL
 
 
@@ -68,7 +68,9 @@ async def open_coalescing_connection(host: str | None, port: int | None, *, ssl:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.create_connection(lambda: protocol, host, port, ssl=ssl, **kwargs)
+    # typeshed's overloads want a str host and an int port; asyncio's own signature takes None for both
+    transport, _ = await loop.create_connection(lambda: protocol, host, port, ssl=ssl,  # type: ignore[arg-type]
+                                                **kwargs)
     return reader, CoalescingStreamWriter(transport, protocol, reader, loop)
 
 
