@@ -39,7 +39,7 @@ from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_
 from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
 from esi.store import Store
 from esi.store.events import EventRecorder
-from esi.systems.breaker import Breaker
+from esi.systems.breaker import Breaker, State
 from esi.systems.calls import Guarded, Limiter
 from esi.systems.registry import Registry, RegistryError, activate
 from esi.systems.registry import load_registry as load_systems
@@ -70,7 +70,7 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: FastAPI, *, host: str, port: int, name: str, ssl: dict | None = None) -> None:
+    def __init__(self, app: FastAPI, *, host: str, port: int, name: str, ssl: dict[str, Any] | None = None) -> None:
         # a long keep-alive: 1C clients and proxies reuse connections, and a server closing an idle one just as the
         # client reuses it is a failed request for the client
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
@@ -139,7 +139,8 @@ class SystemService(Service):
         self.consumer: Consumer | None = None
         self.relay: OutboxRelay | None = None
         self.http: HttpServer | None = None
-        self._client: Any = None
+        #: the system's own client (its methods are looked up: `check`, `aclose`)
+        self._client: object = None
         self.breaker: Breaker | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -147,6 +148,7 @@ class SystemService(Service):
         system, config = self.system, self.system_settings
         guarded = None
         if system.client is not None:
+            assert config is not None, f"{system.code} declares a client without settings"
             self._client = system.client(config)
             self.breaker = Breaker(system=system.code, probe=getattr(self._client, "check", None),
                                    failure_threshold=config.breaker_failures, probe_max=config.breaker_probe_max)
@@ -203,7 +205,7 @@ class SystemService(Service):
 
     # --- the breaker and maintenance pauses -------------------------------------------------------------------
 
-    def _on_breaker_change(self, _old: Any, _new: Any) -> None:
+    def _on_breaker_change(self, _old: State, _new: State) -> None:
         self._background.append(asyncio.get_running_loop().create_task(self._follow_breaker()))
         self._background = [t for t in self._background if not t.done()]
 
@@ -300,6 +302,7 @@ class FakeService(Service):
         assert system.fake is not None
         self.name = system.fake.service
         config = system_settings(system)
+        assert config is not None, f"{system.code} declares a fake without settings"
         self.http = HttpServer(system.fake.app(config), host=settings.fake_host, port=config.fake_port,
                                name=self.name)
 
@@ -431,7 +434,9 @@ async def _sample_depths(adapters: list[SystemService], store: Store | None, int
                 try:
                     for name in names:
                         declared = await channel.declare_queue(name, passive=True)
-                        metrics.QUEUE_DEPTH.labels(name).set(declared.declaration_result.message_count)
+                        count = declared.declaration_result.message_count
+                        if count is not None:
+                            metrics.QUEUE_DEPTH.labels(name).set(count)
                 finally:
                     await channel.close()
                 if adapter.system.origin and store is not None:

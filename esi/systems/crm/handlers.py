@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from esi.errors import InvalidMessage
 from esi.messages import Envelope, Handler
 from esi.messages.crm import OrderStatusUpdated, PdfReceived, SendPdfFile, UpdateOrderStatus
 from esi.messages.dms import GetPolicyInfo, PolicyInfo
 
+if TYPE_CHECKING:
+    from esi.systems.crm.client import AttachedFile, CreatioOrder
+
 
 class CreatioApi(Protocol):
-    async def find_order(self, order_ref: str) -> Any: ...
+    async def find_order(self, order_ref: str) -> CreatioOrder: ...
 
     async def find_status_id(self, name: str) -> str: ...
 
     async def set_order_status(self, order_id: str, status_id: str) -> None: ...
 
     async def attach_file(self, order_id: str, *, file_name: str, content: bytes,
-                          mime_type: str = "application/pdf") -> Any: ...
+                          mime_type: str = "application/pdf") -> AttachedFile: ...
 
 
 def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int) -> dict[str, Handler]:
