@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import httpx
 import typer
 
 from esi.config import Settings
+
+if TYPE_CHECKING:
+    from esi.bus.dead_letters import DeadLetter, DeadLetters, Filters
+
+_T = TypeVar("_T")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="esi — Enterprise System Integration bus")
@@ -219,7 +224,7 @@ ApiOpt = Annotated[str | None, typer.Option(help="the esi API (default: http://1
 
 
 def _call_api(method: str, path: str, *, api: str | None, user: str | None, password: str | None,
-              **kwargs: object) -> dict:
+              **kwargs: Any) -> dict[str, Any]:
     """One call to the API as an operator; exits 3 when it cannot be reached, 1 on an error answer."""
     base = api or f"http://127.0.0.1:{_settings().http_port}"
     try:
@@ -227,7 +232,7 @@ def _call_api(method: str, path: str, *, api: str | None, user: str | None, pass
     except httpx.HTTPError as exc:
         typer.echo(f"esi: cannot reach the API at {base}: {exc}", err=True)
         raise typer.Exit(3) from None
-    body = response.json()
+    body: dict[str, Any] = response.json()
     if response.status_code >= 400:
         typer.echo(f"esi: {json.dumps(body.get('error', body), ensure_ascii=False)}", err=True)
         raise typer.Exit(1)
@@ -296,7 +301,7 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Inspect, replay and purge dead
 app.add_typer(dlq_app, name="dlq")
 
 
-def _filters(queue: str | None, reason: str | None, since: str | None, ids: Sequence[str] = ()):
+def _filters(queue: str | None, reason: str | None, since: str | None, ids: Sequence[str] = ()) -> Filters:
     from esi.bus.dead_letters import Filters, parse_duration
 
     try:
@@ -306,7 +311,7 @@ def _filters(queue: str | None, reason: str | None, since: str | None, ids: Sequ
         raise typer.Exit(2) from None
 
 
-def _with_dead_letters(action):
+def _with_dead_letters(action: Callable[[DeadLetters], Awaitable[_T]]) -> _T:
     """Run `action(dead_letters)` on a connection of its own."""
     from esi.bus.dead_letters import DeadLetters
     from esi.runtime import registry_from, topology_from
@@ -314,7 +319,7 @@ def _with_dead_letters(action):
     settings = _settings()
     registry = registry_from(settings)
 
-    async def go():
+    async def go() -> _T:
         import aio_pika
 
         try:
@@ -333,7 +338,7 @@ def _with_dead_letters(action):
     return asyncio.run(go())
 
 
-def _audit_cli(action: str, *, subject: str | None, count: int, detail: dict) -> None:
+def _audit_cli(action: str, *, subject: str | None, count: int, detail: dict[str, Any]) -> None:
     """What an operator did from the command line goes to the audit log too, as `cli:<user>`."""
     import getpass
 
@@ -362,7 +367,7 @@ def _age(seconds: float | None) -> str:
     return f"{seconds:.0f}s"
 
 
-def _table(letters) -> None:
+def _table(letters: Iterable[DeadLetter]) -> None:
     rows = [("ID", "QUEUE", "ROUTING KEY", "REASON", "ATTEMPTS", "AGE")]
     for d in letters:
         reason = d.reason if len(d.reason) <= 60 else d.reason[:57] + "..."

@@ -14,6 +14,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -99,7 +100,7 @@ class Faults:
             self.clear()
         return Decision(latency_s=spec.latency_ms / 1000.0, status=status, retry_after=spec.retry_after)
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """The armed fault, its remaining count, how many calls it answered and when calls came."""
         return {
             "armed": self.spec.model_dump() if self.spec else None,
@@ -146,7 +147,7 @@ def install(app: FastAPI, faults: Faults, *, protected_prefix: str = "/_fake") -
     router = APIRouter()
 
     @router.post("/_fake/faults")
-    async def set_faults(spec: FaultSpec) -> dict:
+    async def set_faults(spec: FaultSpec) -> dict[str, Any]:
         faults.arm(spec)
         return faults.state()
 
