@@ -35,6 +35,7 @@ from esi.security import (
     require_read,
     require_send,
 )
+from esi.security.clients import read_clients_file
 
 #: cheap argon2 parameters for tests that do not measure time (the production default costs ~0.3 s a verify)
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -444,7 +445,7 @@ def test_a_changed_password_invalidates_the_cache(counting: type[CountingRegistr
     changed = json.loads(path.read_text())
     changed[0] = make_client_entry("1c-erp", password="the-new-password", send=["dms:*"], hasher=FAST)
     path.write_text(json.dumps(changed))
-    registry.reload()
+    registry.set_clients(read_clients_file(path))
     with pytest.raises(ApiError) as caught:
         registry.authenticate(old, None)
     assert_401(caught)
