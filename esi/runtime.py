@@ -390,7 +390,7 @@ async def run(settings: Settings, services: Sequence[str], *, registry: Registry
         if adapters:
             background.append(asyncio.create_task(_sample_depths(adapters, store), name="queue-depths"))
         # what start-up built (modules, apps, connections, caches) lives as long as the process: frozen, a full
-        # collection no longer walks it (measured: 120 ms of stopped event loop per full collection otherwise)
+        # collection no longer walks it, stopping the event loop (docs/performance.md)
         gc.collect()
         gc.freeze()
         log.info("esi running: %s", ", ".join(s.name for s in started))

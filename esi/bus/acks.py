@@ -104,8 +104,8 @@ class AckBatcher:
         """Queue the decided frames on the channel one after another (one sender per channel keeps their order:
         a `multiple` ack must not overtake a single ack of a tag below it).
 
-        Queued, not waited until the socket took them: waiting for the last frame of each batch cost 1-7% of the
-        throughput (three pairs). An ack queued but never written (the process died) only means a redelivery,
+        Queued, not waited until the socket took them: waiting for the last frame of each batch cost throughput
+        (docs/performance.md). An ack queued but never written (the process died) only means a redelivery,
         which the inbox absorbs, as for an ack written but never read by the broker."""
         while state.frames:
             tag, multiple, futures = state.frames.pop(0)

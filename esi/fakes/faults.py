@@ -120,8 +120,8 @@ class FaultMiddleware:
     """Applies the armed fault to every call outside `protected_prefix` (pure ASGI).
 
     A plain ASGI middleware, not `@app.middleware("http")`: Starlette's `BaseHTTPMiddleware` runs each request
-    through a task group and memory streams, and was a third of the fakes' CPU in the benchmark, where they share
-    the machine with what is measured.
+    through a task group and memory streams, a large share of the fakes' CPU in the benchmark, where they share the
+    machine with what is measured (docs/performance.md).
     """
 
     def __init__(self, app: ASGIApp, *, faults: Faults, protected_prefix: str = "/_fake") -> None:

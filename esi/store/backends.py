@@ -8,7 +8,7 @@ knows nothing of what it does.
   hop serve many requests (if one of them fails, the batch runs again with each write in its own savepoint, so that
   it fails alone). Reads run in reader threads, in deferred transactions that never wait for the writer (WAL); the
   reads asked for in one turn of the event loop go to a thread in one hand-off. An async SQLite driver would cost a
-  thread hop per statement, which measured as the bottleneck of the whole bus.
+  thread hop per statement, the bottleneck of the whole bus (docs/performance.md).
 - PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way, reads from the pool.
 """
 
@@ -224,8 +224,8 @@ class SqliteBackend(GroupCommit):
 # --- PostgreSQL -----------------------------------------------------------------------------------------------------
 
 class PostgresBackend(GroupCommit):
-    """PostgreSQL through asyncpg. Writes are group-committed too: measured end to end, a transaction per write
-    cost the 1C process 5.7 ms of CPU per request."""
+    """PostgreSQL through asyncpg. Writes are group-committed too: a transaction per write costs the 1C process
+    CPU on every request (docs/performance.md)."""
 
     dialect = "postgresql"
 

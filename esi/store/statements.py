@@ -1,12 +1,12 @@
 """The statements on the store's hot path: built once with SQLAlchemy Core, run on SQLite by the driver itself.
 
-Measured on the 2-core bench machine, SQLAlchemy's execution of a compiled, cached statement costs 65–75 µs on top
-of the 10–20 µs sqlite3 takes to run it, and a request goes through about ten of these statements across the 1C
-service and an adapter: most of the store's CPU, held under the GIL by the writer thread while the event loop waits.
-So on SQLite each statement is compiled once (named parameters) and run on the driver connection of the same
-SQLAlchemy transaction: BEGIN, savepoints and COMMIT stay SQLAlchemy's. On PostgreSQL (asyncpg, where the driver
-call is itself async) the statement runs through SQLAlchemy as before. Driver errors are raised as SQLAlchemy's
-(`IntegrityError` for a duplicate), so callers see one kind of error whichever path ran.
+SQLAlchemy's execution of a compiled, cached statement costs several times what sqlite3 takes to run it, and a
+request goes through about ten of these statements: most of the store's CPU, held under the GIL by the writer thread
+while the event loop waits (figures: docs/performance.md). So on SQLite each statement is compiled once (named
+parameters) and run on the driver connection of the same SQLAlchemy transaction: BEGIN, savepoints and COMMIT stay
+SQLAlchemy's. On PostgreSQL (asyncpg, where the driver call is itself async) the statement runs through SQLAlchemy
+as before. Driver errors are raised as SQLAlchemy's (`IntegrityError` for a duplicate), so callers see one kind of
+error whichever path ran.
 """
 
 from __future__ import annotations

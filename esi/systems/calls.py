@@ -98,8 +98,8 @@ class Guarded:
         if name.startswith("_") or not callable(attr) or name in _NOT_CALLS:
             return attr
         call = self._guard(name, attr)
-        # kept on this instance: later lookups find it without coming back here (a wrapper built per call was 2%
-        # of the DMS adapter's CPU)
+        # kept on this instance: later lookups find it without coming back here (a wrapper built per call costs
+        # CPU on every call: docs/performance.md)
         self.__dict__[name] = call
         return call
 
