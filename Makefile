@@ -27,6 +27,7 @@ run: check-broker
 test: check-broker check-postgres
 	$(BIN)/ruff check esi tests bench
 	$(BIN)/mypy esi
+	$(BIN)/esi contracts check contracts
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## bench: the benchmark harness (not a test); figures land in bench/results/

@@ -12,6 +12,7 @@ import httpx
 import typer
 
 from esi.config import Settings
+from esi.contracts.cli import contracts_app
 
 if TYPE_CHECKING:
     from esi.bus.dead_letters import DeadLetter, DeadLetters, Filters
@@ -59,6 +60,14 @@ def run(
         raise typer.Exit(2)
     if with_fakes:
         chosen += [f for f in registry.fakes if f not in chosen]
+    from esi import tracing
+
+    try:
+        # OTEL_* variables; off unless they ask for it. The adapters name the process (esi-onec, esi-crm+dms)
+        tracing.configure([s for s in chosen if s not in registry.fakes])
+    except tracing.TracingConfigError as exc:
+        typer.echo(f"esi: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         import uvloop
 
@@ -75,6 +84,8 @@ def run(
         raise typer.Exit(2) from None
     except KeyboardInterrupt:  # pragma: no cover
         pass
+    finally:
+        tracing.shutdown()  # the spans still buffered are exported
 
 
 UserOpt = Annotated[str | None, typer.Option("--user", envvar="ESI_API_USER",
@@ -296,6 +307,8 @@ def audit(action: Annotated[str | None, typer.Option(help="dlq.replay, dlq.purge
         typer.echo(f"{entry['at'][:19]}  {entry['client_id']:<16} {entry['action']:<14} {entry['subject'] or ''}"
                    f"{count}".rstrip())
 
+
+app.add_typer(contracts_app, name="contracts")
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect, replay and purge dead letters (nothing is lost by looking)")
 app.add_typer(dlq_app, name="dlq")

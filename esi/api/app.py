@@ -13,6 +13,7 @@ from esi.api.auth import Authenticator
 from esi.api.deps import ApiDeps
 from esi.api.errors import install_error_handlers
 from esi.api.hot import HotPath
+from esi.api.routes.contracts import ContractRoutes
 from esi.api.routes.dead_letters import DeadLetterRoutes
 from esi.api.routes.operations import OperationsRoutes
 from esi.api.routes.ops import OpsRoutes
@@ -26,7 +27,7 @@ def build_routes(deps: ApiDeps) -> list[Route]:
     """The API's route table, in the order of the OpenAPI document."""
     return [*OpsRoutes(deps.readiness).routes(), *RequestRoutes(deps).routes(),
             *DeadLetterRoutes(deps.dead_letters, deps.store).routes(),
-            *OperationsRoutes(deps.store, deps.registry).routes()]
+            *OperationsRoutes(deps.store, deps.registry).routes(), *ContractRoutes(deps.registry).routes()]
 
 
 def create_app(deps: ApiDeps) -> FastAPI:

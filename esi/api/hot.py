@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from esi import metrics
+from esi import metrics, tracing
 from esi.api.errors import ApiError, error_response, internal_error_response
 from esi.api.routes.table import Route
 from esi.security.scopes import Principal
@@ -54,6 +54,8 @@ def record_request(template: str, method: str, status: int, started: float) -> N
                                                           metrics.HTTP_DURATION.labels(template, method))
     children[0].inc()
     children[1].observe(time.perf_counter() - started)
+    if tracing.enabled:
+        tracing.answered(template, method, status)
 
 
 class _Template:
@@ -137,6 +139,13 @@ class HotPath:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if tracing.enabled and scope["path"] not in tracing.UNTRACED_PATHS:  # a SERVER span (esi.tracing)
+            with tracing.serving(scope):
+                await self._route(scope, receive, send)
+            return
+        await self._route(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not scope.get("root_path"):
             method = scope["method"]
             path: str = scope["path"]

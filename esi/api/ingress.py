@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from esi.api.errors import ApiError, validation_details
 from esi.errors import InvalidMessage
 from esi.messages import Catalog, Envelope, Kind
-from esi.messages.catalog import Upload
+from esi.messages.catalog import Upload, input_value
 from esi.messages.envelope import ID_PATTERN, normalise_system
 
 _ID_RE = re.compile(ID_PATTERN)
@@ -36,7 +36,14 @@ class Accepted:
     payload_hash: str
 
 
+#: what 1C's JSON writer (`ЗаписьJSON` with a BOM) can put before the body
+_BOM = b"\xef\xbb\xbf"
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object: UTF-8, with or without a byte order mark, any line ends."""
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
     if not raw.strip():
         raise ApiError(400, "empty_body", "the request body is empty; send a JSON object")
     try:
@@ -87,7 +94,8 @@ def build_request(
         raise ApiError(422, "invalid_request_id",
                        "request_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
     if spec.upload is not None:
-        check_file_base64(fields.get(spec.upload.content_field), spec.upload, max_bytes=max_pdf_bytes)
+        check_file_base64(input_value(spec.model, spec.upload.content_field, fields), spec.upload,
+                          max_bytes=max_pdf_bytes)
     try:
         payload = spec.model.model_validate(fields)
     except ValidationError as exc:
@@ -96,7 +104,7 @@ def build_request(
         raise ApiError(422, "validation_error", f"invalid {message_type} request: {message}", details=details) from None
     data = payload.model_dump(exclude_none=True)
     envelope = Envelope(request_id=request_id, source_system=SOURCE, target_system=target,
-                        message_type=message_type, payload=data)
+                        message_type=message_type, payload=data, schema_version=spec.version)
     digest = hashlib.sha256(orjson.dumps([target, message_type, data], option=orjson.OPT_SORT_KEYS)).hexdigest()
     return Accepted(request_id=request_id, target=target, message_type=message_type, payload=payload,
                     envelope=envelope, routing_key=envelope.routing_key(Kind.REQUEST), payload_hash=digest)

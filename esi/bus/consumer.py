@@ -29,10 +29,10 @@ from typing import Any, Protocol
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from esi import metrics
+from esi import metrics, tracing
 from esi.bus.acks import AckBatcher
 from esi.bus.decision import Ack, DeadLetter, Decision, GiveBack, Retry, RetryPolicy, decide, not_yet
-from esi.bus.headers import ATTEMPT_HEADER, H_NOT_BEFORE, H_ORIGINAL_ROUTING_KEY
+from esi.bus.headers import ATTEMPT_HEADER, H_NOT_BEFORE, H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY
 from esi.bus.publisher import Publisher
 from esi.bus.topology import WorkQueue
 from esi.errors import EsiError, InvalidMessage
@@ -182,11 +182,20 @@ class Consumer:
     async def handle(self, message: AbstractIncomingMessage) -> None:
         headers = dict(message.headers or {})
         attempt = _int(headers.get(ATTEMPT_HEADER), 1)
+        original_key, original_exchange = headers.get(H_ORIGINAL_ROUTING_KEY), headers.get(H_ORIGINAL_EXCHANGE)
+        routing_key = original_key if isinstance(original_key, str) and original_key else message.routing_key
         with log_context(message_id=message.message_id, request_id=message.correlation_id,
-                         routing_key=headers.get(H_ORIGINAL_ROUTING_KEY) or message.routing_key,
-                         service=self.service):
+                         routing_key=routing_key, service=self.service):
             started = time.perf_counter()
-            outcome_label, envelope = await self._handle(message, headers, attempt)
+            if tracing.enabled:  # a CONSUMER span, child of the publish whose context the headers carry
+                with tracing.consuming(message, headers, queue=self.queue.name, routing_key=routing_key,
+                                       exchange=original_exchange if isinstance(original_exchange, str)
+                                       and original_exchange else message.exchange,
+                                       attempt=attempt) as span:
+                    outcome_label, envelope = await self._handle(message, headers, attempt)
+                    tracing.settle(span, outcome_label)
+            else:
+                outcome_label, envelope = await self._handle(message, headers, attempt)
             message_type = envelope.message_type if envelope is not None else "unknown"
             metrics.CONSUMED.labels(self.queue.name, message_type, outcome_label).inc()
             metrics.HANDLER_DURATION.labels(self.queue.name, message_type).observe(time.perf_counter() - started)
@@ -260,7 +269,8 @@ class Consumer:
     async def _publish_all(self, outgoing: list[Envelope]) -> None:
         if not outgoing:
             return
-        keys = [self._catalog.routing_key(env) for env in outgoing]
+        stamped = [self._catalog.outgoing(env) for env in outgoing]
+        outgoing, keys = [env for env, _ in stamped], [key for _, key in stamped]
         sent_at = datetime.now(UTC)
         await asyncio.gather(*(self._publisher.publish(env, key) for env, key in zip(outgoing, keys)))
         for env, key in zip(outgoing, keys):

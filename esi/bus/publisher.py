@@ -13,6 +13,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
 
+from esi import tracing
 from esi.bus.headers import ATTEMPT_HEADER
 from esi.errors import TransientError
 from esi.messages import Envelope
@@ -46,6 +47,12 @@ class Publisher:
             app_id="esi",
             headers={ATTEMPT_HEADER: 1, **(headers or {})},
         )
+        if tracing.enabled:  # a PRODUCER span, its context carried in the headers (esi.tracing)
+            with tracing.publishing(self._exchange_name, routing_key, envelope.message_id,
+                                    request_id=envelope.request_id):
+                tracing.inject(message.headers)
+                await self.publish_message(self._exchange_name, routing_key, message)
+            return
         await self.publish_message(self._exchange_name, routing_key, message)
 
     async def publish_raw(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import aio_pika
 
+from esi import tracing
 from esi.bus.headers import ATTEMPT_HEADER
 from esi.bus.publisher import Publisher
 from esi.errors import TransientError
@@ -94,6 +95,14 @@ class OutboxRelay:
             log.warning("publishing %s failed (%s); the sweep will retry it", row.message_id, exc)
 
     async def _publish_one(self, row: OutboxRow) -> None:
+        if tracing.enabled:  # a PRODUCER span, child of the API's span stored with the row (esi.tracing)
+            with tracing.publishing(self._exchange, row.routing_key, row.message_id, request_id=row.request_id,
+                                    parent=row.trace_context):
+                await self._publish_and_record(row)
+            return
+        await self._publish_and_record(row)
+
+    async def _publish_and_record(self, row: OutboxRow) -> None:
         sent_at = datetime.now(UTC)
         try:
             await self._publish(row)
@@ -170,4 +179,6 @@ class OutboxRelay:
             correlation_id=row.request_id, type=row.routing_key.rsplit(".", 1)[-1], app_id="esi",
             headers={ATTEMPT_HEADER: 1},
         )
+        if tracing.enabled:
+            tracing.inject(message.headers)
         await self._publisher.publish_message(self._exchange, row.routing_key, message)

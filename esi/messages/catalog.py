@@ -6,12 +6,14 @@ catalog is refused before it reaches a routing key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, cast
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from esi.errors import InvalidMessage
 from esi.messages.envelope import Envelope, Kind, describe_validation_error
+from esi.messages.payload import Payload, has_upcast, version_of
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,24 @@ class MessageSpec:
     response_type: str | None = None
     #: for requests that carry a file: how (multipart uploads, the file's magic bytes)
     upload: Upload | None = None
+    #: the payload's current version (the model's `VERSION`); set from the model
+    version: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        if self.version == 0:
+            object.__setattr__(self, "version", version_of(self.model))
+
+
+def input_value(model: type[BaseModel], name: str, data: dict[str, Any]) -> Any:
+    """What `data` gives for the model's field `name`, under its own name or any of its aliases (the original
+    system's field names), or None."""
+    info = model.model_fields[name]
+    alias = info.validation_alias
+    names: list[Any] = list(alias.choices) if isinstance(alias, AliasChoices) else [alias or info.alias or name]
+    for key in names:
+        if isinstance(key, str) and key in data:
+            return data[key]
+    return data.get(name)
 
 
 class Catalog:
@@ -80,14 +100,49 @@ class Catalog:
     def routing_key(self, envelope: Envelope) -> str:
         return envelope.routing_key(self.kind_of(envelope))
 
+    def outgoing(self, envelope: Envelope) -> tuple[Envelope, str]:
+        """A message to publish, stamped with its payload's current version, and its routing key."""
+        spec = self.get(envelope.message_type)
+        if envelope.schema_version != spec.version:
+            envelope = envelope.model_copy(update={"schema_version": spec.version})
+        return envelope, envelope.routing_key(spec.kind)
+
     def validate_payload(self, envelope: Envelope) -> BaseModel | None:
-        """The envelope's payload as its model; `None` for a response that reports an error."""
+        """The envelope's payload as its model (upcast from the previous version); `None` for a response that
+        reports an error."""
         spec = self.get(envelope.message_type)
         if spec.kind is Kind.RESPONSE and envelope.error is not None:
             return None
+        data = self.current_version(spec, envelope.schema_version, envelope.payload)
         try:
-            return spec.model.model_validate(envelope.payload)
+            payload = spec.model.model_validate(data)
         except ValidationError as exc:
             raise InvalidMessage(
                 f"invalid {envelope.message_type} payload: {describe_validation_error(exc)}", code="invalid_payload"
             ) from exc
+        # the original system's adapters put the whole 1C body, request_id included, into the payload
+        copied = getattr(payload, "request_id", None)
+        if copied is not None and copied != envelope.request_id:
+            raise InvalidMessage(f"the payload's request_id {copied!r} is not the envelope's "
+                                 f"{envelope.request_id!r}", code="request_id_mismatch")
+        return payload
+
+    @staticmethod
+    def current_version(spec: MessageSpec, version: int, data: dict[str, Any]) -> dict[str, Any]:
+        """`data` written in `version`, in the spec's current version: as it is, or upcast from the one before."""
+        if version == spec.version:
+            return data
+        if version == spec.version - 1 and has_upcast(spec.model):
+            try:
+                return cast(type[Payload], spec.model).upcast(dict(data))  # has_upcast: a Payload with its own
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InvalidMessage(f"{spec.message_type} version {version} could not be upcast to "
+                                     f"{spec.version}: {exc}", code="invalid_payload") from exc
+        if version > spec.version:
+            raise InvalidMessage(
+                f"{spec.message_type} version {version} is newer than this consumer's {spec.version}: upgrade the "
+                f"consumer (it reads {spec.version} and {max(spec.version - 1, 1)}), then replay this message",
+                code="unsupported_version")
+        readable = f"{spec.version - 1} and {spec.version}" if has_upcast(spec.model) else f"{spec.version}"
+        raise InvalidMessage(f"{spec.message_type} version {version} is too old: this consumer reads {readable}",
+                             code="unsupported_version")

@@ -4,33 +4,34 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, model_validator
 
 from esi.messages.dms import PolicyInfo
+from esi.messages.payload import Payload, Request
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
 PDF_MAGIC = b"%PDF-"
 
 
-class UpdateOrderStatus(BaseModel):
+class UpdateOrderStatus(Request):
     """Set an order's status in Creatio (`1c.request.crm.update_order_status`)."""
 
     model_config = _STRICT
 
     order_id: str = Field(min_length=1, max_length=64, description="the order's GUID or its Number, e.g. ORD9876")
     status: str = Field(min_length=1, max_length=100, description="the OrderStatus name, e.g. Shipped")
-    needs_policy_info: bool = False
+    needs_policy_info: bool = Field(default=False, description=(
+        "ask the DMS about `policy_number` and answer with its policy info; without a policy number (as the "
+        "original system's 1C sent it) the status is set and the answer says why there is no policy info"))
     policy_number: str | None = Field(default=None, min_length=1, max_length=64)
-
-    @model_validator(mode="after")
-    def _policy_number_when_needed(self) -> UpdateOrderStatus:
-        if self.needs_policy_info and not self.policy_number:
-            raise ValueError("policy_number is required when needs_policy_info is true")
-        return self
+    status_changed_at: datetime | None = Field(default=None, description=(
+        "when 1C changed the status (ISO 8601); an update older than the last one applied to the order is not "
+        "applied (it completes with applied: false)"))
 
 
-class OrderStatusUpdated(BaseModel):
+class OrderStatusUpdated(Payload):
     """Creatio holds the new status (`crm.response.<source>.order_status_updated`)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -41,16 +42,23 @@ class OrderStatusUpdated(BaseModel):
     status: str
     status_id: str
     policy_info: PolicyInfo | None = None
+    #: false when a newer update of the order had already been applied (this one was superseded)
+    applied: bool = True
+    #: why there is no policy info although it was asked for, or why the update was not applied
+    note: str | None = None
 
 
-class SendPdfFile(BaseModel):
+class SendPdfFile(Request):
     """Attach a PDF to an order in Creatio (`1c.request.crm.send_pdf_file`); the file travels base64-encoded."""
 
     model_config = _STRICT
 
     order_id: str = Field(min_length=1, max_length=64)
-    file_name: str = Field(default="document.pdf", min_length=1, max_length=255, pattern=r"^[^/\\\x00-\x1f]+$")
-    file_content: str = Field(min_length=1, description="the PDF, base64-encoded")
+    file_name: str = Field(default="document.pdf", min_length=1, max_length=255, pattern=r"^[^/\\\x00-\x1f]+$",
+                           validation_alias=AliasChoices("file_name", "filename"),
+                           description="the file's name (the original system's `filename` too)")
+    file_content: str = Field(min_length=1, validation_alias=AliasChoices("file_content", "file_data_base64"),
+                              description="the PDF, base64-encoded (the original system's `file_data_base64` too)")
 
     def pdf_bytes(self) -> bytes:
         return base64.b64decode(self.file_content, validate=True)
@@ -66,7 +74,7 @@ class SendPdfFile(BaseModel):
         return self
 
 
-class PdfReceived(BaseModel):
+class PdfReceived(Payload):
     """The PDF is attached to the order (`crm.response.<source>.pdf_received`)."""
 
     model_config = ConfigDict(extra="ignore")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from esi.messages.payload import Payload, Request
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class CreateUser(BaseModel):
+class CreateUser(Request):
     """Register a person in the DMS (`1c.request.dms.create_user`)."""
 
     model_config = _STRICT
@@ -18,7 +20,7 @@ class CreateUser(BaseModel):
     phone: str | None = Field(default=None, max_length=32)
 
 
-class UserCreated(BaseModel):
+class UserCreated(Payload):
     """The DMS registered the person (`dms.response.<source>.user_created`)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -30,7 +32,7 @@ class UserCreated(BaseModel):
     created_at: str | None = None
 
 
-class GetPolicyInfo(BaseModel):
+class GetPolicyInfo(Request):
     """Ask the DMS about an insurance policy (`<source>.request.dms.get_policy_info`)."""
 
     model_config = _STRICT
@@ -38,7 +40,7 @@ class GetPolicyInfo(BaseModel):
     policy_number: str = Field(min_length=1, max_length=64)
 
 
-class PolicyInfo(BaseModel):
+class PolicyInfo(Payload):
     """What the DMS knows of a policy (`dms.response.<source>.policy_info_response`)."""
 
     model_config = ConfigDict(extra="ignore")

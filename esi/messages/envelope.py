@@ -20,11 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from esi.errors import InvalidMessage
 
+#: the version an envelope's payload is written in when nothing says otherwise (see `esi.messages.payload`)
 SCHEMA_VERSION = 1
 #: a system's code: which systems exist is the registry's business (`esi.systems.registry`), not the envelope's
 _SYSTEM_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
 #: namespace of the deterministic ids of messages caused by another message
 _DERIVED_NS = uuid.UUID("5b0e7c1e-2f64-4c0b-9d7e-6a8f3f1d2c11")
+#: namespace of the ids given to the original system's messages, which carry none
+_ORIGINAL_NS = uuid.UUID("0d9f3b52-7a41-4e8e-b1f4-3c2a5e6d7f80")
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 
@@ -87,7 +90,8 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    schema_version: int = SCHEMA_VERSION
+    #: the version of the payload (each message type has its own; see `esi.messages.payload`)
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=1_000_000)
     message_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
     request_id: str = Field(pattern=ID_PATTERN)
     causation_id: str | None = Field(default=None, max_length=128)
@@ -108,13 +112,6 @@ class Envelope(BaseModel):
     @classmethod
     def _type(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
-
-    @field_validator("schema_version")
-    @classmethod
-    def _version(cls, value: int) -> int:
-        if value != SCHEMA_VERSION:
-            raise ValueError(f"unsupported schema_version {value}; this esi speaks {SCHEMA_VERSION}")
-        return value
 
     def routing_key(self, kind: Kind) -> str:
         return str(RoutingKey(self.source_system, kind, self.target_system, self.message_type))
@@ -164,16 +161,28 @@ def decode_envelope(body: bytes) -> Envelope:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidMessage(f"body is not UTF-8: {exc}", code="not_utf8") from exc
+    if text.startswith("\ufeff"):  # a UTF-8 byte order mark, as 1C's JSON writer can put first
+        text = text[1:]
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise InvalidMessage(f"body is not JSON: {exc}", code="invalid_json") from exc
     if not isinstance(data, dict):
         raise InvalidMessage(f"envelope must be a JSON object, got {type(data).__name__}", code="invalid_envelope")
+    if not data.get("message_id") and isinstance(data.get("request_id"), str):
+        data["message_id"] = original_message_id(data)
     try:
         return Envelope.model_validate(data)
     except ValidationError as exc:
         raise InvalidMessage(f"invalid envelope: {describe_validation_error(exc)}", code="invalid_envelope") from exc
+
+
+def original_message_id(data: dict[str, Any]) -> str:
+    """The original system's adapters sent no `message_id`: one derived from what identifies the message, so that
+    a redelivery of the same message is recognised as such (a random id would make every redelivery a new one)."""
+    identity = "|".join(str(data.get(k, "")).strip().lower()
+                        for k in ("source_system", "target_system", "message_type"))
+    return uuid.uuid5(_ORIGINAL_NS, f"{identity}|{data['request_id']}").hex
 
 
 def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:

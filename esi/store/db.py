@@ -22,7 +22,15 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from esi.store import schema
 from esi.store.backends import Backend, open_backend
-from esi.store.records import AuditEntry, BreakerReport, OutboxRow, RequestRecord, RequestStatus, SystemPause
+from esi.store.records import (
+    AuditEntry,
+    BreakerReport,
+    OrderClaim,
+    OutboxRow,
+    RequestRecord,
+    RequestStatus,
+    SystemPause,
+)
 from esi.store.settled import SETTLED, Settlements
 from esi.store.statements import (
     ADD_KEYS,
@@ -140,6 +148,7 @@ class Store:
     async def accept(
         self, *, request_id: str, source: str, target: str, message_type: str, payload_hash: str,
         message_id: str, routing_key: str, body: bytes, keys: list[str] | None = None, client_id: str | None = None,
+        trace_context: str | None = None,
     ) -> tuple[RequestRecord, bool, str]:
         """Record a new request and its outgoing message (the outbox) in one transaction.
 
@@ -156,7 +165,8 @@ class Store:
                 "last_error": None,
             })
             INSERT_OUTBOX.run(conn, {"message_id": message_id, "request_id": request_id, "routing_key": routing_key,
-                                     "body": body, "created_at": now, "sent_at": None})
+                                     "body": body, "created_at": now, "sent_at": None,
+                                     "trace_context": trace_context})
             if unique_keys:
                 INSERT_KEYS.run(conn, [{"key": k, "request_id": request_id} for k in unique_keys])
 
@@ -298,11 +308,11 @@ class Store:
     async def outbox_pending(self, limit: int = 500) -> list[OutboxRow]:
         """Up to `limit` outbox rows not yet published, oldest first."""
         o = schema.outbox
-        query = (select(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body)
+        query = (select(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body, o.c.trace_context)
                  .where(o.c.sent_at.is_(None)).order_by(o.c.id).limit(limit))
         rows = await self._backend.read(lambda conn: conn.execute(query).all())
         return [OutboxRow(id=r.id, message_id=r.message_id, request_id=r.request_id, routing_key=r.routing_key,
-                          body=r.body) for r in rows]
+                          body=r.body, trace_context=r.trace_context) for r in rows]
 
     async def outbox_mark_sent(self, rows: list[OutboxRow]) -> None:
         """These rows are published (confirmed): mark them sent and move their accepted requests to in progress."""
@@ -393,6 +403,50 @@ class Store:
         """A process that stops takes its reports with it."""
         b = schema.breakers
         await self._backend.write(lambda conn: conn.execute(b.delete().where(b.c.instance == instance)))
+
+    # --- ordering of updates ----------------------------------------------------------------------------------
+
+    async def claim_order_update(self, order_key: str, *, changed_at: str, status: str,
+                                 message_id: str) -> OrderClaim:
+        """Compare-and-set: make this update (changed at `changed_at`, UTC ISO with microseconds) the order's
+        newest, unless a newer one already is. The same message claiming again (a redelivery) holds it again.
+
+        Returns the claim as it stands: `held` says whether this update may be applied; if not, `changed_at` and
+        `status` are the newer update's.
+        """
+        u = schema.order_updates
+        row = {"order_key": order_key, "changed_at": changed_at, "status": status, "message_id": message_id,
+               "updated_at": now_iso()}
+
+        def write(conn: Connection) -> OrderClaim:
+            taken = conn.execute(
+                update(u).where(u.c.order_key == order_key,
+                                (u.c.changed_at < changed_at)
+                                | ((u.c.changed_at == changed_at) & (u.c.message_id == message_id)))
+                .values(**row)).rowcount
+            if not taken:
+                current = conn.execute(select(u.c.changed_at, u.c.status, u.c.message_id)
+                                       .where(u.c.order_key == order_key)).first()
+                if current is None:
+                    conn.execute(insert(u).values(**row))  # a concurrent first claim fails on the key: tried again
+                    taken = 1
+                elif current.changed_at == changed_at:
+                    taken = 1  # the same moment from another message: no order between them, both apply
+                else:
+                    return OrderClaim(held=False, changed_at=current.changed_at, status=current.status)
+            return OrderClaim(held=True, changed_at=changed_at, status=status)
+
+        try:
+            return await self._backend.write(write)
+        except IntegrityError:  # another process claimed the order's first update at the same moment
+            return await self._backend.write(write)
+
+    async def order_update(self, order_key: str) -> OrderClaim | None:
+        """The newest update claimed for the order, if any (`held` is true)."""
+        u = schema.order_updates
+        row = await self._backend.read(lambda conn: conn.execute(
+            select(u.c.changed_at, u.c.status).where(u.c.order_key == order_key)).first())
+        return None if row is None else OrderClaim(held=True, changed_at=row.changed_at, status=row.status)
 
     async def breaker_states(self) -> list[BreakerReport]:
         query = select(schema.breakers).order_by(schema.breakers.c.system, schema.breakers.c.instance)

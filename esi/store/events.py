@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from esi import tracing
+
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +49,8 @@ class EventRecorder:
             return
         if len(self._buffer) >= self._max_buffer:
             return  # the store is far behind: drop diagnostics rather than memory
+        if tracing.enabled:
+            tracing.add_trace_id(detail)
         self._buffer.append({
             "request_id": request_id, "at": (at or datetime.now(UTC)).isoformat(timespec="microseconds"),
             "event": event, "service": service, "message_id": message_id, "causation_id": causation_id,

@@ -51,6 +51,8 @@ outbox = Table(
     Column("body", LargeBinary, nullable=False),
     Column("created_at", String(40), nullable=False),
     Column("sent_at", String(40)),
+    # the W3C trace context of the request that wrote it, as JSON (with tracing on); added by migration 8
+    Column("trace_context", Text),
     Index("ix_esi_outbox_unsent", "sent_at", "id"),
 )
 
@@ -123,6 +125,20 @@ breakers = Table(
     Column("updated_at", String(40), nullable=False),
 )
 
+#: the newest update applied to each order, by when its source changed it (`update_order_status`'s
+#: `status_changed_at`): an older one arriving late is not applied over it
+order_updates = Table(
+    "esi_order_updates",
+    metadata,
+    #: the system and its own key of the order (`crm:<Creatio Id>`)
+    Column("order_key", String(128), primary_key=True),
+    #: UTC, ISO 8601 with microseconds: ordered as text
+    Column("changed_at", String(40), nullable=False),
+    Column("status", String(100), nullable=False),
+    Column("message_id", String(128), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)
+
 schema_migrations = Table(
     "esi_schema_migrations",
     metadata,
@@ -172,4 +188,6 @@ MIGRATIONS: dict[int, list[Table | Callable[[Connection], None]]] = {
     3: [_add_column(requests, "client_id")],
     4: [_widen_column(requests, "source"), _widen_column(requests, "target")],
     5: [audit, system_pauses, breakers],
+    6: [order_updates],
+    8: [_add_column(outbox, "trace_context")],
 }

@@ -77,7 +77,8 @@ _REQUEST_COLUMNS = [c.name for c in schema.requests.columns]
 
 INSERT_REQUEST = Statement(insert(schema.requests), keys=_REQUEST_COLUMNS)
 INSERT_OUTBOX = Statement(insert(schema.outbox),
-                          keys=["message_id", "request_id", "routing_key", "body", "created_at", "sent_at"])
+                          keys=["message_id", "request_id", "routing_key", "body", "created_at", "sent_at",
+                                "trace_context"])
 INSERT_KEYS = Statement(insert(schema.request_keys), keys=["key", "request_id"])
 #: business keys a request may already have (an answer repeating the order number): one statement, no read first
 ADD_KEYS = Statement(insert(schema.request_keys), keys=["key", "request_id"],

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiolimiter import AsyncLimiter
 
-from esi import metrics
+from esi import metrics, tracing
 from esi.logs import current_context
 from esi.systems.breaker import Breaker
 
@@ -148,4 +148,5 @@ class Guarded:
                 if limiter is not None:
                     limiter.release()
 
-        return call
+        # decided once per method (this wrapper is kept): with tracing off, the call pays nothing for it
+        return tracing.traced_call(call, system, name) if tracing.enabled else call

@@ -98,9 +98,13 @@ def fast_transport(*, verify: ssl.SSLContext | bool = True, max_connections: int
     import aiohttp
     from httpx_aiohttp import AiohttpTransport
 
+    from esi import tracing
+
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=max_connections, ssl=verify, keepalive_timeout=30)
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        # with tracing on, a CLIENT span per request (esi.tracing); off, no hooks at all
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                     trace_configs=tracing.aiohttp_trace_configs() or None)
 
     return AiohttpTransport(client=session)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+import uuid
 
 import httpx
 import pytest
@@ -67,6 +68,32 @@ def test_update_order_status_by_guid_without_policy(esi_system: EsiSystem) -> No
     after = next(o for o in esi_system.creatio_state()["orders"] if o["Id"] == order["Id"])
     delivered = next(s for s in state["statuses"] if s["Name"] == "Delivered")
     assert after["StatusId"] == delivered["Id"]
+
+
+def test_a_late_older_order_update_does_not_overwrite_a_newer_one(esi_system: EsiSystem) -> None:
+    number = f"ORD-CAS-{uuid.uuid4().hex[:6]}"
+    created = httpx.post(f"{esi_system.creatio_url}/_fake/orders", json={"Number": number}, timeout=10)
+    assert created.status_code == 201, created.text
+    delivered_id, shipped_id = unique("CAS-DELIVERED"), unique("CAS-SHIPPED")
+    # 1C changed the order to Shipped at 10:00 and to Delivered at 11:00; Shipped was held up (a retried send)
+    assert esi_system.post("/send_to_crm", {"request_id": delivered_id, "order_id": number, "status": "Delivered",
+                                            "status_changed_at": "2026-12-01T11:00:00+00:00"}).status_code == 202
+    assert esi_system.wait_final(delivered_id)["response"]["applied"] is True
+    assert esi_system.post("/send_to_crm", {"request_id": shipped_id, "order_id": number, "status": "Shipped",
+                                            "status_changed_at": "2026-12-01T13:00:00+03:00"}).status_code == 202
+    late = esi_system.wait_final(shipped_id)
+    assert late["status"] == "completed" and late["response"]["applied"] is False, late
+    assert "superseded" in late["response"]["note"] and "Delivered" in late["response"]["note"], late
+    state = esi_system.creatio_state()
+    order = next(o for o in state["orders"] if o["Number"] == number)
+    assert order["StatusName"] == "Delivered", order
+    # a newer one still applies
+    closed_id = unique("CAS-NEWER")
+    assert esi_system.post("/send_to_crm", {"request_id": closed_id, "order_id": number, "status": "Shipped",
+                                            "status_changed_at": "2026-12-01T12:00:00Z"}).status_code == 202
+    assert esi_system.wait_final(closed_id)["response"]["applied"] is True
+    order = next(o for o in esi_system.creatio_state()["orders"] if o["Number"] == number)
+    assert order["StatusName"] == "Shipped", order
 
 
 def test_get_policy_info_through_the_generic_endpoint(esi_system: EsiSystem) -> None:

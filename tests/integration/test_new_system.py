@@ -8,11 +8,14 @@ HTTP server, registers it with `ESI_SYSTEMS=tests.integration.test_new_system:WA
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
 from fastapi import FastAPI, Header, Request
@@ -22,11 +25,12 @@ from pydantic_settings import SettingsConfigDict
 
 from esi.errors import BusinessError
 from esi.messages import Envelope, Handler
+from esi.messages.payload import Payload
 from esi.systems.builtin import BUILT_IN
 from esi.systems.http import error_for_status, http_client, translate_transport_errors
 from esi.systems.registry import Registry, RegistryError
 from esi.systems.spec import Fake, Operation, System, SystemContext, SystemSettings
-from tests.support import EsiSystem, Vhost, rabbitmqctl
+from tests.support import EsiSystem, Vhost, rabbitmqctl, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = "tests.integration.test_new_system:WAREHOUSE"
@@ -34,14 +38,23 @@ SPEC = "tests.integration.test_new_system:WAREHOUSE"
 
 # --- 1. the messages ------------------------------------------------------------------------------------------------
 
-class ReserveStock(BaseModel):
-    """Hold stock of one article for an order (`1c.request.warehouse.reserve_stock`)."""
+class ReserveStock(Payload):
+    """Hold stock of one article for an order (`1c.request.warehouse.reserve_stock`).
 
+    Version 2: version 1 called the quantity `qty`. A consumer of version 2 still reads version 1 (`upcast`).
+    """
+
+    VERSION = 2
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     sku: str = Field(min_length=1, max_length=64)
     quantity: int = Field(gt=0, le=100_000)
     order_id: str = Field(min_length=1, max_length=64)
+
+    @classmethod
+    def upcast(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["quantity"] = data.pop("qty")
+        return data
 
 
 class StockReserved(BaseModel):
@@ -193,6 +206,51 @@ def test_the_esi_package_does_not_know_the_warehouse() -> None:
     assert found.stdout == "", f"esi/ names the warehouse: {found.stdout}"
 
 
+def _publish(amqp_url: str, routing_key: str, envelope: dict[str, Any], *, answer: str | None = None) -> Any:
+    """Publish one message onto main_exchange; with `answer`, wait for the reply on that routing key."""
+
+    async def run() -> Any:
+        connection = await aio_pika.connect(amqp_url)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange("main_exchange")
+            queue = await channel.declare_queue(exclusive=True)
+            if answer:
+                await queue.bind(exchange, answer)
+            await exchange.publish(aio_pika.Message(json.dumps(envelope).encode(), delivery_mode=2),
+                                   routing_key=routing_key, mandatory=True)
+            if not answer:
+                return None
+            async with asyncio.timeout(30), queue.iterator() as messages:
+                async for message in messages:
+                    await message.ack()
+                    return json.loads(message.body)
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+def _versions_of_the_payload(system: EsiSystem) -> None:
+    """A producer still writing version 1 (`qty`) is read by this consumer of version 2; version 3 is refused."""
+    request_id = f"WH-V1-{uuid.uuid4().hex[:8]}"
+    v1 = {"schema_version": 1, "request_id": request_id, "source_system": "1c", "target_system": "warehouse",
+          "message_type": "reserve_stock", "payload": {"sku": "SKU-1", "qty": 2, "order_id": "ORD9876"}}
+    reply = _publish(system.amqp_url, "1c.request.warehouse.reserve_stock", v1,
+                     answer="warehouse.response.1c.stock_reserved")
+    assert reply["request_id"] == request_id and reply["payload"]["quantity"] == 2, reply
+    assert httpx.get(f"{system.fake_url('warehouse')}/_fake/state", timeout=10).json()["stock"]["SKU-1"] == 5
+    v3 = {**v1, "schema_version": 3, "request_id": f"WH-V3-{uuid.uuid4().hex[:8]}"}
+    _publish(system.amqp_url, "1c.request.warehouse.reserve_stock", v3)
+
+    def parked() -> list[dict[str, Any]]:
+        found = httpx.get(f"{system.api_url}/dlq", params={"queue": "warehouse", "reason": "newer"}, timeout=30)
+        return list(found.json()["messages"])
+
+    [letter] = wait_until(parked, timeout=30, interval=0.5, what="the version 3 message in the DLQ")
+    assert "version 3 is newer than this consumer's 2" in letter["reason"] and letter["attempts"] <= 1, letter
+
+
 # --- end to end: 1C → warehouse → 1C through the real broker, store and API -----------------------------------------
 
 @pytest.mark.integration
@@ -229,6 +287,7 @@ def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> Non
         assert unknown.status_code == 404 and "reserve_stock" in unknown.json()["error"]["message"]
         invalid = system.post("/requests/warehouse/reserve_stock", json={"sku": "SKU-1", "quantity": -1})
         assert invalid.status_code == 422
+        _versions_of_the_payload(system)
         ready = httpx.get(f"{system.processes['adapters'].health_url}/readyz", timeout=10).json()
         assert ready["checks"]["warehouse"]["status"] == "ok", ready
         queues = rabbitmqctl("list_queues", "-p", vhost.name, "name", "arguments")

@@ -108,6 +108,26 @@ async def _accept_long_codes(store: Store) -> None:
     assert tuple(stored) == ("warehouse_eu", "warehouse")
 
 
+async def test_order_updates_are_claimed_newest_first(store_url: str) -> None:
+    async with await Store.open(store_url) as store:
+        t1, t2 = "2026-12-01T10:00:00.000000+00:00", "2026-12-01T11:00:00.000000+00:00"
+        assert (await store.claim_order_update("crm:o1", changed_at=t2, status="Delivered", message_id="m2")).held
+        stale = await store.claim_order_update("crm:o1", changed_at=t1, status="Shipped", message_id="m1")
+        assert (stale.held, stale.status, stale.changed_at) == (False, "Delivered", t2)
+        # a redelivery of the newest holds it again; the same moment from another message is not ordered after it
+        assert (await store.claim_order_update("crm:o1", changed_at=t2, status="Delivered", message_id="m2")).held
+        assert (await store.claim_order_update("crm:o1", changed_at=t2, status="Delivered", message_id="m3")).held
+        newer = await store.claim_order_update("crm:o1", changed_at="2026-12-01T12:00:00.000000+00:00",
+                                               status="Closed", message_id="m4")
+        assert newer.held and (await store.order_update("crm:o1")).status == "Closed"  # type: ignore[union-attr]
+        assert await store.order_update("crm:other") is None
+        # many first claims of one order at once: exactly one row, and the newest wins
+        times = [f"2026-12-01T09:00:{i:02d}.000000+00:00" for i in range(10)]
+        await asyncio.gather(*(store.claim_order_update("crm:o2", changed_at=t, status=f"S{i}", message_id=f"n{i}")
+                               for i, t in enumerate(times)))
+        assert (await store.order_update("crm:o2")).changed_at == times[-1]  # type: ignore[union-attr]
+
+
 async def test_a_system_code_longer_than_8_characters_is_stored_and_read_back(store_url: str) -> None:
     async with await Store.open(store_url) as store:
         await _accept_long_codes(store)

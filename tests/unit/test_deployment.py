@@ -32,7 +32,7 @@ import jsonschema
 import pytest
 import yaml
 
-from esi import runtime
+from esi import runtime, tracing
 from esi.bus.topology import Topology
 from esi.config import Settings
 from esi.systems.registry import current
@@ -62,6 +62,8 @@ VHOST = "/"
 NOT_SETTINGS = {"ESI_HEALTH_URL": "the image's HEALTHCHECK"}
 # Variables only docker-compose.yml reads (for ${...}), never esi.
 COMPOSE_ONLY = {"POSTGRES_PASSWORD"}
+# Variables the OpenTelemetry SDK reads (esi.tracing), not esi's settings.
+TRACING = set(tracing.VARIABLES)
 
 
 # --- loading ---------------------------------------------------------------------------------------------------------
@@ -479,7 +481,7 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
     missing = sorted(set(setting_aliases()) - set(listed))
     assert not missing, f".env.example does not list {missing}"
     assert len(listed) == len(set(listed)), "a variable is listed twice in .env.example"
-    known = set(setting_aliases()) | set(NOT_SETTINGS) | COMPOSE_ONLY
+    known = set(setting_aliases()) | set(NOT_SETTINGS) | COMPOSE_ONLY | TRACING
     stale = sorted(set(listed) - known)
     assert not stale, f".env.example lists {stale}: neither esi settings nor read by docker-compose.yml"
     for index, (number, text, name, _) in enumerate(lines):

@@ -19,6 +19,7 @@ from fastapi import Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from esi import tracing
 from esi.api.deps import ApiDeps
 from esi.api.ingress import Accepted, build_request, check_file_bytes, parse_json_object, prefer_wait
 from esi.api.routes.send import SendRoute
@@ -191,16 +192,18 @@ class RequestRoutes:
             raise ApiError(503, "backlog_full",
                            f"{deps.max_backlog} or more requests are waiting for the broker; try again later",
                            headers={"Retry-After": "5"})
+        # the request's trace context, stored with its outbox row: the relay publishes as a child of this span
+        trace_context = tracing.outbox_context(accepted.request_id) if tracing.enabled else None
         record, created, first_hash = await self._store.accept(
             request_id=accepted.request_id, source=self._source, target=accepted.target,
             message_type=accepted.message_type, payload_hash=accepted.payload_hash,
             message_id=accepted.envelope.message_id, routing_key=accepted.routing_key,
             body=body, keys=self._registry.business_keys(accepted.envelope.payload),
-            client_id=principal.client_id if auth_on else None,
+            client_id=principal.client_id if auth_on else None, trace_context=trace_context,
         )
         if created:
             deps.on_accepted(OutboxRow(message_id=accepted.envelope.message_id, request_id=accepted.request_id,
-                                       routing_key=accepted.routing_key, body=body))
+                                       routing_key=accepted.routing_key, body=body, trace_context=trace_context))
             self._events.record(accepted.request_id, "accepted", service="api",
                                 message_id=accepted.envelope.message_id, message_type=accepted.message_type,
                                 routing_key=accepted.routing_key)

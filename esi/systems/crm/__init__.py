@@ -30,7 +30,7 @@ def _handlers(context: SystemContext) -> dict[str, Handler]:
 
     assert context.client is not None  # the system declares a client
     settings = cast(CreatioSettings, context.settings)  # the system's own settings class
-    return crm_handlers(context.client, max_pdf_bytes=settings.max_pdf_bytes)
+    return crm_handlers(context.client, max_pdf_bytes=settings.max_pdf_bytes, updates=context.store)
 
 
 def _fake(settings: CreatioSettings) -> FastAPI:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from esi.errors import InvalidMessage
 from esi.messages import Envelope, Handler
 from esi.messages.crm import OrderStatusUpdated, PdfReceived, SendPdfFile, UpdateOrderStatus
 from esi.messages.dms import GetPolicyInfo, PolicyInfo
+from esi.store.records import OrderClaim
 
 if TYPE_CHECKING:
     from esi.systems.crm.client import AttachedFile, CreatioOrder
@@ -24,19 +26,66 @@ class CreatioApi(Protocol):
                           mime_type: str = "application/pdf") -> AttachedFile: ...
 
 
-def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int) -> dict[str, Handler]:
+class OrderUpdates(Protocol):
+    """Where the newest update of each order is kept (the store)."""
+
+    async def claim_order_update(self, order_key: str, *, changed_at: str, status: str,
+                                 message_id: str) -> OrderClaim: ...
+
+    async def order_update(self, order_key: str) -> OrderClaim | None: ...
+
+
+def utc_iso(moment: datetime) -> str:
+    """A time as the store orders it: UTC, microseconds, as text (a time without offset is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdates) -> dict[str, Handler]:
+    async def apply_in_order(envelope: Envelope, payload: UpdateOrderStatus, order_id: str,
+                             status_id: str) -> str | None:
+        """Set the status unless a newer update of the order was applied; None when applied, else why not.
+
+        The claim (a compare-and-set in the store) comes before the PATCH, so a late, older update never reaches
+        Creatio; if a newer one claims the order while this PATCH is in flight (two replicas at once), the newer
+        status is set again after it, so the order ends on the newest status either way.
+        """
+        if payload.status_changed_at is None:  # nothing to order it by: applied as it comes
+            await client.set_order_status(order_id, status_id)
+            return None
+        key, changed_at = f"crm:{order_id}", utc_iso(payload.status_changed_at)
+        claim = await updates.claim_order_update(key, changed_at=changed_at, status=payload.status,
+                                                 message_id=envelope.message_id)
+        if not claim.held:
+            return (f"superseded: the order already has status {claim.status!r} from an update of "
+                    f"{claim.changed_at}, newer than this one ({changed_at})")
+        await client.set_order_status(order_id, status_id)  # a PATCH to the same value is harmless on redelivery
+        newest = await updates.order_update(key)
+        if newest is not None and newest.changed_at > changed_at:
+            await client.set_order_status(order_id, await client.find_status_id(newest.status))
+            return (f"superseded while being applied: status {newest.status!r} from an update of "
+                    f"{newest.changed_at} was set again after it")
+        return None
+
     async def update_order_status(envelope: Envelope, payload: UpdateOrderStatus) -> list[Envelope]:
         order = await client.find_order(payload.order_id)
         status_id = await client.find_status_id(payload.status)
-        await client.set_order_status(order.id, status_id)  # a PATCH to the same value is harmless on redelivery
+        superseded = await apply_in_order(envelope, payload, order.id, status_id)
         updated = OrderStatusUpdated(order_id=payload.order_id, order_guid=order.id, order_number=order.number,
-                                     status=payload.status, status_id=status_id)
-        if payload.needs_policy_info:
+                                     status=payload.status, status_id=status_id, applied=superseded is None,
+                                     note=superseded)
+        if superseded is not None:
+            return [envelope.reply("order_status_updated", updated.model_dump(exclude_none=True))]
+        if payload.needs_policy_info and not payload.policy_number:
+            # the original system's 1C asked for policy info without saying which policy: nothing to ask the DMS
+            updated = updated.model_copy(update={"note": "no policy_number given: the DMS was not asked"})
+        elif payload.needs_policy_info and payload.policy_number:
             # ask the DMS; its answer comes back to crm_queue with this context echoed, and the reply to the
             # requester is built from it (see policy_info_response)
             context = {"reply_to": envelope.source_system, "order_status_updated": updated.model_dump(),
                        "parent_message_id": envelope.message_id}
-            request = GetPolicyInfo(policy_number=payload.policy_number or "")
+            request = GetPolicyInfo(policy_number=payload.policy_number)
             return [envelope.request("dms", "get_policy_info", request.model_dump(), context=context)]
         return [envelope.reply("order_status_updated", updated.model_dump(exclude_none=True))]
 
