@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 DEFAULT_RETRY_DELAYS = [1.0, 5.0, 30.0, 120.0, 600.0]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -32,7 +31,7 @@ def parse_duration(value: object, *, name: str) -> float:
         except ValueError:
             raise ValueError(f"{name} must be a duration such as 30d, 12h, 15m or seconds: {value!r}") from None
     else:  # a ValueError, which pydantic reports as the setting's validation error (a TypeError it would not)
-        raise ValueError(f"{name} must be a duration such as 30d, 12h, 15m or seconds: {value!r}")  # noqa: TRY004
+        raise ValueError(f"{name} must be a duration such as 30d, 12h, 15m or seconds: {value!r}")
     if seconds < 0 or not math.isfinite(seconds):
         raise ValueError(f"{name} must be a positive duration (or 0 / off): {value!r}")
     return seconds
@@ -143,7 +142,7 @@ class Settings(BaseSettings):
         return [float(v) for v in value]
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if self.env == "production" and self.auth == "off":
             raise ValueError("ESI_ENV=production refuses ESI_AUTH=off: the API always authenticates in production")
         return self

@@ -25,7 +25,7 @@ async def run_checks(checks: Mapping[str, Check], *, timeout: float = 3.0,
         try:
             await asyncio.wait_for(check(), timeout)
             status, error = "ok", None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             status, error = "down", f"no answer within {timeout}s"
         except Exception as exc:
             status, error = "down", f"{type(exc).__name__}: {exc}"[:300]

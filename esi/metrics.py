@@ -20,7 +20,7 @@ Series:
                                                                (set by every /readyz and every ESI_READINESS_INTERVAL)
     esi_requests_settled_total{target,message_type,status}     requests answered to 1C: completed | failed
     esi_request_duration_seconds{target,message_type}          histogram, accepted to answered (end to end)
-    esi_retention_deleted_total{table}                         rows removed by the retention pass (ESI_REQUEST_RETENTION)
+    esi_retention_deleted_total{table}                         rows removed by retention (ESI_REQUEST_RETENTION)
 """
 
 from __future__ import annotations

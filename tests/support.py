@@ -126,9 +126,9 @@ class EsiProcess:
         return f"http://127.0.0.1:{self.env['ESI_HEALTH_PORT']}"
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([ESI, "run", *self.services], env=self.env, stdout=log, stderr=log,
-                                     cwd=self.log_path.parent)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([ESI, "run", *self.services], env=self.env, stdout=log, stderr=log,
+                                         cwd=self.log_path.parent)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.proc is not None

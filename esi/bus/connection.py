@@ -8,8 +8,8 @@ import ssl
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
-from yarl import URL
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from yarl import URL
 
 from esi.bus.publisher import Publisher
 from esi.bus.topology import Topology
@@ -46,7 +46,7 @@ class Bus:
 
     @classmethod
     async def open(cls, url: str, *, topology: Topology, prefetch: int = 200, publish_timeout: float = 10.0,
-                   name: str = "esi", ssl_context: ssl.SSLContext | None = None) -> "Bus":
+                   name: str = "esi", ssl_context: ssl.SSLContext | None = None) -> Bus:
         # aiormq takes the connection's name from the URL (client_properties are dropped when a URL is given)
         named = str(URL(url).update_query(name=name))
         try:
@@ -75,10 +75,10 @@ class Bus:
     async def aclose(self) -> None:
         try:
             await asyncio.wait_for(self.connection.close(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("the broker connection did not close within 10 s; leaving it")
 
-    async def __aenter__(self) -> "Bus":
+    async def __aenter__(self) -> Bus:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

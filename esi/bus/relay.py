@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
 
 import aio_pika
 
@@ -25,6 +25,9 @@ from esi.bus.headers import ATTEMPT_HEADER
 from esi.bus.publisher import Publisher
 from esi.errors import TransientError
 from esi.store.records import OutboxRow
+
+if TYPE_CHECKING:
+    from esi.store.events import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class OutboxStore(Protocol):
 class OutboxRelay:
     def __init__(self, *, store: OutboxStore, publisher: Publisher, exchange: str = "main_exchange",
                  batch_size: int = 500, idle_interval: float = 1.0, max_backoff: float = 5.0,
-                 mark_interval: float = 0.02, events: Any = None) -> None:
+                 mark_interval: float = 0.02, events: Recorder | None = None) -> None:
         self._store = store
         self._publisher = publisher
         self._exchange = exchange
@@ -100,7 +103,7 @@ class OutboxRelay:
         await self._publish_and_record(row)
 
     async def _publish_and_record(self, row: OutboxRow) -> None:
-        sent_at = datetime.now(timezone.utc)
+        sent_at = datetime.now(UTC)
         try:
             await self._publish(row)
         except Exception as exc:
@@ -151,7 +154,7 @@ class OutboxRelay:
                 continue
             try:
                 await asyncio.wait_for(self._wakeup.wait(), self._idle_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wakeup.clear()
 

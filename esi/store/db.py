@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,8 +23,15 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from esi import metrics
 from esi.store import schema
 from esi.store.backends import Backend, open_backend
-from esi.store.records import (AuditEntry, BreakerReport, OrderClaim, OutboxRow, RequestRecord, RequestStatus,
-                               SystemPause)
+from esi.store.records import (
+    AuditEntry,
+    BreakerReport,
+    OrderClaim,
+    OutboxRow,
+    RequestRecord,
+    RequestStatus,
+    SystemPause,
+)
 from esi.store.settled import SETTLED, Settlements
 from esi.store.statements import (
     ADD_KEYS,
@@ -48,7 +55,7 @@ _FINAL = (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
 
 def now_iso() -> str:
     """The time now as the store keeps times: ISO 8601, UTC, microseconds (sorts as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _dumps(value: Any) -> str | None:
@@ -71,7 +78,7 @@ class Store:
         self.settlements = Settlements(self._settled_among)
 
     @classmethod
-    async def open(cls, url: str, *, durable_commits: bool = True) -> "Store":
+    async def open(cls, url: str, *, durable_commits: bool = True) -> Store:
         """Open (and migrate) the store at `url`.
 
         `durable_commits=False` lets SQLite skip the fsync at each commit (WAL with synchronous=NORMAL: safe against
@@ -84,7 +91,7 @@ class Store:
         await store.migrate()
         return store
 
-    async def __aenter__(self) -> "Store":
+    async def __aenter__(self) -> Store:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -371,7 +378,7 @@ class Store:
             conn.execute(insert(p).values(**row))
 
         await self._backend.write(write)
-        return SystemPause(**row)
+        return SystemPause.model_validate(row)
 
     async def resume_system(self, system: str) -> bool:
         """Lift `system`'s pause; whether there was one."""

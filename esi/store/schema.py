@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from sqlalchemy import (
-    Connection,
     Column,
+    Connection,
     Index,
     Integer,
     LargeBinary,
@@ -23,7 +24,8 @@ requests = Table(
     "esi_requests",
     metadata,
     Column("request_id", String(128), primary_key=True),
-    # system codes ("1c", "crm", ...): 8 characters until migration 4, which left room for longer ones (a fourth system's)
+    # system codes ("1c", "crm", ...): 8 characters until migration 4, which left room for longer ones
+    # (a fourth system's)
     Column("source", String(32), nullable=False),
     Column("target", String(32), nullable=False),
     Column("message_type", String(64), nullable=False),
@@ -168,9 +170,10 @@ def _widen_column(table: Table, column: str) -> Callable[[Connection], None]:
     def step(conn: Connection) -> None:
         if conn.dialect.name != "postgresql":
             return
-        declared = table.c[column].type
+        declared = cast(String, table.c[column].type)  # the columns widened here are strings
         found = {c["name"]: c["type"] for c in inspect(conn).get_columns(table.name)}[column]
-        if getattr(found, "length", None) is None or found.length >= declared.length:
+        found_length: int | None = getattr(found, "length", None)
+        if found_length is None or declared.length is None or found_length >= declared.length:
             return
         ddl = declared.compile(dialect=conn.dialect)
         conn.exec_driver_sql(f"ALTER TABLE {table.name} ALTER COLUMN {column} TYPE {ddl}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import time
@@ -108,7 +109,7 @@ def test_a_passing_dms_outage_heals_along_the_ladder(esi_sqlite: EsiSystem) -> N
     assert state["faults"]["injected"] == 3
     assert [u["external_id"] for u in state["users"]].count(user_id) == 1
     times = state["faults"]["call_times"][-4:]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     for gap, delay in zip(gaps, LADDER):
         assert delay * 0.9 <= gap <= delay + 1.0, (gaps, LADDER)
     assert not [d for d in dead_letters(esi_sqlite, queue="dms") if request_id in d.body.decode(errors="replace")]

@@ -178,6 +178,6 @@ def test_secrets_never_reach_the_logs(ops_system: EsiSystem) -> None:
     assert request_id in logs  # the logs do carry the request ids
     assert SECRET not in logs
     # no cookie or CSRF value in any form, and no Authorization header value
-    leaks = re.findall(r"(?i)(?:aspxauth|bpmcsrf|bpmloader|authorization|set-cookie)[\"']?\s*[:=]\s*[\"']?(?!\*\*\*)[A-Za-z0-9]{6,}",
-                       logs)
+    leaks = re.findall(r"(?i)(?:aspxauth|bpmcsrf|bpmloader|authorization|set-cookie)"
+                       r"[\"']?\s*[:=]\s*[\"']?(?!\*\*\*)[A-Za-z0-9]{6,}", logs)
     assert leaks == []

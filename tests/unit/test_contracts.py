@@ -8,8 +8,6 @@ import base64
 import copy
 import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,9 @@ from esi.cli import app as cli
 from esi.contracts.asyncapi import build_asyncapi, iter_refs, routes, topic_matches
 from esi.contracts.compat import compare, dump, live_contract, load_contract
 from esi.contracts.schemas import ENVELOPE, message_schemas
-from esi.messages.payload import Request
 from esi.messages.catalog import Catalog, MessageSpec
 from esi.messages.envelope import Envelope, Kind
+from esi.messages.payload import Request
 from esi.security import ClientRegistry, make_client_entry
 from esi.store import Store
 from esi.systems.builtin import BUILT_IN

@@ -330,7 +330,8 @@ def test_compose_checks_beyond_the_schema() -> None:
                 assert source in declared_volumes, f"{name} uses volume {source}, not declared under volumes:"
     text = COMPOSE_FILE.read_text(encoding="utf-8").replace("$$", "")
     for expression in re.findall(r"\$\{[^}]*\}", text):
-        assert re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?+][^}]*)?\}", expression), f"bad interpolation {expression}"
+        assert re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?+][^}]*)?\}", expression), \
+            f"bad interpolation {expression}"
 
 
 def _docker_compose() -> list[str] | None:
@@ -672,7 +673,8 @@ def test_dockerfile_slim_non_root_with_healthcheck() -> None:
     assert "curl" not in command[2] and "wget" not in command[2], "the slim base has neither curl nor wget"
     compile(command[2], "<HEALTHCHECK>", "exec")
     env_default = next(args for keyword, args in instructions if keyword == "ENV" and "ESI_HEALTH_URL=" in args)
-    assert "'http://127.0.0.1:8080/livez'" in command[2] and "ESI_HEALTH_URL=http://127.0.0.1:8080/livez" in env_default
+    assert "'http://127.0.0.1:8080/livez'" in command[2]
+    assert "ESI_HEALTH_URL=http://127.0.0.1:8080/livez" in env_default
     by_keyword = {keyword: args for keyword, args in instructions}
     assert json.loads(by_keyword["ENTRYPOINT"]) == ["esi"]
     assert json.loads(by_keyword["CMD"]) == ["run"]

@@ -1,5 +1,5 @@
-"""Health and metrics: `GET /livez` (and its alias `/healthz`), `/readyz`, `/metrics`, served without credentials (they hold none) by the
-1C API and by the small HTTP port of adapter-only processes."""
+"""Health and metrics: `GET /livez` (and its alias `/healthz`), `/readyz`, `/metrics`, served without credentials
+(they hold none) by the 1C API and by the small HTTP port of adapter-only processes."""
 
 from __future__ import annotations
 

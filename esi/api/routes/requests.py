@@ -27,16 +27,16 @@ from esi.api.routes.table import Param, Route
 from esi.errors import ApiError
 from esi.security.scopes import Principal, require_read, require_send
 from esi.store import RequestRecord, Store
-from esi.store.events import NullRecorder
+from esi.store.events import NullRecorder, Recorder
 from esi.store.records import OutboxRow
 from esi.store.settled import SETTLED
 
-__all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "RequestRoutes", "SETTLED_WITHIN_WAIT"]
+__all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "SETTLED_WITHIN_WAIT", "RequestRoutes"]
 
 log = logging.getLogger(__name__)
 
 #: what the POSTs that send a request answer besides 202: the outcome, when `Prefer: wait=N` asked to wait for it
-SETTLED_WITHIN_WAIT = {200: {"model": RequestRecord, "description": (
+SETTLED_WITHIN_WAIT: dict[int | str, Any] = {200: {"model": RequestRecord, "description": (
     "With the header `Prefer: wait=N` (RFC 7240; N seconds, capped by ESI_MAX_WAIT): the request was completed, "
     "failed or dead-lettered within the wait, and this is its state, as `GET /requests/{request_id}` gives it. "
     "When the wait ends first, the answer is the 202.")}}
@@ -80,7 +80,7 @@ class RequestRoutes:
     def __init__(self, deps: ApiDeps) -> None:
         self._deps = deps
         self._store = deps.store
-        self._events = deps.events or NullRecorder()
+        self._events: Recorder = deps.events or NullRecorder()
         #: without a registry every caller may do everything, and requests are recorded without a client
         self._auth_on = deps.clients is not None
         self._max_body = deps.max_pdf_bytes * 4 // 3 + 1024 * 1024
