@@ -54,7 +54,7 @@ HTTP_REQUESTS = Counter("esi_http_requests", "HTTP requests served", ["route", "
 HTTP_DURATION = Histogram("esi_http_request_duration_seconds", "HTTP request latency", ["route", "method"],
                           buckets=_BUCKETS, registry=REGISTRY)
 QUEUE_DEPTH = Gauge("esi_queue_messages", "Messages ready in a queue", ["queue"], registry=REGISTRY)
-CIRCUIT_OPEN = Gauge("esi_circuit_open", "1 while a system's circuit is open, half-open or paused; 0 closed",
+CIRCUIT_OPEN = Gauge("esi_circuit_open", "1 while a system's circuit is open or paused, 0.5 half-open, 0 closed",
                      ["system"], registry=REGISTRY)
 CIRCUIT_TRANSITIONS = Counter("esi_circuit_transitions", "Circuit breaker transitions, by the state entered",
                               ["system", "to"], registry=REGISTRY)
