@@ -25,11 +25,11 @@ RUN groupadd --system --gid 10001 esi \
     && chown esi:esi /app/var
 USER 10001:10001
 
-# Liveness over HTTP with the standard library (the slim base has no curl). Each service says where its /healthz is:
+# Liveness over HTTP with the standard library (the slim base has no curl). Each service says where its /livez is:
 # onec on ESI_HTTP_PORT (5000), dms and crm on ESI_HEALTH_PORT (8080), the fakes on their own ports.
-ENV ESI_HEALTH_URL=http://127.0.0.1:8080/healthz
+ENV ESI_HEALTH_URL=http://127.0.0.1:8080/livez
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('ESI_HEALTH_URL', 'http://127.0.0.1:8080/healthz'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('ESI_HEALTH_URL', 'http://127.0.0.1:8080/livez'), timeout=4)"]
 
 EXPOSE 5000 5100 5200 8080
 STOPSIGNAL SIGTERM

@@ -23,8 +23,11 @@ check-postgres: install
 run: check-broker
 	ESI_LOG_FORMAT=$${ESI_LOG_FORMAT:-text} $(BIN)/esi run --with-fakes
 
-## test: the whole suite, against the local RabbitMQ and PostgreSQL
+## test: lint (ruff) and types (mypy --strict on esi/), then the whole suite, against the local RabbitMQ and PostgreSQL
 test: check-broker check-postgres
+	$(BIN)/ruff check esi tests bench
+	$(BIN)/mypy esi
+	$(BIN)/esi contracts check contracts
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## bench: the benchmark harness (not a test); figures land in bench/results/

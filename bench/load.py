@@ -44,8 +44,8 @@ def latency_summary(values: list[float]) -> dict[str, float | None]:
 
 def client(pool: int, base_url: str) -> aiohttp.ClientSession:
     """The load generator's HTTP client: aiohttp alone, the leanest asyncio client at hand. The load generator shares
-    the machine's two cores with what it measures: measured here, httpx over aiohttp cost it 2.5-2.9 ms of CPU a
-    request (a POST and a long poll), which the services then could not use."""
+    the machine's two cores with what it measures: what its client spends, the services cannot use (httpx's cost:
+    docs/performance.md)."""
     return aiohttp.ClientSession(base_url=base_url, timeout=aiohttp.ClientTimeout(total=60.0),
                                  connector=aiohttp.TCPConnector(limit=pool), cookie_jar=aiohttp.DummyCookieJar())
 

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ class BenchError(RuntimeError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _ratio(value: float | None, base: float | None, digits: int = 3) -> float | None:
@@ -473,14 +473,9 @@ class Bench:
     def run_bound(self) -> None:
         """Runs 4 and 6 again with each DMS adapter held to a tighter limit, `bound_limit` calls under way at once
         (DMS_MAX_CONCURRENCY, default 10, against the default 32 of runs 4 and 6), as one would set for a fragile
-        system. The prefetch is five times the limit: messages whose call is done wait for their answer's confirm
-        and their inbox write (held up by the 1C side's commits on a shared SQLite file during the burst) while the
-        next ones already call the DMS; with only twice the limit the calls in flight fell to 0 for a while.
-        The adapters must stay what limits the run: two adapters at 10 calls of 200 ms need 100 requests/s end to
-        end, at 32 (runs 4 and 6) 320/s. On a slow day here (ceiling 600-660/s instead of 1,376/s) the whole system
-        carried 138-164/s, and a scale-out run asking for more measures the two cores, not the adapters. Until
-        2026-11-27 the default limit was the prefetch (200): one adapter then kept more calls in flight than the
-        API could post requests, and runs 4 and 6 measured the ingress (1.9-3.1x the ideal of 1 s, speed-up 1.0-1.4x)."""
+        system. The prefetch is five times the limit, so that the calls stay busy while the messages whose call is
+        done wait for their confirm and inbox write; and the limit is low enough that the adapters, not the two
+        cores, limit the run (the history: docs/performance.md)."""
         a, system = self.args, self.system
         bound = a.bound_limit
         env = {"ESI_PREFETCH": str(5 * bound), "DMS_MAX_CONCURRENCY": str(bound)}
@@ -758,7 +753,7 @@ def print_table(result: dict[str, Any]) -> None:
         run = next(r for r in e2e["runs"] if r["concurrency"] == best["concurrency"])
         stages = run.get("stages") or {}
         if stages.get("requests"):
-            row("   where the time goes, p50 ms (C=%d)" % run["concurrency"],
+            row(f"   where the time goes, p50 ms (C={run['concurrency']:d})",
                 "  ".join(f"{k} {_fmt(stages[k]['p50_ms'])}" for k in ("api", "relay", "to_dms", "back", "poll")))
             stored = stages["to_stored"]
             row("   POST → answer stored (no polling)", f"p50 {_fmt(stored['p50_ms'])}  p95 {_fmt(stored['p95_ms'])}  "

@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
-from typing import Annotated, Optional
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import httpx
 import typer
 
 from esi.config import Settings
+from esi.contracts.cli import contracts_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="esi — Enterprise System Integration bus")
+if TYPE_CHECKING:
+    from esi.bus.dead_letters import DeadLetter, DeadLetters, Filters
+
+_T = TypeVar("_T")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="esi — Enterprise System Integration bus")
 
 
 def _settings() -> Settings:
@@ -26,10 +33,10 @@ def _settings() -> Settings:
 
 @app.command()
 def run(
-    services: Annotated[Optional[list[str]], typer.Argument(
+    services: Annotated[list[str] | None, typer.Argument(
         help="the adapters (onec dms crm ...) and fakes (fake-dms ...) to run; none: every adapter")] = None,
     with_fakes: Annotated[bool, typer.Option("--with-fakes", help="also start every system's fake")] = False,
-    log_format: Annotated[Optional[str], typer.Option(help="json or text (default: ESI_LOG_FORMAT)")] = None,
+    log_format: Annotated[str | None, typer.Option(help="json or text (default: ESI_LOG_FORMAT)")] = None,
 ) -> None:
     """Run services until SIGTERM/SIGINT; in-flight work is finished before exit."""
     from esi import runtime
@@ -54,6 +61,14 @@ def run(
         raise typer.Exit(2)
     if with_fakes:
         chosen += [f for f in registry.fakes if f not in chosen]
+    from esi import tracing
+
+    try:
+        # OTEL_* variables; off unless they ask for it. The adapters name the process (esi-onec, esi-crm+dms)
+        tracing.configure([s for s in chosen if s not in registry.fakes])
+    except tracing.TracingConfigError as exc:
+        typer.echo(f"esi: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         import uvloop
 
@@ -70,15 +85,17 @@ def run(
         raise typer.Exit(2) from None
     except KeyboardInterrupt:  # pragma: no cover
         pass
+    finally:
+        tracing.shutdown()  # the spans still buffered are exported
 
 
-UserOpt = Annotated[Optional[str], typer.Option("--user", envvar="ESI_API_USER",
+UserOpt = Annotated[str | None, typer.Option("--user", envvar="ESI_API_USER",
                                                 help="API client id (default in demo: demo)")]
-PasswordOpt = Annotated[Optional[str], typer.Option("--password", envvar="ESI_API_PASSWORD",
+PasswordOpt = Annotated[str | None, typer.Option("--password", envvar="ESI_API_PASSWORD",
                                                     help="its password (default in demo: demo)")]
 
 
-def _auth(user: Optional[str], password: Optional[str]) -> Optional[tuple[str, str]]:
+def _auth(user: str | None, password: str | None) -> tuple[str, str] | None:
     if user:
         return (user, password or "")
     if _settings().env == "demo":
@@ -91,7 +108,7 @@ def _auth(user: Optional[str], password: Optional[str]) -> Optional[tuple[str, s
 @app.command()
 def status(
     request_id: str,
-    api: Annotated[Optional[str], typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")] = None,
+    api: Annotated[str | None, typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")] = None,
     user: UserOpt = None, password: PasswordOpt = None,
 ) -> None:
     """Print the state of a request as JSON."""
@@ -109,7 +126,7 @@ def status(
 @app.command()
 def trace(
     request_id: str,
-    api: Annotated[Optional[str], typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")] = None,
+    api: Annotated[str | None, typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the raw timeline as JSON")] = False,
     user: UserOpt = None, password: PasswordOpt = None,
 ) -> None:
@@ -184,11 +201,12 @@ app.add_typer(clients_app, name="clients")
 @clients_app.command("add")
 def clients_add(
     client_id: Annotated[str, typer.Argument(metavar="CLIENT_ID")],
-    send: Annotated[Optional[list[str]], typer.Option("--send", help="target:message_type, e.g. dms:create_user or crm:*")] = None,
+    send: Annotated[list[str] | None,
+                    typer.Option("--send", help="target:message_type, e.g. dms:create_user or crm:*")] = None,
     read: Annotated[bool, typer.Option("--read/--no-read", help="may read the outcome of its requests")] = True,
     operator: Annotated[bool, typer.Option("--operator", help="may use /dlq and replay")] = False,
     api_key: Annotated[bool, typer.Option("--api-key", help="also generate an API key (printed once)")] = False,
-    file: Annotated[Optional[str], typer.Option("--file", help="add to this clients file (created if missing)")] = None,
+    file: Annotated[str | None, typer.Option("--file", help="add to this clients file (created if missing)")] = None,
 ) -> None:
     """Hash a new client's password (asked for) and print, or add, its clients-file entry."""
     from esi.runtime import registry_from
@@ -213,16 +231,16 @@ def clients_add(
         typer.echo(f"API key (shown once, send it as X-API-Key): {key}", err=True)
 
 
-SinceOpt = Annotated[Optional[str], typer.Option("--since", help="within this long: 90s, 15m, 2h, 7d")]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="within this long: 90s, 15m, 2h, 7d")]
 
 systems_app = typer.Typer(no_args_is_help=True, help="The systems: maintenance pauses and circuit breakers")
 app.add_typer(systems_app, name="systems")
 
-ApiOpt = Annotated[Optional[str], typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")]
+ApiOpt = Annotated[str | None, typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")]
 
 
-def _call_api(method: str, path: str, *, api: Optional[str], user: Optional[str], password: Optional[str],
-              **kwargs: object) -> dict:
+def _call_api(method: str, path: str, *, api: str | None, user: str | None, password: str | None,
+              **kwargs: Any) -> dict[str, Any]:
     """One call to the API as an operator; exits 3 when it cannot be reached, 1 on an error answer."""
     base = api or f"http://127.0.0.1:{_settings().http_port}"
     try:
@@ -230,7 +248,7 @@ def _call_api(method: str, path: str, *, api: Optional[str], user: Optional[str]
     except httpx.HTTPError as exc:
         typer.echo(f"esi: cannot reach the API at {base}: {exc}", err=True)
         raise typer.Exit(3) from None
-    body = response.json()
+    body: dict[str, Any] = response.json()
     if response.status_code >= 400:
         typer.echo(f"esi: {json.dumps(body.get('error', body), ensure_ascii=False)}", err=True)
         raise typer.Exit(1)
@@ -259,9 +277,9 @@ def systems_status(api: ApiOpt = None, user: UserOpt = None, password: PasswordO
 
 @systems_app.command("pause")
 def systems_pause(code: Annotated[str, typer.Argument(metavar="SYSTEM")],
-                  for_: Annotated[Optional[str], typer.Option("--for", help="90s, 15m, 2h, 7d (default: until "
+                  for_: Annotated[str | None, typer.Option("--for", help="90s, 15m, 2h, 7d (default: until "
                                                                              "resumed)")] = None,
-                  reason: Annotated[Optional[str], typer.Option("--reason")] = None,
+                  reason: Annotated[str | None, typer.Option("--reason")] = None,
                   api: ApiOpt = None, user: UserOpt = None, password: PasswordOpt = None) -> None:
     """Pause a system for maintenance: every adapter replica stops taking its messages, which wait in its queue."""
     body = _call_api("POST", f"/systems/{code}/pause", api=api, user=user, password=password,
@@ -279,7 +297,7 @@ def systems_resume(code: Annotated[str, typer.Argument(metavar="SYSTEM")], api: 
 
 
 @app.command("audit")
-def audit(action: Annotated[Optional[str], typer.Option(help="dlq.replay, dlq.purge, system.pause, ...")] = None,
+def audit(action: Annotated[str | None, typer.Option(help="dlq.replay, dlq.purge, system.pause, ...")] = None,
           since: SinceOpt = None, limit: Annotated[int, typer.Option()] = 50, api: ApiOpt = None,
           user: UserOpt = None, password: PasswordOpt = None,
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -295,11 +313,13 @@ def audit(action: Annotated[Optional[str], typer.Option(help="dlq.replay, dlq.pu
                    f"{count}".rstrip())
 
 
+app.add_typer(contracts_app, name="contracts")
+
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect, replay and purge dead letters (nothing is lost by looking)")
 app.add_typer(dlq_app, name="dlq")
 
 
-def _filters(queue: Optional[str], reason: Optional[str], since: Optional[str], ids: Sequence[str] = ()):
+def _filters(queue: str | None, reason: str | None, since: str | None, ids: Sequence[str] = ()) -> Filters:
     from esi.bus.dead_letters import Filters, parse_duration
 
     try:
@@ -309,7 +329,7 @@ def _filters(queue: Optional[str], reason: Optional[str], since: Optional[str], 
         raise typer.Exit(2) from None
 
 
-def _with_dead_letters(action):
+def _with_dead_letters(action: Callable[[DeadLetters], Awaitable[_T]]) -> _T:
     """Run `action(dead_letters)` on a connection of its own."""
     from esi.bus.dead_letters import DeadLetters
     from esi.runtime import registry_from, topology_from
@@ -317,7 +337,7 @@ def _with_dead_letters(action):
     settings = _settings()
     registry = registry_from(settings)
 
-    async def go():
+    async def go() -> _T:
         import aio_pika
 
         try:
@@ -336,7 +356,7 @@ def _with_dead_letters(action):
     return asyncio.run(go())
 
 
-def _audit_cli(action: str, *, subject: Optional[str], count: int, detail: dict) -> None:
+def _audit_cli(action: str, *, subject: str | None, count: int, detail: dict[str, Any]) -> None:
     """What an operator did from the command line goes to the audit log too, as `cli:<user>`."""
     import getpass
 
@@ -356,7 +376,7 @@ def _audit_cli(action: str, *, subject: Optional[str], count: int, detail: dict)
         typer.echo(f"esi: could not write the audit log ({exc})", err=True)
 
 
-def _age(seconds: Optional[float]) -> str:
+def _age(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -365,7 +385,7 @@ def _age(seconds: Optional[float]) -> str:
     return f"{seconds:.0f}s"
 
 
-def _table(letters) -> None:
+def _table(letters: Iterable[DeadLetter]) -> None:
     rows = [("ID", "QUEUE", "ROUTING KEY", "REASON", "ATTEMPTS", "AGE")]
     for d in letters:
         reason = d.reason if len(d.reason) <= 60 else d.reason[:57] + "..."
@@ -375,13 +395,13 @@ def _table(letters) -> None:
         typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
 
 
-QueueOpt = Annotated[Optional[str], typer.Option("--queue", help="a DLQ (dms_dead_letter_queue) or its system (dms)")]
-ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="text the reason or error class contains")]
+QueueOpt = Annotated[str | None, typer.Option("--queue", help="a DLQ (dms_dead_letter_queue) or its system (dms)")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="text the reason or error class contains")]
 
 
 @dlq_app.command("list")
 def dlq_list(queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt = None,
-             limit: Annotated[Optional[int], typer.Option("--limit")] = None,
+             limit: Annotated[int | None, typer.Option("--limit")] = None,
              as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False) -> None:
     """List dead letters (they stay in their queue)."""
     filters = _filters(queue, reason, since)
@@ -404,10 +424,10 @@ def dlq_show(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
 
 
 @dlq_app.command("replay")
-def dlq_replay(ids: Annotated[Optional[list[str]], typer.Argument(metavar="[ID ...]")] = None,
+def dlq_replay(ids: Annotated[list[str] | None, typer.Argument(metavar="[ID ...]")] = None,
                all_: Annotated[bool, typer.Option("--all", help="every dead letter matching the filters")] = False,
                queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt = None,
-               rate: Annotated[Optional[float], typer.Option("--rate", help="at most N messages per second")] = None,
+               rate: Annotated[float | None, typer.Option("--rate", help="at most N messages per second")] = None,
                dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be replayed")] = False) -> None:
     """Republish dead letters to their original routing key, attempt count reset."""
     if not ids and not all_:
@@ -435,6 +455,48 @@ def dlq_purge(queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt 
     _audit_cli("dlq.purge", subject=queue, count=len(letters),
                detail={"ids": [d.id for d in letters][:1000], "reason": reason, "since": since})
     typer.echo(f"purged {len(letters)} message(s)")
+
+
+retention_app = typer.Typer(no_args_is_help=True, help="Delete requests kept longer than ESI_REQUEST_RETENTION")
+app.add_typer(retention_app, name="retention")
+
+
+@retention_app.command("run")
+def retention_run(
+    older_than: Annotated[str | None, typer.Option(
+        help="delete what settled before this long ago (30d, 12h, seconds); default: ESI_REQUEST_RETENTION")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the counts as JSON")] = False,
+) -> None:
+    """One retention pass now, in batches: requests in a final state, their business keys and timelines."""
+    from esi.config import parse_duration
+    from esi.store import Store
+    from esi.store.retention import run_pass
+
+    settings = _settings()
+    try:
+        retention_s = (parse_duration(older_than, name="--older-than") if older_than is not None
+                       else settings.request_retention_s)
+    except ValueError as exc:
+        typer.echo(f"esi: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if retention_s <= 0:
+        typer.echo("esi: retention is off (ESI_REQUEST_RETENTION=0); pass --older-than to delete anyway", err=True)
+        raise typer.Exit(2)
+
+    async def go() -> dict[str, int | float | str]:
+        store = await Store.open(settings.database_url)
+        try:
+            return (await run_pass(store, retention_s=retention_s)).as_dict()
+        finally:
+            await store.aclose()
+
+    counts = asyncio.run(go())
+    if as_json:
+        typer.echo(json.dumps(counts))
+        return
+    typer.echo(f"deleted {counts['requests']} requests, {counts['keys']} business keys, {counts['events']} timeline "
+               f"events, {counts['outbox']} outbox rows settled before {counts['cutoff']} "
+               f"({counts['batches']} batches, {counts['seconds']} s)")
 
 
 def main() -> None:  # pragma: no cover

@@ -6,14 +6,35 @@ Everything below the edges receives plain values through keyword-only constructo
 from __future__ import annotations
 
 import json
-from typing import Literal
+import math
+from typing import Annotated, Literal
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 DEFAULT_RETRY_DELAYS = [1.0, 5.0, 30.0, 120.0, 600.0]
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: object, *, name: str) -> float:
+    """Seconds from `30d`, `12h`, `15m`, `90s`, `3600` or `1.5` (a number is seconds); `off` is 0."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("off", "none", "never", "disabled"):
+            return 0.0
+        unit = _UNITS.get(text[-1:]) if text else None
+        try:
+            seconds = float(text[:-1]) * unit if unit else float(text)
+        except ValueError:
+            raise ValueError(f"{name} must be a duration such as 30d, 12h, 15m or seconds: {value!r}") from None
+    else:  # a ValueError, which pydantic reports as the setting's validation error (a TypeError it would not)
+        raise ValueError(f"{name} must be a duration such as 30d, 12h, 15m or seconds: {value!r}")
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(f"{name} must be a positive duration (or 0 / off): {value!r}")
+    return seconds
 
 
 def _env(*names: str) -> AliasChoices:
@@ -32,6 +53,8 @@ class Settings(BaseSettings):
     clients_file: str | None = Field(None, validation_alias=_env("ESI_CLIENTS_FILE"))
     clients_json: SecretStr | None = Field(None, validation_alias=_env("ESI_CLIENTS_JSON"))
     auth_cache_ttl: float = Field(60.0, ge=0, validation_alias=_env("ESI_AUTH_CACHE_TTL"))
+    #: the operator console's CSRF key, the same on every API replica; unset: each process draws its own
+    console_secret: SecretStr | None = Field(None, validation_alias=_env("ESI_CONSOLE_SECRET"))
 
     # --- TLS (HTTPS to each system: its own `<PREFIX>CA_BUNDLE`) ------------------------------------------------
     amqp_ca_file: str | None = Field(None, validation_alias=_env("ESI_AMQP_CA_FILE"))
@@ -66,6 +89,9 @@ class Settings(BaseSettings):
     outbox_max_backlog: int = Field(100_000, ge=1, validation_alias=_env("ESI_OUTBOX_MAX_BACKLOG"))
     inbox_retention_s: float = Field(7 * 86400, gt=0, validation_alias=_env("ESI_INBOX_RETENTION"))
     prune_interval_s: float = Field(3600, gt=0, validation_alias=_env("ESI_PRUNE_INTERVAL"))
+    #: requests in a final state (and their business keys and timelines) older than this are deleted; 0: kept for ever
+    request_retention_s: float = Field(30 * 86400, ge=0, validation_alias=_env("ESI_REQUEST_RETENTION"))
+    retention_interval_s: float = Field(3600, gt=0, validation_alias=_env("ESI_RETENTION_INTERVAL"))
 
     # --- HTTP API for 1C ----------------------------------------------------------------------------------------
     http_host: str = Field("127.0.0.1", validation_alias=_env("ESI_HTTP_HOST"))
@@ -76,6 +102,8 @@ class Settings(BaseSettings):
     http_port: int = Field(5000, validation_alias=_env("ESI_HTTP_PORT", "FLASK_PORT"))
     health_host: str = Field("127.0.0.1", validation_alias=_env("ESI_HEALTH_HOST"))
     health_port: int = Field(8080, validation_alias=_env("ESI_HEALTH_PORT"))
+    #: how often each process runs its readiness checks for `esi_dependency_ready` besides every /readyz; 0: only then
+    readiness_interval_s: float = Field(30.0, ge=0, validation_alias=_env("ESI_READINESS_INTERVAL"))
     max_pdf_bytes: int = Field(10 * 1024 * 1024, ge=1, validation_alias=_env("ESI_MAX_PDF_BYTES"))
 
     # --- the systems ------------------------------------------------------------------------------------------
@@ -97,6 +125,13 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("request_retention_s", "retention_interval_s", "readiness_interval_s", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: object, info: ValidationInfo) -> object:
+        names = {"request_retention_s": "ESI_REQUEST_RETENTION", "retention_interval_s": "ESI_RETENTION_INTERVAL",
+                 "readiness_interval_s": "ESI_READINESS_INTERVAL"}
+        return parse_duration(value, name=names[str(info.field_name)])
+
     @field_validator("retry_delays", mode="before")
     @classmethod
     def _parse_delays(cls, value: object) -> object:
@@ -110,7 +145,7 @@ class Settings(BaseSettings):
         return [float(v) for v in value]
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if self.env == "production" and self.auth == "off":
             raise ValueError("ESI_ENV=production refuses ESI_AUTH=off: the API always authenticates in production")
         return self

@@ -13,12 +13,13 @@ import logging
 import re
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("esi_log_context", default={})
+# never mutated in place: log_context() sets a new dict
+_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("esi_log_context", default={})  # noqa: B039
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 _SECRET_PATTERNS = [
@@ -65,7 +66,7 @@ class ContextFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": redact(record.getMessage()),

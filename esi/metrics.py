@@ -16,9 +16,16 @@ Series:
     esi_outbox_backlog                                         requests accepted but not yet confirmed by the broker
     esi_circuit_open{system}                                   1 while the system's breaker is not closed (or paused)
     esi_circuit_transitions_total{system,to}                   breaker transitions, by the state entered
+    esi_dependency_ready{service,dependency}                   1 while the dependency's readiness check passes, 0 not
+                                                               (set by every /readyz and every ESI_READINESS_INTERVAL)
+    esi_requests_settled_total{target,message_type,status}     requests answered to 1C: completed | failed
+    esi_request_duration_seconds{target,message_type}          histogram, accepted to answered (end to end)
+    esi_retention_deleted_total{table}                         rows removed by retention (ESI_REQUEST_RETENTION)
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -47,8 +54,29 @@ HTTP_REQUESTS = Counter("esi_http_requests", "HTTP requests served", ["route", "
 HTTP_DURATION = Histogram("esi_http_request_duration_seconds", "HTTP request latency", ["route", "method"],
                           buckets=_BUCKETS, registry=REGISTRY)
 QUEUE_DEPTH = Gauge("esi_queue_messages", "Messages ready in a queue", ["queue"], registry=REGISTRY)
-CIRCUIT_OPEN = Gauge("esi_circuit_open", "1 while a system's circuit is open, half-open or paused; 0 closed",
+CIRCUIT_OPEN = Gauge("esi_circuit_open", "1 while a system's circuit is open or paused, 0.5 half-open, 0 closed",
                      ["system"], registry=REGISTRY)
 CIRCUIT_TRANSITIONS = Counter("esi_circuit_transitions", "Circuit breaker transitions, by the state entered",
                               ["system", "to"], registry=REGISTRY)
 OUTBOX_BACKLOG = Gauge("esi_outbox_backlog", "Accepted requests not yet confirmed by the broker", registry=REGISTRY)
+DEPENDENCY_READY = Gauge("esi_dependency_ready", "1 while a dependency's readiness check passes, 0 while it fails",
+                         ["service", "dependency"], registry=REGISTRY)
+REQUESTS_SETTLED = Counter("esi_requests_settled", "Requests answered to 1C, by their final state",
+                           ["target", "message_type", "status"], registry=REGISTRY)
+#: end to end: minutes when a system is down and the retry ladder or a breaker holds the request
+REQUEST_DURATION = Histogram("esi_request_duration_seconds", "Time from a request's acceptance to its answer",
+                             ["target", "message_type"], buckets=(*_BUCKETS, 60, 120, 300, 600, 1800, 3600),
+                             registry=REGISTRY)
+RETENTION_DELETED = Counter("esi_retention_deleted", "Rows deleted by the retention pass", ["table"],
+                            registry=REGISTRY)
+
+
+def request_settled(*, target: str, message_type: str, status: str, created_at: str) -> None:
+    """Count a request answered to 1C and observe its end-to-end time (`created_at`: the store's ISO time)."""
+    REQUESTS_SETTLED.labels(target, message_type, status).inc()
+    try:
+        accepted = datetime.fromisoformat(created_at)
+    except (TypeError, ValueError):
+        return
+    elapsed = (datetime.now(UTC) - accepted).total_seconds()
+    REQUEST_DURATION.labels(target, message_type).observe(max(elapsed, 0.0))

@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import uvicorn
@@ -40,9 +40,11 @@ from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_
 from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
 from esi.store import Store
 from esi.store.events import EventRecorder
-from esi.systems.breaker import Breaker
+from esi.store.retention import RetentionTask
+from esi.systems.breaker import Breaker, State
 from esi.systems.calls import Guarded, Limiter
-from esi.systems.registry import Registry, RegistryError, activate, load_registry as load_systems
+from esi.systems.registry import Registry, RegistryError, activate
+from esi.systems.registry import load_registry as load_systems
 from esi.systems.spec import System, SystemContext, SystemSettings
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: FastAPI, *, host: str, port: int, name: str, ssl: dict | None = None) -> None:
+    def __init__(self, app: FastAPI, *, host: str, port: int, name: str, ssl: dict[str, Any] | None = None) -> None:
         # a long keep-alive: 1C clients and proxies reuse connections, and a server closing an idle one just as the
         # client reuses it is a failed request for the client
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
@@ -139,7 +141,8 @@ class SystemService(Service):
         self.consumer: Consumer | None = None
         self.relay: OutboxRelay | None = None
         self.http: HttpServer | None = None
-        self._client: Any = None
+        #: the system's own client (its methods are looked up: `check`, `aclose`)
+        self._client: object = None
         self.breaker: Breaker | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -147,6 +150,7 @@ class SystemService(Service):
         system, config = self.system, self.system_settings
         guarded = None
         if system.client is not None:
+            assert config is not None, f"{system.code} declares a client without settings"
             self._client = system.client(config)
             self.breaker = Breaker(system=system.code, probe=getattr(self._client, "check", None),
                                    failure_threshold=config.breaker_failures, probe_max=config.breaker_probe_max)
@@ -201,10 +205,15 @@ class SystemService(Service):
             self._background.append(asyncio.create_task(self._follow_pauses(), name=f"pauses-{self.name}"))
         await self.consumer.start()
         self._background.append(asyncio.create_task(self._prune_forever(), name=f"prune-{self.name}"))
+        if self.system.origin and s.request_retention_s > 0:
+            retention = RetentionTask(store=self.store, retention_s=s.request_retention_s,
+                                      interval_s=s.retention_interval_s,
+                                      first_delay_s=min(10.0, s.retention_interval_s))
+            self._background.append(asyncio.create_task(retention.run_forever(), name="retention"))
 
     # --- the breaker and maintenance pauses -------------------------------------------------------------------
 
-    def _on_breaker_change(self, _old: Any, _new: Any) -> None:
+    def _on_breaker_change(self, _old: State, _new: State) -> None:
         self._background.append(asyncio.get_running_loop().create_task(self._follow_breaker()))
         self._background = [t for t in self._background if not t.done()]
 
@@ -256,7 +265,8 @@ class SystemService(Service):
             clients=_clients(s), store=self.store, on_accepted=self.relay.submit, max_pdf_bytes=s.max_pdf_bytes,
             readiness=self.process_readiness, events=self.events,
             dead_letters=DeadLetters(self.bus.connection, topology), max_backlog=s.outbox_max_backlog,
-            max_wait=s.max_wait_s, wait_recheck=s.wait_recheck_s, send_routes=self.registry.send_routes))
+            max_wait=s.max_wait_s, wait_recheck=s.wait_recheck_s, send_routes=self.registry.send_routes,
+            console_secret=s.console_secret.get_secret_value().encode() if s.console_secret else None))
         self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api",
                                ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file,
                                                       client_ca_file=s.tls_client_ca_file))
@@ -266,7 +276,7 @@ class SystemService(Service):
         """Forget processed message ids (and sent outbox rows) after the retention time."""
         while True:
             try:
-                cutoff = (datetime.now(timezone.utc) - timedelta(seconds=self.settings.inbox_retention_s))
+                cutoff = (datetime.now(UTC) - timedelta(seconds=self.settings.inbox_retention_s))
                 inbox, outbox = await self.store.prune(cutoff.isoformat(timespec="microseconds"))
                 if inbox or outbox:
                     log.info("pruned %d inbox ids and %d sent outbox rows older than %s", inbox, outbox, cutoff)
@@ -302,6 +312,7 @@ class FakeService(Service):
         assert system.fake is not None
         self.name = system.fake.service
         config = system_settings(system)
+        assert config is not None, f"{system.code} declares a fake without settings"
         self.http = HttpServer(system.fake.app(config), host=settings.fake_host, port=config.fake_port,
                                name=self.name)
 
@@ -354,13 +365,14 @@ async def run(settings: Settings, services: Sequence[str], *, registry: Registry
     background: list[asyncio.Task[None]] = []
 
     async def readiness() -> tuple[bool, dict[str, Any]]:
-        checks: dict[str, Check] = {}
-        for adapter in adapters:
-            checks.update(adapter.checks())
-        ready, report = await run_checks(checks)
+        # each adapter's checks on their own, so that esi_dependency_ready{service,dependency} names the service
+        results = await asyncio.gather(*(run_checks(adapter.checks(), service=adapter.name) for adapter in adapters))
+        report: dict[str, Any] = {}
+        for _, checks in results:
+            report.update(checks)
         for adapter in adapters:
             report.update(adapter.circuits())
-        return ready, report
+        return all(ready for ready, _ in results), report
 
     try:
         # fakes first, so that adapters find their external systems
@@ -383,15 +395,18 @@ async def run(settings: Settings, services: Sequence[str], *, registry: Registry
                 return
             started.append(service)
         if adapters and not any(a.system.origin for a in adapters):
-            # adapters without the 1C API still answer /healthz, /readyz and /metrics on a port of their own
+            # adapters without the 1C API still answer /livez (/healthz), /readyz and /metrics on a port of their own
             ops = HttpServer(create_ops_app(readiness), host=settings.health_host, port=settings.health_port,
                              name="health")
             await ops.start()
             started.append(_Stoppable("health", ops))
         if adapters:
             background.append(asyncio.create_task(_sample_depths(adapters, store), name="queue-depths"))
+            if settings.readiness_interval_s > 0:
+                background.append(asyncio.create_task(_sample_readiness(readiness, settings.readiness_interval_s),
+                                                      name="readiness"))
         # what start-up built (modules, apps, connections, caches) lives as long as the process: frozen, a full
-        # collection no longer walks it (measured: 120 ms of stopped event loop per full collection otherwise)
+        # collection no longer walks it, stopping the event loop (docs/performance.md)
         gc.collect()
         gc.freeze()
         log.info("esi running: %s", ", ".join(s.name for s in started))
@@ -439,6 +454,17 @@ class _Stoppable(Service):
         await self._server.stop()
 
 
+async def _sample_readiness(readiness: ReadyCheck, interval: float) -> None:
+    """Run the readiness checks every `interval` seconds, for `esi_dependency_ready` (set by `run_checks`): the
+    alert on a dependency that stays down needs it even where nothing probes /readyz."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await readiness()
+        except Exception as exc:
+            log.debug("readiness sampling failed: %s", exc)
+
+
 async def _sample_depths(adapters: list[SystemService], store: Store | None, interval: float = 5.0) -> None:
     """Keep the queue-depth and outbox-backlog gauges current (a passive declare per queue)."""
     while True:
@@ -453,7 +479,9 @@ async def _sample_depths(adapters: list[SystemService], store: Store | None, int
                 try:
                     for name in names:
                         declared = await channel.declare_queue(name, passive=True)
-                        metrics.QUEUE_DEPTH.labels(name).set(declared.declaration_result.message_count)
+                        count = declared.declaration_result.message_count
+                        if count is not None:
+                            metrics.QUEUE_DEPTH.labels(name).set(count)
                 finally:
                     await channel.close()
                 if adapter.system.origin and store is not None:

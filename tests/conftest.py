@@ -47,7 +47,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         db.drop()
 
 
-def _system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, store: str) -> Iterator[EsiSystem]:
+def _system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            store: str) -> Iterator[EsiSystem]:
     workdir = tmp_path_factory.mktemp("esi")
     v = Vhost()
     db = PgDatabase() if store == "postgres" else None

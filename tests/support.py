@@ -126,9 +126,9 @@ class EsiProcess:
         return f"http://127.0.0.1:{self.env['ESI_HEALTH_PORT']}"
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([ESI, "run", *self.services], env=self.env, stdout=log, stderr=log,
-                                     cwd=self.log_path.parent)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([ESI, "run", *self.services], env=self.env, stdout=log, stderr=log,
+                                         cwd=self.log_path.parent)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.proc is not None
@@ -194,6 +194,8 @@ class EsiSystem:
             "ESI_MAX_ATTEMPTS": "4",
             "ESI_LOG_FORMAT": "json",
             "ESI_AUTH": "off",  # the authentication tests turn it on with their own clients
+            # no readiness checks on a timer: they would call the fakes behind the tests' backs (and their faults)
+            "ESI_READINESS_INTERVAL": "0",
         })
         for system in self.registry.systems:
             if system.settings is None:

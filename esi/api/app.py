@@ -13,11 +13,13 @@ from esi.api.auth import Authenticator
 from esi.api.deps import ApiDeps
 from esi.api.errors import install_error_handlers
 from esi.api.hot import HotPath
+from esi.api.routes.contracts import ContractRoutes
 from esi.api.routes.dead_letters import DeadLetterRoutes
 from esi.api.routes.operations import OperationsRoutes
 from esi.api.routes.ops import OpsRoutes
 from esi.api.routes.requests import RequestRoutes
 from esi.api.routes.table import Route, add_routes
+from esi.console import console_router
 
 __all__ = ["ApiDeps", "build_routes", "create_app"]
 
@@ -26,7 +28,7 @@ def build_routes(deps: ApiDeps) -> list[Route]:
     """The API's route table, in the order of the OpenAPI document."""
     return [*OpsRoutes(deps.readiness).routes(), *RequestRoutes(deps).routes(),
             *DeadLetterRoutes(deps.dead_letters, deps.store).routes(),
-            *OperationsRoutes(deps.store, deps.registry).routes()]
+            *OperationsRoutes(deps.store, deps.registry).routes(), *ContractRoutes(deps.registry).routes()]
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
@@ -42,6 +44,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     routes = build_routes(deps)
     add_routes(app, routes, auth.dependency)
     app.state.routes = routes
+    app.include_router(console_router(deps, auth))  # the operator console at /console (never on the fast path)
     # outermost of our middlewares: what it answers skips FastAPI's routing and dependencies
     app.add_middleware(HotPath, routes=routes if deps.hot_path else (), authenticate=auth.authenticate)
     return app

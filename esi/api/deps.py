@@ -44,3 +44,6 @@ class ApiDeps:
     send_routes: Sequence[SendRoute] = ORIGINAL_SEND_ROUTES
     #: the systems the API sends to (catalog, targets, business keys); the process's own when not given
     registry: Registry = field(default_factory=current)
+    #: the key of the operator console's CSRF tokens, shared by the API replicas (ESI_CONSOLE_SECRET); None: drawn
+    #: per process
+    console_secret: bytes | None = None

@@ -7,6 +7,7 @@ as an `ApiError` (the 500 without details), on the fast path (esi.api.hot) and t
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,9 +41,10 @@ def internal_error_response() -> JSONResponse:
     return error_response(ApiError(500, "internal_error", "internal error; the service log has the details"))
 
 
-def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def validation_details(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """pydantic's errors as `{"field", "problem"}` pairs, the field a dotted path without the leading `body`."""
-    return [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "(body)", "problem": e.get("msg", "")}
+    return [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "(body)",
+             "problem": e.get("msg", "")}
             for e in errors]
 
 

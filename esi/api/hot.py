@@ -1,9 +1,8 @@
 """The API's outermost layer: the fast path for the hot routes, and the one place HTTP metrics are recorded.
 
-Profiled under load, FastAPI's and Starlette's layers (routing, dependency solving, parameter validation, the
-exception and exit-stack middlewares) took half of what the 1C process spent on HTTP, more than the endpoints
-themselves (measured: 1.25-1.33 ms of CPU per request through FastAPI, 1.06-1.13 ms through this path). So this pure
-ASGI middleware answers the well-formed common cases of the routes the route table marks `hot`
+FastAPI's and Starlette's layers (routing, dependency solving, parameter validation, the exception and exit-stack
+middlewares) cost more CPU than the endpoints themselves (figures: docs/performance.md). So this pure ASGI
+middleware answers the well-formed common cases of the routes the route table marks `hot`
 (esi.api.routes.table), calling their handlers with the principal `authenticate` gives — the very handlers and
 authentication FastAPI's routes use:
 
@@ -30,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from esi import metrics
+from esi import metrics, tracing
 from esi.api.errors import ApiError, error_response, internal_error_response
 from esi.api.routes.table import Route
 from esi.security.scopes import Principal
@@ -55,13 +54,15 @@ def record_request(template: str, method: str, status: int, started: float) -> N
                                                           metrics.HTTP_DURATION.labels(template, method))
     children[0].inc()
     children[1].observe(time.perf_counter() - started)
+    if tracing.enabled:
+        tracing.answered(template, method, status)
 
 
 class _Template:
     """A hot route whose path ends in a parameter: matches a path and a query, giving the handler's arguments, or
     None when FastAPI must answer."""
 
-    __slots__ = ("route", "method", "prefix", "max_length", "query", "default", "convert", "high")
+    __slots__ = ("convert", "default", "high", "max_length", "method", "prefix", "query", "route")
 
     def __init__(self, route: Route) -> None:
         match = _TEMPLATE.fullmatch(route.path)
@@ -138,6 +139,13 @@ class HotPath:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if tracing.enabled and scope["path"] not in tracing.UNTRACED_PATHS:  # a SERVER span (esi.tracing)
+            with tracing.serving(scope):
+                await self._route(scope, receive, send)
+            return
+        await self._route(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not scope.get("root_path"):
             method = scope["method"]
             path: str = scope["path"]

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ValidationError
 from esi.api.errors import ApiError, validation_details
 from esi.errors import InvalidMessage
 from esi.messages import Catalog, Envelope, Kind
-from esi.messages.envelope import ID_PATTERN, normalise_system
 from esi.messages.catalog import Upload, input_value
+from esi.messages.envelope import ID_PATTERN, normalise_system
 
 _ID_RE = re.compile(ID_PATTERN)
 SOURCE = "1c"

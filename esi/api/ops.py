@@ -14,7 +14,7 @@ __all__ = ["ReadyCheck", "create_ops_app"]
 
 
 def create_ops_app(readiness: ReadyCheck | None) -> FastAPI:
-    """`GET /healthz`, `/readyz` and `/metrics`, without docs; requests are counted as the API's are."""
+    """`GET /livez` (`/healthz`), `/readyz` and `/metrics`, without docs; requests are counted as the API's are."""
     app = FastAPI(title="esi adapter", docs_url=None, redoc_url=None, openapi_url=None, telemetry=TELEMETRY_OFF)
     add_routes(app, OpsRoutes(readiness).routes())
     app.add_middleware(HotPath)  # no hot routes: it only records the metrics

@@ -13,15 +13,15 @@ tracked or not. A delivery settled otherwise (rejected back to its queue) is tol
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import AbstractChannel
 
 
 class _Channel:
-    __slots__ = ("channel", "unsettled", "finished", "frames", "sender")
+    __slots__ = ("channel", "finished", "frames", "sender", "unsettled")
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: AbstractChannel) -> None:
         self.channel = channel
         #: delivery tags handed to the consumer and not yet acked or rejected
         self.unsettled: set[int] = set()
@@ -71,7 +71,7 @@ class AckBatcher:
             loop.call_soon(self._flush)
         return future
 
-    def _state(self, channel: Any) -> _Channel:
+    def _state(self, channel: AbstractChannel) -> _Channel:
         state = self._channels.get(id(channel))
         if state is None or state.channel is not channel:
             state = self._channels[id(channel)] = _Channel(channel)
@@ -104,8 +104,8 @@ class AckBatcher:
         """Queue the decided frames on the channel one after another (one sender per channel keeps their order:
         a `multiple` ack must not overtake a single ack of a tag below it).
 
-        Queued, not waited until the socket took them: waiting for the last frame of each batch cost 1-7% of the
-        throughput (three pairs). An ack queued but never written (the process died) only means a redelivery,
+        Queued, not waited until the socket took them: waiting for the last frame of each batch cost throughput
+        (docs/performance.md). An ack queued but never written (the process died) only means a redelivery,
         which the inbox absorbs, as for an ack written but never read by the broker."""
         while state.frames:
             tag, multiple, futures = state.frames.pop(0)

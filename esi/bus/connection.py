@@ -55,7 +55,7 @@ class Bus:
     @classmethod
     async def open(cls, url: str | Sequence[str], *, topology: Topology, prefetch: int = 200,
                    publish_timeout: float = 10.0, name: str = "esi", ssl_context: ssl.SSLContext | None = None,
-                   wait: float = 0.0) -> "Bus":
+                   wait: float = 0.0) -> Bus:
         """Connect to one of the nodes `url` names (a comma-separated list, or a list: `esi.bus.failover`).
 
         Every node is tried once, starting at a random one (a fleet's connections spread over the nodes). While none
@@ -107,7 +107,8 @@ class Bus:
     @property
     def node(self) -> str:
         """The node this process is connected to (or trying), as host:port."""
-        return f"{self.connection.url.host}:{self.connection.url.port}"
+        url = getattr(self.connection, "url", None)  # aio-pika's connections have one; its abstract class does not
+        return f"{url.host}:{url.port}" if url is not None else "?"
 
     @property
     def connected(self) -> bool:
@@ -120,10 +121,10 @@ class Bus:
     async def aclose(self) -> None:
         try:
             await asyncio.wait_for(self.connection.close(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("the broker connection did not close within 10 s; leaving it")
 
-    async def __aenter__(self) -> "Bus":
+    async def __aenter__(self) -> Bus:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

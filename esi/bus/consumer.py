@@ -24,21 +24,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from esi import metrics
+from esi import metrics, tracing
 from esi.bus.acks import AckBatcher
 from esi.bus.decision import Ack, DeadLetter, Decision, GiveBack, Retry, RetryPolicy, decide, not_yet
-from esi.bus.headers import ATTEMPT_HEADER, H_NOT_BEFORE, H_ORIGINAL_ROUTING_KEY
+from esi.bus.headers import ATTEMPT_HEADER, H_NOT_BEFORE, H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY
 from esi.bus.publisher import Publisher
 from esi.bus.topology import WorkQueue
 from esi.errors import EsiError, InvalidMessage
 from esi.logs import log_context
 from esi.messages import Catalog, Envelope, ErrorInfo, Handler, Kind, decode_envelope
-from esi.store.events import NullRecorder
+from esi.store.events import NullRecorder, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Consumer:
         tracker: Tracker | None = None,
         inbox: Inbox | None = None,
         queue_arguments: dict[str, Any] | None = None,
-        events: Any = None,
+        events: Recorder | None = None,
     ) -> None:
         self.service = service
         self.queue = queue
@@ -95,7 +95,7 @@ class Consumer:
         self._tracker = tracker
         self._inbox = inbox
         self._queue_arguments = queue_arguments
-        self._events = events or NullRecorder()
+        self._events: Recorder = events or NullRecorder()
         self._amqp_queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -152,7 +152,7 @@ class Consumer:
             try:
                 # bounded: on a connection that is reconnecting, the robust channel would wait for it forever
                 await asyncio.wait_for(self._amqp_queue.cancel(self._consumer_tag), 5)
-            except (Exception, asyncio.TimeoutError) as exc:  # the channel may already be gone
+            except (TimeoutError, Exception) as exc:  # the channel may already be gone
                 log.debug("cancel of %s failed: %s", self.queue.name, exc)
             self._consumer_tag = None
 
@@ -163,7 +163,7 @@ class Consumer:
             await self._cancel()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("%d messages still in flight on %s after %ss; they will be redelivered",
                         len(self._tasks), self.queue.name, timeout)
 
@@ -182,11 +182,20 @@ class Consumer:
     async def handle(self, message: AbstractIncomingMessage) -> None:
         headers = dict(message.headers or {})
         attempt = _int(headers.get(ATTEMPT_HEADER), 1)
+        original_key, original_exchange = headers.get(H_ORIGINAL_ROUTING_KEY), headers.get(H_ORIGINAL_EXCHANGE)
+        routing_key = original_key if isinstance(original_key, str) and original_key else message.routing_key
         with log_context(message_id=message.message_id, request_id=message.correlation_id,
-                         routing_key=headers.get(H_ORIGINAL_ROUTING_KEY) or message.routing_key,
-                         service=self.service):
+                         routing_key=routing_key, service=self.service):
             started = time.perf_counter()
-            outcome_label, envelope = await self._handle(message, headers, attempt)
+            if tracing.enabled:  # a CONSUMER span, child of the publish whose context the headers carry
+                with tracing.consuming(message, headers, queue=self.queue.name, routing_key=routing_key,
+                                       exchange=original_exchange if isinstance(original_exchange, str)
+                                       and original_exchange else message.exchange,
+                                       attempt=attempt) as span:
+                    outcome_label, envelope = await self._handle(message, headers, attempt)
+                    tracing.settle(span, outcome_label)
+            else:
+                outcome_label, envelope = await self._handle(message, headers, attempt)
             message_type = envelope.message_type if envelope is not None else "unknown"
             metrics.CONSUMED.labels(self.queue.name, message_type, outcome_label).inc()
             metrics.HANDLER_DURATION.labels(self.queue.name, message_type).observe(time.perf_counter() - started)
@@ -195,7 +204,7 @@ class Consumer:
                       attempt: int) -> tuple[str, Envelope | None]:
         envelope: Envelope | None = None
         if H_NOT_BEFORE in headers:  # rare: only a message back early from a long Retry-After carries it
-            step = not_yet(headers, self._policy, datetime.now(timezone.utc))
+            step = not_yet(headers, self._policy, datetime.now(UTC))
             if step is not None:
                 await self._park_again(message, headers, step.queue)
                 return "parked", None
@@ -231,7 +240,7 @@ class Consumer:
                 log.exception("unexpected error handling a message from %s", self.queue.name)
             decision = decide(exc, attempt, self._policy, adapter=self.service, headers=headers,
                               exchange=message.exchange, routing_key=message.routing_key,
-                              now=datetime.now(timezone.utc), answer_with=self._response_type(envelope))
+                              now=datetime.now(UTC), answer_with=self._response_type(envelope))
             await self._carry_out(decision, message, envelope)
             return decision.outcome, envelope
         # success: acked straight away, without going through `decide` (it would only answer ACK)
@@ -262,7 +271,7 @@ class Consumer:
             return
         stamped = [self._catalog.outgoing(env) for env in outgoing]
         outgoing, keys = [env for env, _ in stamped], [key for _, key in stamped]
-        sent_at = datetime.now(timezone.utc)
+        sent_at = datetime.now(UTC)
         await asyncio.gather(*(self._publisher.publish(env, key) for env, key in zip(outgoing, keys)))
         for env, key in zip(outgoing, keys):
             metrics.PUBLISHED.labels(env.message_type).inc()

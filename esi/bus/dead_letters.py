@@ -8,11 +8,13 @@ after its republish was confirmed; a purged one only when the operator asked for
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
@@ -46,7 +48,7 @@ def _text(value: Any) -> str | None:
 
 def _parse_time(value: Any) -> datetime | None:
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     text = _text(value)
     if not text:
         return None
@@ -54,7 +56,7 @@ def _parse_time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -77,7 +79,7 @@ class DeadLetter:
     def age_s(self) -> float | None:
         if self.dead_lettered_at is None:
             return None
-        return (datetime.now(timezone.utc) - self.dead_lettered_at).total_seconds()
+        return (datetime.now(UTC) - self.dead_lettered_at).total_seconds()
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "queue": self.queue, "exchange": self.exchange, "routing_key": self.routing_key,
@@ -91,7 +93,7 @@ class DeadLetter:
                 "properties": {k: _jsonable(v) for k, v in self.properties.items()}, "body": body_text}
 
     @classmethod
-    def from_message(cls, queue: str, message: AbstractIncomingMessage) -> "DeadLetter":
+    def from_message(cls, queue: str, message: AbstractIncomingMessage) -> DeadLetter:
         headers = dict(message.headers or {})
         deaths = headers.get(h.H_DEATH) or []
         first_death = deaths[-1] if isinstance(deaths, list) and deaths else {}
@@ -100,7 +102,7 @@ class DeadLetter:
         if exchange is None and isinstance(first_death, dict):  # dead-lettered by the broker itself
             exchange = _text(first_death.get("exchange"))
             keys = first_death.get("routing-keys") or []
-            routing_key = _text(keys[0]) if keys else None
+            routing_key = _text(keys[0]) if isinstance(keys, list) and keys else None
         reason = _text(headers.get(h.H_ERROR_MESSAGE))
         if reason is None and isinstance(first_death, dict):
             reason = f"broker: {_text(first_death.get('reason'))} in {_text(first_death.get('queue'))}"
@@ -111,10 +113,13 @@ class DeadLetter:
         properties = {name: getattr(message, name) for name in
                       ("content_type", "content_encoding", "message_id", "correlation_id", "type", "app_id",
                        "timestamp") if getattr(message, name, None) is not None}
-        try:
-            attempts = int(headers.get(h.H_ATTEMPTS) or 0)
-        except (TypeError, ValueError):
-            attempts = 0
+        attempts = 0
+        raw_attempts = headers.get(h.H_ATTEMPTS) or 0
+        if isinstance(raw_attempts, int | float | str | bytes | bytearray | Decimal):
+            try:
+                attempts = int(raw_attempts)
+            except ValueError:
+                pass
         return cls(id=ident, queue=queue, exchange=exchange or "", routing_key=routing_key or "",
                    reason=reason or "unknown", error_class=_text(headers.get(h.H_ERROR_CLASS)), attempts=attempts,
                    dead_lettered_at=when, headers=headers, body=message.body, properties=properties)
@@ -169,6 +174,33 @@ class DeadLetters:
             raise ValueError(f"unknown dead-letter queue {only!r}; known: {', '.join(names)}")
         return chosen
 
+    async def depths(self) -> dict[str, dict[str, int]]:
+        """By system code: messages ready in its work queue (`ready`), waiting in its retry hold queues
+        (`retrying`) and parked in its dead-letter queue (`dead_lettered`). Passive declares: nothing is read; a
+        queue not declared yet counts 0."""
+        depths: dict[str, dict[str, int]] = {}
+        channel = await self._connection.channel()
+
+        async def count(name: str) -> int:
+            nonlocal channel
+            try:
+                declared = await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity:  # the broker closed the channel: go on with another
+                channel = await self._connection.channel()
+                return 0
+            return int(declared.declaration_result.message_count or 0)
+
+        try:
+            for work in self._topology.work_queues:
+                depths[work.system] = {
+                    "ready": await count(work.name),
+                    "retrying": sum([await count(step.queue) for step in work.retry_steps]),
+                    "dead_lettered": await count(work.dead_letter_queue),
+                }
+        finally:
+            await _close(channel)
+        return depths
+
     async def _take_all(self, channel: AbstractChannel, queue: str) -> list[AbstractIncomingMessage]:
         """Every message of the queue, unacked (they return to the queue when the channel closes)."""
         try:
@@ -178,7 +210,7 @@ class DeadLetters:
             return []
         count = amqp_queue.declaration_result.message_count
         taken: list[AbstractIncomingMessage] = []
-        for _ in range(count):
+        for _ in range(count or 0):
             message = await amqp_queue.get(no_ack=False, fail=False, timeout=self._timeout)
             if message is None:
                 break
@@ -198,14 +230,16 @@ class DeadLetters:
                         found.append(letter)
             finally:
                 await _close(channel)  # every message taken goes back, unacked
-        found.sort(key=lambda d: d.dead_lettered_at or datetime.min.replace(tzinfo=timezone.utc))
+        found.sort(key=lambda d: d.dead_lettered_at or datetime.min.replace(tzinfo=UTC))
         return found[:limit] if limit else found
 
     async def show(self, ident: str) -> DeadLetter | None:
         letters = await self.list(Filters(ids=(ident,)))
         return letters[0] if letters else None
 
-    async def replay(self, filters: Filters, *, rate: float | None = None, dry_run: bool = False) -> list[DeadLetter]:
+    # builtins.list: in this class, `list` is the method above
+    async def replay(self, filters: Filters, *, rate: float | None = None,
+                     dry_run: bool = False) -> builtins.list[DeadLetter]:
         """Republish matching dead letters to their original exchange and routing key, attempt count reset.
 
         Each leaves its DLQ only once its republish is confirmed; anything that fails stays where it was.
@@ -240,7 +274,8 @@ class DeadLetters:
                 await _close(publish_channel)
         return replayed
 
-    async def purge(self, filters: Filters) -> list[DeadLetter]:
+    # builtins.list: in this class, `list` is the method above
+    async def purge(self, filters: Filters) -> builtins.list[DeadLetter]:
         """Delete matching dead letters for good."""
         purged: list[DeadLetter] = []
         for queue in self.queues(filters.queue):
@@ -263,7 +298,7 @@ def _replay_headers(headers: dict[str, Any]) -> dict[str, Any]:
         out[h.H_REPLAY_COUNT] = int(out.get(h.H_REPLAY_COUNT) or 0) + 1
     except (TypeError, ValueError):
         out[h.H_REPLAY_COUNT] = 1
-    out[h.H_REPLAYED] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    out[h.H_REPLAYED] = datetime.now(UTC).isoformat(timespec="milliseconds")
     return out
 
 

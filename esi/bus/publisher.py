@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
 
+from esi import tracing
 from esi.bus.headers import ATTEMPT_HEADER
 from esi.errors import TransientError
 from esi.messages import Envelope
@@ -41,10 +43,16 @@ class Publisher:
             message_id=envelope.message_id,
             correlation_id=envelope.request_id,
             type=envelope.message_type,
-            timestamp=datetime.now(timezone.utc),
+            timestamp=datetime.now(UTC),
             app_id="esi",
             headers={ATTEMPT_HEADER: 1, **(headers or {})},
         )
+        if tracing.enabled:  # a PRODUCER span, its context carried in the headers (esi.tracing)
+            with tracing.publishing(self._exchange_name, routing_key, envelope.message_id,
+                                    request_id=envelope.request_id):
+                tracing.inject(message.headers)
+                await self.publish_message(self._exchange_name, routing_key, message)
+            return
         await self.publish_message(self._exchange_name, routing_key, message)
 
     async def publish_raw(
@@ -71,7 +79,8 @@ class Publisher:
             async with asyncio.timeout(self._timeout):
                 if self._channel.is_closed:
                     await self._until_restored()
-                channel = await self._channel.get_underlay_channel()
+                # aiormq's Channel, whose basic_publish takes `wait` (its abstract class does not say so)
+                channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
                 # aiormq's own publish, as aio-pika's Exchange.publish makes it, but with wait=False: the channel's
                 # lock is then held only while the frames are queued (delivery tags stay in order), not until
                 # the socket took them, so the publishes of one loop turn leave together (esi.bus.wire); the
@@ -83,7 +92,7 @@ class Publisher:
             raise TransientError(
                 f"broker refused the publish to {exchange or '(default)'}/{routing_key}: {exc}", code="publish_refused"
             ) from exc
-        except (asyncio.TimeoutError, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise TransientError(
                 f"no confirm for the publish to {exchange or '(default)'}/{routing_key} within {self._timeout}s "
                 "(the broker is slow, or the connection is still being restored)",

@@ -21,15 +21,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
 
 import aio_pika
 
+from esi import tracing
 from esi.bus.headers import ATTEMPT_HEADER
 from esi.bus.publisher import Publisher
 from esi.errors import TransientError
 from esi.store.records import OutboxRow
+
+if TYPE_CHECKING:
+    from esi.store.events import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,7 @@ class OutboxStore(Protocol):
 class OutboxRelay:
     def __init__(self, *, store: OutboxStore, publisher: Publisher, exchange: str = "main_exchange",
                  batch_size: int = 500, idle_interval: float = 1.0, max_backoff: float = 5.0,
-                 mark_interval: float = 0.02, events: Any = None, fresh_s: float = 12.0,
+                 mark_interval: float = 0.02, events: Recorder | None = None, fresh_s: float = 12.0,
                  lease_s: float = 60.0) -> None:
         self._store = store
         self._publisher = publisher
@@ -106,7 +110,15 @@ class OutboxRelay:
             log.warning("publishing %s failed (%s); the sweep will retry it", row.message_id, exc)
 
     async def _publish_one(self, row: OutboxRow) -> None:
-        sent_at = datetime.now(timezone.utc)
+        if tracing.enabled:  # a PRODUCER span, child of the API's span stored with the row (esi.tracing)
+            with tracing.publishing(self._exchange, row.routing_key, row.message_id, request_id=row.request_id,
+                                    parent=row.trace_context):
+                await self._publish_and_record(row)
+            return
+        await self._publish_and_record(row)
+
+    async def _publish_and_record(self, row: OutboxRow) -> None:
+        sent_at = datetime.now(UTC)
         try:
             await self._publish(row)
         except Exception as exc:
@@ -157,7 +169,7 @@ class OutboxRelay:
                 continue
             try:
                 await asyncio.wait_for(self._wakeup.wait(), self._idle_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wakeup.clear()
 
@@ -181,7 +193,8 @@ class OutboxRelay:
             try:  # back to every process's sweep at once, rather than when the lease ends
                 await self._store.outbox_release(failed)
             except Exception as exc:
-                log.warning("could not release %d claimed outbox rows (%s); their claim ends by itself", len(failed), exc)
+                log.warning("could not release %d claimed outbox rows (%s); their claim ends by itself",
+                            len(failed), exc)
             error = next(result for result in results if isinstance(result, BaseException))
             raise TransientError(f"{len(failed)} of {len(rows)} outbox messages not confirmed: {error}")
         return len(rows)
@@ -193,4 +206,6 @@ class OutboxRelay:
             correlation_id=row.request_id, type=row.routing_key.rsplit(".", 1)[-1], app_id="esi",
             headers={ATTEMPT_HEADER: 1},
         )
+        if tracing.enabled:
+            tracing.inject(message.headers)
         await self._publisher.publish_message(self._exchange, row.routing_key, message)

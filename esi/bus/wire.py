@@ -1,10 +1,10 @@
 """The socket under the AMQP connection: frames written in one turn of the event loop leave in one `send`.
 
-aiormq writes every frame (a publish, an ack) to the socket on its own, and on loopback each `send` costs the
-sender the whole delivery through the kernel: it was 11–14% of a service's CPU under load. This transport buffers
-what is written during one turn of the loop and sends it at the end of that turn (`call_soon`), in order. Nothing
-waits longer than the rest of the current turn; `close` and `write_eof` send what is buffered first; flow control
-is the transport's own (`drain` still waits while the socket is paused).
+aiormq writes every frame (a publish, an ack) to the socket on its own, and on loopback each `send` costs the sender
+the whole delivery through the kernel (a tenth of a service's CPU: docs/performance.md). This transport buffers what
+is written during one turn of the loop and sends it at the end of that turn (`call_soon`), in order. Nothing waits
+longer than the rest of the current turn; `close` and `write_eof` send what is buffered first; flow control is the
+transport's own (`drain` still waits while the socket is paused).
 
 aio-pika takes no transport factory of its own, so `CoalescingConnection` hands one to aiormq.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aiormq.connection import AMQPConnectionError
+from aiormq.exceptions import AMQPConnectionError
 from yarl import URL
 
 
@@ -69,7 +69,9 @@ async def open_coalescing_connection(host: str | None, port: int | None, *, ssl:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.create_connection(lambda: protocol, host, port, ssl=ssl, **kwargs)
+    # typeshed's overloads want a str host and an int port; asyncio's own signature takes None for both
+    transport, _ = await loop.create_connection(lambda: protocol, host, port, ssl=ssl,  # type: ignore[arg-type]
+                                                **kwargs)
     return reader, CoalescingStreamWriter(transport, protocol, reader, loop)
 
 

@@ -58,7 +58,7 @@ import datetime as dt
 import hmac
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -76,7 +76,7 @@ REFUSED_EMAIL_DOMAIN = "refused.example"
 #: the policies a fresh (or reset) fake DMS holds, by number
 SEED_POLICIES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
-        policy["policy_number"]: MappingProxyType(policy)
+        cast(str, policy["policy_number"]): MappingProxyType(policy)
         for policy in (
             {
                 "policy_number": "POL-0001",

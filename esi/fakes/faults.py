@@ -14,6 +14,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -99,7 +100,7 @@ class Faults:
             self.clear()
         return Decision(latency_s=spec.latency_ms / 1000.0, status=status, retry_after=spec.retry_after)
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """The armed fault, its remaining count, how many calls it answered and when calls came."""
         return {
             "armed": self.spec.model_dump() if self.spec else None,
@@ -119,8 +120,8 @@ class FaultMiddleware:
     """Applies the armed fault to every call outside `protected_prefix` (pure ASGI).
 
     A plain ASGI middleware, not `@app.middleware("http")`: Starlette's `BaseHTTPMiddleware` runs each request
-    through a task group and memory streams, and was a third of the fakes' CPU in the benchmark, where they share
-    the machine with what is measured.
+    through a task group and memory streams, a large share of the fakes' CPU in the benchmark, where they share the
+    machine with what is measured (docs/performance.md).
     """
 
     def __init__(self, app: ASGIApp, *, faults: Faults, protected_prefix: str = "/_fake") -> None:
@@ -146,7 +147,7 @@ def install(app: FastAPI, faults: Faults, *, protected_prefix: str = "/_fake") -
     router = APIRouter()
 
     @router.post("/_fake/faults")
-    async def set_faults(spec: FaultSpec) -> dict:
+    async def set_faults(spec: FaultSpec) -> dict[str, Any]:
         faults.arm(spec)
         return faults.state()
 

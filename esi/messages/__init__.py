@@ -1,7 +1,7 @@
 """What travels on the bus: the envelope, the routing-key grammar, the payload models, the catalog, the handler type."""
 
 from esi.messages.catalog import Catalog, MessageSpec
-from esi.messages.envelope import SCHEMA_VERSION, Envelope, ErrorInfo, Kind, RoutingKey, decode_envelope
+from esi.messages.envelope import Envelope, ErrorInfo, Kind, RoutingKey, decode_envelope
 from esi.messages.handler import Handler
 
 __all__ = [
@@ -12,6 +12,5 @@ __all__ = [
     "Kind",
     "MessageSpec",
     "RoutingKey",
-    "SCHEMA_VERSION",
     "decode_envelope",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-
 from datetime import datetime
 
 from pydantic import AliasChoices, ConfigDict, Field, model_validator
@@ -65,7 +64,7 @@ class SendPdfFile(Request):
         return base64.b64decode(self.file_content, validate=True)
 
     @model_validator(mode="after")
-    def _is_pdf(self) -> "SendPdfFile":
+    def _is_pdf(self) -> SendPdfFile:
         try:
             head = base64.b64decode(self.file_content[:12], validate=True)
         except (binascii.Error, ValueError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -53,7 +53,7 @@ class RoutingKey:
     message_type: str
 
     @classmethod
-    def parse(cls, key: str) -> "RoutingKey":
+    def parse(cls, key: str) -> RoutingKey:
         parts = key.split(".")
         if len(parts) != 4:
             raise ValueError(f"routing key {key!r} is not <source>.<request|response>.<target>.<type>")
@@ -82,7 +82,7 @@ class ErrorInfo(BaseModel):
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Envelope(BaseModel):
@@ -125,7 +125,7 @@ class Envelope(BaseModel):
 
     def reply(
         self, message_type: str, payload: dict[str, Any] | None = None, *, error: ErrorInfo | None = None
-    ) -> "Envelope":
+    ) -> Envelope:
         """The response to this message, going back to its source."""
         return Envelope(
             message_id=self.derived_id(message_type),
@@ -141,7 +141,7 @@ class Envelope(BaseModel):
 
     def request(
         self, target: str, message_type: str, payload: dict[str, Any], *, context: dict[str, Any] | None = None
-    ) -> "Envelope":
+    ) -> Envelope:
         """A sub-request this message causes, sent from this message's target system to another system."""
         return Envelope(
             message_id=self.derived_id(message_type),
@@ -180,7 +180,8 @@ def decode_envelope(body: bytes) -> Envelope:
 def original_message_id(data: dict[str, Any]) -> str:
     """The original system's adapters sent no `message_id`: one derived from what identifies the message, so that
     a redelivery of the same message is recognised as such (a random id would make every redelivery a new one)."""
-    identity = "|".join(str(data.get(k, "")).strip().lower() for k in ("source_system", "target_system", "message_type"))
+    identity = "|".join(str(data.get(k, "")).strip().lower()
+                        for k in ("source_system", "target_system", "message_type"))
     return uuid.uuid5(_ORIGINAL_NS, f"{identity}|{data['request_id']}").hex
 
 

@@ -8,4 +8,6 @@ from typing import Any
 
 from esi.messages.envelope import Envelope
 
+#: the payload is the message type's model, validated (`Catalog.validate_payload`; None for an error reply without
+#: one); `Any` because one map holds the handlers of different models, each declaring its own
 Handler = Callable[[Envelope, Any], Awaitable[list[Envelope]]]

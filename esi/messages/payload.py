@@ -43,5 +43,8 @@ def version_of(model: type[BaseModel]) -> int:
 
 
 def has_upcast(model: type[BaseModel]) -> bool:
-    """Whether `model` can read its previous version (version 1 has none)."""
-    return version_of(model) > 1 and callable(getattr(model, "upcast", None))
+    """Whether `model` can read its previous version: version 2 or later with an `upcast` of its own."""
+    upcast = getattr(model, "upcast", None)
+    if version_of(model) < 2 or not callable(upcast):
+        return False
+    return getattr(upcast, "__func__", upcast) is not Payload.upcast.__func__  # type: ignore[attr-defined]

@@ -22,8 +22,8 @@ request with the same secret matches the HMAC and skips argon2. This is safe bec
   goes to argon2: guessing costs exactly what it costs without the cache;
 * what is cached is neither the secret nor a fast unkeyed hash of it: a leaked cache without the process's key
   cannot be brute-forced offline, and nothing is written anywhere;
-* an entry is bound to the hash it was verified against: once the clients file is reloaded with a new password or
-  key (or the client removed), the old secret misses the cache at once, whatever its TTL;
+* an entry is bound to the hash it was verified against: once the clients are replaced (`set_clients`) with a new
+  password or key (or the client removed), the old secret misses the cache at once, whatever its TTL;
 * the TTL bounds how long a revoked credential could outlive a reload that did not happen, and the size is bounded.
 
 Failures are logged on this module's logger (`esi.security.auth`) with the client id (as the caller claimed it,
@@ -95,8 +95,7 @@ class ClientRegistry:
     """The configured clients; `authenticate` turns request headers into a `Principal` or a 401."""
 
     def __init__(self, clients: Iterable[ClientConfig], *, cache_ttl: float = 60.0, cache_size: int = 10_000,
-                 max_concurrent_verifications: int = 2, demo: bool = False, source: str | None = None,
-                 catalog: Catalog | None = None) -> None:
+                 max_concurrent_verifications: int = 2, demo: bool = False) -> None:
         self._lock = threading.Lock()
         self._cache: OrderedDict[bytes, _CacheEntry] = OrderedDict()
         self._cache_key = secrets.token_bytes(32)
@@ -108,9 +107,6 @@ class ClientRegistry:
         self._executor = ThreadPoolExecutor(max_workers=max(1, max_concurrent_verifications),
                                             thread_name_prefix="esi-argon2")
         self.demo = demo
-        #: the file this registry was read from, and the catalog its scopes name, for `reload()`
-        self.source = source
-        self._catalog = catalog
         self._clients: dict[str, ClientConfig] = {}
         self._dummy_hash = ""
         self._max_key_hashes = 1
@@ -120,26 +116,20 @@ class ClientRegistry:
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "ESI_CLIENTS_JSON", catalog: Catalog | None = None,
-                  **kwargs: Any) -> "ClientRegistry":
+                  **kwargs: Any) -> ClientRegistry:
         """The clients of a JSON document (`ESI_CLIENTS_JSON`); scopes are checked against `catalog`."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ClientsConfigError(f"{source} is not valid JSON: {exc}") from None
-        return cls(parse_clients(data, source=source, catalog=catalog), catalog=catalog, **kwargs)
+        return cls(parse_clients(data, source=source, catalog=catalog), **kwargs)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, catalog: Catalog | None = None, **kwargs: Any) -> "ClientRegistry":
+    def from_file(cls, path: str | os.PathLike[str], *, catalog: Catalog | None = None,
+                  **kwargs: Any) -> ClientRegistry:
         """A JSON file, or TOML when its name ends in .toml; scopes are checked against `catalog`."""
         path = Path(path)
-        return cls(read_clients_file(path, catalog=catalog), source=str(path), catalog=catalog, **kwargs)
-
-    def reload(self) -> None:
-        """Read the file this registry came from again (e.g. on SIGHUP); cached verifications of changed or removed
-        credentials stop matching at once."""
-        if self.source is None:
-            raise ClientsConfigError("this registry was not read from a file")
-        self.set_clients(read_clients_file(Path(self.source), catalog=self._catalog))
+        return cls(read_clients_file(path, catalog=catalog), **kwargs)
 
     def set_clients(self, clients: Iterable[ClientConfig]) -> None:
         """Replace the clients at once."""

@@ -76,7 +76,8 @@ class ClientConfig:
         return Principal(self.client_id, self.send, self.read, self.operator)
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, Any], *, where: str = "entry", catalog: Catalog | None = None) -> "ClientConfig":
+    def from_entry(cls, entry: Mapping[str, Any], *, where: str = "entry",
+                   catalog: Catalog | None = None) -> ClientConfig:
         """One entry of the clients file, validated (`where` names it in errors; scopes are checked against
         `catalog`)."""
         if not isinstance(entry, Mapping):
@@ -88,7 +89,8 @@ class ClientConfig:
                 "only (password_hash, api_key_hashes): make them with esi.security.make_client_entry")
         unknown = sorted(str(k) for k in entry if k not in _ENTRY_KEYS)
         if unknown:
-            raise ClientsConfigError(f"{where}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(_ENTRY_KEYS))}")
+            raise ClientsConfigError(
+                f"{where}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(_ENTRY_KEYS))}")
         if "id" in entry and "client_id" in entry:
             raise ClientsConfigError(f"{where}: give either id or client_id, not both")
         client_id = check_client_id(entry.get("id", entry.get("client_id")))

@@ -33,9 +33,8 @@ def demo_client_ids(registry: ClientRegistry) -> list[str]:
     """The clients that use demo credentials: the id `demo`, or the password `demo` (one argon2 run per client)."""
     found = []
     for client in registry.clients():
-        if client.client_id.lower() == DEMO_CLIENT_ID:
-            found.append(client.client_id)
-        elif client.password_hash and verify_secret(client.password_hash, DEMO_PASSWORD):
+        if client.client_id.lower() == DEMO_CLIENT_ID or (
+                client.password_hash and verify_secret(client.password_hash, DEMO_PASSWORD)):
             found.append(client.client_id)
     return found
 

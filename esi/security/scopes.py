@@ -32,7 +32,7 @@ class SendScope:
     message_type: str
 
     @classmethod
-    def parse(cls, text: str, catalog: Catalog | None = None) -> "SendScope":
+    def parse(cls, text: str, catalog: Catalog | None = None) -> SendScope:
         """A scope such as `dms:create_user`, `crm:*` or `*`, checked against `catalog` (any case is normalised)."""
         if not isinstance(text, str):
             raise ScopeError(f"send scope {text!r} must be a string such as 'dms:create_user' or 'crm:*'")

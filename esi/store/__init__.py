@@ -1,7 +1,6 @@
 """The store: request tracking, the outbox and the inbox. SQLite by default, PostgreSQL by URL."""
 
-from esi.store.backends import async_url
 from esi.store.db import Store
 from esi.store.records import RequestRecord, RequestStatus
 
-__all__ = ["RequestRecord", "RequestStatus", "Store", "async_url"]
+__all__ = ["RequestRecord", "RequestStatus", "Store"]

@@ -8,13 +8,14 @@ knows nothing of what it does.
   hop serve many requests (if one of them fails, the batch runs again with each write in its own savepoint, so that
   it fails alone). Reads run in reader threads, in deferred transactions that never wait for the writer (WAL); the
   reads asked for in one turn of the event loop go to a thread in one hand-off. An async SQLite driver would cost a
-  thread hop per statement, which measured as the bottleneck of the whole bus.
+  thread hop per statement, the bottleneck of the whole bus (docs/performance.md).
 - PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way, reads from the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -198,7 +199,7 @@ class SqliteBackend(GroupCommit):
                 failed.set_exception(exc)
                 _settle(batch, failed)
                 continue
-            done.add_done_callback(lambda outcome, batch=batch: _settle(batch, outcome))
+            done.add_done_callback(functools.partial(_settle, batch))
 
     def _run_reads(self, batch: list[tuple[Op[Any], asyncio.Future[Any]]]) -> Outcomes:
         outcomes: Outcomes = []
@@ -223,8 +224,8 @@ class SqliteBackend(GroupCommit):
 # --- PostgreSQL -----------------------------------------------------------------------------------------------------
 
 class PostgresBackend(GroupCommit):
-    """PostgreSQL through asyncpg. Writes are group-committed too: measured end to end, a transaction per write
-    cost the 1C process 5.7 ms of CPU per request."""
+    """PostgreSQL through asyncpg. Writes are group-committed too: a transaction per write costs the 1C process
+    CPU on every request (docs/performance.md)."""
 
     dialect = "postgresql"
 
@@ -257,7 +258,8 @@ def async_url(url: str) -> str:
         return str(parsed.set(drivername="sqlite"))
     if backend in ("postgresql", "postgres"):
         return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
-    raise ValueError(f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use sqlite or postgresql")
+    raise ValueError(
+        f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use sqlite or postgresql")
 
 
 def open_backend(url: str, *, durable_commits: bool = True) -> SqliteBackend | PostgresBackend:

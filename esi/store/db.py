@@ -13,17 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Table, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from esi import metrics
 from esi.store import schema
 from esi.store.backends import Backend, open_backend
-from esi.store.records import (AuditEntry, BreakerReport, OrderClaim, OutboxRow, RequestRecord, RequestStatus,
-                               SystemPause)
+from esi.store.records import (
+    AuditEntry,
+    BreakerReport,
+    OrderClaim,
+    OutboxRow,
+    RequestRecord,
+    RequestStatus,
+    SystemPause,
+)
 from esi.store.settled import SETTLED, Settlements
 from esi.store.statements import (
     ADD_KEYS,
@@ -47,7 +55,7 @@ _FINAL = (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
 
 def now_iso() -> str:
     """The time now as the store keeps times: ISO 8601, UTC, microseconds (sorts as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _dumps(value: Any) -> str | None:
@@ -70,7 +78,7 @@ class Store:
         self.settlements = Settlements(self._settled_among)
 
     @classmethod
-    async def open(cls, url: str, *, durable_commits: bool = True) -> "Store":
+    async def open(cls, url: str, *, durable_commits: bool = True) -> Store:
         """Open (and migrate) the store at `url`.
 
         `durable_commits=False` lets SQLite skip the fsync at each commit (WAL with synchronous=NORMAL: safe against
@@ -83,7 +91,7 @@ class Store:
         await store.migrate()
         return store
 
-    async def __aenter__(self) -> "Store":
+    async def __aenter__(self) -> Store:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -92,6 +100,10 @@ class Store:
     async def aclose(self) -> None:
         """Finish the writes under way and close the backend."""
         await self._backend.aclose()
+
+    async def write_alone(self, op: Callable[[Connection], Any]) -> Any:
+        """Run `op` in a short transaction of its own, outside the group commits (retention's batches)."""
+        return await self._backend.write_alone(op)
 
     async def _execute(self, statement: Any, parameters: Any = None) -> None:
         await self._backend.write(lambda conn: conn.execute(statement, parameters) and None)
@@ -141,6 +153,7 @@ class Store:
     async def accept(
         self, *, request_id: str, source: str, target: str, message_type: str, payload_hash: str,
         message_id: str, routing_key: str, body: bytes, keys: list[str] | None = None, client_id: str | None = None,
+        trace_context: str | None = None,
     ) -> tuple[RequestRecord, bool, str]:
         """Record a new request and its outgoing message (the outbox) in one transaction.
 
@@ -157,7 +170,8 @@ class Store:
                 "last_error": None,
             })
             INSERT_OUTBOX.run(conn, {"message_id": message_id, "request_id": request_id, "routing_key": routing_key,
-                                     "body": body, "created_at": now, "sent_at": None})
+                                     "body": body, "created_at": now, "sent_at": None,
+                                     "trace_context": trace_context})
             if unique_keys:
                 INSERT_KEYS.run(conn, [{"key": k, "request_id": request_id} for k in unique_keys])
 
@@ -234,6 +248,8 @@ class Store:
         row = await self._backend.write(write)
         if row is None:
             return False
+        metrics.request_settled(target=row["target"], message_type=row["message_type"], status=status.value,
+                                created_at=row["created_at"])
         self.settlements.notify(request_id, row)
         return True
 
@@ -299,11 +315,11 @@ class Store:
     async def outbox_pending(self, limit: int = 500) -> list[OutboxRow]:
         """Up to `limit` outbox rows not yet published, oldest first."""
         o = schema.outbox
-        query = (select(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body)
+        query = (select(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body, o.c.trace_context)
                  .where(o.c.sent_at.is_(None)).order_by(o.c.id).limit(limit))
         rows = await self._backend.read(lambda conn: conn.execute(query).all())
         return [OutboxRow(id=r.id, message_id=r.message_id, request_id=r.request_id, routing_key=r.routing_key,
-                          body=r.body) for r in rows]
+                          body=r.body, trace_context=r.trace_context) for r in rows]
 
     async def outbox_claim(self, *, limit: int, fresh_s: float, lease_s: float,
                            mine: list[str] | None = None) -> list[OutboxRow]:
@@ -314,7 +330,7 @@ class Store:
         fast path failed to publish). `FOR UPDATE SKIP LOCKED`: sweeps of several processes never claim one row
         twice (SQLite has one writer at a time anyway).
         """
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         o = schema.outbox
         eligible = o.c.created_at < (now - timedelta(seconds=fresh_s)).isoformat(timespec="microseconds")
         if mine:
@@ -325,10 +341,10 @@ class Store:
                 .order_by(o.c.id).limit(limit).with_for_update(skip_locked=True))
         claim = (update(o).where(o.c.id.in_(pick.scalar_subquery()))
                  .values(claimed_until=(now + timedelta(seconds=lease_s)).isoformat(timespec="microseconds"))
-                 .returning(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body))
+                 .returning(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body, o.c.trace_context))
         rows = await self._backend.write(lambda conn: conn.execute(claim).all())
         return [OutboxRow(id=r.id, message_id=r.message_id, request_id=r.request_id, routing_key=r.routing_key,
-                          body=r.body) for r in sorted(rows, key=lambda r: r.id)]
+                          body=r.body, trace_context=r.trace_context) for r in sorted(rows, key=lambda r: r.id)]
 
     async def outbox_release(self, rows: list[OutboxRow]) -> None:
         """Give claimed rows back (their publish failed): the next sweep of any process takes them."""
@@ -396,7 +412,7 @@ class Store:
             conn.execute(insert(p).values(**row))
 
         await self._backend.write(write)
-        return SystemPause(**row)
+        return SystemPause.model_validate(row)
 
     async def resume_system(self, system: str) -> bool:
         """Lift `system`'s pause; whether there was one."""
@@ -499,6 +515,49 @@ class Store:
         query = query.order_by(a.c.id.desc()).limit(limit)
         rows = await self._backend.read(lambda conn: [dict(r._mapping) for r in conn.execute(query).all()])
         return [AuditEntry(**{**row, "detail": _loads(row["detail"])}) for row in rows]
+
+
+    # --- the operator console (read by people, never on the hot path) ----------------------------------------------
+
+    async def search_requests(self, *, text: str | None = None, status: str | None = None,
+                              message_type: str | None = None, target: str | None = None, since: str | None = None,
+                              until: str | None = None, client_id: str | None = None, limit: int = 50,
+                              offset: int = 0) -> list[RequestRecord]:
+        """Requests, newest first: `text` is a request id or a business key (order, user, DMS user, policy);
+        `since`/`until` bound `created_at` (ISO times); only `client_id`'s when given."""
+        r, k = schema.requests, schema.request_keys
+        query = select(r)
+        if text:
+            by_key = select(k.c.request_id).where(k.c.key == text)
+            query = query.where((r.c.request_id == text) | r.c.request_id.in_(by_key))
+        for column, value in ((r.c.status, status), (r.c.message_type, message_type), (r.c.target, target),
+                              (r.c.client_id, client_id)):
+            if value is not None:
+                query = query.where(column == value)
+        if since:
+            query = query.where(r.c.created_at >= since)
+        if until:
+            query = query.where(r.c.created_at < until)
+        query = query.order_by(r.c.created_at.desc(), r.c.request_id).limit(limit).offset(offset)
+        rows = await self._backend.read(lambda conn: [dict(row._mapping) for row in conn.execute(query).all()])
+        return [_record(row) for row in rows]
+
+    async def requests_per_minute(self, since: str) -> list[tuple[str, str, str, int]]:
+        """`(target, minute, status, count)` of the requests created since `since` (ISO time; minutes as
+        `YYYY-MM-DDTHH:MM`, UTC), by their status now."""
+        r = schema.requests
+        minute = func.substr(r.c.created_at, 1, 16)
+        query = (select(r.c.target, minute, r.c.status, func.count()).where(r.c.created_at >= since)
+                 .group_by(r.c.target, minute, r.c.status))
+        rows = await self._backend.read(lambda conn: conn.execute(query).all())
+        return [(row[0], row[1], row[2], int(row[3])) for row in rows]
+
+    async def request_message(self, request_id: str) -> bytes | None:
+        """The message a request was accepted with (its envelope), while the outbox keeps it (see `prune`)."""
+        o = schema.outbox
+        query = select(o.c.body).where(o.c.request_id == request_id).order_by(o.c.id).limit(1)
+        body = await self._backend.read(lambda conn: conn.execute(query).scalar())
+        return bytes(body) if body is not None else None
 
 
 def _add_keys(conn: Connection, request_id: str, keys: list[str]) -> None:

@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
+
+from esi import tracing
 
 log = logging.getLogger(__name__)
 
 
 class EventStore(Protocol):
     async def add_events(self, rows: list[dict[str, Any]]) -> None: ...
+
+
+class Recorder(Protocol):
+    """What records a request's events: an `EventRecorder`, or a `NullRecorder` where there is no store."""
+
+    def record(self, request_id: str | None, event: str, *, service: str, message_id: str | None = None,
+               causation_id: str | None = None, message_type: str | None = None, at: datetime | None = None,
+               **detail: Any) -> None: ...
 
 
 class EventRecorder:
@@ -39,8 +49,10 @@ class EventRecorder:
             return
         if len(self._buffer) >= self._max_buffer:
             return  # the store is far behind: drop diagnostics rather than memory
+        if tracing.enabled:
+            tracing.add_trace_id(detail)
         self._buffer.append({
-            "request_id": request_id, "at": (at or datetime.now(timezone.utc)).isoformat(timespec="microseconds"),
+            "request_id": request_id, "at": (at or datetime.now(UTC)).isoformat(timespec="microseconds"),
             "event": event, "service": service, "message_id": message_id, "causation_id": causation_id,
             "message_type": message_type,
             "detail": orjson.dumps(detail, default=str).decode() if detail else None,
@@ -66,7 +78,7 @@ class EventRecorder:
         while not self._stopping:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), self._interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wakeup.clear()
             try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from enum import StrEnum
 from typing import Any
 
@@ -43,6 +42,8 @@ class OutboxRow(BaseModel):
     request_id: str
     routing_key: str
     body: bytes
+    #: the W3C trace context of the request that wrote it (JSON), with tracing on (esi.tracing)
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)

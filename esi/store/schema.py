@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from sqlalchemy import (
-    Connection,
     Column,
+    Connection,
     Index,
     Integer,
     LargeBinary,
@@ -23,7 +24,8 @@ requests = Table(
     "esi_requests",
     metadata,
     Column("request_id", String(128), primary_key=True),
-    # system codes ("1c", "crm", ...): 8 characters until migration 4, which left room for longer ones (a fourth system's)
+    # system codes ("1c", "crm", ...): 8 characters until migration 4, which left room for longer ones
+    # (a fourth system's)
     Column("source", String(32), nullable=False),
     Column("target", String(32), nullable=False),
     Column("message_type", String(64), nullable=False),
@@ -49,6 +51,8 @@ outbox = Table(
     Column("body", LargeBinary, nullable=False),
     Column("created_at", String(40), nullable=False),
     Column("sent_at", String(40)),
+    # the W3C trace context of the request that wrote it, as JSON (with tracing on); added by migration 8
+    Column("trace_context", Text),
     #: a relay's sweep holds the row until then (`Store.outbox_claim`): the other processes' sweeps leave it alone
     Column("claimed_until", String(40)),
     Index("ix_esi_outbox_unsent", "sent_at", "id"),
@@ -168,14 +172,32 @@ def _widen_column(table: Table, column: str) -> Callable[[Connection], None]:
     def step(conn: Connection) -> None:
         if conn.dialect.name != "postgresql":
             return
-        declared = table.c[column].type
+        declared = cast(String, table.c[column].type)  # the columns widened here are strings
         found = {c["name"]: c["type"] for c in inspect(conn).get_columns(table.name)}[column]
-        if getattr(found, "length", None) is None or found.length >= declared.length:
+        found_length: int | None = getattr(found, "length", None)
+        if found_length is None or declared.length is None or found_length >= declared.length:
             return
         ddl = declared.compile(dialect=conn.dialect)
         conn.exec_driver_sql(f"ALTER TABLE {table.name} ALTER COLUMN {column} TYPE {ddl}")
 
     return step
+
+
+def _create_index(index: Index) -> Callable[[Connection], None]:
+    """A step creating `index` unless it is there (a table created by this version's declaration has it)."""
+
+    def step(conn: Connection) -> None:
+        index.create(conn, checkfirst=True)
+
+    return step
+
+
+#: retention (esi.store.retention) finds expired requests by their creation time (never updated, so the index costs
+#: the hot path one insert per request and keeps PostgreSQL's updates of a request HOT), and deletes a request's
+#: business keys and sent outbox rows by its id
+REQUESTS_CREATED_AT = Index("ix_esi_requests_created_at", requests.c.created_at)
+KEYS_REQUEST = Index("ix_esi_request_keys_request", request_keys.c.request_id)
+OUTBOX_REQUEST = Index("ix_esi_outbox_request", outbox.c.request_id)
 
 
 #: version → what it does: tables to create (checkfirst) or steps to run. Applied versions are recorded.
@@ -186,5 +208,7 @@ MIGRATIONS: dict[int, list[Table | Callable[[Connection], None]]] = {
     4: [_widen_column(requests, "source"), _widen_column(requests, "target")],
     5: [audit, system_pauses, breakers],
     6: [order_updates],
-    7: [_add_column(outbox, "claimed_until")],
+    7: [_create_index(REQUESTS_CREATED_AT), _create_index(KEYS_REQUEST), _create_index(OUTBOX_REQUEST)],
+    8: [_add_column(outbox, "trace_context")],
+    9: [_add_column(outbox, "claimed_until")],
 }

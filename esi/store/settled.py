@@ -66,7 +66,7 @@ class Settlements:
         while self._waiting and not self.closed:
             try:
                 await asyncio.wait_for(self._kick.wait(), self._interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             else:
                 self._kick.clear()

@@ -1,39 +1,42 @@
 """The statements on the store's hot path: built once with SQLAlchemy Core, run on SQLite by the driver itself.
 
-Measured on the 2-core bench machine, SQLAlchemy's execution of a compiled, cached statement costs 65–75 µs on top
-of the 10–20 µs sqlite3 takes to run it, and a request goes through about ten of these statements across the 1C
-service and an adapter: most of the store's CPU, held under the GIL by the writer thread while the event loop waits.
-So on SQLite each statement is compiled once (named parameters) and run on the driver connection of the same
-SQLAlchemy transaction: BEGIN, savepoints and COMMIT stay SQLAlchemy's. On PostgreSQL (asyncpg, where the driver
-call is itself async) the statement runs through SQLAlchemy as before. Driver errors are raised as SQLAlchemy's
-(`IntegrityError` for a duplicate), so callers see one kind of error whichever path ran.
+SQLAlchemy's execution of a compiled, cached statement costs several times what sqlite3 takes to run it, and a
+request goes through about ten of these statements: most of the store's CPU, held under the GIL by the writer thread
+while the event loop waits (figures: docs/performance.md). So on SQLite each statement is compiled once (named
+parameters) and run on the driver connection of the same SQLAlchemy transaction: BEGIN, savepoints and COMMIT stay
+SQLAlchemy's. On PostgreSQL (asyncpg, where the driver call is itself async) the statement runs through SQLAlchemy
+as before. Driver errors are raised as SQLAlchemy's (`IntegrityError` for a duplicate), so callers see one kind of
+error whichever path ran.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import UpdateBase
 
 from esi.store import schema
 
 _NAMED = SQLiteDialect_pysqlite(paramstyle="named")
 
 Params = dict[str, Any] | Sequence[dict[str, Any]]
+#: what a hot-path statement is built from: an insert or update, or a select
+Sql = UpdateBase | Select[Any]
 
 
 class Statement:
     """One hot-path statement: `run` executes it, `first` reads its first row as a dict (None without one)."""
 
-    def __init__(self, statement: Executable, *, keys: Sequence[str] | None = None,
-                 sqlite: Executable | None = None, postgresql: Executable | None = None) -> None:
+    def __init__(self, statement: Sql, *, keys: Sequence[str] | None = None,
+                 sqlite: Sql | None = None, postgresql: Sql | None = None) -> None:
         self._statements = {"sqlite": sqlite if sqlite is not None else statement,
                             "postgresql": postgresql if postgresql is not None else statement}
         self._default = statement
@@ -61,7 +64,7 @@ class Statement:
         return None if found is None else dict(found._mapping)
 
     def _sqlite(self, conn: Connection, params: Params) -> sqlite3.Cursor:
-        driver = conn.connection.driver_connection
+        driver = cast(sqlite3.Connection, conn.connection.driver_connection)  # on SQLite: pysqlite's own
         try:
             if isinstance(params, dict):
                 return driver.execute(self.sqlite_sql, params)
@@ -74,7 +77,8 @@ _REQUEST_COLUMNS = [c.name for c in schema.requests.columns]
 
 INSERT_REQUEST = Statement(insert(schema.requests), keys=_REQUEST_COLUMNS)
 INSERT_OUTBOX = Statement(insert(schema.outbox),
-                          keys=["message_id", "request_id", "routing_key", "body", "created_at", "sent_at"])
+                          keys=["message_id", "request_id", "routing_key", "body", "created_at", "sent_at",
+                                "trace_context"])
 INSERT_KEYS = Statement(insert(schema.request_keys), keys=["key", "request_id"])
 #: business keys a request may already have (an answer repeating the order number): one statement, no read first
 ADD_KEYS = Statement(insert(schema.request_keys), keys=["key", "request_id"],

@@ -40,6 +40,10 @@ class State(StrEnum):
     PAUSED = "paused"
 
 
+#: esi_circuit_open by state: 1 not consuming (open, paused), 0.5 half-open, 0 closed
+_GAUGE = {State.CLOSED: 0.0, State.HALF_OPEN: 0.5, State.OPEN: 1.0, State.PAUSED: 1.0}
+
+
 Probe = Callable[[], Awaitable[None]]
 Listener = Callable[[State, State], None]
 
@@ -192,7 +196,9 @@ class Breaker:
         if old is new:
             return
         self.state, self.since, self.reason = new, time.time(), reason
-        self._gauge.set(0 if new is State.CLOSED else 1)
+        # half-open is consuming again, its next call deciding: an idle replica may stay there until a message comes
+        # (its peers took them all), which is not an outage — so not 1, which the alert on long-open breakers reads
+        self._gauge.set(_GAUGE[new])
         metrics.CIRCUIT_TRANSITIONS.labels(self.system, new.value).inc()
         level = logging.INFO if new in (State.CLOSED, State.HALF_OPEN, State.PAUSED) else logging.WARNING
         log.log(level, "%s circuit %s -> %s%s", self.system, old.value, new.value, f": {reason}" if reason else "")

@@ -17,13 +17,16 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiolimiter import AsyncLimiter
 
-from esi import metrics
+from esi import metrics, tracing
 from esi.logs import current_context
 from esi.systems.breaker import Breaker
+
+if TYPE_CHECKING:
+    from esi.store.events import Recorder
 
 #: methods of a client that are not calls to the system
 _NOT_CALLS = frozenset({"aclose", "check"})
@@ -77,8 +80,8 @@ async def _rated(rate: AsyncLimiter, slots: asyncio.Semaphore) -> None:
 class Guarded:
     """A client whose every call to the system passes `limiter` and `breaker`, and is timed, counted and recorded."""
 
-    def __init__(self, client: Any, *, system: str, limiter: Limiter | None = None, breaker: Breaker | None = None,
-                 events: Any = None, service: str = "") -> None:
+    def __init__(self, client: object, *, system: str, limiter: Limiter | None = None, breaker: Breaker | None = None,
+                 events: Recorder | None = None, service: str = "") -> None:
         self._client = client
         self._system = system
         self._limiter = limiter
@@ -87,7 +90,7 @@ class Guarded:
         self._service = service or system
 
     @property
-    def wrapped(self) -> Any:
+    def wrapped(self) -> object:
         return self._client
 
     def __getattr__(self, name: str) -> Any:
@@ -95,8 +98,8 @@ class Guarded:
         if name.startswith("_") or not callable(attr) or name in _NOT_CALLS:
             return attr
         call = self._guard(name, attr)
-        # kept on this instance: later lookups find it without coming back here (a wrapper built per call was 2%
-        # of the DMS adapter's CPU)
+        # kept on this instance: later lookups find it without coming back here (a wrapper built per call costs
+        # CPU on every call: docs/performance.md)
         self.__dict__[name] = call
         return call
 
@@ -145,4 +148,5 @@ class Guarded:
                 if limiter is not None:
                     limiter.release()
 
-        return call
+        # decided once per method (this wrapper is kept): with tracing off, the call pays nothing for it
+        return tracing.traced_call(call, system, name) if tracing.enabled else call

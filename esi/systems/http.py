@@ -31,7 +31,8 @@ def translate_transport_errors(system: str, operation: str) -> Iterator[None]:
             # httpx-aiohttp maps every aiohttp connection error (refused, reset, the server hanging up) to
             # ConnectTimeout; only aiohttp's own timeouts are timeouts
             raise _connection_failed(system, operation, cause) from exc
-        raise TransientError(f"{system} {operation}: timed out ({type(exc).__name__})", code="timeout", system=system) from exc
+        raise TransientError(f"{system} {operation}: timed out ({type(exc).__name__})", code="timeout",
+                             system=system) from exc
     except httpx.TransportError as exc:
         raise _connection_failed(system, operation, exc) from exc
 
@@ -91,15 +92,19 @@ def fast_transport(*, verify: ssl.SSLContext | bool = True, max_connections: int
     """httpx's API over aiohttp's connection handling (httpx-aiohttp).
 
     `verify` is what `esi.security.tls.http_verify` gives: `True` (the default trust store) or a context trusting a
-    named CA bundle. Measured against the fake DMS: httpx's own pool cost 5.6 ms of CPU per request, this 0.9 ms.
+    named CA bundle. httpx's own pool costs several times the CPU per request (docs/performance.md).
     aiohttp's cookie jar is off so that cookies live in one place, the httpx client's.
     """
     import aiohttp
     from httpx_aiohttp import AiohttpTransport
 
+    from esi import tracing
+
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=max_connections, ssl=verify, keepalive_timeout=30)
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        # with tracing on, a CLIENT span per request (esi.tracing); off, no hooks at all
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                     trace_configs=tracing.aiohttp_trace_configs() or None)
 
     return AiohttpTransport(client=session)
 
@@ -122,8 +127,8 @@ async def send_and_read(transport: httpx.AsyncBaseTransport, method: str, url: s
     """Send a request through `transport` itself (not a client's `send`) and read the whole answer.
 
     On the aiohttp transport (`fast_transport`) aiohttp sends it and reads the body in one call: building an
-    `httpx.Request` (7% of the DMS adapter's CPU) and reading through httpx's async byte stream (a generator over
-    aiohttp's chunks, under `aread`: 6%) were most of what httpx added to the DMS call in the profile. Any other
+    `httpx.Request` and reading through httpx's async byte stream were most of what httpx added to the DMS call in
+    the profile (docs/performance.md). Any other
     transport gets an `httpx.Request` as usual. `timeout` is httpx's per-phase dict (`httpx.Timeout.as_dict()`),
     and failures leave as httpx's errors, mapped as the transport maps them.
     """

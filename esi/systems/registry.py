@@ -17,12 +17,15 @@ import importlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
+from typing import TypeVar
 
 from esi.bus.topology import Topology, WorkQueue, build_topology
 from esi.messages.catalog import Catalog, MessageSpec
 from esi.messages.envelope import Kind
 from esi.messages.handler import Handler
 from esi.systems.spec import SendRoute, System
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +123,8 @@ class Registry:
         if missing or extra:
             raise RegistryError(
                 f"the handlers of {system.code} do not match what reaches {system.queue}: "
-                + "; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
-                                          extra and f"never routed there: {', '.join(extra)}"])))
+                + "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else None,
+                                          f"never routed there: {', '.join(extra)}" if extra else None])))
 
     def topology(self, *, retry_delays: Sequence[float] = (1, 5, 30, 120, 600), delivery_limit: int = 20,
                  max_length: int = 1_000_000) -> Topology:
@@ -141,7 +144,7 @@ class Registry:
         return list(dict.fromkeys(keys))
 
 
-def _unique(mapping: dict, names: list[str], what: str) -> dict:
+def _unique(mapping: dict[str, _T], names: list[str], what: str) -> dict[str, _T]:
     seen: set[str] = set()
     for name in names:
         if name in seen:

@@ -28,7 +28,11 @@ from esi.messages.catalog import Upload
 from esi.messages.handler import Handler
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from esi.store import Store
     from esi.store.events import EventRecorder
+    from esi.systems.calls import Guarded
     from esi.systems.registry import Registry
 
 #: a system's code on the wire: lower case, as routing keys carry it ("1c", "dms", "crm")
@@ -116,7 +120,8 @@ class Fake:
     """
 
     service: str
-    app: Callable[[Any], Any]
+    #: from the system's settings (its own `SystemSettings` subclass) to the app
+    app: Callable[[Any], FastAPI]
 
 
 @dataclass
@@ -125,10 +130,11 @@ class SystemContext:
 
     system: System
     #: the system's settings, read at the edge (None for a system without settings)
-    settings: Any
-    #: the system's client, behind its limiter and instrumentation (None for a system without a client)
-    client: Any
-    store: Any
+    settings: SystemSettings | None
+    #: the system's client, behind its limiter and instrumentation (None for a system without a client); it
+    #: answers every method of the client, so it stands for the handlers' protocol of the client (`DmsApi`)
+    client: Guarded | None
+    store: Store
     events: EventRecorder
     #: every system esi runs with (what reaches this system's queue, the fields requests are searched by)
     registry: Registry
@@ -145,8 +151,9 @@ class System:
     #: requests this system sends to others (their replies come back to its queue)
     asks: tuple[str, ...] = ()
     settings: type[SystemSettings] | None = None
-    #: builds the system's client from its settings; the client may have `check()` (readiness) and `aclose()`
-    client: Callable[[Any], Any] | None = None
+    #: builds the system's client from its settings (its own `SystemSettings` subclass); the client may have
+    #: `check()` (readiness) and `aclose()`
+    client: Callable[[Any], object] | None = None
     #: the name of its entry in /readyz ("creatio"); the code by default
     health_name: str | None = None
     fake: Fake | None = None

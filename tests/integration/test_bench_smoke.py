@@ -28,8 +28,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
                                                                    Path]:
     out = tmp_path_factory.mktemp("bench") / "latest.json"
     # the cluster section has a smoke test of its own (tests/integration/test_cluster.py)
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--skip", "cluster", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--skip", "cluster", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"bench --quick exited {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
     return proc, json.loads(out.read_text()), out
 

@@ -203,7 +203,7 @@ def test_broker_stopped_while_requests_are_posted(split_system: EsiSystem, broke
     finally:
         _broker_up()
     for url in (split_system.api_url, split_system.processes["dms"].health_url):
-        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200,
+        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200,  # noqa: B023 - called at once
                    timeout=60, interval=0.2, what=f"readiness of {url} to recover by itself")
     _all_completed(split_system, tag, n, timeout=120)
     _all_completed(split_system, tag + "a", 20, timeout=30)

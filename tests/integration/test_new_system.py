@@ -197,7 +197,7 @@ def test_declarations_that_do_not_fit_are_refused_at_start_up() -> None:
         registry.check_handlers(WAREHOUSE, {})
     # forgetting the 1C side's reply handler is caught at start-up, not by a dead letter at run time
     before = {t: warehouse_handlers for t in Registry(BUILT_IN).routed_to(registry.origin)}
-    with pytest.raises(RegistryError, match="missing stock_reserved$"):
+    with pytest.raises(RegistryError, match=r"missing stock_reserved$"):
         registry.check_handlers(registry.origin, before)  # type: ignore[arg-type]
 
 

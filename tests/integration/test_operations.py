@@ -54,7 +54,8 @@ def test_every_process_reports_readiness_per_dependency(ops_system: EsiSystem) -
     dms = httpx.get(f"{ops_system.processes['dms'].health_url}/readyz", timeout=10).json()
     assert set(dms["checks"]) == {"broker (dms)", "store", "dms", "circuit (dms)"}
     assert dms["checks"]["circuit (dms)"]["state"] == "closed"
-    assert httpx.get(f"{ops_system.processes['dms'].health_url}/healthz", timeout=10).json() == {"status": "ok"}
+    for probe in ("/livez", "/healthz"):  # Kubernetes' name, and the alias kept for existing probes
+        assert httpx.get(f"{ops_system.processes['dms'].health_url}{probe}", timeout=10).json() == {"status": "ok"}
 
 
 def test_readiness_names_the_external_system_that_is_down(ops_system: EsiSystem) -> None:
@@ -177,6 +178,6 @@ def test_secrets_never_reach_the_logs(ops_system: EsiSystem) -> None:
     assert request_id in logs  # the logs do carry the request ids
     assert SECRET not in logs
     # no cookie or CSRF value in any form, and no Authorization header value
-    leaks = re.findall(r"(?i)(?:aspxauth|bpmcsrf|bpmloader|authorization|set-cookie)[\"']?\s*[:=]\s*[\"']?(?!\*\*\*)[A-Za-z0-9]{6,}",
-                       logs)
+    leaks = re.findall(r"(?i)(?:aspxauth|bpmcsrf|bpmloader|authorization|set-cookie)"
+                       r"[\"']?\s*[:=]\s*[\"']?(?!\*\*\*)[A-Za-z0-9]{6,}", logs)
     assert leaks == []

@@ -13,7 +13,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -120,8 +119,9 @@ def test_a_minute_long_outage_of_the_dms_and_of_creatio_is_ridden_out(outage_sys
 
         circuits = wait_until(breakers_open, timeout=30, interval=0.5, what="both breakers to open")
         assert all(c["since"] and c["reason"] for c in circuits.values()), circuits
-        assert _metric(system.processes["dms"].health_url, 'esi_circuit_open{system="dms"}') == 1.0
-        assert _metric(system.processes["crm"].health_url, 'esi_circuit_open{system="crm"}') == 1.0
+        # open, or half-open between a probe that answered and a trial call that fails (the DMS's health answers)
+        assert _metric(system.processes["dms"].health_url, 'esi_circuit_open{system="dms"}') in (0.5, 1.0)
+        assert _metric(system.processes["crm"].health_url, 'esi_circuit_open{system="crm"}') in (0.5, 1.0)
 
         def a_waiting_request() -> dict[str, Any] | None:
             for request_id in users[-50:]:
@@ -154,8 +154,13 @@ def test_a_minute_long_outage_of_the_dms_and_of_creatio_is_ridden_out(outage_sys
              "crm": _calls_between(creatio_state, armed_at, recovered_at)}
     # a few dozen: the calls under way when the breaker opened, then one probe or trial per backoff step
     assert all(n <= 50 for n in calls.values()), calls
+    # closed again, or half-open in a DMS replica whose peer took every message since its probe answered
+    assert max(_metric(system.processes[name].health_url, 'esi_circuit_open{system="dms"}') or 0.0
+               for name in ("dms", "dms2")) <= 0.5
+    assert min(_metric(system.processes[name].health_url, 'esi_circuit_open{system="dms"}') or 0.0
+               for name in ("dms", "dms2")) == 0.0
+    assert _metric(system.processes["crm"].health_url, 'esi_circuit_open{system="crm"}') == 0.0
     for code in ("dms", "crm"):
-        assert _metric(system.processes[code].health_url, f'esi_circuit_open{{system="{code}"}}') == 0.0
         opened = _metric(system.processes[code].health_url,
                          f'esi_circuit_transitions_total{{system="{code}",to="open"}}')
         assert opened is not None and opened >= 1

@@ -7,18 +7,19 @@ at once made the deliveries of a consumer restored before the publish channel ch
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from esi.bus.connection import Bus
 from esi.bus.consumer import REQUEUE_PAUSE_S, Consumer
-from esi.systems.registry import current
 from esi.errors import TransientError
 from esi.messages import Envelope
+from esi.systems.registry import current
 from tests.support import Vhost, rabbitmqctl
 
 pytestmark = pytest.mark.integration
@@ -99,12 +100,12 @@ async def test_a_retry_that_cannot_be_parked_goes_back_to_its_queue_after_a_paus
         await bus.publish_channel.queue_delete(queue.retry_steps[0].queue)
         envelope = Envelope(message_id=uuid.uuid4().hex, request_id="PARK-1", source_system="1c",
                             target_system="dms", message_type="create_user",
-                            timestamp=datetime.now(timezone.utc),
+                            timestamp=datetime.now(UTC),
                             payload={"user_id": "U-PARK", "name": "Парковка", "email": "park@example.com"})
         await bus.publisher.publish(envelope, "1c.request.dms.create_user")
         await consumer.start()
         await _until(lambda: len(deliveries) >= 3, 15, "the delivery to come back twice")
-        gaps = [b - a for a, b in zip(deliveries, deliveries[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(deliveries)]
         assert min(gaps) >= REQUEUE_PAUSE_S * 0.9, gaps  # held before going back, not churned
         # the hold queue is back: the next failure is parked, comes back, fails a second time and is dead-lettered
         await topology.declare(bus.publish_channel)

@@ -91,7 +91,8 @@ def errors_have_the_json_error_shape(ctx: Any, response: Any, case: Any) -> None
     try:
         body = json.loads(response.content)
     except ValueError:
-        raise AssertionError(f"{response.status_code} with a body that is not JSON: {response.content[:300]!r}") from None
+        raise AssertionError(
+            f"{response.status_code} with a body that is not JSON: {response.content[:300]!r}") from None
     error = body.get("error") if isinstance(body, dict) else None
     assert isinstance(error, dict), f"{response.status_code} without an 'error' object: {body!r}"[:500]
     assert isinstance(error.get("code"), str) and error["code"], f"error.code missing or empty: {body!r}"[:500]

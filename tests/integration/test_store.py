@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import MetaData, String, inspect, insert, select
+from sqlalchemy import MetaData, String, insert, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from esi.api.app import ApiDeps, create_app
-from esi.store import RequestStatus, Store
-from esi.store import schema
+from esi.store import RequestStatus, Store, schema
 from esi.store.backends import open_backend
 
 pytestmark = pytest.mark.integration
@@ -59,7 +58,7 @@ async def test_inbox_remembers_and_retention_forgets(store_url: str) -> None:
         assert not await store.seen("crm", "old")
         await _accept(store, "R3")
         await store.outbox_mark_sent(await store.outbox_pending())
-        future = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat(timespec="microseconds")
+        future = (datetime.now(UTC) + timedelta(seconds=1)).isoformat(timespec="microseconds")
         await store.record("dms", "unsent-marker")
         await _accept(store, "R4")  # unsent: never pruned
         inbox, outbox = await store.prune(future)
@@ -290,7 +289,7 @@ async def test_reads_of_one_turn_run_together_and_fail_alone(tmp_path) -> None:
 async def test_a_pause_holds_until_resumed_or_until_it_runs_out(store_url: str) -> None:
     async with await Store.open(store_url) as store:
         assert await store.system_pauses() == {}
-        later = (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat(timespec="microseconds")
+        later = (datetime.now(UTC) + timedelta(hours=2)).isoformat(timespec="microseconds")
         await store.pause_system("crm", until=None, reason="Creatio upgrade", paused_by="ops")
         await store.pause_system("dms", until=later, reason=None, paused_by="ops")
         pauses = await store.system_pauses()
@@ -298,7 +297,7 @@ async def test_a_pause_holds_until_resumed_or_until_it_runs_out(store_url: str) 
         assert pauses["crm"].reason == "Creatio upgrade" and pauses["crm"].until is None
         assert pauses["dms"].until == later and pauses["dms"].paused_by == "ops"
         # two hours on, the DMS pause has lifted itself; the open-ended one holds
-        in_three_hours = (datetime.now(timezone.utc) + timedelta(hours=3)).isoformat(timespec="microseconds")
+        in_three_hours = (datetime.now(UTC) + timedelta(hours=3)).isoformat(timespec="microseconds")
         assert set(await store.system_pauses(now=in_three_hours)) == {"crm"}
         # pausing again replaces the pause
         await store.pause_system("crm", until=later, reason="moved", paused_by="ops2")
@@ -319,4 +318,4 @@ async def test_the_audit_log_keeps_who_did_what_newest_first(store_url: str) -> 
         assert entries[1].detail == {"ids": ["a", "b", "c"]} and entries[0].at >= entries[1].at
         assert [e.action for e in await store.audit_log(action="dlq.replay")] == ["dlq.replay"]
         assert [e.client_id for e in await store.audit_log(client_id="anna")] == ["anna"]
-        assert await store.audit_log(since=(datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()) == []
+        assert await store.audit_log(since=(datetime.now(UTC) + timedelta(minutes=1)).isoformat()) == []

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from esi.bus.connection import BrokerUnavailable, Bus
-from esi.systems.registry import current
 from esi.messages import Envelope, Kind
 from esi.security.tls import amqp_ssl_context, amqp_ssl_context_for_url, http_verify, uvicorn_ssl_kwargs
+from esi.systems.registry import current
 from tests.support import free_port
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,8 @@ class Pki:
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "esi tests"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "esi tests"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
@@ -67,7 +68,7 @@ def _write_cert(cert: x509.Certificate, path: Path) -> None:
 
 def make_ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(cn)).issuer_name(_name(cn))
@@ -84,9 +85,10 @@ def make_ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 
 
 def make_leaf(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str, *, server: bool,
-              dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+              dns: tuple[str, ...] = (),
+              ips: tuple[str, ...] = ()) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn)).issuer_name(ca.subject)
@@ -200,10 +202,12 @@ class TlsNode:
         result = subprocess.run(["rabbitmq-server", "-detached"], env=self.env(), capture_output=True, text=True,
                                 timeout=60)
         if result.returncode != 0:
-            raise RuntimeError(f"rabbitmq-server -detached failed ({result.returncode}): {result.stderr or result.stdout}")
+            raise RuntimeError(
+                f"rabbitmq-server -detached failed ({result.returncode}): {result.stderr or result.stdout}")
         # `-detached` returns before the node is up: `wait` follows the PID file until the node answers,
         # `await_startup` until the broker inside it has booted
-        waited = _ctl(self.name, "wait", str(self.pid_file), "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 15)
+        waited = _ctl(self.name, "wait", str(self.pid_file), "--timeout", str(START_TIMEOUT),
+                      timeout=START_TIMEOUT + 15)
         if waited.returncode == 0:
             waited = _ctl(self.name, "await_startup", "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 15)
         if waited.returncode != 0:
@@ -372,7 +376,7 @@ async def test_contexts_check_the_host_name(tmp_path: Path) -> None:
     pki = make_pki(tmp_path, server_dns=("esi-broker.internal",), server_ips=())
     server = _server_context(pki.server_cert, pki.server_key)
     await _connect(amqp_ssl_context(ca_file=str(pki.ca)), server, "esi-broker.internal")
-    with pytest.raises(ssl.SSLCertVerificationError, match="match|mismatch"):
+    with pytest.raises(ssl.SSLCertVerificationError, match=r"match|mismatch"):
         await _connect(amqp_ssl_context(ca_file=str(pki.ca)), server, "other-host.internal")
     verify = http_verify(str(pki.ca))
     assert isinstance(verify, ssl.SSLContext)

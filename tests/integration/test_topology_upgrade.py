@@ -25,7 +25,7 @@ async def test_a_classic_dead_letter_queue_of_an_earlier_version_is_a_clear_erro
     channel = await connection.channel()
     await channel.declare_queue("dms_dead_letter_queue", durable=True, arguments={"x-queue-type": "classic"})
     await connection.close()
-    with pytest.raises(QueueMismatch, match="dms_dead_letter_queue.*Migrating queues to quorum"):
+    with pytest.raises(QueueMismatch, match=r"dms_dead_letter_queue.*Migrating queues to quorum"):
         await Bus.open(vhost.url, topology=current().topology())
 
 
@@ -55,5 +55,5 @@ async def test_a_work_queue_differing_in_more_than_the_group_size_is_refused(vho
     channel = await connection.channel()
     await channel.declare_queue(work.name, durable=True, arguments={**earlier, "x-delivery-limit": 3})
     await connection.close()
-    with pytest.raises(QueueMismatch, match="crm_queue.*x-delivery-limit"):
+    with pytest.raises(QueueMismatch, match=r"crm_queue.*x-delivery-limit"):
         await Bus.open(vhost.url, topology=topology)

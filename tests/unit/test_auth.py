@@ -16,7 +16,6 @@ from fastapi import Depends, FastAPI
 
 from esi.api.auth import principal_dependency
 from esi.api.errors import ApiError, install_error_handlers
-from esi.security import auth
 from esi.security import (
     DEMO_CLIENT_ID,
     DEMO_PASSWORD,
@@ -25,6 +24,7 @@ from esi.security import (
     ClientsConfigError,
     Principal,
     SendScope,
+    auth,
     demo_registry,
     generate_api_key,
     hash_secret,
@@ -35,6 +35,7 @@ from esi.security import (
     require_read,
     require_send,
 )
+from esi.security.clients import read_clients_file
 
 #: cheap argon2 parameters for tests that do not measure time (the production default costs ~0.3 s a verify)
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -324,7 +325,7 @@ def test_file_level_errors(tmp_path: Path) -> None:
         ClientRegistry.from_file(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="password, an API key"):
         make_client_entry("erp")
-    with pytest.raises(ValueError, match="erp.<secret>"):
+    with pytest.raises(ValueError, match=r"erp.<secret>"):
         make_client_entry("erp", api_key="not-prefixed-key", hasher=FAST)
 
 
@@ -386,7 +387,8 @@ def test_demo_credentials_are_detected_and_refused_in_production(tmp_path: Path)
     with pytest.raises(ClientsConfigError, match="production needs"):
         load_registry(production=True)
     with pytest.raises(ClientsConfigError, match="refuses demo credentials"):
-        load_registry(production=True, clients_json=json.dumps([make_client_entry("erp", password="demo", hasher=FAST)]))
+        load_registry(production=True,
+                      clients_json=json.dumps([make_client_entry("erp", password="demo", hasher=FAST)]))
     path = tmp_path / "clients.json"
     path.write_text(json.dumps(entries()))
     assert load_registry(production=True, clients_file=str(path)).client_ids == ["1c-erp", "ops"]
@@ -443,7 +445,7 @@ def test_a_changed_password_invalidates_the_cache(counting: type[CountingRegistr
     changed = json.loads(path.read_text())
     changed[0] = make_client_entry("1c-erp", password="the-new-password", send=["dms:*"], hasher=FAST)
     path.write_text(json.dumps(changed))
-    registry.reload()
+    registry.set_clients(read_clients_file(path))
     with pytest.raises(ApiError) as caught:
         registry.authenticate(old, None)
     assert_401(caught)

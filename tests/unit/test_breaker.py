@@ -87,7 +87,9 @@ async def test_it_probes_with_growing_backoff_and_goes_half_open_when_the_probe_
     breaker = Breaker(system="bk-probe", probe=probe, failure_threshold=1, probe_initial=0.02, probe_max=0.08)
     opened = time.monotonic()
     breaker.failure(_transient())
+    assert _value(metrics.CIRCUIT_OPEN, "bk-probe") == 1
     await _until(lambda: breaker.state is State.HALF_OPEN)
+    assert _value(metrics.CIRCUIT_OPEN, "bk-probe") == 0.5  # consuming again: not an outage for the alert
     assert len(probe.calls) == 4
     gaps = [b - a for a, b in zip([opened, *probe.calls], probe.calls)]
     # 0.02, 0.04, 0.08, 0.08: doubling up to the cap (sleeps last at least as long as asked)

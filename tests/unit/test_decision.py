@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,21 +20,20 @@ from hypothesis import strategies as st
 from esi.bus import consumer as consumer_module
 from esi.bus.consumer import Consumer
 from esi.bus.decision import (
-    GiveBack,
-    not_yet,
     ACK,
     MAX_ERROR_MESSAGE,
     Ack,
     DeadLetter,
     Decision,
+    GiveBack,
     Retry,
     RetryPolicy,
     classify,
     decide,
     failure_headers,
+    not_yet,
 )
 from esi.bus.headers import (
-    H_NOT_BEFORE,
     ATTEMPT_HEADER,
     H_ADAPTER,
     H_ATTEMPTS,
@@ -44,13 +43,14 @@ from esi.bus.headers import (
     H_ERROR_MESSAGE,
     H_FIRST_FAILURE,
     H_LAST_FAILURE,
+    H_NOT_BEFORE,
     H_ORIGINAL_EXCHANGE,
     H_ORIGINAL_ROUTING_KEY,
 )
 from esi.bus.topology import RetryStep
 from esi.errors import (
-    CircuitOpen,
     BusinessError,
+    CircuitOpen,
     EsiError,
     InvalidMessage,
     NotFound,
@@ -61,7 +61,7 @@ from esi.errors import (
 from esi.messages import Envelope
 from esi.systems.registry import current
 
-NOW = datetime(2025, 3, 1, 10, 0, 0, 123456, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 1, 10, 0, 0, 123456, tzinfo=UTC)
 NOW_ISO = "2025-03-01T10:00:00.123+00:00"
 EARLIER_ISO = "2025-03-01T09:59:00.000+00:00"
 
@@ -336,7 +336,7 @@ HEADERS = st.builds(
 @settings(max_examples=200, deadline=None)
 @given(error=ERRORS, attempt=st.integers(-5, 200), max_attempts=st.integers(1, 100), ladder=STEPS,
        headers=HEADERS, answer_with=st.sampled_from([None, "user_created"]),
-       now=st.datetimes(timezones=st.just(timezone.utc)))
+       now=st.datetimes(timezones=st.just(UTC)))
 def test_the_decision_follows_the_rules(error: BaseException, attempt: int, max_attempts: int,
                                         ladder: list[RetryStep], headers: dict[str, Any], answer_with: str | None,
                                         now: datetime) -> None:
@@ -370,7 +370,7 @@ def test_the_decision_follows_the_rules(error: BaseException, attempt: int, max_
 
 
 @settings(max_examples=100, deadline=None)
-@given(first=st.datetimes(timezones=st.just(timezone.utc)), gap=st.timedeltas(timedelta(0), timedelta(days=3)),
+@given(first=st.datetimes(timezones=st.just(UTC)), gap=st.timedeltas(timedelta(0), timedelta(days=3)),
        attempts=st.integers(2, 10))
 def test_the_story_accumulates_over_a_chain_of_failures(first: datetime, gap: timedelta, attempts: int) -> None:
     """Each retry's headers are the next delivery's: the first failure stays, the last one moves on."""

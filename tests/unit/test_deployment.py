@@ -32,7 +32,7 @@ import jsonschema
 import pytest
 import yaml
 
-from esi import runtime
+from esi import runtime, tracing
 from esi.bus.topology import Topology
 from esi.config import Settings
 from esi.systems.registry import current
@@ -61,7 +61,10 @@ VHOST = "/"
 # Variables esi services may be given that are not esi settings: name -> what reads them.
 NOT_SETTINGS = {"ESI_HEALTH_URL": "the image's HEALTHCHECK"}
 # Variables only docker-compose.yml reads (for ${...}), never esi.
-COMPOSE_ONLY = {"POSTGRES_PASSWORD", "ERLANG_COOKIE"}
+COMPOSE_ONLY = {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "ERLANG_COOKIE"}
+MONITORING = ("prometheus", "grafana")  # the compose profile `monitoring`
+# Variables the OpenTelemetry SDK reads (esi.tracing), not esi's settings.
+TRACING = set(tracing.VARIABLES)
 
 
 # --- loading ---------------------------------------------------------------------------------------------------------
@@ -327,7 +330,8 @@ def test_compose_checks_beyond_the_schema() -> None:
                 assert source in declared_volumes, f"{name} uses volume {source}, not declared under volumes:"
     text = COMPOSE_FILE.read_text(encoding="utf-8").replace("$$", "")
     for expression in re.findall(r"\$\{[^}]*\}", text):
-        assert re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?+][^}]*)?\}", expression), f"bad interpolation {expression}"
+        assert re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?+][^}]*)?\}", expression), \
+            f"bad interpolation {expression}"
 
 
 def _docker_compose() -> list[str] | None:
@@ -342,7 +346,7 @@ def _docker_compose() -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("profile", [None, "demo"])
+@pytest.mark.parametrize("profile", [None, "demo", "monitoring"])
 def test_docker_compose_accepts_the_file_where_installed(profile: str | None) -> None:
     """Where Docker Compose is installed, its own `config` (no engine needed) accepts the file with .env.example."""
     command = _docker_compose()
@@ -377,7 +381,7 @@ def _health_port(name: str, env: dict[str, str]) -> int:
         config = REGISTRY.fakes[name].settings
         assert config is not None
         return int(env.get(config.env_name("fake_port")) or config.model_construct().fake_port)
-    assert "ESI_HEALTH_PORT" in env, f"{name}: set ESI_HEALTH_PORT, the port of its /healthz"
+    assert "ESI_HEALTH_PORT" in env, f"{name}: set ESI_HEALTH_PORT, the port of its /livez"
     return int(env["ESI_HEALTH_PORT"])
 
 
@@ -388,12 +392,12 @@ def test_every_esi_service_has_the_image_healthcheck_on_its_own_port() -> None:
         assert healthcheck.get("test") == image_check, f"{name}: the healthcheck must be the Dockerfile's"
         assert not healthcheck.get("disable")
         env = environment(service)
-        assert "ESI_HEALTH_URL" in env, f"{name}: set ESI_HEALTH_URL to its own /healthz"
+        assert "ESI_HEALTH_URL" in env, f"{name}: set ESI_HEALTH_URL to its own /livez"
         url = urlsplit(env["ESI_HEALTH_URL"])
         assert url.hostname == "127.0.0.1", f"{name}: the check runs inside the container"
         assert url.port == _health_port(name, env), f"{name}: ESI_HEALTH_URL is not on the port the service listens on"
         if name in ADAPTERS:
-            assert url.path == "/healthz"
+            assert url.path == "/livez", f"{name}: probe liveness at /livez (Kubernetes' name)"
 
 
 async def test_health_urls_are_served() -> None:
@@ -442,6 +446,8 @@ def test_the_fakes_run_only_in_the_demo_profile() -> None:
     for name, service in compose["services"].items():
         if name in FAKES:
             assert service.get("profiles") == ["demo"], f"{name} belongs to the demo profile"
+        elif name in MONITORING:
+            assert service.get("profiles") == ["monitoring"], f"{name} belongs to the monitoring profile"
         else:
             assert not service.get("profiles"), f"{name} must run without a profile"
     env = {name: environment(service) for name, service in esi_services(compose).items()}
@@ -454,6 +460,43 @@ def test_the_fakes_run_only_in_the_demo_profile() -> None:
     for name in FAKES:
         assert env[name].get("ESI_FAKE_HOST") == "0.0.0.0", f"{name} must listen on every interface"
     assert env["onec"].get("ESI_HTTP_HOST") == "0.0.0.0", "onec must listen on every interface"
+
+
+def test_the_monitoring_profile_runs_prometheus_and_grafana_on_the_repository_files() -> None:
+    services = load_compose()["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    assert config["rule_files"] == ["alerts.yml"] and (ROOT / "deploy" / "prometheus" / "alerts.yml").exists()
+    # every esi service is scraped, on the port its /metrics is served on
+    env = {name: environment(service) for name, service in esi_services(load_compose()).items()}
+    scraped: dict[str, int] = {}
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                scraped[host] = int(port)
+        for sd in job.get("dns_sd_configs", []):
+            for host in sd["names"]:
+                scraped[host] = int(sd["port"])
+        # the alert rules and the dashboard select esi's jobs as esi-<service>
+        assert job["job_name"] in ("prometheus", f"esi-{scraped_hosts(job)[0]}"), job["job_name"]
+    for name in ADAPTERS:
+        assert scraped.get(name) == _health_port(name, env[name]), f"Prometheus does not scrape {name}'s /metrics"
+    mounts = grafana["volumes"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
+    assert "./deploy/grafana/esi.json:/var/lib/grafana/dashboards/esi.json:ro" in mounts
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/esi.yml").read_text(encoding="utf-8"))
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    source = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text("utf-8"))
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def scraped_hosts(job: dict[str, Any]) -> list[str]:
+    hosts = [t.rsplit(":", 1)[0] for s in job.get("static_configs", []) for t in s["targets"]]
+    return hosts + [h for sd in job.get("dns_sd_configs", []) for h in sd["names"]]
 
 
 # --- (c) and (d) variables and .env.example --------------------------------------------------------------------------
@@ -478,7 +521,7 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
     missing = sorted(set(setting_aliases()) - set(listed))
     assert not missing, f".env.example does not list {missing}"
     assert len(listed) == len(set(listed)), "a variable is listed twice in .env.example"
-    known = set(setting_aliases()) | set(NOT_SETTINGS) | COMPOSE_ONLY
+    known = set(setting_aliases()) | set(NOT_SETTINGS) | COMPOSE_ONLY | TRACING
     stale = sorted(set(listed) - known)
     assert not stale, f".env.example lists {stale}: neither esi settings nor read by docker-compose.yml"
     for index, (number, text, name, _) in enumerate(lines):
@@ -633,7 +676,8 @@ def test_dockerfile_slim_non_root_with_healthcheck() -> None:
     assert "curl" not in command[2] and "wget" not in command[2], "the slim base has neither curl nor wget"
     compile(command[2], "<HEALTHCHECK>", "exec")
     env_default = next(args for keyword, args in instructions if keyword == "ENV" and "ESI_HEALTH_URL=" in args)
-    assert "'http://127.0.0.1:8080/healthz'" in command[2] and "ESI_HEALTH_URL=http://127.0.0.1:8080/healthz" in env_default
+    assert "'http://127.0.0.1:8080/livez'" in command[2]
+    assert "ESI_HEALTH_URL=http://127.0.0.1:8080/livez" in env_default
     by_keyword = {keyword: args for keyword, args in instructions}
     assert json.loads(by_keyword["ENTRYPOINT"]) == ["esi"]
     assert json.loads(by_keyword["CMD"]) == ["run"]

@@ -73,15 +73,16 @@ def _transport(kind: str) -> httpx.AsyncBaseTransport:
 
 @contextlib.asynccontextmanager
 async def fresh_dms(
-    server: tuple[_CurrentApp, str], *, fake_key: str | None = None, client_key: str | None = None, timeout: float = 5.0,
-    transport: str = "httpx",
+    server: tuple[_CurrentApp, str], *, fake_key: str | None = None, client_key: str | None = None,
+    timeout: float = 5.0, transport: str = "httpx",
 ) -> AsyncIterator[Dms]:
     """`transport`: httpx's own, or httpx over aiohttp's sockets as the DMS adapter runs it (`fast_transport`)."""
     current, base_url = server
     current.app = create_app(api_key=fake_key)
     try:
         async with (
-            DmsClient(base_url=base_url, api_key=client_key, timeout=timeout, transport=_transport(transport)) as client,
+            DmsClient(base_url=base_url, api_key=client_key, timeout=timeout,
+                      transport=_transport(transport)) as client,
             httpx.AsyncClient(base_url=base_url, verify=False) as http,
         ):
             yield Dms(client, current.app.state.fake, base_url, http)
@@ -437,7 +438,8 @@ async def test_an_unreadable_policy_is_permanent() -> None:
     [
         (httpx.Response(500, text="<html>Internal Server Error</html>"), TransientError, "http_500"),
         (httpx.Response(502), TransientError, "http_502"),
-        (httpx.Response(503, json={"error": {"code": "maintenance", "message": "back soon"}}), TransientError, "http_503"),
+        (httpx.Response(503, json={"error": {"code": "maintenance", "message": "back soon"}}), TransientError,
+         "http_503"),
         (httpx.Response(408), TransientError, "http_408"),
         (httpx.Response(400, json={"error": {"code": "bad_request", "message": "no"}}), PermanentError, "bad_request"),
         (httpx.Response(403, text="forbidden"), PermanentError, "http_403"),

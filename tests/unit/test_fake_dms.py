@@ -55,7 +55,8 @@ async def fresh_fake(server: tuple[_CurrentApp, str], api_key: str | None = None
     current, base_url = server
     current.app = create_app(api_key=api_key)
     try:
-        async with httpx.AsyncClient(base_url=base_url, verify=False) as http:  # plain HTTP: skip building a TLS context
+        # plain HTTP: skip building a TLS context
+        async with httpx.AsyncClient(base_url=base_url, verify=False) as http:
             yield Served(http, current.app.state.fake)
     finally:
         current.app = None
@@ -90,7 +91,8 @@ async def test_health_is_ok(dms: Served) -> None:
 async def test_create_user_answers_201_with_a_sequential_id_and_keeps_cyrillic(dms: Served) -> None:
     first = await dms.http.post("/users", json=IVANOV, headers={"Idempotency-Key": "k-1"})
     second = await dms.http.post(
-        "/users", json={"external_id": "U2", "name": "Пётр Ёлкин", "email": "p@example.com", "phone": "+7 900 000-00-00"}
+        "/users",
+        json={"external_id": "U2", "name": "Пётр Ёлкин", "email": "p@example.com", "phone": "+7 900 000-00-00"}
     )
 
     assert first.status_code == 201

@@ -28,8 +28,8 @@ def test_no_header_name_is_spelled_outside_the_headers_module() -> None:
     own = Path(headers.__file__).resolve()
     found = []
     for path in sorted([*(ROOT / "esi").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]):
-        if path.resolve() == own:
-            continue
+        if path.resolve() == own or "contracts" in path.relative_to(ROOT).parts:
+            continue  # esi/contracts writes AsyncAPI specification extensions (x-esi-version, ...), not headers
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if LITERAL.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}")

@@ -178,6 +178,7 @@ def _http_samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     ("GET", "/requests/M1?wait=abc", "/requests/{request_id}", 422),  # FastAPI, on both apps
     ("GET", "/requests/M1/timeline", "/requests/{request_id}/timeline", 200),
     ("GET", "/healthz", "/healthz", 200),
+    ("GET", "/livez", "/livez", 200),
     ("GET", "/no/such/route", "unmatched", 404),
     ("DELETE", "/send_to_dms", "/send_to_dms", 405),
 ])

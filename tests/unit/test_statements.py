@@ -31,10 +31,9 @@ def test_a_duplicate_raises_sqlalchemys_integrity_error_and_rolls_back_with_the_
     row = {"consumer": "dms", "message_id": "m", "processed_at": "t"}
     with engine.begin() as conn:
         INSERT_INBOX.run(conn, row)
-    with pytest.raises(IntegrityError):
-        with engine.begin() as conn:
-            INSERT_INBOX.run(conn, {**row, "message_id": "other"})
-            INSERT_INBOX.run(conn, row)
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        INSERT_INBOX.run(conn, {**row, "message_id": "other"})
+        INSERT_INBOX.run(conn, row)
     with engine.connect() as conn:  # the transaction's first insert went with it
         assert SELECT_SEEN.first(conn, {"consumer": "dms", "mid": "other"}) is None
 

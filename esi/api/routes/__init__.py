@@ -2,6 +2,6 @@
 (`requests`), dead letters (`dead_letters`), health and metrics (`ops`). Send routes are data (`send`)."""
 
 from esi.api.routes.send import ORIGINAL_SEND_ROUTES, SendRoute
-from esi.api.routes.table import Param, Route, add_routes
+from esi.api.routes.table import Param, Route
 
-__all__ = ["ORIGINAL_SEND_ROUTES", "Param", "Route", "SendRoute", "add_routes"]
+__all__ = ["ORIGINAL_SEND_ROUTES", "Param", "Route", "SendRoute"]

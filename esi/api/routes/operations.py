@@ -11,7 +11,7 @@ one too, and it lifts itself at the end of `for`. Every change is written to the
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Path, Query, Request
@@ -47,7 +47,8 @@ class OperationsRoutes:
         return [
             Route("GET", "/systems", "list_systems", self.systems, "The systems: maintenance pauses and breakers"),
             Route("POST", "/systems/{code}/pause", "pause_system", self.pause,
-                  "Pause a system for maintenance, for every adapter replica", params=(code, Param("body", PauseRequest))),
+                  "Pause a system for maintenance, for every adapter replica",
+                  params=(code, Param("body", PauseRequest))),
             Route("POST", "/systems/{code}/resume", "resume_system", self.resume, "Lift a system's pause",
                   params=(code,)),
             Route("GET", "/audit", "audit_log", self.audit, "What operators did, newest first",
@@ -73,7 +74,7 @@ class OperationsRoutes:
         until = None
         if body.for_:
             try:
-                until = (datetime.now(timezone.utc) + parse_duration(body.for_)).isoformat(timespec="microseconds")
+                until = (datetime.now(UTC) + parse_duration(body.for_)).isoformat(timespec="microseconds")
             except ValueError as exc:
                 raise ApiError(422, "validation_error", f"for: {exc}") from None
         pause = await self._store.pause_system(system, until=until, reason=body.reason,
@@ -96,7 +97,7 @@ class OperationsRoutes:
         start = None
         if since:
             try:
-                start = (datetime.now(timezone.utc) - parse_duration(since)).isoformat(timespec="microseconds")
+                start = (datetime.now(UTC) - parse_duration(since)).isoformat(timespec="microseconds")
             except ValueError as exc:
                 raise ApiError(422, "validation_error", f"since: {exc}") from None
         entries = await self._store.audit_log(limit=limit, action=action, since=start)

@@ -1,5 +1,5 @@
-"""Health and metrics: `GET /healthz`, `/readyz`, `/metrics`, served without credentials (they hold none) by the
-1C API and by the small HTTP port of adapter-only processes."""
+"""Health and metrics: `GET /livez` (and its alias `/healthz`), `/readyz`, `/metrics`, served without credentials
+(they hold none) by the 1C API and by the small HTTP port of adapter-only processes."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ class OpsRoutes:
 
     def routes(self) -> list[Route]:
         return [
-            Route("GET", "/healthz", "healthz", self.healthz, "The process lives", authenticated=False),
+            # the probes as Kubernetes names them: /livez (liveness) and /readyz; /healthz stays as an alias
+            Route("GET", "/livez", "livez", self.healthz, "The process lives (liveness)", authenticated=False),
+            Route("GET", "/healthz", "healthz", self.healthz, "The process lives (an alias of /livez)",
+                  authenticated=False),
             Route("GET", "/readyz", "readyz", self.readyz, "The service can do its job: one entry per dependency",
                   authenticated=False),
             Route("GET", "/metrics", "prometheus", self.prometheus, "Prometheus metrics", authenticated=False,

@@ -19,6 +19,7 @@ from fastapi import Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from esi import tracing
 from esi.api.deps import ApiDeps
 from esi.api.ingress import Accepted, build_request, check_file_bytes, parse_json_object, prefer_wait
 from esi.api.routes.send import SendRoute
@@ -26,16 +27,16 @@ from esi.api.routes.table import Param, Route
 from esi.errors import ApiError
 from esi.security.scopes import Principal, require_read, require_send
 from esi.store import RequestRecord, Store
-from esi.store.events import NullRecorder
+from esi.store.events import NullRecorder, Recorder
 from esi.store.records import OutboxRow
 from esi.store.settled import SETTLED
 
-__all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "RequestRoutes", "SETTLED_WITHIN_WAIT"]
+__all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "SETTLED_WITHIN_WAIT", "RequestRoutes"]
 
 log = logging.getLogger(__name__)
 
 #: what the POSTs that send a request answer besides 202: the outcome, when `Prefer: wait=N` asked to wait for it
-SETTLED_WITHIN_WAIT = {200: {"model": RequestRecord, "description": (
+SETTLED_WITHIN_WAIT: dict[int | str, Any] = {200: {"model": RequestRecord, "description": (
     "With the header `Prefer: wait=N` (RFC 7240; N seconds, capped by ESI_MAX_WAIT): the request was completed, "
     "failed or dead-lettered within the wait, and this is its state, as `GET /requests/{request_id}` gives it. "
     "When the wait ends first, the answer is the 202.")}}
@@ -79,7 +80,7 @@ class RequestRoutes:
     def __init__(self, deps: ApiDeps) -> None:
         self._deps = deps
         self._store = deps.store
-        self._events = deps.events or NullRecorder()
+        self._events: Recorder = deps.events or NullRecorder()
         #: without a registry every caller may do everything, and requests are recorded without a client
         self._auth_on = deps.clients is not None
         self._max_body = deps.max_pdf_bytes * 4 // 3 + 1024 * 1024
@@ -191,16 +192,18 @@ class RequestRoutes:
             raise ApiError(503, "backlog_full",
                            f"{deps.max_backlog} or more requests are waiting for the broker; try again later",
                            headers={"Retry-After": "5"})
+        # the request's trace context, stored with its outbox row: the relay publishes as a child of this span
+        trace_context = tracing.outbox_context(accepted.request_id) if tracing.enabled else None
         record, created, first_hash = await self._store.accept(
             request_id=accepted.request_id, source=self._source, target=accepted.target,
             message_type=accepted.message_type, payload_hash=accepted.payload_hash,
             message_id=accepted.envelope.message_id, routing_key=accepted.routing_key,
             body=body, keys=self._registry.business_keys(accepted.envelope.payload),
-            client_id=principal.client_id if auth_on else None,
+            client_id=principal.client_id if auth_on else None, trace_context=trace_context,
         )
         if created:
             deps.on_accepted(OutboxRow(message_id=accepted.envelope.message_id, request_id=accepted.request_id,
-                                       routing_key=accepted.routing_key, body=body))
+                                       routing_key=accepted.routing_key, body=body, trace_context=trace_context))
             self._events.record(accepted.request_id, "accepted", service="api",
                                 message_id=accepted.envelope.message_id, message_type=accepted.message_type,
                                 routing_key=accepted.routing_key)

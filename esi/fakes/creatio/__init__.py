@@ -33,11 +33,9 @@ query engine and error envelope, over those tables), `app` (the routes). `/_fake
 `/_fake/faults` are the ones every fake has (`esi.fakes.controls`).
 """
 
-from esi.fakes.creatio.app import LOGIN_PAGE_PATH, REST_PREFIX, create_app
-from esi.fakes.creatio.odata import ODataError, odata_error_response, parse_filter
+from esi.fakes.creatio.app import create_app
 from esi.fakes.creatio.state import (
     EMPTY_GUID,
-    EXPIRY_MODES,
     FILE_TYPE_ID,
     ORDER_0001_ID,
     ORDER_0002_ID,
@@ -51,22 +49,16 @@ from esi.fakes.creatio.state import (
     STATUS_IN_PROGRESS_ID,
     STATUS_NEW_ID,
     STATUS_SHIPPED_ID,
-    FakeCreatio,
-    Session,
-    StoredFile,
 )
 
 __all__ = [
     "EMPTY_GUID",
-    "EXPIRY_MODES",
     "FILE_TYPE_ID",
-    "LOGIN_PAGE_PATH",
     "ORDER_0001_ID",
     "ORDER_0002_ID",
     "ORDER_9876_ID",
     "ORDER_IDS",
     "ORDER_STATUS_IDS",
-    "REST_PREFIX",
     "STATUS_CANCELLED_ID",
     "STATUS_COMPLETED_ID",
     "STATUS_CONFIRMED_ID",
@@ -74,11 +66,5 @@ __all__ = [
     "STATUS_IN_PROGRESS_ID",
     "STATUS_NEW_ID",
     "STATUS_SHIPPED_ID",
-    "FakeCreatio",
-    "ODataError",
-    "Session",
-    "StoredFile",
     "create_app",
-    "odata_error_response",
-    "parse_filter",
 ]

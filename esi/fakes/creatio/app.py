@@ -90,11 +90,11 @@ def create_app(
         session = fake.session_for(request.cookies.get(".ASPXAUTH"))
         if session is None:
             return expired_response(request)
-        if request.method in ("POST", "PATCH", "PUT", "DELETE", "MERGE"):
-            if request.headers.get("BPMCSRF") != session.csrf:
-                fake.counters["csrf_failures"] += 1
-                return JSONResponse({"Message": "The CSRF token is missing or invalid."},
-                                    status_code=fake.csrf_failure_status)
+        if (request.method in ("POST", "PATCH", "PUT", "DELETE", "MERGE")
+                and request.headers.get("BPMCSRF") != session.csrf):
+            fake.counters["csrf_failures"] += 1
+            return JSONResponse({"Message": "The CSRF token is missing or invalid."},
+                                status_code=fake.csrf_failure_status)
         return None
 
     # -- auth

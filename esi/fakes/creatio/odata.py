@@ -8,6 +8,7 @@ client's error handling is exercised by the same texts it meets in production.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -210,6 +211,11 @@ def _matches(row: dict[str, Any], clauses: list[tuple[str, object]]) -> bool:
 # --- answers ---------------------------------------------------------------------------------------------------------
 
 
+def _order_key(column: str, row: dict[str, Any]) -> tuple[bool, Any]:
+    """Nulls last (first in descending order), then by value."""
+    return row.get(column) is None, row.get(column)
+
+
 def query_collection(tables: Tables, entity: str, params: Mapping[str, str], service_root: str) -> dict[str, Any]:
     """`GET <Set>` with its query options: the OData 4 body, `@odata.context` under `service_root`."""
     rows = list(entity_set(tables, entity).values())
@@ -226,7 +232,7 @@ def query_collection(tables: Tables, entity: str, params: Mapping[str, str], ser
             if column not in schema or direction.strip() not in ("", "asc", "desc"):
                 raise ODataError(400, f"Could not find a property named '{column}' on type "
                                       f"'{SCHEMA_NAMESPACE}.{entity}'.")
-            rows.sort(key=lambda r, c=column: (r.get(c) is None, r.get(c)), reverse=direction.strip() == "desc")
+            rows.sort(key=functools.partial(_order_key, column), reverse=direction.strip() == "desc")
     total = len(rows)
     for option in ("$skip", "$top"):
         if option in params:

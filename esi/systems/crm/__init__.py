@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
+from esi.messages.catalog import Upload
 from esi.messages.crm import PDF_MAGIC, OrderStatusUpdated, PdfReceived, SendPdfFile, UpdateOrderStatus
 from esi.systems.crm.settings import CreatioSettings
-from esi.systems.spec import Fake, Operation, SendRoute, System, SystemContext, Upload
+from esi.systems.spec import Fake, Operation, SendRoute, System, SystemContext
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from esi.messages import Handler
+    from esi.systems.crm.client import CreatioClient
 
 
-def _client(settings: CreatioSettings) -> Any:
+def _client(settings: CreatioSettings) -> CreatioClient:
     from esi.systems.crm.client import CreatioClient
 
     return CreatioClient(base_url=settings.url, username=settings.username,
@@ -18,13 +25,15 @@ def _client(settings: CreatioSettings) -> Any:
                          max_connections=settings.max_concurrency)
 
 
-def _handlers(context: SystemContext) -> Any:
+def _handlers(context: SystemContext) -> dict[str, Handler]:
     from esi.systems.crm.handlers import crm_handlers
 
-    return crm_handlers(context.client, max_pdf_bytes=context.settings.max_pdf_bytes, updates=context.store)
+    assert context.client is not None  # the system declares a client
+    settings = cast(CreatioSettings, context.settings)  # the system's own settings class
+    return crm_handlers(context.client, max_pdf_bytes=settings.max_pdf_bytes, updates=context.store)
 
 
-def _fake(settings: CreatioSettings) -> Any:
+def _fake(settings: CreatioSettings) -> FastAPI:
     from esi.fakes.creatio import create_app
 
     return create_app(username=settings.username, password=settings.password.get_secret_value())

@@ -509,8 +509,9 @@ def _error_detail(response: httpx.Response) -> str | None:
     if isinstance(error, str):
         return error
     for key in ("Message", "message"):
-        if isinstance(body.get(key), str) and body[key]:
-            return body[key]
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
     return None
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
 
 from esi.errors import InvalidMessage
 from esi.messages import Envelope, Handler
@@ -11,16 +11,19 @@ from esi.messages.crm import OrderStatusUpdated, PdfReceived, SendPdfFile, Updat
 from esi.messages.dms import GetPolicyInfo, PolicyInfo
 from esi.store.records import OrderClaim
 
+if TYPE_CHECKING:
+    from esi.systems.crm.client import AttachedFile, CreatioOrder
+
 
 class CreatioApi(Protocol):
-    async def find_order(self, order_ref: str) -> Any: ...
+    async def find_order(self, order_ref: str) -> CreatioOrder: ...
 
     async def find_status_id(self, name: str) -> str: ...
 
     async def set_order_status(self, order_id: str, status_id: str) -> None: ...
 
     async def attach_file(self, order_id: str, *, file_name: str, content: bytes,
-                          mime_type: str = "application/pdf") -> Any: ...
+                          mime_type: str = "application/pdf") -> AttachedFile: ...
 
 
 class OrderUpdates(Protocol):
@@ -35,8 +38,8 @@ class OrderUpdates(Protocol):
 def utc_iso(moment: datetime) -> str:
     """A time as the store orders it: UTC, microseconds, as text (a time without offset is taken as UTC)."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
 def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdates) -> dict[str, Handler]:
@@ -77,7 +80,7 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
         if payload.needs_policy_info and not payload.policy_number:
             # the original system's 1C asked for policy info without saying which policy: nothing to ask the DMS
             updated = updated.model_copy(update={"note": "no policy_number given: the DMS was not asked"})
-        elif payload.needs_policy_info:
+        elif payload.needs_policy_info and payload.policy_number:
             # ask the DMS; its answer comes back to crm_queue with this context echoed, and the reply to the
             # requester is built from it (see policy_info_response)
             context = {"reply_to": envelope.source_system, "order_status_updated": updated.model_dump(),

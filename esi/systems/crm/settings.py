@@ -23,7 +23,7 @@ class CreatioSettings(SystemSettings):
                            description="where `esi run fake-creatio` listens")
 
     @model_validator(mode="after")
-    def _no_demo_password_in_production(self) -> "CreatioSettings":
+    def _no_demo_password_in_production(self) -> CreatioSettings:
         if self.env == "production" and self.password.get_secret_value() == DEMO_PASSWORD:
             raise ValueError("ESI_ENV=production refuses the demo Creatio password: set CREATIO_PASSWORD")
         return self

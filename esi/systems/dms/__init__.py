@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from esi.messages.dms import CreateUser, GetPolicyInfo, PolicyInfo, UserCreated
 from esi.systems.dms.settings import DmsSettings
 from esi.systems.spec import Fake, Operation, SendRoute, System, SystemContext
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
-def _client(settings: DmsSettings) -> Any:
+    from esi.messages import Handler
+    from esi.systems.dms.client import DmsClient
+
+
+def _client(settings: DmsSettings) -> DmsClient:
     from esi.systems.dms.client import DmsClient
 
     return DmsClient(base_url=settings.url, api_key=settings.secret(settings.api_key), timeout=settings.timeout,
                      ca_bundle=settings.ca_bundle, max_connections=settings.max_concurrency)
 
 
-def _handlers(context: SystemContext) -> Any:
+def _handlers(context: SystemContext) -> dict[str, Handler]:
     from esi.systems.dms.handlers import dms_handlers
 
+    assert context.client is not None  # the system declares a client
     return dms_handlers(context.client)
 
 
-def _fake(settings: DmsSettings) -> Any:
+def _fake(settings: DmsSettings) -> FastAPI:
     from esi.fakes.dms import create_app
 
     return create_app(api_key=settings.secret(settings.api_key))

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from esi.messages import Envelope, Handler
 from esi.messages.dms import CreateUser, GetPolicyInfo, PolicyInfo, UserCreated
 
+if TYPE_CHECKING:
+    from esi.systems.dms.client import DmsPolicy, DmsUser
+
 
 class DmsApi(Protocol):
     async def create_user(self, *, user_id: str, name: str, email: str, phone: str | None = None,
-                          idempotency_key: str) -> object: ...
+                          idempotency_key: str) -> DmsUser: ...
 
-    async def get_policy(self, policy_number: str) -> object: ...
+    async def get_policy(self, policy_number: str) -> DmsPolicy: ...
 
 
 def dms_handlers(client: DmsApi) -> dict[str, Handler]:

@@ -3,12 +3,15 @@ back to its queue, where its adapter records it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from esi.systems.spec import System, SystemContext
 
+if TYPE_CHECKING:
+    from esi.messages import Handler
 
-def _handlers(context: SystemContext) -> Any:
+
+def _handlers(context: SystemContext) -> dict[str, Handler]:
     from esi.systems.onec.handlers import onec_handlers
 
     return onec_handlers(context)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 from esi.messages import Envelope, Handler
 from esi.systems.spec import SystemContext
 
@@ -22,7 +24,7 @@ def onec_handlers(context: SystemContext) -> dict[str, Handler]:
     events = context.events
     registry = context.registry
 
-    async def record(envelope: Envelope, _payload: object) -> list[Envelope]:
+    async def record(envelope: Envelope, _payload: BaseModel | None) -> list[Envelope]:
         error = envelope.error.model_dump(exclude_none=True) if envelope.error else None
         known = await store.record_response(envelope.request_id, response=envelope.payload or None, error=error,
                                             keys=registry.business_keys(envelope.payload))
