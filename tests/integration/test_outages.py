@@ -131,8 +131,14 @@ def test_a_minute_long_outage_of_the_dms_and_of_creatio_is_ridden_out(outage_sys
             return None
 
         waiting = wait_until(a_waiting_request, timeout=30, interval=0.5, what="a request waiting on the breaker")
-        events = client.get(f"/requests/{waiting['request_id']}/timeline").json()["events"]
-        assert any(e["event"] == "waiting" and "circuit open" in e["detail"]["error"] for e in events), events
+
+        def waiting_in_the_timeline() -> list[dict[str, Any]] | None:
+            # the adapter's timeline events are written in batches, after the request's own row: wait for them
+            events = client.get(f"/requests/{waiting['request_id']}/timeline").json()["events"]
+            found = [e for e in events if e["event"] == "waiting" and "circuit open" in e["detail"]["error"]]
+            return found or None
+
+        wait_until(waiting_in_the_timeline, timeout=15, interval=0.25, what="the waiting event in the timeline")
         assert waiting["attempts"] < 3
         assert _dlq_count(system) == 0
         systems = client.get("/systems").json()["systems"]
