@@ -141,6 +141,7 @@ class SystemService(Service):
         self.consumer: Consumer | None = None
         self.relay: OutboxRelay | None = None
         self.http: HttpServer | None = None
+        self._api_clients: ClientRegistry | None = None
         #: the system's own client (its methods are looked up: `check`, `aclose`)
         self._client: object = None
         self.breaker: Breaker | None = None
@@ -186,6 +187,8 @@ class SystemService(Service):
         work = topology.queue_for(self.system.code)
         ssl_context = amqp_ssl_context_for_url(s.broker_url(), ca_file=s.amqp_ca_file, cert_file=s.amqp_cert_file,
                                                key_file=s.amqp_key_file)
+        # the API's clients first: a configuration that production refuses fails before any connection is made
+        self._api_clients = _clients(s) if self.system.origin else None
         # a process started while no broker node answers waits for one (ESI_CONNECT_TIMEOUT; 0: for ever)
         self.bus = await Bus.open(s.broker_urls(), topology=topology, prefetch=s.prefetch,
                                   publish_timeout=s.publish_timeout, name=f"esi-{self.name}",
@@ -262,7 +265,7 @@ class SystemService(Service):
                                  events=self.events, fresh_s=s.publish_timeout + 2)
         self.relay.start()
         app = create_app(ApiDeps(
-            clients=_clients(s), store=self.store, on_accepted=self.relay.submit, max_pdf_bytes=s.max_pdf_bytes,
+            clients=self._api_clients, store=self.store, on_accepted=self.relay.submit, max_pdf_bytes=s.max_pdf_bytes,
             readiness=self.process_readiness, events=self.events,
             dead_letters=DeadLetters(self.bus.connection, topology), max_backlog=s.outbox_max_backlog,
             max_wait=s.max_wait_s, wait_recheck=s.wait_recheck_s, send_routes=self.registry.send_routes,
