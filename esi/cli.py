@@ -340,10 +340,17 @@ def _with_dead_letters(action: Callable[[DeadLetters], Awaitable[_T]]) -> _T:
     async def go() -> _T:
         import aio_pika
 
-        try:
-            connection = await aio_pika.connect(settings.broker_url(), client_properties={"connection_name": "esi-dlq"})
-        except Exception as exc:
-            typer.echo(f"esi: cannot connect to RabbitMQ: {exc}", err=True)
+        from esi.bus.connection import redact
+
+        connection, problems = None, []
+        for url in settings.broker_urls():  # a cluster: the first node that answers (one may be down)
+            try:
+                connection = await aio_pika.connect(url, client_properties={"connection_name": "esi-dlq"})
+                break
+            except Exception as exc:
+                problems.append(f"{redact(url)}: {exc}")
+        if connection is None:
+            typer.echo(f"esi: cannot connect to RabbitMQ: {'; '.join(problems)}", err=True)
             raise typer.Exit(3) from None
         try:
             return await action(DeadLetters(connection, topology_from(settings, registry)))
