@@ -57,7 +57,7 @@ def test_nothing_refers_to_a_path_outside_the_repository() -> None:
 
 def test_the_patterns_catch_what_they_are_for() -> None:
     samples = [f"see ../{SIBLING}/bench/ceiling.py", f"see ..\\{SIBLING}\\bench", f'ROOT / "{SIBLING}" / "bench"',
-               "ROOT.parent / 'x'", f"cd /{MACHINE_DIR}/main && make"]
+               "ROOT" + ".parent / 'x'", f"cd /{MACHINE_DIR}/main && make"]
     for sample in samples:
         assert any(p.search(sample) for p, _ in OUTSIDE), sample
     assert not any(p.search("a shared SQLite file; esi/work/x; ROOT / 'bench'") for p, _ in OUTSIDE)
