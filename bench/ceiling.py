@@ -8,7 +8,9 @@ end-to-end figures are quoted as a ratio of it, measured in the same run (`bench
 
     python -m bench.ceiling [N] [CONCURRENCY] [classic|quorum]     (AMQP_URL names the broker and vhost)
 
-It prints one JSON line: n, concurrency, queue_type, seconds, round_trips_per_s, p50_ms, p99_ms.
+It prints one JSON line: n, concurrency, queue_type, seconds, round_trips_per_s, p50_ms, p99_ms, and the CPU per
+round trip of the requester and the responder (`cpu_ms_per_round_trip`, their sum: what `bench.run` divides each
+esi process's CPU per request by, so that figures from different machines compare).
 """
 
 from __future__ import annotations
@@ -60,7 +62,18 @@ def _responder_main(url: str, queue_type: str, tag: str, ready: Any) -> None:
     asyncio.run(_respond(url, queue_type, tag, ready))
 
 
-async def _request(url: str, n: int, concurrency: int, queue_type: str, tag: str) -> dict[str, Any]:
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (/proc), or None off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _request(url: str, n: int, concurrency: int, queue_type: str, tag: str,
+                   responder_pid: int | None = None) -> dict[str, Any]:
     connection = await aio_pika.connect(url)
     try:
         publish_channel = await connection.channel(publisher_confirms=True)
@@ -85,6 +98,8 @@ async def _request(url: str, n: int, concurrency: int, queue_type: str, tag: str
 
         await reply_queue.consume(on_reply)
         started = time.perf_counter()
+        own_cpu0 = time.process_time()
+        their_cpu0 = _cpu_s(responder_pid) if responder_pid else None
         for _ in range(n):
             await slots.acquire()
             request_id = uuid.uuid4().hex
@@ -98,6 +113,9 @@ async def _request(url: str, n: int, concurrency: int, queue_type: str, tag: str
             task.add_done_callback(publishes.discard)
         await finished.wait()
         elapsed = time.perf_counter() - started
+        own_cpu = time.process_time() - own_cpu0
+        their_cpu1 = _cpu_s(responder_pid) if responder_pid else None
+        their_cpu = their_cpu1 - their_cpu0 if their_cpu0 is not None and their_cpu1 is not None else None
         latencies.sort()
         cleanup = await connection.channel()
         for name in (requests, replies):
@@ -105,7 +123,10 @@ async def _request(url: str, n: int, concurrency: int, queue_type: str, tag: str
         return {"n": n, "concurrency": concurrency, "queue_type": queue_type, "seconds": round(elapsed, 3),
                 "round_trips_per_s": round(n / elapsed, 1),
                 "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
-                "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 2)}
+                "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 2),
+                "requester_cpu_ms": round(1000 * own_cpu / n, 3),
+                "responder_cpu_ms": round(1000 * their_cpu / n, 3) if their_cpu is not None else None,
+                "cpu_ms_per_round_trip": round(1000 * (own_cpu + their_cpu) / n, 3) if their_cpu is not None else None}
     finally:
         await connection.close()
 
@@ -122,7 +143,7 @@ def measure(url: str, n: int, concurrency: int, queue_type: str = "quorum") -> d
     try:
         if not ready.wait(60):
             raise RuntimeError("the ceiling's responder did not start within 60 s")
-        return asyncio.run(_request(url, n, concurrency, queue_type, tag))
+        return asyncio.run(_request(url, n, concurrency, queue_type, tag, responder.pid))
     finally:
         responder.terminate()
         responder.join(10)

@@ -42,11 +42,15 @@ def latency_summary(values: list[float]) -> dict[str, float | None]:
             "p99_ms": ms(percentile(values, 99)), "max_ms": ms(max(values) if values else None)}
 
 
+#: the demo client's credentials (`ESI_ENV=demo` without a clients file, the default): what `make run` accepts
+DEMO_AUTH = {"authorization": "Basic ZGVtbzpkZW1v"}
+
+
 def client(pool: int, base_url: str) -> aiohttp.ClientSession:
     """The load generator's HTTP client: aiohttp alone, the leanest asyncio client at hand. The load generator shares
     the machine's two cores with what it measures: what its client spends, the services cannot use (httpx's cost:
     docs/performance.md)."""
-    return aiohttp.ClientSession(base_url=base_url, timeout=aiohttp.ClientTimeout(total=60.0),
+    return aiohttp.ClientSession(base_url=base_url, timeout=aiohttp.ClientTimeout(total=60.0), headers=DEMO_AUTH,
                                  connector=aiohttp.TCPConnector(limit=pool), cookie_jar=aiohttp.DummyCookieJar())
 
 

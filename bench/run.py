@@ -10,6 +10,8 @@ directory, it measures:
 4. slow        the fake DMS answering in 200 ms: time for 1,000 requests against (N × latency) / prefetch
 5. memory      peak RSS of each service during 2 and 4, and while the DMS adapter drains a backlog of 50,000
 6. scaleout    run 4 with one DMS adapter process and with two
+2b. peer      the naive peer (`bench.peer`: FastStream + FastAPI, no store, outbox, inbox or retries) under the same
+               load at esi's best concurrency, interleaved with esi (esi, peer, esi, peer): esi ÷ peer
 7. cluster     the three-node cluster (`make cluster`) against the single node, and two API processes against one,
                as ratios (`bench.cluster`; alone: `python -m bench.cluster`)
 
@@ -44,7 +46,7 @@ from bench.procs import machine_info  # noqa: E402
 #: what a closed-loop POST asks to wait for its outcome, seconds (Prefer: wait=N)
 PREFER_WAIT_S = 30
 
-SECTIONS = ("ceiling", "e2e", "ingress", "slow", "scaleout", "bound", "backlog", "cluster", "chart")
+SECTIONS = ("ceiling", "e2e", "peer", "ingress", "slow", "scaleout", "bound", "backlog", "cluster", "chart")
 ADAPTERS = ("onec", "dms", "dms2", "crm")
 
 #: targets (the issue's): checked and printed, never a reason to fail
@@ -121,7 +123,7 @@ class Bench:
         self.errors: list[str] = []
         self.result: dict[str, Any] = {
             "schema": 1, "started_at": _now(), "ok": False, "errors": self.errors, "machine": machine_info(),
-            "config": {}, "ceiling": None, "e2e": None, "ingress": None, "slow": None, "scaleout": None,
+            "config": {}, "ceiling": None, "e2e": None, "peer": None, "ingress": None, "slow": None, "scaleout": None,
             "memory": None, "backlog": None, "targets": [], "client": {}, "chart": None,
         }
         self.system: Any = None
@@ -159,7 +161,7 @@ class Bench:
             "ceiling_concurrency": a.ceiling_concurrency, "ingress_seconds": a.ingress_seconds,
             "slow_n": a.slow_n, "slow_latency_ms": a.slow_latency_ms, "post_concurrency": a.post_concurrency,
             "backlog": a.backlog, "backlog_sample_seconds": a.backlog_sample_seconds, "skip": sorted(a.skip),
-            "vhost": self.system.vhost.name, "log_level": "WARNING",
+            "vhost": self.system.vhost.name, "log_level": "INFO (the default)", "auth": "on, the demo client (the default)",
             "layout": "fakes(fake-creatio fake-dms) | onec | dms [| dms2] | crm — one `esi run` process each",
         }
         try:
@@ -175,6 +177,8 @@ class Bench:
                 _check(outcome, "warm-up", self.errors)
             if not self.skip("e2e"):
                 self.run_e2e()
+            if not self.skip("peer"):
+                self.run_peer()
             if not self.skip("ingress"):
                 self.run_ingress()
             if not self.skip("slow"):
@@ -286,8 +290,9 @@ class Bench:
             **_outcome_fields(outcome),
             "client_cpu_pct_of_one_core": round(100 * client_cpu / seconds, 1) if seconds > 0 else None,
             "processes": processes,
-            "cpu_ms_per_request": {name: round(1000 * p["cpu_s"] / max(outcome.completed, 1), 2)
-                                   for name, p in processes.items() if name != "machine(all)"},
+            "cpu_ms_per_request": (cpu := {name: round(1000 * p["cpu_s"] / max(outcome.completed, 1), 2)
+                                           for name, p in processes.items() if name != "machine(all)"}),
+            "cpu_ratio_to_ceiling": self._cpu_ratios(cpu),
             "stages": stages,
             "machine_cpu": _machine_share(processes, self.result["machine"].get("nproc") or 1),
         }
@@ -329,6 +334,96 @@ class Bench:
             "others_cpu_pct_of_machine_at_best": (round(max(0.0, machine_cpu - total_cpu) / nproc, 1)
                                                   if machine_cpu is not None else None),
         }
+
+    def _cpu_ratios(self, cpu_ms: dict[str, float]) -> dict[str, float | None]:
+        """Each process's CPU per request ÷ the ceiling's CPU per round trip (requester and responder together):
+        comparable from one machine to the next, where milliseconds are not."""
+        base = (self.result.get("ceiling") or {}).get("cpu_ms_per_round_trip")
+        return {name: _ratio(value, base, 2) for name, value in cpu_ms.items()}
+
+    # --- 2b. the naive peer -------------------------------------------------------------------------------------
+
+    def run_peer(self) -> None:
+        """The naive peer (`bench.peer`) and esi, interleaved at esi's best concurrency: esi (run 2's), peer, esi,
+        peer; esi ÷ peer is the ratio of their mean throughputs."""
+        from bench.peer import PeerSystem
+
+        a, system = self.args, self.system
+        e2e = self.result.get("e2e") or {}
+        concurrency = (e2e.get("best") or {}).get("concurrency") or max(a.concurrency)
+        esi_runs = [r for r in e2e.get("runs", []) if r["concurrency"] == concurrency]
+        self.say("peer: starting the naive peer (FastStream + FastAPI) on a vhost of its own")
+        peer = PeerSystem(dms_url=system.dms_url, workdir=system.workdir, sampler=system.sampler)
+        try:
+            driver = Driver(peer.url, completion_timeout=a.completion_timeout)
+            driver.prefer_wait = PREFER_WAIT_S
+            if a.warmup:
+                outcome, _ = asyncio.run(driver.closed_loop(a.warmup, min(16, concurrency)))
+                _check(outcome, "peer warm-up", self.errors)
+            peer_runs: list[dict[str, Any]] = []
+            for round_ in (1, 2):
+                if len(esi_runs) < round_:
+                    esi_runs.append(self._esi_again(concurrency, f"peer-esi-{round_}"))
+                peer_runs.append(self._peer_run(peer, driver, concurrency, f"peer-{round_}"))
+        finally:
+            peer.close()
+        esi_rate = sum(r["round_trips_per_s"] or 0 for r in esi_runs) / len(esi_runs)
+        peer_rate = sum(r["round_trips_per_s"] or 0 for r in peer_runs) / len(peer_runs)
+        self.result["peer"] = {
+            "what": "bench/peer.py: FastStream + FastAPI, the handler publishes and awaits the reply in memory; "
+                    "no store, outbox, inbox, retries; quorum queues, persistent messages, publisher confirms",
+            "concurrency": concurrency, "order": "esi, peer, esi, peer",
+            "esi_runs": [{k: r[k] for k in ("round_trips_per_s", "p50_ms", "p99_ms", "cpu_ms_per_request")}
+                         for r in esi_runs],
+            "peer_runs": peer_runs,
+            "esi_per_s": round(esi_rate, 1), "peer_per_s": round(peer_rate, 1),
+            "esi_over_peer": _ratio(esi_rate, peer_rate),
+            "peer_ratio_to_ceiling": _ratio(peer_rate, self.ceiling),
+        }
+        self.say(f"peer: esi {esi_rate:.1f}/s, peer {peer_rate:.1f}/s: esi ÷ peer = "
+                 f"{self.result['peer']['esi_over_peer']}")
+
+    def _esi_again(self, concurrency: int, phase: str) -> dict[str, Any]:
+        a, system = self.args, self.system
+        self.say(f"peer: esi again, {a.n} create_user at concurrency {concurrency}")
+        system.reset_fakes()
+        system.sampler.mark(phase)
+        cpu0 = time.process_time()
+        outcome, seconds = asyncio.run(self.driver.closed_loop(a.n, concurrency))
+        client_cpu = time.process_time() - cpu0
+        system.sampler.close(phase)
+        system.check_alive()
+        _check(outcome, f"esi (beside the peer) at concurrency {concurrency}", self.errors)
+        run = self._e2e_run(concurrency, outcome, seconds, client_cpu, phase)
+        self.say(f"peer: esi c={concurrency}: {run['round_trips_per_s']}/s")
+        return run
+
+    def _peer_run(self, peer: Any, driver: Driver, concurrency: int, phase: str) -> dict[str, Any]:
+        a, system = self.args, self.system
+        self.say(f"peer: {a.n} create_user through the peer at concurrency {concurrency}")
+        system.reset_fakes()
+        system.sampler.mark(phase)
+        profiles = None
+        if a.profile and phase.endswith("-2"):
+            from bench.profile import Profiles
+
+            profiles = Profiles(Path(a.profile), {name: p.pid for name, p in peer.procs.items()}, a.profile_seconds)
+        outcome, seconds = asyncio.run(driver.closed_loop(a.n, concurrency))
+        if profiles is not None:
+            self.result.setdefault("profile", {})["peer"] = profiles.finish()
+        system.sampler.close(phase)
+        peer.check_alive()
+        _check(outcome, f"peer at concurrency {concurrency}", self.errors)
+        rate = outcome.completed / seconds if seconds > 0 else None
+        processes = system.sampler.report(phase)
+        cpu = {name: round(1000 * p["cpu_s"] / max(outcome.completed, 1), 2)
+               for name, p in processes.items() if name in ("peer-api", "peer-worker", "fakes", "rabbitmq",
+                                                            "bench-client")}
+        run = {"round_trips_per_s": round(rate, 1) if rate else None, "ratio_to_ceiling": _ratio(rate, self.ceiling),
+               **latency_summary(outcome.e2e), **_outcome_fields(outcome), "cpu_ms_per_request": cpu,
+               "cpu_ratio_to_ceiling": self._cpu_ratios(cpu)}
+        self.say(f"peer c={concurrency}: {run['round_trips_per_s']}/s, p99 {run['p99_ms']} ms")
+        return run
 
     def _start_profiles(self) -> Any:
         from bench.profile import Profiles
@@ -741,6 +836,9 @@ def print_table(result: dict[str, Any]) -> None:
     if ceiling:
         row("1. ceiling (bare aio-pika, quorum)", f"{_fmt(ceiling['round_trips_per_s'])}/s  "
             f"p50 {_fmt(ceiling['p50_ms'])} ms  p99 {_fmt(ceiling['p99_ms'])} ms", 1.0)
+        if ceiling.get("cpu_ms_per_round_trip") is not None:
+            row("   ceiling CPU ms per round trip", f"{_fmt(ceiling['cpu_ms_per_round_trip'])} (requester "
+                f"{_fmt(ceiling.get('requester_cpu_ms'))}, responder {_fmt(ceiling.get('responder_cpu_ms'))})")
     e2e = result.get("e2e")
     if e2e:
         for r in e2e["runs"]:
@@ -761,6 +859,10 @@ def print_table(result: dict[str, Any]) -> None:
         cpu = run.get("cpu_ms_per_request") or {}
         if cpu:
             row("   CPU ms per request, by process", "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(cpu.items())))
+        ratios = {k: v for k, v in (run.get("cpu_ratio_to_ceiling") or {}).items() if v is not None}
+        if ratios:
+            row("   same ÷ ceiling's CPU per round trip",
+                "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(ratios.items())))
         polled = e2e.get("by_long_poll")
         if polled:
             row(f"   same, POST then long poll (C={polled['concurrency']})",
@@ -768,6 +870,14 @@ def print_table(result: dict[str, Any]) -> None:
                 polled["ratio_to_ceiling"])
             cpu = polled.get("cpu_ms_per_request") or {}
             row("   CPU ms per request, by process", "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(cpu.items())))
+    peer = result.get("peer")
+    if peer:
+        row(f"2b. naive peer (FastStream+FastAPI) C={peer['concurrency']}",
+            f"{_fmt(peer['peer_per_s'])}/s vs esi {_fmt(peer['esi_per_s'])}/s ({peer['order']}): "
+            f"esi ÷ peer = {_fmt(peer['esi_over_peer'])}", peer["peer_ratio_to_ceiling"])
+        cpu = (peer["peer_runs"][-1].get("cpu_ms_per_request") or {}) if peer["peer_runs"] else {}
+        if cpu:
+            row("   peer CPU ms per request, by process", "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(cpu.items())))
     ingress = result.get("ingress")
     if ingress:
         row(f"3. ingress POST→202 at {_fmt(ingress['rate_per_s'])}/s",

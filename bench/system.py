@@ -53,7 +53,9 @@ class BenchSystem:
             raise
         self.store = store
         database_url = self.db.url if self.db else f"sqlite:///{self.workdir}/esi.db"
-        extra = {"ESI_LOG_LEVEL": "WARNING", "ESI_LOG_FORMAT": "json", "DMS_TIMEOUT": "10", "CREATIO_TIMEOUT": "10"}
+        # the services run with the defaults `make run` and the compose file use: log level INFO (JSON lines, as
+        # in the compose file), authentication on with the demo client, readiness checks every 30 s
+        extra = {"ESI_AUTH": "on", "ESI_READINESS_INTERVAL": "30", "DMS_TIMEOUT": "10", "CREATIO_TIMEOUT": "10"}
         # EsiSystem hands the services none of our ESI_* variables: pass the prefetch on explicitly
         if prefetch is None and os.environ.get("ESI_PREFETCH"):
             prefetch = int(os.environ["ESI_PREFETCH"])

@@ -207,7 +207,7 @@ class RequestRoutes:
             self._events.record(accepted.request_id, "accepted", service="api",
                                 message_id=accepted.envelope.message_id, message_type=accepted.message_type,
                                 routing_key=accepted.routing_key)
-            log.info("accepted %s %s", accepted.routing_key, accepted.request_id,
+            log.debug("accepted %s %s", accepted.routing_key, accepted.request_id,
                      extra={"request_id": accepted.request_id, "message_id": accepted.envelope.message_id,
                             "routing_key": accepted.routing_key})
         elif first_hash != accepted.payload_hash or (auth_on and record.client_id != principal.client_id):

@@ -368,7 +368,7 @@ class CreatioClient:
                                  system=SYSTEM)
         for file_id, existing_size in await self._order_files(order_id, file_name):
             if existing_size == size:
-                logger.info("File %r of %d bytes is already attached to order %s", file_name, size, order_id)
+                logger.debug("File %r of %d bytes is already attached to order %s", file_name, size, order_id)
                 return AttachedFile(id=file_id, name=file_name, size=size, already_attached=True)
         order_id = order_id.lower()
         # the row's Id is chosen here so that a row created by a call that then failed can be found and removed
@@ -383,7 +383,7 @@ class CreatioClient:
         except Exception:
             await self._delete_file_quietly(file_id)
             raise
-        logger.info("Attached %r (%d bytes) to order %s as file %s", file_name, size, order_id, file_id)
+        logger.debug("Attached %r (%d bytes) to order %s as file %s", file_name, size, order_id, file_id)
         return AttachedFile(id=file_id, name=file_name, size=size, already_attached=False)
 
     async def _upload(self, file_id: str, order_id: str, file_name: str, content: bytes, mime_type: str) -> None:

@@ -142,9 +142,9 @@ class DmsClient:
             raise _error(response, operation)
         user = _parse(response, DmsUser, operation)
         if response.headers.get("Idempotent-Replayed", "").lower() == "true":
-            logger.info("dms: user %s already registered as %s (idempotent replay)", user.external_id, user.id)
+            logger.debug("dms: user %s already registered as %s (idempotent replay)", user.external_id, user.id)
         else:
-            logger.info("dms: user %s registered as %s", user.external_id, user.id)
+            logger.debug("dms: user %s registered as %s", user.external_id, user.id)
         return user
 
     async def get_policy(self, policy_number: str) -> DmsPolicy:
