@@ -106,6 +106,8 @@ class Consumer:
         #: paused: no deliveries taken (the external system is down or in maintenance); see `pause`
         self._paused = False
         self._switching = asyncio.Lock()
+        #: (message type, outcome) → the metrics' children (see `_metrics`)
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -196,9 +198,20 @@ class Consumer:
                     tracing.settle(span, outcome_label)
             else:
                 outcome_label, envelope = await self._handle(message, headers, attempt)
-            message_type = envelope.message_type if envelope is not None else "unknown"
-            metrics.CONSUMED.labels(self.queue.name, message_type, outcome_label).inc()
-            metrics.HANDLER_DURATION.labels(self.queue.name, message_type).observe(time.perf_counter() - started)
+            consumed, duration = self._metrics(envelope.message_type if envelope is not None else "unknown",
+                                               outcome_label)
+            consumed.inc()
+            duration.observe(time.perf_counter() - started)
+
+    def _metrics(self, message_type: str, outcome: str) -> tuple[Any, Any]:
+        """The children of the consumed counter and the duration histogram for a type and an outcome, looked up
+        once: `labels()` validates, converts and locks on every call."""
+        children = self._children.get((message_type, outcome))
+        if children is None:
+            children = self._children[message_type, outcome] = (
+                metrics.CONSUMED.labels(self.queue.name, message_type, outcome),
+                metrics.HANDLER_DURATION.labels(self.queue.name, message_type))
+        return children
 
     async def _handle(self, message: AbstractIncomingMessage, headers: dict[str, Any],
                       attempt: int) -> tuple[str, Envelope | None]:
@@ -210,7 +223,8 @@ class Consumer:
                 return "parked", None
         try:
             envelope = decode_envelope(message.body)
-            log.debug("message body: %s", message.body[:4000])
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("message body: %s", message.body[:4000])
             if envelope.target_system != self.queue.system:
                 raise InvalidMessage(
                     f"message for {envelope.target_system!r} reached {self.queue.name}", code="wrong_queue"
@@ -228,7 +242,11 @@ class Consumer:
                 await self._ack(message)
                 return "duplicate", envelope
             self._event(envelope, "consumed", attempt=attempt, queue=self.queue.name)
-            with log_context(request_id=envelope.request_id):
+            if envelope.request_id != message.correlation_id:  # the envelope's says which request: the log too
+                with log_context(request_id=envelope.request_id):
+                    outgoing = await handler(envelope, payload)
+                    await self._publish_all(outgoing)
+            else:
                 outgoing = await handler(envelope, payload)
                 await self._publish_all(outgoing)
             if self._inbox is not None:
@@ -272,9 +290,12 @@ class Consumer:
         stamped = [self._catalog.outgoing(env) for env in outgoing]
         outgoing, keys = [env for env, _ in stamped], [key for _, key in stamped]
         sent_at = datetime.now(UTC)
-        await asyncio.gather(*(self._publisher.publish(env, key) for env, key in zip(outgoing, keys)))
+        if len(outgoing) == 1:  # the common case: one answer, awaited without a task of its own
+            await self._publisher.publish(outgoing[0], keys[0])
+        else:
+            await asyncio.gather(*(self._publisher.publish(env, key) for env, key in zip(outgoing, keys)))
         for env, key in zip(outgoing, keys):
-            metrics.PUBLISHED.labels(env.message_type).inc()
+            metrics.published(env.message_type)
             self._event(env, "published", at=sent_at, routing_key=key,
                         **({"error": env.error.message} if env.error else {}))
 

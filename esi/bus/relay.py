@@ -22,13 +22,11 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
-
-import aio_pika
+from typing import TYPE_CHECKING, Any, Protocol
 
 from esi import tracing
 from esi.bus.headers import ATTEMPT_HEADER
-from esi.bus.publisher import Publisher
+from esi.bus.publisher import Publisher, envelope_properties
 from esi.errors import TransientError
 from esi.store.records import OutboxRow
 
@@ -200,12 +198,8 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, row: OutboxRow) -> None:
-        message = aio_pika.Message(
-            row.body, content_type="application/json", content_encoding="utf-8",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=row.message_id,
-            correlation_id=row.request_id, type=row.routing_key.rsplit(".", 1)[-1], app_id="esi",
-            headers={ATTEMPT_HEADER: 1},
-        )
+        headers: dict[str, Any] = {ATTEMPT_HEADER: 1}
         if tracing.enabled:
-            tracing.inject(message.headers)
-        await self._publisher.publish_message(self._exchange, row.routing_key, message)
+            tracing.inject(headers)
+        await self._publisher.publish_message(self._exchange, row.routing_key, row.body, envelope_properties(
+            row.message_id, row.request_id, row.routing_key.rsplit(".", 1)[-1], headers))
