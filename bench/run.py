@@ -161,7 +161,8 @@ class Bench:
             "ceiling_concurrency": a.ceiling_concurrency, "ingress_seconds": a.ingress_seconds,
             "slow_n": a.slow_n, "slow_latency_ms": a.slow_latency_ms, "post_concurrency": a.post_concurrency,
             "backlog": a.backlog, "backlog_sample_seconds": a.backlog_sample_seconds, "skip": sorted(a.skip),
-            "vhost": self.system.vhost.name, "log_level": "INFO (the default)", "auth": "on, the demo client (the default)",
+            "vhost": self.system.vhost.name, "log_level": "INFO (the default)",
+            "auth": "on, the demo client (the default)",
             "layout": "fakes(fake-creatio fake-dms) | onec | dms [| dms2] | crm — one `esi run` process each",
         }
         try:
@@ -346,8 +347,12 @@ class Bench:
     def run_peer(self) -> None:
         """The naive peer (`bench.peer`) and esi, interleaved at esi's best concurrency: esi (run 2's), peer, esi,
         peer; esi ÷ peer is the ratio of their mean throughputs."""
-        from bench.peer import PeerSystem
-
+        try:
+            from bench.peer import PeerSystem
+        except ImportError as exc:  # FastStream is a bench-only dependency
+            self.result["peer"] = {"skipped": f"{exc}: pip install -e '.[bench]'"}
+            self.say(f"peer: skipped ({exc})")
+            return
         a, system = self.args, self.system
         e2e = self.result.get("e2e") or {}
         concurrency = (e2e.get("best") or {}).get("concurrency") or max(a.concurrency)
@@ -871,7 +876,9 @@ def print_table(result: dict[str, Any]) -> None:
             cpu = polled.get("cpu_ms_per_request") or {}
             row("   CPU ms per request, by process", "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(cpu.items())))
     peer = result.get("peer")
-    if peer:
+    if peer and peer.get("skipped"):
+        row("2b. naive peer (FastStream+FastAPI)", f"skipped: {peer['skipped']}")
+    elif peer:
         row(f"2b. naive peer (FastStream+FastAPI) C={peer['concurrency']}",
             f"{_fmt(peer['peer_per_s'])}/s vs esi {_fmt(peer['esi_per_s'])}/s ({peer['order']}): "
             f"esi ÷ peer = {_fmt(peer['esi_over_peer'])}", peer["peer_ratio_to_ceiling"])

@@ -120,6 +120,37 @@ def test_every_section_has_figures_and_ratios_to_the_ceiling(quick_run) -> None:
     assert all(isinstance(t["pass"], bool) and _number(t["value"]) for t in targets.values())
 
 
+def test_cpu_per_request_is_also_a_ratio_to_the_ceilings_cpu(quick_run) -> None:
+    result = quick_run[1]
+    ceiling = result["ceiling"]
+    assert _number(ceiling["cpu_ms_per_round_trip"]) and ceiling["cpu_ms_per_round_trip"] > 0
+    assert ceiling["cpu_ms_per_round_trip"] == pytest.approx(
+        ceiling["requester_cpu_ms"] + ceiling["responder_cpu_ms"], abs=0.002)
+    for run in result["e2e"]["runs"]:
+        for name in ("onec", "dms"):
+            ratio = run["cpu_ratio_to_ceiling"][name]
+            assert _number(ratio) and ratio > 0
+            assert ratio == pytest.approx(run["cpu_ms_per_request"][name] / ceiling["cpu_ms_per_round_trip"],
+                                          abs=0.02)
+    # the services ran with the defaults `make run` uses, log level and authentication included
+    assert result["config"]["log_level"].startswith("INFO") and result["config"]["auth"].startswith("on")
+
+
+def test_the_naive_peer_ran_beside_esi_or_says_why_not(quick_run) -> None:
+    peer = quick_run[1]["peer"]
+    try:
+        import faststream  # noqa: F401
+    except ImportError:
+        assert "faststream" in peer["skipped"] and ".[bench]" in peer["skipped"]
+        return
+    assert len(peer["peer_runs"]) == len(peer["esi_runs"]) == 2
+    for run in peer["peer_runs"]:
+        assert run["all_completed"] and run["failed"] == run["timed_out"] == 0, run
+        assert {"peer-api", "peer-worker"} <= set(run["cpu_ms_per_request"])
+    assert _number(peer["esi_over_peer"]) and peer["esi_over_peer"] > 0
+    assert peer["esi_over_peer"] == pytest.approx(peer["esi_per_s"] / peer["peer_per_s"], rel=0.01)
+
+
 def test_chart_is_drawn_when_matplotlib_is_installed(quick_run) -> None:
     result, out = quick_run[1], quick_run[2]
     try:
