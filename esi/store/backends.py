@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -162,7 +163,7 @@ class SqliteBackend(GroupCommit):
 
     dialect = "sqlite"
 
-    def __init__(self, writer: Engine, reader: Engine, *, max_batch: int = 512) -> None:
+    def __init__(self, writer: Engine, reader: Engine, *, max_batch: int = 512, path: str | None = None) -> None:
         super().__init__(max_batch=max_batch)
         self._engine = writer
         self._reader = reader
@@ -170,6 +171,34 @@ class SqliteBackend(GroupCommit):
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="esi-sqlite-read")
         self._reads: list[tuple[Op[Any], asyncio.Future[Any]]] = []
         self._max_read_batch = 64
+        #: the file, for the point reads on the loop's thread (`point_read`); None for an in-memory database
+        self._path = path
+        self._point: sqlite3.Connection | None = None
+
+    def point_read(self, sql: str, params: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...] | None] | None:
+        """One primary-key lookup (`sql`, a SELECT), run at once on the event loop's thread: the column names and
+        the row (None without one); None when it cannot run here (an in-memory database, the file busy), and the
+        caller reads through the reader threads instead.
+
+        On a connection of its own in autocommit: each SELECT is a read transaction of its own that ends with the
+        statement, so there is no BEGIN, no ROLLBACK and no snapshot held between reads; in WAL mode a reader
+        never waits for a writer, and a lock found busy fails at once (busy_timeout 0) instead of stalling the loop.
+        A point read costs SQLite a few microseconds; the hand-off to a reader thread and back cost the inbox check
+        a tenth of the DMS adapter's CPU (docs/performance.md)."""
+        if self._path is None:
+            return None
+        try:
+            if self._point is None:
+                self._point = _point_connection(self._path)
+            cursor = self._point.execute(sql, params)
+            try:
+                row = cursor.fetchone()
+                names = tuple(d[0] for d in cursor.description)
+            finally:
+                cursor.close()
+        except sqlite3.Error:  # busy or locked (a checkpoint, a recovery): the reader threads wait, or say what failed
+            return None
+        return names, row
 
     async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
         def run() -> T:
@@ -214,6 +243,9 @@ class SqliteBackend(GroupCommit):
     async def aclose(self) -> None:
         """Finish the writes under way, stop the threads, close the engines."""
         await self._drain()
+        if self._point is not None:
+            self._point.close()
+            self._point = None
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self._engine.dispose()
@@ -276,7 +308,7 @@ def open_backend(url: str, *, durable_commits: bool = True) -> SqliteBackend | P
         writer = sqlite_engine(target, synchronous=synchronous, begin="BEGIN IMMEDIATE", pool_size=2)
         in_memory = parsed.database in (None, "", ":memory:")
         reader = writer if in_memory else sqlite_engine(target, synchronous=synchronous, begin="BEGIN", pool_size=4)
-        return SqliteBackend(writer, reader)
+        return SqliteBackend(writer, reader, path=None if in_memory else parsed.database)
     async_engine = create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True,
                                        connect_args={"command_timeout": 30})
     return PostgresBackend(async_engine)
@@ -291,6 +323,14 @@ def sqlite_engine(url: str, *, synchronous: str, begin: str, pool_size: int) -> 
     # (a deferred transaction that reads, then writes, can fail to upgrade its lock under contention)
     event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
     return engine
+
+
+def _point_connection(path: str) -> sqlite3.Connection:
+    """A connection in autocommit that writes nothing, for `SqliteBackend.point_read` (the loop's thread only)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    conn.execute("PRAGMA busy_timeout=0")
+    conn.execute("PRAGMA query_only=ON")
+    return conn
 
 
 def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:

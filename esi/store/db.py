@@ -46,6 +46,7 @@ from esi.store.statements import (
     RECORD_RESPONSE,
     SELECT_REQUEST,
     SELECT_SEEN,
+    Statement,
 )
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,17 @@ class Store:
         return record, True, payload_hash
 
     async def _get_row(self, request_id: str) -> Any:
-        return await self._backend.read(lambda conn: SELECT_REQUEST.first(conn, {"rid": request_id}))
+        params = {"rid": request_id}
+        found = self._point_read(SELECT_REQUEST, params)
+        if found is not None:
+            names, row = found
+            return None if row is None else dict(zip(names, row))
+        return await self._backend.read(lambda conn: SELECT_REQUEST.first(conn, params))
+
+    def _point_read(self, statement: Statement, params: dict[str, Any]) -> Any:
+        """(names, row) of a primary-key lookup run at once, where the backend can (SQLite); else None."""
+        point_read = getattr(self._backend, "point_read", None)
+        return None if point_read is None else point_read(statement.sqlite_sql, params)
 
     async def get(self, request_id: str) -> RequestRecord | None:
         """The request `request_id`, None if there is none."""
@@ -282,11 +293,12 @@ class Store:
     # --- timeline and business keys ----------------------------------------------------------------------------
 
     async def add_events(self, rows: list[dict[str, Any]]) -> None:
-        """Write timeline events (rows keyed by `EVENT_COLUMNS`), in one statement."""
+        """Write timeline events in one statement: rows keyed by `EVENT_COLUMNS`, a key left out is NULL (the
+        recorder's rows have every key and go as they are)."""
         if rows:
             columns = EVENT_COLUMNS
-            await self._backend.write(lambda conn: INSERT_EVENTS.run(conn, [{c: row.get(c) for c in columns}
-                                                                          for row in rows]))
+            full = [row if len(row) == len(columns) else {c: row.get(c) for c in columns} for row in rows]
+            await self._backend.write(lambda conn: INSERT_EVENTS.run(conn, full))
 
     async def timeline(self, request_id: str) -> list[dict[str, Any]]:
         """Every recorded hop of a request, oldest first."""
@@ -378,6 +390,9 @@ class Store:
     async def seen(self, consumer: str, message_id: str) -> bool:
         """Whether `consumer` has already handled `message_id` (the inbox)."""
         params = {"consumer": consumer, "mid": message_id}
+        found = self._point_read(SELECT_SEEN, params)
+        if found is not None:
+            return found[1] is not None
         return await self._backend.read(lambda conn: SELECT_SEEN.first(conn, params) is not None)
 
     async def record(self, consumer: str, message_id: str) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from esi.api.app import ApiDeps, create_app
 from esi.store import RequestStatus, Store, schema
 from esi.store.backends import open_backend
+from esi.store.statements import SELECT_REQUEST
 
 pytestmark = pytest.mark.integration
 
@@ -279,11 +280,43 @@ async def test_reads_of_one_turn_run_together_and_fail_alone(tmp_path) -> None:
         def broken(conn):
             raise ValueError("this read is broken")
 
-        reads = [store.get(f"RD{i}") for i in range(150)] + [backend.read(broken), store.get("nope")]
+        def lookup(request_id: str):
+            return lambda conn: SELECT_REQUEST.first(conn, {"rid": request_id})
+
+        reads = [backend.read(lookup(f"RD{i}")) for i in range(150)] + [backend.read(broken),
+                                                                           backend.read(lookup("nope"))]
         results = await asyncio.gather(*reads, return_exceptions=True)
-        assert [r.request_id for r in results[:150]] == [f"RD{i}" for i in range(150)]
+        assert [r["request_id"] for r in results[:150]] == [f"RD{i}" for i in range(150)]
         assert isinstance(results[150], ValueError) and results[151] is None
         assert jobs == [64, 64, 24]  # 152 reads in three hand-offs to the reader threads
+
+
+async def test_point_reads_run_on_the_loop_and_fall_back_to_the_readers(tmp_path) -> None:
+    """The inbox check and a request by its id are read at once on the loop's thread, no hand-off; where that
+    connection cannot read, the reader threads answer the same."""
+    async with await Store.open(f"sqlite:///{tmp_path}/points.db") as store:
+        await _accept(store, "PT1")
+        await store.record("dms", "M1")
+        backend = store._backend
+        jobs: list[int] = []
+        submit = backend._readers.submit
+
+        def counting(fn, *args):
+            jobs.append(len(args[0]) if args else 1)
+            return submit(fn, *args)
+
+        backend._readers.submit = counting
+        assert (await store.get("PT1")).request_id == "PT1" and await store.get("nope") is None
+        assert await store.seen("dms", "M1") is True and await store.seen("dms", "M2") is False
+        assert jobs == []  # none of them went to a thread
+        await store.record("dms", "M2")  # a commit of the writer thread is seen at once
+        assert await store.seen("dms", "M2") is True
+
+        backend._point.close()
+        backend._point, backend._path = None, str(tmp_path)  # a directory: the point connection cannot open
+        assert (await store.get("PT1")).request_id == "PT1"
+        assert await store.seen("dms", "M1") is True and await store.seen("dms", "M3") is False
+        assert jobs == [1, 1, 1]
 
 
 async def test_a_pause_holds_until_resumed_or_until_it_runs_out(store_url: str) -> None:

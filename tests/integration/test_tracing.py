@@ -231,8 +231,12 @@ def test_one_trace_follows_a_request_through_every_process(traced_system: EsiSys
     assert by_id[patch["parent_span_id"]]["name"] == "crm set_order_status"
 
     # the trace id is on every timeline event of the request and on the log lines written for it
-    events = httpx.get(f"{traced_system.api_url}/requests/{request_id}/timeline", timeout=10).json()["events"]
-    assert len(events) >= 14
+    # each process writes its events in batches (every 100 ms): the last ones may land a moment after the spans
+    def timeline() -> list[dict[str, Any]] | None:
+        found = httpx.get(f"{traced_system.api_url}/requests/{request_id}/timeline", timeout=10).json()["events"]
+        return found if len(found) >= 14 else None
+
+    events = wait_until(timeline, timeout=15, interval=0.1, what="the request's 14 timeline events")
     assert {(e["service"], e["event"], (e.get("detail") or {}).get("trace_id")) for e in events} == {
         (e["service"], e["event"], trace_id) for e in events}
     lines = [json.loads(line) for line in traced_system.logs().splitlines() if line.startswith("{")]
