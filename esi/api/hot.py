@@ -181,7 +181,7 @@ class HotPath:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         """FastAPI answers; the template is the route it matched (`unmatched` for none), the status what it sent
-        (500 when it sent nothing: the server error middleware outside answers that)."""
+        (500 when it sent nothing)."""
         started = time.perf_counter()
         status = 500
 
