@@ -208,8 +208,8 @@ class RequestRoutes:
                                 message_id=accepted.envelope.message_id, message_type=accepted.message_type,
                                 routing_key=accepted.routing_key)
             log.debug("accepted %s %s", accepted.routing_key, accepted.request_id,
-                     extra={"request_id": accepted.request_id, "message_id": accepted.envelope.message_id,
-                            "routing_key": accepted.routing_key})
+                      extra={"request_id": accepted.request_id, "message_id": accepted.envelope.message_id,
+                             "routing_key": accepted.routing_key})
         elif first_hash != accepted.payload_hash or (auth_on and record.client_id != principal.client_id):
             # another client's request is not described: its existence is all that leaks, as it must for ids
             own = not auth_on or record.client_id == principal.client_id
