@@ -101,26 +101,24 @@ async def worker(amqp_url: str, dms_url: str) -> None:
     """The DMS side: consume a request, call the fake DMS, publish the reply."""
     exchange, requests, _ = _names()
     broker = RabbitBroker(amqp_url, log_level=logging.DEBUG)
-    http: aiohttp.ClientSession | None = None
+    async with aiohttp.ClientSession(base_url=dms_url, timeout=aiohttp.ClientTimeout(total=10)) as http:
 
-    @broker.subscriber(requests, exchange)
-    async def create_user(body: dict[str, Any], message: RabbitMessage) -> None:
-        assert http is not None
-        payload = body["payload"]
-        async with http.post("/users", json={"external_id": payload["user_id"], "name": payload["name"],
-                                             "email": payload["email"]},
-                             headers={"Idempotency-Key": body["request_id"]}) as answer:
-            answer.raise_for_status()
-            user = await answer.json()
-        await broker.publish({"request_id": body["request_id"], "message_type": "create_user", "payload": user},
-                             exchange=exchange, routing_key="dms.response.1c.create_user",
-                             correlation_id=message.correlation_id, persist=True)
+        @broker.subscriber(requests, exchange)
+        async def create_user(body: dict[str, Any], message: RabbitMessage) -> None:
+            payload = body["payload"]
+            async with http.post("/users", json={"external_id": payload["user_id"], "name": payload["name"],
+                                                 "email": payload["email"]},
+                                 headers={"Idempotency-Key": body["request_id"]}) as answer:
+                answer.raise_for_status()
+                user = await answer.json()
+            await broker.publish({"request_id": body["request_id"], "message_type": "create_user", "payload": user},
+                                 exchange=exchange, routing_key="dms.response.1c.create_user",
+                                 correlation_id=message.correlation_id, persist=True)
 
-    async with aiohttp.ClientSession(base_url=dms_url, timeout=aiohttp.ClientTimeout(total=10)) as session, broker:
-        http = session
-        await broker.start()
-        print("peer worker ready", flush=True)
-        await asyncio.Event().wait()  # until terminated
+        async with broker:
+            await broker.start()
+            print("peer worker ready", flush=True)
+            await asyncio.Event().wait()  # until terminated
 
 
 # --- the harness's side -------------------------------------------------------------------------------------------

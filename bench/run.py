@@ -262,16 +262,7 @@ class Bench:
             self.driver.prefer_wait = 0
             concurrency = best["concurrency"]
             self.say(f"e2e: {a.n} create_user at concurrency {concurrency}, POST then long poll")
-            system.reset_fakes()
-            phase = f"e2e-poll-c{concurrency}"
-            system.sampler.mark(phase)
-            cpu0 = time.process_time()
-            outcome, seconds = asyncio.run(self.driver.closed_loop(a.n, concurrency))
-            client_cpu = time.process_time() - cpu0
-            system.sampler.close(phase)
-            system.check_alive()
-            _check(outcome, f"e2e (long poll) at concurrency {concurrency}", self.errors)
-            by_long_poll = self._e2e_run(concurrency, outcome, seconds, client_cpu, phase)
+            by_long_poll = self._esi_run(concurrency, f"e2e-poll-c{concurrency}", "e2e (long poll)")
             self.say(f"e2e c={concurrency}, long poll: {by_long_poll['round_trips_per_s']}/s "
                      f"({by_long_poll['ratio_to_ceiling']}× ceiling), p99 {by_long_poll['p99_ms']} ms")
         self._e2e_summary(runs, best, by_long_poll)
@@ -291,8 +282,7 @@ class Bench:
             **_outcome_fields(outcome),
             "client_cpu_pct_of_one_core": round(100 * client_cpu / seconds, 1) if seconds > 0 else None,
             "processes": processes,
-            "cpu_ms_per_request": (cpu := {name: round(1000 * p["cpu_s"] / max(outcome.completed, 1), 2)
-                                           for name, p in processes.items() if name != "machine(all)"}),
+            "cpu_ms_per_request": (cpu := _cpu_per_request(processes, outcome.completed)),
             "cpu_ratio_to_ceiling": self._cpu_ratios(cpu),
             "stages": stages,
             "machine_cpu": _machine_share(processes, self.result["machine"].get("nproc") or 1),
@@ -388,9 +378,9 @@ class Bench:
         self.say(f"peer: esi {esi_rate:.1f}/s, peer {peer_rate:.1f}/s: esi ÷ peer = "
                  f"{self.result['peer']['esi_over_peer']}")
 
-    def _esi_again(self, concurrency: int, phase: str) -> dict[str, Any]:
+    def _esi_run(self, concurrency: int, phase: str, what: str) -> dict[str, Any]:
+        """One closed-loop run of esi at `concurrency`, measured as phase `phase` (`what` names it in errors)."""
         a, system = self.args, self.system
-        self.say(f"peer: esi again, {a.n} create_user at concurrency {concurrency}")
         system.reset_fakes()
         system.sampler.mark(phase)
         cpu0 = time.process_time()
@@ -398,8 +388,12 @@ class Bench:
         client_cpu = time.process_time() - cpu0
         system.sampler.close(phase)
         system.check_alive()
-        _check(outcome, f"esi (beside the peer) at concurrency {concurrency}", self.errors)
-        run = self._e2e_run(concurrency, outcome, seconds, client_cpu, phase)
+        _check(outcome, f"{what} at concurrency {concurrency}", self.errors)
+        return self._e2e_run(concurrency, outcome, seconds, client_cpu, phase)
+
+    def _esi_again(self, concurrency: int, phase: str) -> dict[str, Any]:
+        self.say(f"peer: esi again, {self.args.n} create_user at concurrency {concurrency}")
+        run = self._esi_run(concurrency, phase, "esi (beside the peer)")
         self.say(f"peer: esi c={concurrency}: {run['round_trips_per_s']}/s")
         return run
 
@@ -421,9 +415,8 @@ class Bench:
         _check(outcome, f"peer at concurrency {concurrency}", self.errors)
         rate = outcome.completed / seconds if seconds > 0 else None
         processes = system.sampler.report(phase)
-        cpu = {name: round(1000 * p["cpu_s"] / max(outcome.completed, 1), 2)
-               for name, p in processes.items() if name in ("peer-api", "peer-worker", "fakes", "rabbitmq",
-                                                            "bench-client")}
+        cpu = _cpu_per_request(processes, outcome.completed,
+                               only=("peer-api", "peer-worker", "fakes", "rabbitmq", "bench-client"))
         run = {"round_trips_per_s": round(rate, 1) if rate else None, "ratio_to_ceiling": _ratio(rate, self.ceiling),
                **latency_summary(outcome.e2e), **_outcome_fields(outcome), "cpu_ms_per_request": cpu,
                "cpu_ratio_to_ceiling": self._cpu_ratios(cpu)}
@@ -758,6 +751,13 @@ class Bench:
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(self.result, ensure_ascii=False, indent=2) + "\n")
         tmp.replace(out)
+
+
+def _cpu_per_request(processes: dict[str, dict[str, Any]], completed: int,
+                     only: tuple[str, ...] | None = None) -> dict[str, float]:
+    """CPU ms per completed request of each process of a run (all but the machine's total, or those in `only`)."""
+    return {name: round(1000 * p["cpu_s"] / max(completed, 1), 2) for name, p in processes.items()
+            if name != "machine(all)" and (only is None or name in only)}
 
 
 def _machine_share(processes: dict[str, dict[str, Any]], nproc: int) -> dict[str, float | None]:

@@ -72,29 +72,30 @@ RETENTION_DELETED = Counter("esi_retention_deleted", "Rows deleted by the retent
                             registry=REGISTRY)
 
 
-#: children of labelled metrics counted once per message, looked up once: `labels()` validates, converts and
-#: locks on every call (the label values are message types and statuses: a few dozen at most)
+#: children of labelled metrics counted once per message or request, looked up once: `labels()` validates,
+#: converts and locks on every call (the label values are queues, message types, routes and statuses: bounded)
 _CHILDREN: dict[tuple[Any, ...], Any] = {}
 
 
-def _child(metric: Counter | Histogram, *labels: str) -> Any:
-    child = _CHILDREN.get((metric, *labels))
-    if child is None:
-        child = _CHILDREN[(metric, *labels)] = metric.labels(*labels)
-    return child
+def child(metric: Counter | Histogram, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once (for the hot paths)."""
+    found = _CHILDREN.get((metric, *labels))
+    if found is None:
+        found = _CHILDREN[(metric, *labels)] = metric.labels(*labels)
+    return found
 
 
 def published(message_type: str) -> None:
     """Count an envelope published and confirmed."""
-    _child(PUBLISHED, message_type).inc()
+    child(PUBLISHED, message_type).inc()
 
 
 def request_settled(*, target: str, message_type: str, status: str, created_at: str) -> None:
     """Count a request answered to 1C and observe its end-to-end time (`created_at`: the store's ISO time)."""
-    _child(REQUESTS_SETTLED, target, message_type, status).inc()
+    child(REQUESTS_SETTLED, target, message_type, status).inc()
     try:
         accepted = datetime.fromisoformat(created_at)
     except (TypeError, ValueError):
         return
     elapsed = (datetime.now(UTC) - accepted).total_seconds()
-    _child(REQUEST_DURATION, target, message_type).observe(max(elapsed, 0.0))
+    child(REQUEST_DURATION, target, message_type).observe(max(elapsed, 0.0))

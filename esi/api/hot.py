@@ -42,18 +42,10 @@ log = logging.getLogger(__name__)
 _TEMPLATE = re.compile(r"([^{}]*/)\{(\w+)\}")
 
 
-#: the metrics' children per (template, method, status) met: `labels()` validates, converts and locks on every call
-_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-
 def record_request(template: str, method: str, status: int, started: float) -> None:
     """Count and time one request by its route template (never its raw path: ids would explode the labels)."""
-    children = _CHILDREN.get((template, method, status))
-    if children is None:
-        children = _CHILDREN[template, method, status] = (metrics.HTTP_REQUESTS.labels(template, method, str(status)),
-                                                          metrics.HTTP_DURATION.labels(template, method))
-    children[0].inc()
-    children[1].observe(time.perf_counter() - started)
+    metrics.child(metrics.HTTP_REQUESTS, template, method, str(status)).inc()
+    metrics.child(metrics.HTTP_DURATION, template, method).observe(time.perf_counter() - started)
     if tracing.enabled:
         tracing.answered(template, method, status)
 

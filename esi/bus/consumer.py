@@ -106,8 +106,6 @@ class Consumer:
         #: paused: no deliveries taken (the external system is down or in maintenance); see `pause`
         self._paused = False
         self._switching = asyncio.Lock()
-        #: (message type, outcome) → the metrics' children (see `_metrics`)
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -198,20 +196,10 @@ class Consumer:
                     tracing.settle(span, outcome_label)
             else:
                 outcome_label, envelope = await self._handle(message, headers, attempt)
-            consumed, duration = self._metrics(envelope.message_type if envelope is not None else "unknown",
-                                               outcome_label)
-            consumed.inc()
-            duration.observe(time.perf_counter() - started)
-
-    def _metrics(self, message_type: str, outcome: str) -> tuple[Any, Any]:
-        """The children of the consumed counter and the duration histogram for a type and an outcome, looked up
-        once: `labels()` validates, converts and locks on every call."""
-        children = self._children.get((message_type, outcome))
-        if children is None:
-            children = self._children[message_type, outcome] = (
-                metrics.CONSUMED.labels(self.queue.name, message_type, outcome),
-                metrics.HANDLER_DURATION.labels(self.queue.name, message_type))
-        return children
+            message_type = envelope.message_type if envelope is not None else "unknown"
+            metrics.child(metrics.CONSUMED, self.queue.name, message_type, outcome_label).inc()
+            metrics.child(metrics.HANDLER_DURATION, self.queue.name, message_type).observe(
+                time.perf_counter() - started)
 
     async def _handle(self, message: AbstractIncomingMessage, headers: dict[str, Any],
                       attempt: int) -> tuple[str, Envelope | None]:

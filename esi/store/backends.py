@@ -31,6 +31,8 @@ T = TypeVar("T")
 Op = Callable[[Connection], T]
 #: the result or the error of each operation of a batch, in order
 Outcomes = list[tuple[Any, BaseException | None]]
+#: what a point read gives: the column names, and the row (None without one)
+PointRow = tuple[tuple[str, ...], tuple[Any, ...] | None]
 
 
 class Backend(Protocol):
@@ -49,6 +51,11 @@ class Backend(Protocol):
 
     async def read(self, op: Op[T]) -> T:
         """Run `op` on a connection that writes nothing."""
+        ...
+
+    def point_read(self, sql: str, params: dict[str, Any]) -> PointRow | None:
+        """A primary-key lookup answered at once, without awaiting (column names, row or None); None when this
+        backend cannot (the caller then uses `read`)."""
         ...
 
     async def aclose(self) -> None:
@@ -175,7 +182,7 @@ class SqliteBackend(GroupCommit):
         self._path = path
         self._point: sqlite3.Connection | None = None
 
-    def point_read(self, sql: str, params: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...] | None] | None:
+    def point_read(self, sql: str, params: dict[str, Any]) -> PointRow | None:
         """One primary-key lookup (`sql`, a SELECT), run at once on the event loop's thread: the column names and
         the row (None without one); None when it cannot run here (an in-memory database, the file busy), and the
         caller reads through the reader threads instead.
@@ -273,6 +280,10 @@ class PostgresBackend(GroupCommit):
         """Run `op` on a pooled connection."""
         async with self._engine.connect() as conn:
             return await conn.run_sync(op)
+
+    def point_read(self, sql: str, params: dict[str, Any]) -> PointRow | None:
+        """None: asyncpg's reads are awaited (`read`)."""
+        return None
 
     async def aclose(self) -> None:
         """Finish the writes under way, close the pool."""

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from esi import metrics
 from esi.store import schema
-from esi.store.backends import Backend, open_backend
+from esi.store.backends import Backend, PointRow, open_backend
 from esi.store.records import (
     AuditEntry,
     BreakerReport,
@@ -35,7 +35,6 @@ from esi.store.records import (
 from esi.store.settled import SETTLED, Settlements
 from esi.store.statements import (
     ADD_KEYS,
-    EVENT_COLUMNS,
     INSERT_EVENTS,
     INSERT_INBOX,
     INSERT_KEYS,
@@ -195,10 +194,9 @@ class Store:
             return None if row is None else dict(zip(names, row))
         return await self._backend.read(lambda conn: SELECT_REQUEST.first(conn, params))
 
-    def _point_read(self, statement: Statement, params: dict[str, Any]) -> Any:
+    def _point_read(self, statement: Statement, params: dict[str, Any]) -> PointRow | None:
         """(names, row) of a primary-key lookup run at once, where the backend can (SQLite); else None."""
-        point_read = getattr(self._backend, "point_read", None)
-        return None if point_read is None else point_read(statement.sqlite_sql, params)
+        return self._backend.point_read(statement.sqlite_sql, params)
 
     async def get(self, request_id: str) -> RequestRecord | None:
         """The request `request_id`, None if there is none."""
@@ -293,12 +291,10 @@ class Store:
     # --- timeline and business keys ----------------------------------------------------------------------------
 
     async def add_events(self, rows: list[dict[str, Any]]) -> None:
-        """Write timeline events in one statement: rows keyed by `EVENT_COLUMNS`, a key left out is NULL (the
-        recorder's rows have every key and go as they are)."""
+        """Write timeline events in one statement: rows with every key of `EVENT_COLUMNS` (`EventRecorder` builds
+        them so), written as they are."""
         if rows:
-            columns = EVENT_COLUMNS
-            full = [row if len(row) == len(columns) else {c: row.get(c) for c in columns} for row in rows]
-            await self._backend.write(lambda conn: INSERT_EVENTS.run(conn, full))
+            await self._backend.write(lambda conn: INSERT_EVENTS.run(conn, rows))
 
     async def timeline(self, request_id: str) -> list[dict[str, Any]]:
         """Every recorded hop of a request, oldest first."""
