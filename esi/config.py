@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     # --- the fakes (esi run --with-fakes) ----------------------------------------------------------------------
     fake_host: str = Field("127.0.0.1", validation_alias=_env("ESI_FAKE_HOST"))
 
+    # --- the process -------------------------------------------------------------------------------------------
+    #: net allocations of container objects between two young-generation collections of Python's cyclic garbage
+    #: collector (Python's own default: 700); see docs/performance.md
+    gc_threshold: int = Field(20_000, ge=100, le=10_000_000, validation_alias=_env("ESI_GC_THRESHOLD"))
+
     # --- logs ---------------------------------------------------------------------------------------------------
     log_level: str = Field("INFO", validation_alias=_env("ESI_LOG_LEVEL"))
     log_format: Literal["json", "text"] = Field("json", validation_alias=_env("ESI_LOG_FORMAT"))

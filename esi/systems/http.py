@@ -6,8 +6,8 @@ import contextlib
 import email.utils
 import ssl
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, cast
 
 import httpx
 
@@ -138,8 +138,49 @@ def _aiohttp_parts() -> tuple[Any, Any, Any]:
     return _AIOHTTP
 
 
+class HttpAnswer(Protocol):
+    """What a hot call reads of an answer: an `httpx.Response`, or an `Answer`."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def is_success(self) -> bool: ...
+
+
+class Answer:
+    """An answer read whole by aiohttp, as it came (no content-encoding to undo): building an `httpx.Response` from
+    it cost a fortieth of the DMS adapter's CPU per call (docs/performance.md). `response()` builds one for the
+    error paths, which read its text, JSON and `Retry-After`."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes) -> None:
+        self.status_code = status_code
+        self.headers = headers  # aiohttp's, case-insensitive
+        self.content = content
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def response(self) -> httpx.Response:
+        return httpx.Response(self.status_code, headers=list(self.headers.items()), content=self.content)
+
+
+def as_response(answer: HttpAnswer) -> httpx.Response:
+    """`answer` as an `httpx.Response` (for the error paths)."""
+    return answer if isinstance(answer, httpx.Response) else cast(Answer, answer).response()
+
+
 async def send_and_read(transport: httpx.AsyncBaseTransport, method: str, url: str, *, headers: dict[str, str],
-                        content: bytes, timeout: dict[str, float | None]) -> httpx.Response:
+                        content: bytes, timeout: dict[str, float | None]) -> HttpAnswer:
     """Send a request through `transport` itself (not a client's `send`) and read the whole answer.
 
     On the aiohttp transport (`fast_transport`) aiohttp sends it and reads the body in one call: building an
@@ -167,5 +208,7 @@ async def send_and_read(transport: httpx.AsyncBaseTransport, method: str, url: s
                                                           sock_read=timeout.get("read"), connect=timeout.get("pool")),
         ) as answer:
             body = await answer.read()
-    # a content-encoding is decoded by httpx here, as it would be by the stream; the answer carries no request
-    return httpx.Response(answer.status, headers=answer.raw_headers, content=body)
+    if "Content-Encoding" in answer.headers:
+        # decoded by httpx here, as it would be by the stream; the answer carries no request
+        return httpx.Response(answer.status, headers=answer.raw_headers, content=body)
+    return Answer(answer.status, answer.headers, body)

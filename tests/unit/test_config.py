@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from pydantic import ValidationError
 
 from esi.config import Settings
+from esi.runtime import settle_heap
 from esi.systems.crm.settings import CreatioSettings
 from esi.systems.dms.settings import DmsSettings
 
@@ -28,6 +31,26 @@ def test_defaults_point_at_the_local_broker_sqlite_and_the_fakes() -> None:
     assert CreatioSettings().url.endswith(":5100") and DmsSettings().url.endswith(":5200")
     assert s.retry_delays == [1, 5, 30, 120, 600] and s.max_attempts == 5
     assert s.systems == []
+    assert s.gc_threshold == 20_000
+
+
+def test_gc_threshold_is_read_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESI_GC_THRESHOLD", "700")
+    assert Settings().gc_threshold == 700
+    monkeypatch.setenv("ESI_GC_THRESHOLD", "0")  # 0 would switch the collector off: refused
+    with pytest.raises(ValidationError, match="ESI_GC_THRESHOLD"):
+        Settings()
+
+
+def test_settle_heap_freezes_start_up_and_sets_the_young_threshold_only() -> None:
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    try:
+        settle_heap(12_345)
+        assert gc.get_threshold() == (12_345, before[1], before[2])
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 def test_each_system_reads_its_own_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import json
 import logging
 import socket
 import threading
@@ -486,3 +488,44 @@ async def test_a_ca_bundle_path_is_accepted_without_deprecation_warnings() -> No
         warnings.simplefilter("error")
         async with DmsClient(base_url="https://dms.test", ca_bundle=certifi.where()):
             pass
+
+
+def _answering(status: int, body: bytes, headers: list[tuple[bytes, bytes]]):  # type: ignore[no-untyped-def]
+    """An ASGI app answering every request with `status`, `body` and `headers` as given."""
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-length", str(len(body)).encode()), *headers]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+async def test_answers_read_without_httpx_keep_their_encoding_headers_and_retry_after(
+    server: tuple[_CurrentApp, str], transport: str,
+) -> None:
+    """On aiohttp the hot call reads a plain answer as it came (`esi.systems.http.Answer`); a compressed one is
+    still decoded, and an error still carries the DMS's code and its Retry-After."""
+    current, base_url = server
+    user = {"id": "DMS-7", "external_id": "u-7", "name": "Иван", "email": "i@example.com"}
+    cases = [
+        (201, gzip.compress(json.dumps(user).encode()), [(b"content-encoding", b"gzip")]),
+        (201, json.dumps(user).encode(), [(b"idempotent-replayed", b"true")]),
+    ]
+    async with DmsClient(base_url=base_url, timeout=5, transport=_transport(transport)) as client:
+        try:
+            for status, body, headers in cases:
+                current.app = _answering(status, body, [(b"content-type", b"application/json"), *headers])
+                created = await client.create_user(user_id="u-7", name="Иван", email="i@example.com",
+                                                   idempotency_key="k-7")
+                assert (created.id, created.name) == ("DMS-7", "Иван")
+            current.app = _answering(503, b'{"error": {"code": "maintenance", "message": "back soon"}}',
+                                     [(b"retry-after", b"7"), (b"content-type", b"application/json")])
+            with pytest.raises(TransientError) as caught:
+                await client.create_user(user_id="u-7", name="Иван", email="i@example.com", idempotency_key="k-7")
+        finally:
+            current.app = None
+    assert caught.value.retry_after == 7.0 and caught.value.code == "http_503"
+    assert "maintenance: back soon" in str(caught.value)

@@ -24,6 +24,8 @@ import pydantic
 
 from esi.errors import EsiError, PermanentError, TransientError
 from esi.systems.http import (
+    HttpAnswer,
+    as_response,
     default_transport,
     error_for_status,
     http_client,
@@ -139,7 +141,7 @@ class DmsClient:
                                            headers={**self._json_headers, "Idempotency-Key": idempotency_key},
                                            timeout=self._timeout)
         if not response.is_success:
-            raise _error(response, operation)
+            raise _error(as_response(response), operation)
         user = _parse(response, DmsUser, operation)
         if response.headers.get("Idempotent-Replayed", "").lower() == "true":
             logger.debug("dms: user %s already registered as %s (idempotent replay)", user.external_id, user.id)
@@ -182,7 +184,7 @@ def _json(body: dict[str, str]) -> bytes:
     return orjson.dumps(body)
 
 
-def _parse(response: httpx.Response, model: type[_Model], operation: str) -> _Model:
+def _parse(response: HttpAnswer, model: type[_Model], operation: str) -> _Model:
     """Read a 2xx answer; a body that is not the expected JSON is a `PermanentError`."""
     try:
         return model.model_validate_json(response.content)
