@@ -26,6 +26,14 @@ request with the same secret matches the HMAC and skips argon2. This is safe bec
   password or key (or the client removed), the old secret misses the cache at once, whatever its TTL;
 * the TTL bounds how long a revoked credential could outlive a reload that did not happen, and the size is bounded.
 
+Under load (`authenticate_async`), one verification runs for all the requests that present the same credentials
+while it runs, instead of one each: when an entry expired, every request of the next fraction of a second missed
+the cache and queued an argon2 run of its own, two at a time, stalling the API for up to 20 s at 250 requests/s
+(docs/performance.md). Concurrent identical guesses of a wrong secret share one run too: a guess still costs one
+argon2 run, as each different secret does. And an entry used in the last sixth of its TTL is renewed by a
+verification in the background, while it keeps answering: a client in steady use never waits for argon2 after its
+first request. The renewal verifies the secret against the client's current hash, as a miss would.
+
 Failures are logged on this module's logger (`esi.security.auth`) with the client id (as the caller claimed it,
 quoted) and the caller's address — never the secret, nor the header that carries it.
 """
@@ -35,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -65,6 +74,8 @@ REALM = "esi"
 WWW_AUTHENTICATE = {"WWW-Authenticate": f'Basic realm="{REALM}"'}
 #: a header longer than this is refused before any hashing
 _MAX_CREDENTIAL_CHARS = 4096
+#: a cached verification with less than this part of its TTL left is renewed in the background when used
+RENEW_FRACTION = 1 / 6
 
 
 def generate_api_key(client_id: str) -> str:
@@ -106,6 +117,8 @@ class ClientRegistry:
         self._slots = threading.BoundedSemaphore(max(1, max_concurrent_verifications))
         self._executor = ThreadPoolExecutor(max_workers=max(1, max_concurrent_verifications),
                                             thread_name_prefix="esi-argon2")
+        #: cache token → the verification under way on the event loop (`authenticate_async`)
+        self._pending: dict[bytes, asyncio.Future[Principal]] = {}
         self.demo = demo
         self._clients: dict[str, ClientConfig] = {}
         self._dummy_hash = ""
@@ -177,12 +190,36 @@ class ClientRegistry:
 
     async def authenticate_async(self, authorization_header: str | None, api_key_header: str | None, *,
                                  remote: str | None = None) -> Principal:
-        """`authenticate` for async code: a cache hit answers at once; argon2 runs in a worker thread."""
+        """`authenticate` for async code: a cache hit answers at once; argon2 runs in a worker thread, once for all
+        the requests that present the same credentials while it runs; a cached verification in the last part of
+        its life is renewed in the background while it keeps answering (see the module)."""
         credentials = self._parse(authorization_header, api_key_header, remote)
-        principal = self._from_cache(credentials)
+        if self._cache_ttl <= 0:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._verify, credentials, remote)
+        token = self._cache_token(credentials)
+        principal, renew = self._cached(credentials, token)
         if principal is not None:
+            if renew:
+                self._verification(token, credentials, remote)
             return principal
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._verify, credentials, remote)
+        # shielded: a caller that goes away (its client hung up) does not cancel it for the others
+        return await asyncio.shield(self._verification(token, credentials, remote))
+
+    def _verification(self, token: bytes, credentials: _Credentials, remote: str | None) -> asyncio.Future[Principal]:
+        """The argon2 verification of these credentials under way on this loop, or a new one."""
+        loop = asyncio.get_running_loop()
+        pending = self._pending.get(token)
+        if pending is None or pending.get_loop() is not loop:
+            pending = loop.run_in_executor(self._executor, self._verify, credentials, remote)
+            self._pending[token] = pending
+            pending.add_done_callback(functools.partial(self._verified, token))
+        return pending
+
+    def _verified(self, token: bytes, future: asyncio.Future[Principal]) -> None:
+        if self._pending.get(token) is future:
+            del self._pending[token]
+        if not future.cancelled():
+            future.exception()  # a renewal nobody awaits that failed: `_fail` logged it; retrieved, not re-raised
 
     def _parse(self, authorization: str | None, api_key: str | None, remote: str | None) -> _Credentials:
         if api_key is not None and api_key.strip():
@@ -231,18 +268,21 @@ class ClientRegistry:
     def _from_cache(self, credentials: _Credentials) -> Principal | None:
         if self._cache_ttl <= 0:
             return None
-        token = self._cache_token(credentials)
+        return self._cached(credentials, self._cache_token(credentials))[0]
+
+    def _cached(self, credentials: _Credentials, token: bytes) -> tuple[Principal | None, bool]:
+        """The principal a cached verification gives (None: none valid), and whether it is due for renewal."""
         now = time.monotonic()
         with self._lock:
             entry = self._cache.get(token)
             if entry is None:
-                return None
+                return None, False
             client = self._clients.get(entry.client_id)
             if (entry.expires <= now or client is None or entry.client_id != credentials.client_id
                     or entry.verified_hash not in self._current_hashes(client, credentials.method)):
                 del self._cache[token]
-                return None
-            return client.principal
+                return None, False
+            return client.principal, entry.expires - now <= self._cache_ttl * RENEW_FRACTION
 
     def _remember(self, credentials: _Credentials, verified_hash: str) -> None:
         if self._cache_ttl <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -487,3 +488,66 @@ def test_the_cache_is_bounded(counting: type[CountingRegistry]) -> None:
     for key in keys:
         registry.authenticate(None, key)
     assert len(registry._cache) == 2
+
+
+class _Clock:
+    """Stands in for the `time` module in `esi.security.auth` only (the event loop keeps the real one)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def test_concurrent_requests_with_the_same_credentials_share_one_argon2_run(
+    counting: type[CountingRegistry],
+) -> None:
+    """An expired (or empty) cache under load: one verification for all, not one per request."""
+    registry = counting([ClientConfig.from_entry(e) for e in entries()])
+    good, wrong = basic("1c-erp", ERP_PASSWORD), basic("1c-erp", "not-it")
+    callers = [asyncio.create_task(registry.authenticate_async(good, None)) for _ in range(40)]
+    await asyncio.sleep(0)  # one turn of the loop: every caller is waiting on the verification
+    assert len(registry._pending) == 1
+    callers[0].cancel()  # a caller that goes away does not take the verification from the others
+    done = await asyncio.gather(*callers[1:])
+    assert all(p.client_id == "1c-erp" for p in done) and counting.checks == 1
+    assert callers[0].cancelled()
+
+    refused = await asyncio.gather(*(registry.authenticate_async(wrong, None) for _ in range(40)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, ApiError) and r.status == 401 for r in refused)
+    assert counting.checks == 2  # the same wrong guess, at once: one run; another guess would be another run
+    with pytest.raises(ApiError):
+        await registry.authenticate_async(wrong, None)
+    assert counting.checks == 3 and not registry._pending
+
+
+async def test_a_verification_in_use_is_renewed_before_it_expires(
+    counting: type[CountingRegistry], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(auth, "time", clock)
+    registry = counting([ClientConfig.from_entry(e) for e in entries()], cache_ttl=60)
+    header = basic("1c-erp", ERP_PASSWORD)
+    await registry.authenticate_async(header, None)
+    clock.now += 45  # 15 s left: not yet due
+    await registry.authenticate_async(header, None)
+    assert counting.checks == 1 and not registry._pending
+
+    clock.now += 6  # 9 s left, under a sixth of the TTL: answered from the cache, renewed behind it
+    principal = await registry.authenticate_async(header, None)
+    assert principal.client_id == "1c-erp"
+    assert len(registry._pending) == 1
+    await asyncio.gather(*registry._pending.values())
+    assert counting.checks == 2
+
+    clock.now += 30  # past the first verification's TTL, within the renewal's: no argon2 on the request's path
+    await registry.authenticate_async(header, None)
+    assert counting.checks == 2 and not registry._pending
+
+    # the password changed: the old secret is refused at once, renewed or not
+    registry.set_clients([ClientConfig.from_entry(
+        make_client_entry("1c-erp", password="new-one", send=["dms:*"], hasher=FAST))])
+    with pytest.raises(ApiError):
+        await registry.authenticate_async(header, None)
