@@ -194,8 +194,6 @@ class ClientRegistry:
         the requests that present the same credentials while it runs; a cached verification in the last part of
         its life is renewed in the background while it keeps answering (see the module)."""
         credentials = self._parse(authorization_header, api_key_header, remote)
-        if self._cache_ttl <= 0:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._verify, credentials, remote)
         token = self._cache_token(credentials)
         principal, renew = self._cached(credentials, token)
         if principal is not None:
@@ -218,8 +216,9 @@ class ClientRegistry:
     def _verified(self, token: bytes, future: asyncio.Future[Principal]) -> None:
         if self._pending.get(token) is future:
             del self._pending[token]
-        if not future.cancelled():
-            future.exception()  # a renewal nobody awaits that failed: `_fail` logged it; retrieved, not re-raised
+        error = None if future.cancelled() else future.exception()  # retrieved: a renewal may have nobody awaiting
+        if error is not None and not isinstance(error, ApiError):  # a refusal was logged by `_fail`; anything else:
+            log.warning("argon2 verification failed: %s: %s", type(error).__name__, error)
 
     def _parse(self, authorization: str | None, api_key: str | None, remote: str | None) -> _Credentials:
         if api_key is not None and api_key.strip():

@@ -522,6 +522,31 @@ async def test_concurrent_requests_with_the_same_credentials_share_one_argon2_ru
         await registry.authenticate_async(wrong, None)
     assert counting.checks == 3 and not registry._pending
 
+    uncached = counting([ClientConfig.from_entry(e) for e in entries()], cache_ttl=0)  # no cache: shared all the same
+    await asyncio.gather(*(uncached.authenticate_async(good, None) for _ in range(10)))
+    await uncached.authenticate_async(good, None)
+    assert counting.checks == 5
+
+
+async def test_a_renewal_that_fails_unexpectedly_is_logged(
+    counting: type[CountingRegistry], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(auth, "time", clock)
+    registry = counting([ClientConfig.from_entry(e) for e in entries()], cache_ttl=60)
+    header = basic("1c-erp", ERP_PASSWORD)
+    await registry.authenticate_async(header, None)
+
+    def broken(self: ClientRegistry, encoded_hash: str, secret: str) -> bool:
+        raise MemoryError("argon2 could not allocate")
+
+    monkeypatch.setattr(counting, "_check", broken)
+    clock.now += 55
+    assert (await registry.authenticate_async(header, None)).client_id == "1c-erp"  # answered from the cache
+    with caplog.at_level(logging.WARNING, logger="esi.security.auth"):
+        await asyncio.gather(*registry._pending.values(), return_exceptions=True)
+    assert "MemoryError: argon2 could not allocate" in caplog.text
+
 
 async def test_a_verification_in_use_is_renewed_before_it_expires(
     counting: type[CountingRegistry], monkeypatch: pytest.MonkeyPatch,
