@@ -12,8 +12,11 @@
 # 1579<i>; data, logs, PID file and config under $ESI_CLUSTER_DIR/n<i> (default /tmp/esi-cluster: the nodes run as
 # the rabbitmq user, who cannot enter root's directories). The Erlang cookie is the machine's (the rabbitmq user's,
 # which rabbitmq-server and rabbitmqctl switch to when run by root). The RabbitMQ already running on 5672
-# (rabbit@<host>) is left alone: other node names, ports and directories. Partitions: pause_minority.
+# (rabbit@<host>) is left alone: other node names, ports and directories. Partitions: pause_minority. Each node gets
+# deploy/rabbitmq/advanced.config as every esi broker does (copied at each start; `up` applies it to running nodes).
 set -euo pipefail
+
+ADVANCED="$(cd "$(dirname "$0")/../rabbitmq" && pwd)/advanced.config"
 
 BASE="${ESI_CLUSTER_DIR:-/tmp/esi-cluster}"
 NODES=(1 2 3)
@@ -50,16 +53,34 @@ disk_free_limit.absolute = 50MB
 log.console = false
 log.file.level = info
 EOF
+  own "$BASE"
+}
+
+own() {  # the nodes run as the rabbitmq user: they must read what root wrote
   if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then
-    chown -R rabbitmq:rabbitmq "$BASE"
+    chown -R rabbitmq:rabbitmq "$1"
   fi
+}
+
+advanced_config() {  # the repository's advanced.config, where node $1 reads it
+  local file
+  file="$(node_dir "$1")/advanced.config"
+  cp "$ADVANCED" "$file"
+  own "$file"
+}
+
+apply_advanced_config() {  # what advanced.config sets, into the running node $1 (it read its file at boot)
+  advanced_config "$1"
+  quiet ctl -q -n "$(node_name "$1")" eval "{ok, [Config]} = file:consult(\"$(node_dir "$1")/advanced.config\"),
+    [application:set_env(App, Key, Value) || {App, Settings} <- Config, {Key, Value} <- Settings], ok."
 }
 
 start_node() {
   local i=$1 dir
   dir="$(node_dir "$i")"
-  if running "$i"; then return 0; fi
+  if running "$i"; then apply_advanced_config "$i"; return 0; fi
   [ -f "$dir/rabbitmq.conf" ] || write_config "$i"
+  advanced_config "$i"
   echo "cluster: starting $(node_name "$i") on 127.0.0.1:568$i"
   RABBITMQ_NODENAME="$(node_name "$i")" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="568$i" \
   RABBITMQ_DIST_PORT="2568$i" RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \

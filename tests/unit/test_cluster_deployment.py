@@ -5,6 +5,7 @@ local cluster script."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,28 @@ def test_the_local_cluster_script_is_valid_shell_and_leaves_the_main_broker_alon
     assert "568$i" in text and "5672" not in text.replace("on 5672", "")  # its own ports, never the main broker's
     usage = subprocess.run([str(script), "urls", "vh"], capture_output=True, text=True)
     assert usage.stdout.strip() == ",".join(f"amqp://guest:guest@127.0.0.1:568{i}/vh" for i in (1, 2, 3))
+
+
+ADVANCED = ROOT / "deploy" / "rabbitmq" / "advanced.config"
+
+
+def test_every_broker_republishes_a_dead_letter_whose_confirm_was_lost_within_the_publish_timeout() -> None:
+    """A quorum queue's at-least-once dead-letter worker (esi's retries go back to their work queue through it) waits
+    `dead_letter_worker_publisher_confirm_timeout` for a confirm lost with the target's leader: 180 s by default.
+    Every broker esi ships gets deploy/rabbitmq/advanced.config, which makes it the publish timeout's 10 s."""
+    text = ADVANCED.read_text(encoding="utf-8")
+    match = re.search(r"^\s*\{dead_letter_worker_publisher_confirm_timeout,\s*(\d+)\}", text, re.M)
+    assert match is not None, "advanced.config sets the dead-letter worker's confirm timeout"
+    assert int(match.group(1)) <= Settings.model_construct().publish_timeout * 1000
+    if shutil.which("erl"):  # RabbitMQ reads it as Erlang terms: a syntax error would stop the node at boot
+        result = subprocess.run(["erl", "-noshell", "-eval", f'{{ok, [_]}} = file:consult("{ADVANCED}"), halt().'],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+    single = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))["services"]["rabbitmq"]
+    assert "./deploy/rabbitmq/advanced.config:/etc/rabbitmq/advanced.config:ro" in single["volumes"]
+    for node in NODES:
+        assert "../rabbitmq/advanced.config:/etc/rabbitmq/advanced.config:ro" in load()["services"][node]["volumes"]
+    # the local cluster's nodes read it at each start, and `up` applies it to nodes already running
+    script = (CLUSTER_DIR / "local.sh").read_text(encoding="utf-8")
+    assert '/../rabbitmq" && pwd)/advanced.config"' in script and "RABBITMQ_ADVANCED_CONFIG_FILE" in script
+    assert 'if running "$i"; then apply_advanced_config "$i"' in script
