@@ -49,8 +49,10 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
-def find_rabbitmq_pid() -> int | None:
-    """The broker's Erlang VM (beam.smp running rabbit), looked up read-only in /proc."""
+def find_rabbitmq_pid(port: int | None = None) -> int | None:
+    """The broker's Erlang VM (beam.smp running rabbit), looked up read-only in /proc: with `port`, the one listening
+    on it (other nodes may run beside it: the local cluster's, on ports of their own), else the first found."""
+    beams: list[int] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -60,10 +62,36 @@ def find_rabbitmq_pid() -> int | None:
                     continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 if b"rabbit" in f.read():
-                    return int(entry)
+                    beams.append(int(entry))
+        except OSError:
+            continue
+    if port is None or len(beams) < 2:
+        return beams[0] if beams else None
+    sockets = listening_sockets(port)
+    for pid in beams:
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in sockets for fd in os.listdir(f"/proc/{pid}/fd")):
+                return pid
         except OSError:
             continue
     return None
+
+
+def listening_sockets(port: int) -> set[str]:
+    """The sockets listening on TCP `port` (IPv4 or IPv6), as their /proc/<pid>/fd links read: `socket:[inode]`."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local address as hex ip:port; state 0A is LISTEN; the inode is the tenth field
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(f"socket:[{fields[9]}]")
+    return found
 
 
 #: the pseudo-process standing for the whole machine: CPU busy on all cores (anyone's, not only ours)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+from yarl import URL
 
 from bench.procs import ProcSampler, find_rabbitmq_pid
 from esi.systems.spec import DEFAULT_MAX_CONCURRENCY
@@ -69,7 +70,7 @@ class BenchSystem:
                              extra_env=extra)
         self.sampler = ProcSampler()
         self.sampler.start()
-        rabbit = find_rabbitmq_pid()
+        rabbit = find_rabbitmq_pid(URL(self.vhost.url).port or 5672)
         if rabbit is not None:
             self.sampler.watch("rabbitmq", rabbit, resettable=False)
         self.sampler.watch("bench-client", os.getpid(), resettable=False)
