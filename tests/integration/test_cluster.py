@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.support import ROOT, EsiSystem, PgDatabase, free_port, unique, wait_until
+from tests.unit.test_cluster_deployment import configured_confirm_timeout
 
 pytestmark = pytest.mark.integration
 
@@ -74,9 +75,7 @@ def confirm_timeout(node: int) -> int | None:
 
 
 #: what deploy/rabbitmq/advanced.config sets it to
-CONFIGURED_CONFIRM_TIMEOUT = int(re.search(  # type: ignore[union-attr]
-    r"\{dead_letter_worker_publisher_confirm_timeout,\s*(\d+)\}",
-    (ROOT / "deploy" / "rabbitmq" / "advanced.config").read_text(encoding="utf-8")).group(1))
+CONFIGURED_CONFIRM_TIMEOUT = configured_confirm_timeout()
 
 
 class ClusterVhost:
@@ -281,6 +280,7 @@ def test_2000_requests_through_two_apis_survive_the_loss_of_the_queue_leader_and
 
 
 def test_every_node_runs_with_the_advanced_config_esi_ships(cluster: None) -> None:
+    assert CONFIGURED_CONFIRM_TIMEOUT is not None
     assert {node: confirm_timeout(node) for node in NODES} == {node: CONFIGURED_CONFIRM_TIMEOUT for node in NODES}
 
 

@@ -528,14 +528,21 @@ async def test_concurrent_requests_with_the_same_credentials_share_one_argon2_ru
     assert counting.checks == 5
 
 
-async def test_a_renewal_that_fails_unexpectedly_is_logged(
-    counting: type[CountingRegistry], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-) -> None:
+async def _verified_once(counting: type[CountingRegistry],
+                         monkeypatch: pytest.MonkeyPatch) -> tuple[_Clock, ClientRegistry, str]:
+    """A registry with a 60 s cache on a clock of the test's own, and 1c-erp's credentials verified once."""
     clock = _Clock()
     monkeypatch.setattr(auth, "time", clock)
     registry = counting([ClientConfig.from_entry(e) for e in entries()], cache_ttl=60)
     header = basic("1c-erp", ERP_PASSWORD)
     await registry.authenticate_async(header, None)
+    return clock, registry, header
+
+
+async def test_a_renewal_that_fails_unexpectedly_is_logged(
+    counting: type[CountingRegistry], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, registry, header = await _verified_once(counting, monkeypatch)
 
     def broken(self: ClientRegistry, encoded_hash: str, secret: str) -> bool:
         raise MemoryError("argon2 could not allocate")
@@ -551,11 +558,7 @@ async def test_a_renewal_that_fails_unexpectedly_is_logged(
 async def test_a_verification_in_use_is_renewed_before_it_expires(
     counting: type[CountingRegistry], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = _Clock()
-    monkeypatch.setattr(auth, "time", clock)
-    registry = counting([ClientConfig.from_entry(e) for e in entries()], cache_ttl=60)
-    header = basic("1c-erp", ERP_PASSWORD)
-    await registry.authenticate_async(header, None)
+    clock, registry, header = await _verified_once(counting, monkeypatch)
     clock.now += 45  # 15 s left: not yet due
     await registry.authenticate_async(header, None)
     assert counting.checks == 1 and not registry._pending

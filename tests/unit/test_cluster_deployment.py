@@ -140,14 +140,20 @@ def test_the_local_cluster_script_is_valid_shell_and_leaves_the_main_broker_alon
 ADVANCED = ROOT / "deploy" / "rabbitmq" / "advanced.config"
 
 
+def configured_confirm_timeout() -> int | None:
+    """The dead-letter worker's confirm timeout (ms) deploy/rabbitmq/advanced.config sets; None if it sets none."""
+    match = re.search(r"^\s*\{dead_letter_worker_publisher_confirm_timeout,\s*(\d+)\}",
+                      ADVANCED.read_text(encoding="utf-8"), re.M)
+    return int(match.group(1)) if match else None
+
+
 def test_every_broker_republishes_a_dead_letter_whose_confirm_was_lost_within_the_publish_timeout() -> None:
     """A quorum queue's at-least-once dead-letter worker (esi's retries go back to their work queue through it) waits
     `dead_letter_worker_publisher_confirm_timeout` for a confirm lost with the target's leader: 180 s by default.
     Every broker esi ships gets deploy/rabbitmq/advanced.config, which makes it the publish timeout's 10 s."""
-    text = ADVANCED.read_text(encoding="utf-8")
-    match = re.search(r"^\s*\{dead_letter_worker_publisher_confirm_timeout,\s*(\d+)\}", text, re.M)
-    assert match is not None, "advanced.config sets the dead-letter worker's confirm timeout"
-    assert int(match.group(1)) <= Settings.model_construct().publish_timeout * 1000
+    timeout = configured_confirm_timeout()
+    assert timeout is not None, "advanced.config sets the dead-letter worker's confirm timeout"
+    assert timeout <= Settings.model_construct().publish_timeout * 1000
     if shutil.which("erl"):  # RabbitMQ reads it as Erlang terms: a syntax error would stop the node at boot
         result = subprocess.run(["erl", "-noshell", "-eval", f'{{ok, [_]}} = file:consult("{ADVANCED}"), halt().'],
                                 capture_output=True, text=True, timeout=60)
