@@ -372,7 +372,7 @@ def _audit_cli(action: str, *, subject: str | None, count: int, detail: dict[str
     async def write() -> None:
         store = await Store.open(_settings().database_url)
         try:
-            await store.audit(action, client_id=f"cli:{getpass.getuser()}", subject=subject, count=count,
+            await store.audit.record(action, client_id=f"cli:{getpass.getuser()}", subject=subject, count=count,
                               detail=detail)
         finally:
             await store.aclose()

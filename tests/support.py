@@ -143,9 +143,9 @@ class EsiProcess:
 
 
 def _registry() -> Any:
-    from esi.systems.registry import current
+    from esi.systems.registry import load_registry
 
-    return current()
+    return load_registry()
 
 
 @dataclass

@@ -1,14 +1,16 @@
 """The HTTP API for 1C (FastAPI), assembled from its route table. OpenAPI at /docs.
 
 `create_app` builds the table from the routes of each concern (esi.api.routes), registers it with FastAPI, and puts
-the fast path (esi.api.hot) in front, serving the hot routes from the same table.
+the fast path (esi.api.hot) in front, serving the hot routes from the same table. Pages built on the API (the
+operator console) are routers the composition root adds (`Api.include_pages`): the API knows none of them.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from starlette.types import Receive, Scope, Send
 
 from esi.api import TELEMETRY_OFF
@@ -18,20 +20,19 @@ from esi.api.errors import install_error_handlers
 from esi.api.hot import HotPath
 from esi.api.routes.contracts import ContractRoutes
 from esi.api.routes.dead_letters import DeadLetterRoutes
-from esi.api.routes.operations import OperationsRoutes
-from esi.api.routes.ops import OpsRoutes
+from esi.api.routes.health import HealthRoutes
 from esi.api.routes.requests import RequestRoutes
+from esi.api.routes.systems import SystemsRoutes
 from esi.api.routes.table import Route, add_routes
-from esi.console import console_router
 
 __all__ = ["Api", "ApiDeps", "build_routes", "create_app"]
 
 
 def build_routes(deps: ApiDeps) -> list[Route]:
     """The API's route table, in the order of the OpenAPI document."""
-    return [*OpsRoutes(deps.readiness).routes(), *RequestRoutes(deps).routes(),
+    return [*HealthRoutes(deps.readiness).routes(), *RequestRoutes(deps).routes(),
             *DeadLetterRoutes(deps.dead_letters, deps.store).routes(),
-            *OperationsRoutes(deps.store, deps.registry).routes(), *ContractRoutes(deps.registry).routes()]
+            *SystemsRoutes(deps.store, deps.registry).routes(), *ContractRoutes(deps.registry, deps.topology).routes()]
 
 
 class Api(FastAPI):
@@ -41,6 +42,12 @@ class Api(FastAPI):
     before."""
 
     hot: HotPath | None = None
+    #: who is calling: the API's own authentication, for the pages served beside it (`include_pages`)
+    authenticator: Authenticator
+
+    def include_pages(self, router: Callable[[ApiDeps, Authenticator], APIRouter], deps: ApiDeps) -> None:
+        """Serve `router(deps, authenticator)` beside the API's routes (never on the fast path): a console."""
+        self.include_router(router(deps, self.authenticator))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.hot is None:
@@ -63,7 +70,7 @@ def create_app(deps: ApiDeps) -> Api:
     routes = build_routes(deps)
     add_routes(app, routes, auth.dependency)
     app.state.routes = routes
-    app.include_router(console_router(deps, auth))  # the operator console at /console (never on the fast path)
+    app.authenticator = auth
     # outermost: what it answers skips FastAPI's middlewares, routing and dependencies
     app.hot = HotPath(functools.partial(FastAPI.__call__, app), routes=routes if deps.hot_path else (),
                       authenticate=auth.authenticate)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from esi.api.routes.send import ORIGINAL_SEND_ROUTES, SendRoute
 from esi.bus.dead_letters import DeadLetters
+from esi.bus.topology import Topology
 from esi.security.auth import ClientRegistry
 from esi.store import Store
 from esi.store.events import EventRecorder
 from esi.store.records import OutboxRow
-from esi.systems.registry import Registry, current
+from esi.systems.registry import Registry
+from esi.systems.spec import SendRoute
 
 __all__ = ["ApiDeps", "ReadyCheck"]
 
@@ -22,8 +23,10 @@ ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 @dataclass
 class ApiDeps:
-    """The API's dependencies and settings."""
+    """The API's dependencies and settings, handed over by the composition root (`esi.runtime`)."""
 
+    #: the systems the API sends to (catalog, targets, business keys, send routes)
+    registry: Registry
     store: Store
     #: called with each request's message once committed (the outbox relay publishes it at once)
     on_accepted: Callable[[OutboxRow], None]
@@ -40,10 +43,10 @@ class ApiDeps:
     wait_recheck: float = 1.0
     #: answer the hot routes without FastAPI's routing and dependencies (esi.api.hot); off only to compare the two
     hot_path: bool = True
-    #: the routes that send one target's requests (`POST /send_to_dms`, ...); the original system's two by default
-    send_routes: Sequence[SendRoute] = ORIGINAL_SEND_ROUTES
-    #: the systems the API sends to (catalog, targets, business keys); the process's own when not given
-    registry: Registry = field(default_factory=current)
+    #: the routes that send one target's requests (`POST /send_to_dms`, ...); None: the registry's
+    send_routes: Sequence[SendRoute] | None = None
+    #: the broker topology, for the AsyncAPI document (None: built from the registry with the default settings)
+    topology: Topology | None = None
     #: the key of the operator console's CSRF tokens, shared by the API replicas (ESI_CONSOLE_SECRET); None: drawn
     #: per process
     console_secret: bytes | None = None

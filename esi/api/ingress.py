@@ -20,7 +20,6 @@ from esi.messages.catalog import Upload, input_value
 from esi.messages.envelope import ID_PATTERN, normalise_system
 
 _ID_RE = re.compile(ID_PATTERN)
-SOURCE = "1c"
 
 
 @dataclass(frozen=True)
@@ -55,16 +54,10 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _active_catalog() -> Catalog:
-    from esi.systems.registry import current
-
-    return current().catalog
-
-
-def resolve_target(target: str, catalog: Catalog | None = None) -> str:
-    """The code of a system 1C may send requests to; 404 naming the known ones for anything else."""
-    catalog = catalog or _active_catalog()
-    known = [t for t in catalog.targets() if t != SOURCE]
+def resolve_target(target: str, catalog: Catalog, *, source: str) -> str:
+    """The code of a system `source` (the origin, 1C) may send requests to; 404 naming the known ones for anything
+    else."""
+    known = [t for t in catalog.targets() if t != source]
     try:
         code = normalise_system(target)
     except ValueError:
@@ -75,12 +68,11 @@ def resolve_target(target: str, catalog: Catalog | None = None) -> str:
 
 
 def build_request(
-    target: str, message_type: str, body: dict[str, Any], *, max_pdf_bytes: int, catalog: Catalog | None = None,
+    target: str, message_type: str, body: dict[str, Any], *, max_pdf_bytes: int, catalog: Catalog, source: str,
     status_for_unknown_type: int = 404,
 ) -> Accepted:
-    """Validate a flat request body (the original's shape) and build its envelope."""
-    catalog = catalog or _active_catalog()
-    target = resolve_target(target, catalog)
+    """Validate a flat request body (the original's shape) sent by `source` (the origin) and build its envelope."""
+    target = resolve_target(target, catalog, source=source)
     message_type = message_type.strip().lower()
     try:
         spec = catalog.request_spec(target, message_type)
@@ -103,7 +95,7 @@ def build_request(
         message = "; ".join(f"{d['field']}: {d['problem']}" for d in details[:5])
         raise ApiError(422, "validation_error", f"invalid {message_type} request: {message}", details=details) from None
     data = payload.model_dump(exclude_none=True)
-    envelope = Envelope(request_id=request_id, source_system=SOURCE, target_system=target,
+    envelope = Envelope(request_id=request_id, source_system=source, target_system=target,
                         message_type=message_type, payload=data, schema_version=spec.version)
     digest = hashlib.sha256(orjson.dumps([target, message_type, data], option=orjson.OPT_SORT_KEYS)).hexdigest()
     return Accepted(request_id=request_id, target=target, message_type=message_type, payload=payload,

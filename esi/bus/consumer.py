@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
@@ -33,12 +33,12 @@ from esi import metrics, tracing
 from esi.bus.acks import AckBatcher
 from esi.bus.decision import Ack, DeadLetter, Decision, GiveBack, Retry, RetryPolicy, decide, not_yet
 from esi.bus.headers import ATTEMPT_HEADER, H_NOT_BEFORE, H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY
+from esi.bus.ports import Inbox, NullRecorder, Recorder, Tracker
 from esi.bus.publisher import Publisher
 from esi.bus.topology import WorkQueue
 from esi.errors import EsiError, InvalidMessage
 from esi.logs import log_context
 from esi.messages import Catalog, Envelope, ErrorInfo, Handler, Kind, decode_envelope
-from esi.store.events import NullRecorder, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +46,6 @@ log = logging.getLogger(__name__)
 REQUEUE_PAUSE_S = 1.0
 
 _COPIED_PROPERTIES = ("content_type", "content_encoding", "message_id", "correlation_id", "type", "app_id", "timestamp")
-
-
-class Tracker(Protocol):
-    """Where the loop reports what happened to a business request (the store)."""
-
-    async def retrying(self, request_id: str, *, attempt: int, error: str) -> None: ...
-
-    async def dead_lettered(self, request_id: str, *, error: str, queue: str) -> None: ...
-
-    async def waiting(self, request_id: str, *, error: str) -> None: ...
-
-
-class Inbox(Protocol):
-    """The ids of messages a consumer has fully handled (for deduplication of redeliveries)."""
-
-    async def seen(self, consumer: str, message_id: str) -> bool: ...
-
-    async def record(self, consumer: str, message_id: str) -> None: ...
 
 
 class Consumer:

@@ -8,7 +8,7 @@ The API answers 202 once a request and its message are committed together; from 
   in hand — rows of a relay that died, rows that failed while the broker was away.
 
 Several API processes each run a relay, all sweeping one PostgreSQL outbox: a sweep claims the rows it publishes
-for a lease (`Store.outbox_claim`, `FOR UPDATE SKIP LOCKED`), so no two sweeps publish one row; a sweep leaves rows
+for a lease (`esi.store.outbox.Outbox.claim`, `FOR UPDATE SKIP LOCKED`), so no two sweeps publish one row; a sweep leaves rows
 younger than `fresh_s` to the fast path of the process that committed them (their publish ends, confirmed or
 failed, within the publish timeout), except its own process's failed ones, which it retries at once.
 
@@ -22,27 +22,15 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from esi import tracing
 from esi.bus.headers import ATTEMPT_HEADER
+from esi.bus.ports import OutboxStore, Outgoing, Recorder
 from esi.bus.publisher import Publisher, envelope_properties
 from esi.errors import TransientError
-from esi.store.records import OutboxRow
-
-if TYPE_CHECKING:
-    from esi.store.events import Recorder
 
 log = logging.getLogger(__name__)
-
-
-class OutboxStore(Protocol):
-    async def outbox_claim(self, *, limit: int, fresh_s: float, lease_s: float,
-                           mine: list[str] | None = None) -> list[OutboxRow]: ...
-
-    async def outbox_release(self, rows: list[OutboxRow]) -> None: ...
-
-    async def outbox_mark_sent(self, rows: list[OutboxRow]) -> None: ...
 
 
 class OutboxRelay:
@@ -66,14 +54,14 @@ class OutboxRelay:
         self._marked = asyncio.Event()
         #: message ids being published or confirmed but not yet marked sent: the sweep leaves them alone
         self._claimed: set[str] = set()
-        self._to_mark: list[OutboxRow] = []
+        self._to_mark: list[Outgoing] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         #: set while publishing fails (the broker is away); cleared by the next success
         self.last_error: str | None = None
 
-    def submit(self, row: OutboxRow) -> None:
+    def submit(self, row: Outgoing) -> None:
         """Publish a just-committed row at once (the API's fast path)."""
         if self._stopping or row.message_id in self._claimed:
             return
@@ -100,14 +88,14 @@ class OutboxRelay:
         except Exception as exc:  # they stay unsent and are published again: the inbox absorbs the duplicate
             log.warning("could not mark %d published messages as sent: %s", len(self._to_mark), exc)
 
-    async def _publish_submitted(self, row: OutboxRow) -> None:
+    async def _publish_submitted(self, row: Outgoing) -> None:
         try:
             await self._publish_one(row)
         except Exception as exc:  # the row stays unsent: the sweep publishes it, with backoff
             self._failed[row.message_id] = time.monotonic()
             log.warning("publishing %s failed (%s); the sweep will retry it", row.message_id, exc)
 
-    async def _publish_one(self, row: OutboxRow) -> None:
+    async def _publish_one(self, row: Outgoing) -> None:
         if tracing.enabled:  # a PRODUCER span, child of the API's span stored with the row (esi.tracing)
             with tracing.publishing(self._exchange, row.routing_key, row.message_id, request_id=row.request_id,
                                     parent=row.trace_context):
@@ -115,7 +103,7 @@ class OutboxRelay:
             return
         await self._publish_and_record(row)
 
-    async def _publish_and_record(self, row: OutboxRow) -> None:
+    async def _publish_and_record(self, row: Outgoing) -> None:
         sent_at = datetime.now(UTC)
         try:
             await self._publish(row)
@@ -144,7 +132,7 @@ class OutboxRelay:
             return
         rows, self._to_mark = self._to_mark, []
         try:
-            await self._store.outbox_mark_sent(rows)
+            await self._store.mark_sent(rows)
         except Exception:
             self._to_mark = rows + self._to_mark
             raise
@@ -177,7 +165,7 @@ class OutboxRelay:
         # past `fresh_s`, any process's sweep may take a failed row: this one need not remember it any longer
         too_old = time.monotonic() - self._fresh_s
         self._failed = {mid: at for mid, at in self._failed.items() if at > too_old}
-        claimed = await self._store.outbox_claim(limit=self._batch_size, fresh_s=self._fresh_s, lease_s=self._lease_s,
+        claimed = await self._store.claim(limit=self._batch_size, fresh_s=self._fresh_s, lease_s=self._lease_s,
                                                  mine=list(self._failed)[:self._batch_size])
         rows = [r for r in claimed if r.message_id not in self._claimed]
         if not rows:
@@ -189,7 +177,7 @@ class OutboxRelay:
         failed = [row for row, result in zip(rows, results) if isinstance(result, BaseException)]
         if failed:
             try:  # back to every process's sweep at once, rather than when the lease ends
-                await self._store.outbox_release(failed)
+                await self._store.release(failed)
             except Exception as exc:
                 log.warning("could not release %d claimed outbox rows (%s); their claim ends by itself",
                             len(failed), exc)
@@ -197,7 +185,7 @@ class OutboxRelay:
             raise TransientError(f"{len(failed)} of {len(rows)} outbox messages not confirmed: {error}")
         return len(rows)
 
-    async def _publish(self, row: OutboxRow) -> None:
+    async def _publish(self, row: Outgoing) -> None:
         headers: dict[str, Any] = {ATTEMPT_HEADER: 1}
         if tracing.enabled:
             tracing.inject(headers)

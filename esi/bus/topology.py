@@ -1,6 +1,7 @@
 """The broker topology as data, declared idempotently at start-up by every service.
 
-One work queue per registered system (`esi.systems.registry.Registry.topology`); with the built-in systems:
+One work queue per registered system (the registry's `queues()`, built into a topology by `build_topology`); with
+the built-in systems:
 
     main_exchange (topic)
       ├─ *.request.dms.*                      → dms_queue  (quorum)
@@ -22,7 +23,7 @@ A work queue created before the group size was declared is taken as it is (the s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,7 +188,16 @@ async def _reopen(channel: AbstractChannel) -> AbstractChannel:
     return await aio_pika.Channel(connection=connection, publisher_confirms=False)
 
 
-def build_topology(*, work_queues: Sequence[WorkQueue], delivery_limit: int = 20,
+#: the retry ladder's delays in seconds, by default (`ESI_RETRY_DELAYS`)
+DEFAULT_RETRY_DELAYS: tuple[float, ...] = (1, 5, 30, 120, 600)
+
+
+def build_topology(queues: Iterable[tuple[str, str, Sequence[str]]], *,
+                   retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS, delivery_limit: int = 20,
                    max_length: int = 1_000_000) -> Topology:
-    """The topology of the given work queues (the registry of systems derives them: `Registry.topology`)."""
-    return Topology(work_queues=tuple(work_queues), delivery_limit=delivery_limit, max_length=max_length)
+    """The topology of the given `(system, work queue, bindings)` (the registry of systems lists them: its
+    `queues()`), each with the retry ladder of `retry_delays`."""
+    delays = tuple(float(d) for d in retry_delays)
+    return Topology(work_queues=tuple(WorkQueue(system, queue, tuple(bindings), delays)
+                                      for system, queue, bindings in queues),
+                    delivery_limit=delivery_limit, max_length=max_length)

@@ -2,7 +2,7 @@
 
 Read pages (overview, requests, a request, dead letters, systems) need the `read` or the `operator` scope; the
 actions (replay, purge, pause, resume) need `operator`, are POSTs carrying a CSRF token (esi.console.csrf), and go
-to the audit log through the same code as the JSON API (esi.api.routes.dead_letters, esi.api.routes.operations).
+to the audit log through the same code as the JSON API (esi.api.routes.dead_letters, esi.api.routes.systems).
 
 What a client sees: an operator every request, with personal data masked unless it sent the request itself; any
 other reader only the requests it sent (as `GET /requests/{id}` allows it). With authentication off, everything.
@@ -32,7 +32,7 @@ from starlette.datastructures import FormData
 from esi.api.auth import Authenticator
 from esi.api.deps import ApiDeps
 from esi.api.routes.dead_letters import DeadLetterRoutes, PurgeRequest, ReplayRequest
-from esi.api.routes.operations import OperationsRoutes, PauseRequest
+from esi.api.routes.systems import PauseRequest, SystemsRoutes
 from esi.bus.dead_letters import DeadLetter, Filters, parse_duration
 from esi.console.csrf import COOKIE, FIELD, CsrfTokens
 from esi.console.masking import mask
@@ -159,7 +159,7 @@ class Console:
         self._auth = auth
         self._csrf = CsrfTokens(deps.console_secret)
         self._dead_letter_routes = DeadLetterRoutes(deps.dead_letters, deps.store)
-        self._operations = OperationsRoutes(deps.store, deps.registry)
+        self._operations = SystemsRoutes(deps.store, deps.registry)
         self._overview = _Cached(self._overview_data, OVERVIEW_TTL_S)
         self._env = Environment(loader=PackageLoader("esi.console", "templates"),
                                 autoescape=select_autoescape(default=True, default_for_string=True),
@@ -289,10 +289,10 @@ class Console:
     async def _overview_data(self) -> dict[str, Any]:
         now = datetime.now(UTC)
         since = (now - timedelta(minutes=60)).isoformat(timespec="microseconds")
-        counts = await self._store.requests_per_minute(since)
-        pauses = await self._store.system_pauses()
-        breakers = await self._store.breaker_states()
-        backlog = await self._store.outbox_backlog()
+        counts = await self._store.queries.requests_per_minute(since)
+        pauses = await self._store.pauses.system_pauses()
+        breakers = await self._store.pauses.breaker_states()
+        backlog = await self._store.outbox.backlog()
         depths: dict[str, dict[str, int]] | None = None
         depth_error = None
         if self._deps.dead_letters is not None:
@@ -347,7 +347,7 @@ class Console:
         since, until = _utc(query.get("from")), _utc(query.get("to"))
         page = int(query["page"]) if query.get("page", "").isdigit() else 1
         page = max(1, min(page, 10_000))
-        records = await self._store.search_requests(
+        records = await self._store.queries.search_requests(
             text=text or None, status=status, message_type=message_type, since=since, until=until,
             client_id=None if self._sees_all(principal) else principal.client_id,
             limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
@@ -365,19 +365,19 @@ class Console:
     @_html_errors
     async def request_page(self, request_id: str, *, request: Request, principal: Principal) -> Response:
         self._require_viewer(principal)
-        record = await self._store.get(request_id[:128])
+        record = await self._store.requests.get(request_id[:128])
         if record is None or not (self._sees_all(principal) or record.client_id == principal.client_id):
             raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
         reveal = self._may_read(principal, record)
         envelope: dict[str, Any] | None = None
-        body = await self._store.request_message(record.request_id)
+        body = await self._store.queries.request_message(record.request_id)
         if body is not None:
             try:
                 parsed = orjson.loads(body)
                 envelope = parsed if isinstance(parsed, dict) else None
             except orjson.JSONDecodeError:
                 envelope = None
-        events = await self._store.timeline(record.request_id)
+        events = await self._store.requests.timeline(record.request_id)
         settled = record.status in (RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.DEAD_LETTERED)
         return self.page(
             request, principal, "request.html", title=f"Request {record.request_id}", record=record,
@@ -470,12 +470,12 @@ class Console:
     @_html_errors
     async def systems(self, *, request: Request, principal: Principal) -> Response:
         self._require_viewer(principal)
-        pauses = await self._store.system_pauses()
-        breakers = await self._store.breaker_states()
+        pauses = await self._store.pauses.system_pauses()
+        breakers = await self._store.pauses.breaker_states()
         systems = [{"code": s.code, "title": s.title, "service": s.service, "paused": pauses.get(s.code),
                     "breakers": [b for b in breakers if b.system == s.code]}
                    for s in self._registry.systems if not s.origin]
-        audit = await self._store.audit_log(limit=20) if principal.is_operator else []
+        audit = await self._store.audit.entries(limit=20) if principal.is_operator else []
         return self.page(request, principal, "systems.html", title="Systems", systems=systems, audit=audit)
 
     @_html_errors

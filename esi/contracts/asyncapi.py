@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from esi.bus.topology import Topology, WorkQueue
+from esi.bus.topology import Topology, WorkQueue, build_topology
 from esi.contracts.schemas import ENVELOPE, MessageSchema, accepts_previous, envelope_schema, message_schemas
 from esi.messages.envelope import Kind, RoutingKey
 from esi.systems.registry import Registry
@@ -160,7 +160,7 @@ def _message_refs(names: list[str]) -> dict[str, Any]:
 def build_asyncapi(registry: Registry, topology: Topology | None = None) -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of the bus the registry's systems make (with the default topology when not
     given: the retry ladder is described, not listed, so the document does not depend on ESI_RETRY_DELAYS)."""
-    topology = topology or registry.topology()
+    topology = topology or build_topology(registry.queues())
     messages = {m.message_type: m for m in message_schemas(registry.catalog)}
     schemas: dict[str, Any] = {}
     schemas[ENVELOPE] = _hoist(envelope_schema(), ENVELOPE, schemas)

@@ -13,8 +13,13 @@ from typing import Any, Protocol
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
 
 from esi.fakes.faults import Faults, install
+
+#: FastAPI's OpenTelemetry hooks, off in every fake: a fake is measured by its own counters (`/_fake/state`), and
+#: the hooks cost CPU on every call of a benchmark
+TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
 class Fake(Protocol):

@@ -1,6 +1,6 @@
 """The demo policy: one client `demo`/`demo` with every scope when no clients are configured — outside production.
 
-`load_registry` is the one place that picks the API's clients from the settings, and the one that refuses demo
+`load_clients` is the one place that picks the API's clients from the settings, and the one that refuses demo
 credentials (the demo registry itself, or any client named `demo` or using the password `demo`) in production.
 """
 
@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from esi.messages.catalog import Catalog
 from esi.security.auth import ClientRegistry
 from esi.security.clients import ClientConfig, ClientsConfigError
 from esi.security.hashing import hash_secret, verify_secret
 from esi.security.scopes import SendScope
 
-__all__ = ["DEMO_CLIENT_ID", "DEMO_PASSWORD", "demo_client_ids", "demo_registry", "is_demo_registry", "load_registry"]
+__all__ = ["DEMO_CLIENT_ID", "DEMO_PASSWORD", "demo_client_ids", "demo_registry", "is_demo_registry", "load_clients"]
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,16 @@ def is_demo_registry(registry: ClientRegistry) -> bool:
     return registry.demo or bool(demo_client_ids(registry))
 
 
-def load_registry(*, clients_file: str | None = None, clients_json: str | None = None,
-                  production: bool, **kwargs: Any) -> ClientRegistry:
-    """The registry from `ESI_CLIENTS_FILE` or `ESI_CLIENTS_JSON`; the demo one when neither is set, except in
-    production, which also refuses demo credentials."""
+def load_clients(*, clients_file: str | None = None, clients_json: str | None = None,
+                 production: bool, catalog: Catalog | None = None, **kwargs: Any) -> ClientRegistry:
+    """The clients from `ESI_CLIENTS_FILE` or `ESI_CLIENTS_JSON`, their scopes checked against `catalog` (the
+    registry's); the demo ones when neither is set, except in production, which also refuses demo credentials."""
     if clients_file and clients_json:
         raise ClientsConfigError("set ESI_CLIENTS_FILE or ESI_CLIENTS_JSON, not both")
     if clients_file:
-        registry = ClientRegistry.from_file(clients_file, **kwargs)
+        registry = ClientRegistry.from_file(clients_file, catalog=catalog, **kwargs)
     elif clients_json:
-        registry = ClientRegistry.from_json(clients_json, **kwargs)
+        registry = ClientRegistry.from_json(clients_json, catalog=catalog, **kwargs)
     elif production:
         raise ClientsConfigError("ESI_ENV=production needs the API's clients: set ESI_CLIENTS_FILE or ESI_CLIENTS_JSON")
     else:

@@ -33,7 +33,8 @@ class SendScope:
 
     @classmethod
     def parse(cls, text: str, catalog: Catalog | None = None) -> SendScope:
-        """A scope such as `dms:create_user`, `crm:*` or `*`, checked against `catalog` (any case is normalised)."""
+        """A scope such as `dms:create_user`, `crm:*` or `*` (any case is normalised), its target and message type
+        checked against `catalog` (the registry's, at start-up); without one, only its form is checked."""
         if not isinstance(text, str):
             raise ScopeError(f"send scope {text!r} must be a string such as 'dms:create_user' or 'crm:*'")
         value = text.strip().lower()
@@ -44,10 +45,8 @@ class SendScope:
             target, message_type = "*", "*"
         if not _SCOPE_PART_RE.match(target) or not _SCOPE_PART_RE.match(message_type):
             raise ScopeError(f"send scope {text!r} must be '<target>:<message_type>', each a name or '*'")
-        if catalog is None:  # the systems this process runs with
-            from esi.systems.registry import current
-
-            catalog = current().catalog
+        if catalog is None:
+            return cls(target, message_type)
         targets = catalog.targets()
         if target != "*" and target not in targets:
             raise ScopeError(f"send scope {text!r}: unknown target {target!r}; known: {', '.join(targets)}")

@@ -19,18 +19,14 @@ log = logging.getLogger(__name__)
 
 
 class EventStore(Protocol):
+    """Where the rows go (the store's `Requests`)."""
+
     async def add_events(self, rows: list[dict[str, Any]]) -> None: ...
 
 
-class Recorder(Protocol):
-    """What records a request's events: an `EventRecorder`, or a `NullRecorder` where there is no store."""
-
-    def record(self, request_id: str | None, event: str, *, service: str, message_id: str | None = None,
-               causation_id: str | None = None, message_type: str | None = None, at: datetime | None = None,
-               **detail: Any) -> None: ...
-
-
 class EventRecorder:
+    """Buffers a request's hops and writes them in batches (it answers the bus's `Recorder` port)."""
+
     def __init__(self, store: EventStore, *, interval: float = 0.1, batch: int = 500, max_buffer: int = 100_000):
         self._store = store
         self._interval = interval
@@ -95,10 +91,3 @@ class EventRecorder:
             await self.flush()
         except Exception:
             log.warning("%d timeline events lost at shutdown", len(self._buffer))
-
-
-class NullRecorder:
-    """Records nothing (for parts used without a store)."""
-
-    def record(self, *args: Any, **kwargs: Any) -> None:
-        return None

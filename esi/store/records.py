@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -44,17 +43,6 @@ class OutboxRow(BaseModel):
     body: bytes
     #: the W3C trace context of the request that wrote it (JSON), with tracing on (esi.tracing)
     trace_context: str | None = None
-
-
-@dataclass(frozen=True)
-class OrderClaim:
-    """Where an order's newest update stands (`Store.claim_order_update`)."""
-
-    #: whether the update that asked may be applied
-    held: bool
-    #: the newest update's time and status
-    changed_at: str
-    status: str
 
 
 class SystemPause(BaseModel):

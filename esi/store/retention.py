@@ -23,8 +23,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Select, and_, bindparam, delete, exists, select
 
 from esi import metrics
-from esi.store import schema
-from esi.store.db import Store
+from esi.store import Store, schema
 from esi.store.records import RequestStatus
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ async def run_pass(store: Store, *, retention_s: float, batch: int = BATCH, max_
     started = time.perf_counter()
     while max_batches is None or total.batches < max_batches:
         batch_started = time.perf_counter()
-        done = await store.write_alone(lambda conn: delete_batch(conn, total.cutoff, batch))
+        done = await store.database.write_alone(lambda conn: delete_batch(conn, total.cutoff, batch))
         total.add(done)
         for table, count in (("requests", done.requests), ("request_keys", done.keys), ("events", done.events),
                              ("outbox", done.outbox)):

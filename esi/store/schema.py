@@ -1,22 +1,13 @@
-"""Tables and their versioned migrations, applied at start-up."""
+"""The core's tables and their versioned migrations (`esi.store.migrations` applies them at start-up).
+
+A system's own tables are declared in its package (`esi.systems.<code>.tables`) with migrations of their own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import cast
+from sqlalchemy import Column, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
-from sqlalchemy import (
-    Column,
-    Connection,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    inspect,
-)
+from esi.store.migrations import Migrations, add_column, create_index, widen_column
 
 metadata = MetaData()
 
@@ -127,70 +118,6 @@ breakers = Table(
     Column("updated_at", String(40), nullable=False),
 )
 
-#: the newest update applied to each order, by when its source changed it (`update_order_status`'s
-#: `status_changed_at`): an older one arriving late is not applied over it
-order_updates = Table(
-    "esi_order_updates",
-    metadata,
-    #: the system and its own key of the order (`crm:<Creatio Id>`)
-    Column("order_key", String(128), primary_key=True),
-    #: UTC, ISO 8601 with microseconds: ordered as text
-    Column("changed_at", String(40), nullable=False),
-    Column("status", String(100), nullable=False),
-    Column("message_id", String(128), nullable=False),
-    Column("updated_at", String(40), nullable=False),
-)
-
-schema_migrations = Table(
-    "esi_schema_migrations",
-    metadata,
-    Column("version", Integer, primary_key=True),
-    Column("applied_at", String(40), nullable=False),
-)
-
-def _add_column(table: Table, column: str) -> Callable[[Connection], None]:
-    """A step adding `column` (as declared above) to an existing table, unless it is there already."""
-
-    def step(conn: Connection) -> None:
-        if column in {c["name"] for c in inspect(conn).get_columns(table.name)}:
-            return  # the table was created by this version's declaration
-        ddl = table.c[column].type.compile(dialect=conn.dialect)
-        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN {column} {ddl}')
-
-    return step
-
-
-def _widen_column(table: Table, column: str) -> Callable[[Connection], None]:
-    """A step giving an existing `column` its declared (longer) VARCHAR length.
-
-    PostgreSQL only: SQLite ignores VARCHAR lengths (a column holds text of any length whatever its declaration), so
-    its tables need no change, and SQLite has no ALTER COLUMN anyway. Widening a VARCHAR on PostgreSQL changes the
-    catalog only (no table rewrite); a column already as wide, from a table created by this version's declaration,
-    is left alone.
-    """
-
-    def step(conn: Connection) -> None:
-        if conn.dialect.name != "postgresql":
-            return
-        declared = cast(String, table.c[column].type)  # the columns widened here are strings
-        found = {c["name"]: c["type"] for c in inspect(conn).get_columns(table.name)}[column]
-        found_length: int | None = getattr(found, "length", None)
-        if found_length is None or declared.length is None or found_length >= declared.length:
-            return
-        ddl = declared.compile(dialect=conn.dialect)
-        conn.exec_driver_sql(f"ALTER TABLE {table.name} ALTER COLUMN {column} TYPE {ddl}")
-
-    return step
-
-
-def _create_index(index: Index) -> Callable[[Connection], None]:
-    """A step creating `index` unless it is there (a table created by this version's declaration has it)."""
-
-    def step(conn: Connection) -> None:
-        index.create(conn, checkfirst=True)
-
-    return step
-
 
 #: retention (esi.store.retention) finds expired requests by their creation time (never updated, so the index costs
 #: the hot path one insert per request and keeps PostgreSQL's updates of a request HOT), and deletes a request's
@@ -200,15 +127,16 @@ KEYS_REQUEST = Index("ix_esi_request_keys_request", request_keys.c.request_id)
 OUTBOX_REQUEST = Index("ix_esi_outbox_request", outbox.c.request_id)
 
 
-#: version → what it does: tables to create (checkfirst) or steps to run. Applied versions are recorded.
-MIGRATIONS: dict[int, list[Table | Callable[[Connection], None]]] = {
+#: the core's migrations: version → what it does (tables to create, checkfirst, or steps to run)
+MIGRATIONS = Migrations("esi", {
     1: [requests, outbox, inbox],
     2: [events, request_keys],
-    3: [_add_column(requests, "client_id")],
-    4: [_widen_column(requests, "source"), _widen_column(requests, "target")],
+    3: [add_column(requests, "client_id")],
+    4: [widen_column(requests, "source"), widen_column(requests, "target")],
     5: [audit, system_pauses, breakers],
-    6: [order_updates],
-    7: [_create_index(REQUESTS_CREATED_AT), _create_index(KEYS_REQUEST), _create_index(OUTBOX_REQUEST)],
-    8: [_add_column(outbox, "trace_context")],
-    9: [_add_column(outbox, "claimed_until")],
-}
+    # version 6 created the CRM's order-update guard, which is the CRM's own table now (esi.systems.crm.tables)
+    6: [],
+    7: [create_index(REQUESTS_CREATED_AT), create_index(KEYS_REQUEST), create_index(OUTBOX_REQUEST)],
+    8: [add_column(outbox, "trace_context")],
+    9: [add_column(outbox, "claimed_until")],
+})

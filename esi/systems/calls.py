@@ -26,7 +26,7 @@ from esi.logs import current_context
 from esi.systems.breaker import Breaker
 
 if TYPE_CHECKING:
-    from esi.store.events import Recorder
+    from esi.store.events import EventRecorder
 
 #: methods of a client that are not calls to the system
 _NOT_CALLS = frozenset({"aclose", "check"})
@@ -81,7 +81,7 @@ class Guarded:
     """A client whose every call to the system passes `limiter` and `breaker`, and is timed, counted and recorded."""
 
     def __init__(self, client: object, *, system: str, limiter: Limiter | None = None, breaker: Breaker | None = None,
-                 events: Recorder | None = None, service: str = "") -> None:
+                 events: EventRecorder | None = None, service: str = "") -> None:
         self._client = client
         self._system = system
         self._limiter = limiter

@@ -1,14 +1,18 @@
 """The registry of systems: every `System` declaration esi runs with, and what is derived from them.
 
     catalog        every message type: the requests each system answers and the replies they produce
-    topology       one work queue per system, bound to `*.request.<code>.*` if it answers requests and to
-                   `*.response.<code>.*` if it sends them (the origin, 1C, receives every reply)
+    queues         one work queue per system, bound to `*.request.<code>.*` if it answers requests and to
+                   `*.response.<code>.*` if it sends them (the origin, 1C, receives every reply): data the bus
+                   builds its topology from (`esi.bus.topology.build_topology`)
     targets        the systems 1C may send requests to (the HTTP API's targets)
     routed_to      the message types arriving on a system's queue: its handlers must cover exactly these
     services/fakes the names `esi run` accepts
+    migrations     the systems' own tables
 
-Built-in systems are listed in `esi.systems.builtin`; more come from `ESI_SYSTEMS` (`module:attribute` of a
-`System`) or from installed packages' `esi.systems` entry points (`load_registry`).
+Every system registers the same way, the built-in ones included: an `esi.systems` entry point of an installed
+package (esi's own are in its pyproject.toml), or `ESI_SYSTEMS` (`module:attribute` of a `System`) for one not
+installed (`load_registry`). The registry is built once, at the edge (`esi.runtime`), and passed to whatever
+needs it; no module holds a current one.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import importlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
-from esi.bus.topology import Topology, WorkQueue, build_topology
 from esi.messages.catalog import Catalog, MessageSpec
 from esi.messages.envelope import Kind
 from esi.messages.handler import Handler
+from esi.store.migrations import Migrations
 from esi.systems.spec import SendRoute, System
 
 _T = TypeVar("_T")
@@ -30,6 +34,14 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "esi.systems"
+
+
+class Inbound(NamedTuple):
+    """A system's work queue and the routing keys bound to it (what the bus declares for it)."""
+
+    system: str
+    queue: str
+    bindings: tuple[str, ...]
 
 
 class RegistryError(ValueError):
@@ -46,6 +58,9 @@ class Registry:
                                    "service name")
         _unique({}, [s.queue for s in self.systems], "queue name")
         origins = [s for s in self.systems if s.origin]
+        if not self.systems:
+            raise RegistryError("no systems are registered: is esi installed (`pip install -e .` registers the "
+                                "built-in ones as entry points of the group 'esi.systems')?")
         if len(origins) != 1:
             raise RegistryError(f"exactly one origin system is needed (the one whose API sends requests), "
                                 f"found {len(origins)}: {[s.code for s in origins]}")
@@ -126,12 +141,14 @@ class Registry:
                 + "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else None,
                                           f"never routed there: {', '.join(extra)}" if extra else None])))
 
-    def topology(self, *, retry_delays: Sequence[float] = (1, 5, 30, 120, 600), delivery_limit: int = 20,
-                 max_length: int = 1_000_000) -> Topology:
-        delays = tuple(float(d) for d in retry_delays)
-        return build_topology(
-            work_queues=[WorkQueue(s.code, s.queue, self.bindings(s), delays) for s in self.systems],
-            delivery_limit=delivery_limit, max_length=max_length)
+    def queues(self) -> tuple[Inbound, ...]:
+        """Every system's work queue with its bindings, in the registry's order."""
+        return tuple(Inbound(s.code, s.queue, self.bindings(s)) for s in self.systems)
+
+    @property
+    def migrations(self) -> tuple[Migrations, ...]:
+        """The systems' own tables' migrations."""
+        return tuple(s.tables for s in self.systems if s.tables is not None)
 
     def business_keys(self, payload: Mapping[str, object] | None) -> list[str]:
         """The values of a payload (and of the payloads nested in it) that people search requests by."""
@@ -153,25 +170,6 @@ def _unique(mapping: dict[str, _T], names: list[str], what: str) -> dict[str, _T
     return mapping
 
 
-_current: Registry | None = None
-
-
-def activate(registry: Registry) -> None:
-    """Make `registry` the one this process runs with (the edge does it at start-up, once)."""
-    global _current
-    _current = registry
-
-
-def current() -> Registry:
-    """The registry this process runs with; the built-in systems until the edge activates another."""
-    global _current
-    if _current is None:
-        from esi.systems.builtin import BUILT_IN
-
-        _current = Registry(BUILT_IN)
-    return _current
-
-
 def resolve(spec: str) -> System:
     """The `System` named by `module:attribute` (or a module with a `SYSTEM` attribute)."""
     module_name, _, attribute = spec.strip().partition(":")
@@ -185,14 +183,12 @@ def resolve(spec: str) -> System:
     return value
 
 
-def load_registry(extra: Sequence[str] = (), *, entry_points_group: str | None = ENTRY_POINT_GROUP) -> Registry:
-    """The built-in systems, the installed packages' `esi.systems` entry points, and the `extra` specs."""
-    from esi.systems.builtin import BUILT_IN
-
-    systems = list(BUILT_IN)
-    if entry_points_group:
-        for point in entry_points(group=entry_points_group):
-            systems.append(resolve(point.value))
-            log.debug("system %s registered by the entry point %s", systems[-1].code, point.name)
+def load_registry(extra: Sequence[str] = (), *, entry_points_group: str = ENTRY_POINT_GROUP) -> Registry:
+    """The systems of the installed packages' entry points (esi's own built-in ones among them) and the `extra`
+    specs (`ESI_SYSTEMS`), in a stable order: the origin first, then by code."""
+    systems: list[System] = []
+    for point in entry_points(group=entry_points_group):
+        systems.append(resolve(point.value))
+        log.debug("system %s registered by the entry point %s", systems[-1].code, point.name)
     systems += [resolve(spec) for spec in extra if spec.strip()]
-    return Registry(systems)
+    return Registry(sorted(systems, key=lambda s: (not s.origin, s.code)))

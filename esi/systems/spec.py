@@ -7,10 +7,10 @@ A declaration says everything the rest of esi derives from it:
   requests it sends to other systems (`asks`: their replies come back to its own queue);
 - its settings (a `SystemSettings` subclass with its own environment prefix, e.g. `DMS_`), the client built from
   them, and the handlers built over that client;
-- its fake (a demo/test server), the payload fields people search requests by, and its HTTP routes of the original
-  system (`/send_to_dms`).
+- its fake (a demo/test server), the payload fields people search requests by, its HTTP routes of the original
+  system (`/send_to_dms`), and its own tables with their migrations.
 
-`esi.systems.registry.Registry` derives the catalog, the topology, the ingress targets, the 1C side's expected
+`esi.systems.registry.Registry` derives the catalog, the work queues, the ingress targets, the 1C side's expected
 replies, the runtime wiring and readiness from the declarations; nothing else names a system.
 """
 
@@ -30,7 +30,7 @@ from esi.messages.handler import Handler
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from esi.store import Store
+    from esi.store import Migrations, Store
     from esi.store.events import EventRecorder
     from esi.systems.calls import Guarded
     from esi.systems.registry import Registry
@@ -134,6 +134,7 @@ class SystemContext:
     #: the system's client, behind its limiter and instrumentation (None for a system without a client); it
     #: answers every method of the client, so it stands for the handlers' protocol of the client (`DmsApi`)
     client: Guarded | None
+    #: the store; a system's own tables are reached through `store.database` (see `System.tables`)
     store: Store
     events: EventRecorder
     #: every system esi runs with (what reaches this system's queue, the fields requests are searched by)
@@ -167,6 +168,8 @@ class System:
     inbox: bool = True
     #: free text for `esi systems` and the docs
     description: str = ""
+    #: the system's own tables: their migrations, applied at start-up beside the core's (owner: the code)
+    tables: Migrations | None = None
 
     def __post_init__(self) -> None:
         if not CODE_PATTERN.fullmatch(self.code):

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from esi.api.app import ApiDeps, create_app
+from esi.systems.registry import load_registry
 from esi.security import ClientRegistry, generate_api_key, make_client_entry
 from esi.store import Store
 from tests.support import ESI, free_port, unique
@@ -32,7 +33,7 @@ USER = {"user_id": "U1", "name": "Иван", "email": "ivan@example.com"}
 async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     async with await Store.open(f"sqlite:///{tmp_path}/auth.db") as store:
         registry = ClientRegistry.from_json(json.dumps({"clients": CLIENTS}))
-        app = create_app(ApiDeps(store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, clients=registry))
+        app = create_app(ApiDeps(registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, clients=registry))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://esi") as client:
             yield client
 

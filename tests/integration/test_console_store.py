@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 async def _accept(store: Store, request_id: str, *, target: str = "dms", message_type: str = "create_user",
                   keys: list[str] | None = None, client_id: str | None = None) -> None:
-    await store.accept(request_id=request_id, source="1c", target=target, message_type=message_type,
+    await store.requests.accept(request_id=request_id, source="1c", target=target, message_type=message_type,
                        payload_hash="h", message_id=f"m-{request_id}",
                        routing_key=f"1c.request.{target}.{message_type}",
                        body=b'{"request_id": "%s", "payload": {"name": "x"}}' % request_id.encode(), keys=keys,
@@ -27,10 +27,10 @@ async def test_search_by_id_key_status_type_time_and_client(store_url: str) -> N
         await _accept(store, "S-1", target="crm", message_type="update_order_status", keys=["ORD1"], client_id="erp")
         await _accept(store, "S-2", target="crm", message_type="update_order_status", keys=["ORD1"], client_id="ops")
         await _accept(store, "S-3", keys=["U1"], client_id="erp")
-        await store.record_response("S-2", response={"ok": True}, error=None)
+        await store.requests.record_response("S-2", response={"ok": True}, error=None)
 
         async def ids(**query: object) -> list[str]:
-            return [r.request_id for r in await store.search_requests(**query)]  # type: ignore[arg-type]
+            return [r.request_id for r in await store.queries.search_requests(**query)]  # type: ignore[arg-type]
 
         assert await ids(text="ORD1") == ["S-2", "S-1"]                       # newest first
         assert await ids(text="S-3") == ["S-3"]                               # a request id
@@ -48,15 +48,15 @@ async def test_requests_per_minute_by_target_and_status_and_the_message_kept(sto
         for i in range(3):
             await _accept(store, f"M-{i}")
         await _accept(store, "M-crm", target="crm", message_type="update_order_status")
-        await store.record_response("M-0", response={}, error=None)
+        await store.requests.record_response("M-0", response={}, error=None)
         since = (datetime.now(UTC) - timedelta(minutes=60)).isoformat(timespec="microseconds")
-        counts = await store.requests_per_minute(since)
+        counts = await store.queries.requests_per_minute(since)
         totals: dict[tuple[str, str], int] = {}
         for target, at, status, n in counts:
             assert datetime.strptime(at, "%Y-%m-%dT%H:%M").replace(tzinfo=UTC) >= datetime.fromisoformat(since) - \
                 timedelta(minutes=1)
             totals[(target, status)] = totals.get((target, status), 0) + n
         assert totals == {("dms", "completed"): 1, ("dms", "accepted"): 2, ("crm", "accepted"): 1}
-        assert await store.requests_per_minute(datetime.now(UTC).isoformat(timespec="microseconds")) == []
-        assert await store.request_message("M-1") == b'{"request_id": "M-1", "payload": {"name": "x"}}'
-        assert await store.request_message("unknown") is None
+        assert await store.queries.requests_per_minute(datetime.now(UTC).isoformat(timespec="microseconds")) == []
+        assert await store.queries.request_message("M-1") == b'{"request_id": "M-1", "payload": {"name": "x"}}'
+        assert await store.queries.request_message("unknown") is None

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from esi.bus.dead_letters import DeadLetters, Filters
-from esi.systems.registry import current
+from esi.bus.topology import build_topology
+from esi.systems.registry import load_registry
 from tests.support import ESI, EsiSystem, free_port, unique, wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,7 +26,7 @@ LADDER = [0.2, 0.4, 0.8, 1.6]  # what tests.support configures (ESI_RETRY_DELAYS
 async def _dead_letters(system: EsiSystem, **filters) -> list:
     connection = await aio_pika.connect(system.amqp_url)
     try:
-        return await DeadLetters(connection, current().topology(retry_delays=LADDER)).list(Filters(**filters))
+        return await DeadLetters(connection, build_topology(load_registry().queues(), retry_delays=LADDER)).list(Filters(**filters))
     finally:
         await connection.close()
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from esi.api.app import ApiDeps, create_app
+from esi.systems.registry import load_registry
 from esi.security import ClientRegistry, make_client_entry
 from esi.store import Store
 from tests.support import unique
@@ -55,7 +56,7 @@ async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         registry = ClientRegistry.from_json(json.dumps({"clients": CLIENTS})) if request.param == "auth" else None
 
         def app(hot: bool) -> Any:
-            return create_app(ApiDeps(store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, clients=registry,
+            return create_app(ApiDeps(registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, clients=registry,
                                       max_wait=0.2, wait_recheck=0.05, hot_path=hot))
 
         hot_app = app(True)
@@ -117,7 +118,7 @@ async def test_a_prefer_wait_answers_alike(pair: Pair) -> None:
     assert first.status_code == 202  # nothing settles it here: the wait ran out
     _same(await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait),
           await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait))
-    await pair.store.record_response(rid, response={"dms_user_id": "DMS-1"}, error=None)
+    await pair.store.requests.record_response(rid, response={"dms_user_id": "DMS-1"}, error=None)
     hot = await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait)
     _same(hot, await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait))
     assert hot.status_code == 200 and hot.json()["status"] == "completed"
@@ -127,7 +128,7 @@ async def test_a_prefer_wait_answers_alike(pair: Pair) -> None:
         writer = ("writer", "writer-pw")
         mine = unique("PREFER-W")
         assert (await pair.hot.post("/send_to_dms", json={**USER, "request_id": mine}, auth=writer)).status_code == 202
-        await pair.store.record_response(mine, response={"dms_user_id": "DMS-2"}, error=None)
+        await pair.store.requests.record_response(mine, response={"dms_user_id": "DMS-2"}, error=None)
         for client in (pair.hot, pair.plain):
             again = await client.post("/send_to_dms", json={**USER, "request_id": mine}, headers=wait, auth=writer)
             assert again.status_code == 202 and again.json() == {"status": "accepted", "request_id": mine}

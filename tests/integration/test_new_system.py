@@ -26,9 +26,8 @@ from pydantic_settings import SettingsConfigDict
 from esi.errors import BusinessError
 from esi.messages import Envelope, Handler
 from esi.messages.payload import Payload
-from esi.systems.builtin import BUILT_IN
 from esi.systems.http import error_for_status, http_client, translate_transport_errors
-from esi.systems.registry import Registry, RegistryError
+from esi.systems.registry import Registry, RegistryError, load_registry
 from esi.systems.spec import Fake, Operation, System, SystemContext, SystemSettings
 from tests.support import EsiSystem, Vhost, rabbitmqctl, wait_until
 
@@ -171,7 +170,7 @@ WAREHOUSE = System(
 # --- what the registry derives from it (no broker) ------------------------------------------------------------------
 
 def test_the_registry_derives_catalog_topology_targets_and_routing() -> None:
-    registry = Registry([*BUILT_IN, WAREHOUSE])
+    registry = Registry([*load_registry().systems, WAREHOUSE])
     spec = registry.catalog.request_spec("warehouse", "reserve_stock")
     assert spec.model is ReserveStock and spec.response_type == "stock_reserved"
     assert registry.catalog.get("stock_reserved").model is StockReserved
@@ -188,15 +187,15 @@ def test_the_registry_derives_catalog_topology_targets_and_routing() -> None:
 
 def test_declarations_that_do_not_fit_are_refused_at_start_up() -> None:
     with pytest.raises(RegistryError, match="declared twice"):
-        Registry([*BUILT_IN, WAREHOUSE, WAREHOUSE])
+        Registry([*load_registry().systems, WAREHOUSE, WAREHOUSE])
     asks_nobody = System(code="erp2", title="x", handlers=lambda _: {}, asks=("ship_it",))
     with pytest.raises(RegistryError, match="no registered system answers"):
-        Registry([*BUILT_IN, asks_nobody])
-    registry = Registry([*BUILT_IN, WAREHOUSE])
+        Registry([*load_registry().systems, asks_nobody])
+    registry = Registry([*load_registry().systems, WAREHOUSE])
     with pytest.raises(RegistryError, match="missing reserve_stock"):
         registry.check_handlers(WAREHOUSE, {})
     # forgetting the 1C side's reply handler is caught at start-up, not by a dead letter at run time
-    before = {t: warehouse_handlers for t in Registry(BUILT_IN).routed_to(registry.origin)}
+    before = {t: warehouse_handlers for t in Registry(load_registry().systems).routed_to(registry.origin)}
     with pytest.raises(RegistryError, match=r"missing stock_reserved$"):
         registry.check_handlers(registry.origin, before)  # type: ignore[arg-type]
 
@@ -257,7 +256,7 @@ def _versions_of_the_payload(system: EsiSystem) -> None:
 def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> None:
     vhost = Vhost()
     system = EsiSystem(workdir=tmp_path, amqp_url=vhost.url, database_url=f"sqlite:///{tmp_path}/esi.db",
-                       registry=Registry([*BUILT_IN, WAREHOUSE]),
+                       registry=Registry([*load_registry().systems, WAREHOUSE]),
                        extra_env={"ESI_SYSTEMS": SPEC, "PYTHONPATH": str(ROOT)})
     try:
         system.start_all()

@@ -17,9 +17,10 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from esi.bus.connection import Bus
 from esi.bus.consumer import REQUEUE_PAUSE_S, Consumer
+from esi.bus.topology import build_topology
 from esi.errors import TransientError
 from esi.messages import Envelope
-from esi.systems.registry import current
+from esi.systems.registry import load_registry
 from tests.support import Vhost, rabbitmqctl
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ async def _depth(bus: Bus, queue: str) -> int:
 
 
 async def test_publishes_made_while_the_connection_is_down_wait_for_it_and_land(vhost: Vhost) -> None:
-    bus = await Bus.open(vhost.url, topology=current().topology(retry_delays=[1]), name="esi-test-reconnect")
+    bus = await Bus.open(vhost.url, topology=build_topology(load_registry().queues(), retry_delays=[1]), name="esi-test-reconnect")
     try:
         await bus.publisher.publish_raw("", "dms_queue", b"before", headers={})
         # the connection is cut and, its user's access to the vhost withdrawn, cannot come back until it is restored
@@ -68,7 +69,7 @@ async def test_publishes_made_while_the_connection_is_down_wait_for_it_and_land(
 
 
 async def test_after_the_broker_closes_the_channel_the_next_publishes_land(vhost: Vhost) -> None:
-    bus = await Bus.open(vhost.url, topology=current().topology(retry_delays=[1]), name="esi-test-channel-close")
+    bus = await Bus.open(vhost.url, topology=build_topology(load_registry().queues(), retry_delays=[1]), name="esi-test-channel-close")
     try:
         # a publish to an exchange that does not exist: the broker answers by closing the channel (404)
         with pytest.raises(TransientError):
@@ -83,7 +84,7 @@ async def test_after_the_broker_closes_the_channel_the_next_publishes_land(vhost
 
 async def test_a_retry_that_cannot_be_parked_goes_back_to_its_queue_after_a_pause_and_is_never_lost(
         vhost: Vhost) -> None:
-    topology = current().topology(retry_delays=[0.2])
+    topology = build_topology(load_registry().queues(), retry_delays=[0.2])
     queue = topology.queue_for("dms")
     bus = await Bus.open(vhost.url, topology=topology, name="esi-test-park")
     deliveries: list[float] = []
@@ -93,7 +94,7 @@ async def test_a_retry_that_cannot_be_parked_goes_back_to_its_queue_after_a_paus
         raise TransientError("the DMS is down", code="dms_down")
 
     consumer = Consumer(service="dms", queue=queue, channel=bus.consume_channel, publisher=bus.publisher,
-                        catalog=current().catalog, handlers={"create_user": unavailable}, max_attempts=2,
+                        catalog=load_registry().catalog, handlers={"create_user": unavailable}, max_attempts=2,
                         queue_arguments=topology.work_queue_arguments(queue))
     try:
         # the retry ladder's hold queue is gone: parking the failed delivery there is refused (unroutable)

@@ -46,15 +46,15 @@ async def _insert(store: Store, table: Any, rows: list[dict[str, Any]], chunk: i
     """Rows straight into a table, bypassing the API (old requests cannot be made any other way)."""
     for start in range(0, len(rows), chunk):
         part = rows[start:start + chunk]
-        await store.write_alone(lambda conn, part=part: conn.execute(insert(table), part))
+        await store.database.write_alone(lambda conn, part=part: conn.execute(insert(table), part))
 
 
 async def _ids(store: Store, column: Any) -> set[str]:
-    return set(await store._backend.read(lambda conn: list(conn.execute(select(column)).scalars())))
+    return set(await store.database.read(lambda conn: list(conn.execute(select(column)).scalars())))
 
 
 async def _count(store: Store, table: Any) -> int:
-    return int(await store._backend.read(lambda conn: conn.execute(select(func.count()).select_from(table)).scalar()))
+    return int(await store.database.read(lambda conn: conn.execute(select(func.count()).select_from(table)).scalar()))
 
 
 async def test_expired_requests_go_with_their_keys_and_timelines_and_nothing_else(store_url: str) -> None:
@@ -79,7 +79,7 @@ async def test_expired_requests_go_with_their_keys_and_timelines_and_nothing_els
         assert await _ids(store, schema.request_keys.c.request_id) == set(kept)
         assert await _ids(store, schema.events.c.request_id) == set(kept)
         assert await _ids(store, schema.outbox.c.request_id) == set(kept)
-        assert await store.timeline("old-in-progress")  # a request still under way keeps its old hops
+        assert await store.requests.timeline("old-in-progress")  # a request still under way keeps its old hops
         # a second pass finds nothing more
         again = await run_pass(store, retention_s=30 * DAY)
         assert again.requests == 0 and await _count(store, schema.requests) == len(kept)
@@ -134,7 +134,7 @@ async def _seed_expired(store: Store) -> None:
             for start in range(0, len(rows), 10_000):
                 conn.execute(insert(table), rows[start:start + 10_000])
 
-    await store.write_alone(write)
+    await store.database.write_alone(write)
 
 
 async def _post_load(api_url: str, stop: asyncio.Event, latencies: list[tuple[float, float]],

@@ -23,6 +23,7 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.python import asgi as schemathesis_asgi  # noqa: E402
 
 from esi.api.app import ApiDeps, create_app  # noqa: E402
+from esi.systems.registry import load_registry
 from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD, demo_registry  # noqa: E402
 from esi.store import Store  # noqa: E402
 
@@ -62,7 +63,8 @@ class EsiUnderTest:
 
     @staticmethod
     def deps_kwargs(store: Store) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"store": store, "on_accepted": lambda row: None, "max_pdf_bytes": 1024 * 1024,
+        kwargs: dict[str, Any] = {"registry": load_registry(), "store": store, "on_accepted": lambda row: None,
+                                  "max_pdf_bytes": 1024 * 1024,
                                   "dead_letters": None}
         # once the API authenticates its clients (ApiDeps.clients), the demo client has every scope
         if "clients" in {f.name for f in dataclasses.fields(ApiDeps)}:
@@ -103,7 +105,7 @@ def errors_have_the_json_error_shape(ctx: Any, response: Any, case: Any) -> None
 def _operations() -> list[tuple[str, str, GenerationMode]]:
     """(path, method, mode) of every operation but the dead-letter ones (they need a broker); negative cases only
     where there is something to get wrong (parameters or a body)."""
-    app = create_app(ApiDeps(store=None, on_accepted=lambda row: None, max_pdf_bytes=1024))  # type: ignore[arg-type]
+    app = create_app(ApiDeps(registry=load_registry(), store=None, on_accepted=lambda row: None, max_pdf_bytes=1024))  # type: ignore[arg-type]
     cases = []
     for path, methods in sorted(app.openapi()["paths"].items()):
         if path.startswith("/dlq"):

@@ -7,10 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import MetaData, String, insert, inspect, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from esi.api.app import ApiDeps, create_app
+from esi.systems.registry import load_registry
+from esi.systems.crm.tables import MIGRATIONS as CRM_TABLES
+from esi.systems.crm.tables import OrderUpdates
 from esi.store import RequestStatus, Store, schema
 from esi.store.backends import open_backend
 from esi.store.statements import SELECT_REQUEST
@@ -19,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def _accept(store: Store, request_id: str, payload_hash: str = "h1", message_id: str | None = None):
-    return store.accept(request_id=request_id, source="1c", target="dms", message_type="create_user",
+    return store.requests.accept(request_id=request_id, source="1c", target="dms", message_type="create_user",
                         payload_hash=payload_hash, message_id=message_id or f"m-{request_id}-{payload_hash}",
                         routing_key="1c.request.dms.create_user", body=b'{"x": 1}')
 
@@ -31,48 +34,48 @@ async def test_accept_is_idempotent_on_request_id_even_when_concurrent(store_url
         assert {first for _, _, first in results} == {"h1"}
         _, created, first = await _accept(store, "R1", payload_hash="h2")
         assert not created and first == "h1"
-        assert len(await store.outbox_pending()) == 1
+        assert len(await store.outbox.pending()) == 1
 
 
 async def test_outbox_rows_are_published_once_marked_and_the_request_moves_on(store_url: str) -> None:
     async with await Store.open(store_url) as store:
         await _accept(store, "R2")
-        rows = await store.outbox_pending()
+        rows = await store.outbox.pending()
         assert [r.request_id for r in rows] == ["R2"]
-        assert await store.outbox_backlog() == 1
-        await store.outbox_mark_sent(rows)
-        assert await store.outbox_pending() == []
-        assert (await store.get("R2")).status is RequestStatus.IN_PROGRESS
-        await store.record_response("R2", response={"ok": True}, error=None)
-        record = await store.get("R2")
+        assert await store.outbox.backlog() == 1
+        await store.outbox.mark_sent(rows)
+        assert await store.outbox.pending() == []
+        assert (await store.requests.get("R2")).status is RequestStatus.IN_PROGRESS
+        await store.requests.record_response("R2", response={"ok": True}, error=None)
+        record = await store.requests.get("R2")
         assert record.status is RequestStatus.COMPLETED and record.response == {"ok": True}
         # a late retry report never reopens a finished request
-        await store.retrying("R2", attempt=2, error="late")
-        assert (await store.get("R2")).status is RequestStatus.COMPLETED
+        await store.requests.retrying("R2", attempt=2, error="late")
+        assert (await store.requests.get("R2")).status is RequestStatus.COMPLETED
 
 
 async def test_inbox_remembers_and_retention_forgets(store_url: str) -> None:
     async with await Store.open(store_url) as store:
-        await store.record("dms", "old")
-        await store.record("dms", "old")  # a concurrent duplicate is harmless
-        assert await store.seen("dms", "old")
-        assert not await store.seen("crm", "old")
+        await store.inbox.record("dms", "old")
+        await store.inbox.record("dms", "old")  # a concurrent duplicate is harmless
+        assert await store.inbox.seen("dms", "old")
+        assert not await store.inbox.seen("crm", "old")
         await _accept(store, "R3")
-        await store.outbox_mark_sent(await store.outbox_pending())
+        await store.outbox.mark_sent(await store.outbox.pending())
         future = (datetime.now(UTC) + timedelta(seconds=1)).isoformat(timespec="microseconds")
-        await store.record("dms", "unsent-marker")
+        await store.inbox.record("dms", "unsent-marker")
         await _accept(store, "R4")  # unsent: never pruned
-        inbox, outbox = await store.prune(future)
+        inbox, outbox = await store.inbox.prune(future), await store.outbox.prune_sent(future)
         assert inbox == 2 and outbox == 1
-        assert not await store.seen("dms", "old")
-        assert [r.request_id for r in await store.outbox_pending()] == ["R4"]
+        assert not await store.inbox.seen("dms", "old")
+        assert [r.request_id for r in await store.outbox.pending()] == ["R4"]
 
 
 async def test_migrations_apply_once_even_from_several_openers(store_url: str) -> None:
     stores = await asyncio.gather(*(Store.open(store_url) for _ in range(3)))
     try:
-        versions = await stores[0].applied_migrations()
-        assert sorted(versions) == sorted(schema.MIGRATIONS)  # each once
+        versions = await stores[0].database.applied_migrations()
+        assert sorted(versions) == sorted(schema.MIGRATIONS.versions)  # each once
     finally:
         for store in stores:
             await store.aclose()
@@ -85,6 +88,9 @@ def _version_3_tables() -> MetaData:
         table.to_metadata(tables)
     for column in ("source", "target"):
         tables.tables["esi_requests"].c[column].type = String(8)
+    # where stores of that version recorded their migrations (esi.store.migrations copies them over once)
+    Table("esi_schema_migrations", tables, Column("version", Integer, primary_key=True),
+          Column("applied_at", String(40), nullable=False))
     return tables
 
 
@@ -93,40 +99,41 @@ async def _system_code_lengths(store: Store) -> dict[str, int]:
         columns = {c["name"]: c["type"] for c in inspect(conn).get_columns("esi_requests")}
         return {name: columns[name].length for name in ("source", "target")}
 
-    return await store._backend.read(read)
+    return await store.database.read(read)
 
 
 async def _accept_long_codes(store: Store) -> None:
     """A request between two systems whose codes are longer than the 8 characters of schema version 3."""
-    await store.accept(request_id="LONG1", source="warehouse_eu", target="warehouse", message_type="stock_level",
+    await store.requests.accept(request_id="LONG1", source="warehouse_eu", target="warehouse", message_type="stock_level",
                        payload_hash="h", message_id="m-long-1",
                        routing_key="warehouse_eu.request.warehouse.stock_level", body=b"{}")
-    record = await store.get("LONG1")
+    record = await store.requests.get("LONG1")
     assert record is not None and record.target == "warehouse" and record.status is RequestStatus.ACCEPTED
     r = schema.requests
-    stored = await store._backend.read(
+    stored = await store.database.read(
         lambda conn: conn.execute(select(r.c.source, r.c.target).where(r.c.request_id == "LONG1")).one())
     assert tuple(stored) == ("warehouse_eu", "warehouse")
 
 
 async def test_order_updates_are_claimed_newest_first(store_url: str) -> None:
-    async with await Store.open(store_url) as store:
+    async with await Store.open(store_url, migrations=[CRM_TABLES]) as store:  # the CRM's own table
+        updates = OrderUpdates(store.database)
         t1, t2 = "2026-12-01T10:00:00.000000+00:00", "2026-12-01T11:00:00.000000+00:00"
-        assert (await store.claim_order_update("crm:o1", changed_at=t2, status="Delivered", message_id="m2")).held
-        stale = await store.claim_order_update("crm:o1", changed_at=t1, status="Shipped", message_id="m1")
+        assert (await updates.claim_order_update("crm:o1", changed_at=t2, status="Delivered", message_id="m2")).held
+        stale = await updates.claim_order_update("crm:o1", changed_at=t1, status="Shipped", message_id="m1")
         assert (stale.held, stale.status, stale.changed_at) == (False, "Delivered", t2)
         # a redelivery of the newest holds it again; the same moment from another message is not ordered after it
-        assert (await store.claim_order_update("crm:o1", changed_at=t2, status="Delivered", message_id="m2")).held
-        assert (await store.claim_order_update("crm:o1", changed_at=t2, status="Delivered", message_id="m3")).held
-        newer = await store.claim_order_update("crm:o1", changed_at="2026-12-01T12:00:00.000000+00:00",
+        assert (await updates.claim_order_update("crm:o1", changed_at=t2, status="Delivered", message_id="m2")).held
+        assert (await updates.claim_order_update("crm:o1", changed_at=t2, status="Delivered", message_id="m3")).held
+        newer = await updates.claim_order_update("crm:o1", changed_at="2026-12-01T12:00:00.000000+00:00",
                                                status="Closed", message_id="m4")
-        assert newer.held and (await store.order_update("crm:o1")).status == "Closed"  # type: ignore[union-attr]
-        assert await store.order_update("crm:other") is None
+        assert newer.held and (await updates.order_update("crm:o1")).status == "Closed"  # type: ignore[union-attr]
+        assert await updates.order_update("crm:other") is None
         # many first claims of one order at once: exactly one row, and the newest wins
         times = [f"2026-12-01T09:00:{i:02d}.000000+00:00" for i in range(10)]
-        await asyncio.gather(*(store.claim_order_update("crm:o2", changed_at=t, status=f"S{i}", message_id=f"n{i}")
+        await asyncio.gather(*(updates.claim_order_update("crm:o2", changed_at=t, status=f"S{i}", message_id=f"n{i}")
                                for i, t in enumerate(times)))
-        assert (await store.order_update("crm:o2")).changed_at == times[-1]  # type: ignore[union-attr]
+        assert (await updates.order_update("crm:o2")).changed_at == times[-1]  # type: ignore[union-attr]
 
 
 async def test_a_system_code_longer_than_8_characters_is_stored_and_read_back(store_url: str) -> None:
@@ -158,19 +165,19 @@ async def test_a_store_created_by_schema_version_3_is_migrated_to_wider_system_c
         await backend.aclose()
 
     async with await Store.open(store_url) as store:
-        assert await store.applied_migrations() == sorted(schema.MIGRATIONS)
-        assert max(schema.MIGRATIONS) >= 4
-        if not store.is_sqlite:  # SQLite ignores VARCHAR lengths: its declaration stays, its values are not cut
+        assert await store.database.applied_migrations() == sorted(schema.MIGRATIONS.versions)
+        assert max(schema.MIGRATIONS.versions) >= 4
+        if not store.database.is_sqlite:  # SQLite ignores VARCHAR lengths: its declaration stays, its values are not cut
             assert await _system_code_lengths(store) == {"source": 32, "target": 32}
         await _accept_long_codes(store)
     async with await Store.open(store_url) as store:  # opened again: nothing left to migrate, nothing lost
-        assert await store.applied_migrations() == sorted(schema.MIGRATIONS)
-        assert (await store.get("LONG1")).target == "warehouse"
+        assert await store.database.applied_migrations() == sorted(schema.MIGRATIONS.versions)
+        assert (await store.requests.get("LONG1")).target == "warehouse"
 
 
 async def test_api_answers_503_with_retry_after_when_the_backlog_is_full(tmp_path) -> None:
     async with await Store.open(f"sqlite:///{tmp_path}/b.db") as store:
-        app = create_app(ApiDeps(store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, max_backlog=3))
+        app = create_app(ApiDeps(registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, max_backlog=3))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://esi") as client:
             codes = []
@@ -183,7 +190,7 @@ async def test_api_answers_503_with_retry_after_when_the_backlog_is_full(tmp_pat
                 await asyncio.sleep(0.6)  # let the cached backlog count refresh (its TTL is 0.5 s)
         assert codes[:3] == [202, 202, 202]
         assert codes[3:] == [503, 503, 503]
-        assert await store.outbox_backlog() == 3
+        assert await store.outbox.backlog() == 3
 
 
 async def test_a_waiter_wakes_at_once_here_and_by_rereading_for_another_process(store_url: str) -> None:
@@ -192,43 +199,43 @@ async def test_a_waiter_wakes_at_once_here_and_by_rereading_for_another_process(
         await _accept(here, "W2")
         # settled by this store: woken at once, long before its 30 s re-read
         first_reads = []
-        waiter = asyncio.create_task(here.wait_settled("W1", 10, recheck=30, check=first_reads.append))
+        waiter = asyncio.create_task(here.requests.wait_settled("W1", 10, recheck=30, check=first_reads.append))
         async with asyncio.timeout(5):
             while not first_reads:  # registered and read: the request as it stood then
                 await asyncio.sleep(0.005)
         # meanwhile another process (an adapter) retried it: the answer must not be built from that first read
-        await elsewhere.retrying("W1", attempt=2, error="TransientError: DMS down")
-        await here.record_response("W1", response={"ok": 1}, error=None)
+        await elsewhere.requests.retrying("W1", attempt=2, error="TransientError: DMS down")
+        await here.requests.record_response("W1", response={"ok": 1}, error=None)
         record = await asyncio.wait_for(waiter, 5)
         assert record.status is RequestStatus.COMPLETED and record.response == {"ok": 1}
         assert record.attempts == 2 and record.last_error == "TransientError: DMS down"
-        assert record == await here.get("W1")
-        assert here.settlements.waiting == 0
+        assert record == await here.requests.get("W1")
+        assert here.requests.settlements.waiting == 0
         # settled by another store (another process): seen by the periodic re-read
-        waiter = asyncio.create_task(here.wait_settled("W2", 10, recheck=0.05))
-        await elsewhere.dead_lettered("W2", error="boom", queue="dms_dead_letter_queue")
+        waiter = asyncio.create_task(here.requests.wait_settled("W2", 10, recheck=0.05))
+        await elsewhere.requests.dead_lettered("W2", error="boom", queue="dms_dead_letter_queue")
         record = await asyncio.wait_for(waiter, 5)
         assert record.status is RequestStatus.DEAD_LETTERED
         # nothing settles it: the wait ends with the state as it stands
         await _accept(here, "W3")
         loop = asyncio.get_running_loop()
         started = loop.time()
-        record = await here.wait_settled("W3", 0.2, recheck=0.05)
+        record = await here.requests.wait_settled("W3", 0.2, recheck=0.05)
         assert record.status is RequestStatus.ACCEPTED and loop.time() - started >= 0.2
-        assert await here.wait_settled("nobody", 1) is None
+        assert await here.requests.wait_settled("nobody", 1) is None
 
 
 async def test_closing_the_settlements_answers_every_waiter_at_once(store_url: str) -> None:
     async with await Store.open(store_url) as store:
         await _accept(store, "C1")
-        waiters = [asyncio.create_task(store.wait_settled("C1", 30, recheck=30)) for _ in range(3)]
+        waiters = [asyncio.create_task(store.requests.wait_settled("C1", 30, recheck=30)) for _ in range(3)]
         async with asyncio.timeout(5):
-            while store.settlements.waiting < 3:  # all three are waiting
+            while store.requests.settlements.waiting < 3:  # all three are waiting
                 await asyncio.sleep(0.005)
-        store.settlements.close()  # what the API does at shutdown
+        store.requests.settlements.close()  # what the API does at shutdown
         records = await asyncio.wait_for(asyncio.gather(*waiters), 5)
         assert [r.status for r in records] == [RequestStatus.ACCEPTED] * 3
-        assert (await asyncio.wait_for(store.wait_settled("C1", 30), 5)).status is RequestStatus.ACCEPTED
+        assert (await asyncio.wait_for(store.requests.wait_settled("C1", 30), 5)).status is RequestStatus.ACCEPTED
 
 
 async def test_many_waiters_are_rechecked_by_one_lookup_per_interval(store_url: str) -> None:
@@ -236,28 +243,28 @@ async def test_many_waiters_are_rechecked_by_one_lookup_per_interval(store_url: 
         ids = [f"M{i}" for i in range(200)]
         await asyncio.gather(*(_accept(here, rid) for rid in ids))
         lookups: list[int] = []
-        lookup = here.settlements._lookup
+        lookup = here.requests.settlements._lookup
         assert lookup is not None
 
         async def counting(batch: list[str]) -> list[str]:
             lookups.append(len(batch))
             return await lookup(batch)
 
-        here.settlements._lookup = counting
+        here.requests.settlements._lookup = counting
         asked: list[float] = []
-        recheck_every = here.settlements.recheck_every
+        recheck_every = here.requests.settlements.recheck_every
 
         def counting_recheck(interval: float) -> None:  # a waiter calls it once it has read the request
             asked.append(interval)
             recheck_every(interval)
 
-        here.settlements.recheck_every = counting_recheck  # type: ignore[method-assign]
-        waiters = [asyncio.create_task(here.wait_settled(rid, 20, recheck=0.1)) for rid in ids]
+        here.requests.settlements.recheck_every = counting_recheck  # type: ignore[method-assign]
+        waiters = [asyncio.create_task(here.requests.wait_settled(rid, 20, recheck=0.1)) for rid in ids]
         async with asyncio.timeout(5):
             while len(asked) < len(ids):  # every waiter has read its request (accepted) and waits
                 await asyncio.sleep(0.005)
         # settled by another process: only the lookups can tell the waiters
-        await asyncio.gather(*(elsewhere.record_response(rid, response={"n": 1}, error=None) for rid in ids))
+        await asyncio.gather(*(elsewhere.requests.record_response(rid, response={"n": 1}, error=None) for rid in ids))
         records = await asyncio.wait_for(asyncio.gather(*waiters), 10)
         assert all(r.status is RequestStatus.COMPLETED for r in records)
         assert 1 <= len(lookups) <= 20, lookups  # a read per waiter and interval would be 200 or more
@@ -267,7 +274,7 @@ async def test_many_waiters_are_rechecked_by_one_lookup_per_interval(store_url: 
 async def test_reads_of_one_turn_run_together_and_fail_alone(tmp_path) -> None:
     async with await Store.open(f"sqlite:///{tmp_path}/reads.db") as store:
         await asyncio.gather(*(_accept(store, f"RD{i}") for i in range(150)))
-        backend = store._backend
+        backend = store.database._backend
         jobs = []
         submit = backend._readers.submit
 
@@ -296,8 +303,8 @@ async def test_point_reads_run_on_the_loop_and_fall_back_to_the_readers(tmp_path
     connection cannot read, the reader threads answer the same."""
     async with await Store.open(f"sqlite:///{tmp_path}/points.db") as store:
         await _accept(store, "PT1")
-        await store.record("dms", "M1")
-        backend = store._backend
+        await store.inbox.record("dms", "M1")
+        backend = store.database._backend
         jobs: list[int] = []
         submit = backend._readers.submit
 
@@ -306,49 +313,49 @@ async def test_point_reads_run_on_the_loop_and_fall_back_to_the_readers(tmp_path
             return submit(fn, *args)
 
         backend._readers.submit = counting
-        assert (await store.get("PT1")).request_id == "PT1" and await store.get("nope") is None
-        assert await store.seen("dms", "M1") is True and await store.seen("dms", "M2") is False
+        assert (await store.requests.get("PT1")).request_id == "PT1" and await store.requests.get("nope") is None
+        assert await store.inbox.seen("dms", "M1") is True and await store.inbox.seen("dms", "M2") is False
         assert jobs == []  # none of them went to a thread
-        await store.record("dms", "M2")  # a commit of the writer thread is seen at once
-        assert await store.seen("dms", "M2") is True
+        await store.inbox.record("dms", "M2")  # a commit of the writer thread is seen at once
+        assert await store.inbox.seen("dms", "M2") is True
 
         backend._point.close()
         backend._point, backend._path = None, str(tmp_path)  # a directory: the point connection cannot open
-        assert (await store.get("PT1")).request_id == "PT1"
-        assert await store.seen("dms", "M1") is True and await store.seen("dms", "M3") is False
+        assert (await store.requests.get("PT1")).request_id == "PT1"
+        assert await store.inbox.seen("dms", "M1") is True and await store.inbox.seen("dms", "M3") is False
         assert jobs == [1, 1, 1]
 
 
 async def test_a_pause_holds_until_resumed_or_until_it_runs_out(store_url: str) -> None:
     async with await Store.open(store_url) as store:
-        assert await store.system_pauses() == {}
+        assert await store.pauses.system_pauses() == {}
         later = (datetime.now(UTC) + timedelta(hours=2)).isoformat(timespec="microseconds")
-        await store.pause_system("crm", until=None, reason="Creatio upgrade", paused_by="ops")
-        await store.pause_system("dms", until=later, reason=None, paused_by="ops")
-        pauses = await store.system_pauses()
+        await store.pauses.pause_system("crm", until=None, reason="Creatio upgrade", paused_by="ops")
+        await store.pauses.pause_system("dms", until=later, reason=None, paused_by="ops")
+        pauses = await store.pauses.system_pauses()
         assert set(pauses) == {"crm", "dms"}
         assert pauses["crm"].reason == "Creatio upgrade" and pauses["crm"].until is None
         assert pauses["dms"].until == later and pauses["dms"].paused_by == "ops"
         # two hours on, the DMS pause has lifted itself; the open-ended one holds
         in_three_hours = (datetime.now(UTC) + timedelta(hours=3)).isoformat(timespec="microseconds")
-        assert set(await store.system_pauses(now=in_three_hours)) == {"crm"}
+        assert set(await store.pauses.system_pauses(now=in_three_hours)) == {"crm"}
         # pausing again replaces the pause
-        await store.pause_system("crm", until=later, reason="moved", paused_by="ops2")
-        assert (await store.system_pauses())["crm"].reason == "moved"
-        assert await store.resume_system("crm") is True
-        assert await store.resume_system("crm") is False
-        assert set(await store.system_pauses()) == {"dms"}
+        await store.pauses.pause_system("crm", until=later, reason="moved", paused_by="ops2")
+        assert (await store.pauses.system_pauses())["crm"].reason == "moved"
+        assert await store.pauses.resume_system("crm") is True
+        assert await store.pauses.resume_system("crm") is False
+        assert set(await store.pauses.system_pauses()) == {"dms"}
 
 
 async def test_the_audit_log_keeps_who_did_what_newest_first(store_url: str) -> None:
     async with await Store.open(store_url) as store:
-        await store.audit("dlq.replay", client_id="ops", subject="dms_dead_letter_queue", count=3,
+        await store.audit.record("dlq.replay", client_id="ops", subject="dms_dead_letter_queue", count=3,
                           detail={"ids": ["a", "b", "c"]})
-        await store.audit("system.pause", client_id="anna", subject="crm", detail={"reason": "upgrade"})
-        entries = await store.audit_log()
+        await store.audit.record("system.pause", client_id="anna", subject="crm", detail={"reason": "upgrade"})
+        entries = await store.audit.entries()
         assert [(e.action, e.client_id, e.subject, e.count) for e in entries] == [
             ("system.pause", "anna", "crm", None), ("dlq.replay", "ops", "dms_dead_letter_queue", 3)]
         assert entries[1].detail == {"ids": ["a", "b", "c"]} and entries[0].at >= entries[1].at
-        assert [e.action for e in await store.audit_log(action="dlq.replay")] == ["dlq.replay"]
-        assert [e.client_id for e in await store.audit_log(client_id="anna")] == ["anna"]
-        assert await store.audit_log(since=(datetime.now(UTC) + timedelta(minutes=1)).isoformat()) == []
+        assert [e.action for e in await store.audit.entries(action="dlq.replay")] == ["dlq.replay"]
+        assert [e.client_id for e in await store.audit.entries(client_id="anna")] == ["anna"]
+        assert await store.audit.entries(since=(datetime.now(UTC) + timedelta(minutes=1)).isoformat()) == []

@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from esi.bus.connection import BrokerUnavailable, Bus
+from esi.bus.topology import build_topology
 from esi.messages import Envelope, Kind
 from esi.security.tls import amqp_ssl_context, amqp_ssl_context_for_url, http_verify, uvicorn_ssl_kwargs
-from esi.systems.registry import current
+from esi.systems.registry import load_registry
 from tests.support import free_port
 
 pytestmark = pytest.mark.integration
@@ -294,7 +295,7 @@ async def _publish_once(bus: Bus) -> None:
 
 async def test_bus_opens_over_amqps_with_the_ca_and_publishes(tls_node: TlsNode) -> None:
     context = amqp_ssl_context(ca_file=str(tls_node.pki.ca))
-    bus = await asyncio.wait_for(Bus.open(tls_node.url(), topology=current().topology(), ssl_context=context), 20)
+    bus = await asyncio.wait_for(Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()), ssl_context=context), 20)
     try:
         assert bus.connected
         await _publish_once(bus)
@@ -309,7 +310,7 @@ async def test_bus_opens_over_amqps_with_the_ca_and_publishes(tls_node: TlsNode)
 async def test_a_client_certificate_is_presented_to_the_broker(tls_node: TlsNode) -> None:
     context = amqp_ssl_context(ca_file=str(tls_node.pki.ca), cert_file=str(tls_node.pki.client_cert),
                                key_file=str(tls_node.pki.client_key))
-    bus = await asyncio.wait_for(Bus.open(tls_node.url(), topology=current().topology(), ssl_context=context,
+    bus = await asyncio.wait_for(Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()), ssl_context=context,
                                           name="esi-with-client-cert"), 20)
     try:
         await _publish_once(bus)
@@ -327,13 +328,13 @@ async def test_a_client_certificate_is_presented_to_the_broker(tls_node: TlsNode
 async def test_a_broker_signed_by_another_ca_is_refused(tls_node: TlsNode) -> None:
     context = amqp_ssl_context(ca_file=str(tls_node.pki.other_ca))
     with pytest.raises(BrokerUnavailable) as caught:
-        await asyncio.wait_for(Bus.open(tls_node.url(), topology=current().topology(), ssl_context=context), 20)
+        await asyncio.wait_for(Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()), ssl_context=context), 20)
     assert "certificate verify failed" in str(caught.value)
 
 
 async def test_the_system_trust_store_does_not_trust_a_private_ca(tls_node: TlsNode) -> None:
     with pytest.raises(BrokerUnavailable):
-        await asyncio.wait_for(Bus.open(tls_node.url(), topology=current().topology(),
+        await asyncio.wait_for(Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()),
                                         ssl_context=amqp_ssl_context(ca_file=None)), 20)
 
 
@@ -341,7 +342,7 @@ async def test_a_url_with_no_verify_ssl_is_refused_rather_than_obeyed(tls_node: 
     with pytest.raises(ValueError, match="no_verify_ssl"):
         amqp_ssl_context_for_url(tls_node.url() + "?no_verify_ssl=1", ca_file=str(tls_node.pki.ca))
     context = amqp_ssl_context_for_url(tls_node.url(), ca_file=str(tls_node.pki.ca))
-    bus = await asyncio.wait_for(Bus.open(tls_node.url(), topology=current().topology(), ssl_context=context), 20)
+    bus = await asyncio.wait_for(Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()), ssl_context=context), 20)
     await bus.aclose()
 
 

@@ -7,8 +7,8 @@ import aio_pika
 import pytest
 
 from esi.bus.connection import Bus
-from esi.bus.topology import GROUP_SIZE_ARGUMENT, QueueMismatch
-from esi.systems.registry import current
+from esi.bus.topology import GROUP_SIZE_ARGUMENT, QueueMismatch, build_topology
+from esi.systems.registry import load_registry
 from tests.support import Vhost
 
 pytestmark = pytest.mark.integration
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 async def test_declaring_twice_is_harmless(vhost: Vhost) -> None:
     for _ in range(2):
-        bus = await Bus.open(vhost.url, topology=current().topology())
+        bus = await Bus.open(vhost.url, topology=build_topology(load_registry().queues()))
         await bus.aclose()
 
 
@@ -26,11 +26,11 @@ async def test_a_classic_dead_letter_queue_of_an_earlier_version_is_a_clear_erro
     await channel.declare_queue("dms_dead_letter_queue", durable=True, arguments={"x-queue-type": "classic"})
     await connection.close()
     with pytest.raises(QueueMismatch, match=r"dms_dead_letter_queue.*Migrating queues to quorum"):
-        await Bus.open(vhost.url, topology=current().topology())
+        await Bus.open(vhost.url, topology=build_topology(load_registry().queues()))
 
 
 async def test_a_work_queue_created_without_the_group_size_is_used_as_it_is(vhost: Vhost) -> None:
-    topology = current().topology()
+    topology = build_topology(load_registry().queues())
     work = topology.queue_for("dms")
     earlier = {k: v for k, v in topology.work_queue_arguments(work).items() if k != GROUP_SIZE_ARGUMENT}
     connection = await aio_pika.connect(vhost.url)
@@ -48,7 +48,7 @@ async def test_a_work_queue_created_without_the_group_size_is_used_as_it_is(vhos
 
 
 async def test_a_work_queue_differing_in_more_than_the_group_size_is_refused(vhost: Vhost) -> None:
-    topology = current().topology()
+    topology = build_topology(load_registry().queues())
     work = topology.queue_for("crm")
     earlier = {k: v for k, v in topology.work_queue_arguments(work).items() if k != GROUP_SIZE_ARGUMENT}
     connection = await aio_pika.connect(vhost.url)

@@ -266,12 +266,12 @@ async def test_the_outbox_keeps_a_request_trace_context(tmp_path: Path) -> None:
     store = await Store.open(f"sqlite:///{tmp_path}/esi.db")
     try:
         carrier = '{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'
-        await store.accept(request_id="R1", source="1c", target="dms", message_type="create_user",
+        await store.requests.accept(request_id="R1", source="1c", target="dms", message_type="create_user",
                            payload_hash="h", message_id="M1", routing_key="1c.request.dms.create_user", body=b"{}",
                            trace_context=carrier)
-        await store.accept(request_id="R2", source="1c", target="dms", message_type="create_user",
+        await store.requests.accept(request_id="R2", source="1c", target="dms", message_type="create_user",
                            payload_hash="h", message_id="M2", routing_key="1c.request.dms.create_user", body=b"{}")
-        assert [(r.message_id, r.trace_context) for r in await store.outbox_pending()] == [("M1", carrier),
+        assert [(r.message_id, r.trace_context) for r in await store.outbox.pending()] == [("M1", carrier),
                                                                                            ("M2", None)]
     finally:
         await store.aclose()

@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI
 
 from esi.api.auth import principal_dependency
 from esi.api.errors import ApiError, install_error_handlers
+from esi.systems.registry import load_registry
 from esi.security import (
     DEMO_CLIENT_ID,
     DEMO_PASSWORD,
@@ -30,7 +31,7 @@ from esi.security import (
     generate_api_key,
     hash_secret,
     is_demo_registry,
-    load_registry,
+    load_clients,
     make_client_entry,
     require_operator,
     require_read,
@@ -255,8 +256,8 @@ def test_a_client_reads_only_the_requests_it_sent() -> None:
 def test_unknown_or_malformed_scopes_are_refused_when_loading(scope: Any, problem: str) -> None:
     entry = make_client_entry("erp", password="p", hasher=FAST)
     entry["send"] = [scope]
-    with pytest.raises(ClientsConfigError, match=problem):
-        ClientRegistry.from_json(json.dumps([entry]))
+    with pytest.raises(ClientsConfigError, match=problem):  # checked against the catalog it is given (start-up's)
+        ClientRegistry.from_json(json.dumps([entry]), catalog=load_registry().catalog)
 
 
 # --- the clients file: hashes only ----------------------------------------------------------------------------------
@@ -384,18 +385,18 @@ def test_demo_credentials_are_detected_and_refused_in_production(tmp_path: Path)
     named = ClientRegistry.from_json(json.dumps([make_client_entry("demo", password="long-unguessable", hasher=FAST)]))
     assert is_demo_registry(named)
 
-    assert load_registry(production=False).demo
+    assert load_clients(production=False).demo
     with pytest.raises(ClientsConfigError, match="production needs"):
-        load_registry(production=True)
+        load_clients(production=True)
     with pytest.raises(ClientsConfigError, match="refuses demo credentials"):
-        load_registry(production=True,
+        load_clients(production=True,
                       clients_json=json.dumps([make_client_entry("erp", password="demo", hasher=FAST)]))
     path = tmp_path / "clients.json"
     path.write_text(json.dumps(entries()))
-    assert load_registry(production=True, clients_file=str(path)).client_ids == ["1c-erp", "ops"]
-    assert load_registry(production=True, clients_json=json.dumps(entries())).client_ids == ["1c-erp", "ops"]
+    assert load_clients(production=True, clients_file=str(path)).client_ids == ["1c-erp", "ops"]
+    assert load_clients(production=True, clients_json=json.dumps(entries())).client_ids == ["1c-erp", "ops"]
     with pytest.raises(ClientsConfigError, match="not both"):
-        load_registry(production=False, clients_file=str(path), clients_json="[]")
+        load_clients(production=False, clients_file=str(path), clients_json="[]")
 
 
 # --- the verification cache -----------------------------------------------------------------------------------------

@@ -14,12 +14,13 @@ import httpx
 import pytest
 
 from esi.api.app import ApiDeps, create_app
+from esi.console import console_router
 from esi.console.csrf import COOKIE, FIELD, CsrfTokens
 from esi.console.masking import mask
 from esi.console.views import minute_chart, sequence
 from esi.security import ClientRegistry, make_client_entry
 from esi.store import Store
-from esi.systems.registry import current
+from esi.systems.registry import load_registry
 
 CLIENTS = [
     make_client_entry("erp", password="erp-pw", send=["*"], read=True),
@@ -39,9 +40,11 @@ async def _readiness() -> tuple[bool, dict[str, Any]]:
 @pytest.fixture
 async def console(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     async with await Store.open(f"sqlite:///{tmp_path}/console.db") as store:
-        app = create_app(ApiDeps(store=store, on_accepted=lambda row: None, max_pdf_bytes=1024,
-                                 clients=ClientRegistry.from_json(json.dumps({"clients": CLIENTS})),
-                                 console_secret=b"k" * 32, readiness=_readiness))
+        deps = ApiDeps(registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024,
+                       clients=ClientRegistry.from_json(json.dumps({"clients": CLIENTS})),
+                       console_secret=b"k" * 32, readiness=_readiness)
+        app = create_app(deps)
+        app.include_pages(console_router, deps)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://esi") as client:
             yield client
 
@@ -170,7 +173,7 @@ def test_the_sequence_puts_each_hop_between_its_lanes() -> None:
         {"at": "2026-11-25T10:00:00.150000+00:00", "event": "completed", "service": "onec",
          "message_type": "user_created"},
     ]
-    diagram = sequence(current(), events)
+    diagram = sequence(load_registry(), events)
     hops = [(s.event, s.source, s.target) for s in diagram.steps]
     assert hops == [("accepted", "ext:1c", "esi:1c"), ("published", "esi:1c", "esi:dms"),
                     ("consumed", "esi:dms", "esi:dms"), ("external_call", "esi:dms", "ext:dms"),

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from esi.api.app import ApiDeps, create_app
 from esi.cli import app as cli
+from esi.bus.topology import build_topology
 from esi.contracts.asyncapi import build_asyncapi, iter_refs, routes, topic_matches
 from esi.contracts.compat import compare, dump, live_contract, load_contract
 from esi.contracts.schemas import ENVELOPE, message_schemas
@@ -28,15 +29,14 @@ from esi.messages.envelope import Envelope, Kind
 from esi.messages.payload import Request
 from esi.security import ClientRegistry, make_client_entry
 from esi.store import Store
-from esi.systems.builtin import BUILT_IN
-from esi.systems.registry import Registry
+from esi.systems.registry import Registry, load_registry
 from esi.systems.spec import Operation, System
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = ROOT / "contracts"
 ASYNCAPI_SCHEMA = ROOT / "tests" / "contracts" / "asyncapi-3.0.0.schema.json"
 ASYNCAPI_SCHEMA_SHA256 = "abe96881dbfaad495ccbb6bd8d3fb43ca18a13b9d7564849ccb66f39d5e5b20f"
-REGISTRY = Registry(BUILT_IN)
+REGISTRY = Registry(load_registry().systems)
 DOCUMENT = build_asyncapi(REGISTRY)
 PDF = base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()
 POLICY = {"policy_number": "POL-1", "holder_name": "Иван Петров", "status": "active", "start_date": "2026-01-01",
@@ -122,7 +122,7 @@ def test_channels_are_the_routing_keys_each_system_publishes() -> None:
 
 
 def test_each_routing_key_is_received_from_the_queue_its_binding_routes_it_to() -> None:
-    topology = REGISTRY.topology()
+    topology = build_topology(REGISTRY.queues())
     for route in routes(REGISTRY, topology):
         receiver = route.key.target
         queue = topology.queue_for(receiver)
@@ -166,7 +166,7 @@ STOCK = System(code="stock", title="Warehouse stock", handlers=lambda context: {
 
 
 def test_a_new_system_adds_its_channels_and_messages_compatibly() -> None:
-    registry = Registry((*BUILT_IN, STOCK))
+    registry = Registry((*load_registry().systems, STOCK))
     document = build_asyncapi(registry)
     validator = jsonschema.Draft7Validator(json.loads(ASYNCAPI_SCHEMA.read_text(encoding="utf-8")))
     assert list(validator.iter_errors(document)) == []
@@ -203,7 +203,7 @@ class CreateUserV2WithoutUpcast(Request):
 
 
 def _with_create_user(model: type[BaseModel]) -> Registry:
-    registry = Registry(BUILT_IN)
+    registry = Registry(load_registry().systems)
     registry.catalog = Catalog([
         MessageSpec(s.message_type, s.kind, model, handled_by=s.handled_by, response_type=s.response_type,
                     upload=s.upload)

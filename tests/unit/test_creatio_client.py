@@ -16,7 +16,8 @@ import pytest
 from fastapi import FastAPI
 
 from esi.errors import BusinessError, NotFound, PermanentError, SessionExpired, TransientError
-from esi.fakes.creatio import (
+from esi.systems.crm.client import AttachedFile, CreatioClient, CreatioOrder, odata_string
+from esi.systems.crm.fake import (
     EMPTY_GUID,
     ORDER_0001_ID,
     ORDER_0002_ID,
@@ -25,7 +26,6 @@ from esi.fakes.creatio import (
     STATUS_SHIPPED_ID,
     create_app,
 )
-from esi.systems.crm.client import AttachedFile, CreatioClient, CreatioOrder, odata_string
 from tests.support import serve_in_thread as serve
 
 PASSWORD = "Pa55-'secret'-Пароль"

@@ -47,7 +47,7 @@ from esi.bus.headers import (
     H_ORIGINAL_EXCHANGE,
     H_ORIGINAL_ROUTING_KEY,
 )
-from esi.bus.topology import RetryStep
+from esi.bus.topology import RetryStep, build_topology
 from esi.errors import (
     BusinessError,
     CircuitOpen,
@@ -59,7 +59,7 @@ from esi.errors import (
     TransientError,
 )
 from esi.messages import Envelope
-from esi.systems.registry import current
+from esi.systems.registry import load_registry
 
 NOW = datetime(2025, 3, 1, 10, 0, 0, 123456, tzinfo=UTC)
 NOW_ISO = "2025-03-01T10:00:00.123+00:00"
@@ -224,7 +224,7 @@ def test_each_attempt_waits_on_its_own_step_and_beyond_the_ladder_on_the_last(sh
 
 
 def test_the_ladder_is_the_topology_s_own() -> None:
-    work = current().topology(retry_delays=[0.5, 2, 60]).queue_for("dms")
+    work = build_topology(load_registry().queues(), retry_delays=[0.5, 2, 60]).queue_for("dms")
     policy = RetryPolicy(5, work.retry_steps)
     for attempt in range(1, 5):
         decision = decide(TransientError("down"), attempt, policy, adapter="dms", headers={}, exchange="main_exchange",
@@ -409,9 +409,9 @@ class _FakePublisher:
 
 
 def _consumer(handler: Any, publisher: _FakePublisher, *, max_attempts: int = 3) -> tuple[Consumer, list[Any]]:
-    work = current().topology(retry_delays=[1, 5]).queue_for("dms")
+    work = build_topology(load_registry().queues(), retry_delays=[1, 5]).queue_for("dms")
     consumer = Consumer(service="dms", queue=work, channel=None, publisher=publisher,  # type: ignore[arg-type]
-                        catalog=current().catalog, handlers={"create_user": handler}, max_attempts=max_attempts)
+                        catalog=load_registry().catalog, handlers={"create_user": handler}, max_attempts=max_attempts)
     acked: list[Any] = []
 
     async def ack(message: Any) -> None:

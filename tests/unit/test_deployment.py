@@ -33,9 +33,9 @@ import pytest
 import yaml
 
 from esi import runtime, tracing
-from esi.bus.topology import Topology
+from esi.bus.topology import Topology, build_topology
 from esi.config import Settings
-from esi.systems.registry import current
+from esi.systems.registry import load_registry
 from esi.systems.spec import SystemSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ DEFINITIONS_FILE = RABBITMQ_DIR / "definitions.json"
 COMPOSE_SCHEMA = Path(__file__).with_name("compose-spec.json")
 COMPOSE_SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"
 
-REGISTRY = current()
+REGISTRY = load_registry()
 ADAPTERS = REGISTRY.services  # onec, dms, crm: they consume the broker and use the store
 FAKES = tuple(REGISTRY.fakes)  # fake-creatio, fake-dms: demo only
 SERVICES = (*ADAPTERS, *FAKES)
@@ -402,12 +402,12 @@ def test_every_esi_service_has_the_image_healthcheck_on_its_own_port() -> None:
 
 async def test_health_urls_are_served() -> None:
     """The paths the compose healthchecks probe are served: the adapters' health port, and the fakes' own paths."""
-    from esi.api.ops import create_ops_app
+    from esi.api.health import create_health_app
 
     services = esi_services(load_compose())
     apps = [(name, system.fake.app(system.settings.model_construct()))  # type: ignore[union-attr]
             for name, system in REGISTRY.fakes.items()]
-    apps += [(name, create_ops_app(None)) for name in SCALED_ADAPTERS]
+    apps += [(name, create_health_app(None)) for name in SCALED_ADAPTERS]
     for name, app in apps:
         path = urlsplit(environment(services[name])["ESI_HEALTH_URL"]).path
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fake") as client:
@@ -596,8 +596,8 @@ def test_definitions_comparison_notices_a_change() -> None:
     topology = default_topology()
     expected = expected_definitions(topology)
     assert definitions_differences(copy.deepcopy(expected), expected) == []
-    assert definitions_differences(expected_definitions(REGISTRY.topology(
-        retry_delays=Settings.model_construct().retry_delays, delivery_limit=topology.delivery_limit + 1,
+    assert definitions_differences(expected_definitions(build_topology(
+        REGISTRY.queues(), retry_delays=Settings.model_construct().retry_delays, delivery_limit=topology.delivery_limit + 1,
         max_length=topology.max_length)), expected)
     retyped = copy.deepcopy(expected)
     ttl_queue = next(q for q in retyped["queues"] if "x-message-ttl" in q["arguments"])

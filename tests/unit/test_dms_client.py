@@ -20,8 +20,8 @@ import pytest
 from fastapi import FastAPI
 
 from esi.errors import BusinessError, NotFound, PermanentError, TransientError
-from esi.fakes.dms import REFUSED_EMAIL_DOMAIN, FakeDms, create_app
 from esi.systems.dms.client import DmsClient, DmsPolicy, DmsUser
+from esi.systems.dms.fake import REFUSED_EMAIL_DOMAIN, FakeDms, create_app
 from esi.systems.http import fast_transport
 from tests.support import serve_in_thread
 

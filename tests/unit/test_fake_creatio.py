@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from esi.fakes.creatio import (
+from esi.systems.crm.fake import (
     EMPTY_GUID,
     FILE_TYPE_ID,
     ORDER_0001_ID,

@@ -21,10 +21,10 @@ from esi.api.ingress import Accepted, build_request, prefer_wait
 from esi.errors import InvalidMessage
 from esi.messages import Envelope, ErrorInfo, Kind, RoutingKey, decode_envelope
 from esi.messages.envelope import ID_PATTERN
-from esi.systems.registry import current
+from esi.systems.registry import load_registry
 
-CATALOG = current().catalog
-SYSTEMS = current().codes
+CATALOG = load_registry().catalog
+SYSTEMS = load_registry().codes
 #: the grammar of a system code: which systems exist is the registry's business, not the routing key's
 SYSTEM_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,31}")
 
@@ -277,7 +277,7 @@ def api_requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
 def test_build_request_accepts_catalog_requests_or_answers_4xx(request: tuple[str, str, dict[str, Any]]) -> None:
     target, message_type, body = request
     try:
-        accepted = build_request(target, message_type, dict(body), max_pdf_bytes=1024)
+        accepted = build_request(target, message_type, dict(body), max_pdf_bytes=1024, catalog=CATALOG, source="1c")
     except ApiError as exc:
         assert 400 <= exc.status < 500, (exc.status, exc.code, exc.message)
         assert exc.code and exc.message
@@ -291,7 +291,7 @@ def test_build_request_accepts_catalog_requests_or_answers_4xx(request: tuple[st
     assert decode_envelope(accepted.envelope.encode()) == accepted.envelope
     assert CATALOG.routing_key(accepted.envelope) == accepted.routing_key
     # the same request built twice hashes the same (what makes a retried POST idempotent)
-    again = build_request(target, message_type, {**body, "request_id": accepted.request_id}, max_pdf_bytes=1024)
+    again = build_request(target, message_type, {**body, "request_id": accepted.request_id}, max_pdf_bytes=1024, catalog=CATALOG, source="1c")
     assert again.payload_hash == accepted.payload_hash
 
 
@@ -304,7 +304,7 @@ def test_a_routing_key_with_a_trailing_newline_is_refused() -> None:
 
 def test_a_request_id_with_a_trailing_newline_is_a_422() -> None:
     with pytest.raises(ApiError) as caught:
-        build_request("dms", "create_user", {**VALID_BODIES["create_user"], "request_id": "R1\n"}, max_pdf_bytes=1024)
+        build_request("dms", "create_user", {**VALID_BODIES["create_user"], "request_id": "R1\n"}, max_pdf_bytes=1024, catalog=CATALOG, source="1c")
     assert caught.value.status == 422
 
 

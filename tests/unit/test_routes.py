@@ -17,19 +17,20 @@ from fastapi.routing import APIRoute
 
 from esi import metrics
 from esi.api.app import ApiDeps, create_app
+from esi.systems.registry import load_registry
 from esi.api.hot import HotPath
-from esi.api.routes import ORIGINAL_SEND_ROUTES, Param, Route, SendRoute
-from esi.messages.crm import UpdateOrderStatus
-from esi.messages.dms import CreateUser, GetPolicyInfo
+from esi.api.routes import Param, Route, SendRoute
 from esi.security import ClientRegistry, Principal, make_client_entry
 from esi.store import Store
+from esi.systems.crm.messages import UpdateOrderStatus
+from esi.systems.dms.messages import CreateUser, GetPolicyInfo
 
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 ERP = ("erp", "erp-pw")
 #: a send route beyond the original two: send routes are data
 POLICY_ROUTE = SendRoute("/send_policy_query", "dms", "get_policy_info", GetPolicyInfo,
                          summary="Ask the DMS for a policy (default message type: get_policy_info)")
-SEND_ROUTES = (*ORIGINAL_SEND_ROUTES, POLICY_ROUTE)
+SEND_ROUTES = (*load_registry().send_routes, POLICY_ROUTE)
 #: a valid body for each send route's default request
 SAMPLES: dict[type, dict[str, Any]] = {
     CreateUser: {"user_id": "U1", "name": "Иван", "email": "ivan@example.com"},
@@ -74,7 +75,7 @@ async def apps(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     async with await Store.open(f"sqlite:///{tmp_path}/hot.db") as hot_store, \
             await Store.open(f"sqlite:///{tmp_path}/plain.db") as plain_store:
         def app(store: Store, hot: bool) -> Any:
-            return create_app(ApiDeps(store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, clients=registry,
+            return create_app(ApiDeps(registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, clients=registry,
                                       max_wait=0.2, wait_recheck=0.05, hot_path=hot, send_routes=SEND_ROUTES))
 
         hot_app = app(hot_store, True)

@@ -9,14 +9,16 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from esi.api.routes.table import Route
+from esi.bus.topology import Topology
 from esi.systems.registry import Registry
 
 __all__ = ["ContractRoutes"]
 
 
 class ContractRoutes:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, topology: Topology | None = None) -> None:
         self._registry = registry
+        self._topology = topology
         self._document: dict[str, Any] | None = None
 
     def routes(self) -> list[Route]:
@@ -28,5 +30,5 @@ class ContractRoutes:
         if self._document is None:  # built once, on first use: the registry does not change while the API runs
             from esi.contracts.asyncapi import build_asyncapi
 
-            self._document = build_asyncapi(self._registry)
+            self._document = build_asyncapi(self._registry, self._topology)
         return JSONResponse(self._document)

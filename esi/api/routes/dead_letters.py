@@ -118,7 +118,7 @@ class DeadLetterRoutes:
     async def _audit(self, principal: Principal, action: str, subject: str | None, count: int,
                      detail: dict[str, Any]) -> None:
         if self._store is not None:
-            await self._store.audit(action, client_id=principal.client_id, subject=subject, count=count,
+            await self._store.audit.record(action, client_id=principal.client_id, subject=subject, count=count,
                                     detail=detail)
 
     def _for(self, principal: Principal) -> DeadLetters:

@@ -1,4 +1,4 @@
-"""Sending requests and reading their outcome: the send routes (`POST /send_to_dms`, ... — `ApiDeps.send_routes`),
+"""Sending requests and reading their outcome: the systems' send routes (`POST /send_to_dms`, ...),
 `POST /requests/{target}/{message_type}`, `GET /requests/{request_id}` (with its long poll), `GET /requests?key=`
 and `GET /requests/{request_id}/timeline`.
 
@@ -22,14 +22,14 @@ from pydantic import BaseModel
 from esi import tracing
 from esi.api.deps import ApiDeps
 from esi.api.ingress import Accepted, build_request, check_file_bytes, parse_json_object, prefer_wait
-from esi.api.routes.send import SendRoute
 from esi.api.routes.table import Param, Route
+from esi.bus.ports import NullRecorder, Recorder
 from esi.errors import ApiError
 from esi.security.scopes import Principal, require_read, require_send
 from esi.store import RequestRecord, Store
-from esi.store.events import NullRecorder, Recorder
 from esi.store.records import OutboxRow
 from esi.store.settled import SETTLED
+from esi.systems.spec import SendRoute
 
 __all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "SETTLED_WITHIN_WAIT", "RequestRoutes"]
 
@@ -61,7 +61,7 @@ class _BacklogGauge:
             return self._value
         async with self._lock:
             if time.monotonic() - self._at >= self._ttl:
-                self._value = await self._store.outbox_backlog()
+                self._value = await self._store.outbox.backlog()
                 self._at = time.monotonic()
         return self._value
 
@@ -88,6 +88,7 @@ class RequestRoutes:
         self._registry = deps.registry
         self._catalog = deps.registry.catalog
         self._source = deps.registry.origin.code
+        self._send_routes = deps.registry.send_routes if deps.send_routes is None else deps.send_routes
         uploads = sorted(s.message_type for s in self._catalog.specs if s.upload is not None)
         self._send_any_summary = ("Send any request of the catalog (JSON"
                                   + (f", or multipart/form-data for {', '.join(uploads)})" if uploads else ")"))
@@ -98,7 +99,7 @@ class RequestRoutes:
                        description=r.description or (f"`message_type` in the body picks another {r.target.upper()} "
                                                      f"request than {r.default_message_type}."),
                        status_code=202, responses=SETTLED_WITHIN_WAIT, openapi_extra=_json_schema(r.body_model))
-                 for r in self._deps.send_routes]
+                 for r in self._send_routes]
         return sends + [
             Route("POST", "/requests/{target}/{message_type}", "send_request", self.send_any,
                   self._send_any_summary,
@@ -125,7 +126,7 @@ class RequestRoutes:
         """A send route: `route.default_message_type` unless the body's `message_type` names another request."""
         body = await self._read_json(request)
         message_type = body.pop("message_type", None) or route.default_message_type
-        return await self._accept(build_request(route.target, str(message_type), body, catalog=self._catalog,
+        return await self._accept(build_request(route.target, str(message_type), body, catalog=self._catalog, source=self._source,
                                                 max_pdf_bytes=self._deps.max_pdf_bytes, status_for_unknown_type=422),
                                   principal, prefer_wait(request.headers.get("prefer")))
 
@@ -141,7 +142,7 @@ class RequestRoutes:
             body = await self._read_multipart(request, message_type)
         else:
             body = await self._read_json(request)
-        return await self._accept(build_request(target, message_type, body, catalog=self._catalog,
+        return await self._accept(build_request(target, message_type, body, catalog=self._catalog, source=self._source,
                                                 max_pdf_bytes=self._deps.max_pdf_bytes),
                                   principal, prefer_wait(request.headers.get("prefer")))
 
@@ -194,7 +195,7 @@ class RequestRoutes:
                            headers={"Retry-After": "5"})
         # the request's trace context, stored with its outbox row: the relay publishes as a child of this span
         trace_context = tracing.outbox_context(accepted.request_id) if tracing.enabled else None
-        record, created, first_hash = await self._store.accept(
+        record, created, first_hash = await self._store.requests.accept(
             request_id=accepted.request_id, source=self._source, target=accepted.target,
             message_type=accepted.message_type, payload_hash=accepted.payload_hash,
             message_id=accepted.envelope.message_id, routing_key=accepted.routing_key,
@@ -223,7 +224,7 @@ class RequestRoutes:
         # for another, the preference is ignored, as RFC 7240 lets a server do
         if wait > 0 and (not auth_on or principal.can_read):
             # `record` was read or written without an await since: the watch cannot miss the settlement
-            settled = await self._store.wait_settled(record.request_id, wait, recheck=deps.wait_recheck, known=record)
+            settled = await self._store.requests.wait_settled(record.request_id, wait, recheck=deps.wait_recheck, known=record)
             if settled is not None and settled.status in SETTLED:
                 return Response(settled.model_dump_json(), media_type="application/json", headers=headers)
         return JSONResponse({"status": "accepted", "request_id": record.request_id}, status_code=202,
@@ -239,10 +240,10 @@ class RequestRoutes:
         """
         wait = min(wait, self._deps.max_wait)
         if wait <= 0:
-            record = self._check_read(principal, await self._store.get(request_id), request_id)
+            record = self._check_read(principal, await self._store.requests.get(request_id), request_id)
         else:
             # the first read is checked (404, 403) before any waiting: nobody waits on what they may not see
-            record = self._check_read(principal, await self._store.wait_settled(
+            record = self._check_read(principal, await self._store.requests.wait_settled(
                 request_id, wait, recheck=self._deps.wait_recheck,
                 check=lambda first: self._check_read(principal, first, request_id)), request_id)
         # serialised by the model itself: the record is already valid, FastAPI's response validation would redo it
@@ -252,14 +253,14 @@ class RequestRoutes:
         """The caller's requests that carry `key` (an order id or number, a user id, a DMS user id, a policy number)."""
         if self._auth_on and not principal.can_read:
             raise ApiError(403, "forbidden", f"client {principal.client_id!r} may not read the outcome of requests")
-        records = await self._store.find_by_key(key, limit=limit,
+        records = await self._store.requests.find_by_key(key, limit=limit,
                                                 client_id=principal.client_id if self._auth_on else None)
         return {"key": key, "count": len(records), "requests": [r.model_dump() for r in records]}
 
     async def timeline(self, request: Request, principal: Principal, request_id: str) -> dict[str, Any]:
         """Accepted, published, consumed by which adapter, external calls, retries, answers, the end."""
-        record = self._check_read(principal, await self._store.get(request_id), request_id)
-        return {"request_id": request_id, "status": record.status, "events": await self._store.timeline(request_id)}
+        record = self._check_read(principal, await self._store.requests.get(request_id), request_id)
+        return {"request_id": request_id, "status": record.status, "events": await self._store.requests.timeline(request_id)}
 
     def _check_read(self, principal: Principal, record: RequestRecord | None, request_id: str) -> RequestRecord:
         if record is None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from esi.messages.catalog import Upload
-from esi.messages.crm import PDF_MAGIC, OrderStatusUpdated, PdfReceived, SendPdfFile, UpdateOrderStatus
+from esi.systems.crm.messages import PDF_MAGIC, OrderStatusUpdated, PdfReceived, SendPdfFile, UpdateOrderStatus
 from esi.systems.crm.settings import CreatioSettings
+from esi.systems.crm.tables import MIGRATIONS as TABLES
 from esi.systems.spec import Fake, Operation, SendRoute, System, SystemContext
 
 if TYPE_CHECKING:
@@ -27,14 +28,16 @@ def _client(settings: CreatioSettings) -> CreatioClient:
 
 def _handlers(context: SystemContext) -> dict[str, Handler]:
     from esi.systems.crm.handlers import crm_handlers
+    from esi.systems.crm.tables import OrderUpdates
 
     assert context.client is not None  # the system declares a client
     settings = cast(CreatioSettings, context.settings)  # the system's own settings class
-    return crm_handlers(context.client, max_pdf_bytes=settings.max_pdf_bytes, updates=context.store)
+    return crm_handlers(context.client, max_pdf_bytes=settings.max_pdf_bytes,
+                        updates=OrderUpdates(context.store.database))
 
 
 def _fake(settings: CreatioSettings) -> FastAPI:
-    from esi.fakes.creatio import create_app
+    from esi.systems.crm.fake import create_app
 
     return create_app(username=settings.username, password=settings.password.get_secret_value())
 
@@ -55,6 +58,7 @@ SYSTEM = System(
     client=_client,
     handlers=_handlers,
     health_name="creatio",
+    tables=TABLES,
     fake=Fake("fake-creatio", _fake),
     key_fields=("order_id", "order_number", "order_guid", "file_id", "policy_number"),
     send_routes=(SendRoute("/send_to_crm", "crm", "update_order_status", UpdateOrderStatus,

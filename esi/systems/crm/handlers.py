@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
+from pydantic import BaseModel
+
 from esi.errors import InvalidMessage
 from esi.messages import Envelope, Handler
-from esi.messages.crm import OrderStatusUpdated, PdfReceived, SendPdfFile, UpdateOrderStatus
-from esi.messages.dms import GetPolicyInfo, PolicyInfo
-from esi.store.records import OrderClaim
+from esi.systems.crm.messages import OrderStatusUpdated, PdfReceived, PolicyInfo, SendPdfFile, UpdateOrderStatus
+from esi.systems.crm.tables import OrderClaim
 
 if TYPE_CHECKING:
     from esi.systems.crm.client import AttachedFile, CreatioOrder
@@ -85,18 +86,19 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
             # requester is built from it (see policy_info_response)
             context = {"reply_to": envelope.source_system, "order_status_updated": updated.model_dump(),
                        "parent_message_id": envelope.message_id}
-            request = GetPolicyInfo(policy_number=payload.policy_number)
-            return [envelope.request("dms", "get_policy_info", request.model_dump(), context=context)]
+            # the DMS's request, by its message type: its payload model is the DMS's (validated where it is consumed)
+            return [envelope.request("dms", "get_policy_info", {"policy_number": payload.policy_number},
+                                     context=context)]
         return [envelope.reply("order_status_updated", updated.model_dump(exclude_none=True))]
 
-    async def policy_info_response(envelope: Envelope, payload: PolicyInfo | None) -> list[Envelope]:
+    async def policy_info_response(envelope: Envelope, payload: BaseModel | None) -> list[Envelope]:
         context = envelope.context or {}
         if "order_status_updated" not in context or "reply_to" not in context:
             raise InvalidMessage("policy_info_response without the context of its update_order_status",
                                  code="missing_context")
         updated = OrderStatusUpdated.model_validate(context["order_status_updated"])
-        if payload is not None:
-            updated = updated.model_copy(update={"policy_info": payload})
+        if payload is not None:  # the DMS's answer (its own model), mapped onto the CRM's
+            updated = updated.model_copy(update={"policy_info": PolicyInfo.model_validate(payload.model_dump())})
         answer = Envelope(
             message_id=envelope.derived_id("order_status_updated"), request_id=envelope.request_id,
             causation_id=envelope.message_id, source_system="crm", target_system=context["reply_to"],

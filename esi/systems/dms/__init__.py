@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from esi.messages.dms import CreateUser, GetPolicyInfo, PolicyInfo, UserCreated
+from esi.systems.dms.messages import CreateUser, GetPolicyInfo, PolicyInfo, UserCreated
 from esi.systems.dms.settings import DmsSettings
 from esi.systems.spec import Fake, Operation, SendRoute, System, SystemContext
 
@@ -30,7 +30,7 @@ def _handlers(context: SystemContext) -> dict[str, Handler]:
 
 
 def _fake(settings: DmsSettings) -> FastAPI:
-    from esi.fakes.dms import create_app
+    from esi.systems.dms.fake import create_app
 
     return create_app(api_key=settings.secret(settings.api_key))
 

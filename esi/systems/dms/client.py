@@ -1,4 +1,4 @@
-"""The DMS client: esi's only way to the DMS, speaking the protocol described in `esi.fakes.dms`.
+"""The DMS client: esi's only way to the DMS, speaking the protocol described in `esi.systems.dms.fake`.
 
 Failures leave this module as esi's own errors (see `esi.errors`):
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from esi.messages import Envelope, Handler
-from esi.messages.dms import CreateUser, GetPolicyInfo, PolicyInfo, UserCreated
+from esi.systems.dms.messages import CreateUser, GetPolicyInfo, PolicyInfo, UserCreated
 
 if TYPE_CHECKING:
     from esi.systems.dms.client import DmsPolicy, DmsUser

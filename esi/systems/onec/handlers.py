@@ -20,7 +20,7 @@ class ResponseStore(Protocol):
 
 def onec_handlers(context: SystemContext) -> dict[str, Handler]:
     """One handler for every reply that reaches 1C's queue (the registry says which)."""
-    store: ResponseStore = context.store
+    store: ResponseStore = context.store.requests
     events = context.events
     registry = context.registry
 

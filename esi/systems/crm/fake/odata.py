@@ -1,7 +1,7 @@
 """The fake Creatio's OData 4 query engine: entity sets, keys, `$filter`, `$select`, `$orderby`, `$top`, `$skip`,
 `$count`, validation of written values, and the OData error envelope.
 
-It works on the tables of `esi.fakes.creatio.state` and knows nothing of routes or sessions; what it refuses, it
+It works on the tables of `esi.systems.crm.fake.state` and knows nothing of routes or sessions; what it refuses, it
 raises as `ODataError`, which the app answers with `odata_error_response`. Its messages are Creatio's own, so that a
 client's error handling is exercised by the same texts it meets in production.
 """
@@ -15,7 +15,18 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from esi.fakes.creatio.state import DATE, FOREIGN_KEYS, GUID, INT, NUM, SCHEMA_NAMESPACE, SCHEMAS, STR, Tables, is_guid
+from esi.systems.crm.fake.state import (
+    DATE,
+    FOREIGN_KEYS,
+    GUID,
+    INT,
+    NUM,
+    SCHEMA_NAMESPACE,
+    SCHEMAS,
+    STR,
+    Tables,
+    is_guid,
+)
 
 #: the media type of every OData answer
 ODATA_JSON = "application/json; odata.metadata=minimal"

@@ -33,8 +33,8 @@ query engine and error envelope, over those tables), `app` (the routes). `/_fake
 `/_fake/faults` are the ones every fake has (`esi.fakes.controls`).
 """
 
-from esi.fakes.creatio.app import create_app
-from esi.fakes.creatio.state import (
+from esi.systems.crm.fake.app import create_app
+from esi.systems.crm.fake.state import (
     EMPTY_GUID,
     FILE_TYPE_ID,
     ORDER_0001_ID,

@@ -1,6 +1,6 @@
 """The fake Creatio's routes: login, OData 4, the two-step file upload and download, and `/_fake/*`.
 
-The state they act on is `esi.fakes.creatio.state`; OData queries and validation are `esi.fakes.creatio.odata`.
+The state they act on is `esi.systems.crm.fake.state`; OData queries and validation are `esi.systems.crm.fake.odata`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from esi.api import TELEMETRY_OFF
-from esi.fakes.controls import install_controls
-from esi.fakes.creatio.odata import (
+from esi.fakes.controls import TELEMETRY_OFF, install_controls
+from esi.systems.crm.fake.odata import (
     ODATA_HEADERS,
     ODATA_JSON,
     ODataError,
@@ -29,7 +28,7 @@ from esi.fakes.creatio.odata import (
     select_columns,
     validate_values,
 )
-from esi.fakes.creatio.state import STATUS_NEW_ID, FakeCreatio, is_guid
+from esi.systems.crm.fake.state import STATUS_NEW_ID, FakeCreatio, is_guid
 
 #: where an expired session is redirected to (`expiry_mode="redirect"`)
 LOGIN_PAGE_PATH = "/Login/NuiLogin.aspx"

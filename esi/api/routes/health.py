@@ -11,10 +11,10 @@ from esi import metrics
 from esi.api.deps import ReadyCheck
 from esi.api.routes.table import Route
 
-__all__ = ["OpsRoutes"]
+__all__ = ["HealthRoutes"]
 
 
-class OpsRoutes:
+class HealthRoutes:
     """The routes every process serves; `readiness` checks its dependencies (None: nothing to check)."""
 
     def __init__(self, readiness: ReadyCheck | None) -> None:

@@ -24,7 +24,7 @@ from esi.security.scopes import Principal, require_operator
 from esi.store import Store
 from esi.systems.registry import Registry
 
-__all__ = ["OperationsRoutes", "PauseRequest"]
+__all__ = ["PauseRequest", "SystemsRoutes"]
 
 
 class PauseRequest(BaseModel):
@@ -37,7 +37,7 @@ class PauseRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
-class OperationsRoutes:
+class SystemsRoutes:
     def __init__(self, store: Store, registry: Registry) -> None:
         self._store = store
         self._registry = registry
@@ -60,8 +60,8 @@ class OperationsRoutes:
     async def systems(self, request: Request, principal: Principal) -> dict[str, Any]:
         """Each system's maintenance pause (if any) and the breakers its adapter processes last reported."""
         require_operator(principal)
-        pauses = await self._store.system_pauses()
-        breakers = await self._store.breaker_states()
+        pauses = await self._store.pauses.system_pauses()
+        breakers = await self._store.pauses.breaker_states()
         return {"systems": [{
             "code": s.code, "title": s.title, "service": s.service, "origin": s.origin,
             "paused": pauses[s.code].model_dump() if s.code in pauses else None,
@@ -77,17 +77,17 @@ class OperationsRoutes:
                 until = (datetime.now(UTC) + parse_duration(body.for_)).isoformat(timespec="microseconds")
             except ValueError as exc:
                 raise ApiError(422, "validation_error", f"for: {exc}") from None
-        pause = await self._store.pause_system(system, until=until, reason=body.reason,
+        pause = await self._store.pauses.pause_system(system, until=until, reason=body.reason,
                                                paused_by=principal.client_id)
-        await self._store.audit("system.pause", client_id=principal.client_id, subject=system,
+        await self._store.audit.record("system.pause", client_id=principal.client_id, subject=system,
                                 detail={"until": until, "reason": body.reason})
         return {"system": system, "paused": pause.model_dump()}
 
     async def resume(self, request: Request, principal: Principal, code: str) -> dict[str, Any]:
         require_operator(principal)
         system = self._pausable(code)
-        was_paused = await self._store.resume_system(system)
-        await self._store.audit("system.resume", client_id=principal.client_id, subject=system,
+        was_paused = await self._store.pauses.resume_system(system)
+        await self._store.audit.record("system.resume", client_id=principal.client_id, subject=system,
                                 detail={"was_paused": was_paused})
         return {"system": system, "paused": None, "was_paused": was_paused}
 
@@ -100,7 +100,7 @@ class OperationsRoutes:
                 start = (datetime.now(UTC) - parse_duration(since)).isoformat(timespec="microseconds")
             except ValueError as exc:
                 raise ApiError(422, "validation_error", f"since: {exc}") from None
-        entries = await self._store.audit_log(limit=limit, action=action, since=start)
+        entries = await self._store.audit.entries(limit=limit, action=action, since=start)
         return {"count": len(entries), "entries": [e.model_dump() for e in entries]}
 
     def _pausable(self, code: str) -> str:

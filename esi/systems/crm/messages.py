@@ -8,11 +8,26 @@ from datetime import datetime
 
 from pydantic import AliasChoices, ConfigDict, Field, model_validator
 
-from esi.messages.dms import PolicyInfo
 from esi.messages.payload import Payload, Request
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
 PDF_MAGIC = b"%PDF-"
+
+
+# The policy as the CRM's answer carries it: the CRM's own model, not the DMS's (a system package imports no
+# other's). This answer's contract is the CRM's: a new version of the DMS's payload must not change it behind the
+# CRM's back; the CRM maps the DMS's answer onto it (esi.systems.crm.handlers). Its docstring is the contract's text.
+class PolicyInfo(Payload):
+    """What the DMS knows of a policy (`dms.response.<source>.policy_info_response`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    policy_number: str
+    holder_name: str
+    status: str
+    start_date: str
+    end_date: str
+    insurer: str | None = None
 
 
 class UpdateOrderStatus(Request):

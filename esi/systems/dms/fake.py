@@ -66,8 +66,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from esi.api import TELEMETRY_OFF
-from esi.fakes.controls import install_controls
+from esi.fakes.controls import TELEMETRY_OFF, install_controls
 from esi.fakes.faults import Faults
 
 #: the email domain the fake DMS always refuses (422 validation_error)

@@ -1,7 +1,7 @@
 """What the fake Creatio holds: the seeded rows and their schemas, files being uploaded, sessions and counters.
 
-Nothing here knows HTTP or OData: `esi.fakes.creatio.odata` queries and validates these tables, and
-`esi.fakes.creatio.app` serves them.
+Nothing here knows HTTP or OData: `esi.systems.crm.fake.odata` queries and validates these tables, and
+`esi.systems.crm.fake.app` serves them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,291 @@
+"""The services a process runs: a system's adapter (`SystemService`; for the origin, 1C, also the HTTP API and the
+outbox relay) and a system's fake (`FakeService`). They are built by the composition root (`esi.runtime.root`)
+from plain values; nothing here reads settings of its own but a system's (`system_settings`, at the edge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from esi.api.app import ApiDeps, create_app
+from esi.api.health import ReadyCheck
+from esi.bus.connection import Bus
+from esi.bus.consumer import Consumer
+from esi.bus.dead_letters import DeadLetters
+from esi.bus.relay import OutboxRelay
+from esi.bus.topology import Topology
+from esi.config import Settings
+from esi.console import console_router
+from esi.health import Check
+from esi.messages import Handler
+from esi.runtime.http import HttpServer
+from esi.security import ClientRegistry
+from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
+from esi.store import Store
+from esi.store.events import EventRecorder
+from esi.store.retention import RetentionTask
+from esi.systems.breaker import Breaker, State
+from esi.systems.calls import Guarded, Limiter
+from esi.systems.registry import Registry
+from esi.systems.spec import System, SystemContext, SystemSettings
+
+log = logging.getLogger(__name__)
+
+#: how often an adapter looks up its system's maintenance pause in the store (an operator's pause or resume
+#: reaches every replica within this)
+PAUSE_POLL_S = 0.5
+#: this process among the replicas, in the breaker reports (`GET /systems`)
+INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class SettingsError(ValueError):
+    """A system's settings are invalid (the message names the variable); `esi run` exits with status 2."""
+
+
+def system_settings(system: System) -> SystemSettings | None:
+    """A system's settings, read from the environment and `.env` (here, at the edge)."""
+    if system.settings is None:
+        return None
+    try:
+        return system.settings()
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings of {system.code}: {exc}") from None
+
+
+class Service:
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class SystemService(Service):
+    """A system's adapter: the consumer of its work queue over its client; for the origin (1C), also the HTTP API
+    and the outbox relay."""
+
+    def __init__(self, system: System, *, registry: Registry, settings: Settings, topology: Topology, store: Store,
+                 events: EventRecorder, readiness: ReadyCheck | None = None,
+                 api_clients: ClientRegistry | None = None) -> None:
+        self.system = system
+        self.name = system.service
+        self.registry = registry
+        self.settings = settings
+        self.topology = topology
+        self.system_settings = system_settings(system)
+        self.store = store
+        self.events = events
+        self.process_readiness = readiness
+        self.bus: Bus | None = None
+        self.consumer: Consumer | None = None
+        self.relay: OutboxRelay | None = None
+        self.http: HttpServer | None = None
+        #: the API's clients (the origin's service only; None: authentication off)
+        self._api_clients = api_clients
+        #: the system's own client (its methods are looked up: `check`, `aclose`)
+        self._client: object = None
+        self.breaker: Breaker | None = None
+        self._background: list[asyncio.Task[None]] = []
+
+    def _handlers(self) -> Mapping[str, Handler]:
+        system, config = self.system, self.system_settings
+        guarded = None
+        if system.client is not None:
+            assert config is not None, f"{system.code} declares a client without settings"
+            self._client = system.client(config)
+            self.breaker = Breaker(system=system.code, probe=getattr(self._client, "check", None),
+                                   failure_threshold=config.breaker_failures, probe_max=config.breaker_probe_max)
+            limiter = Limiter(system=system.code, max_concurrency=config.max_concurrency,
+                              rate_limit=config.rate_limit)
+            guarded = Guarded(self._client, system=system.code, events=self.events, service=self.name,
+                              limiter=limiter, breaker=self.breaker)
+        handlers = system.handlers(SystemContext(system=system, settings=config, client=guarded, store=self.store,
+                                                 events=self.events, registry=self.registry))
+        self.registry.check_handlers(system, handlers)
+        return handlers
+
+    def checks(self) -> dict[str, Check]:
+        """What this service needs to do its job, by name."""
+        checks: dict[str, Check] = {f"broker ({self.name})": self.bus.check if self.bus else _down,
+                                    "store": self.store.ping}
+        check = getattr(self._client, "check", None)
+        if check is not None:
+            checks[self.system.health] = check
+        return checks
+
+    def circuits(self) -> dict[str, Any]:
+        """The breaker's state for /readyz (an open breaker is the adapter doing its job, not being unready)."""
+        if self.breaker is None:
+            return {}
+        report = self.breaker.report()
+        # the same shape as a dependency's entry; "ok" only while closed (open / half_open / paused say which)
+        entry = {"status": "ok" if report["state"] == "closed" else report["state"], "latency_ms": 0.0, **report}
+        return {f"circuit ({self.system.code})": entry}
+    async def start(self) -> None:
+        s, topology = self.settings, self.topology
+        work = topology.queue_for(self.system.code)
+        ssl_context = amqp_ssl_context_for_url(s.broker_url(), ca_file=s.amqp_ca_file, cert_file=s.amqp_cert_file,
+                                               key_file=s.amqp_key_file)
+        # a process started while no broker node answers waits for one (ESI_CONNECT_TIMEOUT; 0: for ever)
+        self.bus = await Bus.open(s.broker_urls(), topology=topology, prefetch=s.prefetch,
+                                  publish_timeout=s.publish_timeout, name=f"esi-{self.name}",
+                                  ssl_context=ssl_context, wait=s.connect_timeout or math.inf)
+        self.consumer = Consumer(
+            events=self.events, service=self.name, queue=work, channel=self.bus.consume_channel,
+            publisher=self.bus.publisher, catalog=self.registry.catalog, handlers=self._handlers(),
+            max_attempts=s.max_attempts, tracker=self.store.requests,
+            inbox=self.store.inbox if self.system.inbox else None,
+            queue_arguments=topology.work_queue_arguments(work),
+        )
+        if self.system.origin:
+            await self._start_api(topology)
+        if self.breaker is not None:
+            await self._follow_pauses_once()  # a replica started during a pause does not consume at all
+            self.breaker.on_change(self._on_breaker_change)
+            await self._follow_breaker()
+            self._background.append(asyncio.create_task(self._follow_pauses(), name=f"pauses-{self.name}"))
+        await self.consumer.start()
+        self._background.append(asyncio.create_task(self._prune_forever(), name=f"prune-{self.name}"))
+        if self.system.origin and s.request_retention_s > 0:
+            retention = RetentionTask(store=self.store, retention_s=s.request_retention_s,
+                                      interval_s=s.retention_interval_s,
+                                      first_delay_s=min(10.0, s.retention_interval_s))
+            self._background.append(asyncio.create_task(retention.run_forever(), name="retention"))
+
+    # --- the breaker and maintenance pauses -------------------------------------------------------------------
+
+    def _on_breaker_change(self, _old: State, _new: State) -> None:
+        self._background.append(asyncio.get_running_loop().create_task(self._follow_breaker()))
+        self._background = [t for t in self._background if not t.done()]
+
+    async def _follow_breaker(self) -> None:
+        """Consume while the breaker lets calls through; tell the store what this process sees."""
+        breaker, consumer = self.breaker, self.consumer
+        assert breaker is not None and consumer is not None
+        try:
+            if breaker.usable:
+                await consumer.resume()
+            else:
+                await consumer.pause()
+        except Exception as exc:  # the channel is being restored: the next transition or restore consumes again
+            log.warning("could not follow the %s circuit on %s: %s", self.system.code, consumer.queue.name, exc)
+        report = breaker.report()
+        try:
+            await self.store.pauses.report_breaker(system=self.system.code, instance=INSTANCE, state=str(report["state"]),
+                                            since=str(report["since"]), reason=breaker.reason)
+        except Exception as exc:
+            log.warning("could not record the %s circuit's state: %s", self.system.code, exc)
+
+    async def _follow_pauses_once(self) -> None:
+        assert self.breaker is not None
+        pause = (await self.store.pauses.system_pauses()).get(self.system.code)
+        if pause is not None:
+            until = f" until {pause.until}" if pause.until else ""
+            self.breaker.pause(f"{pause.reason or 'maintenance'} (by {pause.paused_by}{until})")
+        elif self.breaker.state.value == "paused":
+            self.breaker.resume()
+
+    async def _follow_pauses(self) -> None:
+        """An operator's pause or resume, stored for every replica, reaches this one within `PAUSE_POLL_S`."""
+        while True:
+            await asyncio.sleep(PAUSE_POLL_S)
+            try:
+                await self._follow_pauses_once()
+            except Exception as exc:  # the store is away: keep the state as it is
+                log.debug("could not read the maintenance pauses: %s", exc)
+
+    async def _start_api(self, topology: Topology) -> None:
+        """The origin's edge: the outbox relay, and the HTTP API that accepts its requests."""
+        s = self.settings
+        assert self.bus is not None
+        # a sweep leaves a row to the fast path of the process that committed it until that publish has ended
+        self.relay = OutboxRelay(store=self.store.outbox, publisher=self.bus.publisher, exchange=topology.exchange,
+                                 events=self.events, fresh_s=s.publish_timeout + 2)
+        self.relay.start()
+        deps = ApiDeps(
+            registry=self.registry, topology=topology, clients=self._api_clients, store=self.store, on_accepted=self.relay.submit, max_pdf_bytes=s.max_pdf_bytes,
+            readiness=self.process_readiness, events=self.events,
+            dead_letters=DeadLetters(self.bus.connection, topology), max_backlog=s.outbox_max_backlog,
+            max_wait=s.max_wait_s, wait_recheck=s.wait_recheck_s,
+            console_secret=s.console_secret.get_secret_value().encode() if s.console_secret else None)
+        app = create_app(deps)
+        app.include_pages(console_router, deps)  # the operator console at /console, beside the API
+        self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api",
+                               ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file,
+                                                      client_ca_file=s.tls_client_ca_file))
+        await self.http.start()
+
+    async def _prune_forever(self) -> None:
+        """Forget processed message ids (and sent outbox rows) after the retention time."""
+        while True:
+            try:
+                cutoff = (datetime.now(UTC) - timedelta(seconds=self.settings.inbox_retention_s))
+                older_than = cutoff.isoformat(timespec="microseconds")
+                inbox = await self.store.inbox.prune(older_than)
+                outbox = await self.store.outbox.prune_sent(older_than)
+                if inbox or outbox:
+                    log.info("pruned %d inbox ids and %d sent outbox rows older than %s", inbox, outbox, cutoff)
+            except Exception as exc:
+                log.warning("pruning the store failed: %s", exc)
+            await asyncio.sleep(self.settings.prune_interval_s)
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        if self.breaker is not None:
+            await self.breaker.aclose()
+            with contextlib.suppress(Exception):
+                await self.store.pauses.forget_breakers(INSTANCE)
+        if self.http is not None:
+            self.store.requests.settlements.close()  # long polls answer now, with the state as it stands
+            await self.http.stop()
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        if self.bus is not None:
+            await self.bus.aclose()
+        aclose = getattr(self._client, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class FakeService(Service):
+    """A system's fake server (demo and tests), on `ESI_FAKE_HOST` and the system's `fake_port`."""
+
+    def __init__(self, system: System, settings: Settings) -> None:
+        assert system.fake is not None
+        self.name = system.fake.service
+        config = system_settings(system)
+        assert config is not None, f"{system.code} declares a fake without settings"
+        self.http = HttpServer(system.fake.app(config), host=settings.fake_host, port=config.fake_port,
+                               name=self.name)
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    async def stop(self) -> None:
+        await self.http.stop()
+
+
+async def _down() -> None:
+    raise ConnectionError("not connected")
+
+
+class Stoppable(Service):
+    def __init__(self, name: str, server: HttpServer) -> None:
+        self.name = name
+        self._server = server
+
+    async def stop(self) -> None:
+        await self._server.stop()

@@ -1,0 +1,56 @@
+"""What the operator console searches and counts: read by people, never on the hot path."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from esi.store import schema
+from esi.store.database import Database
+from esi.store.records import RequestRecord
+from esi.store.requests import as_record
+
+
+class Queries:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def search_requests(self, *, text: str | None = None, status: str | None = None,
+                              message_type: str | None = None, target: str | None = None, since: str | None = None,
+                              until: str | None = None, client_id: str | None = None, limit: int = 50,
+                              offset: int = 0) -> list[RequestRecord]:
+        """Requests, newest first: `text` is a request id or a business key (order, user, DMS user, policy);
+        `since`/`until` bound `created_at` (ISO times); only `client_id`'s when given."""
+        r, k = schema.requests, schema.request_keys
+        query = select(r)
+        if text:
+            by_key = select(k.c.request_id).where(k.c.key == text)
+            query = query.where((r.c.request_id == text) | r.c.request_id.in_(by_key))
+        for column, value in ((r.c.status, status), (r.c.message_type, message_type), (r.c.target, target),
+                              (r.c.client_id, client_id)):
+            if value is not None:
+                query = query.where(column == value)
+        if since:
+            query = query.where(r.c.created_at >= since)
+        if until:
+            query = query.where(r.c.created_at < until)
+        query = query.order_by(r.c.created_at.desc(), r.c.request_id).limit(limit).offset(offset)
+        rows = await self._db.read(lambda conn: [dict(row._mapping) for row in conn.execute(query).all()])
+        return [as_record(row) for row in rows]
+
+    async def requests_per_minute(self, since: str) -> list[tuple[str, str, str, int]]:
+        """`(target, minute, status, count)` of the requests created since `since` (ISO time; minutes as
+        `YYYY-MM-DDTHH:MM`, UTC), by their status now."""
+        r = schema.requests
+        minute = func.substr(r.c.created_at, 1, 16)
+        query = (select(r.c.target, minute, r.c.status, func.count()).where(r.c.created_at >= since)
+                 .group_by(r.c.target, minute, r.c.status))
+        rows = await self._db.read(lambda conn: conn.execute(query).all())
+        return [(row[0], row[1], row[2], int(row[3])) for row in rows]
+
+    async def request_message(self, request_id: str) -> bytes | None:
+        """The message a request was accepted with (its envelope), while the outbox keeps it (see `prune`)."""
+        o = schema.outbox
+        query = select(o.c.body).where(o.c.request_id == request_id).order_by(o.c.id).limit(1)
+        body = await self._db.read(lambda conn: conn.execute(query).scalar())
+        return bytes(body) if body is not None else None
+
