@@ -15,7 +15,8 @@ import pytest
 
 from esi.bus.dead_letters import DeadLetters, Filters
 from esi.systems.registry import current
-from tests.support import ESI, EsiSystem, free_port, unique, wait_until
+from esi.testing import ESI, EsiSystem, free_port, wait_until
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

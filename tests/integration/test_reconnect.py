@@ -20,7 +20,7 @@ from esi.bus.consumer import REQUEUE_PAUSE_S, Consumer
 from esi.errors import TransientError
 from esi.messages import Envelope
 from esi.systems.registry import current
-from tests.support import Vhost, rabbitmqctl
+from esi.testing import Vhost, rabbitmqctl
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ from esi.fakes.creatio import (
     create_app,
 )
 from esi.systems.crm.client import AttachedFile, CreatioClient, CreatioOrder, odata_string
-from tests.support import serve_in_thread as serve
+from esi.testing import serve_in_thread as serve
 
 PASSWORD = "Pa55-'secret'-Пароль"
 
