@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.procs import machine_info  # noqa: E402
-from tests.support import EsiSystem, PgDatabase, Vhost, free_port  # noqa: E402
+from esi.testing import EsiSystem, PgDatabase, Vhost, free_port  # noqa: E402
 
 SCRIPT = ROOT / "deploy" / "cluster" / "local.sh"
 

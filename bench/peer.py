@@ -127,7 +127,7 @@ class PeerSystem:
     """The peer's two processes on a vhost of their own, calling `dms_url` (the fake DMS esi's run uses too)."""
 
     def __init__(self, *, dms_url: str, workdir: Path, sampler: Any) -> None:
-        from tests.support import Vhost, free_port
+        from esi.testing import Vhost, free_port
 
         self.vhost = Vhost()
         self.port = free_port()

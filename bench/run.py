@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `tests.support` is reused: run from anywhere
+if str(ROOT) not in sys.path:  # `bench` is a package of the repository: run from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench import chart  # noqa: E402

@@ -18,7 +18,7 @@ from yarl import URL
 
 from bench.procs import ProcSampler, find_rabbitmq_pid
 from esi.systems.spec import DEFAULT_MAX_CONCURRENCY
-from tests.support import EsiSystem, PgDatabase, Vhost, wait_until
+from esi.testing import EsiSystem, PgDatabase, Vhost, wait_until
 
 LAYOUT: dict[str, list[str]] = {
     "fakes": ["fake-creatio", "fake-dms"],

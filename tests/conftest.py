@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import EsiSystem, PgDatabase, Vhost
+from esi.testing import EsiSystem, PgDatabase, Vhost
 
 
 @pytest.fixture

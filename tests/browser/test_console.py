@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from esi.security import make_client_entry
-from tests.support import ROOT, EsiSystem, Vhost, unique, wait_until
+from esi.testing import EsiSystem, Vhost, wait_until
+from tests.support import ROOT, unique
 
 pytestmark = pytest.mark.integration
 

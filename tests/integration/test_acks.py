@@ -17,7 +17,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from esi.bus.acks import AckBatcher
-from tests.support import Vhost
+from esi.testing import Vhost
 
 pytestmark = pytest.mark.integration
 

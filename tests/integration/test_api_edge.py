@@ -7,7 +7,8 @@ import base64
 import httpx
 import pytest
 
-from tests.support import EsiSystem, unique
+from esi.testing import EsiSystem
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ from esi.api.app import ApiDeps, create_app
 from esi.systems.registry import load_registry
 from esi.security import ClientRegistry, generate_api_key, make_client_entry
 from esi.store import Store
-from tests.support import ESI, free_port, unique
+from esi.testing import ESI, free_port
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

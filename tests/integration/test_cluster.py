@@ -22,7 +22,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support import ROOT, EsiSystem, PgDatabase, free_port, unique, wait_until
+from esi.testing import EsiSystem, PgDatabase, free_port, wait_until
+from tests.support import ROOT, unique
 from tests.unit.test_cluster_deployment import configured_confirm_timeout
 
 pytestmark = pytest.mark.integration

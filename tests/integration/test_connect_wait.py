@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import EsiSystem, Vhost, free_port, wait_until
+from esi.testing import EsiSystem, Vhost, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 

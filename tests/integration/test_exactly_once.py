@@ -14,7 +14,8 @@ import aio_pika
 import httpx
 import pytest
 
-from tests.support import EsiSystem, PgDatabase, Vhost, rabbitmqctl, unique, wait_until
+from esi.testing import EsiSystem, PgDatabase, Vhost, rabbitmqctl, wait_until
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,8 @@ import pytest
 from esi.bus.dead_letters import DeadLetters, Filters
 from esi.bus.topology import build_topology
 from esi.systems.registry import load_registry
-from tests.support import ESI, EsiSystem, free_port, unique, wait_until
+from esi.testing import ESI, EsiSystem, free_port, wait_until
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

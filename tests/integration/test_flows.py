@@ -9,7 +9,8 @@ import uuid
 import httpx
 import pytest
 
-from tests.support import EsiSystem, unique
+from esi.testing import EsiSystem
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from esi.messages.payload import Payload
 from esi.systems.http import error_for_status, http_client, translate_transport_errors
 from esi.systems.registry import Registry, RegistryError, load_registry
 from esi.systems.spec import Fake, Operation, System, SystemContext, SystemSettings
-from tests.support import EsiSystem, Vhost, rabbitmqctl, wait_until
+from esi.testing import EsiSystem, Vhost, rabbitmqctl, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = "tests.integration.test_new_system:WAREHOUSE"

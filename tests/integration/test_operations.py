@@ -10,7 +10,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import ESI, EsiSystem, Vhost, unique, wait_until
+from esi.testing import ESI, EsiSystem, Vhost, wait_until
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

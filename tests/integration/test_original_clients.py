@@ -13,7 +13,8 @@ import aio_pika
 import httpx
 import pytest
 
-from tests.support import EsiSystem, unique, wait_until
+from esi.testing import EsiSystem, wait_until
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,8 @@ import aio_pika
 import httpx
 import pytest
 
-from tests.support import ESI, EsiSystem, PgDatabase, Vhost, unique, wait_until
+from esi.testing import ESI, EsiSystem, PgDatabase, Vhost, wait_until
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from esi.bus.topology import build_topology
 from esi.errors import TransientError
 from esi.messages import Envelope
 from esi.systems.registry import load_registry
-from tests.support import Vhost, rabbitmqctl
+from esi.testing import Vhost, rabbitmqctl
 
 pytestmark = pytest.mark.integration
 

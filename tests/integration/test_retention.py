@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from esi.cli import app as cli
 from esi.store import Store, schema
 from esi.store.retention import run_pass
-from tests.support import EsiSystem, PgDatabase, Vhost, unique
+from esi.testing import EsiSystem, PgDatabase, Vhost
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

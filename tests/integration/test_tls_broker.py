@@ -29,7 +29,7 @@ from esi.bus.topology import build_topology
 from esi.messages import Envelope, Kind
 from esi.security.tls import amqp_ssl_context, amqp_ssl_context_for_url, http_verify, uvicorn_ssl_kwargs
 from esi.systems.registry import load_registry
-from tests.support import free_port
+from esi.testing import free_port
 
 pytestmark = pytest.mark.integration
 

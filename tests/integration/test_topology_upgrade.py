@@ -9,7 +9,7 @@ import pytest
 from esi.bus.connection import Bus
 from esi.bus.topology import GROUP_SIZE_ARGUMENT, QueueMismatch, build_topology
 from esi.systems.registry import load_registry
-from tests.support import Vhost
+from esi.testing import Vhost
 
 pytestmark = pytest.mark.integration
 

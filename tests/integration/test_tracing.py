@@ -26,7 +26,8 @@ from esi.bus.relay import OutboxRelay
 from esi.messages import Envelope
 from esi.store import Store
 from esi.store.records import OutboxRow
-from tests.support import EsiSystem, Vhost, unique, wait_until
+from esi.testing import EsiSystem, Vhost, wait_until
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from esi.bus import wire
 from esi.bus.publisher import Publisher
 from esi.errors import TransientError
-from tests.support import Vhost
+from esi.testing import Vhost
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from esi.errors import BusinessError, NotFound, PermanentError, TransientError
 from esi.systems.dms.client import DmsClient, DmsPolicy, DmsUser
 from esi.systems.dms.fake import REFUSED_EMAIL_DOMAIN, FakeDms, create_app
 from esi.systems.http import fast_transport
-from tests.support import serve_in_thread
+from esi.testing import serve_in_thread
 
 API_KEY = "s3cret-api-key-0042"
 

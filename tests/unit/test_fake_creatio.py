@@ -23,7 +23,7 @@ from esi.systems.crm.fake import (
     STATUS_SHIPPED_ID,
     create_app,
 )
-from tests.support import serve_in_thread as serve
+from esi.testing import serve_in_thread as serve
 
 LOGIN = "/ServiceModel/AuthService.svc/Login"
 CREDENTIALS = {"UserName": "Supervisor", "UserPassword": "Supervisor"}

@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from esi.systems.dms.fake import REFUSED_EMAIL_DOMAIN, SEED_POLICIES, FakeDms, create_app
-from tests.support import serve_in_thread
+from esi.testing import serve_in_thread
 
 IVANOV = {"external_id": "U12345", "name": "Иванов Иван", "email": "ivanov@example.com"}
 
