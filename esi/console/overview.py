@@ -1,0 +1,113 @@
+"""The console's overview page (/console): per system its last hour of requests, dead-letter depth, pause, breakers
+and readiness checks, with the outbox backlog.
+
+What it reads is kept for a few seconds, one query per replica however many operators look (`Overview.clear()`
+forgets it, after an action changed it); the broker's queue depths and the readiness checks are waited for a few
+seconds only, and the page says when they did not come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from esi.console.core import Console, html_errors
+from esi.console.views import OUTCOMES, minute_chart
+from esi.security.scopes import Principal
+
+__all__ = ["Overview"]
+
+#: the overview refreshes itself this often (seconds); what it reads is kept as long (one query per replica)
+REFRESH_S = 10
+OVERVIEW_TTL_S = 5.0
+#: how long the overview waits for the broker's queue depths and the readiness checks
+SLOW_PART_TIMEOUT_S = 3.0
+
+
+class _Cached:
+    """A value computed at most every `ttl` seconds, whoever asks."""
+
+    def __init__(self, compute: Callable[[], Awaitable[dict[str, Any]]], ttl: float) -> None:
+        self._compute = compute
+        self._ttl = ttl
+        self._value: dict[str, Any] | None = None
+        self._at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> dict[str, Any]:
+        async with self._lock:
+            if self._value is None or time.monotonic() - self._at >= self._ttl:
+                self._value = await self._compute()
+                self._at = time.monotonic()
+            return self._value
+
+    def clear(self) -> None:
+        self._value = None
+
+
+class Overview:
+    """The overview page over a `Console`, with what it read kept for `OVERVIEW_TTL_S` seconds."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._deps = console.deps
+        self._store = console.store
+        self._registry = console.registry
+        self._overview = _Cached(self._overview_data, OVERVIEW_TTL_S)
+
+    def clear(self) -> None:
+        """Forget what the overview read: an action changed it, the next view reads it again."""
+        self._overview.clear()
+
+    async def _overview_data(self) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        since = (now - timedelta(minutes=60)).isoformat(timespec="microseconds")
+        counts = await self._store.queries.requests_per_minute(since)
+        pauses = await self._store.pauses.system_pauses()
+        breakers = await self._store.pauses.breaker_states()
+        backlog = await self._store.outbox.backlog()
+        depths: dict[str, dict[str, int]] | None = None
+        depth_error = None
+        if self._deps.dead_letters is not None:
+            try:
+                async with asyncio.timeout(SLOW_PART_TIMEOUT_S):
+                    depths = await self._deps.dead_letters.depths()
+            except Exception as exc:  # the broker is away: the page says so, and shows the rest
+                depth_error = f"{type(exc).__name__}: {exc}"[:200] or "unavailable"
+        ready: bool | None = None
+        checks: dict[str, Any] = {}
+        if self._deps.readiness is not None:
+            try:
+                async with asyncio.timeout(SLOW_PART_TIMEOUT_S):
+                    ready, checks = await self._deps.readiness()
+            except Exception as exc:
+                ready, checks = False, {"readiness": {"status": "down", "error": f"{type(exc).__name__}: {exc}"}}
+        systems = []
+        for system in self._registry.systems:
+            mine = [(minute, status, n) for target, minute, status, n in counts
+                    if system.origin or target == system.code]
+            systems.append({
+                "code": system.code, "title": system.title, "service": system.service, "origin": system.origin,
+                "chart": minute_chart(mine, now=now),
+                "depth": (depths or {}).get(system.code),
+                "paused": pauses.get(system.code),
+                "breakers": [b for b in breakers if b.system == system.code],
+                "checks": {name: check for name, check in checks.items()
+                           if name.endswith(f"({system.service})") or name.endswith(f"({system.code})")
+                           or name == system.health},
+            })
+        return {"systems": systems, "backlog": backlog, "depth_error": depth_error, "ready": ready,
+                "checks": checks, "at": now}
+
+    @html_errors
+    async def overview(self, *, request: Request, principal: Principal) -> Response:
+        self.console.require_viewer(principal)
+        data = await self._overview.get()
+        return self.console.page(request, principal, "overview.html", title="Overview", outcomes=OUTCOMES,
+                                 refresh_s=REFRESH_S, **data)
