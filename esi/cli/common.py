@@ -1,14 +1,15 @@
-"""What several command groups share: the settings, the API's address and credentials, `--since`."""
+"""What several command groups share: the settings, the API's address and credentials, `--since`, and durations."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Annotated, Any
 
 import httpx
 import typer
 
-from esi.config import Settings
+from esi.config import Settings, parse_duration
 
 UserOpt = Annotated[str | None, typer.Option("--user", envvar="ESI_API_USER",
                                                 help="API client id (default in demo: demo)")]
@@ -23,6 +24,15 @@ def _settings() -> Settings:
         return Settings()
     except Exception as exc:  # pydantic's message names the setting
         typer.echo(f"esi: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _duration(text: str, *, name: str) -> timedelta:
+    """`esi.config.parse_duration` for an option (90s, 15m, 2h, 7d, 1w); exits 2 naming the problem."""
+    try:
+        return timedelta(seconds=parse_duration(text, name=name))
+    except ValueError as exc:
+        typer.echo(f"esi: {exc}", err=True)
         raise typer.Exit(2) from None
 
 

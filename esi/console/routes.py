@@ -33,7 +33,8 @@ from esi.api.auth import Authenticator
 from esi.api.deps import ApiDeps
 from esi.api.routes.dead_letters import DeadLetterRoutes, PurgeRequest, ReplayRequest
 from esi.api.routes.operations import OperationsRoutes, PauseRequest
-from esi.bus.dead_letters import DeadLetter, Filters, parse_duration
+from esi.bus.dead_letters import DeadLetter, Filters
+from esi.config import parse_duration
 from esi.console.csrf import COOKIE, FIELD, CsrfTokens
 from esi.console.masking import mask
 from esi.console.views import OUTCOMES, group_code, group_dead_letters, minute_chart, sequence
@@ -485,9 +486,9 @@ class Console:
         reason = str(form.get("reason") or "").strip()[:500] or None
         if duration is not None:
             try:
-                parse_duration(duration)
+                parse_duration(duration, name="for")
             except ValueError as exc:
-                raise ApiError(422, "validation_error", f"for: {exc}") from None
+                raise ApiError(422, "validation_error", str(exc)) from None
         result = await self._operations.pause(request, principal, code, PauseRequest(**{"for": duration,
                                                                                        "reason": reason}))
         self._overview.clear()
