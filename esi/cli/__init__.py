@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from esi.cli import clients, contracts, dlq, requests, retention, run, systems
+from esi.cli import clients, contracts, dlq, requests, retention, run, systems, topology
 
 __all__ = ["app", "main"]
 
@@ -22,6 +22,7 @@ app.add_typer(systems.systems_app, name="systems")
 app.add_typer(contracts.contracts_app, name="contracts")
 app.add_typer(dlq.dlq_app, name="dlq")
 app.add_typer(retention.retention_app, name="retention")
+app.add_typer(topology.topology_app, name="topology")
 
 
 def main() -> None:  # pragma: no cover
