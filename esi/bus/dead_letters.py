@@ -11,7 +11,6 @@ import asyncio
 import builtins
 import hashlib
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,17 +24,6 @@ from esi.bus.publisher import Publisher
 from esi.bus.topology import Topology
 
 log = logging.getLogger(__name__)
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """`90s`, `15m`, `2h`, `7d` (a bare number is seconds)."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"bad duration {text!r}: use e.g. 90s, 15m, 2h, 7d")
-    value, unit = float(match.group(1)), match.group(2) or "s"
-    return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
 
 
 def _text(value: Any) -> str | None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import Response
 
-from esi.api.routes.systems import SystemsRoutes, PauseRequest
-from esi.bus.dead_letters import parse_duration
+from esi.api.routes.systems import PauseRequest, SystemsRoutes
+from esi.config import parse_duration
 from esi.console.core import Console, html_errors
 from esi.console.overview import Overview
 from esi.errors import ApiError
@@ -46,9 +46,9 @@ class SystemPages:
         reason = str(form.get("reason") or "").strip()[:500] or None
         if duration is not None:
             try:
-                parse_duration(duration)
+                parse_duration(duration, name="for")
             except ValueError as exc:
-                raise ApiError(422, "validation_error", f"for: {exc}") from None
+                raise ApiError(422, "validation_error", str(exc)) from None
         result = await self._operations.pause(request, principal, code, PauseRequest(**{"for": duration,
                                                                                        "reason": reason}))
         self._overview.clear()

@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from esi.api.app import ApiDeps, create_app
-from esi.systems.registry import load_registry
 from esi.security import ClientRegistry, generate_api_key, make_client_entry
 from esi.store import Store
+from esi.systems.registry import load_registry
 from esi.testing import ESI, free_port
 from tests.support import unique
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from esi.api.app import ApiDeps, create_app
-from esi.systems.registry import load_registry
 from esi.security import ClientRegistry, make_client_entry
 from esi.store import Store
+from esi.systems.registry import load_registry
 from tests.support import unique
 
 pytestmark = pytest.mark.integration

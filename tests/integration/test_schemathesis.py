@@ -23,9 +23,9 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.python import asgi as schemathesis_asgi  # noqa: E402
 
 from esi.api.app import ApiDeps, create_app  # noqa: E402
-from esi.systems.registry import load_registry
 from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD, demo_registry  # noqa: E402
 from esi.store import Store  # noqa: E402
+from esi.systems.registry import load_registry  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

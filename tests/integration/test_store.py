@@ -11,12 +11,12 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert, inspect
 from sqlalchemy.exc import DBAPIError
 
 from esi.api.app import ApiDeps, create_app
-from esi.systems.registry import load_registry
-from esi.systems.crm.tables import MIGRATIONS as CRM_TABLES
-from esi.systems.crm.tables import OrderUpdates
 from esi.store import RequestStatus, Store, schema
 from esi.store.backends import open_backend
 from esi.store.statements import SELECT_REQUEST
+from esi.systems.crm.tables import MIGRATIONS as CRM_TABLES
+from esi.systems.crm.tables import OrderUpdates
+from esi.systems.registry import load_registry
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,6 @@ from fastapi import Depends, FastAPI
 
 from esi.api.auth import principal_dependency
 from esi.api.errors import ApiError, install_error_handlers
-from esi.systems.registry import load_registry
 from esi.security import (
     DEMO_CLIENT_ID,
     DEMO_PASSWORD,
@@ -38,6 +37,7 @@ from esi.security import (
     require_send,
 )
 from esi.security.clients import read_clients_file
+from esi.systems.registry import load_registry
 
 #: cheap argon2 parameters for tests that do not measure time (the production default costs ~0.3 s a verify)
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from typer.testing import CliRunner
 
 from esi.api.app import ApiDeps, create_app
-from esi.cli import app as cli
 from esi.bus.topology import build_topology
+from esi.cli import app as cli
 from esi.contracts.asyncapi import build_asyncapi, iter_refs, routes, topic_matches
 from esi.contracts.compat import compare, dump, live_contract, load_contract
 from esi.contracts.schemas import ENVELOPE, message_schemas

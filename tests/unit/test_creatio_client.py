@@ -26,7 +26,6 @@ from esi.systems.crm.fake import (
     STATUS_SHIPPED_ID,
     create_app,
 )
-from esi.systems.crm.client import AttachedFile, CreatioClient, CreatioOrder, odata_string
 from esi.testing import serve_in_thread as serve
 
 PASSWORD = "Pa55-'secret'-Пароль"

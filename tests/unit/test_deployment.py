@@ -6,15 +6,14 @@
   `check_jsonschema/builtin_schemas/vendor/compose-spec.json` (its sha256 is pinned below). The checks Compose makes
   beyond the schema (dependencies on defined services, healthcheck test forms) are made here by hand.
 - `deploy/rabbitmq/definitions.json` must declare exactly what esi declares at start-up with its default settings:
-  the expected definitions are recorded by running `Topology.declare` against a recording channel.
-  `python -m tests.unit.test_deployment` prints them, to regenerate the file after a change of topology.
+  `esi.bus.definitions` records what `Topology.declare` declares against a recording channel, and
+  `esi topology export --output deploy/rabbitmq/definitions.json` regenerates the file after a change of topology.
 - `.env.example` must list every setting of `esi.config.Settings`, each with a comment.
 - The Dockerfile: slim base, a non-root user, the HEALTHCHECK every compose service repeats.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hashlib
 import json
@@ -22,7 +21,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,9 +29,13 @@ import httpx
 import jsonschema
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from esi import runtime, tracing
+from esi.bus.definitions import definitions, render
 from esi.bus.topology import Topology, build_topology
+from esi.cli import app as cli
+from esi.cli.topology import EXPORT_COMMAND, definitions_text
 from esi.config import Settings
 from esi.systems.registry import load_registry
 from esi.systems.spec import SystemSettings
@@ -56,7 +58,6 @@ SERVICES = (*ADAPTERS, *FAKES)
 SETTINGS_CLASSES: tuple[type[Settings] | type[SystemSettings], ...] = (
     Settings, *(s.settings for s in REGISTRY.systems if s.settings is not None))
 SCALED_ADAPTERS = ("dms", "crm")  # onec publishes the API's port, so it is scaled behind a load balancer instead
-VHOST = "/"
 
 # Variables esi services may be given that are not esi settings: name -> what reads them.
 NOT_SETTINGS = {"ESI_HEALTH_URL": "the image's HEALTHCHECK"}
@@ -164,72 +165,9 @@ def dockerfile_healthcheck() -> list[str]:
 # --- the broker definitions esi calls for ----------------------------------------------------------------------------
 
 
-class _RecordingExchange:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-class _RecordingQueue:
-    def __init__(self, name: str, bindings: list[dict[str, Any]]) -> None:
-        self.name = name
-        self._bindings = bindings
-
-    async def bind(self, exchange: Any, routing_key: str | None = None, *, arguments: dict | None = None,
-                   timeout: float | None = None) -> None:
-        source = exchange if isinstance(exchange, str) else exchange.name
-        self._bindings.append({"source": source, "vhost": VHOST, "destination": self.name, "destination_type": "queue",
-                               "routing_key": routing_key if routing_key is not None else self.name,
-                               "arguments": dict(arguments or {})})
-
-
-class RecordingChannel:
-    """Stands in for an aio-pika channel and records what is declared, with aio-pika's defaults for what is not said."""
-
-    def __init__(self) -> None:
-        self.exchanges: list[dict[str, Any]] = []
-        self.queues: list[dict[str, Any]] = []
-        self.bindings: list[dict[str, Any]] = []
-
-    async def declare_exchange(self, name: str, type: Any = "direct", *, durable: bool = False,
-                               auto_delete: bool = False, internal: bool = False, passive: bool = False,
-                               arguments: dict | None = None, timeout: float | None = None) -> _RecordingExchange:
-        assert not passive, f"exchange {name}: a passive declare declares nothing"
-        self.exchanges.append({"name": name, "vhost": VHOST, "type": getattr(type, "value", type), "durable": durable,
-                               "auto_delete": auto_delete, "internal": internal, "arguments": dict(arguments or {})})
-        return _RecordingExchange(name)
-
-    async def declare_queue(self, name: str | None = None, *, durable: bool = False, exclusive: bool = False,
-                            passive: bool = False, auto_delete: bool = False, arguments: dict | None = None,
-                            timeout: float | None = None) -> _RecordingQueue:
-        assert name, "a server-named queue cannot be in a definitions file"
-        assert not passive and not exclusive, f"queue {name}: passive and exclusive queues cannot be in definitions"
-        self.queues.append({"name": name, "vhost": VHOST, "durable": durable, "auto_delete": auto_delete,
-                            "arguments": dict(arguments or {})})
-        return _RecordingQueue(name, self.bindings)
-
-
 def default_topology() -> Topology:
     """The topology esi declares with its default settings (no environment, no .env)."""
     return runtime.topology_from(Settings.model_construct(), REGISTRY)
-
-
-def expected_definitions(topology: Topology) -> dict[str, Any]:
-    """RabbitMQ definitions (the export format) declaring exactly what `topology.declare` declares."""
-    channel = RecordingChannel()
-    asyncio.run(topology.declare(channel))  # type: ignore[arg-type]
-    return {
-        # no users and no permissions: the broker creates its user from RABBITMQ_DEFAULT_USER (see rabbitmq.conf)
-        "users": [],
-        "vhosts": [{"name": VHOST}],
-        "permissions": [],
-        "topic_permissions": [],
-        "parameters": [],
-        "global_parameters": [],
-        "policies": [],
-        "queues": channel.queues,
-        "exchanges": channel.exchanges,
-        "bindings": channel.bindings,
-    }
 
 
 def _by_key(entries: list[dict[str, Any]], what: str) -> dict[str, str]:
@@ -583,21 +521,32 @@ def test_env_example_is_valid_for_esi() -> None:
 
 
 def test_definitions_match_topology() -> None:
-    actual = json.loads(DEFINITIONS_FILE.read_text(encoding="utf-8"))
-    expected = expected_definitions(default_topology())
-    problems = definitions_differences(actual, expected)
-    assert not problems, ("deploy/rabbitmq/definitions.json disagrees with esi's topology "
-                          "(regenerate it: python -m tests.unit.test_deployment > deploy/rabbitmq/definitions.json):\n"
-                          + "\n".join(problems))
+    text = DEFINITIONS_FILE.read_text(encoding="utf-8")
+    problems = definitions_differences(json.loads(text), definitions(default_topology()))
+    assert not problems, (f"deploy/rabbitmq/definitions.json disagrees with esi's topology (regenerate it: "
+                          f"{EXPORT_COMMAND}):\n" + "\n".join(problems))
+    # and byte for byte what the command writes: regenerating it leaves no diff
+    assert text == definitions_text(), f"deploy/rabbitmq/definitions.json is out of date: run {EXPORT_COMMAND}"
+
+
+def test_topology_export_prints_or_writes_the_definitions(tmp_path: Path) -> None:
+    expected = render(definitions(default_topology()))
+    assert EXPORT_COMMAND == "esi topology export --output deploy/rabbitmq/definitions.json"
+    printed = CliRunner().invoke(cli, ["topology", "export"], catch_exceptions=False)
+    assert printed.exit_code == 0 and printed.stdout == expected
+    written = CliRunner().invoke(cli, ["topology", "export", "--output", str(tmp_path / "d.json")],
+                                 catch_exceptions=False)
+    assert written.exit_code == 0 and (tmp_path / "d.json").read_text(encoding="utf-8") == expected
 
 
 def test_definitions_comparison_notices_a_change() -> None:
     """The comparison is exact: another delivery limit, TTL type or binding is a difference."""
     topology = default_topology()
-    expected = expected_definitions(topology)
+    expected = definitions(topology)
     assert definitions_differences(copy.deepcopy(expected), expected) == []
-    assert definitions_differences(expected_definitions(build_topology(
-        REGISTRY.queues(), retry_delays=Settings.model_construct().retry_delays, delivery_limit=topology.delivery_limit + 1,
+    assert definitions_differences(definitions(build_topology(
+        REGISTRY.queues(), retry_delays=Settings.model_construct().retry_delays,
+        delivery_limit=topology.delivery_limit + 1,
         max_length=topology.max_length)), expected)
     retyped = copy.deepcopy(expected)
     ttl_queue = next(q for q in retyped["queues"] if "x-message-ttl" in q["arguments"])
@@ -610,9 +559,9 @@ def test_definitions_comparison_notices_a_change() -> None:
 
 def test_definitions_declare_the_default_topology() -> None:
     """Spot checks of what the recording must hold, so that a broken recording cannot pass unnoticed."""
-    definitions = expected_definitions(default_topology())
-    exchanges = {e["name"]: e for e in definitions["exchanges"]}
-    queues = {q["name"]: q for q in definitions["queues"]}
+    document = definitions(default_topology())
+    exchanges = {e["name"]: e for e in document["exchanges"]}
+    queues = {q["name"]: q for q in document["queues"]}
     assert exchanges["main_exchange"]["type"] == "topic" and exchanges["main_exchange"]["durable"] is True
     for queue in ("1c_queue", "dms_queue", "crm_queue"):
         assert exchanges[f"{queue}_dlx"]["type"] == "fanout"
@@ -627,7 +576,7 @@ def test_definitions_declare_the_default_topology() -> None:
     assert all(q["arguments"]["x-queue-type"] == "quorum" and q["arguments"]["x-quorum-initial-group-size"] == 3
                for q in queues.values())
     assert all(q["durable"] and not q["auto_delete"] for q in queues.values())
-    keys = {(b["source"], b["destination"], b["routing_key"]) for b in definitions["bindings"]}
+    keys = {(b["source"], b["destination"], b["routing_key"]) for b in document["bindings"]}
     assert ("main_exchange", "crm_queue", "*.response.crm.*") in keys
     assert ("dms_queue_dlx", "dms_dead_letter_queue", "") in keys
 
@@ -699,7 +648,3 @@ def test_dockerignore_keeps_local_state_out_but_the_package_in() -> None:
         assert (ROOT / path).exists(), f"the Dockerfile copies {path}, which does not exist"
         assert path not in patterns and f"/{path}" not in patterns, f".dockerignore excludes {path}, which is copied"
 
-
-if __name__ == "__main__":  # python -m tests.unit.test_deployment > deploy/rabbitmq/definitions.json
-    json.dump(expected_definitions(default_topology()), sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")

@@ -17,13 +17,13 @@ from fastapi.routing import APIRoute
 
 from esi import metrics
 from esi.api.app import ApiDeps, create_app
-from esi.systems.registry import load_registry
 from esi.api.hot import HotPath
 from esi.api.routes import Param, Route, SendRoute
 from esi.security import ClientRegistry, Principal, make_client_entry
 from esi.store import Store
 from esi.systems.crm.messages import UpdateOrderStatus
 from esi.systems.dms.messages import CreateUser, GetPolicyInfo
+from esi.systems.registry import load_registry
 
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 ERP = ("erp", "erp-pw")

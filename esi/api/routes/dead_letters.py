@@ -3,13 +3,15 @@ replays and purges go to the audit log with who made them."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from esi.api.routes.table import Param, Route
-from esi.bus.dead_letters import DeadLetters, Filters, parse_duration
+from esi.bus.dead_letters import DeadLetters, Filters
+from esi.config import parse_duration
 from esi.errors import ApiError
 from esi.security.scopes import Principal, require_operator
 from esi.store import Store
@@ -130,7 +132,7 @@ class DeadLetterRoutes:
 
 def _filters(queue: str | None, reason: str | None, since: str | None, ids: list[str] | None = None) -> Filters:
     try:
-        return Filters(queue=queue, reason=reason, since=parse_duration(since) if since else None,
-                       ids=tuple(ids or ()))
+        within = timedelta(seconds=parse_duration(since, name="since")) if since else None
+        return Filters(queue=queue, reason=reason, since=within, ids=tuple(ids or ()))
     except ValueError as exc:
         raise ApiError(422, "validation_error", str(exc)) from None

@@ -11,14 +11,14 @@ one too, and it lifts itself at the end of `for`. Every change is written to the
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from esi.api.routes.table import Param, Route
-from esi.bus.dead_letters import parse_duration
+from esi.config import parse_duration
 from esi.errors import ApiError
 from esi.security.scopes import Principal, require_operator
 from esi.store import Store
@@ -74,9 +74,13 @@ class SystemsRoutes:
         until = None
         if body.for_:
             try:
-                until = (datetime.now(UTC) + parse_duration(body.for_)).isoformat(timespec="microseconds")
+                seconds = parse_duration(body.for_, name="for")
+                if not seconds:  # `off`, `never`, 0: not a pause that ends now
+                    raise ValueError(f"for must be a positive duration (leave it out to pause until resumed): "
+                                     f"{body.for_!r}")
+                until = (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat(timespec="microseconds")
             except ValueError as exc:
-                raise ApiError(422, "validation_error", f"for: {exc}") from None
+                raise ApiError(422, "validation_error", str(exc)) from None
         pause = await self._store.pauses.pause_system(system, until=until, reason=body.reason,
                                                paused_by=principal.client_id)
         await self._store.audit.record("system.pause", client_id=principal.client_id, subject=system,
@@ -97,9 +101,10 @@ class SystemsRoutes:
         start = None
         if since:
             try:
-                start = (datetime.now(UTC) - parse_duration(since)).isoformat(timespec="microseconds")
+                start = (datetime.now(UTC) - timedelta(seconds=parse_duration(since, name="since"))
+                         ).isoformat(timespec="microseconds")
             except ValueError as exc:
-                raise ApiError(422, "validation_error", f"since: {exc}") from None
+                raise ApiError(422, "validation_error", str(exc)) from None
         entries = await self._store.audit.entries(limit=limit, action=action, since=start)
         return {"count": len(entries), "entries": [e.model_dump() for e in entries]}
 

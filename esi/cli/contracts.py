@@ -7,12 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from esi.contracts.compat import ASYNCAPI_FILE, compare, live_contract, load_contract, write_contract
-
 if TYPE_CHECKING:
     from esi.systems.registry import Registry
-
-__all__ = ["contracts_app"]
 
 contracts_app = typer.Typer(no_args_is_help=True,
                             help="The bus's contract: AsyncAPI document and JSON Schemas, and its breaking changes")
@@ -35,6 +31,8 @@ def _registry() -> Registry:
 @contracts_app.command("export")
 def export(directory: DirArg) -> None:
     """Write DIR/asyncapi.json and DIR/schemas/<name>.json (sorted keys, trailing newline: diffs stay clean)."""
+    from esi.contracts.compat import live_contract, write_contract
+
     contract = live_contract(_registry())
     written = write_contract(contract, directory)
     typer.echo(f"wrote {len(written)} files to {directory}/ ({len(contract.asyncapi['channels'])} channels, "
@@ -46,6 +44,8 @@ def check(directory: DirArg,
           strict: Annotated[bool, typer.Option("--strict", help="also fail when the snapshot is merely out of date "
                                                                 "(additive changes)")] = False) -> None:
     """Compare the live contract with the snapshot in DIR: exit 1 on a breaking change, 0 on additive ones."""
+    from esi.contracts.compat import ASYNCAPI_FILE, compare, live_contract, load_contract
+
     try:
         snapshot = load_contract(directory)
     except FileNotFoundError:

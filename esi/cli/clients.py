@@ -1,0 +1,45 @@
+"""`esi clients add`: a new API client's entry for the clients file."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from esi.cli.common import _settings
+
+clients_app = typer.Typer(no_args_is_help=True, help="API clients: make entries for the clients file")
+
+
+@clients_app.command("add")
+def clients_add(
+    client_id: Annotated[str, typer.Argument(metavar="CLIENT_ID")],
+    send: Annotated[list[str] | None,
+                    typer.Option("--send", help="target:message_type, e.g. dms:create_user or crm:*")] = None,
+    read: Annotated[bool, typer.Option("--read/--no-read", help="may read the outcome of its requests")] = True,
+    operator: Annotated[bool, typer.Option("--operator", help="may use /dlq and replay")] = False,
+    api_key: Annotated[bool, typer.Option("--api-key", help="also generate an API key (printed once)")] = False,
+    file: Annotated[str | None, typer.Option("--file", help="add to this clients file (created if missing)")] = None,
+) -> None:
+    """Hash a new client's password (asked for) and print, or add, its clients-file entry."""
+    from esi.runtime import registry_from
+    from esi.security import generate_api_key, make_client_entry
+
+    registry_from(_settings())  # the scopes name the systems this deployment runs with
+    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    key = generate_api_key(client_id) if api_key else None
+    entry = make_client_entry(client_id, password=password, api_key=key, send=send or [], read=read,
+                              operator=operator)
+    if file:
+        from pathlib import Path
+
+        path = Path(file)
+        data = json.loads(path.read_text()) if path.exists() else {"clients": []}
+        data["clients"] = [c for c in data["clients"] if c.get("id") != client_id] + [entry]
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        typer.echo(f"{client_id} written to {path}")
+    else:
+        typer.echo(json.dumps(entry, indent=2))
+    if key:
+        typer.echo(f"API key (shown once, send it as X-API-Key): {key}", err=True)
