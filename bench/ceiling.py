@@ -49,8 +49,8 @@ async def _respond(url: str, queue_type: str, tag: str, ready: Any) -> None:
         reply = json.dumps({"request_id": request["request_id"], "ok": True}).encode()
         # the reply is confirmed before the request is acked: the same order as any no-loss consumer
         await channel.default_exchange.publish(
-            aio_pika.Message(reply, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=message.reply_to or "")
+            aio_pika.Message(reply, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=message.reply_to or ""
+        )
         await message.ack()
 
     await queue.consume(answer)
@@ -72,16 +72,16 @@ def _cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _request(url: str, n: int, concurrency: int, queue_type: str, tag: str,
-                   responder_pid: int | None = None) -> dict[str, Any]:
+async def _request(
+    url: str, n: int, concurrency: int, queue_type: str, tag: str, responder_pid: int | None = None
+) -> dict[str, Any]:
     connection = await aio_pika.connect(url)
     try:
         publish_channel = await connection.channel(publisher_confirms=True)
         reply_channel = await connection.channel()
         await reply_channel.set_qos(prefetch_count=PREFETCH)
         requests, replies = _queue_names(queue_type, tag)
-        reply_queue = await reply_channel.declare_queue(replies, durable=True,
-                                                        arguments={"x-queue-type": queue_type})
+        reply_queue = await reply_channel.declare_queue(replies, durable=True, arguments={"x-queue-type": queue_type})
         sent_at: dict[str, float] = {}
         latencies: list[float] = []
         slots = asyncio.Semaphore(concurrency)
@@ -106,9 +106,12 @@ async def _request(url: str, n: int, concurrency: int, queue_type: str, tag: str
             body = json.dumps({"request_id": request_id, "payload": SAMPLE_PAYLOAD}).encode()
             sent_at[request_id] = time.perf_counter()
             # confirms are awaited by many publishes at once, as a real publisher keeps them in flight
-            task = asyncio.create_task(publish_channel.default_exchange.publish(
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, reply_to=replies),
-                routing_key=requests))
+            task = asyncio.create_task(
+                publish_channel.default_exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, reply_to=replies),
+                    routing_key=requests,
+                )
+            )
             publishes.add(task)
             task.add_done_callback(publishes.discard)
         await finished.wait()
@@ -120,13 +123,18 @@ async def _request(url: str, n: int, concurrency: int, queue_type: str, tag: str
         cleanup = await connection.channel()
         for name in (requests, replies):
             await cleanup.queue_delete(name, if_unused=False, if_empty=False)
-        return {"n": n, "concurrency": concurrency, "queue_type": queue_type, "seconds": round(elapsed, 3),
-                "round_trips_per_s": round(n / elapsed, 1),
-                "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
-                "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 2),
-                "requester_cpu_ms": round(1000 * own_cpu / n, 3),
-                "responder_cpu_ms": round(1000 * their_cpu / n, 3) if their_cpu is not None else None,
-                "cpu_ms_per_round_trip": round(1000 * (own_cpu + their_cpu) / n, 3) if their_cpu is not None else None}
+        return {
+            "n": n,
+            "concurrency": concurrency,
+            "queue_type": queue_type,
+            "seconds": round(elapsed, 3),
+            "round_trips_per_s": round(n / elapsed, 1),
+            "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 2),
+            "requester_cpu_ms": round(1000 * own_cpu / n, 3),
+            "responder_cpu_ms": round(1000 * their_cpu / n, 3) if their_cpu is not None else None,
+            "cpu_ms_per_round_trip": round(1000 * (own_cpu + their_cpu) / n, 3) if their_cpu is not None else None,
+        }
     finally:
         await connection.close()
 

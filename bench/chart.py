@@ -1,6 +1,6 @@
 """The chart of a bench run: throughput and p99 latency against concurrency (end-to-end runs), with the ceiling.
 
-    python -m bench.chart [bench/results/latest.json] [bench/results/chart.png]
+python -m bench.chart [bench/results/latest.json] [bench/results/chart.png]
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ def make_chart(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = sorted((r for r in (result.get("e2e") or {}).get("runs", []) if r.get("round_trips_per_s") is not None),
-                  key=lambda r: r["concurrency"])
+    runs = sorted(
+        (r for r in (result.get("e2e") or {}).get("runs", []) if r.get("round_trips_per_s") is not None),
+        key=lambda r: r["concurrency"],
+    )
     if not runs:
         raise ValueError("no end-to-end runs to chart")
     conc = [r["concurrency"] for r in runs]
@@ -39,8 +41,14 @@ def make_chart(result: dict[str, Any], path: Path) -> Path:
     left.plot(conc, tput, "o-", color="tab:blue", label="esi end to end")
     for x, y, r in zip(conc, tput, runs):
         ratio = r.get("ratio_to_ceiling")
-        left.annotate(f"{y:.0f}/s" + (f"\n{ratio:.2f}× ceiling" if ratio is not None else ""), (x, y),
-                      textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+        left.annotate(
+            f"{y:.0f}/s" + (f"\n{ratio:.2f}× ceiling" if ratio is not None else ""),
+            (x, y),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=8,
+        )
     if ceiling:
         left.axhline(ceiling, color="tab:gray", linestyle="--", label=f"ceiling (bare aio-pika) {ceiling:.0f}/s")
         left.axhline(ceiling / 2, color="tab:red", linestyle=":", label="target 0.5 × ceiling")
@@ -72,9 +80,11 @@ def make_chart(result: dict[str, Any], path: Path) -> Path:
     right.grid(alpha=0.3)
 
     machine = result.get("machine") or {}
-    fig.suptitle(f"esi bench {result.get('started_at', '')} — {machine.get('nproc')} CPU {machine.get('cpu_model')}, "
-                 f"RabbitMQ {machine.get('rabbitmq_version')}, store {(result.get('config') or {}).get('store')}",
-                 fontsize=9)
+    fig.suptitle(
+        f"esi bench {result.get('started_at', '')} — {machine.get('nproc')} CPU {machine.get('cpu_model')}, "
+        f"RabbitMQ {machine.get('rabbitmq_version')}, store {(result.get('config') or {}).get('store')}",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -66,7 +66,8 @@ async def publish_rate(url: str, queue_type: str, n: int, in_flight: int = 200) 
         async def one() -> None:
             async with semaphore:
                 await channel.default_exchange.publish(
-                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=name)
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=name
+                )
 
         started = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(n)))
@@ -100,8 +101,12 @@ async def e2e_rate(apis: list[str], database_url: str, n: int, concurrency: int)
             started = time.perf_counter()
             await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         deadline = time.perf_counter() + 300
-        while await conn.fetchval("SELECT count(*) FROM esi_requests WHERE request_id LIKE $1 AND status = "
-                                  "'completed'", f"B-{tag}-%") < n:
+        while (
+            await conn.fetchval(
+                "SELECT count(*) FROM esi_requests WHERE request_id LIKE $1 AND status = 'completed'", f"B-{tag}-%"
+            )
+            < n
+        ):
             if time.perf_counter() > deadline:
                 raise RuntimeError("requests did not complete within 300 s")
             await asyncio.sleep(0.1)
@@ -111,8 +116,9 @@ async def e2e_rate(apis: list[str], database_url: str, n: int, concurrency: int)
 
 
 def _system(workdir: Path, amqp_url: str, database_url: str, apis: int) -> tuple[EsiSystem, list[str]]:
-    system = EsiSystem(workdir=workdir, amqp_url=amqp_url, database_url=database_url,
-                       extra_env={"ESI_LOG_LEVEL": "WARNING"})
+    system = EsiSystem(
+        workdir=workdir, amqp_url=amqp_url, database_url=database_url, extra_env={"ESI_LOG_LEVEL": "WARNING"}
+    )
     system.start_all({"fakes": ["fake-dms", "fake-creatio"], "onec": ["onec"], "dms": ["dms"]})
     urls = [system.api_url]
     for k in range(1, apis):
@@ -135,8 +141,9 @@ def _e2e(label: str, amqp_url: str, apis: int, n: int, concurrency: int, warmup:
             db.drop()
 
 
-def run(*, n: int = 1000, concurrency: int = 64, publishes: int = 5000, warmup: int = 100,
-        say: Any = print) -> dict[str, Any]:
+def run(
+    *, n: int = 1000, concurrency: int = 64, publishes: int = 5000, warmup: int = 100, say: Any = print
+) -> dict[str, Any]:
     _script("up")
     result: dict[str, Any] = {"machine": machine_info(), "n": n, "concurrency": concurrency}
     single, cluster = Vhost(), ClusterVhost()
@@ -158,8 +165,10 @@ def run(*, n: int = 1000, concurrency: int = 64, publishes: int = 5000, warmup: 
             "cluster_2api": _e2e("cluster2", cluster.url, 2, n, concurrency, warmup),
         }
         result["e2e_per_s"] = {k: round(v, 1) for k, v in e2e.items()}
-        result["ratios"] = {"cluster_vs_single": round(e2e["cluster_1api"] / e2e["single_1api"], 3),
-                            "two_apis_vs_one": round(e2e["cluster_2api"] / e2e["cluster_1api"], 3)}
+        result["ratios"] = {
+            "cluster_vs_single": round(e2e["cluster_1api"] / e2e["single_1api"], 3),
+            "two_apis_vs_one": round(e2e["cluster_2api"] / e2e["cluster_1api"], 3),
+        }
         say(f"cluster: e2e {result['e2e_per_s']} → ratios {result['ratios']}")
     finally:
         single.delete()

@@ -38,8 +38,12 @@ def ms(value: float | None) -> float | None:
 
 
 def latency_summary(values: list[float]) -> dict[str, float | None]:
-    return {"p50_ms": ms(percentile(values, 50)), "p95_ms": ms(percentile(values, 95)),
-            "p99_ms": ms(percentile(values, 99)), "max_ms": ms(max(values) if values else None)}
+    return {
+        "p50_ms": ms(percentile(values, 50)),
+        "p95_ms": ms(percentile(values, 95)),
+        "p99_ms": ms(percentile(values, 99)),
+        "max_ms": ms(max(values) if values else None),
+    }
 
 
 #: the demo client's credentials (`ESI_ENV=demo` without a clients file, the default): what `make run` accepts
@@ -50,8 +54,13 @@ def client(pool: int, base_url: str) -> aiohttp.ClientSession:
     """The load generator's HTTP client: aiohttp alone, the leanest asyncio client at hand. The load generator shares
     the machine's two cores with what it measures: what its client spends, the services cannot use (httpx's cost:
     docs/performance.md)."""
-    return aiohttp.ClientSession(base_url=base_url, timeout=aiohttp.ClientTimeout(total=60.0), headers=DEMO_AUTH,
-                                 connector=aiohttp.TCPConnector(limit=pool), cookie_jar=aiohttp.DummyCookieJar())
+    return aiohttp.ClientSession(
+        base_url=base_url,
+        timeout=aiohttp.ClientTimeout(total=60.0),
+        headers=DEMO_AUTH,
+        connector=aiohttp.TCPConnector(limit=pool),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
 
 async def _call(http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> tuple[int, bytes]:
@@ -105,8 +114,15 @@ class Completions:
     ends unsettled (the server's cap) is simply asked again, until `timeout` after the request's POST.
     """
 
-    def __init__(self, http: aiohttp.ClientSession, outcome: Outcome, *, on_final: Callable[[], None] = lambda: None,
-                 timeout: float = 120.0, wait: float = 30.0) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        outcome: Outcome,
+        *,
+        on_final: Callable[[], None] = lambda: None,
+        timeout: float = 120.0,
+        wait: float = 30.0,
+    ) -> None:
         self.http = http
         self.outcome = outcome
         self.on_final = on_final
@@ -138,8 +154,12 @@ class Completions:
                     outcome.error(f"request {request_id} not completed after {self.timeout}s")
                     return
                 try:
-                    status_code, content = await _call(self.http, "GET", f"/requests/{request_id}",
-                                                       params={"wait": str(round(min(self.wait, remaining), 3))})
+                    status_code, content = await _call(
+                        self.http,
+                        "GET",
+                        f"/requests/{request_id}",
+                        params={"wait": str(round(min(self.wait, remaining), 3))},
+                    )
                 except CONNECTION_LOST:  # a kept-alive connection closed under it: ask again
                     outcome.poll_retries += 1
                     continue
@@ -162,8 +182,9 @@ class Completions:
         """A request whose POST answered with its outcome (200 to `Prefer: wait=N`)."""
         try:
             if not self._final(request_id, started, now, content):
-                self.outcome.error(f"POST for {request_id} answered 200 with a state that is not final: "
-                                   f"{content[:200]!r}")
+                self.outcome.error(
+                    f"POST for {request_id} answered 200 with a state that is not final: {content[:200]!r}"
+                )
         finally:
             self.on_final()
 
@@ -189,8 +210,9 @@ class Completions:
 class Driver:
     """Posts create_user requests to the 1C API and follows them to completion."""
 
-    def __init__(self, api_url: str, *, tag: str | None = None, completion_timeout: float = 120.0,
-                 max_waits: int = 1024) -> None:
+    def __init__(
+        self, api_url: str, *, tag: str | None = None, completion_timeout: float = 120.0, max_waits: int = 1024
+    ) -> None:
         self.api_url = api_url
         #: seconds each closed-loop POST asks to wait for its outcome (`Prefer: wait=N`); 0: POST, then long polls
         self.prefer_wait = 0
@@ -203,12 +225,24 @@ class Driver:
     def _body(self) -> tuple[str, bytes]:
         self._seq += 1
         request_id = f"bench-{self.tag}-{self._seq}"
-        body = {"request_id": request_id, "user_id": f"U-{self.tag}-{self._seq}", "name": "Иванов Иван",
-                "email": f"user{self._seq}@example.com", "phone": "+79990000000"}
+        body = {
+            "request_id": request_id,
+            "user_id": f"U-{self.tag}-{self._seq}",
+            "name": "Иванов Иван",
+            "email": f"user{self._seq}@example.com",
+            "phone": "+79990000000",
+        }
         return request_id, orjson.dumps(body)
 
-    async def _post(self, http: aiohttp.ClientSession, outcome: Outcome, tracker: Completions | None,
-                    scheduled: float | None = None, lags: list[float] | None = None, prefer_wait: int = 0) -> bool:
+    async def _post(
+        self,
+        http: aiohttp.ClientSession,
+        outcome: Outcome,
+        tracker: Completions | None,
+        scheduled: float | None = None,
+        lags: list[float] | None = None,
+        prefer_wait: int = 0,
+    ) -> bool:
         """POST one request; False if it was not accepted. With `prefer_wait`, a POST answered with the outcome
         (200) is handed to `tracker` as settled, one answered 202 is followed by long polls as without it."""
         request_id, body = self._body()
@@ -313,16 +347,21 @@ class Driver:
             sent_in = time.perf_counter() - start
             tracker.close()
             await poller
-        extra = {"achieved_rate_per_s": round(n / sent_in, 1) if sent_in > 0 else None,
-                 "send_lag_p99_ms": ms(percentile(lags, 99)), "send_lag_max_ms": ms(max(lags) if lags else None),
-                 "from_due": latency_summary(from_due)}
+        extra = {
+            "achieved_rate_per_s": round(n / sent_in, 1) if sent_in > 0 else None,
+            "send_lag_p99_ms": ms(percentile(lags, 99)),
+            "send_lag_max_ms": ms(max(lags) if lags else None),
+            "from_due": latency_summary(from_due),
+        }
         return outcome, extra
 
     async def burst(self, n: int, *, post_concurrency: int = 64) -> tuple[Outcome, float]:
         """`n` requests posted as fast as `post_concurrency` connections allow, all followed to completion."""
         outcome = Outcome()
-        async with client(post_concurrency, self.api_url) as posts, \
-                client(min(n, self.max_waits), self.api_url) as polls:
+        async with (
+            client(post_concurrency, self.api_url) as posts,
+            client(min(n, self.max_waits), self.api_url) as polls,
+        ):
             tracker = self._tracker(polls, outcome)
             poller = asyncio.create_task(tracker.run())
             gate = asyncio.Semaphore(post_concurrency)
@@ -354,14 +393,24 @@ async def publish_backlog(amqp_url: str, n: int, *, in_flight: int = 1000, tag: 
 
         async def one(i: int) -> None:
             try:
-                envelope = Envelope(request_id=f"backlog-{tag}-{i}", source_system="1c", target_system="dms",
-                                    message_type="create_user",
-                                    payload={"user_id": f"B-{tag}-{i}", "name": "Петров Пётр",
-                                             "email": f"backlog{i}@example.com"})
-                message = aio_pika.Message(envelope.encode(), content_type="application/json",
-                                           content_encoding="utf-8", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                           message_id=envelope.message_id, correlation_id=envelope.request_id,
-                                           type="create_user", app_id="esi-bench", headers={ATTEMPT_HEADER: 1})
+                envelope = Envelope(
+                    request_id=f"backlog-{tag}-{i}",
+                    source_system="1c",
+                    target_system="dms",
+                    message_type="create_user",
+                    payload={"user_id": f"B-{tag}-{i}", "name": "Петров Пётр", "email": f"backlog{i}@example.com"},
+                )
+                message = aio_pika.Message(
+                    envelope.encode(),
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=envelope.message_id,
+                    correlation_id=envelope.request_id,
+                    type="create_user",
+                    app_id="esi-bench",
+                    headers={ATTEMPT_HEADER: 1},
+                )
                 await exchange.publish(message, routing_key="1c.request.dms.create_user", mandatory=True, timeout=60)
             except BaseException as exc:  # noqa: BLE001 - reported below
                 failures.append(exc)

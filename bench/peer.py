@@ -80,10 +80,16 @@ def api_app(amqp_url: str) -> FastAPI:
         waiting[request.request_id] = future
         try:
             await router.broker.publish(
-                {"request_id": request.request_id, "message_type": "create_user",
-                 "payload": request.model_dump(exclude={"request_id"}, exclude_none=True)},
-                exchange=exchange, routing_key="1c.request.dms.create_user", correlation_id=request.request_id,
-                persist=True)
+                {
+                    "request_id": request.request_id,
+                    "message_type": "create_user",
+                    "payload": request.model_dump(exclude={"request_id"}, exclude_none=True),
+                },
+                exchange=exchange,
+                routing_key="1c.request.dms.create_user",
+                correlation_id=request.request_id,
+                persist=True,
+            )
             try:
                 response = await asyncio.wait_for(future, REPLY_TIMEOUT_S)
             except TimeoutError:
@@ -106,14 +112,20 @@ async def worker(amqp_url: str, dms_url: str) -> None:
         @broker.subscriber(requests, exchange)
         async def create_user(body: dict[str, Any], message: RabbitMessage) -> None:
             payload = body["payload"]
-            async with http.post("/users", json={"external_id": payload["user_id"], "name": payload["name"],
-                                                 "email": payload["email"]},
-                                 headers={"Idempotency-Key": body["request_id"]}) as answer:
+            async with http.post(
+                "/users",
+                json={"external_id": payload["user_id"], "name": payload["name"], "email": payload["email"]},
+                headers={"Idempotency-Key": body["request_id"]},
+            ) as answer:
                 answer.raise_for_status()
                 user = await answer.json()
-            await broker.publish({"request_id": body["request_id"], "message_type": "create_user", "payload": user},
-                                 exchange=exchange, routing_key="dms.response.1c.create_user",
-                                 correlation_id=message.correlation_id, persist=True)
+            await broker.publish(
+                {"request_id": body["request_id"], "message_type": "create_user", "payload": user},
+                exchange=exchange,
+                routing_key="dms.response.1c.create_user",
+                correlation_id=message.correlation_id,
+                persist=True,
+            )
 
         async with broker:
             await broker.start()
@@ -122,6 +134,7 @@ async def worker(amqp_url: str, dms_url: str) -> None:
 
 
 # --- the harness's side -------------------------------------------------------------------------------------------
+
 
 class PeerSystem:
     """The peer's two processes on a vhost of their own, calling `dms_url` (the fake DMS esi's run uses too)."""
@@ -138,8 +151,13 @@ class PeerSystem:
         try:
             for name, args in (("peer-worker", ["worker"]), ("peer-api", ["api", "--port", str(self.port)])):
                 with open(self.logs[name], "ab") as log:
-                    self.procs[name] = subprocess.Popen([sys.executable, "-m", "bench.peer", *args], env=env,
-                                                        stdout=log, stderr=log, cwd=Path(__file__).parent.parent)
+                    self.procs[name] = subprocess.Popen(
+                        [sys.executable, "-m", "bench.peer", *args],
+                        env=env,
+                        stdout=log,
+                        stderr=log,
+                        cwd=Path(__file__).parent.parent,
+                    )
                 sampler.watch(name, self.procs[name].pid)
             self._wait_ready()
         except BaseException:

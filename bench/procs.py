@@ -35,7 +35,7 @@ def read_cpu_seconds(pid: int) -> float | None:
             stat = f.read()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
@@ -219,6 +219,7 @@ class ProcSampler(threading.Thread):
 
 
 # --- the machine --------------------------------------------------------------------------------------------------
+
 
 def _cpu_model() -> str | None:
     try:

@@ -33,10 +33,29 @@ class Profiles:
         directory.mkdir(parents=True, exist_ok=True)
         for name, pid in pids.items():
             raw = directory / f"{name}.raw"
-            self.procs[name] = (subprocess.Popen(
-                [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate), "--gil",
-                 "--nonblocking", "--format", "raw", "-o", str(raw)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), raw)
+            self.procs[name] = (
+                subprocess.Popen(
+                    [
+                        exe,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--duration",
+                        str(int(seconds)),
+                        "--rate",
+                        str(rate),
+                        "--gil",
+                        "--nonblocking",
+                        "--format",
+                        "raw",
+                        "-o",
+                        str(raw),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                ),
+                raw,
+            )
 
     def finish(self, top: int = 15) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -57,14 +57,34 @@ TARGET_RSS_MB = 150.0
 TARGET_SCALEOUT = 1.7
 
 DEFAULTS: dict[str, Any] = {
-    "ceiling_n": 5000, "ceiling_concurrency": 64, "n": 2000, "concurrency": [16, 64, 128, 256], "warmup": 200,
-    "ingress_seconds": 20.0, "slow_n": 1000, "slow_latency_ms": 200, "post_concurrency": 64,
-    "backlog": 50_000, "backlog_sample_seconds": 30.0, "completion_timeout": 120.0, "bound_limit": 10,
+    "ceiling_n": 5000,
+    "ceiling_concurrency": 64,
+    "n": 2000,
+    "concurrency": [16, 64, 128, 256],
+    "warmup": 200,
+    "ingress_seconds": 20.0,
+    "slow_n": 1000,
+    "slow_latency_ms": 200,
+    "post_concurrency": 64,
+    "backlog": 50_000,
+    "backlog_sample_seconds": 30.0,
+    "completion_timeout": 120.0,
+    "bound_limit": 10,
 }
 QUICK: dict[str, Any] = {
-    "ceiling_n": 200, "ceiling_concurrency": 16, "n": 100, "concurrency": [4, 16], "warmup": 20,
-    "ingress_seconds": 3.0, "slow_n": 50, "slow_latency_ms": 50, "post_concurrency": 16,
-    "backlog": 500, "backlog_sample_seconds": 10.0, "completion_timeout": 60.0, "bound_limit": 5,
+    "ceiling_n": 200,
+    "ceiling_concurrency": 16,
+    "n": 100,
+    "concurrency": [4, 16],
+    "warmup": 20,
+    "ingress_seconds": 3.0,
+    "slow_n": 50,
+    "slow_latency_ms": 50,
+    "post_concurrency": 16,
+    "backlog": 500,
+    "backlog_sample_seconds": 10.0,
+    "completion_timeout": 60.0,
+    "bound_limit": 5,
 }
 
 
@@ -84,26 +104,41 @@ def _ratio(value: float | None, base: float | None, digits: int = 3) -> float | 
 
 def _check(outcome: Outcome, what: str, errors: list[str]) -> None:
     if not outcome.all_completed:
-        errors.append(f"{what}: {outcome.completed}/{outcome.posted} completed, {outcome.failed} failed, "
-                      f"{outcome.timed_out} never completed, {outcome.post_errors} POST errors; "
-                      f"first errors: {outcome.errors[:3]}")
+        errors.append(
+            f"{what}: {outcome.completed}/{outcome.posted} completed, {outcome.failed} failed, "
+            f"{outcome.timed_out} never completed, {outcome.post_errors} POST errors; "
+            f"first errors: {outcome.errors[:3]}"
+        )
 
 
 def _outcome_fields(outcome: Outcome) -> dict[str, Any]:
-    return {"posted": outcome.posted, "completed": outcome.completed, "failed": outcome.failed,
-            "timed_out": outcome.timed_out, "post_errors": outcome.post_errors,
-            "post_retries": outcome.post_retries, "poll_retries": outcome.poll_retries,
-            "all_completed": outcome.all_completed,
-            "polls_per_request": round(outcome.polls / outcome.posted, 2) if outcome.posted else None}
+    return {
+        "posted": outcome.posted,
+        "completed": outcome.completed,
+        "failed": outcome.failed,
+        "timed_out": outcome.timed_out,
+        "post_errors": outcome.post_errors,
+        "post_retries": outcome.post_retries,
+        "poll_retries": outcome.poll_retries,
+        "all_completed": outcome.all_completed,
+        "polls_per_request": round(outcome.polls / outcome.posted, 2) if outcome.posted else None,
+    }
 
 
 # --- 1. ceiling -------------------------------------------------------------------------------------------------
 
+
 def run_ceiling(amqp_url: str, n: int, concurrency: int) -> dict[str, Any]:
     env = dict(os.environ, AMQP_URL=amqp_url)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "bench.ceiling", str(n), str(concurrency), "quorum"],
-                            capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.ceiling", str(n), str(concurrency), "quorum"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
     if result.returncode != 0:
         raise BenchError(f"ceiling.py exited with {result.returncode}: {result.stderr[-2000:]}")
     lines = [line for line in result.stdout.splitlines() if line.strip().startswith("{")]
@@ -117,14 +152,29 @@ def run_ceiling(amqp_url: str, n: int, concurrency: int) -> dict[str, Any]:
 
 # --- the harness ------------------------------------------------------------------------------------------------
 
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.errors: list[str] = []
         self.result: dict[str, Any] = {
-            "schema": 1, "started_at": _now(), "ok": False, "errors": self.errors, "machine": machine_info(),
-            "config": {}, "ceiling": None, "e2e": None, "peer": None, "ingress": None, "slow": None, "scaleout": None,
-            "memory": None, "backlog": None, "targets": [], "client": {}, "chart": None,
+            "schema": 1,
+            "started_at": _now(),
+            "ok": False,
+            "errors": self.errors,
+            "machine": machine_info(),
+            "config": {},
+            "ceiling": None,
+            "e2e": None,
+            "peer": None,
+            "ingress": None,
+            "slow": None,
+            "scaleout": None,
+            "memory": None,
+            "backlog": None,
+            "targets": [],
+            "client": {},
+            "chart": None,
         }
         self.system: Any = None
         self.driver: Driver | None = None
@@ -156,12 +206,23 @@ class Bench:
             print_table(self.result)
             return 1
         self.result["config"] = {
-            "quick": a.quick, "store": a.store, "prefetch": self.system.prefetch, "n": a.n,
-            "concurrency": a.concurrency, "warmup": a.warmup, "ceiling_n": a.ceiling_n,
-            "ceiling_concurrency": a.ceiling_concurrency, "ingress_seconds": a.ingress_seconds,
-            "slow_n": a.slow_n, "slow_latency_ms": a.slow_latency_ms, "post_concurrency": a.post_concurrency,
-            "backlog": a.backlog, "backlog_sample_seconds": a.backlog_sample_seconds, "skip": sorted(a.skip),
-            "vhost": self.system.vhost.name, "log_level": "INFO (the default)",
+            "quick": a.quick,
+            "store": a.store,
+            "prefetch": self.system.prefetch,
+            "n": a.n,
+            "concurrency": a.concurrency,
+            "warmup": a.warmup,
+            "ceiling_n": a.ceiling_n,
+            "ceiling_concurrency": a.ceiling_concurrency,
+            "ingress_seconds": a.ingress_seconds,
+            "slow_n": a.slow_n,
+            "slow_latency_ms": a.slow_latency_ms,
+            "post_concurrency": a.post_concurrency,
+            "backlog": a.backlog,
+            "backlog_sample_seconds": a.backlog_sample_seconds,
+            "skip": sorted(a.skip),
+            "vhost": self.system.vhost.name,
+            "log_level": "INFO (the default)",
             "auth": "on, the demo client (the default)",
             "layout": "fakes(fake-creatio fake-dms) | onec | dms [| dms2] | crm — one `esi run` process each",
         }
@@ -213,8 +274,13 @@ class Bench:
             try:  # systems of its own (the single node's and the cluster's), after the main one has stopped
                 from bench import cluster
 
-                self.result["cluster"] = cluster.run(n=a.n, concurrency=min(64, max(a.concurrency)),
-                                                     publishes=max(500, a.n * 2), warmup=a.warmup, say=self.say)
+                self.result["cluster"] = cluster.run(
+                    n=a.n,
+                    concurrency=min(64, max(a.concurrency)),
+                    publishes=max(500, a.n * 2),
+                    warmup=a.warmup,
+                    say=self.say,
+                )
             except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
                 self.errors.append(f"cluster: {type(exc).__name__}: {exc}")
                 traceback.print_exc()
@@ -244,15 +310,21 @@ class Bench:
             outcome, seconds = asyncio.run(self.driver.closed_loop(a.n, concurrency))
             client_cpu = time.process_time() - cpu0
             if profiles is not None:
-                self.result["profile"] = {"concurrency": concurrency, "seconds": a.profile_seconds,
-                                          "mode": "py-spy record --gil --nonblocking", **profiles.finish()}
+                self.result["profile"] = {
+                    "concurrency": concurrency,
+                    "seconds": a.profile_seconds,
+                    "mode": "py-spy record --gil --nonblocking",
+                    **profiles.finish(),
+                }
             system.sampler.close(phase)
             system.check_alive()
             _check(outcome, f"e2e at concurrency {concurrency}", self.errors)
             run = self._e2e_run(concurrency, outcome, seconds, client_cpu, phase)
             runs.append(run)
-            self.say(f"e2e c={concurrency}: {run['round_trips_per_s']}/s ({run['ratio_to_ceiling']}× ceiling), "
-                     f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, client CPU {run['client_cpu_pct_of_one_core']}%")
+            self.say(
+                f"e2e c={concurrency}: {run['round_trips_per_s']}/s ({run['ratio_to_ceiling']}× ceiling), "
+                f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, client CPU {run['client_cpu_pct_of_one_core']}%"
+            )
         system.sampler.close("e2e")
         best = max(runs, key=lambda r: r["round_trips_per_s"] or 0)
         by_long_poll = None
@@ -263,18 +335,23 @@ class Bench:
             concurrency = best["concurrency"]
             self.say(f"e2e: {a.n} create_user at concurrency {concurrency}, POST then long poll")
             by_long_poll = self._esi_run(concurrency, f"e2e-poll-c{concurrency}", "e2e (long poll)")
-            self.say(f"e2e c={concurrency}, long poll: {by_long_poll['round_trips_per_s']}/s "
-                     f"({by_long_poll['ratio_to_ceiling']}× ceiling), p99 {by_long_poll['p99_ms']} ms")
+            self.say(
+                f"e2e c={concurrency}, long poll: {by_long_poll['round_trips_per_s']}/s "
+                f"({by_long_poll['ratio_to_ceiling']}× ceiling), p99 {by_long_poll['p99_ms']} ms"
+            )
         self._e2e_summary(runs, best, by_long_poll)
 
-    def _e2e_run(self, concurrency: int, outcome: Outcome, seconds: float, client_cpu: float,
-                 phase: str) -> dict[str, Any]:
+    def _e2e_run(
+        self, concurrency: int, outcome: Outcome, seconds: float, client_cpu: float, phase: str
+    ) -> dict[str, Any]:
         a, system = self.args, self.system
         stages = self._stages(outcome)
         rate = outcome.completed / seconds if seconds > 0 else None
         processes = system.sampler.report(phase)
         run = {
-            "concurrency": concurrency, "n": a.n, "seconds": round(seconds, 2),
+            "concurrency": concurrency,
+            "n": a.n,
+            "seconds": round(seconds, 2),
             "round_trips_per_s": round(rate, 1) if rate else None,
             "ratio_to_ceiling": _ratio(rate, self.ceiling),
             **{k: v for k, v in latency_summary(outcome.e2e).items()},
@@ -289,8 +366,9 @@ class Bench:
         }
         return run
 
-    def _e2e_summary(self, runs: list[dict[str, Any]], best: dict[str, Any],
-                     by_long_poll: dict[str, Any] | None) -> None:
+    def _e2e_summary(
+        self, runs: list[dict[str, Any]], best: dict[str, Any], by_long_poll: dict[str, Any] | None
+    ) -> None:
         client_bound = [r["concurrency"] for r in runs if (r["client_cpu_pct_of_one_core"] or 0) >= 85]
         from bench.procs import MACHINE
 
@@ -300,30 +378,38 @@ class Bench:
         nproc = self.result["machine"].get("nproc") or 1
         self.result["e2e"] = {
             "runs": runs,
-            "best": {"concurrency": best["concurrency"], "round_trips_per_s": best["round_trips_per_s"],
-                     "ratio_to_ceiling": best["ratio_to_ceiling"], "p99_ms": best["p99_ms"]},
+            "best": {
+                "concurrency": best["concurrency"],
+                "round_trips_per_s": best["round_trips_per_s"],
+                "ratio_to_ceiling": best["ratio_to_ceiling"],
+                "p99_ms": best["p99_ms"],
+            },
             "completion_detection": (
                 f"POST start → the POST's own answer, 200 with the request completed (Prefer: wait={PREFER_WAIT_S}: "
                 "one HTTP request per round trip); a POST whose wait ran out (202) is followed by long polls"
-                if by_long_poll is not None else
-                "POST start → the answer of the long poll GET /requests/{id}?wait=30 that sees it completed (one "
-                "waiting GET per request in flight)"),
+                if by_long_poll is not None
+                else "POST start → the answer of the long poll GET /requests/{id}?wait=30 that sees it completed (one "
+                "waiting GET per request in flight)"
+            ),
         }
         if by_long_poll is not None:
             self.result["e2e"]["by_long_poll"] = by_long_poll
         self.result["client"] = {
             "tool": "aiohttp.ClientSession, HTTP/1.1, one process; pool = concurrency for POSTs and as "
-                    "many for the long polls (when used)",
+            "many for the long polls (when used)",
             "cpu_pct_of_one_core_by_concurrency": {r["concurrency"]: r["client_cpu_pct_of_one_core"] for r in runs},
             "bottleneck": bool(client_bound),
-            "verdict": (f"the client used ≥ 85% of a core at concurrency {client_bound}: it may be the bottleneck"
-                        if client_bound else
-                        f"not the bottleneck: at most {max(r['client_cpu_pct_of_one_core'] or 0 for r in runs)}% "
-                        f"of one core"),
+            "verdict": (
+                f"the client used ≥ 85% of a core at concurrency {client_bound}: it may be the bottleneck"
+                if client_bound
+                else f"not the bottleneck: at most {max(r['client_cpu_pct_of_one_core'] or 0 for r in runs)}% "
+                f"of one core"
+            ),
             "bench_processes_cpu_pct_of_machine_at_best": round(total_cpu / nproc, 1),
             "machine_cpu_busy_pct_at_best": round(machine_cpu / nproc, 1) if machine_cpu is not None else None,
-            "others_cpu_pct_of_machine_at_best": (round(max(0.0, machine_cpu - total_cpu) / nproc, 1)
-                                                  if machine_cpu is not None else None),
+            "others_cpu_pct_of_machine_at_best": (
+                round(max(0.0, machine_cpu - total_cpu) / nproc, 1) if machine_cpu is not None else None
+            ),
         }
 
     def _cpu_ratios(self, cpu_ms: dict[str, float]) -> dict[str, float | None]:
@@ -366,17 +452,21 @@ class Bench:
         peer_rate = sum(r["round_trips_per_s"] or 0 for r in peer_runs) / len(peer_runs)
         self.result["peer"] = {
             "what": "bench/peer.py: FastStream + FastAPI, the handler publishes and awaits the reply in memory; "
-                    "no store, outbox, inbox, retries; quorum queues, persistent messages, publisher confirms",
-            "concurrency": concurrency, "order": "esi, peer, esi, peer",
-            "esi_runs": [{k: r[k] for k in ("round_trips_per_s", "p50_ms", "p99_ms", "cpu_ms_per_request")}
-                         for r in esi_runs],
+            "no store, outbox, inbox, retries; quorum queues, persistent messages, publisher confirms",
+            "concurrency": concurrency,
+            "order": "esi, peer, esi, peer",
+            "esi_runs": [
+                {k: r[k] for k in ("round_trips_per_s", "p50_ms", "p99_ms", "cpu_ms_per_request")} for r in esi_runs
+            ],
             "peer_runs": peer_runs,
-            "esi_per_s": round(esi_rate, 1), "peer_per_s": round(peer_rate, 1),
+            "esi_per_s": round(esi_rate, 1),
+            "peer_per_s": round(peer_rate, 1),
             "esi_over_peer": _ratio(esi_rate, peer_rate),
             "peer_ratio_to_ceiling": _ratio(peer_rate, self.ceiling),
         }
-        self.say(f"peer: esi {esi_rate:.1f}/s, peer {peer_rate:.1f}/s: esi ÷ peer = "
-                 f"{self.result['peer']['esi_over_peer']}")
+        self.say(
+            f"peer: esi {esi_rate:.1f}/s, peer {peer_rate:.1f}/s: esi ÷ peer = {self.result['peer']['esi_over_peer']}"
+        )
 
     def _esi_run(self, concurrency: int, phase: str, what: str) -> dict[str, Any]:
         """One closed-loop run of esi at `concurrency`, measured as phase `phase` (`what` names it in errors)."""
@@ -415,11 +505,17 @@ class Bench:
         _check(outcome, f"peer at concurrency {concurrency}", self.errors)
         rate = outcome.completed / seconds if seconds > 0 else None
         processes = system.sampler.report(phase)
-        cpu = _cpu_per_request(processes, outcome.completed,
-                               only=("peer-api", "peer-worker", "fakes", "rabbitmq", "bench-client"))
-        run = {"round_trips_per_s": round(rate, 1) if rate else None, "ratio_to_ceiling": _ratio(rate, self.ceiling),
-               **latency_summary(outcome.e2e), **_outcome_fields(outcome), "cpu_ms_per_request": cpu,
-               "cpu_ratio_to_ceiling": self._cpu_ratios(cpu)}
+        cpu = _cpu_per_request(
+            processes, outcome.completed, only=("peer-api", "peer-worker", "fakes", "rabbitmq", "bench-client")
+        )
+        run = {
+            "round_trips_per_s": round(rate, 1) if rate else None,
+            "ratio_to_ceiling": _ratio(rate, self.ceiling),
+            **latency_summary(outcome.e2e),
+            **_outcome_fields(outcome),
+            "cpu_ms_per_request": cpu,
+            "cpu_ratio_to_ceiling": self._cpu_ratios(cpu),
+        }
         self.say(f"peer c={concurrency}: {run['round_trips_per_s']}/s, p99 {run['p99_ms']} ms")
         return run
 
@@ -464,7 +560,8 @@ class Bench:
         self.result["ingress"] = self._ingress_run(rate, basis, "ingress")
         if polled and best and not a.ingress_rate:
             self.result["ingress"]["at_prefer_half"] = self._ingress_run(
-                best / 2, "half the best end-to-end throughput with Prefer: wait (run 2)", "ingress-prefer-half")
+                best / 2, "half the best end-to-end throughput with Prefer: wait (run 2)", "ingress-prefer-half"
+            )
 
     def _ingress_run(self, rate: float, basis: str, phase: str) -> dict[str, Any]:
         a, system = self.args, self.system
@@ -477,9 +574,13 @@ class Bench:
         _check(outcome, "ingress run", self.errors)
         summary = latency_summary(outcome.ingress)
         result = {
-            "rate_per_s": round(rate, 1), "rate_basis": basis, "ratio_to_ceiling": _ratio(rate, self.ceiling),
-            "seconds": a.ingress_seconds, **summary,
-            "from_due": extra.pop("from_due"), **extra,
+            "rate_per_s": round(rate, 1),
+            "rate_basis": basis,
+            "ratio_to_ceiling": _ratio(rate, self.ceiling),
+            "seconds": a.ingress_seconds,
+            **summary,
+            "from_due": extra.pop("from_due"),
+            **extra,
             "e2e_at_this_rate": latency_summary(outcome.e2e),
             **_outcome_fields(outcome),
             "p99_ms_by_2s": _windowed_p99(outcome.ingress_started, outcome.ingress, 2.0),
@@ -498,8 +599,10 @@ class Bench:
         per_adapter = bound or system.dms_limit
         system.reset_fakes()
         system.dms_fault({"latency_ms": a.slow_latency_ms})
-        self.say(f"slow downstream: {a.slow_n} create_user, fake DMS answering in {a.slow_latency_ms} ms, "
-                 f"{adapters} DMS adapter(s)")
+        self.say(
+            f"slow downstream: {a.slow_n} create_user, fake DMS answering in {a.slow_latency_ms} ms, "
+            f"{adapters} DMS adapter(s)"
+        )
         phase = f"bound-{adapters}" if bound else f"slow-{adapters}"
         system.sampler.mark(phase)
         outcome, seconds = asyncio.run(self.driver.burst(a.slow_n, post_concurrency=a.post_concurrency))
@@ -515,27 +618,38 @@ class Bench:
         posting = (outcome.last_accepted - outcome.first_post) if outcome.last_accepted and outcome.first_post else None
         peak_calls = _peak_in_flight(state.get("faults", {}).get("call_times", []), a.slow_latency_ms / 1000)
         return {
-            "adapters": adapters, "n": a.slow_n, "latency_ms": a.slow_latency_ms, "prefetch": prefetch,
+            "adapters": adapters,
+            "n": a.slow_n,
+            "latency_ms": a.slow_latency_ms,
+            "prefetch": prefetch,
             "dms_max_concurrency": per_adapter,
-            "concurrency_limit": limit, "seconds": round(seconds, 2), "ideal_seconds": round(ideal, 4),
+            "concurrency_limit": limit,
+            "seconds": round(seconds, 2),
+            "ideal_seconds": round(ideal, 4),
             "ratio_to_ideal": _ratio(seconds, ideal, 2),
-            "round_trips_per_s": round(rate, 1) if rate else None, "ratio_to_ceiling": _ratio(rate, self.ceiling),
+            "round_trips_per_s": round(rate, 1) if rate else None,
+            "ratio_to_ceiling": _ratio(rate, self.ceiling),
             "posting_seconds": round(posting, 2) if posting else None,
             "ingress_rate_per_s": round(outcome.accepted / posting, 1) if posting else None,
             "dms_calls_in_flight_peak": peak_calls,
-            "dms_calls_in_flight_trace": _in_flight_trace(state.get("faults", {}).get("call_times", []),
-                                                          a.slow_latency_ms / 1000),
+            "dms_calls_in_flight_trace": _in_flight_trace(
+                state.get("faults", {}).get("call_times", []), a.slow_latency_ms / 1000
+            ),
             "dms_calls": (state.get("counters") or {}).get("calls", {}).get("create_user"),
-            **latency_summary(outcome.e2e), **_outcome_fields(outcome),
-            "stages": stages, "processes": (processes := system.sampler.report(phase)),
+            **latency_summary(outcome.e2e),
+            **_outcome_fields(outcome),
+            "stages": stages,
+            "processes": (processes := system.sampler.report(phase)),
             "machine_cpu": _machine_share(processes, self.result["machine"].get("nproc") or 1),
         }
 
     def run_slow(self) -> None:
         self.result["slow"] = run = self._slow_run(1)
-        self.say(f"slow: {run['seconds']} s against an ideal of {run['ideal_seconds']} s "
-                 f"({run['ratio_to_ideal']}×), {run['round_trips_per_s']}/s; posting took {run['posting_seconds']} s, "
-                 f"peak DMS calls in flight {run['dms_calls_in_flight_peak']}")
+        self.say(
+            f"slow: {run['seconds']} s against an ideal of {run['ideal_seconds']} s "
+            f"({run['ratio_to_ideal']}×), {run['round_trips_per_s']}/s; posting took {run['posting_seconds']} s, "
+            f"peak DMS calls in flight {run['dms_calls_in_flight_peak']}"
+        )
 
     def run_scaleout(self) -> None:
         system = self.system
@@ -554,14 +668,33 @@ class Bench:
             system.wait_consumers(dms=1)
         speedup = _ratio(two["round_trips_per_s"], one["round_trips_per_s"], 2)
         self.result["scaleout"] = {
-            "one": {k: one[k] for k in ("seconds", "round_trips_per_s", "ratio_to_ceiling", "ratio_to_ideal",
-                                        "dms_calls_in_flight_peak", "posting_seconds")},
-            "two": {k: two[k] for k in ("seconds", "round_trips_per_s", "ratio_to_ceiling", "ratio_to_ideal",
-                                        "dms_calls_in_flight_peak", "posting_seconds", "ideal_seconds")},
-            "speedup": speedup, "two_adapters_run": two,
+            "one": {
+                k: one[k]
+                for k in (
+                    "seconds",
+                    "round_trips_per_s",
+                    "ratio_to_ceiling",
+                    "ratio_to_ideal",
+                    "dms_calls_in_flight_peak",
+                    "posting_seconds",
+                )
+            },
+            "two": {
+                k: two[k]
+                for k in (
+                    "seconds",
+                    "round_trips_per_s",
+                    "ratio_to_ceiling",
+                    "ratio_to_ideal",
+                    "dms_calls_in_flight_peak",
+                    "posting_seconds",
+                    "ideal_seconds",
+                )
+            },
+            "speedup": speedup,
+            "two_adapters_run": two,
         }
-        self.say(f"scale-out: one adapter {one['round_trips_per_s']}/s, two {two['round_trips_per_s']}/s "
-                 f"({speedup}×)")
+        self.say(f"scale-out: one adapter {one['round_trips_per_s']}/s, two {two['round_trips_per_s']}/s ({speedup}×)")
 
     def run_bound(self) -> None:
         """Runs 4 and 6 again with each DMS adapter held to a tighter limit, `bound_limit` calls under way at once
@@ -589,10 +722,17 @@ class Bench:
             system.start_dms("dms")
             system.wait_consumers(dms=1)
         speedup = _ratio(two["round_trips_per_s"], one["round_trips_per_s"], 2)
-        self.result["bound"] = {"dms_max_concurrency": bound, "prefetch": 5 * bound, "one": one, "two": two,
-                                "speedup": speedup}
-        self.say(f"tight limit {bound}: one adapter {one['seconds']} s = {one['ratio_to_ideal']}× ideal, "
-                 f"two {two['seconds']} s = {two['ratio_to_ideal']}× ideal; speed-up {speedup}×")
+        self.result["bound"] = {
+            "dms_max_concurrency": bound,
+            "prefetch": 5 * bound,
+            "one": one,
+            "two": two,
+            "speedup": speedup,
+        }
+        self.say(
+            f"tight limit {bound}: one adapter {one['seconds']} s = {one['ratio_to_ideal']}× ideal, "
+            f"two {two['seconds']} s = {two['ratio_to_ideal']}× ideal; speed-up {speedup}×"
+        )
 
     def _stop_dms(self, name: str) -> None:
         code = self.system.stop_process(name)
@@ -614,8 +754,9 @@ class Bench:
         ready, _ = asyncio.run(system.queue_state("dms_queue"))
         if ready < a.backlog:
             self.errors.append(f"backlog: only {ready} of {a.backlog} messages in dms_queue")
-        self.say(f"backlog: {ready} messages in dms_queue ({a.backlog / seconds:.0f}/s published); "
-                 "starting the adapter")
+        self.say(
+            f"backlog: {ready} messages in dms_queue ({a.backlog / seconds:.0f}/s published); starting the adapter"
+        )
         system.reset_fakes()
         system.sampler.mark("backlog")
         t0 = time.perf_counter()
@@ -641,21 +782,28 @@ class Bench:
         rate = drained / window if window else None
         processes = system.sampler.report("backlog")
         self.result["backlog"] = {
-            "messages": a.backlog, "in_queue_before": ready, "publish_seconds": round(seconds, 2),
+            "messages": a.backlog,
+            "in_queue_before": ready,
+            "publish_seconds": round(seconds, 2),
             "publish_rate_per_s": round(a.backlog / seconds, 1),
             "adapter_start_seconds": round(consuming_at - t0, 2) if consuming_at else None,
-            "sampled_seconds": round(window, 1) if window else None, "drained": drained,
-            "remaining_when_stopped": remaining, "fully_drained": remaining == 0,
-            "drain_rate_per_s": round(rate, 1) if rate else None, "ratio_to_ceiling": _ratio(rate, self.ceiling),
+            "sampled_seconds": round(window, 1) if window else None,
+            "drained": drained,
+            "remaining_when_stopped": remaining,
+            "fully_drained": remaining == 0,
+            "drain_rate_per_s": round(rate, 1) if rate else None,
+            "ratio_to_ceiling": _ratio(rate, self.ceiling),
             "dms_peak_rss_mb": (processes.get("dms") or {}).get("peak_rss_mb"),
             "processes": processes,
             "queue_trace": [[round(t, 1), r] for t, r in trace[:: max(1, len(trace) // 40)]],
             "note": "the answers name requests the store never saw: the 1C side logs a warning for each and "
-                    "stores nothing",
+            "stores nothing",
         }
-        self.say(f"backlog: drained {drained} in {window and round(window, 1)} s "
-                 f"({self.result['backlog']['drain_rate_per_s']}/s); DMS adapter peak RSS "
-                 f"{self.result['backlog']['dms_peak_rss_mb']} MB")
+        self.say(
+            f"backlog: drained {drained} in {window and round(window, 1)} s "
+            f"({self.result['backlog']['drain_rate_per_s']}/s); DMS adapter peak RSS "
+            f"{self.result['backlog']['dms_peak_rss_mb']} MB"
+        )
 
     # --- 5. memory ----------------------------------------------------------------------------------------------
 
@@ -685,8 +833,10 @@ class Bench:
                     worst[process] = max(worst.get(process, 0.0), value)
             memory["worst_peak_rss_mb"] = worst
             memory["target_applies_to"] = list(ADAPTERS)
-            memory["method"] = ("VmRSS sampled every 100 ms from /proc/<pid>/status, and VmHWM after resetting it "
-                                "(clear_refs 5) at the start of each run")
+            memory["method"] = (
+                "VmRSS sampled every 100 ms from /proc/<pid>/status, and VmHWM after resetting it "
+                "(clear_refs 5) at the start of each run"
+            )
             self.result["memory"] = memory
 
     # --- targets, chart, output ---------------------------------------------------------------------------------
@@ -696,37 +846,74 @@ class Bench:
         targets: list[dict[str, Any]] = []
 
         def add(name: str, value: float | None, limit: str, passed: bool | None, unit: str = "") -> None:
-            targets.append({"target": name, "value": value, "unit": unit, "limit": limit,
-                            "pass": passed if value is not None else None})
+            targets.append(
+                {
+                    "target": name,
+                    "value": value,
+                    "unit": unit,
+                    "limit": limit,
+                    "pass": passed if value is not None else None,
+                }
+            )
 
         if r["e2e"]:
             ratio = r["e2e"]["best"]["ratio_to_ceiling"]
-            add("end-to-end throughput ≥ 0.5 × ceiling", ratio, f"≥ {TARGET_E2E_RATIO}",
-                ratio is not None and ratio >= TARGET_E2E_RATIO, "× ceiling")
+            add(
+                "end-to-end throughput ≥ 0.5 × ceiling",
+                ratio,
+                f"≥ {TARGET_E2E_RATIO}",
+                ratio is not None and ratio >= TARGET_E2E_RATIO,
+                "× ceiling",
+            )
         if r["ingress"]:
             p99 = r["ingress"]["p99_ms"]
-            add("ingress p99 ≤ 50 ms at half max rate", p99, f"≤ {TARGET_INGRESS_P99_MS:g} ms",
-                p99 is not None and p99 <= TARGET_INGRESS_P99_MS, "ms")
+            add(
+                "ingress p99 ≤ 50 ms at half max rate",
+                p99,
+                f"≤ {TARGET_INGRESS_P99_MS:g} ms",
+                p99 is not None and p99 <= TARGET_INGRESS_P99_MS,
+                "ms",
+            )
         if r["slow"]:
             ratio = r["slow"]["ratio_to_ideal"]
-            add("slow downstream ≤ 1.5 × ideal", ratio, f"≤ {TARGET_SLOW_RATIO}",
-                ratio is not None and ratio <= TARGET_SLOW_RATIO, "× ideal")
+            add(
+                "slow downstream ≤ 1.5 × ideal",
+                ratio,
+                f"≤ {TARGET_SLOW_RATIO}",
+                ratio is not None and ratio <= TARGET_SLOW_RATIO,
+                "× ideal",
+            )
         if r["memory"]:
             worst = {k: v for k, v in r["memory"]["worst_peak_rss_mb"].items() if k in ADAPTERS}
             for process, value in sorted(worst.items()):
                 add(f"peak RSS of {process} ≤ 150 MB", value, f"≤ {TARGET_RSS_MB:g} MB", value <= TARGET_RSS_MB, "MB")
         if r["scaleout"]:
             speedup = r["scaleout"]["speedup"]
-            add("two DMS adapters ≥ 1.7 × one (slow run)", speedup, f"≥ {TARGET_SCALEOUT}",
-                speedup is not None and speedup >= TARGET_SCALEOUT, "×")
+            add(
+                "two DMS adapters ≥ 1.7 × one (slow run)",
+                speedup,
+                f"≥ {TARGET_SCALEOUT}",
+                speedup is not None and speedup >= TARGET_SCALEOUT,
+                "×",
+            )
         if r.get("bound"):
             bound = r["bound"]
             ratio = bound["one"]["ratio_to_ideal"]
-            add(f"slow downstream ≤ 1.5 × ideal (tight limit {bound['dms_max_concurrency']})", ratio,
-                f"≤ {TARGET_SLOW_RATIO}", ratio is not None and ratio <= TARGET_SLOW_RATIO, "× ideal")
+            add(
+                f"slow downstream ≤ 1.5 × ideal (tight limit {bound['dms_max_concurrency']})",
+                ratio,
+                f"≤ {TARGET_SLOW_RATIO}",
+                ratio is not None and ratio <= TARGET_SLOW_RATIO,
+                "× ideal",
+            )
             speedup = bound["speedup"]
-            add(f"two DMS adapters ≥ 1.7 × one (tight limit {bound['dms_max_concurrency']})", speedup,
-                f"≥ {TARGET_SCALEOUT}", speedup is not None and speedup >= TARGET_SCALEOUT, "×")
+            add(
+                f"two DMS adapters ≥ 1.7 × one (tight limit {bound['dms_max_concurrency']})",
+                speedup,
+                f"≥ {TARGET_SCALEOUT}",
+                speedup is not None and speedup >= TARGET_SCALEOUT,
+                "×",
+            )
         r["targets"] = targets
 
     def make_chart(self) -> None:
@@ -753,20 +940,26 @@ class Bench:
         tmp.replace(out)
 
 
-def _cpu_per_request(processes: dict[str, dict[str, Any]], completed: int,
-                     only: tuple[str, ...] | None = None) -> dict[str, float]:
+def _cpu_per_request(
+    processes: dict[str, dict[str, Any]], completed: int, only: tuple[str, ...] | None = None
+) -> dict[str, float]:
     """CPU ms per completed request of each process of a run (all but the machine's total, or those in `only`)."""
-    return {name: round(1000 * p["cpu_s"] / max(completed, 1), 2) for name, p in processes.items()
-            if name != "machine(all)" and (only is None or name in only)}
+    return {
+        name: round(1000 * p["cpu_s"] / max(completed, 1), 2)
+        for name, p in processes.items()
+        if name != "machine(all)" and (only is None or name in only)
+    }
 
 
 def _machine_share(processes: dict[str, dict[str, Any]], nproc: int) -> dict[str, float | None]:
     """How busy the machine's CPUs were during a run: in all, by the bench's own processes, and by anyone else."""
     total = (processes.get("machine(all)") or {}).get("cpu_pct_of_one_core")
     ours = sum(p["cpu_pct_of_one_core"] for name, p in processes.items() if name != "machine(all)")
-    return {"busy_pct": round(total / nproc, 1) if total is not None else None,
-            "bench_pct": round(ours / nproc, 1),
-            "others_pct": round(max(0.0, total - ours) / nproc, 1) if total is not None else None}
+    return {
+        "busy_pct": round(total / nproc, 1) if total is not None else None,
+        "bench_pct": round(ours / nproc, 1),
+        "others_pct": round(max(0.0, total - ours) / nproc, 1) if total is not None else None,
+    }
 
 
 def _dms_state(system: Any) -> dict[str, Any]:
@@ -815,6 +1008,7 @@ def _peak_in_flight(call_times: list[float], latency_s: float) -> int | None:
 
 # --- the table --------------------------------------------------------------------------------------------------
 
+
 def _fmt(value: Any, unit: str = "") -> str:
     if value is None:
         return "—"
@@ -839,70 +1033,104 @@ def print_table(result: dict[str, Any]) -> None:
 
     ceiling = result.get("ceiling")
     if ceiling:
-        row("1. ceiling (bare aio-pika, quorum)", f"{_fmt(ceiling['round_trips_per_s'])}/s  "
-            f"p50 {_fmt(ceiling['p50_ms'])} ms  p99 {_fmt(ceiling['p99_ms'])} ms", 1.0)
+        row(
+            "1. ceiling (bare aio-pika, quorum)",
+            f"{_fmt(ceiling['round_trips_per_s'])}/s  "
+            f"p50 {_fmt(ceiling['p50_ms'])} ms  p99 {_fmt(ceiling['p99_ms'])} ms",
+            1.0,
+        )
         if ceiling.get("cpu_ms_per_round_trip") is not None:
-            row("   ceiling CPU ms per round trip", f"{_fmt(ceiling['cpu_ms_per_round_trip'])} (requester "
-                f"{_fmt(ceiling.get('requester_cpu_ms'))}, responder {_fmt(ceiling.get('responder_cpu_ms'))})")
+            row(
+                "   ceiling CPU ms per round trip",
+                f"{_fmt(ceiling['cpu_ms_per_round_trip'])} (requester "
+                f"{_fmt(ceiling.get('requester_cpu_ms'))}, responder {_fmt(ceiling.get('responder_cpu_ms'))})",
+            )
     e2e = result.get("e2e")
     if e2e:
         for r in e2e["runs"]:
-            row(f"2. e2e create_user  C={r['concurrency']}  N={r['n']}",
+            row(
+                f"2. e2e create_user  C={r['concurrency']}  N={r['n']}",
                 f"{_fmt(r['round_trips_per_s'])}/s  p50 {_fmt(r['p50_ms'])}  p95 {_fmt(r['p95_ms'])}  "
-                f"p99 {_fmt(r['p99_ms'])} ms", r["ratio_to_ceiling"])
+                f"p99 {_fmt(r['p99_ms'])} ms",
+                r["ratio_to_ceiling"],
+            )
         best = e2e["best"]
-        row(f"   best (C={best['concurrency']})", f"{_fmt(best['round_trips_per_s'])}/s", best["ratio_to_ceiling"],
-            name="end-to-end throughput ≥ 0.5 × ceiling")
+        row(
+            f"   best (C={best['concurrency']})",
+            f"{_fmt(best['round_trips_per_s'])}/s",
+            best["ratio_to_ceiling"],
+            name="end-to-end throughput ≥ 0.5 × ceiling",
+        )
         run = next(r for r in e2e["runs"] if r["concurrency"] == best["concurrency"])
         stages = run.get("stages") or {}
         if stages.get("requests"):
-            row(f"   where the time goes, p50 ms (C={run['concurrency']:d})",
-                "  ".join(f"{k} {_fmt(stages[k]['p50_ms'])}" for k in ("api", "relay", "to_dms", "back", "poll")))
+            row(
+                f"   where the time goes, p50 ms (C={run['concurrency']:d})",
+                "  ".join(f"{k} {_fmt(stages[k]['p50_ms'])}" for k in ("api", "relay", "to_dms", "back", "poll")),
+            )
             stored = stages["to_stored"]
-            row("   POST → answer stored (no polling)", f"p50 {_fmt(stored['p50_ms'])}  p95 {_fmt(stored['p95_ms'])}  "
-                f"p99 {_fmt(stored['p99_ms'])} ms")
+            row(
+                "   POST → answer stored (no polling)",
+                f"p50 {_fmt(stored['p50_ms'])}  p95 {_fmt(stored['p95_ms'])}  p99 {_fmt(stored['p99_ms'])} ms",
+            )
         cpu = run.get("cpu_ms_per_request") or {}
         if cpu:
             row("   CPU ms per request, by process", "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(cpu.items())))
         ratios = {k: v for k, v in (run.get("cpu_ratio_to_ceiling") or {}).items() if v is not None}
         if ratios:
-            row("   same ÷ ceiling's CPU per round trip",
-                "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(ratios.items())))
+            row(
+                "   same ÷ ceiling's CPU per round trip", "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(ratios.items()))
+            )
         polled = e2e.get("by_long_poll")
         if polled:
-            row(f"   same, POST then long poll (C={polled['concurrency']})",
+            row(
+                f"   same, POST then long poll (C={polled['concurrency']})",
                 f"{_fmt(polled['round_trips_per_s'])}/s  p50 {_fmt(polled['p50_ms'])}  p99 {_fmt(polled['p99_ms'])} ms",
-                polled["ratio_to_ceiling"])
+                polled["ratio_to_ceiling"],
+            )
             cpu = polled.get("cpu_ms_per_request") or {}
             row("   CPU ms per request, by process", "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(cpu.items())))
     peer = result.get("peer")
     if peer and peer.get("skipped"):
         row("2b. naive peer (FastStream+FastAPI)", f"skipped: {peer['skipped']}")
     elif peer:
-        row(f"2b. naive peer (FastStream+FastAPI) C={peer['concurrency']}",
+        row(
+            f"2b. naive peer (FastStream+FastAPI) C={peer['concurrency']}",
             f"{_fmt(peer['peer_per_s'])}/s vs esi {_fmt(peer['esi_per_s'])}/s ({peer['order']}): "
-            f"esi ÷ peer = {_fmt(peer['esi_over_peer'])}", peer["peer_ratio_to_ceiling"])
+            f"esi ÷ peer = {_fmt(peer['esi_over_peer'])}",
+            peer["peer_ratio_to_ceiling"],
+        )
         cpu = (peer["peer_runs"][-1].get("cpu_ms_per_request") or {}) if peer["peer_runs"] else {}
         if cpu:
             row("   peer CPU ms per request, by process", "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(cpu.items())))
     ingress = result.get("ingress")
     if ingress:
-        row(f"3. ingress POST→202 at {_fmt(ingress['rate_per_s'])}/s",
+        row(
+            f"3. ingress POST→202 at {_fmt(ingress['rate_per_s'])}/s",
             f"p50 {_fmt(ingress['p50_ms'])}  p95 {_fmt(ingress['p95_ms'])}  p99 {_fmt(ingress['p99_ms'])} ms",
-            ingress["ratio_to_ceiling"], name="ingress p99 ≤ 50 ms at half max rate")
+            ingress["ratio_to_ceiling"],
+            name="ingress p99 ≤ 50 ms at half max rate",
+        )
         harder = ingress.get("at_prefer_half")
         if harder:
-            row(f"   at half the Prefer: wait maximum, {_fmt(harder['rate_per_s'])}/s",
+            row(
+                f"   at half the Prefer: wait maximum, {_fmt(harder['rate_per_s'])}/s",
                 f"p50 {_fmt(harder['p50_ms'])}  p95 {_fmt(harder['p95_ms'])}  p99 {_fmt(harder['p99_ms'])} ms",
-                harder["ratio_to_ceiling"])
+                harder["ratio_to_ceiling"],
+            )
     slow = result.get("slow")
     if slow:
-        row(f"4. slow DMS {slow['latency_ms']} ms, N={slow['n']}, limit {slow['dms_max_concurrency']}, 1 adapter",
+        row(
+            f"4. slow DMS {slow['latency_ms']} ms, N={slow['n']}, limit {slow['dms_max_concurrency']}, 1 adapter",
             f"{_fmt(slow['seconds'])} s vs ideal {_fmt(slow['ideal_seconds'])} s = {_fmt(slow['ratio_to_ideal'])}×",
-            slow["ratio_to_ceiling"], name="slow downstream ≤ 1.5 × ideal")
-        row("   throughput / posting time / DMS calls in flight",
+            slow["ratio_to_ceiling"],
+            name="slow downstream ≤ 1.5 × ideal",
+        )
+        row(
+            "   throughput / posting time / DMS calls in flight",
             f"{_fmt(slow['round_trips_per_s'])}/s / {_fmt(slow['posting_seconds'])} s / "
-            f"{_fmt(slow['dms_calls_in_flight_peak'])}")
+            f"{_fmt(slow['dms_calls_in_flight_peak'])}",
+        )
     memory = result.get("memory")
     if memory:
         for label in ("e2e", "slow", "backlog"):
@@ -914,33 +1142,46 @@ def print_table(result: dict[str, Any]) -> None:
                 row(f"   {t['target']}", _fmt(t["value"], "MB"), name=t["target"])
     backlog = result.get("backlog")
     if backlog:
-        row(f"   backlog {backlog['messages']:,}: drain by one adapter",
+        row(
+            f"   backlog {backlog['messages']:,}: drain by one adapter",
             f"{_fmt(backlog['drain_rate_per_s'])}/s, {backlog['drained']:,} in {_fmt(backlog['sampled_seconds'])} s",
-            backlog["ratio_to_ceiling"])
+            backlog["ratio_to_ceiling"],
+        )
     scaleout = result.get("scaleout")
     if scaleout:
-        row("6. scale-out, slow run: 1 → 2 DMS adapters",
+        row(
+            "6. scale-out, slow run: 1 → 2 DMS adapters",
             f"{_fmt(scaleout['one']['round_trips_per_s'])}/s → {_fmt(scaleout['two']['round_trips_per_s'])}/s "
-            f"= {_fmt(scaleout['speedup'])}×", scaleout["two"]["ratio_to_ceiling"],
-            name="two DMS adapters ≥ 1.7 × one (slow run)")
+            f"= {_fmt(scaleout['speedup'])}×",
+            scaleout["two"]["ratio_to_ceiling"],
+            name="two DMS adapters ≥ 1.7 × one (slow run)",
+        )
     bound = result.get("bound")
     if bound:
         one, two = bound["one"], bound["two"]
-        row(f"4b. slow DMS, tight limit {bound['dms_max_concurrency']}, 1 adapter",
+        row(
+            f"4b. slow DMS, tight limit {bound['dms_max_concurrency']}, 1 adapter",
             f"{_fmt(one['seconds'])} s vs ideal {_fmt(one['ideal_seconds'])} s = {_fmt(one['ratio_to_ideal'])}×",
             one["ratio_to_ceiling"],
-            name=f"slow downstream ≤ 1.5 × ideal (tight limit {bound['dms_max_concurrency']})")
-        row("6b. scale-out, tight limit: 1 → 2 DMS adapters",
+            name=f"slow downstream ≤ 1.5 × ideal (tight limit {bound['dms_max_concurrency']})",
+        )
+        row(
+            "6b. scale-out, tight limit: 1 → 2 DMS adapters",
             f"{_fmt(one['round_trips_per_s'])}/s → {_fmt(two['round_trips_per_s'])}/s = {_fmt(bound['speedup'])}× "
-            f"(two: {_fmt(two['seconds'])} s vs ideal {_fmt(two['ideal_seconds'])} s)", two["ratio_to_ceiling"],
-            name=f"two DMS adapters ≥ 1.7 × one (tight limit {bound['dms_max_concurrency']})")
+            f"(two: {_fmt(two['seconds'])} s vs ideal {_fmt(two['ideal_seconds'])} s)",
+            two["ratio_to_ceiling"],
+            name=f"two DMS adapters ≥ 1.7 × one (tight limit {bound['dms_max_concurrency']})",
+        )
     client = result.get("client") or {}
     if client.get("verdict"):
         row("   client (bench process)", client["verdict"])
     if client.get("machine_cpu_busy_pct_at_best") is not None:
-        row("   machine CPU busy at best e2e run", f"{_fmt(client['machine_cpu_busy_pct_at_best'])}% of all cores; "
+        row(
+            "   machine CPU busy at best e2e run",
+            f"{_fmt(client['machine_cpu_busy_pct_at_best'])}% of all cores; "
             f"bench processes {_fmt(client['bench_processes_cpu_pct_of_machine_at_best'])}%, "
-            f"others {_fmt(client['others_cpu_pct_of_machine_at_best'])}%")
+            f"others {_fmt(client['others_cpu_pct_of_machine_at_best'])}%",
+        )
 
     headers = ("run", "figure", "÷ ceiling", "target", "")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(5)]
@@ -952,9 +1193,11 @@ def print_table(result: dict[str, Any]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print(line)
     machine = result.get("machine") or {}
-    print(f"machine: {machine.get('nproc')} × {machine.get('cpu_model')}, {machine.get('memory_mb')} MB, "
-          f"RabbitMQ {machine.get('rabbitmq_version')}, Python {machine.get('python_version')}; "
-          f"store {(result.get('config') or {}).get('store')}; {result.get('duration_s')} s")
+    print(
+        f"machine: {machine.get('nproc')} × {machine.get('cpu_model')}, {machine.get('memory_mb')} MB, "
+        f"RabbitMQ {machine.get('rabbitmq_version')}, Python {machine.get('python_version')}; "
+        f"store {(result.get('config') or {}).get('store')}; {result.get('duration_s')} s"
+    )
     chart_info = result.get("chart") or {}
     if chart_info.get("path"):
         print(f"chart: {chart_info['path']}")
@@ -969,9 +1212,13 @@ def print_table(result: dict[str, Any]) -> None:
 
 # --- command line -----------------------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
     parser.add_argument("--n", type=int, help="requests per end-to-end run (default 2000; quick 100)")
     parser.add_argument("--concurrency", help="end-to-end concurrencies, comma-separated (default 16,64,128,256)")
@@ -988,17 +1235,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slow-n", type=int)
     parser.add_argument("--slow-latency-ms", type=int)
     parser.add_argument("--post-concurrency", type=int, help="connections posting in the slow runs")
-    parser.add_argument("--bound-limit", type=int,
-                        help="DMS_MAX_CONCURRENCY per adapter in the tight-limit runs 4b/6b (default 10; quick 5)")
+    parser.add_argument(
+        "--bound-limit",
+        type=int,
+        help="DMS_MAX_CONCURRENCY per adapter in the tight-limit runs 4b/6b (default 10; quick 5)",
+    )
     parser.add_argument("--backlog", type=int)
     parser.add_argument("--backlog-sample-seconds", type=float)
-    parser.add_argument("--profile", metavar="DIR",
-                        help="record onec and dms with py-spy during the e2e run at the highest concurrency")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="record onec and dms with py-spy during the e2e run at the highest concurrency"
+    )
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--completion-timeout", type=float, help="seconds before a request counts as never completed")
-    parser.add_argument("--e2e-completion", choices=("prefer", "poll"), default="prefer",
-                        help="how run 2 learns a request completed: the POST waits for it (Prefer: wait=N; then one "
-                             "run at the best concurrency with long polls, for comparison) or POST then long poll")
+    parser.add_argument(
+        "--e2e-completion",
+        choices=("prefer", "poll"),
+        default="prefer",
+        help="how run 2 learns a request completed: the POST waits for it (Prefer: wait=N; then one "
+        "run at the best concurrency with long polls, for comparison) or POST then long poll",
+    )
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
     for key, value in base.items():

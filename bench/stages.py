@@ -33,8 +33,10 @@ def _ts(text: str | None) -> float | None:
 
 def _store_rows(database_url: str, ids: list[str]) -> dict[str, tuple[Any, ...]]:
     """request id → (created_at, updated_at, sent_at), read-only."""
-    query = ("SELECT r.request_id, r.created_at, r.updated_at, o.sent_at FROM esi_requests r "
-             "LEFT JOIN esi_outbox o ON o.request_id = r.request_id WHERE r.request_id LIKE ")
+    query = (
+        "SELECT r.request_id, r.created_at, r.updated_at, o.sent_at FROM esi_requests r "
+        "LEFT JOIN esi_outbox o ON o.request_id = r.request_id WHERE r.request_id LIKE "
+    )
     prefix = ids[0].rsplit("-", 1)[0] + "-%"
     if database_url.startswith("sqlite"):
         path = database_url.split(":///", 1)[1]
@@ -80,8 +82,11 @@ def breakdown(outcome: Outcome, *, database_url: str, dms_users: list[dict[str, 
     for stage, values in spans.items():
         out[stage] = {"p50_ms": _ms(percentile(values, 50)), "p95_ms": _ms(percentile(values, 95))}
     # the latency to the answer being stored, without the polling: what a push API would give 1C
-    out["to_stored"] = {"p50_ms": _ms(percentile(stored, 50)), "p95_ms": _ms(percentile(stored, 95)),
-                        "p99_ms": _ms(percentile(stored, 99))}
+    out["to_stored"] = {
+        "p50_ms": _ms(percentile(stored, 50)),
+        "p95_ms": _ms(percentile(stored, 95)),
+        "p99_ms": _ms(percentile(stored, 99)),
+    }
     return out
 
 

@@ -66,8 +66,7 @@ class BenchSystem:
         #: DMS calls under way at once per adapter process: what the ideal of the slow runs divides by
         self.dms_limit = int(os.environ.get("DMS_MAX_CONCURRENCY") or DEFAULT_MAX_CONCURRENCY)
         extra["DMS_MAX_CONCURRENCY"] = str(self.dms_limit)
-        self.esi = EsiSystem(workdir=self.workdir, amqp_url=self.vhost.url, database_url=database_url,
-                             extra_env=extra)
+        self.esi = EsiSystem(workdir=self.workdir, amqp_url=self.vhost.url, database_url=database_url, extra_env=extra)
         self.sampler = ProcSampler()
         self.sampler.start()
         rabbit = find_rabbitmq_pid(URL(self.vhost.url).port or 5672)
@@ -124,8 +123,10 @@ class BenchSystem:
     def check_alive(self) -> None:
         for name, p in self.esi.processes.items():
             if p.proc is not None and p.proc.poll() is not None:
-                raise RuntimeError(f"esi process {name} ({' '.join(p.services)}) exited with {p.proc.returncode}; "
-                                   f"log tail:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"esi process {name} ({' '.join(p.services)}) exited with {p.proc.returncode}; "
+                    f"log tail:\n{self.log_tail()}"
+                )
 
     def pids(self) -> dict[str, int]:
         return {name: p.proc.pid for name, p in self.esi.processes.items() if p.proc is not None}
@@ -146,8 +147,9 @@ class BenchSystem:
         finally:
             await connection.close()
 
-    def wait_consumers(self, *, dms: int | None = None, queue: str = "dms_queue", count: int | None = None,
-                       timeout: float = 60) -> None:
+    def wait_consumers(
+        self, *, dms: int | None = None, queue: str = "dms_queue", count: int | None = None, timeout: float = 60
+    ) -> None:
         expected = dms if dms is not None else count
 
         def ok() -> bool:

@@ -133,8 +133,11 @@ class Settings(BaseSettings):
     @field_validator("request_retention_s", "retention_interval_s", "readiness_interval_s", mode="before")
     @classmethod
     def _parse_duration(cls, value: object, info: ValidationInfo) -> object:
-        names = {"request_retention_s": "ESI_REQUEST_RETENTION", "retention_interval_s": "ESI_RETENTION_INTERVAL",
-                 "readiness_interval_s": "ESI_READINESS_INTERVAL"}
+        names = {
+            "request_retention_s": "ESI_REQUEST_RETENTION",
+            "retention_interval_s": "ESI_RETENTION_INTERVAL",
+            "readiness_interval_s": "ESI_READINESS_INTERVAL",
+        }
         return parse_duration(value, name=names[str(info.field_name)])
 
     @field_validator("retry_delays", mode="before")

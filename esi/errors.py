@@ -47,8 +47,9 @@ class TransientError(EsiError):
 
     code = "transient"
 
-    def __init__(self, message: str, *, code: str | None = None, system: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, system: str | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message, code=code, system=system)
         self.retry_after = retry_after
 
@@ -97,8 +98,15 @@ class ApiError(Exception):
     without importing the web framework; `esi.api.errors` turns it into the JSON error body.
     """
 
-    def __init__(self, status: int, code: str, message: str, *, details: list[Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: list[Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code

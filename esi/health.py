@@ -12,8 +12,9 @@ from esi import metrics
 Check = Callable[[], Awaitable[None]]
 
 
-async def run_checks(checks: Mapping[str, Check], *, timeout: float = 3.0,
-                     service: str | None = None) -> tuple[bool, dict[str, Any]]:
+async def run_checks(
+    checks: Mapping[str, Check], *, timeout: float = 3.0, service: str | None = None
+) -> tuple[bool, dict[str, Any]]:
     """Run every check at once; ready only if all pass within `timeout`.
 
     With `service`, each outcome also sets `esi_dependency_ready{service,dependency}` (1 ok, 0 down), which the

@@ -26,11 +26,23 @@ _SECRET_PATTERNS = [
     # credentials in URLs: scheme://user:password@host
     (re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^:/@\s]+:)[^@\s]+(?P<post>@)", re.I), r"\g<pre>***\g<post>"),
     # Authorization / Cookie / Set-Cookie / BPMCSRF / X-API-Key headers and their values
-    (re.compile(r"(?P<pre>\b(?:authorization|proxy-authorization|cookie|set-cookie|bpmcsrf|x-api-key)\b[\"']?\s*[:=]\s*[\"']?)"
-                r"[^\"'\n,;}]+", re.I), r"\g<pre>***"),
+    (
+        re.compile(
+            r"(?P<pre>\b(?:authorization|proxy-authorization|cookie|set-cookie|bpmcsrf|x-api-key)\b[\"']?\s*[:=]\s*[\"']?)"
+            r"[^\"'\n,;}]+",
+            re.I,
+        ),
+        r"\g<pre>***",
+    ),
     # key=value and "key": "value" pairs whose key says secret
-    (re.compile(r"(?P<pre>[\"']?\b(?:password|passwd|pwd|secret|token|api_key|apikey|access_token|userpassword|"
-                r"\.aspxauth|bpmloader)\b[\"']?\s*[:=]\s*[\"']?)[^\"'\s,;}&]+", re.I), r"\g<pre>***"),
+    (
+        re.compile(
+            r"(?P<pre>[\"']?\b(?:password|passwd|pwd|secret|token|api_key|apikey|access_token|userpassword|"
+            r"\.aspxauth|bpmloader)\b[\"']?\s*[:=]\s*[\"']?)[^\"'\s,;}&]+",
+            re.I,
+        ),
+        r"\g<pre>***",
+    ),
 ]
 
 
@@ -85,8 +97,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = redact(super().format(record))
-        context = " ".join(f"{k}={getattr(record, k)}" for k in ("request_id", "routing_key")
-                           if getattr(record, k, None))
+        context = " ".join(
+            f"{k}={getattr(record, k)}" for k in ("request_id", "routing_key") if getattr(record, k, None)
+        )
         return f"{line} [{context}]" if context else line
 
 

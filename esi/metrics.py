@@ -33,43 +33,90 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry(auto_describe=True)
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-CONSUMED = Counter("esi_messages_consumed", "Messages taken off a work queue, by outcome",
-                   ["queue", "message_type", "outcome"], registry=REGISTRY)
-PUBLISHED = Counter("esi_messages_published", "Envelopes published and confirmed by the broker",
-                    ["message_type"], registry=REGISTRY)
-RETRIED = Counter("esi_messages_retried", "Messages parked in a retry hold queue",
-                  ["queue", "message_type"], registry=REGISTRY)
-DEAD_LETTERED = Counter("esi_messages_dead_lettered", "Messages moved to a dead-letter queue",
-                        ["queue", "message_type", "error_class"], registry=REGISTRY)
-HANDLER_DURATION = Histogram("esi_handler_duration_seconds", "Time to handle a message, outgoing confirms included",
-                             ["queue", "message_type"], buckets=_BUCKETS, registry=REGISTRY)
-EXTERNAL_DURATION = Histogram("esi_external_call_duration_seconds", "Calls to external systems",
-                              ["system", "operation"], buckets=_BUCKETS, registry=REGISTRY)
-EXTERNAL_ERRORS = Counter("esi_external_call_errors", "Failed calls to external systems",
-                          ["system", "operation", "error_class"], registry=REGISTRY)
-EXTERNAL_IN_FLIGHT = Gauge("esi_external_calls_in_flight", "Calls to an external system under way", ["system"],
-                           registry=REGISTRY)
-EXTERNAL_WAITING = Gauge("esi_external_calls_waiting", "Calls held back by the system's concurrency limit",
-                         ["system"], registry=REGISTRY)
+CONSUMED = Counter(
+    "esi_messages_consumed",
+    "Messages taken off a work queue, by outcome",
+    ["queue", "message_type", "outcome"],
+    registry=REGISTRY,
+)
+PUBLISHED = Counter(
+    "esi_messages_published", "Envelopes published and confirmed by the broker", ["message_type"], registry=REGISTRY
+)
+RETRIED = Counter(
+    "esi_messages_retried", "Messages parked in a retry hold queue", ["queue", "message_type"], registry=REGISTRY
+)
+DEAD_LETTERED = Counter(
+    "esi_messages_dead_lettered",
+    "Messages moved to a dead-letter queue",
+    ["queue", "message_type", "error_class"],
+    registry=REGISTRY,
+)
+HANDLER_DURATION = Histogram(
+    "esi_handler_duration_seconds",
+    "Time to handle a message, outgoing confirms included",
+    ["queue", "message_type"],
+    buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+EXTERNAL_DURATION = Histogram(
+    "esi_external_call_duration_seconds",
+    "Calls to external systems",
+    ["system", "operation"],
+    buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+EXTERNAL_ERRORS = Counter(
+    "esi_external_call_errors",
+    "Failed calls to external systems",
+    ["system", "operation", "error_class"],
+    registry=REGISTRY,
+)
+EXTERNAL_IN_FLIGHT = Gauge(
+    "esi_external_calls_in_flight", "Calls to an external system under way", ["system"], registry=REGISTRY
+)
+EXTERNAL_WAITING = Gauge(
+    "esi_external_calls_waiting", "Calls held back by the system's concurrency limit", ["system"], registry=REGISTRY
+)
 HTTP_REQUESTS = Counter("esi_http_requests", "HTTP requests served", ["route", "method", "status"], registry=REGISTRY)
-HTTP_DURATION = Histogram("esi_http_request_duration_seconds", "HTTP request latency", ["route", "method"],
-                          buckets=_BUCKETS, registry=REGISTRY)
+HTTP_DURATION = Histogram(
+    "esi_http_request_duration_seconds",
+    "HTTP request latency",
+    ["route", "method"],
+    buckets=_BUCKETS,
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge("esi_queue_messages", "Messages ready in a queue", ["queue"], registry=REGISTRY)
-CIRCUIT_OPEN = Gauge("esi_circuit_open", "1 while a system's circuit is open or paused, 0.5 half-open, 0 closed",
-                     ["system"], registry=REGISTRY)
-CIRCUIT_TRANSITIONS = Counter("esi_circuit_transitions", "Circuit breaker transitions, by the state entered",
-                              ["system", "to"], registry=REGISTRY)
+CIRCUIT_OPEN = Gauge(
+    "esi_circuit_open",
+    "1 while a system's circuit is open or paused, 0.5 half-open, 0 closed",
+    ["system"],
+    registry=REGISTRY,
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "esi_circuit_transitions", "Circuit breaker transitions, by the state entered", ["system", "to"], registry=REGISTRY
+)
 OUTBOX_BACKLOG = Gauge("esi_outbox_backlog", "Accepted requests not yet confirmed by the broker", registry=REGISTRY)
-DEPENDENCY_READY = Gauge("esi_dependency_ready", "1 while a dependency's readiness check passes, 0 while it fails",
-                         ["service", "dependency"], registry=REGISTRY)
-REQUESTS_SETTLED = Counter("esi_requests_settled", "Requests answered to 1C, by their final state",
-                           ["target", "message_type", "status"], registry=REGISTRY)
+DEPENDENCY_READY = Gauge(
+    "esi_dependency_ready",
+    "1 while a dependency's readiness check passes, 0 while it fails",
+    ["service", "dependency"],
+    registry=REGISTRY,
+)
+REQUESTS_SETTLED = Counter(
+    "esi_requests_settled",
+    "Requests answered to 1C, by their final state",
+    ["target", "message_type", "status"],
+    registry=REGISTRY,
+)
 #: end to end: minutes when a system is down and the retry ladder or a breaker holds the request
-REQUEST_DURATION = Histogram("esi_request_duration_seconds", "Time from a request's acceptance to its answer",
-                             ["target", "message_type"], buckets=(*_BUCKETS, 60, 120, 300, 600, 1800, 3600),
-                             registry=REGISTRY)
-RETENTION_DELETED = Counter("esi_retention_deleted", "Rows deleted by the retention pass", ["table"],
-                            registry=REGISTRY)
+REQUEST_DURATION = Histogram(
+    "esi_request_duration_seconds",
+    "Time from a request's acceptance to its answer",
+    ["target", "message_type"],
+    buckets=(*_BUCKETS, 60, 120, 300, 600, 1800, 3600),
+    registry=REGISTRY,
+)
+RETENTION_DELETED = Counter("esi_retention_deleted", "Rows deleted by the retention pass", ["table"], registry=REGISTRY)
 
 
 #: children of labelled metrics counted once per message or request, looked up once: `labels()` validates,

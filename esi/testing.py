@@ -65,8 +65,17 @@ if TYPE_CHECKING:
     from esi.systems.registry import Registry
 
 __all__ = [
-    "AMQP_HOST", "ESI", "PG_ADMIN_URL", "EsiProcess", "EsiSystem", "PgDatabase", "Vhost", "free_port", "rabbitmqctl",
-    "serve_in_thread", "wait_until",
+    "AMQP_HOST",
+    "ESI",
+    "PG_ADMIN_URL",
+    "EsiProcess",
+    "EsiSystem",
+    "PgDatabase",
+    "Vhost",
+    "free_port",
+    "rabbitmqctl",
+    "serve_in_thread",
+    "wait_until",
 ]
 
 #: the RabbitMQ node the vhosts are made on (port 5672, user guest)
@@ -82,8 +91,15 @@ def serve_in_thread(app: Any, *, name: str = "test-server") -> Iterator[str]:
     """Serve an ASGI app with a real uvicorn server in a thread on a free port of 127.0.0.1; yield its base URL."""
     import uvicorn
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
@@ -182,8 +198,9 @@ class EsiProcess:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([ESI, "run", *self.services], env=self.env, stdout=log, stderr=log,
-                                         cwd=self.log_path.parent)
+            self.proc = subprocess.Popen(
+                [ESI, "run", *self.services], env=self.env, stdout=log, stderr=log, cwd=self.log_path.parent
+            )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.proc is not None
@@ -216,8 +233,8 @@ class EsiSystem:
     database_url: str
     extra_env: dict[str, str] = field(default_factory=dict)
     api_port: int = field(default_factory=free_port)
-    #: the registry of systems the processes run with (its fakes get ports here); by default the installed systems (`load_registry()`)
-    #: (built-in systems, ESI_SYSTEMS and entry points); the processes load theirs from their environment
+    #: the registry of systems the processes run with (its fakes get ports here); by default the installed
+    #: systems (`load_registry()`); the processes load theirs from their environment
     registry: Registry = field(default_factory=_registry)
     fake_ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, EsiProcess] = field(default_factory=dict)
@@ -244,20 +261,25 @@ class EsiSystem:
 
     def env(self) -> dict[str, str]:
         """The processes' environment: this one's without its ESI_/RABBITMQ_/systems' settings, then the harness's."""
-        prefixes = ("ESI_", "RABBITMQ_", *(s.settings.model_config.get("env_prefix", "") for s in self.registry.systems
-                                          if s.settings is not None))
+        prefixes = (
+            "ESI_",
+            "RABBITMQ_",
+            *(s.settings.model_config.get("env_prefix", "") for s in self.registry.systems if s.settings is not None),
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith(tuple(p for p in prefixes if p))}
-        env.update({
-            "ESI_AMQP_URL": self.amqp_url,
-            "ESI_DATABASE_URL": self.database_url,
-            "ESI_HTTP_PORT": str(self.api_port),
-            "ESI_RETRY_DELAYS": "[0.2, 0.4, 0.8, 1.6]",
-            "ESI_MAX_ATTEMPTS": "4",
-            "ESI_LOG_FORMAT": "json",
-            "ESI_AUTH": "off",  # the authentication tests turn it on with their own clients
-            # no readiness checks on a timer: they would call the fakes behind the tests' backs (and their faults)
-            "ESI_READINESS_INTERVAL": "0",
-        })
+        env.update(
+            {
+                "ESI_AMQP_URL": self.amqp_url,
+                "ESI_DATABASE_URL": self.database_url,
+                "ESI_HTTP_PORT": str(self.api_port),
+                "ESI_RETRY_DELAYS": "[0.2, 0.4, 0.8, 1.6]",
+                "ESI_MAX_ATTEMPTS": "4",
+                "ESI_LOG_FORMAT": "json",
+                "ESI_AUTH": "off",  # the authentication tests turn it on with their own clients
+                # no readiness checks on a timer: they would call the fakes behind the tests' backs (and their faults)
+                "ESI_READINESS_INTERVAL": "0",
+            }
+        )
         for system in self.registry.systems:
             if system.settings is None:
                 continue
@@ -272,8 +294,9 @@ class EsiSystem:
         """Start `esi run <services>` as process `name` (a restart keeps its health port), with `env` on top."""
         previous = self.processes.get(name)
         port = previous.env["ESI_HEALTH_PORT"] if previous else str(free_port())
-        process = EsiProcess(services, {**self.env(), "ESI_HEALTH_PORT": port, **(env or {})},
-                             self.workdir / f"{name}.log")
+        process = EsiProcess(
+            services, {**self.env(), "ESI_HEALTH_PORT": port, **(env or {})}, self.workdir / f"{name}.log"
+        )
         process.start()
         self.processes[name] = process
         return process
@@ -293,6 +316,7 @@ class EsiSystem:
 
     def wait_http(self, url: str, timeout: float = 60) -> None:
         """Wait until `url` answers 200; fail at once, with the logs, if a process has exited."""
+
         def ok() -> bool:
             for p in self.processes.values():
                 if p.proc is not None and p.proc.poll() is not None:
@@ -322,9 +346,11 @@ class EsiSystem:
         record: dict[str, Any] = response.json()
         return record
 
-    def wait_final(self, request_id: str, timeout: float = 20,
-                   final: tuple[str, ...] = ("completed", "failed", "dead_lettered")) -> dict[str, Any]:
+    def wait_final(
+        self, request_id: str, timeout: float = 20, final: tuple[str, ...] = ("completed", "failed", "dead_lettered")
+    ) -> dict[str, Any]:
         """The request's record once its status is one of `final`."""
+
         def settled() -> dict[str, Any] | None:  # a long poll: one GET usually does it
             response = httpx.get(f"{self.api_url}/requests/{request_id}", params={"wait": 2}, timeout=10)
             assert response.status_code == 200, response.text
@@ -354,4 +380,3 @@ class EsiSystem:
     def fault(self, system: str, spec: dict[str, Any]) -> None:
         """Make the fake of `system` misbehave as `spec` says (POST /_fake/faults; see esi.fakes.faults)."""
         httpx.post(f"{self.fake_url(system)}/_fake/faults", json=spec, timeout=10).raise_for_status()
-

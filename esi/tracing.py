@@ -54,9 +54,16 @@ enabled: bool = False
 
 #: the variables that turn tracing on or shape it (.env.example documents them)
 VARIABLES = (
-    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS",
-    "OTEL_TRACES_EXPORTER", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG", "OTEL_BSP_SCHEDULE_DELAY", "OTEL_SDK_DISABLED",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_SDK_DISABLED",
 )
 _EXPORTERS = ("otlp", "console")
 _PROTOCOL = "http/protobuf"
@@ -86,14 +93,18 @@ def exporters_from(environ: Mapping[str, str]) -> list[str]:
         return []
     unknown = [n for n in names if n not in _EXPORTERS]
     if unknown:
-        raise TracingConfigError(f"OTEL_TRACES_EXPORTER: esi exports spans with {', '.join(_EXPORTERS)} (or none), "
-                                 f"not {', '.join(unknown)}")
+        raise TracingConfigError(
+            f"OTEL_TRACES_EXPORTER: esi exports spans with {', '.join(_EXPORTERS)} (or none), not {', '.join(unknown)}"
+        )
     if "otlp" in names:
-        protocol = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                    or _PROTOCOL)
+        protocol = (
+            environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or _PROTOCOL
+        )
         if protocol.strip().lower() != _PROTOCOL:
-            raise TracingConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: esi sends OTLP as {_PROTOCOL}, not {protocol} "
-                                     "(point it at the collector's HTTP port, 4318)")
+            raise TracingConfigError(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL: esi sends OTLP as {_PROTOCOL}, not {protocol} "
+                "(point it at the collector's HTTP port, 4318)"
+            )
     return names
 
 
@@ -140,8 +151,11 @@ def configure(services: Sequence[str] = (), environ: Mapping[str, str] | None = 
     _record_factory = logging.getLogRecordFactory()
     logging.setLogRecordFactory(_log_record)
     enabled = True
-    log.info("tracing on: spans exported with %s (service %s)", ", ".join(exporters),
-             provider.resource.attributes.get("service.name"))
+    log.info(
+        "tracing on: spans exported with %s (service %s)",
+        ", ".join(exporters),
+        provider.resource.attributes.get("service.name"),
+    )
     return True
 
 
@@ -252,11 +266,19 @@ def outbox_context(request_id: str) -> str | None:
 # --- spans ----------------------------------------------------------------------------------------------------------
 
 
-def _messaging(operation_type: str, operation_name: str, exchange: str, routing_key: str, message_id: str | None,
-               request_id: str | None) -> dict[str, Any]:
+def _messaging(
+    operation_type: str,
+    operation_name: str,
+    exchange: str,
+    routing_key: str,
+    message_id: str | None,
+    request_id: str | None,
+) -> dict[str, Any]:
     attributes: dict[str, Any] = {
-        "messaging.system": "rabbitmq", "messaging.operation.type": operation_type,
-        "messaging.operation.name": operation_name, "messaging.destination.name": exchange,
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": operation_type,
+        "messaging.operation.name": operation_name,
+        "messaging.destination.name": exchange,
         "messaging.rabbitmq.destination.routing_key": routing_key,
     }
     if message_id:
@@ -268,22 +290,27 @@ def _messaging(operation_type: str, operation_name: str, exchange: str, routing_
 
 
 @contextlib.contextmanager
-def publishing(exchange: str, routing_key: str, message_id: str | None, *, request_id: str | None = None,
-               parent: str | None = None) -> Iterator[Span]:
+def publishing(
+    exchange: str, routing_key: str, message_id: str | None, *, request_id: str | None = None, parent: str | None = None
+) -> Iterator[Span]:
     """A PRODUCER span around one publish, current inside the block (`inject` then carries it in the headers).
 
     `parent` is an outbox row's stored context: the span is its child. Without one, the current span's."""
     assert _tracer is not None
     context = _stored_context(parent) if parent else None
     with _tracer.start_as_current_span(
-            f"publish {routing_key}", context=context, kind=_api.SpanKind.PRODUCER,
-            attributes=_messaging("send", "publish", exchange, routing_key, message_id, request_id)) as span:
+        f"publish {routing_key}",
+        context=context,
+        kind=_api.SpanKind.PRODUCER,
+        attributes=_messaging("send", "publish", exchange, routing_key, message_id, request_id),
+    ) as span:
         yield span
 
 
 @contextlib.contextmanager
-def consuming(message: Any, headers: Mapping[str, Any], *, queue: str, exchange: str | None,
-              routing_key: str | None, attempt: int) -> Iterator[Span]:
+def consuming(
+    message: Any, headers: Mapping[str, Any], *, queue: str, exchange: str | None, routing_key: str | None, attempt: int
+) -> Iterator[Span]:
     """A CONSUMER span around the handling of one delivery, a child of the publish whose context its headers carry.
     `settle` gives it the delivery's outcome."""
     assert _tracer is not None
@@ -294,8 +321,9 @@ def consuming(message: Any, headers: Mapping[str, Any], *, queue: str, exchange:
     tag = getattr(message, "delivery_tag", None)
     if tag is not None:
         attributes["messaging.rabbitmq.message.delivery_tag"] = tag
-    with _tracer.start_as_current_span(f"process {key}", context=_extract(headers), kind=_api.SpanKind.CONSUMER,
-                                       attributes=attributes) as span:
+    with _tracer.start_as_current_span(
+        f"process {key}", context=_extract(headers), kind=_api.SpanKind.CONSUMER, attributes=attributes
+    ) as span:
         yield span
 
 
@@ -336,11 +364,13 @@ def serving(scope: MutableMapping[str, Any]) -> Iterator[Span]:
     """A SERVER span around one HTTP request to the API, current inside the block; `answered` names it by its route
     and gives it the status. A `traceparent` sent by the client makes it a child of the client's span."""
     assert _tracer is not None
-    carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())
-               if k in _CONTEXT_HEADERS}
+    carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in _CONTEXT_HEADERS}
     method = scope.get("method", "")
-    attributes: dict[str, Any] = {"http.request.method": method, "url.path": scope.get("path", ""),
-                                  "url.scheme": scope.get("scheme", "http")}
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": scope.get("path", ""),
+        "url.scheme": scope.get("scheme", "http"),
+    }
     if scope.get("query_string"):
         attributes["url.query"] = scope["query_string"].decode("latin-1")
     server, client = scope.get("server"), scope.get("client")
@@ -348,8 +378,9 @@ def serving(scope: MutableMapping[str, Any]) -> Iterator[Span]:
         attributes["server.address"], attributes["server.port"] = server[0], server[1]
     if client:
         attributes["client.address"] = client[0]
-    with _tracer.start_as_current_span(method, context=_extract(carrier) if carrier else None,
-                                       kind=_api.SpanKind.SERVER, attributes=attributes) as span:
+    with _tracer.start_as_current_span(
+        method, context=_extract(carrier) if carrier else None, kind=_api.SpanKind.SERVER, attributes=attributes
+    ) as span:
         yield span
 
 
@@ -375,14 +406,17 @@ def aiohttp_trace_configs() -> list[Any]:
     if not enabled:
         return []
     import aiohttp
+
     tracer = _tracer
     assert tracer is not None and _propagator is not None
     propagator = _propagator
 
     async def start(_session: Any, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
         url = params.url
-        attributes: dict[str, Any] = {"http.request.method": params.method,
-                                      "url.full": str(url.with_user(None).with_password(None))}
+        attributes: dict[str, Any] = {
+            "http.request.method": params.method,
+            "url.full": str(url.with_user(None).with_password(None)),
+        }
         if url.host:
             attributes["server.address"] = url.host
         if url.port:

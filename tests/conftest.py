@@ -47,13 +47,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         db.drop()
 
 
-def _system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-            store: str) -> Iterator[EsiSystem]:
+def _system(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, store: str
+) -> Iterator[EsiSystem]:
     workdir = tmp_path_factory.mktemp("esi")
     v = Vhost()
     db = PgDatabase() if store == "postgres" else None
-    system = EsiSystem(workdir=workdir, amqp_url=v.url,
-                       database_url=db.url if db else f"sqlite:///{workdir}/esi.db")
+    system = EsiSystem(workdir=workdir, amqp_url=v.url, database_url=db.url if db else f"sqlite:///{workdir}/esi.db")
     try:
         system.start_all()
         yield system

@@ -30,9 +30,13 @@ __all__ = ["Api", "ApiDeps", "build_routes", "create_app"]
 
 def build_routes(deps: ApiDeps) -> list[Route]:
     """The API's route table, in the order of the OpenAPI document."""
-    return [*HealthRoutes(deps.readiness).routes(), *RequestRoutes(deps).routes(),
-            *DeadLetterRoutes(deps.dead_letters, deps.store).routes(),
-            *SystemsRoutes(deps.store, deps.registry).routes(), *ContractRoutes(deps.registry, deps.topology).routes()]
+    return [
+        *HealthRoutes(deps.readiness).routes(),
+        *RequestRoutes(deps).routes(),
+        *DeadLetterRoutes(deps.dead_letters, deps.store).routes(),
+        *SystemsRoutes(deps.store, deps.registry).routes(),
+        *ContractRoutes(deps.registry, deps.topology).routes(),
+    ]
 
 
 class Api(FastAPI):
@@ -72,6 +76,7 @@ def create_app(deps: ApiDeps) -> Api:
     app.state.routes = routes
     app.authenticator = auth
     # outermost: what it answers skips FastAPI's middlewares, routing and dependencies
-    app.hot = HotPath(functools.partial(FastAPI.__call__, app), routes=routes if deps.hot_path else (),
-                      authenticate=auth.authenticate)
+    app.hot = HotPath(
+        functools.partial(FastAPI.__call__, app), routes=routes if deps.hot_path else (), authenticate=auth.authenticate
+    )
     return app

@@ -36,8 +36,7 @@ class _BasicHeader(SecurityBase):
 
 
 _BASIC = _BasicHeader()
-_API_KEY = APIKeyHeader(name=API_KEY_HEADER, scheme_name="apiKey", auto_error=False,
-                        description="<client_id>.<secret>")
+_API_KEY = APIKeyHeader(name=API_KEY_HEADER, scheme_name="apiKey", auto_error=False, description="<client_id>.<secret>")
 
 
 def remote_of(request: Request) -> str | None:
@@ -61,16 +60,18 @@ class Authenticator:
         if self.registry is None:
             return OPEN
         headers = request.headers
-        return await self.registry.authenticate_async(headers.get("authorization"), headers.get(API_KEY_HEADER),
-                                                      remote=remote_of(request))
+        return await self.registry.authenticate_async(
+            headers.get("authorization"), headers.get(API_KEY_HEADER), remote=remote_of(request)
+        )
 
     @property
     def dependency(self) -> Callable[..., Awaitable[Principal]]:
         """The FastAPI dependency giving the caller's principal (no security scheme is declared when off)."""
         return self._principal if self.registry is not None else self._open
 
-    async def _principal(self, request: Request, _authorization: str | None = Depends(_BASIC),
-                         _api_key: str | None = Depends(_API_KEY)) -> Principal:
+    async def _principal(
+        self, request: Request, _authorization: str | None = Depends(_BASIC), _api_key: str | None = Depends(_API_KEY)
+    ) -> Principal:
         # the two header dependencies only declare the schemes in the OpenAPI document
         return await self.authenticate(request)
 
@@ -81,7 +82,7 @@ class Authenticator:
 def principal_dependency(registry: ClientRegistry) -> Callable[..., Awaitable[Principal]]:
     """A FastAPI dependency returning the caller's `Principal` (401 otherwise); both schemes show in the OpenAPI.
 
-        current = principal_dependency(registry)
-        async def endpoint(principal: Principal = Depends(current)): ...
+    current = principal_dependency(registry)
+    async def endpoint(principal: Principal = Depends(current)): ...
     """
     return Authenticator(registry).dependency

@@ -17,8 +17,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from esi.errors import ApiError
 
-__all__ = ["ApiError", "error_body", "error_response", "install_error_handlers", "internal_error_response",
-           "validation_details"]
+__all__ = [
+    "ApiError",
+    "error_body",
+    "error_response",
+    "install_error_handlers",
+    "internal_error_response",
+    "validation_details",
+]
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -43,9 +49,10 @@ def internal_error_response() -> JSONResponse:
 
 def validation_details(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """pydantic's errors as `{"field", "problem"}` pairs, the field a dotted path without the leading `body`."""
-    return [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "(body)",
-             "problem": e.get("msg", "")}
-            for e in errors]
+    return [
+        {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "(body)", "problem": e.get("msg", "")}
+        for e in errors
+    ]
 
 
 def _validation_error(exc: RequestValidationError) -> ApiError:
@@ -55,8 +62,12 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 
 
 def _http_error(exc: StarletteHTTPException) -> ApiError:
-    return ApiError(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail),
-                    headers=getattr(exc, "headers", None))
+    return ApiError(
+        exc.status_code,
+        _HTTP_CODES.get(exc.status_code, "http_error"),
+        str(exc.detail),
+        headers=getattr(exc, "headers", None),
+    )
 
 
 async def _handle(_request: Request, exc: Exception) -> JSONResponse:

@@ -59,8 +59,10 @@ class _Template:
     def __init__(self, route: Route) -> None:
         match = _TEMPLATE.fullmatch(route.path)
         if match is None or not route.params or route.params[0].name != match.group(2) or len(route.params) > 2:
-            raise ValueError(f"the fast path serves a path ending in its first parameter, and at most one query "
-                             f"parameter after it, not {route.method} {route.path}")
+            raise ValueError(
+                f"the fast path serves a path ending in its first parameter, and at most one query "
+                f"parameter after it, not {route.method} {route.path}"
+            )
         self.route = route
         self.method = route.method
         self.prefix = match.group(1)
@@ -76,8 +78,9 @@ class _Template:
                 raise ValueError(f"the fast path reads a non-negative int or float query parameter, not {param}")
             self.high = _bound(declaration, Le, "le", default=None)
             if self.high is None or declaration.is_required():
-                raise ValueError(f"the fast path needs a default and an upper bound (le) on {param.name} of "
-                                 f"{route.path}")
+                raise ValueError(
+                    f"the fast path needs a default and an upper bound (le) on {param.name} of {route.path}"
+                )
             self.convert = param.annotation
             self.default = self.convert(declaration.default)
             # a plain decimal, within the digits the bound allows: FastAPI reads the rest (exponents, signs, junk)
@@ -86,7 +89,7 @@ class _Template:
             self.query = re.compile(rf"{re.escape(param.name)}=({number})".encode())
 
     def match(self, path: str, query: bytes) -> tuple[Any, ...] | None:
-        value = path[len(self.prefix):]
+        value = path[len(self.prefix) :]
         if not value or "/" in value or len(value) > self.max_length:
             return None
         if not query:
@@ -108,8 +111,12 @@ class HotPath:
     """Pure ASGI middleware in front of FastAPI: serves the hot `routes` itself (see the module), passes the rest on,
     and records the metrics of both (`record_request`)."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[Route] = (),
-                 authenticate: Callable[[Request], Awaitable[Principal]] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Sequence[Route] = (),
+        authenticate: Callable[[Request], Awaitable[Principal]] | None = None,
+    ) -> None:
         self.app = app
         self._authenticate = authenticate
         #: path → method → route, for hot routes with a static path

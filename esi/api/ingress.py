@@ -42,7 +42,7 @@ _BOM = b"\xef\xbb\xbf"
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """A request body as a JSON object: UTF-8, with or without a byte order mark, any line ends."""
     if raw.startswith(_BOM):
-        raw = raw[len(_BOM):]
+        raw = raw[len(_BOM) :]
     if not raw.strip():
         raise ApiError(400, "empty_body", "the request body is empty; send a JSON object")
     try:
@@ -68,7 +68,13 @@ def resolve_target(target: str, catalog: Catalog, *, source: str) -> str:
 
 
 def build_request(
-    target: str, message_type: str, body: dict[str, Any], *, max_pdf_bytes: int, catalog: Catalog, source: str,
+    target: str,
+    message_type: str,
+    body: dict[str, Any],
+    *,
+    max_pdf_bytes: int,
+    catalog: Catalog,
+    source: str,
     status_for_unknown_type: int = 404,
 ) -> Accepted:
     """Validate a flat request body (the original's shape) sent by `source` (the origin) and build its envelope."""
@@ -83,11 +89,13 @@ def build_request(
     if request_id is None or request_id == "":
         request_id = uuid.uuid4().hex
     elif not isinstance(request_id, str) or not _ID_RE.fullmatch(request_id):
-        raise ApiError(422, "invalid_request_id",
-                       "request_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+        raise ApiError(
+            422, "invalid_request_id", "request_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+        )
     if spec.upload is not None:
-        check_file_base64(input_value(spec.model, spec.upload.content_field, fields), spec.upload,
-                          max_bytes=max_pdf_bytes)
+        check_file_base64(
+            input_value(spec.model, spec.upload.content_field, fields), spec.upload, max_bytes=max_pdf_bytes
+        )
     try:
         payload = spec.model.model_validate(fields)
     except ValidationError as exc:
@@ -95,11 +103,24 @@ def build_request(
         message = "; ".join(f"{d['field']}: {d['problem']}" for d in details[:5])
         raise ApiError(422, "validation_error", f"invalid {message_type} request: {message}", details=details) from None
     data = payload.model_dump(exclude_none=True)
-    envelope = Envelope(request_id=request_id, source_system=source, target_system=target,
-                        message_type=message_type, payload=data, schema_version=spec.version)
+    envelope = Envelope(
+        request_id=request_id,
+        source_system=source,
+        target_system=target,
+        message_type=message_type,
+        payload=data,
+        schema_version=spec.version,
+    )
     digest = hashlib.sha256(orjson.dumps([target, message_type, data], option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return Accepted(request_id=request_id, target=target, message_type=message_type, payload=payload,
-                    envelope=envelope, routing_key=envelope.routing_key(Kind.REQUEST), payload_hash=digest)
+    return Accepted(
+        request_id=request_id,
+        target=target,
+        message_type=message_type,
+        payload=payload,
+        envelope=envelope,
+        routing_key=envelope.routing_key(Kind.REQUEST),
+        payload_hash=digest,
+    )
 
 
 def check_file_base64(value: Any, upload: Upload, *, max_bytes: int) -> None:
@@ -120,8 +141,11 @@ def check_file_bytes(content: bytes, upload: Upload, *, max_bytes: int) -> None:
         raise ApiError(413, "file_too_large", f"the file is {len(content)} bytes; the limit is {max_bytes} bytes")
     if not content.startswith(upload.magic):
         kind = upload.media_type.rpartition("/")[2].upper()
-        raise ApiError(422, f"not_a_{kind.lower()}",
-                       f"the file is not a {kind} (it does not start with {upload.magic.decode('latin-1')})")
+        raise ApiError(
+            422,
+            f"not_a_{kind.lower()}",
+            f"the file is not a {kind} (it does not start with {upload.magic.decode('latin-1')})",
+        )
 
 
 #: `wait=<delta-seconds>` among the preferences of a `Prefer` header (RFC 7240 §4.3)

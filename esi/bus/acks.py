@@ -98,7 +98,7 @@ class AckBatcher:
         run = tags if floor is None else [tag for tag in tags if tag < floor]
         if run:
             state.frames.append((run[-1], len(run) > 1, [finished[tag] for tag in run]))
-        state.frames.extend((tag, False, [finished[tag]]) for tag in tags[len(run):])
+        state.frames.extend((tag, False, [finished[tag]]) for tag in tags[len(run) :])
 
     async def _send(self, state: _Channel) -> None:
         """Queue the decided frames on the channel one after another (one sender per channel keeps their order:

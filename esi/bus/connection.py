@@ -44,8 +44,14 @@ class Bus:
     restores channels, QoS, queues, bindings and consumers.
     """
 
-    def __init__(self, connection: AbstractRobustConnection, publish_channel: AbstractChannel,
-                 consume_channel: AbstractChannel, publisher: Publisher, topology: Topology) -> None:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        publish_channel: AbstractChannel,
+        consume_channel: AbstractChannel,
+        publisher: Publisher,
+        topology: Topology,
+    ) -> None:
         self.connection = connection
         self.publish_channel = publish_channel
         self.consume_channel = consume_channel
@@ -53,9 +59,17 @@ class Bus:
         self.topology = topology
 
     @classmethod
-    async def open(cls, url: str | Sequence[str], *, topology: Topology, prefetch: int = 200,
-                   publish_timeout: float = 10.0, name: str = "esi", ssl_context: ssl.SSLContext | None = None,
-                   wait: float = 0.0) -> Bus:
+    async def open(
+        cls,
+        url: str | Sequence[str],
+        *,
+        topology: Topology,
+        prefetch: int = 200,
+        publish_timeout: float = 10.0,
+        name: str = "esi",
+        ssl_context: ssl.SSLContext | None = None,
+        wait: float = 0.0,
+    ) -> Bus:
         """Connect to one of the nodes `url` names (a comma-separated list, or a list: `esi.bus.failover`).
 
         Every node is tried once, starting at a random one (a fleet's connections spread over the nodes). While none
@@ -72,8 +86,14 @@ class Bus:
             node = nodes[(first + attempt) % len(nodes)]
             try:
                 connection = await aio_pika.connect_robust(
-                    node, reconnect_interval=1.0, ssl_context=ssl_context, timeout=CONNECT_ATTEMPT_TIMEOUT,
-                    connection_class=FailoverConnection, nodes=nodes, first=first + attempt)
+                    node,
+                    reconnect_interval=1.0,
+                    ssl_context=ssl_context,
+                    timeout=CONNECT_ATTEMPT_TIMEOUT,
+                    connection_class=FailoverConnection,
+                    nodes=nodes,
+                    first=first + attempt,
+                )
                 break
             except Exception as exc:
                 attempt += 1

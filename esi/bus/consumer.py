@@ -96,8 +96,8 @@ class Consumer:
     async def start(self) -> None:
         # declared (not merely looked up) on the robust channel, so that a reconnection restores it and its consumer
         self._amqp_queue = await self._channel.declare_queue(
-            self.queue.name, durable=True, arguments=self._queue_arguments,
-            passive=self._queue_arguments is None)
+            self.queue.name, durable=True, arguments=self._queue_arguments, passive=self._queue_arguments is None
+        )
         async with self._switching:
             if self._paused:  # paused before it started (a system in maintenance): `resume` consumes
                 log.info("%s declared; consuming it is paused", self.queue.name)
@@ -146,8 +146,12 @@ class Consumer:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
-            log.warning("%d messages still in flight on %s after %ss; they will be redelivered",
-                        len(self._tasks), self.queue.name, timeout)
+            log.warning(
+                "%d messages still in flight on %s after %ss; they will be redelivered",
+                len(self._tasks),
+                self.queue.name,
+                timeout,
+            )
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._acks.delivered(message)
@@ -166,14 +170,24 @@ class Consumer:
         attempt = _int(headers.get(ATTEMPT_HEADER), 1)
         original_key, original_exchange = headers.get(H_ORIGINAL_ROUTING_KEY), headers.get(H_ORIGINAL_EXCHANGE)
         routing_key = original_key if isinstance(original_key, str) and original_key else message.routing_key
-        with log_context(message_id=message.message_id, request_id=message.correlation_id,
-                         routing_key=routing_key, service=self.service):
+        with log_context(
+            message_id=message.message_id,
+            request_id=message.correlation_id,
+            routing_key=routing_key,
+            service=self.service,
+        ):
             started = time.perf_counter()
             if tracing.enabled:  # a CONSUMER span, child of the publish whose context the headers carry
-                with tracing.consuming(message, headers, queue=self.queue.name, routing_key=routing_key,
-                                       exchange=original_exchange if isinstance(original_exchange, str)
-                                       and original_exchange else message.exchange,
-                                       attempt=attempt) as span:
+                with tracing.consuming(
+                    message,
+                    headers,
+                    queue=self.queue.name,
+                    routing_key=routing_key,
+                    exchange=original_exchange
+                    if isinstance(original_exchange, str) and original_exchange
+                    else message.exchange,
+                    attempt=attempt,
+                ) as span:
                     outcome_label, envelope = await self._handle(message, headers, attempt)
                     tracing.settle(span, outcome_label)
             else:
@@ -181,10 +195,12 @@ class Consumer:
             message_type = envelope.message_type if envelope is not None else "unknown"
             metrics.child(metrics.CONSUMED, self.queue.name, message_type, outcome_label).inc()
             metrics.child(metrics.HANDLER_DURATION, self.queue.name, message_type).observe(
-                time.perf_counter() - started)
+                time.perf_counter() - started
+            )
 
-    async def _handle(self, message: AbstractIncomingMessage, headers: dict[str, Any],
-                      attempt: int) -> tuple[str, Envelope | None]:
+    async def _handle(
+        self, message: AbstractIncomingMessage, headers: dict[str, Any], attempt: int
+    ) -> tuple[str, Envelope | None]:
         envelope: Envelope | None = None
         if H_NOT_BEFORE in headers:  # rare: only a message back early from a long Retry-After carries it
             step = not_yet(headers, self._policy, datetime.now(UTC))
@@ -226,17 +242,24 @@ class Consumer:
         except Exception as exc:  # any failure, a bug included: `decide` chooses, this loop carries it out
             if not isinstance(exc, EsiError):
                 log.exception("unexpected error handling a message from %s", self.queue.name)
-            decision = decide(exc, attempt, self._policy, adapter=self.service, headers=headers,
-                              exchange=message.exchange, routing_key=message.routing_key,
-                              now=datetime.now(UTC), answer_with=self._response_type(envelope))
+            decision = decide(
+                exc,
+                attempt,
+                self._policy,
+                adapter=self.service,
+                headers=headers,
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                now=datetime.now(UTC),
+                answer_with=self._response_type(envelope),
+            )
             await self._carry_out(decision, message, envelope)
             return decision.outcome, envelope
         # success: acked straight away, without going through `decide` (it would only answer ACK)
         await self._ack(message)
         return "ok", envelope
 
-    async def _carry_out(self, decision: Decision, message: AbstractIncomingMessage,
-                         envelope: Envelope | None) -> None:
+    async def _carry_out(self, decision: Decision, message: AbstractIncomingMessage, envelope: Envelope | None) -> None:
         match decision:
             case Retry():
                 await self._retry(message, envelope, decision)
@@ -251,8 +274,15 @@ class Consumer:
 
     def _event(self, envelope: Envelope | None, event: str, **detail: Any) -> None:
         if envelope is not None:
-            self._events.record(envelope.request_id, event, service=self.service, message_id=envelope.message_id,
-                                causation_id=envelope.causation_id, message_type=envelope.message_type, **detail)
+            self._events.record(
+                envelope.request_id,
+                event,
+                service=self.service,
+                message_id=envelope.message_id,
+                causation_id=envelope.causation_id,
+                message_type=envelope.message_type,
+                **detail,
+            )
 
     async def _publish_all(self, outgoing: list[Envelope]) -> None:
         if not outgoing:
@@ -266,52 +296,64 @@ class Consumer:
             await asyncio.gather(*(self._publisher.publish(env, key) for env, key in zip(outgoing, keys)))
         for env, key in zip(outgoing, keys):
             metrics.published(env.message_type)
-            self._event(env, "published", at=sent_at, routing_key=key,
-                        **({"error": env.error.message} if env.error else {}))
+            self._event(
+                env, "published", at=sent_at, routing_key=key, **({"error": env.error.message} if env.error else {})
+            )
 
     @staticmethod
     def _properties(message: AbstractIncomingMessage) -> dict[str, Any]:
         return {name: getattr(message, name) for name in _COPIED_PROPERTIES if getattr(message, name, None) is not None}
 
     async def _retry(self, message: AbstractIncomingMessage, envelope: Envelope | None, decision: Retry) -> None:
-        log.warning("attempt %d/%d of %s failed (%s); retrying in %ss",
-                    decision.attempt, self._policy.max_attempts, _label(envelope), decision.reason, decision.delay_s)
+        log.warning(
+            "attempt %d/%d of %s failed (%s); retrying in %ss",
+            decision.attempt,
+            self._policy.max_attempts,
+            _label(envelope),
+            decision.reason,
+            decision.delay_s,
+        )
         try:
-            await self._publisher.publish_raw("", decision.queue, message.body, headers=decision.headers,
-                                              properties=self._properties(message))
+            await self._publisher.publish_raw(
+                "", decision.queue, message.body, headers=decision.headers, properties=self._properties(message)
+            )
         except Exception as exc:
             log.error("could not park %s for retry (%s); returning it to %s", _label(envelope), exc, self.queue.name)
             await self._reject_requeue(message)
             return
         await self._ack(message)
         metrics.RETRIED.labels(self.queue.name, envelope.message_type if envelope else "unknown").inc()
-        self._event(envelope, "retry_scheduled", attempt=decision.attempt, delay_s=decision.delay_s,
-                    error=decision.reason)
+        self._event(
+            envelope, "retry_scheduled", attempt=decision.attempt, delay_s=decision.delay_s, error=decision.reason
+        )
         if envelope is not None and self._tracker is not None:
-            await self._track(self._tracker.retrying(envelope.request_id, attempt=decision.attempt,
-                                                     error=decision.reason))
+            await self._track(
+                self._tracker.retrying(envelope.request_id, attempt=decision.attempt, error=decision.reason)
+            )
 
     async def _park_again(self, message: AbstractIncomingMessage, headers: dict[str, Any], queue: str) -> None:
         """Back to a hold queue, untried: the system asked for a longer wait than the ladder's rungs."""
         try:
-            await self._publisher.publish_raw("", queue, message.body, headers=headers,
-                                              properties=self._properties(message))
+            await self._publisher.publish_raw(
+                "", queue, message.body, headers=headers, properties=self._properties(message)
+            )
         except Exception as exc:
             log.error("could not park message %s again (%s); returning the delivery", message.message_id, exc)
             await self._reject_requeue(message)
             return
         await self._ack(message)
 
-    async def _give_back(self, message: AbstractIncomingMessage, envelope: Envelope | None,
-                         decision: GiveBack) -> None:
+    async def _give_back(self, message: AbstractIncomingMessage, envelope: Envelope | None, decision: GiveBack) -> None:
         """Back to the work queue as it came (confirmed), then acked: no try spent, no delivery count raised."""
         log.debug("%s goes back to %s untried: %s", _label(envelope), self.queue.name, decision.reason)
         try:
-            await self._publisher.publish_raw("", self.queue.name, message.body, headers=decision.headers,
-                                              properties=self._properties(message))
+            await self._publisher.publish_raw(
+                "", self.queue.name, message.body, headers=decision.headers, properties=self._properties(message)
+            )
         except Exception as exc:
-            log.error("could not put %s back on %s (%s); returning the delivery", _label(envelope), self.queue.name,
-                      exc)
+            log.error(
+                "could not put %s back on %s (%s); returning the delivery", _label(envelope), self.queue.name, exc
+            )
             await self._reject_requeue(message)
             return
         await self._ack(message)
@@ -319,27 +361,42 @@ class Consumer:
         if envelope is not None and self._tracker is not None:
             await self._track(self._tracker.waiting(envelope.request_id, error=decision.reason))
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, envelope: Envelope | None,
-                           decision: DeadLetter) -> None:
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, envelope: Envelope | None, decision: DeadLetter
+    ) -> None:
         log.error("dead-lettering %s after %d attempt(s): %s", _label(envelope), decision.attempt, decision.reason)
         reply = self._error_reply(envelope, decision)
         try:
             if reply is not None:
                 await self._publish_all([reply])
-            await self._publisher.publish_raw(self.queue.dead_letter_exchange, "", message.body,
-                                              headers=decision.headers, properties=self._properties(message))
+            await self._publisher.publish_raw(
+                self.queue.dead_letter_exchange,
+                "",
+                message.body,
+                headers=decision.headers,
+                properties=self._properties(message),
+            )
         except Exception as exc:
             log.error("could not dead-letter %s (%s); returning it to %s", _label(envelope), exc, self.queue.name)
             await self._reject_requeue(message)
             return
         await self._ack(message)
-        metrics.DEAD_LETTERED.labels(self.queue.name, envelope.message_type if envelope else "unknown",
-                                     type(decision.error).__name__).inc()
-        self._event(envelope, "dead_lettered", attempt=decision.attempt, queue=self.queue.dead_letter_queue,
-                    error=decision.reason)
+        metrics.DEAD_LETTERED.labels(
+            self.queue.name, envelope.message_type if envelope else "unknown", type(decision.error).__name__
+        ).inc()
+        self._event(
+            envelope,
+            "dead_lettered",
+            attempt=decision.attempt,
+            queue=self.queue.dead_letter_queue,
+            error=decision.reason,
+        )
         if envelope is not None and reply is None and self._tracker is not None:
-            await self._track(self._tracker.dead_lettered(envelope.request_id, error=decision.reason,
-                                                          queue=self.queue.dead_letter_queue))
+            await self._track(
+                self._tracker.dead_lettered(
+                    envelope.request_id, error=decision.reason, queue=self.queue.dead_letter_queue
+                )
+            )
 
     def _response_type(self, envelope: Envelope | None) -> str | None:
         """The message type answering the delivery, if it is a request (what `decide` may tell us to answer with)."""

@@ -70,15 +70,26 @@ class DeadLetter:
         return (datetime.now(UTC) - self.dead_lettered_at).total_seconds()
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "queue": self.queue, "exchange": self.exchange, "routing_key": self.routing_key,
-                "reason": self.reason, "error_class": self.error_class, "attempts": self.attempts,
-                "dead_lettered_at": self.dead_lettered_at.isoformat() if self.dead_lettered_at else None,
-                "age_s": round(self.age_s, 1) if self.age_s is not None else None}
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "exchange": self.exchange,
+            "routing_key": self.routing_key,
+            "reason": self.reason,
+            "error_class": self.error_class,
+            "attempts": self.attempts,
+            "dead_lettered_at": self.dead_lettered_at.isoformat() if self.dead_lettered_at else None,
+            "age_s": round(self.age_s, 1) if self.age_s is not None else None,
+        }
 
     def detail(self) -> dict[str, Any]:
         body_text = self.body.decode("utf-8", "replace")
-        return {**self.summary(), "headers": {k: _jsonable(v) for k, v in self.headers.items()},
-                "properties": {k: _jsonable(v) for k, v in self.properties.items()}, "body": body_text}
+        return {
+            **self.summary(),
+            "headers": {k: _jsonable(v) for k, v in self.headers.items()},
+            "properties": {k: _jsonable(v) for k, v in self.properties.items()},
+            "body": body_text,
+        }
 
     @classmethod
     def from_message(cls, queue: str, message: AbstractIncomingMessage) -> DeadLetter:
@@ -98,9 +109,19 @@ class DeadLetter:
         if when is None and isinstance(first_death, dict):
             when = _parse_time(first_death.get("time"))
         ident = _text(message.message_id) or hashlib.sha256(message.body).hexdigest()[:32]
-        properties = {name: getattr(message, name) for name in
-                      ("content_type", "content_encoding", "message_id", "correlation_id", "type", "app_id",
-                       "timestamp") if getattr(message, name, None) is not None}
+        properties = {
+            name: getattr(message, name)
+            for name in (
+                "content_type",
+                "content_encoding",
+                "message_id",
+                "correlation_id",
+                "type",
+                "app_id",
+                "timestamp",
+            )
+            if getattr(message, name, None) is not None
+        }
         attempts = 0
         raw_attempts = headers.get(h.H_ATTEMPTS) or 0
         if isinstance(raw_attempts, int | float | str | bytes | bytearray | Decimal):
@@ -108,9 +129,19 @@ class DeadLetter:
                 attempts = int(raw_attempts)
             except ValueError:
                 pass
-        return cls(id=ident, queue=queue, exchange=exchange or "", routing_key=routing_key or "",
-                   reason=reason or "unknown", error_class=_text(headers.get(h.H_ERROR_CLASS)), attempts=attempts,
-                   dead_lettered_at=when, headers=headers, body=message.body, properties=properties)
+        return cls(
+            id=ident,
+            queue=queue,
+            exchange=exchange or "",
+            routing_key=routing_key or "",
+            reason=reason or "unknown",
+            error_class=_text(headers.get(h.H_ERROR_CLASS)),
+            attempts=attempts,
+            dead_lettered_at=when,
+            headers=headers,
+            body=message.body,
+            properties=properties,
+        )
 
 
 def _jsonable(value: Any) -> Any:
@@ -226,8 +257,9 @@ class DeadLetters:
         return letters[0] if letters else None
 
     # builtins.list: in this class, `list` is the method above
-    async def replay(self, filters: Filters, *, rate: float | None = None,
-                     dry_run: bool = False) -> builtins.list[DeadLetter]:
+    async def replay(
+        self, filters: Filters, *, rate: float | None = None, dry_run: bool = False
+    ) -> builtins.list[DeadLetter]:
         """Republish matching dead letters to their original exchange and routing key, attempt count reset.
 
         Each leaves its DLQ only once its republish is confirmed; anything that fails stays where it was.
@@ -249,9 +281,13 @@ class DeadLetters:
                     if not letter.routing_key:
                         log.warning("dead letter %s has no original routing key; left in %s", letter.id, queue)
                         continue
-                    await publisher.publish_raw(letter.exchange, letter.routing_key, letter.body,
-                                                headers=_replay_headers(letter.headers),
-                                                properties=letter.properties)
+                    await publisher.publish_raw(
+                        letter.exchange,
+                        letter.routing_key,
+                        letter.body,
+                        headers=_replay_headers(letter.headers),
+                        properties=letter.properties,
+                    )
                     await message.ack()
                     replayed.append(letter)
                     log.info("replayed %s from %s to %s", letter.id, queue, letter.routing_key)

@@ -173,8 +173,16 @@ def classify(exc: BaseException) -> EsiError:
     return TransientError(f"unexpected {type(exc).__name__}: {exc}", code="unexpected_error")
 
 
-def failure_headers(headers: Mapping[str, Any], error: EsiError, *, attempt: int, adapter: str,
-                    exchange: str | None, routing_key: str | None, now: datetime) -> dict[str, Any]:
+def failure_headers(
+    headers: Mapping[str, Any],
+    error: EsiError,
+    *,
+    attempt: int,
+    adapter: str,
+    exchange: str | None,
+    routing_key: str | None,
+    now: datetime,
+) -> dict[str, Any]:
     """The delivery's headers with the failure's story added (a new dict; `headers` is left as it was).
 
     The first failure, the original exchange and routing key are kept from an earlier failure's headers: a message
@@ -194,9 +202,18 @@ def failure_headers(headers: Mapping[str, Any], error: EsiError, *, attempt: int
     return out
 
 
-def decide(failure: BaseException | None, attempt: int, policy: RetryPolicy, *, adapter: str,
-           headers: Mapping[str, Any], exchange: str | None, routing_key: str | None, now: datetime,
-           answer_with: str | None = None) -> Decision:
+def decide(
+    failure: BaseException | None,
+    attempt: int,
+    policy: RetryPolicy,
+    *,
+    adapter: str,
+    headers: Mapping[str, Any],
+    exchange: str | None,
+    routing_key: str | None,
+    now: datetime,
+    answer_with: str | None = None,
+) -> Decision:
     """What to do with a delivery whose handling ended with `failure` (None: it succeeded) on its `attempt`-th try.
 
     - success → `ACK`;
@@ -217,8 +234,9 @@ def decide(failure: BaseException | None, attempt: int, policy: RetryPolicy, *, 
     attempt = max(attempt, 1)
     if isinstance(error, CircuitOpen):
         return GiveBack(error, attempt, dict(headers))
-    story = failure_headers(headers, error, attempt=attempt, adapter=adapter, exchange=exchange,
-                            routing_key=routing_key, now=now)
+    story = failure_headers(
+        headers, error, attempt=attempt, adapter=adapter, exchange=exchange, routing_key=routing_key, now=now
+    )
     if isinstance(error, PermanentError) or attempt >= policy.max_attempts:
         story[H_DEAD_LETTERED_AT] = story[H_LAST_FAILURE]
         return DeadLetter(error, attempt, story, answer_with if isinstance(error, BusinessError) else None)

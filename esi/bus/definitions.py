@@ -31,12 +31,25 @@ class _RecordingQueue:
         self.name = name
         self._bindings = bindings
 
-    async def bind(self, exchange: Any, routing_key: str | None = None, *, arguments: dict[str, Any] | None = None,
-                   timeout: float | None = None) -> None:
+    async def bind(
+        self,
+        exchange: Any,
+        routing_key: str | None = None,
+        *,
+        arguments: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> None:
         source = exchange if isinstance(exchange, str) else exchange.name
-        self._bindings.append({"source": source, "vhost": VHOST, "destination": self.name, "destination_type": "queue",
-                               "routing_key": routing_key if routing_key is not None else self.name,
-                               "arguments": dict(arguments or {})})
+        self._bindings.append(
+            {
+                "source": source,
+                "vhost": VHOST,
+                "destination": self.name,
+                "destination_type": "queue",
+                "routing_key": routing_key if routing_key is not None else self.name,
+                "arguments": dict(arguments or {}),
+            }
+        )
 
 
 class _RecordingChannel:
@@ -47,25 +60,57 @@ class _RecordingChannel:
         self.queues: list[dict[str, Any]] = []
         self.bindings: list[dict[str, Any]] = []
 
-    async def declare_exchange(self, name: str, type: Any = "direct", *, durable: bool = False,
-                               auto_delete: bool = False, internal: bool = False, passive: bool = False,
-                               arguments: dict[str, Any] | None = None,
-                               timeout: float | None = None) -> _RecordingExchange:
+    async def declare_exchange(
+        self,
+        name: str,
+        type: Any = "direct",
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        passive: bool = False,
+        arguments: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> _RecordingExchange:
         if passive:
             raise ValueError(f"exchange {name}: a passive declare declares nothing")
-        self.exchanges.append({"name": name, "vhost": VHOST, "type": getattr(type, "value", type), "durable": durable,
-                               "auto_delete": auto_delete, "internal": internal, "arguments": dict(arguments or {})})
+        self.exchanges.append(
+            {
+                "name": name,
+                "vhost": VHOST,
+                "type": getattr(type, "value", type),
+                "durable": durable,
+                "auto_delete": auto_delete,
+                "internal": internal,
+                "arguments": dict(arguments or {}),
+            }
+        )
         return _RecordingExchange(name)
 
-    async def declare_queue(self, name: str | None = None, *, durable: bool = False, exclusive: bool = False,
-                            passive: bool = False, auto_delete: bool = False, arguments: dict[str, Any] | None = None,
-                            timeout: float | None = None) -> _RecordingQueue:
+    async def declare_queue(
+        self,
+        name: str | None = None,
+        *,
+        durable: bool = False,
+        exclusive: bool = False,
+        passive: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> _RecordingQueue:
         if not name:
             raise ValueError("a server-named queue cannot be in a definitions file")
         if passive or exclusive:
             raise ValueError(f"queue {name}: passive and exclusive queues cannot be in definitions")
-        self.queues.append({"name": name, "vhost": VHOST, "durable": durable, "auto_delete": auto_delete,
-                            "arguments": dict(arguments or {})})
+        self.queues.append(
+            {
+                "name": name,
+                "vhost": VHOST,
+                "durable": durable,
+                "auto_delete": auto_delete,
+                "arguments": dict(arguments or {}),
+            }
+        )
         return _RecordingQueue(name, self.bindings)
 
 

@@ -35,10 +35,17 @@ def node_urls(urls: str | Sequence[str], *, name: str | None = None) -> list[URL
     first = nodes[0]
     for node in nodes[1:]:
         if (node.scheme, node.user, node.password, node.path, node.query) != (
-                first.scheme, first.user, first.password, first.path, first.query):
-            raise ValueError("the AMQP URLs of a cluster's nodes may differ only in host and port (same scheme, "
-                             f"credentials, vhost and options): {node.with_password(None)} differs from "
-                             f"{first.with_password(None)}")
+            first.scheme,
+            first.user,
+            first.password,
+            first.path,
+            first.query,
+        ):
+            raise ValueError(
+                "the AMQP URLs of a cluster's nodes may differ only in host and port (same scheme, "
+                f"credentials, vhost and options): {node.with_password(None)} differs from "
+                f"{first.with_password(None)}"
+            )
     if name is not None:
         nodes = [node.update_query(name=name) for node in nodes]
     return nodes
@@ -47,8 +54,15 @@ def node_urls(urls: str | Sequence[str], *, name: str | None = None) -> list[URL
 class FailoverConnection(CoalescingConnection):
     """A robust connection over several nodes (pass as `connection_class`, with `nodes=` and `first=`)."""
 
-    def __init__(self, url: URL, loop: asyncio.AbstractEventLoop | None = None, *,
-                 nodes: Sequence[URL] = (), first: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: URL,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        nodes: Sequence[URL] = (),
+        first: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(url, loop, **kwargs)
         self.nodes: tuple[URL, ...] = tuple(nodes) or (self.url,)
         #: the node of the next attempt; random by default, so that a fleet's connections spread over the nodes

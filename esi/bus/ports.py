@@ -40,8 +40,9 @@ class Outgoing(Protocol):
 class OutboxStore(Protocol):
     """Where the relay finds what to publish (several relays may sweep one outbox: claims are leases)."""
 
-    async def claim(self, *, limit: int, fresh_s: float, lease_s: float,
-                    mine: list[str] | None = None) -> Sequence[Outgoing]: ...
+    async def claim(
+        self, *, limit: int, fresh_s: float, lease_s: float, mine: list[str] | None = None
+    ) -> Sequence[Outgoing]: ...
 
     async def release(self, rows: Sequence[Outgoing]) -> None: ...
 
@@ -69,9 +70,18 @@ class Inbox(Protocol):
 class Recorder(Protocol):
     """What records a request's hops: the store's `EventRecorder`, or `NullRecorder` where there is no store."""
 
-    def record(self, request_id: str | None, event: str, *, service: str, message_id: str | None = None,
-               causation_id: str | None = None, message_type: str | None = None, at: datetime | None = None,
-               **detail: Any) -> None: ...
+    def record(
+        self,
+        request_id: str | None,
+        event: str,
+        *,
+        service: str,
+        message_id: str | None = None,
+        causation_id: str | None = None,
+        message_type: str | None = None,
+        at: datetime | None = None,
+        **detail: Any,
+    ) -> None: ...
 
 
 class NullRecorder:

@@ -24,15 +24,23 @@ log = logging.getLogger(__name__)
 PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 
-def envelope_properties(message_id: str, request_id: str, message_type: str,
-                        headers: dict[str, Any]) -> spec.Basic.Properties:
+def envelope_properties(
+    message_id: str, request_id: str, message_type: str, headers: dict[str, Any]
+) -> spec.Basic.Properties:
     """The AMQP properties of an envelope's message: persistent, JSON, its ids in the standard fields. Built as
     aio-pika's `Message.properties` builds them, without the `Message` (whose guarded attributes cost a tenth of
     a publish)."""
     return spec.Basic.Properties(
-        content_type="application/json", content_encoding="utf-8", delivery_mode=PERSISTENT, message_id=message_id,
-        correlation_id=request_id, message_type=message_type, timestamp=datetime.now(UTC), app_id="esi",
-        headers=headers)
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_mode=PERSISTENT,
+        message_id=message_id,
+        correlation_id=request_id,
+        message_type=message_type,
+        timestamp=datetime.now(UTC),
+        app_id="esi",
+        headers=headers,
+    )
 
 
 class Publisher:
@@ -52,14 +60,25 @@ class Publisher:
         message_headers: dict[str, Any] = {ATTEMPT_HEADER: 1, **(headers or {})}
         body = envelope.encode()
         if tracing.enabled:  # a PRODUCER span, its context carried in the headers (esi.tracing)
-            with tracing.publishing(self._exchange_name, routing_key, envelope.message_id,
-                                    request_id=envelope.request_id):
+            with tracing.publishing(
+                self._exchange_name, routing_key, envelope.message_id, request_id=envelope.request_id
+            ):
                 tracing.inject(message_headers)
-                await self.publish_message(self._exchange_name, routing_key, body, envelope_properties(
-                    envelope.message_id, envelope.request_id, envelope.message_type, message_headers))
+                await self.publish_message(
+                    self._exchange_name,
+                    routing_key,
+                    body,
+                    envelope_properties(
+                        envelope.message_id, envelope.request_id, envelope.message_type, message_headers
+                    ),
+                )
             return
-        await self.publish_message(self._exchange_name, routing_key, body, envelope_properties(
-            envelope.message_id, envelope.request_id, envelope.message_type, message_headers))
+        await self.publish_message(
+            self._exchange_name,
+            routing_key,
+            body,
+            envelope_properties(envelope.message_id, envelope.request_id, envelope.message_type, message_headers),
+        )
 
     async def publish_raw(
         self,
@@ -76,8 +95,9 @@ class Publisher:
         message = aio_pika.Message(body, headers=dict(headers), **props)
         await self.publish_message(exchange, routing_key, message.body, message.properties)
 
-    async def publish_message(self, exchange: str, routing_key: str, body: bytes,
-                              properties: spec.Basic.Properties) -> None:
+    async def publish_message(
+        self, exchange: str, routing_key: str, body: bytes, properties: spec.Basic.Properties
+    ) -> None:
         try:
             # bounded here, inline, and not by aio-pika's `timeout`: that one does not cover a publish caught in a
             # reconnection (seen: stuck for minutes across a broker restart), and aiormq runs each step of a publish
@@ -93,8 +113,8 @@ class Publisher:
                 # the socket took them, so the publishes of one loop turn leave together (esi.bus.wire); the
                 # confirm is awaited all the same
                 confirmation = await channel.basic_publish(
-                    body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=True,
-                    wait=False)
+                    body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=True, wait=False
+                )
         except (DeliveryError, PublishError) as exc:
             raise TransientError(
                 f"broker refused the publish to {exchange or '(default)'}/{routing_key}: {exc}", code="publish_refused"

@@ -8,9 +8,9 @@ The API answers 202 once a request and its message are committed together; from 
   in hand — rows of a relay that died, rows that failed while the broker was away.
 
 Several API processes each run a relay, all sweeping one PostgreSQL outbox: a sweep claims the rows it publishes
-for a lease (`esi.store.outbox.Outbox.claim`, `FOR UPDATE SKIP LOCKED`), so no two sweeps publish one row; a sweep leaves rows
-younger than `fresh_s` to the fast path of the process that committed them (their publish ends, confirmed or
-failed, within the publish timeout), except its own process's failed ones, which it retries at once.
+for a lease (`esi.store.outbox.Outbox.claim`, `FOR UPDATE SKIP LOCKED`), so no two sweeps publish one row; a sweep
+leaves rows younger than `fresh_s` to the fast path of the process that committed them (their publish ends,
+confirmed or failed, within the publish timeout), except its own process's failed ones, which it retries at once.
 
 A relay that dies mid-publish leaves rows unsent (or claimed until the lease ends) and they are published again:
 the consumers' inbox absorbs the duplicate, so the effect still happens once.
@@ -34,10 +34,20 @@ log = logging.getLogger(__name__)
 
 
 class OutboxRelay:
-    def __init__(self, *, store: OutboxStore, publisher: Publisher, exchange: str = "main_exchange",
-                 batch_size: int = 500, idle_interval: float = 1.0, max_backoff: float = 5.0,
-                 mark_interval: float = 0.02, events: Recorder | None = None, fresh_s: float = 12.0,
-                 lease_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        store: OutboxStore,
+        publisher: Publisher,
+        exchange: str = "main_exchange",
+        batch_size: int = 500,
+        idle_interval: float = 1.0,
+        max_backoff: float = 5.0,
+        mark_interval: float = 0.02,
+        events: Recorder | None = None,
+        fresh_s: float = 12.0,
+        lease_s: float = 60.0,
+    ) -> None:
         self._store = store
         self._publisher = publisher
         self._exchange = exchange
@@ -71,8 +81,10 @@ class OutboxRelay:
         task.add_done_callback(self._in_flight.discard)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._sweep_forever(), name="outbox-sweep"),
-                       asyncio.create_task(self._mark_forever(), name="outbox-mark")]
+        self._tasks = [
+            asyncio.create_task(self._sweep_forever(), name="outbox-sweep"),
+            asyncio.create_task(self._mark_forever(), name="outbox-mark"),
+        ]
 
     async def stop(self) -> None:
         """Finish the publishes in hand and mark them; what is left unsent waits in the store for the next start."""
@@ -97,8 +109,9 @@ class OutboxRelay:
 
     async def _publish_one(self, row: Outgoing) -> None:
         if tracing.enabled:  # a PRODUCER span, child of the API's span stored with the row (esi.tracing)
-            with tracing.publishing(self._exchange, row.routing_key, row.message_id, request_id=row.request_id,
-                                    parent=row.trace_context):
+            with tracing.publishing(
+                self._exchange, row.routing_key, row.message_id, request_id=row.request_id, parent=row.trace_context
+            ):
                 await self._publish_and_record(row)
             return
         await self._publish_and_record(row)
@@ -115,8 +128,14 @@ class OutboxRelay:
         self.last_error = None
         self._to_mark.append(row)
         if self._events is not None:
-            self._events.record(row.request_id, "published", service="relay", message_id=row.message_id,
-                                routing_key=row.routing_key, at=sent_at)
+            self._events.record(
+                row.request_id,
+                "published",
+                service="relay",
+                message_id=row.message_id,
+                routing_key=row.routing_key,
+                at=sent_at,
+            )
 
     async def _mark_forever(self) -> None:
         while True:
@@ -165,8 +184,12 @@ class OutboxRelay:
         # past `fresh_s`, any process's sweep may take a failed row: this one need not remember it any longer
         too_old = time.monotonic() - self._fresh_s
         self._failed = {mid: at for mid, at in self._failed.items() if at > too_old}
-        claimed = await self._store.claim(limit=self._batch_size, fresh_s=self._fresh_s, lease_s=self._lease_s,
-                                                 mine=list(self._failed)[:self._batch_size])
+        claimed = await self._store.claim(
+            limit=self._batch_size,
+            fresh_s=self._fresh_s,
+            lease_s=self._lease_s,
+            mine=list(self._failed)[: self._batch_size],
+        )
         rows = [r for r in claimed if r.message_id not in self._claimed]
         if not rows:
             return 0
@@ -179,8 +202,9 @@ class OutboxRelay:
             try:  # back to every process's sweep at once, rather than when the lease ends
                 await self._store.release(failed)
             except Exception as exc:
-                log.warning("could not release %d claimed outbox rows (%s); their claim ends by itself",
-                            len(failed), exc)
+                log.warning(
+                    "could not release %d claimed outbox rows (%s); their claim ends by itself", len(failed), exc
+                )
             error = next(result for result in results if isinstance(result, BaseException))
             raise TransientError(f"{len(failed)} of {len(rows)} outbox messages not confirmed: {error}")
         return len(rows)
@@ -189,5 +213,9 @@ class OutboxRelay:
         headers: dict[str, Any] = {ATTEMPT_HEADER: 1}
         if tracing.enabled:
             tracing.inject(headers)
-        await self._publisher.publish_message(self._exchange, row.routing_key, row.body, envelope_properties(
-            row.message_id, row.request_id, row.routing_key.rsplit(".", 1)[-1], headers))
+        await self._publisher.publish_message(
+            self._exchange,
+            row.routing_key,
+            row.body,
+            envelope_properties(row.message_id, row.request_id, row.routing_key.rsplit(".", 1)[-1], headers),
+        )

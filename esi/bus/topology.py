@@ -117,8 +117,13 @@ class Topology:
 
     def dead_letter_queue_arguments(self) -> dict[str, Any]:
         # no dead-letter exchange of its own: a parked message stays until an operator replays or purges it
-        return {"x-queue-type": "quorum", GROUP_SIZE_ARGUMENT: QUORUM_GROUP_SIZE, "x-max-length": self.max_length,
-                "x-overflow": "reject-publish", "x-delivery-limit": DEAD_LETTER_DELIVERY_LIMIT}
+        return {
+            "x-queue-type": "quorum",
+            GROUP_SIZE_ARGUMENT: QUORUM_GROUP_SIZE,
+            "x-max-length": self.max_length,
+            "x-overflow": "reject-publish",
+            "x-delivery-limit": DEAD_LETTER_DELIVERY_LIMIT,
+        }
 
     def retry_queue_arguments(self, queue: WorkQueue, step: RetryStep) -> dict[str, Any]:
         return {
@@ -192,12 +197,18 @@ async def _reopen(channel: AbstractChannel) -> AbstractChannel:
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (1, 5, 30, 120, 600)
 
 
-def build_topology(queues: Iterable[tuple[str, str, Sequence[str]]], *,
-                   retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS, delivery_limit: int = 20,
-                   max_length: int = 1_000_000) -> Topology:
+def build_topology(
+    queues: Iterable[tuple[str, str, Sequence[str]]],
+    *,
+    retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
+    delivery_limit: int = 20,
+    max_length: int = 1_000_000,
+) -> Topology:
     """The topology of the given `(system, work queue, bindings)` (the registry of systems lists them: its
     `queues()`), each with the retry ladder of `retry_delays`."""
     delays = tuple(float(d) for d in retry_delays)
-    return Topology(work_queues=tuple(WorkQueue(system, queue, tuple(bindings), delays)
-                                      for system, queue, bindings in queues),
-                    delivery_limit=delivery_limit, max_length=max_length)
+    return Topology(
+        work_queues=tuple(WorkQueue(system, queue, tuple(bindings), delays) for system, queue, bindings in queues),
+        delivery_limit=delivery_limit,
+        max_length=max_length,
+    )

@@ -24,8 +24,13 @@ from yarl import URL
 class CoalescingStreamWriter(asyncio.StreamWriter):
     """A `StreamWriter` whose writes of one loop turn go to the transport as one."""
 
-    def __init__(self, transport: asyncio.Transport, protocol: asyncio.StreamReaderProtocol,
-                 reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        protocol: asyncio.StreamReaderProtocol,
+        reader: asyncio.StreamReader,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         super().__init__(transport, protocol, reader, loop)
         self._pending: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -63,15 +68,21 @@ class CoalescingStreamWriter(asyncio.StreamWriter):
         super().close()
 
 
-async def open_coalescing_connection(host: str | None, port: int | None, *, ssl: Any = None,
-                                     **kwargs: Any) -> tuple[asyncio.StreamReader, CoalescingStreamWriter]:
+async def open_coalescing_connection(
+    host: str | None, port: int | None, *, ssl: Any = None, **kwargs: Any
+) -> tuple[asyncio.StreamReader, CoalescingStreamWriter]:
     """`asyncio.open_connection`, with a `CoalescingStreamWriter`."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     # typeshed's overloads want a str host and an int port; asyncio's own signature takes None for both
-    transport, _ = await loop.create_connection(lambda: protocol, host, port, ssl=ssl,  # type: ignore[arg-type]
-                                                **kwargs)
+    transport, _ = await loop.create_connection(
+        lambda: protocol,
+        host,
+        port,
+        ssl=ssl,  # type: ignore[arg-type]
+        **kwargs,
+    )
     return reader, CoalescingStreamWriter(transport, protocol, reader, loop)
 
 

@@ -8,8 +8,12 @@ from esi.cli import clients, contracts, dlq, requests, retention, run, systems, 
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="esi — Enterprise System Integration bus")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="esi — Enterprise System Integration bus",
+)
 
 # the order of `esi --help`: the commands, then the groups
 app.command("run")(run.run)

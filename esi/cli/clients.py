@@ -15,8 +15,9 @@ clients_app = typer.Typer(no_args_is_help=True, help="API clients: make entries 
 @clients_app.command("add")
 def clients_add(
     client_id: Annotated[str, typer.Argument(metavar="CLIENT_ID")],
-    send: Annotated[list[str] | None,
-                    typer.Option("--send", help="target:message_type, e.g. dms:create_user or crm:*")] = None,
+    send: Annotated[
+        list[str] | None, typer.Option("--send", help="target:message_type, e.g. dms:create_user or crm:*")
+    ] = None,
     read: Annotated[bool, typer.Option("--read/--no-read", help="may read the outcome of its requests")] = True,
     operator: Annotated[bool, typer.Option("--operator", help="may use /dlq and replay")] = False,
     api_key: Annotated[bool, typer.Option("--api-key", help="also generate an API key (printed once)")] = False,
@@ -29,8 +30,7 @@ def clients_add(
     registry_from(_settings())  # the scopes name the systems this deployment runs with
     password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     key = generate_api_key(client_id) if api_key else None
-    entry = make_client_entry(client_id, password=password, api_key=key, send=send or [], read=read,
-                              operator=operator)
+    entry = make_client_entry(client_id, password=password, api_key=key, send=send or [], read=read, operator=operator)
     if file:
         from pathlib import Path
 

@@ -11,10 +11,12 @@ import typer
 
 from esi.config import Settings, parse_duration
 
-UserOpt = Annotated[str | None, typer.Option("--user", envvar="ESI_API_USER",
-                                                help="API client id (default in demo: demo)")]
-PasswordOpt = Annotated[str | None, typer.Option("--password", envvar="ESI_API_PASSWORD",
-                                                    help="its password (default in demo: demo)")]
+UserOpt = Annotated[
+    str | None, typer.Option("--user", envvar="ESI_API_USER", help="API client id (default in demo: demo)")
+]
+PasswordOpt = Annotated[
+    str | None, typer.Option("--password", envvar="ESI_API_PASSWORD", help="its password (default in demo: demo)")
+]
 ApiOpt = Annotated[str | None, typer.Option(help="the esi API (default: http://127.0.0.1:ESI_HTTP_PORT)")]
 SinceOpt = Annotated[str | None, typer.Option("--since", help="within this long: 90s, 15m, 2h, 7d")]
 
@@ -46,8 +48,9 @@ def _auth(user: str | None, password: str | None) -> tuple[str, str] | None:
     return None
 
 
-def _call_api(method: str, path: str, *, api: str | None, user: str | None, password: str | None,
-              **kwargs: Any) -> dict[str, Any]:
+def _call_api(
+    method: str, path: str, *, api: str | None, user: str | None, password: str | None, **kwargs: Any
+) -> dict[str, Any]:
     """One call to the API as an operator; exits 3 when it cannot be reached, 1 on an error answer."""
     base = api or f"http://127.0.0.1:{_settings().http_port}"
     try:

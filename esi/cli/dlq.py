@@ -23,8 +23,9 @@ def _filters(queue: str | None, reason: str | None, since: str | None, ids: Sequ
     """The filters of the options; a bad `--since` exits 2 before anything connects."""
     from esi.bus.dead_letters import Filters
 
-    return Filters(queue=queue, reason=reason, since=_duration(since, name="--since") if since else None,
-                   ids=tuple(ids))
+    return Filters(
+        queue=queue, reason=reason, since=_duration(since, name="--since") if since else None, ids=tuple(ids)
+    )
 
 
 def _with_dead_letters(action: Callable[[DeadLetters], Awaitable[_T]]) -> _T:
@@ -70,8 +71,9 @@ def _audit_cli(action: str, *, subject: str | None, count: int, detail: dict[str
     async def write() -> None:
         store = await Store.open(_settings().database_url)
         try:
-            await store.audit.record(action, client_id=f"cli:{getpass.getuser()}", subject=subject, count=count,
-                              detail=detail)
+            await store.audit.record(
+                action, client_id=f"cli:{getpass.getuser()}", subject=subject, count=count, detail=detail
+            )
         finally:
             await store.aclose()
 
@@ -105,9 +107,13 @@ ReasonOpt = Annotated[str | None, typer.Option("--reason", help="text the reason
 
 
 @dlq_app.command("list")
-def dlq_list(queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt = None,
-             limit: Annotated[int | None, typer.Option("--limit")] = None,
-             as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False) -> None:
+def dlq_list(
+    queue: QueueOpt = None,
+    reason: ReasonOpt = None,
+    since: SinceOpt = None,
+    limit: Annotated[int | None, typer.Option("--limit")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
     """List dead letters (they stay in their queue)."""
     filters = _filters(queue, reason, since)
     letters = _with_dead_letters(lambda dl: dl.list(filters, limit=limit))
@@ -129,11 +135,15 @@ def dlq_show(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
 
 
 @dlq_app.command("replay")
-def dlq_replay(ids: Annotated[list[str] | None, typer.Argument(metavar="[ID ...]")] = None,
-               all_: Annotated[bool, typer.Option("--all", help="every dead letter matching the filters")] = False,
-               queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt = None,
-               rate: Annotated[float | None, typer.Option("--rate", help="at most N messages per second")] = None,
-               dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be replayed")] = False) -> None:
+def dlq_replay(
+    ids: Annotated[list[str] | None, typer.Argument(metavar="[ID ...]")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every dead letter matching the filters")] = False,
+    queue: QueueOpt = None,
+    reason: ReasonOpt = None,
+    since: SinceOpt = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="at most N messages per second")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be replayed")] = False,
+) -> None:
     """Republish dead letters to their original routing key, attempt count reset."""
     if not ids and not all_:
         typer.echo("esi: name the IDs to replay, or --all (with filters) for every match", err=True)
@@ -141,22 +151,35 @@ def dlq_replay(ids: Annotated[list[str] | None, typer.Argument(metavar="[ID ...]
     filters = _filters(queue, reason, since, ids or ())
     letters = _with_dead_letters(lambda dl: dl.replay(filters, rate=rate, dry_run=dry_run))
     if not dry_run:
-        _audit_cli("dlq.replay", subject=queue, count=len(letters),
-                   detail={"ids": [d.id for d in letters][:1000], "reason": reason, "since": since})
+        _audit_cli(
+            "dlq.replay",
+            subject=queue,
+            count=len(letters),
+            detail={"ids": [d.id for d in letters][:1000], "reason": reason, "since": since},
+        )
     _table(letters)
     typer.echo(f"{'would replay' if dry_run else 'replayed'} {len(letters)} message(s)")
 
 
 @dlq_app.command("purge")
-def dlq_purge(queue: QueueOpt = None, reason: ReasonOpt = None, since: SinceOpt = None,
-              yes: Annotated[bool, typer.Option("--yes", help="really delete them")] = False) -> None:
+def dlq_purge(
+    queue: QueueOpt = None,
+    reason: ReasonOpt = None,
+    since: SinceOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", help="really delete them")] = False,
+) -> None:
     """Delete dead letters for good (needs --yes)."""
     if not yes:
-        typer.echo("esi: purge deletes messages for good; add --yes to confirm (see them first with esi dlq list)",
-                   err=True)
+        typer.echo(
+            "esi: purge deletes messages for good; add --yes to confirm (see them first with esi dlq list)", err=True
+        )
         raise typer.Exit(2)
     filters = _filters(queue, reason, since)
     letters = _with_dead_letters(lambda dl: dl.purge(filters))
-    _audit_cli("dlq.purge", subject=queue, count=len(letters),
-               detail={"ids": [d.id for d in letters][:1000], "reason": reason, "since": since})
+    _audit_cli(
+        "dlq.purge",
+        subject=queue,
+        count=len(letters),
+        detail={"ids": [d.id for d in letters][:1000], "reason": reason, "since": since},
+    )
     typer.echo(f"purged {len(letters)} message(s)")

@@ -28,7 +28,8 @@ def trace(
     request_id: str,
     api: ApiOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="the raw timeline as JSON")] = False,
-    user: UserOpt = None, password: PasswordOpt = None,
+    user: UserOpt = None,
+    password: PasswordOpt = None,
 ) -> None:
     """Every hop of a request: accepted, published, consumed, external calls, retries, answers, the end."""
     base = api or f"http://127.0.0.1:{_settings().http_port}"
@@ -48,5 +49,7 @@ def trace(
     for event in body["events"]:
         detail = event.get("detail") or {}
         extra = " ".join(f"{k}={v}" for k, v in detail.items())
-        typer.echo(f"{event['at'][11:23]}  {event['service']:<6} {event['event']:<17} "
-                   f"{event.get('message_type') or '':<22} {extra}".rstrip())
+        typer.echo(
+            f"{event['at'][11:23]}  {event['service']:<6} {event['event']:<17} "
+            f"{event.get('message_type') or '':<22} {extra}".rstrip()
+        )

@@ -15,8 +15,12 @@ retention_app = typer.Typer(no_args_is_help=True, help="Delete requests kept lon
 
 @retention_app.command("run")
 def retention_run(
-    older_than: Annotated[str | None, typer.Option(
-        help="delete what settled before this long ago (30d, 12h, seconds); default: ESI_REQUEST_RETENTION")] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="delete what settled before this long ago (30d, 12h, seconds); default: ESI_REQUEST_RETENTION"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the counts as JSON")] = False,
 ) -> None:
     """One retention pass now, in batches: requests in a final state, their business keys and timelines."""
@@ -26,8 +30,9 @@ def retention_run(
 
     settings = _settings()
     try:
-        retention_s = (parse_duration(older_than, name="--older-than") if older_than is not None
-                       else settings.request_retention_s)
+        retention_s = (
+            parse_duration(older_than, name="--older-than") if older_than is not None else settings.request_retention_s
+        )
     except ValueError as exc:
         typer.echo(f"esi: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -46,6 +51,8 @@ def retention_run(
     if as_json:
         typer.echo(json.dumps(counts))
         return
-    typer.echo(f"deleted {counts['requests']} requests, {counts['keys']} business keys, {counts['events']} timeline "
-               f"events, {counts['outbox']} outbox rows settled before {counts['cutoff']} "
-               f"({counts['batches']} batches, {counts['seconds']} s)")
+    typer.echo(
+        f"deleted {counts['requests']} requests, {counts['keys']} business keys, {counts['events']} timeline "
+        f"events, {counts['outbox']} outbox rows settled before {counts['cutoff']} "
+        f"({counts['batches']} batches, {counts['seconds']} s)"
+    )

@@ -11,8 +11,10 @@ from esi.cli.common import _settings
 
 
 def run(
-    services: Annotated[list[str] | None, typer.Argument(
-        help="the adapters (onec dms crm ...) and fakes (fake-dms ...) to run; none: every adapter")] = None,
+    services: Annotated[
+        list[str] | None,
+        typer.Argument(help="the adapters (onec dms crm ...) and fakes (fake-dms ...) to run; none: every adapter"),
+    ] = None,
     with_fakes: Annotated[bool, typer.Option("--with-fakes", help="also start every system's fake")] = False,
     log_format: Annotated[str | None, typer.Option(help="json or text (default: ESI_LOG_FORMAT)")] = None,
 ) -> None:
@@ -34,8 +36,11 @@ def run(
     chosen = list(services or registry.services)
     unknown = [s for s in chosen if s not in registry.services and s not in registry.fakes]
     if unknown:
-        typer.echo(f"esi: unknown service(s) {', '.join(unknown)}; choose from "
-                   f"{' '.join([*registry.services, *registry.fakes])}", err=True)
+        typer.echo(
+            f"esi: unknown service(s) {', '.join(unknown)}; choose from "
+            f"{' '.join([*registry.services, *registry.fakes])}",
+            err=True,
+        )
         raise typer.Exit(2)
     if with_fakes:
         chosen += [f for f in registry.fakes if f not in chosen]
@@ -85,8 +90,9 @@ def check(what: Annotated[str, typer.Argument(help="broker or postgres")]) -> No
                 continue
             await connection.close()
             return
-        typer.echo("\n".join(problems) + "\nStart it with:  rabbitmq-server -detached   (or set ESI_AMQP_URL)",
-                   err=True)
+        typer.echo(
+            "\n".join(problems) + "\nStart it with:  rabbitmq-server -detached   (or set ESI_AMQP_URL)", err=True
+        )
         raise typer.Exit(1) from None
 
     async def postgres() -> None:
@@ -95,9 +101,12 @@ def check(what: Annotated[str, typer.Argument(help="broker or postgres")]) -> No
         try:
             conn = await asyncio.wait_for(asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres"), 10)
         except Exception as exc:
-            typer.echo(f"PostgreSQL does not answer on 127.0.0.1:5432 ({type(exc).__name__}: {exc}); the tests "
-                       "need it.\nStart it with:  pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) "
-                       "main start", err=True)
+            typer.echo(
+                f"PostgreSQL does not answer on 127.0.0.1:5432 ({type(exc).__name__}: {exc}); the tests "
+                "need it.\nStart it with:  pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) "
+                "main start",
+                err=True,
+            )
             raise typer.Exit(1) from None
         await conn.close()
 

@@ -31,8 +31,10 @@ from esi.store import RequestRecord
 __all__ = ["CSP", "SECURITY_HEADERS", "Console", "html_errors", "pretty_json"]
 
 #: no inline script, no inline style, nothing from elsewhere; forms post only to esi itself
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -104,9 +106,13 @@ class Console:
         self.registry = deps.registry
         self.auth = auth
         self._csrf = CsrfTokens(deps.console_secret)
-        self._env = Environment(loader=PackageLoader("esi.console", "templates"),
-                                autoescape=select_autoescape(default=True, default_for_string=True),
-                                undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self._env = Environment(
+            loader=PackageLoader("esi.console", "templates"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
         self._env.filters["when"] = _when
         self._env.filters["json"] = pretty_json
         static = resources.files("esi.console") / "static"
@@ -114,8 +120,9 @@ class Console:
 
     # --- rendering, tokens, permissions -----------------------------------------------------------------------------
 
-    def page(self, request: Request, principal: Principal | None, template: str, *, status: int = 200,
-             **context: Any) -> HTMLResponse:
+    def page(
+        self, request: Request, principal: Principal | None, template: str, *, status: int = 200, **context: Any
+    ) -> HTMLResponse:
         """A page with the security headers; the CSRF cookie is (re)set when the client has no valid one."""
         cookie = request.cookies.get(COOKIE)
         token = None
@@ -125,16 +132,25 @@ class Console:
         query = request.query_params
         notice = None
         if query.get("done") in NOTICES:
-            notice = NOTICES[query["done"]].format(n=int(query.get("n", "0")) if query.get("n", "").isdigit() else 0,
-                                                   system=query.get("system", "")[:32])
+            notice = NOTICES[query["done"]].format(
+                n=int(query.get("n", "0")) if query.get("n", "").isdigit() else 0, system=query.get("system", "")[:32]
+            )
         html = self._env.get_template(template).render(
-            principal=principal, operator=principal is not None and principal.is_operator, csrf_field=FIELD,
-            csrf=token or "", auth_on=self.auth.enabled, notice=notice, path=request.url.path, refresh=None,
-            **context)
+            principal=principal,
+            operator=principal is not None and principal.is_operator,
+            csrf_field=FIELD,
+            csrf=token or "",
+            auth_on=self.auth.enabled,
+            notice=notice,
+            path=request.url.path,
+            refresh=None,
+            **context,
+        )
         response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
         if token is not None and token != cookie:
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/console",
-                                secure=request.url.scheme == "https")
+            response.set_cookie(
+                COOKIE, token, httponly=True, samesite="strict", path="/console", secure=request.url.scheme == "https"
+            )
         return response
 
     async def action_form(self, request: Request, principal: Principal) -> FormData:
@@ -142,10 +158,12 @@ class Console:
         require_operator(principal)
         form = await request.form(max_files=0, max_fields=10_100)
         token = form.get(FIELD)
-        if not self._csrf.check(token if isinstance(token, str) else None, request.cookies.get(COOKIE),
-                                principal.client_id):
-            raise ApiError(403, "csrf_failed", "the form is stale or did not come from the console: reload the page "
-                                               "and try again")
+        if not self._csrf.check(
+            token if isinstance(token, str) else None, request.cookies.get(COOKIE), principal.client_id
+        ):
+            raise ApiError(
+                403, "csrf_failed", "the form is stale or did not come from the console: reload the page and try again"
+            )
         return form
 
     @staticmethod
@@ -162,11 +180,15 @@ class Console:
 
     @staticmethod
     def redirect(path: str, **query: str | int) -> RedirectResponse:
-        return RedirectResponse(f"{path}?{urlencode(query)}" if query else path, status_code=303,
-                                headers=SECURITY_HEADERS)
+        return RedirectResponse(
+            f"{path}?{urlencode(query)}" if query else path, status_code=303, headers=SECURITY_HEADERS
+        )
 
     async def static(self, name: str) -> Response:
         if name not in self._static:
             raise ApiError(404, "not_found", "no such file")
-        return Response(self._static[name], media_type=STATIC_TYPES[name],
-                        headers={**SECURITY_HEADERS, "Cache-Control": "public, max-age=3600"})
+        return Response(
+            self._static[name],
+            media_type=STATIC_TYPES[name],
+            headers={**SECURITY_HEADERS, "Cache-Control": "public, max-age=3600"},
+        )

@@ -54,8 +54,15 @@ class DeadLetterPages:
         self.console.require_viewer(principal)
         letters = await self._dead_letters().list()
         groups = group_dead_letters(letters)
-        return self.console.page(request, principal, "dead_letters.html", title="Dead letters", groups=groups,
-                                 total=len(letters), request_of=_request_of)
+        return self.console.page(
+            request,
+            principal,
+            "dead_letters.html",
+            title="Dead letters",
+            groups=groups,
+            total=len(letters),
+            request_of=_request_of,
+        )
 
     @html_errors
     async def dead_letter(self, ident: str, *, request: Request, principal: Principal) -> Response:
@@ -66,14 +73,22 @@ class DeadLetterPages:
         detail = letter.detail()
         body: Any = detail["body"]
         try:
-            body = pretty_json(mask(orjson.loads(letter.body),
-                                    reveal=principal.is_operator or not self._auth.enabled))
+            body = pretty_json(mask(orjson.loads(letter.body), reveal=principal.is_operator or not self._auth.enabled))
         except orjson.JSONDecodeError:
             if self._auth.enabled and not principal.is_operator:
                 body = "(not JSON: shown to operators only)"
-        return self.console.page(request, principal, "dead_letter.html", title=f"Dead letter {letter.id}",
-                                 letter=letter, headers=detail["headers"], properties=detail["properties"],
-                                 body=body, code=group_code(letter), request_id=_request_of(letter))
+        return self.console.page(
+            request,
+            principal,
+            "dead_letter.html",
+            title=f"Dead letter {letter.id}",
+            letter=letter,
+            headers=detail["headers"],
+            properties=detail["properties"],
+            body=body,
+            code=group_code(letter),
+            request_id=_request_of(letter),
+        )
 
     async def _chosen(self, form: FormData) -> tuple[str, list[str], str]:
         """The dead letters an action names: `(queue, ids, what)`: the selected ids, or a whole group's (queue and
@@ -112,8 +127,15 @@ class DeadLetterPages:
             letters = await self._dead_letters().list(Filters(queue=queue, ids=tuple(ids)))
         except ValueError as exc:
             raise ApiError(422, "validation_error", str(exc)) from None
-        return self.console.page(request, principal, "confirm_purge.html", title="Purge dead letters?", queue=queue,
-                                 letters=letters, what=what)
+        return self.console.page(
+            request,
+            principal,
+            "confirm_purge.html",
+            title="Purge dead letters?",
+            queue=queue,
+            letters=letters,
+            what=what,
+        )
 
     @html_errors
     async def purge(self, *, request: Request, principal: Principal) -> Response:
@@ -123,7 +145,8 @@ class DeadLetterPages:
         expect = str(form.get("expect") or "")
         if not queue or not ids or not expect.isdigit():
             raise ApiError(422, "validation_error", "a purge names its queue, its dead letters and how many")
-        result = await self._dead_letter_routes.purge(request, principal,
-                                                      PurgeRequest(ids=ids, queue=queue, expect=int(expect)))
+        result = await self._dead_letter_routes.purge(
+            request, principal, PurgeRequest(ids=ids, queue=queue, expect=int(expect))
+        )
         self._overview.clear()
         return self.console.redirect("/console/dlq", done="purged", n=int(result["purged"]))

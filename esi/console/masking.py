@@ -11,10 +11,24 @@ from typing import Any
 __all__ = ["PERSONAL_FIELDS", "mask", "mask_text"]
 
 #: field names (any case) whose values are personal data, wherever they appear in a payload or an answer
-PERSONAL_FIELDS = frozenset({
-    "name", "full_name", "first_name", "last_name", "middle_name", "holder_name", "email", "phone", "address",
-    "birth_date", "date_of_birth", "passport", "snils", "inn",
-})
+PERSONAL_FIELDS = frozenset(
+    {
+        "name",
+        "full_name",
+        "first_name",
+        "last_name",
+        "middle_name",
+        "holder_name",
+        "email",
+        "phone",
+        "address",
+        "birth_date",
+        "date_of_birth",
+        "passport",
+        "snils",
+        "inn",
+    }
+)
 
 #: longer strings are cut (a base64 PDF is not for reading on a page)
 MAX_TEXT = 2000

@@ -90,24 +90,41 @@ class Overview:
                 ready, checks = False, {"readiness": {"status": "down", "error": f"{type(exc).__name__}: {exc}"}}
         systems = []
         for system in self._registry.systems:
-            mine = [(minute, status, n) for target, minute, status, n in counts
-                    if system.origin or target == system.code]
-            systems.append({
-                "code": system.code, "title": system.title, "service": system.service, "origin": system.origin,
-                "chart": minute_chart(mine, now=now),
-                "depth": (depths or {}).get(system.code),
-                "paused": pauses.get(system.code),
-                "breakers": [b for b in breakers if b.system == system.code],
-                "checks": {name: check for name, check in checks.items()
-                           if name.endswith(f"({system.service})") or name.endswith(f"({system.code})")
-                           or name == system.health},
-            })
-        return {"systems": systems, "backlog": backlog, "depth_error": depth_error, "ready": ready,
-                "checks": checks, "at": now}
+            mine = [
+                (minute, status, n) for target, minute, status, n in counts if system.origin or target == system.code
+            ]
+            systems.append(
+                {
+                    "code": system.code,
+                    "title": system.title,
+                    "service": system.service,
+                    "origin": system.origin,
+                    "chart": minute_chart(mine, now=now),
+                    "depth": (depths or {}).get(system.code),
+                    "paused": pauses.get(system.code),
+                    "breakers": [b for b in breakers if b.system == system.code],
+                    "checks": {
+                        name: check
+                        for name, check in checks.items()
+                        if name.endswith(f"({system.service})")
+                        or name.endswith(f"({system.code})")
+                        or name == system.health
+                    },
+                }
+            )
+        return {
+            "systems": systems,
+            "backlog": backlog,
+            "depth_error": depth_error,
+            "ready": ready,
+            "checks": checks,
+            "at": now,
+        }
 
     @html_errors
     async def overview(self, *, request: Request, principal: Principal) -> Response:
         self.console.require_viewer(principal)
         data = await self._overview.get()
-        return self.console.page(request, principal, "overview.html", title="Overview", outcomes=OUTCOMES,
-                                 refresh_s=REFRESH_S, **data)
+        return self.console.page(
+            request, principal, "overview.html", title="Overview", outcomes=OUTCOMES, refresh_s=REFRESH_S, **data
+        )

@@ -58,19 +58,37 @@ class RequestPages:
         page = int(query["page"]) if query.get("page", "").isdigit() else 1
         page = max(1, min(page, 10_000))
         records = await self._store.queries.search_requests(
-            text=text or None, status=status, message_type=message_type, since=since, until=until,
+            text=text or None,
+            status=status,
+            message_type=message_type,
+            since=since,
+            until=until,
             client_id=None if self.console.sees_all(principal) else principal.client_id,
-            limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
-        form = {"q": text, "status": status or "", "type": message_type or "", "from": query.get("from") or "",
-                "to": query.get("to") or ""}
+            limit=PAGE_SIZE + 1,
+            offset=(page - 1) * PAGE_SIZE,
+        )
+        form = {
+            "q": text,
+            "status": status or "",
+            "type": message_type or "",
+            "from": query.get("from") or "",
+            "to": query.get("to") or "",
+        }
         link = {k: v for k, v in form.items() if v}
         return self.console.page(
-            request, principal, "requests.html", title="Requests", records=records[:PAGE_SIZE], form=form,
-            statuses=[s.value for s in RequestStatus], message_types=sorted(s.message_type for s in
-                                                                            self._registry.catalog.specs),
-            page=page, previous=urlencode({**link, "page": page - 1}) if page > 1 else None,
+            request,
+            principal,
+            "requests.html",
+            title="Requests",
+            records=records[:PAGE_SIZE],
+            form=form,
+            statuses=[s.value for s in RequestStatus],
+            message_types=sorted(s.message_type for s in self._registry.catalog.specs),
+            page=page,
+            previous=urlencode({**link, "page": page - 1}) if page > 1 else None,
             next=urlencode({**link, "page": page + 1}) if len(records) > PAGE_SIZE else None,
-            searched=bool(link))
+            searched=bool(link),
+        )
 
     @html_errors
     async def request_page(self, request_id: str, *, request: Request, principal: Principal) -> Response:
@@ -90,7 +108,15 @@ class RequestPages:
         events = await self._store.requests.timeline(record.request_id)
         settled = record.status in (RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.DEAD_LETTERED)
         return self.console.page(
-            request, principal, "request.html", title=f"Request {record.request_id}", record=record,
-            reveal=reveal, payload=mask(envelope.get("payload"), reveal=reveal) if envelope else None,
-            envelope=envelope, response=mask(record.response, reveal=reveal) if record.response else None,
-            diagram=sequence(self._registry, events), settled=settled)
+            request,
+            principal,
+            "request.html",
+            title=f"Request {record.request_id}",
+            record=record,
+            reveal=reveal,
+            payload=mask(envelope.get("payload"), reveal=reveal) if envelope else None,
+            envelope=envelope,
+            response=mask(record.response, reveal=reveal) if record.response else None,
+            diagram=sequence(self._registry, events),
+            settled=settled,
+        )

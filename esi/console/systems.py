@@ -33,9 +33,17 @@ class SystemPages:
         self.console.require_viewer(principal)
         pauses = await self._store.pauses.system_pauses()
         breakers = await self._store.pauses.breaker_states()
-        systems = [{"code": s.code, "title": s.title, "service": s.service, "paused": pauses.get(s.code),
-                    "breakers": [b for b in breakers if b.system == s.code]}
-                   for s in self._registry.systems if not s.origin]
+        systems = [
+            {
+                "code": s.code,
+                "title": s.title,
+                "service": s.service,
+                "paused": pauses.get(s.code),
+                "breakers": [b for b in breakers if b.system == s.code],
+            }
+            for s in self._registry.systems
+            if not s.origin
+        ]
         audit = await self._store.audit.entries(limit=20) if principal.is_operator else []
         return self.console.page(request, principal, "systems.html", title="Systems", systems=systems, audit=audit)
 
@@ -49,8 +57,9 @@ class SystemPages:
                 parse_duration(duration, name="for")
             except ValueError as exc:
                 raise ApiError(422, "validation_error", str(exc)) from None
-        result = await self._operations.pause(request, principal, code, PauseRequest(**{"for": duration,
-                                                                                       "reason": reason}))
+        result = await self._operations.pause(
+            request, principal, code, PauseRequest(**{"for": duration, "reason": reason})
+        )
         self._overview.clear()
         return self.console.redirect("/console/systems", done="paused", system=str(result["system"]))
 

@@ -17,14 +17,23 @@ from esi.bus import headers as h
 from esi.bus.dead_letters import DeadLetter
 from esi.systems.registry import Registry
 
-__all__ = ["OUTCOMES", "Chart", "DeadLetterGroup", "SequenceDiagram", "group_code", "group_dead_letters",
-           "minute_chart", "sequence"]
+__all__ = [
+    "OUTCOMES",
+    "Chart",
+    "DeadLetterGroup",
+    "SequenceDiagram",
+    "group_code",
+    "group_dead_letters",
+    "minute_chart",
+    "sequence",
+]
 
 #: the outcomes charted, bottom to top
 OUTCOMES = ("completed", "failed", "dead_lettered", "in_progress", "accepted")
 
 
 # --- requests per minute ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Bar:
@@ -49,8 +58,9 @@ class Chart:
         return sum(self.totals.values())
 
 
-def minute_chart(counts: Iterable[tuple[str, str, int]], *, now: datetime, minutes: int = 60, bar: int = 5,
-                 height: int = 48) -> Chart:
+def minute_chart(
+    counts: Iterable[tuple[str, str, int]], *, now: datetime, minutes: int = 60, bar: int = 5, height: int = 48
+) -> Chart:
     """Stacked bars, one per minute of the last `minutes` (the oldest on the left), from `(minute, outcome, count)`
     where a minute is `YYYY-MM-DDTHH:MM` (UTC)."""
     start = now.astimezone(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
@@ -75,12 +85,21 @@ def minute_chart(counts: Iterable[tuple[str, str, int]], *, now: datetime, minut
                 continue
             size = max(count * scale, 1.0)
             y -= size
-            bars.append(Bar(x=i * bar, y=round(y, 2), width=bar - 1, height=round(size, 2), outcome=outcome,
-                            title=f"{labels[i][11:]} UTC: {count} {outcome}"))
+            bars.append(
+                Bar(
+                    x=i * bar,
+                    y=round(y, 2),
+                    width=bar - 1,
+                    height=round(size, 2),
+                    outcome=outcome,
+                    title=f"{labels[i][11:]} UTC: {count} {outcome}",
+                )
+            )
     return Chart(width=minutes * bar, height=height, bars=tuple(bars), peak=peak, totals=totals)
 
 
 # --- a request's timeline as a sequence ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Lane:
@@ -140,13 +159,17 @@ class SequenceDiagram:
 
 def _lanes(registry: Registry) -> list[Lane]:
     origin = registry.origin
-    lanes = [Lane(f"ext:{origin.code}", origin.title, "external"), Lane(f"esi:{origin.code}", f"esi {origin.service}",
-                                                                        "esi")]
+    lanes = [
+        Lane(f"ext:{origin.code}", origin.title, "external"),
+        Lane(f"esi:{origin.code}", f"esi {origin.service}", "esi"),
+    ]
     for system in registry.systems:
         if system.origin:
             continue
-        lanes += [Lane(f"esi:{system.code}", f"esi {system.service}", "esi"),
-                  Lane(f"ext:{system.code}", system.title, "external")]
+        lanes += [
+            Lane(f"esi:{system.code}", f"esi {system.service}", "esi"),
+            Lane(f"ext:{system.code}", system.title, "external"),
+        ]
     return lanes
 
 
@@ -187,29 +210,42 @@ def _step(registry: Registry, event: dict[str, Any], start: datetime | None) -> 
         kind = (detail.get("routing_key") or "").split(".")[3:4]
         label = f"publish {message_type or (kind[0] if kind else '')}".strip()
         if detail.get("error"):
-            return base(source=lane, target=f"esi:{target}" if target else lane,
-                        label=f"{label}: {detail['error']}", tone="warn")
+            return base(
+                source=lane,
+                target=f"esi:{target}" if target else lane,
+                label=f"{label}: {detail['error']}",
+                tone="warn",
+            )
         return base(source=lane, target=f"esi:{target}" if target else lane, label=label)
     if name == "external_call":
         system = str(detail.get("system") or service)
         outcome = str(detail.get("outcome") or "")
         duration = detail.get("duration_ms")
         label = f"{detail.get('operation', 'call')} · {duration} ms · {outcome}"
-        return base(source=f"esi:{system}", target=f"ext:{system}", label=label,
-                    tone="ok" if outcome == "ok" else "error")
+        return base(
+            source=f"esi:{system}", target=f"ext:{system}", label=label, tone="ok" if outcome == "ok" else "error"
+        )
     if name in ("completed", "failed"):
-        return base(source=lane, target=origin, label=f"{name}: 1C reads the answer",
-                    tone="ok" if name == "completed" else "warn", dashed=True)
+        return base(
+            source=lane,
+            target=origin,
+            label=f"{name}: 1C reads the answer",
+            tone="ok" if name == "completed" else "warn",
+            dashed=True,
+        )
     if name == "consumed":
         return base(source=lane, target=lane, label=f"consumed · try {detail.get('attempt', 1)}")
     if name == "retry_scheduled":
-        return base(source=lane, target=lane, tone="warn",
-                    label=f"retry in {detail.get('delay_s')} s (after try {detail.get('attempt')})")
+        return base(
+            source=lane,
+            target=lane,
+            tone="warn",
+            label=f"retry in {detail.get('delay_s')} s (after try {detail.get('attempt')})",
+        )
     if name == "waiting":
         return base(source=lane, target=lane, tone="warn", label=f"waiting: {detail.get('error', '')}")
     if name == "dead_lettered":
-        return base(source=lane, target=lane, tone="error",
-                    label=f"dead-lettered to {detail.get('queue', 'its DLQ')}")
+        return base(source=lane, target=lane, tone="error", label=f"dead-lettered to {detail.get('queue', 'its DLQ')}")
     return base(source=lane, target=lane, label=name.replace("_", " "))
 
 
@@ -229,7 +265,8 @@ def sequence(registry: Registry, events: Sequence[dict[str, Any]]) -> SequenceDi
             first_seen.setdefault(key.partition(":")[2], i)
     lanes = [lane for lane in known[:2] if lane.key in used] + sorted(
         (lane for lane in known[2:] if lane.key in used),
-        key=lambda lane: (first_seen.get(lane.key.partition(":")[2], len(steps)), lane.kind != "esi"))
+        key=lambda lane: (first_seen.get(lane.key.partition(":")[2], len(steps)), lane.kind != "esi"),
+    )
     lanes += [Lane(key, key.partition(":")[2], "esi") for key in sorted(used - {lane.key for lane in known})]
     diagram = SequenceDiagram(lanes=[], steps=[], events=list(events))
     x_of: dict[str, float] = {}
@@ -245,6 +282,7 @@ def sequence(registry: Registry, events: Sequence[dict[str, Any]]) -> SequenceDi
 
 
 # --- dead letters ----------------------------------------------------------------------------------------------------
+
 
 def group_code(letter: DeadLetter) -> str:
     """The error code a dead letter is grouped by: esi's own, else its error class, else the broker's reason."""

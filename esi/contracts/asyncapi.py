@@ -118,10 +118,18 @@ def _message(message: MessageSchema) -> dict[str, Any]:
         wrapped: dict[str, Any] = {"allOf": [{"$ref": f"{_SCHEMAS}{ENVELOPE}"}, fields]}
     else:
         # a response reports either its payload or an error (then its payload is empty)
-        wrapped = {"allOf": [{"$ref": f"{_SCHEMAS}{ENVELOPE}"}, fields, {"anyOf": [
-            {"properties": {"payload": payload}, "required": ["payload"]},
-            {"properties": {"error": {"type": "object"}}, "required": ["error"]},
-        ]}]}
+        wrapped = {
+            "allOf": [
+                {"$ref": f"{_SCHEMAS}{ENVELOPE}"},
+                fields,
+                {
+                    "anyOf": [
+                        {"properties": {"payload": payload}, "required": ["payload"]},
+                        {"properties": {"error": {"type": "object"}}, "required": ["error"]},
+                    ]
+                },
+            ]
+        }
     summary = (spec.model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
     versions = [message.version - 1, message.version] if accepts_previous(spec) else [message.version]
     body: dict[str, Any] = {
@@ -129,8 +137,10 @@ def _message(message: MessageSchema) -> dict[str, Any]:
         "title": f"{message.message_type} v{message.version}",
         "summary": summary,
         "contentType": "application/json",
-        "correlationId": {"description": "the request it belongs to, the same on its answer",
-                          "location": "$message.payload#/request_id"},
+        "correlationId": {
+            "description": "the request it belongs to, the same on its answer",
+            "location": "$message.payload#/request_id",
+        },
         "payload": wrapped,
         "bindings": {"amqp": {"messageType": message.message_type, "bindingVersion": AMQP_BINDING_VERSION}},
         "x-esi-kind": message.kind.value,
@@ -149,8 +159,13 @@ def _exchange(topology: Topology) -> dict[str, Any]:
 
 
 def _queue_binding(name: str) -> dict[str, Any]:
-    return {"amqp": {"is": "queue", "queue": {"name": name, "durable": True, "exclusive": False, "autoDelete": False},
-                     "bindingVersion": AMQP_BINDING_VERSION}}
+    return {
+        "amqp": {
+            "is": "queue",
+            "queue": {"name": name, "durable": True, "exclusive": False, "autoDelete": False},
+            "bindingVersion": AMQP_BINDING_VERSION,
+        }
+    }
 
 
 def _message_refs(names: list[str]) -> dict[str, Any]:
@@ -177,15 +192,16 @@ def build_asyncapi(registry: Registry, topology: Topology | None = None) -> dict
             "address": key,
             "title": f"{route.key.message_type}: {route.key.source} → {route.key.target}",
             "description": f"Published on `{topology.exchange}` with routing key `{key}`; bound to "
-                           f"`{route.receiver.name}`.",
+            f"`{route.receiver.name}`.",
             "messages": _message_refs([name]),
-            "bindings": {"amqp": {"is": "routingKey", "exchange": _exchange(topology),
-                                  "bindingVersion": AMQP_BINDING_VERSION}},
+            "bindings": {
+                "amqp": {"is": "routingKey", "exchange": _exchange(topology), "bindingVersion": AMQP_BINDING_VERSION}
+            },
         }
         operations[f"send.{key}"] = {
             "action": "send",
             "title": f"{route.sender.title} sends {route.key.message_type} to "
-                     f"{registry.system(route.key.target).title}",
+            f"{registry.system(route.key.target).title}",
             "channel": {"$ref": f"#/channels/{key}"},
             "messages": [{"$ref": f"#/channels/{key}/messages/{name}"}],
             "tags": [{"name": route.sender.code}],
@@ -203,7 +219,8 @@ def build_asyncapi(registry: Registry, topology: Topology | None = None) -> dict
                 f"Quorum queue bound to `{topology.exchange}` by {', '.join(f'`{b}`' for b in queue.bindings)}. "
                 f"A failed delivery waits in a hold queue `{queue.name}.retry.<delay>` (one per step of "
                 f"ESI_RETRY_DELAYS) and comes back; one that cannot be handled goes through "
-                f"`{queue.dead_letter_exchange}` to `{queue.dead_letter_queue}`."),
+                f"`{queue.dead_letter_exchange}` to `{queue.dead_letter_queue}`."
+            ),
             "messages": _message_refs(names),
             "bindings": _queue_binding(queue.name),
             "x-esi-binding-keys": list(queue.bindings),
@@ -212,7 +229,7 @@ def build_asyncapi(registry: Registry, topology: Topology | None = None) -> dict
             "address": queue.dead_letter_queue,
             "title": f"{system.title}'s dead letters",
             "description": f"What `{queue.name}` could not handle, kept until an operator replays or purges it "
-                           f"(`esi dlq`, `/dead-letters`).",
+            f"(`esi dlq`, `/dead-letters`).",
             "messages": _message_refs(names),
             "bindings": _queue_binding(queue.dead_letter_queue),
         }
@@ -240,7 +257,8 @@ def build_asyncapi(registry: Registry, topology: Topology | None = None) -> dict
                 f"the topic exchange `{topology.exchange}` with the routing key "
                 "`<source>.<request|response>.<target>.<message_type>`; each system consumes its own work queue. "
                 "Payload schemas are versioned `<message_type>.v<version>`; a consumer also accepts the previous "
-                "version where `x-esi-accepted-versions` lists it."),
+                "version where `x-esi-accepted-versions` lists it."
+            ),
             "tags": [{"name": s.code, "description": s.title} for s in registry.systems],
         },
         "servers": {

@@ -28,8 +28,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from esi.systems.registry import Registry
 
-__all__ = ["ASYNCAPI_FILE", "SCHEMAS_DIR", "Contract", "Finding", "Report", "compare", "compare_schemas", "dump",
-           "live_contract", "load_contract", "write_contract"]
+__all__ = [
+    "ASYNCAPI_FILE",
+    "SCHEMAS_DIR",
+    "Contract",
+    "Finding",
+    "Report",
+    "compare",
+    "compare_schemas",
+    "dump",
+    "live_contract",
+    "load_contract",
+    "write_contract",
+]
 
 ASYNCAPI_FILE = "asyncapi.json"
 SCHEMAS_DIR = "schemas"
@@ -102,8 +113,10 @@ def live_contract(registry: Registry) -> Contract:
 def load_contract(directory: Path) -> Contract:
     """The snapshot in `directory`; `FileNotFoundError` if it has no `asyncapi.json`."""
     asyncapi = json.loads((directory / ASYNCAPI_FILE).read_text(encoding="utf-8"))
-    schemas = {p.name[: -len(".json")]: json.loads(p.read_text(encoding="utf-8"))
-               for p in sorted((directory / SCHEMAS_DIR).glob("*.json"))}
+    schemas = {
+        p.name[: -len(".json")]: json.loads(p.read_text(encoding="utf-8"))
+        for p in sorted((directory / SCHEMAS_DIR).glob("*.json"))
+    }
     return Contract(asyncapi, schemas)
 
 
@@ -200,8 +213,13 @@ class _SchemaDiff:
             return str(branch["type"])
         if "enum" in branch:
             kinds = {type(v).__name__ for v in branch["enum"]}
-            return {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-                    "NoneType": "null"}.get(kinds.pop(), "any") if len(kinds) == 1 else "any"
+            return (
+                {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "NoneType": "null"}.get(
+                    kinds.pop(), "any"
+                )
+                if len(kinds) == 1
+                else "any"
+            )
         if "properties" in branch or "additionalProperties" in branch or "required" in branch:
             return "object"
         if "items" in branch or "prefixItems" in branch:
@@ -220,10 +238,17 @@ class _SchemaDiff:
 
     def _diff(self, old: Any, new: Any, path: str) -> None:
         old_node, new_node = self.deref(old, self.old_root), self.deref(new, self.new_root)
-        if isinstance(old_node, dict) and isinstance(new_node, dict) and "default" in old_node and \
-                old_node.get("default") != new_node.get("default"):
-            self.report(_key(path, "default"), f"default changed from {_show(old_node['default'])} to "
-                        f"{_show(new_node.get('default'))}", breaking=False)
+        if (
+            isinstance(old_node, dict)
+            and isinstance(new_node, dict)
+            and "default" in old_node
+            and old_node.get("default") != new_node.get("default")
+        ):
+            self.report(
+                _key(path, "default"),
+                f"default changed from {_show(old_node['default'])} to {_show(new_node.get('default'))}",
+                breaking=False,
+            )
         old_branches = self.branches(old, self.old_root)
         new_branches = self.branches(new, self.new_root)
         if len(old_branches) == 1 and len(new_branches) == 1:
@@ -240,8 +265,14 @@ class _SchemaDiff:
             if match is None and kind == "integer":
                 match = new_by_kind.get("number")
             if match is None and kind.startswith("const "):
-                match = next((b for b in new_branches
-                              if "const" not in b and self.kind(b) in ("any", _const_type(branch["const"]))), None)
+                match = next(
+                    (
+                        b
+                        for b in new_branches
+                        if "const" not in b and self.kind(b) in ("any", _const_type(branch["const"]))
+                    ),
+                    None,
+                )
             if match is None:
                 match = new_by_kind.get("any")
             if match is None:
@@ -255,14 +286,18 @@ class _SchemaDiff:
     def constraints(self, old: dict[str, Any], new: dict[str, Any], path: str) -> None:
         old_kind, new_kind = self.kind(old), self.kind(new)
         if old_kind != new_kind:
-            widened = new_kind == "any" or (old_kind, new_kind) == ("integer", "number") or (
-                old_kind.startswith("const ") and new_kind == _const_type(old["const"]))
+            widened = (
+                new_kind == "any"
+                or (old_kind, new_kind) == ("integer", "number")
+                or (old_kind.startswith("const ") and new_kind == _const_type(old["const"]))
+            )
             self.report(_key(path, "type"), f"type changed from {old_kind} to {new_kind}", breaking=not widened)
             if not widened:
                 return
         if "const" in old and "const" in new and old["const"] != new["const"]:
-            self.report(_key(path, "const"), f"const changed from {_show(old['const'])} to {_show(new['const'])}",
-                        breaking=True)
+            self.report(
+                _key(path, "const"), f"const changed from {_show(old['const'])} to {_show(new['const'])}", breaking=True
+            )
         elif "const" in old and "const" not in new:
             self.report(_key(path, "const"), f"const {_show(old['const'])} dropped", breaking=False)
         elif "const" in new and "const" not in old:
@@ -278,8 +313,11 @@ class _SchemaDiff:
             elif keyword in old and keyword not in new:
                 self.report(_key(path, keyword), f"{keyword} {_show(old[keyword])} dropped", breaking=False)
             elif keyword in old and old[keyword] != new[keyword]:
-                self.report(_key(path, keyword), f"{keyword} changed from {_show(old[keyword])} to "
-                            f"{_show(new[keyword])}", breaking=True)
+                self.report(
+                    _key(path, keyword),
+                    f"{keyword} changed from {_show(old[keyword])} to {_show(new[keyword])}",
+                    breaking=True,
+                )
         if new.get("uniqueItems") and not old.get("uniqueItems"):
             self.report(_key(path, "uniqueItems"), "items must now be unique", breaking=True)
         elif old.get("uniqueItems") and not new.get("uniqueItems"):
@@ -317,9 +355,10 @@ class _SchemaDiff:
             self.report(here, f"{keyword} {_show(old[keyword])} dropped", breaking=False)
         elif keyword in old and old[keyword] != new[keyword]:
             breaking = bool(narrower(old[keyword], new[keyword]))
-            verb = ("lowered" if new[keyword] < old[keyword] else "raised")
-            self.report(here, f"{keyword} {verb} from {_show(old[keyword])} to {_show(new[keyword])}",
-                        breaking=breaking)
+            verb = "lowered" if new[keyword] < old[keyword] else "raised"
+            self.report(
+                here, f"{keyword} {verb} from {_show(old[keyword])} to {_show(new[keyword])}", breaking=breaking
+            )
 
     def objects(self, old: dict[str, Any], new: dict[str, Any], path: str) -> None:
         old_props: dict[str, Any] = old.get("properties", {})
@@ -339,8 +378,9 @@ class _SchemaDiff:
         for name in new_props:
             if name not in old_props:
                 required = name in new_required
-                self.report(_key(props, name), f"new {'required' if required else 'optional'} field {name!r}",
-                            breaking=required)
+                self.report(
+                    _key(props, name), f"new {'required' if required else 'optional'} field {name!r}", breaking=required
+                )
         for name in sorted(new_required - old_required - set(new_props)):
             self.report(_key(path, "required"), f"{name!r} became required", breaking=True)
         old_extra, new_extra = old.get("additionalProperties", True), new.get("additionalProperties", True)
@@ -361,9 +401,14 @@ def _const_type(value: Any) -> str:
     return _SchemaDiff.kind({"enum": [value]})
 
 
-def compare_schemas(old: Mapping[str, Any], new: Mapping[str, Any], *, file: str = "schema",
-                    old_root: Mapping[str, Any] | None = None,
-                    new_root: Mapping[str, Any] | None = None) -> list[Finding]:
+def compare_schemas(
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    *,
+    file: str = "schema",
+    old_root: Mapping[str, Any] | None = None,
+    new_root: Mapping[str, Any] | None = None,
+) -> list[Finding]:
     """The differences between two JSON Schemas of one payload, judged as validators (see the module)."""
     differ = _SchemaDiff(file, old_root if old_root is not None else old, new_root if new_root is not None else new)
     differ.diff(old, new, "$")
@@ -391,8 +436,9 @@ def _diff_exact(file: str, old: Any, new: Any, path: str, what: str) -> list[Fin
         elif leaf not in old_leaves:
             findings.append(Finding(file, leaf, f"{what} {_show(new_leaves[leaf])} added", True))
         elif old_leaves[leaf] != new_leaves[leaf]:
-            findings.append(Finding(file, leaf, f"{what} changed from {_show(old_leaves[leaf])} to "
-                                                f"{_show(new_leaves[leaf])}", True))
+            findings.append(
+                Finding(file, leaf, f"{what} changed from {_show(old_leaves[leaf])} to {_show(new_leaves[leaf])}", True)
+            )
     return findings
 
 
@@ -439,15 +485,26 @@ def _compare_members(file: str, old: Contract, new: Contract, section: str, what
             continue
         for attribute in ("action", "address"):
             if old_item.get(attribute) != new_item.get(attribute):
-                findings.append(Finding(file, _key(here, attribute), f"{attribute} changed from "
-                                        f"{_show(old_item.get(attribute))} to {_show(new_item.get(attribute))}", True))
+                findings.append(
+                    Finding(
+                        file,
+                        _key(here, attribute),
+                        f"{attribute} changed from "
+                        f"{_show(old_item.get(attribute))} to {_show(new_item.get(attribute))}",
+                        True,
+                    )
+                )
         if "channel" in old_item:
             old_channel, new_channel = _address(old.asyncapi, old_item), _address(new.asyncapi, new_item)
             if old_channel != new_channel:
-                findings.append(Finding(file, _key(here, "channel"), f"channel changed from {old_channel!r} to "
-                                        f"{new_channel!r}", True))
-        findings += _diff_exact(file, old_item.get("bindings", {}), new_item.get("bindings", {}),
-                                _key(here, "bindings"), "binding")
+                findings.append(
+                    Finding(
+                        file, _key(here, "channel"), f"channel changed from {old_channel!r} to {new_channel!r}", True
+                    )
+                )
+        findings += _diff_exact(
+            file, old_item.get("bindings", {}), new_item.get("bindings", {}), _key(here, "bindings"), "binding"
+        )
         old_types = _message_types(old.asyncapi, old_item.get("messages"))
         new_types = _message_types(new.asyncapi, new_item.get("messages"))
         for message_type in sorted(old_types - new_types):
@@ -475,12 +532,25 @@ def _compare_messages(old: Contract, new: Contract) -> list[Finding]:
         new_key, new_message = new_messages[message_type]
         old_version, new_version = int(old_message.get("x-esi-version", 1)), int(new_message.get("x-esi-version", 1))
         if new_version < old_version:
-            findings.append(Finding(ASYNCAPI_FILE, _key(here, "x-esi-version"),
-                                    f"version of {message_type!r} decreased from {old_version} to {new_version}", True))
+            findings.append(
+                Finding(
+                    ASYNCAPI_FILE,
+                    _key(here, "x-esi-version"),
+                    f"version of {message_type!r} decreased from {old_version} to {new_version}",
+                    True,
+                )
+            )
             continue
         if old_message.get("x-esi-kind") != new_message.get("x-esi-kind"):
-            findings.append(Finding(ASYNCAPI_FILE, _key(here, "x-esi-kind"), f"{message_type!r} changed from a "
-                                    f"{old_message.get('x-esi-kind')} to a {new_message.get('x-esi-kind')}", True))
+            findings.append(
+                Finding(
+                    ASYNCAPI_FILE,
+                    _key(here, "x-esi-kind"),
+                    f"{message_type!r} changed from a "
+                    f"{old_message.get('x-esi-kind')} to a {new_message.get('x-esi-kind')}",
+                    True,
+                )
+            )
         if old_key not in old.schemas or new_key not in new.schemas:
             missing = _schema_file(old_key if old_key not in old.schemas else new_key)
             findings.append(Finding(missing, "$", "schema file missing", True))
@@ -490,20 +560,39 @@ def _compare_messages(old: Contract, new: Contract) -> list[Finding]:
             findings += changes
             continue
         accepted = new_message.get("x-esi-accepted-versions", [new_version])
-        findings.append(Finding(ASYNCAPI_FILE, _key(here, "x-esi-version"),
-                                f"version of {message_type!r} raised from {old_version} to {new_version}", False))
+        findings.append(
+            Finding(
+                ASYNCAPI_FILE,
+                _key(here, "x-esi-version"),
+                f"version of {message_type!r} raised from {old_version} to {new_version}",
+                False,
+            )
+        )
         upcast = old_version in accepted
         for change in changes:
             if change.breaking and not upcast:
-                findings.append(Finding(change.file, change.path, f"{change.message} — and v{old_version} is no "
-                                        f"longer accepted (no upcaster from it)", True))
+                findings.append(
+                    Finding(
+                        change.file,
+                        change.path,
+                        f"{change.message} — and v{old_version} is no longer accepted (no upcaster from it)",
+                        True,
+                    )
+                )
             else:
-                findings.append(Finding(change.file, change.path, f"{change.message} (in v{new_version}; consumers "
-                                        f"upcast v{old_version})", False))
+                findings.append(
+                    Finding(
+                        change.file,
+                        change.path,
+                        f"{change.message} (in v{new_version}; consumers upcast v{old_version})",
+                        False,
+                    )
+                )
     for message_type, (new_key, _) in new_messages.items():
         if message_type not in old_messages:
-            findings.append(Finding(ASYNCAPI_FILE, _key("$.components.messages", new_key),
-                                    f"new message {message_type!r}", False))
+            findings.append(
+                Finding(ASYNCAPI_FILE, _key("$.components.messages", new_key), f"new message {message_type!r}", False)
+            )
     return findings
 
 

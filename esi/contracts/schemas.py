@@ -18,8 +18,16 @@ from esi.messages.catalog import Catalog, MessageSpec
 from esi.messages.envelope import Envelope, Kind
 from esi.messages.payload import has_upcast
 
-__all__ = ["DIALECT", "ENVELOPE", "MessageSchema", "envelope_schema", "message_schemas", "model_schema",
-           "schema_name", "version_of"]
+__all__ = [
+    "DIALECT",
+    "ENVELOPE",
+    "MessageSchema",
+    "envelope_schema",
+    "message_schemas",
+    "model_schema",
+    "schema_name",
+    "version_of",
+]
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 #: the envelope schema's name
@@ -60,8 +68,11 @@ def _with_other_names(model: type[BaseModel], schema: dict[str, Any]) -> dict[st
         if len(names) < 2 or names[0] not in properties:
             continue
         for other in names[1:]:
-            properties[other] = {**properties[names[0]], "deprecated": True,
-                                 "description": f"the original system's name for `{names[0]}`"}
+            properties[other] = {
+                **properties[names[0]],
+                "deprecated": True,
+                "description": f"the original system's name for `{names[0]}`",
+            }
         if names[0] in required:
             required.remove(names[0])
             any_of_names.append({"anyOf": [{"required": [name]} for name in names]})
@@ -89,5 +100,7 @@ class MessageSchema:
 def message_schemas(catalog: Catalog | Iterable[MessageSpec]) -> list[MessageSchema]:
     """Every message's schema, sorted by message type."""
     specs = catalog.specs if isinstance(catalog, Catalog) else tuple(catalog)
-    return [MessageSchema(schema_name(s), s.message_type, s.kind, version_of(s), s, model_schema(s.model))
-            for s in sorted(specs, key=lambda s: s.message_type)]
+    return [
+        MessageSchema(schema_name(s), s.message_type, s.kind, version_of(s), s, model_schema(s.model))
+        for s in sorted(specs, key=lambda s: s.message_type)
+    ]

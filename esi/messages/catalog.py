@@ -123,8 +123,10 @@ class Catalog:
         # the original system's adapters put the whole 1C body, request_id included, into the payload
         copied = payload.request_id if isinstance(payload, Request) else None  # (getattr on a model: slow miss)
         if copied is not None and copied != envelope.request_id:
-            raise InvalidMessage(f"the payload's request_id {copied!r} is not the envelope's "
-                                 f"{envelope.request_id!r}", code="request_id_mismatch")
+            raise InvalidMessage(
+                f"the payload's request_id {copied!r} is not the envelope's {envelope.request_id!r}",
+                code="request_id_mismatch",
+            )
         return payload
 
     @staticmethod
@@ -136,13 +138,18 @@ class Catalog:
             try:
                 return cast(type[Payload], spec.model).upcast(dict(data))  # has_upcast: a Payload with its own
             except (KeyError, TypeError, ValueError) as exc:
-                raise InvalidMessage(f"{spec.message_type} version {version} could not be upcast to "
-                                     f"{spec.version}: {exc}", code="invalid_payload") from exc
+                raise InvalidMessage(
+                    f"{spec.message_type} version {version} could not be upcast to {spec.version}: {exc}",
+                    code="invalid_payload",
+                ) from exc
         if version > spec.version:
             raise InvalidMessage(
                 f"{spec.message_type} version {version} is newer than this consumer's {spec.version}: upgrade the "
                 f"consumer (it reads {spec.version} and {max(spec.version - 1, 1)}), then replay this message",
-                code="unsupported_version")
+                code="unsupported_version",
+            )
         readable = f"{spec.version - 1} and {spec.version}" if has_upcast(spec.model) else f"{spec.version}"
-        raise InvalidMessage(f"{spec.message_type} version {version} is too old: this consumer reads {readable}",
-                             code="unsupported_version")
+        raise InvalidMessage(
+            f"{spec.message_type} version {version} is too old: this consumer reads {readable}",
+            code="unsupported_version",
+        )

@@ -180,8 +180,9 @@ def decode_envelope(body: bytes) -> Envelope:
 def original_message_id(data: dict[str, Any]) -> str:
     """The original system's adapters sent no `message_id`: one derived from what identifies the message, so that
     a redelivery of the same message is recognised as such (a random id would make every redelivery a new one)."""
-    identity = "|".join(str(data.get(k, "")).strip().lower()
-                        for k in ("source_system", "target_system", "message_type"))
+    identity = "|".join(
+        str(data.get(k, "")).strip().lower() for k in ("source_system", "target_system", "message_type")
+    )
     return uuid.uuid5(_ORIGINAL_NS, f"{identity}|{data['request_id']}").hex
 
 

@@ -33,8 +33,12 @@ class Request(Payload):
     """A request's payload. The original system's 1C adapter sent the whole 1C body as the payload, `request_id`
     included: it is accepted here (it must be the envelope's) and never written out again."""
 
-    request_id: str | None = Field(default=None, exclude=True, max_length=128,
-                                   description="the original system's copy of the envelope's request_id")
+    request_id: str | None = Field(
+        default=None,
+        exclude=True,
+        max_length=128,
+        description="the original system's copy of the envelope's request_id",
+    )
 
 
 def version_of(model: type[BaseModel]) -> int:

@@ -26,8 +26,17 @@ class HttpServer:
     def __init__(self, app: FastAPI, *, host: str, port: int, name: str, ssl: dict[str, Any] | None = None) -> None:
         # a long keep-alive: 1C clients and proxies reuse connections, and a server closing an idle one just as the
         # client reuses it is a failed request for the client
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=10, timeout_keep_alive=75, **(ssl or {}))
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=10,
+            timeout_keep_alive=75,
+            **(ssl or {}),
+        )
         self.name = name
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -43,8 +43,12 @@ def registry_from(settings: Settings) -> Registry:
 
 def topology_from(settings: Settings, registry: Registry) -> Topology:
     """The broker topology of the registry's systems, with the retry ladder and limits of the settings."""
-    return build_topology(registry.queues(), retry_delays=settings.retry_delays,
-                          delivery_limit=settings.delivery_limit, max_length=settings.queue_max_length)
+    return build_topology(
+        registry.queues(),
+        retry_delays=settings.retry_delays,
+        delivery_limit=settings.delivery_limit,
+        max_length=settings.queue_max_length,
+    )
 
 
 def clients_from(settings: Settings, catalog: Catalog) -> ClientRegistry | None:
@@ -55,24 +59,35 @@ def clients_from(settings: Settings, catalog: Catalog) -> ClientRegistry | None:
     registry = load_clients(
         clients_file=settings.clients_file,
         clients_json=settings.clients_json.get_secret_value() if settings.clients_json else None,
-        production=settings.env == "production", catalog=catalog, cache_ttl=settings.auth_cache_ttl)
+        production=settings.env == "production",
+        catalog=catalog,
+        cache_ttl=settings.auth_cache_ttl,
+    )
     if is_demo_registry(registry):
-        log.warning("DEMO CREDENTIALS: the API accepts the client %r with the password %r (HTTP Basic); "
-                    "set ESI_CLIENTS_FILE for real clients", DEMO_CLIENT_ID, DEMO_PASSWORD)
+        log.warning(
+            "DEMO CREDENTIALS: the API accepts the client %r with the password %r (HTTP Basic); "
+            "set ESI_CLIENTS_FILE for real clients",
+            DEMO_CLIENT_ID,
+            DEMO_PASSWORD,
+        )
     return registry
 
 
-async def run(settings: Settings, services: Sequence[str], *, registry: Registry | None = None,
-              stop: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings, services: Sequence[str], *, registry: Registry | None = None, stop: asyncio.Event | None = None
+) -> None:
     """Start the services, wait for SIGTERM/SIGINT (or `stop`), then stop them in reverse order."""
     registry = registry or registry_from(settings)
     if settings.env == "production" and settings.uses_default_broker_credentials():
-        log.warning("ESI_ENV=production with RabbitMQ's default guest/guest credentials: create a user of esi's "
-                    "own (guest only works over loopback anyway)")
+        log.warning(
+            "ESI_ENV=production with RabbitMQ's default guest/guest credentials: create a user of esi's "
+            "own (guest only works over loopback anyway)"
+        )
     unknown = [name for name in services if name not in registry.services and name not in registry.fakes]
     if unknown:
-        raise RegistryError(f"unknown service(s) {', '.join(unknown)}; "
-                            f"choose from {' '.join([*registry.services, *registry.fakes])}")
+        raise RegistryError(
+            f"unknown service(s) {', '.join(unknown)}; choose from {' '.join([*registry.services, *registry.fakes])}"
+        )
     topology = topology_from(settings, registry)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,14 +119,24 @@ async def run(settings: Settings, services: Sequence[str], *, registry: Registry
                 system = registry.by_service(name)
                 if store is None:
                     # full durability where 1C's requests and answers are committed (see Store.open)
-                    store = await Store.open(settings.database_url, durable_commits=registry.origin.service in services,
-                                             migrations=registry.migrations)
+                    store = await Store.open(
+                        settings.database_url,
+                        durable_commits=registry.origin.service in services,
+                        migrations=registry.migrations,
+                    )
                     events = EventRecorder(store.requests)
                     events.start()
                 assert events is not None
-                service = SystemService(system, registry=registry, settings=settings, topology=topology, store=store,
-                                        events=events, readiness=readiness,
-                                        api_clients=clients_from(settings, registry.catalog) if system.origin else None)
+                service = SystemService(
+                    system,
+                    registry=registry,
+                    settings=settings,
+                    topology=topology,
+                    store=store,
+                    events=events,
+                    readiness=readiness,
+                    api_clients=clients_from(settings, registry.catalog) if system.origin else None,
+                )
                 adapters.append(service)
             if not await _unless_stopped(service.start(), stop):
                 started.append(service)  # stopped while starting (waiting for the broker): stop what it opened
@@ -119,15 +144,17 @@ async def run(settings: Settings, services: Sequence[str], *, registry: Registry
             started.append(service)
         if adapters and not any(a.system.origin for a in adapters):
             # adapters without the 1C API still answer /livez (/healthz), /readyz and /metrics on a port of their own
-            ops = HttpServer(create_health_app(readiness), host=settings.health_host, port=settings.health_port,
-                             name="health")
+            ops = HttpServer(
+                create_health_app(readiness), host=settings.health_host, port=settings.health_port, name="health"
+            )
             await ops.start()
             started.append(Stoppable("health", ops))
         if adapters:
             background.append(asyncio.create_task(_sample_depths(adapters, store), name="queue-depths"))
             if settings.readiness_interval_s > 0:
-                background.append(asyncio.create_task(_sample_readiness(readiness, settings.readiness_interval_s),
-                                                      name="readiness"))
+                background.append(
+                    asyncio.create_task(_sample_readiness(readiness, settings.readiness_interval_s), name="readiness")
+                )
         settle_heap(settings.gc_threshold)
         log.info("esi running: %s", ", ".join(s.name for s in started))
         await stop.wait()

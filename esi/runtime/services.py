@@ -74,9 +74,18 @@ class SystemService(Service):
     """A system's adapter: the consumer of its work queue over its client; for the origin (1C), also the HTTP API
     and the outbox relay."""
 
-    def __init__(self, system: System, *, registry: Registry, settings: Settings, topology: Topology, store: Store,
-                 events: EventRecorder, readiness: ReadyCheck | None = None,
-                 api_clients: ClientRegistry | None = None) -> None:
+    def __init__(
+        self,
+        system: System,
+        *,
+        registry: Registry,
+        settings: Settings,
+        topology: Topology,
+        store: Store,
+        events: EventRecorder,
+        readiness: ReadyCheck | None = None,
+        api_clients: ClientRegistry | None = None,
+    ) -> None:
         self.system = system
         self.name = system.service
         self.registry = registry
@@ -103,21 +112,40 @@ class SystemService(Service):
         if system.client is not None:
             assert config is not None, f"{system.code} declares a client without settings"
             self._client = system.client(config)
-            self.breaker = Breaker(system=system.code, probe=getattr(self._client, "check", None),
-                                   failure_threshold=config.breaker_failures, probe_max=config.breaker_probe_max)
-            limiter = Limiter(system=system.code, max_concurrency=config.max_concurrency,
-                              rate_limit=config.rate_limit)
-            guarded = Guarded(self._client, system=system.code, events=self.events, service=self.name,
-                              limiter=limiter, breaker=self.breaker)
-        handlers = system.handlers(SystemContext(system=system, settings=config, client=guarded, store=self.store,
-                                                 events=self.events, registry=self.registry))
+            self.breaker = Breaker(
+                system=system.code,
+                probe=getattr(self._client, "check", None),
+                failure_threshold=config.breaker_failures,
+                probe_max=config.breaker_probe_max,
+            )
+            limiter = Limiter(system=system.code, max_concurrency=config.max_concurrency, rate_limit=config.rate_limit)
+            guarded = Guarded(
+                self._client,
+                system=system.code,
+                events=self.events,
+                service=self.name,
+                limiter=limiter,
+                breaker=self.breaker,
+            )
+        handlers = system.handlers(
+            SystemContext(
+                system=system,
+                settings=config,
+                client=guarded,
+                store=self.store,
+                events=self.events,
+                registry=self.registry,
+            )
+        )
         self.registry.check_handlers(system, handlers)
         return handlers
 
     def checks(self) -> dict[str, Check]:
         """What this service needs to do its job, by name."""
-        checks: dict[str, Check] = {f"broker ({self.name})": self.bus.check if self.bus else _down,
-                                    "store": self.store.ping}
+        checks: dict[str, Check] = {
+            f"broker ({self.name})": self.bus.check if self.bus else _down,
+            "store": self.store.ping,
+        }
         check = getattr(self._client, "check", None)
         if check is not None:
             checks[self.system.health] = check
@@ -131,19 +159,33 @@ class SystemService(Service):
         # the same shape as a dependency's entry; "ok" only while closed (open / half_open / paused say which)
         entry = {"status": "ok" if report["state"] == "closed" else report["state"], "latency_ms": 0.0, **report}
         return {f"circuit ({self.system.code})": entry}
+
     async def start(self) -> None:
         s, topology = self.settings, self.topology
         work = topology.queue_for(self.system.code)
-        ssl_context = amqp_ssl_context_for_url(s.broker_url(), ca_file=s.amqp_ca_file, cert_file=s.amqp_cert_file,
-                                               key_file=s.amqp_key_file)
+        ssl_context = amqp_ssl_context_for_url(
+            s.broker_url(), ca_file=s.amqp_ca_file, cert_file=s.amqp_cert_file, key_file=s.amqp_key_file
+        )
         # a process started while no broker node answers waits for one (ESI_CONNECT_TIMEOUT; 0: for ever)
-        self.bus = await Bus.open(s.broker_urls(), topology=topology, prefetch=s.prefetch,
-                                  publish_timeout=s.publish_timeout, name=f"esi-{self.name}",
-                                  ssl_context=ssl_context, wait=s.connect_timeout or math.inf)
+        self.bus = await Bus.open(
+            s.broker_urls(),
+            topology=topology,
+            prefetch=s.prefetch,
+            publish_timeout=s.publish_timeout,
+            name=f"esi-{self.name}",
+            ssl_context=ssl_context,
+            wait=s.connect_timeout or math.inf,
+        )
         self.consumer = Consumer(
-            events=self.events, service=self.name, queue=work, channel=self.bus.consume_channel,
-            publisher=self.bus.publisher, catalog=self.registry.catalog, handlers=self._handlers(),
-            max_attempts=s.max_attempts, tracker=self.store.requests,
+            events=self.events,
+            service=self.name,
+            queue=work,
+            channel=self.bus.consume_channel,
+            publisher=self.bus.publisher,
+            catalog=self.registry.catalog,
+            handlers=self._handlers(),
+            max_attempts=s.max_attempts,
+            tracker=self.store.requests,
             inbox=self.store.inbox if self.system.inbox else None,
             queue_arguments=topology.work_queue_arguments(work),
         )
@@ -157,9 +199,12 @@ class SystemService(Service):
         await self.consumer.start()
         self._background.append(asyncio.create_task(self._prune_forever(), name=f"prune-{self.name}"))
         if self.system.origin and s.request_retention_s > 0:
-            retention = RetentionTask(store=self.store, retention_s=s.request_retention_s,
-                                      interval_s=s.retention_interval_s,
-                                      first_delay_s=min(10.0, s.retention_interval_s))
+            retention = RetentionTask(
+                store=self.store,
+                retention_s=s.request_retention_s,
+                interval_s=s.retention_interval_s,
+                first_delay_s=min(10.0, s.retention_interval_s),
+            )
             self._background.append(asyncio.create_task(retention.run_forever(), name="retention"))
 
     # --- the breaker and maintenance pauses -------------------------------------------------------------------
@@ -181,8 +226,13 @@ class SystemService(Service):
             log.warning("could not follow the %s circuit on %s: %s", self.system.code, consumer.queue.name, exc)
         report = breaker.report()
         try:
-            await self.store.pauses.report_breaker(system=self.system.code, instance=INSTANCE, state=str(report["state"]),
-                                            since=str(report["since"]), reason=breaker.reason)
+            await self.store.pauses.report_breaker(
+                system=self.system.code,
+                instance=INSTANCE,
+                state=str(report["state"]),
+                since=str(report["since"]),
+                reason=breaker.reason,
+            )
         except Exception as exc:
             log.warning("could not record the %s circuit's state: %s", self.system.code, exc)
 
@@ -209,27 +259,45 @@ class SystemService(Service):
         s = self.settings
         assert self.bus is not None
         # a sweep leaves a row to the fast path of the process that committed it until that publish has ended
-        self.relay = OutboxRelay(store=self.store.outbox, publisher=self.bus.publisher, exchange=topology.exchange,
-                                 events=self.events, fresh_s=s.publish_timeout + 2)
+        self.relay = OutboxRelay(
+            store=self.store.outbox,
+            publisher=self.bus.publisher,
+            exchange=topology.exchange,
+            events=self.events,
+            fresh_s=s.publish_timeout + 2,
+        )
         self.relay.start()
         deps = ApiDeps(
-            registry=self.registry, topology=topology, clients=self._api_clients, store=self.store, on_accepted=self.relay.submit, max_pdf_bytes=s.max_pdf_bytes,
-            readiness=self.process_readiness, events=self.events,
-            dead_letters=DeadLetters(self.bus.connection, topology), max_backlog=s.outbox_max_backlog,
-            max_wait=s.max_wait_s, wait_recheck=s.wait_recheck_s,
-            console_secret=s.console_secret.get_secret_value().encode() if s.console_secret else None)
+            registry=self.registry,
+            topology=topology,
+            clients=self._api_clients,
+            store=self.store,
+            on_accepted=self.relay.submit,
+            max_pdf_bytes=s.max_pdf_bytes,
+            readiness=self.process_readiness,
+            events=self.events,
+            dead_letters=DeadLetters(self.bus.connection, topology),
+            max_backlog=s.outbox_max_backlog,
+            max_wait=s.max_wait_s,
+            wait_recheck=s.wait_recheck_s,
+            console_secret=s.console_secret.get_secret_value().encode() if s.console_secret else None,
+        )
         app = create_app(deps)
         app.include_pages(console_router, deps)  # the operator console at /console, beside the API
-        self.http = HttpServer(app, host=s.http_host, port=s.http_port, name="api",
-                               ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file,
-                                                      client_ca_file=s.tls_client_ca_file))
+        self.http = HttpServer(
+            app,
+            host=s.http_host,
+            port=s.http_port,
+            name="api",
+            ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file, client_ca_file=s.tls_client_ca_file),
+        )
         await self.http.start()
 
     async def _prune_forever(self) -> None:
         """Forget processed message ids (and sent outbox rows) after the retention time."""
         while True:
             try:
-                cutoff = (datetime.now(UTC) - timedelta(seconds=self.settings.inbox_retention_s))
+                cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.inbox_retention_s)
                 older_than = cutoff.isoformat(timespec="microseconds")
                 inbox = await self.store.inbox.prune(older_than)
                 outbox = await self.store.outbox.prune_sent(older_than)
@@ -268,8 +336,7 @@ class FakeService(Service):
         self.name = system.fake.service
         config = system_settings(system)
         assert config is not None, f"{system.code} declares a fake without settings"
-        self.http = HttpServer(system.fake.app(config), host=settings.fake_host, port=config.fake_port,
-                               name=self.name)
+        self.http = HttpServer(system.fake.app(config), host=settings.fake_host, port=config.fake_port, name=self.name)
 
     async def start(self) -> None:
         await self.http.start()

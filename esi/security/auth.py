@@ -86,6 +86,7 @@ def generate_api_key(client_id: str) -> str:
 
 # --- the registry ---------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Credentials:
     method: str  # "basic" | "api_key"
@@ -105,8 +106,15 @@ class _CacheEntry:
 class ClientRegistry:
     """The configured clients; `authenticate` turns request headers into a `Principal` or a 401."""
 
-    def __init__(self, clients: Iterable[ClientConfig], *, cache_ttl: float = 60.0, cache_size: int = 10_000,
-                 max_concurrent_verifications: int = 2, demo: bool = False) -> None:
+    def __init__(
+        self,
+        clients: Iterable[ClientConfig],
+        *,
+        cache_ttl: float = 60.0,
+        cache_size: int = 10_000,
+        max_concurrent_verifications: int = 2,
+        demo: bool = False,
+    ) -> None:
         self._lock = threading.Lock()
         self._cache: OrderedDict[bytes, _CacheEntry] = OrderedDict()
         self._cache_key = secrets.token_bytes(32)
@@ -115,8 +123,9 @@ class ClientRegistry:
         # argon2 runs on threads of its own, a few at a time: a flood of wrong passwords queues there instead of
         # taking every core (and the event loop's default executor) away from the rest of the service
         self._slots = threading.BoundedSemaphore(max(1, max_concurrent_verifications))
-        self._executor = ThreadPoolExecutor(max_workers=max(1, max_concurrent_verifications),
-                                            thread_name_prefix="esi-argon2")
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, max_concurrent_verifications), thread_name_prefix="esi-argon2"
+        )
         #: cache token → the verification under way on the event loop (`authenticate_async`)
         self._pending: dict[bytes, asyncio.Future[Principal]] = {}
         self.demo = demo
@@ -128,8 +137,9 @@ class ClientRegistry:
     # --- building -----------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_json(cls, text: str | bytes, *, source: str = "ESI_CLIENTS_JSON", catalog: Catalog | None = None,
-                  **kwargs: Any) -> ClientRegistry:
+    def from_json(
+        cls, text: str | bytes, *, source: str = "ESI_CLIENTS_JSON", catalog: Catalog | None = None, **kwargs: Any
+    ) -> ClientRegistry:
         """The clients of a JSON document (`ESI_CLIENTS_JSON`); scopes are checked against `catalog`."""
         try:
             data = json.loads(text)
@@ -138,8 +148,9 @@ class ClientRegistry:
         return cls(parse_clients(data, source=source, catalog=catalog), **kwargs)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, catalog: Catalog | None = None,
-                  **kwargs: Any) -> ClientRegistry:
+    def from_file(
+        cls, path: str | os.PathLike[str], *, catalog: Catalog | None = None, **kwargs: Any
+    ) -> ClientRegistry:
         """A JSON file, or TOML when its name ends in .toml; scopes are checked against `catalog`."""
         path = Path(path)
         return cls(read_clients_file(path, catalog=catalog), **kwargs)
@@ -175,8 +186,9 @@ class ClientRegistry:
 
     # --- authenticating -----------------------------------------------------------------------------------------
 
-    def authenticate(self, authorization_header: str | None, api_key_header: str | None, *,
-                     remote: str | None = None) -> Principal:
+    def authenticate(
+        self, authorization_header: str | None, api_key_header: str | None, *, remote: str | None = None
+    ) -> Principal:
         """The client these headers prove; `ApiError(401)` without credentials or with wrong ones.
 
         An `X-API-Key` header, when present, is used alone; otherwise `Authorization: Basic`. Blocking (argon2 on a
@@ -188,8 +200,9 @@ class ClientRegistry:
             return principal
         return self._verify(credentials, remote)
 
-    async def authenticate_async(self, authorization_header: str | None, api_key_header: str | None, *,
-                                 remote: str | None = None) -> Principal:
+    async def authenticate_async(
+        self, authorization_header: str | None, api_key_header: str | None, *, remote: str | None = None
+    ) -> Principal:
         """`authenticate` for async code: a cache hit answers at once; argon2 runs in a worker thread, once for all
         the requests that present the same credentials while it runs; a cached verification in the last part of
         its life is renewed in the background while it keeps answering (see the module)."""
@@ -230,9 +243,12 @@ class ClientRegistry:
             return _Credentials("api_key", client_id, value)
         if authorization is None or not authorization.strip():
             log.info("authentication missing (remote %s)", remote or "unknown")
-            raise ApiError(401, "unauthorized",
-                           f"authentication required: HTTP Basic, or an API key in the {API_KEY_HEADER} header",
-                           headers=dict(WWW_AUTHENTICATE))
+            raise ApiError(
+                401,
+                "unauthorized",
+                f"authentication required: HTTP Basic, or an API key in the {API_KEY_HEADER} header",
+                headers=dict(WWW_AUTHENTICATE),
+            )
         scheme, _, encoded = authorization.strip().partition(" ")
         if scheme.lower() != "basic":
             self._fail(f"unsupported scheme {scheme[:20]!r}", None, "basic", remote)
@@ -253,8 +269,13 @@ class ClientRegistry:
         return _Credentials("basic", user, password)
 
     def _cache_token(self, credentials: _Credentials) -> bytes:
-        message = b"\0".join([credentials.method.encode(), credentials.client_id.encode("utf-8", "surrogatepass"),
-                              credentials.secret.encode("utf-8", "surrogatepass")])
+        message = b"\0".join(
+            [
+                credentials.method.encode(),
+                credentials.client_id.encode("utf-8", "surrogatepass"),
+                credentials.secret.encode("utf-8", "surrogatepass"),
+            ]
+        )
         return hmac.new(self._cache_key, message, hashlib.sha256).digest()
 
     def _current_hashes(self, client: ClientConfig | None, method: str) -> tuple[str, ...]:
@@ -277,8 +298,12 @@ class ClientRegistry:
             if entry is None:
                 return None, False
             client = self._clients.get(entry.client_id)
-            if (entry.expires <= now or client is None or entry.client_id != credentials.client_id
-                    or entry.verified_hash not in self._current_hashes(client, credentials.method)):
+            if (
+                entry.expires <= now
+                or client is None
+                or entry.client_id != credentials.client_id
+                or entry.verified_hash not in self._current_hashes(client, credentials.method)
+            ):
                 del self._cache[token]
                 return None, False
             return client.principal, entry.expires - now <= self._cache_ttl * RENEW_FRACTION
@@ -289,8 +314,9 @@ class ClientRegistry:
         token = self._cache_token(credentials)
         now = time.monotonic()
         with self._lock:
-            self._cache[token] = _CacheEntry(credentials.client_id, credentials.method, verified_hash,
-                                             now + self._cache_ttl)
+            self._cache[token] = _CacheEntry(
+                credentials.client_id, credentials.method, verified_hash, now + self._cache_ttl
+            )
             self._cache.move_to_end(token)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -325,6 +351,11 @@ class ClientRegistry:
 
     def _fail(self, reason: str, client_id: str | None, method: str, remote: str | None) -> None:
         shown = repr(client_id[:64]) if client_id is not None else "(none)"
-        log.warning("authentication failed: %s (client %s, %s, remote %s)", reason, shown,
-                    "X-API-Key" if method == "api_key" else "Basic", remote or "unknown")
+        log.warning(
+            "authentication failed: %s (client %s, %s, remote %s)",
+            reason,
+            shown,
+            "X-API-Key" if method == "api_key" else "Basic",
+            remote or "unknown",
+        )
         raise ApiError(401, "unauthorized", "invalid credentials", headers=dict(WWW_AUTHENTICATE))

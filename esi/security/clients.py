@@ -43,8 +43,20 @@ CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_@\-]{0,63}$"
 _CLIENT_ID_RE = re.compile(CLIENT_ID_PATTERN)
 #: keys that must never appear in a clients file: they would hold a secret in clear
 _PLAINTEXT_KEYS = frozenset({"password", "api_key", "apikey", "api_keys", "secret", "key", "token"})
-_ENTRY_KEYS = frozenset({"id", "client_id", "password_hash", "api_key_hash", "api_key_hashes", "send", "read",
-                         "operator", "description", "comment"})
+_ENTRY_KEYS = frozenset(
+    {
+        "id",
+        "client_id",
+        "password_hash",
+        "api_key_hash",
+        "api_key_hashes",
+        "send",
+        "read",
+        "operator",
+        "description",
+        "comment",
+    }
+)
 
 
 class ClientsConfigError(ValueError):
@@ -55,7 +67,8 @@ def check_client_id(client_id: object) -> str:
     """`client_id` if it is a valid client id; `ClientsConfigError` otherwise."""
     if not isinstance(client_id, str) or not _CLIENT_ID_RE.match(client_id):
         raise ClientsConfigError(
-            f"client id {client_id!r} must be 1-64 letters, digits, '_', '-' or '@' (no ':' nor '.')")
+            f"client id {client_id!r} must be 1-64 letters, digits, '_', '-' or '@' (no ':' nor '.')"
+        )
     return client_id
 
 
@@ -76,8 +89,9 @@ class ClientConfig:
         return Principal(self.client_id, self.send, self.read, self.operator)
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, Any], *, where: str = "entry",
-                   catalog: Catalog | None = None) -> ClientConfig:
+    def from_entry(
+        cls, entry: Mapping[str, Any], *, where: str = "entry", catalog: Catalog | None = None
+    ) -> ClientConfig:
         """One entry of the clients file, validated (`where` names it in errors; scopes are checked against
         `catalog`)."""
         if not isinstance(entry, Mapping):
@@ -86,11 +100,13 @@ class ClientConfig:
         if plaintext:
             raise ClientsConfigError(
                 f"{where}: {', '.join(plaintext)} would hold a secret in clear; the clients file holds argon2 hashes "
-                "only (password_hash, api_key_hashes): make them with esi.security.make_client_entry")
+                "only (password_hash, api_key_hashes): make them with esi.security.make_client_entry"
+            )
         unknown = sorted(str(k) for k in entry if k not in _ENTRY_KEYS)
         if unknown:
             raise ClientsConfigError(
-                f"{where}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(_ENTRY_KEYS))}")
+                f"{where}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(_ENTRY_KEYS))}"
+            )
         if "id" in entry and "client_id" in entry:
             raise ClientsConfigError(f"{where}: give either id or client_id, not both")
         client_id = check_client_id(entry.get("id", entry.get("client_id")))
@@ -111,7 +127,7 @@ class ClientConfig:
             raise ClientsConfigError(f"{where}: a client needs a password_hash or an api_key_hashes entry")
         send = entry.get("send", [])
         if not isinstance(send, list):
-            raise ClientsConfigError(f"{where}: send must be a list such as [\"dms:create_user\", \"crm:*\"]")
+            raise ClientsConfigError(f'{where}: send must be a list such as ["dms:create_user", "crm:*"]')
         try:
             scopes = tuple(SendScope.parse(s, catalog) for s in send)
         except ScopeError as exc:
@@ -127,8 +143,10 @@ class ClientConfig:
 
 def _check_hash(value: object, where: str) -> None:
     if not isinstance(value, str) or not value.startswith("$argon2"):
-        raise ClientsConfigError(f"{where} is not an argon2 hash (it must start with $argon2id$); a clients file "
-                                 "never holds a secret in clear: make the hash with esi.security.hash_secret")
+        raise ClientsConfigError(
+            f"{where} is not an argon2 hash (it must start with $argon2id$); a clients file "
+            "never holds a secret in clear: make the hash with esi.security.hash_secret"
+        )
     if not is_argon2_hash(value):
         raise ClientsConfigError(f"{where} is not a well-formed argon2 hash")
 
@@ -142,7 +160,7 @@ def parse_clients(data: Any, *, source: str = "clients", catalog: Catalog | None
             raise ClientsConfigError(f"{source}: unknown top-level keys {', '.join(extra)}; expected only 'clients'")
         data = data.get("clients")
     if not isinstance(data, list):
-        raise ClientsConfigError(f"{source}: expected {{\"clients\": [...]}} or a list of clients")
+        raise ClientsConfigError(f'{source}: expected {{"clients": [...]}} or a list of clients')
     clients = [ClientConfig.from_entry(e, where=f"{source}: clients[{i}]", catalog=catalog) for i, e in enumerate(data)]
     seen: set[str] = set()
     for client in clients:
@@ -171,9 +189,16 @@ def read_clients_file(path: Path, *, catalog: Catalog | None = None) -> list[Cli
     return parse_clients(data, source=str(path), catalog=catalog)
 
 
-def make_client_entry(client_id: str, password: str | None = None, api_key: str | None = None,
-                      send: Sequence[str] | None = None, read: bool = True, operator: bool = False, *,
-                      hasher: argon2.PasswordHasher | None = None) -> dict[str, Any]:
+def make_client_entry(
+    client_id: str,
+    password: str | None = None,
+    api_key: str | None = None,
+    send: Sequence[str] | None = None,
+    read: bool = True,
+    operator: bool = False,
+    *,
+    hasher: argon2.PasswordHasher | None = None,
+) -> dict[str, Any]:
     """One client's entry for the clients file, with its secrets hashed (for a CLI `esi clients add`).
 
     `api_key` must be `<client_id>.<secret>` (see `esi.security.generate_api_key`). `send` lists
@@ -187,8 +212,9 @@ def make_client_entry(client_id: str, password: str | None = None, api_key: str 
         entry["password_hash"] = hash_secret(password, hasher=hasher)
     if api_key is not None:
         if not api_key.startswith(f"{client_id}.") or len(api_key) <= len(client_id) + 1:
-            raise ValueError(f"an API key of {client_id!r} must look like '{client_id}.<secret>'; "
-                             "make one with generate_api_key")
+            raise ValueError(
+                f"an API key of {client_id!r} must look like '{client_id}.<secret>'; make one with generate_api_key"
+            )
         entry["api_key_hashes"] = [hash_secret(api_key, hasher=hasher)]
     try:
         scopes = [str(SendScope.parse(s)) for s in (send or [])]

@@ -25,8 +25,9 @@ DEMO_PASSWORD = "demo"
 
 def demo_registry(**kwargs: Any) -> ClientRegistry:
     """One client `demo`/`demo` with every scope: for `ESI_ENV=demo` without a clients file, and for tests."""
-    client = ClientConfig(DEMO_CLIENT_ID, password_hash=hash_secret(DEMO_PASSWORD), send=(SendScope("*", "*"),),
-                          read=True, operator=True)
+    client = ClientConfig(
+        DEMO_CLIENT_ID, password_hash=hash_secret(DEMO_PASSWORD), send=(SendScope("*", "*"),), read=True, operator=True
+    )
     return ClientRegistry([client], demo=True, **kwargs)
 
 
@@ -35,7 +36,8 @@ def demo_client_ids(registry: ClientRegistry) -> list[str]:
     found = []
     for client in registry.clients():
         if client.client_id.lower() == DEMO_CLIENT_ID or (
-                client.password_hash and verify_secret(client.password_hash, DEMO_PASSWORD)):
+            client.password_hash and verify_secret(client.password_hash, DEMO_PASSWORD)
+        ):
             found.append(client.client_id)
     return found
 
@@ -45,8 +47,14 @@ def is_demo_registry(registry: ClientRegistry) -> bool:
     return registry.demo or bool(demo_client_ids(registry))
 
 
-def load_clients(*, clients_file: str | None = None, clients_json: str | None = None,
-                 production: bool, catalog: Catalog | None = None, **kwargs: Any) -> ClientRegistry:
+def load_clients(
+    *,
+    clients_file: str | None = None,
+    clients_json: str | None = None,
+    production: bool,
+    catalog: Catalog | None = None,
+    **kwargs: Any,
+) -> ClientRegistry:
     """The clients from `ESI_CLIENTS_FILE` or `ESI_CLIENTS_JSON`, their scopes checked against `catalog` (the
     registry's); the demo ones when neither is set, except in production, which also refuses demo credentials."""
     if clients_file and clients_json:
@@ -58,8 +66,11 @@ def load_clients(*, clients_file: str | None = None, clients_json: str | None = 
     elif production:
         raise ClientsConfigError("ESI_ENV=production needs the API's clients: set ESI_CLIENTS_FILE or ESI_CLIENTS_JSON")
     else:
-        log.warning("no ESI_CLIENTS_FILE/ESI_CLIENTS_JSON: the API accepts the demo client %r with the demo password "
-                    "and every scope (refused with ESI_ENV=production)", DEMO_CLIENT_ID)
+        log.warning(
+            "no ESI_CLIENTS_FILE/ESI_CLIENTS_JSON: the API accepts the demo client %r with the demo password "
+            "and every scope (refused with ESI_ENV=production)",
+            DEMO_CLIENT_ID,
+        )
         return demo_registry(**kwargs)
     if production:
         demo = demo_client_ids(registry)

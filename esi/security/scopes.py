@@ -54,7 +54,8 @@ class SendScope:
             known = sorted({t for tg in (targets if target == "*" else [target]) for t in catalog.requests_for(tg)})
             if message_type not in known:
                 raise ScopeError(
-                    f"send scope {text!r}: {message_type!r} is not a request of {target!r}; known: {', '.join(known)}")
+                    f"send scope {text!r}: {message_type!r} is not a request of {target!r}; known: {', '.join(known)}"
+                )
         return cls(target, message_type)
 
     def allows(self, target: str, message_type: str) -> bool:
@@ -84,8 +85,9 @@ class Principal:
 def require_send(principal: Principal, target: str, message_type: str) -> None:
     """403 unless `principal` may send `message_type` to `target` (call it with the validated, normalised pair)."""
     if not principal.can_send(target, message_type):
-        raise ApiError(403, "forbidden",
-                       f"client {principal.client_id!r} may not send {message_type!r} requests to {target!r}")
+        raise ApiError(
+            403, "forbidden", f"client {principal.client_id!r} may not send {message_type!r} requests to {target!r}"
+        )
 
 
 def require_read(principal: Principal, request_id: str, sender_client_id: str | None) -> None:

@@ -43,8 +43,9 @@ def _client_context(ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
-def amqp_ssl_context(*, ca_file: str | None, cert_file: str | None = None, key_file: str | None = None,
-                     key_password: str | None = None) -> ssl.SSLContext:
+def amqp_ssl_context(
+    *, ca_file: str | None, cert_file: str | None = None, key_file: str | None = None, key_password: str | None = None
+) -> ssl.SSLContext:
     """The SSL context for `Bus.open(..., ssl_context=...)` (amqps://).
 
     `ca_file`: the PEM file (or a directory of hashed certificates) of the CA that signed the broker's certificate;
@@ -66,8 +67,9 @@ def amqp_ssl_context(*, ca_file: str | None, cert_file: str | None = None, key_f
     return context
 
 
-def amqp_ssl_context_for_url(url: str, *, ca_file: str | None = None, cert_file: str | None = None,
-                             key_file: str | None = None) -> ssl.SSLContext | None:
+def amqp_ssl_context_for_url(
+    url: str, *, ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> ssl.SSLContext | None:
     """The context `Bus.open` needs for `url`: a verifying one for amqps://, `None` for plain amqp://.
 
     Refuses TLS files with a plain amqp:// URL (they would be silently ignored and the traffic sent in clear) and
@@ -81,8 +83,10 @@ def amqp_ssl_context_for_url(url: str, *, ca_file: str | None = None, cert_file:
         return amqp_ssl_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
     if scheme == "amqp":
         if ca_file or cert_file or key_file:
-            raise ValueError("ESI_AMQP_CA_FILE/ESI_AMQP_CERT_FILE/ESI_AMQP_KEY_FILE are set but the AMQP URL is "
-                             "amqp://, which is not encrypted: use amqps://host:5671/")
+            raise ValueError(
+                "ESI_AMQP_CA_FILE/ESI_AMQP_CERT_FILE/ESI_AMQP_KEY_FILE are set but the AMQP URL is "
+                "amqp://, which is not encrypted: use amqps://host:5671/"
+            )
         return None
     raise ValueError(f"the AMQP URL must start with amqp:// or amqps://, not {parts.scheme}://")
 
@@ -96,13 +100,16 @@ def http_verify(ca_bundle: str | None) -> ssl.SSLContext | bool:
     if ca_bundle is None or ca_bundle == "":
         return True
     if isinstance(ca_bundle, bool) or ca_bundle.strip().lower() in {"false", "0", "no", "off", "none"}:
-        raise ValueError("TLS verification cannot be turned off; name the CA bundle that signed the server's "
-                         "certificate instead (e.g. CREATIO_CA_BUNDLE=/etc/esi/creatio-ca.pem)")
+        raise ValueError(
+            "TLS verification cannot be turned off; name the CA bundle that signed the server's "
+            "certificate instead (e.g. CREATIO_CA_BUNDLE=/etc/esi/creatio-ca.pem)"
+        )
     return _client_context(ca_bundle)
 
 
-def uvicorn_ssl_kwargs(cert_file: str | None, key_file: str | None, *,
-                       client_ca_file: str | None = None) -> dict[str, Any]:
+def uvicorn_ssl_kwargs(
+    cert_file: str | None, key_file: str | None, *, client_ca_file: str | None = None
+) -> dict[str, Any]:
     """Keyword arguments for `uvicorn.Config`/`uvicorn.run` to serve the API over HTTPS; `{}` when neither is set.
 
     `client_ca_file` additionally requires every client to present a certificate signed by that CA (mutual TLS).

@@ -15,15 +15,29 @@ class Audit:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def record(self, action: str, *, client_id: str, subject: str | None = None, count: int | None = None,
-                    detail: dict[str, Any] | None = None) -> None:
+    async def record(
+        self,
+        action: str,
+        *,
+        client_id: str,
+        subject: str | None = None,
+        count: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         """Record what an operator did: `action` (dlq.replay, system.pause, ...), on what, how many."""
-        row = {"at": now_iso(), "client_id": client_id, "action": action, "subject": subject, "count": count,
-               "detail": dumps(detail)}
+        row = {
+            "at": now_iso(),
+            "client_id": client_id,
+            "action": action,
+            "subject": subject,
+            "count": count,
+            "detail": dumps(detail),
+        }
         await self._db.write(lambda conn: conn.execute(insert(schema.audit).values(**row)))
 
-    async def entries(self, *, limit: int = 100, action: str | None = None, since: str | None = None,
-                        client_id: str | None = None) -> list[AuditEntry]:
+    async def entries(
+        self, *, limit: int = 100, action: str | None = None, since: str | None = None, client_id: str | None = None
+    ) -> list[AuditEntry]:
         """The newest entries first."""
         a = schema.audit
         query = select(a)

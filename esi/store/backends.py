@@ -65,6 +65,7 @@ class Backend(Protocol):
 
 # --- group commit ---------------------------------------------------------------------------------------------------
 
+
 def _run_ops(conn: Connection, batch: list[tuple[Op[Any], Any]]) -> list[Any]:
     return [op(conn) for op, _ in batch]
 
@@ -126,7 +127,7 @@ class GroupCommit:
             await self._kick.wait()
             self._kick.clear()
             while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
                 try:
                     outcomes = await self._run_batch(batch)
                 except Exception as exc:  # the commit itself failed: every write of the batch fails
@@ -158,6 +159,7 @@ def _settle(batch: list[tuple[Op[Any], asyncio.Future[Any]]], outcome: asyncio.F
 
 
 # --- SQLite ---------------------------------------------------------------------------------------------------------
+
 
 class SqliteBackend(GroupCommit):
     """SQLite through the stdlib driver in worker threads: one writer thread (SQLite has one writer), four readers.
@@ -227,7 +229,7 @@ class SqliteBackend(GroupCommit):
     def _dispatch_reads(self, loop: asyncio.AbstractEventLoop) -> None:
         reads, self._reads = self._reads, []
         for start in range(0, len(reads), self._max_read_batch):
-            batch = reads[start:start + self._max_read_batch]
+            batch = reads[start : start + self._max_read_batch]
             try:
                 done = loop.run_in_executor(self._readers, self._run_reads, batch)
             except RuntimeError as exc:  # the store is closing: its executor takes no more work
@@ -262,6 +264,7 @@ class SqliteBackend(GroupCommit):
 
 # --- PostgreSQL -----------------------------------------------------------------------------------------------------
 
+
 class PostgresBackend(GroupCommit):
     """PostgreSQL through asyncpg. Writes are group-committed too: a transaction per write costs the 1C process
     CPU on every request (docs/performance.md)."""
@@ -293,6 +296,7 @@ class PostgresBackend(GroupCommit):
 
 # --- engines --------------------------------------------------------------------------------------------------------
 
+
 def async_url(url: str) -> str:
     """Map a plain database URL to the async driver esi uses (PostgreSQL); SQLite keeps the stdlib driver."""
     parsed = make_url(url)
@@ -302,7 +306,8 @@ def async_url(url: str) -> str:
     if backend in ("postgresql", "postgres"):
         return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
     raise ValueError(
-        f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use sqlite or postgresql")
+        f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use sqlite or postgresql"
+    )
 
 
 def open_backend(url: str, *, durable_commits: bool = True) -> SqliteBackend | PostgresBackend:
@@ -320,15 +325,17 @@ def open_backend(url: str, *, durable_commits: bool = True) -> SqliteBackend | P
         in_memory = parsed.database in (None, "", ":memory:")
         reader = writer if in_memory else sqlite_engine(target, synchronous=synchronous, begin="BEGIN", pool_size=4)
         return SqliteBackend(writer, reader, path=None if in_memory else parsed.database)
-    async_engine = create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True,
-                                       connect_args={"command_timeout": 30})
+    async_engine = create_async_engine(
+        target, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"command_timeout": 30}
+    )
     return PostgresBackend(async_engine)
 
 
 def sqlite_engine(url: str, *, synchronous: str, begin: str, pool_size: int) -> Engine:
     """An engine on the SQLite file `url` whose transactions begin with `begin` (see `SqliteBackend`)."""
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                           pool_size=pool_size, max_overflow=4)
+    engine = create_engine(
+        url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=pool_size, max_overflow=4
+    )
     event.listen(engine, "connect", lambda dbapi_conn, _rec: _sqlite_pragmas(dbapi_conn, synchronous))
     # take over BEGIN from the driver: SAVEPOINTs then work, and a writer's IMMEDIATE takes the write lock up front
     # (a deferred transaction that reads, then writes, can fail to upgrade its lock under contention)

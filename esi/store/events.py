@@ -37,9 +37,18 @@ class EventRecorder:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    def record(self, request_id: str | None, event: str, *, service: str, message_id: str | None = None,
-               causation_id: str | None = None, message_type: str | None = None, at: datetime | None = None,
-               **detail: Any) -> None:
+    def record(
+        self,
+        request_id: str | None,
+        event: str,
+        *,
+        service: str,
+        message_id: str | None = None,
+        causation_id: str | None = None,
+        message_type: str | None = None,
+        at: datetime | None = None,
+        **detail: Any,
+    ) -> None:
         """Buffer one event; `at` (default: now) lets a caller stamp when the recorded act began."""
         if not request_id:
             return
@@ -47,12 +56,18 @@ class EventRecorder:
             return  # the store is far behind: drop diagnostics rather than memory
         if tracing.enabled:
             tracing.add_trace_id(detail)
-        self._buffer.append({
-            "request_id": request_id, "at": (at or datetime.now(UTC)).isoformat(timespec="microseconds"),
-            "event": event, "service": service, "message_id": message_id, "causation_id": causation_id,
-            "message_type": message_type,
-            "detail": orjson.dumps(detail, default=str).decode() if detail else None,
-        })
+        self._buffer.append(
+            {
+                "request_id": request_id,
+                "at": (at or datetime.now(UTC)).isoformat(timespec="microseconds"),
+                "event": event,
+                "service": service,
+                "message_id": message_id,
+                "causation_id": causation_id,
+                "message_type": message_type,
+                "detail": orjson.dumps(detail, default=str).decode() if detail else None,
+            }
+        )
         if len(self._buffer) >= self._batch:
             self._wakeup.set()
 
@@ -62,7 +77,7 @@ class EventRecorder:
 
     async def flush(self) -> None:
         while self._buffer:
-            rows, self._buffer = self._buffer[: self._batch * 4], self._buffer[self._batch * 4:]
+            rows, self._buffer = self._buffer[: self._batch * 4], self._buffer[self._batch * 4 :]
             try:
                 await self._store.add_events(rows)
             except Exception as exc:

@@ -35,5 +35,6 @@ class Inbox:
     async def prune(self, older_than: str) -> int:
         """Forget the ids handled before `older_than` (ISO time); how many."""
         i = schema.inbox
-        return int(await self._db.write(
-            lambda conn: conn.execute(i.delete().where(i.c.processed_at < older_than)).rowcount))
+        return int(
+            await self._db.write(lambda conn: conn.execute(i.delete().where(i.c.processed_at < older_than)).rowcount)
+        )

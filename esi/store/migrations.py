@@ -34,8 +34,12 @@ applied = Table(
     Column("applied_at", String(40), nullable=False),
 )
 #: where stores made before per-owner migrations recorded the core's versions (read once, never written)
-_legacy = Table("esi_schema_migrations", _meta, Column("version", Integer, primary_key=True),
-                Column("applied_at", String(40), nullable=False))
+_legacy = Table(
+    "esi_schema_migrations",
+    _meta,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", String(40), nullable=False),
+)
 #: PostgreSQL's advisory lock key: one migrating process at a time
 _LOCK = 724301
 
@@ -80,6 +84,7 @@ def apply(conn: Connection, chosen: Iterable[Migrations]) -> None:
 
 # --- steps ------------------------------------------------------------------------------------------------------
 
+
 def add_column(table: Table, column: str) -> Callable[[Connection], None]:
     """A step adding `column` (as declared above) to an existing table, unless it is there already."""
 
@@ -87,7 +92,7 @@ def add_column(table: Table, column: str) -> Callable[[Connection], None]:
         if column in {c["name"] for c in inspect(conn).get_columns(table.name)}:
             return  # the table was created by this version's declaration
         ddl = table.c[column].type.compile(dialect=conn.dialect)
-        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN {column} {ddl}')
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column} {ddl}")
 
     return step
 

@@ -34,14 +34,28 @@ class Outbox:
     async def pending(self, limit: int = 500) -> list[OutboxRow]:
         """Up to `limit` outbox rows not yet published, oldest first."""
         o = schema.outbox
-        query = (select(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body, o.c.trace_context)
-                 .where(o.c.sent_at.is_(None)).order_by(o.c.id).limit(limit))
+        query = (
+            select(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body, o.c.trace_context)
+            .where(o.c.sent_at.is_(None))
+            .order_by(o.c.id)
+            .limit(limit)
+        )
         rows = await self._db.read(lambda conn: conn.execute(query).all())
-        return [OutboxRow(id=r.id, message_id=r.message_id, request_id=r.request_id, routing_key=r.routing_key,
-                          body=r.body, trace_context=r.trace_context) for r in rows]
+        return [
+            OutboxRow(
+                id=r.id,
+                message_id=r.message_id,
+                request_id=r.request_id,
+                routing_key=r.routing_key,
+                body=r.body,
+                trace_context=r.trace_context,
+            )
+            for r in rows
+        ]
 
-    async def claim(self, *, limit: int, fresh_s: float, lease_s: float,
-                           mine: list[str] | None = None) -> list[OutboxRow]:
+    async def claim(
+        self, *, limit: int, fresh_s: float, lease_s: float, mine: list[str] | None = None
+    ) -> list[OutboxRow]:
         """Claim for `lease_s` seconds up to `limit` unsent outbox rows that no sweep holds, oldest first.
 
         Rows younger than `fresh_s` are left to the fast path of the API process that committed them (its publish
@@ -55,23 +69,42 @@ class Outbox:
         if mine:
             eligible = or_(eligible, o.c.message_id.in_(mine))
         now_s = now.isoformat(timespec="microseconds")
-        pick = (select(o.c.id)
-                .where(o.c.sent_at.is_(None), or_(o.c.claimed_until.is_(None), o.c.claimed_until < now_s), eligible)
-                .order_by(o.c.id).limit(limit).with_for_update(skip_locked=True))
-        claim = (update(o).where(o.c.id.in_(pick.scalar_subquery()))
-                 .values(claimed_until=(now + timedelta(seconds=lease_s)).isoformat(timespec="microseconds"))
-                 .returning(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body, o.c.trace_context))
+        pick = (
+            select(o.c.id)
+            .where(o.c.sent_at.is_(None), or_(o.c.claimed_until.is_(None), o.c.claimed_until < now_s), eligible)
+            .order_by(o.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        claim = (
+            update(o)
+            .where(o.c.id.in_(pick.scalar_subquery()))
+            .values(claimed_until=(now + timedelta(seconds=lease_s)).isoformat(timespec="microseconds"))
+            .returning(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body, o.c.trace_context)
+        )
         rows = await self._db.write(lambda conn: conn.execute(claim).all())
-        return [OutboxRow(id=r.id, message_id=r.message_id, request_id=r.request_id, routing_key=r.routing_key,
-                          body=r.body, trace_context=r.trace_context) for r in sorted(rows, key=lambda r: r.id)]
+        return [
+            OutboxRow(
+                id=r.id,
+                message_id=r.message_id,
+                request_id=r.request_id,
+                routing_key=r.routing_key,
+                body=r.body,
+                trace_context=r.trace_context,
+            )
+            for r in sorted(rows, key=lambda r: r.id)
+        ]
 
     async def release(self, rows: Sequence[Published]) -> None:
         """Give claimed rows back (their publish failed): the next sweep of any process takes them."""
         if not rows:
             return
         o = schema.outbox
-        release = update(o).where(o.c.message_id.in_([r.message_id for r in rows]), o.c.sent_at.is_(None)) \
+        release = (
+            update(o)
+            .where(o.c.message_id.in_([r.message_id for r in rows]), o.c.sent_at.is_(None))
             .values(claimed_until=None)
+        )
         await self._db.write(lambda conn: conn.execute(release))
 
     async def mark_sent(self, rows: Sequence[Published]) -> None:
@@ -82,8 +115,18 @@ class Outbox:
 
         def write(conn: Connection) -> None:
             MARK_SENT.run(conn, [{"mid": r.message_id, "at": now} for r in rows])
-            MARK_IN_PROGRESS.run(conn, [{"rid": r.request_id, "at": now, "from_st": RequestStatus.ACCEPTED.value,
-                                         "to_st": RequestStatus.IN_PROGRESS.value} for r in rows])
+            MARK_IN_PROGRESS.run(
+                conn,
+                [
+                    {
+                        "rid": r.request_id,
+                        "at": now,
+                        "from_st": RequestStatus.ACCEPTED.value,
+                        "to_st": RequestStatus.IN_PROGRESS.value,
+                    }
+                    for r in rows
+                ],
+            )
 
         await self._db.write(write)
 
@@ -95,5 +138,8 @@ class Outbox:
     async def prune_sent(self, older_than: str) -> int:
         """Forget rows sent before `older_than` (ISO time); how many."""
         o = schema.outbox
-        return int(await self._db.write(
-            lambda conn: conn.execute(o.delete().where(o.c.sent_at.is_not(None), o.c.sent_at < older_than)).rowcount))
+        return int(
+            await self._db.write(
+                lambda conn: conn.execute(o.delete().where(o.c.sent_at.is_not(None), o.c.sent_at < older_than)).rowcount
+            )
+        )

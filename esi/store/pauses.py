@@ -30,8 +30,7 @@ class Pauses:
     async def resume_system(self, system: str) -> bool:
         """Lift `system`'s pause; whether there was one."""
         p = schema.system_pauses
-        return bool(await self._db.write(lambda conn: conn.execute(p.delete().where(p.c.system == system))
-                                              .rowcount))
+        return bool(await self._db.write(lambda conn: conn.execute(p.delete().where(p.c.system == system)).rowcount))
 
     async def system_pauses(self, *, now: str | None = None) -> dict[str, SystemPause]:
         """The pauses in force (one that ran out is not: it lifts itself), by system."""
@@ -40,12 +39,17 @@ class Pauses:
         rows = await self._db.read(lambda conn: [dict(r._mapping) for r in conn.execute(query).all()])
         return {row["system"]: SystemPause(**row) for row in rows}
 
-    async def report_breaker(self, *, system: str, instance: str, state: str, since: str,
-                             reason: str | None) -> None:
+    async def report_breaker(self, *, system: str, instance: str, state: str, since: str, reason: str | None) -> None:
         """Record a breaker's state as this process sees it (for `GET /systems` and the console)."""
         b = schema.breakers
-        row = {"system": system, "instance": instance, "state": state, "since": since, "reason": reason,
-               "updated_at": now_iso()}
+        row = {
+            "system": system,
+            "instance": instance,
+            "state": state,
+            "since": since,
+            "reason": reason,
+            "updated_at": now_iso(),
+        }
 
         def write(conn: Connection) -> None:
             conn.execute(b.delete().where(b.c.system == system, b.c.instance == instance))

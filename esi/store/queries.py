@@ -14,10 +14,19 @@ class Queries:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def search_requests(self, *, text: str | None = None, status: str | None = None,
-                              message_type: str | None = None, target: str | None = None, since: str | None = None,
-                              until: str | None = None, client_id: str | None = None, limit: int = 50,
-                              offset: int = 0) -> list[RequestRecord]:
+    async def search_requests(
+        self,
+        *,
+        text: str | None = None,
+        status: str | None = None,
+        message_type: str | None = None,
+        target: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        client_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RequestRecord]:
         """Requests, newest first: `text` is a request id or a business key (order, user, DMS user, policy);
         `since`/`until` bound `created_at` (ISO times); only `client_id`'s when given."""
         r, k = schema.requests, schema.request_keys
@@ -25,8 +34,12 @@ class Queries:
         if text:
             by_key = select(k.c.request_id).where(k.c.key == text)
             query = query.where((r.c.request_id == text) | r.c.request_id.in_(by_key))
-        for column, value in ((r.c.status, status), (r.c.message_type, message_type), (r.c.target, target),
-                              (r.c.client_id, client_id)):
+        for column, value in (
+            (r.c.status, status),
+            (r.c.message_type, message_type),
+            (r.c.target, target),
+            (r.c.client_id, client_id),
+        ):
             if value is not None:
                 query = query.where(column == value)
         if since:
@@ -42,8 +55,11 @@ class Queries:
         `YYYY-MM-DDTHH:MM`, UTC), by their status now."""
         r = schema.requests
         minute = func.substr(r.c.created_at, 1, 16)
-        query = (select(r.c.target, minute, r.c.status, func.count()).where(r.c.created_at >= since)
-                 .group_by(r.c.target, minute, r.c.status))
+        query = (
+            select(r.c.target, minute, r.c.status, func.count())
+            .where(r.c.created_at >= since)
+            .group_by(r.c.target, minute, r.c.status)
+        )
         rows = await self._db.read(lambda conn: conn.execute(query).all())
         return [(row[0], row[1], row[2], int(row[3])) for row in rows]
 
@@ -53,4 +69,3 @@ class Queries:
         query = select(o.c.body).where(o.c.request_id == request_id).order_by(o.c.id).limit(1)
         body = await self._db.read(lambda conn: conn.execute(query).scalar())
         return bytes(body) if body is not None else None
-

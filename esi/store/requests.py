@@ -41,8 +41,18 @@ class Requests:
         self.settlements = Settlements(self._settled_among)
 
     async def accept(
-        self, *, request_id: str, source: str, target: str, message_type: str, payload_hash: str,
-        message_id: str, routing_key: str, body: bytes, keys: list[str] | None = None, client_id: str | None = None,
+        self,
+        *,
+        request_id: str,
+        source: str,
+        target: str,
+        message_type: str,
+        payload_hash: str,
+        message_id: str,
+        routing_key: str,
+        body: bytes,
+        keys: list[str] | None = None,
+        client_id: str | None = None,
         trace_context: str | None = None,
     ) -> tuple[RequestRecord, bool, str]:
         """Record a new request and its outgoing message (the outbox) in one transaction.
@@ -53,15 +63,36 @@ class Requests:
         unique_keys = sorted({k[:255] for k in keys or () if k})
 
         def write(conn: Connection) -> None:
-            INSERT_REQUEST.run(conn, {
-                "request_id": request_id, "source": source, "target": target, "message_type": message_type,
-                "status": RequestStatus.ACCEPTED.value, "payload_hash": payload_hash, "attempts": 0,
-                "created_at": now, "updated_at": now, "client_id": client_id, "response": None, "error": None,
-                "last_error": None,
-            })
-            INSERT_OUTBOX.run(conn, {"message_id": message_id, "request_id": request_id, "routing_key": routing_key,
-                                     "body": body, "created_at": now, "sent_at": None,
-                                     "trace_context": trace_context})
+            INSERT_REQUEST.run(
+                conn,
+                {
+                    "request_id": request_id,
+                    "source": source,
+                    "target": target,
+                    "message_type": message_type,
+                    "status": RequestStatus.ACCEPTED.value,
+                    "payload_hash": payload_hash,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "client_id": client_id,
+                    "response": None,
+                    "error": None,
+                    "last_error": None,
+                },
+            )
+            INSERT_OUTBOX.run(
+                conn,
+                {
+                    "message_id": message_id,
+                    "request_id": request_id,
+                    "routing_key": routing_key,
+                    "body": body,
+                    "created_at": now,
+                    "sent_at": None,
+                    "trace_context": trace_context,
+                },
+            )
             if unique_keys:
                 INSERT_KEYS.run(conn, [{"key": k, "request_id": request_id} for k in unique_keys])
 
@@ -72,8 +103,15 @@ class Requests:
             if existing is None:  # pragma: no cover - a concurrent delete; nothing deletes requests
                 raise
             return as_record(existing), False, existing["payload_hash"]
-        record = RequestRecord(request_id=request_id, status=RequestStatus.ACCEPTED, target=target,
-                               message_type=message_type, created_at=now, updated_at=now, client_id=client_id)
+        record = RequestRecord(
+            request_id=request_id,
+            status=RequestStatus.ACCEPTED,
+            target=target,
+            message_type=message_type,
+            created_at=now,
+            updated_at=now,
+            client_id=client_id,
+        )
         return record, True, payload_hash
 
     async def _get_row(self, request_id: str) -> Any:
@@ -89,9 +127,15 @@ class Requests:
         row = await self._get_row(request_id)
         return None if row is None else as_record(row)
 
-    async def wait_settled(self, request_id: str, timeout: float, *, recheck: float = 1.0,
-                           check: Callable[[RequestRecord | None], object] | None = None,
-                           known: RequestRecord | None = None) -> RequestRecord | None:
+    async def wait_settled(
+        self,
+        request_id: str,
+        timeout: float,
+        *,
+        recheck: float = 1.0,
+        check: Callable[[RequestRecord | None], object] | None = None,
+        known: RequestRecord | None = None,
+    ) -> RequestRecord | None:
         """The request once it is completed, failed or dead-lettered, or as it stands after `timeout` seconds.
 
         Woken at once when this process settles it; a settlement made by another process (another replica, an
@@ -123,19 +167,28 @@ class Requests:
 
     async def _settled_among(self, request_ids: list[str]) -> list[str]:
         r = schema.requests
-        statement = select(r.c.request_id).where(r.c.request_id.in_(request_ids),
-                                                 r.c.status.in_([s.value for s in SETTLED]))
+        statement = select(r.c.request_id).where(
+            r.c.request_id.in_(request_ids), r.c.status.in_([s.value for s in SETTLED])
+        )
         return await self._db.read(lambda conn: list(conn.execute(statement).scalars()))
 
-    async def record_response(self, request_id: str, *, response: dict[str, Any] | None,
-                              error: dict[str, Any] | None, keys: list[str] | None = None) -> bool:
+    async def record_response(
+        self,
+        request_id: str,
+        *,
+        response: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        keys: list[str] | None = None,
+    ) -> bool:
         """Store the final answer of a request (and business keys it brings); False for an unknown request id."""
         status = RequestStatus.FAILED if error else RequestStatus.COMPLETED
 
         def write(conn: Connection) -> dict[str, Any] | None:
             # RETURNING: the row as this write left it, for the long polls waiting on it in this process
-            row = RECORD_RESPONSE.first(conn, {"rid": request_id, "st": status.value, "resp": dumps(response),
-                                               "err": dumps(error), "at": now_iso()})
+            row = RECORD_RESPONSE.first(
+                conn,
+                {"rid": request_id, "st": status.value, "resp": dumps(response), "err": dumps(error), "at": now_iso()},
+            )
             if row is not None and keys:
                 _add_keys(conn, request_id, keys)
             return row
@@ -143,8 +196,9 @@ class Requests:
         row = await self._db.write(write)
         if row is None:
             return False
-        metrics.request_settled(target=row["target"], message_type=row["message_type"], status=status.value,
-                                created_at=row["created_at"])
+        metrics.request_settled(
+            target=row["target"], message_type=row["message_type"], status=status.value, created_at=row["created_at"]
+        )
         self.settlements.notify(request_id, row)
         return True
 
@@ -169,8 +223,12 @@ class Requests:
         await self._db.execute(
             update(schema.requests)
             .where(schema.requests.c.request_id == request_id, schema.requests.c.status.not_in(_FINAL))
-            .values(status=RequestStatus.DEAD_LETTERED.value, last_error=error,
-                    error=dumps({"code": "dead_lettered", "message": error, "queue": queue}), updated_at=now_iso())
+            .values(
+                status=RequestStatus.DEAD_LETTERED.value,
+                last_error=error,
+                error=dumps({"code": "dead_lettered", "message": error, "queue": queue}),
+                updated_at=now_iso(),
+            )
         )
         self.settlements.notify(request_id)
 
@@ -188,9 +246,18 @@ class Requests:
 
         def read(conn: Connection) -> list[dict[str, Any]]:
             rows = conn.execute(select(e).where(e.c.request_id == request_id).order_by(e.c.at, e.c.id)).all()
-            return [{"at": r.at, "event": r.event, "service": r.service, "message_id": r.message_id,
-                     "causation_id": r.causation_id, "message_type": r.message_type,
-                     **({"detail": loads(r.detail)} if r.detail else {})} for r in rows]
+            return [
+                {
+                    "at": r.at,
+                    "event": r.event,
+                    "service": r.service,
+                    "message_id": r.message_id,
+                    "causation_id": r.causation_id,
+                    "message_type": r.message_type,
+                    **({"detail": loads(r.detail)} if r.detail else {}),
+                }
+                for r in rows
+            ]
 
         return await self._db.read(read)
 
@@ -214,8 +281,15 @@ def _add_keys(conn: Connection, request_id: str, keys: list[str]) -> None:
 def as_record(row: Any) -> RequestRecord:
     """A request's row as the record the API answers with."""
     return RequestRecord(
-        request_id=row["request_id"], status=RequestStatus(row["status"]), target=row["target"],
-        message_type=row["message_type"], response=loads(row["response"]), error=loads(row["error"]),
-        attempts=row["attempts"] or 0, last_error=row["last_error"], created_at=row["created_at"],
-        updated_at=row["updated_at"], client_id=row["client_id"],
+        request_id=row["request_id"],
+        status=RequestStatus(row["status"]),
+        target=row["target"],
+        message_type=row["message_type"],
+        response=loads(row["response"]),
+        error=loads(row["error"]),
+        attempts=row["attempts"] or 0,
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        client_id=row["client_id"],
     )

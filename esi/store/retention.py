@@ -55,8 +55,15 @@ class Deleted:
         self.batches += other.batches
 
     def as_dict(self) -> dict[str, int | float | str]:
-        return {"requests": self.requests, "keys": self.keys, "events": self.events, "outbox": self.outbox,
-                "batches": self.batches, "seconds": round(self.seconds, 3), "cutoff": self.cutoff}
+        return {
+            "requests": self.requests,
+            "keys": self.keys,
+            "events": self.events,
+            "outbox": self.outbox,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 3),
+            "cutoff": self.cutoff,
+        }
 
 
 def cutoff_for(retention_s: float, *, now: datetime | None = None) -> str:
@@ -68,11 +75,14 @@ def cutoff_for(retention_s: float, *, now: datetime | None = None) -> str:
 def _expired(limit: int) -> Select[tuple[str]]:
     r, o = schema.requests, schema.outbox
     unsent = exists().where(o.c.request_id == r.c.request_id, o.c.sent_at.is_(None))
-    return (select(r.c.request_id)
-            .where(r.c.created_at < bindparam("cutoff"), r.c.updated_at < bindparam("cutoff"), r.c.status.in_(FINAL),
-                   ~unsent)
-            .order_by(r.c.created_at)
-            .limit(limit))
+    return (
+        select(r.c.request_id)
+        .where(
+            r.c.created_at < bindparam("cutoff"), r.c.updated_at < bindparam("cutoff"), r.c.status.in_(FINAL), ~unsent
+        )
+        .order_by(r.c.created_at)
+        .limit(limit)
+    )
 
 
 def delete_batch(conn: Connection, cutoff: str, limit: int = BATCH) -> Deleted:
@@ -82,10 +92,19 @@ def delete_batch(conn: Connection, cutoff: str, limit: int = BATCH) -> Deleted:
     if not candidates:
         return Deleted()
     # the conditions again on the rows themselves: a dead letter replayed meanwhile (in progress again) stays
-    gone = [row[0] for row in conn.execute(
-        delete(r).where(r.c.request_id.in_(candidates), r.c.status.in_(FINAL), r.c.updated_at < cutoff,
-                        ~exists().where(and_(o.c.request_id == r.c.request_id, o.c.sent_at.is_(None))))
-        .returning(r.c.request_id))]
+    gone = [
+        row[0]
+        for row in conn.execute(
+            delete(r)
+            .where(
+                r.c.request_id.in_(candidates),
+                r.c.status.in_(FINAL),
+                r.c.updated_at < cutoff,
+                ~exists().where(and_(o.c.request_id == r.c.request_id, o.c.sent_at.is_(None))),
+            )
+            .returning(r.c.request_id)
+        )
+    ]
     if not gone:
         return Deleted(batches=1)
     keys = conn.execute(delete(k).where(k.c.request_id.in_(gone))).rowcount
@@ -94,8 +113,9 @@ def delete_batch(conn: Connection, cutoff: str, limit: int = BATCH) -> Deleted:
     return Deleted(requests=len(gone), keys=keys, events=events, outbox=outbox, batches=1)
 
 
-async def run_pass(store: Store, *, retention_s: float, batch: int = BATCH, max_batches: int | None = None,
-                   now: datetime | None = None) -> Deleted:
+async def run_pass(
+    store: Store, *, retention_s: float, batch: int = BATCH, max_batches: int | None = None, now: datetime | None = None
+) -> Deleted:
     """Delete every request expired under `retention_s`, `batch` at a time; what was deleted."""
     total = Deleted(cutoff=cutoff_for(retention_s, now=now))
     started = time.perf_counter()
@@ -103,8 +123,12 @@ async def run_pass(store: Store, *, retention_s: float, batch: int = BATCH, max_
         batch_started = time.perf_counter()
         done = await store.database.write_alone(lambda conn: delete_batch(conn, total.cutoff, batch))
         total.add(done)
-        for table, count in (("requests", done.requests), ("request_keys", done.keys), ("events", done.events),
-                             ("outbox", done.outbox)):
+        for table, count in (
+            ("requests", done.requests),
+            ("request_keys", done.keys),
+            ("events", done.events),
+            ("outbox", done.outbox),
+        ):
             if count:
                 metrics.RETENTION_DELETED.labels(table).inc(count)
         if done.requests < batch:  # the last of them (or a few that changed meanwhile: the next pass takes them)
@@ -131,9 +155,17 @@ class RetentionTask:
             try:
                 done = await run_pass(self.store, retention_s=self.retention_s)
                 if done.requests:
-                    log.info("retention: deleted %d requests, %d keys, %d timeline events, %d outbox rows "
-                             "settled before %s, in %d batches, %.1f s", done.requests, done.keys, done.events,
-                             done.outbox, done.cutoff, done.batches, done.seconds)
+                    log.info(
+                        "retention: deleted %d requests, %d keys, %d timeline events, %d outbox rows "
+                        "settled before %s, in %d batches, %.1f s",
+                        done.requests,
+                        done.keys,
+                        done.events,
+                        done.outbox,
+                        done.cutoff,
+                        done.batches,
+                        done.seconds,
+                    )
             except Exception as exc:  # noqa: BLE001 - the store is away: the next pass tries again
                 log.warning("retention pass failed: %s", exc)
             await asyncio.sleep(self.interval_s)

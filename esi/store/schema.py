@@ -128,15 +128,18 @@ OUTBOX_REQUEST = Index("ix_esi_outbox_request", outbox.c.request_id)
 
 
 #: the core's migrations: version → what it does (tables to create, checkfirst, or steps to run)
-MIGRATIONS = Migrations("esi", {
-    1: [requests, outbox, inbox],
-    2: [events, request_keys],
-    3: [add_column(requests, "client_id")],
-    4: [widen_column(requests, "source"), widen_column(requests, "target")],
-    5: [audit, system_pauses, breakers],
-    # version 6 created the CRM's order-update guard, which is the CRM's own table now (esi.systems.crm.tables)
-    6: [],
-    7: [create_index(REQUESTS_CREATED_AT), create_index(KEYS_REQUEST), create_index(OUTBOX_REQUEST)],
-    8: [add_column(outbox, "trace_context")],
-    9: [add_column(outbox, "claimed_until")],
-})
+MIGRATIONS = Migrations(
+    "esi",
+    {
+        1: [requests, outbox, inbox],
+        2: [events, request_keys],
+        3: [add_column(requests, "client_id")],
+        4: [widen_column(requests, "source"), widen_column(requests, "target")],
+        5: [audit, system_pauses, breakers],
+        # version 6 created the CRM's order-update guard, which is the CRM's own table now (esi.systems.crm.tables)
+        6: [],
+        7: [create_index(REQUESTS_CREATED_AT), create_index(KEYS_REQUEST), create_index(OUTBOX_REQUEST)],
+        8: [add_column(outbox, "trace_context")],
+        9: [add_column(outbox, "claimed_until")],
+    },
+)

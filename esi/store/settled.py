@@ -38,8 +38,7 @@ class Waiter:
 
 
 class Settlements:
-    def __init__(self, lookup: Callable[[list[str]], Awaitable[list[str]]] | None = None, *,
-                 chunk: int = 500) -> None:
+    def __init__(self, lookup: Callable[[list[str]], Awaitable[list[str]]] | None = None, *, chunk: int = 500) -> None:
         self._waiting: dict[str, set[Waiter]] = {}
         #: set at shutdown: waiters answer at once with the state as it stands, and new ones do not wait
         self.closed = False
@@ -74,7 +73,7 @@ class Settlements:
             ids = list(self._waiting)
             try:
                 for start in range(0, len(ids), self._chunk):
-                    for request_id in await self._lookup(ids[start:start + self._chunk]):
+                    for request_id in await self._lookup(ids[start : start + self._chunk]):
                         self.notify(request_id)
             except Exception as exc:  # the store is away: the waiters still end at their deadline
                 log.warning("looking up %d waited-on requests failed: %s", len(ids), exc)

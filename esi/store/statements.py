@@ -35,10 +35,18 @@ Sql = UpdateBase | Select[Any]
 class Statement:
     """One hot-path statement: `run` executes it, `first` reads its first row as a dict (None without one)."""
 
-    def __init__(self, statement: Sql, *, keys: Sequence[str] | None = None,
-                 sqlite: Sql | None = None, postgresql: Sql | None = None) -> None:
-        self._statements = {"sqlite": sqlite if sqlite is not None else statement,
-                            "postgresql": postgresql if postgresql is not None else statement}
+    def __init__(
+        self,
+        statement: Sql,
+        *,
+        keys: Sequence[str] | None = None,
+        sqlite: Sql | None = None,
+        postgresql: Sql | None = None,
+    ) -> None:
+        self._statements = {
+            "sqlite": sqlite if sqlite is not None else statement,
+            "postgresql": postgresql if postgresql is not None else statement,
+        }
         self._default = statement
         self._keys = list(keys) if keys is not None else None
         compiled = self._statements["sqlite"].compile(dialect=_NAMED, column_keys=self._keys)
@@ -76,28 +84,39 @@ class Statement:
 _REQUEST_COLUMNS = [c.name for c in schema.requests.columns]
 
 INSERT_REQUEST = Statement(insert(schema.requests), keys=_REQUEST_COLUMNS)
-INSERT_OUTBOX = Statement(insert(schema.outbox),
-                          keys=["message_id", "request_id", "routing_key", "body", "created_at", "sent_at",
-                                "trace_context"])
+INSERT_OUTBOX = Statement(
+    insert(schema.outbox),
+    keys=["message_id", "request_id", "routing_key", "body", "created_at", "sent_at", "trace_context"],
+)
 INSERT_KEYS = Statement(insert(schema.request_keys), keys=["key", "request_id"])
 #: business keys a request may already have (an answer repeating the order number): one statement, no read first
-ADD_KEYS = Statement(insert(schema.request_keys), keys=["key", "request_id"],
-                     sqlite=sqlite_insert(schema.request_keys).on_conflict_do_nothing(),
-                     postgresql=pg_insert(schema.request_keys).on_conflict_do_nothing())
+ADD_KEYS = Statement(
+    insert(schema.request_keys),
+    keys=["key", "request_id"],
+    sqlite=sqlite_insert(schema.request_keys).on_conflict_do_nothing(),
+    postgresql=pg_insert(schema.request_keys).on_conflict_do_nothing(),
+)
 INSERT_INBOX = Statement(insert(schema.inbox), keys=["consumer", "message_id", "processed_at"])
 EVENT_COLUMNS = ["request_id", "at", "event", "service", "message_id", "causation_id", "message_type", "detail"]
 INSERT_EVENTS = Statement(insert(schema.events), keys=EVENT_COLUMNS)
 SELECT_REQUEST = Statement(select(schema.requests).where(schema.requests.c.request_id == bindparam("rid")))
-SELECT_SEEN = Statement(select(schema.inbox.c.message_id).where(schema.inbox.c.consumer == bindparam("consumer"),
-                                                                schema.inbox.c.message_id == bindparam("mid")))
-RECORD_RESPONSE = Statement(update(schema.requests).where(schema.requests.c.request_id == bindparam("rid"))
-                            .values(status=bindparam("st"), response=bindparam("resp"), error=bindparam("err"),
-                                    updated_at=bindparam("at"))
-                            .returning(*schema.requests.columns))
+SELECT_SEEN = Statement(
+    select(schema.inbox.c.message_id).where(
+        schema.inbox.c.consumer == bindparam("consumer"), schema.inbox.c.message_id == bindparam("mid")
+    )
+)
+RECORD_RESPONSE = Statement(
+    update(schema.requests)
+    .where(schema.requests.c.request_id == bindparam("rid"))
+    .values(status=bindparam("st"), response=bindparam("resp"), error=bindparam("err"), updated_at=bindparam("at"))
+    .returning(*schema.requests.columns)
+)
 #: a published outbox row, and its request moving from accepted to in progress (run for many rows at once)
-MARK_SENT = Statement(update(schema.outbox).where(schema.outbox.c.message_id == bindparam("mid"))
-                      .values(sent_at=bindparam("at")))
-MARK_IN_PROGRESS = Statement(update(schema.requests)
-                             .where(schema.requests.c.request_id == bindparam("rid"),
-                                    schema.requests.c.status == bindparam("from_st"))
-                             .values(status=bindparam("to_st"), updated_at=bindparam("at")))
+MARK_SENT = Statement(
+    update(schema.outbox).where(schema.outbox.c.message_id == bindparam("mid")).values(sent_at=bindparam("at"))
+)
+MARK_IN_PROGRESS = Statement(
+    update(schema.requests)
+    .where(schema.requests.c.request_id == bindparam("rid"), schema.requests.c.status == bindparam("from_st"))
+    .values(status=bindparam("to_st"), updated_at=bindparam("at"))
+)

@@ -51,8 +51,15 @@ Listener = Callable[[State, State], None]
 class Breaker:
     """The breaker of one system in one process. `guard()` before a call, `success()` / `failure()` after it."""
 
-    def __init__(self, *, system: str, probe: Probe | None = None, failure_threshold: int = 5,
-                 probe_initial: float = 1.0, probe_max: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        system: str,
+        probe: Probe | None = None,
+        failure_threshold: int = 5,
+        probe_initial: float = 1.0,
+        probe_max: float = 30.0,
+    ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
         self.system = system
@@ -124,8 +131,12 @@ class Breaker:
         self._end_trial(trial)
 
     def describe(self) -> str:
-        what = {State.CLOSED: "closed", State.OPEN: "unavailable (circuit open)", State.HALF_OPEN: "half-open",
-                State.PAUSED: "paused for maintenance"}[self.state]
+        what = {
+            State.CLOSED: "closed",
+            State.OPEN: "unavailable (circuit open)",
+            State.HALF_OPEN: "half-open",
+            State.PAUSED: "paused for maintenance",
+        }[self.state]
         return what + (f": {self.reason}" if self.reason else "")
 
     def report(self) -> dict[str, object]:
@@ -157,8 +168,9 @@ class Breaker:
     def _open(self, reason: str) -> None:
         self._transition(State.OPEN, reason)
         if self._prober is None or self._prober.done():
-            self._prober = asyncio.get_running_loop().create_task(self._probe_until_up(),
-                                                                  name=f"breaker-probe-{self.system}")
+            self._prober = asyncio.get_running_loop().create_task(
+                self._probe_until_up(), name=f"breaker-probe-{self.system}"
+            )
 
     async def _probe_until_up(self) -> None:
         """Probe with backoff while open; half-open when the system answers (without a probe: when the wait is

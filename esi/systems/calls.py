@@ -80,8 +80,16 @@ async def _rated(rate: AsyncLimiter, slots: asyncio.Semaphore) -> None:
 class Guarded:
     """A client whose every call to the system passes `limiter` and `breaker`, and is timed, counted and recorded."""
 
-    def __init__(self, client: object, *, system: str, limiter: Limiter | None = None, breaker: Breaker | None = None,
-                 events: EventRecorder | None = None, service: str = "") -> None:
+    def __init__(
+        self,
+        client: object,
+        *,
+        system: str,
+        limiter: Limiter | None = None,
+        breaker: Breaker | None = None,
+        events: EventRecorder | None = None,
+        service: str = "",
+    ) -> None:
         self._client = client
         self._system = system
         self._limiter = limiter
@@ -104,8 +112,13 @@ class Guarded:
         return call
 
     def _guard(self, name: str, attr: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        system, events, service, limiter, breaker = (self._system, self._events, self._service, self._limiter,
-                                                     self._breaker)
+        system, events, service, limiter, breaker = (
+            self._system,
+            self._events,
+            self._service,
+            self._limiter,
+            self._breaker,
+        )
         in_flight = metrics.EXTERNAL_IN_FLIGHT.labels(system)
         duration = metrics.EXTERNAL_DURATION.labels(system, name)
 
@@ -138,9 +151,16 @@ class Guarded:
                     duration.observe(elapsed)
                     if events is not None:
                         context = current_context()
-                        events.record(context.get("request_id"), "external_call", service=service,
-                                      message_id=context.get("message_id"), system=system, operation=name,
-                                      outcome=outcome, duration_ms=round(elapsed * 1000, 1))
+                        events.record(
+                            context.get("request_id"),
+                            "external_call",
+                            service=service,
+                            message_id=context.get("message_id"),
+                            system=system,
+                            operation=name,
+                            outcome=outcome,
+                            duration_ms=round(elapsed * 1000, 1),
+                        )
                 if breaker is not None:
                     breaker.success(trial)
                 return result

@@ -31,8 +31,9 @@ def translate_transport_errors(system: str, operation: str) -> Iterator[None]:
             # httpx-aiohttp maps every aiohttp connection error (refused, reset, the server hanging up) to
             # ConnectTimeout; only aiohttp's own timeouts are timeouts
             raise _connection_failed(system, operation, cause) from exc
-        raise TransientError(f"{system} {operation}: timed out ({type(exc).__name__})", code="timeout",
-                             system=system) from exc
+        raise TransientError(
+            f"{system} {operation}: timed out ({type(exc).__name__})", code="timeout", system=system
+        ) from exc
     except httpx.TransportError as exc:
         raise _connection_failed(system, operation, exc) from exc
 
@@ -49,8 +50,9 @@ def error_for_status(response: httpx.Response, *, system: str, operation: str, d
     text = detail or _short_body(response)
     message = f"{system} {operation}: HTTP {status}" + (f": {text}" if text else "")
     if status in TRANSIENT_STATUSES or status >= 500:
-        return TransientError(message, code=f"http_{status}", system=system,
-                              retry_after=retry_after(response.headers.get("retry-after")))
+        return TransientError(
+            message, code=f"http_{status}", system=system, retry_after=retry_after(response.headers.get("retry-after"))
+        )
     if status == 404:
         return NotFound(message, code="not_found", system=system)
     if status in (409, 422):
@@ -103,8 +105,11 @@ def fast_transport(*, verify: ssl.SSLContext | bool = True, max_connections: int
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=max_connections, ssl=verify, keepalive_timeout=30)
         # with tracing on, a CLIENT span per request (esi.tracing); off, no hooks at all
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                     trace_configs=tracing.aiohttp_trace_configs() or None)
+        return aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trace_configs=tracing.aiohttp_trace_configs() or None,
+        )
 
     return AiohttpTransport(client=session)
 
@@ -114,8 +119,15 @@ def default_transport(*, ca_bundle: str | None = None, max_connections: int = 10
     return fast_transport(verify=http_verify(ca_bundle), max_connections=max_connections)
 
 
-def http_client(*, base_url: str, timeout: float, ca_bundle: str | None = None, max_connections: int = 100,
-                transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> httpx.AsyncClient:
+def http_client(
+    *,
+    base_url: str,
+    timeout: float,
+    ca_bundle: str | None = None,
+    max_connections: int = 100,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **options: Any,
+) -> httpx.AsyncClient:
     """The one way esi builds an HTTP client for an external system (`options`: httpx.AsyncClient's own)."""
     if transport is None:
         transport = default_transport(ca_bundle=ca_bundle, max_connections=max_connections)
@@ -179,8 +191,15 @@ def as_response(answer: HttpAnswer) -> httpx.Response:
     return answer if isinstance(answer, httpx.Response) else cast(Answer, answer).response()
 
 
-async def send_and_read(transport: httpx.AsyncBaseTransport, method: str, url: str, *, headers: dict[str, str],
-                        content: bytes, timeout: dict[str, float | None]) -> HttpAnswer:
+async def send_and_read(
+    transport: httpx.AsyncBaseTransport,
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str],
+    content: bytes,
+    timeout: dict[str, float | None],
+) -> HttpAnswer:
     """Send a request through `transport` itself (not a client's `send`) and read the whole answer.
 
     On the aiohttp transport (`fast_transport`) aiohttp sends it and reads the body in one call: building an
@@ -203,9 +222,16 @@ async def send_and_read(transport: httpx.AsyncBaseTransport, method: str, url: s
         transport.client = transport.get_client()  # as the transport does on its first request
     with map_aiohttp_exceptions():
         async with transport.client.request(
-            method, url, headers=headers, data=content or None, allow_redirects=False, auto_decompress=False,
-            compress=False, timeout=aiohttp.ClientTimeout(sock_connect=timeout.get("connect"),
-                                                          sock_read=timeout.get("read"), connect=timeout.get("pool")),
+            method,
+            url,
+            headers=headers,
+            data=content or None,
+            allow_redirects=False,
+            auto_decompress=False,
+            compress=False,
+            timeout=aiohttp.ClientTimeout(
+                sock_connect=timeout.get("connect"), sock_read=timeout.get("read"), connect=timeout.get("pool")
+            ),
         ) as answer:
             body = await answer.read()
     if "Content-Encoding" in answer.headers:

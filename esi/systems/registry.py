@@ -54,16 +54,21 @@ class Registry:
     def __init__(self, systems: Iterable[System]) -> None:
         self.systems: tuple[System, ...] = tuple(systems)
         self._by_code = _unique({s.code: s for s in self.systems}, [s.code for s in self.systems], "system code")
-        self._by_service = _unique({s.service: s for s in self.systems}, [s.service for s in self.systems],
-                                   "service name")
+        self._by_service = _unique(
+            {s.service: s for s in self.systems}, [s.service for s in self.systems], "service name"
+        )
         _unique({}, [s.queue for s in self.systems], "queue name")
         origins = [s for s in self.systems if s.origin]
         if not self.systems:
-            raise RegistryError("no systems are registered: is esi installed (`pip install -e .` registers the "
-                                "built-in ones as entry points of the group 'esi.systems')?")
+            raise RegistryError(
+                "no systems are registered: is esi installed (`pip install -e .` registers the "
+                "built-in ones as entry points of the group 'esi.systems')?"
+            )
         if len(origins) != 1:
-            raise RegistryError(f"exactly one origin system is needed (the one whose API sends requests), "
-                                f"found {len(origins)}: {[s.code for s in origins]}")
+            raise RegistryError(
+                f"exactly one origin system is needed (the one whose API sends requests), "
+                f"found {len(origins)}: {[s.code for s in origins]}"
+            )
         self.origin = origins[0]
         self._answered_by: dict[str, System] = {}
         specs: list[MessageSpec] = []
@@ -73,8 +78,16 @@ class Registry:
                     if any(spec.message_type == message_type for spec in specs):
                         raise RegistryError(f"message type {message_type!r} of {system.code} is declared twice")
                 self._answered_by[op.request] = system
-                specs.append(MessageSpec(op.request, Kind.REQUEST, op.model, handled_by=system.code,
-                                         response_type=op.reply, upload=op.upload))
+                specs.append(
+                    MessageSpec(
+                        op.request,
+                        Kind.REQUEST,
+                        op.model,
+                        handled_by=system.code,
+                        response_type=op.reply,
+                        upload=op.upload,
+                    )
+                )
                 specs.append(MessageSpec(op.reply, Kind.RESPONSE, op.reply_model))
         for system in self.systems:
             for request in system.asks:
@@ -83,7 +96,9 @@ class Registry:
         self.catalog = Catalog(specs)
         self.fakes: dict[str, System] = _unique(
             {s.fake.service: s for s in self.systems if s.fake is not None},
-            [s.fake.service for s in self.systems if s.fake is not None] + list(self._by_service), "service name")
+            [s.fake.service for s in self.systems if s.fake is not None] + list(self._by_service),
+            "service name",
+        )
         self.key_fields: tuple[str, ...] = tuple(dict.fromkeys(f for s in self.systems for f in s.key_fields))
         self.send_routes: tuple[SendRoute, ...] = tuple(r for s in self.systems for r in s.send_routes)
 
@@ -138,8 +153,16 @@ class Registry:
         if missing or extra:
             raise RegistryError(
                 f"the handlers of {system.code} do not match what reaches {system.queue}: "
-                + "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else None,
-                                          f"never routed there: {', '.join(extra)}" if extra else None])))
+                + "; ".join(
+                    filter(
+                        None,
+                        [
+                            f"missing {', '.join(missing)}" if missing else None,
+                            f"never routed there: {', '.join(extra)}" if extra else None,
+                        ],
+                    )
+                )
+            )
 
     def queues(self) -> tuple[Inbound, ...]:
         """Every system's work queue with its bindings, in the registry's order."""

@@ -55,14 +55,19 @@ class SystemSettings(BaseSettings):
     env: Literal["demo", "production"] = Field("demo", validation_alias="ESI_ENV")
     url: str = Field("http://127.0.0.1:8000", description="the system's base URL")
     timeout: float = Field(10.0, gt=0, description="seconds per HTTP call")
-    max_concurrency: int = Field(DEFAULT_MAX_CONCURRENCY, ge=1, le=10_000,
-                                 description="calls under way at once, per adapter process")
+    max_concurrency: int = Field(
+        DEFAULT_MAX_CONCURRENCY, ge=1, le=10_000, description="calls under way at once, per adapter process"
+    )
     ca_bundle: str | None = Field(None, description="a CA bundle for HTTPS to the system")
-    rate_limit: float | None = Field(None, gt=0, description="calls started per second, per adapter process "
-                                                             "(the system's published quota); unset: no limit")
+    rate_limit: float | None = Field(
+        None,
+        gt=0,
+        description="calls started per second, per adapter process (the system's published quota); unset: no limit",
+    )
     breaker_failures: int = Field(5, ge=1, le=1000, description="transient failures in a row that open the breaker")
-    breaker_probe_max: float = Field(30.0, gt=0, le=3600,
-                                     description="longest wait between two probes of a system that is down")
+    breaker_probe_max: float = Field(
+        30.0, gt=0, le=3600, description="longest wait between two probes of a system that is down"
+    )
     fake_port: int = Field(8000, description="where the system's fake listens (`esi run --with-fakes`)")
 
     @classmethod

@@ -26,14 +26,19 @@ from tests.support import ROOT, unique
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = ROOT / "docs" / "console" if os.environ.get("ESI_SCREENSHOTS") == "1" else \
-    Path(tempfile.gettempdir()) / "esi-console-screenshots"
+SHOTS = (
+    ROOT / "docs" / "console"
+    if os.environ.get("ESI_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "esi-console-screenshots"
+)
 OPS = ("ops", "ops-console-pw")
 VIEWER = ("viewer", "viewer-console-pw")
-CLIENTS = {"clients": [
-    make_client_entry(OPS[0], password=OPS[1], send=["*"], read=True, operator=True),
-    make_client_entry(VIEWER[0], password=VIEWER[1], send=["*"], read=True),
-]}
+CLIENTS = {
+    "clients": [
+        make_client_entry(OPS[0], password=OPS[1], send=["*"], read=True, operator=True),
+        make_client_entry(VIEWER[0], password=VIEWER[1], send=["*"], read=True),
+    ]
+}
 HOSTILE = "<script>alert(1)</script>"
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -43,9 +48,16 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EsiSystem]:
     workdir = tmp_path_factory.mktemp("console")
     vhost = Vhost()
-    esi = EsiSystem(workdir=workdir, amqp_url=vhost.url, database_url=f"sqlite:///{workdir}/esi.db",
-                    extra_env={"ESI_AUTH": "on", "ESI_CLIENTS_JSON": json.dumps(CLIENTS),
-                               "ESI_CONSOLE_SECRET": "browser-test-console-secret"})
+    esi = EsiSystem(
+        workdir=workdir,
+        amqp_url=vhost.url,
+        database_url=f"sqlite:///{workdir}/esi.db",
+        extra_env={
+            "ESI_AUTH": "on",
+            "ESI_CLIENTS_JSON": json.dumps(CLIENTS),
+            "ESI_CONSOLE_SECRET": "browser-test-console-secret",
+        },
+    )
     try:
         esi.start_all()
         yield esi
@@ -80,9 +92,11 @@ class Session:
     """A browser tab logged in as one client, failing the test on any script error or CSP violation."""
 
     def __init__(self, browser: Any, system: EsiSystem, credentials: tuple[str, str]) -> None:
-        self.context = browser.new_context(base_url=system.api_url, viewport={"width": 1360, "height": 900},
-                                           http_credentials={"username": credentials[0],
-                                                             "password": credentials[1]})
+        self.context = browser.new_context(
+            base_url=system.api_url,
+            viewport={"width": 1360, "height": 900},
+            http_credentials={"username": credentials[0], "password": credentials[1]},
+        )
         self.page = self.context.new_page()
         self.dialogs: list[str] = []
         self.errors: list[str] = []
@@ -120,6 +134,7 @@ def viewer(browser: Any, system: EsiSystem) -> Iterator[Session]:
 
 # --- driving esi over its JSON API ---------------------------------------------------------------------------------
 
+
 def send(system: EsiSystem, path: str, body: dict[str, Any], auth: tuple[str, str] = OPS) -> str:
     response = httpx.post(f"{system.api_url}{path}", json=body, auth=auth, timeout=30)
     assert response.status_code == 202, response.text
@@ -140,13 +155,17 @@ def timeline(system: EsiSystem, request_id: str) -> list[dict[str, Any]]:
 
 
 def order(system: EsiSystem, **extra: Any) -> str:
-    return send(system, "/send_to_crm", {"request_id": unique("ORDER"), "order_id": "ORD9876", "status": "Shipped",
-                                         **extra})
+    return send(
+        system, "/send_to_crm", {"request_id": unique("ORDER"), "order_id": "ORD9876", "status": "Shipped", **extra}
+    )
 
 
 def user(system: EsiSystem, name: str = "Иванов Иван") -> str:
-    return send(system, "/send_to_dms", {"request_id": unique("USER"), "user_id": unique("U"), "name": name,
-                                         "email": "ivanov@example.com"})
+    return send(
+        system,
+        "/send_to_dms",
+        {"request_id": unique("USER"), "user_id": unique("U"), "name": name, "email": "ivanov@example.com"},
+    )
 
 
 def dead_letter(system: EsiSystem, count: int = 1) -> list[str]:
@@ -162,6 +181,7 @@ def dead_letter(system: EsiSystem, count: int = 1) -> list[str]:
 
 
 # --- the tests -----------------------------------------------------------------------------------------------------
+
 
 def test_search_by_order_finds_the_orders_requests(system: EsiSystem, ops: Session) -> None:
     orders = [order(system), order(system, needs_policy_info=True, policy_number="POL-0001")]
@@ -185,19 +205,22 @@ def test_search_by_order_finds_the_orders_requests(system: EsiSystem, ops: Sessi
 def test_a_requests_timeline_shows_every_hop(system: EsiSystem, ops: Session) -> None:
     request_id = order(system, needs_policy_info=True, policy_number="POL-0001")
     assert settled(system, request_id)["status"] == "completed"
-    events = wait_until(lambda: (e := timeline(system, request_id)) and e[-1]["event"] == "completed" and e,
-                        timeout=10, what="the timeline's last hop")
+    events = wait_until(
+        lambda: (e := timeline(system, request_id)) and e[-1]["event"] == "completed" and e,
+        timeout=10,
+        what="the timeline's last hop",
+    )
     ops.goto(f"/console/requests/{request_id}")
     steps = ops.page.locator("svg.sequence g.step")
     assert steps.count() == len(events)
     drawn = steps.evaluate_all("gs => gs.map(g => [g.dataset.event, g.dataset.from, g.dataset.to])")
     assert drawn[0] == ["accepted", "ext:1c", "esi:1c"]
-    assert ["published", "esi:1c", "esi:crm"] in drawn                         # 1C's request to the CRM adapter
+    assert ["published", "esi:1c", "esi:crm"] in drawn  # 1C's request to the CRM adapter
     calls = [hop for hop in drawn if hop[0] == "external_call"]
     assert ["external_call", "esi:crm", "ext:crm"] in calls and ["external_call", "esi:dms", "ext:dms"] in calls
-    assert ["published", "esi:crm", "esi:dms"] in drawn                        # the policy sub-request
-    assert ["published", "esi:dms", "esi:crm"] in drawn                        # and its answer
-    assert ["published", "esi:crm", "esi:1c"] in drawn                         # the answer to 1C
+    assert ["published", "esi:crm", "esi:dms"] in drawn  # the policy sub-request
+    assert ["published", "esi:dms", "esi:crm"] in drawn  # and its answer
+    assert ["published", "esi:crm", "esi:1c"] in drawn  # the answer to 1C
     assert drawn[-1] == ["completed", "esi:1c", "ext:1c"]
     lanes = ops.page.locator("svg.sequence g.lane text").all_text_contents()
     assert lanes == ["1C:Enterprise", "esi onec", "esi crm", "Creatio", "esi dms", "DMS"]
@@ -252,8 +275,12 @@ def test_a_purge_asks_for_confirmation_naming_how_many(system: EsiSystem, ops: S
 
 
 def test_a_client_without_the_operator_scope_sees_no_action_and_gets_403(system: EsiSystem, viewer: Session) -> None:
-    mine = send(system, "/send_to_dms", {"request_id": unique("VIEW"), "user_id": unique("U"), "name": "Зритель",
-                                         "email": "v@example.com"}, auth=VIEWER)
+    mine = send(
+        system,
+        "/send_to_dms",
+        {"request_id": unique("VIEW"), "user_id": unique("U"), "name": "Зритель", "email": "v@example.com"},
+        auth=VIEWER,
+    )
     dead_letter(system)
     for path in ("/console", "/console/dlq", "/console/systems", f"/console/requests/{mine}"):
         assert viewer.goto(path).status == 200
@@ -262,8 +289,10 @@ def test_a_client_without_the_operator_scope_sees_no_action_and_gets_403(system:
     assert viewer.page.locator("[data-masked]").count() == 0  # its own request: nothing masked
     viewer.goto("/console/systems")
     viewer.shot("systems-read-only")
-    for path, form in (("/console/systems/dms/pause", {"reason": "not mine to pause"}),
-                       ("/console/dlq/replay", {"queue": "dms", "scope": "group", "code": "http_400"})):
+    for path, form in (
+        ("/console/systems/dms/pause", {"reason": "not mine to pause"}),
+        ("/console/dlq/replay", {"queue": "dms", "scope": "group", "code": "http_400"}),
+    ):
         response = viewer.context.request.post(path, form=form)
         assert response.status == 403, (path, response.text())
     systems = httpx.get(f"{system.api_url}/systems", auth=OPS, timeout=10).json()["systems"]
@@ -306,7 +335,9 @@ def test_an_operator_pauses_and_resumes_a_system_and_it_is_audited(system: EsiSy
     assert card.locator("[data-running]").count() == 1
     audit = httpx.get(f"{system.api_url}/audit", auth=OPS, timeout=10).json()["entries"]
     assert [(e["action"], e["client_id"], e["subject"]) for e in audit[:2]] == [
-        ("system.resume", "ops", "dms"), ("system.pause", "ops", "dms")]
+        ("system.resume", "ops", "dms"),
+        ("system.pause", "ops", "dms"),
+    ]
 
 
 def test_the_overview_charts_each_system_and_refreshes_itself(system: EsiSystem, ops: Session) -> None:

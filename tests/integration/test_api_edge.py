@@ -22,28 +22,59 @@ def _assert_error(response: httpx.Response, status: int, code: str, mentions: st
     return body
 
 
-@pytest.mark.parametrize("path, content, status, code, mentions", [
-    ("/send_to_dms", b"{not json", 400, "invalid_json", None),
-    ("/send_to_dms", b"[1, 2]", 400, "invalid_json", "object"),
-    ("/send_to_dms", b"", 400, "empty_body", None),
-    ("/send_to_dms", b'{"request_id": "R1", "name": "x", "email": "a@b.c"}', 422, "validation_error", "user_id"),
-    ("/send_to_dms", b'{"user_id": "U1", "name": "x", "email": "a@b.c", "surprise": 1}', 422, "validation_error",
-     "surprise"),
-    ("/send_to_crm", b'{"order_id": "ORD9876", "status": "Shipped", "policy_number": ""}', 422,
-     "validation_error", "policy_number"),
-    ("/send_to_crm", b'{"order_id": "ORD9876", "status": "Shipped", "status_changed_at": "yesterday"}', 422,
-     "validation_error", "status_changed_at"),
-    ("/send_to_crm", b'{"message_type": "fly_to_moon", "order_id": "x"}', 422, "unknown_message_type", "fly_to_moon"),
-    ("/requests/erp/create_user", b'{"user_id": "U1"}', 404, "unknown_target", "erp"),
-    ("/requests/dms/drop_tables", b'{"user_id": "U1"}', 404, "unknown_message_type", "drop_tables"),
-    ("/requests/dms/user_created", b'{"user_id": "U1"}', 404, "unknown_message_type", "user_created"),
-    ("/send_to_dms", b'{"request_id": "bad id with spaces", "user_id": "U1", "name": "x", "email": "a@b.c"}', 422,
-     "invalid_request_id", None),
-])
-def test_bad_requests_are_refused_with_a_named_problem(esi_sqlite: EsiSystem, path: str, content: bytes, status: int,
-                                                        code: str, mentions: str | None) -> None:
-    response = httpx.post(f"{esi_sqlite.api_url}{path}", content=content,
-                          headers={"Content-Type": "application/json"}, timeout=10)
+@pytest.mark.parametrize(
+    "path, content, status, code, mentions",
+    [
+        ("/send_to_dms", b"{not json", 400, "invalid_json", None),
+        ("/send_to_dms", b"[1, 2]", 400, "invalid_json", "object"),
+        ("/send_to_dms", b"", 400, "empty_body", None),
+        ("/send_to_dms", b'{"request_id": "R1", "name": "x", "email": "a@b.c"}', 422, "validation_error", "user_id"),
+        (
+            "/send_to_dms",
+            b'{"user_id": "U1", "name": "x", "email": "a@b.c", "surprise": 1}',
+            422,
+            "validation_error",
+            "surprise",
+        ),
+        (
+            "/send_to_crm",
+            b'{"order_id": "ORD9876", "status": "Shipped", "policy_number": ""}',
+            422,
+            "validation_error",
+            "policy_number",
+        ),
+        (
+            "/send_to_crm",
+            b'{"order_id": "ORD9876", "status": "Shipped", "status_changed_at": "yesterday"}',
+            422,
+            "validation_error",
+            "status_changed_at",
+        ),
+        (
+            "/send_to_crm",
+            b'{"message_type": "fly_to_moon", "order_id": "x"}',
+            422,
+            "unknown_message_type",
+            "fly_to_moon",
+        ),
+        ("/requests/erp/create_user", b'{"user_id": "U1"}', 404, "unknown_target", "erp"),
+        ("/requests/dms/drop_tables", b'{"user_id": "U1"}', 404, "unknown_message_type", "drop_tables"),
+        ("/requests/dms/user_created", b'{"user_id": "U1"}', 404, "unknown_message_type", "user_created"),
+        (
+            "/send_to_dms",
+            b'{"request_id": "bad id with spaces", "user_id": "U1", "name": "x", "email": "a@b.c"}',
+            422,
+            "invalid_request_id",
+            None,
+        ),
+    ],
+)
+def test_bad_requests_are_refused_with_a_named_problem(
+    esi_sqlite: EsiSystem, path: str, content: bytes, status: int, code: str, mentions: str | None
+) -> None:
+    response = httpx.post(
+        f"{esi_sqlite.api_url}{path}", content=content, headers={"Content-Type": "application/json"}, timeout=10
+    )
     _assert_error(response, status, code, mentions)
 
 
@@ -57,20 +88,32 @@ def test_a_refused_request_is_not_stored(esi_sqlite: EsiSystem) -> None:
 
 def test_not_a_pdf_and_too_large_are_refused(esi_sqlite: EsiSystem) -> None:
     not_pdf = base64.b64encode(b"GIF89a...").decode()
-    response = esi_sqlite.post("/send_to_crm", {"message_type": "send_pdf_file", "order_id": "ORD9876",
-                                                "file_name": "x.pdf", "file_content": not_pdf})
+    response = esi_sqlite.post(
+        "/send_to_crm",
+        {"message_type": "send_pdf_file", "order_id": "ORD9876", "file_name": "x.pdf", "file_content": not_pdf},
+    )
     _assert_error(response, 422, "not_a_pdf", "PDF")
 
-    response = httpx.post(f"{esi_sqlite.api_url}/requests/crm/send_pdf_file", data={"order_id": "ORD9876"},
-                          files={"file": ("x.pdf", b"PK\x03\x04 a zip file", "application/pdf")}, timeout=10)
+    response = httpx.post(
+        f"{esi_sqlite.api_url}/requests/crm/send_pdf_file",
+        data={"order_id": "ORD9876"},
+        files={"file": ("x.pdf", b"PK\x03\x04 a zip file", "application/pdf")},
+        timeout=10,
+    )
     _assert_error(response, 422, "not_a_pdf")
 
     big = b"%PDF-1.4\n" + b"0" * (10 * 1024 * 1024)
-    response = httpx.post(f"{esi_sqlite.api_url}/requests/crm/send_pdf_file", data={"order_id": "ORD9876"},
-                          files={"file": ("big.pdf", big, "application/pdf")}, timeout=30)
+    response = httpx.post(
+        f"{esi_sqlite.api_url}/requests/crm/send_pdf_file",
+        data={"order_id": "ORD9876"},
+        files={"file": ("big.pdf", big, "application/pdf")},
+        timeout=30,
+    )
     _assert_error(response, 413, "file_too_large")
-    response = esi_sqlite.post("/send_to_crm", {"message_type": "send_pdf_file", "order_id": "ORD9876",
-                                                "file_content": base64.b64encode(big).decode()})
+    response = esi_sqlite.post(
+        "/send_to_crm",
+        {"message_type": "send_pdf_file", "order_id": "ORD9876", "file_content": base64.b64encode(big).decode()},
+    )
     _assert_error(response, 413, "file_too_large")
 
 
@@ -106,14 +149,16 @@ def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(esi_sql
             yield b"x" * (1024 * 1024)  # 20 MB, sent without a Content-Length
         yield b'", "email": "a@b.c"}'
 
-    response = httpx.post(f"{esi_sqlite.api_url}/send_to_dms", content=chunks(),
-                          headers={"Content-Type": "application/json"}, timeout=30)
+    response = httpx.post(
+        f"{esi_sqlite.api_url}/send_to_dms", content=chunks(), headers={"Content-Type": "application/json"}, timeout=30
+    )
     _assert_error(response, 413, "body_too_large")
 
 
 def test_deeply_nested_json_is_a_clear_4xx(esi_sqlite: EsiSystem) -> None:
     deep = b'{"user_id": "U1", "name": "n", "email": "a@b.c", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
-    response = httpx.post(f"{esi_sqlite.api_url}/send_to_dms", content=deep,
-                          headers={"Content-Type": "application/json"}, timeout=30)
+    response = httpx.post(
+        f"{esi_sqlite.api_url}/send_to_dms", content=deep, headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert 400 <= response.status_code < 500
     assert response.json()["error"]["code"] in ("invalid_json", "validation_error")

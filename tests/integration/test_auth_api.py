@@ -34,7 +34,15 @@ USER = {"user_id": "U1", "name": "Иван", "email": "ivan@example.com"}
 async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     async with await Store.open(f"sqlite:///{tmp_path}/auth.db") as store:
         registry = ClientRegistry.from_json(json.dumps({"clients": CLIENTS}))
-        app = create_app(ApiDeps(registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, clients=registry))
+        app = create_app(
+            ApiDeps(
+                registry=load_registry(),
+                store=store,
+                on_accepted=lambda row: None,
+                max_pdf_bytes=1024,
+                clients=registry,
+            )
+        )
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://esi") as client:
             yield client
 
@@ -53,8 +61,9 @@ async def test_no_or_wrong_credentials_are_401_with_a_json_error(api: httpx.Asyn
 async def test_basic_and_api_key_are_both_accepted(api: httpx.AsyncClient) -> None:
     r = await api.post("/send_to_dms", json={**USER, "request_id": unique("B")}, auth=("erp", "erp-pw-1"))
     assert r.status_code == 202
-    r = await api.post("/send_to_dms", json={**USER, "request_id": unique("K"), "user_id": "U2"},
-                       headers={"X-API-Key": ERP_KEY})
+    r = await api.post(
+        "/send_to_dms", json={**USER, "request_id": unique("K"), "user_id": "U2"}, headers={"X-API-Key": ERP_KEY}
+    )
     assert r.status_code == 202
 
 
@@ -63,14 +72,16 @@ async def test_sending_outside_the_scopes_is_403(api: httpx.AsyncClient) -> None
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     r = await api.post("/send_to_dms", json=USER, auth=("crm-feed", "crm-pw-2"))
     assert r.status_code == 403
-    assert (await api.post("/send_to_crm", json={"order_id": "ORD9876", "status": "Shipped"},
-                           auth=("crm-feed", "crm-pw-2"))).status_code == 202
+    assert (
+        await api.post("/send_to_crm", json={"order_id": "ORD9876", "status": "Shipped"}, auth=("crm-feed", "crm-pw-2"))
+    ).status_code == 202
 
 
 async def test_a_client_reads_only_its_own_requests(api: httpx.AsyncClient) -> None:
     request_id = unique("OWN")
-    await api.post("/send_to_dms", json={**USER, "request_id": request_id, "user_id": "U-own"},
-                   auth=("erp", "erp-pw-1"))
+    await api.post(
+        "/send_to_dms", json={**USER, "request_id": request_id, "user_id": "U-own"}, auth=("erp", "erp-pw-1")
+    )
     own = await api.get(f"/requests/{request_id}", auth=("erp", "erp-pw-1"))
     assert own.status_code == 200 and own.json()["client_id"] == "erp"
     other = await api.get(f"/requests/{request_id}", auth=("crm-feed", "crm-pw-2"))
@@ -90,8 +101,11 @@ async def test_a_client_reads_only_its_own_requests(api: httpx.AsyncClient) -> N
     no_read = await api.get(f"/requests/{request_id}", auth=("writer", "writer-pw"))
     assert no_read.status_code == 403
     # another client reusing the id learns nothing about the first request
-    clash = await api.post("/send_to_crm", json={"request_id": request_id, "order_id": "ORD9876", "status": "New"},
-                           auth=("crm-feed", "crm-pw-2"))
+    clash = await api.post(
+        "/send_to_crm",
+        json={"request_id": request_id, "order_id": "ORD9876", "status": "New"},
+        auth=("crm-feed", "crm-pw-2"),
+    )
     assert clash.status_code == 409 and "dms" not in clash.json()["error"]["message"]
 
 
@@ -112,8 +126,15 @@ def test_production_refuses_demo_credentials_and_auth_off(tmp_path: Path) -> Non
     import os
 
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ESI_", "CREATIO_", "DMS_"))}
-    base.update({"ESI_ENV": "production", "CREATIO_PASSWORD": "not-the-demo", "ESI_HTTP_PORT": str(free_port()),
-                 "ESI_DATABASE_URL": f"sqlite:///{tmp_path}/p.db", "ESI_HEALTH_PORT": str(free_port())})
+    base.update(
+        {
+            "ESI_ENV": "production",
+            "CREATIO_PASSWORD": "not-the-demo",
+            "ESI_HTTP_PORT": str(free_port()),
+            "ESI_DATABASE_URL": f"sqlite:///{tmp_path}/p.db",
+            "ESI_HEALTH_PORT": str(free_port()),
+        }
+    )
     off = _run_settings_check({**base, "ESI_AUTH": "off"})
     assert off.returncode != 0 and "ESI_AUTH=off" in off.stderr
     no_clients = _run_settings_check(base)

@@ -24,12 +24,18 @@ def _number(value: Any) -> bool:
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any],
-                                                                   Path]:
+def quick_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("bench") / "latest.json"
     # the cluster section has a smoke test of its own (tests/integration/test_cluster.py)
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--skip", "cluster", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--skip", "cluster", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"bench --quick exited {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
     return proc, json.loads(out.read_text()), out
 
@@ -68,8 +74,15 @@ def test_every_section_has_figures_and_ratios_to_the_ceiling(quick_run) -> None:
     runs = result["e2e"]["runs"]
     assert [r["concurrency"] for r in runs] == result["config"]["concurrency"]
     for run in runs:
-        for key in ("round_trips_per_s", "ratio_to_ceiling", "p50_ms", "p95_ms", "p99_ms", "seconds",
-                    "client_cpu_pct_of_one_core"):
+        for key in (
+            "round_trips_per_s",
+            "ratio_to_ceiling",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "seconds",
+            "client_cpu_pct_of_one_core",
+        ):
             assert _number(run[key]), (key, run)
         assert run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]
         assert abs(run["ratio_to_ceiling"] - run["round_trips_per_s"] / ceiling["round_trips_per_s"]) < 0.01
@@ -86,7 +99,8 @@ def test_every_section_has_figures_and_ratios_to_the_ceiling(quick_run) -> None:
     # runs 4 and 6 run at the default limit of DMS calls per adapter, which the ideal divides by
     assert slow["dms_max_concurrency"] == DEFAULT_MAX_CONCURRENCY
     assert slow["ideal_seconds"] == pytest.approx(
-        slow["n"] * slow["latency_ms"] / 1000 / slow["dms_max_concurrency"], rel=0.01)
+        slow["n"] * slow["latency_ms"] / 1000 / slow["dms_max_concurrency"], rel=0.01
+    )
     assert 0 < slow["dms_calls_in_flight_peak"] <= DEFAULT_MAX_CONCURRENCY
 
     scaleout = result["scaleout"]
@@ -100,7 +114,8 @@ def test_every_section_has_figures_and_ratios_to_the_ceiling(quick_run) -> None:
         run = bound[side]
         assert run["all_completed"] and run["adapters"] == adapters
         assert run["ideal_seconds"] == pytest.approx(
-            run["n"] * run["latency_ms"] / 1000 / (bound["dms_max_concurrency"] * adapters), rel=0.01)
+            run["n"] * run["latency_ms"] / 1000 / (bound["dms_max_concurrency"] * adapters), rel=0.01
+        )
         # the limit holds: the fake DMS never saw more calls at once than the adapters may make
         assert 0 < run["dms_calls_in_flight_peak"] <= bound["dms_max_concurrency"] * adapters
 
@@ -125,13 +140,13 @@ def test_cpu_per_request_is_also_a_ratio_to_the_ceilings_cpu(quick_run) -> None:
     ceiling = result["ceiling"]
     assert _number(ceiling["cpu_ms_per_round_trip"]) and ceiling["cpu_ms_per_round_trip"] > 0
     assert ceiling["cpu_ms_per_round_trip"] == pytest.approx(
-        ceiling["requester_cpu_ms"] + ceiling["responder_cpu_ms"], abs=0.002)
+        ceiling["requester_cpu_ms"] + ceiling["responder_cpu_ms"], abs=0.002
+    )
     for run in result["e2e"]["runs"]:
         for name in ("onec", "dms"):
             ratio = run["cpu_ratio_to_ceiling"][name]
             assert _number(ratio) and ratio > 0
-            assert ratio == pytest.approx(run["cpu_ms_per_request"][name] / ceiling["cpu_ms_per_round_trip"],
-                                          abs=0.02)
+            assert ratio == pytest.approx(run["cpu_ms_per_request"][name] / ceiling["cpu_ms_per_round_trip"], abs=0.02)
     # the services ran with the defaults `make run` uses, log level and authentication included
     assert result["config"]["log_level"].startswith("INFO") and result["config"]["auth"].startswith("on")
 

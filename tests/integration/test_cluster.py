@@ -40,8 +40,9 @@ def _ctl_env() -> dict[str, str]:
 
 
 def ctl(node: int, *args: str, timeout: float = 60) -> str:
-    result = subprocess.run(["rabbitmqctl", "-q", "-n", NODES[node], *args], capture_output=True, text=True,
-                            timeout=timeout, env=_ctl_env())
+    result = subprocess.run(
+        ["rabbitmqctl", "-q", "-n", NODES[node], *args], capture_output=True, text=True, timeout=timeout, env=_ctl_env()
+    )
     if result.returncode != 0:
         raise RuntimeError(f"rabbitmqctl -n {NODES[node]} {' '.join(args)}: {result.stderr or result.stdout}")
     return result.stdout
@@ -111,12 +112,17 @@ def cluster_system(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> I
     """Two API processes, two DMS adapters, one CRM adapter, the fakes; on the cluster and PostgreSQL."""
     vhost = ClusterVhost()
     db = PgDatabase()
-    system = EsiSystem(workdir=tmp_path_factory.mktemp("cluster"), amqp_url=vhost.urls, database_url=db.url,
-                       extra_env={"ESI_PUBLISH_TIMEOUT": "5", "ESI_LOG_LEVEL": "INFO"})
+    system = EsiSystem(
+        workdir=tmp_path_factory.mktemp("cluster"),
+        amqp_url=vhost.urls,
+        database_url=db.url,
+        extra_env={"ESI_PUBLISH_TIMEOUT": "5", "ESI_LOG_LEVEL": "INFO"},
+    )
     second_api = f"http://127.0.0.1:{free_port()}"
     try:
-        system.start_all({"fakes": ["fake-creatio", "fake-dms"], "onec": ["onec"], "dms": ["dms"], "dms2": ["dms"],
-                          "crm": ["crm"]})
+        system.start_all(
+            {"fakes": ["fake-creatio", "fake-dms"], "onec": ["onec"], "dms": ["dms"], "dms2": ["dms"], "crm": ["crm"]}
+        )
         system.start("onec2", ["onec"], env={"ESI_HTTP_PORT": second_api.rsplit(":", 1)[1]})
         system.wait_http(f"{second_api}/readyz")
         system.vhost = vhost  # type: ignore[attr-defined]
@@ -151,16 +157,25 @@ def _where_they_stuck(system: EsiSystem, vhost: ClusterVhost, pattern: str) -> s
     """What a failed wait shows: the requests by status, the unsent outbox, the queues, a stuck request's timeline and
     the processes' last log lines."""
     url = system.database_url
-    statuses = _query(url, "SELECT status, count(*) FROM esi_requests WHERE request_id LIKE $1 GROUP BY status",
-                      pattern)
+    statuses = _query(
+        url, "SELECT status, count(*) FROM esi_requests WHERE request_id LIKE $1 GROUP BY status", pattern
+    )
     unsent = _query(url, "SELECT count(*) FROM esi_outbox WHERE request_id LIKE $1 AND sent_at IS NULL", pattern)
-    stuck = _query(url, "SELECT request_id FROM esi_requests WHERE request_id LIKE $1 AND status <> 'completed' "
-                        "ORDER BY request_id LIMIT 3", pattern)
-    lines = [f"statuses: {[tuple(r) for r in statuses]}", f"unsent outbox rows: {unsent[0][0]}",
-             f"queues: {vhost.queues('messages', 'messages_unacknowledged', 'consumers', 'leader')}"]
+    stuck = _query(
+        url,
+        "SELECT request_id FROM esi_requests WHERE request_id LIKE $1 AND status <> 'completed' "
+        "ORDER BY request_id LIMIT 3",
+        pattern,
+    )
+    lines = [
+        f"statuses: {[tuple(r) for r in statuses]}",
+        f"unsent outbox rows: {unsent[0][0]}",
+        f"queues: {vhost.queues('messages', 'messages_unacknowledged', 'consumers', 'leader')}",
+    ]
     for (request_id,) in stuck:
-        events = _query(url, "SELECT at, event, service, message_id FROM esi_events WHERE request_id = $1 ORDER BY id",
-                        request_id)
+        events = _query(
+            url, "SELECT at, event, service, message_id FROM esi_events WHERE request_id = $1 ORDER BY id", request_id
+        )
         lines.append(f"{request_id}: {[tuple(e) for e in events]}")
     for name, process in system.processes.items():
         if process.log_path.exists():
@@ -182,6 +197,7 @@ async def _post_all(apis: list[str], bodies: list[dict[str, Any]], on_progress: 
         queue.put_nowait((i, body))
     posted = 0
     async with httpx.AsyncClient(timeout=30) as client:
+
         async def worker() -> None:
             nonlocal posted
             while not queue.empty():
@@ -206,13 +222,16 @@ async def _post_all(apis: list[str], bodies: list[dict[str, Any]], on_progress: 
 
 @pytest.mark.timeout(600)
 def test_2000_requests_through_two_apis_survive_the_loss_of_the_queue_leader_and_an_adapter(
-        cluster_system: tuple[EsiSystem, str]) -> None:
+    cluster_system: tuple[EsiSystem, str],
+) -> None:
     system, second_api = cluster_system
     vhost: ClusterVhost = system.vhost  # type: ignore[attr-defined]
     apis = [system.api_url, second_api]
     tag = uuid.uuid4().hex[:6]
-    bodies = [{"request_id": f"CL-{tag}-{i}", "user_id": f"U-{tag}-{i}", "name": f"Кластер {i}",
-               "email": f"c{i}@example.com"} for i in range(REQUESTS)]
+    bodies = [
+        {"request_id": f"CL-{tag}-{i}", "user_id": f"U-{tag}-{i}", "name": f"Кластер {i}", "email": f"c{i}@example.com"}
+        for i in range(REQUESTS)
+    ]
     killed: dict[str, Any] = {}
 
     async def on_progress(posted: int) -> None:
@@ -237,15 +256,22 @@ def test_2000_requests_through_two_apis_survive_the_loss_of_the_queue_leader_and
     assert len(codes) == REQUESTS, f"{REQUESTS - len(codes)} requests were never accepted"
     assert "node" in killed
     # the killed node rejoined the cluster; the queue has a leader again and its replicas on every node
-    wait_until(lambda: running_nodes(killed["node"]) == set(NODES.values()), timeout=120, interval=1,
-               what="the killed node to rejoin")
+    wait_until(
+        lambda: running_nodes(killed["node"]) == set(NODES.values()),
+        timeout=120,
+        interval=1,
+        what="the killed node to rejoin",
+    )
     # with esi's advanced.config: a retry whose confirm was lost with a leader goes again within seconds, not 180 s
     assert confirm_timeout(killed["node"]) == CONFIGURED_CONFIRM_TIMEOUT
     system.start("dms2", ["dms"])  # the killed adapter comes back too
 
     def settled() -> int:
-        rows = _query(system.database_url, "SELECT count(*) FROM esi_requests WHERE request_id LIKE $1 "
-                                           "AND status = 'completed'", f"CL-{tag}-%")
+        rows = _query(
+            system.database_url,
+            "SELECT count(*) FROM esi_requests WHERE request_id LIKE $1 AND status = 'completed'",
+            f"CL-{tag}-%",
+        )
         return rows[0][0] == REQUESTS
 
     try:
@@ -286,7 +312,8 @@ def test_every_node_runs_with_the_advanced_config_esi_ships(cluster: None) -> No
 
 
 def test_the_same_request_posted_to_both_apis_at_once_is_stored_sent_and_done_once(
-        cluster_system: tuple[EsiSystem, str]) -> None:
+    cluster_system: tuple[EsiSystem, str],
+) -> None:
     system, second_api = cluster_system
     apis = [system.api_url, second_api]
     tag = uuid.uuid4().hex[:6]
@@ -295,9 +322,14 @@ def test_the_same_request_posted_to_both_apis_at_once_is_stored_sent_and_done_on
 
     async def post_twice() -> list[list[httpx.Response]]:
         async with httpx.AsyncClient(timeout=30) as client:
+
             async def both(request_id: str) -> list[httpx.Response]:
-                body = {"request_id": request_id, "user_id": f"U-{request_id}", "name": "Дважды",
-                        "email": "twice@example.com"}
+                body = {
+                    "request_id": request_id,
+                    "user_id": f"U-{request_id}",
+                    "name": "Дважды",
+                    "email": "twice@example.com",
+                }
                 return list(await asyncio.gather(*(client.post(f"{api}/send_to_dms", json=body) for api in apis)))
 
             return list(await asyncio.gather(*(both(r) for r in request_ids)))
@@ -308,14 +340,24 @@ def test_the_same_request_posted_to_both_apis_at_once_is_stored_sent_and_done_on
     for request_id in request_ids:
         assert system.wait_final(request_id, timeout=60)["status"] == "completed"
     db = system.database_url
-    rows = _query(db, "SELECT request_id, count(*) AS n FROM esi_requests WHERE request_id LIKE $1 "
-                      "GROUP BY request_id", f"TWICE-{tag}-%")
+    rows = _query(
+        db,
+        "SELECT request_id, count(*) AS n FROM esi_requests WHERE request_id LIKE $1 GROUP BY request_id",
+        f"TWICE-{tag}-%",
+    )
     assert len(rows) == len(request_ids) and all(r["n"] == 1 for r in rows)  # one row each
-    outbox = _query(db, "SELECT request_id, count(*) AS n FROM esi_outbox WHERE request_id LIKE $1 "
-                        "GROUP BY request_id", f"TWICE-{tag}-%")
+    outbox = _query(
+        db,
+        "SELECT request_id, count(*) AS n FROM esi_outbox WHERE request_id LIKE $1 GROUP BY request_id",
+        f"TWICE-{tag}-%",
+    )
     assert len(outbox) == len(request_ids) and all(r["n"] == 1 for r in outbox)  # one message each
-    published = _query(db, "SELECT request_id, count(*) AS n FROM esi_events WHERE request_id LIKE $1 "
-                           "AND event = 'published' AND service = 'relay' GROUP BY request_id", f"TWICE-{tag}-%")
+    published = _query(
+        db,
+        "SELECT request_id, count(*) AS n FROM esi_events WHERE request_id LIKE $1 "
+        "AND event = 'published' AND service = 'relay' GROUP BY request_id",
+        f"TWICE-{tag}-%",
+    )
     assert all(r["n"] == 1 for r in published) and len(published) == len(request_ids)  # published once each
     # one effect each: one call to the DMS per request
     assert system.dms_state()["counters"]["calls"]["create_user"] - calls_before == len(request_ids)
@@ -325,8 +367,10 @@ def test_a_long_poll_on_one_api_answers_when_the_other_settled_it(cluster_system
     system, second_api = cluster_system
     request_id = unique("POLL")
     system.fault("dms", {"latency_ms": 1500, "count": 1})
-    system.post("/send_to_dms", json={"request_id": request_id, "user_id": unique("U"), "name": "Ждёт",
-                                      "email": "poll@example.com"})
+    system.post(
+        "/send_to_dms",
+        json={"request_id": request_id, "user_id": unique("U"), "name": "Ждёт", "email": "poll@example.com"},
+    )
     # the answer comes back on 1c_queue to whichever API process consumes it; the long poll is on the other one too
     response = httpx.get(f"{second_api}/requests/{request_id}", params={"wait": 20}, timeout=30)
     assert response.json()["status"] == "completed", response.text
@@ -335,9 +379,27 @@ def test_a_long_poll_on_one_api_answers_when_the_other_settled_it(cluster_system
 @pytest.mark.timeout(400)
 def test_the_cluster_benchmark_section_runs_and_reports_ratios(cluster: None, tmp_path: Any) -> None:
     out = tmp_path / "cluster.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.cluster", "--n", "40", "--concurrency", "8", "--publishes",
-                           "300", "--warmup", "5", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=380)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.cluster",
+            "--n",
+            "40",
+            "--concurrency",
+            "8",
+            "--publishes",
+            "300",
+            "--warmup",
+            "5",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=380,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["machine"]["nproc"] >= 1

@@ -20,8 +20,9 @@ def _dead_url(vhost: Vhost) -> str:
 
 
 def _system(tmp_path: Path, amqp_url: str, **env: str) -> EsiSystem:
-    return EsiSystem(workdir=tmp_path, amqp_url=amqp_url, database_url=f"sqlite:///{tmp_path / 'esi.db'}",
-                     extra_env=env)
+    return EsiSystem(
+        workdir=tmp_path, amqp_url=amqp_url, database_url=f"sqlite:///{tmp_path / 'esi.db'}", extra_env=env
+    )
 
 
 def test_a_process_waits_for_the_broker_not_ready_and_still_stops_on_sigterm(vhost: Vhost, tmp_path: Path) -> None:
@@ -54,6 +55,7 @@ def test_a_list_of_nodes_with_one_down_still_connects(vhost: Vhost, tmp_path: Pa
     system = _system(tmp_path, f"{_dead_url(vhost)},{vhost.url}")
     process = system.start("dms", ["dms"])
     try:
+
         def broker_ok() -> bool:  # the DMS itself is not running here: only the broker's check matters
             try:
                 checks = httpx.get(f"{process.health_url}/readyz", timeout=2).json()["checks"]

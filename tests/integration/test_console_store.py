@@ -12,13 +12,27 @@ from esi.store import RequestStatus, Store
 pytestmark = pytest.mark.integration
 
 
-async def _accept(store: Store, request_id: str, *, target: str = "dms", message_type: str = "create_user",
-                  keys: list[str] | None = None, client_id: str | None = None) -> None:
-    await store.requests.accept(request_id=request_id, source="1c", target=target, message_type=message_type,
-                       payload_hash="h", message_id=f"m-{request_id}",
-                       routing_key=f"1c.request.{target}.{message_type}",
-                       body=b'{"request_id": "%s", "payload": {"name": "x"}}' % request_id.encode(), keys=keys,
-                       client_id=client_id)
+async def _accept(
+    store: Store,
+    request_id: str,
+    *,
+    target: str = "dms",
+    message_type: str = "create_user",
+    keys: list[str] | None = None,
+    client_id: str | None = None,
+) -> None:
+    await store.requests.accept(
+        request_id=request_id,
+        source="1c",
+        target=target,
+        message_type=message_type,
+        payload_hash="h",
+        message_id=f"m-{request_id}",
+        routing_key=f"1c.request.{target}.{message_type}",
+        body=b'{"request_id": "%s", "payload": {"name": "x"}}' % request_id.encode(),
+        keys=keys,
+        client_id=client_id,
+    )
 
 
 async def test_search_by_id_key_status_type_time_and_client(store_url: str) -> None:
@@ -32,8 +46,8 @@ async def test_search_by_id_key_status_type_time_and_client(store_url: str) -> N
         async def ids(**query: object) -> list[str]:
             return [r.request_id for r in await store.queries.search_requests(**query)]  # type: ignore[arg-type]
 
-        assert await ids(text="ORD1") == ["S-2", "S-1"]                       # newest first
-        assert await ids(text="S-3") == ["S-3"]                               # a request id
+        assert await ids(text="ORD1") == ["S-2", "S-1"]  # newest first
+        assert await ids(text="S-3") == ["S-3"]  # a request id
         assert await ids(text="ORD1", status=RequestStatus.COMPLETED.value) == ["S-2"]
         assert await ids(message_type="create_user") == ["S-3"]
         assert await ids(text="ORD1", client_id="erp") == ["S-1"]
@@ -53,8 +67,9 @@ async def test_requests_per_minute_by_target_and_status_and_the_message_kept(sto
         counts = await store.queries.requests_per_minute(since)
         totals: dict[tuple[str, str], int] = {}
         for target, at, status, n in counts:
-            assert datetime.strptime(at, "%Y-%m-%dT%H:%M").replace(tzinfo=UTC) >= datetime.fromisoformat(since) - \
-                timedelta(minutes=1)
+            assert datetime.strptime(at, "%Y-%m-%dT%H:%M").replace(tzinfo=UTC) >= datetime.fromisoformat(
+                since
+            ) - timedelta(minutes=1)
             totals[(target, status)] = totals.get((target, status), 0) + n
         assert totals == {("dms", "completed"): 1, ("dms", "accepted"): 2, ("crm", "accepted"): 1}
         assert await store.queries.requests_per_minute(datetime.now(UTC).isoformat(timespec="microseconds")) == []

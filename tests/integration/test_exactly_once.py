@@ -28,9 +28,12 @@ def split_system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     workdir = tmp_path_factory.mktemp("esi-split")
     v = Vhost()
     db = PgDatabase() if request.param == "postgres" else None
-    system = EsiSystem(workdir=workdir, amqp_url=v.url,
-                       database_url=db.url if db else f"sqlite:///{workdir}/esi.db",
-                       extra_env={"ESI_RETRY_DELAYS": "[0.2, 0.5, 1, 2]", "ESI_MAX_ATTEMPTS": "8"})
+    system = EsiSystem(
+        workdir=workdir,
+        amqp_url=v.url,
+        database_url=db.url if db else f"sqlite:///{workdir}/esi.db",
+        extra_env={"ESI_RETRY_DELAYS": "[0.2, 0.5, 1, 2]", "ESI_MAX_ATTEMPTS": "8"},
+    )
     try:
         system.start_all(LAYOUT)
         yield system
@@ -61,15 +64,27 @@ def users_with(system: EsiSystem, prefix: str) -> list[dict]:
     return [u for u in system.dms_state()["users"] if u["external_id"].startswith(prefix)]
 
 
-async def _post_many(system: EsiSystem, tag: str, n: int, *, concurrency: int = 32,
-                     on_accepted: threading.Event | None = None, accepted_at: int = 0) -> list[int]:
+async def _post_many(
+    system: EsiSystem,
+    tag: str,
+    n: int,
+    *,
+    concurrency: int = 32,
+    on_accepted: threading.Event | None = None,
+    accepted_at: int = 0,
+) -> list[int]:
     sem = asyncio.Semaphore(concurrency)
     accepted = 0
     async with httpx.AsyncClient(base_url=system.api_url, timeout=60) as client:
+
         async def one(i: int) -> int:
             nonlocal accepted
-            body = {"request_id": f"{tag}-{i}", "user_id": f"U{tag}-{i}", "name": f"Клиент {i}",
-                    "email": f"c{i}@example.com"}
+            body = {
+                "request_id": f"{tag}-{i}",
+                "user_id": f"U{tag}-{i}",
+                "name": f"Клиент {i}",
+                "email": f"c{i}@example.com",
+            }
             async with sem:
                 for _ in range(100):  # a 503 (backlog full) asks to come back later
                     r = await client.post("/send_to_dms", json=body)
@@ -81,6 +96,7 @@ async def _post_many(system: EsiSystem, tag: str, n: int, *, concurrency: int = 
                 if on_accepted is not None and accepted >= accepted_at:
                     on_accepted.set()
             return r.status_code
+
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
@@ -95,16 +111,24 @@ def _all_completed(system: EsiSystem, tag: str, n: int, timeout: float) -> None:
     def done() -> bool:
         return all(status(i)["status"] == "completed" for i in range(n - 1, -1, -1))
 
-    wait_until(lambda: len(users_with(system, f"U{tag}-")) >= n, timeout=timeout, interval=0.5,
-               what=f"{n} users in the fake DMS")
+    wait_until(
+        lambda: len(users_with(system, f"U{tag}-")) >= n,
+        timeout=timeout,
+        interval=0.5,
+        what=f"{n} users in the fake DMS",
+    )
     try:
         wait_until(done, timeout=180, interval=0.5, what=f"all {n} requests completed")
     except AssertionError as exc:
         # name what stayed behind, so that an intermittent failure can be followed in the service logs
-        pending = [(f"{tag}-{i}", r["status"], r.get("attempts"), r.get("last_error"))
-                   for i in range(n) if (r := status(i))["status"] != "completed"]
-        raise AssertionError(f"{exc}; {len(pending)} not completed, first: {pending[:10]}; "
-                             f"logs in {system.workdir}") from None
+        pending = [
+            (f"{tag}-{i}", r["status"], r.get("attempts"), r.get("last_error"))
+            for i in range(n)
+            if (r := status(i))["status"] != "completed"
+        ]
+        raise AssertionError(
+            f"{exc}; {len(pending)} not completed, first: {pending[:10]}; logs in {system.workdir}"
+        ) from None
     finally:
         http.close()
 
@@ -127,10 +151,16 @@ def test_the_same_request_posted_five_times_at_once_has_one_effect(split_system:
 
 def test_a_duplicate_message_on_dms_queue_has_one_effect(split_system: EsiSystem) -> None:
     user_id = unique("UDUP")
-    envelope = {"schema_version": 1, "message_id": uuid.uuid4().hex, "request_id": unique("INJ"),
-                "source_system": "1c", "target_system": "dms", "message_type": "create_user",
-                "timestamp": "2026-11-25T10:00:00Z",
-                "payload": {"user_id": user_id, "name": "Дубль", "email": "dup@example.com"}}
+    envelope = {
+        "schema_version": 1,
+        "message_id": uuid.uuid4().hex,
+        "request_id": unique("INJ"),
+        "source_system": "1c",
+        "target_system": "dms",
+        "message_type": "create_user",
+        "timestamp": "2026-11-25T10:00:00Z",
+        "payload": {"user_id": user_id, "name": "Дубль", "email": "dup@example.com"},
+    }
     body = json.dumps(envelope).encode()
 
     async def inject() -> None:
@@ -138,9 +168,13 @@ def test_a_duplicate_message_on_dms_queue_has_one_effect(split_system: EsiSystem
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.get_exchange("main_exchange")
         for _ in range(2):
-            await exchange.publish(aio_pika.Message(body, message_id=envelope["message_id"],
-                                                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                                   routing_key="1c.request.dms.create_user", mandatory=True)
+            await exchange.publish(
+                aio_pika.Message(
+                    body, message_id=envelope["message_id"], delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                ),
+                routing_key="1c.request.dms.create_user",
+                mandatory=True,
+            )
         await connection.close()
 
     asyncio.run(inject())
@@ -166,8 +200,12 @@ def test_kill_9_of_the_dms_adapter_mid_run_loses_and_duplicates_nothing(split_sy
     killed = threading.Event()
 
     def killer() -> None:
-        wait_until(lambda: len(users_with(split_system, f"U{tag}-")) >= 100, timeout=120, interval=0.05,
-                   what="100 users before the kill")
+        wait_until(
+            lambda: len(users_with(split_system, f"U{tag}-")) >= 100,
+            timeout=120,
+            interval=0.05,
+            what="100 users before the kill",
+        )
         split_system.processes["dms"].kill()  # SIGKILL: no chance to ack, publish or clean up
         killed.set()
 
@@ -193,8 +231,12 @@ def test_broker_stopped_while_requests_are_posted(split_system: EsiSystem, broke
     assert first.count(202) == 20
     rabbitmqctl("stop_app")
     try:
-        wait_until(lambda: httpx.get(f"{split_system.api_url}/readyz", timeout=10).status_code == 503,
-                   timeout=30, interval=0.2, what="readiness to report the broker outage")
+        wait_until(
+            lambda: httpx.get(f"{split_system.api_url}/readyz", timeout=10).status_code == 503,
+            timeout=30,
+            interval=0.2,
+            what="readiness to report the broker outage",
+        )
         ready = httpx.get(f"{split_system.api_url}/readyz", timeout=10).json()
         assert ready["checks"]["broker (onec)"]["status"] == "down"
         dms_ready = httpx.get(f"{split_system.processes['dms'].health_url}/readyz", timeout=10)
@@ -204,8 +246,12 @@ def test_broker_stopped_while_requests_are_posted(split_system: EsiSystem, broke
     finally:
         _broker_up()
     for url in (split_system.api_url, split_system.processes["dms"].health_url):
-        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200,  # noqa: B023 - called at once
-                   timeout=60, interval=0.2, what=f"readiness of {url} to recover by itself")
+        wait_until(
+            lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200,  # noqa: B023 - called at once
+            timeout=60,
+            interval=0.2,
+            what=f"readiness of {url} to recover by itself",
+        )
     _all_completed(split_system, tag, n, timeout=120)
     _all_completed(split_system, tag + "a", 20, timeout=30)
     assert len(users_with(split_system, f"U{tag}-")) == n
@@ -218,8 +264,12 @@ def test_broker_restarted_in_the_middle_of_a_2000_request_run(split_system: EsiS
     restarted = threading.Event()
 
     def restarter() -> None:
-        wait_until(lambda: len(users_with(split_system, f"U{tag}-")) >= 400, timeout=300, interval=0.1,
-                   what="400 users before the restart")
+        wait_until(
+            lambda: len(users_with(split_system, f"U{tag}-")) >= 400,
+            timeout=300,
+            interval=0.1,
+            what="400 users before the restart",
+        )
         subprocess.run(["rabbitmqctl", "-q", "stop_app"], capture_output=True, timeout=120)
         _broker_up()
         restarted.set()

@@ -27,7 +27,9 @@ LADDER = [0.2, 0.4, 0.8, 1.6]  # what tests.support configures (ESI_RETRY_DELAYS
 async def _dead_letters(system: EsiSystem, **filters) -> list:
     connection = await aio_pika.connect(system.amqp_url)
     try:
-        return await DeadLetters(connection, build_topology(load_registry().queues(), retry_delays=LADDER)).list(Filters(**filters))
+        return await DeadLetters(connection, build_topology(load_registry().queues(), retry_delays=LADDER)).list(
+            Filters(**filters)
+        )
     finally:
         await connection.close()
 
@@ -42,17 +44,27 @@ async def _publish_raw(system: EsiSystem, items: list[tuple[str, bytes, str]]) -
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.get_exchange("main_exchange")
         for routing_key, body, message_id in items:
-            await exchange.publish(aio_pika.Message(body, message_id=message_id,
-                                                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                                   routing_key=routing_key, mandatory=True)
+            await exchange.publish(
+                aio_pika.Message(body, message_id=message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=routing_key,
+                mandatory=True,
+            )
     finally:
         await connection.close()
 
 
 def _envelope(message_type: str, payload: dict, **overrides) -> dict:
-    return {"schema_version": 1, "message_id": uuid.uuid4().hex, "request_id": unique("RAW"),
-            "source_system": "1c", "target_system": "dms", "message_type": message_type,
-            "timestamp": "2026-11-25T10:00:00Z", "payload": payload, **overrides}
+    return {
+        "schema_version": 1,
+        "message_id": uuid.uuid4().hex,
+        "request_id": unique("RAW"),
+        "source_system": "1c",
+        "target_system": "dms",
+        "message_type": message_type,
+        "timestamp": "2026-11-25T10:00:00Z",
+        "payload": payload,
+        **overrides,
+    }
 
 
 def test_bad_messages_on_a_queue_are_parked_at_once_and_the_queue_keeps_flowing(esi_sqlite: EsiSystem) -> None:
@@ -68,13 +80,20 @@ def test_bad_messages_on_a_queue_are_parked_at_once_and_the_queue_keeps_flowing(
     }
     ids = {code: unique(code) for code in cases}
     good = _envelope("create_user", good_payload)
-    asyncio.run(_publish_raw(esi_sqlite, [("1c.request.dms.create_user", body, ids[code])
-                                          for code, body in cases.items()]
-                             + [("1c.request.dms.create_user", json.dumps(good).encode(), good["message_id"])]))
+    asyncio.run(
+        _publish_raw(
+            esi_sqlite,
+            [("1c.request.dms.create_user", body, ids[code]) for code, body in cases.items()]
+            + [("1c.request.dms.create_user", json.dumps(good).encode(), good["message_id"])],
+        )
+    )
 
     # the good message behind the bad ones is handled
-    wait_until(lambda: any(u["external_id"] == good_payload["user_id"] for u in esi_sqlite.dms_state()["users"]),
-               timeout=15, what="the good message to be handled")
+    wait_until(
+        lambda: any(u["external_id"] == good_payload["user_id"] for u in esi_sqlite.dms_state()["users"]),
+        timeout=15,
+        what="the good message to be handled",
+    )
 
     def parked() -> dict:
         found = {d.id: d for d in dead_letters(esi_sqlite, queue="dms") if d.id in ids.values()}
@@ -100,8 +119,12 @@ def test_a_passing_dms_outage_heals_along_the_ladder(esi_sqlite: EsiSystem) -> N
     esi_sqlite.fault("dms", {"status": 503, "count": 3})
     request_id = unique("RETRY")
     user_id = unique("U")
-    assert esi_sqlite.post("/send_to_dms", {"request_id": request_id, "user_id": user_id, "name": "Ретрай",
-                                            "email": "r@example.com"}).status_code == 202
+    assert (
+        esi_sqlite.post(
+            "/send_to_dms", {"request_id": request_id, "user_id": user_id, "name": "Ретрай", "email": "r@example.com"}
+        ).status_code
+        == 202
+    )
     final = esi_sqlite.wait_final(request_id, timeout=20)
     assert final["status"] == "completed", final
     assert final["attempts"] == 3
@@ -118,12 +141,17 @@ def test_a_passing_dms_outage_heals_along_the_ladder(esi_sqlite: EsiSystem) -> N
 
 
 def test_creatio_down_for_good_parks_the_message_after_max_attempts_then_replay_completes(
-        esi_sqlite: EsiSystem) -> None:
+    esi_sqlite: EsiSystem,
+) -> None:
     esi_sqlite.reset_fakes()
     esi_sqlite.fault("crm", {"status": 503})
     request_id = unique("DOWN")
-    assert esi_sqlite.post("/send_to_crm", {"request_id": request_id, "order_id": "ORD9876",
-                                            "status": "Delivered"}).status_code == 202
+    assert (
+        esi_sqlite.post(
+            "/send_to_crm", {"request_id": request_id, "order_id": "ORD9876", "status": "Delivered"}
+        ).status_code
+        == 202
+    )
     final = esi_sqlite.wait_final(request_id, timeout=20)
     assert final["status"] == "dead_lettered", final
     assert "503" in final["error"]["message"]
@@ -147,8 +175,9 @@ def test_creatio_down_for_good_parks_the_message_after_max_attempts_then_replay_
     env = {**esi_sqlite.env()}
     # a node list whose first node is down: the CLI goes on to the next one
     down_first = {**env, "ESI_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/,{env['ESI_AMQP_URL']}"}
-    listed = subprocess.run([ESI, "dlq", "list", "--queue", "crm", "--json"], env=down_first, capture_output=True,
-                            text=True, timeout=60)
+    listed = subprocess.run(
+        [ESI, "dlq", "list", "--queue", "crm", "--json"], env=down_first, capture_output=True, text=True, timeout=60
+    )
     assert listed.returncode == 0, listed.stderr
     assert letter.id in listed.stdout
     replay = subprocess.run([ESI, "dlq", "replay", letter.id], env=env, capture_output=True, text=True, timeout=60)
@@ -206,12 +235,21 @@ def test_a_thousand_messages_with_every_tenth_failing(esi_sqlite: EsiSystem) -> 
     async def post_all() -> list[int]:
         sem = asyncio.Semaphore(32)
         async with httpx.AsyncClient(base_url=esi_sqlite.api_url, timeout=60) as client:
+
             async def one(i: int) -> int:
                 email = f"u{i}@refused.example" if i % 10 == 0 else f"u{i}@example.com"
                 async with sem:
-                    r = await client.post("/send_to_dms", json={"request_id": f"K{tag}-{i}", "user_id": f"U{tag}-{i}",
-                                                                "name": f"Пользователь {i}", "email": email})
+                    r = await client.post(
+                        "/send_to_dms",
+                        json={
+                            "request_id": f"K{tag}-{i}",
+                            "user_id": f"U{tag}-{i}",
+                            "name": f"Пользователь {i}",
+                            "email": email,
+                        },
+                    )
                 return r.status_code
+
             return await asyncio.gather(*(one(i) for i in range(1000)))
 
     started = time.monotonic()
@@ -220,7 +258,8 @@ def test_a_thousand_messages_with_every_tenth_failing(esi_sqlite: EsiSystem) -> 
 
     def all_final() -> bool:
         return esi_sqlite.dms_state()["counters"]["created"] >= 900 and all(
-            esi_sqlite.get_request(f"K{tag}-{i}")["status"] in ("completed", "failed") for i in range(0, 1000, 10))
+            esi_sqlite.get_request(f"K{tag}-{i}")["status"] in ("completed", "failed") for i in range(0, 1000, 10)
+        )
 
     wait_until(all_final, timeout=120, interval=0.5, what="all 1000 requests to end")
     # the DMS has created them all; their answers may still be on the way to the store: each is awaited (long poll)

@@ -20,8 +20,10 @@ PDF = b"%PDF-1.4\n" + b"1 0 obj << /Type /Catalog >> endobj\n" * 2000 + b"%%EOF\
 def test_create_user_reaches_the_dms_and_its_answer_reaches_1c(esi_system: EsiSystem) -> None:
     request_id = unique("USER_REQ")
     user_id = unique("U")
-    response = esi_system.post("/send_to_dms", {"request_id": request_id, "user_id": user_id,
-                                                "name": "Иванов Иван", "email": "ivanov@example.com"})
+    response = esi_system.post(
+        "/send_to_dms",
+        {"request_id": request_id, "user_id": user_id, "name": "Иванов Иван", "email": "ivanov@example.com"},
+    )
     assert response.status_code == 202
     assert response.json() == {"status": "accepted", "request_id": request_id}
 
@@ -39,8 +41,16 @@ def test_create_user_reaches_the_dms_and_its_answer_reaches_1c(esi_system: EsiSy
 
 def test_update_order_status_with_policy_info_goes_crm_then_dms_then_back(esi_system: EsiSystem) -> None:
     request_id = unique("ORDER_REQ")
-    response = esi_system.post("/send_to_crm", {"request_id": request_id, "order_id": "ORD9876", "status": "Shipped",
-                                                "needs_policy_info": True, "policy_number": "POL-0001"})
+    response = esi_system.post(
+        "/send_to_crm",
+        {
+            "request_id": request_id,
+            "order_id": "ORD9876",
+            "status": "Shipped",
+            "needs_policy_info": True,
+            "policy_number": "POL-0001",
+        },
+    )
     assert response.status_code == 202, response.text
 
     final = esi_system.wait_final(request_id)
@@ -60,8 +70,12 @@ def test_update_order_status_by_guid_without_policy(esi_system: EsiSystem) -> No
     state = esi_system.creatio_state()
     order = next(o for o in state["orders"] if o["Number"] == "ORD0001")
     request_id = unique("ORDER_REQ")
-    assert esi_system.post("/send_to_crm", {"request_id": request_id, "order_id": order["Id"],
-                                            "status": "Delivered"}).status_code == 202
+    assert (
+        esi_system.post(
+            "/send_to_crm", {"request_id": request_id, "order_id": order["Id"], "status": "Delivered"}
+        ).status_code
+        == 202
+    )
     final = esi_system.wait_final(request_id)
     assert final["status"] == "completed", final
     assert final["response"]["order_guid"] == order["Id"]
@@ -77,11 +91,31 @@ def test_a_late_older_order_update_does_not_overwrite_a_newer_one(esi_system: Es
     assert created.status_code == 201, created.text
     delivered_id, shipped_id = unique("CAS-DELIVERED"), unique("CAS-SHIPPED")
     # 1C changed the order to Shipped at 10:00 and to Delivered at 11:00; Shipped was held up (a retried send)
-    assert esi_system.post("/send_to_crm", {"request_id": delivered_id, "order_id": number, "status": "Delivered",
-                                            "status_changed_at": "2026-12-01T11:00:00+00:00"}).status_code == 202
+    assert (
+        esi_system.post(
+            "/send_to_crm",
+            {
+                "request_id": delivered_id,
+                "order_id": number,
+                "status": "Delivered",
+                "status_changed_at": "2026-12-01T11:00:00+00:00",
+            },
+        ).status_code
+        == 202
+    )
     assert esi_system.wait_final(delivered_id)["response"]["applied"] is True
-    assert esi_system.post("/send_to_crm", {"request_id": shipped_id, "order_id": number, "status": "Shipped",
-                                            "status_changed_at": "2026-12-01T13:00:00+03:00"}).status_code == 202
+    assert (
+        esi_system.post(
+            "/send_to_crm",
+            {
+                "request_id": shipped_id,
+                "order_id": number,
+                "status": "Shipped",
+                "status_changed_at": "2026-12-01T13:00:00+03:00",
+            },
+        ).status_code
+        == 202
+    )
     late = esi_system.wait_final(shipped_id)
     assert late["status"] == "completed" and late["response"]["applied"] is False, late
     assert "superseded" in late["response"]["note"] and "Delivered" in late["response"]["note"], late
@@ -90,8 +124,18 @@ def test_a_late_older_order_update_does_not_overwrite_a_newer_one(esi_system: Es
     assert order["StatusName"] == "Delivered", order
     # a newer one still applies
     closed_id = unique("CAS-NEWER")
-    assert esi_system.post("/send_to_crm", {"request_id": closed_id, "order_id": number, "status": "Shipped",
-                                            "status_changed_at": "2026-12-01T12:00:00Z"}).status_code == 202
+    assert (
+        esi_system.post(
+            "/send_to_crm",
+            {
+                "request_id": closed_id,
+                "order_id": number,
+                "status": "Shipped",
+                "status_changed_at": "2026-12-01T12:00:00Z",
+            },
+        ).status_code
+        == 202
+    )
     assert esi_system.wait_final(closed_id)["response"]["applied"] is True
     order = next(o for o in esi_system.creatio_state()["orders"] if o["Number"] == number)
     assert order["StatusName"] == "Shipped", order
@@ -115,9 +159,16 @@ def _files_for(system: EsiSystem, order_guid: str) -> list[dict]:
 def test_send_pdf_file_as_base64_json_is_attached_in_two_steps(esi_system: EsiSystem) -> None:
     request_id = unique("PDF_REQ")
     name = f"Счёт-{request_id}.pdf"
-    response = esi_system.post("/send_to_crm", {
-        "request_id": request_id, "message_type": "send_pdf_file", "order_id": "ORD9876",
-        "file_name": name, "file_content": base64.b64encode(PDF).decode()})
+    response = esi_system.post(
+        "/send_to_crm",
+        {
+            "request_id": request_id,
+            "message_type": "send_pdf_file",
+            "order_id": "ORD9876",
+            "file_name": name,
+            "file_content": base64.b64encode(PDF).decode(),
+        },
+    )
     assert response.status_code == 202, response.text
     final = esi_system.wait_final(request_id)
     assert final["status"] == "completed", final
@@ -135,9 +186,12 @@ def test_send_pdf_file_as_base64_json_is_attached_in_two_steps(esi_system: EsiSy
 
 def test_send_pdf_file_as_multipart_upload(esi_system: EsiSystem) -> None:
     request_id = unique("PDF_MP")
-    response = httpx.post(f"{esi_system.api_url}/requests/crm/send_pdf_file",
-                          data={"request_id": request_id, "order_id": "ORD0002"},
-                          files={"file": (f"{request_id}.pdf", PDF, "application/pdf")}, timeout=30)
+    response = httpx.post(
+        f"{esi_system.api_url}/requests/crm/send_pdf_file",
+        data={"request_id": request_id, "order_id": "ORD0002"},
+        files={"file": (f"{request_id}.pdf", PDF, "application/pdf")},
+        timeout=30,
+    )
     assert response.status_code == 202, response.text
     final = esi_system.wait_final(request_id)
     assert final["status"] == "completed", final
@@ -146,10 +200,13 @@ def test_send_pdf_file_as_multipart_upload(esi_system: EsiSystem) -> None:
     assert len(files) == 1 and files[0]["size"] == len(PDF)
 
 
-@pytest.mark.parametrize("body, problem", [
-    ({"order_id": "ORD9876", "status": "NoSuchStatus"}, "NoSuchStatus"),
-    ({"order_id": "ORD-DOES-NOT-EXIST", "status": "Shipped"}, "ORD-DOES-NOT-EXIST"),
-])
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ({"order_id": "ORD9876", "status": "NoSuchStatus"}, "NoSuchStatus"),
+        ({"order_id": "ORD-DOES-NOT-EXIST", "status": "Shipped"}, "ORD-DOES-NOT-EXIST"),
+    ],
+)
 def test_crm_business_failures_end_as_failed_with_a_reason(esi_system: EsiSystem, body: dict, problem: str) -> None:
     request_id = unique("ORDER_FAIL")
     assert esi_system.post("/send_to_crm", {"request_id": request_id, **body}).status_code == 202
@@ -171,8 +228,19 @@ def test_dms_refusing_a_user_ends_as_failed_with_its_reason(esi_system: EsiSyste
 
 def test_unknown_policy_in_the_crm_sub_request_fails_the_order_request(esi_system: EsiSystem) -> None:
     request_id = unique("ORDER_POL")
-    assert esi_system.post("/send_to_crm", {"request_id": request_id, "order_id": "ORD0001", "status": "Shipped",
-                                            "needs_policy_info": True, "policy_number": "POL-NOPE"}).status_code == 202
+    assert (
+        esi_system.post(
+            "/send_to_crm",
+            {
+                "request_id": request_id,
+                "order_id": "ORD0001",
+                "status": "Shipped",
+                "needs_policy_info": True,
+                "policy_number": "POL-NOPE",
+            },
+        ).status_code
+        == 202
+    )
     final = esi_system.wait_final(request_id)
     assert final["status"] == "failed", final
     assert "POL-NOPE" in final["error"]["message"]

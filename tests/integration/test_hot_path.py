@@ -56,16 +56,26 @@ async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         registry = ClientRegistry.from_json(json.dumps({"clients": CLIENTS})) if request.param == "auth" else None
 
         def app(hot: bool) -> Any:
-            return create_app(ApiDeps(registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, clients=registry,
-                                      max_wait=0.2, wait_recheck=0.05, hot_path=hot))
+            return create_app(
+                ApiDeps(
+                    registry=load_registry(),
+                    store=store,
+                    on_accepted=lambda row: None,
+                    max_pdf_bytes=1024,
+                    clients=registry,
+                    max_wait=0.2,
+                    wait_recheck=0.05,
+                    hot_path=hot,
+                )
+            )
 
         hot_app = app(True)
         spy = RouterSpy(hot_app.router)
         hot_app.router = spy
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hot_app), base_url="http://esi",
-                                     auth=ERP) as hot, \
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=app(False)), base_url="http://esi",
-                                  auth=ERP) as plain:
+        async with (
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=hot_app), base_url="http://esi", auth=ERP) as hot,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app(False)), base_url="http://esi", auth=ERP) as plain,
+        ):
             yield Pair(hot, plain, spy, store, request.param == "auth")
 
 
@@ -104,8 +114,10 @@ async def test_posts_answer_alike_and_skip_the_router(pair: Pair) -> None:
     # accepted, then the same again (a duplicate), then a conflict — first through the hot app, then the plain one
     first = await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid})
     assert first.status_code == 202 and first.json() == {"status": "accepted", "request_id": rid}
-    _same(await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}),
-          await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}))
+    _same(
+        await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}),
+        await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}),
+    )
     conflict = {**USER, "request_id": rid, "name": "Пётр"}
     _same(await pair.hot.post("/send_to_dms", json=conflict), await pair.plain.post("/send_to_dms", json=conflict))
     assert not [seen for seen in pair.hot_router.seen if seen[1] in ("/send_to_dms", "/send_to_crm")]
@@ -116,8 +128,10 @@ async def test_a_prefer_wait_answers_alike(pair: Pair) -> None:
     wait = {"Prefer": "wait=5"}  # capped by the apps' max_wait (0.2 s)
     first = await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait)
     assert first.status_code == 202  # nothing settles it here: the wait ran out
-    _same(await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait),
-          await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait))
+    _same(
+        await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait),
+        await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait),
+    )
     await pair.store.requests.record_response(rid, response={"dms_user_id": "DMS-1"}, error=None)
     hot = await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait)
     _same(hot, await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait))
@@ -144,12 +158,20 @@ async def test_reads_answer_alike_and_odd_queries_go_to_fastapi(pair: Pair) -> N
         _same(hot, plain)
         assert hot.json()["status"] == "accepted"
     _same(await pair.hot.get("/requests/nope"), await pair.plain.get("/requests/nope"))
-    _same(await pair.hot.get(f"/requests/{rid}", auth=("erp", "bad")),
-          await pair.plain.get(f"/requests/{rid}", auth=("erp", "bad")))
+    _same(
+        await pair.hot.get(f"/requests/{rid}", auth=("erp", "bad")),
+        await pair.plain.get(f"/requests/{rid}", auth=("erp", "bad")),
+    )
     assert not pair.hot_router.seen
     # not the hot path's to answer: FastAPI validates (422) or routes them
-    for path in (f"/requests/{rid}?wait=301", f"/requests/{rid}?wait=abc", f"/requests/{rid}?wait=1e1",
-                 f"/requests/{rid}?wait=1&x=2", "/requests/" + "x" * 129, f"/requests/{rid}/timeline"):
+    for path in (
+        f"/requests/{rid}?wait=301",
+        f"/requests/{rid}?wait=abc",
+        f"/requests/{rid}?wait=1e1",
+        f"/requests/{rid}?wait=1&x=2",
+        "/requests/" + "x" * 129,
+        f"/requests/{rid}/timeline",
+    ):
         _same(await pair.hot.get(path), await pair.plain.get(path))
         assert pair.hot_router.seen[-1][1] == path.split("?")[0]
     assert (await pair.hot.get(f"/requests/{rid}?wait=abc")).status_code == 422

@@ -37,6 +37,7 @@ SPEC = "tests.integration.test_new_system:WAREHOUSE"
 
 # --- 1. the messages ------------------------------------------------------------------------------------------------
 
+
 class ReserveStock(Payload):
     """Hold stock of one article for an order (`1c.request.warehouse.reserve_stock`).
 
@@ -69,9 +70,9 @@ class StockReserved(BaseModel):
 
 # --- 2. the settings: WAREHOUSE_URL, WAREHOUSE_TIMEOUT, WAREHOUSE_MAX_CONCURRENCY, WAREHOUSE_FAKE_PORT, ... -----------
 
+
 class WarehouseSettings(SystemSettings):
-    model_config = SettingsConfigDict(env_prefix="WAREHOUSE_", env_file=".env", extra="ignore",
-                                      populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="WAREHOUSE_", env_file=".env", extra="ignore", populate_by_name=True)
 
     url: str = Field("http://127.0.0.1:5300", description="the warehouse system")
     fake_port: int = Field(5300, description="where `esi run fake-warehouse` listens")
@@ -79,16 +80,23 @@ class WarehouseSettings(SystemSettings):
 
 # --- 3. the client: I/O with the warehouse only, its failures translated into esi's ---------------------------------
 
+
 class WarehouseClient:
     def __init__(self, settings: WarehouseSettings) -> None:
-        self._http = http_client(base_url=settings.url, timeout=settings.timeout, ca_bundle=settings.ca_bundle,
-                                 max_connections=settings.max_concurrency)
+        self._http = http_client(
+            base_url=settings.url,
+            timeout=settings.timeout,
+            ca_bundle=settings.ca_bundle,
+            max_connections=settings.max_concurrency,
+        )
 
     async def reserve(self, *, sku: str, quantity: int, order_id: str, key: str) -> dict[str, Any]:
         with translate_transport_errors("warehouse", "reserve"):
-            response = await self._http.post("/reservations", json={"sku": sku, "quantity": quantity,
-                                                                    "order_id": order_id},
-                                             headers={"Idempotency-Key": key})
+            response = await self._http.post(
+                "/reservations",
+                json={"sku": sku, "quantity": quantity, "order_id": order_id},
+                headers={"Idempotency-Key": key},
+            )
         if response.status_code == 409:
             raise BusinessError(f"warehouse: {response.json()['detail']}", code="out_of_stock", system="warehouse")
         if not response.is_success:
@@ -105,20 +113,24 @@ class WarehouseClient:
 
 # --- 4. the handlers: pure logic over the client --------------------------------------------------------------------
 
+
 def warehouse_handlers(context: SystemContext) -> dict[str, Handler]:
     client: WarehouseClient = context.client
 
     async def reserve_stock(envelope: Envelope, payload: ReserveStock) -> list[Envelope]:
-        held = await client.reserve(sku=payload.sku, quantity=payload.quantity, order_id=payload.order_id,
-                                    key=f"esi-{envelope.message_id}")
-        answer = StockReserved(reservation_id=held["id"], sku=payload.sku, quantity=payload.quantity,
-                               order_id=payload.order_id)
+        held = await client.reserve(
+            sku=payload.sku, quantity=payload.quantity, order_id=payload.order_id, key=f"esi-{envelope.message_id}"
+        )
+        answer = StockReserved(
+            reservation_id=held["id"], sku=payload.sku, quantity=payload.quantity, order_id=payload.order_id
+        )
         return [envelope.reply("stock_reserved", answer.model_dump())]
 
     return {"reserve_stock": reserve_stock}
 
 
 # --- 5. a fake warehouse (demo and tests) ---------------------------------------------------------------------------
+
 
 def fake_warehouse(_settings: WarehouseSettings) -> FastAPI:
     app = FastAPI()
@@ -169,6 +181,7 @@ WAREHOUSE = System(
 
 # --- what the registry derives from it (no broker) ------------------------------------------------------------------
 
+
 def test_the_registry_derives_catalog_topology_targets_and_routing() -> None:
     registry = Registry([*load_registry().systems, WAREHOUSE])
     spec = registry.catalog.request_spec("warehouse", "reserve_stock")
@@ -216,8 +229,11 @@ def _publish(amqp_url: str, routing_key: str, envelope: dict[str, Any], *, answe
             queue = await channel.declare_queue(exclusive=True)
             if answer:
                 await queue.bind(exchange, answer)
-            await exchange.publish(aio_pika.Message(json.dumps(envelope).encode(), delivery_mode=2),
-                                   routing_key=routing_key, mandatory=True)
+            await exchange.publish(
+                aio_pika.Message(json.dumps(envelope).encode(), delivery_mode=2),
+                routing_key=routing_key,
+                mandatory=True,
+            )
             if not answer:
                 return None
             async with asyncio.timeout(30), queue.iterator() as messages:
@@ -233,10 +249,17 @@ def _publish(amqp_url: str, routing_key: str, envelope: dict[str, Any], *, answe
 def _versions_of_the_payload(system: EsiSystem) -> None:
     """A producer still writing version 1 (`qty`) is read by this consumer of version 2; version 3 is refused."""
     request_id = f"WH-V1-{uuid.uuid4().hex[:8]}"
-    v1 = {"schema_version": 1, "request_id": request_id, "source_system": "1c", "target_system": "warehouse",
-          "message_type": "reserve_stock", "payload": {"sku": "SKU-1", "qty": 2, "order_id": "ORD9876"}}
-    reply = _publish(system.amqp_url, "1c.request.warehouse.reserve_stock", v1,
-                     answer="warehouse.response.1c.stock_reserved")
+    v1 = {
+        "schema_version": 1,
+        "request_id": request_id,
+        "source_system": "1c",
+        "target_system": "warehouse",
+        "message_type": "reserve_stock",
+        "payload": {"sku": "SKU-1", "qty": 2, "order_id": "ORD9876"},
+    }
+    reply = _publish(
+        system.amqp_url, "1c.request.warehouse.reserve_stock", v1, answer="warehouse.response.1c.stock_reserved"
+    )
     assert reply["request_id"] == request_id and reply["payload"]["quantity"] == 2, reply
     assert httpx.get(f"{system.fake_url('warehouse')}/_fake/state", timeout=10).json()["stock"]["SKU-1"] == 5
     v3 = {**v1, "schema_version": 3, "request_id": f"WH-V3-{uuid.uuid4().hex[:8]}"}
@@ -252,12 +275,17 @@ def _versions_of_the_payload(system: EsiSystem) -> None:
 
 # --- end to end: 1C → warehouse → 1C through the real broker, store and API -----------------------------------------
 
+
 @pytest.mark.integration
 def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> None:
     vhost = Vhost()
-    system = EsiSystem(workdir=tmp_path, amqp_url=vhost.url, database_url=f"sqlite:///{tmp_path}/esi.db",
-                       registry=Registry([*load_registry().systems, WAREHOUSE]),
-                       extra_env={"ESI_SYSTEMS": SPEC, "PYTHONPATH": str(ROOT)})
+    system = EsiSystem(
+        workdir=tmp_path,
+        amqp_url=vhost.url,
+        database_url=f"sqlite:///{tmp_path}/esi.db",
+        registry=Registry([*load_registry().systems, WAREHOUSE]),
+        extra_env={"ESI_SYSTEMS": SPEC, "PYTHONPATH": str(ROOT)},
+    )
     try:
         system.start_all()
         request_id = f"WH-{uuid.uuid4().hex[:10]}"

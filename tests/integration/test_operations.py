@@ -23,8 +23,12 @@ def ops_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EsiSystem]:
     """Adapters split over two processes (the DMS adapter has its own health port), logging at DEBUG."""
     workdir = tmp_path_factory.mktemp("esi-ops")
     v = Vhost()
-    system = EsiSystem(workdir=workdir, amqp_url=v.url, database_url=f"sqlite:///{workdir}/esi.db",
-                       extra_env={"CREATIO_PASSWORD": SECRET, "ESI_LOG_LEVEL": "DEBUG"})
+    system = EsiSystem(
+        workdir=workdir,
+        amqp_url=v.url,
+        database_url=f"sqlite:///{workdir}/esi.db",
+        extra_env={"CREATIO_PASSWORD": SECRET, "ESI_LOG_LEVEL": "DEBUG"},
+    )
     try:
         system.start_all({"fakes": ["fake-creatio", "fake-dms"], "onec": ["onec", "crm"], "dms": ["dms"]})
         system.wait_http(f"{system.processes['dms'].health_url}/readyz")
@@ -63,8 +67,11 @@ def test_readiness_names_the_external_system_that_is_down(ops_system: EsiSystem)
     dms_health = ops_system.processes["dms"].health_url
     ops_system.processes["fakes"].stop()
     try:
-        wait_until(lambda: httpx.get(f"{dms_health}/readyz", timeout=10).status_code == 503, timeout=15,
-                   what="the DMS adapter to report its DMS down")
+        wait_until(
+            lambda: httpx.get(f"{dms_health}/readyz", timeout=10).status_code == 503,
+            timeout=15,
+            what="the DMS adapter to report its DMS down",
+        )
         checks = httpx.get(f"{dms_health}/readyz", timeout=10).json()["checks"]
         assert checks["dms"]["status"] == "down" and checks["dms"]["error"]
         assert checks["broker (dms)"]["status"] == "ok"
@@ -74,53 +81,83 @@ def test_readiness_names_the_external_system_that_is_down(ops_system: EsiSystem)
         ops_system.start("fakes", ["fake-creatio", "fake-dms"])
         ops_system.wait_http(f"{ops_system.dms_url}/_fake/state")
         ops_system.wait_http(f"{ops_system.creatio_url}/_fake/state")
-    wait_until(lambda: httpx.get(f"{dms_health}/readyz", timeout=10).status_code == 200, timeout=15,
-               what="readiness to come back by itself")
+    wait_until(
+        lambda: httpx.get(f"{dms_health}/readyz", timeout=10).status_code == 200,
+        timeout=15,
+        what="readiness to come back by itself",
+    )
 
 
 def test_metrics_follow_the_messages(ops_system: EsiSystem) -> None:
     dms_url = ops_system.processes["dms"].health_url
     before_dms, before_api = scrape(dms_url), scrape(ops_system.api_url)
     request_id = unique("MET")
-    ops_system.post("/send_to_dms", {"request_id": request_id, "user_id": unique("U"), "name": "Метрика",
-                                     "email": "m@example.com"})
+    ops_system.post(
+        "/send_to_dms", {"request_id": request_id, "user_id": unique("U"), "name": "Метрика", "email": "m@example.com"}
+    )
     assert ops_system.wait_final(request_id)["status"] == "completed"
 
     def moved() -> bool:
         after = scrape(dms_url)
-        return value(after, "esi_messages_consumed_total", queue="dms_queue", message_type="create_user",
-                     outcome="ok") == value(before_dms, "esi_messages_consumed_total", queue="dms_queue",
-                                            message_type="create_user", outcome="ok") + 1
+        return (
+            value(after, "esi_messages_consumed_total", queue="dms_queue", message_type="create_user", outcome="ok")
+            == value(
+                before_dms, "esi_messages_consumed_total", queue="dms_queue", message_type="create_user", outcome="ok"
+            )
+            + 1
+        )
 
     wait_until(moved, timeout=10, what="esi_messages_consumed_total to count the message")
     after_dms, after_api = scrape(dms_url), scrape(ops_system.api_url)
-    assert value(after_dms, "esi_messages_published_total", message_type="user_created") == \
-        value(before_dms, "esi_messages_published_total", message_type="user_created") + 1
-    assert value(after_dms, "esi_external_call_duration_seconds_count", system="dms", operation="create_user") == \
-        value(before_dms, "esi_external_call_duration_seconds_count", system="dms", operation="create_user") + 1
+    assert (
+        value(after_dms, "esi_messages_published_total", message_type="user_created")
+        == value(before_dms, "esi_messages_published_total", message_type="user_created") + 1
+    )
+    assert (
+        value(after_dms, "esi_external_call_duration_seconds_count", system="dms", operation="create_user")
+        == value(before_dms, "esi_external_call_duration_seconds_count", system="dms", operation="create_user") + 1
+    )
     assert value(after_dms, "esi_handler_duration_seconds_count", queue="dms_queue", message_type="create_user") >= 1
-    assert value(after_api, "esi_http_requests_total", route="/send_to_dms", method="POST", status="202") == \
-        value(before_api, "esi_http_requests_total", route="/send_to_dms", method="POST", status="202") + 1
-    assert value(after_api, "esi_messages_consumed_total", queue="1c_queue", message_type="user_created",
-                 outcome="ok") >= 1
-    wait_until(lambda: ("esi_queue_messages", (("queue", "dms_dead_letter_queue"),)) in scrape(dms_url),
-               timeout=15, what="the queue depth gauges")
+    assert (
+        value(after_api, "esi_http_requests_total", route="/send_to_dms", method="POST", status="202")
+        == value(before_api, "esi_http_requests_total", route="/send_to_dms", method="POST", status="202") + 1
+    )
+    assert (
+        value(after_api, "esi_messages_consumed_total", queue="1c_queue", message_type="user_created", outcome="ok")
+        >= 1
+    )
+    wait_until(
+        lambda: ("esi_queue_messages", (("queue", "dms_dead_letter_queue"),)) in scrape(dms_url),
+        timeout=15,
+        what="the queue depth gauges",
+    )
     assert ("esi_outbox_backlog", ()) in scrape(ops_system.api_url)
 
 
 def test_timelines_hold_every_hop_of_both_original_flows(ops_system: EsiSystem) -> None:
     user_req, order_req = unique("TL-USER"), unique("TL-ORDER")
-    ops_system.post("/send_to_dms", {"request_id": user_req, "user_id": unique("U"), "name": "Хронология",
-                                     "email": "t@example.com"})
-    ops_system.post("/send_to_crm", {"request_id": order_req, "order_id": "ORD9876", "status": "Shipped",
-                                     "needs_policy_info": True, "policy_number": "POL-0001"})
+    ops_system.post(
+        "/send_to_dms", {"request_id": user_req, "user_id": unique("U"), "name": "Хронология", "email": "t@example.com"}
+    )
+    ops_system.post(
+        "/send_to_crm",
+        {
+            "request_id": order_req,
+            "order_id": "ORD9876",
+            "status": "Shipped",
+            "needs_policy_info": True,
+            "policy_number": "POL-0001",
+        },
+    )
     assert ops_system.wait_final(user_req)["status"] == "completed"
     assert ops_system.wait_final(order_req)["status"] == "completed"
 
     def hops(request_id: str, expected: int) -> list[tuple]:
         events = httpx.get(f"{ops_system.api_url}/requests/{request_id}/timeline", timeout=10).json()["events"]
-        got = [(e["service"], e["event"], e.get("message_type") or (e.get("detail") or {}).get("operation"))
-               for e in events]
+        got = [
+            (e["service"], e["event"], e.get("message_type") or (e.get("detail") or {}).get("operation"))
+            for e in events
+        ]
         return got if len(got) >= expected else []
 
     user = wait_until(lambda: hops(user_req, 7), timeout=10, what="the create_user timeline")
@@ -151,8 +188,9 @@ def test_timelines_hold_every_hop_of_both_original_flows(ops_system: EsiSystem) 
         ("onec", "completed", "order_status_updated"),
     ]
 
-    traced = subprocess.run([ESI, "trace", order_req, "--api", ops_system.api_url], capture_output=True, text=True,
-                            timeout=30)
+    traced = subprocess.run(
+        [ESI, "trace", order_req, "--api", ops_system.api_url], capture_output=True, text=True, timeout=30
+    )
     assert traced.returncode == 0, traced.stderr
     assert "get_policy_info" in traced.stdout and "completed" in traced.stdout
 
@@ -179,6 +217,9 @@ def test_secrets_never_reach_the_logs(ops_system: EsiSystem) -> None:
     assert request_id in logs  # the logs do carry the request ids
     assert SECRET not in logs
     # no cookie or CSRF value in any form, and no Authorization header value
-    leaks = re.findall(r"(?i)(?:aspxauth|bpmcsrf|bpmloader|authorization|set-cookie)"
-                       r"[\"']?\s*[:=]\s*[\"']?(?!\*\*\*)[A-Za-z0-9]{6,}", logs)
+    leaks = re.findall(
+        r"(?i)(?:aspxauth|bpmcsrf|bpmloader|authorization|set-cookie)"
+        r"[\"']?\s*[:=]\s*[\"']?(?!\*\*\*)[A-Za-z0-9]{6,}",
+        logs,
+    )
     assert leaks == []

@@ -27,8 +27,12 @@ pytestmark = pytest.mark.integration
 #: the issue's numbers: a horizon of 3.5 s, which a one-minute outage would exhaust a hundred times over
 #: probes back off up to 10 s (30 s by default): a probe that lands just before the recovery would otherwise leave
 #: the breaker open for up to half of the minute the test allows after it on a loaded CI machine
-OUTAGE_ENV = {"ESI_RETRY_DELAYS": "[0.5, 1, 2]", "ESI_MAX_ATTEMPTS": "3",
-              "DMS_BREAKER_PROBE_MAX": "10", "CREATIO_BREAKER_PROBE_MAX": "10"}
+OUTAGE_ENV = {
+    "ESI_RETRY_DELAYS": "[0.5, 1, 2]",
+    "ESI_MAX_ATTEMPTS": "3",
+    "DMS_BREAKER_PROBE_MAX": "10",
+    "CREATIO_BREAKER_PROBE_MAX": "10",
+}
 OUTAGE_S = 60.0
 
 
@@ -39,8 +43,9 @@ def outage_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EsiSyste
     db = PgDatabase()
     system = EsiSystem(workdir=workdir, amqp_url=vhost.url, database_url=db.url, extra_env=OUTAGE_ENV)
     try:
-        system.start_all({"fakes": ["fake-creatio", "fake-dms"], "onec": ["onec"], "dms": ["dms"],
-                          "dms2": ["dms"], "crm": ["crm"]})
+        system.start_all(
+            {"fakes": ["fake-creatio", "fake-dms"], "onec": ["onec"], "dms": ["dms"], "dms2": ["dms"], "crm": ["crm"]}
+        )
         yield system
         codes = system.stop_all()
         assert all(code == 0 for code in codes.values()), (codes, system.logs()[-3000:])
@@ -77,8 +82,7 @@ def _metric(url: str, line_start: str) -> float | None:
 
 def _esi(system: EsiSystem, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**system.env(), "PATH": os.environ.get("PATH", "")}
-    return subprocess.run([ESI, *args], env=env, capture_output=True, text=True, timeout=60,
-                          cwd=str(system.workdir))
+    return subprocess.run([ESI, *args], env=env, capture_output=True, text=True, timeout=60, cwd=str(system.workdir))
 
 
 def _dlq_count(system: EsiSystem) -> int:
@@ -99,8 +103,12 @@ def test_a_minute_long_outage_of_the_dms_and_of_creatio_is_ridden_out(outage_sys
     with httpx.Client(base_url=system.api_url, timeout=30) as client:
         for batch in range(4):  # requests keep arriving during the outage, breaker open or not
             for _ in range(50):
-                user = {"request_id": unique("OUT-U"), "user_id": unique("U"), "name": "Петров Пётр",
-                        "email": f"{uuid.uuid4().hex[:8]}@example.com"}
+                user = {
+                    "request_id": unique("OUT-U"),
+                    "user_id": unique("U"),
+                    "name": "Петров Пётр",
+                    "email": f"{uuid.uuid4().hex[:8]}@example.com",
+                }
                 order = {"request_id": unique("OUT-O"), "order_id": "ORD9876", "status": "Shipped"}
                 assert client.post("/send_to_dms", json=user).status_code == 202
                 assert client.post("/send_to_crm", json=order).status_code == 202
@@ -157,19 +165,32 @@ def test_a_minute_long_outage_of_the_dms_and_of_creatio_is_ridden_out(outage_sys
     assert _dlq_count(system) == 0
     dms_state, creatio_state = system.dms_state(), system.creatio_state()
     assert len(dms_state["users"]) >= 200
-    calls = {"dms": _calls_between(dms_state, armed_at, recovered_at),
-             "crm": _calls_between(creatio_state, armed_at, recovered_at)}
+    calls = {
+        "dms": _calls_between(dms_state, armed_at, recovered_at),
+        "crm": _calls_between(creatio_state, armed_at, recovered_at),
+    }
     # a few dozen: the calls under way when the breaker opened, then one probe or trial per backoff step
     assert all(n <= 50 for n in calls.values()), calls
     # closed again, or half-open in a DMS replica whose peer took every message since its probe answered
-    assert max(_metric(system.processes[name].health_url, 'esi_circuit_open{system="dms"}') or 0.0
-               for name in ("dms", "dms2")) <= 0.5
-    assert min(_metric(system.processes[name].health_url, 'esi_circuit_open{system="dms"}') or 0.0
-               for name in ("dms", "dms2")) == 0.0
+    assert (
+        max(
+            _metric(system.processes[name].health_url, 'esi_circuit_open{system="dms"}') or 0.0
+            for name in ("dms", "dms2")
+        )
+        <= 0.5
+    )
+    assert (
+        min(
+            _metric(system.processes[name].health_url, 'esi_circuit_open{system="dms"}') or 0.0
+            for name in ("dms", "dms2")
+        )
+        == 0.0
+    )
     assert _metric(system.processes["crm"].health_url, 'esi_circuit_open{system="crm"}') == 0.0
     for code in ("dms", "crm"):
-        opened = _metric(system.processes[code].health_url,
-                         f'esi_circuit_transitions_total{{system="{code}",to="open"}}')
+        opened = _metric(
+            system.processes[code].health_url, f'esi_circuit_transitions_total{{system="{code}",to="open"}}'
+        )
         assert opened is not None and opened >= 1
 
 
@@ -207,8 +228,9 @@ def test_a_permanent_failure_or_a_poison_message_never_opens_the_breaker(outage_
     assert (_metric(health, 'esi_circuit_transitions_total{system="dms",to="open"}') or 0.0) == opened_before
     # and a request still goes through at once
     ok = unique("AFTER")
-    system.post("/send_to_dms", json={"request_id": ok, "user_id": unique("U"), "name": "Да",
-                                      "email": "yes@example.com"})
+    system.post(
+        "/send_to_dms", json={"request_id": ok, "user_id": unique("U"), "name": "Да", "email": "yes@example.com"}
+    )
     assert system.wait_final(ok)["status"] == "completed"
     httpx.post(f"{system.api_url}/dlq/purge", json={"expect": _dlq_count(system)}, timeout=30).raise_for_status()
 
@@ -218,8 +240,10 @@ def test_a_429_with_retry_after_is_called_again_no_sooner(outage_system: EsiSyst
     system.reset_fakes()
     system.fault("dms", {"status": 429, "count": 1, "retry_after": 3})
     request_id = unique("LIMITED")
-    system.post("/send_to_dms", json={"request_id": request_id, "user_id": unique("U"), "name": "Сидоров",
-                                      "email": "s@example.com"})
+    system.post(
+        "/send_to_dms",
+        json={"request_id": request_id, "user_id": unique("U"), "name": "Сидоров", "email": "s@example.com"},
+    )
     record = system.wait_final(request_id, timeout=30)
     assert record["status"] == "completed", record
     times = system.dms_state()["faults"]["call_times"]
@@ -244,8 +268,10 @@ def test_an_operator_pauses_and_resumes_every_dms_adapter_at_once(outage_system:
         circuit = httpx.get(f"{system.processes[process].health_url}/readyz", timeout=10).json()["checks"]
         assert circuit["circuit (dms)"]["state"] == "paused" and "DMS upgrade" in circuit["circuit (dms)"]["reason"]
     request_id = unique("PAUSED")
-    system.post("/send_to_dms", json={"request_id": request_id, "user_id": unique("U"), "name": "Ждёт",
-                                      "email": "w@example.com"})
+    system.post(
+        "/send_to_dms",
+        json={"request_id": request_id, "user_id": unique("U"), "name": "Ждёт", "email": "w@example.com"},
+    )
     time.sleep(1.5)  # a pause is the absence of calls: there is no event to wait for
     assert system.get_request(request_id)["status"] in ("accepted", "in_progress")
     assert system.dms_state()["counters"]["calls"]["create_user"] == 0

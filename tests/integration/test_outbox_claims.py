@@ -12,9 +12,16 @@ pytestmark = pytest.mark.integration
 
 
 def _accept(store: Store, request_id: str):  # type: ignore[no-untyped-def]
-    return store.requests.accept(request_id=request_id, source="1c", target="dms", message_type="create_user",
-                        payload_hash="h", message_id=f"m-{request_id}", routing_key="1c.request.dms.create_user",
-                        body=b'{"x": 1}')
+    return store.requests.accept(
+        request_id=request_id,
+        source="1c",
+        target="dms",
+        message_type="create_user",
+        payload_hash="h",
+        message_id=f"m-{request_id}",
+        routing_key="1c.request.dms.create_user",
+        body=b'{"x": 1}',
+    )
 
 
 async def test_concurrent_sweeps_of_several_processes_never_claim_a_row_twice(store_url: str) -> None:
@@ -22,8 +29,9 @@ async def test_concurrent_sweeps_of_several_processes_never_claim_a_row_twice(st
     try:
         for i in range(300):
             await _accept(stores[0], f"C{i}")
-        claims = await asyncio.gather(*(store.outbox.claim(limit=60, fresh_s=0, lease_s=60)
-                                        for store in stores for _ in range(3)))
+        claims = await asyncio.gather(
+            *(store.outbox.claim(limit=60, fresh_s=0, lease_s=60) for store in stores for _ in range(3))
+        )
         claimed = [row.message_id for rows in claims for row in rows]
         assert len(claimed) == len(set(claimed)) == 300  # every row once, none twice
         # claimed rows are held for the lease: another sweep finds nothing

@@ -49,15 +49,18 @@ async def _depth(bus: Bus, queue: str) -> int:
 
 
 async def test_publishes_made_while_the_connection_is_down_wait_for_it_and_land(vhost: Vhost) -> None:
-    bus = await Bus.open(vhost.url, topology=build_topology(load_registry().queues(), retry_delays=[1]), name="esi-test-reconnect")
+    bus = await Bus.open(
+        vhost.url, topology=build_topology(load_registry().queues(), retry_delays=[1]), name="esi-test-reconnect"
+    )
     try:
         await bus.publisher.publish_raw("", "dms_queue", b"before", headers={})
         # the connection is cut and, its user's access to the vhost withdrawn, cannot come back until it is restored
         await asyncio.to_thread(rabbitmqctl, "clear_permissions", "-p", vhost.name, "guest")
         assert await _cut_connections(vhost) == 1
         await _until(lambda: bus.publish_channel.is_closed, 10, "the client to see the connection gone")
-        publishes = asyncio.gather(*(bus.publisher.publish_raw("", "dms_queue", str(i).encode(), headers={})
-                                     for i in range(50)))
+        publishes = asyncio.gather(
+            *(bus.publisher.publish_raw("", "dms_queue", str(i).encode(), headers={}) for i in range(50))
+        )
         await asyncio.sleep(1.5)  # a reconnection attempt fails meanwhile; the publishes must neither land nor fail
         assert not publishes.done()
         await asyncio.to_thread(rabbitmqctl, "set_permissions", "-p", vhost.name, "guest", ".*", ".*", ".*")
@@ -69,13 +72,16 @@ async def test_publishes_made_while_the_connection_is_down_wait_for_it_and_land(
 
 
 async def test_after_the_broker_closes_the_channel_the_next_publishes_land(vhost: Vhost) -> None:
-    bus = await Bus.open(vhost.url, topology=build_topology(load_registry().queues(), retry_delays=[1]), name="esi-test-channel-close")
+    bus = await Bus.open(
+        vhost.url, topology=build_topology(load_registry().queues(), retry_delays=[1]), name="esi-test-channel-close"
+    )
     try:
         # a publish to an exchange that does not exist: the broker answers by closing the channel (404)
         with pytest.raises(TransientError):
             await bus.publisher.publish_raw("no-such-exchange", "x", b"lost", headers={})
-        await asyncio.gather(*(bus.publisher.publish_raw("", "dms_queue", str(i).encode(), headers={})
-                               for i in range(20)))
+        await asyncio.gather(
+            *(bus.publisher.publish_raw("", "dms_queue", str(i).encode(), headers={}) for i in range(20))
+        )
         assert not bus.publish_channel.is_closed
         assert await _depth(bus, "dms_queue") == 20
     finally:
@@ -83,7 +89,8 @@ async def test_after_the_broker_closes_the_channel_the_next_publishes_land(vhost
 
 
 async def test_a_retry_that_cannot_be_parked_goes_back_to_its_queue_after_a_pause_and_is_never_lost(
-        vhost: Vhost) -> None:
+    vhost: Vhost,
+) -> None:
     topology = build_topology(load_registry().queues(), retry_delays=[0.2])
     queue = topology.queue_for("dms")
     bus = await Bus.open(vhost.url, topology=topology, name="esi-test-park")
@@ -93,16 +100,28 @@ async def test_a_retry_that_cannot_be_parked_goes_back_to_its_queue_after_a_paus
         deliveries.append(time.monotonic())
         raise TransientError("the DMS is down", code="dms_down")
 
-    consumer = Consumer(service="dms", queue=queue, channel=bus.consume_channel, publisher=bus.publisher,
-                        catalog=load_registry().catalog, handlers={"create_user": unavailable}, max_attempts=2,
-                        queue_arguments=topology.work_queue_arguments(queue))
+    consumer = Consumer(
+        service="dms",
+        queue=queue,
+        channel=bus.consume_channel,
+        publisher=bus.publisher,
+        catalog=load_registry().catalog,
+        handlers={"create_user": unavailable},
+        max_attempts=2,
+        queue_arguments=topology.work_queue_arguments(queue),
+    )
     try:
         # the retry ladder's hold queue is gone: parking the failed delivery there is refused (unroutable)
         await bus.publish_channel.queue_delete(queue.retry_steps[0].queue)
-        envelope = Envelope(message_id=uuid.uuid4().hex, request_id="PARK-1", source_system="1c",
-                            target_system="dms", message_type="create_user",
-                            timestamp=datetime.now(UTC),
-                            payload={"user_id": "U-PARK", "name": "Парковка", "email": "park@example.com"})
+        envelope = Envelope(
+            message_id=uuid.uuid4().hex,
+            request_id="PARK-1",
+            source_system="1c",
+            target_system="dms",
+            message_type="create_user",
+            timestamp=datetime.now(UTC),
+            payload={"user_id": "U-PARK", "name": "Парковка", "email": "park@example.com"},
+        )
         await bus.publisher.publish(envelope, "1c.request.dms.create_user")
         await consumer.start()
         await _until(lambda: len(deliveries) >= 3, 15, "the delivery to come back twice")

@@ -28,25 +28,51 @@ DAY = 86400.0
 
 
 def _request(request_id: str, *, status: str, at: str) -> dict[str, Any]:
-    return {"request_id": request_id, "source": "1c", "target": "dms", "message_type": "create_user",
-            "status": status, "payload_hash": "h", "response": None, "error": None, "attempts": 0,
-            "last_error": None, "created_at": at, "updated_at": at, "client_id": None}
+    return {
+        "request_id": request_id,
+        "source": "1c",
+        "target": "dms",
+        "message_type": "create_user",
+        "status": status,
+        "payload_hash": "h",
+        "response": None,
+        "error": None,
+        "attempts": 0,
+        "last_error": None,
+        "created_at": at,
+        "updated_at": at,
+        "client_id": None,
+    }
 
 
 def _event(request_id: str, event: str, at: str) -> dict[str, Any]:
-    return {"request_id": request_id, "at": at, "event": event, "service": "onec", "message_id": None,
-            "causation_id": None, "message_type": "create_user", "detail": None}
+    return {
+        "request_id": request_id,
+        "at": at,
+        "event": event,
+        "service": "onec",
+        "message_id": None,
+        "causation_id": None,
+        "message_type": "create_user",
+        "detail": None,
+    }
 
 
 def _outbox(request_id: str, *, at: str, sent: bool) -> dict[str, Any]:
-    return {"message_id": f"m-{request_id}", "request_id": request_id, "routing_key": "1c.request.dms.create_user",
-            "body": b"{}", "created_at": at, "sent_at": at if sent else None}
+    return {
+        "message_id": f"m-{request_id}",
+        "request_id": request_id,
+        "routing_key": "1c.request.dms.create_user",
+        "body": b"{}",
+        "created_at": at,
+        "sent_at": at if sent else None,
+    }
 
 
 async def _insert(store: Store, table: Any, rows: list[dict[str, Any]], chunk: int = 10_000) -> None:
     """Rows straight into a table, bypassing the API (old requests cannot be made any other way)."""
     for start in range(0, len(rows), chunk):
-        part = rows[start:start + chunk]
+        part = rows[start : start + chunk]
         await store.database.write_alone(lambda conn, part=part: conn.execute(insert(table), part))
 
 
@@ -61,8 +87,12 @@ async def _count(store: Store, table: Any) -> int:
 async def test_expired_requests_go_with_their_keys_and_timelines_and_nothing_else(store_url: str) -> None:
     now = datetime.now(UTC).isoformat(timespec="microseconds")
     expired = {"old-completed": "completed", "old-failed": "failed", "old-dead": "dead_lettered"}
-    kept = {"recent-completed": ("completed", now), "old-in-progress": ("in_progress", OLD),
-            "old-accepted": ("accepted", OLD), "old-unsent": ("completed", OLD)}
+    kept = {
+        "recent-completed": ("completed", now),
+        "old-in-progress": ("in_progress", OLD),
+        "old-accepted": ("accepted", OLD),
+        "old-unsent": ("completed", OLD),
+    }
     async with await Store.open(store_url) as store:
         requests = [_request(rid, status=status, at=OLD) for rid, status in expired.items()]
         requests += [_request(rid, status=status, at=at) for rid, (status, at) in kept.items()]
@@ -133,13 +163,14 @@ async def _seed_expired(store: Store) -> None:
     def write(conn: Any) -> None:  # one transaction: the running pass sees all of them or none
         for table, rows in ((schema.requests, requests), (schema.request_keys, keys), (schema.events, events)):
             for start in range(0, len(rows), 10_000):
-                conn.execute(insert(table), rows[start:start + 10_000])
+                conn.execute(insert(table), rows[start : start + 10_000])
 
     await store.database.write_alone(write)
 
 
-async def _post_load(api_url: str, stop: asyncio.Event, latencies: list[tuple[float, float]],
-                     posted: list[str]) -> None:
+async def _post_load(
+    api_url: str, stop: asyncio.Event, latencies: list[tuple[float, float]], posted: list[str]
+) -> None:
     """`RATE` POSTs per second until `stop`: (start time, seconds) of each."""
 
     async def worker(client: httpx.AsyncClient) -> None:
@@ -147,8 +178,10 @@ async def _post_load(api_url: str, stop: asyncio.Event, latencies: list[tuple[fl
         while not stop.is_set():
             request_id = unique("NEW")
             started = time.monotonic()
-            response = await client.post("/send_to_dms", json={"request_id": request_id, "user_id": "U1",
-                                                               "name": "Иванов Иван", "email": "i@example.com"})
+            response = await client.post(
+                "/send_to_dms",
+                json={"request_id": request_id, "user_id": "U1", "name": "Иванов Иван", "email": "i@example.com"},
+            )
             elapsed = time.monotonic() - started
             assert response.status_code == 202, response.text
             latencies.append((started, elapsed))
@@ -168,8 +201,12 @@ async def test_a_pass_over_100k_expired_requests_does_not_stall_the_api(backend:
     vhost = Vhost()
     db = await asyncio.to_thread(PgDatabase) if backend == "postgres" else None
     url = db.url if db else f"sqlite:///{tmp_path}/esi.db"
-    system = EsiSystem(workdir=tmp_path, amqp_url=vhost.url, database_url=url,
-                       extra_env={"ESI_REQUEST_RETENTION": "30d", "ESI_RETENTION_INTERVAL": "1"})
+    system = EsiSystem(
+        workdir=tmp_path,
+        amqp_url=vhost.url,
+        database_url=url,
+        extra_env={"ESI_REQUEST_RETENTION": "30d", "ESI_RETENTION_INTERVAL": "1"},
+    )
     store = await Store.open(url)
     try:
         system.start("api", ["onec"])
@@ -212,10 +249,12 @@ async def test_a_pass_over_100k_expired_requests_does_not_stall_the_api(backend:
         without = [seconds for _, seconds in baseline]
         with_pass = [seconds for started, seconds in during if window_start <= started <= window_end]
         p99_without, p99_with = _p99(without), _p99(with_pass)
-        print(f"\n{backend}: seeding {EXPIRED} expired requests took {seeded - seeding:.1f} s; the pass "
-              f"{window_end - window_start:.1f} s; POST p99 without a pass {p99_without * 1000:.1f} ms "
-              f"(n={len(without)}), during it {p99_with * 1000:.1f} ms (n={len(with_pass)}), "
-              f"max during {max(with_pass) * 1000:.1f} ms")
+        print(
+            f"\n{backend}: seeding {EXPIRED} expired requests took {seeded - seeding:.1f} s; the pass "
+            f"{window_end - window_start:.1f} s; POST p99 without a pass {p99_without * 1000:.1f} ms "
+            f"(n={len(without)}), during it {p99_with * 1000:.1f} ms (n={len(with_pass)}), "
+            f"max during {max(with_pass) * 1000:.1f} ms"
+        )
         assert len(with_pass) >= 20, "too few POSTs fell within the pass to measure it"
         # a batch at a time: the POSTs wait for one batch at most, never for the whole pass
         assert p99_with < max(5 * p99_without, 0.5), (p99_without, p99_with)

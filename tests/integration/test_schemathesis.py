@@ -63,9 +63,13 @@ class EsiUnderTest:
 
     @staticmethod
     def deps_kwargs(store: Store) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"registry": load_registry(), "store": store, "on_accepted": lambda row: None,
-                                  "max_pdf_bytes": 1024 * 1024,
-                                  "dead_letters": None}
+        kwargs: dict[str, Any] = {
+            "registry": load_registry(),
+            "store": store,
+            "on_accepted": lambda row: None,
+            "max_pdf_bytes": 1024 * 1024,
+            "dead_letters": None,
+        }
         # once the API authenticates its clients (ApiDeps.clients), the demo client has every scope
         if "clients" in {f.name for f in dataclasses.fields(ApiDeps)}:
             kwargs["clients"] = demo_registry()
@@ -88,13 +92,15 @@ def errors_have_the_json_error_shape(ctx: Any, response: Any, case: Any) -> None
         return None
     content_type = response.headers.get("content-type", [""])
     content_type = content_type[0] if isinstance(content_type, list) else content_type
-    assert content_type.startswith("application/json"), \
+    assert content_type.startswith("application/json"), (
         f"{response.status_code} answered with Content-Type {content_type!r}: {response.content[:300]!r}"
+    )
     try:
         body = json.loads(response.content)
     except ValueError:
         raise AssertionError(
-            f"{response.status_code} with a body that is not JSON: {response.content[:300]!r}") from None
+            f"{response.status_code} with a body that is not JSON: {response.content[:300]!r}"
+        ) from None
     error = body.get("error") if isinstance(body, dict) else None
     assert isinstance(error, dict), f"{response.status_code} without an 'error' object: {body!r}"[:500]
     assert isinstance(error.get("code"), str) and error["code"], f"error.code missing or empty: {body!r}"[:500]
@@ -125,8 +131,9 @@ MUST_ACCEPT = {("/send_to_dms", "POST"), ("/send_to_crm", "POST")}
 # `request.node._nodeid`, which pytest 9.2 no longer has): each operation is driven with its Hypothesis strategy,
 # as schemathesis documents for use with `@given`
 @pytest.mark.parametrize("path, method, mode", _operations(), ids=lambda v: str(v))
-def test_the_api_never_answers_5xx_and_always_shapes_its_errors(esi_schema: Any, path: str, method: str,
-                                                                  mode: GenerationMode) -> None:
+def test_the_api_never_answers_5xx_and_always_shapes_its_errors(
+    esi_schema: Any, path: str, method: str, mode: GenerationMode
+) -> None:
     operation = esi_schema[path][method]
     statuses: list[int] = []
 
@@ -147,12 +154,16 @@ def test_the_api_never_answers_5xx_and_always_shapes_its_errors(esi_schema: Any,
         assert 202 in statuses, sorted(set(statuses))
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/send_to_dms", {"request_id": "R1\n", "user_id": "U1", "name": "Иван", "email": "ivan@example.com"}),
-    ("/send_to_crm", {"request_id": "R2\n", "order_id": "ORD9876", "status": "Shipped"}),
-])
-def test_a_request_id_with_a_trailing_newline_is_not_a_server_error(esi_schema: Any, path: str,
-                                                                     body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/send_to_dms", {"request_id": "R1\n", "user_id": "U1", "name": "Иван", "email": "ivan@example.com"}),
+        ("/send_to_crm", {"request_id": "R2\n", "order_id": "ORD9876", "status": "Shipped"}),
+    ],
+)
+def test_a_request_id_with_a_trailing_newline_is_not_a_server_error(
+    esi_schema: Any, path: str, body: dict[str, Any]
+) -> None:
     case = esi_schema[path]["POST"].Case(body=body, media_type="application/json")
     response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error, errors_have_the_json_error_shape])
     assert response.status_code == 422

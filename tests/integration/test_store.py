@@ -22,9 +22,16 @@ pytestmark = pytest.mark.integration
 
 
 def _accept(store: Store, request_id: str, payload_hash: str = "h1", message_id: str | None = None):
-    return store.requests.accept(request_id=request_id, source="1c", target="dms", message_type="create_user",
-                        payload_hash=payload_hash, message_id=message_id or f"m-{request_id}-{payload_hash}",
-                        routing_key="1c.request.dms.create_user", body=b'{"x": 1}')
+    return store.requests.accept(
+        request_id=request_id,
+        source="1c",
+        target="dms",
+        message_type="create_user",
+        payload_hash=payload_hash,
+        message_id=message_id or f"m-{request_id}-{payload_hash}",
+        routing_key="1c.request.dms.create_user",
+        body=b'{"x": 1}',
+    )
 
 
 async def test_accept_is_idempotent_on_request_id_even_when_concurrent(store_url: str) -> None:
@@ -89,8 +96,12 @@ def _version_3_tables() -> MetaData:
     for column in ("source", "target"):
         tables.tables["esi_requests"].c[column].type = String(8)
     # where stores of that version recorded their migrations (esi.store.migrations copies them over once)
-    Table("esi_schema_migrations", tables, Column("version", Integer, primary_key=True),
-          Column("applied_at", String(40), nullable=False))
+    Table(
+        "esi_schema_migrations",
+        tables,
+        Column("version", Integer, primary_key=True),
+        Column("applied_at", String(40), nullable=False),
+    )
     return tables
 
 
@@ -104,14 +115,22 @@ async def _system_code_lengths(store: Store) -> dict[str, int]:
 
 async def _accept_long_codes(store: Store) -> None:
     """A request between two systems whose codes are longer than the 8 characters of schema version 3."""
-    await store.requests.accept(request_id="LONG1", source="warehouse_eu", target="warehouse", message_type="stock_level",
-                       payload_hash="h", message_id="m-long-1",
-                       routing_key="warehouse_eu.request.warehouse.stock_level", body=b"{}")
+    await store.requests.accept(
+        request_id="LONG1",
+        source="warehouse_eu",
+        target="warehouse",
+        message_type="stock_level",
+        payload_hash="h",
+        message_id="m-long-1",
+        routing_key="warehouse_eu.request.warehouse.stock_level",
+        body=b"{}",
+    )
     record = await store.requests.get("LONG1")
     assert record is not None and record.target == "warehouse" and record.status is RequestStatus.ACCEPTED
     r = schema.requests
     stored = await store.database.read(
-        lambda conn: conn.execute(select(r.c.source, r.c.target).where(r.c.request_id == "LONG1")).one())
+        lambda conn: conn.execute(select(r.c.source, r.c.target).where(r.c.request_id == "LONG1")).one()
+    )
     assert tuple(stored) == ("warehouse_eu", "warehouse")
 
 
@@ -125,14 +144,19 @@ async def test_order_updates_are_claimed_newest_first(store_url: str) -> None:
         # a redelivery of the newest holds it again; the same moment from another message is not ordered after it
         assert (await updates.claim_order_update("crm:o1", changed_at=t2, status="Delivered", message_id="m2")).held
         assert (await updates.claim_order_update("crm:o1", changed_at=t2, status="Delivered", message_id="m3")).held
-        newer = await updates.claim_order_update("crm:o1", changed_at="2026-12-01T12:00:00.000000+00:00",
-                                               status="Closed", message_id="m4")
+        newer = await updates.claim_order_update(
+            "crm:o1", changed_at="2026-12-01T12:00:00.000000+00:00", status="Closed", message_id="m4"
+        )
         assert newer.held and (await updates.order_update("crm:o1")).status == "Closed"  # type: ignore[union-attr]
         assert await updates.order_update("crm:other") is None
         # many first claims of one order at once: exactly one row, and the newest wins
         times = [f"2026-12-01T09:00:{i:02d}.000000+00:00" for i in range(10)]
-        await asyncio.gather(*(updates.claim_order_update("crm:o2", changed_at=t, status=f"S{i}", message_id=f"n{i}")
-                               for i, t in enumerate(times)))
+        await asyncio.gather(
+            *(
+                updates.claim_order_update("crm:o2", changed_at=t, status=f"S{i}", message_id=f"n{i}")
+                for i, t in enumerate(times)
+            )
+        )
         assert (await updates.order_update("crm:o2")).changed_at == times[-1]  # type: ignore[union-attr]
 
 
@@ -148,13 +172,25 @@ async def test_a_store_created_by_schema_version_3_is_migrated_to_wider_system_c
 
     def create_version_3(conn) -> None:
         old.create_all(conn)
-        conn.execute(insert(old.tables["esi_schema_migrations"]),
-                     [{"version": v, "applied_at": "2026-01-01T00:00:00+00:00"} for v in (1, 2, 3)])
+        conn.execute(
+            insert(old.tables["esi_schema_migrations"]),
+            [{"version": v, "applied_at": "2026-01-01T00:00:00+00:00"} for v in (1, 2, 3)],
+        )
 
     def insert_long_code(conn) -> None:
-        conn.execute(insert(old.tables["esi_requests"]).values(
-            request_id="OLD1", source="1c", target="warehouse", message_type="t", status="accepted",
-            payload_hash="h", attempts=0, created_at="2026-01-01", updated_at="2026-01-01"))
+        conn.execute(
+            insert(old.tables["esi_requests"]).values(
+                request_id="OLD1",
+                source="1c",
+                target="warehouse",
+                message_type="t",
+                status="accepted",
+                payload_hash="h",
+                attempts=0,
+                created_at="2026-01-01",
+                updated_at="2026-01-01",
+            )
+        )
 
     try:
         await backend.write_alone(create_version_3)
@@ -167,7 +203,9 @@ async def test_a_store_created_by_schema_version_3_is_migrated_to_wider_system_c
     async with await Store.open(store_url) as store:
         assert await store.database.applied_migrations() == sorted(schema.MIGRATIONS.versions)
         assert max(schema.MIGRATIONS.versions) >= 4
-        if not store.database.is_sqlite:  # SQLite ignores VARCHAR lengths: its declaration stays, its values are not cut
+        if (
+            not store.database.is_sqlite
+        ):  # SQLite ignores VARCHAR lengths: its declaration stays, its values are not cut
             assert await _system_code_lengths(store) == {"source": 32, "target": 32}
         await _accept_long_codes(store)
     async with await Store.open(store_url) as store:  # opened again: nothing left to migrate, nothing lost
@@ -177,7 +215,11 @@ async def test_a_store_created_by_schema_version_3_is_migrated_to_wider_system_c
 
 async def test_api_answers_503_with_retry_after_when_the_backlog_is_full(tmp_path) -> None:
     async with await Store.open(f"sqlite:///{tmp_path}/b.db") as store:
-        app = create_app(ApiDeps(registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, max_backlog=3))
+        app = create_app(
+            ApiDeps(
+                registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, max_backlog=3
+            )
+        )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://esi") as client:
             codes = []
@@ -290,8 +332,10 @@ async def test_reads_of_one_turn_run_together_and_fail_alone(tmp_path) -> None:
         def lookup(request_id: str):
             return lambda conn: SELECT_REQUEST.first(conn, {"rid": request_id})
 
-        reads = [backend.read(lookup(f"RD{i}")) for i in range(150)] + [backend.read(broken),
-                                                                           backend.read(lookup("nope"))]
+        reads = [backend.read(lookup(f"RD{i}")) for i in range(150)] + [
+            backend.read(broken),
+            backend.read(lookup("nope")),
+        ]
         results = await asyncio.gather(*reads, return_exceptions=True)
         assert [r["request_id"] for r in results[:150]] == [f"RD{i}" for i in range(150)]
         assert isinstance(results[150], ValueError) and results[151] is None
@@ -349,12 +393,15 @@ async def test_a_pause_holds_until_resumed_or_until_it_runs_out(store_url: str) 
 
 async def test_the_audit_log_keeps_who_did_what_newest_first(store_url: str) -> None:
     async with await Store.open(store_url) as store:
-        await store.audit.record("dlq.replay", client_id="ops", subject="dms_dead_letter_queue", count=3,
-                          detail={"ids": ["a", "b", "c"]})
+        await store.audit.record(
+            "dlq.replay", client_id="ops", subject="dms_dead_letter_queue", count=3, detail={"ids": ["a", "b", "c"]}
+        )
         await store.audit.record("system.pause", client_id="anna", subject="crm", detail={"reason": "upgrade"})
         entries = await store.audit.entries()
         assert [(e.action, e.client_id, e.subject, e.count) for e in entries] == [
-            ("system.pause", "anna", "crm", None), ("dlq.replay", "ops", "dms_dead_letter_queue", 3)]
+            ("system.pause", "anna", "crm", None),
+            ("dlq.replay", "ops", "dms_dead_letter_queue", 3),
+        ]
         assert entries[1].detail == {"ids": ["a", "b", "c"]} and entries[0].at >= entries[1].at
         assert [e.action for e in await store.audit.entries(action="dlq.replay")] == ["dlq.replay"]
         assert [e.client_id for e in await store.audit.entries(client_id="anna")] == ["anna"]

@@ -43,6 +43,7 @@ START_TIMEOUT = 45
 
 # --- certificates ---------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Pki:
     ca: Path
@@ -54,13 +55,15 @@ class Pki:
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "esi tests"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "esi tests"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 def _write_cert(cert: x509.Certificate, path: Path) -> None:
@@ -72,35 +75,71 @@ def make_ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(cn)).issuer_name(_name(cn))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return cert, key
 
 
-def make_leaf(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str, *, server: bool,
-              dns: tuple[str, ...] = (),
-              ips: tuple[str, ...] = ()) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def make_leaf(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    cn: str,
+    *,
+    server: bool,
+    dns: tuple[str, ...] = (),
+    ips: tuple[str, ...] = (),
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(cn)).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .subject_name(_name(cn))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=True, key_cert_sign=False, crl_sign=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                              else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
@@ -111,15 +150,21 @@ def make_leaf(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str,
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
-def make_pki(directory: Path, *, server_dns: tuple[str, ...] = ("localhost",),
-             server_ips: tuple[str, ...] = ("127.0.0.1", "::1")) -> Pki:
+def make_pki(
+    directory: Path, *, server_dns: tuple[str, ...] = ("localhost",), server_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+) -> Pki:
     ca, ca_key = make_ca("esi test CA")
     server, server_key = make_leaf(ca, ca_key, "localhost", server=True, dns=server_dns, ips=server_ips)
     client, client_key = make_leaf(ca, ca_key, "esi-test-client", server=False)
     other, _ = make_ca("some other CA")
-    pki = Pki(ca=directory / "ca.pem", server_cert=directory / "server.pem", server_key=directory / "server.key",
-              client_cert=directory / "client.pem", client_key=directory / "client.key",
-              other_ca=directory / "other-ca.pem")
+    pki = Pki(
+        ca=directory / "ca.pem",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client.key",
+        other_ca=directory / "other-ca.pem",
+    )
     _write_cert(ca, pki.ca)
     _write_cert(server, pki.server_cert)
     _write_key(server_key, pki.server_key)
@@ -131,14 +176,16 @@ def make_pki(directory: Path, *, server_dns: tuple[str, ...] = ("localhost",),
 
 # --- a second RabbitMQ node -----------------------------------------------------------------------------------------
 
+
 def _ctl_env() -> dict[str, str]:
     # the CLI derives its own distribution ports from RABBITMQ_* variables: give it none of the extra node's
     return {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
 
 
 def _ctl(node: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["rabbitmqctl", "-n", node, *args], capture_output=True, text=True, timeout=timeout,
-                          env=_ctl_env())
+    return subprocess.run(
+        ["rabbitmqctl", "-n", node, *args], capture_output=True, text=True, timeout=timeout, env=_ctl_env()
+    )
 
 
 @dataclass
@@ -159,18 +206,20 @@ class TlsNode:
 
     def env(self) -> dict[str, str]:
         env = _ctl_env()
-        env.update({
-            "RABBITMQ_NODENAME": self.name,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.tcp_port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.base / "log"),
-            "RABBITMQ_PID_FILE": str(self.pid_file),
-            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
-        })
+        env.update(
+            {
+                "RABBITMQ_NODENAME": self.name,
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "RABBITMQ_NODE_PORT": str(self.tcp_port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(self.base / "log"),
+                "RABBITMQ_PID_FILE": str(self.pid_file),
+                "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            }
+        )
         return env
 
     def write_config(self) -> None:
@@ -200,15 +249,18 @@ class TlsNode:
         return "\n".join(text)
 
     def start(self) -> None:
-        result = subprocess.run(["rabbitmq-server", "-detached"], env=self.env(), capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            ["rabbitmq-server", "-detached"], env=self.env(), capture_output=True, text=True, timeout=60
+        )
         if result.returncode != 0:
             raise RuntimeError(
-                f"rabbitmq-server -detached failed ({result.returncode}): {result.stderr or result.stdout}")
+                f"rabbitmq-server -detached failed ({result.returncode}): {result.stderr or result.stdout}"
+            )
         # `-detached` returns before the node is up: `wait` follows the PID file until the node answers,
         # `await_startup` until the broker inside it has booted
-        waited = _ctl(self.name, "wait", str(self.pid_file), "--timeout", str(START_TIMEOUT),
-                      timeout=START_TIMEOUT + 15)
+        waited = _ctl(
+            self.name, "wait", str(self.pid_file), "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 15
+        )
         if waited.returncode == 0:
             waited = _ctl(self.name, "await_startup", "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 15)
         if waited.returncode != 0:
@@ -267,8 +319,14 @@ def tls_node() -> Iterator[TlsNode]:
         certs = base / "certs"
         certs.mkdir()
         pki = make_pki(certs)
-        node = TlsNode(name=f"esi-tls-{uuid.uuid4().hex[:8]}@localhost", base=base, tls_port=free_port(),
-                       tcp_port=free_port(), dist_port=free_port(), pki=pki)
+        node = TlsNode(
+            name=f"esi-tls-{uuid.uuid4().hex[:8]}@localhost",
+            base=base,
+            tls_port=free_port(),
+            tcp_port=free_port(),
+            dist_port=free_port(),
+            pki=pki,
+        )
         node.write_config()
         for path in [base, *base.rglob("*")]:
             os.chown(path, rabbitmq.pw_uid, rabbitmq.pw_gid)
@@ -287,15 +345,23 @@ def tls_node() -> Iterator[TlsNode]:
 
 # --- the tests ------------------------------------------------------------------------------------------------------
 
+
 async def _publish_once(bus: Bus) -> None:
-    envelope = Envelope(request_id=f"tls-{uuid.uuid4().hex[:8]}", source_system="1c", target_system="dms",
-                        message_type="create_user", payload={"user_id": "U1", "name": "Иван", "email": "i@example.com"})
+    envelope = Envelope(
+        request_id=f"tls-{uuid.uuid4().hex[:8]}",
+        source_system="1c",
+        target_system="dms",
+        message_type="create_user",
+        payload={"user_id": "U1", "name": "Иван", "email": "i@example.com"},
+    )
     await bus.publisher.publish(envelope, envelope.routing_key(Kind.REQUEST))
 
 
 async def test_bus_opens_over_amqps_with_the_ca_and_publishes(tls_node: TlsNode) -> None:
     context = amqp_ssl_context(ca_file=str(tls_node.pki.ca))
-    bus = await asyncio.wait_for(Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()), ssl_context=context), 20)
+    bus = await asyncio.wait_for(
+        Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()), ssl_context=context), 20
+    )
     try:
         assert bus.connected
         await _publish_once(bus)
@@ -308,14 +374,29 @@ async def test_bus_opens_over_amqps_with_the_ca_and_publishes(tls_node: TlsNode)
 
 
 async def test_a_client_certificate_is_presented_to_the_broker(tls_node: TlsNode) -> None:
-    context = amqp_ssl_context(ca_file=str(tls_node.pki.ca), cert_file=str(tls_node.pki.client_cert),
-                               key_file=str(tls_node.pki.client_key))
-    bus = await asyncio.wait_for(Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()), ssl_context=context,
-                                          name="esi-with-client-cert"), 20)
+    context = amqp_ssl_context(
+        ca_file=str(tls_node.pki.ca), cert_file=str(tls_node.pki.client_cert), key_file=str(tls_node.pki.client_key)
+    )
+    bus = await asyncio.wait_for(
+        Bus.open(
+            tls_node.url(),
+            topology=build_topology(load_registry().queues()),
+            ssl_context=context,
+            name="esi-with-client-cert",
+        ),
+        20,
+    )
     try:
         await _publish_once(bus)
-        listed = await asyncio.to_thread(_ctl, tls_node.name, "list_connections", "client_properties", "ssl",
-                                         "peer_cert_subject", "--no-table-headers")
+        listed = await asyncio.to_thread(
+            _ctl,
+            tls_node.name,
+            "list_connections",
+            "client_properties",
+            "ssl",
+            "peer_cert_subject",
+            "--no-table-headers",
+        )
         assert listed.returncode == 0, listed.stderr
         lines = [line for line in listed.stdout.splitlines() if "esi-with-client-cert" in line]
         assert lines, listed.stdout
@@ -328,25 +409,36 @@ async def test_a_client_certificate_is_presented_to_the_broker(tls_node: TlsNode
 async def test_a_broker_signed_by_another_ca_is_refused(tls_node: TlsNode) -> None:
     context = amqp_ssl_context(ca_file=str(tls_node.pki.other_ca))
     with pytest.raises(BrokerUnavailable) as caught:
-        await asyncio.wait_for(Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()), ssl_context=context), 20)
+        await asyncio.wait_for(
+            Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()), ssl_context=context), 20
+        )
     assert "certificate verify failed" in str(caught.value)
 
 
 async def test_the_system_trust_store_does_not_trust_a_private_ca(tls_node: TlsNode) -> None:
     with pytest.raises(BrokerUnavailable):
-        await asyncio.wait_for(Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()),
-                                        ssl_context=amqp_ssl_context(ca_file=None)), 20)
+        await asyncio.wait_for(
+            Bus.open(
+                tls_node.url(),
+                topology=build_topology(load_registry().queues()),
+                ssl_context=amqp_ssl_context(ca_file=None),
+            ),
+            20,
+        )
 
 
 async def test_a_url_with_no_verify_ssl_is_refused_rather_than_obeyed(tls_node: TlsNode) -> None:
     with pytest.raises(ValueError, match="no_verify_ssl"):
         amqp_ssl_context_for_url(tls_node.url() + "?no_verify_ssl=1", ca_file=str(tls_node.pki.ca))
     context = amqp_ssl_context_for_url(tls_node.url(), ca_file=str(tls_node.pki.ca))
-    bus = await asyncio.wait_for(Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()), ssl_context=context), 20)
+    bus = await asyncio.wait_for(
+        Bus.open(tls_node.url(), topology=build_topology(load_registry().queues()), ssl_context=context), 20
+    )
     await bus.aclose()
 
 
 # --- the contexts themselves, against a plain TLS server (no broker needed) ----------------------------------------
+
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:

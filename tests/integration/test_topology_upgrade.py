@@ -40,8 +40,9 @@ async def test_a_work_queue_created_without_the_group_size_is_used_as_it_is(vhos
     bus = await Bus.open(vhost.url, topology=topology)
     try:
         assert topology.work_queue_arguments(work) == earlier  # what the consumer re-declares it with
-        queue = await bus.consume_channel.declare_queue(work.name, durable=True,
-                                                        arguments=topology.work_queue_arguments(work))
+        queue = await bus.consume_channel.declare_queue(
+            work.name, durable=True, arguments=topology.work_queue_arguments(work)
+        )
         assert queue.declaration_result.message_count == 0
     finally:
         await bus.aclose()

@@ -79,12 +79,18 @@ class Receiver:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    spans.append({
-                        "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
-                        "parent_span_id": span.parent_span_id.hex(), "name": span.name, "kind": span.kind,
-                        "service": resource.get("service.name"), "status": span.status.code,
-                        "attributes": {a.key: _value(a.value) for a in span.attributes},
-                    })
+                    spans.append(
+                        {
+                            "trace_id": span.trace_id.hex(),
+                            "span_id": span.span_id.hex(),
+                            "parent_span_id": span.parent_span_id.hex(),
+                            "name": span.name,
+                            "kind": span.kind,
+                            "service": resource.get("service.name"),
+                            "status": span.status.code,
+                            "attributes": {a.key: _value(a.value) for a in span.attributes},
+                        }
+                    )
         with self._lock:
             self.spans.extend(spans)
 
@@ -115,9 +121,17 @@ def traced_system(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) 
     """Each adapter in a process of its own, every process exporting its spans to the receiver."""
     workdir = tmp_path_factory.mktemp("esi-tracing")
     v = Vhost()
-    system = EsiSystem(workdir=workdir, amqp_url=v.url, database_url=f"sqlite:///{workdir}/esi.db",
-                       extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "50",
-                                  "OTEL_TRACES_SAMPLER": "parentbased_always_on", "ESI_LOG_LEVEL": "DEBUG"})
+    system = EsiSystem(
+        workdir=workdir,
+        amqp_url=v.url,
+        database_url=f"sqlite:///{workdir}/esi.db",
+        extra_env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+            "ESI_LOG_LEVEL": "DEBUG",
+        },
+    )
     try:
         system.start_all({"fakes": ["fake-creatio", "fake-dms"], "onec": ["onec"], "crm": ["crm"], "dms": ["dms"]})
         for name in ("crm", "dms"):
@@ -171,15 +185,25 @@ CHAIN = [
 
 def test_one_trace_follows_a_request_through_every_process(traced_system: EsiSystem, receiver: Receiver) -> None:
     request_id = unique("TRACE")
-    response = traced_system.post("/send_to_crm", {"request_id": request_id, "order_id": "ORD9876",
-                                                   "status": "Shipped", "needs_policy_info": True,
-                                                   "policy_number": "POL-0001"})
+    response = traced_system.post(
+        "/send_to_crm",
+        {
+            "request_id": request_id,
+            "order_id": "ORD9876",
+            "status": "Shipped",
+            "needs_policy_info": True,
+            "policy_number": "POL-0001",
+        },
+    )
     assert response.status_code == 202, response.text
     record = traced_system.wait_final(request_id)
     assert record["status"] == "completed" and record["response"]["policy_info"]["policy_number"] == "POL-0001"
 
-    roots = wait_until(lambda: receiver.find(**{"esi.request_id": request_id, "http.route": "/send_to_crm"}),
-                       timeout=20, what="the API's span")
+    roots = wait_until(
+        lambda: receiver.find(**{"esi.request_id": request_id, "http.route": "/send_to_crm"}),
+        timeout=20,
+        what="the API's span",
+    )
     assert len(roots) == 1
     root = roots[0]
     trace_id = root["trace_id"]
@@ -215,8 +239,10 @@ def test_one_trace_follows_a_request_through_every_process(traced_system: EsiSys
         assert attributes["esi.request_id"] == request_id
     assert by_name["process 1c.request.crm.update_order_status"]["attributes"]["esi.outcome"] == "ok"
     # the consumer of a publish got the very message the producer span sent
-    assert (by_name["process crm.request.dms.get_policy_info"]["attributes"]["messaging.message.id"]
-            == by_name["publish crm.request.dms.get_policy_info"]["attributes"]["messaging.message.id"])
+    assert (
+        by_name["process crm.request.dms.get_policy_info"]["attributes"]["messaging.message.id"]
+        == by_name["publish crm.request.dms.get_policy_info"]["attributes"]["messaging.message.id"]
+    )
 
     # HTTP calls to Creatio and the DMS: method, URL, status, under the call that made them
     clients = [s for s in spans if s["kind"] == CLIENT]
@@ -239,27 +265,37 @@ def test_one_trace_follows_a_request_through_every_process(traced_system: EsiSys
 
     events = wait_until(timeline, timeout=15, interval=0.1, what="the request's 14 timeline events")
     assert {(e["service"], e["event"], (e.get("detail") or {}).get("trace_id")) for e in events} == {
-        (e["service"], e["event"], trace_id) for e in events}
+        (e["service"], e["event"], trace_id) for e in events
+    }
     lines = [json.loads(line) for line in traced_system.logs().splitlines() if line.startswith("{")]
     ours = [line for line in lines if line.get("request_id") == request_id]
     assert {line["service"] for line in ours if "service" in line} >= {"crm", "dms", "onec"}
     assert ours and all(line.get("trace_id") == trace_id for line in ours), [
-        line for line in ours if line.get("trace_id") != trace_id][:3]
+        line for line in ours if line.get("trace_id") != trace_id
+    ][:3]
 
 
 def test_a_traceparent_sent_by_the_client_is_the_root(traced_system: EsiSystem, receiver: Receiver) -> None:
     caller_trace, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     request_id = unique("TRACE-IN")
-    response = traced_system.post("/send_to_dms", {"request_id": request_id, "user_id": unique("U"),
-                                                   "name": "Трассировка", "email": "t@example.com"},
-                                  headers={"traceparent": f"00-{caller_trace}-{caller_span}-01"})
+    response = traced_system.post(
+        "/send_to_dms",
+        {"request_id": request_id, "user_id": unique("U"), "name": "Трассировка", "email": "t@example.com"},
+        headers={"traceparent": f"00-{caller_trace}-{caller_span}-01"},
+    )
     assert response.status_code == 202
     assert traced_system.wait_final(request_id)["status"] == "completed"
-    server = wait_until(lambda: receiver.find(**{"esi.request_id": request_id, "http.route": "/send_to_dms"}),
-                        timeout=20, what="the API's span")[0]
+    server = wait_until(
+        lambda: receiver.find(**{"esi.request_id": request_id, "http.route": "/send_to_dms"}),
+        timeout=20,
+        what="the API's span",
+    )[0]
     assert server["trace_id"] == caller_trace and server["parent_span_id"] == caller_span
-    wait_until(lambda: any(s["name"] == "process dms.response.1c.user_created" for s in receiver.trace(caller_trace)),
-               timeout=20, what="the answer's span in the caller's trace")
+    wait_until(
+        lambda: any(s["name"] == "process dms.response.1c.user_created" for s in receiver.trace(caller_trace)),
+        timeout=20,
+        what="the answer's span in the caller's trace",
+    )
 
 
 async def test_the_outbox_keeps_a_request_trace_context(tmp_path: Path) -> None:
@@ -267,13 +303,31 @@ async def test_the_outbox_keeps_a_request_trace_context(tmp_path: Path) -> None:
     store = await Store.open(f"sqlite:///{tmp_path}/esi.db")
     try:
         carrier = '{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'
-        await store.requests.accept(request_id="R1", source="1c", target="dms", message_type="create_user",
-                           payload_hash="h", message_id="M1", routing_key="1c.request.dms.create_user", body=b"{}",
-                           trace_context=carrier)
-        await store.requests.accept(request_id="R2", source="1c", target="dms", message_type="create_user",
-                           payload_hash="h", message_id="M2", routing_key="1c.request.dms.create_user", body=b"{}")
-        assert [(r.message_id, r.trace_context) for r in await store.outbox.pending()] == [("M1", carrier),
-                                                                                           ("M2", None)]
+        await store.requests.accept(
+            request_id="R1",
+            source="1c",
+            target="dms",
+            message_type="create_user",
+            payload_hash="h",
+            message_id="M1",
+            routing_key="1c.request.dms.create_user",
+            body=b"{}",
+            trace_context=carrier,
+        )
+        await store.requests.accept(
+            request_id="R2",
+            source="1c",
+            target="dms",
+            message_type="create_user",
+            payload_hash="h",
+            message_id="M2",
+            routing_key="1c.request.dms.create_user",
+            body=b"{}",
+        )
+        assert [(r.message_id, r.trace_context) for r in await store.outbox.pending()] == [
+            ("M1", carrier),
+            ("M2", None),
+        ]
     finally:
         await store.aclose()
 
@@ -285,8 +339,9 @@ class _Outbox:
         self.rows = rows
         self.sent: list[OutboxRow] = []
 
-    async def outbox_claim(self, *, limit: int, fresh_s: float, lease_s: float,
-                           mine: list[str] | None = None) -> list[OutboxRow]:
+    async def outbox_claim(
+        self, *, limit: int, fresh_s: float, lease_s: float, mine: list[str] | None = None
+    ) -> list[OutboxRow]:
         return [r for r in self.rows if r not in self.sent][:limit]
 
     async def outbox_release(self, rows: list[OutboxRow]) -> None:
@@ -303,11 +358,15 @@ async def test_with_tracing_off_messages_carry_no_trace_context(vhost: Vhost) ->
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         queue = await channel.declare_queue(exclusive=True)
         publisher = Publisher(channel, exchange="", timeout=10)
-        envelope = Envelope(request_id="OFF-1", source_system="crm", target_system="1c",
-                            message_type="order_status_updated")
+        envelope = Envelope(
+            request_id="OFF-1", source_system="crm", target_system="1c", message_type="order_status_updated"
+        )
         await publisher.publish(envelope, queue.name)
-        relay = OutboxRelay(store=_Outbox([OutboxRow(message_id="OFF-2", request_id="OFF-2", routing_key=queue.name,
-                                                     body=b"{}")]), publisher=publisher, exchange="")
+        relay = OutboxRelay(
+            store=_Outbox([OutboxRow(message_id="OFF-2", request_id="OFF-2", routing_key=queue.name, body=b"{}")]),
+            publisher=publisher,
+            exchange="",
+        )
         assert await relay.drain_once() == 1
         got = []
         for _ in range(2):

@@ -34,12 +34,14 @@ async def test_publishes_of_one_turn_leave_together_in_order_and_confirmed(vhost
     connection = await aio_pika.connect_robust(vhost.url, connection_class=wire.CoalescingConnection)
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        queue = await channel.declare_queue(f"wire-{uuid.uuid4().hex[:8]}", durable=True,
-                                            arguments={"x-queue-type": "quorum"})
+        queue = await channel.declare_queue(
+            f"wire-{uuid.uuid4().hex[:8]}", durable=True, arguments={"x-queue-type": "quorum"}
+        )
         publisher = Publisher(channel)
         sends.clear()
-        await asyncio.gather(*(publisher.publish_raw("", queue.name, str(i).encode(), headers={"n": i})
-                               for i in range(300)))
+        await asyncio.gather(
+            *(publisher.publish_raw("", queue.name, str(i).encode(), headers={"n": i}) for i in range(300))
+        )
         # 300 publishes (each confirmed, or gather would have raised) in a handful of sends, not 300
         assert sum(sends.values()) <= 10, sends
         assert sum(n * count for n, count in sends.items()) == 300
@@ -62,8 +64,12 @@ async def test_an_unroutable_publish_still_fails_among_good_ones(vhost: Vhost) -
         queue = await channel.declare_queue(f"wire-{uuid.uuid4().hex[:8]}", auto_delete=True)
         publisher = Publisher(channel)
         results = await asyncio.gather(
-            *(publisher.publish_raw("", queue.name if i != 5 else "no-such-queue", b"x", headers={})
-              for i in range(10)), return_exceptions=True)
+            *(
+                publisher.publish_raw("", queue.name if i != 5 else "no-such-queue", b"x", headers={})
+                for i in range(10)
+            ),
+            return_exceptions=True,
+        )
         failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
         assert failed == [5]
         assert isinstance(results[5], TransientError) and "NO_ROUTE" in str(results[5])

@@ -85,6 +85,7 @@ def assert_401(exc: pytest.ExceptionInfo[ApiError]) -> None:
 
 # --- authenticating -------------------------------------------------------------------------------------------------
 
+
 def test_basic_authentication_gives_the_clients_principal(registry: ClientRegistry) -> None:
     principal = registry.authenticate(basic("1c-erp", ERP_PASSWORD), None)
     assert principal.client_id == "1c-erp"
@@ -100,19 +101,22 @@ def test_an_api_key_authenticates_alone(registry: ClientRegistry) -> None:
     assert registry.authenticate(basic("1c-erp", "wrong"), OPS_KEY).client_id == "ops"
 
 
-@pytest.mark.parametrize("authorization, api_key", [
-    (basic("1c-erp", "wrong password"), None),
-    (basic("1c-erp", ERP_PASSWORD.upper()), None),
-    (basic("nobody", ERP_PASSWORD), None),
-    (basic("ops", OPS_KEY), None),  # ops has no password: a key is not a password
-    (None, "ops.wrong-key"),
-    (None, "1c-erp." + ERP_PASSWORD),  # a password is not an API key
-    (None, "nobody.secret"),
-    (None, "no-dot-in-this-key"),
-    ("Bearer abc.def", None),
-    ("Basic !!!not-base64!!!", None),
-    ("Basic " + base64.b64encode(b"no colon").decode(), None),
-])
+@pytest.mark.parametrize(
+    "authorization, api_key",
+    [
+        (basic("1c-erp", "wrong password"), None),
+        (basic("1c-erp", ERP_PASSWORD.upper()), None),
+        (basic("nobody", ERP_PASSWORD), None),
+        (basic("ops", OPS_KEY), None),  # ops has no password: a key is not a password
+        (None, "ops.wrong-key"),
+        (None, "1c-erp." + ERP_PASSWORD),  # a password is not an API key
+        (None, "nobody.secret"),
+        (None, "no-dot-in-this-key"),
+        ("Bearer abc.def", None),
+        ("Basic !!!not-base64!!!", None),
+        ("Basic " + base64.b64encode(b"no colon").decode(), None),
+    ],
+)
 def test_wrong_credentials_are_401(registry: ClientRegistry, authorization: str | None, api_key: str | None) -> None:
     with pytest.raises(ApiError) as caught:
         registry.authenticate(authorization, api_key)
@@ -130,8 +134,13 @@ def test_missing_credentials_are_401(registry: ClientRegistry, authorization: st
 
 def test_an_unknown_client_costs_one_argon2_run_like_a_wrong_password(counting: type[CountingRegistry]) -> None:
     registry = counting.from_json(json.dumps(entries()))
-    for authorization, api_key in [(basic("1c-erp", "wrong"), None), (basic("nobody", "x"), None),
-                                   (basic("ops", "x"), None), (None, "nobody.x"), (None, "ops.x")]:
+    for authorization, api_key in [
+        (basic("1c-erp", "wrong"), None),
+        (basic("nobody", "x"), None),
+        (basic("ops", "x"), None),
+        (None, "nobody.x"),
+        (None, "ops.x"),
+    ]:
         before = counting.checks
         with pytest.raises(ApiError):
             registry.authenticate(authorization, api_key)
@@ -166,6 +175,7 @@ async def test_authenticate_async(registry: ClientRegistry) -> None:
 
 # --- through FastAPI: the JSON error shape --------------------------------------------------------------------------
 
+
 def make_app(registry: ClientRegistry) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
@@ -196,8 +206,12 @@ async def test_the_api_answers_401_and_403_in_its_json_shape(registry: ClientReg
         assert r.status_code == 200
         r = await client.get("/dlq", auth=("1c-erp", ERP_PASSWORD))
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
-        for kwargs in ({}, {"auth": ("1c-erp", "wrong")}, {"headers": {"Authorization": "Basic %%%"}},
-                       {"headers": {"X-API-Key": "ops.wrong"}}):
+        for kwargs in (
+            {},
+            {"auth": ("1c-erp", "wrong")},
+            {"headers": {"Authorization": "Basic %%%"}},
+            {"headers": {"X-API-Key": "ops.wrong"}},
+        ):
             r = await client.post("/requests/dms/create_user", **kwargs)
             assert r.status_code == 401, kwargs
             assert r.headers["www-authenticate"] == 'Basic realm="esi"'
@@ -210,6 +224,7 @@ async def test_the_api_answers_401_and_403_in_its_json_shape(registry: ClientReg
 
 
 # --- scopes ---------------------------------------------------------------------------------------------------------
+
 
 def test_scopes_and_the_403_helpers() -> None:
     principal = Principal("erp", (SendScope.parse("DMS:Create_User"), SendScope.parse("crm:*")), can_read=True)
@@ -248,11 +263,20 @@ def test_a_client_reads_only_the_requests_it_sent() -> None:
     assert caught.value.status == 403 and caught.value.code == "forbidden"
 
 
-@pytest.mark.parametrize("scope, problem", [
-    ("dms", "must be"), ("dms:create_user:x", "must be"), ("hr:*", "unknown target"), ("1c:*", "unknown target"),
-    ("dms:send_pdf_file", "not a request of"), ("crm:user_created", "not a request of"),
-    ("*:no_such_type", "not a request of"), ("dms:*.x", "must be"), (7, "must be a string"),
-])
+@pytest.mark.parametrize(
+    "scope, problem",
+    [
+        ("dms", "must be"),
+        ("dms:create_user:x", "must be"),
+        ("hr:*", "unknown target"),
+        ("1c:*", "unknown target"),
+        ("dms:send_pdf_file", "not a request of"),
+        ("crm:user_created", "not a request of"),
+        ("*:no_such_type", "not a request of"),
+        ("dms:*.x", "must be"),
+        (7, "must be a string"),
+    ],
+)
 def test_unknown_or_malformed_scopes_are_refused_when_loading(scope: Any, problem: str) -> None:
     entry = make_client_entry("erp", password="p", hasher=FAST)
     entry["send"] = [scope]
@@ -261,6 +285,7 @@ def test_unknown_or_malformed_scopes_are_refused_when_loading(scope: Any, proble
 
 
 # --- the clients file: hashes only ----------------------------------------------------------------------------------
+
 
 def test_the_clients_file_holds_hashes_only(tmp_path: Path) -> None:
     key = generate_api_key("erp")
@@ -271,8 +296,14 @@ def test_the_clients_file_holds_hashes_only(tmp_path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert ERP_PASSWORD not in text and key not in text and key.split(".", 1)[1] not in text
     assert entry["password_hash"].startswith("$argon2id$") and entry["api_key_hashes"][0].startswith("$argon2id$")
-    assert entry == {"id": "erp", "password_hash": entry["password_hash"], "api_key_hashes": entry["api_key_hashes"],
-                     "send": ["dms:*"], "read": True, "operator": False}
+    assert entry == {
+        "id": "erp",
+        "password_hash": entry["password_hash"],
+        "api_key_hashes": entry["api_key_hashes"],
+        "send": ["dms:*"],
+        "read": True,
+        "operator": False,
+    }
     registry = ClientRegistry.from_file(path)
     assert registry.authenticate(basic("erp", ERP_PASSWORD), None).client_id == "erp"
     assert registry.authenticate(None, key).client_id == "erp"
@@ -284,7 +315,7 @@ def test_a_toml_clients_file(tmp_path: Path) -> None:
     path.write_text(f"""
 [[clients]]
 id = "erp"
-password_hash = "{entry['password_hash']}"
+password_hash = "{entry["password_hash"]}"
 send = ["crm:update_order_status"]
 operator = true
 """)
@@ -292,19 +323,22 @@ operator = true
     assert principal == Principal("erp", (SendScope("crm", "update_order_status"),), can_read=False, is_operator=True)
 
 
-@pytest.mark.parametrize("mutate, problem", [
-    (lambda e: e.update(password="p"), "in clear"),
-    (lambda e: e.update(api_key="erp.k"), "in clear"),
-    (lambda e: e.update(password_hash="p"), "not an argon2 hash"),
-    (lambda e: e.update(password_hash="$argon2id$garbage"), "not a well-formed"),
-    (lambda e: e.update(api_key_hashes=["plain-key"]), "not an argon2 hash"),
-    (lambda e: e.pop("password_hash"), "needs a password_hash"),
-    (lambda e: e.update(id="has:colon"), "client id"),
-    (lambda e: e.update(id="has.dot"), "client id"),
-    (lambda e: e.update(reed=True), "unknown keys"),
-    (lambda e: e.update(read="yes"), "read must be"),
-    (lambda e: e.update(send="dms:*"), "send must be a list"),
-])
+@pytest.mark.parametrize(
+    "mutate, problem",
+    [
+        (lambda e: e.update(password="p"), "in clear"),
+        (lambda e: e.update(api_key="erp.k"), "in clear"),
+        (lambda e: e.update(password_hash="p"), "not an argon2 hash"),
+        (lambda e: e.update(password_hash="$argon2id$garbage"), "not a well-formed"),
+        (lambda e: e.update(api_key_hashes=["plain-key"]), "not an argon2 hash"),
+        (lambda e: e.pop("password_hash"), "needs a password_hash"),
+        (lambda e: e.update(id="has:colon"), "client id"),
+        (lambda e: e.update(id="has.dot"), "client id"),
+        (lambda e: e.update(reed=True), "unknown keys"),
+        (lambda e: e.update(read="yes"), "read must be"),
+        (lambda e: e.update(send="dms:*"), "send must be a list"),
+    ],
+)
 def test_malformed_or_plaintext_entries_are_refused(mutate: Any, problem: str) -> None:
     entry = make_client_entry("erp", password="p", hasher=FAST)
     mutate(entry)
@@ -332,6 +366,7 @@ def test_file_level_errors(tmp_path: Path) -> None:
 
 
 # --- logs -----------------------------------------------------------------------------------------------------------
+
 
 def test_failures_are_logged_without_the_secret(registry: ClientRegistry, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
@@ -371,6 +406,7 @@ def test_a_client_id_cannot_forge_log_lines(registry: ClientRegistry, caplog: py
 
 # --- demo credentials -----------------------------------------------------------------------------------------------
 
+
 def test_demo_credentials_are_detected_and_refused_in_production(tmp_path: Path) -> None:
     demo = demo_registry()
     principal = demo.authenticate(basic(DEMO_CLIENT_ID, DEMO_PASSWORD), None)
@@ -389,8 +425,7 @@ def test_demo_credentials_are_detected_and_refused_in_production(tmp_path: Path)
     with pytest.raises(ClientsConfigError, match="production needs"):
         load_clients(production=True)
     with pytest.raises(ClientsConfigError, match="refuses demo credentials"):
-        load_clients(production=True,
-                      clients_json=json.dumps([make_client_entry("erp", password="demo", hasher=FAST)]))
+        load_clients(production=True, clients_json=json.dumps([make_client_entry("erp", password="demo", hasher=FAST)]))
     path = tmp_path / "clients.json"
     path.write_text(json.dumps(entries()))
     assert load_clients(production=True, clients_file=str(path)).client_ids == ["1c-erp", "ops"]
@@ -400,6 +435,7 @@ def test_demo_credentials_are_detected_and_refused_in_production(tmp_path: Path)
 
 
 # --- the verification cache -----------------------------------------------------------------------------------------
+
 
 def test_a_second_authentication_skips_argon2() -> None:
     # production's argon2 parameters: the first verification is deliberately slow
@@ -515,8 +551,9 @@ async def test_concurrent_requests_with_the_same_credentials_share_one_argon2_ru
     assert all(p.client_id == "1c-erp" for p in done) and counting.checks == 1
     assert callers[0].cancelled()
 
-    refused = await asyncio.gather(*(registry.authenticate_async(wrong, None) for _ in range(40)),
-                                   return_exceptions=True)
+    refused = await asyncio.gather(
+        *(registry.authenticate_async(wrong, None) for _ in range(40)), return_exceptions=True
+    )
     assert all(isinstance(r, ApiError) and r.status == 401 for r in refused)
     assert counting.checks == 2  # the same wrong guess, at once: one run; another guess would be another run
     with pytest.raises(ApiError):
@@ -529,8 +566,9 @@ async def test_concurrent_requests_with_the_same_credentials_share_one_argon2_ru
     assert counting.checks == 5
 
 
-async def _verified_once(counting: type[CountingRegistry],
-                         monkeypatch: pytest.MonkeyPatch) -> tuple[_Clock, ClientRegistry, str]:
+async def _verified_once(
+    counting: type[CountingRegistry], monkeypatch: pytest.MonkeyPatch
+) -> tuple[_Clock, ClientRegistry, str]:
     """A registry with a 60 s cache on a clock of the test's own, and 1c-erp's credentials verified once."""
     clock = _Clock()
     monkeypatch.setattr(auth, "time", clock)
@@ -541,7 +579,9 @@ async def _verified_once(counting: type[CountingRegistry],
 
 
 async def test_a_renewal_that_fails_unexpectedly_is_logged(
-    counting: type[CountingRegistry], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    counting: type[CountingRegistry],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock, registry, header = await _verified_once(counting, monkeypatch)
 
@@ -557,7 +597,8 @@ async def test_a_renewal_that_fails_unexpectedly_is_logged(
 
 
 async def test_a_verification_in_use_is_renewed_before_it_expires(
-    counting: type[CountingRegistry], monkeypatch: pytest.MonkeyPatch,
+    counting: type[CountingRegistry],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock, registry, header = await _verified_once(counting, monkeypatch)
     clock.now += 45  # 15 s left: not yet due
@@ -576,7 +617,8 @@ async def test_a_verification_in_use_is_renewed_before_it_expires(
     assert counting.checks == 2 and not registry._pending
 
     # the password changed: the old secret is refused at once, renewed or not
-    registry.set_clients([ClientConfig.from_entry(
-        make_client_entry("1c-erp", password="new-one", send=["dms:*"], hasher=FAST))])
+    registry.set_clients(
+        [ClientConfig.from_entry(make_client_entry("1c-erp", password="new-one", send=["dms:*"], hasher=FAST))]
+    )
     with pytest.raises(ApiError):
         await registry.authenticate_async(header, None)

@@ -30,8 +30,14 @@ def test_the_benchmark_imports_no_test_module() -> None:
 
 
 def test_the_check_sees_every_spelling() -> None:
-    for source in ("import tests.support", "import tests", "from tests.support import Vhost", "from tests import x",
-                   "def f():\n    from tests.support import free_port\n", "import os, tests.support as s"):
+    for source in (
+        "import tests.support",
+        "import tests",
+        "from tests.support import Vhost",
+        "from tests import x",
+        "def f():\n    from tests.support import free_port\n",
+        "import os, tests.support as s",
+    ):
         assert _test_imports(source), source
     for source in ("from esi.testing import Vhost", "import testsuite", "from .tests import x", "import pytest"):
         assert not _test_imports(source), source

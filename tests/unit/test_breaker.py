@@ -59,8 +59,10 @@ async def test_transient_failures_in_a_row_open_it_and_calls_are_then_refused() 
     assert breaker.report()["state"] == "open" and breaker.report()["since"]
 
 
-@pytest.mark.parametrize("answer", [PermanentError("HTTP 400"), BusinessError("user exists"),
-                                    InvalidMessage("bad payload"), ValueError("a bug")])
+@pytest.mark.parametrize(
+    "answer",
+    [PermanentError("HTTP 400"), BusinessError("user exists"), InvalidMessage("bad payload"), ValueError("a bug")],
+)
 async def test_answers_and_bugs_never_open_it_and_end_a_run_of_failures(answer: Exception) -> None:
     breaker = Breaker(system="bk-answers", failure_threshold=2)
     for _ in range(10):

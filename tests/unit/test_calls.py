@@ -115,8 +115,9 @@ async def test_an_open_breaker_refuses_calls_before_they_reach_the_system() -> N
 
     system = SlowSystem()
     breaker = Breaker(system="guarded-breaker", failure_threshold=3)
-    client = Guarded(system, system="guarded-breaker", breaker=breaker,
-                     limiter=Limiter(system="guarded-breaker", max_concurrency=2))
+    client = Guarded(
+        system, system="guarded-breaker", breaker=breaker, limiter=Limiter(system="guarded-breaker", max_concurrency=2)
+    )
     for _ in range(3):
         with pytest.raises(TransientError):
             await client.fail()

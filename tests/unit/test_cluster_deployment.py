@@ -121,9 +121,23 @@ def test_docker_compose_accepts_the_cluster_file_where_installed() -> None:
     command = _docker_compose()
     if command is None:
         pytest.skip("Docker Compose 2.24+ is not installed here")
-    result = subprocess.run([*command, "-f", str(COMPOSE), "--env-file", str(ROOT / ".env.example"),
-                             "--profile", "cluster", "config", "--quiet"], capture_output=True, text=True, timeout=120,
-                            env={"ERLANG_COOKIE": "x" * 20, "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [
+            *command,
+            "-f",
+            str(COMPOSE),
+            "--env-file",
+            str(ROOT / ".env.example"),
+            "--profile",
+            "cluster",
+            "config",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"ERLANG_COOKIE": "x" * 20, "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -142,8 +156,9 @@ ADVANCED = ROOT / "deploy" / "rabbitmq" / "advanced.config"
 
 def configured_confirm_timeout() -> int | None:
     """The dead-letter worker's confirm timeout (ms) deploy/rabbitmq/advanced.config sets; None if it sets none."""
-    match = re.search(r"^\s*\{dead_letter_worker_publisher_confirm_timeout,\s*(\d+)\}",
-                      ADVANCED.read_text(encoding="utf-8"), re.M)
+    match = re.search(
+        r"^\s*\{dead_letter_worker_publisher_confirm_timeout,\s*(\d+)\}", ADVANCED.read_text(encoding="utf-8"), re.M
+    )
     return int(match.group(1)) if match else None
 
 
@@ -155,8 +170,12 @@ def test_every_broker_republishes_a_dead_letter_whose_confirm_was_lost_within_th
     assert timeout is not None, "advanced.config sets the dead-letter worker's confirm timeout"
     assert timeout <= Settings.model_construct().publish_timeout * 1000
     if shutil.which("erl"):  # RabbitMQ reads it as Erlang terms: a syntax error would stop the node at boot
-        result = subprocess.run(["erl", "-noshell", "-eval", f'{{ok, [_]}} = file:consult("{ADVANCED}"), halt().'],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["erl", "-noshell", "-eval", f'{{ok, [_]}} = file:consult("{ADVANCED}"), halt().'],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
     single = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))["services"]["rabbitmq"]
     assert "./deploy/rabbitmq/advanced.config:/etc/rabbitmq/advanced.config:ro" in single["volumes"]

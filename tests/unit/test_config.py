@@ -16,10 +16,27 @@ from esi.systems.dms.settings import DmsSettings
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.chdir(tmp_path)  # no .env from the developer's checkout
-    for name in ("ESI_AMQP_URL", "RABBITMQ_HOST", "RABBITMQ_PORT", "RABBITMQ_USERNAME", "RABBITMQ_USER",
-                 "RABBITMQ_PASSWORD", "ESI_HTTP_PORT", "FLASK_PORT", "ESI_ENV", "CREATIO_PASSWORD", "ESI_AUTH",
-                 "ESI_RETRY_DELAYS", "ESI_MAX_ATTEMPTS", "ESI_DATABASE_URL", "CREATIO_URL", "DMS_URL",
-                 "DMS_MAX_CONCURRENCY", "ESI_FAKE_DMS_PORT", "ESI_SYSTEMS"):
+    for name in (
+        "ESI_AMQP_URL",
+        "RABBITMQ_HOST",
+        "RABBITMQ_PORT",
+        "RABBITMQ_USERNAME",
+        "RABBITMQ_USER",
+        "RABBITMQ_PASSWORD",
+        "ESI_HTTP_PORT",
+        "FLASK_PORT",
+        "ESI_ENV",
+        "CREATIO_PASSWORD",
+        "ESI_AUTH",
+        "ESI_RETRY_DELAYS",
+        "ESI_MAX_ATTEMPTS",
+        "ESI_DATABASE_URL",
+        "CREATIO_URL",
+        "DMS_URL",
+        "DMS_MAX_CONCURRENCY",
+        "ESI_FAKE_DMS_PORT",
+        "ESI_SYSTEMS",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -32,17 +32,25 @@ HOSTILE = "<script>alert(1)</script>"
 
 
 async def _readiness() -> tuple[bool, dict[str, Any]]:
-    return False, {"store": {"status": "ok", "latency_ms": 0.4},
-                   "dms": {"status": "down", "latency_ms": 3.1, "error": "TransientError: dms health: <refused>"},
-                   "circuit (dms)": {"status": "open", "latency_ms": 0.0, "state": "open", "reason": "5 failures"}}
+    return False, {
+        "store": {"status": "ok", "latency_ms": 0.4},
+        "dms": {"status": "down", "latency_ms": 3.1, "error": "TransientError: dms health: <refused>"},
+        "circuit (dms)": {"status": "open", "latency_ms": 0.0, "state": "open", "reason": "5 failures"},
+    }
 
 
 @pytest.fixture
 async def console(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     async with await Store.open(f"sqlite:///{tmp_path}/console.db") as store:
-        deps = ApiDeps(registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024,
-                       clients=ClientRegistry.from_json(json.dumps({"clients": CLIENTS})),
-                       console_secret=b"k" * 32, readiness=_readiness)
+        deps = ApiDeps(
+            registry=load_registry(),
+            store=store,
+            on_accepted=lambda row: None,
+            max_pdf_bytes=1024,
+            clients=ClientRegistry.from_json(json.dumps({"clients": CLIENTS})),
+            console_secret=b"k" * 32,
+            readiness=_readiness,
+        )
         app = create_app(deps)
         app.include_pages(console_router, deps)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://esi") as client:
@@ -78,8 +86,9 @@ async def test_pages_carry_the_security_headers_and_need_credentials(console: ht
 
 
 async def test_a_hostile_name_is_escaped_and_personal_data_masked_for_others(console: httpx.AsyncClient) -> None:
-    await _send(console, ("erp", "erp-pw"), request_id="HOSTILE-1", user_id="U-H", name=HOSTILE,
-                email="ivan@example.com")
+    await _send(
+        console, ("erp", "erp-pw"), request_id="HOSTILE-1", user_id="U-H", name=HOSTILE, email="ivan@example.com"
+    )
     mine = await console.get("/console/requests/HOSTILE-1", auth=("erp", "erp-pw"))
     assert mine.status_code == 200
     assert HOSTILE not in mine.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in mine.text
@@ -93,10 +102,12 @@ async def test_a_hostile_name_is_escaped_and_personal_data_masked_for_others(con
 
 
 async def test_search_finds_by_request_id_and_business_key_within_what_the_client_sees(
-        console: httpx.AsyncClient) -> None:
+    console: httpx.AsyncClient,
+) -> None:
     for i in range(3):
-        await _send(console, ("erp", "erp-pw"), request_id=f"FIND-{i}", user_id="U-FIND", name="Пётр",
-                    email="p@example.com")
+        await _send(
+            console, ("erp", "erp-pw"), request_id=f"FIND-{i}", user_id="U-FIND", name="Пётр", email="p@example.com"
+        )
     found = await console.get("/console/requests", params={"q": "U-FIND"}, auth=("ops", "ops-pw"))
     assert found.text.count('data-request-id="FIND-') == 3
     one = await console.get("/console/requests", params={"q": "FIND-1", "status": "accepted"}, auth=("ops", "ops-pw"))
@@ -120,13 +131,15 @@ async def test_actions_need_the_operator_scope_and_the_clients_own_csrf_token(co
     # another client's token (valid for it) is refused for this one
     other = CsrfTokens(b"k" * 32).issue("erp")
     console.cookies.set(COOKIE, other, domain="esi.local", path="/console")
-    forged = await console.post("/console/systems/dms/pause", data={FIELD: other, "reason": "x"},
-                                auth=("ops", "ops-pw"))
+    forged = await console.post(
+        "/console/systems/dms/pause", data={FIELD: other, "reason": "x"}, auth=("ops", "ops-pw")
+    )
     assert forged.status_code == 403
     console.cookies.clear()
     console.cookies.set(COOKIE, cookie, domain="esi.local", path="/console")
-    done = await console.post("/console/systems/dms/pause", data={FIELD: token, "for": "2h", "reason": "upgrade"},
-                              auth=("ops", "ops-pw"))
+    done = await console.post(
+        "/console/systems/dms/pause", data={FIELD: token, "for": "2h", "reason": "upgrade"}, auth=("ops", "ops-pw")
+    )
     assert done.status_code == 303 and done.headers["location"].startswith("/console/systems?done=paused")
     page = await console.get("/console/systems", auth=("ops", "ops-pw"))
     assert "data-paused" in page.text and "upgrade" in page.text and "system.pause" in page.text
@@ -140,8 +153,13 @@ async def test_dead_letters_without_broker_access_say_so(console: httpx.AsyncCli
 
 
 def test_masking_keeps_the_shape_and_hides_personal_fields() -> None:
-    value = {"user_id": "U1", "name": "Иванов Иван", "email": "ivanov@example.com", "nested": [{"holder_name": "A"}],
-             "file_content": "x" * 5000}
+    value = {
+        "user_id": "U1",
+        "name": "Иванов Иван",
+        "email": "ivanov@example.com",
+        "nested": [{"holder_name": "A"}],
+        "file_content": "x" * 5000,
+    }
     masked = mask(value, reveal=False)
     assert masked["user_id"] == "U1" and masked["name"] == "И•••" and masked["email"] == "i•••@example.com"
     assert masked["nested"] == [{"holder_name": "A•••"}] and len(masked["file_content"]) < 200
@@ -150,8 +168,15 @@ def test_masking_keeps_the_shape_and_hides_personal_fields() -> None:
 
 def test_the_minute_chart_stacks_outcomes_in_the_last_hour_only() -> None:
     now = datetime(2026, 11, 25, 10, 30, 20, tzinfo=UTC)
-    chart = minute_chart([("2026-11-25T10:30", "completed", 4), ("2026-11-25T10:30", "failed", 2),
-                          ("2026-11-25T09:31", "completed", 1), ("2026-11-25T09:30", "completed", 99)], now=now)
+    chart = minute_chart(
+        [
+            ("2026-11-25T10:30", "completed", 4),
+            ("2026-11-25T10:30", "failed", 2),
+            ("2026-11-25T09:31", "completed", 1),
+            ("2026-11-25T09:30", "completed", 99),
+        ],
+        now=now,
+    )
     assert chart.peak == 6 and chart.totals["completed"] == 5 and chart.total == 7
     last = [b for b in chart.bars if b.x == 59 * 5]
     assert [b.outcome for b in last] == ["completed", "failed"] and sum(b.height for b in last) == chart.height
@@ -160,23 +185,54 @@ def test_the_minute_chart_stacks_outcomes_in_the_last_hour_only() -> None:
 
 def test_the_sequence_puts_each_hop_between_its_lanes() -> None:
     events = [
-        {"at": "2026-11-25T10:00:00.100000+00:00", "event": "accepted", "service": "api",
-         "message_type": "create_user"},
-        {"at": "2026-11-25T10:00:00.110000+00:00", "event": "published", "service": "relay",
-         "detail": {"routing_key": "1c.request.dms.create_user"}},
-        {"at": "2026-11-25T10:00:00.120000+00:00", "event": "consumed", "service": "dms",
-         "message_type": "create_user", "detail": {"attempt": 1}},
-        {"at": "2026-11-25T10:00:00.130000+00:00", "event": "external_call", "service": "dms",
-         "detail": {"system": "dms", "operation": "create_user", "outcome": "ok", "duration_ms": 4.2}},
-        {"at": "2026-11-25T10:00:00.140000+00:00", "event": "published", "service": "dms",
-         "message_type": "user_created", "detail": {"routing_key": "dms.response.1c.user_created"}},
-        {"at": "2026-11-25T10:00:00.150000+00:00", "event": "completed", "service": "onec",
-         "message_type": "user_created"},
+        {
+            "at": "2026-11-25T10:00:00.100000+00:00",
+            "event": "accepted",
+            "service": "api",
+            "message_type": "create_user",
+        },
+        {
+            "at": "2026-11-25T10:00:00.110000+00:00",
+            "event": "published",
+            "service": "relay",
+            "detail": {"routing_key": "1c.request.dms.create_user"},
+        },
+        {
+            "at": "2026-11-25T10:00:00.120000+00:00",
+            "event": "consumed",
+            "service": "dms",
+            "message_type": "create_user",
+            "detail": {"attempt": 1},
+        },
+        {
+            "at": "2026-11-25T10:00:00.130000+00:00",
+            "event": "external_call",
+            "service": "dms",
+            "detail": {"system": "dms", "operation": "create_user", "outcome": "ok", "duration_ms": 4.2},
+        },
+        {
+            "at": "2026-11-25T10:00:00.140000+00:00",
+            "event": "published",
+            "service": "dms",
+            "message_type": "user_created",
+            "detail": {"routing_key": "dms.response.1c.user_created"},
+        },
+        {
+            "at": "2026-11-25T10:00:00.150000+00:00",
+            "event": "completed",
+            "service": "onec",
+            "message_type": "user_created",
+        },
     ]
     diagram = sequence(load_registry(), events)
     hops = [(s.event, s.source, s.target) for s in diagram.steps]
-    assert hops == [("accepted", "ext:1c", "esi:1c"), ("published", "esi:1c", "esi:dms"),
-                    ("consumed", "esi:dms", "esi:dms"), ("external_call", "esi:dms", "ext:dms"),
-                    ("published", "esi:dms", "esi:1c"), ("completed", "esi:1c", "ext:1c")]
+    assert hops == [
+        ("accepted", "ext:1c", "esi:1c"),
+        ("published", "esi:1c", "esi:dms"),
+        ("consumed", "esi:dms", "esi:dms"),
+        ("external_call", "esi:dms", "ext:dms"),
+        ("published", "esi:dms", "esi:1c"),
+        ("completed", "esi:1c", "ext:1c"),
+    ]
     assert [lane.key for lane in diagram.lanes] == ["ext:1c", "esi:1c", "esi:dms", "ext:dms"]
     assert diagram.steps[3].label == "create_user · 4.2 ms · ok" and diagram.steps[-1].offset_ms == 50.0

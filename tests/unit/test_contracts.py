@@ -39,28 +39,44 @@ ASYNCAPI_SCHEMA_SHA256 = "abe96881dbfaad495ccbb6bd8d3fb43ca18a13b9d7564849ccb66f
 REGISTRY = Registry(load_registry().systems)
 DOCUMENT = build_asyncapi(REGISTRY)
 PDF = base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()
-POLICY = {"policy_number": "POL-1", "holder_name": "Иван Петров", "status": "active", "start_date": "2026-01-01",
-          "end_date": "2026-12-31", "insurer": "Ингосстрах"}
+POLICY = {
+    "policy_number": "POL-1",
+    "holder_name": "Иван Петров",
+    "status": "active",
+    "start_date": "2026-01-01",
+    "end_date": "2026-12-31",
+    "insurer": "Ингосстрах",
+}
 #: a valid payload of each built-in message
 SAMPLES: dict[str, dict[str, Any]] = {
     "create_user": {"user_id": "U1", "name": "Иван", "email": "ivan@example.com", "phone": "+7 900 000-00-00"},
     "user_created": {"user_id": "U1", "dms_user_id": "D-1", "name": "Иван", "email": "ivan@example.com"},
     "get_policy_info": {"policy_number": "POL-1"},
     "policy_info_response": POLICY,
-    "update_order_status": {"order_id": "ORD1", "status": "Shipped", "needs_policy_info": True,
-                            "policy_number": "POL-1"},
-    "order_status_updated": {"order_id": "ORD1", "order_guid": "6f1c", "order_number": "ORD1", "status": "Shipped",
-                             "status_id": "a1", "policy_info": POLICY},
+    "update_order_status": {
+        "order_id": "ORD1",
+        "status": "Shipped",
+        "needs_policy_info": True,
+        "policy_number": "POL-1",
+    },
+    "order_status_updated": {
+        "order_id": "ORD1",
+        "order_guid": "6f1c",
+        "order_number": "ORD1",
+        "status": "Shipped",
+        "status_id": "a1",
+        "policy_info": POLICY,
+    },
     "send_pdf_file": {"order_id": "ORD1", "file_name": "invoice.pdf", "file_content": PDF},
-    "pdf_received": {"order_id": "ORD1", "order_guid": "6f1c", "file_id": "F1", "file_name": "invoice.pdf",
-                     "size": 15},
+    "pdf_received": {"order_id": "ORD1", "order_guid": "6f1c", "file_id": "F1", "file_name": "invoice.pdf", "size": 15},
 }
 
 
 def _message_validator(document: dict[str, Any], name: str) -> jsonschema.Draft7Validator:
     """A validator of the message `name` as it travels (the envelope around its payload), from the document."""
-    return jsonschema.Draft7Validator({"components": document["components"],
-                                       "$ref": f"#/components/messages/{name}/payload"})
+    return jsonschema.Draft7Validator(
+        {"components": document["components"], "$ref": f"#/components/messages/{name}/payload"}
+    )
 
 
 def _pointer(document: dict[str, Any], ref: str) -> Any:
@@ -103,18 +119,27 @@ def test_every_reference_resolves_and_operations_carry_their_channels_messages()
 def test_channels_are_the_routing_keys_each_system_publishes() -> None:
     keyed = {c for c, v in DOCUMENT["channels"].items() if v["bindings"]["amqp"]["is"] == "routingKey"}
     assert keyed == {
-        "1c.request.dms.create_user", "dms.response.1c.user_created",
-        "1c.request.dms.get_policy_info", "dms.response.1c.policy_info_response",
-        "1c.request.crm.update_order_status", "crm.response.1c.order_status_updated",
-        "1c.request.crm.send_pdf_file", "crm.response.1c.pdf_received",
+        "1c.request.dms.create_user",
+        "dms.response.1c.user_created",
+        "1c.request.dms.get_policy_info",
+        "dms.response.1c.policy_info_response",
+        "1c.request.crm.update_order_status",
+        "crm.response.1c.order_status_updated",
+        "1c.request.crm.send_pdf_file",
+        "crm.response.1c.pdf_received",
         # the CRM's own sub-request and its answer
-        "crm.request.dms.get_policy_info", "dms.response.crm.policy_info_response",
+        "crm.request.dms.get_policy_info",
+        "dms.response.crm.policy_info_response",
     }
     for key in keyed:
         channel = DOCUMENT["channels"][key]
         assert channel["address"] == key
-        assert channel["bindings"]["amqp"]["exchange"] == {"name": "main_exchange", "type": "topic", "durable": True,
-                                                          "autoDelete": False}
+        assert channel["bindings"]["amqp"]["exchange"] == {
+            "name": "main_exchange",
+            "type": "topic",
+            "durable": True,
+            "autoDelete": False,
+        }
         source = key.split(".")[0]
         send = DOCUMENT["operations"][f"send.{key}"]
         assert send["action"] == "send" and send["x-esi-system"] == source
@@ -161,8 +186,12 @@ class StockReserved(BaseModel):
 
 
 #: a fourth system, declared as a site would: the contract follows the registry
-STOCK = System(code="stock", title="Warehouse stock", handlers=lambda context: {},
-               answers=(Operation("reserve_stock", ReserveStock, "stock_reserved", StockReserved),))
+STOCK = System(
+    code="stock",
+    title="Warehouse stock",
+    handlers=lambda context: {},
+    answers=(Operation("reserve_stock", ReserveStock, "stock_reserved", StockReserved),),
+)
 
 
 def test_a_new_system_adds_its_channels_and_messages_compatibly() -> None:
@@ -170,8 +199,12 @@ def test_a_new_system_adds_its_channels_and_messages_compatibly() -> None:
     document = build_asyncapi(registry)
     validator = jsonschema.Draft7Validator(json.loads(ASYNCAPI_SCHEMA.read_text(encoding="utf-8")))
     assert list(validator.iter_errors(document)) == []
-    assert {"1c.request.stock.reserve_stock", "stock.response.1c.stock_reserved", "stock_queue",
-            "stock_dead_letter_queue"} == set(document["channels"]) - set(DOCUMENT["channels"])
+    assert {
+        "1c.request.stock.reserve_stock",
+        "stock.response.1c.stock_reserved",
+        "stock_queue",
+        "stock_dead_letter_queue",
+    } == set(document["channels"]) - set(DOCUMENT["channels"])
     assert document["operations"]["receive.stock.reserve_stock"]["channel"] == {"$ref": "#/channels/stock_queue"}
     assert document["operations"]["receive.1c.stock_reserved"]["channel"] == {"$ref": "#/channels/1c_queue"}
     report = compare(live_contract(REGISTRY), live_contract(registry))
@@ -204,10 +237,16 @@ class CreateUserV2WithoutUpcast(Request):
 
 def _with_create_user(model: type[BaseModel]) -> Registry:
     registry = Registry(load_registry().systems)
-    registry.catalog = Catalog([
-        MessageSpec(s.message_type, s.kind, model, handled_by=s.handled_by, response_type=s.response_type,
-                    upload=s.upload)
-        if s.message_type == "create_user" else s for s in registry.catalog.specs])
+    registry.catalog = Catalog(
+        [
+            MessageSpec(
+                s.message_type, s.kind, model, handled_by=s.handled_by, response_type=s.response_type, upload=s.upload
+            )
+            if s.message_type == "create_user"
+            else s
+            for s in registry.catalog.specs
+        ]
+    )
     return registry
 
 
@@ -217,15 +256,15 @@ def test_a_raised_version_is_named_and_may_break_the_payload_only_with_an_upcast
     message = with_upcaster.asyncapi["components"]["messages"]["create_user.v2"]
     assert message["x-esi-version"] == 2 and message["x-esi-accepted-versions"] == [1, 2]
     assert with_upcaster.asyncapi["channels"]["1c.request.dms.create_user"]["messages"] == {
-        "create_user.v2": {"$ref": "#/components/messages/create_user.v2"}}
+        "create_user.v2": {"$ref": "#/components/messages/create_user.v2"}
+    }
     snapshot = load_contract(SNAPSHOT)
     report = compare(snapshot, with_upcaster)
     assert report.findings and not report.breaking, report.breaking
     without = compare(snapshot, live_contract(_with_create_user(CreateUserV2WithoutUpcast)))
     # without one, v1 messages in flight would be refused: name and phone removed, full_name a new required field
     # (email's dropped bounds and pattern widen it: additive)
-    assert {f.path for f in without.breaking} == {"$.properties.name", "$.properties.phone",
-                                                   "$.properties.full_name"}
+    assert {f.path for f in without.breaking} == {"$.properties.name", "$.properties.phone", "$.properties.full_name"}
     # and going back down from v2 to v1 is breaking
     assert compare(with_upcaster, live_contract(REGISTRY)).breaking
 
@@ -250,8 +289,9 @@ def test_a_sample_of_each_builtin_message_passes_its_schemas() -> None:
         message.spec.model.model_validate(sample)  # the sample is one esi accepts
         jsonschema.Draft202012Validator(contract.schemas[message.name]).validate(sample)
         kind = "request" if message.kind is Kind.REQUEST else "response"
-        envelope = Envelope(request_id="R-1", source_system="1c", target_system="dms", message_type=message_type,
-                            payload=sample)
+        envelope = Envelope(
+            request_id="R-1", source_system="1c", target_system="dms", message_type=message_type, payload=sample
+        )
         wire = json.loads(envelope.encode())
         _message_validator(DOCUMENT, message.name).validate(wire)
         jsonschema.Draft202012Validator(contract.schemas[ENVELOPE]).validate(wire)
@@ -264,8 +304,14 @@ def test_a_sample_of_each_builtin_message_passes_its_schemas() -> None:
 
 
 def test_a_response_reporting_an_error_passes_without_a_payload() -> None:
-    wire = {"request_id": "R-1", "source_system": "dms", "target_system": "1c", "message_type": "user_created",
-            "payload": {}, "error": {"code": "not_found", "message": "no such user"}}
+    wire = {
+        "request_id": "R-1",
+        "source_system": "dms",
+        "target_system": "1c",
+        "message_type": "user_created",
+        "payload": {},
+        "error": {"code": "not_found", "message": "no such user"},
+    }
     assert _message_validator(DOCUMENT, "user_created.v1").is_valid(wire)
     assert not _message_validator(DOCUMENT, "user_created.v1").is_valid({**wire, "error": None})
 
@@ -277,26 +323,40 @@ def test_the_committed_snapshot_is_the_live_contract() -> None:
     live = live_contract(REGISTRY)
     report = compare(load_contract(SNAPSHOT), live)
     if report.breaking:
-        pytest.fail("the contract changed incompatibly with contracts/:\n" + "\n".join(map(str, report.breaking))
-                    + "\nKeep it compatible, or raise the message's version (MessageSpec version, with an upcaster "
-                      "from the previous one); then run `esi contracts export contracts` and commit contracts/.")
-    on_disk = {str(p.relative_to(SNAPSHOT)): p.read_text(encoding="utf-8")
-               for p in sorted(SNAPSHOT.rglob("*.json"))}
+        pytest.fail(
+            "the contract changed incompatibly with contracts/:\n"
+            + "\n".join(map(str, report.breaking))
+            + "\nKeep it compatible, or raise the message's version (MessageSpec version, with an upcaster "
+            "from the previous one); then run `esi contracts export contracts` and commit contracts/."
+        )
+    on_disk = {str(p.relative_to(SNAPSHOT)): p.read_text(encoding="utf-8") for p in sorted(SNAPSHOT.rglob("*.json"))}
     assert on_disk == live.files(), (
-        "contracts/ is out of date (the change is compatible):\n" + "\n".join(map(str, report.findings))
-        + "\nRun `esi contracts export contracts` and commit contracts/.")
+        "contracts/ is out of date (the change is compatible):\n"
+        + "\n".join(map(str, report.findings))
+        + "\nRun `esi contracts export contracts` and commit contracts/."
+    )
 
 
 # --- the API ---------------------------------------------------------------------------------------------------------
 
 
 async def test_the_api_serves_the_document_without_credentials(tmp_path: Path) -> None:
-    clients = ClientRegistry.from_json(json.dumps([make_client_entry(
-        "erp", password="erp-pw", send=["*"], hasher=argon2.PasswordHasher(time_cost=1, memory_cost=8,
-                                                                            parallelism=1))]))
+    clients = ClientRegistry.from_json(
+        json.dumps(
+            [
+                make_client_entry(
+                    "erp",
+                    password="erp-pw",
+                    send=["*"],
+                    hasher=argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1),
+                )
+            ]
+        )
+    )
     async with await Store.open(f"sqlite:///{tmp_path}/api.db") as store:
-        api = create_app(ApiDeps(store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, clients=clients,
-                                 registry=REGISTRY))
+        api = create_app(
+            ApiDeps(store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, clients=clients, registry=REGISTRY)
+        )
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://esi") as client:
             served = await client.get("/asyncapi.json")
             assert served.status_code == 200 and served.headers["content-type"] == "application/json"
@@ -320,11 +380,16 @@ def test_export_writes_stable_files_and_check_accepts_them(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert not (out / "schemas" / "gone.v1.json").exists()
     files = {str(p.relative_to(out)) for p in out.rglob("*.json")}
-    assert files == {"asyncapi.json", "schemas/envelope.json", *(f"schemas/{m.name}.json"
-                                                                for m in message_schemas(REGISTRY.catalog))}
+    assert files == {
+        "asyncapi.json",
+        "schemas/envelope.json",
+        *(f"schemas/{m.name}.json" for m in message_schemas(REGISTRY.catalog)),
+    }
     text = (out / "schemas" / "create_user.v1.json").read_text(encoding="utf-8")
-    assert text.endswith("}\n") and text == json.dumps(json.loads(text), indent=2, sort_keys=True,
-                                                       ensure_ascii=False) + "\n"
+    assert (
+        text.endswith("}\n")
+        and text == json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    )
     result = _run("contracts", "check", str(out))
     assert result.exit_code == 0 and "contract unchanged" in result.output, result.output
 
@@ -358,8 +423,9 @@ def test_check_allows_an_additive_change_and_asks_for_a_new_snapshot(tmp_path: P
     path.write_text(dump(schema), encoding="utf-8")
     result = _run("contracts", "check", str(out))
     assert result.exit_code == 0, result.output
-    assert ("additive  asyncapi.json:$.channels.dms_dead_letter_queue: new channel 'dms_dead_letter_queue'"
-            in result.output)
+    assert (
+        "additive  asyncapi.json:$.channels.dms_dead_letter_queue: new channel 'dms_dead_letter_queue'" in result.output
+    )
     assert "additive  schemas/create_user.v1.json:$.properties.phone: new optional field 'phone'" in result.output
     assert "esi contracts export" in result.output
     assert _run("contracts", "check", "--strict", str(out)).exit_code == 1

@@ -34,8 +34,6 @@ PASSWORD = "Pa55-'secret'-Пароль"
 # --- a real server for the fake (same helper as in test_fake_creatio.py; tests/unit has no shared module) ---------
 
 
-
-
 @dataclass
 class FakeServer:
     url: str
@@ -228,9 +226,7 @@ async def test_csrf_failure_status_403_does_not_bother_a_correct_client(
 
 
 @pytest.mark.parametrize("mode", ["401", "redirect", "html"])
-async def test_expired_session_is_renewed_with_one_login(
-    client: CreatioClient, creatio: FakeServer, mode: str
-) -> None:
+async def test_expired_session_is_renewed_with_one_login(client: CreatioClient, creatio: FakeServer, mode: str) -> None:
     await client.find_order("ORD9876")
     creatio.post("/_fake/expire-session", {"mode": mode})
     assert (await client.find_order("ORD0001")).id == ORDER_0001_ID

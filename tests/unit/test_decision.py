@@ -70,21 +70,39 @@ LADDERS: dict[str, tuple[RetryStep, ...]] = {
     "several": (RetryStep("q.retry.1s", 1.0), RetryStep("q.retry.5s", 5.0), RetryStep("q.retry.30s", 30.0)),
 }
 
-TRANSIENT = [TransientError("dms timed out", code="dms_timeout", system="dms"),
-             SessionExpired("session gone", system="crm"),
-             EsiError("a bare EsiError is not permanent")]
+TRANSIENT = [
+    TransientError("dms timed out", code="dms_timeout", system="dms"),
+    SessionExpired("session gone", system="crm"),
+    EsiError("a bare EsiError is not permanent"),
+]
 PERMANENT = [PermanentError("4xx", code="dms_rejected", system="dms"), InvalidMessage("bad json", code="bad_json")]
-BUSINESS = [BusinessError("unknown status", code="unknown_status", system="crm"),
-            NotFound("no such order", code="order_not_found", system="crm")]
+BUSINESS = [
+    BusinessError("unknown status", code="unknown_status", system="crm"),
+    NotFound("no such order", code="order_not_found", system="crm"),
+]
 UNEXPECTED = [ValueError("boom"), KeyError("k"), RuntimeError("oops"), ZeroDivisionError("division by zero")]
 
 
-def _decide(failure: BaseException | None, attempt: int, *, max_attempts: int = 3,
-            ladder: Sequence[RetryStep] = LADDERS["several"], headers: dict[str, Any] | None = None,
-            answer_with: str | None = None) -> Decision:
-    return decide(failure, attempt, RetryPolicy(max_attempts, ladder), adapter="dms", headers=headers or {},
-                  exchange="main_exchange", routing_key="1c.request.dms.create_user", now=NOW,
-                  answer_with=answer_with)
+def _decide(
+    failure: BaseException | None,
+    attempt: int,
+    *,
+    max_attempts: int = 3,
+    ladder: Sequence[RetryStep] = LADDERS["several"],
+    headers: dict[str, Any] | None = None,
+    answer_with: str | None = None,
+) -> Decision:
+    return decide(
+        failure,
+        attempt,
+        RetryPolicy(max_attempts, ladder),
+        adapter="dms",
+        headers=headers or {},
+        exchange="main_exchange",
+        routing_key="1c.request.dms.create_user",
+        now=NOW,
+        answer_with=answer_with,
+    )
 
 
 # --- a system known down, and one that asks for a wait ------------------------------------------------------------
@@ -93,19 +111,28 @@ def _decide(failure: BaseException | None, attempt: int, *, max_attempts: int = 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 50])
 def test_a_call_refused_by_an_open_breaker_gives_the_message_back_untried(attempt: int) -> None:
     headers = {ATTEMPT_HEADER: attempt, "x-custom": "kept"}
-    decision = _decide(CircuitOpen("dms is unavailable (circuit open)", system="dms"), attempt, max_attempts=3,
-                       headers=headers)
+    decision = _decide(
+        CircuitOpen("dms is unavailable (circuit open)", system="dms"), attempt, max_attempts=3, headers=headers
+    )
     assert isinstance(decision, GiveBack) and decision.outcome == "given_back"
     # not a retry, whatever the attempt: the same headers, the same attempt, no failure story
     assert decision.headers == headers and decision.headers is not headers and decision.attempt == attempt
 
 
-@pytest.mark.parametrize(("retry_after", "attempt", "queue"), [
-    (None, 1, "q.retry.1s"), (0.5, 1, "q.retry.1s"), (1.0, 1, "q.retry.1s"), (3, 1, "q.retry.5s"),
-    (5, 1, "q.retry.5s"), (6, 1, "q.retry.30s"), (3, 2, "q.retry.5s"), (3, 3, "q.retry.30s"),
-])
-def test_retry_after_takes_the_nearest_rung_at_or_above_it(retry_after: float | None, attempt: int,
-                                                           queue: str) -> None:
+@pytest.mark.parametrize(
+    ("retry_after", "attempt", "queue"),
+    [
+        (None, 1, "q.retry.1s"),
+        (0.5, 1, "q.retry.1s"),
+        (1.0, 1, "q.retry.1s"),
+        (3, 1, "q.retry.5s"),
+        (5, 1, "q.retry.5s"),
+        (6, 1, "q.retry.30s"),
+        (3, 2, "q.retry.5s"),
+        (3, 3, "q.retry.30s"),
+    ],
+)
+def test_retry_after_takes_the_nearest_rung_at_or_above_it(retry_after: float | None, attempt: int, queue: str) -> None:
     error = TransientError("429", code="http_429", system="dms", retry_after=retry_after)
     decision = _decide(error, attempt, max_attempts=10)
     assert isinstance(decision, Retry) and decision.queue == queue
@@ -227,8 +254,16 @@ def test_the_ladder_is_the_topology_s_own() -> None:
     work = build_topology(load_registry().queues(), retry_delays=[0.5, 2, 60]).queue_for("dms")
     policy = RetryPolicy(5, work.retry_steps)
     for attempt in range(1, 5):
-        decision = decide(TransientError("down"), attempt, policy, adapter="dms", headers={}, exchange="main_exchange",
-                          routing_key="1c.request.dms.create_user", now=NOW)
+        decision = decide(
+            TransientError("down"),
+            attempt,
+            policy,
+            adapter="dms",
+            headers={},
+            exchange="main_exchange",
+            routing_key="1c.request.dms.create_user",
+            now=NOW,
+        )
         assert isinstance(decision, Retry)
         step = work.retry_step(attempt)
         assert (decision.queue, decision.delay_s) == (step.queue, step.delay_s)
@@ -269,18 +304,37 @@ def test_a_first_failure_writes_the_whole_story() -> None:
 
 def test_a_later_failure_keeps_the_first_failure_and_the_original_route() -> None:
     # back from a hold queue: it arrives through the default exchange, under the work queue's name
-    earlier = {ATTEMPT_HEADER: 3, H_FIRST_FAILURE: EARLIER_ISO, H_LAST_FAILURE: EARLIER_ISO,
-               H_ORIGINAL_EXCHANGE: "main_exchange", H_ORIGINAL_ROUTING_KEY: "1c.request.dms.create_user",
-               H_ERROR_CLASS: "TransientError", H_ERROR_CODE: "dms_timeout", H_ERROR_MESSAGE: "old", H_ATTEMPTS: 2}
-    decision = decide(NotFound("no such user", code="user_not_found"), 3, RetryPolicy(5, LADDERS["several"]),
-                      adapter="dms", headers=earlier, exchange="", routing_key="dms_queue", now=NOW)
+    earlier = {
+        ATTEMPT_HEADER: 3,
+        H_FIRST_FAILURE: EARLIER_ISO,
+        H_LAST_FAILURE: EARLIER_ISO,
+        H_ORIGINAL_EXCHANGE: "main_exchange",
+        H_ORIGINAL_ROUTING_KEY: "1c.request.dms.create_user",
+        H_ERROR_CLASS: "TransientError",
+        H_ERROR_CODE: "dms_timeout",
+        H_ERROR_MESSAGE: "old",
+        H_ATTEMPTS: 2,
+    }
+    decision = decide(
+        NotFound("no such user", code="user_not_found"),
+        3,
+        RetryPolicy(5, LADDERS["several"]),
+        adapter="dms",
+        headers=earlier,
+        exchange="",
+        routing_key="dms_queue",
+        now=NOW,
+    )
     assert isinstance(decision, DeadLetter)
     headers = decision.headers
     assert headers[H_FIRST_FAILURE] == EARLIER_ISO and headers[H_LAST_FAILURE] == NOW_ISO
     assert headers[H_ORIGINAL_EXCHANGE] == "main_exchange"
     assert headers[H_ORIGINAL_ROUTING_KEY] == "1c.request.dms.create_user"
-    assert (headers[H_ERROR_CLASS], headers[H_ERROR_CODE], headers[H_ERROR_MESSAGE]) == \
-        ("NotFound", "user_not_found", "no such user")
+    assert (headers[H_ERROR_CLASS], headers[H_ERROR_CODE], headers[H_ERROR_MESSAGE]) == (
+        "NotFound",
+        "user_not_found",
+        "no such user",
+    )
     assert headers[H_ATTEMPTS] == 3
     assert headers[H_DEAD_LETTERED_AT] == NOW_ISO
     assert headers[ATTEMPT_HEADER] == 3  # a dead letter keeps the count it came with
@@ -303,8 +357,9 @@ def test_the_error_message_is_truncated() -> None:
 
 
 def test_a_delivery_without_exchange_or_routing_key_records_empty_ones() -> None:
-    headers = failure_headers({}, TransientError("x"), attempt=1, adapter="crm", exchange=None, routing_key=None,
-                              now=NOW)
+    headers = failure_headers(
+        {}, TransientError("x"), attempt=1, adapter="crm", exchange=None, routing_key=None, now=NOW
+    )
     assert headers[H_ORIGINAL_EXCHANGE] == "" and headers[H_ORIGINAL_ROUTING_KEY] == ""
     assert headers[H_ADAPTER] == "crm"
 
@@ -321,28 +376,58 @@ def test_decisions_are_values() -> None:
 # --- properties ------------------------------------------------------------------------------------------------------
 
 ERRORS = st.sampled_from(TRANSIENT + PERMANENT + BUSINESS + UNEXPECTED)
-STEPS = st.lists(st.builds(RetryStep, st.text("abc.", min_size=1, max_size=8),
-                           st.floats(0.001, 3600, allow_nan=False)), min_size=1, max_size=8)
+STEPS = st.lists(
+    st.builds(RetryStep, st.text("abc.", min_size=1, max_size=8), st.floats(0.001, 3600, allow_nan=False)),
+    min_size=1,
+    max_size=8,
+)
 HEADER_VALUES = st.one_of(st.integers(), st.text(max_size=20), st.booleans(), st.none())
 #: foreign headers, and sometimes those an earlier failure left
 HEADERS = st.builds(
     lambda foreign, earlier: {**foreign, **earlier},
     st.dictionaries(st.text("x-abcdef", min_size=1, max_size=12), HEADER_VALUES, max_size=6),
-    st.fixed_dictionaries({}, optional={ATTEMPT_HEADER: st.integers(1, 9), H_FIRST_FAILURE: st.just(EARLIER_ISO),
-                                        H_ORIGINAL_ROUTING_KEY: st.just("1c.request.crm.update_order_status")}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            ATTEMPT_HEADER: st.integers(1, 9),
+            H_FIRST_FAILURE: st.just(EARLIER_ISO),
+            H_ORIGINAL_ROUTING_KEY: st.just("1c.request.crm.update_order_status"),
+        },
+    ),
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(error=ERRORS, attempt=st.integers(-5, 200), max_attempts=st.integers(1, 100), ladder=STEPS,
-       headers=HEADERS, answer_with=st.sampled_from([None, "user_created"]),
-       now=st.datetimes(timezones=st.just(UTC)))
-def test_the_decision_follows_the_rules(error: BaseException, attempt: int, max_attempts: int,
-                                        ladder: list[RetryStep], headers: dict[str, Any], answer_with: str | None,
-                                        now: datetime) -> None:
+@given(
+    error=ERRORS,
+    attempt=st.integers(-5, 200),
+    max_attempts=st.integers(1, 100),
+    ladder=STEPS,
+    headers=HEADERS,
+    answer_with=st.sampled_from([None, "user_created"]),
+    now=st.datetimes(timezones=st.just(UTC)),
+)
+def test_the_decision_follows_the_rules(
+    error: BaseException,
+    attempt: int,
+    max_attempts: int,
+    ladder: list[RetryStep],
+    headers: dict[str, Any],
+    answer_with: str | None,
+    now: datetime,
+) -> None:
     before = dict(headers)
-    decision = decide(error, attempt, RetryPolicy(max_attempts, ladder), adapter="crm", headers=headers,
-                      exchange="main_exchange", routing_key="rk", now=now, answer_with=answer_with)
+    decision = decide(
+        error,
+        attempt,
+        RetryPolicy(max_attempts, ladder),
+        adapter="crm",
+        headers=headers,
+        exchange="main_exchange",
+        routing_key="rk",
+        now=now,
+        answer_with=answer_with,
+    )
     assert headers == before
     tried = max(attempt, 1)
     permanent = isinstance(error, PermanentError)
@@ -370,17 +455,27 @@ def test_the_decision_follows_the_rules(error: BaseException, attempt: int, max_
 
 
 @settings(max_examples=100, deadline=None)
-@given(first=st.datetimes(timezones=st.just(UTC)), gap=st.timedeltas(timedelta(0), timedelta(days=3)),
-       attempts=st.integers(2, 10))
+@given(
+    first=st.datetimes(timezones=st.just(UTC)),
+    gap=st.timedeltas(timedelta(0), timedelta(days=3)),
+    attempts=st.integers(2, 10),
+)
 def test_the_story_accumulates_over_a_chain_of_failures(first: datetime, gap: timedelta, attempts: int) -> None:
     """Each retry's headers are the next delivery's: the first failure stays, the last one moves on."""
     policy = RetryPolicy(attempts, LADDERS["several"])
     headers: dict[str, Any] = {ATTEMPT_HEADER: 1}
     attempt, now, decision = 1, first, None
     while True:
-        decision = decide(TransientError(f"try {attempt}"), attempt, policy, adapter="dms", headers=headers,
-                          exchange="" if attempt > 1 else "main_exchange",
-                          routing_key="dms_queue" if attempt > 1 else "1c.request.dms.create_user", now=now)
+        decision = decide(
+            TransientError(f"try {attempt}"),
+            attempt,
+            policy,
+            adapter="dms",
+            headers=headers,
+            exchange="" if attempt > 1 else "main_exchange",
+            routing_key="dms_queue" if attempt > 1 else "1c.request.dms.create_user",
+            now=now,
+        )
         if isinstance(decision, DeadLetter):
             break
         assert isinstance(decision, Retry)
@@ -403,15 +498,23 @@ class _FakePublisher:
     async def publish(self, envelope: Envelope, routing_key: str, **_: Any) -> None:
         self.envelopes.append((envelope, routing_key))
 
-    async def publish_raw(self, exchange: str, routing_key: str, body: bytes, *, headers: Any,
-                          properties: Any = None) -> None:
+    async def publish_raw(
+        self, exchange: str, routing_key: str, body: bytes, *, headers: Any, properties: Any = None
+    ) -> None:
         self.raw.append((exchange, routing_key, body, dict(headers)))
 
 
 def _consumer(handler: Any, publisher: _FakePublisher, *, max_attempts: int = 3) -> tuple[Consumer, list[Any]]:
     work = build_topology(load_registry().queues(), retry_delays=[1, 5]).queue_for("dms")
-    consumer = Consumer(service="dms", queue=work, channel=None, publisher=publisher,  # type: ignore[arg-type]
-                        catalog=load_registry().catalog, handlers={"create_user": handler}, max_attempts=max_attempts)
+    consumer = Consumer(
+        service="dms",
+        queue=work,
+        channel=None,
+        publisher=publisher,  # type: ignore[arg-type]
+        catalog=load_registry().catalog,
+        handlers={"create_user": handler},
+        max_attempts=max_attempts,
+    )
     acked: list[Any] = []
 
     async def ack(message: Any) -> None:
@@ -422,13 +525,30 @@ def _consumer(handler: Any, publisher: _FakePublisher, *, max_attempts: int = 3)
 
 
 def _message(attempt: int = 1) -> Any:
-    envelope = Envelope(message_id=uuid.uuid4().hex, request_id="REQ-1", source_system="1c", target_system="dms",
-                        message_type="create_user", timestamp=NOW,
-                        payload={"user_id": "U1", "name": "Иван", "email": "ivan@example.com"})
-    return SimpleNamespace(body=envelope.encode(), headers={ATTEMPT_HEADER: attempt}, exchange="main_exchange",
-                           routing_key="1c.request.dms.create_user", message_id=envelope.message_id,
-                           correlation_id="REQ-1", content_type="application/json", content_encoding="utf-8",
-                           type="create_user", app_id="esi", timestamp=None, delivery_tag=1, channel=None)
+    envelope = Envelope(
+        message_id=uuid.uuid4().hex,
+        request_id="REQ-1",
+        source_system="1c",
+        target_system="dms",
+        message_type="create_user",
+        timestamp=NOW,
+        payload={"user_id": "U1", "name": "Иван", "email": "ivan@example.com"},
+    )
+    return SimpleNamespace(
+        body=envelope.encode(),
+        headers={ATTEMPT_HEADER: attempt},
+        exchange="main_exchange",
+        routing_key="1c.request.dms.create_user",
+        message_id=envelope.message_id,
+        correlation_id="REQ-1",
+        content_type="application/json",
+        content_encoding="utf-8",
+        type="create_user",
+        app_id="esi",
+        timestamp=None,
+        delivery_tag=1,
+        channel=None,
+    )
 
 
 async def test_a_success_never_reaches_decide(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,7 +56,9 @@ FAKES = tuple(REGISTRY.fakes)  # fake-creatio, fake-dms: demo only
 SERVICES = (*ADAPTERS, *FAKES)
 #: every class of settings esi reads: the core's and each system's own (DMS_*, CREATIO_*)
 SETTINGS_CLASSES: tuple[type[Settings] | type[SystemSettings], ...] = (
-    Settings, *(s.settings for s in REGISTRY.systems if s.settings is not None))
+    Settings,
+    *(s.settings for s in REGISTRY.systems if s.settings is not None),
+)
 SCALED_ADAPTERS = ("dms", "crm")  # onec publishes the API's port, so it is scaled behind a load balancer instead
 
 # Variables esi services may be given that are not esi settings: name -> what reads them.
@@ -189,8 +191,11 @@ def definitions_differences(actual: dict[str, Any], expected: dict[str, Any]) ->
         have, want = _by_key(actual.get(what, []), what), _by_key(expected[what], what)
         problems += [f"{what}: missing {key}: {want[key]}" for key in sorted(want.keys() - have.keys())]
         problems += [f"{what}: not esi's {key}: {have[key]}" for key in sorted(have.keys() - want.keys())]
-        problems += [f"{what}: {key} is {have[key]}, esi declares {want[key]}"
-                     for key in sorted(want.keys() & have.keys()) if have[key] != want[key]]
+        problems += [
+            f"{what}: {key} is {have[key]}, esi declares {want[key]}"
+            for key in sorted(want.keys() & have.keys())
+            if have[key] != want[key]
+        ]
     for what in ("users", "permissions", "topic_permissions", "vhosts"):
         if actual.get(what, []) != expected[what]:
             problems.append(f"{what}: {actual.get(what)!r}, expected {expected[what]!r}")
@@ -226,9 +231,15 @@ def test_compose_file_is_valid_against_the_compose_specification() -> None:
     assert _schema_errors(compose) == []
 
 
-@pytest.mark.parametrize("mistake", [
-    "unknown service attribute", "unknown depends_on condition", "replicas not a number", "unknown top-level key",
-])
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        "unknown service attribute",
+        "unknown depends_on condition",
+        "replicas not a number",
+        "unknown top-level key",
+    ],
+)
 def test_schema_validation_catches_mistakes(mistake: str) -> None:
     """The schema check is strict (unknown attributes are refused), so a green check means something."""
     compose = copy.deepcopy(load_compose())
@@ -255,11 +266,13 @@ def test_compose_checks_beyond_the_schema() -> None:
                 # without the profile the dependency is disabled, and Compose refuses a required one
                 assert condition.get("required") is False, (
                     f"{name} runs without a profile but requires {dependency}, which only runs in a profile: "
-                    "set required: false")
+                    "set required: false"
+                )
         test = (service.get("healthcheck") or {}).get("test")
         if test is not None:
             assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL", "NONE"), (
-                f"{name}: healthcheck.test must be a list starting with CMD, CMD-SHELL or NONE")
+                f"{name}: healthcheck.test must be a list starting with CMD, CMD-SHELL or NONE"
+            )
         for volume in service.get("volumes") or []:
             source = volume.split(":", 1)[0]
             if source.startswith((".", "/")):
@@ -268,8 +281,9 @@ def test_compose_checks_beyond_the_schema() -> None:
                 assert source in declared_volumes, f"{name} uses volume {source}, not declared under volumes:"
     text = COMPOSE_FILE.read_text(encoding="utf-8").replace("$$", "")
     for expression in re.findall(r"\$\{[^}]*\}", text):
-        assert re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?+][^}]*)?\}", expression), \
+        assert re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?+][^}]*)?\}", expression), (
             f"bad interpolation {expression}"
+        )
 
 
 def _docker_compose() -> list[str] | None:
@@ -291,9 +305,23 @@ def test_docker_compose_accepts_the_file_where_installed(profile: str | None) ->
     if command is None:
         pytest.skip("Docker Compose 2.24+ is not installed here")
     profiles = ["--profile", profile] if profile else []
-    result = subprocess.run([*command, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "--env-file",
-                             str(ENV_EXAMPLE), *profiles, "config", "--quiet"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [
+            *command,
+            "--project-directory",
+            str(ROOT),
+            "-f",
+            str(COMPOSE_FILE),
+            "--env-file",
+            str(ENV_EXAMPLE),
+            *profiles,
+            "config",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -305,7 +333,8 @@ def test_every_esi_service_runs_the_one_image() -> None:
     for name, service in esi_services(compose).items():
         build = service.get("build")
         assert isinstance(build, dict) and build.get("context") == "." and build.get("dockerfile") == "Dockerfile", (
-            f"{name} must be built from ./Dockerfile")
+            f"{name} must be built from ./Dockerfile"
+        )
         assert service.get("command") == ["run", name], f"{name} must run `esi run {name}`"
     built = {name for name, service in compose["services"].items() if "build" in service}
     assert built == set(SERVICES), "only esi's services are built from the Dockerfile"
@@ -343,8 +372,10 @@ async def test_health_urls_are_served() -> None:
     from esi.api.health import create_health_app
 
     services = esi_services(load_compose())
-    apps = [(name, system.fake.app(system.settings.model_construct()))  # type: ignore[union-attr]
-            for name, system in REGISTRY.fakes.items()]
+    apps = [
+        (name, system.fake.app(system.settings.model_construct()))  # type: ignore[union-attr]
+        for name, system in REGISTRY.fakes.items()
+    ]
     apps += [(name, create_health_app(None)) for name in SCALED_ADAPTERS]
     for name, app in apps:
         path = urlsplit(environment(services[name])["ESI_HEALTH_URL"]).path
@@ -362,10 +393,14 @@ def test_adapters_wait_for_a_healthy_broker_and_store() -> None:
     for name in ADAPTERS:
         depends_on = services[name].get("depends_on") or {}
         assert isinstance(depends_on, dict), f"{name}: depends_on needs conditions"
-        for dependency, condition in (("rabbitmq", "service_healthy"), ("postgres", "service_healthy"),
-                                      ("rabbitmq-definitions", "service_completed_successfully")):
+        for dependency, condition in (
+            ("rabbitmq", "service_healthy"),
+            ("postgres", "service_healthy"),
+            ("rabbitmq-definitions", "service_completed_successfully"),
+        ):
             assert (depends_on.get(dependency) or {}).get("condition") == condition, (
-                f"{name} must wait for {dependency} ({condition})")
+                f"{name} must wait for {dependency} ({condition})"
+            )
 
 
 def test_adapters_can_run_as_several_replicas() -> None:
@@ -468,7 +503,8 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
             continue
         previous = lines[index - 1] if index else None
         assert previous is not None and previous[2] is None and len(previous[1].lstrip("#").strip()) > 3, (
-            f".env.example line {number} ({name}) needs a comment line of its own right above it")
+            f".env.example line {number} ({name}) needs a comment line of its own right above it"
+        )
 
 
 @pytest.fixture
@@ -523,8 +559,10 @@ def test_env_example_is_valid_for_esi() -> None:
 def test_definitions_match_topology() -> None:
     text = DEFINITIONS_FILE.read_text(encoding="utf-8")
     problems = definitions_differences(json.loads(text), definitions(default_topology()))
-    assert not problems, (f"deploy/rabbitmq/definitions.json disagrees with esi's topology (regenerate it: "
-                          f"{EXPORT_COMMAND}):\n" + "\n".join(problems))
+    assert not problems, (
+        f"deploy/rabbitmq/definitions.json disagrees with esi's topology (regenerate it: "
+        f"{EXPORT_COMMAND}):\n" + "\n".join(problems)
+    )
     # and byte for byte what the command writes: regenerating it leaves no diff
     assert text == definitions_text(), f"deploy/rabbitmq/definitions.json is out of date: run {EXPORT_COMMAND}"
 
@@ -534,8 +572,9 @@ def test_topology_export_prints_or_writes_the_definitions(tmp_path: Path) -> Non
     assert EXPORT_COMMAND == "esi topology export --output deploy/rabbitmq/definitions.json"
     printed = CliRunner().invoke(cli, ["topology", "export"], catch_exceptions=False)
     assert printed.exit_code == 0 and printed.stdout == expected
-    written = CliRunner().invoke(cli, ["topology", "export", "--output", str(tmp_path / "d.json")],
-                                 catch_exceptions=False)
+    written = CliRunner().invoke(
+        cli, ["topology", "export", "--output", str(tmp_path / "d.json")], catch_exceptions=False
+    )
     assert written.exit_code == 0 and (tmp_path / "d.json").read_text(encoding="utf-8") == expected
 
 
@@ -544,10 +583,17 @@ def test_definitions_comparison_notices_a_change() -> None:
     topology = default_topology()
     expected = definitions(topology)
     assert definitions_differences(copy.deepcopy(expected), expected) == []
-    assert definitions_differences(definitions(build_topology(
-        REGISTRY.queues(), retry_delays=Settings.model_construct().retry_delays,
-        delivery_limit=topology.delivery_limit + 1,
-        max_length=topology.max_length)), expected)
+    assert definitions_differences(
+        definitions(
+            build_topology(
+                REGISTRY.queues(),
+                retry_delays=Settings.model_construct().retry_delays,
+                delivery_limit=topology.delivery_limit + 1,
+                max_length=topology.max_length,
+            )
+        ),
+        expected,
+    )
     retyped = copy.deepcopy(expected)
     ttl_queue = next(q for q in retyped["queues"] if "x-message-ttl" in q["arguments"])
     ttl_queue["arguments"]["x-message-ttl"] = float(ttl_queue["arguments"]["x-message-ttl"])
@@ -573,8 +619,10 @@ def test_definitions_declare_the_default_topology() -> None:
     for system in ("1c", "dms", "crm"):
         assert queues[f"{system}_dead_letter_queue"]["arguments"]["x-queue-type"] == "quorum"
     # every queue that holds a message is replicated (on min(3, nodes) nodes) and survives one node's loss
-    assert all(q["arguments"]["x-queue-type"] == "quorum" and q["arguments"]["x-quorum-initial-group-size"] == 3
-               for q in queues.values())
+    assert all(
+        q["arguments"]["x-queue-type"] == "quorum" and q["arguments"]["x-quorum-initial-group-size"] == 3
+        for q in queues.values()
+    )
     assert all(q["durable"] and not q["auto_delete"] for q in queues.values())
     keys = {(b["source"], b["destination"], b["routing_key"]) for b in document["bindings"]}
     assert ("main_exchange", "crm_queue", "*.response.crm.*") in keys
@@ -616,7 +664,7 @@ def test_dockerfile_slim_non_root_with_healthcheck() -> None:
     assert froms, "no FROM"
     base = instructions[froms[-1]][1].split()[0]
     assert re.fullmatch(r"python:3\.1[1-9][0-9.]*-slim(-[a-z]+)?", base), f"the base must be a slim Python: {base}"
-    users = [args for keyword, args in instructions[froms[-1]:] if keyword == "USER"]
+    users = [args for keyword, args in instructions[froms[-1] :] if keyword == "USER"]
     assert users, "the image must switch to a non-root USER"
     user = users[-1].split(":")[0]
     assert user not in ("root", "0"), f"USER {users[-1]} is root"
@@ -635,8 +683,11 @@ def test_dockerfile_slim_non_root_with_healthcheck() -> None:
 
 
 def test_dockerignore_keeps_local_state_out_but_the_package_in() -> None:
-    patterns = [line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for required in (".venv", ".git", "var", ".env"):
         assert required in patterns, f".dockerignore must exclude {required}"
     copied = set()
@@ -647,4 +698,3 @@ def test_dockerignore_keeps_local_state_out_but_the_package_in() -> None:
     for path in copied:
         assert (ROOT / path).exists(), f"the Dockerfile copies {path}, which does not exist"
         assert path not in patterns and f"/{path}" not in patterns, f".dockerignore excludes {path}, which is copied"
-

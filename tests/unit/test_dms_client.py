@@ -39,8 +39,6 @@ class _CurrentApp:
         await self.app(scope, receive, send)
 
 
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[_CurrentApp, str]]:
     current = _CurrentApp()
@@ -75,16 +73,21 @@ def _transport(kind: str) -> httpx.AsyncBaseTransport:
 
 @contextlib.asynccontextmanager
 async def fresh_dms(
-    server: tuple[_CurrentApp, str], *, fake_key: str | None = None, client_key: str | None = None,
-    timeout: float = 5.0, transport: str = "httpx",
+    server: tuple[_CurrentApp, str],
+    *,
+    fake_key: str | None = None,
+    client_key: str | None = None,
+    timeout: float = 5.0,
+    transport: str = "httpx",
 ) -> AsyncIterator[Dms]:
     """`transport`: httpx's own, or httpx over aiohttp's sockets as the DMS adapter runs it (`fast_transport`)."""
     current, base_url = server
     current.app = create_app(api_key=fake_key)
     try:
         async with (
-            DmsClient(base_url=base_url, api_key=client_key, timeout=timeout,
-                      transport=_transport(transport)) as client,
+            DmsClient(
+                base_url=base_url, api_key=client_key, timeout=timeout, transport=_transport(transport)
+            ) as client,
             httpx.AsyncClient(base_url=base_url, verify=False) as http,
         ):
             yield Dms(client, current.app.state.fake, base_url, http)
@@ -158,7 +161,10 @@ async def test_create_user_returns_the_registered_user_with_cyrillic_intact(dms:
     assert isinstance(user, DmsUser)
     assert user.id == "DMS-000001"
     assert (user.external_id, user.name, user.email, user.phone) == (
-        "U12345", "Иванов Иван", "ivanov@example.com", "+7 900 123-45-67"
+        "U12345",
+        "Иванов Иван",
+        "ivanov@example.com",
+        "+7 900 123-45-67",
     )
     assert user.created_at
     state = await dms.state()
@@ -216,8 +222,9 @@ async def test_a_refused_email_domain_is_a_business_error(dms: Dms) -> None:
 async def test_fifty_concurrent_creations_all_succeed_with_distinct_ids(dms: Dms) -> None:
     users = await asyncio.gather(
         *(
-            dms.client.create_user(user_id=f"U{i:03d}", name=f"Пользователь {i}", email=f"u{i}@example.com",
-                                   idempotency_key=f"esi-msg-{i}")
+            dms.client.create_user(
+                user_id=f"U{i:03d}", name=f"Пользователь {i}", email=f"u{i}@example.com", idempotency_key=f"esi-msg-{i}"
+            )
             for i in range(50)
         )
     )
@@ -309,8 +316,10 @@ async def test_a_429_is_transient(dms: Dms) -> None:
 
 async def test_latency_beyond_the_client_timeout_is_transient(server: tuple[_CurrentApp, str], transport: str) -> None:
     async with fresh_dms(server, timeout=0.2, transport=transport) as dms:
-        for call in (lambda: dms.client.get_policy("POL-0001"),
-                     lambda: dms.client.create_user(**IVANOV, idempotency_key="esi-msg-slow")):
+        for call in (
+            lambda: dms.client.get_policy("POL-0001"),
+            lambda: dms.client.create_user(**IVANOV, idempotency_key="esi-msg-slow"),
+        ):
             await dms.arm(latency_ms=1000, count=1)
             started = time.monotonic()
 
@@ -322,8 +331,9 @@ async def test_latency_beyond_the_client_timeout_is_transient(server: tuple[_Cur
 
 
 async def test_nothing_listening_is_transient(closed_port: int, transport: str) -> None:
-    async with DmsClient(base_url=f"http://127.0.0.1:{closed_port}", timeout=2.0,
-                         transport=_transport(transport)) as client:
+    async with DmsClient(
+        base_url=f"http://127.0.0.1:{closed_port}", timeout=2.0, transport=_transport(transport)
+    ) as client:
         for call in (
             lambda: client.get_policy("POL-0001"),
             lambda: client.create_user(**IVANOV, idempotency_key="esi-msg-1"),
@@ -335,10 +345,13 @@ async def test_nothing_listening_is_transient(closed_port: int, transport: str) 
 
 
 async def test_a_server_that_hangs_up_is_a_connection_error(hanging_up_port: int, transport: str) -> None:
-    async with DmsClient(base_url=f"http://127.0.0.1:{hanging_up_port}", timeout=2.0,
-                         transport=_transport(transport)) as client:
-        for call in (lambda: client.get_policy("POL-0001"),
-                     lambda: client.create_user(**IVANOV, idempotency_key="esi-msg-1")):
+    async with DmsClient(
+        base_url=f"http://127.0.0.1:{hanging_up_port}", timeout=2.0, transport=_transport(transport)
+    ) as client:
+        for call in (
+            lambda: client.get_policy("POL-0001"),
+            lambda: client.create_user(**IVANOV, idempotency_key="esi-msg-1"),
+        ):
             with pytest.raises(TransientError) as caught:
                 await call()
             assert caught.value.code == "connection_error", caught.value
@@ -353,8 +366,10 @@ async def test_a_missing_or_wrong_api_key_is_permanent(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with fresh_dms(server, fake_key=API_KEY, client_key=client_key, transport=transport) as dms:
-        for call in (lambda: dms.client.get_policy("POL-0001"),
-                     lambda: dms.client.create_user(**IVANOV, idempotency_key="esi-msg-1")):
+        for call in (
+            lambda: dms.client.get_policy("POL-0001"),
+            lambda: dms.client.create_user(**IVANOV, idempotency_key="esi-msg-1"),
+        ):
             with pytest.raises(PermanentError) as caught:
                 await call()
 
@@ -440,8 +455,11 @@ async def test_an_unreadable_policy_is_permanent() -> None:
     [
         (httpx.Response(500, text="<html>Internal Server Error</html>"), TransientError, "http_500"),
         (httpx.Response(502), TransientError, "http_502"),
-        (httpx.Response(503, json={"error": {"code": "maintenance", "message": "back soon"}}), TransientError,
-         "http_503"),
+        (
+            httpx.Response(503, json={"error": {"code": "maintenance", "message": "back soon"}}),
+            TransientError,
+            "http_503",
+        ),
         (httpx.Response(408), TransientError, "http_408"),
         (httpx.Response(400, json={"error": {"code": "bad_request", "message": "no"}}), PermanentError, "bad_request"),
         (httpx.Response(403, text="forbidden"), PermanentError, "http_403"),
@@ -468,8 +486,14 @@ async def test_requests_carry_the_idempotency_key_and_quoted_path() -> None:
         if request.method == "POST":
             return httpx.Response(201, json={"id": "DMS-1", "external_id": "U1", "name": "Я", "email": "a@b.c"})
         return httpx.Response(
-            200, json={"policy_number": "A/B", "holder_name": "Я", "status": "active",
-                       "start_date": "2025-01-01", "end_date": "2025-12-31"}
+            200,
+            json={
+                "policy_number": "A/B",
+                "holder_name": "Я",
+                "status": "active",
+                "start_date": "2025-01-01",
+                "end_date": "2025-12-31",
+            },
         )
 
     async with mock_client(answer) as client:
@@ -496,15 +520,21 @@ def _answering(status: int, body: bytes, headers: list[tuple[bytes, bytes]]):  #
     async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         while (await receive()).get("more_body"):
             pass
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-length", str(len(body)).encode()), *headers]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-length", str(len(body)).encode()), *headers],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     return app
 
 
 async def test_answers_read_without_httpx_keep_their_encoding_headers_and_retry_after(
-    server: tuple[_CurrentApp, str], transport: str,
+    server: tuple[_CurrentApp, str],
+    transport: str,
 ) -> None:
     """On aiohttp the hot call reads a plain answer as it came (`esi.systems.http.Answer`); a compressed one is
     still decoded, and an error still carries the DMS's code and its Retry-After."""
@@ -518,11 +548,15 @@ async def test_answers_read_without_httpx_keep_their_encoding_headers_and_retry_
         try:
             for status, body, headers in cases:
                 current.app = _answering(status, body, [(b"content-type", b"application/json"), *headers])
-                created = await client.create_user(user_id="u-7", name="Иван", email="i@example.com",
-                                                   idempotency_key="k-7")
+                created = await client.create_user(
+                    user_id="u-7", name="Иван", email="i@example.com", idempotency_key="k-7"
+                )
                 assert (created.id, created.name) == ("DMS-7", "Иван")
-            current.app = _answering(503, b'{"error": {"code": "maintenance", "message": "back soon"}}',
-                                     [(b"retry-after", b"7"), (b"content-type", b"application/json")])
+            current.app = _answering(
+                503,
+                b'{"error": {"code": "maintenance", "message": "back soon"}}',
+                [(b"retry-after", b"7"), (b"content-type", b"application/json")],
+            )
             with pytest.raises(TransientError) as caught:
                 await client.create_user(user_id="u-7", name="Иван", email="i@example.com", idempotency_key="k-7")
         finally:

@@ -13,8 +13,10 @@ from esi.config import Settings
 
 def test_node_urls_split_name_and_check_the_nodes_agree() -> None:
     nodes = node_urls("amqp://u:p@a:5672/vh, amqp://u:p@b:5673/vh", name="esi-dms")
-    assert [(n.host, n.port, n.path, n.query["name"]) for n in nodes] == [("a", 5672, "/vh", "esi-dms"),
-                                                                          ("b", 5673, "/vh", "esi-dms")]
+    assert [(n.host, n.port, n.path, n.query["name"]) for n in nodes] == [
+        ("a", 5672, "/vh", "esi-dms"),
+        ("b", 5673, "/vh", "esi-dms"),
+    ]
     for other in ("amqp://u:p@b:5672/other", "amqp://x:p@b:5672/vh", "amqps://u:p@b:5671/vh"):
         with pytest.raises(ValueError, match="may differ only in host and port"):
             node_urls(f"amqp://u:p@a:5672/vh,{other}")

@@ -32,8 +32,6 @@ CREDENTIALS = {"UserName": "Supervisor", "UserPassword": "Supervisor"}
 # --- a real server for the fake ------------------------------------------------------------------------------------
 
 
-
-
 @dataclass
 class FakeServer:
     url: str
@@ -96,8 +94,13 @@ def order_row(state: dict[str, Any], order_id: str) -> dict[str, Any]:
 def test_login_success_sets_creatio_cookies(http: httpx.Client) -> None:
     response = http.post(LOGIN, json={**CREDENTIALS, "TimeZoneOffset": -180})
     assert response.status_code == 200
-    assert response.json() == {"Code": 0, "Message": "", "Exception": None, "PasswordChangeUrl": None,
-                               "RedirectUrl": None}
+    assert response.json() == {
+        "Code": 0,
+        "Message": "",
+        "Exception": None,
+        "PasswordChangeUrl": None,
+        "RedirectUrl": None,
+    }
     set_cookies = {h.split("=", 1)[0]: h for h in response.headers.get_list("set-cookie")}
     assert set(set_cookies) >= {".ASPXAUTH", "BPMCSRF", "BPMLOADER", "UserName"}
     assert "httponly" in set_cookies[".ASPXAUTH"].lower()
@@ -205,8 +208,15 @@ def test_status_by_name_and_filters_joined_with_and(http: httpx.Client) -> None:
 
 def test_seed(creatio: FakeServer) -> None:
     state = creatio.state()
-    assert {s["Name"] for s in state["statuses"]} >= {"New", "Confirmed", "In progress", "Shipped", "Delivered",
-                                                        "Completed", "Cancelled"}
+    assert {s["Name"] for s in state["statuses"]} >= {
+        "New",
+        "Confirmed",
+        "In progress",
+        "Shipped",
+        "Delivered",
+        "Completed",
+        "Cancelled",
+    }
     assert {s["Name"]: s["Id"] for s in state["statuses"]} == ORDER_STATUS_IDS
     assert {o["Number"]: o["Id"] for o in state["orders"]} == ORDER_IDS
     for order in state["orders"]:
@@ -283,18 +293,35 @@ def test_two_step_upload_in_ranges_then_download(http: httpx.Client, creatio: Fa
     csrf = login(http)
     content = bytes(range(256)) * 40  # 10 240 bytes
     total = len(content)
-    created = http.post("/0/odata/OrderFile", headers={"BPMCSRF": csrf}, json={
-        "Name": "Счёт.pdf", "OrderId": ORDER_9876_ID, "Size": total, "TotalSize": total, "TypeId": FILE_TYPE_ID})
+    created = http.post(
+        "/0/odata/OrderFile",
+        headers={"BPMCSRF": csrf},
+        json={"Name": "Счёт.pdf", "OrderId": ORDER_9876_ID, "Size": total, "TotalSize": total, "TypeId": FILE_TYPE_ID},
+    )
     assert created.status_code == 201
     file_id = created.json()["Id"]
-    params = {"fileId": file_id, "totalFileLength": str(total), "mimeType": "application/pdf", "fileName": "Счёт.pdf",
-              "columnName": "Data", "entitySchemaName": "OrderFile", "parentColumnName": "Order",
-              "parentColumnValue": ORDER_9876_ID}
+    params = {
+        "fileId": file_id,
+        "totalFileLength": str(total),
+        "mimeType": "application/pdf",
+        "fileName": "Счёт.pdf",
+        "columnName": "Data",
+        "entitySchemaName": "OrderFile",
+        "parentColumnName": "Order",
+        "parentColumnValue": ORDER_9876_ID,
+    }
     ranges = [(6000, total - 1), (0, 2999), (3000, 5999)]  # out of order on purpose
     for n, (start, end) in enumerate(ranges, 1):
-        response = http.post("/0/rest/FileApiService/UploadFile", params=params, content=content[start : end + 1],
-                             headers={"BPMCSRF": csrf, "Content-Type": "application/octet-stream",
-                                      "Content-Range": f"bytes {start}-{end}/{total}"})
+        response = http.post(
+            "/0/rest/FileApiService/UploadFile",
+            params=params,
+            content=content[start : end + 1],
+            headers={
+                "BPMCSRF": csrf,
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"bytes {start}-{end}/{total}",
+            },
+        )
         assert response.status_code == 200 and response.json()["success"] is True
         (stored,) = creatio.state()["files"]
         assert stored["complete"] is (n == len(ranges))
@@ -302,26 +329,41 @@ def test_two_step_upload_in_ranges_then_download(http: httpx.Client, creatio: Fa
     assert (stored["name"], stored["order_id"], stored["size"]) == ("Счёт.pdf", ORDER_9876_ID, total)
     download = http.get(f"/0/rest/FileService/Download/OrderFile/{file_id}")
     assert download.status_code == 200 and download.content == content
-    listed = http.get("/0/odata/OrderFile", params={
-        "$filter": f"OrderId eq {ORDER_9876_ID} and Name eq 'Счёт.pdf'", "$select": "Id,Size"}).json()["value"]
+    listed = http.get(
+        "/0/odata/OrderFile",
+        params={"$filter": f"OrderId eq {ORDER_9876_ID} and Name eq 'Счёт.pdf'", "$select": "Id,Size"},
+    ).json()["value"]
     assert listed == [{"Id": file_id, "Size": total}]
 
 
 def test_upload_refuses_a_range_that_does_not_fit(http: httpx.Client) -> None:
     csrf = login(http)
-    params = {"fileId": "0b3b3b3b-0000-4000-8000-000000000001", "totalFileLength": "10", "fileName": "a.pdf",
-              "parentColumnValue": ORDER_9876_ID}
-    response = http.post("/0/rest/FileApiService/UploadFile", params=params, content=b"12345",
-                         headers={"BPMCSRF": csrf, "Content-Range": "bytes 0-9/10"})
+    params = {
+        "fileId": "0b3b3b3b-0000-4000-8000-000000000001",
+        "totalFileLength": "10",
+        "fileName": "a.pdf",
+        "parentColumnValue": ORDER_9876_ID,
+    }
+    response = http.post(
+        "/0/rest/FileApiService/UploadFile",
+        params=params,
+        content=b"12345",
+        headers={"BPMCSRF": csrf, "Content-Range": "bytes 0-9/10"},
+    )
     assert response.status_code == 400
 
 
 def test_upload_needs_csrf(http: httpx.Client, creatio: FakeServer) -> None:
     login(http)
-    params = {"fileId": "0b3b3b3b-0000-4000-8000-000000000002", "totalFileLength": "3", "fileName": "a.pdf",
-              "parentColumnValue": ORDER_9876_ID}
-    response = http.post("/0/rest/FileApiService/UploadFile", params=params, content=b"abc",
-                         headers={"Content-Range": "bytes 0-2/3"})
+    params = {
+        "fileId": "0b3b3b3b-0000-4000-8000-000000000002",
+        "totalFileLength": "3",
+        "fileName": "a.pdf",
+        "parentColumnValue": ORDER_9876_ID,
+    }
+    response = http.post(
+        "/0/rest/FileApiService/UploadFile", params=params, content=b"abc", headers={"Content-Range": "bytes 0-2/3"}
+    )
     assert response.status_code == 401
     assert creatio.state()["files"] == []
 

@@ -30,8 +30,6 @@ class _CurrentApp:
         await self.app(scope, receive, send)
 
 
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[_CurrentApp, str]]:
     current = _CurrentApp()
@@ -92,7 +90,7 @@ async def test_create_user_answers_201_with_a_sequential_id_and_keeps_cyrillic(d
     first = await dms.http.post("/users", json=IVANOV, headers={"Idempotency-Key": "k-1"})
     second = await dms.http.post(
         "/users",
-        json={"external_id": "U2", "name": "Пётр Ёлкин", "email": "p@example.com", "phone": "+7 900 000-00-00"}
+        json={"external_id": "U2", "name": "Пётр Ёлкин", "email": "p@example.com", "phone": "+7 900 000-00-00"},
     )
 
     assert first.status_code == 201
@@ -130,9 +128,7 @@ async def test_same_key_same_body_replays_the_stored_answer(dms: Served) -> None
 
 async def test_same_key_with_another_body_is_refused(dms: Served) -> None:
     await dms.http.post("/users", json=IVANOV, headers={"Idempotency-Key": "k-1"})
-    other = await dms.http.post(
-        "/users", json={**IVANOV, "name": "Иванов Пётр"}, headers={"Idempotency-Key": "k-1"}
-    )
+    other = await dms.http.post("/users", json={**IVANOV, "name": "Иванов Пётр"}, headers={"Idempotency-Key": "k-1"})
 
     assert_error(other, 422, "idempotency_key_reused")
     state = await dms.state()
@@ -165,8 +161,18 @@ async def test_an_external_id_registered_once_cannot_be_registered_again(dms: Se
         {**IVANOV, "name": 42},
         "not an object",
     ],
-    ids=["blank-name", "empty-name", "empty-id", "no-at", "no-domain", "refused", "refused-case", "no-name",
-         "name-not-str", "not-object"],
+    ids=[
+        "blank-name",
+        "empty-name",
+        "empty-id",
+        "no-at",
+        "no-domain",
+        "refused",
+        "refused-case",
+        "no-name",
+        "name-not-str",
+        "not-object",
+    ],
 )
 async def test_refused_users_get_422_validation_error(dms: Served, body: object) -> None:
     response = await dms.http.post("/users", json=body, headers={"Idempotency-Key": "k-1"})
@@ -227,8 +233,13 @@ async def test_an_unknown_policy_is_404_policy_not_found(dms: Served) -> None:
 
 
 async def test_policies_can_be_added_for_a_test(dms: Served) -> None:
-    policy = {"policy_number": "ТЕСТ/1", "holder_name": "Тестов Тест", "status": "suspended",
-              "start_date": "2025-01-01", "end_date": "2025-12-31"}
+    policy = {
+        "policy_number": "ТЕСТ/1",
+        "holder_name": "Тестов Тест",
+        "status": "suspended",
+        "start_date": "2025-01-01",
+        "end_date": "2025-12-31",
+    }
     added = await dms.http.post("/_fake/policies", json=policy)
     refused = await dms.http.post("/_fake/policies", json={**policy, "status": "lost"})
 

@@ -41,15 +41,18 @@ def test_one_system_never_imports_another() -> None:
     assert {"onec", "dms", "crm"} <= set(packages)
     for package in packages:
         for module, imports in _package_imports(f"systems/{package}").items():
-            others = sorted(m for m in imports for other in packages
-                            if other != package and m.startswith(f"esi.systems.{other}"))
+            others = sorted(
+                m for m in imports for other in packages if other != package and m.startswith(f"esi.systems.{other}")
+            )
             assert not others, f"{module} imports another system: {others}"
 
 
 def test_the_core_does_not_reach_up_into_systems_or_the_api() -> None:
     """messages and the bus are below the systems and the edges: they never import them."""
-    for package, forbidden in (("messages", ("esi.bus", "esi.systems", "esi.api", "esi.runtime")),
-                               ("bus", ("esi.systems", "esi.api", "esi.runtime"))):
+    for package, forbidden in (
+        ("messages", ("esi.bus", "esi.systems", "esi.api", "esi.runtime")),
+        ("bus", ("esi.systems", "esi.api", "esi.runtime")),
+    ):
         for module, imports in _package_imports(package).items():
             bad = sorted(m for m in imports if m.startswith(forbidden))
             assert not bad, f"{module} imports {bad}"

@@ -144,10 +144,19 @@ def test_the_dashboard_reads_only_series_esi_exports_and_shows_what_operators_ne
         assert used, f"panel {title!r}: no series in {expr!r}"
         assert used <= exported, f"panel {title!r} reads {sorted(used - exported)}, which esi does not export"
         shown |= used
-    wanted = {"esi_http_requests_total", "esi_requests_settled_total", "esi_request_duration_seconds_bucket",
-              "esi_messages_dead_lettered_total", "esi_queue_messages", "esi_outbox_backlog", "esi_circuit_open",
-              "esi_external_call_duration_seconds_count", "esi_external_call_errors_total",
-              "esi_external_call_duration_seconds_bucket", "esi_dependency_ready"}
+    wanted = {
+        "esi_http_requests_total",
+        "esi_requests_settled_total",
+        "esi_request_duration_seconds_bucket",
+        "esi_messages_dead_lettered_total",
+        "esi_queue_messages",
+        "esi_outbox_backlog",
+        "esi_circuit_open",
+        "esi_external_call_duration_seconds_count",
+        "esi_external_call_errors_total",
+        "esi_external_call_duration_seconds_bucket",
+        "esi_dependency_ready",
+    }
     assert wanted <= shown, f"the dashboard does not show {sorted(wanted - shown)}"
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
@@ -198,8 +207,20 @@ def test_an_answered_request_is_counted_with_its_end_to_end_time() -> None:
     assert 2.0 <= elapsed < 10.0
 
 
-@pytest.mark.parametrize("text, seconds", [("30d", 30 * 86400.0), ("12h", 43200.0), ("15m", 900.0), ("90s", 90.0),
-                                           ("3600", 3600.0), ("1.5", 1.5), ("0", 0.0), ("off", 0.0), (7, 7.0)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30d", 30 * 86400.0),
+        ("12h", 43200.0),
+        ("15m", 900.0),
+        ("90s", 90.0),
+        ("3600", 3600.0),
+        ("1.5", 1.5),
+        ("0", 0.0),
+        ("off", 0.0),
+        (7, 7.0),
+    ],
+)
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text, name="X") == seconds
 

@@ -34,8 +34,10 @@ MANY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 TARGETS = CATALOG.targets()
 REQUEST_KEYS = {f"1c.request.{t}.{m}" for t in TARGETS for m in CATALOG.requests_for(t)}
-ALL_TYPES = sorted({m for t in TARGETS for m in CATALOG.requests_for(t)} |
-                   {"user_created", "policy_info_response", "order_status_updated", "pdf_received"})
+ALL_TYPES = sorted(
+    {m for t in TARGETS for m in CATALOG.requests_for(t)}
+    | {"user_created", "policy_info_response", "order_status_updated", "pdf_received"}
+)
 NASTY = ["*", "#", ".", " ", "\n", "\t", "\r", "\x00", "K", "İ", "ß", "Д", "_", "-", "..", "\u00a0", "\u2028"]
 #: around a valid string: where `re.match(...$)`, `str.strip()` and pydantic's patterns disagree
 WHITESPACE = st.sampled_from(["\n", " ", "\t", "\r\n", "\n\n", "\u2028", "\x0b", "\u00a0"])
@@ -86,34 +88,56 @@ routing_key_candidates = st.one_of(
     valid_keys().flatmap(mutated),
     valid_keys().flatmap(mixed_case),
     st.tuples(WHITESPACE, valid_keys(), WHITESPACE, st.booleans()).map(lambda t: t[0] * t[3] + t[1] + t[2]),
-    st.lists(st.sampled_from([*SYSTEMS, "request", "response", "create_user", "*", "#", "", "1C", "Dms"]),
-             min_size=1, max_size=6).map(".".join),
+    st.lists(
+        st.sampled_from([*SYSTEMS, "request", "response", "create_user", "*", "#", "", "1C", "Dms"]),
+        min_size=1,
+        max_size=6,
+    ).map(".".join),
 )
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
-                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)), max_leaves=12)
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=12,
+)
 texts_with_cyrillic = st.text(alphabet=st.sampled_from(CYRILLIC) | st.characters(codec="utf-8"), max_size=30)
 
 
 @st.composite
 def envelopes(draw: st.DrawFn) -> Envelope:
     payload = draw(st.dictionaries(texts_with_cyrillic, json_values | texts_with_cyrillic, max_size=5))
-    error = draw(st.none() | st.builds(ErrorInfo, code=st.text(max_size=10), message=texts_with_cyrillic,
-                                        error_class=st.none() | st.text(max_size=10), system=st.none() | systems))
+    error = draw(
+        st.none()
+        | st.builds(
+            ErrorInfo,
+            code=st.text(max_size=10),
+            message=texts_with_cyrillic,
+            error_class=st.none() | st.text(max_size=10),
+            system=st.none() | systems,
+        )
+    )
     return Envelope(
         request_id=draw(st.from_regex(ID_PATTERN, fullmatch=True).filter(lambda s: not s.endswith("\n"))),
         causation_id=draw(st.none() | st.text(max_size=40)),
-        source_system=draw(systems), target_system=draw(systems),
+        source_system=draw(systems),
+        target_system=draw(systems),
         message_type=draw(message_types),
         timestamp=draw(st.datetimes(min_value=datetime(1970, 1, 2), timezones=st.just(UTC))),
-        payload=payload, error=error,
+        payload=payload,
+        error=error,
         context=draw(st.none() | st.dictionaries(st.text(max_size=10), json_values, max_size=3)),
     )
 
 
 # --- routing keys ---------------------------------------------------------------------------------------------------
+
 
 @SETTINGS
 @given(source=systems, kind=kinds, target=systems, message_type=message_types)
@@ -156,6 +180,7 @@ def test_arbitrary_text_never_parses_outside_the_grammar(key: str) -> None:
 
 # --- the envelope codec ---------------------------------------------------------------------------------------------
 
+
 def _envelope_like(data: dict[str, Any]) -> st.SearchStrategy[bytes]:
     return st.just(json.dumps(data, ensure_ascii=False).encode("utf-8"))
 
@@ -176,14 +201,21 @@ def mutated_envelopes(draw: st.DrawFn) -> bytes:
 
 
 @SETTINGS
-@given(body=st.one_of(st.binary(max_size=200), st.text(max_size=100).map(str.encode),
-                      json_values.map(lambda v: json.dumps(v).encode()), mutated_envelopes()))
+@given(
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=100).map(str.encode),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        mutated_envelopes(),
+    )
+)
 @example(b"")
 @example(b"\xff\xfe")
 @example(b"[]")
 @example(b"null")
-@example(b'{"request_id": "r", "source_system": "1c", "target_system": "dms", "message_type": "x", '
-         b'"schema_version": 2}')
+@example(
+    b'{"request_id": "r", "source_system": "1c", "target_system": "dms", "message_type": "x", "schema_version": 2}'
+)
 @example(b"[" * 2000 + b"]" * 2000)
 @example(b'{"a": "\\ud800"}')
 @example(b'{"request_id": "r", "source_system": 1, "target_system": "dms", "message_type": "x"}')
@@ -207,8 +239,13 @@ def test_envelope_encode_decode_round_trip(envelope: Envelope) -> None:
 
 
 def test_cyrillic_travels_as_utf8_not_escaped() -> None:
-    envelope = Envelope(request_id="R-1", source_system="1C", target_system="dms", message_type="Create_User",
-                        payload={"name": "Иван Петрович Сидоров", "адрес": "Москва, ул. Ленина, д. 1"})
+    envelope = Envelope(
+        request_id="R-1",
+        source_system="1C",
+        target_system="dms",
+        message_type="Create_User",
+        payload={"name": "Иван Петрович Сидоров", "адрес": "Москва, ул. Ленина, д. 1"},
+    )
     encoded = envelope.encode()
     assert "Иван Петрович Сидоров".encode() in encoded and b"\\u04" not in encoded
     decoded = decode_envelope(encoded)
@@ -222,14 +259,25 @@ PDF = base64.b64encode(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj <<>> endobj\n").de
 VALID_BODIES: dict[str, dict[str, Any]] = {
     "create_user": {"user_id": "U1", "name": "Иван", "email": "ivan@example.com", "phone": "+7 900"},
     "get_policy_info": {"policy_number": "POL-1"},
-    "update_order_status": {"order_id": "ORD9876", "status": "Shipped", "needs_policy_info": True,
-                            "policy_number": "POL-1"},
+    "update_order_status": {
+        "order_id": "ORD9876",
+        "status": "Shipped",
+        "needs_policy_info": True,
+        "policy_number": "POL-1",
+    },
     "send_pdf_file": {"order_id": "ORD9876", "file_name": "счёт.pdf", "file_content": PDF},
 }
 valid_ids = st.from_regex(ID_PATTERN, fullmatch=True)
-request_ids = st.one_of(st.none(), st.just(""), valid_ids, st.tuples(valid_ids, WHITESPACE).map("".join),
-                        st.tuples(WHITESPACE, valid_ids).map("".join), st.text(max_size=20), json_scalars,
-                        valid_ids.flatmap(mutated))
+request_ids = st.one_of(
+    st.none(),
+    st.just(""),
+    valid_ids,
+    st.tuples(valid_ids, WHITESPACE).map("".join),
+    st.tuples(WHITESPACE, valid_ids).map("".join),
+    st.text(max_size=20),
+    json_scalars,
+    valid_ids.flatmap(mutated),
+)
 
 
 @st.composite
@@ -242,18 +290,26 @@ def near_valid_bodies(draw: st.DrawFn, message_type: str | None = None) -> dict[
         if draw(st.booleans()):
             body.pop(key, None)
         else:
-            body[key] = draw(st.one_of(json_values, texts_with_cyrillic,
-                                       st.sampled_from([PDF, PDF[:-2], "JVBERi0=", "%PDF-", "", " ", "a" * 2000])))
+            body[key] = draw(
+                st.one_of(
+                    json_values,
+                    texts_with_cyrillic,
+                    st.sampled_from([PDF, PDF[:-2], "JVBERi0=", "%PDF-", "", " ", "a" * 2000]),
+                )
+            )
     if draw(st.booleans()):
         body["request_id"] = draw(request_ids)
     return body
 
 
 TARGET_OF = {m: t for t in TARGETS for m in CATALOG.requests_for(t)}
-targets = st.one_of(st.sampled_from([*TARGETS, "1c", "DMS", " crm ", "Crm", "hr", "", "*", "dms.x"]),
-                    st.text(max_size=8))
-types = st.one_of(st.sampled_from([*ALL_TYPES, "CREATE_USER", " create_user ", "create_user\n", "", "*", "#",
-                                   "dms.create_user"]), st.text(max_size=12))
+targets = st.one_of(
+    st.sampled_from([*TARGETS, "1c", "DMS", " crm ", "Crm", "hr", "", "*", "dms.x"]), st.text(max_size=8)
+)
+types = st.one_of(
+    st.sampled_from([*ALL_TYPES, "CREATE_USER", " create_user ", "create_user\n", "", "*", "#", "dms.create_user"]),
+    st.text(max_size=12),
+)
 bodies = st.one_of(near_valid_bodies(), st.dictionaries(st.text(max_size=12), json_values, max_size=5))
 
 
@@ -291,11 +347,19 @@ def test_build_request_accepts_catalog_requests_or_answers_4xx(request: tuple[st
     assert decode_envelope(accepted.envelope.encode()) == accepted.envelope
     assert CATALOG.routing_key(accepted.envelope) == accepted.routing_key
     # the same request built twice hashes the same (what makes a retried POST idempotent)
-    again = build_request(target, message_type, {**body, "request_id": accepted.request_id}, max_pdf_bytes=1024, catalog=CATALOG, source="1c")
+    again = build_request(
+        target,
+        message_type,
+        {**body, "request_id": accepted.request_id},
+        max_pdf_bytes=1024,
+        catalog=CATALOG,
+        source="1c",
+    )
     assert again.payload_hash == accepted.payload_hash
 
 
 # --- regressions: a trailing newline must not slip past a `$` -------------------------------------------------------
+
 
 def test_a_routing_key_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(ValueError):
@@ -304,18 +368,39 @@ def test_a_routing_key_with_a_trailing_newline_is_refused() -> None:
 
 def test_a_request_id_with_a_trailing_newline_is_a_422() -> None:
     with pytest.raises(ApiError) as caught:
-        build_request("dms", "create_user", {**VALID_BODIES["create_user"], "request_id": "R1\n"}, max_pdf_bytes=1024, catalog=CATALOG, source="1c")
+        build_request(
+            "dms",
+            "create_user",
+            {**VALID_BODIES["create_user"], "request_id": "R1\n"},
+            max_pdf_bytes=1024,
+            catalog=CATALOG,
+            source="1c",
+        )
     assert caught.value.status == 422
 
 
-@pytest.mark.parametrize(("header", "seconds"), [
-    (None, 0), ("", 0), ("wait=10", 10), ("respond-async, wait=5", 5), ("wait=5, respond-async", 5),
-    ("Wait = 7", 7), ('handling=lenient,wait="4"', 4), ("wait=3;foo=1", 3),
-    # not understood, hence ignored (RFC 7240): not a number, a parameter of another preference, another name
-    ("wait=soon", 0), ("wait=-1", 0), ("return=minimal; wait=3", 0), ("xwait=3", 0), ("wait=1e3", 0),
-])
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, 0),
+        ("", 0),
+        ("wait=10", 10),
+        ("respond-async, wait=5", 5),
+        ("wait=5, respond-async", 5),
+        ("Wait = 7", 7),
+        ('handling=lenient,wait="4"', 4),
+        ("wait=3;foo=1", 3),
+        # not understood, hence ignored (RFC 7240): not a number, a parameter of another preference, another name
+        ("wait=soon", 0),
+        ("wait=-1", 0),
+        ("return=minimal; wait=3", 0),
+        ("xwait=3", 0),
+        ("wait=1e3", 0),
+    ],
+)
 def test_prefer_wait_reads_the_wait_preference_and_ignores_what_it_does_not_understand(
-        header: str | None, seconds: int) -> None:
+    header: str | None, seconds: int
+) -> None:
     assert prefer_wait(header) == seconds
 
 

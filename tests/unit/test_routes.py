@@ -28,8 +28,13 @@ from esi.systems.registry import load_registry
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 ERP = ("erp", "erp-pw")
 #: a send route beyond the original two: send routes are data
-POLICY_ROUTE = SendRoute("/send_policy_query", "dms", "get_policy_info", GetPolicyInfo,
-                         summary="Ask the DMS for a policy (default message type: get_policy_info)")
+POLICY_ROUTE = SendRoute(
+    "/send_policy_query",
+    "dms",
+    "get_policy_info",
+    GetPolicyInfo,
+    summary="Ask the DMS for a policy (default message type: get_policy_info)",
+)
 SEND_ROUTES = (*load_registry().send_routes, POLICY_ROUTE)
 #: a valid body for each send route's default request
 SAMPLES: dict[type, dict[str, Any]] = {
@@ -70,22 +75,39 @@ class Apps:
 async def apps(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Apps]:
     registry = None
     if request.param == "auth":
-        registry = ClientRegistry.from_json(json.dumps([make_client_entry("erp", password="erp-pw", send=["*"],
-                                                                          hasher=FAST)]))
-    async with await Store.open(f"sqlite:///{tmp_path}/hot.db") as hot_store, \
-            await Store.open(f"sqlite:///{tmp_path}/plain.db") as plain_store:
+        registry = ClientRegistry.from_json(
+            json.dumps([make_client_entry("erp", password="erp-pw", send=["*"], hasher=FAST)])
+        )
+    async with (
+        await Store.open(f"sqlite:///{tmp_path}/hot.db") as hot_store,
+        await Store.open(f"sqlite:///{tmp_path}/plain.db") as plain_store,
+    ):
+
         def app(store: Store, hot: bool) -> Any:
-            return create_app(ApiDeps(registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024, clients=registry,
-                                      max_wait=0.2, wait_recheck=0.05, hot_path=hot, send_routes=SEND_ROUTES))
+            return create_app(
+                ApiDeps(
+                    registry=load_registry(),
+                    store=store,
+                    on_accepted=lambda row: None,
+                    max_pdf_bytes=1024,
+                    clients=registry,
+                    max_wait=0.2,
+                    wait_recheck=0.05,
+                    hot_path=hot,
+                    send_routes=SEND_ROUTES,
+                )
+            )
 
         hot_app = app(hot_store, True)
         table, served, openapi = hot_app.state.routes, hot_app.routes, hot_app.openapi()
         spy = RouterSpy(hot_app.router)
         hot_app.router = spy
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hot_app), base_url="http://esi",
-                                     auth=ERP) as hot, \
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=app(plain_store, False)), base_url="http://esi",
-                                  auth=ERP) as plain:
+        async with (
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=hot_app), base_url="http://esi", auth=ERP) as hot,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app(plain_store, False)), base_url="http://esi", auth=ERP
+            ) as plain,
+        ):
             yield Apps(hot, plain, spy, table, served, openapi, request.param == "auth")
 
 
@@ -157,8 +179,14 @@ async def test_every_hot_route_answers_alike_on_both_paths(apps: Apps) -> None:
     assert not apps.spy.seen, apps.spy.seen
 
     # what the fast path cannot check exactly as FastAPI would is FastAPI's to answer
-    for url, status in ((read + "?wait=abc", 422), (read + "?wait=301", 422), (read + "?wait=1e1", 200),
-                        (read + "?wait=1&x=2", 200), ("/requests/" + "x" * 129, 422), (read + "/timeline", 200)):
+    for url, status in (
+        (read + "?wait=abc", 422),
+        (read + "?wait=301", 422),
+        (read + "?wait=1e1", 200),
+        (read + "?wait=1&x=2", 200),
+        ("/requests/" + "x" * 129, 422),
+        (read + "/timeline", 200),
+    ):
         assert (await _both(apps, "GET", url)).status_code == status, url
         assert apps.spy.seen[-1] == ("GET", url.split("?")[0])
 
@@ -172,23 +200,29 @@ def _http_samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
-@pytest.mark.parametrize("method, url, template, status", [
-    ("POST", "/send_to_dms", "/send_to_dms", 202),  # the fast path
-    ("POST", "/send_policy_query", "/send_policy_query", 202),
-    ("GET", "/requests/M1", "/requests/{request_id}", 200),
-    ("GET", "/requests/M1?wait=abc", "/requests/{request_id}", 422),  # FastAPI, on both apps
-    ("GET", "/requests/M1/timeline", "/requests/{request_id}/timeline", 200),
-    ("GET", "/healthz", "/healthz", 200),
-    ("GET", "/livez", "/livez", 200),
-    ("GET", "/no/such/route", "unmatched", 404),
-    ("DELETE", "/send_to_dms", "/send_to_dms", 405),
-])
-async def test_each_request_is_counted_once_whichever_path_serves_it(apps: Apps, method: str, url: str,
-                                                                     template: str, status: int) -> None:
+@pytest.mark.parametrize(
+    "method, url, template, status",
+    [
+        ("POST", "/send_to_dms", "/send_to_dms", 202),  # the fast path
+        ("POST", "/send_policy_query", "/send_policy_query", 202),
+        ("GET", "/requests/M1", "/requests/{request_id}", 200),
+        ("GET", "/requests/M1?wait=abc", "/requests/{request_id}", 422),  # FastAPI, on both apps
+        ("GET", "/requests/M1/timeline", "/requests/{request_id}/timeline", 200),
+        ("GET", "/healthz", "/healthz", 200),
+        ("GET", "/livez", "/livez", 200),
+        ("GET", "/no/such/route", "unmatched", 404),
+        ("DELETE", "/send_to_dms", "/send_to_dms", 405),
+    ],
+)
+async def test_each_request_is_counted_once_whichever_path_serves_it(
+    apps: Apps, method: str, url: str, template: str, status: int
+) -> None:
     sample = SAMPLES[GetPolicyInfo] if "policy" in url else SAMPLES[CreateUser]
     for client in (apps.hot, apps.plain):
-        assert (await client.post("/send_to_dms", json={**SAMPLES[CreateUser], "request_id": "M1"})).status_code \
-            in (202, 200)
+        assert (await client.post("/send_to_dms", json={**SAMPLES[CreateUser], "request_id": "M1"})).status_code in (
+            202,
+            200,
+        )
         before = _http_samples()
         body = {"json": {**sample, "request_id": "M" + url.replace("/", "-")}} if method == "POST" else {}
         response = await client.request(method, url, **body)
@@ -206,14 +240,17 @@ async def _handler(request: Request, principal: Principal, *args: Any) -> None:
     """A handler for routes the fast path must refuse to serve."""
 
 
-@pytest.mark.parametrize("route", [
-    Route("GET", "/a/{x}/b", "a", _handler, "a", params=(Param("x", str),), hot=True),
-    Route("GET", "/a/{x}", "a", _handler, "a", params=(Param("x", str), Param("n", int, Query(0, ge=0))), hot=True),
-    Route("GET", "/a/{x}", "a", _handler, "a", params=(Param("x", str), Param("n", int, Query(le=5))), hot=True),
-    Route("GET", "/a/{x}", "a", _handler, "a", params=(Param("x", str), Param("n", str, Query(""))), hot=True),
-    Route("GET", "/a", "a", _handler, "a", params=(Param("n", int, Query(0, le=5)),), hot=True),
-    Route("GET", "/a", "a", _handler, "a", hot=True, authenticated=False),
-])
+@pytest.mark.parametrize(
+    "route",
+    [
+        Route("GET", "/a/{x}/b", "a", _handler, "a", params=(Param("x", str),), hot=True),
+        Route("GET", "/a/{x}", "a", _handler, "a", params=(Param("x", str), Param("n", int, Query(0, ge=0))), hot=True),
+        Route("GET", "/a/{x}", "a", _handler, "a", params=(Param("x", str), Param("n", int, Query(le=5))), hot=True),
+        Route("GET", "/a/{x}", "a", _handler, "a", params=(Param("x", str), Param("n", str, Query(""))), hot=True),
+        Route("GET", "/a", "a", _handler, "a", params=(Param("n", int, Query(0, le=5)),), hot=True),
+        Route("GET", "/a", "a", _handler, "a", hot=True, authenticated=False),
+    ],
+)
 def test_the_fast_path_refuses_routes_it_could_not_check_as_fastapi_does(route: Route) -> None:
     async def authenticate(request: Request) -> Principal:
         return Principal("x")

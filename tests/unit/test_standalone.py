@@ -8,8 +8,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 #: directories that are not the project's own text (built, installed or generated on the machine)
-SKIPPED_DIRS = {".git", ".venv", "var", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules",
-                ".hypothesis"}
+SKIPPED_DIRS = {
+    ".git",
+    ".venv",
+    "var",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "node_modules",
+    ".hypothesis",
+}
 SKIPPED_SUFFIXES = {".png", ".jpg", ".ico", ".woff2", ".pyc"}
 
 #: the folder that lies beside the repository on the team's machines (spelled in pieces: this file names no path)
@@ -27,13 +36,22 @@ OUTSIDE = [
 
 def _project_files() -> list[Path]:
     try:
-        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                                text=True, check=True, timeout=30).stdout.splitlines()
+        listed = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.splitlines()
         files = [ROOT / name for name in listed]
     except (OSError, subprocess.SubprocessError):  # not a git checkout: every file under the root
         files = [p for p in ROOT.rglob("*") if p.is_file()]
-    return [p for p in files if p.is_file() and not SKIPPED_DIRS.intersection(p.relative_to(ROOT).parts)
-            and p.suffix not in SKIPPED_SUFFIXES]
+    return [
+        p
+        for p in files
+        if p.is_file() and not SKIPPED_DIRS.intersection(p.relative_to(ROOT).parts) and p.suffix not in SKIPPED_SUFFIXES
+    ]
 
 
 def test_the_scan_sees_the_project() -> None:
@@ -56,8 +74,13 @@ def test_nothing_refers_to_a_path_outside_the_repository() -> None:
 
 
 def test_the_patterns_catch_what_they_are_for() -> None:
-    samples = [f"see ../{SIBLING}/bench/ceiling.py", f"see ..\\{SIBLING}\\bench", f'ROOT / "{SIBLING}" / "bench"',
-               "ROOT" + ".parent / 'x'", f"cd /{MACHINE_DIR}/main && make"]
+    samples = [
+        f"see ../{SIBLING}/bench/ceiling.py",
+        f"see ..\\{SIBLING}\\bench",
+        f'ROOT / "{SIBLING}" / "bench"',
+        "ROOT" + ".parent / 'x'",
+        f"cd /{MACHINE_DIR}/main && make",
+    ]
     for sample in samples:
         assert any(p.search(sample) for p, _ in OUTSIDE), sample
     assert not any(p.search("a shared SQLite file; esi/work/x; ROOT / 'bench'") for p, _ in OUTSIDE)

@@ -16,28 +16,36 @@ from esi import tracing
 from esi.store.events import EventRecorder
 
 
-@pytest.mark.parametrize(("environ", "exporters"), [
-    ({}, []),
-    ({"OTEL_SERVICE_NAME": "esi", "OTEL_TRACES_SAMPLER": "always_on"}, []),
-    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, ["otlp"]),
-    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, ["otlp"]),
-    ({"OTEL_TRACES_EXPORTER": "otlp"}, ["otlp"]),
-    ({"OTEL_TRACES_EXPORTER": "console"}, ["console"]),
-    ({"OTEL_TRACES_EXPORTER": "otlp, console"}, ["otlp", "console"]),
-    ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, []),
-    ({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, []),
-    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, ["otlp"]),
-])
+@pytest.mark.parametrize(
+    ("environ", "exporters"),
+    [
+        ({}, []),
+        ({"OTEL_SERVICE_NAME": "esi", "OTEL_TRACES_SAMPLER": "always_on"}, []),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, ["otlp"]),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, ["otlp"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, ["otlp"]),
+        ({"OTEL_TRACES_EXPORTER": "console"}, ["console"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp, console"}, ["otlp", "console"]),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, []),
+        ({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, []),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, ["otlp"]),
+    ],
+)
 def test_tracing_is_on_only_when_the_environment_asks(environ: dict[str, str], exporters: list[str]) -> None:
     assert tracing.exporters_from(environ) == exporters
 
 
-@pytest.mark.parametrize(("environ", "named"), [
-    ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
-    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
-     "OTEL_EXPORTER_OTLP_PROTOCOL"),
-    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"}, "http/json"),
-])
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"}, "http/json"),
+    ],
+)
 def test_what_esi_cannot_export_is_refused_by_name(environ: dict[str, str], named: str) -> None:
     with pytest.raises(tracing.TracingConfigError, match=named):
         tracing.exporters_from(environ)
@@ -75,14 +83,17 @@ async def test_with_tracing_off_timeline_events_carry_no_trace_id() -> None:
 def test_with_tracing_off_the_process_never_imports_the_sdk() -> None:
     """`esi run` without OTEL_* variables: every hot-path module loaded, and neither the SDK nor an exporter (the
     API comes with FastAPI, whose own telemetry esi switches off)."""
-    code = ("import sys\n"
-            "import esi.cli, esi.runtime, esi.bus.consumer, esi.bus.relay, esi.api.hot, esi.systems.calls\n"
-            "from esi import tracing\n"
-            "assert tracing.configure(['onec', 'crm', 'dms'], environ={}) is False\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter'))))\n")
+    code = (
+        "import sys\n"
+        "import esi.cli, esi.runtime, esi.bus.consumer, esi.bus.relay, esi.api.hot, esi.systems.calls\n"
+        "from esi import tracing\n"
+        "assert tracing.configure(['onec', 'crm', 'dms'], environ={}) is False\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter'))))\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 

@@ -22,9 +22,16 @@ class ContractRoutes:
         self._document: dict[str, Any] | None = None
 
     def routes(self) -> list[Route]:
-        return [Route("GET", "/asyncapi.json", "asyncapi", self.asyncapi,
-                      "The AsyncAPI 3.0 document of the bus: routing keys, who sends and receives, message schemas",
-                      authenticated=False)]
+        return [
+            Route(
+                "GET",
+                "/asyncapi.json",
+                "asyncapi",
+                self.asyncapi,
+                "The AsyncAPI 3.0 document of the bus: routing keys, who sends and receives, message schemas",
+                authenticated=False,
+            )
+        ]
 
     async def asyncapi(self, request: Request) -> JSONResponse:
         if self._document is None:  # built once, on first use: the registry does not change while the API runs

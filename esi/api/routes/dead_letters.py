@@ -56,22 +56,54 @@ class DeadLetterRoutes:
 
     def routes(self) -> list[Route]:
         return [
-            Route("GET", "/dlq", "list_dead_letters", self.list_letters, "Dead letters (they stay where they are)",
-                  params=(Param("queue", str | None, Query(None, max_length=64)),
-                          Param("reason", str | None, Query(None, max_length=200)),
-                          Param("since", str | None, Query(None, max_length=16)),
-                          Param("limit", int | None, Query(None, ge=1, le=10_000)))),
-            Route("GET", "/dlq/{ident}", "show_dead_letter", self.show, "One dead letter with its headers and body",
-                  params=(Param("ident", str, Path(max_length=128)),)),
-            Route("POST", "/dlq/replay", "replay_dead_letters", self.replay,
-                  "Replay dead letters to their original routing key", params=(Param("body", ReplayRequest),)),
-            Route("POST", "/dlq/purge", "purge_dead_letters", self.purge,
-                  "Delete dead letters for good (needs the count it expects: a confirmation)",
-                  params=(Param("body", PurgeRequest),)),
+            Route(
+                "GET",
+                "/dlq",
+                "list_dead_letters",
+                self.list_letters,
+                "Dead letters (they stay where they are)",
+                params=(
+                    Param("queue", str | None, Query(None, max_length=64)),
+                    Param("reason", str | None, Query(None, max_length=200)),
+                    Param("since", str | None, Query(None, max_length=16)),
+                    Param("limit", int | None, Query(None, ge=1, le=10_000)),
+                ),
+            ),
+            Route(
+                "GET",
+                "/dlq/{ident}",
+                "show_dead_letter",
+                self.show,
+                "One dead letter with its headers and body",
+                params=(Param("ident", str, Path(max_length=128)),),
+            ),
+            Route(
+                "POST",
+                "/dlq/replay",
+                "replay_dead_letters",
+                self.replay,
+                "Replay dead letters to their original routing key",
+                params=(Param("body", ReplayRequest),),
+            ),
+            Route(
+                "POST",
+                "/dlq/purge",
+                "purge_dead_letters",
+                self.purge,
+                "Delete dead letters for good (needs the count it expects: a confirmation)",
+                params=(Param("body", PurgeRequest),),
+            ),
         ]
 
-    async def list_letters(self, request: Request, principal: Principal, queue: str | None, reason: str | None,
-                           since: str | None, limit: int | None) -> dict[str, Any]:
+    async def list_letters(
+        self,
+        request: Request,
+        principal: Principal,
+        queue: str | None,
+        reason: str | None,
+        since: str | None,
+        limit: int | None,
+    ) -> dict[str, Any]:
         """Filter by queue (`dms` or `dms_dead_letter_queue`), reason text, and age (`since=15m`)."""
         try:
             letters = await self._for(principal).list(_filters(queue, reason, since), limit=limit)
@@ -90,15 +122,24 @@ class DeadLetterRoutes:
         if not body.ids and not body.all:
             raise ApiError(422, "validation_error", "name the ids to replay, or set all=true (with filters)")
         try:
-            letters = await self._for(principal).replay(_filters(body.queue, body.reason, body.since, body.ids),
-                                                        rate=body.rate, dry_run=body.dry_run)
+            letters = await self._for(principal).replay(
+                _filters(body.queue, body.reason, body.since, body.ids), rate=body.rate, dry_run=body.dry_run
+            )
         except ValueError as exc:
             raise ApiError(422, "validation_error", str(exc)) from None
         if not body.dry_run:
-            await self._audit(principal, "dlq.replay", body.queue, len(letters),
-                              {"ids": [d.id for d in letters][:1000], "reason": body.reason, "since": body.since})
-        return {"replayed": 0 if body.dry_run else len(letters), "dry_run": body.dry_run,
-                "messages": [d.summary() for d in letters]}
+            await self._audit(
+                principal,
+                "dlq.replay",
+                body.queue,
+                len(letters),
+                {"ids": [d.id for d in letters][:1000], "reason": body.reason, "since": body.since},
+            )
+        return {
+            "replayed": 0 if body.dry_run else len(letters),
+            "dry_run": body.dry_run,
+            "messages": [d.summary() for d in letters],
+        }
 
     async def purge(self, request: Request, principal: Principal, body: PurgeRequest) -> dict[str, Any]:
         """Deletes exactly what the filters match, and only if that is as many as `expect` says: the caller saw the
@@ -108,20 +149,30 @@ class DeadLetterRoutes:
         try:
             matching = await dead_letters.list(filters)
             if len(matching) != body.expect:
-                raise ApiError(409, "count_changed", f"{len(matching)} dead letters match now, not {body.expect}; "
-                                                     "look again and confirm that count")
+                raise ApiError(
+                    409,
+                    "count_changed",
+                    f"{len(matching)} dead letters match now, not {body.expect}; look again and confirm that count",
+                )
             purged = await dead_letters.purge(filters)
         except ValueError as exc:
             raise ApiError(422, "validation_error", str(exc)) from None
-        await self._audit(principal, "dlq.purge", body.queue, len(purged),
-                          {"ids": [d.id for d in purged][:1000], "reason": body.reason, "since": body.since})
+        await self._audit(
+            principal,
+            "dlq.purge",
+            body.queue,
+            len(purged),
+            {"ids": [d.id for d in purged][:1000], "reason": body.reason, "since": body.since},
+        )
         return {"purged": len(purged), "messages": [d.summary() for d in purged]}
 
-    async def _audit(self, principal: Principal, action: str, subject: str | None, count: int,
-                     detail: dict[str, Any]) -> None:
+    async def _audit(
+        self, principal: Principal, action: str, subject: str | None, count: int, detail: dict[str, Any]
+    ) -> None:
         if self._store is not None:
-            await self._store.audit.record(action, client_id=principal.client_id, subject=subject, count=count,
-                                    detail=detail)
+            await self._store.audit.record(
+                action, client_id=principal.client_id, subject=subject, count=count, detail=detail
+            )
 
     def _for(self, principal: Principal) -> DeadLetters:
         require_operator(principal)

@@ -24,12 +24,31 @@ class HealthRoutes:
         return [
             # the probes as Kubernetes names them: /livez (liveness) and /readyz; /healthz stays as an alias
             Route("GET", "/livez", "livez", self.healthz, "The process lives (liveness)", authenticated=False),
-            Route("GET", "/healthz", "healthz", self.healthz, "The process lives (an alias of /livez)",
-                  authenticated=False),
-            Route("GET", "/readyz", "readyz", self.readyz, "The service can do its job: one entry per dependency",
-                  authenticated=False),
-            Route("GET", "/metrics", "prometheus", self.prometheus, "Prometheus metrics", authenticated=False,
-                  include_in_schema=False),
+            Route(
+                "GET",
+                "/healthz",
+                "healthz",
+                self.healthz,
+                "The process lives (an alias of /livez)",
+                authenticated=False,
+            ),
+            Route(
+                "GET",
+                "/readyz",
+                "readyz",
+                self.readyz,
+                "The service can do its job: one entry per dependency",
+                authenticated=False,
+            ),
+            Route(
+                "GET",
+                "/metrics",
+                "prometheus",
+                self.prometheus,
+                "Prometheus metrics",
+                authenticated=False,
+                include_in_schema=False,
+            ),
         ]
 
     async def healthz(self, request: Request) -> dict[str, str]:
@@ -39,8 +58,9 @@ class HealthRoutes:
         if self._readiness is None:
             return JSONResponse({"status": "ready", "checks": {}})
         ready, checks = await self._readiness()
-        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                            status_code=200 if ready else 503)
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
+        )
 
     async def prometheus(self, request: Request) -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

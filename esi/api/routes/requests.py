@@ -36,10 +36,17 @@ __all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "SETTLED_WITHIN_WAIT", "RequestRo
 log = logging.getLogger(__name__)
 
 #: what the POSTs that send a request answer besides 202: the outcome, when `Prefer: wait=N` asked to wait for it
-SETTLED_WITHIN_WAIT: dict[int | str, Any] = {200: {"model": RequestRecord, "description": (
-    "With the header `Prefer: wait=N` (RFC 7240; N seconds, capped by ESI_MAX_WAIT): the request was completed, "
-    "failed or dead-lettered within the wait, and this is its state, as `GET /requests/{request_id}` gives it. "
-    "When the wait ends first, the answer is the 202.")}}
+SETTLED_WITHIN_WAIT: dict[int | str, Any] = {
+    200: {
+        "model": RequestRecord,
+        "description": (
+            "With the header `Prefer: wait=N` (RFC 7240; N seconds, capped by ESI_MAX_WAIT): the request was "
+            "completed, failed or dead-lettered within the wait, and this is its state, as "
+            "`GET /requests/{request_id}` gives it. "
+            "When the wait ends first, the answer is the 202."
+        ),
+    }
+}
 
 #: the bounds of `GET /requests/{request_id}?wait=`
 MAX_REQUEST_ID = 128
@@ -70,7 +77,10 @@ def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI request body of a send route: the default request's payload, and the `request_id`."""
     schema = model.model_json_schema()
     schema.setdefault("properties", {})["request_id"] = {
-        "type": "string", "description": "your id of this request; generated when missing", "maxLength": 128}
+        "type": "string",
+        "description": "your id of this request; generated when missing",
+        "maxLength": 128,
+    }
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
@@ -90,34 +100,94 @@ class RequestRoutes:
         self._source = deps.registry.origin.code
         self._send_routes = deps.registry.send_routes if deps.send_routes is None else deps.send_routes
         uploads = sorted(s.message_type for s in self._catalog.specs if s.upload is not None)
-        self._send_any_summary = ("Send any request of the catalog (JSON"
-                                  + (f", or multipart/form-data for {', '.join(uploads)})" if uploads else ")"))
+        self._send_any_summary = "Send any request of the catalog (JSON" + (
+            f", or multipart/form-data for {', '.join(uploads)})" if uploads else ")"
+        )
 
     def routes(self) -> list[Route]:
         """The send routes first, then the generic one, reading, finding and the timeline (the OpenAPI order)."""
-        sends = [Route("POST", r.path, r.name, functools.partial(self.send, r), r.summary, hot=True,
-                       description=r.description or (f"`message_type` in the body picks another {r.target.upper()} "
-                                                     f"request than {r.default_message_type}."),
-                       status_code=202, responses=SETTLED_WITHIN_WAIT, openapi_extra=_json_schema(r.body_model))
-                 for r in self._send_routes]
+        sends = [
+            Route(
+                "POST",
+                r.path,
+                r.name,
+                functools.partial(self.send, r),
+                r.summary,
+                hot=True,
+                description=r.description
+                or (
+                    f"`message_type` in the body picks another {r.target.upper()} "
+                    f"request than {r.default_message_type}."
+                ),
+                status_code=202,
+                responses=SETTLED_WITHIN_WAIT,
+                openapi_extra=_json_schema(r.body_model),
+            )
+            for r in self._send_routes
+        ]
         return sends + [
-            Route("POST", "/requests/{target}/{message_type}", "send_request", self.send_any,
-                  self._send_any_summary,
-                  params=(Param("target", str, Path(max_length=16)), Param("message_type", str, Path(max_length=64))),
-                  status_code=202, responses=SETTLED_WITHIN_WAIT),
-            Route("GET", "/requests/{request_id}", "get_request", self.read, "The state of a request", hot=True,
-                  params=(Param("request_id", str, Path(max_length=MAX_REQUEST_ID)),
-                          Param("wait", float, Query(0, ge=0, le=MAX_WAIT_PARAM, description=(
-                              "seconds to hold the answer until the request is completed, failed or dead-lettered "
-                              "(long poll; capped by ESI_MAX_WAIT); 0 answers at once")))),
-                  response_model=RequestRecord),
-            Route("GET", "/requests", "find_requests", self.find,
-                  "Find requests by a business key (order, user, policy)",
-                  params=(Param("key", str, Query(min_length=1, max_length=255, description=(
-                      "an order id or number, user id, DMS user id, policy number"))),
-                          Param("limit", int, Query(100, ge=1, le=1000)))),
-            Route("GET", "/requests/{request_id}/timeline", "request_timeline", self.timeline,
-                  "Every hop of a request, with times", params=(Param("request_id", str, Path(max_length=128)),)),
+            Route(
+                "POST",
+                "/requests/{target}/{message_type}",
+                "send_request",
+                self.send_any,
+                self._send_any_summary,
+                params=(Param("target", str, Path(max_length=16)), Param("message_type", str, Path(max_length=64))),
+                status_code=202,
+                responses=SETTLED_WITHIN_WAIT,
+            ),
+            Route(
+                "GET",
+                "/requests/{request_id}",
+                "get_request",
+                self.read,
+                "The state of a request",
+                hot=True,
+                params=(
+                    Param("request_id", str, Path(max_length=MAX_REQUEST_ID)),
+                    Param(
+                        "wait",
+                        float,
+                        Query(
+                            0,
+                            ge=0,
+                            le=MAX_WAIT_PARAM,
+                            description=(
+                                "seconds to hold the answer until the request is completed, failed or dead-lettered "
+                                "(long poll; capped by ESI_MAX_WAIT); 0 answers at once"
+                            ),
+                        ),
+                    ),
+                ),
+                response_model=RequestRecord,
+            ),
+            Route(
+                "GET",
+                "/requests",
+                "find_requests",
+                self.find,
+                "Find requests by a business key (order, user, policy)",
+                params=(
+                    Param(
+                        "key",
+                        str,
+                        Query(
+                            min_length=1,
+                            max_length=255,
+                            description=("an order id or number, user id, DMS user id, policy number"),
+                        ),
+                    ),
+                    Param("limit", int, Query(100, ge=1, le=1000)),
+                ),
+            ),
+            Route(
+                "GET",
+                "/requests/{request_id}/timeline",
+                "request_timeline",
+                self.timeline,
+                "Every hop of a request, with times",
+                params=(Param("request_id", str, Path(max_length=128)),),
+            ),
         ]
 
     # --- sending ----------------------------------------------------------------------------------------------------
@@ -126,9 +196,19 @@ class RequestRoutes:
         """A send route: `route.default_message_type` unless the body's `message_type` names another request."""
         body = await self._read_json(request)
         message_type = body.pop("message_type", None) or route.default_message_type
-        return await self._accept(build_request(route.target, str(message_type), body, catalog=self._catalog, source=self._source,
-                                                max_pdf_bytes=self._deps.max_pdf_bytes, status_for_unknown_type=422),
-                                  principal, prefer_wait(request.headers.get("prefer")))
+        return await self._accept(
+            build_request(
+                route.target,
+                str(message_type),
+                body,
+                catalog=self._catalog,
+                source=self._source,
+                max_pdf_bytes=self._deps.max_pdf_bytes,
+                status_for_unknown_type=422,
+            ),
+            principal,
+            prefer_wait(request.headers.get("prefer")),
+        )
 
     async def send_any(self, request: Request, principal: Principal, target: str, message_type: str) -> Response:
         """Any request a registered system answers, e.g. `dms` (create_user, get_policy_info), `crm`
@@ -142,9 +222,18 @@ class RequestRoutes:
             body = await self._read_multipart(request, message_type)
         else:
             body = await self._read_json(request)
-        return await self._accept(build_request(target, message_type, body, catalog=self._catalog, source=self._source,
-                                                max_pdf_bytes=self._deps.max_pdf_bytes),
-                                  principal, prefer_wait(request.headers.get("prefer")))
+        return await self._accept(
+            build_request(
+                target,
+                message_type,
+                body,
+                catalog=self._catalog,
+                source=self._source,
+                max_pdf_bytes=self._deps.max_pdf_bytes,
+            ),
+            principal,
+            prefer_wait(request.headers.get("prefer")),
+        )
 
     async def _read_json(self, request: Request) -> dict[str, Any]:
         max_body = self._max_body
@@ -166,8 +255,11 @@ class RequestRoutes:
         upload_spec = spec.upload if spec is not None else None
         if upload_spec is None:
             accepted = sorted(s.message_type for s in self._catalog.specs if s.upload is not None)
-            raise ApiError(415, "unsupported_media_type",
-                           f"multipart/form-data is accepted for {', '.join(accepted) or 'no request'} only")
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"multipart/form-data is accepted for {', '.join(accepted) or 'no request'} only",
+            )
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_bytes + 1024 * 1024:
             raise ApiError(413, "file_too_large", f"the upload exceeds the limit of {max_bytes} bytes")
@@ -190,45 +282,77 @@ class RequestRoutes:
         require_send(principal, accepted.target, accepted.message_type)
         body = accepted.envelope.encode()
         if await self._backlog.value() >= deps.max_backlog:
-            raise ApiError(503, "backlog_full",
-                           f"{deps.max_backlog} or more requests are waiting for the broker; try again later",
-                           headers={"Retry-After": "5"})
+            raise ApiError(
+                503,
+                "backlog_full",
+                f"{deps.max_backlog} or more requests are waiting for the broker; try again later",
+                headers={"Retry-After": "5"},
+            )
         # the request's trace context, stored with its outbox row: the relay publishes as a child of this span
         trace_context = tracing.outbox_context(accepted.request_id) if tracing.enabled else None
         record, created, first_hash = await self._store.requests.accept(
-            request_id=accepted.request_id, source=self._source, target=accepted.target,
-            message_type=accepted.message_type, payload_hash=accepted.payload_hash,
-            message_id=accepted.envelope.message_id, routing_key=accepted.routing_key,
-            body=body, keys=self._registry.business_keys(accepted.envelope.payload),
-            client_id=principal.client_id if auth_on else None, trace_context=trace_context,
+            request_id=accepted.request_id,
+            source=self._source,
+            target=accepted.target,
+            message_type=accepted.message_type,
+            payload_hash=accepted.payload_hash,
+            message_id=accepted.envelope.message_id,
+            routing_key=accepted.routing_key,
+            body=body,
+            keys=self._registry.business_keys(accepted.envelope.payload),
+            client_id=principal.client_id if auth_on else None,
+            trace_context=trace_context,
         )
         if created:
-            deps.on_accepted(OutboxRow(message_id=accepted.envelope.message_id, request_id=accepted.request_id,
-                                       routing_key=accepted.routing_key, body=body, trace_context=trace_context))
-            self._events.record(accepted.request_id, "accepted", service="api",
-                                message_id=accepted.envelope.message_id, message_type=accepted.message_type,
-                                routing_key=accepted.routing_key)
-            log.debug("accepted %s %s", accepted.routing_key, accepted.request_id,
-                      extra={"request_id": accepted.request_id, "message_id": accepted.envelope.message_id,
-                             "routing_key": accepted.routing_key})
+            deps.on_accepted(
+                OutboxRow(
+                    message_id=accepted.envelope.message_id,
+                    request_id=accepted.request_id,
+                    routing_key=accepted.routing_key,
+                    body=body,
+                    trace_context=trace_context,
+                )
+            )
+            self._events.record(
+                accepted.request_id,
+                "accepted",
+                service="api",
+                message_id=accepted.envelope.message_id,
+                message_type=accepted.message_type,
+                routing_key=accepted.routing_key,
+            )
+            log.debug(
+                "accepted %s %s",
+                accepted.routing_key,
+                accepted.request_id,
+                extra={
+                    "request_id": accepted.request_id,
+                    "message_id": accepted.envelope.message_id,
+                    "routing_key": accepted.routing_key,
+                },
+            )
         elif first_hash != accepted.payload_hash or (auth_on and record.client_id != principal.client_id):
             # another client's request is not described: its existence is all that leaks, as it must for ids
             own = not auth_on or record.client_id == principal.client_id
             what = f" ({record.target}/{record.message_type})" if own else ""
-            raise ApiError(409, "request_id_conflict",
-                           f"request_id {accepted.request_id!r} was already used for a different request{what}; "
-                           "use a new request_id")
+            raise ApiError(
+                409,
+                "request_id_conflict",
+                f"request_id {accepted.request_id!r} was already used for a different request{what}; "
+                "use a new request_id",
+            )
         headers = None if created else {"X-Esi-Duplicate": "true"}
         wait = min(wait, deps.max_wait)
         # the outcome is only for a client that may read it (the request is its own: a conflict was refused above);
         # for another, the preference is ignored, as RFC 7240 lets a server do
         if wait > 0 and (not auth_on or principal.can_read):
             # `record` was read or written without an await since: the watch cannot miss the settlement
-            settled = await self._store.requests.wait_settled(record.request_id, wait, recheck=deps.wait_recheck, known=record)
+            settled = await self._store.requests.wait_settled(
+                record.request_id, wait, recheck=deps.wait_recheck, known=record
+            )
             if settled is not None and settled.status in SETTLED:
                 return Response(settled.model_dump_json(), media_type="application/json", headers=headers)
-        return JSONResponse({"status": "accepted", "request_id": record.request_id}, status_code=202,
-                            headers=headers)
+        return JSONResponse({"status": "accepted", "request_id": record.request_id}, status_code=202, headers=headers)
 
     # --- reading ----------------------------------------------------------------------------------------------------
 
@@ -243,9 +367,16 @@ class RequestRoutes:
             record = self._check_read(principal, await self._store.requests.get(request_id), request_id)
         else:
             # the first read is checked (404, 403) before any waiting: nobody waits on what they may not see
-            record = self._check_read(principal, await self._store.requests.wait_settled(
-                request_id, wait, recheck=self._deps.wait_recheck,
-                check=lambda first: self._check_read(principal, first, request_id)), request_id)
+            record = self._check_read(
+                principal,
+                await self._store.requests.wait_settled(
+                    request_id,
+                    wait,
+                    recheck=self._deps.wait_recheck,
+                    check=lambda first: self._check_read(principal, first, request_id),
+                ),
+                request_id,
+            )
         # serialised by the model itself: the record is already valid, FastAPI's response validation would redo it
         return Response(record.model_dump_json(), media_type="application/json")
 
@@ -253,14 +384,19 @@ class RequestRoutes:
         """The caller's requests that carry `key` (an order id or number, a user id, a DMS user id, a policy number)."""
         if self._auth_on and not principal.can_read:
             raise ApiError(403, "forbidden", f"client {principal.client_id!r} may not read the outcome of requests")
-        records = await self._store.requests.find_by_key(key, limit=limit,
-                                                client_id=principal.client_id if self._auth_on else None)
+        records = await self._store.requests.find_by_key(
+            key, limit=limit, client_id=principal.client_id if self._auth_on else None
+        )
         return {"key": key, "count": len(records), "requests": [r.model_dump() for r in records]}
 
     async def timeline(self, request: Request, principal: Principal, request_id: str) -> dict[str, Any]:
         """Accepted, published, consumed by which adapter, external calls, retries, answers, the end."""
         record = self._check_read(principal, await self._store.requests.get(request_id), request_id)
-        return {"request_id": request_id, "status": record.status, "events": await self._store.requests.timeline(request_id)}
+        return {
+            "request_id": request_id,
+            "status": record.status,
+            "events": await self._store.requests.timeline(request_id),
+        }
 
     def _check_read(self, principal: Principal, record: RequestRecord | None, request_id: str) -> RequestRecord:
         if record is None:

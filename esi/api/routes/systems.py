@@ -32,8 +32,9 @@ class PauseRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    for_: str | None = Field(default=None, alias="for", max_length=16,
-                             description="90s, 15m, 2h, 7d; unset: until resumed")
+    for_: str | None = Field(
+        default=None, alias="for", max_length=16, description="90s, 15m, 2h, 7d; unset: until resumed"
+    )
     reason: str | None = Field(default=None, max_length=500)
 
 
@@ -46,15 +47,29 @@ class SystemsRoutes:
         code = Param("code", str, Path(max_length=32))
         return [
             Route("GET", "/systems", "list_systems", self.systems, "The systems: maintenance pauses and breakers"),
-            Route("POST", "/systems/{code}/pause", "pause_system", self.pause,
-                  "Pause a system for maintenance, for every adapter replica",
-                  params=(code, Param("body", PauseRequest))),
-            Route("POST", "/systems/{code}/resume", "resume_system", self.resume, "Lift a system's pause",
-                  params=(code,)),
-            Route("GET", "/audit", "audit_log", self.audit, "What operators did, newest first",
-                  params=(Param("action", str | None, Query(None, max_length=64)),
-                          Param("since", str | None, Query(None, max_length=16, description="90s, 15m, 2h, 7d")),
-                          Param("limit", int, Query(100, ge=1, le=10_000)))),
+            Route(
+                "POST",
+                "/systems/{code}/pause",
+                "pause_system",
+                self.pause,
+                "Pause a system for maintenance, for every adapter replica",
+                params=(code, Param("body", PauseRequest)),
+            ),
+            Route(
+                "POST", "/systems/{code}/resume", "resume_system", self.resume, "Lift a system's pause", params=(code,)
+            ),
+            Route(
+                "GET",
+                "/audit",
+                "audit_log",
+                self.audit,
+                "What operators did, newest first",
+                params=(
+                    Param("action", str | None, Query(None, max_length=64)),
+                    Param("since", str | None, Query(None, max_length=16, description="90s, 15m, 2h, 7d")),
+                    Param("limit", int, Query(100, ge=1, le=10_000)),
+                ),
+            ),
         ]
 
     async def systems(self, request: Request, principal: Principal) -> dict[str, Any]:
@@ -62,11 +77,19 @@ class SystemsRoutes:
         require_operator(principal)
         pauses = await self._store.pauses.system_pauses()
         breakers = await self._store.pauses.breaker_states()
-        return {"systems": [{
-            "code": s.code, "title": s.title, "service": s.service, "origin": s.origin,
-            "paused": pauses[s.code].model_dump() if s.code in pauses else None,
-            "breakers": [b.model_dump() for b in breakers if b.system == s.code],
-        } for s in self._registry.systems]}
+        return {
+            "systems": [
+                {
+                    "code": s.code,
+                    "title": s.title,
+                    "service": s.service,
+                    "origin": s.origin,
+                    "paused": pauses[s.code].model_dump() if s.code in pauses else None,
+                    "breakers": [b.model_dump() for b in breakers if b.system == s.code],
+                }
+                for s in self._registry.systems
+            ]
+        }
 
     async def pause(self, request: Request, principal: Principal, code: str, body: PauseRequest) -> dict[str, Any]:
         require_operator(principal)
@@ -76,33 +99,42 @@ class SystemsRoutes:
             try:
                 seconds = parse_duration(body.for_, name="for")
                 if not seconds:  # `off`, `never`, 0: not a pause that ends now
-                    raise ValueError(f"for must be a positive duration (leave it out to pause until resumed): "
-                                     f"{body.for_!r}")
+                    raise ValueError(
+                        f"for must be a positive duration (leave it out to pause until resumed): {body.for_!r}"
+                    )
                 until = (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat(timespec="microseconds")
             except ValueError as exc:
                 raise ApiError(422, "validation_error", str(exc)) from None
-        pause = await self._store.pauses.pause_system(system, until=until, reason=body.reason,
-                                               paused_by=principal.client_id)
-        await self._store.audit.record("system.pause", client_id=principal.client_id, subject=system,
-                                detail={"until": until, "reason": body.reason})
+        pause = await self._store.pauses.pause_system(
+            system, until=until, reason=body.reason, paused_by=principal.client_id
+        )
+        await self._store.audit.record(
+            "system.pause",
+            client_id=principal.client_id,
+            subject=system,
+            detail={"until": until, "reason": body.reason},
+        )
         return {"system": system, "paused": pause.model_dump()}
 
     async def resume(self, request: Request, principal: Principal, code: str) -> dict[str, Any]:
         require_operator(principal)
         system = self._pausable(code)
         was_paused = await self._store.pauses.resume_system(system)
-        await self._store.audit.record("system.resume", client_id=principal.client_id, subject=system,
-                                detail={"was_paused": was_paused})
+        await self._store.audit.record(
+            "system.resume", client_id=principal.client_id, subject=system, detail={"was_paused": was_paused}
+        )
         return {"system": system, "paused": None, "was_paused": was_paused}
 
-    async def audit(self, request: Request, principal: Principal, action: str | None, since: str | None,
-                    limit: int) -> dict[str, Any]:
+    async def audit(
+        self, request: Request, principal: Principal, action: str | None, since: str | None, limit: int
+    ) -> dict[str, Any]:
         require_operator(principal)
         start = None
         if since:
             try:
-                start = (datetime.now(UTC) - timedelta(seconds=parse_duration(since, name="since"))
-                         ).isoformat(timespec="microseconds")
+                start = (datetime.now(UTC) - timedelta(seconds=parse_duration(since, name="since"))).isoformat(
+                    timespec="microseconds"
+                )
             except ValueError as exc:
                 raise ApiError(422, "validation_error", str(exc)) from None
         entries = await self._store.audit.entries(limit=limit, action=action, since=start)

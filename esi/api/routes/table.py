@@ -63,8 +63,9 @@ class Route:
     include_in_schema: bool = True
 
 
-def add_routes(app: FastAPI, routes: Iterable[Route],
-               principal: Callable[..., Awaitable[Principal]] | None = None) -> None:
+def add_routes(
+    app: FastAPI, routes: Iterable[Route], principal: Callable[..., Awaitable[Principal]] | None = None
+) -> None:
     """Register `routes` with FastAPI, in order; `principal` is the dependency giving authenticated handlers their
     caller (`esi.api.auth.Authenticator.dependency`)."""
     for route in routes:
@@ -73,11 +74,18 @@ def add_routes(app: FastAPI, routes: Iterable[Route],
         if route.response_model is not None:
             extra["response_model"] = route.response_model
         app.add_api_route(
-            route.path, _endpoint(route, principal), methods=[route.method], name=route.name, summary=route.summary,
-            description=route.description or inspect.cleandoc(target.__doc__ or ""), status_code=route.status_code,
+            route.path,
+            _endpoint(route, principal),
+            methods=[route.method],
+            name=route.name,
+            summary=route.summary,
+            description=route.description or inspect.cleandoc(target.__doc__ or ""),
+            status_code=route.status_code,
             responses=dict(route.responses) if route.responses else None,
             openapi_extra=dict(route.openapi_extra) if route.openapi_extra else None,
-            include_in_schema=route.include_in_schema, **extra)
+            include_in_schema=route.include_in_schema,
+            **extra,
+        )
 
 
 def _function(handler: Handler) -> Any:
@@ -92,10 +100,15 @@ def _endpoint(route: Route, principal: Callable[..., Awaitable[Principal]] | Non
     if route.authenticated:
         if principal is None:
             raise ValueError(f"{route.method} {route.path} needs credentials, and no principal dependency was given")
-        parameters.append(inspect.Parameter("principal", inspect.Parameter.KEYWORD_ONLY, annotation=Principal,
-                                            default=Depends(principal)))
-    parameters += [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, annotation=p.annotation,
-                                     default=p.declaration) for p in route.params]
+        parameters.append(
+            inspect.Parameter(
+                "principal", inspect.Parameter.KEYWORD_ONLY, annotation=Principal, default=Depends(principal)
+            )
+        )
+    parameters += [
+        inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, annotation=p.annotation, default=p.declaration)
+        for p in route.params
+    ]
     returns = typing.get_type_hints(_function(handler)).get("return", inspect.Signature.empty)
 
     async def endpoint(**values: Any) -> Any:

@@ -20,10 +20,15 @@ if TYPE_CHECKING:
 def _client(settings: CreatioSettings) -> CreatioClient:
     from esi.systems.crm.client import CreatioClient
 
-    return CreatioClient(base_url=settings.url, username=settings.username,
-                         password=settings.password.get_secret_value(), odata_path=settings.odata_path,
-                         timeout=settings.timeout, ca_bundle=settings.ca_bundle,
-                         max_connections=settings.max_concurrency)
+    return CreatioClient(
+        base_url=settings.url,
+        username=settings.username,
+        password=settings.password.get_secret_value(),
+        odata_path=settings.odata_path,
+        timeout=settings.timeout,
+        ca_bundle=settings.ca_bundle,
+        max_connections=settings.max_concurrency,
+    )
 
 
 def _handlers(context: SystemContext) -> dict[str, Handler]:
@@ -32,8 +37,9 @@ def _handlers(context: SystemContext) -> dict[str, Handler]:
 
     assert context.client is not None  # the system declares a client
     settings = cast(CreatioSettings, context.settings)  # the system's own settings class
-    return crm_handlers(context.client, max_pdf_bytes=settings.max_pdf_bytes,
-                        updates=OrderUpdates(context.store.database))
+    return crm_handlers(
+        context.client, max_pdf_bytes=settings.max_pdf_bytes, updates=OrderUpdates(context.store.database)
+    )
 
 
 def _fake(settings: CreatioSettings) -> FastAPI:
@@ -42,8 +48,13 @@ def _fake(settings: CreatioSettings) -> FastAPI:
     return create_app(username=settings.username, password=settings.password.get_secret_value())
 
 
-PDF = Upload(content_field="file_content", name_field="file_name", magic=PDF_MAGIC, media_type="application/pdf",
-             default_name="document.pdf")
+PDF = Upload(
+    content_field="file_content",
+    name_field="file_name",
+    magic=PDF_MAGIC,
+    media_type="application/pdf",
+    default_name="document.pdf",
+)
 
 SYSTEM = System(
     code="crm",
@@ -61,8 +72,14 @@ SYSTEM = System(
     tables=TABLES,
     fake=Fake("fake-creatio", _fake),
     key_fields=("order_id", "order_number", "order_guid", "file_id", "policy_number"),
-    send_routes=(SendRoute("/send_to_crm", "crm", "update_order_status", UpdateOrderStatus,
-                           summary="Send a request to the CRM (default message type: update_order_status)",
-                           description="The original system's endpoint; `message_type` in the body picks another "
-                                       "CRM request."),),
+    send_routes=(
+        SendRoute(
+            "/send_to_crm",
+            "crm",
+            "update_order_status",
+            UpdateOrderStatus,
+            summary="Send a request to the CRM (default message type: update_order_status)",
+            description="The original system's endpoint; `message_type` in the body picks another CRM request.",
+        ),
+    ),
 )

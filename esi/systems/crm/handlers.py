@@ -23,15 +23,17 @@ class CreatioApi(Protocol):
 
     async def set_order_status(self, order_id: str, status_id: str) -> None: ...
 
-    async def attach_file(self, order_id: str, *, file_name: str, content: bytes,
-                          mime_type: str = "application/pdf") -> AttachedFile: ...
+    async def attach_file(
+        self, order_id: str, *, file_name: str, content: bytes, mime_type: str = "application/pdf"
+    ) -> AttachedFile: ...
 
 
 class OrderUpdates(Protocol):
     """Where the newest update of each order is kept (the store)."""
 
-    async def claim_order_update(self, order_key: str, *, changed_at: str, status: str,
-                                 message_id: str) -> OrderClaim: ...
+    async def claim_order_update(
+        self, order_key: str, *, changed_at: str, status: str, message_id: str
+    ) -> OrderClaim: ...
 
     async def order_update(self, order_key: str) -> OrderClaim | None: ...
 
@@ -44,8 +46,9 @@ def utc_iso(moment: datetime) -> str:
 
 
 def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdates) -> dict[str, Handler]:
-    async def apply_in_order(envelope: Envelope, payload: UpdateOrderStatus, order_id: str,
-                             status_id: str) -> str | None:
+    async def apply_in_order(
+        envelope: Envelope, payload: UpdateOrderStatus, order_id: str, status_id: str
+    ) -> str | None:
         """Set the status unless a newer update of the order was applied; None when applied, else why not.
 
         The claim (a compare-and-set in the store) comes before the PATCH, so a late, older update never reaches
@@ -56,26 +59,37 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
             await client.set_order_status(order_id, status_id)
             return None
         key, changed_at = f"crm:{order_id}", utc_iso(payload.status_changed_at)
-        claim = await updates.claim_order_update(key, changed_at=changed_at, status=payload.status,
-                                                 message_id=envelope.message_id)
+        claim = await updates.claim_order_update(
+            key, changed_at=changed_at, status=payload.status, message_id=envelope.message_id
+        )
         if not claim.held:
-            return (f"superseded: the order already has status {claim.status!r} from an update of "
-                    f"{claim.changed_at}, newer than this one ({changed_at})")
+            return (
+                f"superseded: the order already has status {claim.status!r} from an update of "
+                f"{claim.changed_at}, newer than this one ({changed_at})"
+            )
         await client.set_order_status(order_id, status_id)  # a PATCH to the same value is harmless on redelivery
         newest = await updates.order_update(key)
         if newest is not None and newest.changed_at > changed_at:
             await client.set_order_status(order_id, await client.find_status_id(newest.status))
-            return (f"superseded while being applied: status {newest.status!r} from an update of "
-                    f"{newest.changed_at} was set again after it")
+            return (
+                f"superseded while being applied: status {newest.status!r} from an update of "
+                f"{newest.changed_at} was set again after it"
+            )
         return None
 
     async def update_order_status(envelope: Envelope, payload: UpdateOrderStatus) -> list[Envelope]:
         order = await client.find_order(payload.order_id)
         status_id = await client.find_status_id(payload.status)
         superseded = await apply_in_order(envelope, payload, order.id, status_id)
-        updated = OrderStatusUpdated(order_id=payload.order_id, order_guid=order.id, order_number=order.number,
-                                     status=payload.status, status_id=status_id, applied=superseded is None,
-                                     note=superseded)
+        updated = OrderStatusUpdated(
+            order_id=payload.order_id,
+            order_guid=order.id,
+            order_number=order.number,
+            status=payload.status,
+            status_id=status_id,
+            applied=superseded is None,
+            note=superseded,
+        )
         if superseded is not None:
             return [envelope.reply("order_status_updated", updated.model_dump(exclude_none=True))]
         if payload.needs_policy_info and not payload.policy_number:
@@ -84,25 +98,34 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
         elif payload.needs_policy_info and payload.policy_number:
             # ask the DMS; its answer comes back to crm_queue with this context echoed, and the reply to the
             # requester is built from it (see policy_info_response)
-            context = {"reply_to": envelope.source_system, "order_status_updated": updated.model_dump(),
-                       "parent_message_id": envelope.message_id}
+            context = {
+                "reply_to": envelope.source_system,
+                "order_status_updated": updated.model_dump(),
+                "parent_message_id": envelope.message_id,
+            }
             # the DMS's request, by its message type: its payload model is the DMS's (validated where it is consumed)
-            return [envelope.request("dms", "get_policy_info", {"policy_number": payload.policy_number},
-                                     context=context)]
+            return [
+                envelope.request("dms", "get_policy_info", {"policy_number": payload.policy_number}, context=context)
+            ]
         return [envelope.reply("order_status_updated", updated.model_dump(exclude_none=True))]
 
     async def policy_info_response(envelope: Envelope, payload: BaseModel | None) -> list[Envelope]:
         context = envelope.context or {}
         if "order_status_updated" not in context or "reply_to" not in context:
-            raise InvalidMessage("policy_info_response without the context of its update_order_status",
-                                 code="missing_context")
+            raise InvalidMessage(
+                "policy_info_response without the context of its update_order_status", code="missing_context"
+            )
         updated = OrderStatusUpdated.model_validate(context["order_status_updated"])
         if payload is not None:  # the DMS's answer (its own model), mapped onto the CRM's
             updated = updated.model_copy(update={"policy_info": PolicyInfo.model_validate(payload.model_dump())})
         answer = Envelope(
-            message_id=envelope.derived_id("order_status_updated"), request_id=envelope.request_id,
-            causation_id=envelope.message_id, source_system="crm", target_system=context["reply_to"],
-            message_type="order_status_updated", payload=updated.model_dump(exclude_none=True),
+            message_id=envelope.derived_id("order_status_updated"),
+            request_id=envelope.request_id,
+            causation_id=envelope.message_id,
+            source_system="crm",
+            target_system=context["reply_to"],
+            message_type="order_status_updated",
+            payload=updated.model_dump(exclude_none=True),
             error=envelope.error,
         )
         return [answer]
@@ -113,8 +136,14 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
             raise InvalidMessage(f"the PDF is {len(content)} bytes; the limit is {max_pdf_bytes}", code="too_large")
         order = await client.find_order(payload.order_id)
         attached = await client.attach_file(order.id, file_name=payload.file_name, content=content)
-        answer = PdfReceived(order_id=payload.order_id, order_guid=order.id, file_id=attached.id,
-                             file_name=attached.name, size=attached.size, already_attached=attached.already_attached)
+        answer = PdfReceived(
+            order_id=payload.order_id,
+            order_guid=order.id,
+            file_id=attached.id,
+            file_name=attached.name,
+            size=attached.size,
+            already_attached=attached.already_attached,
+        )
         return [envelope.reply("pdf_received", answer.model_dump())]
 
     return {

@@ -37,13 +37,21 @@ class UpdateOrderStatus(Request):
 
     order_id: str = Field(min_length=1, max_length=64, description="the order's GUID or its Number, e.g. ORD9876")
     status: str = Field(min_length=1, max_length=100, description="the OrderStatus name, e.g. Shipped")
-    needs_policy_info: bool = Field(default=False, description=(
-        "ask the DMS about `policy_number` and answer with its policy info; without a policy number (as the "
-        "original system's 1C sent it) the status is set and the answer says why there is no policy info"))
+    needs_policy_info: bool = Field(
+        default=False,
+        description=(
+            "ask the DMS about `policy_number` and answer with its policy info; without a policy number (as the "
+            "original system's 1C sent it) the status is set and the answer says why there is no policy info"
+        ),
+    )
     policy_number: str | None = Field(default=None, min_length=1, max_length=64)
-    status_changed_at: datetime | None = Field(default=None, description=(
-        "when 1C changed the status (ISO 8601); an update older than the last one applied to the order is not "
-        "applied (it completes with applied: false)"))
+    status_changed_at: datetime | None = Field(
+        default=None,
+        description=(
+            "when 1C changed the status (ISO 8601); an update older than the last one applied to the order is not "
+            "applied (it completes with applied: false)"
+        ),
+    )
 
 
 class OrderStatusUpdated(Payload):
@@ -69,11 +77,19 @@ class SendPdfFile(Request):
     model_config = _STRICT
 
     order_id: str = Field(min_length=1, max_length=64)
-    file_name: str = Field(default="document.pdf", min_length=1, max_length=255, pattern=r"^[^/\\\x00-\x1f]+$",
-                           validation_alias=AliasChoices("file_name", "filename"),
-                           description="the file's name (the original system's `filename` too)")
-    file_content: str = Field(min_length=1, validation_alias=AliasChoices("file_content", "file_data_base64"),
-                              description="the PDF, base64-encoded (the original system's `file_data_base64` too)")
+    file_name: str = Field(
+        default="document.pdf",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[^/\\\x00-\x1f]+$",
+        validation_alias=AliasChoices("file_name", "filename"),
+        description="the file's name (the original system's `filename` too)",
+    )
+    file_content: str = Field(
+        min_length=1,
+        validation_alias=AliasChoices("file_content", "file_data_base64"),
+        description="the PDF, base64-encoded (the original system's `file_data_base64` too)",
+    )
 
     def pdf_bytes(self) -> bytes:
         return base64.b64decode(self.file_content, validate=True)

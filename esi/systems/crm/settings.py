@@ -19,8 +19,9 @@ class CreatioSettings(SystemSettings):
     odata_path: str = Field("/0/odata", description="/odata on .NET Core / .NET 8 builds of Creatio")
     #: the largest PDF attached to an order, as the API's own limit
     max_pdf_bytes: int = Field(10 * 1024 * 1024, ge=1, validation_alias="ESI_MAX_PDF_BYTES")
-    fake_port: int = Field(5100, validation_alias="ESI_FAKE_CREATIO_PORT",
-                           description="where `esi run fake-creatio` listens")
+    fake_port: int = Field(
+        5100, validation_alias="ESI_FAKE_CREATIO_PORT", description="where `esi run fake-creatio` listens"
+    )
 
     @model_validator(mode="after")
     def _no_demo_password_in_production(self) -> CreatioSettings:

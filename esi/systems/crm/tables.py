@@ -51,8 +51,7 @@ class OrderUpdates:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def claim_order_update(self, order_key: str, *, changed_at: str, status: str,
-                                 message_id: str) -> OrderClaim:
+    async def claim_order_update(self, order_key: str, *, changed_at: str, status: str, message_id: str) -> OrderClaim:
         """Make this update (changed at `changed_at`, UTC ISO with microseconds) the order's newest, unless a newer
         one already is. The same message claiming again (a redelivery) holds it again.
 
@@ -60,18 +59,27 @@ class OrderUpdates:
         `status` are the newer update's.
         """
         u = order_updates
-        row = {"order_key": order_key, "changed_at": changed_at, "status": status, "message_id": message_id,
-               "updated_at": now_iso()}
+        row = {
+            "order_key": order_key,
+            "changed_at": changed_at,
+            "status": status,
+            "message_id": message_id,
+            "updated_at": now_iso(),
+        }
 
         def write(conn: Connection) -> OrderClaim:
             taken = conn.execute(
-                update(u).where(u.c.order_key == order_key,
-                                (u.c.changed_at < changed_at)
-                                | ((u.c.changed_at == changed_at) & (u.c.message_id == message_id)))
-                .values(**row)).rowcount
+                update(u)
+                .where(
+                    u.c.order_key == order_key,
+                    (u.c.changed_at < changed_at) | ((u.c.changed_at == changed_at) & (u.c.message_id == message_id)),
+                )
+                .values(**row)
+            ).rowcount
             if not taken:
-                current = conn.execute(select(u.c.changed_at, u.c.status, u.c.message_id)
-                                       .where(u.c.order_key == order_key)).first()
+                current = conn.execute(
+                    select(u.c.changed_at, u.c.status, u.c.message_id).where(u.c.order_key == order_key)
+                ).first()
                 if current is None:
                     conn.execute(insert(u).values(**row))  # a concurrent first claim fails on the key: tried again
                     taken = 1
@@ -89,6 +97,7 @@ class OrderUpdates:
     async def order_update(self, order_key: str) -> OrderClaim | None:
         """The newest update claimed for the order, if any (`held` is true)."""
         u = order_updates
-        row = await self._db.read(lambda conn: conn.execute(
-            select(u.c.changed_at, u.c.status).where(u.c.order_key == order_key)).first())
+        row = await self._db.read(
+            lambda conn: conn.execute(select(u.c.changed_at, u.c.status).where(u.c.order_key == order_key)).first()
+        )
         return None if row is None else OrderClaim(held=True, changed_at=row.changed_at, status=row.status)

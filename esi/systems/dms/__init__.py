@@ -18,8 +18,13 @@ if TYPE_CHECKING:
 def _client(settings: DmsSettings) -> DmsClient:
     from esi.systems.dms.client import DmsClient
 
-    return DmsClient(base_url=settings.url, api_key=settings.secret(settings.api_key), timeout=settings.timeout,
-                     ca_bundle=settings.ca_bundle, max_connections=settings.max_concurrency)
+    return DmsClient(
+        base_url=settings.url,
+        api_key=settings.secret(settings.api_key),
+        timeout=settings.timeout,
+        ca_bundle=settings.ca_bundle,
+        max_connections=settings.max_concurrency,
+    )
 
 
 def _handlers(context: SystemContext) -> dict[str, Handler]:
@@ -48,8 +53,14 @@ SYSTEM = System(
     handlers=_handlers,
     fake=Fake("fake-dms", _fake),
     key_fields=("user_id", "dms_user_id", "policy_number"),
-    send_routes=(SendRoute("/send_to_dms", "dms", "create_user", CreateUser,
-                           summary="Send a request to the DMS (default message type: create_user)",
-                           description="The original system's endpoint; `message_type` in the body picks another "
-                                       "DMS request."),),
+    send_routes=(
+        SendRoute(
+            "/send_to_dms",
+            "dms",
+            "create_user",
+            CreateUser,
+            summary="Send a request to the DMS (default message type: create_user)",
+            description="The original system's endpoint; `message_type` in the body picks another DMS request.",
+        ),
+    ),
 )

@@ -137,9 +137,14 @@ class DmsClient:
         with translate_transport_errors(SYSTEM, operation):
             # through the transport itself: the client's `send` adds what the DMS does not use (cookies, auth
             # flows, redirects, URL merging), at a cost in CPU (docs/performance.md)
-            response = await send_and_read(self._transport, "POST", self._users_url, content=_json(body),
-                                           headers={**self._json_headers, "Idempotency-Key": idempotency_key},
-                                           timeout=self._timeout)
+            response = await send_and_read(
+                self._transport,
+                "POST",
+                self._users_url,
+                content=_json(body),
+                headers={**self._json_headers, "Idempotency-Key": idempotency_key},
+                timeout=self._timeout,
+            )
         if not response.is_success:
             raise _error(as_response(response), operation)
         user = _parse(response, DmsUser, operation)

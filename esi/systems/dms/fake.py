@@ -298,8 +298,11 @@ def create_app(*, api_key: str | None = None) -> FastAPI:
         """Liveness: always ok, never faulted."""
         return {"status": "ok"}
 
-    api = FastAPI(title="Fake DMS", summary="An in-memory stand-in for the DMS, for tests, demos and benchmarks",
-                  telemetry=TELEMETRY_OFF)
+    api = FastAPI(
+        title="Fake DMS",
+        summary="An in-memory stand-in for the DMS, for tests, demos and benchmarks",
+        telemetry=TELEMETRY_OFF,
+    )
     api.state.fake = fake
 
     @api.exception_handler(FakeDmsError)

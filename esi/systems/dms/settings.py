@@ -13,5 +13,4 @@ class DmsSettings(SystemSettings):
 
     url: str = Field("http://127.0.0.1:5200", description="the DMS (default: the fake)")
     api_key: SecretStr | None = Field(None, description="bearer token for the DMS, if it needs one")
-    fake_port: int = Field(5200, validation_alias="ESI_FAKE_DMS_PORT",
-                           description="where `esi run fake-dms` listens")
+    fake_port: int = Field(5200, validation_alias="ESI_FAKE_DMS_PORT", description="where `esi run fake-dms` listens")

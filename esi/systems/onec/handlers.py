@@ -14,8 +14,14 @@ log = logging.getLogger(__name__)
 
 
 class ResponseStore(Protocol):
-    async def record_response(self, request_id: str, *, response: dict[str, Any] | None,
-                              error: dict[str, Any] | None, keys: list[str] | None = None) -> bool: ...
+    async def record_response(
+        self,
+        request_id: str,
+        *,
+        response: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        keys: list[str] | None = None,
+    ) -> bool: ...
 
 
 def onec_handlers(context: SystemContext) -> dict[str, Handler]:
@@ -26,15 +32,24 @@ def onec_handlers(context: SystemContext) -> dict[str, Handler]:
 
     async def record(envelope: Envelope, _payload: BaseModel | None) -> list[Envelope]:
         error = envelope.error.model_dump(exclude_none=True) if envelope.error else None
-        known = await store.record_response(envelope.request_id, response=envelope.payload or None, error=error,
-                                            keys=registry.business_keys(envelope.payload))
+        known = await store.record_response(
+            envelope.request_id,
+            response=envelope.payload or None,
+            error=error,
+            keys=registry.business_keys(envelope.payload),
+        )
         if not known:
             log.warning("answer %s for unknown request %s recorded nowhere", envelope.message_type, envelope.request_id)
             return []
-        events.record(envelope.request_id, "failed" if error else "completed", service=context.system.service,
-                      message_id=envelope.message_id, causation_id=envelope.causation_id,
-                      message_type=envelope.message_type, **({"error": error["message"]} if error else {}))
+        events.record(
+            envelope.request_id,
+            "failed" if error else "completed",
+            service=context.system.service,
+            message_id=envelope.message_id,
+            causation_id=envelope.causation_id,
+            message_type=envelope.message_type,
+            **({"error": error["message"]} if error else {}),
+        )
         return []
 
     return {name: record for name in sorted(registry.routed_to(context.system))}
-

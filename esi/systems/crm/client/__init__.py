@@ -65,8 +65,13 @@ class CreatioClient:
     ) -> None:
         if upload_chunk_size <= 0:
             raise ValueError("upload_chunk_size must be positive")
-        http = session_http_client(base_url=base_url, timeout=timeout, ca_bundle=ca_bundle,
-                                   max_connections=max_connections, transport=transport)
+        http = session_http_client(
+            base_url=base_url,
+            timeout=timeout,
+            ca_bundle=ca_bundle,
+            max_connections=max_connections,
+            transport=transport,
+        )
         self._auth = CookieLogin(http, username=username, password=password)
         self._session = CreatioSession(http, self._auth)
         odata = OData(self._session, odata_path)

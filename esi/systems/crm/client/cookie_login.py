@@ -58,8 +58,11 @@ class CookieLogin(Authenticator[CookieSession]):
     async def _obtain(self, generation: int) -> CookieSession:
         """Raises `PermanentError` (code `auth_failed`) when refused, `TransientError` when Creatio is unwell."""
         body = json.dumps({"UserName": self._username, "UserPassword": self._password}).encode()
-        headers = {"Content-Type": "application/json; charset=utf-8", "Accept": "application/json",
-                   "ForceUseSession": "true"}
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "Accept": "application/json",
+            "ForceUseSession": "true",
+        }
         with translate_transport_errors(SYSTEM, "login"):
             response = await self._http.post(LOGIN_PATH, content=body, headers=headers)
         if response.status_code != 200:
@@ -69,17 +72,24 @@ class CookieLogin(Authenticator[CookieSession]):
         except ValueError:
             result = None
         if not isinstance(result, dict) or "Code" not in result:
-            raise PermanentError(f"crm login: unexpected answer from {LOGIN_PATH} (not Creatio's AuthService?)",
-                                 code="auth_failed", system=SYSTEM)
+            raise PermanentError(
+                f"crm login: unexpected answer from {LOGIN_PATH} (not Creatio's AuthService?)",
+                code="auth_failed",
+                system=SYSTEM,
+            )
         if result["Code"] not in (0, "0"):
             message = str(result.get("Message") or "no message")
             logger.warning("Creatio login as %s refused: %s", self._username, message)
-            raise PermanentError(f"crm login as {self._username!r} refused (Code {result['Code']}): {message}",
-                                 code="auth_failed", system=SYSTEM)
+            raise PermanentError(
+                f"crm login as {self._username!r} refused (Code {result['Code']}): {message}",
+                code="auth_failed",
+                system=SYSTEM,
+            )
         cookies = _set_cookies(response)
         if not cookies.get(_SESSION_COOKIE):
-            raise PermanentError("crm login: Creatio answered Code 0 but set no session cookie",
-                                 code="auth_failed", system=SYSTEM)
+            raise PermanentError(
+                "crm login: Creatio answered Code 0 but set no session cookie", code="auth_failed", system=SYSTEM
+            )
         logger.info("Logged in to Creatio as %s (session %d)", self._username, generation)
         return CookieSession(generation, cookies, cookies.get(_CSRF_COOKIE))
 
@@ -108,8 +118,9 @@ class CookieLogin(Authenticator[CookieSession]):
         updates = {name: value for name, value in _set_cookies(response).items() if value}
         if updates:
             cookies = {**credential.cookies, **updates}
-            self._replace(credential, CookieSession(credential.generation, cookies,
-                                                    cookies.get(_CSRF_COOKIE, credential.csrf)))
+            self._replace(
+                credential, CookieSession(credential.generation, cookies, cookies.get(_CSRF_COOKIE, credential.csrf))
+            )
 
 
 def _set_cookies(response: httpx.Response) -> dict[str, str]:

@@ -52,8 +52,10 @@ class OrderFiles:
         require_guid(order_id, "order id")
         rows = await self._odata.rows(
             "OrderFile",
-            {"$filter": f"OrderId eq {order_id.lower()} and Name eq {odata_string(file_name)}",
-             "$select": "Id,Name,Size"},
+            {
+                "$filter": f"OrderId eq {order_id.lower()} and Name eq {odata_string(file_name)}",
+                "$select": "Id,Name,Size",
+            },
             operation="find_order_file",
         )
         return [(str(row["Id"]), int(row.get("Size") or 0)) for row in rows]
@@ -75,8 +77,9 @@ class OrderFiles:
         """
         size = len(content)
         if size == 0:
-            raise PermanentError(f"crm: refusing to attach the empty file {file_name!r}", code="empty_file",
-                                 system=SYSTEM)
+            raise PermanentError(
+                f"crm: refusing to attach the empty file {file_name!r}", code="empty_file", system=SYSTEM
+            )
         for file_id, existing_size in await self._order_files(order_id, file_name):
             if existing_size == size:
                 logger.debug("File %r of %d bytes is already attached to order %s", file_name, size, order_id)
@@ -86,9 +89,17 @@ class OrderFiles:
         file_id = str(uuid.uuid4())
         try:
             await self._session.call(
-                "POST", self._odata.path("OrderFile"), operation="attach_file",
-                json_body={"Id": file_id, "Name": file_name, "OrderId": order_id, "Size": size, "TotalSize": size,
-                           "TypeId": FILE_TYPE_ID},
+                "POST",
+                self._odata.path("OrderFile"),
+                operation="attach_file",
+                json_body={
+                    "Id": file_id,
+                    "Name": file_name,
+                    "OrderId": order_id,
+                    "Size": size,
+                    "TotalSize": size,
+                    "TypeId": FILE_TYPE_ID,
+                },
             )
             await self._upload(file_id, order_id, file_name, content, mime_type)
         except Exception:
@@ -115,20 +126,30 @@ class OrderFiles:
             chunk = content[start : start + self._chunk_size]
             end = start + len(chunk) - 1
             response = await self._session.call(
-                "POST", f"{self._rest}/FileApiService/UploadFile", params=params, content=chunk,
+                "POST",
+                f"{self._rest}/FileApiService/UploadFile",
+                params=params,
+                content=chunk,
                 operation="upload_file",
-                headers={"Content-Type": "application/octet-stream", "Content-Range": f"bytes {start}-{end}/{total}",
-                         "Content-Disposition": disposition},
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"bytes {start}-{end}/{total}",
+                    "Content-Disposition": disposition,
+                },
             )
             result = json_or_none(response)
             if isinstance(result, dict) and result.get("success") is False:
-                raise PermanentError(f"crm upload_file: Creatio refused the chunk {start}-{end}/{total}: "
-                                     f"{_short(result)}", code="upload_refused", system=SYSTEM)
+                raise PermanentError(
+                    f"crm upload_file: Creatio refused the chunk {start}-{end}/{total}: {_short(result)}",
+                    code="upload_refused",
+                    system=SYSTEM,
+                )
 
     async def _delete_quietly(self, file_id: str) -> None:
         try:
-            await self._session.call("DELETE", self._odata.path(f"OrderFile({file_id})"), operation="delete_file",
-                                     expect="empty")
+            await self._session.call(
+                "DELETE", self._odata.path(f"OrderFile({file_id})"), operation="delete_file", expect="empty"
+            )
         except NotFound:
             pass  # never created
         except Exception as exc:  # the original failure matters more
@@ -137,8 +158,13 @@ class OrderFiles:
     async def download(self, file_id: str) -> bytes:
         """The content of an attached file (`FileService/Download`)."""
         require_guid(file_id, "file id")
-        response = await self._session.call("GET", f"{self._rest}/FileService/Download/OrderFile/{file_id.lower()}",
-                                            operation="download_file", expect="bytes", headers={"Accept": "*/*"})
+        response = await self._session.call(
+            "GET",
+            f"{self._rest}/FileService/Download/OrderFile/{file_id.lower()}",
+            operation="download_file",
+            expect="bytes",
+            headers={"Accept": "*/*"},
+        )
         return response.content
 
 

@@ -59,11 +59,13 @@ class OData:
         try:
             body = response.json()
         except ValueError:
-            raise PermanentError(f"crm {operation}: the answer is not JSON", code="bad_response",
-                                 system=SYSTEM) from None
+            raise PermanentError(
+                f"crm {operation}: the answer is not JSON", code="bad_response", system=SYSTEM
+            ) from None
         if not isinstance(body, dict):
-            raise PermanentError(f"crm {operation}: the answer is not a JSON object", code="bad_response",
-                                 system=SYSTEM)
+            raise PermanentError(
+                f"crm {operation}: the answer is not a JSON object", code="bad_response", system=SYSTEM
+            )
         return body
 
     async def rows(self, entity: str, params: dict[str, str], *, operation: str) -> list[dict[str, Any]]:
@@ -98,7 +100,8 @@ class Orders:
                 raise NotFound(f"crm: no order with Id {order_ref}", system=SYSTEM) from None
             return _order(row)
         rows = await self._odata.rows(
-            "Order", {"$filter": f"Number eq {odata_string(order_ref)}", "$select": select, "$top": "2"},
+            "Order",
+            {"$filter": f"Number eq {odata_string(order_ref)}", "$select": select, "$top": "2"},
             operation="find_order",
         )
         if not rows:
@@ -121,7 +124,8 @@ class Orders:
             if cached is not None:
                 return cached
             rows = await self._odata.rows(
-                "OrderStatus", {"$filter": f"Name eq {odata_string(name)}", "$select": "Id,Name"},
+                "OrderStatus",
+                {"$filter": f"Name eq {odata_string(name)}", "$select": "Id,Name"},
                 operation="find_status_id",
             )
             if not rows:
@@ -139,9 +143,13 @@ class Orders:
         """
         require_guid(order_id, "order id")
         require_guid(status_id, "status id")
-        await self._odata.session.call("PATCH", self._odata.path(f"Order({order_id.lower()})"),
-                                       json_body={"StatusId": status_id}, operation="set_order_status",
-                                       expect="empty")
+        await self._odata.session.call(
+            "PATCH",
+            self._odata.path(f"Order({order_id.lower()})"),
+            json_body={"StatusId": status_id},
+            operation="set_order_status",
+            expect="empty",
+        )
 
     async def check(self) -> None:
         """One cheap authenticated query (the first status id)."""

@@ -140,8 +140,9 @@ class CreatioSession:
         for attempt in (1, 2):
             request_headers = {**call_headers, **credential.headers()}
             with translate_transport_errors(SYSTEM, operation):
-                response = await self.http.request(method, path, params=params, content=content,
-                                                   headers=request_headers)
+                response = await self.http.request(
+                    method, path, params=params, content=content, headers=request_headers
+                )
             why = self.auth.is_expired(response, expect)
             if why is None:
                 self.auth.absorb(credential, response)
@@ -154,8 +155,11 @@ class CreatioSession:
                 # a fresh session's CSRF token was refused too: not an expiry but a refusal
                 raise error_for_status(response, system=SYSTEM, operation=operation, detail=error_detail(response))
             else:
-                raise SessionExpired(f"crm {operation}: session still refused right after logging in again ({why})",
-                                     code="session_expired", system=SYSTEM)
+                raise SessionExpired(
+                    f"crm {operation}: session still refused right after logging in again ({why})",
+                    code="session_expired",
+                    system=SYSTEM,
+                )
         raise AssertionError("unreachable")  # pragma: no cover
 
 

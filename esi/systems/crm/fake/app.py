@@ -66,8 +66,14 @@ def create_app(
         csrf_failure_status: the status for a write with a live session but a missing or wrong `BPMCSRF` header.
         session_ttl_s: idle seconds after which a session expires by itself (sliding); `None` = never.
     """
-    fake = FakeCreatio(username=username, password=password, odata_prefix=odata_prefix, expiry_mode=expiry_mode,
-                       csrf_failure_status=csrf_failure_status, session_ttl_s=session_ttl_s)
+    fake = FakeCreatio(
+        username=username,
+        password=password,
+        odata_prefix=odata_prefix,
+        expiry_mode=expiry_mode,
+        csrf_failure_status=csrf_failure_status,
+        session_ttl_s=session_ttl_s,
+    )
     app = FastAPI(title="Fake Creatio", docs_url=None, redoc_url=None, openapi_url=None, telemetry=TELEMETRY_OFF)
     app.state.fake = fake
     prefix = fake.odata_prefix
@@ -81,19 +87,25 @@ def create_app(
             return RedirectResponse(f"{LOGIN_PAGE_PATH}?ReturnUrl={quote(target, safe='')}", status_code=302)
         if mode == "html":
             return HTMLResponse(_LOGIN_PAGE, status_code=200)
-        return JSONResponse({"Message": "Authentication failed."}, status_code=401,
-                            headers={"WWW-Authenticate": 'Forms realm="Creatio"'})
+        return JSONResponse(
+            {"Message": "Authentication failed."},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Forms realm="Creatio"'},
+        )
 
     def authenticate(request: Request) -> Response | None:
         """None if the call may go on, else the response refusing it."""
         session = fake.session_for(request.cookies.get(".ASPXAUTH"))
         if session is None:
             return expired_response(request)
-        if (request.method in ("POST", "PATCH", "PUT", "DELETE", "MERGE")
-                and request.headers.get("BPMCSRF") != session.csrf):
+        if (
+            request.method in ("POST", "PATCH", "PUT", "DELETE", "MERGE")
+            and request.headers.get("BPMCSRF") != session.csrf
+        ):
             fake.counters["csrf_failures"] += 1
-            return JSONResponse({"Message": "The CSRF token is missing or invalid."},
-                                status_code=fake.csrf_failure_status)
+            return JSONResponse(
+                {"Message": "The CSRF token is missing or invalid."}, status_code=fake.csrf_failure_status
+            )
         return None
 
     # -- auth
@@ -107,14 +119,29 @@ def create_app(
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            return JSONResponse({"Code": 1, "Message": "The request body is not a valid login request.",
-                                 "Exception": None, "PasswordChangeUrl": None, "RedirectUrl": None})
+            return JSONResponse(
+                {
+                    "Code": 1,
+                    "Message": "The request body is not a valid login request.",
+                    "Exception": None,
+                    "PasswordChangeUrl": None,
+                    "RedirectUrl": None,
+                }
+            )
         session = fake.login(body.get("UserName"), body.get("UserPassword"))
         if session is None:
-            return JSONResponse({"Code": 1, "Message": "Either username or password is incorrect.",
-                                 "Exception": None, "PasswordChangeUrl": None, "RedirectUrl": None})
-        response = JSONResponse({"Code": 0, "Message": "", "Exception": None, "PasswordChangeUrl": None,
-                                 "RedirectUrl": None})
+            return JSONResponse(
+                {
+                    "Code": 1,
+                    "Message": "Either username or password is incorrect.",
+                    "Exception": None,
+                    "PasswordChangeUrl": None,
+                    "RedirectUrl": None,
+                }
+            )
+        response = JSONResponse(
+            {"Code": 0, "Message": "", "Exception": None, "PasswordChangeUrl": None, "RedirectUrl": None}
+        )
         response.set_cookie(".ASPXAUTH", session.token, path="/", httponly=True)
         response.set_cookie("BPMCSRF", session.csrf, path="/")
         response.set_cookie("BPMLOADER", secrets.token_hex(12), path="/", httponly=True)
@@ -167,8 +194,9 @@ def create_app(
             # FileApiService creates the row from its parent columns when step 1 was skipped
             if not is_guid(parent) or parent.lower() not in fake.tables["Order"]:
                 return fail(f"parentColumnValue {parent!r} is not an existing Order")
-            stored = fake.add_file(file_id, Name=params.get("fileName", ""), OrderId=parent.lower(), Size=total,
-                                   TotalSize=total)
+            stored = fake.add_file(
+                file_id, Name=params.get("fileName", ""), OrderId=parent.lower(), Size=total, TotalSize=total
+            )
         elif is_guid(parent) and parent.lower() != stored.row["OrderId"]:
             return fail("parentColumnValue does not match the file's order")
         if stored.total != total or (stored.complete and start == 0):
@@ -241,8 +269,13 @@ def create_app(
             body = json.loads(await request.body())
             if not isinstance(body, dict) or not isinstance(body.get("Number"), str):
                 raise ValueError("body must be an object with a string Number")
-            row = fake.add_order(body["Number"], order_id=body.get("Id"), amount=body.get("Amount", 0.0),
-                                 date=body.get("Date"), status_id=body.get("StatusId", STATUS_NEW_ID))
+            row = fake.add_order(
+                body["Number"],
+                order_id=body.get("Id"),
+                amount=body.get("Amount", 0.0),
+                date=body.get("Date"),
+                status_id=body.get("StatusId", STATUS_NEW_ID),
+            )
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         return JSONResponse(row, status_code=201)
@@ -260,8 +293,9 @@ async def _json_body(request: Request) -> object:
         raise ODataError(400, "The request is invalid.", "The request body is not valid JSON.") from None
 
 
-async def _dispatch(fake: FakeCreatio, request: Request, entity: str, table: dict[str, dict[str, Any]],
-                    key: str | None) -> Response:
+async def _dispatch(
+    fake: FakeCreatio, request: Request, entity: str, table: dict[str, dict[str, Any]], key: str | None
+) -> Response:
     """One OData call on `entity` (`table` its rows), with `key` for `Set(<key>)`."""
     method = request.method
     service_root = f"{str(request.base_url).rstrip('/')}{fake.odata_prefix}"
@@ -294,8 +328,12 @@ async def _dispatch(fake: FakeCreatio, request: Request, entity: str, table: dic
         row = fake.add_file(file_id, **values).row
         context = f"{service_root}/$metadata#{entity}/$entity"
         location = f"{service_root}/{entity}({file_id})"
-        return JSONResponse({"@odata.context": context, **row}, status_code=201, media_type=ODATA_JSON,
-                            headers={**ODATA_HEADERS, "Location": location})
+        return JSONResponse(
+            {"@odata.context": context, **row},
+            status_code=201,
+            media_type=ODATA_JSON,
+            headers={**ODATA_HEADERS, "Location": location},
+        )
     if method == "DELETE" and key is not None and entity == "OrderFile":
         if not fake.delete_file(key):
             raise ODataError(404, f"No {entity} with Id '{key}' was found.")

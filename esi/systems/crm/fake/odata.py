@@ -63,8 +63,11 @@ def entity_set(tables: Tables, name: str) -> dict[str, dict[str, Any]]:
 def parse_key(raw: str) -> str:
     """The key of `Set(<key>)`: a bare GUID, lower-cased (OData 3's `guid'...'` is refused, as Creatio does)."""
     if raw.startswith("guid'"):
-        raise ODataError(400, "The request is invalid.",
-                         f"The key value '{raw}' was not formatted correctly: keys are bare GUIDs in OData 4.")
+        raise ODataError(
+            400,
+            "The request is invalid.",
+            f"The key value '{raw}' was not formatted correctly: keys are bare GUIDs in OData 4.",
+        )
     if not is_guid(raw):
         raise ODataError(400, "The request is invalid.", f"The key value '{raw}' is not a valid Edm.Guid.")
     return raw.lower()
@@ -84,24 +87,32 @@ def validate_values(tables: Tables, entity: str, body: object, *, creating: bool
             continue
         kind = schema.get(name)
         if kind is None:
-            raise ODataError(400, "The request is invalid.",
-                             f"The property '{name}' does not exist on type '{SCHEMA_NAMESPACE}.{entity}'. "
-                             "Make sure to only use property names that are defined by the type.")
+            raise ODataError(
+                400,
+                "The request is invalid.",
+                f"The property '{name}' does not exist on type '{SCHEMA_NAMESPACE}.{entity}'. "
+                "Make sure to only use property names that are defined by the type.",
+            )
         if name == "Id" and not creating:
             raise ODataError(400, "The request is invalid.", "The key property 'Id' cannot be changed.")
         clean[name] = _convert(entity, name, kind, value)
         target = FOREIGN_KEYS.get((entity, name))
         if target is not None and clean[name] not in tables[target]:
-            raise ODataError(400, "The request is invalid.",
-                             f"Value '{value}' of column '{name}' does not match any '{target}' record.")
+            raise ODataError(
+                400,
+                "The request is invalid.",
+                f"Value '{value}' of column '{name}' does not match any '{target}' record.",
+            )
     return clean
 
 
 def _convert(entity: str, name: str, kind: str, value: object) -> Any:
     def bad() -> ODataError:
-        return ODataError(400, "The request is invalid.",
-                          f"Cannot convert the literal '{value}' to the expected type '{kind}' "
-                          f"of property '{entity}.{name}'.")
+        return ODataError(
+            400,
+            "The request is invalid.",
+            f"Cannot convert the literal '{value}' to the expected type '{kind}' of property '{entity}.{name}'.",
+        )
 
     if kind == GUID:
         if not is_guid(value):
@@ -182,13 +193,17 @@ def parse_filter(text: str, entity: str) -> list[tuple[str, object]]:
             raise syntax(f"Unrecognized 'Edm.String' literal '{literal}' (the OData 3 form guid'...' is not OData 4).")
         if k3 == "string":
             if kind != STR and kind != DATE:
-                raise syntax(f"A binary operator with incompatible types was detected. "
-                             f"Found operand types '{kind}' and 'Edm.String' for operator kind 'Equal'.")
+                raise syntax(
+                    f"A binary operator with incompatible types was detected. "
+                    f"Found operand types '{kind}' and 'Edm.String' for operator kind 'Equal'."
+                )
             value: object = literal[1:-1].replace("''", "'")
         elif k3 == "guid":
             if kind != GUID:
-                raise syntax(f"A binary operator with incompatible types was detected. "
-                             f"Found operand types '{kind}' and 'Edm.Guid' for operator kind 'Equal'.")
+                raise syntax(
+                    f"A binary operator with incompatible types was detected. "
+                    f"Found operand types '{kind}' and 'Edm.Guid' for operator kind 'Equal'."
+                )
             value = literal.lower()
         elif k3 == "number" and kind in (INT, NUM):
             value = float(literal)
@@ -241,8 +256,9 @@ def query_collection(tables: Tables, entity: str, params: Mapping[str, str], ser
         for part in reversed([p.strip() for p in params["$orderby"].split(",") if p.strip()]):
             column, _, direction = part.partition(" ")
             if column not in schema or direction.strip() not in ("", "asc", "desc"):
-                raise ODataError(400, f"Could not find a property named '{column}' on type "
-                                      f"'{SCHEMA_NAMESPACE}.{entity}'.")
+                raise ODataError(
+                    400, f"Could not find a property named '{column}' on type '{SCHEMA_NAMESPACE}.{entity}'."
+                )
             rows.sort(key=functools.partial(_order_key, column), reverse=direction.strip() == "desc")
     total = len(rows)
     for option in ("$skip", "$top"):

@@ -195,8 +195,9 @@ class FakeCreatio:
         self.files.clear()
         self.faults.reset()
         statuses = {sid: {"Id": sid, "Name": name, "Description": ""} for name, sid in ORDER_STATUS_IDS.items()}
-        orders = {oid: self._order_row(oid, number, amount, date, STATUS_NEW_ID)
-                  for oid, number, amount, date in _SEED_ORDERS}
+        orders = {
+            oid: self._order_row(oid, number, amount, date, STATUS_NEW_ID) for oid, number, amount, date in _SEED_ORDERS
+        }
         self.tables = {"Order": orders, "OrderStatus": statuses, "OrderFile": {}}
         self.counters = {
             "logins": 0,
@@ -222,8 +223,15 @@ class FakeCreatio:
             "ContactId": EMPTY_GUID,
         }
 
-    def add_order(self, number: str, *, order_id: str | None = None, amount: float = 0.0, date: str | None = None,
-                  status_id: str = STATUS_NEW_ID) -> dict[str, Any]:
+    def add_order(
+        self,
+        number: str,
+        *,
+        order_id: str | None = None,
+        amount: float = 0.0,
+        date: str | None = None,
+        status_id: str = STATUS_NEW_ID,
+    ) -> dict[str, Any]:
         """Add an `Order` row (for tests); returns it."""
         order_id = (order_id or str(uuid.uuid4())).lower()
         if not is_guid(order_id):
@@ -238,8 +246,17 @@ class FakeCreatio:
 
     def add_file(self, file_id: str, **columns: Any) -> StoredFile:
         """Create the `OrderFile` row `file_id` (defaults for the columns not given) and its empty `Data`."""
-        row = {"Id": file_id, "Name": "", "OrderId": EMPTY_GUID, "Size": 0, "TotalSize": 0, "TypeId": FILE_TYPE_ID,
-               "Version": 1, "CreatedOn": now_iso(), **columns}
+        row = {
+            "Id": file_id,
+            "Name": "",
+            "OrderId": EMPTY_GUID,
+            "Size": 0,
+            "TotalSize": 0,
+            "TypeId": FILE_TYPE_ID,
+            "Version": 1,
+            "CreatedOn": now_iso(),
+            **columns,
+        }
         self.tables["OrderFile"][file_id] = row
         stored = self.files[file_id] = StoredFile(row=row)
         return stored
@@ -264,8 +281,9 @@ class FakeCreatio:
             self.counters["failed_logins"] += 1
             return None
         self.counters["logins"] += 1
-        session = Session(token=secrets.token_hex(32), csrf=secrets.token_urlsafe(16), user=self.username,
-                          last_used=time.monotonic())
+        session = Session(
+            token=secrets.token_hex(32), csrf=secrets.token_urlsafe(16), user=self.username, last_used=time.monotonic()
+        )
         self.sessions[session.token] = session
         return session
 
@@ -304,17 +322,19 @@ class FakeCreatio:
             orders.append({**row, "StatusName": status["Name"] if status else None})
         files = []
         for stored in self.files.values():
-            files.append({
-                "id": stored.row["Id"],
-                "name": stored.row["Name"],
-                "order_id": stored.row["OrderId"],
-                "size": stored.row["Size"],
-                "total_size": stored.total,
-                "received": stored.received,
-                "mime_type": stored.mime_type,
-                "complete": stored.complete,
-                "sha256": hashlib.sha256(stored.data()).hexdigest() if stored.complete else None,
-            })
+            files.append(
+                {
+                    "id": stored.row["Id"],
+                    "name": stored.row["Name"],
+                    "order_id": stored.row["OrderId"],
+                    "size": stored.row["Size"],
+                    "total_size": stored.total,
+                    "received": stored.received,
+                    "mime_type": stored.mime_type,
+                    "complete": stored.complete,
+                    "sha256": hashlib.sha256(stored.data()).hexdigest() if stored.complete else None,
+                }
+            )
         return {
             "config": {
                 "odata_prefix": self.odata_prefix,
