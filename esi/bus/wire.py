@@ -76,13 +76,7 @@ async def open_coalescing_connection(
     reader = asyncio.StreamReader(loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     # typeshed's overloads want a str host and an int port; asyncio's own signature takes None for both
-    transport, _ = await loop.create_connection(
-        lambda: protocol,
-        host,
-        port,
-        ssl=ssl,  # type: ignore[arg-type]
-        **kwargs,
-    )
+    transport, _ = await loop.create_connection(lambda: protocol, host, port, ssl=ssl, **kwargs)  # type: ignore[arg-type]
     return reader, CoalescingStreamWriter(transport, protocol, reader, loop)
 
 
