@@ -19,13 +19,13 @@ For example, with pytest (`tmp_path` its temporary directory; the processes log 
 
     vhost = Vhost()
     system = EsiSystem(workdir=tmp_path, amqp_url=vhost.url, database_url=f"sqlite:///{tmp_path}/esi.db",
-                       registry=Registry([*load_registry().systems, WAREHOUSE]),  # the harness's view: its fake's port
-                       extra_env={"ESI_SYSTEMS": "my_package.system:WAREHOUSE"})  # the processes' view
+                       registry=Registry([*load_registry().systems, STOCK]),  # the harness's view: its fake's port
+                       extra_env={"ESI_SYSTEMS": "my_package.system:STOCK"})  # the processes' view
     try:
         system.start_all()  # every fake, then every adapter in one process each; waits until the API is ready
-        body = {"request_id": "WH-1", "sku": "SKU-1", "quantity": 3}
-        assert system.post("/requests/warehouse/reserve_stock", json=body).status_code == 202
-        assert system.wait_final("WH-1")["status"] == "completed"
+        body = {"request_id": "ST-1", "sku": "SKU-1", "quantity": 3}
+        assert system.post("/requests/stock/reserve_stock", json=body).status_code == 202
+        assert system.wait_final("ST-1")["status"] == "completed"
     finally:
         system.stop_all()
         vhost.delete()

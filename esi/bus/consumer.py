@@ -290,15 +290,24 @@ class Consumer:
         stamped = [self._catalog.outgoing(env) for env in outgoing]
         outgoing, keys = [env for env, _ in stamped], [key for _, key in stamped]
         sent_at = datetime.now(UTC)
-        if len(outgoing) == 1:  # the common case: one answer, awaited without a task of its own
-            await self._publisher.publish(outgoing[0], keys[0])
-        else:
-            await asyncio.gather(*(self._publisher.publish(env, key) for env, key in zip(outgoing, keys)))
+        # the hops so far (this one's publish included) are written before the messages leave: whoever they reach
+        # may settle the request, and a request read as settled shows every hop that led there
         for env, key in zip(outgoing, keys):
-            metrics.published(env.message_type)
             self._event(
                 env, "published", at=sent_at, routing_key=key, **({"error": env.error.message} if env.error else {})
             )
+        await self._events.durable()
+        try:
+            if len(outgoing) == 1:  # the common case: one answer, awaited without a task of its own
+                await self._publisher.publish(outgoing[0], keys[0])
+            else:
+                await asyncio.gather(*(self._publisher.publish(env, key) for env, key in zip(outgoing, keys)))
+        except Exception as exc:
+            for env in outgoing:  # the timeline says so: the delivery goes back or retries (the caller decides)
+                self._event(env, "publish_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            raise
+        for env in outgoing:
+            metrics.published(env.message_type)
 
     @staticmethod
     def _properties(message: AbstractIncomingMessage) -> dict[str, Any]:
@@ -392,6 +401,7 @@ class Consumer:
             error=decision.reason,
         )
         if envelope is not None and reply is None and self._tracker is not None:
+            await self._events.durable()  # the request's state says parked: its hops are there first
             await self._track(
                 self._tracker.dead_lettered(
                     envelope.request_id, error=decision.reason, queue=self.queue.dead_letter_queue

@@ -83,9 +83,16 @@ class Recorder(Protocol):
         **detail: Any,
     ) -> None: ...
 
+    async def durable(self) -> None:
+        """Return once the hops recorded so far are written (before their outcome can be seen elsewhere)."""
+        ...
+
 
 class NullRecorder:
     """Records nothing (for parts used without a store)."""
 
     def record(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def durable(self) -> None:
         return None

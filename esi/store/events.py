@@ -2,6 +2,11 @@
 
 Events are diagnostic: they are buffered and written together every `interval` seconds (or `batch` events), so
 recording one costs a list append. A crash may lose the last fraction of a second of events, never a message.
+
+Before a hop's outcome can be seen elsewhere — an adapter publishing its answer, the 1C side recording it — the
+consumer makes the events recorded so far durable (`durable`): a request read as completed shows every hop that
+led there. Concurrent callers share one write (it joins the store's group commit), so this costs a write per
+batch of messages, not per message.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ class EventRecorder:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: events recorded and events written so far (`durable` waits until the second reaches the first)
+        self._recorded = 0
+        self._written = 0
+        #: the write under way, shared by every caller that needs it
+        self._writing: asyncio.Task[None] | None = None
 
     def record(
         self,
@@ -68,6 +78,7 @@ class EventRecorder:
                 "detail": orjson.dumps(detail, default=str).decode() if detail else None,
             }
         )
+        self._recorded += 1
         if len(self._buffer) >= self._batch:
             self._wakeup.set()
 
@@ -76,6 +87,28 @@ class EventRecorder:
             self._task = asyncio.create_task(self._run(), name="event-recorder")
 
     async def flush(self) -> None:
+        """Write every buffered event (raises when the store refuses; they stay buffered)."""
+        while self._buffer or (self._writing is not None and not self._writing.done()):
+            await self._write_shared()
+
+    async def durable(self) -> None:
+        """Return once every event recorded before the call is written: what a hop's outcome, seen elsewhere,
+        must not overtake. Best effort: when the store refuses, the events stay buffered and the caller goes on
+        (they are diagnostics; the message's own state is written by its own path)."""
+        target = self._recorded
+        try:
+            while self._written < target:
+                await self._write_shared()
+        except Exception as exc:
+            log.debug("timeline events not yet written: %s", exc)
+
+    async def _write_shared(self) -> None:
+        """Join the write under way, or start one of the whole buffer."""
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._write_buffer(), name="event-recorder-write")
+        await asyncio.shield(self._writing)
+
+    async def _write_buffer(self) -> None:
         while self._buffer:
             rows, self._buffer = self._buffer[: self._batch * 4], self._buffer[self._batch * 4 :]
             try:
@@ -84,6 +117,7 @@ class EventRecorder:
                 log.warning("could not write %d timeline events: %s", len(rows), exc)
                 self._buffer = rows + self._buffer
                 raise
+            self._written += len(rows)
 
     async def _run(self) -> None:
         while not self._stopping:

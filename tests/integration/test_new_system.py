@@ -1,16 +1,21 @@
 """A fourth system, declared outside the `esi` package: the proof that a system lives in one place.
 
 This module is what README "Adding a system" walks through. It declares a warehouse (one request type,
-`reserve_stock`, answered by `stock_reserved`) with its settings (`WAREHOUSE_*`), a client, a handler and a fake
-HTTP server, registers it with `ESI_SYSTEMS=tests.integration.test_new_system:WAREHOUSE`, and sends a request from
-1C to the warehouse and back through the real broker, store and API — with no edit to `esi/`.
+`reserve_stock`, answered by `stock_reserved`) with its settings (`WAREHOUSE_*`), a client, a handler, a table of
+its own with its migrations and a fake HTTP server, registers it through the `esi.systems` entry point of an
+installed distribution (exactly as esi's own systems register; `ESI_SYSTEMS=module:attribute` is the other way),
+and sends a request from 1C to the warehouse and back through the real broker, store and API — with no edit to
+`esi/` and no file under `esi/` naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sqlite3
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,10 +27,14 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
+from sqlalchemy import Column, Connection, Index, MetaData, String, Table, insert, select
 
+from esi.bus.topology import build_topology
 from esi.errors import BusinessError
 from esi.messages import Envelope, Handler
 from esi.messages.payload import Payload
+from esi.store import Database, Migrations
+from esi.store.migrations import create_index
 from esi.systems.http import error_for_status, http_client, translate_transport_errors
 from esi.systems.registry import Registry, RegistryError, load_registry
 from esi.systems.spec import Fake, Operation, System, SystemContext, SystemSettings
@@ -116,17 +125,50 @@ class WarehouseClient:
 
 def warehouse_handlers(context: SystemContext) -> dict[str, Handler]:
     client: WarehouseClient = context.client
+    reservations = Reservations(context.store.database)
 
     async def reserve_stock(envelope: Envelope, payload: ReserveStock) -> list[Envelope]:
         held = await client.reserve(
             sku=payload.sku, quantity=payload.quantity, order_id=payload.order_id, key=f"esi-{envelope.message_id}"
         )
+        await reservations.remember(held["id"], order_id=payload.order_id, message_id=envelope.message_id)
         answer = StockReserved(
             reservation_id=held["id"], sku=payload.sku, quantity=payload.quantity, order_id=payload.order_id
         )
         return [envelope.reply("stock_reserved", answer.model_dump())]
 
     return {"reserve_stock": reserve_stock}
+
+
+# --- 4b. its own table, with its migrations: the reservations it made, by order ----------------------------------
+
+TABLES = MetaData()
+reservations_table = Table(
+    "warehouse_reservations",
+    TABLES,
+    Column("reservation_id", String(64), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("message_id", String(128), nullable=False),
+)
+#: version 2 adds an index: a system's migrations go on like the core's
+ORDER_INDEX = Index("ix_warehouse_reservations_order", reservations_table.c.order_id)
+MIGRATIONS = Migrations("warehouse", {1: [reservations_table], 2: [create_index(ORDER_INDEX)]})
+
+
+class Reservations:
+    """The warehouse adapter's repository over the store's shared database."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def remember(self, reservation_id: str, *, order_id: str, message_id: str) -> None:
+        r = reservations_table
+
+        def write(conn: Connection) -> None:  # a redelivery finds it there: idempotent
+            if conn.execute(select(r.c.reservation_id).where(r.c.reservation_id == reservation_id)).first() is None:
+                conn.execute(insert(r).values(reservation_id=reservation_id, order_id=order_id, message_id=message_id))
+
+        await self._db.write(write)
 
 
 # --- 5. a fake warehouse (demo and tests) ---------------------------------------------------------------------------
@@ -176,6 +218,7 @@ WAREHOUSE = System(
     handlers=warehouse_handlers,
     fake=Fake("fake-warehouse", fake_warehouse),
     key_fields=("sku", "reservation_id"),
+    tables=MIGRATIONS,
 )
 
 
@@ -189,7 +232,7 @@ def test_the_registry_derives_catalog_topology_targets_and_routing() -> None:
     assert registry.catalog.get("stock_reserved").model is StockReserved
     assert "warehouse" in registry.targets and "warehouse" in registry.services
     assert registry.fakes["fake-warehouse"] is WAREHOUSE
-    work = registry.topology().queue_for("warehouse")
+    work = build_topology(registry.queues()).queue_for("warehouse")
     assert (work.name, work.bindings) == ("warehouse_queue", ("*.request.warehouse.*",))
     assert work.dead_letter_queue == "warehouse_dead_letter_queue"
     # the reply goes back to 1C, whose adapter must record it
@@ -216,6 +259,36 @@ def test_declarations_that_do_not_fit_are_refused_at_start_up() -> None:
 def test_the_esi_package_does_not_know_the_warehouse() -> None:
     found = subprocess.run(["grep", "-ril", "warehouse", str(ROOT / "esi")], capture_output=True, text=True)
     assert found.stdout == "", f"esi/ names the warehouse: {found.stdout}"
+
+
+def install_entry_point(site: Path) -> Path:
+    """A distribution's metadata in `site` whose `esi.systems` entry point names the warehouse: what `pip install`
+    of a package declaring `[project.entry-points."esi.systems"] warehouse = ...` leaves on the path."""
+    info = site / "esi_warehouse-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: esi-warehouse\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[esi.systems]\nwarehouse = {SPEC}\n")
+    return site
+
+
+def _reservations(database: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(database) as conn:
+        return list(conn.execute("SELECT reservation_id, order_id FROM warehouse_reservations ORDER BY 1"))
+
+
+def _migrations(database: Path, owner: str) -> list[int]:
+    with sqlite3.connect(database) as conn:
+        return [v for (v,) in conn.execute("SELECT version FROM esi_migrations WHERE owner = ? ORDER BY 1", (owner,))]
+
+
+def test_an_entry_point_registers_the_warehouse(tmp_path: Path) -> None:
+    site = install_entry_point(tmp_path / "site")
+    code = (
+        f"import sys; sys.path[:0] = [{str(site)!r}, {str(ROOT)!r}]; from esi.systems.registry import "
+        "load_registry; print(' '.join(load_registry().codes))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.split() == ["1c", "crm", "dms", "warehouse"], found.stderr
 
 
 def _publish(amqp_url: str, routing_key: str, envelope: dict[str, Any], *, answer: str | None = None) -> Any:
@@ -284,7 +357,8 @@ def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> Non
         amqp_url=vhost.url,
         database_url=f"sqlite:///{tmp_path}/esi.db",
         registry=Registry([*load_registry().systems, WAREHOUSE]),
-        extra_env={"ESI_SYSTEMS": SPEC, "PYTHONPATH": str(ROOT)},
+        # registered exactly as the built-in systems are: an entry point of an installed distribution
+        extra_env={"PYTHONPATH": f"{install_entry_point(tmp_path / 'site')}{os.pathsep}{ROOT}"},
     )
     try:
         system.start_all()
@@ -304,6 +378,9 @@ def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> Non
         events = httpx.get(f"{system.api_url}/requests/{request_id}/timeline", timeout=10).json()["events"]
         calls = [e for e in events if e["event"] == "external_call"]
         assert calls and calls[0]["detail"]["system"] == "warehouse" and calls[0]["detail"]["outcome"] == "ok"
+        # its own table, created by its migrations, holds what its handler wrote
+        assert _reservations(tmp_path / "esi.db") == [("RES-0001", "ORD9876")]
+        assert _migrations(tmp_path / "esi.db", "warehouse") == [1, 2]
         # the warehouse's refusal ends the request failed, with its reason
         refused_id = f"WH-{uuid.uuid4().hex[:10]}"
         system.post("/requests/warehouse/reserve_stock", json={**body, "request_id": refused_id, "quantity": 99})

@@ -32,15 +32,8 @@ def onec_handlers(context: SystemContext) -> dict[str, Handler]:
 
     async def record(envelope: Envelope, _payload: BaseModel | None) -> list[Envelope]:
         error = envelope.error.model_dump(exclude_none=True) if envelope.error else None
-        known = await store.record_response(
-            envelope.request_id,
-            response=envelope.payload or None,
-            error=error,
-            keys=registry.business_keys(envelope.payload),
-        )
-        if not known:
-            log.warning("answer %s for unknown request %s recorded nowhere", envelope.message_type, envelope.request_id)
-            return []
+        # the end is written before the request reads as settled: a request read as completed or failed shows
+        # every hop that led there, its end included
         events.record(
             envelope.request_id,
             "failed" if error else "completed",
@@ -50,6 +43,15 @@ def onec_handlers(context: SystemContext) -> dict[str, Handler]:
             message_type=envelope.message_type,
             **({"error": error["message"]} if error else {}),
         )
+        await events.durable()
+        known = await store.record_response(
+            envelope.request_id,
+            response=envelope.payload or None,
+            error=error,
+            keys=registry.business_keys(envelope.payload),
+        )
+        if not known:
+            log.warning("answer %s for unknown request %s recorded nowhere", envelope.message_type, envelope.request_id)
         return []
 
     return {name: record for name in sorted(registry.routed_to(context.system))}
