@@ -16,6 +16,10 @@ untouched, and only then is the original acked. If even that publish fails, the 
 queue after a pause (`REQUEUE_PAUSE_S`), where the quorum queue's delivery limit is the last backstop: every return
 counts against it, so a delivery must not churn through reject and redelivery while the broker cannot take its
 retry.
+
+One job in one module, though over 400 lines: the loop's handling of a delivery and the carrying out of each
+decision share the delivery's state (the message, its envelope, its acks) and are read together when a guarantee is
+in doubt; the decision itself is elsewhere (`esi.bus.decision`), as are the acks' batching and the ports.
 """
 
 from __future__ import annotations

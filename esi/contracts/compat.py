@@ -14,6 +14,9 @@ dropped), a field no longer required. Descriptions and titles are not compared.
 
 A message whose version went up may change its payload in any way: its consumers upcast the previous version —
 unless they no longer accept it (`x-esi-accepted-versions`), which is breaking when the change is.
+
+One job in one module, though over 400 lines: the JSON Schema diff (the bulk: keywords, references, unions) and
+the contract-level comparison built on it read the same findings and must agree on what "breaking" means.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How the store's operations run: the execution backends, their group commits, engines and pragmas.
 
-An operation is a plain function over a SQLAlchemy `Connection` (`esi.store.db` holds them); a backend runs it and
+An operation is a plain function over a SQLAlchemy `Connection` (the repositories (`esi.store.requests`, `outbox`, ...) holds them); a backend runs it and
 knows nothing of what it does.
 
 - SQLite: the stdlib driver in worker threads. Writes go to one writer thread and are group-committed: the writes
