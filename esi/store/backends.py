@@ -1,7 +1,7 @@
 """How the store's operations run: the execution backends, their group commits, engines and pragmas.
 
-An operation is a plain function over a SQLAlchemy `Connection` (the repositories (`esi.store.requests`, `outbox`, ...) holds them); a backend runs it and
-knows nothing of what it does.
+An operation is a plain function over a SQLAlchemy `Connection` (the repositories hold them: `esi.store.requests`,
+`outbox`, ...); a backend runs it and knows nothing of what it does.
 
 - SQLite: the stdlib driver in worker threads. Writes go to one writer thread and are group-committed: the writes
   that arrive while a commit is in progress share the next transaction and one commit — one fsync and one thread

@@ -1,8 +1,8 @@
 """Versioned migrations, per owner: the core's (`esi.store.schema.MIGRATIONS`) and each system's own tables'
 (`System.tables`), applied at start-up under one lock.
 
-A `Migrations` value names its owner (`esi`, `crm`, an outside system's code) and maps each version to its steps: a `Table` to
-create (checkfirst) or a function run on the connection. Applied versions are recorded per owner in
+A `Migrations` value names its owner (`esi`, `crm`, an outside system's code) and maps each version to its steps:
+a `Table` to create (checkfirst) or a function run on the connection. Applied versions are recorded per owner in
 `esi_migrations`; a store made before owners existed kept the core's in `esi_schema_migrations`, copied over once.
 
 Why not alembic: these steps are data a system package declares next to its tables (a dict, no script directory,
