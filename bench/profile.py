@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 #: frames every stack shares (the interpreter, typer, asyncio's runner): they say nothing
-_BORING = ("typer/", "_click/", "asyncio/runners.py", "esi:", "threading.py", "<module>", "esi/cli.py")
+_BORING = ("typer/", "_click/", "asyncio/runners.py", "esi:", "threading.py", "<module>", "esi/cli/")
 
 
 def py_spy() -> str | None:
