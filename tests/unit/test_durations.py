@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from esi.api.routes.operations import OperationsRoutes, PauseRequest
+from esi.api.routes.systems import SystemsRoutes, PauseRequest
 from typer.testing import CliRunner
 
 from esi.api.routes import dead_letters as dead_letter_routes
@@ -20,7 +20,7 @@ from esi.cli import dlq
 from esi.config import parse_duration
 from esi.errors import ApiError
 from esi.security.scopes import Principal
-from esi.systems.registry import current
+from esi.systems.registry import load_registry
 
 DURATIONS = [("30s", 30.0), ("15m", 900.0), ("2h", 7200.0), ("1d", 86400.0), ("1w", 7 * 86400.0)]
 BAD = ["1y", "soon", "-2h"]
@@ -75,12 +75,14 @@ def test_a_bad_api_since_is_a_422_naming_it(text: str) -> None:
 
 
 class _Store:
-    """What the operations routes ask of the store, recorded."""
+    """What the systems routes ask of the store's repositories (pauses, audit), recorded."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.pauses = self
+        self.audit = SimpleNamespace(entries=self.entries, record=self.record)
 
-    async def audit_log(self, **kwargs: Any) -> list[Any]:
+    async def entries(self, **kwargs: Any) -> list[Any]:
         self.calls.append(kwargs)
         return []
 
@@ -88,13 +90,13 @@ class _Store:
         self.calls.append(kwargs)
         return SimpleNamespace(model_dump=lambda: kwargs)
 
-    async def audit(self, action: str, **kwargs: Any) -> None:
+    async def record(self, action: str, **kwargs: Any) -> None:
         pass
 
 
-def _routes() -> tuple[OperationsRoutes, _Store]:
+def _routes() -> tuple[SystemsRoutes, _Store]:
     store = _Store()
-    return OperationsRoutes(store, current()), store  # type: ignore[arg-type]
+    return SystemsRoutes(store, load_registry()), store  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("text, seconds", DURATIONS)
