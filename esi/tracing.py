@@ -408,7 +408,8 @@ def aiohttp_trace_configs() -> list[Any]:
     import aiohttp
 
     tracer = _tracer
-    assert tracer is not None and _propagator is not None
+    assert tracer is not None
+    assert _propagator is not None
     propagator = _propagator
 
     async def start(_session: Any, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
