@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench install check-broker check-postgres clean cluster cluster-down
+.PHONY: run lint test bench install check-broker check-postgres clean cluster cluster-down
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,12 +23,22 @@ check-postgres: install
 run: check-broker
 	ESI_LOG_FORMAT=$${ESI_LOG_FORMAT:-text} $(BIN)/esi run --with-fakes
 
-## test: lint (ruff) and types (mypy --strict on esi/), then the whole suite, against the local RabbitMQ and PostgreSQL
-test: check-broker check-postgres
+## lint: style (ruff check, ruff format --check), the architecture (lint-imports: [tool.importlinter] in
+## pyproject.toml), types (mypy --strict on esi/, incremental through .mypy_cache), the message contracts
+lint: install
 	$(BIN)/ruff check esi tests bench
+	$(BIN)/ruff format --check esi tests bench
+	$(BIN)/lint-imports
 	$(BIN)/mypy esi
 	$(BIN)/esi contracts check contracts
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# branch coverage of esi, the esi processes the tests start included ([tool.coverage.run] in pyproject.toml);
+# `make test COVERAGE=` runs without it
+COVERAGE ?= --cov=esi --cov-branch --cov-report=term-missing:skip-covered
+
+## test: lint first, then the whole suite with branch coverage, against the local RabbitMQ and PostgreSQL
+test: lint check-broker check-postgres
+	$(BIN)/pytest -q $(COVERAGE) $(PYTEST_ARGS)
 
 ## bench: the benchmark harness (not a test); figures land in bench/results/
 bench: check-broker
@@ -43,4 +53,4 @@ cluster-down:
 	deploy/cluster/local.sh down
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .coverage .coverage.*

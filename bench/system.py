@@ -175,7 +175,7 @@ class BenchSystem:
                 continue
             try:
                 codes[name] = p.stop(timeout=60)
-            except Exception:
+            except Exception:  # noqa: BLE001 - stopping is best effort: what does not stop is killed
                 p.kill()
                 codes[name] = -9
         self.sampler.stop()

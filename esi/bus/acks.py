@@ -111,7 +111,7 @@ class AckBatcher:
             tag, multiple, futures = state.frames.pop(0)
             try:
                 await state.channel.basic_ack(delivery_tag=tag, multiple=multiple, wait=False)
-            except Exception as exc:  # the channel is gone: the broker redelivers these, the inbox absorbs them
+            except Exception as exc:  # noqa: BLE001 - the channel is gone: the broker redelivers these, the inbox absorbs them
                 outcome: BaseException | None = exc
             else:
                 outcome = None

@@ -138,11 +138,11 @@ class Consumer:
             try:
                 # bounded: on a connection that is reconnecting, the robust channel would wait for it forever
                 await asyncio.wait_for(self._amqp_queue.cancel(self._consumer_tag), 5)
-            except (TimeoutError, Exception) as exc:  # the channel may already be gone
+            except (TimeoutError, Exception) as exc:  # noqa: BLE001 - the channel may already be gone
                 log.debug("cancel of %s failed: %s", self.queue.name, exc)
             self._consumer_tag = None
 
-    async def stop(self, timeout: float = 30.0) -> None:
+    async def stop(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - the caller's own deadline, as asyncio's wait_for takes one
         """Stop taking new messages and let the ones in hand finish."""
         async with self._switching:
             self._paused = True
@@ -330,7 +330,7 @@ class Consumer:
             await self._publisher.publish_raw(
                 "", decision.queue, message.body, headers=decision.headers, properties=self._properties(message)
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever stopped the publish, the delivery goes back (logged)
             log.error("could not park %s for retry (%s); returning it to %s", _label(envelope), exc, self.queue.name)
             await self._reject_requeue(message)
             return
@@ -350,7 +350,7 @@ class Consumer:
             await self._publisher.publish_raw(
                 "", queue, message.body, headers=headers, properties=self._properties(message)
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever stopped the publish, the delivery goes back (logged)
             log.error("could not park message %s again (%s); returning the delivery", message.message_id, exc)
             await self._reject_requeue(message)
             return
@@ -363,7 +363,7 @@ class Consumer:
             await self._publisher.publish_raw(
                 "", self.queue.name, message.body, headers=decision.headers, properties=self._properties(message)
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever stopped the publish, the delivery goes back (logged)
             log.error(
                 "could not put %s back on %s (%s); returning the delivery", _label(envelope), self.queue.name, exc
             )
@@ -389,7 +389,7 @@ class Consumer:
                 headers=decision.headers,
                 properties=self._properties(message),
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever stopped the publish, the delivery goes back (logged)
             log.error("could not dead-letter %s (%s); returning it to %s", _label(envelope), exc, self.queue.name)
             await self._reject_requeue(message)
             return
@@ -434,7 +434,7 @@ class Consumer:
     async def _track(self, call: Awaitable[None]) -> None:
         try:
             await call
-        except Exception as exc:  # tracking must never block the flow of messages
+        except Exception as exc:  # noqa: BLE001 - tracking must never block the flow of messages
             log.error("could not record a request's state: %s", exc)
 
     async def _ack(self, message: AbstractIncomingMessage) -> None:
@@ -442,7 +442,7 @@ class Consumer:
             # bounded: an ack on the channel of a connection that died must not hold the message's task forever
             async with asyncio.timeout(10):  # inline: no task per ack, as wait_for would make
                 await self._acks.ack(message)
-        except Exception as exc:  # channel gone: the broker redelivers it and the inbox absorbs the duplicate
+        except Exception as exc:  # noqa: BLE001 - channel gone: the broker redelivers it and the inbox absorbs the duplicate
             log.warning("ack failed (%s); the message will be redelivered", exc)
 
     async def _reject_requeue(self, message: AbstractIncomingMessage) -> None:
@@ -450,7 +450,7 @@ class Consumer:
         try:
             async with asyncio.timeout(10):
                 await message.reject(requeue=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a dead channel: the broker redelivers it
             log.warning("reject failed (%s); the message will be redelivered", exc)
         else:
             self._acks.settled(message)

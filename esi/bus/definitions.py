@@ -37,7 +37,7 @@ class _RecordingQueue:
         routing_key: str | None = None,
         *,
         arguments: dict[str, Any] | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - aio-pika's own signature, recorded and ignored
     ) -> None:
         source = exchange if isinstance(exchange, str) else exchange.name
         self._bindings.append(
@@ -70,7 +70,7 @@ class _RecordingChannel:
         internal: bool = False,
         passive: bool = False,
         arguments: dict[str, Any] | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - aio-pika's own signature, recorded and ignored
     ) -> _RecordingExchange:
         if passive:
             raise ValueError(f"exchange {name}: a passive declare declares nothing")
@@ -96,7 +96,7 @@ class _RecordingChannel:
         passive: bool = False,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - aio-pika's own signature, recorded and ignored
     ) -> _RecordingQueue:
         if not name:
             raise ValueError("a server-named queue cannot be in a definitions file")

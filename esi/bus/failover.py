@@ -66,7 +66,7 @@ class FailoverConnection(CoalescingConnection):
         super().__init__(url, loop, **kwargs)
         self.nodes: tuple[URL, ...] = tuple(nodes) or (self.url,)
         #: the node of the next attempt; random by default, so that a fleet's connections spread over the nodes
-        self._next = random.randrange(len(self.nodes)) if first is None else first % len(self.nodes)
+        self._next = random.randrange(len(self.nodes)) if first is None else first % len(self.nodes)  # noqa: S311 - spreads connections over the nodes, not a secret
         self.kwargs["transport_factory"] = CoalescingTransportFactory(choose=self.next_node)
 
     def next_node(self) -> URL:

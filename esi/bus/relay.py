@@ -97,13 +97,13 @@ class OutboxRelay:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             await self._flush_marks()
-        except Exception as exc:  # they stay unsent and are published again: the inbox absorbs the duplicate
+        except Exception as exc:  # noqa: BLE001 - they stay unsent and are published again: the inbox absorbs the duplicate
             log.warning("could not mark %d published messages as sent: %s", len(self._to_mark), exc)
 
     async def _publish_submitted(self, row: Outgoing) -> None:
         try:
             await self._publish_one(row)
-        except Exception as exc:  # the row stays unsent: the sweep publishes it, with backoff
+        except Exception as exc:  # noqa: BLE001 - the row stays unsent: the sweep publishes it, with backoff
             self._failed[row.message_id] = time.monotonic()
             log.warning("publishing %s failed (%s); the sweep will retry it", row.message_id, exc)
 
@@ -142,7 +142,7 @@ class OutboxRelay:
             await asyncio.sleep(self._mark_interval)
             try:
                 await self._flush_marks()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the marking loop retries whatever failed
                 log.warning("marking published outbox rows failed (%s); retrying", exc)
                 await asyncio.sleep(0.5)
 
@@ -166,7 +166,7 @@ class OutboxRelay:
                 backoff = 0.2
                 if sent >= self._batch_size:
                     continue  # more is waiting
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the relay outlives any one failing pass
                 self.last_error = str(exc)
                 log.warning("outbox relay pass failed (%s); next try in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -201,7 +201,7 @@ class OutboxRelay:
         if failed:
             try:  # back to every process's sweep at once, rather than when the lease ends
                 await self._store.release(failed)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - best effort: the claim ends by itself
                 log.warning(
                     "could not release %d claimed outbox rows (%s); their claim ends by itself", len(failed), exc
                 )

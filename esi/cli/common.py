@@ -24,7 +24,7 @@ SinceOpt = Annotated[str | None, typer.Option("--since", help="within this long:
 def _settings() -> Settings:
     try:
         return Settings()
-    except Exception as exc:  # pydantic's message names the setting
+    except Exception as exc:  # noqa: BLE001 - pydantic's message names the setting
         typer.echo(f"esi: invalid settings: {exc}", err=True)
         raise typer.Exit(2) from None
 

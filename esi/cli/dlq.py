@@ -46,7 +46,7 @@ def _with_dead_letters(action: Callable[[DeadLetters], Awaitable[_T]]) -> _T:
             try:
                 connection = await aio_pika.connect(url, client_properties={"connection_name": "esi-dlq"})
                 break
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to connect: try the next node, report them all
                 problems.append(f"{redact(url)}: {exc}")
         if connection is None:
             typer.echo(f"esi: cannot connect to RabbitMQ: {'; '.join(problems)}", err=True)
@@ -79,7 +79,7 @@ def _audit_cli(action: str, *, subject: str | None, count: int, detail: dict[str
 
     try:
         asyncio.run(write())
-    except Exception as exc:  # the messages moved already: say so, do not fail the command
+    except Exception as exc:  # noqa: BLE001 - the messages moved already: say so, do not fail the command
         typer.echo(f"esi: could not write the audit log ({exc})", err=True)
 
 

@@ -85,7 +85,7 @@ def check(what: Annotated[str, typer.Argument(help="broker or postgres")]) -> No
         for url in settings.broker_urls():  # a cluster: any node answering will do
             try:
                 connection = await asyncio.wait_for(aio_pika.connect(url), 10)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to connect is told to the user
                 problems.append(f"RabbitMQ does not answer at {redact(url)} ({type(exc).__name__}: {exc}).")
                 continue
             await connection.close()
@@ -100,7 +100,7 @@ def check(what: Annotated[str, typer.Argument(help="broker or postgres")]) -> No
 
         try:
             conn = await asyncio.wait_for(asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres"), 10)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is told to the user
             typer.echo(
                 f"PostgreSQL does not answer on 127.0.0.1:5432 ({type(exc).__name__}: {exc}); the tests "
                 "need it.\nStart it with:  pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) "

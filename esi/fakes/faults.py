@@ -57,7 +57,7 @@ class Faults:
         self.injected = 0
         #: wall-clock times (epoch seconds) of the latest business calls, faulted or not: tests check retry spacing
         self.call_times: deque[float] = deque(maxlen=2000)
-        self._rng = random.Random(1234)
+        self._rng = random.Random(1234)  # noqa: S311 - a seeded fake's fault dice, not a secret
 
     def arm(self, spec: FaultSpec) -> None:
         """Arm `spec` in place of any fault armed before (a spec without status or latency clears)."""
@@ -65,7 +65,7 @@ class Faults:
         self.spec = None if empty else spec
         self.remaining = spec.count
         self.until = time.monotonic() + spec.duration_s if spec.duration_s else None
-        self._rng = random.Random(1234)
+        self._rng = random.Random(1234)  # noqa: S311 - a seeded fake's fault dice, not a secret
 
     def clear(self) -> None:
         """Disarm; the counts of what was injected stay."""

@@ -110,7 +110,8 @@ class SystemService(Service):
         system, config = self.system, self.system_settings
         guarded = None
         if system.client is not None:
-            assert config is not None, f"{system.code} declares a client without settings"
+            if config is None:  # an outside package's mistake: say so even under python -O
+                raise TypeError(f"{system.code} declares a client without settings")
             self._client = system.client(config)
             self.breaker = Breaker(
                 system=system.code,
@@ -216,13 +217,14 @@ class SystemService(Service):
     async def _follow_breaker(self) -> None:
         """Consume while the breaker lets calls through; tell the store what this process sees."""
         breaker, consumer = self.breaker, self.consumer
-        assert breaker is not None and consumer is not None
+        assert breaker is not None  # noqa: S101 - set in start(); narrows for mypy
+        assert consumer is not None  # noqa: S101 - set in start(); narrows for mypy
         try:
             if breaker.usable:
                 await consumer.resume()
             else:
                 await consumer.pause()
-        except Exception as exc:  # the channel is being restored: the next transition or restore consumes again
+        except Exception as exc:  # noqa: BLE001 - the channel is being restored: the next transition or restore consumes again
             log.warning("could not follow the %s circuit on %s: %s", self.system.code, consumer.queue.name, exc)
         report = breaker.report()
         try:
@@ -233,11 +235,11 @@ class SystemService(Service):
                 since=str(report["since"]),
                 reason=breaker.reason,
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - recording is best effort; the breaker goes on
             log.warning("could not record the %s circuit's state: %s", self.system.code, exc)
 
     async def _follow_pauses_once(self) -> None:
-        assert self.breaker is not None
+        assert self.breaker is not None  # noqa: S101 - set in start(); narrows for mypy
         pause = (await self.store.pauses.system_pauses()).get(self.system.code)
         if pause is not None:
             until = f" until {pause.until}" if pause.until else ""
@@ -251,13 +253,13 @@ class SystemService(Service):
             await asyncio.sleep(PAUSE_POLL_S)
             try:
                 await self._follow_pauses_once()
-            except Exception as exc:  # the store is away: keep the state as it is
+            except Exception as exc:  # noqa: BLE001 - the store is away: keep the state as it is
                 log.debug("could not read the maintenance pauses: %s", exc)
 
     async def _start_api(self, topology: Topology) -> None:
         """The origin's edge: the outbox relay, and the HTTP API that accepts its requests."""
         s = self.settings
-        assert self.bus is not None
+        assert self.bus is not None  # noqa: S101 - set in start(); narrows for mypy
         # a sweep leaves a row to the fast path of the process that committed it until that publish has ended
         self.relay = OutboxRelay(
             store=self.store.outbox,
@@ -303,7 +305,7 @@ class SystemService(Service):
                 outbox = await self.store.outbox.prune_sent(older_than)
                 if inbox or outbox:
                     log.info("pruned %d inbox ids and %d sent outbox rows older than %s", inbox, outbox, cutoff)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - pruning outlives any failure: the next interval tries again
                 log.warning("pruning the store failed: %s", exc)
             await asyncio.sleep(self.settings.prune_interval_s)
 
@@ -332,10 +334,11 @@ class FakeService(Service):
     """A system's fake server (demo and tests), on `ESI_FAKE_HOST` and the system's `fake_port`."""
 
     def __init__(self, system: System, settings: Settings) -> None:
-        assert system.fake is not None
+        assert system.fake is not None  # noqa: S101 - only built for a system with a fake; narrows for mypy
         self.name = system.fake.service
         config = system_settings(system)
-        assert config is not None, f"{system.code} declares a fake without settings"
+        if config is None:  # an outside package's mistake: say so even under python -O
+            raise TypeError(f"{system.code} declares a fake without settings")
         self.http = HttpServer(system.fake.app(config), host=settings.fake_host, port=config.fake_port, name=self.name)
 
     async def start(self) -> None:

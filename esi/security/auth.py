@@ -336,7 +336,7 @@ class ClientRegistry:
         for encoded in hashes:
             if self._check(encoded, credentials.secret):
                 self._remember(credentials, encoded)
-                assert client is not None
+                assert client is not None  # noqa: S101 - a matching secret implies a client; narrows for mypy
                 return client.principal
         # the same number of argon2 runs whether the client exists, has this kind of secret, or not
         self._burn(max(0, rounds - len(hashes)) if hashes else rounds)

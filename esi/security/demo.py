@@ -20,7 +20,7 @@ __all__ = ["DEMO_CLIENT_ID", "DEMO_PASSWORD", "demo_client_ids", "demo_registry"
 log = logging.getLogger(__name__)
 
 DEMO_CLIENT_ID = "demo"
-DEMO_PASSWORD = "demo"
+DEMO_PASSWORD = "demo"  # noqa: S105 - the documented demo credential, refused outside demo mode
 
 
 def demo_registry(**kwargs: Any) -> ClientRegistry:
@@ -33,13 +33,12 @@ def demo_registry(**kwargs: Any) -> ClientRegistry:
 
 def demo_client_ids(registry: ClientRegistry) -> list[str]:
     """The clients that use demo credentials: the id `demo`, or the password `demo` (one argon2 run per client)."""
-    found = []
-    for client in registry.clients():
-        if client.client_id.lower() == DEMO_CLIENT_ID or (
-            client.password_hash and verify_secret(client.password_hash, DEMO_PASSWORD)
-        ):
-            found.append(client.client_id)
-    return found
+    return [
+        client.client_id
+        for client in registry.clients()
+        if client.client_id.lower() == DEMO_CLIENT_ID
+        or (client.password_hash and verify_secret(client.password_hash, DEMO_PASSWORD))
+    ]
 
 
 def is_demo_registry(registry: ClientRegistry) -> bool:

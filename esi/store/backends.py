@@ -76,7 +76,7 @@ def _run_ops_each_in_savepoint(conn: Connection, batch: list[tuple[Op[Any], Any]
         try:
             with conn.begin_nested():
                 outcomes.append((op(conn), None))
-        except Exception as exc:  # this write fails alone; the others go on
+        except Exception as exc:  # noqa: BLE001 - this write fails alone; the others go on
             outcomes.append((None, exc))
     return outcomes
 
@@ -117,7 +117,7 @@ class GroupCommit:
         try:
             results = await self._transaction(_run_ops, batch)
             return [(result, None) for result in results]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure: the batch is run again one by one to isolate it
             if len(batch) == 1:
                 return [(None, exc)]
         return await self._transaction(_run_ops_each_in_savepoint, batch)
@@ -130,12 +130,12 @@ class GroupCommit:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
                 try:
                     outcomes = await self._run_batch(batch)
-                except Exception as exc:  # the commit itself failed: every write of the batch fails
+                except Exception as exc:  # noqa: BLE001 - the commit itself failed: every write of the batch fails
                     outcomes = [(None, exc)] * len(batch)
                 _deliver(batch, outcomes)
 
     async def _drain(self) -> None:
-        while self._pending:
+        while self._pending:  # noqa: ASYNC110 - closing only: the batcher wakes on _kick, nothing signals empty
             await asyncio.sleep(0.01)
         if self._batcher is not None:
             self._batcher.cancel()
@@ -245,7 +245,7 @@ class SqliteBackend(GroupCommit):
             for op, _ in batch:
                 try:
                     outcomes.append((op(conn), None))
-                except Exception as exc:  # this read fails alone
+                except Exception as exc:  # noqa: BLE001 - this read fails alone
                     outcomes.append((None, exc))
         return outcomes
 

@@ -99,7 +99,7 @@ class EventRecorder:
         try:
             while self._written < target:
                 await self._write_shared()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - diagnostics never stop a message: the events stay buffered
             log.debug("timeline events not yet written: %s", exc)
 
     async def _write_shared(self) -> None:
@@ -128,7 +128,7 @@ class EventRecorder:
             self._wakeup.clear()
             try:
                 await self.flush()
-            except Exception:
+            except Exception:  # noqa: BLE001 - the store is away: retried after a pause
                 await asyncio.sleep(1)
 
     async def stop(self) -> None:
@@ -138,5 +138,5 @@ class EventRecorder:
             await self._task
         try:
             await self.flush()
-        except Exception:
+        except Exception:  # noqa: BLE001 - at shutdown, whatever failed is logged as lost
             log.warning("%d timeline events lost at shutdown", len(self._buffer))

@@ -130,7 +130,7 @@ class Requests:
     async def wait_settled(
         self,
         request_id: str,
-        timeout: float,
+        timeout: float,  # noqa: ASYNC109 - the caller's own deadline, as asyncio's wait_for takes one
         *,
         recheck: float = 1.0,
         check: Callable[[RequestRecord | None], object] | None = None,

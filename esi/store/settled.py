@@ -61,7 +61,7 @@ class Settlements:
             self._kick.set()  # start the wait again, shorter
 
     async def _recheck_forever(self) -> None:
-        assert self._lookup is not None
+        assert self._lookup is not None  # noqa: S101 - set in start(); narrows for mypy
         while self._waiting and not self.closed:
             try:
                 await asyncio.wait_for(self._kick.wait(), self._interval)
@@ -75,7 +75,7 @@ class Settlements:
                 for start in range(0, len(ids), self._chunk):
                     for request_id in await self._lookup(ids[start : start + self._chunk]):
                         self.notify(request_id)
-            except Exception as exc:  # the store is away: the waiters still end at their deadline
+            except Exception as exc:  # noqa: BLE001 - the store is away: the waiters still end at their deadline
                 log.warning("looking up %d waited-on requests failed: %s", len(ids), exc)
 
     @contextmanager

@@ -183,7 +183,7 @@ class Breaker:
             try:
                 if self._probe is not None:
                     await self._probe()
-            except Exception as exc:  # still down: wait longer
+            except Exception as exc:  # noqa: BLE001 - still down: wait longer
                 log.debug("%s probe failed: %s", self.system, exc)
                 delay = min(delay * 2, self.probe_max)
                 continue

@@ -84,7 +84,7 @@ def retry_after(value: str | None, *, now: float | None = None) -> float | None:
 def _short_body(response: httpx.Response, limit: int = 300) -> str:
     try:
         text = response.text
-    except Exception:  # pragma: no cover - undecodable body
+    except Exception:  # noqa: BLE001  # pragma: no cover - undecodable body
         return ""
     text = " ".join(text.split())
     return text[:limit]
@@ -198,7 +198,7 @@ async def send_and_read(
     *,
     headers: dict[str, str],
     content: bytes,
-    timeout: dict[str, float | None],
+    timeout: dict[str, float | None],  # noqa: ASYNC109 - httpx's per-phase timeouts, passed to the transport
 ) -> HttpAnswer:
     """Send a request through `transport` itself (not a client's `send`) and read the whole answer.
 

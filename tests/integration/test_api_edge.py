@@ -23,7 +23,7 @@ def _assert_error(response: httpx.Response, status: int, code: str, mentions: st
 
 
 @pytest.mark.parametrize(
-    "path, content, status, code, mentions",
+    ("path", "content", "status", "code", "mentions"),
     [
         ("/send_to_dms", b"{not json", 400, "invalid_json", None),
         ("/send_to_dms", b"[1, 2]", 400, "invalid_json", "object"),

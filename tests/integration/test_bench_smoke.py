@@ -43,32 +43,42 @@ def quick_run(
 @pytest.mark.timeout(330)
 def test_quick_run_exits_0_and_every_request_completes(quick_run) -> None:
     proc, result, _ = quick_run
-    assert result["ok"] is True and result["errors"] == []
-    assert "result: ok" in proc.stdout and "÷ ceiling" in proc.stdout  # the table was printed
+    assert result["ok"] is True
+    assert result["errors"] == []
+    assert "result: ok" in proc.stdout
+    assert "÷ ceiling" in proc.stdout
     for run in result["e2e"]["runs"]:
-        assert run["all_completed"] and run["completed"] == run["n"], run
+        assert run["all_completed"], run
+        assert run["completed"] == run["n"], run
     # the comparison run, completion followed by long polls instead of the POST's own wait
     polled = result["e2e"]["by_long_poll"]
-    assert polled["all_completed"] and polled["completed"] == polled["n"] and polled["polls_per_request"] >= 1, polled
+    assert polled["all_completed"], polled
+    assert polled["completed"] == polled["n"], polled
+    assert polled["polls_per_request"] >= 1, polled
     assert "Prefer: wait=" in result["e2e"]["completion_detection"]
     for section in ("ingress", "slow"):
         assert result[section]["all_completed"], result[section]
         assert result[section]["failed"] == result[section]["timed_out"] == 0
     assert result["scaleout"]["two_adapters_run"]["all_completed"]
-    assert result["exit_codes"] and all(code == 0 for code in result["exit_codes"].values())
+    assert result["exit_codes"]
+    assert all(code == 0 for code in result["exit_codes"].values())
 
 
 def test_machine_is_recorded(quick_run) -> None:
     machine = quick_run[1]["machine"]
-    assert _number(machine["nproc"]) and machine["nproc"] >= 1
-    assert machine["cpu_model"] and machine["rabbitmq_version"] and machine["python_version"]
+    assert _number(machine["nproc"])
+    assert machine["nproc"] >= 1
+    assert machine["cpu_model"]
+    assert machine["rabbitmq_version"]
+    assert machine["python_version"]
     assert _number(machine["memory_mb"])
 
 
 def test_every_section_has_figures_and_ratios_to_the_ceiling(quick_run) -> None:
     result = quick_run[1]
     ceiling = result["ceiling"]
-    assert _number(ceiling["round_trips_per_s"]) and ceiling["round_trips_per_s"] > 0
+    assert _number(ceiling["round_trips_per_s"])
+    assert ceiling["round_trips_per_s"] > 0
     assert ceiling["queue_type"] == "quorum"
 
     runs = result["e2e"]["runs"]
@@ -106,13 +116,16 @@ def test_every_section_has_figures_and_ratios_to_the_ceiling(quick_run) -> None:
     scaleout = result["scaleout"]
     assert _number(scaleout["speedup"])
     for side in ("one", "two"):
-        assert _number(scaleout[side]["round_trips_per_s"]) and _number(scaleout[side]["ratio_to_ceiling"])
+        assert _number(scaleout[side]["round_trips_per_s"])
+        assert _number(scaleout[side]["ratio_to_ceiling"])
 
     bound = result["bound"]
-    assert _number(bound["speedup"]) and bound["prefetch"] == 5 * bound["dms_max_concurrency"]
+    assert _number(bound["speedup"])
+    assert bound["prefetch"] == 5 * bound["dms_max_concurrency"]
     for side, adapters in (("one", 1), ("two", 2)):
         run = bound[side]
-        assert run["all_completed"] and run["adapters"] == adapters
+        assert run["all_completed"]
+        assert run["adapters"] == adapters
         assert run["ideal_seconds"] == pytest.approx(
             run["n"] * run["latency_ms"] / 1000 / (bound["dms_max_concurrency"] * adapters), rel=0.01
         )
@@ -138,17 +151,20 @@ def test_every_section_has_figures_and_ratios_to_the_ceiling(quick_run) -> None:
 def test_cpu_per_request_is_also_a_ratio_to_the_ceilings_cpu(quick_run) -> None:
     result = quick_run[1]
     ceiling = result["ceiling"]
-    assert _number(ceiling["cpu_ms_per_round_trip"]) and ceiling["cpu_ms_per_round_trip"] > 0
+    assert _number(ceiling["cpu_ms_per_round_trip"])
+    assert ceiling["cpu_ms_per_round_trip"] > 0
     assert ceiling["cpu_ms_per_round_trip"] == pytest.approx(
         ceiling["requester_cpu_ms"] + ceiling["responder_cpu_ms"], abs=0.002
     )
     for run in result["e2e"]["runs"]:
         for name in ("onec", "dms"):
             ratio = run["cpu_ratio_to_ceiling"][name]
-            assert _number(ratio) and ratio > 0
+            assert _number(ratio)
+            assert ratio > 0
             assert ratio == pytest.approx(run["cpu_ms_per_request"][name] / ceiling["cpu_ms_per_round_trip"], abs=0.02)
     # the services ran with the defaults `make run` uses, log level and authentication included
-    assert result["config"]["log_level"].startswith("INFO") and result["config"]["auth"].startswith("on")
+    assert result["config"]["log_level"].startswith("INFO")
+    assert result["config"]["auth"].startswith("on")
 
 
 def test_the_naive_peer_ran_beside_esi_or_says_why_not(quick_run) -> None:
@@ -156,13 +172,16 @@ def test_the_naive_peer_ran_beside_esi_or_says_why_not(quick_run) -> None:
     try:
         import faststream  # noqa: F401
     except ImportError:
-        assert "faststream" in peer["skipped"] and ".[bench]" in peer["skipped"]
+        assert "faststream" in peer["skipped"]
+        assert ".[bench]" in peer["skipped"]
         return
     assert len(peer["peer_runs"]) == len(peer["esi_runs"]) == 2
     for run in peer["peer_runs"]:
-        assert run["all_completed"] and run["failed"] == run["timed_out"] == 0, run
+        assert run["all_completed"], run
+        assert run["failed"] == run["timed_out"] == 0, run
         assert {"peer-api", "peer-worker"} <= set(run["cpu_ms_per_request"])
-    assert _number(peer["esi_over_peer"]) and peer["esi_over_peer"] > 0
+    assert _number(peer["esi_over_peer"])
+    assert peer["esi_over_peer"] > 0
     assert peer["esi_over_peer"] == pytest.approx(peer["esi_per_s"] / peer["peer_per_s"], rel=0.01)
 
 
@@ -171,7 +190,8 @@ def test_chart_is_drawn_when_matplotlib_is_installed(quick_run) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        assert result["chart"]["path"] is None and "matplotlib" in result["chart"]["skipped"]
+        assert result["chart"]["path"] is None
+        assert "matplotlib" in result["chart"]["skipped"]
         return
     chart = Path(result["chart"]["path"])
     assert chart == out.with_name("chart.png")

@@ -31,7 +31,8 @@ def test_a_process_waits_for_the_broker_not_ready_and_still_stops_on_sigterm(vho
     try:
         # one log line per attempt, and nothing answers health checks meanwhile (not ready)
         wait_until(lambda: system.logs().count("not ready, next attempt in") >= 3, timeout=30, what="three attempts")
-        assert process.proc is not None and process.proc.poll() is None
+        assert process.proc is not None
+        assert process.proc.poll() is None
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{process.health_url}/readyz", timeout=2)
         assert process.stop(signal.SIGTERM, timeout=20) == 0

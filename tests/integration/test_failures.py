@@ -267,7 +267,8 @@ def test_a_thousand_messages_with_every_tenth_failing(esi_sqlite: EsiSystem) -> 
     assert statuses.count("completed") == 900
     assert statuses.count("failed") == 100
     users = [u for u in esi_sqlite.dms_state()["users"] if u["external_id"].startswith(f"U{tag}-")]
-    assert len(users) == 900 and len({u["external_id"] for u in users}) == 900
+    assert len(users) == 900
+    assert len({u["external_id"] for u in users}) == 900
     parked = [d for d in dead_letters(esi_sqlite, queue="dms", reason="refused") if f"K{tag}-" in d.body.decode()]
     assert len(parked) == 100
     assert len({d.id for d in parked}) == 100

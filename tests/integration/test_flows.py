@@ -29,7 +29,8 @@ def test_create_user_reaches_the_dms_and_its_answer_reaches_1c(esi_system: EsiSy
 
     final = esi_system.wait_final(request_id)
     assert final["status"] == "completed", final
-    assert final["target"] == "dms" and final["message_type"] == "create_user"
+    assert final["target"] == "dms"
+    assert final["message_type"] == "create_user"
     assert final["response"]["name"] == "Иванов Иван"
     assert final["response"]["dms_user_id"].startswith("DMS-")
 
@@ -117,8 +118,10 @@ def test_a_late_older_order_update_does_not_overwrite_a_newer_one(esi_system: Es
         == 202
     )
     late = esi_system.wait_final(shipped_id)
-    assert late["status"] == "completed" and late["response"]["applied"] is False, late
-    assert "superseded" in late["response"]["note"] and "Delivered" in late["response"]["note"], late
+    assert late["status"] == "completed", late
+    assert late["response"]["applied"] is False, late
+    assert "superseded" in late["response"]["note"], late
+    assert "Delivered" in late["response"]["note"], late
     state = esi_system.creatio_state()
     order = next(o for o in state["orders"] if o["Number"] == number)
     assert order["StatusName"] == "Delivered", order
@@ -174,7 +177,9 @@ def test_send_pdf_file_as_base64_json_is_attached_in_two_steps(esi_system: EsiSy
     assert final["status"] == "completed", final
     assert final["response"]["size"] == len(PDF)
     files = [f for f in _files_for(esi_system, final["response"]["order_guid"]) if f["name"] == name]
-    assert len(files) == 1 and files[0]["complete"] and files[0]["size"] == len(PDF)
+    assert len(files) == 1
+    assert files[0]["complete"]
+    assert files[0]["size"] == len(PDF)
     download = httpx.get(f"{esi_system.creatio_url}/0/rest/FileService/Download/OrderFile/{files[0]['id']}")
     # the download needs a session; log in as a client would
     if download.status_code != 200:
@@ -197,11 +202,12 @@ def test_send_pdf_file_as_multipart_upload(esi_system: EsiSystem) -> None:
     assert final["status"] == "completed", final
     assert final["response"]["file_name"] == f"{request_id}.pdf"
     files = [f for f in _files_for(esi_system, final["response"]["order_guid"]) if f["name"] == f"{request_id}.pdf"]
-    assert len(files) == 1 and files[0]["size"] == len(PDF)
+    assert len(files) == 1
+    assert files[0]["size"] == len(PDF)
 
 
 @pytest.mark.parametrize(
-    "body, problem",
+    ("body", "problem"),
     [
         ({"order_id": "ORD9876", "status": "NoSuchStatus"}, "NoSuchStatus"),
         ({"order_id": "ORD-DOES-NOT-EXIST", "status": "Shipped"}, "ORD-DOES-NOT-EXIST"),
@@ -280,9 +286,11 @@ def test_a_long_poll_ends_with_the_current_state_when_the_wait_runs_out(esi_sqli
 
 def test_a_long_poll_refuses_a_bad_wait_and_an_unknown_request(esi_sqlite: EsiSystem) -> None:
     response = httpx.get(f"{esi_sqlite.api_url}/requests/nope-{unique('X')}", params={"wait": 5}, timeout=10)
-    assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_request"
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_request"
     response = httpx.get(f"{esi_sqlite.api_url}/requests/whatever", params={"wait": -1}, timeout=10)
-    assert response.status_code == 422 and "wait" in response.text
+    assert response.status_code == 422
+    assert "wait" in response.text
 
 
 def test_a_post_with_prefer_wait_answers_with_the_outcome(esi_system: EsiSystem) -> None:
@@ -291,12 +299,14 @@ def test_a_post_with_prefer_wait_answers_with_the_outcome(esi_system: EsiSystem)
     response = esi_system.post("/send_to_dms", body, headers={"Prefer": "wait=20"})
     assert response.status_code == 200, response.text  # one request: accepted, carried, answered
     record = response.json()
-    assert record["request_id"] == request_id and record["status"] == "completed", record
+    assert record["request_id"] == request_id, record
+    assert record["status"] == "completed", record
     assert record["response"]["dms_user_id"].startswith("DMS-")
     assert record == esi_system.get_request(request_id)
     # the same request again: no second effect, the same outcome at once, marked as a duplicate
     again = esi_system.post("/send_to_dms", body, headers={"Prefer": "respond-async, wait=20"})
-    assert again.status_code == 200 and again.headers["X-Esi-Duplicate"] == "true"
+    assert again.status_code == 200
+    assert again.headers["X-Esi-Duplicate"] == "true"
     assert again.json() == record
     users = [u for u in esi_system.dms_state()["users"] if u["external_id"] == body["user_id"]]
     assert len(users) == 1
@@ -307,7 +317,8 @@ def test_a_post_with_prefer_wait_reports_a_business_failure(esi_system: EsiSyste
     body = {"request_id": request_id, "user_id": unique("U"), "name": "Отказ", "email": "no@refused.example"}
     response = esi_system.post("/send_to_dms", body, headers={"Prefer": "wait=20"})
     assert response.status_code == 200, response.text
-    assert response.json()["status"] == "failed" and response.json()["error"]["code"] == "validation_error"
+    assert response.json()["status"] == "failed"
+    assert response.json()["error"]["code"] == "validation_error"
 
 
 def test_a_post_whose_wait_runs_out_is_accepted_as_without_it(esi_sqlite: EsiSystem) -> None:

@@ -113,7 +113,8 @@ async def test_posts_answer_alike_and_skip_the_router(pair: Pair) -> None:
         _same(await pair.hot.post(path, **kwargs, **extra), await pair.plain.post(path, **kwargs, **extra))
     # accepted, then the same again (a duplicate), then a conflict — first through the hot app, then the plain one
     first = await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid})
-    assert first.status_code == 202 and first.json() == {"status": "accepted", "request_id": rid}
+    assert first.status_code == 202
+    assert first.json() == {"status": "accepted", "request_id": rid}
     _same(
         await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}),
         await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}),
@@ -135,7 +136,8 @@ async def test_a_prefer_wait_answers_alike(pair: Pair) -> None:
     await pair.store.requests.record_response(rid, response={"dms_user_id": "DMS-1"}, error=None)
     hot = await pair.hot.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait)
     _same(hot, await pair.plain.post("/send_to_dms", json={**USER, "request_id": rid}, headers=wait))
-    assert hot.status_code == 200 and hot.json()["status"] == "completed"
+    assert hot.status_code == 200
+    assert hot.json()["status"] == "completed"
     assert hot.json()["response"] == {"dms_user_id": "DMS-1"}
     if pair.auth:
         # a client that may send but not read outcomes gets no outcome by waiting: the preference is ignored
@@ -145,7 +147,8 @@ async def test_a_prefer_wait_answers_alike(pair: Pair) -> None:
         await pair.store.requests.record_response(mine, response={"dms_user_id": "DMS-2"}, error=None)
         for client in (pair.hot, pair.plain):
             again = await client.post("/send_to_dms", json={**USER, "request_id": mine}, headers=wait, auth=writer)
-            assert again.status_code == 202 and again.json() == {"status": "accepted", "request_id": mine}
+            assert again.status_code == 202
+            assert again.json() == {"status": "accepted", "request_id": mine}
             assert "DMS-2" not in again.text
     assert not [seen for seen in pair.hot_router.seen if seen[1] == "/send_to_dms"]
 

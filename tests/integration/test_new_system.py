@@ -228,9 +228,11 @@ WAREHOUSE = System(
 def test_the_registry_derives_catalog_topology_targets_and_routing() -> None:
     registry = Registry([*load_registry().systems, WAREHOUSE])
     spec = registry.catalog.request_spec("warehouse", "reserve_stock")
-    assert spec.model is ReserveStock and spec.response_type == "stock_reserved"
+    assert spec.model is ReserveStock
+    assert spec.response_type == "stock_reserved"
     assert registry.catalog.get("stock_reserved").model is StockReserved
-    assert "warehouse" in registry.targets and "warehouse" in registry.services
+    assert "warehouse" in registry.targets
+    assert "warehouse" in registry.services
     assert registry.fakes["fake-warehouse"] is WAREHOUSE
     work = build_topology(registry.queues()).queue_for("warehouse")
     assert (work.name, work.bindings) == ("warehouse_queue", ("*.request.warehouse.*",))
@@ -333,7 +335,8 @@ def _versions_of_the_payload(system: EsiSystem) -> None:
     reply = _publish(
         system.amqp_url, "1c.request.warehouse.reserve_stock", v1, answer="warehouse.response.1c.stock_reserved"
     )
-    assert reply["request_id"] == request_id and reply["payload"]["quantity"] == 2, reply
+    assert reply["request_id"] == request_id, reply
+    assert reply["payload"]["quantity"] == 2, reply
     assert httpx.get(f"{system.fake_url('warehouse')}/_fake/state", timeout=10).json()["stock"]["SKU-1"] == 5
     v3 = {**v1, "schema_version": 3, "request_id": f"WH-V3-{uuid.uuid4().hex[:8]}"}
     _publish(system.amqp_url, "1c.request.warehouse.reserve_stock", v3)
@@ -343,7 +346,8 @@ def _versions_of_the_payload(system: EsiSystem) -> None:
         return list(found.json()["messages"])
 
     [letter] = wait_until(parked, timeout=30, interval=0.5, what="the version 3 message in the DLQ")
-    assert "version 3 is newer than this consumer's 2" in letter["reason"] and letter["attempts"] <= 1, letter
+    assert "version 3 is newer than this consumer's 2" in letter["reason"], letter
+    assert letter["attempts"] <= 1, letter
 
 
 # --- end to end: 1C → warehouse → 1C through the real broker, store and API -----------------------------------------
@@ -368,16 +372,21 @@ def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> Non
         assert response.status_code == 202, response.text
         record = system.wait_final(request_id)
         assert record["status"] == "completed", record
-        assert record["target"] == "warehouse" and record["message_type"] == "reserve_stock"
-        assert record["response"]["sku"] == "SKU-1" and record["response"]["reservation_id"] == "RES-0001"
+        assert record["target"] == "warehouse"
+        assert record["message_type"] == "reserve_stock"
+        assert record["response"]["sku"] == "SKU-1"
+        assert record["response"]["reservation_id"] == "RES-0001"
         state = httpx.get(f"{system.fake_url('warehouse')}/_fake/state", timeout=10).json()
-        assert state["stock"]["SKU-1"] == 7 and len(state["reservations"]) == 1
+        assert state["stock"]["SKU-1"] == 7
+        assert len(state["reservations"]) == 1
         # found by the new system's business keys; the timeline shows the warehouse call
         found = httpx.get(f"{system.api_url}/requests", params={"key": "RES-0001"}, timeout=10).json()
         assert [r["request_id"] for r in found["requests"]] == [request_id]
         events = httpx.get(f"{system.api_url}/requests/{request_id}/timeline", timeout=10).json()["events"]
         calls = [e for e in events if e["event"] == "external_call"]
-        assert calls and calls[0]["detail"]["system"] == "warehouse" and calls[0]["detail"]["outcome"] == "ok"
+        assert calls
+        assert calls[0]["detail"]["system"] == "warehouse"
+        assert calls[0]["detail"]["outcome"] == "ok"
         # its own table, created by its migrations, holds what its handler wrote
         assert _reservations(tmp_path / "esi.db") == [("RES-0001", "ORD9876")]
         assert _migrations(tmp_path / "esi.db", "warehouse") == [1, 2]
@@ -385,17 +394,20 @@ def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> Non
         refused_id = f"WH-{uuid.uuid4().hex[:10]}"
         system.post("/requests/warehouse/reserve_stock", json={**body, "request_id": refused_id, "quantity": 99})
         refused = system.wait_final(refused_id)
-        assert refused["status"] == "failed" and "only 7 of SKU-1" in refused["error"]["message"], refused
+        assert refused["status"] == "failed", refused
+        assert "only 7 of SKU-1" in refused["error"]["message"], refused
         # the edge knows the new target and its one message type
         unknown = system.post("/requests/warehouse/ship_it", json={"sku": "SKU-1"})
-        assert unknown.status_code == 404 and "reserve_stock" in unknown.json()["error"]["message"]
+        assert unknown.status_code == 404
+        assert "reserve_stock" in unknown.json()["error"]["message"]
         invalid = system.post("/requests/warehouse/reserve_stock", json={"sku": "SKU-1", "quantity": -1})
         assert invalid.status_code == 422
         _versions_of_the_payload(system)
         ready = httpx.get(f"{system.processes['adapters'].health_url}/readyz", timeout=10).json()
         assert ready["checks"]["warehouse"]["status"] == "ok", ready
         queues = rabbitmqctl("list_queues", "-p", vhost.name, "name", "arguments")
-        assert "warehouse_queue" in queues and "warehouse_dead_letter_queue" in queues
+        assert "warehouse_queue" in queues
+        assert "warehouse_dead_letter_queue" in queues
         codes = system.stop_all()
         assert all(code == 0 for code in codes.values()), (codes, system.logs()[-3000:])
     except BaseException:

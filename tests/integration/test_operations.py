@@ -73,10 +73,12 @@ def test_readiness_names_the_external_system_that_is_down(ops_system: EsiSystem)
             what="the DMS adapter to report its DMS down",
         )
         checks = httpx.get(f"{dms_health}/readyz", timeout=10).json()["checks"]
-        assert checks["dms"]["status"] == "down" and checks["dms"]["error"]
+        assert checks["dms"]["status"] == "down"
+        assert checks["dms"]["error"]
         assert checks["broker (dms)"]["status"] == "ok"
         api = httpx.get(f"{ops_system.api_url}/readyz", timeout=10)
-        assert api.status_code == 503 and api.json()["checks"]["creatio"]["status"] == "down"
+        assert api.status_code == 503
+        assert api.json()["checks"]["creatio"]["status"] == "down"
     finally:
         ops_system.start("fakes", ["fake-creatio", "fake-dms"])
         ops_system.wait_http(f"{ops_system.dms_url}/_fake/state")
@@ -192,7 +194,8 @@ def test_timelines_hold_every_hop_of_both_original_flows(ops_system: EsiSystem) 
         [ESI, "trace", order_req, "--api", ops_system.api_url], capture_output=True, text=True, timeout=30
     )
     assert traced.returncode == 0, traced.stderr
-    assert "get_policy_info" in traced.stdout and "completed" in traced.stdout
+    assert "get_policy_info" in traced.stdout
+    assert "completed" in traced.stdout
 
 
 def test_requests_are_found_by_business_key(ops_system: EsiSystem) -> None:

@@ -41,12 +41,14 @@ def test_the_original_http_payloads_complete_as_they_were(esi_sqlite: EsiSystem)
         response = esi_sqlite.post(path, content=body, headers={"Content-Type": "application/json"})
         assert response.status_code == 202, response.text
     user = esi_sqlite.wait_final(ids[0])
-    assert user["status"] == "completed" and user["response"]["name"] == "Иванов Иван", user
+    assert user["status"] == "completed", user
+    assert user["response"]["name"] == "Иванов Иван", user
     order = esi_sqlite.wait_final(ids[1])
     assert order["status"] == "completed", order
     # asked for policy info without a policy number, as the original's 1C did: the status is set, and the answer
     # says why the DMS was not asked
-    assert order["response"]["status"] == "Shipped" and "policy_number" in order["response"]["note"], order
+    assert order["response"]["status"] == "Shipped", order
+    assert "policy_number" in order["response"]["note"], order
 
     # the original's send_pdf_file fields: filename, file_data_base64
     pdf_id = unique("PDF_REQ")
@@ -62,9 +64,12 @@ def test_the_original_http_payloads_complete_as_they_were(esi_sqlite: EsiSystem)
     )
     assert response.status_code == 202, response.text
     pdf = esi_sqlite.wait_final(pdf_id)
-    assert pdf["status"] == "completed" and pdf["response"]["file_name"] == "invoice-original.pdf", pdf
+    assert pdf["status"] == "completed", pdf
+    assert pdf["response"]["file_name"] == "invoice-original.pdf", pdf
     files = [f for f in esi_sqlite.creatio_state()["files"] if f["name"] == "invoice-original.pdf"]
-    assert files and files[0]["size"] == len(PDF) and files[0]["complete"]
+    assert files
+    assert files[0]["size"] == len(PDF)
+    assert files[0]["complete"]
 
 
 def test_names_that_are_not_the_originals_stay_refused(esi_sqlite: EsiSystem) -> None:
@@ -77,7 +82,8 @@ def test_names_that_are_not_the_originals_stay_refused(esi_sqlite: EsiSystem) ->
             "file_data": base64.b64encode(PDF).decode(),
         },
     )
-    assert response.status_code == 422 and "file_data" in response.text, response.text
+    assert response.status_code == 422, response.text
+    assert "file_data" in response.text, response.text
 
 
 @pytest.mark.parametrize("how", ["bom", "charset", "crlf"])
@@ -104,7 +110,8 @@ def test_bodies_as_1c_writes_them(esi_sqlite: EsiSystem, how: str) -> None:
     response = esi_sqlite.post("/send_to_dms", content=raw, headers={"Content-Type": content_type})
     assert response.status_code == 202, response.text
     record = esi_sqlite.wait_final(request_id)
-    assert record["status"] == "completed" and record["response"]["name"] == "Сидоров Сидор", record
+    assert record["status"] == "completed", record
+    assert record["response"]["name"] == "Сидоров Сидор", record
 
 
 # --- the original's adapters on the wire ------------------------------------------------------------------------
@@ -204,7 +211,8 @@ def test_the_original_adapters_envelopes_are_handled_and_answered(esi_sqlite: Es
     for key, envelope in answers:
         by_request.setdefault(envelope["request_id"], {})[key] = envelope
     created = by_request[user["request_id"]]["dms.response.1c.user_created"]
-    assert created["payload"]["user_id"] == user["user_id"] and "error" not in created, created
+    assert created["payload"]["user_id"] == user["user_id"], created
+    assert "error" not in created, created
     # the resend carried the same derived message id (the inbox, the DMS's idempotency key): one user
     users = [u for u in esi_sqlite.dms_state()["users"] if u["external_id"] == user["user_id"]]
     assert len(users) == 1, users
@@ -214,9 +222,11 @@ def test_the_original_adapters_envelopes_are_handled_and_answered(esi_sqlite: Es
         "crm.response.1c.order_status_updated",
     }
     updated = by_request[order["request_id"]]["crm.response.1c.order_status_updated"]
-    assert updated["payload"]["status"] == "Delivered" and updated["payload"]["policy_info"]["status"] == "active"
+    assert updated["payload"]["status"] == "Delivered"
+    assert updated["payload"]["policy_info"]["status"] == "active"
     info = by_request[policy["request_id"]]["dms.response.crm.policy_info_response"]
-    assert info["payload"]["policy_number"] == "POL-0001" and info["source_system"] == "dms"
+    assert info["payload"]["policy_number"] == "POL-0001"
+    assert info["source_system"] == "dms"
 
 
 def test_a_payload_request_id_that_is_not_the_envelopes_is_dead_lettered(esi_sqlite: EsiSystem) -> None:
@@ -230,5 +240,6 @@ def test_a_payload_request_id_that_is_not_the_envelopes_is_dead_lettered(esi_sql
         return list(found.json()["messages"])
 
     [letter] = wait_until(parked, timeout=30, interval=0.5, what="the mismatched message in the DLQ")
-    assert letter["queue"] == "dms_dead_letter_queue" and "is not the envelope's" in letter["reason"], letter
+    assert letter["queue"] == "dms_dead_letter_queue", letter
+    assert "is not the envelope's" in letter["reason"], letter
     assert letter["attempts"] <= 1, letter  # permanent: dead-lettered on its first try

@@ -152,7 +152,8 @@ def test_a_minute_long_outage_of_the_dms_and_of_creatio_is_ridden_out(outage_sys
         assert _dlq_count(system) == 0
         systems = client.get("/systems").json()["systems"]
         dms_breakers = next(s for s in systems if s["code"] == "dms")["breakers"]
-        assert len(dms_breakers) == 2 and all(b["state"] != "closed" for b in dms_breakers), dms_breakers
+        assert len(dms_breakers) == 2, dms_breakers
+        assert all(b["state"] != "closed" for b in dms_breakers), dms_breakers
 
         # after it: every request completes within a minute of the recovery, none was dead-lettered
         recovered_at = armed_at + OUTAGE_S
@@ -191,7 +192,8 @@ def test_a_minute_long_outage_of_the_dms_and_of_creatio_is_ridden_out(outage_sys
         opened = _metric(
             system.processes[code].health_url, f'esi_circuit_transitions_total{{system="{code}",to="open"}}'
         )
-        assert opened is not None and opened >= 1
+        assert opened is not None
+        assert opened >= 1
 
 
 def test_a_permanent_failure_or_a_poison_message_never_opens_the_breaker(outage_system: EsiSystem) -> None:
@@ -208,7 +210,8 @@ def test_a_permanent_failure_or_a_poison_message_never_opens_the_breaker(outage_
     for request_id in refused:
         record = system.wait_final(request_id)
         # refused on its first try, answered to 1C: no retry, and not a sign of an outage
-        assert record["status"] == "failed" and record["attempts"] == 0, record
+        assert record["status"] == "failed", record
+        assert record["attempts"] == 0, record
     poison = [aio_pika.Message(b"{not json", message_id=uuid.uuid4().hex) for _ in range(10)]
 
     async def publish() -> None:
@@ -263,10 +266,13 @@ def test_an_operator_pauses_and_resumes_every_dms_adapter_at_once(outage_system:
     wait_until(lambda: _consumers(system, "dms_queue") == 0, timeout=5, interval=0.02, what="both to stop")
     assert time.monotonic() - stopped_at <= 1.0
     status = _esi(system, "systems", "status")
-    assert "dms" in status.stdout and "paused by" in status.stdout and "DMS upgrade" in status.stdout, status.stdout
+    assert "dms" in status.stdout, status.stdout
+    assert "paused by" in status.stdout, status.stdout
+    assert "DMS upgrade" in status.stdout, status.stdout
     for process in ("dms", "dms2"):
         circuit = httpx.get(f"{system.processes[process].health_url}/readyz", timeout=10).json()["checks"]
-        assert circuit["circuit (dms)"]["state"] == "paused" and "DMS upgrade" in circuit["circuit (dms)"]["reason"]
+        assert circuit["circuit (dms)"]["state"] == "paused"
+        assert "DMS upgrade" in circuit["circuit (dms)"]["reason"]
     request_id = unique("PAUSED")
     system.post(
         "/send_to_dms",
@@ -291,4 +297,5 @@ def test_an_operator_pauses_and_resumes_every_dms_adapter_at_once(outage_system:
     entries = httpx.get(f"{system.api_url}/audit", timeout=10).json()["entries"]
     actions = [(e["action"], e["subject"]) for e in entries[:2]]
     assert actions == [("system.resume", "dms"), ("system.pause", "dms")], entries[:2]
-    assert entries[1]["detail"]["reason"] == "DMS upgrade" and entries[1]["client_id"]
+    assert entries[1]["detail"]["reason"] == "DMS upgrade"
+    assert entries[1]["client_id"]

@@ -113,7 +113,8 @@ async def test_expired_requests_go_with_their_keys_and_timelines_and_nothing_els
         assert await store.requests.timeline("old-in-progress")  # a request still under way keeps its old hops
         # a second pass finds nothing more
         again = await run_pass(store, retention_s=30 * DAY)
-        assert again.requests == 0 and await _count(store, schema.requests) == len(kept)
+        assert again.requests == 0
+        assert await _count(store, schema.requests) == len(kept)
 
 
 async def test_a_request_settled_recently_stays_however_old_it_is(store_url: str) -> None:
@@ -138,7 +139,8 @@ def test_cli_runs_a_pass_and_prints_the_counts(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("ESI_DATABASE_URL", url)
     monkeypatch.setenv("ESI_REQUEST_RETENTION", "off")
     refused = CliRunner().invoke(cli, ["retention", "run"])
-    assert refused.exit_code == 2 and "retention is off" in refused.output
+    assert refused.exit_code == 2
+    assert "retention is off" in refused.output
     result = CliRunner().invoke(cli, ["retention", "run", "--older-than", "30d"])
     assert result.exit_code == 0, result.output
     assert "deleted 5 requests, 5 business keys, 0 timeline events" in result.output

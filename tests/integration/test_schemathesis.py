@@ -51,7 +51,7 @@ class EsiUnderTest:
                 try:
                     self.store = await Store.open(self.database_url)
                     self.app = create_app(ApiDeps(**self.deps_kwargs(self.store)))
-                except Exception as exc:  # pragma: no cover - reported by schemathesis as a failed startup
+                except Exception as exc:  # noqa: BLE001  # pragma: no cover - reported by schemathesis as a failed startup
                     await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -103,7 +103,8 @@ def errors_have_the_json_error_shape(ctx: Any, response: Any, case: Any) -> None
         ) from None
     error = body.get("error") if isinstance(body, dict) else None
     assert isinstance(error, dict), f"{response.status_code} without an 'error' object: {body!r}"[:500]
-    assert isinstance(error.get("code"), str) and error["code"], f"error.code missing or empty: {body!r}"[:500]
+    assert isinstance(error.get("code"), str), f"error.code missing or empty: {body!r}"[:500]
+    assert error["code"], f"error.code missing or empty: {body!r}"[:500]
     assert isinstance(error.get("message"), str), f"error.message missing: {body!r}"[:500]
     return None
 
@@ -130,7 +131,7 @@ MUST_ACCEPT = {("/send_to_dms", "POST"), ("/send_to_crm", "POST")}
 # schemathesis' own pytest integration (`schemathesis.pytest.from_fixture`) fails on pytest 9.2 (it sets
 # `request.node._nodeid`, which pytest 9.2 no longer has): each operation is driven with its Hypothesis strategy,
 # as schemathesis documents for use with `@given`
-@pytest.mark.parametrize("path, method, mode", _operations(), ids=lambda v: str(v))
+@pytest.mark.parametrize(("path", "method", "mode"), _operations(), ids=lambda v: str(v))
 def test_the_api_never_answers_5xx_and_always_shapes_its_errors(
     esi_schema: Any, path: str, method: str, mode: GenerationMode
 ) -> None:
@@ -155,7 +156,7 @@ def test_the_api_never_answers_5xx_and_always_shapes_its_errors(
 
 
 @pytest.mark.parametrize(
-    "path, body",
+    ("path", "body"),
     [
         ("/send_to_dms", {"request_id": "R1\n", "user_id": "U1", "name": "Иван", "email": "ivan@example.com"}),
         ("/send_to_crm", {"request_id": "R2\n", "order_id": "ORD9876", "status": "Shipped"}),

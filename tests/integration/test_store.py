@@ -40,7 +40,8 @@ async def test_accept_is_idempotent_on_request_id_even_when_concurrent(store_url
         assert sum(created for _, created, _ in results) == 1
         assert {first for _, _, first in results} == {"h1"}
         _, created, first = await _accept(store, "R1", payload_hash="h2")
-        assert not created and first == "h1"
+        assert not created
+        assert first == "h1"
         assert len(await store.outbox.pending()) == 1
 
 
@@ -55,7 +56,8 @@ async def test_outbox_rows_are_published_once_marked_and_the_request_moves_on(st
         assert (await store.requests.get("R2")).status is RequestStatus.IN_PROGRESS
         await store.requests.record_response("R2", response={"ok": True}, error=None)
         record = await store.requests.get("R2")
-        assert record.status is RequestStatus.COMPLETED and record.response == {"ok": True}
+        assert record.status is RequestStatus.COMPLETED
+        assert record.response == {"ok": True}
         # a late retry report never reopens a finished request
         await store.requests.retrying("R2", attempt=2, error="late")
         assert (await store.requests.get("R2")).status is RequestStatus.COMPLETED
@@ -73,7 +75,8 @@ async def test_inbox_remembers_and_retention_forgets(store_url: str) -> None:
         await store.inbox.record("dms", "unsent-marker")
         await _accept(store, "R4")  # unsent: never pruned
         inbox, outbox = await store.inbox.prune(future), await store.outbox.prune_sent(future)
-        assert inbox == 2 and outbox == 1
+        assert inbox == 2
+        assert outbox == 1
         assert not await store.inbox.seen("dms", "old")
         assert [r.request_id for r in await store.outbox.pending()] == ["R4"]
 
@@ -126,7 +129,9 @@ async def _accept_long_codes(store: Store) -> None:
         body=b"{}",
     )
     record = await store.requests.get("LONG1")
-    assert record is not None and record.target == "warehouse" and record.status is RequestStatus.ACCEPTED
+    assert record is not None
+    assert record.target == "warehouse"
+    assert record.status is RequestStatus.ACCEPTED
     r = schema.requests
     stored = await store.database.read(
         lambda conn: conn.execute(select(r.c.source, r.c.target).where(r.c.request_id == "LONG1")).one()
@@ -147,7 +152,8 @@ async def test_order_updates_are_claimed_newest_first(store_url: str) -> None:
         newer = await updates.claim_order_update(
             "crm:o1", changed_at="2026-12-01T12:00:00.000000+00:00", status="Closed", message_id="m4"
         )
-        assert newer.held and (await updates.order_update("crm:o1")).status == "Closed"  # type: ignore[union-attr]
+        assert newer.held
+        assert (await updates.order_update("crm:o1")).status == "Closed"
         assert await updates.order_update("crm:other") is None
         # many first claims of one order at once: exactly one row, and the newest wins
         times = [f"2026-12-01T09:00:{i:02d}.000000+00:00" for i in range(10)]
@@ -249,8 +255,10 @@ async def test_a_waiter_wakes_at_once_here_and_by_rereading_for_another_process(
         await elsewhere.requests.retrying("W1", attempt=2, error="TransientError: DMS down")
         await here.requests.record_response("W1", response={"ok": 1}, error=None)
         record = await asyncio.wait_for(waiter, 5)
-        assert record.status is RequestStatus.COMPLETED and record.response == {"ok": 1}
-        assert record.attempts == 2 and record.last_error == "TransientError: DMS down"
+        assert record.status is RequestStatus.COMPLETED
+        assert record.response == {"ok": 1}
+        assert record.attempts == 2
+        assert record.last_error == "TransientError: DMS down"
         assert record == await here.requests.get("W1")
         assert here.requests.settlements.waiting == 0
         # settled by another store (another process): seen by the periodic re-read
@@ -263,7 +271,8 @@ async def test_a_waiter_wakes_at_once_here_and_by_rereading_for_another_process(
         loop = asyncio.get_running_loop()
         started = loop.time()
         record = await here.requests.wait_settled("W3", 0.2, recheck=0.05)
-        assert record.status is RequestStatus.ACCEPTED and loop.time() - started >= 0.2
+        assert record.status is RequestStatus.ACCEPTED
+        assert loop.time() - started >= 0.2
         assert await here.requests.wait_settled("nobody", 1) is None
 
 
@@ -338,7 +347,8 @@ async def test_reads_of_one_turn_run_together_and_fail_alone(tmp_path) -> None:
         ]
         results = await asyncio.gather(*reads, return_exceptions=True)
         assert [r["request_id"] for r in results[:150]] == [f"RD{i}" for i in range(150)]
-        assert isinstance(results[150], ValueError) and results[151] is None
+        assert isinstance(results[150], ValueError)
+        assert results[151] is None
         assert jobs == [64, 64, 24]  # 152 reads in three hand-offs to the reader threads
 
 
@@ -357,8 +367,10 @@ async def test_point_reads_run_on_the_loop_and_fall_back_to_the_readers(tmp_path
             return submit(fn, *args)
 
         backend._readers.submit = counting
-        assert (await store.requests.get("PT1")).request_id == "PT1" and await store.requests.get("nope") is None
-        assert await store.inbox.seen("dms", "M1") is True and await store.inbox.seen("dms", "M2") is False
+        assert (await store.requests.get("PT1")).request_id == "PT1"
+        assert await store.requests.get("nope") is None
+        assert await store.inbox.seen("dms", "M1") is True
+        assert await store.inbox.seen("dms", "M2") is False
         assert jobs == []  # none of them went to a thread
         await store.inbox.record("dms", "M2")  # a commit of the writer thread is seen at once
         assert await store.inbox.seen("dms", "M2") is True
@@ -366,7 +378,8 @@ async def test_point_reads_run_on_the_loop_and_fall_back_to_the_readers(tmp_path
         backend._point.close()
         backend._point, backend._path = None, str(tmp_path)  # a directory: the point connection cannot open
         assert (await store.requests.get("PT1")).request_id == "PT1"
-        assert await store.inbox.seen("dms", "M1") is True and await store.inbox.seen("dms", "M3") is False
+        assert await store.inbox.seen("dms", "M1") is True
+        assert await store.inbox.seen("dms", "M3") is False
         assert jobs == [1, 1, 1]
 
 
@@ -378,8 +391,10 @@ async def test_a_pause_holds_until_resumed_or_until_it_runs_out(store_url: str) 
         await store.pauses.pause_system("dms", until=later, reason=None, paused_by="ops")
         pauses = await store.pauses.system_pauses()
         assert set(pauses) == {"crm", "dms"}
-        assert pauses["crm"].reason == "Creatio upgrade" and pauses["crm"].until is None
-        assert pauses["dms"].until == later and pauses["dms"].paused_by == "ops"
+        assert pauses["crm"].reason == "Creatio upgrade"
+        assert pauses["crm"].until is None
+        assert pauses["dms"].until == later
+        assert pauses["dms"].paused_by == "ops"
         # two hours on, the DMS pause has lifted itself; the open-ended one holds
         in_three_hours = (datetime.now(UTC) + timedelta(hours=3)).isoformat(timespec="microseconds")
         assert set(await store.pauses.system_pauses(now=in_three_hours)) == {"crm"}
@@ -402,7 +417,8 @@ async def test_the_audit_log_keeps_who_did_what_newest_first(store_url: str) -> 
             ("system.pause", "anna", "crm", None),
             ("dlq.replay", "ops", "dms_dead_letter_queue", 3),
         ]
-        assert entries[1].detail == {"ids": ["a", "b", "c"]} and entries[0].at >= entries[1].at
+        assert entries[1].detail == {"ids": ["a", "b", "c"]}
+        assert entries[0].at >= entries[1].at
         assert [e.action for e in await store.audit.entries(action="dlq.replay")] == ["dlq.replay"]
         assert [e.client_id for e in await store.audit.entries(client_id="anna")] == ["anna"]
         assert await store.audit.entries(since=(datetime.now(UTC) + timedelta(minutes=1)).isoformat()) == []

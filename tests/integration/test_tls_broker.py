@@ -242,10 +242,11 @@ class TlsNode:
         )
 
     def logs(self) -> str:
-        text = []
-        for path in sorted((self.base / "log").glob("*")):
-            if path.is_file():
-                text.append(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}")
+        text = [
+            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
+            for path in sorted((self.base / "log").glob("*"))
+            if path.is_file()
+        ]
         return "\n".join(text)
 
     def start(self) -> None:
@@ -367,7 +368,8 @@ async def test_bus_opens_over_amqps_with_the_ca_and_publishes(tls_node: TlsNode)
         await _publish_once(bus)
         queue = await bus.consume_channel.get_queue("dms_queue", ensure=False)
         message = await queue.get(timeout=5, fail=False)
-        assert message is not None and "Иван" in message.body.decode("utf-8")
+        assert message is not None
+        assert "Иван" in message.body.decode("utf-8")
         await message.ack()
     finally:
         await bus.aclose()
@@ -401,7 +403,8 @@ async def test_a_client_certificate_is_presented_to_the_broker(tls_node: TlsNode
         lines = [line for line in listed.stdout.splitlines() if "esi-with-client-cert" in line]
         assert lines, listed.stdout
         line = lines[0]
-        assert "true" in line and "CN=esi-test-client" in line
+        assert "true" in line
+        assert "CN=esi-test-client" in line
     finally:
         await bus.aclose()
 
@@ -482,7 +485,8 @@ async def test_contexts_check_the_host_name(tmp_path: Path) -> None:
 
 def test_context_settings_and_refusals(pki: Pki) -> None:
     context = amqp_ssl_context(ca_file=str(pki.ca), cert_file=str(pki.client_cert), key_file=str(pki.client_key))
-    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
     with pytest.raises(ValueError, match="without its certificate"):
         amqp_ssl_context(ca_file=str(pki.ca), key_file=str(pki.client_key))
@@ -508,4 +512,5 @@ def test_context_settings_and_refusals(pki: Pki) -> None:
     with pytest.raises(ValueError, match="cannot load"):
         uvicorn_ssl_kwargs(str(pki.server_cert), str(pki.client_key))
     mutual = uvicorn_ssl_kwargs(str(pki.server_cert), str(pki.server_key), client_ca_file=str(pki.ca))
-    assert mutual["ssl_cert_reqs"] == ssl.CERT_REQUIRED and mutual["ssl_ca_certs"] == str(pki.ca)
+    assert mutual["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    assert mutual["ssl_ca_certs"] == str(pki.ca)

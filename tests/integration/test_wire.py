@@ -72,7 +72,8 @@ async def test_an_unroutable_publish_still_fails_among_good_ones(vhost: Vhost) -
         )
         failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
         assert failed == [5]
-        assert isinstance(results[5], TransientError) and "NO_ROUTE" in str(results[5])
+        assert isinstance(results[5], TransientError)
+        assert "NO_ROUTE" in str(results[5])
         await asyncio.wait_for(_until_count(queue, 9), 10)
     finally:
         await connection.close()

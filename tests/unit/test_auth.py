@@ -79,7 +79,8 @@ def counting() -> type[CountingRegistry]:
 
 
 def assert_401(exc: pytest.ExceptionInfo[ApiError]) -> None:
-    assert exc.value.status == 401 and exc.value.code == "unauthorized"
+    assert exc.value.status == 401
+    assert exc.value.code == "unauthorized"
     assert exc.value.headers == {"WWW-Authenticate": 'Basic realm="esi"'}
 
 
@@ -89,20 +90,24 @@ def assert_401(exc: pytest.ExceptionInfo[ApiError]) -> None:
 def test_basic_authentication_gives_the_clients_principal(registry: ClientRegistry) -> None:
     principal = registry.authenticate(basic("1c-erp", ERP_PASSWORD), None)
     assert principal.client_id == "1c-erp"
-    assert principal.can_read and not principal.is_operator
-    assert principal.can_send("dms", "create_user") and principal.can_send("crm", "send_pdf_file")
+    assert principal.can_read
+    assert not principal.is_operator
+    assert principal.can_send("dms", "create_user")
+    assert principal.can_send("crm", "send_pdf_file")
     assert not principal.can_send("dms", "get_policy_info")
 
 
 def test_an_api_key_authenticates_alone(registry: ClientRegistry) -> None:
     principal = registry.authenticate(None, OPS_KEY)
-    assert principal.client_id == "ops" and principal.is_operator and not principal.can_read
+    assert principal.client_id == "ops"
+    assert principal.is_operator
+    assert not principal.can_read
     # the API key wins over a (wrong) Authorization header
     assert registry.authenticate(basic("1c-erp", "wrong"), OPS_KEY).client_id == "ops"
 
 
 @pytest.mark.parametrize(
-    "authorization, api_key",
+    ("authorization", "api_key"),
     [
         (basic("1c-erp", "wrong password"), None),
         (basic("1c-erp", ERP_PASSWORD.upper()), None),
@@ -124,7 +129,7 @@ def test_wrong_credentials_are_401(registry: ClientRegistry, authorization: str 
     assert caught.value.message == "invalid credentials"
 
 
-@pytest.mark.parametrize("authorization, api_key", [(None, None), ("", ""), ("  ", None), (None, "  ")])
+@pytest.mark.parametrize(("authorization", "api_key"), [(None, None), ("", ""), ("  ", None), (None, "  ")])
 def test_missing_credentials_are_401(registry: ClientRegistry, authorization: str | None, api_key: str | None) -> None:
     with pytest.raises(ApiError) as caught:
         registry.authenticate(authorization, api_key)
@@ -198,14 +203,17 @@ async def test_the_api_answers_401_and_403_in_its_json_shape(registry: ClientReg
     transport = httpx.ASGITransport(app=make_app(registry))
     async with httpx.AsyncClient(transport=transport, base_url="http://esi") as client:
         r = await client.post("/requests/dms/create_user", auth=("1c-erp", ERP_PASSWORD))
-        assert r.status_code == 200 and r.json() == {"client": "1c-erp"}
+        assert r.status_code == 200
+        assert r.json() == {"client": "1c-erp"}
         r = await client.post("/requests/dms/create_user", headers={"X-API-Key": OPS_KEY})
         assert r.status_code == 403
-        assert r.json()["error"]["code"] == "forbidden" and "ops" in r.json()["error"]["message"]
+        assert r.json()["error"]["code"] == "forbidden"
+        assert "ops" in r.json()["error"]["message"]
         r = await client.get("/dlq", headers={"X-API-Key": OPS_KEY})
         assert r.status_code == 200
         r = await client.get("/dlq", auth=("1c-erp", ERP_PASSWORD))
-        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        assert r.status_code == 403
+        assert r.json()["error"]["code"] == "forbidden"
         for kwargs in (
             {},
             {"auth": ("1c-erp", "wrong")},
@@ -216,11 +224,13 @@ async def test_the_api_answers_401_and_403_in_its_json_shape(registry: ClientReg
             assert r.status_code == 401, kwargs
             assert r.headers["www-authenticate"] == 'Basic realm="esi"'
             body = r.json()
-            assert body["error"]["code"] == "unauthorized" and isinstance(body["error"]["message"], str)
+            assert body["error"]["code"] == "unauthorized"
+            assert isinstance(body["error"]["message"], str)
         schema = (await client.get("/openapi.json")).json()
         schemes = schema["components"]["securitySchemes"]
         assert schemes["basic"] == {"type": "http", "scheme": "basic", "description": "the client id and its password"}
-        assert schemes["apiKey"]["in"] == "header" and schemes["apiKey"]["name"] == "X-API-Key"
+        assert schemes["apiKey"]["in"] == "header"
+        assert schemes["apiKey"]["name"] == "X-API-Key"
 
 
 # --- scopes ---------------------------------------------------------------------------------------------------------
@@ -228,19 +238,25 @@ async def test_the_api_answers_401_and_403_in_its_json_shape(registry: ClientReg
 
 def test_scopes_and_the_403_helpers() -> None:
     principal = Principal("erp", (SendScope.parse("DMS:Create_User"), SendScope.parse("crm:*")), can_read=True)
-    assert principal.can_send("dms", "create_user") and principal.can_send(" DMS ", "CREATE_USER")
-    assert principal.can_send("crm", "update_order_status") and principal.can_send("crm", "send_pdf_file")
+    assert principal.can_send("dms", "create_user")
+    assert principal.can_send(" DMS ", "CREATE_USER")
+    assert principal.can_send("crm", "update_order_status")
+    assert principal.can_send("crm", "send_pdf_file")
     assert not principal.can_send("dms", "get_policy_info")
     require_send(principal, "crm", "send_pdf_file")
     with pytest.raises(ApiError) as caught:
         require_send(principal, "dms", "get_policy_info")
-    assert caught.value.status == 403 and caught.value.code == "forbidden"
-    assert "'erp'" in caught.value.message and "get_policy_info" in caught.value.message
+    assert caught.value.status == 403
+    assert caught.value.code == "forbidden"
+    assert "'erp'" in caught.value.message
+    assert "get_policy_info" in caught.value.message
 
     everything = Principal("all", (SendScope.parse("*"),))
-    assert everything.can_send("dms", "get_policy_info") and everything.can_send("crm", "update_order_status")
+    assert everything.can_send("dms", "get_policy_info")
+    assert everything.can_send("crm", "update_order_status")
     typed = Principal("typed", (SendScope.parse("*:create_user"),))
-    assert typed.can_send("dms", "create_user") and not typed.can_send("crm", "send_pdf_file")
+    assert typed.can_send("dms", "create_user")
+    assert not typed.can_send("crm", "send_pdf_file")
     assert not Principal("none").can_send("dms", "create_user")
 
     with pytest.raises(ApiError) as caught:
@@ -256,15 +272,17 @@ def test_a_client_reads_only_the_requests_it_sent() -> None:
         with pytest.raises(ApiError) as caught:
             require_read(reader, "R1", owner)
         # another client's request is answered exactly like an unknown one
-        assert caught.value.status == 404 and caught.value.code == "unknown_request"
+        assert caught.value.status == 404
+        assert caught.value.code == "unknown_request"
         assert caught.value.message == "no request with request_id 'R1'"
     with pytest.raises(ApiError) as caught:
         require_read(Principal("erp", can_read=False), "R1", "erp")
-    assert caught.value.status == 403 and caught.value.code == "forbidden"
+    assert caught.value.status == 403
+    assert caught.value.code == "forbidden"
 
 
 @pytest.mark.parametrize(
-    "scope, problem",
+    ("scope", "problem"),
     [
         ("dms", "must be"),
         ("dms:create_user:x", "must be"),
@@ -289,13 +307,17 @@ def test_unknown_or_malformed_scopes_are_refused_when_loading(scope: Any, proble
 
 def test_the_clients_file_holds_hashes_only(tmp_path: Path) -> None:
     key = generate_api_key("erp")
-    assert key.startswith("erp.") and len(key) > 40
+    assert key.startswith("erp.")
+    assert len(key) > 40
     entry = make_client_entry("erp", password=ERP_PASSWORD, api_key=key, send=["dms:*"], hasher=FAST)
     path = tmp_path / "clients.json"
     path.write_text(json.dumps({"clients": [entry]}, ensure_ascii=False), encoding="utf-8")
     text = path.read_text(encoding="utf-8")
-    assert ERP_PASSWORD not in text and key not in text and key.split(".", 1)[1] not in text
-    assert entry["password_hash"].startswith("$argon2id$") and entry["api_key_hashes"][0].startswith("$argon2id$")
+    assert ERP_PASSWORD not in text
+    assert key not in text
+    assert key.split(".", 1)[1] not in text
+    assert entry["password_hash"].startswith("$argon2id$")
+    assert entry["api_key_hashes"][0].startswith("$argon2id$")
     assert entry == {
         "id": "erp",
         "password_hash": entry["password_hash"],
@@ -324,7 +346,7 @@ operator = true
 
 
 @pytest.mark.parametrize(
-    "mutate, problem",
+    ("mutate", "problem"),
     [
         (lambda e: e.update(password="p"), "in clear"),
         (lambda e: e.update(api_key="erp.k"), "in clear"),
@@ -382,7 +404,8 @@ def test_failures_are_logged_without_the_secret(registry: ClientRegistry, caplog
         with pytest.raises(ApiError):
             registry.authenticate(authorization, api_key, remote="192.0.2.7:40000")
         records = [r for r in caplog.records if r.name == "esi.security.auth"]
-        assert records and records[-1].levelno == logging.WARNING
+        assert records
+        assert records[-1].levelno == logging.WARNING
         text = caplog.text
         for secret in secrets:
             assert secret not in text
@@ -392,16 +415,19 @@ def test_failures_are_logged_without_the_secret(registry: ClientRegistry, caplog
     caplog.clear()
     with pytest.raises(ApiError):
         registry.authenticate(basic("1c-erp", "hunter2-typo"), None, remote="192.0.2.7:40000")
-    assert "'1c-erp'" in caplog.text and "wrong password" in caplog.text
+    assert "'1c-erp'" in caplog.text
+    assert "wrong password" in caplog.text
     record = next(r for r in caplog.records if r.name == "esi.security.auth")
-    assert isinstance(record.args, tuple) and "%s" in record.msg  # %-style, for the JSON formatter
+    assert isinstance(record.args, tuple)
+    assert "%s" in record.msg
 
 
 def test_a_client_id_cannot_forge_log_lines(registry: ClientRegistry, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="esi.security.auth")
     with pytest.raises(ApiError):
         registry.authenticate(basic("evil\nauthentication succeeded for admin", "x"), None)
-    assert "\nauthentication succeeded" not in caplog.text and "\\n" in caplog.text
+    assert "\nauthentication succeeded" not in caplog.text
+    assert "\\n" in caplog.text
 
 
 # --- demo credentials -----------------------------------------------------------------------------------------------
@@ -410,7 +436,9 @@ def test_a_client_id_cannot_forge_log_lines(registry: ClientRegistry, caplog: py
 def test_demo_credentials_are_detected_and_refused_in_production(tmp_path: Path) -> None:
     demo = demo_registry()
     principal = demo.authenticate(basic(DEMO_CLIENT_ID, DEMO_PASSWORD), None)
-    assert principal.client_id == "demo" and principal.is_operator and principal.can_read
+    assert principal.client_id == "demo"
+    assert principal.is_operator
+    assert principal.can_read
     assert principal.can_send("dms", "get_policy_info")
     assert is_demo_registry(demo)
 
@@ -548,7 +576,8 @@ async def test_concurrent_requests_with_the_same_credentials_share_one_argon2_ru
     assert len(registry._pending) == 1
     callers[0].cancel()  # a caller that goes away does not take the verification from the others
     done = await asyncio.gather(*callers[1:])
-    assert all(p.client_id == "1c-erp" for p in done) and counting.checks == 1
+    assert all(p.client_id == "1c-erp" for p in done)
+    assert counting.checks == 1
     assert callers[0].cancelled()
 
     refused = await asyncio.gather(
@@ -558,7 +587,8 @@ async def test_concurrent_requests_with_the_same_credentials_share_one_argon2_ru
     assert counting.checks == 2  # the same wrong guess, at once: one run; another guess would be another run
     with pytest.raises(ApiError):
         await registry.authenticate_async(wrong, None)
-    assert counting.checks == 3 and not registry._pending
+    assert counting.checks == 3
+    assert not registry._pending
 
     uncached = counting([ClientConfig.from_entry(e) for e in entries()], cache_ttl=0)  # no cache: shared all the same
     await asyncio.gather(*(uncached.authenticate_async(good, None) for _ in range(10)))
@@ -603,7 +633,8 @@ async def test_a_verification_in_use_is_renewed_before_it_expires(
     clock, registry, header = await _verified_once(counting, monkeypatch)
     clock.now += 45  # 15 s left: not yet due
     await registry.authenticate_async(header, None)
-    assert counting.checks == 1 and not registry._pending
+    assert counting.checks == 1
+    assert not registry._pending
 
     clock.now += 6  # 9 s left, under a sixth of the TTL: answered from the cache, renewed behind it
     principal = await registry.authenticate_async(header, None)
@@ -614,7 +645,8 @@ async def test_a_verification_in_use_is_renewed_before_it_expires(
 
     clock.now += 30  # past the first verification's TTL, within the renewal's: no argon2 on the request's path
     await registry.authenticate_async(header, None)
-    assert counting.checks == 2 and not registry._pending
+    assert counting.checks == 2
+    assert not registry._pending
 
     # the password changed: the old secret is refused at once, renewed or not
     registry.set_clients(

@@ -47,16 +47,20 @@ async def test_transient_failures_in_a_row_open_it_and_calls_are_then_refused() 
     for n in range(2):
         assert await breaker.guard() is False
         breaker.failure(_transient(n))
-    assert breaker.state is State.CLOSED and _value(metrics.CIRCUIT_OPEN, "bk-open") == 0
+    assert breaker.state is State.CLOSED
+    assert _value(metrics.CIRCUIT_OPEN, "bk-open") == 0
     breaker.failure(_transient(2))
-    assert breaker.state is State.OPEN and "3 transient failures in a row" in (breaker.reason or "")
+    assert breaker.state is State.OPEN
+    assert "3 transient failures in a row" in (breaker.reason or "")
     assert changes == [(State.CLOSED, State.OPEN)]
     assert _value(metrics.CIRCUIT_OPEN, "bk-open") == 1
     assert _value(metrics.CIRCUIT_TRANSITIONS, "bk-open", "open") == opened_before + 1
     with pytest.raises(CircuitOpen) as refused:
         await breaker.guard()
-    assert isinstance(refused.value, TransientError) and refused.value.code == "circuit_open"
-    assert breaker.report()["state"] == "open" and breaker.report()["since"]
+    assert isinstance(refused.value, TransientError)
+    assert refused.value.code == "circuit_open"
+    assert breaker.report()["state"] == "open"
+    assert breaker.report()["since"]
 
 
 @pytest.mark.parametrize(
@@ -122,7 +126,8 @@ async def test_a_failed_trial_opens_it_again_and_the_waiting_calls_are_refused()
     waiting = asyncio.create_task(breaker.guard())
     await asyncio.sleep(0.01)
     breaker.failure(_transient(), trial=True)
-    assert breaker.state is State.OPEN and "trial call failed" in (breaker.reason or "")
+    assert breaker.state is State.OPEN
+    assert "trial call failed" in (breaker.reason or "")
     with pytest.raises(CircuitOpen):
         await waiting
     # the next round of probes waits longer than the first one did
@@ -140,12 +145,14 @@ async def test_a_pause_refuses_calls_without_probing_until_resumed() -> None:
     breaker.failure(_transient())  # open, probing
     breaker.pause("nightly maintenance")
     await asyncio.sleep(0.05)
-    assert breaker.state is State.PAUSED and probe.calls == []
+    assert breaker.state is State.PAUSED
+    assert probe.calls == []
     with pytest.raises(CircuitOpen, match="paused for maintenance: nightly maintenance"):
         await breaker.guard()
     assert _value(metrics.CIRCUIT_OPEN, "bk-pause") == 1
     breaker.resume()
-    assert breaker.state is State.CLOSED and await breaker.guard() is False
+    assert breaker.state is State.CLOSED
+    assert await breaker.guard() is False
     assert changes == [(State.CLOSED, State.OPEN), (State.OPEN, State.PAUSED), (State.PAUSED, State.CLOSED)]
     assert _value(metrics.CIRCUIT_OPEN, "bk-pause") == 0
 
@@ -160,7 +167,8 @@ async def test_a_listener_that_fails_does_not_stop_the_transition() -> None:
     breaker.on_change(broken)
     breaker.on_change(lambda _old, new: seen.append(new))
     breaker.failure(_transient())
-    assert breaker.state is State.OPEN and seen == [State.OPEN]
+    assert breaker.state is State.OPEN
+    assert seen == [State.OPEN]
 
 
 async def test_without_a_probe_the_next_call_after_the_wait_is_the_trial() -> None:

@@ -90,8 +90,11 @@ async def test_a_call_cancelled_while_waiting_or_under_way_gives_its_slot_back()
 def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
     from esi.systems.http import MAX_RETRY_AFTER_S, retry_after
 
-    assert retry_after("3") == 3.0 and retry_after(" 120 ") == 120.0
-    assert retry_after(None) is None and retry_after("") is None and retry_after("soon") is None
+    assert retry_after("3") == 3.0
+    assert retry_after(" 120 ") == 120.0
+    assert retry_after(None) is None
+    assert retry_after("") is None
+    assert retry_after("soon") is None
     assert retry_after("-5") is None  # not delay-seconds
     assert retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412500.0) == 10.0
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412500.0) == 0.0  # in the past: at once
@@ -105,7 +108,9 @@ def test_a_429_or_503_carries_its_retry_after() -> None:
 
     for status in (429, 503):
         error = error_for_status(httpx.Response(status, headers={"Retry-After": "3"}), system="dms", operation="x")
-        assert isinstance(error, TransientError) and error.retry_after == 3.0 and error.code == f"http_{status}"
+        assert isinstance(error, TransientError)
+        assert error.retry_after == 3.0
+        assert error.code == f"http_{status}"
     assert error_for_status(httpx.Response(502), system="dms", operation="x").retry_after is None  # type: ignore[attr-defined]
 
 

@@ -72,7 +72,8 @@ def test_three_rabbitmq_nodes_form_one_cluster_that_pauses_its_minority() -> Non
         assert service["hostname"] == node  # the node name rabbit@<hostname> the others look for
         assert "./rabbitmq.conf:/etc/rabbitmq/rabbitmq.conf:ro" in service["volumes"]
         assert any(v.endswith(":/var/lib/rabbitmq") for v in service["volumes"])
-        assert "ERLANG_COOKIE" in service["environment"] and ".erlang.cookie" in " ".join(service["entrypoint"])
+        assert "ERLANG_COOKIE" in service["environment"]
+        assert ".erlang.cookie" in " ".join(service["entrypoint"])
     # the definitions (quorum queues) are imported once every node is up: their replicas go on three nodes
     definitions = services["rabbitmq-definitions"]
     assert set(definitions["depends_on"]) == set(NODES)
@@ -102,19 +103,22 @@ def test_every_esi_process_is_given_every_node_and_the_shared_store() -> None:
 def test_two_api_replicas_behind_one_proxy_and_replicas_of_each_adapter() -> None:
     services = load()["services"]
     onec = services["onec"]
-    assert onec["deploy"]["replicas"] >= 2 and not onec.get("ports"), "API replicas: no host port of their own"
+    assert onec["deploy"]["replicas"] >= 2, "API replicas: no host port of their own"
+    assert not onec.get("ports"), "API replicas: no host port of their own"
     api = services["api"]
     assert api["ports"] == ["5000:5000"]
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in api["volumes"]
     nginx = (CLUSTER_DIR / "nginx.conf").read_text(encoding="utf-8")
-    assert re.search(r"server onec:5000\b", nginx) and "listen 5000;" in nginx
+    assert re.search(r"server onec:5000\b", nginx)
+    assert "listen 5000;" in nginx
     assert "proxy_pass http://esi_api;" in nginx
     # a long poll must not be cut by the proxy before esi answers it
     read_timeout = int(re.search(r"proxy_read_timeout (\d+)s;", nginx).group(1))  # type: ignore[union-attr]
     assert read_timeout > Settings.model_construct().max_wait_s
     for adapter in ("dms", "crm"):
         service = services[adapter]
-        assert service["deploy"]["replicas"] >= 2 and not service.get("ports")
+        assert service["deploy"]["replicas"] >= 2
+        assert not service.get("ports")
 
 
 def test_docker_compose_accepts_the_cluster_file_where_installed() -> None:
@@ -146,7 +150,8 @@ def test_the_local_cluster_script_is_valid_shell_and_leaves_the_main_broker_alon
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     text = script.read_text(encoding="utf-8")
     assert 'echo "n$1@localhost"' in text
-    assert "568$i" in text and "5672" not in text.replace("on 5672", "")  # its own ports, never the main broker's
+    assert "568$i" in text
+    assert "5672" not in text.replace("on 5672", "")
     usage = subprocess.run([str(script), "urls", "vh"], capture_output=True, text=True)
     assert usage.stdout.strip() == ",".join(f"amqp://guest:guest@127.0.0.1:568{i}/vh" for i in (1, 2, 3))
 
@@ -183,5 +188,6 @@ def test_every_broker_republishes_a_dead_letter_whose_confirm_was_lost_within_th
         assert "../rabbitmq/advanced.config:/etc/rabbitmq/advanced.config:ro" in load()["services"][node]["volumes"]
     # the local cluster's nodes read it at each start, and `up` applies it to nodes already running
     script = (CLUSTER_DIR / "local.sh").read_text(encoding="utf-8")
-    assert '/../rabbitmq" && pwd)/advanced.config"' in script and "RABBITMQ_ADVANCED_CONFIG_FILE" in script
+    assert '/../rabbitmq" && pwd)/advanced.config"' in script
+    assert "RABBITMQ_ADVANCED_CONFIG_FILE" in script
     assert 'if running "$i"; then apply_advanced_config "$i"' in script

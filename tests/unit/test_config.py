@@ -45,8 +45,10 @@ def test_defaults_point_at_the_local_broker_sqlite_and_the_fakes() -> None:
     assert s.broker_url() == "amqp://guest:guest@localhost:5672/"
     assert s.database_url == "sqlite:///./var/esi.db"
     assert s.http_port == 5000
-    assert CreatioSettings().url.endswith(":5100") and DmsSettings().url.endswith(":5200")
-    assert s.retry_delays == [1, 5, 30, 120, 600] and s.max_attempts == 5
+    assert CreatioSettings().url.endswith(":5100")
+    assert DmsSettings().url.endswith(":5200")
+    assert s.retry_delays == [1, 5, 30, 120, 600]
+    assert s.max_attempts == 5
     assert s.systems == []
     assert s.gc_threshold == 20_000
 
@@ -76,8 +78,10 @@ def test_each_system_reads_its_own_prefix(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("ESI_FAKE_DMS_PORT", "5999")
     dms = DmsSettings()
     assert (dms.url, dms.max_concurrency, dms.fake_port) == ("https://dms.example", 7, 5999)
-    assert CreatioSettings().url.endswith(":5100") and CreatioSettings().max_concurrency == 32
-    assert DmsSettings.env_name("url") == "DMS_URL" and DmsSettings.env_name("fake_port") == "ESI_FAKE_DMS_PORT"
+    assert CreatioSettings().url.endswith(":5100")
+    assert CreatioSettings().max_concurrency == 32
+    assert DmsSettings.env_name("url") == "DMS_URL"
+    assert DmsSettings.env_name("fake_port") == "ESI_FAKE_DMS_PORT"
     monkeypatch.setenv("DMS_MAX_CONCURRENCY", "0")
     with pytest.raises(ValidationError, match="max_concurrency"):
         DmsSettings()

@@ -75,13 +75,16 @@ async def test_pages_carry_the_security_headers_and_need_credentials(console: ht
         page = await console.get(path, auth=("viewer", "viewer-pw"))
         assert page.status_code == 200, (path, page.text)
         csp = page.headers["Content-Security-Policy"]
-        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "script-src 'self'" in csp
+        assert "unsafe-inline" not in csp
         assert page.headers["X-Content-Type-Options"] == "nosniff"
         assert "<script>" not in page.text.replace('<script src="/console/static/console.js" defer></script>', "")
     overview = await console.get("/console", auth=("viewer", "viewer-pw"))
-    assert "&lt;refused&gt;" in overview.text and 'data-check="circuit (dms)"' in overview.text
+    assert "&lt;refused&gt;" in overview.text
+    assert 'data-check="circuit (dms)"' in overview.text
     script = await console.get("/console/static/console.js")
-    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
     assert (await console.get("/console/static/../app.py")).status_code == 404
 
 
@@ -91,12 +94,15 @@ async def test_a_hostile_name_is_escaped_and_personal_data_masked_for_others(con
     )
     mine = await console.get("/console/requests/HOSTILE-1", auth=("erp", "erp-pw"))
     assert mine.status_code == 200
-    assert HOSTILE not in mine.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in mine.text
+    assert HOSTILE not in mine.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in mine.text
     assert "ivan@example.com" in mine.text
     operator = await console.get("/console/requests/HOSTILE-1", auth=("ops", "ops-pw"))
-    assert operator.status_code == 200 and "i•••@example.com" in operator.text
+    assert operator.status_code == 200
+    assert "i•••@example.com" in operator.text
     assert "ivan@example.com" not in operator.text
-    assert "alert(1)" not in operator.text and "data-masked" in operator.text
+    assert "alert(1)" not in operator.text
+    assert "data-masked" in operator.text
     # a reader who is not an operator sees only its own requests, as through the API
     assert (await console.get("/console/requests/HOSTILE-1", auth=("viewer", "viewer-pw"))).status_code == 404
 
@@ -113,9 +119,11 @@ async def test_search_finds_by_request_id_and_business_key_within_what_the_clien
     one = await console.get("/console/requests", params={"q": "FIND-1", "status": "accepted"}, auth=("ops", "ops-pw"))
     assert one.text.count('data-request-id="FIND-') == 1
     none = await console.get("/console/requests", params={"q": "U-FIND"}, auth=("viewer", "viewer-pw"))
-    assert 'data-request-id="FIND-' not in none.text and "data-no-results" in none.text
+    assert 'data-request-id="FIND-' not in none.text
+    assert "data-no-results" in none.text
     bad = await console.get("/console/requests", params={"from": "yesterday"}, auth=("ops", "ops-pw"))
-    assert bad.status_code == 422 and "not a date" in bad.text
+    assert bad.status_code == 422
+    assert "not a date" in bad.text
 
 
 async def test_actions_need_the_operator_scope_and_the_clients_own_csrf_token(console: httpx.AsyncClient) -> None:
@@ -126,7 +134,8 @@ async def test_actions_need_the_operator_scope_and_the_clients_own_csrf_token(co
     token, cookie = _token(page), page.cookies[COOKIE]
     assert token == cookie
     no_token = await console.post("/console/systems/dms/pause", data={"reason": "x"}, auth=("ops", "ops-pw"))
-    assert no_token.status_code == 403 and "csrf" in no_token.text
+    assert no_token.status_code == 403
+    assert "csrf" in no_token.text
     console.cookies.clear()
     # another client's token (valid for it) is refused for this one
     other = CsrfTokens(b"k" * 32).issue("erp")
@@ -140,16 +149,21 @@ async def test_actions_need_the_operator_scope_and_the_clients_own_csrf_token(co
     done = await console.post(
         "/console/systems/dms/pause", data={FIELD: token, "for": "2h", "reason": "upgrade"}, auth=("ops", "ops-pw")
     )
-    assert done.status_code == 303 and done.headers["location"].startswith("/console/systems?done=paused")
+    assert done.status_code == 303
+    assert done.headers["location"].startswith("/console/systems?done=paused")
     page = await console.get("/console/systems", auth=("ops", "ops-pw"))
-    assert "data-paused" in page.text and "upgrade" in page.text and "system.pause" in page.text
+    assert "data-paused" in page.text
+    assert "upgrade" in page.text
+    assert "system.pause" in page.text
     viewer_page = await console.get("/console/systems", auth=("viewer", "viewer-pw"))
-    assert "data-paused" in viewer_page.text and "data-action" not in viewer_page.text
+    assert "data-paused" in viewer_page.text
+    assert "data-action" not in viewer_page.text
 
 
 async def test_dead_letters_without_broker_access_say_so(console: httpx.AsyncClient) -> None:
     page = await console.get("/console/dlq", auth=("ops", "ops-pw"))
-    assert page.status_code == 503 and "not configured" in page.text
+    assert page.status_code == 503
+    assert "not configured" in page.text
 
 
 def test_masking_keeps_the_shape_and_hides_personal_fields() -> None:
@@ -161,8 +175,11 @@ def test_masking_keeps_the_shape_and_hides_personal_fields() -> None:
         "file_content": "x" * 5000,
     }
     masked = mask(value, reveal=False)
-    assert masked["user_id"] == "U1" and masked["name"] == "И•••" and masked["email"] == "i•••@example.com"
-    assert masked["nested"] == [{"holder_name": "A•••"}] and len(masked["file_content"]) < 200
+    assert masked["user_id"] == "U1"
+    assert masked["name"] == "И•••"
+    assert masked["email"] == "i•••@example.com"
+    assert masked["nested"] == [{"holder_name": "A•••"}]
+    assert len(masked["file_content"]) < 200
     assert mask(value, reveal=True)["name"] == "Иванов Иван"
 
 
@@ -177,9 +194,12 @@ def test_the_minute_chart_stacks_outcomes_in_the_last_hour_only() -> None:
         ],
         now=now,
     )
-    assert chart.peak == 6 and chart.totals["completed"] == 5 and chart.total == 7
+    assert chart.peak == 6
+    assert chart.totals["completed"] == 5
+    assert chart.total == 7
     last = [b for b in chart.bars if b.x == 59 * 5]
-    assert [b.outcome for b in last] == ["completed", "failed"] and sum(b.height for b in last) == chart.height
+    assert [b.outcome for b in last] == ["completed", "failed"]
+    assert sum(b.height for b in last) == chart.height
     assert any(b.x == 0 for b in chart.bars)
 
 
@@ -235,4 +255,5 @@ def test_the_sequence_puts_each_hop_between_its_lanes() -> None:
         ("completed", "esi:1c", "ext:1c"),
     ]
     assert [lane.key for lane in diagram.lanes] == ["ext:1c", "esi:1c", "esi:dms", "ext:dms"]
-    assert diagram.steps[3].label == "create_user · 4.2 ms · ok" and diagram.steps[-1].offset_ms == 50.0
+    assert diagram.steps[3].label == "create_user · 4.2 ms · ok"
+    assert diagram.steps[-1].offset_ms == 50.0

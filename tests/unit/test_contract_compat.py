@@ -262,7 +262,8 @@ def paths(old: Contract, new: Contract) -> list[tuple[str, str, bool]]:
 
 def test_the_same_contract_is_identical() -> None:
     report = compare(contract({"a": (1, OBJ)}), contract({"a": (1, OBJ)}))
-    assert report.findings == [] and report.identical
+    assert report.findings == []
+    assert report.identical
 
 
 def test_a_removed_message_is_breaking() -> None:
@@ -273,7 +274,9 @@ def test_a_removed_message_is_breaking() -> None:
 
 def test_a_new_message_is_additive() -> None:
     report = compare(contract({"a": (1, OBJ)}), contract({"a": (1, OBJ), "b": (1, OBJ)}))
-    assert report.findings and not report.breaking and not report.identical
+    assert report.findings
+    assert not report.breaking
+    assert not report.identical
 
 
 def test_a_field_change_in_a_message_names_its_schema_file() -> None:
@@ -289,7 +292,8 @@ def test_a_version_going_down_is_breaking() -> None:
 def test_a_breaking_change_under_a_raised_version_with_an_upcaster_is_allowed() -> None:
     old, new = contract({"a": (1, OBJ)}), contract({"a": (2, changed(properties__note=DROP))}, accepted_previous=True)
     report = compare(old, new)
-    assert report.findings and not report.breaking
+    assert report.findings
+    assert not report.breaking
     assert ("schemas/a.v2.json", "$.properties.note", False) in paths(old, new)
 
 
@@ -300,7 +304,8 @@ def test_a_breaking_change_under_a_raised_version_without_an_upcaster_is_breakin
 
 def test_a_raised_version_with_only_additive_changes_needs_no_upcaster() -> None:
     report = compare(contract({"a": (1, OBJ)}), contract({"a": (2, changed(properties__x={"type": "string"}))}))
-    assert report.findings and not report.breaking
+    assert report.findings
+    assert not report.breaking
 
 
 def test_a_removed_channel_and_its_operation_are_breaking() -> None:
@@ -315,7 +320,8 @@ def test_a_new_channel_is_additive() -> None:
     report = compare(
         contract({"a": (1, OBJ)}), contract({"a": (1, OBJ)}, channels=("1c.request.dms.a", "crm.request.dms.a"))
     )
-    assert len(report.findings) == 2 and not report.breaking
+    assert len(report.findings) == 2
+    assert not report.breaking
 
 
 def test_a_changed_binding_is_breaking() -> None:

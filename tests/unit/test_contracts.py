@@ -142,8 +142,10 @@ def test_channels_are_the_routing_keys_each_system_publishes() -> None:
         }
         source = key.split(".")[0]
         send = DOCUMENT["operations"][f"send.{key}"]
-        assert send["action"] == "send" and send["x-esi-system"] == source
-        assert send["bindings"]["amqp"]["deliveryMode"] == 2 and send["bindings"]["amqp"]["mandatory"] is True
+        assert send["action"] == "send"
+        assert send["x-esi-system"] == source
+        assert send["bindings"]["amqp"]["deliveryMode"] == 2
+        assert send["bindings"]["amqp"]["mandatory"] is True
 
 
 def test_each_routing_key_is_received_from_the_queue_its_binding_routes_it_to() -> None:
@@ -153,7 +155,8 @@ def test_each_routing_key_is_received_from_the_queue_its_binding_routes_it_to() 
         queue = topology.queue_for(receiver)
         assert any(topic_matches(b, str(route.key)) for b in queue.bindings)
         operation = DOCUMENT["operations"][f"receive.{receiver}.{route.key.message_type}"]
-        assert operation["action"] == "receive" and operation["channel"]["$ref"] == f"#/channels/{queue.name}"
+        assert operation["action"] == "receive"
+        assert operation["channel"]["$ref"] == f"#/channels/{queue.name}"
         assert operation["bindings"]["amqp"]["ack"] is True
         assert DOCUMENT["channels"][queue.name]["bindings"]["amqp"]["queue"]["name"] == queue.name
         assert DOCUMENT["channels"][queue.name]["bindings"]["amqp"]["queue"]["durable"] is True
@@ -163,7 +166,9 @@ def test_topic_matching_is_rabbitmqs() -> None:
     assert topic_matches("*.request.dms.*", "1c.request.dms.create_user")
     assert not topic_matches("*.request.dms.*", "1c.response.dms.create_user")
     assert not topic_matches("*.request.dms.*", "1c.request.dms")
-    assert topic_matches("#", "a.b") and topic_matches("a.#", "a") and topic_matches("a.#.d", "a.b.c.d")
+    assert topic_matches("#", "a.b")
+    assert topic_matches("a.#", "a")
+    assert topic_matches("a.#.d", "a.b.c.d")
     assert not topic_matches("a.#.d", "a.b.c")
 
 
@@ -208,7 +213,8 @@ def test_a_new_system_adds_its_channels_and_messages_compatibly() -> None:
     assert document["operations"]["receive.stock.reserve_stock"]["channel"] == {"$ref": "#/channels/stock_queue"}
     assert document["operations"]["receive.1c.stock_reserved"]["channel"] == {"$ref": "#/channels/1c_queue"}
     report = compare(live_contract(REGISTRY), live_contract(registry))
-    assert report.findings and not report.breaking
+    assert report.findings
+    assert not report.breaking
     assert compare(live_contract(registry), live_contract(REGISTRY)).breaking  # and taking it away breaks
 
 
@@ -252,15 +258,18 @@ def _with_create_user(model: type[BaseModel]) -> Registry:
 
 def test_a_raised_version_is_named_and_may_break_the_payload_only_with_an_upcaster() -> None:
     with_upcaster = live_contract(_with_create_user(CreateUserV2))
-    assert "create_user.v2" in with_upcaster.schemas and "create_user.v1" not in with_upcaster.schemas
+    assert "create_user.v2" in with_upcaster.schemas
+    assert "create_user.v1" not in with_upcaster.schemas
     message = with_upcaster.asyncapi["components"]["messages"]["create_user.v2"]
-    assert message["x-esi-version"] == 2 and message["x-esi-accepted-versions"] == [1, 2]
+    assert message["x-esi-version"] == 2
+    assert message["x-esi-accepted-versions"] == [1, 2]
     assert with_upcaster.asyncapi["channels"]["1c.request.dms.create_user"]["messages"] == {
         "create_user.v2": {"$ref": "#/components/messages/create_user.v2"}
     }
     snapshot = load_contract(SNAPSHOT)
     report = compare(snapshot, with_upcaster)
-    assert report.findings and not report.breaking, report.breaking
+    assert report.findings, report.breaking
+    assert not report.breaking, report.breaking
     without = compare(snapshot, live_contract(_with_create_user(CreateUserV2WithoutUpcast)))
     # without one, v1 messages in flight would be refused: name and phone removed, full_name a new required field
     # (email's dropped bounds and pattern widen it: additive)
@@ -359,7 +368,8 @@ async def test_the_api_serves_the_document_without_credentials(tmp_path: Path) -
         )
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://esi") as client:
             served = await client.get("/asyncapi.json")
-            assert served.status_code == 200 and served.headers["content-type"] == "application/json"
+            assert served.status_code == 200
+            assert served.headers["content-type"] == "application/json"
             assert served.json() == json.loads(dump(DOCUMENT))
             assert served.json() == json.loads((SNAPSHOT / "asyncapi.json").read_text(encoding="utf-8"))
             assert (await client.get("/requests/R-1")).status_code == 401  # the API itself does want credentials
@@ -386,12 +396,11 @@ def test_export_writes_stable_files_and_check_accepts_them(tmp_path: Path) -> No
         *(f"schemas/{m.name}.json" for m in message_schemas(REGISTRY.catalog)),
     }
     text = (out / "schemas" / "create_user.v1.json").read_text(encoding="utf-8")
-    assert (
-        text.endswith("}\n")
-        and text == json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    )
+    assert text.endswith("}\n")
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     result = _run("contracts", "check", str(out))
-    assert result.exit_code == 0 and "contract unchanged" in result.output, result.output
+    assert result.exit_code == 0, result.output
+    assert "contract unchanged" in result.output, result.output
 
 
 def test_check_fails_on_a_breaking_change_naming_its_path(tmp_path: Path) -> None:
@@ -433,4 +442,5 @@ def test_check_allows_an_additive_change_and_asks_for_a_new_snapshot(tmp_path: P
 
 def test_check_without_a_snapshot_says_how_to_make_one(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["contracts", "check", str(tmp_path / "none")])
-    assert result.exit_code == 2 and "esi contracts export" in result.output
+    assert result.exit_code == 2
+    assert "esi contracts export" in result.output

@@ -110,7 +110,8 @@ async def test_wrong_password_is_a_permanent_auth_failure(
     async with creatio.client(password="wrong-Пароль-123") as client:
         with pytest.raises(PermanentError) as caught:
             await client.find_order("ORD9876")
-    assert caught.value.code == "auth_failed" and not isinstance(caught.value, BusinessError)
+    assert caught.value.code == "auth_failed"
+    assert not isinstance(caught.value, BusinessError)
     assert "wrong-Пароль-123" not in str(caught.value)
     assert "wrong-Пароль-123" not in caplog.text  # not even in httpx's own records: it travels in the body
     counters = creatio.counters()
@@ -122,7 +123,9 @@ async def test_no_password_or_cookie_in_our_logs(client: CreatioClient, caplog: 
     await client.set_order_status(ORDER_9876_ID, await client.find_status_id("Shipped"))
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("esi"))
     assert "Logged in to Creatio" in ours
-    assert PASSWORD not in ours and ".ASPXAUTH" not in ours and "BPMCSRF" not in ours
+    assert PASSWORD not in ours
+    assert ".ASPXAUTH" not in ours
+    assert "BPMCSRF" not in ours
 
 
 # --- orders and statuses -------------------------------------------------------------------------------------------
@@ -134,7 +137,8 @@ async def test_find_order_by_guid_and_by_number(client: CreatioClient, creatio: 
     assert await client.find_order(ORDER_9876_ID.upper()) == expected
     assert await client.find_order("ORD9876") == expected
     requests = creatio.counters()["requests"]
-    assert requests["GET Order(key)"] == 2 and requests["GET Order"] == 1
+    assert requests["GET Order(key)"] == 2
+    assert requests["GET Order"] == 1
 
 
 @pytest.mark.parametrize("ref", ["ORD-404", "11111111-2222-3333-4444-555555555555", "'; drop"])
@@ -185,7 +189,8 @@ async def test_refused_status_id_is_permanent_with_the_odata_message(client: Cre
     with pytest.raises(PermanentError) as caught:
         await client.set_order_status(ORDER_9876_ID, EMPTY_GUID)
     assert not isinstance(caught.value, TransientError)
-    assert caught.value.code == "http_400" and "OrderStatus" in caught.value.message
+    assert caught.value.code == "http_400"
+    assert "OrderStatus" in caught.value.message
 
 
 async def test_patch_of_an_unknown_order_is_not_found(client: CreatioClient) -> None:
@@ -233,7 +238,8 @@ async def test_expired_session_is_renewed_with_one_login(client: CreatioClient, 
     creatio.post("/_fake/expire-session")
     await client.set_order_status(ORDER_0001_ID, STATUS_SHIPPED_ID)  # a write too
     counters = creatio.counters()
-    assert counters["logins"] == 3 and counters["expired_responses"] == 2
+    assert counters["logins"] == 3
+    assert counters["expired_responses"] == 2
     assert order_state(creatio, ORDER_0001_ID)["StatusName"] == "Shipped"
 
 
@@ -245,7 +251,8 @@ async def test_concurrent_calls_on_an_expired_session_share_one_login(
     creatio.post("/_fake/expire-session", {"mode": mode})
     refs = [ORDER_9876_ID, "ORD0001", "ORD0002", ORDER_0001_ID] * 5
     orders = await asyncio.gather(*(client.find_order(ref) for ref in refs))
-    assert len(orders) == 20 and {o.number for o in orders} == {"ORD9876", "ORD0001", "ORD0002"}
+    assert len(orders) == 20
+    assert {o.number for o in orders} == {"ORD9876", "ORD0001", "ORD0002"}
     counters = creatio.counters()
     assert counters["logins"] == 2
     assert counters["expired_responses"] == 20
@@ -259,7 +266,8 @@ async def test_session_refused_again_after_login_is_session_expired(
     async with creatio.client() as client:
         with pytest.raises(SessionExpired) as caught:
             await client.find_order("ORD9876")
-    assert isinstance(caught.value, TransientError) and caught.value.code == "session_expired"
+    assert isinstance(caught.value, TransientError)
+    assert caught.value.code == "session_expired"
     assert creatio.counters()["logins"] == 2  # the first login and exactly one renewal
 
 
@@ -274,7 +282,8 @@ async def test_overload_and_server_errors_are_transient(
     creatio.post("/_fake/faults", {"status": status, "count": 1})
     with pytest.raises(TransientError) as caught:
         await client.find_order("ORD9876")
-    assert caught.value.code == f"http_{status}" and "injected fault" in caught.value.message
+    assert caught.value.code == f"http_{status}"
+    assert "injected fault" in caught.value.message
     assert (await client.find_order("ORD9876")).id == ORDER_9876_ID  # the fault is gone: the next call works
 
 
@@ -298,7 +307,8 @@ async def test_latency_beyond_the_timeout_is_transient(creatio: FakeServer) -> N
 async def test_check(client: CreatioClient, creatio: FakeServer) -> None:
     await client.check()
     counters = creatio.counters()
-    assert counters["logins"] == 1 and counters["requests"]["GET OrderStatus"] == 1
+    assert counters["logins"] == 1
+    assert counters["requests"]["GET OrderStatus"] == 1
 
 
 async def test_check_on_an_unreachable_creatio_is_transient() -> None:
@@ -325,7 +335,8 @@ async def test_attach_in_chunks_then_idempotently(creatio: FakeServer) -> None:
         attached = await client.attach_file(ORDER_9876_ID, file_name="invoice.pdf", content=content)
         assert attached == AttachedFile(id=attached.id, name="invoice.pdf", size=len(content), already_attached=False)
         (stored,) = creatio.state()["files"]
-        assert stored["complete"] and stored["sha256"] == hashlib.sha256(content).hexdigest()
+        assert stored["complete"]
+        assert stored["sha256"] == hashlib.sha256(content).hexdigest()
         assert (stored["id"], stored["order_id"], stored["size"]) == (attached.id, ORDER_9876_ID, len(content))
         assert creatio.counters()["upload_chunks"] == 3
         assert await client.download_file(attached.id) == content
@@ -335,13 +346,15 @@ async def test_attach_in_chunks_then_idempotently(creatio: FakeServer) -> None:
         assert again == AttachedFile(id=attached.id, name="invoice.pdf", size=len(content), already_attached=True)
     assert len(creatio.state()["files"]) == 1
     counters = creatio.counters()
-    assert counters["upload_chunks"] == 3 and counters["requests"]["POST OrderFile"] == 1
+    assert counters["upload_chunks"] == 3
+    assert counters["requests"]["POST OrderFile"] == 1
 
 
 async def test_same_name_other_content_size_is_a_new_file(client: CreatioClient, creatio: FakeServer) -> None:
     first = await client.attach_file(ORDER_0001_ID, file_name="a.pdf", content=b"%PDF one")
     second = await client.attach_file(ORDER_0001_ID, file_name="a.pdf", content=b"%PDF two, longer")
-    assert not second.already_attached and second.id != first.id
+    assert not second.already_attached
+    assert second.id != first.id
     assert len(creatio.state()["files"]) == 2
 
 
@@ -353,7 +366,8 @@ async def test_cyrillic_and_quoted_file_names(client: CreatioClient, creatio: Fa
     assert await client.find_order_file(ORDER_0002_ID, "Счёт.pdf") is None
     assert (await client.attach_file(ORDER_0002_ID, file_name=name, content=content)).already_attached
     (stored,) = creatio.state()["files"]
-    assert stored["name"] == name and stored["sha256"] == hashlib.sha256(content).hexdigest()
+    assert stored["name"] == name
+    assert stored["sha256"] == hashlib.sha256(content).hexdigest()
     assert await client.download_file(attached.id) == content
 
 
@@ -391,7 +405,8 @@ async def test_failed_upload_leaves_no_row_behind(creatio: FakeServer) -> None:
         retried = await client.attach_file(ORDER_9876_ID, file_name="half.pdf", content=content)
     assert not retried.already_attached
     (stored,) = creatio.state()["files"]
-    assert stored["complete"] and stored["sha256"] == hashlib.sha256(content).hexdigest()
+    assert stored["complete"]
+    assert stored["sha256"] == hashlib.sha256(content).hexdigest()
 
 
 async def test_empty_file_is_refused(client: CreatioClient) -> None:

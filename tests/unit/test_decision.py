@@ -114,9 +114,12 @@ def test_a_call_refused_by_an_open_breaker_gives_the_message_back_untried(attemp
     decision = _decide(
         CircuitOpen("dms is unavailable (circuit open)", system="dms"), attempt, max_attempts=3, headers=headers
     )
-    assert isinstance(decision, GiveBack) and decision.outcome == "given_back"
+    assert isinstance(decision, GiveBack)
+    assert decision.outcome == "given_back"
     # not a retry, whatever the attempt: the same headers, the same attempt, no failure story
-    assert decision.headers == headers and decision.headers is not headers and decision.attempt == attempt
+    assert decision.headers == headers
+    assert decision.headers is not headers
+    assert decision.attempt == attempt
 
 
 @pytest.mark.parametrize(
@@ -135,7 +138,8 @@ def test_a_call_refused_by_an_open_breaker_gives_the_message_back_untried(attemp
 def test_retry_after_takes_the_nearest_rung_at_or_above_it(retry_after: float | None, attempt: int, queue: str) -> None:
     error = TransientError("429", code="http_429", system="dms", retry_after=retry_after)
     decision = _decide(error, attempt, max_attempts=10)
-    assert isinstance(decision, Retry) and decision.queue == queue
+    assert isinstance(decision, Retry)
+    assert decision.queue == queue
     assert H_NOT_BEFORE not in decision.headers  # a rung is long enough
 
 
@@ -143,14 +147,16 @@ def test_a_retry_after_beyond_the_longest_rung_parks_the_message_again_until_the
     error = TransientError("503", code="http_503", system="dms", retry_after=100)
     policy = RetryPolicy(10, LADDERS["several"])
     decision = _decide(error, 1, max_attempts=10)
-    assert isinstance(decision, Retry) and decision.queue == "q.retry.30s"
+    assert isinstance(decision, Retry)
+    assert decision.queue == "q.retry.30s"
     not_before = decision.headers[H_NOT_BEFORE]
     assert not_before == int((NOW.timestamp() + 100) * 1000)
     # back after 30 s: 70 s to go, the longest rung again; after 90 s: 10 s to go, the 30 s rung; then it may go
     assert not_yet(decision.headers, policy, NOW + timedelta(seconds=30)).queue == "q.retry.30s"  # type: ignore[union-attr]
     assert not_yet(decision.headers, policy, NOW + timedelta(seconds=96)).queue == "q.retry.5s"  # type: ignore[union-attr]
     assert not_yet(decision.headers, policy, NOW + timedelta(seconds=100)) is None
-    assert not_yet({}, policy, NOW) is None and not_yet({H_NOT_BEFORE: "junk"}, policy, NOW) is None
+    assert not_yet({}, policy, NOW) is None
+    assert not_yet({H_NOT_BEFORE: "junk"}, policy, NOW) is None
 
 
 # --- success ---------------------------------------------------------------------------------------------------------
@@ -160,7 +166,8 @@ def test_a_retry_after_beyond_the_longest_rung_parks_the_message_again_until_the
 def test_success_is_the_one_ack_whatever_the_attempt(attempt: int) -> None:
     decision = _decide(None, attempt)
     assert decision is ACK
-    assert isinstance(decision, Ack) and decision.outcome == "ok"
+    assert isinstance(decision, Ack)
+    assert decision.outcome == "ok"
 
 
 # --- every error class × attempts below, at and above the limit ------------------------------------------------------
@@ -170,8 +177,10 @@ def test_success_is_the_one_ack_whatever_the_attempt(attempt: int) -> None:
 @pytest.mark.parametrize("attempt", [1, 2])
 def test_transient_below_the_limit_is_retried(error: EsiError, attempt: int) -> None:
     decision = _decide(error, attempt, max_attempts=3)
-    assert isinstance(decision, Retry) and decision.outcome == "retried"
-    assert decision.error is error and decision.attempt == attempt
+    assert isinstance(decision, Retry)
+    assert decision.outcome == "retried"
+    assert decision.error is error
+    assert decision.attempt == attempt
     assert decision.headers[ATTEMPT_HEADER] == attempt + 1
 
 
@@ -179,8 +188,10 @@ def test_transient_below_the_limit_is_retried(error: EsiError, attempt: int) -> 
 @pytest.mark.parametrize("attempt", [3, 4, 100])
 def test_transient_at_or_above_the_limit_is_dead_lettered(error: EsiError, attempt: int) -> None:
     decision = _decide(error, attempt, max_attempts=3, answer_with="user_created")
-    assert isinstance(decision, DeadLetter) and decision.outcome == "dead_lettered"
-    assert decision.error is error and decision.attempt == attempt
+    assert isinstance(decision, DeadLetter)
+    assert decision.outcome == "dead_lettered"
+    assert decision.error is error
+    assert decision.attempt == attempt
     assert decision.answer_with is None  # only a business refusal is answered
 
 
@@ -189,33 +200,40 @@ def test_transient_at_or_above_the_limit_is_dead_lettered(error: EsiError, attem
 def test_permanent_is_dead_lettered_on_any_attempt(error: EsiError, attempt: int) -> None:
     decision = _decide(error, attempt, max_attempts=3)
     assert isinstance(decision, DeadLetter)
-    assert decision.error is error and decision.attempt == attempt
+    assert decision.error is error
+    assert decision.attempt == attempt
 
 
 @pytest.mark.parametrize("error", BUSINESS, ids=lambda e: type(e).__name__)
 def test_a_business_refusal_is_answered_when_there_is_an_answer(error: EsiError) -> None:
     answered = _decide(error, 1, answer_with="user_created")
-    assert isinstance(answered, DeadLetter) and answered.answer_with == "user_created"
+    assert isinstance(answered, DeadLetter)
+    assert answered.answer_with == "user_created"
     not_a_request = _decide(error, 1, answer_with=None)
-    assert isinstance(not_a_request, DeadLetter) and not_a_request.answer_with is None
+    assert isinstance(not_a_request, DeadLetter)
+    assert not_a_request.answer_with is None
 
 
 @pytest.mark.parametrize("error", PERMANENT, ids=lambda e: type(e).__name__)
 def test_other_permanent_failures_are_not_answered(error: EsiError) -> None:
     decision = _decide(error, 1, answer_with="user_created")
-    assert isinstance(decision, DeadLetter) and decision.answer_with is None
+    assert isinstance(decision, DeadLetter)
+    assert decision.answer_with is None
 
 
 @pytest.mark.parametrize("exc", UNEXPECTED, ids=lambda e: type(e).__name__)
 def test_an_unexpected_exception_is_transient_with_code_unexpected_error(exc: Exception) -> None:
     retried = _decide(exc, 1, max_attempts=2)
     assert isinstance(retried, Retry)
-    assert type(retried.error) is TransientError and retried.error.code == "unexpected_error"
+    assert type(retried.error) is TransientError
+    assert retried.error.code == "unexpected_error"
     assert retried.error.message == f"unexpected {type(exc).__name__}: {exc}"
     assert retried.headers[H_ERROR_CLASS] == "TransientError"
     assert retried.headers[H_ERROR_CODE] == "unexpected_error"
     parked = _decide(exc, 2, max_attempts=2, answer_with="user_created")
-    assert isinstance(parked, DeadLetter) and parked.error.code == "unexpected_error" and parked.answer_with is None
+    assert isinstance(parked, DeadLetter)
+    assert parked.error.code == "unexpected_error"
+    assert parked.answer_with is None
 
 
 def test_classify_keeps_an_esi_error_as_it_is() -> None:
@@ -233,7 +251,9 @@ def test_max_attempts_of_one_dead_letters_the_first_transient_failure() -> None:
 def test_an_attempt_below_one_counts_as_the_first(attempt: int) -> None:
     decision = _decide(TransientError("down"), attempt)
     assert isinstance(decision, Retry)
-    assert decision.attempt == 1 and decision.headers[H_ATTEMPTS] == 1 and decision.headers[ATTEMPT_HEADER] == 2
+    assert decision.attempt == 1
+    assert decision.headers[H_ATTEMPTS] == 1
+    assert decision.headers[ATTEMPT_HEADER] == 2
     assert decision.queue == LADDERS["several"][0].queue
 
 
@@ -270,9 +290,9 @@ def test_the_ladder_is_the_topology_s_own() -> None:
 
 
 def test_a_policy_needs_an_attempt_and_a_ladder_to_retry_on() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_attempts must be at least 1"):
         RetryPolicy(0, LADDERS["one step"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs at least one hold queue"):
         RetryPolicy(2, ())
     assert RetryPolicy(1, ()).max_attempts == 1  # never retries: needs no ladder
     assert isinstance(RetryPolicy(3, list(LADDERS["several"])).ladder, tuple)
@@ -327,7 +347,8 @@ def test_a_later_failure_keeps_the_first_failure_and_the_original_route() -> Non
     )
     assert isinstance(decision, DeadLetter)
     headers = decision.headers
-    assert headers[H_FIRST_FAILURE] == EARLIER_ISO and headers[H_LAST_FAILURE] == NOW_ISO
+    assert headers[H_FIRST_FAILURE] == EARLIER_ISO
+    assert headers[H_LAST_FAILURE] == NOW_ISO
     assert headers[H_ORIGINAL_EXCHANGE] == "main_exchange"
     assert headers[H_ORIGINAL_ROUTING_KEY] == "1c.request.dms.create_user"
     assert (headers[H_ERROR_CLASS], headers[H_ERROR_CODE], headers[H_ERROR_MESSAGE]) == (
@@ -360,7 +381,8 @@ def test_a_delivery_without_exchange_or_routing_key_records_empty_ones() -> None
     headers = failure_headers(
         {}, TransientError("x"), attempt=1, adapter="crm", exchange=None, routing_key=None, now=NOW
     )
-    assert headers[H_ORIGINAL_EXCHANGE] == "" and headers[H_ORIGINAL_ROUTING_KEY] == ""
+    assert headers[H_ORIGINAL_EXCHANGE] == ""
+    assert headers[H_ORIGINAL_ROUTING_KEY] == ""
     assert headers[H_ADAPTER] == "crm"
 
 
@@ -370,7 +392,8 @@ def test_decisions_are_values() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         decision.queue = "elsewhere"  # type: ignore[misc, attr-defined]
     assert decision == _decide(error, 1)  # same failure, same moment: same decision
-    assert isinstance(decision, Retry) and decision.reason == "TransientError: down"
+    assert isinstance(decision, Retry)
+    assert decision.reason == "TransientError: down"
 
 
 # --- properties ------------------------------------------------------------------------------------------------------
@@ -442,7 +465,8 @@ def test_the_decision_follows_the_rules(
         assert (decision.queue, decision.delay_s) == (step.queue, step.delay_s)
         assert decision.headers[ATTEMPT_HEADER] == tried + 1
         assert H_DEAD_LETTERED_AT not in decision.headers
-    assert decision.attempt == tried and decision.headers[H_ATTEMPTS] == tried
+    assert decision.attempt == tried
+    assert decision.headers[H_ATTEMPTS] == tried
     assert decision.headers[H_LAST_FAILURE] == now.isoformat(timespec="milliseconds")
     assert decision.headers[H_FIRST_FAILURE] == headers.get(H_FIRST_FAILURE, decision.headers[H_LAST_FAILURE])
     assert decision.headers[H_ORIGINAL_ROUTING_KEY] == headers.get(H_ORIGINAL_ROUTING_KEY, "rk")
@@ -564,7 +588,8 @@ async def test_a_success_never_reaches_decide(monkeypatch: pytest.MonkeyPatch) -
     consumer, acked = _consumer(handler, publisher)
     message = _message()
     await consumer.handle(message)
-    assert acked == [message] and publisher.raw == []
+    assert acked == [message]
+    assert publisher.raw == []
 
 
 async def test_a_transient_failure_is_parked_as_decided() -> None:
@@ -577,7 +602,8 @@ async def test_a_transient_failure_is_parked_as_decided() -> None:
     await consumer.handle(message)
     [(exchange, queue, body, headers)] = publisher.raw
     assert (exchange, queue, body) == ("", "dms_queue.retry.5s", message.body)
-    assert headers[ATTEMPT_HEADER] == 3 and headers[H_ERROR_CODE] == "dms_down"
+    assert headers[ATTEMPT_HEADER] == 3
+    assert headers[H_ERROR_CODE] == "dms_down"
     assert acked == [message]
 
 
@@ -590,10 +616,14 @@ async def test_a_business_refusal_is_answered_then_dead_lettered() -> None:
     message = _message()
     await consumer.handle(message)
     [(reply, key)] = publisher.envelopes
-    assert reply.message_type == "user_created" and reply.error is not None and reply.error.code == "user_refused"
+    assert reply.message_type == "user_created"
+    assert reply.error is not None
+    assert reply.error.code == "user_refused"
     assert key == "dms.response.1c.user_created"
     [(exchange, _, body, headers)] = publisher.raw
-    assert exchange == "dms_queue_dlx" and body == message.body and headers[H_ERROR_CLASS] == "BusinessError"
+    assert exchange == "dms_queue_dlx"
+    assert body == message.body
+    assert headers[H_ERROR_CLASS] == "BusinessError"
     assert acked == [message]
 
 

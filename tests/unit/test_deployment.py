@@ -160,7 +160,8 @@ def dockerfile_healthcheck() -> list[str]:
         command = checks[0][4:]
     assert command, f"the HEALTHCHECK has no CMD: {checks[0]!r}"
     parsed = json.loads(command)  # exec form: no shell needed, so none is assumed
-    assert isinstance(parsed, list) and all(isinstance(part, str) for part in parsed)
+    assert isinstance(parsed, list)
+    assert all(isinstance(part, str) for part in parsed)
     return parsed
 
 
@@ -270,7 +271,10 @@ def test_compose_checks_beyond_the_schema() -> None:
                 )
         test = (service.get("healthcheck") or {}).get("test")
         if test is not None:
-            assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL", "NONE"), (
+            assert isinstance(test, list), (
+                f"{name}: healthcheck.test must be a list starting with CMD, CMD-SHELL or NONE"
+            )
+            assert test[0] in ("CMD", "CMD-SHELL", "NONE"), (
                 f"{name}: healthcheck.test must be a list starting with CMD, CMD-SHELL or NONE"
             )
         for volume in service.get("volumes") or []:
@@ -332,9 +336,9 @@ def test_every_esi_service_runs_the_one_image() -> None:
     compose = load_compose()
     for name, service in esi_services(compose).items():
         build = service.get("build")
-        assert isinstance(build, dict) and build.get("context") == "." and build.get("dockerfile") == "Dockerfile", (
-            f"{name} must be built from ./Dockerfile"
-        )
+        assert isinstance(build, dict), f"{name} must be built from ./Dockerfile"
+        assert build.get("context") == ".", f"{name} must be built from ./Dockerfile"
+        assert build.get("dockerfile") == "Dockerfile", f"{name} must be built from ./Dockerfile"
         assert service.get("command") == ["run", name], f"{name} must run `esi run {name}`"
     built = {name for name, service in compose["services"].items() if "build" in service}
     assert built == set(SERVICES), "only esi's services are built from the Dockerfile"
@@ -411,7 +415,8 @@ def test_adapters_can_run_as_several_replicas() -> None:
         service = services[name]
         assert not service.get("ports"), f"{name}: a fixed host port allows one replica only"
         replicas = (service.get("deploy") or {}).get("replicas")
-        assert isinstance(replicas, int) and replicas >= 1, f"{name}: set deploy.replicas"
+        assert isinstance(replicas, int), f"{name}: set deploy.replicas"
+        assert replicas >= 1, f"{name}: set deploy.replicas"
 
 
 def test_the_fakes_run_only_in_the_demo_profile() -> None:
@@ -431,8 +436,8 @@ def test_the_fakes_run_only_in_the_demo_profile() -> None:
             url = urlsplit(interpolation_default(env[name][system.settings.env_name("url")]))
             assert (url.hostname, url.port) == (fake, _health_port(fake, env[fake])), f"{name}: {system.code}'s URL"
     for name in FAKES:
-        assert env[name].get("ESI_FAKE_HOST") == "0.0.0.0", f"{name} must listen on every interface"
-    assert env["onec"].get("ESI_HTTP_HOST") == "0.0.0.0", "onec must listen on every interface"
+        assert env[name].get("ESI_FAKE_HOST") == "0.0.0.0", f"{name} must listen on every interface"  # noqa: S104 - the containers listen on every interface by design
+    assert env["onec"].get("ESI_HTTP_HOST") == "0.0.0.0", "onec must listen on every interface"  # noqa: S104 - the containers listen on every interface by design
 
 
 def test_the_monitoring_profile_runs_prometheus_and_grafana_on_the_repository_files() -> None:
@@ -441,7 +446,8 @@ def test_the_monitoring_profile_runs_prometheus_and_grafana_on_the_repository_fi
     assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
     config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
-    assert config["rule_files"] == ["alerts.yml"] and (ROOT / "deploy" / "prometheus" / "alerts.yml").exists()
+    assert config["rule_files"] == ["alerts.yml"]
+    assert (ROOT / "deploy" / "prometheus" / "alerts.yml").exists()
     # every esi service is scraped, on the port its /metrics is served on
     env = {name: environment(service) for name, service in esi_services(load_compose()).items()}
     scraped: dict[str, int] = {}
@@ -502,7 +508,13 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
             assert text.startswith("#"), f".env.example line {number} is neither a comment nor NAME=value: {text!r}"
             continue
         previous = lines[index - 1] if index else None
-        assert previous is not None and previous[2] is None and len(previous[1].lstrip("#").strip()) > 3, (
+        assert previous is not None, (
+            f".env.example line {number} ({name}) needs a comment line of its own right above it"
+        )
+        assert previous[2] is None, (
+            f".env.example line {number} ({name}) needs a comment line of its own right above it"
+        )
+        assert len(previous[1].lstrip("#").strip()) > 3, (
             f".env.example line {number} ({name}) needs a comment line of its own right above it"
         )
 
@@ -571,11 +583,13 @@ def test_topology_export_prints_or_writes_the_definitions(tmp_path: Path) -> Non
     expected = render(definitions(default_topology()))
     assert EXPORT_COMMAND == "esi topology export --output deploy/rabbitmq/definitions.json"
     printed = CliRunner().invoke(cli, ["topology", "export"], catch_exceptions=False)
-    assert printed.exit_code == 0 and printed.stdout == expected
+    assert printed.exit_code == 0
+    assert printed.stdout == expected
     written = CliRunner().invoke(
         cli, ["topology", "export", "--output", str(tmp_path / "d.json")], catch_exceptions=False
     )
-    assert written.exit_code == 0 and (tmp_path / "d.json").read_text(encoding="utf-8") == expected
+    assert written.exit_code == 0
+    assert (tmp_path / "d.json").read_text(encoding="utf-8") == expected
 
 
 def test_definitions_comparison_notices_a_change() -> None:
@@ -608,7 +622,8 @@ def test_definitions_declare_the_default_topology() -> None:
     document = definitions(default_topology())
     exchanges = {e["name"]: e for e in document["exchanges"]}
     queues = {q["name"]: q for q in document["queues"]}
-    assert exchanges["main_exchange"]["type"] == "topic" and exchanges["main_exchange"]["durable"] is True
+    assert exchanges["main_exchange"]["type"] == "topic"
+    assert exchanges["main_exchange"]["durable"] is True
     for queue in ("1c_queue", "dms_queue", "crm_queue"):
         assert exchanges[f"{queue}_dlx"]["type"] == "fanout"
         assert queues[queue]["arguments"]["x-queue-type"] == "quorum"
@@ -639,7 +654,8 @@ def test_rabbitmq_service_uses_the_definitions_and_creates_the_user() -> None:
     ports = {str(p).split(":")[-1] for p in rabbitmq["ports"]}
     assert {"5672", "15672"} <= ports
     env = environment(rabbitmq)
-    assert "RABBITMQ_USER" in env["RABBITMQ_DEFAULT_USER"] and "RABBITMQ_PASSWORD" in env["RABBITMQ_DEFAULT_PASS"]
+    assert "RABBITMQ_USER" in env["RABBITMQ_DEFAULT_USER"]
+    assert "RABBITMQ_PASSWORD" in env["RABBITMQ_DEFAULT_PASS"]
     assert "rabbitmq_management" in (RABBITMQ_DIR / "enabled_plugins").read_text(encoding="utf-8")
     # a definitions import at boot would stop the broker from creating that user (see rabbitmq.conf)
     config_lines = [line.strip() for line in (RABBITMQ_DIR / "rabbitmq.conf").read_text(encoding="utf-8").splitlines()]
@@ -647,11 +663,13 @@ def test_rabbitmq_service_uses_the_definitions_and_creates_the_user() -> None:
     importer = compose["services"]["rabbitmq-definitions"]
     assert "./deploy/rabbitmq/definitions.json:/etc/rabbitmq/definitions.json:ro" in importer["volumes"]
     script = " ".join(importer["command"])
-    assert "rabbitmqadmin" in script and "import /etc/rabbitmq/definitions.json" in script
+    assert "rabbitmqadmin" in script
+    assert "import /etc/rabbitmq/definitions.json" in script
     # the esi services connect as that user
     for name in ADAPTERS:
         amqp = environment(compose["services"][name])["ESI_AMQP_URL"]
-        assert amqp.startswith("amqp://${RABBITMQ_USER:-esi}:${RABBITMQ_PASSWORD") and "@rabbitmq:5672/" in amqp
+        assert amqp.startswith("amqp://${RABBITMQ_USER:-esi}:${RABBITMQ_PASSWORD")
+        assert "@rabbitmq:5672/" in amqp
         assert "@postgres:5432/" in environment(compose["services"][name])["ESI_DATABASE_URL"]
 
 
@@ -669,8 +687,11 @@ def test_dockerfile_slim_non_root_with_healthcheck() -> None:
     user = users[-1].split(":")[0]
     assert user not in ("root", "0"), f"USER {users[-1]} is root"
     command = dockerfile_healthcheck()
-    assert command[:2] == ["python", "-c"] and "ESI_HEALTH_URL" in command[2] and "urllib" in command[2]
-    assert "curl" not in command[2] and "wget" not in command[2], "the slim base has neither curl nor wget"
+    assert command[:2] == ["python", "-c"]
+    assert "ESI_HEALTH_URL" in command[2]
+    assert "urllib" in command[2]
+    assert "curl" not in command[2], "the slim base has neither curl nor wget"
+    assert "wget" not in command[2], "the slim base has neither curl nor wget"
     compile(command[2], "<HEALTHCHECK>", "exec")
     env_default = next(args for keyword, args in instructions if keyword == "ENV" and "ESI_HEALTH_URL=" in args)
     assert "'http://127.0.0.1:8080/livez'" in command[2]
@@ -697,4 +718,5 @@ def test_dockerignore_keeps_local_state_out_but_the_package_in() -> None:
     assert copied >= {"pyproject.toml", "README.md", "esi"}
     for path in copied:
         assert (ROOT / path).exists(), f"the Dockerfile copies {path}, which does not exist"
-        assert path not in patterns and f"/{path}" not in patterns, f".dockerignore excludes {path}, which is copied"
+        assert path not in patterns, f".dockerignore excludes {path}, which is copied"
+        assert f"/{path}" not in patterns, f".dockerignore excludes {path}, which is copied"

@@ -202,7 +202,8 @@ async def test_a_duplicate_external_id_is_a_business_error_user_exists(dms: Dms)
 
     assert type(caught.value) is BusinessError
     assert caught.value.code == "user_exists"
-    assert "user_exists" in str(caught.value) and "DMS-000001" in str(caught.value)
+    assert "user_exists" in str(caught.value)
+    assert "DMS-000001" in str(caught.value)
     assert len((await dms.state())["users"]) == 1
 
 
@@ -246,7 +247,8 @@ async def test_get_policy_returns_the_seeded_policy(dms: Dms) -> None:
     assert policy.policy_number == "POL-0001"
     assert policy.holder_name == "Иванов Иван Иванович"
     assert policy.status == "active"
-    assert policy.start_date == "2025-01-01" and policy.end_date == "2025-12-31"
+    assert policy.start_date == "2025-01-01"
+    assert policy.end_date == "2025-12-31"
     assert policy.coverage
 
 
@@ -561,5 +563,6 @@ async def test_answers_read_without_httpx_keep_their_encoding_headers_and_retry_
                 await client.create_user(user_id="u-7", name="Иван", email="i@example.com", idempotency_key="k-7")
         finally:
             current.app = None
-    assert caught.value.retry_after == 7.0 and caught.value.code == "http_503"
+    assert caught.value.retry_after == 7.0
+    assert caught.value.code == "http_503"
     assert "maintenance: back soon" in str(caught.value)

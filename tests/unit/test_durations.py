@@ -10,10 +10,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from esi.api.routes.systems import SystemsRoutes, PauseRequest
 from typer.testing import CliRunner
 
 from esi.api.routes import dead_letters as dead_letter_routes
+from esi.api.routes.systems import PauseRequest, SystemsRoutes
 from esi.bus.dead_letters import Filters
 from esi.cli import app as cli
 from esi.cli import dlq
@@ -27,12 +27,12 @@ BAD = ["1y", "soon", "-2h"]
 OPERATOR = Principal(client_id="ops", is_operator=True)
 
 
-@pytest.mark.parametrize("text, seconds", DURATIONS)
+@pytest.mark.parametrize(("text", "seconds"), DURATIONS)
 def test_the_parser(text: str, seconds: float) -> None:
     assert parse_duration(text, name="X") == seconds
 
 
-@pytest.mark.parametrize("text, seconds", DURATIONS)
+@pytest.mark.parametrize(("text", "seconds"), DURATIONS)
 def test_the_cli_since(text: str, seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """`esi dlq list --since 1w` reaches the dead letters with a week (no broker here: the filter is what counts)."""
     seen: list[Filters] = []
@@ -58,10 +58,11 @@ def test_a_bad_cli_since_exits_2_naming_it_before_connecting(text: str, monkeypa
     for command in (["dlq", "list"], ["dlq", "purge", "--yes"], ["dlq", "replay", "--all"]):
         result = CliRunner().invoke(cli, [*command, "--since", text])
         assert result.exit_code == 2
-        assert "--since must be" in result.stderr and repr(text) in result.stderr
+        assert "--since must be" in result.stderr
+        assert repr(text) in result.stderr
 
 
-@pytest.mark.parametrize("text, seconds", DURATIONS)
+@pytest.mark.parametrize(("text", "seconds"), DURATIONS)
 def test_the_api_dead_letters_since(text: str, seconds: float) -> None:
     assert dead_letter_routes._filters(None, None, text).since == timedelta(seconds=seconds)
 
@@ -70,8 +71,10 @@ def test_the_api_dead_letters_since(text: str, seconds: float) -> None:
 def test_a_bad_api_since_is_a_422_naming_it(text: str) -> None:
     with pytest.raises(ApiError) as caught:
         dead_letter_routes._filters(None, None, text)
-    assert caught.value.status == 422 and caught.value.code == "validation_error"
-    assert caught.value.message.startswith("since must be") and repr(text) in caught.value.message
+    assert caught.value.status == 422
+    assert caught.value.code == "validation_error"
+    assert caught.value.message.startswith("since must be")
+    assert repr(text) in caught.value.message
 
 
 class _Store:
@@ -99,7 +102,7 @@ def _routes() -> tuple[SystemsRoutes, _Store]:
     return SystemsRoutes(store, load_registry()), store  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("text, seconds", DURATIONS)
+@pytest.mark.parametrize(("text", "seconds"), DURATIONS)
 async def test_the_api_audit_since_and_pause_for(text: str, seconds: float) -> None:
     routes, store = _routes()
     before = datetime.now(UTC)
@@ -116,10 +119,12 @@ async def test_a_bad_api_since_or_for_is_a_422_naming_it(text: str) -> None:
     routes, _ = _routes()
     with pytest.raises(ApiError) as caught:
         await routes.audit(None, OPERATOR, action=None, since=text, limit=10)  # type: ignore[arg-type]
-    assert caught.value.status == 422 and caught.value.message.startswith("since must be")
+    assert caught.value.status == 422
+    assert caught.value.message.startswith("since must be")
     with pytest.raises(ApiError) as caught:
         await routes.pause(None, OPERATOR, "dms", PauseRequest(**{"for": text}))  # type: ignore[arg-type]
-    assert caught.value.status == 422 and caught.value.message.startswith("for must be")
+    assert caught.value.status == 422
+    assert caught.value.message.startswith("for must be")
 
 
 @pytest.mark.parametrize("text", ["off", "never", "0"])
@@ -128,5 +133,6 @@ async def test_a_pause_for_no_time_is_refused(text: str) -> None:
     routes, store = _routes()
     with pytest.raises(ApiError) as caught:
         await routes.pause(None, OPERATOR, "dms", PauseRequest(**{"for": text}))  # type: ignore[arg-type]
-    assert caught.value.status == 422 and "leave it out to pause until resumed" in caught.value.message
+    assert caught.value.status == 422
+    assert "leave it out to pause until resumed" in caught.value.message
     assert store.calls == []

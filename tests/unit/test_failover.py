@@ -29,7 +29,8 @@ def test_settings_read_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("ESI_AMQP_URL", "amqp://u:p@a:5672/,amqp://u:p@b:5672/")
     settings = Settings()
     assert settings.broker_urls() == ["amqp://u:p@a:5672/", "amqp://u:p@b:5672/"]
-    assert settings.broker_url() == "amqp://u:p@a:5672/" and settings.connect_timeout == 0
+    assert settings.broker_url() == "amqp://u:p@a:5672/"
+    assert settings.connect_timeout == 0
 
 
 def test_each_attempt_goes_to_the_next_node_round_robin() -> None:

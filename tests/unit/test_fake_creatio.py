@@ -80,7 +80,8 @@ def http(creatio: FakeServer) -> Iterator[httpx.Client]:
 def login(client: httpx.Client, **credentials: str) -> str:
     """Log the client in; return the CSRF token."""
     response = client.post(LOGIN, json={**CREDENTIALS, **credentials})
-    assert response.status_code == 200 and response.json()["Code"] == 0, response.text
+    assert response.status_code == 200, response.text
+    assert response.json()["Code"] == 0, response.text
     return client.cookies["BPMCSRF"]
 
 
@@ -104,14 +105,16 @@ def test_login_success_sets_creatio_cookies(http: httpx.Client) -> None:
     set_cookies = {h.split("=", 1)[0]: h for h in response.headers.get_list("set-cookie")}
     assert set(set_cookies) >= {".ASPXAUTH", "BPMCSRF", "BPMLOADER", "UserName"}
     assert "httponly" in set_cookies[".ASPXAUTH"].lower()
-    assert "path=/" in set_cookies["BPMCSRF"].lower() and "httponly" not in set_cookies["BPMCSRF"].lower()
+    assert "path=/" in set_cookies["BPMCSRF"].lower()
+    assert "httponly" not in set_cookies["BPMCSRF"].lower()
     assert response.cookies["UserName"] == "Supervisor"
 
 
 def test_wrong_password_is_http_200_with_code_1_and_no_session(http: httpx.Client, creatio: FakeServer) -> None:
     response = http.post(LOGIN, json={"UserName": "Supervisor", "UserPassword": "nope"})
     assert response.status_code == 200
-    assert response.json()["Code"] == 1 and response.json()["Message"]
+    assert response.json()["Code"] == 1
+    assert response.json()["Message"]
     assert ".ASPXAUTH" not in response.cookies
     counters = creatio.state()["counters"]
     assert (counters["logins"], counters["failed_logins"]) == (0, 1)
@@ -135,10 +138,12 @@ def test_writes_need_the_csrf_header(start_creatio: Callable[..., FakeServer], s
         assert http.patch(url, json=body, headers={"BPMCSRF": "forged"}).status_code == status
         assert order_row(creatio.state(), ORDER_9876_ID)["StatusId"] == STATUS_NEW_ID
         response = http.patch(url, json=body, headers={"BPMCSRF": csrf})
-        assert response.status_code == 204 and response.content == b""
+        assert response.status_code == 204
+        assert response.content == b""
         state = creatio.state()
         assert order_row(state, ORDER_9876_ID)["StatusName"] == "Shipped"
-        assert state["counters"]["csrf_failures"] == 2 and state["counters"]["patches"] == 1
+        assert state["counters"]["csrf_failures"] == 2
+        assert state["counters"]["patches"] == 1
 
 
 def test_expiry_mode_401(http: httpx.Client, creatio: FakeServer) -> None:
@@ -153,9 +158,11 @@ def test_expiry_mode_redirect_points_at_a_served_login_page(http: httpx.Client, 
     response = http.get("/0/odata/Order", params={"$top": "1"})
     assert response.status_code == 302
     location = response.headers["location"]
-    assert location.startswith("/Login/NuiLogin.aspx?ReturnUrl=") and "%2F0%2Fodata%2FOrder" in location
+    assert location.startswith("/Login/NuiLogin.aspx?ReturnUrl=")
+    assert "%2F0%2Fodata%2FOrder" in location
     page = http.get(location)
-    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
 
 
 def test_expiry_mode_html_is_a_200_login_page(start_creatio: Callable[..., FakeServer]) -> None:
@@ -165,7 +172,8 @@ def test_expiry_mode_html_is_a_200_login_page(start_creatio: Callable[..., FakeS
         creatio.post("/_fake/expire-session")
         response = http.get("/0/odata/Order")
         assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/html") and "<form" in response.text
+        assert response.headers["content-type"].startswith("text/html")
+        assert "<form" in response.text
         assert creatio.state()["counters"]["expired_responses"] == 1
 
 
@@ -236,7 +244,9 @@ def test_quotes_are_escaped_by_doubling(http: httpx.Client, creatio: FakeServer)
 def test_single_order_is_a_bare_object(http: httpx.Client) -> None:
     login(http)
     body = http.get(f"/0/odata/Order({ORDER_9876_ID})").json()
-    assert body["Id"] == ORDER_9876_ID and body["Number"] == "ORD9876" and "value" not in body
+    assert body["Id"] == ORDER_9876_ID
+    assert body["Number"] == "ORD9876"
+    assert "value" not in body
 
 
 @pytest.mark.parametrize(
@@ -258,7 +268,9 @@ def test_odata_errors_use_the_envelope(http: httpx.Client, path: str, status: in
     assert response.headers["content-type"].startswith("application/json; odata.metadata=minimal")
     assert response.headers["odata-version"] == "4.0"
     error = response.json()["error"]
-    assert error["code"] == "" and error["message"] and set(error["innererror"]) == {"message", "type", "stacktrace"}
+    assert error["code"] == ""
+    assert error["message"]
+    assert set(error["innererror"]) == {"message", "type", "stacktrace"}
 
 
 @pytest.mark.parametrize(
@@ -322,13 +334,15 @@ def test_two_step_upload_in_ranges_then_download(http: httpx.Client, creatio: Fa
                 "Content-Range": f"bytes {start}-{end}/{total}",
             },
         )
-        assert response.status_code == 200 and response.json()["success"] is True
+        assert response.status_code == 200
+        assert response.json()["success"] is True
         (stored,) = creatio.state()["files"]
         assert stored["complete"] is (n == len(ranges))
     assert stored["sha256"] == hashlib.sha256(content).hexdigest()
     assert (stored["name"], stored["order_id"], stored["size"]) == ("Счёт.pdf", ORDER_9876_ID, total)
     download = http.get(f"/0/rest/FileService/Download/OrderFile/{file_id}")
-    assert download.status_code == 200 and download.content == content
+    assert download.status_code == 200
+    assert download.content == content
     listed = http.get(
         "/0/odata/OrderFile",
         params={"$filter": f"OrderId eq {ORDER_9876_ID} and Name eq 'Счёт.pdf'", "$select": "Id,Size"},
@@ -397,6 +411,8 @@ def test_reset_restores_the_seed(http: httpx.Client, creatio: FakeServer) -> Non
     state = creatio.state()
     assert order_row(state, ORDER_9876_ID)["StatusId"] == STATUS_NEW_ID
     assert len(state["orders"]) == 3
-    assert state["counters"]["logins"] == 0 and state["counters"]["requests"] == {}
-    assert state["faults"]["armed"] is None and state["config"]["expiry_mode"] == "401"
+    assert state["counters"]["logins"] == 0
+    assert state["counters"]["requests"] == {}
+    assert state["faults"]["armed"] is None
+    assert state["config"]["expiry_mode"] == "401"
     assert http.get("/0/odata/Order").status_code == 401  # sessions dropped

@@ -77,7 +77,8 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
     body = response.json()
     assert set(body) == {"error"}
     assert body["error"]["code"] == code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
 
 
 async def test_health_is_ok(dms: Served) -> None:
@@ -260,7 +261,8 @@ async def test_the_api_key_is_required_on_business_endpoints(dms_with_key: Serve
     assert_error(await http.get("/policies/POL-0001"), 401, "unauthorized")
     wrong = await http.get("/policies/POL-0001", headers={"Authorization": "Bearer nope"})
     assert_error(wrong, 401, "unauthorized")
-    assert "nope" not in wrong.text and "s3cret" not in wrong.text
+    assert "nope" not in wrong.text
+    assert "s3cret" not in wrong.text
     assert_error(await http.get("/policies/POL-0001", headers={"Authorization": "s3cret-key"}), 401, "unauthorized")
 
     good = {"Authorization": "Bearer s3cret-key"}
@@ -276,7 +278,8 @@ async def test_the_api_key_is_required_on_business_endpoints(dms_with_key: Serve
 async def test_a_fault_can_last_a_while_and_ask_for_a_wait(dms: Served) -> None:
     await dms.http.post("/_fake/faults", json={"status": 429, "duration_s": 0.3, "retry_after": 3})
     limited = await dms.http.get("/policies/POL-0001")
-    assert limited.status_code == 429 and limited.headers["Retry-After"] == "3"
+    assert limited.status_code == 429
+    assert limited.headers["Retry-After"] == "3"
     assert (await dms.state())["faults"]["armed"]["duration_s"] == 0.3
     await asyncio.sleep(0.35)
     assert (await dms.http.get("/policies/POL-0001")).status_code == 200

@@ -119,7 +119,8 @@ def test_every_alert_has_a_duration_severity_annotations_and_a_runbook_in_the_re
         assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), f"{name}: give it a for: duration"
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         annotations = rule["annotations"]
-        assert annotations.get("summary") and annotations.get("description"), name
+        assert annotations.get("summary"), name
+        assert annotations.get("description"), name
         assert annotations.get("runbook") == f"README.md#alerts-and-dashboard ({name})", name
         assert f"`{name}`" in readme, f"the README's alert table does not explain {name}"
 
@@ -134,7 +135,8 @@ def test_the_rules_read_only_series_esi_exports() -> None:
 
 def test_the_dashboard_reads_only_series_esi_exports_and_shows_what_operators_need() -> None:
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    assert dashboard["uid"] and dashboard["panels"]
+    assert dashboard["uid"]
+    assert dashboard["panels"]
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     exported = exported_series() | PROMETHEUS_SERIES
@@ -165,8 +167,10 @@ def test_the_dashboard_reads_only_series_esi_exports_and_shows_what_operators_ne
 
 def test_the_series_check_notices_an_unknown_metric() -> None:
     exported = exported_series()
-    assert "esi_circuit_open" in exported and "esi_http_requests_total" in exported
-    assert "esi_http_request_duration_seconds_bucket" in exported and "esi_http_requests" not in exported
+    assert "esi_circuit_open" in exported
+    assert "esi_http_requests_total" in exported
+    assert "esi_http_request_duration_seconds_bucket" in exported
+    assert "esi_http_requests" not in exported
     assert series_in('rate(esi_http_requests_totl{route=~"esi_x"}[5m])') == {"esi_http_requests_totl"}
     assert series_in('up{job=~"esi-.+"} == 0') == {"up"}
 
@@ -190,7 +194,8 @@ async def test_readiness_runs_set_the_dependency_gauge() -> None:
         raise ConnectionError("refused")
 
     ready, report = await run_checks({"store": ok, "dms": down}, service="unit-test")
-    assert not ready and report["dms"]["status"] == "down"
+    assert not ready
+    assert report["dms"]["status"] == "down"
     assert _sample("esi_dependency_ready", {"service": "unit-test", "dependency": "store"}) == 1.0
     assert _sample("esi_dependency_ready", {"service": "unit-test", "dependency": "dms"}) == 0.0
     await run_checks({"dms": ok}, service="unit-test")
@@ -208,7 +213,7 @@ def test_an_answered_request_is_counted_with_its_end_to_end_time() -> None:
 
 
 @pytest.mark.parametrize(
-    "text, seconds",
+    ("text", "seconds"),
     [
         ("30d", 30 * 86400.0),
         ("12h", 43200.0),
@@ -236,5 +241,5 @@ def test_retention_settings() -> None:
     assert (settings.request_retention_s, settings.retention_interval_s) == (43200.0, 300.0)
     assert Settings(_env_file=None, ESI_REQUEST_RETENTION="off").request_retention_s == 0
     assert Settings(_env_file=None).request_retention_s == 30 * 86400
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ESI_RETENTION_INTERVAL"):
         Settings(_env_file=None, ESI_RETENTION_INTERVAL="0")

@@ -201,7 +201,7 @@ def _http_samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 @pytest.mark.parametrize(
-    "method, url, template, status",
+    ("method", "url", "template", "status"),
     [
         ("POST", "/send_to_dms", "/send_to_dms", 202),  # the fast path
         ("POST", "/send_policy_query", "/send_policy_query", 202),

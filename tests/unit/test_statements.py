@@ -31,7 +31,7 @@ def test_a_duplicate_raises_sqlalchemys_integrity_error_and_rolls_back_with_the_
     row = {"consumer": "dms", "message_id": "m", "processed_at": "t"}
     with engine.begin() as conn:
         INSERT_INBOX.run(conn, row)
-    with pytest.raises(IntegrityError), engine.begin() as conn:
+    with pytest.raises(IntegrityError), engine.begin() as conn:  # noqa: PT012 - the first insert must roll back with the failing second
         INSERT_INBOX.run(conn, {**row, "message_id": "other"})
         INSERT_INBOX.run(conn, row)
     with engine.connect() as conn:  # the transaction's first insert went with it

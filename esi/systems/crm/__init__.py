@@ -35,7 +35,7 @@ def _handlers(context: SystemContext) -> dict[str, Handler]:
     from esi.systems.crm.handlers import crm_handlers
     from esi.systems.crm.tables import OrderUpdates
 
-    assert context.client is not None  # the system declares a client
+    assert context.client is not None  # noqa: S101 - the system declares a client
     settings = cast(CreatioSettings, context.settings)  # the system's own settings class
     return crm_handlers(
         context.client, max_pdf_bytes=settings.max_pdf_bytes, updates=OrderUpdates(context.store.database)

@@ -72,7 +72,7 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
         if newest is not None and newest.changed_at > changed_at:
             await client.set_order_status(order_id, await client.find_status_id(newest.status))
             return (
-                f"superseded while being applied: status {newest.status!r} from an update of "
+                f"superseded while being applied: status {newest.status!r} from an update of "  # noqa: S608 - a note for the operator, not SQL
                 f"{newest.changed_at} was set again after it"
             )
         return None

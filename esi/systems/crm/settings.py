@@ -7,7 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from esi.systems.spec import SystemSettings
 
-DEMO_PASSWORD = "Supervisor"
+DEMO_PASSWORD = "Supervisor"  # noqa: S105 - the fake Creatio's documented demo login
 
 
 class CreatioSettings(SystemSettings):

@@ -30,7 +30,7 @@ def _client(settings: DmsSettings) -> DmsClient:
 def _handlers(context: SystemContext) -> dict[str, Handler]:
     from esi.systems.dms.handlers import dms_handlers
 
-    assert context.client is not None  # the system declares a client
+    assert context.client is not None  # noqa: S101 - the system declares a client
     return dms_handlers(context.client)
 
 

@@ -152,7 +152,7 @@ class OrderFiles:
             )
         except NotFound:
             pass  # never created
-        except Exception as exc:  # the original failure matters more
+        except Exception as exc:  # noqa: BLE001 - the original failure matters more
             logger.warning("Could not delete the half-uploaded file %s: %s", file_id, exc)
 
     async def download(self, file_id: str) -> bytes:

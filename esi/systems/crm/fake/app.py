@@ -49,7 +49,7 @@ _LOGIN_PAGE = """<!DOCTYPE html>
 def create_app(
     *,
     username: str = "Supervisor",
-    password: str = "Supervisor",
+    password: str = "Supervisor",  # noqa: S107 - the fake Creatio's documented demo login
     odata_prefix: str = "/0/odata",
     expiry_mode: str = "401",
     csrf_failure_status: int = 401,

@@ -320,21 +320,20 @@ class FakeCreatio:
         for row in self.tables["Order"].values():
             status = statuses.get(row["StatusId"])
             orders.append({**row, "StatusName": status["Name"] if status else None})
-        files = []
-        for stored in self.files.values():
-            files.append(
-                {
-                    "id": stored.row["Id"],
-                    "name": stored.row["Name"],
-                    "order_id": stored.row["OrderId"],
-                    "size": stored.row["Size"],
-                    "total_size": stored.total,
-                    "received": stored.received,
-                    "mime_type": stored.mime_type,
-                    "complete": stored.complete,
-                    "sha256": hashlib.sha256(stored.data()).hexdigest() if stored.complete else None,
-                }
-            )
+        files = [
+            {
+                "id": stored.row["Id"],
+                "name": stored.row["Name"],
+                "order_id": stored.row["OrderId"],
+                "size": stored.row["Size"],
+                "total_size": stored.total,
+                "received": stored.received,
+                "mime_type": stored.mime_type,
+                "complete": stored.complete,
+                "sha256": hashlib.sha256(stored.data()).hexdigest() if stored.complete else None,
+            }
+            for stored in self.files.values()
+        ]
         return {
             "config": {
                 "odata_prefix": self.odata_prefix,
