@@ -27,10 +27,12 @@ def clients_add(
     from esi.runtime import registry_from
     from esi.security import generate_api_key, make_client_entry
 
-    registry_from(_settings())  # the scopes name the systems this deployment runs with
+    catalog = registry_from(_settings()).catalog  # the scopes name the systems this deployment runs with
     password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     key = generate_api_key(client_id) if api_key else None
-    entry = make_client_entry(client_id, password=password, api_key=key, send=send or [], read=read, operator=operator)
+    entry = make_client_entry(
+        client_id, password=password, api_key=key, send=send or [], read=read, operator=operator, catalog=catalog
+    )
     if file:
         from pathlib import Path
 

@@ -198,11 +198,12 @@ def make_client_entry(
     operator: bool = False,
     *,
     hasher: argon2.PasswordHasher | None = None,
+    catalog: Catalog | None = None,
 ) -> dict[str, Any]:
     """One client's entry for the clients file, with its secrets hashed (for a CLI `esi clients add`).
 
     `api_key` must be `<client_id>.<secret>` (see `esi.security.generate_api_key`). `send` lists
-    `target:message_type` scopes; none by default.
+    `target:message_type` scopes, checked against `catalog` when given (the deployment's systems); none by default.
     """
     check_client_id(client_id)
     if password is None and api_key is None:
@@ -217,7 +218,7 @@ def make_client_entry(
             )
         entry["api_key_hashes"] = [hash_secret(api_key, hasher=hasher)]
     try:
-        scopes = [str(SendScope.parse(s)) for s in (send or [])]
+        scopes = [str(SendScope.parse(s, catalog)) for s in (send or [])]
     except ScopeError as exc:
         raise ClientsConfigError(str(exc)) from None
     entry.update({"send": scopes, "read": bool(read), "operator": bool(operator)})
