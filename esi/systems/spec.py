@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from esi.store import Migrations, Store
     from esi.store.events import EventRecorder
     from esi.systems.calls import Guarded
-    from esi.systems.registry import Registry
 
 #: a system's code on the wire: lower case, as routing keys carry it ("1c", "dms", "crm")
 CODE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
@@ -129,6 +128,18 @@ class Fake:
     app: Callable[[Any], FastAPI]
 
 
+class Systems(Protocol):
+    """What a system's handlers may ask of the registry of every system (`esi.systems.registry.Registry`)."""
+
+    def routed_to(self, system: System) -> frozenset[str]:
+        """The message types arriving on `system`'s queue."""
+        ...
+
+    def business_keys(self, payload: Mapping[str, object] | None) -> list[str]:
+        """The values of a payload that people search requests by."""
+        ...
+
+
 @dataclass
 class SystemContext:
     """What a system's handlers are built from, at start-up."""
@@ -143,7 +154,7 @@ class SystemContext:
     store: Store
     events: EventRecorder
     #: every system esi runs with (what reaches this system's queue, the fields requests are searched by)
-    registry: Registry
+    registry: Systems
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,11 @@ from fastapi import Depends, FastAPI, Request
 
 from esi.security.scopes import Principal
 
-__all__ = ["Handler", "Param", "Route", "add_routes"]
+__all__ = ["Endpoint", "Param", "Route", "add_routes"]
 
-Handler = Callable[..., Awaitable[Any]]
+#: what serves a route: `async endpoint(request, principal, *params)` (the bus has its own kind of handler: a
+#: message type's, `esi.messages.Handler`)
+Endpoint = Callable[..., Awaitable[Any]]
 _EMPTY = inspect.Parameter.empty
 
 
@@ -47,7 +49,7 @@ class Route:
     path: str
     #: the operation's name (FastAPI derives the OpenAPI operationId from it and the path)
     name: str
-    handler: Handler
+    handler: Endpoint
     summary: str
     params: tuple[Param, ...] = ()
     #: answered by the fast path when a request is one it can check exactly as FastAPI would
@@ -88,11 +90,11 @@ def add_routes(
         )
 
 
-def _function(handler: Handler) -> Any:
+def _function(handler: Endpoint) -> Any:
     return handler.func if isinstance(handler, functools.partial) else handler
 
 
-def _endpoint(route: Route, principal: Callable[..., Awaitable[Principal]] | None) -> Handler:
+def _endpoint(route: Route, principal: Callable[..., Awaitable[Principal]] | None) -> Endpoint:
     """A FastAPI endpoint calling `route.handler`, its signature built from the route's parameters: FastAPI reads
     the parameters (and, without a `response_model`, the response's schema from the return type) from it."""
     handler = route.handler
