@@ -342,15 +342,15 @@ class _Outbox:
         self.rows = rows
         self.sent: list[OutboxRow] = []
 
-    async def outbox_claim(
+    async def claim(
         self, *, limit: int, fresh_s: float, lease_s: float, mine: list[str] | None = None
     ) -> list[OutboxRow]:
         return [r for r in self.rows if r not in self.sent][:limit]
 
-    async def outbox_release(self, rows: list[OutboxRow]) -> None:
+    async def release(self, rows: list[OutboxRow]) -> None:
         pass
 
-    async def outbox_mark_sent(self, rows: list[OutboxRow]) -> None:
+    async def mark_sent(self, rows: list[OutboxRow]) -> None:
         self.sent.extend(rows)
 
 
