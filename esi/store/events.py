@@ -109,13 +109,17 @@ class EventRecorder:
         await asyncio.shield(self._writing)
 
     async def _write_buffer(self) -> None:
-        while self._buffer:
-            rows, self._buffer = self._buffer[: self._batch * 4], self._buffer[self._batch * 4 :]
+        """Write what the buffer holds now, in chunks (what is recorded meanwhile waits for the next write: under a
+        steady flow of events a write that chased the buffer to empty would never end, nor would its waiters)."""
+        taken, self._buffer = self._buffer, []
+        chunk = self._batch * 4
+        for start in range(0, len(taken), chunk):
+            rows = taken[start : start + chunk]
             try:
                 await self._store.add_events(rows)
             except Exception as exc:
-                log.warning("could not write %d timeline events: %s", len(rows), exc)
-                self._buffer = rows + self._buffer
+                log.warning("could not write %d timeline events: %s", len(taken) - start, exc)
+                self._buffer = taken[start:] + self._buffer
                 raise
             self._written += len(rows)
 
