@@ -325,6 +325,9 @@ def test_the_clients_file_holds_hashes_only(tmp_path: Path) -> None:
         "send": ["dms:*"],
         "read": True,
         "operator": False,
+        # the quota, written out with its defaults (esi.security.quota)
+        "rate": {"per_second": 200, "burst": 400},
+        "in_flight": 256,
     }
     registry = ClientRegistry.from_file(path)
     assert registry.authenticate(basic("erp", ERP_PASSWORD), None).client_id == "erp"
