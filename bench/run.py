@@ -46,7 +46,7 @@ from bench.procs import machine_info  # noqa: E402
 #: what a closed-loop POST asks to wait for its outcome, seconds (Prefer: wait=N)
 PREFER_WAIT_S = 30
 
-SECTIONS = ("ceiling", "e2e", "peer", "ingress", "slow", "scaleout", "bound", "backlog", "cluster", "chart")
+SECTIONS = ("ceiling", "e2e", "peer", "ingress", "slow", "scaleout", "bound", "abuse", "backlog", "cluster", "chart")
 ADAPTERS = ("onec", "dms", "dms2", "crm")
 
 #: targets (the issue's): checked and printed, never a reason to fail
@@ -70,6 +70,8 @@ DEFAULTS: dict[str, Any] = {
     "backlog_sample_seconds": 30.0,
     "completion_timeout": 120.0,
     "bound_limit": 10,
+    "abuse_rate": 50.0,
+    "abuse_seconds": 10.0,
 }
 QUICK: dict[str, Any] = {
     "ceiling_n": 200,
@@ -85,6 +87,8 @@ QUICK: dict[str, Any] = {
     "backlog_sample_seconds": 10.0,
     "completion_timeout": 60.0,
     "bound_limit": 5,
+    "abuse_rate": 20.0,
+    "abuse_seconds": 2.0,
 }
 
 
@@ -249,6 +253,8 @@ class Bench:
                 self.run_scaleout()
             if not self.skip("bound"):
                 self.run_bound()
+            if not self.skip("abuse"):
+                self.run_abuse()
             self.memory_section()
             if not self.skip("backlog"):
                 self.run_backlog()
@@ -292,6 +298,26 @@ class Bench:
         self.write()
         print_table(self.result)
         return 0 if self.result["ok"] else 1
+
+    # --- abuse: a flood of wrong passwords beside a well-behaved client (bench.abuse) ----------------------------
+
+    def run_abuse(self) -> None:
+        from bench import abuse
+        from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD
+
+        a = self.args
+        self.say(f"abuse: a steady client at {a.abuse_rate}/s alone, then beside 300 wrong passwords/s")
+        result = abuse.run(
+            self.system.api_url, (DEMO_CLIENT_ID, DEMO_PASSWORD), rate=a.abuse_rate, seconds=a.abuse_seconds
+        )
+        self.system.check_alive()
+        self.result["abuse"] = result
+        self.say(
+            f"abuse: throughput ×{result['throughput_ratio']} (≥ {abuse.TARGET_THROUGHPUT_RATIO}), "
+            f"p99 ×{result['p99_ratio']} (≤ {abuse.TARGET_P99_RATIO}) "
+            f"[{result['alone']['p99_ms']} → {result['flooded']['p99_ms']} ms]; flood answered 429 after "
+            f"{result['flood']['answered_429_after']} attempts, {result['flood']['statuses']}"
+        )
 
     # --- 2. end to end ------------------------------------------------------------------------------------------
 

@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     clients_file: str | None = Field(None, validation_alias=_env("ESI_CLIENTS_FILE"))
     clients_json: SecretStr | None = Field(None, validation_alias=_env("ESI_CLIENTS_JSON"))
     auth_cache_ttl: float = Field(60.0, ge=0, validation_alias=_env("ESI_AUTH_CACHE_TTL"))
+    #: failed sign-ins of one client id from one address within the window, after which that pair gets 429
+    auth_max_failures: int = Field(5, ge=1, le=1000, validation_alias=_env("ESI_AUTH_MAX_FAILURES"))
+    auth_failure_window_s: float = Field(60.0, gt=0, le=86400, validation_alias=_env("ESI_AUTH_FAILURE_WINDOW"))
+    #: the (client id, address) pairs remembered at most (least recently failed out first)
+    auth_throttle_entries: int = Field(100_000, ge=1, validation_alias=_env("ESI_AUTH_THROTTLE_ENTRIES"))
+    #: the proxies whose X-Forwarded-For is believed: addresses or CIDRs, comma-separated; none by default
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("ESI_TRUSTED_PROXIES")
+    )
+    #: API processes behind the load balancer: each enforces the clients' quotas divided by this
+    api_replicas: int = Field(1, ge=1, le=1000, validation_alias=_env("ESI_API_REPLICAS"))
     #: the operator console's CSRF key, the same on every API replica; unset: each process draws its own
     console_secret: SecretStr | None = Field(None, validation_alias=_env("ESI_CONSOLE_SECRET"))
 
@@ -128,6 +139,21 @@ class Settings(BaseSettings):
     def _parse_systems(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            import ipaddress
+
+            for part in value:
+                try:
+                    ipaddress.ip_network(str(part).strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"ESI_TRUSTED_PROXIES: {part!r} is not an IP address or a CIDR") from None
         return value
 
     @field_validator("request_retention_s", "retention_interval_s", "readiness_interval_s", mode="before")

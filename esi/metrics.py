@@ -21,6 +21,12 @@ Series:
     esi_requests_settled_total{target,message_type,status}     requests answered to 1C: completed | failed
     esi_request_duration_seconds{target,message_type}          histogram, accepted to answered (end to end)
     esi_retention_deleted_total{table}                         rows removed by retention (ESI_REQUEST_RETENTION)
+    esi_auth_failures_total{reason}                            refused sign-ins: missing | malformed | unknown_client |
+                                                               wrong_secret | no_secret (throttled ones: below)
+    esi_auth_throttled_total                                   sign-in attempts refused with 429 (too many failures of
+                                                               one client id from one address; no hashing)
+    esi_quota_refused_total{client,quota}                      requests refused with 429 over a client's quota:
+                                                               rate | in_flight (nothing stored)
 """
 
 from __future__ import annotations
@@ -117,6 +123,18 @@ REQUEST_DURATION = Histogram(
     registry=REGISTRY,
 )
 RETENTION_DELETED = Counter("esi_retention_deleted", "Rows deleted by the retention pass", ["table"], registry=REGISTRY)
+AUTH_FAILURES = Counter("esi_auth_failures", "Refused sign-ins (401), by reason", ["reason"], registry=REGISTRY)
+AUTH_THROTTLED = Counter(
+    "esi_auth_throttled",
+    "Sign-in attempts refused (429) after too many failures, before any hashing",
+    registry=REGISTRY,
+)
+QUOTA_REFUSED = Counter(
+    "esi_quota_refused",
+    "Requests refused (429) over a client's quota, by quota",
+    ["client", "quota"],
+    registry=REGISTRY,
+)
 
 
 #: children of labelled metrics counted once per message or request, looked up once: `labels()` validates,

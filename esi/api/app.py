@@ -24,6 +24,7 @@ from esi.api.routes.health import HealthRoutes
 from esi.api.routes.requests import RequestRoutes
 from esi.api.routes.systems import SystemsRoutes
 from esi.api.routes.table import Route, add_routes
+from esi.security.throttle import TrustedProxies
 
 __all__ = ["Api", "ApiDeps", "build_routes", "create_app"]
 
@@ -70,7 +71,9 @@ def create_app(deps: ApiDeps) -> Api:
         telemetry=TELEMETRY_OFF,
     )
     install_error_handlers(app)
-    auth = Authenticator(deps.clients)
+    auth = Authenticator(
+        deps.clients, trusted_proxies=TrustedProxies(deps.trusted_proxies), audit=deps.store.audit.record
+    )
     routes = build_routes(deps)
     add_routes(app, routes, auth.dependency)
     app.state.routes = routes

@@ -3,10 +3,16 @@
 `Authenticator.authenticate` reads the credentials off the request and asks the registry (`esi.security.auth`);
 `Authenticator.dependency` is the FastAPI dependency, which declares the two schemes in the OpenAPI document and
 then calls `authenticate` — nothing else.
+
+The source address the registry throttles failed sign-ins by is the peer's, or what `X-Forwarded-For` says when the
+peer is one of the trusted proxies (`ESI_TRUSTED_PROXIES`, `esi.security.throttle.TrustedProxies`). When a pair
+starts being throttled, the Authenticator writes it to the audit log (once per pair and window).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, Request
@@ -14,10 +20,17 @@ from fastapi.openapi.models import HTTPBase as HTTPBaseModel
 from fastapi.security import APIKeyHeader
 from fastapi.security.base import SecurityBase
 
+from esi.errors import ApiError
 from esi.security.auth import API_KEY_HEADER, ClientRegistry
 from esi.security.scopes import Principal, SendScope
+from esi.security.throttle import ThrottleEvent, TrustedProxies
 
 __all__ = ["OPEN", "Authenticator", "principal_dependency", "remote_of"]
+
+log = logging.getLogger(__name__)
+
+#: what writes a throttled pair to the audit log (`esi.store.audit.Audit.record`)
+AuditRecord = Callable[..., Awaitable[None]]
 
 #: the caller when authentication is off (demo only): everything is allowed
 OPEN = Principal("anonymous", send_scopes=(SendScope("*", "*"),), can_read=True, is_operator=True)
@@ -48,8 +61,17 @@ class Authenticator:
     """Authenticates the API's callers against `registry`; with no registry, authentication is off and every
     caller is `OPEN` (refused with ESI_ENV=production)."""
 
-    def __init__(self, registry: ClientRegistry | None) -> None:
+    def __init__(
+        self,
+        registry: ClientRegistry | None,
+        *,
+        trusted_proxies: TrustedProxies | None = None,
+        audit: AuditRecord | None = None,
+    ) -> None:
         self.registry = registry
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
+        self._audit = audit
+        self._audits: set[asyncio.Task[None]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -60,9 +82,54 @@ class Authenticator:
         if self.registry is None:
             return OPEN
         headers = request.headers
-        return await self.registry.authenticate_async(
-            headers.get("authorization"), headers.get(API_KEY_HEADER), remote=remote_of(request)
-        )
+        peer = request.client.host if request.client else None
+        remote = remote_of(request)
+        address = peer or "unknown"
+        if self.trusted_proxies:
+            address = self.trusted_proxies.source(peer, headers.get("x-forwarded-for"))
+            if address != peer:
+                remote = f"{address} via {remote}"
+        try:
+            return await self.registry.authenticate_async(
+                headers.get("authorization"), headers.get(API_KEY_HEADER), remote=remote, address=address
+            )
+        except ApiError:
+            self._audit_throttled()
+            raise
+
+    def _audit_throttled(self) -> None:
+        """Write the pairs that started being throttled to the audit log, in the background."""
+        assert self.registry is not None  # noqa: S101 - only called with a registry; narrows for mypy
+        events = self.registry.throttle_events()
+        if not events or self._audit is None:
+            return
+        for event in events:
+            task = asyncio.get_running_loop().create_task(self._record(event))
+            self._audits.add(task)
+            task.add_done_callback(self._audits.discard)
+
+    async def _record(self, event: ThrottleEvent) -> None:
+        assert self._audit is not None  # noqa: S101 - checked by the caller; narrows for mypy
+        try:
+            await self._audit(
+                "auth.throttled",
+                client_id=event.client_id[:64],
+                subject=event.address,
+                count=event.failures,
+                detail={"window_s": event.window_s, "retry_after_s": event.retry_after_s},
+            )
+        except Exception as exc:  # noqa: BLE001 - the store is away: the log line has it already
+            log.warning(
+                "could not write the throttling of %r from %s to the audit log: %s",
+                event.client_id[:64],
+                event.address,
+                exc,
+            )
+
+    async def drain(self) -> None:
+        """Wait for the audit records under way (tests, shutdown)."""
+        while self._audits:
+            await asyncio.gather(*list(self._audits), return_exceptions=True)
 
     @property
     def dependency(self) -> Callable[..., Awaitable[Principal]]:

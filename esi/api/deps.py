@@ -9,6 +9,7 @@ from typing import Any
 from esi.bus.dead_letters import DeadLetters
 from esi.bus.topology import Topology
 from esi.security.auth import ClientRegistry
+from esi.security.quota import QuotaLimiter
 from esi.store import Store
 from esi.store.events import EventRecorder
 from esi.store.records import OutboxRow
@@ -50,3 +51,7 @@ class ApiDeps:
     #: the key of the operator console's CSRF tokens, shared by the API replicas (ESI_CONSOLE_SECRET); None: drawn
     #: per process
     console_secret: bytes | None = None
+    #: the proxies whose X-Forwarded-For names the caller's address (ESI_TRUSTED_PROXIES: addresses or CIDRs)
+    trusted_proxies: Sequence[str] = ()
+    #: the clients' quotas in this process (their share: ÷ ESI_API_REPLICAS); None: one replica, the real clock
+    quotas: QuotaLimiter | None = None

@@ -22,6 +22,17 @@ def clients_add(
     operator: Annotated[bool, typer.Option("--operator", help="may use /dlq and replay")] = False,
     api_key: Annotated[bool, typer.Option("--api-key", help="also generate an API key (printed once)")] = False,
     file: Annotated[str | None, typer.Option("--file", help="add to this clients file (created if missing)")] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option("--rate", help='requests per second (default 200), or "unlimited" for a trusted client'),
+    ] = None,
+    burst: Annotated[
+        int | None, typer.Option("--burst", min=1, help="requests at once after a pause (default: twice the rate)")
+    ] = None,
+    in_flight: Annotated[
+        str | None,
+        typer.Option("--in-flight", help='POSTs under way at once (default 256), or "unlimited"'),
+    ] = None,
 ) -> None:
     """Hash a new client's password (asked for) and print, or add, its clients-file entry."""
     from esi.runtime import registry_from
@@ -31,7 +42,16 @@ def clients_add(
     password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     key = generate_api_key(client_id) if api_key else None
     entry = make_client_entry(
-        client_id, password=password, api_key=key, send=send or [], read=read, operator=operator, catalog=catalog
+        client_id,
+        password=password,
+        api_key=key,
+        send=send or [],
+        read=read,
+        operator=operator,
+        rate=_number(rate, "--rate", float),
+        burst=burst,
+        in_flight=_whole(_number(in_flight, "--in-flight", int)),
+        catalog=catalog,
     )
     if file:
         from pathlib import Path
@@ -45,3 +65,20 @@ def clients_add(
         typer.echo(json.dumps(entry, indent=2))
     if key:
         typer.echo(f"API key (shown once, send it as X-API-Key): {key}", err=True)
+
+
+def _number(value: str | None, option: str, kind: type[float] | type[int]) -> float | int | str | None:
+    """A quota option: a number, "unlimited", or None (the default)."""
+    if value is None or value.strip().lower() == "unlimited":
+        return None if value is None else "unlimited"
+    try:
+        number = kind(value)
+    except ValueError:
+        raise typer.BadParameter(f'{value!r} is not a number nor "unlimited"', param_hint=option) from None
+    if number <= 0:
+        raise typer.BadParameter("must be positive", param_hint=option)
+    return number
+
+
+def _whole(value: float | int | str | None) -> int | str | None:
+    return int(value) if isinstance(value, float) else value

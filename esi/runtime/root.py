@@ -28,6 +28,7 @@ from esi.messages.catalog import Catalog
 from esi.runtime.http import HttpServer
 from esi.runtime.services import FakeService, Service, Stoppable, SystemService
 from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_registry, load_clients
+from esi.security.throttle import SignInThrottle
 from esi.store import Store
 from esi.store.events import EventRecorder
 from esi.systems.registry import Registry, RegistryError, load_registry
@@ -62,6 +63,11 @@ def clients_from(settings: Settings, catalog: Catalog) -> ClientRegistry | None:
         production=settings.env == "production",
         catalog=catalog,
         cache_ttl=settings.auth_cache_ttl,
+        throttle=SignInThrottle(
+            max_failures=settings.auth_max_failures,
+            window=settings.auth_failure_window_s,
+            max_entries=settings.auth_throttle_entries,
+        ),
     )
     if is_demo_registry(registry):
         log.warning(

@@ -30,6 +30,7 @@ from esi.health import Check
 from esi.messages import Handler
 from esi.runtime.http import HttpServer
 from esi.security import ClientRegistry
+from esi.security.quota import QuotaLimiter
 from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
 from esi.store import Store
 from esi.store.events import EventRecorder
@@ -283,6 +284,8 @@ class SystemService(Service):
             max_wait=s.max_wait_s,
             wait_recheck=s.wait_recheck_s,
             console_secret=s.console_secret.get_secret_value().encode() if s.console_secret else None,
+            trusted_proxies=tuple(s.trusted_proxies),
+            quotas=QuotaLimiter(replicas=s.api_replicas),
         )
         app = create_app(deps)
         app.include_pages(console_router, deps)  # the operator console at /console, beside the API

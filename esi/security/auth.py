@@ -34,6 +34,13 @@ argon2 run, as each different secret does. And an entry used in the last sixth o
 verification in the background, while it keeps answering: a client in steady use never waits for argon2 after its
 first request. The renewal verifies the secret against the client's current hash, as a miss would.
 
+Throttling (`esi.security.throttle`). Each refusal of argon2 counts against the pair (claimed client id, source
+address); after `max_failures` within the window every attempt of that pair — a correct secret too — is refused with
+429 and `Retry-After` before the cache or argon2 is consulted, until the window has passed. The check is made again
+on the worker thread just before hashing, so that guesses queued behind the verifications that crossed the
+threshold are refused without hashing as well. Malformed or missing headers name no client: refused at once, as
+before.
+
 Failures are logged on this module's logger (`esi.security.auth`) with the client id (as the caller claimed it,
 quoted) and the caller's address — never the secret, nor the header that carries it.
 """
@@ -59,11 +66,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from esi import metrics
 from esi.errors import ApiError
 from esi.messages.catalog import Catalog
 from esi.security.clients import ClientConfig, ClientsConfigError, check_client_id, parse_clients, read_clients_file
 from esi.security.hashing import dummy_hash_like, verify_secret
 from esi.security.scopes import Principal
+from esi.security.throttle import SignInThrottle, ThrottleEvent
 
 __all__ = ["API_KEY_HEADER", "REALM", "ClientRegistry", "generate_api_key"]
 
@@ -114,6 +123,7 @@ class ClientRegistry:
         cache_size: int = 10_000,
         max_concurrent_verifications: int = 2,
         demo: bool = False,
+        throttle: SignInThrottle | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._cache: OrderedDict[bytes, _CacheEntry] = OrderedDict()
@@ -128,6 +138,8 @@ class ClientRegistry:
         )
         #: cache token → the verification under way on the event loop (`authenticate_async`)
         self._pending: dict[bytes, asyncio.Future[Principal]] = {}
+        #: failed sign-ins per (client id, source address): refused before hashing after too many
+        self.throttle = throttle if throttle is not None else SignInThrottle()
         self.demo = demo
         self._clients: dict[str, ClientConfig] = {}
         self._dummy_hash = ""
@@ -187,41 +199,75 @@ class ClientRegistry:
     # --- authenticating -----------------------------------------------------------------------------------------
 
     def authenticate(
-        self, authorization_header: str | None, api_key_header: str | None, *, remote: str | None = None
+        self,
+        authorization_header: str | None,
+        api_key_header: str | None,
+        *,
+        remote: str | None = None,
+        address: str | None = None,
     ) -> Principal:
-        """The client these headers prove; `ApiError(401)` without credentials or with wrong ones.
+        """The client these headers prove; `ApiError(401)` without credentials or with wrong ones, 429 while the
+        pair (client id, `address`) is throttled.
 
-        An `X-API-Key` header, when present, is used alone; otherwise `Authorization: Basic`. Blocking (argon2 on a
-        cache miss): call `authenticate_async` from the event loop.
+        An `X-API-Key` header, when present, is used alone; otherwise `Authorization: Basic`. `remote` is what the
+        log shows of the caller, `address` its source address (by default `remote` without its port). Blocking
+        (argon2 on a cache miss): call `authenticate_async` from the event loop.
         """
         credentials = self._parse(authorization_header, api_key_header, remote)
+        address = _address(address, remote)
+        self._check_throttle(credentials, address)
         principal = self._from_cache(credentials)
         if principal is not None:
             return principal
-        return self._verify(credentials, remote)
+        return self._verify(credentials, remote, address)
 
     async def authenticate_async(
-        self, authorization_header: str | None, api_key_header: str | None, *, remote: str | None = None
+        self,
+        authorization_header: str | None,
+        api_key_header: str | None,
+        *,
+        remote: str | None = None,
+        address: str | None = None,
     ) -> Principal:
         """`authenticate` for async code: a cache hit answers at once; argon2 runs in a worker thread, once for all
         the requests that present the same credentials while it runs; a cached verification in the last part of
         its life is renewed in the background while it keeps answering (see the module)."""
         credentials = self._parse(authorization_header, api_key_header, remote)
+        address = _address(address, remote)
+        self._check_throttle(credentials, address)
         token = self._cache_token(credentials)
         principal, renew = self._cached(credentials, token)
         if principal is not None:
             if renew:
-                self._verification(token, credentials, remote)
+                self._verification(token, credentials, remote, address)
             return principal
         # shielded: a caller that goes away (its client hung up) does not cancel it for the others
-        return await asyncio.shield(self._verification(token, credentials, remote))
+        return await asyncio.shield(self._verification(token, credentials, remote, address))
 
-    def _verification(self, token: bytes, credentials: _Credentials, remote: str | None) -> asyncio.Future[Principal]:
+    def throttle_events(self) -> list[ThrottleEvent]:
+        """The (client id, address) pairs that started being throttled since the last call (once per window)."""
+        return self.throttle.events()
+
+    def _check_throttle(self, credentials: _Credentials, address: str) -> None:
+        retry_after = self.throttle.retry_after(credentials.client_id, address)
+        if retry_after is not None:
+            metrics.AUTH_THROTTLED.inc()
+            raise ApiError(
+                429,
+                "sign_in_throttled",
+                f"too many failed sign-ins of this client from this address: every attempt is refused for "
+                f"{retry_after} s more",
+                headers={"Retry-After": str(retry_after)},
+            )
+
+    def _verification(
+        self, token: bytes, credentials: _Credentials, remote: str | None, address: str
+    ) -> asyncio.Future[Principal]:
         """The argon2 verification of these credentials under way on this loop, or a new one."""
         loop = asyncio.get_running_loop()
         pending = self._pending.get(token)
         if pending is None or pending.get_loop() is not loop:
-            pending = loop.run_in_executor(self._executor, self._verify, credentials, remote)
+            pending = loop.run_in_executor(self._executor, self._verify, credentials, remote, address)
             self._pending[token] = pending
             pending.add_done_callback(functools.partial(self._verified, token))
         return pending
@@ -239,10 +285,11 @@ class ClientRegistry:
             client_id, sep, rest = value.partition(".")
             if len(value) > _MAX_CREDENTIAL_CHARS or not sep or not rest or not client_id:
                 # no client id to look up, so nothing to learn from the time a refusal takes: refused at once
-                self._fail("malformed API key", client_id[:64] if sep else None, "api_key", remote)
+                self._fail("malformed API key", client_id[:64] if sep else None, "api_key", remote, code="malformed")
             return _Credentials("api_key", client_id, value)
         if authorization is None or not authorization.strip():
             log.info("authentication missing (remote %s)", remote or "unknown")
+            metrics.child(metrics.AUTH_FAILURES, "missing").inc()
             raise ApiError(
                 401,
                 "unauthorized",
@@ -251,21 +298,21 @@ class ClientRegistry:
             )
         scheme, _, encoded = authorization.strip().partition(" ")
         if scheme.lower() != "basic":
-            self._fail(f"unsupported scheme {scheme[:20]!r}", None, "basic", remote)
+            self._fail(f"unsupported scheme {scheme[:20]!r}", None, "basic", remote, code="malformed")
         encoded = encoded.strip()
         try:
             if len(encoded) > _MAX_CREDENTIAL_CHARS:
                 raise ValueError("too long")
             raw = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            self._fail("malformed Basic credentials", None, "basic", remote)
+            self._fail("malformed Basic credentials", None, "basic", remote, code="malformed")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             text = raw.decode("latin-1")  # RFC 7617: a client that announces no charset may send ISO-8859-1
         user, sep, password = text.partition(":")
         if not sep:
-            self._fail("malformed Basic credentials", None, "basic", remote)
+            self._fail("malformed Basic credentials", None, "basic", remote, code="malformed")
         return _Credentials("basic", user, password)
 
     def _cache_token(self, credentials: _Credentials) -> bytes:
@@ -329,27 +376,34 @@ class ClientRegistry:
         for _ in range(rounds):
             self._check(self._dummy_hash, "\0not-a-secret")
 
-    def _verify(self, credentials: _Credentials, remote: str | None) -> Principal:
+    def _verify(self, credentials: _Credentials, remote: str | None, address: str) -> Principal:
+        # again, on the worker thread: the verifications queued behind the ones that crossed the threshold
+        self._check_throttle(credentials, address)
         client = self._clients.get(credentials.client_id)
         hashes = self._current_hashes(client, credentials.method)
         rounds = 1 if credentials.method == "basic" else self._max_key_hashes
         for encoded in hashes:
             if self._check(encoded, credentials.secret):
                 self._remember(credentials, encoded)
+                self.throttle.succeeded(credentials.client_id, address)
                 assert client is not None  # noqa: S101 - a matching secret implies a client; narrows for mypy
                 return client.principal
         # the same number of argon2 runs whether the client exists, has this kind of secret, or not
         self._burn(max(0, rounds - len(hashes)) if hashes else rounds)
         if client is None:
-            reason = "unknown client"
+            reason, code = "unknown client", "unknown_client"
         elif not hashes:
             reason = "no password configured" if credentials.method == "basic" else "no API key configured"
+            code = "no_secret"
         else:
             reason = "wrong password" if credentials.method == "basic" else "wrong API key"
-        self._fail(reason, credentials.client_id, credentials.method, remote)
+            code = "wrong_secret"
+        self.throttle.failed(credentials.client_id, address)
+        self._fail(reason, credentials.client_id, credentials.method, remote, code=code)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _fail(self, reason: str, client_id: str | None, method: str, remote: str | None) -> None:
+    def _fail(self, reason: str, client_id: str | None, method: str, remote: str | None, *, code: str) -> None:
+        metrics.child(metrics.AUTH_FAILURES, code).inc()
         shown = repr(client_id[:64]) if client_id is not None else "(none)"
         log.warning(
             "authentication failed: %s (client %s, %s, remote %s)",
@@ -359,3 +413,13 @@ class ClientRegistry:
             remote or "unknown",
         )
         raise ApiError(401, "unauthorized", "invalid credentials", headers=dict(WWW_AUTHENTICATE))
+
+
+def _address(address: str | None, remote: str | None) -> str:
+    """The source address a throttle counts under: `address`, else `remote` without its port."""
+    if address:
+        return address
+    if not remote:
+        return "unknown"
+    host, sep, port = remote.rpartition(":")
+    return host if sep and port.isdigit() else remote

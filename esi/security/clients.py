@@ -4,12 +4,15 @@ The clients file holds argon2id hashes only — never a password or a key — an
 
     {"clients": [
       {"id": "1c-erp", "password_hash": "$argon2id$v=19$...",
-       "send": ["dms:create_user", "crm:*"], "read": true, "operator": false},
-      {"id": "ops", "api_key_hashes": ["$argon2id$v=19$..."], "send": [], "read": false, "operator": true}
+       "send": ["dms:create_user", "crm:*"], "read": true, "operator": false,
+       "rate": {"per_second": 200, "burst": 400}, "in_flight": 256},
+      {"id": "ops", "api_key_hashes": ["$argon2id$v=19$..."], "send": [], "read": false, "operator": true,
+       "rate": "unlimited", "in_flight": "unlimited"}
     ]}
 
 (a TOML file with `[[clients]]` tables holds the same; `make_client_entry` writes one entry). What the scopes allow
-is `esi.security.scopes`'s business; checking a caller's secret against the hashes is `esi.security.auth`'s.
+is `esi.security.scopes`'s business, the quota (`rate`, `in_flight`; defaults when absent) `esi.security.quota`'s;
+checking a caller's secret against the hashes is `esi.security.auth`'s.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import argon2
 
 from esi.messages.catalog import Catalog
 from esi.security.hashing import hash_secret, is_argon2_hash
+from esi.security.quota import DEFAULT_QUOTA, Quota, parse_quota, quota_entry
 from esi.security.scopes import Principal, ScopeError, SendScope
 
 __all__ = [
@@ -55,6 +59,8 @@ _ENTRY_KEYS = frozenset(
         "operator",
         "description",
         "comment",
+        "rate",
+        "in_flight",
     }
 )
 
@@ -82,11 +88,12 @@ class ClientConfig:
     send: tuple[SendScope, ...] = ()
     read: bool = False
     operator: bool = False
+    quota: Quota = DEFAULT_QUOTA
 
     @property
     def principal(self) -> Principal:
         """What this client may do, once it has proved who it is."""
-        return Principal(self.client_id, self.send, self.read, self.operator)
+        return Principal(self.client_id, self.send, self.read, self.operator, self.quota)
 
     @classmethod
     def from_entry(
@@ -138,7 +145,11 @@ class ClientConfig:
             if not isinstance(value, bool):
                 raise ClientsConfigError(f"{where}: {name} must be true or false")
             flags[name] = value
-        return cls(client_id, password_hash, tuple(key_hashes), scopes, flags["read"], flags["operator"])
+        try:
+            quota = parse_quota(entry, where)
+        except ValueError as exc:
+            raise ClientsConfigError(str(exc)) from None
+        return cls(client_id, password_hash, tuple(key_hashes), scopes, flags["read"], flags["operator"], quota)
 
 
 def _check_hash(value: object, where: str) -> None:
@@ -197,6 +208,9 @@ def make_client_entry(
     read: bool = True,
     operator: bool = False,
     *,
+    rate: float | str | None = None,
+    burst: int | None = None,
+    in_flight: int | str | None = None,
     hasher: argon2.PasswordHasher | None = None,
     catalog: Catalog | None = None,
 ) -> dict[str, Any]:
@@ -204,6 +218,8 @@ def make_client_entry(
 
     `api_key` must be `<client_id>.<secret>` (see `esi.security.generate_api_key`). `send` lists
     `target:message_type` scopes, checked against `catalog` when given (the deployment's systems); none by default.
+    `rate` (requests per second; `burst` defaults to twice it) and `in_flight` are the client's quota, written out
+    with the defaults when not given; "unlimited" for trusted clients.
     """
     check_client_id(client_id)
     if password is None and api_key is None:
@@ -222,4 +238,8 @@ def make_client_entry(
     except ScopeError as exc:
         raise ClientsConfigError(str(exc)) from None
     entry.update({"send": scopes, "read": bool(read), "operator": bool(operator)})
+    try:
+        entry.update(quota_entry(rate, burst, in_flight))
+    except ValueError as exc:
+        raise ClientsConfigError(str(exc)) from None
     return entry

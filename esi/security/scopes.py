@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from esi.errors import ApiError
 from esi.messages.catalog import Catalog
+from esi.security.quota import Quota
 
 __all__ = ["Principal", "ScopeError", "SendScope", "require_operator", "require_read", "require_send"]
 
@@ -74,6 +75,8 @@ class Principal:
     send_scopes: tuple[SendScope, ...] = ()
     can_read: bool = False
     is_operator: bool = False
+    #: how fast and how much it may send (esi.security.quota); None: no limit
+    quota: Quota | None = None
 
     def can_send(self, target: str, message_type: str) -> bool:
         """Whether one of the client's scopes covers `message_type` requests to `target` (any case, any spaces)."""

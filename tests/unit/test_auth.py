@@ -37,6 +37,7 @@ from esi.security import (
     require_send,
 )
 from esi.security.clients import read_clients_file
+from esi.security.quota import DEFAULT_QUOTA
 from esi.systems.registry import load_registry
 
 #: cheap argon2 parameters for tests that do not measure time (the production default costs ~0.3 s a verify)
@@ -325,6 +326,9 @@ def test_the_clients_file_holds_hashes_only(tmp_path: Path) -> None:
         "send": ["dms:*"],
         "read": True,
         "operator": False,
+        # the quota, written out with its defaults (esi.security.quota)
+        "rate": {"per_second": 200, "burst": 400},
+        "in_flight": 256,
     }
     registry = ClientRegistry.from_file(path)
     assert registry.authenticate(basic("erp", ERP_PASSWORD), None).client_id == "erp"
@@ -342,7 +346,9 @@ send = ["crm:update_order_status"]
 operator = true
 """)
     principal = ClientRegistry.from_file(path).authenticate(basic("erp", "p"), None)
-    assert principal == Principal("erp", (SendScope("crm", "update_order_status"),), can_read=False, is_operator=True)
+    assert principal == Principal(
+        "erp", (SendScope("crm", "update_order_status"),), can_read=False, is_operator=True, quota=DEFAULT_QUOTA
+    )
 
 
 @pytest.mark.parametrize(

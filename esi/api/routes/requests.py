@@ -4,6 +4,11 @@ and `GET /requests/{request_id}/timeline`.
 
 The send routes and `GET /requests/{request_id}` are the hot routes: 1C calls them all day, and the fast path
 (esi.api.hot) answers their common cases.
+
+Every POST that sends a request is served within its client's quota (`esi.security.quota`): the check comes first in
+the handler — after authentication, which both the fast path and FastAPI do before calling it, and before the body
+is read or anything stored — so that a refused request (429, `quota_exceeded`) leaves no trace and its retry with
+the same `request_id` is accepted as a first attempt.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from esi.api.ingress import Accepted, build_request, check_file_bytes, parse_jso
 from esi.api.routes.table import Param, Route
 from esi.bus.ports import NullRecorder, Recorder
 from esi.errors import ApiError
+from esi.security.quota import QuotaLimiter
 from esi.security.scopes import Principal, require_read, require_send
 from esi.store import RequestRecord, Store
 from esi.store.records import OutboxRow
@@ -95,6 +101,7 @@ class RequestRoutes:
         self._auth_on = deps.clients is not None
         self._max_body = deps.max_pdf_bytes * 4 // 3 + 1024 * 1024
         self._backlog = _BacklogGauge(deps.store, ttl=0.5)
+        self._quotas = deps.quotas if deps.quotas is not None else QuotaLimiter()
         self._registry = deps.registry
         self._catalog = deps.registry.catalog
         self._source = deps.registry.origin.code
@@ -194,6 +201,10 @@ class RequestRoutes:
 
     async def send(self, route: SendRoute, request: Request, principal: Principal) -> Response:
         """A send route: `route.default_message_type` unless the body's `message_type` names another request."""
+        with self._quotas.admit(principal.client_id, principal.quota):
+            return await self._send(route, request, principal)
+
+    async def _send(self, route: SendRoute, request: Request, principal: Principal) -> Response:
         body = await self._read_json(request)
         message_type = body.pop("message_type", None) or route.default_message_type
         return await self._accept(
@@ -217,6 +228,10 @@ class RequestRoutes:
         A request that carries a file (`send_pdf_file`) also takes a multipart upload: its fields, and the file in a
         part named `file`.
         """
+        with self._quotas.admit(principal.client_id, principal.quota):
+            return await self._send_any(request, principal, target, message_type)
+
+    async def _send_any(self, request: Request, principal: Principal, target: str, message_type: str) -> Response:
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             body = await self._read_multipart(request, message_type)
