@@ -80,7 +80,7 @@ with KEDA; a password in plain values; a broker or database without a Secret to 
 {{- if $keda.enabled -}}
 {{- fail (printf "database.url is SQLite (%s) and KEDA scales adapters.%s: use PostgreSQL (secretKeys.databaseUrl) for more than one replica" $url $code) -}}
 {{- end -}}
-{{- if gt (int $a.replicas) 1 -}}
+{{- if gt (int (dig "replicas" 1 $a)) 1 -}}
 {{- fail (printf "database.url is SQLite (%s) with adapters.%s.replicas=%v: use PostgreSQL (secretKeys.databaseUrl) for more than one replica" $url $code $a.replicas) -}}
 {{- end -}}
 {{- end -}}
