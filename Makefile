@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run lint test bench install check-broker check-postgres clean cluster cluster-down
+.PHONY: run lint test bench install check-broker check-postgres clean cluster cluster-down chart
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,19 @@ cluster:
 
 cluster-down:
 	deploy/cluster/local.sh down
+
+## chart: the Helm chart (deploy/helm/esi): helm lint and helm template of the default values and of every value set
+## in deploy/helm/esi/ci/, and its README's values table; installs helm into .venv/bin/helm when missing
+chart: install
+	deploy/helm/install-helm.sh
+	$(BIN)/python deploy/helm/gen_values_table.py --check
+	$(BIN)/helm lint --strict deploy/helm/esi
+	$(BIN)/helm template esi deploy/helm/esi >/dev/null
+	@for values in deploy/helm/esi/ci/*-values.yaml; do \
+	  echo "chart: $$values"; \
+	  $(BIN)/helm lint --strict deploy/helm/esi -f $$values || exit 1; \
+	  $(BIN)/helm template esi deploy/helm/esi -f $$values >/dev/null || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .coverage .coverage.*
