@@ -71,9 +71,9 @@ def create_app(deps: ApiDeps) -> Api:
         telemetry=TELEMETRY_OFF,
     )
     install_error_handlers(app)
-    auth = Authenticator(
-        deps.clients, trusted_proxies=TrustedProxies(deps.trusted_proxies), audit=deps.store.audit.record
-    )
+    # the document alone (the docs site, the schema tests) is built without a store: nothing to audit then
+    audit = deps.store.audit.record if deps.store is not None else None
+    auth = Authenticator(deps.clients, trusted_proxies=TrustedProxies(deps.trusted_proxies), audit=audit)
     routes = build_routes(deps)
     add_routes(app, routes, auth.dependency)
     app.state.routes = routes

@@ -39,7 +39,7 @@ QUORUM_GROUP_SIZE = 3
 #: counts as a delivery (and RabbitMQ 4 drops a message past a default limit of 20): inspecting must never cost one
 DEAD_LETTER_DELIVERY_LIMIT = 1_000_000
 GROUP_SIZE_ARGUMENT = "x-quorum-initial-group-size"
-MIGRATION_HINT = "README.md, section 'Migrating queues to quorum'"
+MIGRATION_HINT = "docs/rabbitmq-cluster.md, section 'Migrating queues to quorum'"
 
 
 class QueueMismatch(RuntimeError):
