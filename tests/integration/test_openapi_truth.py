@@ -4,15 +4,18 @@ get only answers it describes — their status, content type, body schema and he
 1C engineers generate their code from that document, so an answer it does not declare is a bug of the document (or of
 the handler). The API runs with authentication on: a client with every scope (cheap argon2 parameters) calls every
 operation with valid data and with invalid data; calls without credentials, or with made-up ones, must get the 401
-every authenticated operation declares. The dead-letter operations run too: this service has no broker access, so
-they answer the 503 they declare. Bounded: a few examples per operation, the whole module in well under a minute.
+every authenticated operation declares, and those of a client without scopes the 403. The dead-letter operations run
+on dead letters held in memory (`FakeDeadLetters`), and a few explicit calls reach what random data does not (the state
+of a request sent before, a pause). Bounded: a few examples per operation, the whole module in well under a minute.
 """
 
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 from esi.api.app import ApiDeps, create_app  # noqa: E402
+from esi.bus.dead_letters import DeadLetter, DeadLetters, Filters  # noqa: E402
+from esi.bus.topology import build_topology  # noqa: E402
 from esi.security import ClientRegistry, make_client_entry  # noqa: E402
 from esi.store import Store  # noqa: E402
 from esi.systems.registry import load_registry  # noqa: E402
@@ -42,7 +47,14 @@ pytestmark = pytest.mark.integration
 #: cheap argon2 parameters (as tests/unit/test_auth.py): the test is about the document, not the hashing
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 CLIENT, PASSWORD = "codegen", "every-scope-password"
-AUTH = {"Authorization": "Basic " + base64.b64encode(f"{CLIENT}:{PASSWORD}".encode()).decode()}
+NOBODY = "nobody"  # a client without scopes: may neither send, nor read, nor operate
+
+
+def basic(client_id: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{PASSWORD}".encode()).decode()}
+
+
+AUTH = basic(CLIENT)
 CREDENTIALS = ("Authorization", "X-API-Key")
 
 
@@ -64,9 +76,43 @@ CHECKS = [
 
 
 def clients() -> ClientRegistry:
-    """One client with every scope: send anything, read, operate."""
-    entry = make_client_entry(CLIENT, password=PASSWORD, send=["*"], read=True, operator=True, hasher=FAST)
-    return ClientRegistry.from_json(json.dumps({"clients": [entry]}))
+    """One client with every scope (send anything, read, operate), and one with none."""
+    entries = [
+        make_client_entry(CLIENT, password=PASSWORD, send=["*"], read=True, operator=True, hasher=FAST),
+        make_client_entry(NOBODY, password=PASSWORD, send=[], read=False, operator=False, hasher=FAST),
+    ]
+    return ClientRegistry.from_json(json.dumps({"clients": entries}))
+
+
+class FakeDeadLetters(DeadLetters):
+    """The dead-letter queues of the registry's topology, held in memory: three letters in the first queue, which
+    replays and purges leave where they are."""
+
+    def __init__(self) -> None:
+        super().__init__(None, build_topology(load_registry().queues()))  # type: ignore[arg-type]
+        queue = self.queues()[0]
+        at = datetime.now(UTC) - timedelta(minutes=5)
+        self.letters = [
+            DeadLetter(
+                f"{queue}:{n}", queue, "esi", "dms.request.create_user", "rejected", "BusinessError", 1, at, {}, b"{}"
+            )
+            for n in range(3)
+        ]
+
+    async def list(self, filters: Filters | None = None, *, limit: int | None = None) -> builtins.list[DeadLetter]:
+        filters = filters or Filters()
+        queues = self.queues(filters.queue)
+        found = [d for d in self.letters if d.queue in queues and filters.match(d)]
+        return found[:limit] if limit else found
+
+    async def replay(
+        self, filters: Filters, *, rate: float | None = None, dry_run: bool = False
+    ) -> builtins.list[DeadLetter]:
+        return await self.list(filters)
+
+    async def purge(self, filters: Filters) -> builtins.list[DeadLetter]:
+        # the letters stay: every example (and the explicit calls after them) sees the same three
+        return await self.list(filters)
 
 
 class AuthenticatedEsi(EsiUnderTest):
@@ -79,7 +125,7 @@ class AuthenticatedEsi(EsiUnderTest):
             "store": store,
             "on_accepted": lambda row: None,
             "max_pdf_bytes": 1024 * 1024,
-            "dead_letters": None,
+            "dead_letters": FakeDeadLetters(),
             "clients": clients(),
             # a `?wait=` holds on for no longer than this: the examples stay fast
             "max_wait": 0.05,
@@ -190,3 +236,48 @@ def test_unauthenticated_calls_get_the_declared_401(esi_schema: Any, path: str, 
 
     _run(esi_schema[path][method], GenerationMode.POSITIVE, 6, call)
     assert set(statuses) == {401}, sorted(set(statuses))
+
+
+@pytest.mark.parametrize(
+    ("path", "method"), [(path, method) for path, method, spec in OPERATIONS if _authenticated(spec)], ids=str
+)
+def test_a_client_without_scopes_gets_the_declared_403(esi_schema: Any, path: str, method: str) -> None:
+    statuses: list[int] = []
+
+    def call(case: Any) -> None:
+        for name in CREDENTIALS:
+            case.headers.pop(name, None)
+        statuses.append(case.call_and_validate(headers=basic(NOBODY), checks=CHECKS).status_code)
+
+    _run(esi_schema[path][method], GenerationMode.POSITIVE, 6, call)
+    # a path parameter naming nothing is a 404 first (the generic send route's target too)
+    if "{" not in path:
+        assert 403 in statuses, sorted(set(statuses))
+
+
+def test_the_answers_random_data_does_not_reach_are_declared_too(esi_schema: Any) -> None:
+    """A request sent, then read, found, traced, sent again differently; a system paused and resumed; a dead letter
+    shown, and a purge that expects the wrong count."""
+
+    def call(path: str, method: str, status: int, **kwargs: Any) -> Any:
+        case = esi_schema[path][method].Case(**kwargs)
+        response = case.call_and_validate(headers=AUTH, checks=CHECKS)
+        assert response.status_code == status, (method, path, response.status_code, response.content[:300])
+        return response.json()
+
+    body = {"request_id": "truth-1", "user_id": "U1", "name": "Иван", "email": "ivan@example.com"}
+    path = "/requests/{target}/{message_type}"
+    sent = {"target": "dms", "message_type": "create_user"}
+    call(path, "POST", 202, path_parameters=sent, body=body, media_type="application/json")
+    call(path, "POST", 202, path_parameters=sent, body=body, media_type="application/json")  # the same again
+    call(path, "POST", 409, path_parameters=sent, body={**body, "name": "Пётр"}, media_type="application/json")
+    call("/requests/{request_id}", "GET", 200, path_parameters={"request_id": "truth-1"}, query={"wait": 1})
+    call("/requests/{request_id}/timeline", "GET", 200, path_parameters={"request_id": "truth-1"})
+    assert call("/requests", "GET", 200, query={"key": "U1"})["count"] == 1
+    call("/systems/{code}/pause", "POST", 200, path_parameters={"code": "dms"}, body={"for": "1h", "reason": "test"})
+    call("/systems/{code}/pause", "POST", 422, path_parameters={"code": "dms"}, body={"for": "soon"})
+    call("/systems/{code}/resume", "POST", 200, path_parameters={"code": "dms"})
+    letters = call("/dlq", "GET", 200)["messages"]
+    call("/dlq/{ident}", "GET", 200, path_parameters={"ident": letters[0]["id"]})
+    call("/dlq/purge", "POST", 409, body={"expect": len(letters) + 1})
+    call("/dlq/replay", "POST", 200, body={"ids": [letters[0]["id"]], "dry_run": True})
