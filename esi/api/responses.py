@@ -33,6 +33,7 @@ __all__ = [
     "FORBIDDEN_READ",
     "FORBIDDEN_SEND",
     "INTERNAL_ERROR",
+    "INVALID_DURATION",
     "INVALID_FILTER",
     "INVALID_PARAMETERS",
     "MALFORMED_MULTIPART",
@@ -260,7 +261,7 @@ QUOTA_EXCEEDED = Refusal(
 BACKLOG_FULL = Refusal(
     503,
     "backlog_full",
-    "too many requests are waiting for the broker: nothing was stored, retry after Retry-After",
+    "more requests than ESI_OUTBOX_MAX_BACKLOG are waiting for the broker: nothing was stored, retry after Retry-After",
     "100000 or more requests are waiting for the broker; try again later",
     headers=("Retry-After",),
 )
@@ -275,6 +276,13 @@ INVALID_FILTER = Refusal(
     "validation_error",
     "a filter that cannot be used (a duration such as `since=15m`, an unknown queue, no ids without `all`)",
     "since must be a duration such as 30d, 12h, 15m or seconds: '15 minutes'",
+)
+
+INVALID_DURATION = Refusal(
+    422,
+    "validation_error",
+    "a duration that cannot be used (`for`, `since`: 90s, 15m, 2h, 7d)",
+    "for must be a duration such as 30d, 12h, 15m or seconds: 'soon'",
 )
 
 #: what a request that carries a file can also be refused for (`send_pdf_file`)

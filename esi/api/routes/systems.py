@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from esi.api.responses import FORBIDDEN_OPERATOR, INVALID_FILTER, UNKNOWN_SYSTEM
+from esi.api.responses import FORBIDDEN_OPERATOR, INVALID_DURATION, UNKNOWN_SYSTEM
 from esi.api.routes.table import Param, Route
 from esi.config import parse_duration
 from esi.errors import ApiError
@@ -62,7 +62,7 @@ class SystemsRoutes:
                 self.pause,
                 "Pause a system for maintenance, for every adapter replica",
                 params=(code, Param("body", PauseRequest)),
-                refusals=(FORBIDDEN_OPERATOR, UNKNOWN_SYSTEM, INVALID_FILTER),
+                refusals=(FORBIDDEN_OPERATOR, UNKNOWN_SYSTEM, INVALID_DURATION),
             ),
             Route(
                 "POST",
@@ -84,7 +84,7 @@ class SystemsRoutes:
                     Param("since", str | None, Query(None, max_length=16, description="90s, 15m, 2h, 7d")),
                     Param("limit", int, Query(100, ge=1, le=10_000)),
                 ),
-                refusals=(FORBIDDEN_OPERATOR, INVALID_FILTER),
+                refusals=(FORBIDDEN_OPERATOR, INVALID_DURATION),
             ),
         ]
 

@@ -1,9 +1,10 @@
 """The API's route table: each route declared once, as data, and served from it by FastAPI and the fast path.
 
 A `Route` names its method, path, handler, parameters (with their FastAPI declarations: bounds, defaults,
-descriptions) and OpenAPI bits. `add_routes` registers every route with FastAPI, which validates, documents and
-serves it; `esi.api.hot.HotPath` answers the routes marked `hot` itself, from the same descriptors, calling the same
-handlers, and leaves anything it cannot check exactly as FastAPI would to FastAPI.
+descriptions), OpenAPI bits and the errors it answers (`refusals`: esi.api.responses). `add_routes` registers every
+route with FastAPI, which validates, documents and serves it; `esi.api.hot.HotPath` answers the routes marked `hot`
+itself, from the same descriptors, calling the same handlers, and leaves anything it cannot check exactly as FastAPI
+would to FastAPI.
 
 A handler is `async handler(request, principal, *params)` — `handler(request, *params)` for a route that needs no
 credentials — its parameters named and ordered as `Route.params`; it returns a `Response`, or what FastAPI
