@@ -13,12 +13,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from esi.errors import ApiError
 
 __all__ = [
     "ApiError",
+    "ErrorBody",
+    "ErrorDetail",
     "error_body",
     "error_response",
     "install_error_handlers",
@@ -27,6 +30,26 @@ __all__ = [
 ]
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable machine-readable `code`, a message for people, and, for some codes, the details."""
+
+    code: str = Field(description="stable and machine-readable: branch on it (`unauthorized`, `validation_error`, ...)")
+    message: str = Field(description="for people: what was refused and why")
+    details: list[Any] = Field(
+        default_factory=list,
+        description=(
+            "only when there are some: for `validation_error` one `{field, problem}` per problem, for "
+            "`quota_exceeded` the quota that was reached"
+        ),
+    )
+
+
+class ErrorBody(BaseModel):
+    """The body of every error the API answers (`error_body` builds it)."""
+
+    error: ErrorDetail
 
 
 def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:

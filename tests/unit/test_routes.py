@@ -73,11 +73,11 @@ class Apps:
 
 @pytest.fixture(params=["open", "auth"])
 async def apps(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Apps]:
-    registry = None
-    if request.param == "auth":
-        registry = ClientRegistry.from_json(
-            json.dumps([make_client_entry("erp", password="erp-pw", send=["*"], hasher=FAST)])
-        )
+    entries = json.dumps([make_client_entry("erp", password="erp-pw", send=["*"], hasher=FAST)])
+
+    def clients() -> ClientRegistry | None:
+        # one each: the two apps stand for two processes, each with its own count of failed sign-ins
+        return ClientRegistry.from_json(entries) if request.param == "auth" else None
     async with (
         await Store.open(f"sqlite:///{tmp_path}/hot.db") as hot_store,
         await Store.open(f"sqlite:///{tmp_path}/plain.db") as plain_store,
@@ -90,7 +90,7 @@ async def apps(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
                     store=store,
                     on_accepted=lambda row: None,
                     max_pdf_bytes=1024,
-                    clients=registry,
+                    clients=clients(),
                     max_wait=0.2,
                     wait_recheck=0.05,
                     hot_path=hot,

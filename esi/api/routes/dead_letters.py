@@ -9,6 +9,13 @@ from typing import Any
 from fastapi import Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from esi.api.responses import (
+    COUNT_CHANGED,
+    DEAD_LETTERS_UNAVAILABLE,
+    FORBIDDEN_OPERATOR,
+    INVALID_FILTER,
+    UNKNOWN_DEAD_LETTER,
+)
 from esi.api.routes.table import Param, Route
 from esi.bus.dead_letters import DeadLetters, Filters
 from esi.config import parse_duration
@@ -17,6 +24,10 @@ from esi.security.scopes import Principal, require_operator
 from esi.store import Store
 
 __all__ = ["DeadLetterRoutes", "PurgeRequest", "ReplayRequest"]
+
+
+#: every dead-letter route: the operator scope, and a service with access to the queues
+_OPERATOR = (FORBIDDEN_OPERATOR, DEAD_LETTERS_UNAVAILABLE)
 
 
 class ReplayRequest(BaseModel):
@@ -68,6 +79,7 @@ class DeadLetterRoutes:
                     Param("since", str | None, Query(None, max_length=16)),
                     Param("limit", int | None, Query(None, ge=1, le=10_000)),
                 ),
+                refusals=(*_OPERATOR, INVALID_FILTER),
             ),
             Route(
                 "GET",
@@ -76,6 +88,7 @@ class DeadLetterRoutes:
                 self.show,
                 "One dead letter with its headers and body",
                 params=(Param("ident", str, Path(max_length=128)),),
+                refusals=(*_OPERATOR, UNKNOWN_DEAD_LETTER),
             ),
             Route(
                 "POST",
@@ -84,6 +97,7 @@ class DeadLetterRoutes:
                 self.replay,
                 "Replay dead letters to their original routing key",
                 params=(Param("body", ReplayRequest),),
+                refusals=(*_OPERATOR, INVALID_FILTER),
             ),
             Route(
                 "POST",
@@ -92,6 +106,7 @@ class DeadLetterRoutes:
                 self.purge,
                 "Delete dead letters for good (needs the count it expects: a confirmation)",
                 params=(Param("body", PurgeRequest),),
+                refusals=(*_OPERATOR, INVALID_FILTER, COUNT_CHANGED),
             ),
         ]
 

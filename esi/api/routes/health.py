@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from esi import metrics
 from esi.api.deps import ReadyCheck
+from esi.api.responses import READINESS
 from esi.api.routes.table import Route
 
 __all__ = ["HealthRoutes"]
@@ -39,6 +40,7 @@ class HealthRoutes:
                 self.readyz,
                 "The service can do its job: one entry per dependency",
                 authenticated=False,
+                responses=READINESS,
             ),
             Route(
                 "GET",

@@ -27,6 +27,20 @@ from pydantic import BaseModel
 from esi import tracing
 from esi.api.deps import ApiDeps
 from esi.api.ingress import Accepted, build_request, check_file_bytes, parse_json_object, prefer_wait
+from esi.api.responses import (
+    ACCEPTED,
+    FILE_REFUSALS,
+    FORBIDDEN_READ,
+    MALFORMED_MULTIPART,
+    SENDING,
+    SETTLED_WITHIN_WAIT,
+    UNKNOWN_MESSAGE_TYPE,
+    UNKNOWN_MESSAGE_TYPE_IN_BODY,
+    UNKNOWN_REQUEST,
+    UNKNOWN_TARGET,
+    UNSUPPORTED_MEDIA_TYPE,
+    Refusal,
+)
 from esi.api.routes.table import Param, Route
 from esi.bus.ports import NullRecorder, Recorder
 from esi.errors import ApiError
@@ -37,22 +51,9 @@ from esi.store.records import OutboxRow
 from esi.store.settled import SETTLED
 from esi.systems.spec import SendRoute
 
-__all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "SETTLED_WITHIN_WAIT", "RequestRoutes"]
+__all__ = ["MAX_REQUEST_ID", "MAX_WAIT_PARAM", "RequestRoutes"]
 
 log = logging.getLogger(__name__)
-
-#: what the POSTs that send a request answer besides 202: the outcome, when `Prefer: wait=N` asked to wait for it
-SETTLED_WITHIN_WAIT: dict[int | str, Any] = {
-    200: {
-        "model": RequestRecord,
-        "description": (
-            "With the header `Prefer: wait=N` (RFC 7240; N seconds, capped by ESI_MAX_WAIT): the request was "
-            "completed, failed or dead-lettered within the wait, and this is its state, as "
-            "`GET /requests/{request_id}` gives it. "
-            "When the wait ends first, the answer is the 202."
-        ),
-    }
-}
 
 #: the bounds of `GET /requests/{request_id}?wait=`
 MAX_REQUEST_ID = 128
@@ -88,6 +89,42 @@ def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
         "maxLength": 128,
     }
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+#: the generic route's body: any request of the catalog as JSON, or a file's upload (the OpenAPI document only: the
+#: handler reads it, `send_any`)
+_ANY_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "the request's fields, as the target's request of that type declares them",
+                    "properties": {
+                        "request_id": {
+                            "type": "string",
+                            "description": "your id of this request; generated when missing",
+                            "maxLength": 128,
+                        }
+                    },
+                    "additionalProperties": True,
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "description": "a request that carries a file: its fields, and the file in a part named `file`",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                    "additionalProperties": {"type": "string"},
+                }
+            },
+        },
+    }
+}
+#: what a multipart body can be refused for besides the JSON one's
+_MULTIPART = (MALFORMED_MULTIPART, UNSUPPORTED_MEDIA_TYPE)
 
 
 class RequestRoutes:
@@ -127,7 +164,8 @@ class RequestRoutes:
                     f"request than {r.default_message_type}."
                 ),
                 status_code=202,
-                responses=SETTLED_WITHIN_WAIT,
+                responses={**ACCEPTED, **SETTLED_WITHIN_WAIT},
+                refusals=(*SENDING, UNKNOWN_MESSAGE_TYPE_IN_BODY, *self._file_refusals(r.target)),
                 openapi_extra=_json_schema(r.body_model),
             )
             for r in self._send_routes
@@ -141,7 +179,9 @@ class RequestRoutes:
                 self._send_any_summary,
                 params=(Param("target", str, Path(max_length=16)), Param("message_type", str, Path(max_length=64))),
                 status_code=202,
-                responses=SETTLED_WITHIN_WAIT,
+                responses={**ACCEPTED, **SETTLED_WITHIN_WAIT},
+                refusals=(*SENDING, UNKNOWN_TARGET, UNKNOWN_MESSAGE_TYPE, *self._file_refusals(), *_MULTIPART),
+                openapi_extra=_ANY_REQUEST_BODY,
             ),
             Route(
                 "GET",
@@ -167,6 +207,7 @@ class RequestRoutes:
                     ),
                 ),
                 response_model=RequestRecord,
+                refusals=(FORBIDDEN_READ, UNKNOWN_REQUEST),
             ),
             Route(
                 "GET",
@@ -186,6 +227,7 @@ class RequestRoutes:
                     ),
                     Param("limit", int, Query(100, ge=1, le=1000)),
                 ),
+                refusals=(FORBIDDEN_READ,),
             ),
             Route(
                 "GET",
@@ -194,8 +236,16 @@ class RequestRoutes:
                 self.timeline,
                 "Every hop of a request, with times",
                 params=(Param("request_id", str, Path(max_length=128)),),
+                refusals=(FORBIDDEN_READ, UNKNOWN_REQUEST),
             ),
         ]
+
+    def _file_refusals(self, target: str | None = None) -> tuple[Refusal, ...]:
+        """What a request that carries a file can be refused for, if `target` (any, without one) takes one."""
+        catalog = self._catalog
+        targets = catalog.targets() if target is None else [target]
+        carries = any(catalog.request_spec(t, m).upload for t in targets for m in catalog.requests_for(t))
+        return FILE_REFUSALS if carries else ()
 
     # --- sending ----------------------------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from esi.api.responses import FORBIDDEN_OPERATOR, INVALID_DURATION, UNKNOWN_SYSTEM
 from esi.api.routes.table import Param, Route
 from esi.config import parse_duration
 from esi.errors import ApiError
@@ -46,7 +47,14 @@ class SystemsRoutes:
     def routes(self) -> list[Route]:
         code = Param("code", str, Path(max_length=32))
         return [
-            Route("GET", "/systems", "list_systems", self.systems, "The systems: maintenance pauses and breakers"),
+            Route(
+                "GET",
+                "/systems",
+                "list_systems",
+                self.systems,
+                "The systems: maintenance pauses and breakers",
+                refusals=(FORBIDDEN_OPERATOR,),
+            ),
             Route(
                 "POST",
                 "/systems/{code}/pause",
@@ -54,9 +62,16 @@ class SystemsRoutes:
                 self.pause,
                 "Pause a system for maintenance, for every adapter replica",
                 params=(code, Param("body", PauseRequest)),
+                refusals=(FORBIDDEN_OPERATOR, UNKNOWN_SYSTEM, INVALID_DURATION),
             ),
             Route(
-                "POST", "/systems/{code}/resume", "resume_system", self.resume, "Lift a system's pause", params=(code,)
+                "POST",
+                "/systems/{code}/resume",
+                "resume_system",
+                self.resume,
+                "Lift a system's pause",
+                params=(code,),
+                refusals=(FORBIDDEN_OPERATOR, UNKNOWN_SYSTEM),
             ),
             Route(
                 "GET",
@@ -69,6 +84,7 @@ class SystemsRoutes:
                     Param("since", str | None, Query(None, max_length=16, description="90s, 15m, 2h, 7d")),
                     Param("limit", int, Query(100, ge=1, le=10_000)),
                 ),
+                refusals=(FORBIDDEN_OPERATOR, INVALID_DURATION),
             ),
         ]
 

@@ -1,9 +1,10 @@
 """The API's route table: each route declared once, as data, and served from it by FastAPI and the fast path.
 
 A `Route` names its method, path, handler, parameters (with their FastAPI declarations: bounds, defaults,
-descriptions) and OpenAPI bits. `add_routes` registers every route with FastAPI, which validates, documents and
-serves it; `esi.api.hot.HotPath` answers the routes marked `hot` itself, from the same descriptors, calling the same
-handlers, and leaves anything it cannot check exactly as FastAPI would to FastAPI.
+descriptions), OpenAPI bits and the errors it answers (`refusals`: esi.api.responses). `add_routes` registers every
+route with FastAPI, which validates, documents and serves it; `esi.api.hot.HotPath` answers the routes marked `hot`
+itself, from the same descriptors, calling the same handlers, and leaves anything it cannot check exactly as FastAPI
+would to FastAPI.
 
 A handler is `async handler(request, principal, *params)` — `handler(request, *params)` for a route that needs no
 credentials — its parameters named and ordered as `Route.params`; it returns a `Response`, or what FastAPI
@@ -21,6 +22,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 
+from esi.api.responses import AUTHENTICATION, INTERNAL_ERROR, INVALID_PARAMETERS, UNREADABLE_BODY, Refusal, refusals
 from esi.security.scopes import Principal
 
 __all__ = ["Endpoint", "Param", "Route", "add_routes"]
@@ -60,7 +62,12 @@ class Route:
     description: str | None = None
     status_code: int | None = None
     response_model: Any = None
+    #: what it answers besides its status_code (FastAPI's `responses=`): its other successes
     responses: Mapping[int | str, Any] | None = None
+    #: the errors its handler answers (esi.api.responses); `add_routes` adds those of the layers around it:
+    #: authentication (401, 429) when `authenticated`, the parameters' validation (422) when it has `params`, the
+    #: body's parsing (400) when one is a body model, the 500
+    refusals: tuple[Refusal, ...] = ()
     openapi_extra: Mapping[str, Any] | None = None
     include_in_schema: bool = True
 
@@ -83,11 +90,22 @@ def add_routes(
             summary=route.summary,
             description=route.description or inspect.cleandoc(target.__doc__ or ""),
             status_code=route.status_code,
-            responses=dict(route.responses) if route.responses else None,
+            responses={**(route.responses or {}), **refusals(*_refusals(route))},
             openapi_extra=dict(route.openapi_extra) if route.openapi_extra else None,
             include_in_schema=route.include_in_schema,
             **extra,
         )
+
+
+def _refusals(route: Route) -> tuple[Refusal, ...]:
+    """Every error `route` can answer: its handler's, then those of the layers around it."""
+    return (
+        *route.refusals,
+        *(AUTHENTICATION if route.authenticated else ()),
+        *((INVALID_PARAMETERS,) if route.params else ()),
+        *((UNREADABLE_BODY,) if any(p.declaration is _EMPTY for p in route.params) else ()),
+        INTERNAL_ERROR,
+    )
 
 
 def _function(handler: Endpoint) -> Any:
