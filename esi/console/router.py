@@ -21,6 +21,7 @@ from fastapi.responses import Response
 
 from esi.api.auth import Authenticator
 from esi.api.deps import ApiDeps
+from esi.config import Settings
 from esi.console.core import Console
 from esi.console.dead_letters import DeadLetterPages
 from esi.console.overview import Overview
@@ -31,9 +32,12 @@ from esi.security.scopes import Principal
 __all__ = ["console_router"]
 
 
-def console_router(deps: ApiDeps, auth: Authenticator) -> APIRouter:
-    """The console's routes, for `app.include_router` in the API (esi.api.app)."""
-    console = Console(deps, auth)
+def console_router(deps: ApiDeps, auth: Authenticator, *, lang: str | None = None) -> APIRouter:
+    """The console's routes, for `app.include_router` in the API (esi.api.app).
+
+    `lang`: the pages' language when a request's Accept-Language names neither English nor Russian; None: the
+    setting `ESI_LANG` (read here, the composition root passing only the API's dependencies)."""
+    console = Console(deps, auth, lang=lang if lang is not None else Settings().console_lang)
     overview_pages = Overview(console)
     request_pages = RequestPages(console)
     dead_letter_pages = DeadLetterPages(console, overview_pages)
