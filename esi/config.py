@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     api_replicas: int = Field(1, ge=1, le=1000, validation_alias=_env("ESI_API_REPLICAS"))
     #: the operator console's CSRF key, the same on every API replica; unset: each process draws its own
     console_secret: SecretStr | None = Field(None, validation_alias=_env("ESI_CONSOLE_SECRET"))
+    #: the operator console's language when the browser's Accept-Language names neither English nor Russian (not
+    #: named `lang`: with populate_by_name the field's own name is read too, and the locale's LANG is `C.UTF-8`)
+    console_lang: Literal["en", "ru"] = Field("en", validation_alias=_env("ESI_LANG"))
 
     # --- TLS (HTTPS to each system: its own `<PREFIX>CA_BUNDLE`) ------------------------------------------------
     amqp_ca_file: str | None = Field(None, validation_alias=_env("ESI_AMQP_CA_FILE"))

@@ -2,6 +2,10 @@
 headers and the CSRF cookie), the CSRF check of an action's form, the permission helpers, the redirect after an
 action, the static files, and `html_errors` (an `ApiError` answered as an error page).
 
+Each page is rendered in the request's language (esi.console.i18n: `Accept-Language`, else `ESI_LANG`): one Jinja2
+environment per language, built once with that language's catalog installed (`jinja2.ext.i18n`), so rendering
+shares no mutable state between requests.
+
 It holds no page of its own: the pages and actions are in esi.console.overview, .requests, .dead_letters and
 .systems, each over one `Console`; esi.console.router puts their routes together.
 """
@@ -9,6 +13,7 @@ It holds no page of its own: the pages and actions are in esi.console.overview, 
 from __future__ import annotations
 
 import functools
+import gettext
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
@@ -24,6 +29,7 @@ from starlette.datastructures import FormData
 from esi.api.auth import Authenticator
 from esi.api.deps import ApiDeps
 from esi.console.csrf import COOKIE, FIELD, CsrfTokens
+from esi.console.i18n import LANGUAGES, N_, label, negotiate, translate, translations
 from esi.errors import ApiError
 from esi.security.scopes import Principal, require_operator
 from esi.store import RequestRecord
@@ -43,12 +49,8 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 STATIC_TYPES = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
-NOTICES = {
-    "replayed": "Replayed {n} dead letter(s): each left its dead-letter queue once its republish was confirmed.",
-    "purged": "Purged {n} dead letter(s) for good.",
-    "paused": "Paused {system}.",
-    "resumed": "Resumed {system}.",
-}
+#: the notices after an action (`?done=`), worded by base.html (with the plural forms of the page's language)
+NOTICES = ("replayed", "purged", "paused", "resumed")
 
 P = ParamSpec("P")
 
@@ -73,7 +75,7 @@ def html_errors(handler: Callable[P, Awaitable[Response]]) -> Callable[P, Awaita
             pages: _Pages = args[0]  # type: ignore[assignment]
             request: Request = kwargs["request"]  # type: ignore[assignment]
             principal: Principal | None = kwargs.get("principal")  # type: ignore[assignment]
-            return pages.console.page(request, principal, "error.html", status=exc.status, error=exc, title="Error")
+            return pages.console.page(request, principal, "error.html", status=exc.status, error=exc, title=N_("Error"))
 
     return wrapper
 
@@ -81,6 +83,34 @@ def html_errors(handler: Callable[P, Awaitable[Response]]) -> Callable[P, Awaita
 def pretty_json(value: Any) -> str:
     """A value as indented JSON (the `json` filter of the templates)."""
     return orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode()
+
+
+def _shorten(value: str, room: int) -> str:
+    """A text cut to `room` characters, an ellipsis at the end when cut (a label on a drawing)."""
+    return value if len(value) <= room else f"{value[: room - 1]}…"
+
+
+def _environment(lang: str) -> Environment:
+    """The templates' environment for one language, its catalog installed (newstyle gettext: `_()` escapes and
+    formats `%(name)s` itself)."""
+    catalog: gettext.NullTranslations = translations(lang)
+    env = Environment(
+        loader=PackageLoader("esi.console", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
+    )
+    env.policies["ext.i18n.trimmed"] = True
+    env.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
+    env.filters["when"] = _when
+    env.filters["json"] = pretty_json
+    env.filters["shorten"] = _shorten
+    env.filters["t"] = lambda value: translate(value, catalog)
+    env.filters["label"] = lambda value: translate(label(value), catalog)
+    env.globals["lang"] = lang
+    return env
 
 
 def _when(value: datetime | str | None) -> str:
@@ -100,21 +130,17 @@ def _when(value: datetime | str | None) -> str:
 class Console:
     """The console over the API's dependencies: what every page and action renders, checks and answers with."""
 
-    def __init__(self, deps: ApiDeps, auth: Authenticator) -> None:
+    def __init__(self, deps: ApiDeps, auth: Authenticator, *, lang: str = LANGUAGES[0]) -> None:
+        if lang not in LANGUAGES:
+            raise ValueError(f"the console speaks {', '.join(LANGUAGES)}, not {lang!r}")
         self.deps = deps
         self.store = deps.store
         self.registry = deps.registry
         self.auth = auth
+        #: the language of a request whose Accept-Language names no language of the console (ESI_LANG)
+        self.lang = lang
         self._csrf = CsrfTokens(deps.console_secret)
-        self._env = Environment(
-            loader=PackageLoader("esi.console", "templates"),
-            autoescape=select_autoescape(default=True, default_for_string=True),
-            undefined=StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self._env.filters["when"] = _when
-        self._env.filters["json"] = pretty_json
+        self._envs = {language: _environment(language) for language in LANGUAGES}
         static = resources.files("esi.console") / "static"
         self._static = {name: (static / name).read_bytes() for name in STATIC_TYPES}
 
@@ -132,26 +158,41 @@ class Console:
         query = request.query_params
         notice = None
         if query.get("done") in NOTICES:
-            notice = NOTICES[query["done"]].format(
-                n=int(query.get("n", "0")) if query.get("n", "").isdigit() else 0, system=query.get("system", "")[:32]
+            notice = {
+                "done": query["done"],
+                "n": int(query["n"][:9]) if query.get("n", "").isdigit() else 0,
+                "system": query.get("system", "")[:32],
+            }
+        lang = self.language(request)
+        html = (
+            self._envs[lang]
+            .get_template(template)
+            .render(
+                principal=principal,
+                operator=principal is not None and principal.is_operator,
+                csrf_field=FIELD,
+                csrf=token or "",
+                auth_on=self.auth.enabled,
+                notice=notice,
+                path=request.url.path,
+                refresh=None,
+                **context,
             )
-        html = self._env.get_template(template).render(
-            principal=principal,
-            operator=principal is not None and principal.is_operator,
-            csrf_field=FIELD,
-            csrf=token or "",
-            auth_on=self.auth.enabled,
-            notice=notice,
-            path=request.url.path,
-            refresh=None,
-            **context,
         )
-        response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+        response = HTMLResponse(
+            html,
+            status_code=status,
+            headers={**SECURITY_HEADERS, "Content-Language": lang, "Vary": "Accept-Language"},
+        )
         if token is not None and token != cookie:
             response.set_cookie(
                 COOKIE, token, httponly=True, samesite="strict", path="/console", secure=request.url.scheme == "https"
             )
         return response
+
+    def language(self, request: Request) -> str:
+        """The language of the page: the best match of the request's Accept-Language, else the console's."""
+        return negotiate(request.headers.get("accept-language"), self.lang)
 
     async def action_form(self, request: Request, principal: Principal) -> FormData:
         """The form of an action: 403 without the operator scope or without this client's CSRF token."""
@@ -162,14 +203,18 @@ class Console:
             token if isinstance(token, str) else None, request.cookies.get(COOKIE), principal.client_id
         ):
             raise ApiError(
-                403, "csrf_failed", "the form is stale or did not come from the console: reload the page and try again"
+                403,
+                "csrf_failed",
+                N_("the form is stale or did not come from the console: reload the page and try again"),
             )
         return form
 
     @staticmethod
     def require_viewer(principal: Principal) -> None:
         if not (principal.can_read or principal.is_operator):
-            raise ApiError(403, "forbidden", f"client {principal.client_id!r} may not use the console")
+            raise ApiError(
+                403, "forbidden", N_("client %(client)s may not use the console", client=repr(principal.client_id))
+            )
 
     def sees_all(self, principal: Principal) -> bool:
         return not self.auth.enabled or principal.is_operator
@@ -186,7 +231,7 @@ class Console:
 
     async def static(self, name: str) -> Response:
         if name not in self._static:
-            raise ApiError(404, "not_found", "no such file")
+            raise ApiError(404, "not_found", N_("no such file"))
         return Response(
             self._static[name],
             media_type=STATIC_TYPES[name],

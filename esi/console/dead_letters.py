@@ -15,6 +15,7 @@ from starlette.datastructures import FormData
 from esi.api.routes.dead_letters import DeadLetterRoutes, PurgeRequest, ReplayRequest
 from esi.bus.dead_letters import DeadLetter, Filters
 from esi.console.core import Console, html_errors, pretty_json
+from esi.console.i18n import N_, Text
 from esi.console.masking import mask
 from esi.console.overview import Overview
 from esi.console.views import group_code, group_dead_letters
@@ -46,7 +47,7 @@ class DeadLetterPages:
 
     def _dead_letters(self) -> Any:
         if self._deps.dead_letters is None:
-            raise ApiError(503, "unavailable", "dead-letter access is not configured on this service")
+            raise ApiError(503, "unavailable", N_("dead-letter access is not configured on this service"))
         return self._deps.dead_letters
 
     @html_errors
@@ -58,7 +59,7 @@ class DeadLetterPages:
             request,
             principal,
             "dead_letters.html",
-            title="Dead letters",
+            title=N_("Dead letters"),
             groups=groups,
             total=len(letters),
             request_of=_request_of,
@@ -69,19 +70,19 @@ class DeadLetterPages:
         self.console.require_viewer(principal)
         letter = await self._dead_letters().show(ident[:128])
         if letter is None:
-            raise ApiError(404, "unknown_dead_letter", f"no dead letter with id {ident!r}")
+            raise ApiError(404, "unknown_dead_letter", N_("no dead letter with id %(id)s", id=repr(ident)))
         detail = letter.detail()
         body: Any = detail["body"]
         try:
             body = pretty_json(mask(orjson.loads(letter.body), reveal=principal.is_operator or not self._auth.enabled))
         except orjson.JSONDecodeError:
             if self._auth.enabled and not principal.is_operator:
-                body = "(not JSON: shown to operators only)"
+                body = N_("(not JSON: shown to operators only)")
         return self.console.page(
             request,
             principal,
             "dead_letter.html",
-            title=f"Dead letter {letter.id}",
+            title=N_("Dead letter %(id)s", id=letter.id),
             letter=letter,
             headers=detail["headers"],
             properties=detail["properties"],
@@ -90,23 +91,24 @@ class DeadLetterPages:
             request_id=_request_of(letter),
         )
 
-    async def _chosen(self, form: FormData) -> tuple[str, list[str], str]:
+    async def _chosen(self, form: FormData) -> tuple[str, list[str], Text]:
         """The dead letters an action names: `(queue, ids, what)`: the selected ids, or a whole group's (queue and
         code) as it stands now."""
         queue = str(form.get("queue") or "")
         if not queue:
-            raise ApiError(422, "validation_error", "which queue?")
+            raise ApiError(422, "validation_error", N_("which queue?"))
         if form.get("scope") == "group":
             code = str(form.get("code") or "")
             try:
                 letters = await self._dead_letters().list(Filters(queue=queue))
             except ValueError as exc:
                 raise ApiError(422, "validation_error", str(exc)) from None
-            return queue, [d.id for d in letters if group_code(d) == code], f"every dead letter of {queue} with {code}"
+            what = N_("every dead letter of %(queue)s with %(code)s", queue=queue, code=code)
+            return queue, [d.id for d in letters if group_code(d) == code], what
         ids = [str(i) for i in form.getlist("ids") if isinstance(i, str) and i][:10_000]
         if not ids:
-            raise ApiError(422, "validation_error", "select the dead letters first")
-        return queue, ids, f"the selected dead letters of {queue}"
+            raise ApiError(422, "validation_error", N_("select the dead letters first"))
+        return queue, ids, N_("the selected dead letters of %(queue)s", queue=queue)
 
     @html_errors
     async def replay(self, *, request: Request, principal: Principal) -> Response:
@@ -131,7 +133,7 @@ class DeadLetterPages:
             request,
             principal,
             "confirm_purge.html",
-            title="Purge dead letters?",
+            title=N_("Purge dead letters?"),
             queue=queue,
             letters=letters,
             what=what,
@@ -144,7 +146,7 @@ class DeadLetterPages:
         ids = [str(i) for i in form.getlist("ids") if isinstance(i, str) and i][:10_000]
         expect = str(form.get("expect") or "")
         if not queue or not ids or not expect.isdigit():
-            raise ApiError(422, "validation_error", "a purge names its queue, its dead letters and how many")
+            raise ApiError(422, "validation_error", N_("a purge names its queue, its dead letters and how many"))
         result = await self._dead_letter_routes.purge(
             request, principal, PurgeRequest(ids=ids, queue=queue, expect=int(expect))
         )

@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from esi.console.core import Console, html_errors
+from esi.console.i18n import N_
 from esi.console.views import OUTCOMES, minute_chart
 from esi.security.scopes import Principal
 
@@ -79,7 +80,7 @@ class Overview:
                 async with asyncio.timeout(SLOW_PART_TIMEOUT_S):
                     depths = await self._deps.dead_letters.depths()
             except Exception as exc:  # noqa: BLE001 - the broker is away: the page says so, and shows the rest
-                depth_error = f"{type(exc).__name__}: {exc}"[:200] or "unavailable"
+                depth_error = f"{type(exc).__name__}: {exc}"[:200]
         ready: bool | None = None
         checks: dict[str, Any] = {}
         if self._deps.readiness is not None:
@@ -126,5 +127,5 @@ class Overview:
         self.console.require_viewer(principal)
         data = await self._overview.get()
         return self.console.page(
-            request, principal, "overview.html", title="Overview", outcomes=OUTCOMES, refresh_s=REFRESH_S, **data
+            request, principal, "overview.html", title=N_("Overview"), outcomes=OUTCOMES, refresh_s=REFRESH_S, **data
         )

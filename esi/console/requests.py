@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from esi.console.core import Console, html_errors
+from esi.console.i18n import N_
 from esi.console.masking import mask
 from esi.console.views import sequence
 from esi.errors import ApiError
@@ -32,7 +33,7 @@ def _utc(value: str | None) -> str | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ApiError(422, "validation_error", f"not a date and time: {value!r}") from None
+        raise ApiError(422, "validation_error", N_("not a date and time: %(value)s", value=repr(value))) from None
     moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     return moment.isoformat(timespec="microseconds")
 
@@ -52,7 +53,7 @@ class RequestPages:
         text = (query.get("q") or "").strip()[:255]
         status = query.get("status") or None
         if status is not None and status not in {s.value for s in RequestStatus}:
-            raise ApiError(422, "validation_error", f"unknown status {status!r}")
+            raise ApiError(422, "validation_error", N_("unknown status %(status)s", status=repr(status)))
         message_type = (query.get("type") or "").strip()[:64] or None
         since, until = _utc(query.get("from")), _utc(query.get("to"))
         page = int(query["page"]) if query.get("page", "").isdigit() else 1
@@ -79,7 +80,7 @@ class RequestPages:
             request,
             principal,
             "requests.html",
-            title="Requests",
+            title=N_("Requests"),
             records=records[:PAGE_SIZE],
             form=form,
             statuses=[s.value for s in RequestStatus],
@@ -95,7 +96,7 @@ class RequestPages:
         self.console.require_viewer(principal)
         record = await self._store.requests.get(request_id[:128])
         if record is None or not (self.console.sees_all(principal) or record.client_id == principal.client_id):
-            raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
+            raise ApiError(404, "unknown_request", N_("no request with request_id %(id)s", id=repr(request_id)))
         reveal = self.console.may_read(principal, record)
         envelope: dict[str, Any] | None = None
         body = await self._store.queries.request_message(record.request_id)
@@ -111,7 +112,7 @@ class RequestPages:
             request,
             principal,
             "request.html",
-            title=f"Request {record.request_id}",
+            title=N_("Request %(id)s", id=record.request_id),
             record=record,
             reveal=reveal,
             payload=mask(envelope.get("payload"), reveal=reveal) if envelope else None,

@@ -31,9 +31,12 @@ from esi.security.scopes import Principal
 __all__ = ["console_router"]
 
 
-def console_router(deps: ApiDeps, auth: Authenticator) -> APIRouter:
-    """The console's routes, for `app.include_router` in the API (esi.api.app)."""
-    console = Console(deps, auth)
+def console_router(deps: ApiDeps, auth: Authenticator, *, lang: str = "en") -> APIRouter:
+    """The console's routes, added beside the API by the composition root (`Api.include_pages`).
+
+    `lang`: the pages' language when a request's Accept-Language names neither English nor Russian (`ESI_LANG`,
+    read by the composition root)."""
+    console = Console(deps, auth, lang=lang)
     overview_pages = Overview(console)
     request_pages = RequestPages(console)
     dead_letter_pages = DeadLetterPages(console, overview_pages)

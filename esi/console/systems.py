@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from esi.api.routes.systems import PauseRequest, SystemsRoutes
 from esi.config import parse_duration
 from esi.console.core import Console, html_errors
+from esi.console.i18n import N_
 from esi.console.overview import Overview
 from esi.errors import ApiError
 from esi.security.scopes import Principal
@@ -45,7 +46,7 @@ class SystemPages:
             if not s.origin
         ]
         audit = await self._store.audit.entries(limit=20) if principal.is_operator else []
-        return self.console.page(request, principal, "systems.html", title="Systems", systems=systems, audit=audit)
+        return self.console.page(request, principal, "systems.html", title=N_("Systems"), systems=systems, audit=audit)
 
     @html_errors
     async def pause(self, code: str, *, request: Request, principal: Principal) -> Response:

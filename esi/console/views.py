@@ -3,6 +3,8 @@
 - `minute_chart`: requests per minute by outcome over the last hour, as the bars of an inline SVG;
 - `sequence`: a request's timeline as a sequence diagram across 1C, esi's services and the external systems;
 - `group_dead_letters`: dead letters grouped by queue and error code, with counts and first / last seen.
+
+The texts on the drawings are `esi.console.i18n.Text`: English as strings, translated by the page that draws them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from esi.bus import headers as h
 from esi.bus.dead_letters import DeadLetter
+from esi.console.i18n import N_, label
 from esi.systems.registry import Registry
 
 __all__ = [
@@ -92,7 +95,12 @@ def minute_chart(
                     width=bar - 1,
                     height=round(size, 2),
                     outcome=outcome,
-                    title=f"{labels[i][11:]} UTC: {count} {outcome}",
+                    title=N_(
+                        "%(minute)s UTC: %(count)s %(outcome)s",
+                        minute=labels[i][11:],
+                        count=count,
+                        outcome=label(outcome),
+                    ),
                 )
             )
     return Chart(width=minutes * bar, height=height, bars=tuple(bars), peak=peak, totals=totals)
@@ -204,49 +212,63 @@ def _step(registry: Registry, event: dict[str, Any], start: datetime | None) -> 
     at = str(event.get("at"))
     base = functools.partial(Step, at, _millis(start, at), name, service)
     if name == "accepted":
-        return base(source=origin, target=lane, label=f"request {message_type}".strip())
+        text = N_("request %(type)s", type=message_type) if message_type else N_("request")
+        return base(source=origin, target=lane, label=text)
     if name == "published":
         target = _routing_target(detail.get("routing_key"))
         kind = (detail.get("routing_key") or "").split(".")[3:4]
-        label = f"publish {message_type or (kind[0] if kind else '')}".strip()
+        what = message_type or (kind[0] if kind else "")
+        text = N_("publish %(type)s", type=what) if what else N_("publish")
         if detail.get("error"):
             return base(
                 source=lane,
                 target=f"esi:{target}" if target else lane,
-                label=f"{label}: {detail['error']}",
+                label=N_("%(step)s: %(error)s", step=text, error=str(detail["error"])),
                 tone="warn",
             )
-        return base(source=lane, target=f"esi:{target}" if target else lane, label=label)
+        return base(source=lane, target=f"esi:{target}" if target else lane, label=text)
     if name == "external_call":
         system = str(detail.get("system") or service)
         outcome = str(detail.get("outcome") or "")
-        duration = detail.get("duration_ms")
-        label = f"{detail.get('operation', 'call')} · {duration} ms · {outcome}"
+        text = N_(
+            "%(operation)s · %(duration)s ms · %(outcome)s",
+            operation=str(detail.get("operation", "call")),
+            duration=detail.get("duration_ms"),
+            outcome=label(outcome) if outcome else "",
+        )
         return base(
-            source=f"esi:{system}", target=f"ext:{system}", label=label, tone="ok" if outcome == "ok" else "error"
+            source=f"esi:{system}", target=f"ext:{system}", label=text, tone="ok" if outcome == "ok" else "error"
         )
     if name in ("completed", "failed"):
         return base(
             source=lane,
             target=origin,
-            label=f"{name}: 1C reads the answer",
+            label=N_("%(outcome)s: 1C reads the answer", outcome=label(name)),
             tone="ok" if name == "completed" else "warn",
             dashed=True,
         )
     if name == "consumed":
-        return base(source=lane, target=lane, label=f"consumed · try {detail.get('attempt', 1)}")
+        return base(source=lane, target=lane, label=N_("consumed · try %(attempt)s", attempt=detail.get("attempt", 1)))
     if name == "retry_scheduled":
         return base(
             source=lane,
             target=lane,
             tone="warn",
-            label=f"retry in {detail.get('delay_s')} s (after try {detail.get('attempt')})",
+            label=N_(
+                "retry in %(delay)s s (after try %(attempt)s)",
+                delay=detail.get("delay_s"),
+                attempt=detail.get("attempt"),
+            ),
         )
     if name == "waiting":
-        return base(source=lane, target=lane, tone="warn", label=f"waiting: {detail.get('error', '')}")
+        return base(
+            source=lane, target=lane, tone="warn", label=N_("waiting: %(error)s", error=detail.get("error", ""))
+        )
     if name == "dead_lettered":
-        return base(source=lane, target=lane, tone="error", label=f"dead-lettered to {detail.get('queue', 'its DLQ')}")
-    return base(source=lane, target=lane, label=name.replace("_", " "))
+        queue = detail.get("queue")
+        text = N_("dead-lettered to %(queue)s", queue=queue) if queue else N_("dead-lettered to its DLQ")
+        return base(source=lane, target=lane, tone="error", label=text)
+    return base(source=lane, target=lane, label=label(name))
 
 
 def sequence(registry: Registry, events: Sequence[dict[str, Any]]) -> SequenceDiagram:

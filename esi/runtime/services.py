@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -288,7 +289,8 @@ class SystemService(Service):
             quotas=QuotaLimiter(replicas=s.api_replicas),
         )
         app = create_app(deps)
-        app.include_pages(console_router, deps)  # the operator console at /console, beside the API
+        # the operator console at /console, beside the API, in the site's language unless the browser asks another
+        app.include_pages(functools.partial(console_router, lang=s.console_lang), deps)
         self.http = HttpServer(
             app,
             host=s.http_host,

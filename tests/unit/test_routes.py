@@ -78,6 +78,7 @@ async def apps(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     def clients() -> ClientRegistry | None:
         # one each: the two apps stand for two processes, each with its own count of failed sign-ins
         return ClientRegistry.from_json(entries) if request.param == "auth" else None
+
     async with (
         await Store.open(f"sqlite:///{tmp_path}/hot.db") as hot_store,
         await Store.open(f"sqlite:///{tmp_path}/plain.db") as plain_store,
