@@ -5,10 +5,15 @@ BIN    := $(VENV)/bin
 
 .PHONY: run lint test bench install check-broker check-postgres clean cluster cluster-down
 
-$(BIN)/.installed: pyproject.toml
+# the exact versions of requirements-dev.lock (the dev and bench extras, pip itself included), every file checked
+# against its hash; then esi itself, editable, without resolving anything again. The lock files are compiled from
+# pyproject.toml by pip-compile (docs/install.md). `esi` was the distribution's name before 0.2.0 (now esi-bus):
+# an old one is removed, or its entry points would register every system twice.
+$(BIN)/.installed: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip uninstall --quiet --yes esi 2>/dev/null || true
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 install: $(BIN)/.installed
