@@ -8,10 +8,11 @@ BIN    := $(VENV)/bin
 # the exact versions of requirements-dev.lock (the dev and bench extras, pip itself included), every file checked
 # against its hash; then esi itself, editable, without resolving anything again. The lock files are compiled from
 # pyproject.toml by pip-compile (docs/install.md). `esi` was the distribution's name before 0.2.0 (now esi-bus):
-# an old one is removed, or its entry points would register every system twice.
+# an old one is removed, with its metadata in the source tree, or its entry points would register every system twice.
 $(BIN)/.installed: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip uninstall --quiet --yes esi 2>/dev/null || true
+	rm -rf esi.egg-info
 	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
