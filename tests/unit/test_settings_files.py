@@ -121,7 +121,7 @@ def test_a_variable_and_its_file_at_once_is_an_error(monkeypatch: pytest.MonkeyP
 
 def test_a_secrets_dir_that_is_not_a_directory_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ESI_SECRETS_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(ValidationError, match="ESI_SECRETS_DIR=.*nowhere is not a directory"):
+    with pytest.raises(ValidationError, match=r"ESI_SECRETS_DIR=.*nowhere is not a directory"):
         Settings()
 
 
