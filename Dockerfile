@@ -1,4 +1,5 @@
 # One image for every esi service: `esi run onec|dms|crm|fake-creatio|fake-dms` (see docker-compose.yml).
+# Secrets: `-e NAME=...`, or `NAME_FILE=/path` or Docker's secrets in /run/secrets/NAME (docs/configuration.md).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -7,16 +8,21 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-# The dependencies first, in a layer of their own: it is rebuilt only when pyproject.toml changes.
-COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# The dependencies first, in a layer of their own, rebuilt only when the lock changes: the exact versions of
+# requirements.lock (compiled from pyproject.toml by pip-compile, docs/install.md), every file checked against its
+# hash; then esi itself without resolving anything again.
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
 
+COPY pyproject.toml README.md LICENSE ./
 COPY esi ./esi
 RUN pip install --no-deps . \
-    && rm -rf build esi.egg-info
+    && rm -rf build esi.egg-info esi_bus.egg-info
+
+# In a container esi listens on every interface (the API and the adapters' /livez, /readyz, /metrics); outside one
+# the default stays loopback (esi/config.py)
+ENV ESI_HTTP_HOST=0.0.0.0 \
+    ESI_HEALTH_HOST=0.0.0.0
 
 # A numeric non-root user, so that orchestrators enforcing runAsNonRoot can check it; ./var for a SQLite fallback.
 RUN groupadd --system --gid 10001 esi \

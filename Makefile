@@ -5,10 +5,16 @@ BIN    := $(VENV)/bin
 
 .PHONY: run lint docs test bench install check-broker check-postgres clean cluster cluster-down chart catalogs
 
-$(BIN)/.installed: pyproject.toml
+# the exact versions of requirements-dev.lock (the dev and bench extras, pip itself included), every file checked
+# against its hash; then esi itself, editable, without resolving anything again. The lock files are compiled from
+# pyproject.toml by pip-compile (docs/install.md). `esi` was the distribution's name before 0.2.0 (now esi-bus):
+# an old one is removed, with its metadata in the source tree, or its entry points would register every system twice.
+$(BIN)/.installed: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip uninstall --quiet --yes esi 2>/dev/null || true
+	rm -rf esi.egg-info
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 install: $(BIN)/.installed
@@ -58,7 +64,6 @@ catalogs: install
 
 ## bench: the benchmark harness (not a test); figures land in bench/results/
 bench: check-broker
-	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## cluster: three RabbitMQ nodes on loopback (n1..n3@localhost, AMQP 5681-5683) for the cluster tests and `ESI_AMQP_URL`

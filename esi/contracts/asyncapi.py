@@ -18,9 +18,9 @@ import copy
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import esi
 from esi.bus.topology import Topology, WorkQueue, build_topology
 from esi.contracts.schemas import ENVELOPE, MessageSchema, accepts_previous, envelope_schema, message_schemas
 from esi.messages.envelope import Kind, RoutingKey
@@ -45,10 +45,7 @@ class Route:
 
 
 def _package_version() -> str:
-    try:
-        return version("esi")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
-        return "0.0.0"
+    return esi.version()
 
 
 def topic_matches(pattern: str, key: str) -> bool:

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from esi.config import with_secret_files
 from esi.messages.catalog import Upload
 from esi.messages.handler import Handler
 
@@ -45,7 +46,8 @@ class SystemSettings(BaseSettings):
     """What every external system's adapter reads; a subclass sets `env_prefix` (`DMS_`) and adds its own fields.
 
     Fields read `<PREFIX><NAME>` from the environment or `.env`: `DMS_URL`, `DMS_TIMEOUT`, `DMS_MAX_CONCURRENCY`,
-    `DMS_CA_BUNDLE`, ...
+    `DMS_CA_BUNDLE`, ...; or from a file, as `Settings` does (`<PREFIX><NAME>_FILE`, the secrets directory:
+    `esi.config.with_secret_files`).
     """
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
@@ -68,6 +70,17 @@ class SystemSettings(BaseSettings):
         30.0, gt=0, le=3600, description="longest wait between two probes of a system that is down"
     )
     fake_port: int = Field(8000, description="where the system's fake listens (`esi run --with-fakes`)")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return with_secret_files(settings_cls, init_settings, env_settings, dotenv_settings)
 
     @classmethod
     def env_name(cls, field_name: str) -> str:
