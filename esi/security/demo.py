@@ -13,6 +13,7 @@ from esi.messages.catalog import Catalog
 from esi.security.auth import ClientRegistry
 from esi.security.clients import ClientConfig, ClientsConfigError
 from esi.security.hashing import hash_secret, verify_secret
+from esi.security.quota import UNLIMITED
 from esi.security.scopes import SendScope
 
 __all__ = ["DEMO_CLIENT_ID", "DEMO_PASSWORD", "demo_client_ids", "demo_registry", "is_demo_registry", "load_clients"]
@@ -24,9 +25,15 @@ DEMO_PASSWORD = "demo"  # noqa: S105 - the documented demo credential, refused o
 
 
 def demo_registry(**kwargs: Any) -> ClientRegistry:
-    """One client `demo`/`demo` with every scope: for `ESI_ENV=demo` without a clients file, and for tests."""
+    """One client `demo`/`demo` with every scope and no quota (it stands for the whole site on one machine, the
+    benchmark's load included): for `ESI_ENV=demo` without a clients file, and for tests."""
     client = ClientConfig(
-        DEMO_CLIENT_ID, password_hash=hash_secret(DEMO_PASSWORD), send=(SendScope("*", "*"),), read=True, operator=True
+        DEMO_CLIENT_ID,
+        password_hash=hash_secret(DEMO_PASSWORD),
+        send=(SendScope("*", "*"),),
+        read=True,
+        operator=True,
+        quota=UNLIMITED,
     )
     return ClientRegistry([client], demo=True, **kwargs)
 
