@@ -111,5 +111,5 @@ def run(base: str, auth: tuple[str, str], *, rate: float, seconds: float) -> dic
         "p99_ratio": round(p99, 3) if p99 is not None else None,
         "throughput_pass": throughput is not None and throughput >= TARGET_THROUGHPUT_RATIO,
         "p99_pass": p99 is not None and p99 <= TARGET_P99_RATIO,
-        "quota_fairness": "not measured: the bench system runs one client (the demo one); see docs/security.md",
+        "quota_fairness": "section fairness (bench.fairness), on a system of its own with two clients",
     }

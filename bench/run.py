@@ -14,6 +14,9 @@ directory, it measures:
                load at esi's best concurrency, interleaved with esi (esi, peer, esi, peer): esi ÷ peer
 7. cluster     the three-node cluster (`make cluster`) against the single node, and two API processes against one,
                as ratios (`bench.cluster`; alone: `python -m bench.cluster`)
+8. abuse       a flood of wrong passwords beside a well-behaved client (`bench.abuse`): its throughput and p99 ratios
+9. fairness    a client at its quota beside another, on a small system of its own (`bench.fairness`): the other's
+               p99 and throughput ratios, the share of the runaway client's requests refused 429
 
 Output: a table on the terminal, bench/results/latest.json and bench/results/chart.png. Targets are reported as
 PASS/FAIL and never change the exit status; errors (a request that never completes, a crashed service) do.
@@ -46,7 +49,20 @@ from bench.procs import machine_info  # noqa: E402
 #: what a closed-loop POST asks to wait for its outcome, seconds (Prefer: wait=N)
 PREFER_WAIT_S = 30
 
-SECTIONS = ("ceiling", "e2e", "peer", "ingress", "slow", "scaleout", "bound", "abuse", "backlog", "cluster", "chart")
+SECTIONS = (
+    "ceiling",
+    "e2e",
+    "peer",
+    "ingress",
+    "slow",
+    "scaleout",
+    "bound",
+    "abuse",
+    "backlog",
+    "fairness",
+    "cluster",
+    "chart",
+)
 ADAPTERS = ("onec", "dms", "dms2", "crm")
 
 #: targets (the issue's): checked and printed, never a reason to fail
@@ -55,6 +71,11 @@ TARGET_INGRESS_P99_MS = 50.0
 TARGET_SLOW_RATIO = 1.5
 TARGET_RSS_MB = 150.0
 TARGET_SCALEOUT = 1.7
+#: the names of the targets of sections abuse and fairness (bench.abuse, bench.fairness hold their limits)
+ABUSE_THROUGHPUT = "abuse: steady client's throughput ≥ 0.9 × alone beside a flood of wrong passwords"
+ABUSE_P99 = "abuse: steady client's p99 ≤ 1.3 × alone beside a flood of wrong passwords"
+ABUSE_FLOOD = "abuse: the flood answered 429 from the throttle's threshold on"
+FAIRNESS_P99 = "fairness: erp's p99 ≤ 1.33 × alone beside a client at its quota"
 
 DEFAULTS: dict[str, Any] = {
     "ceiling_n": 5000,
@@ -72,6 +93,9 @@ DEFAULTS: dict[str, Any] = {
     "bound_limit": 10,
     "abuse_rate": 50.0,
     "abuse_seconds": 10.0,
+    "fairness_rate": 50.0,
+    "fairness_seconds": 10.0,
+    "fairness_connections": 16,
 }
 QUICK: dict[str, Any] = {
     "ceiling_n": 200,
@@ -89,6 +113,9 @@ QUICK: dict[str, Any] = {
     "bound_limit": 5,
     "abuse_rate": 20.0,
     "abuse_seconds": 2.0,
+    "fairness_rate": 20.0,
+    "fairness_seconds": 2.0,
+    "fairness_connections": 4,
 }
 
 
@@ -176,6 +203,8 @@ class Bench:
             "scaleout": None,
             "memory": None,
             "backlog": None,
+            "abuse": None,
+            "fairness": None,
             "targets": [],
             "client": {},
             "chart": None,
@@ -224,6 +253,11 @@ class Bench:
             "post_concurrency": a.post_concurrency,
             "backlog": a.backlog,
             "backlog_sample_seconds": a.backlog_sample_seconds,
+            "abuse_rate": a.abuse_rate,
+            "abuse_seconds": a.abuse_seconds,
+            "fairness_rate": a.fairness_rate,
+            "fairness_seconds": a.fairness_seconds,
+            "fairness_connections": a.fairness_connections,
             "skip": sorted(a.skip),
             "vhost": self.system.vhost.name,
             "log_level": "INFO (the default)",
@@ -276,6 +310,12 @@ class Bench:
             except Exception as exc:  # noqa: BLE001
                 self.errors.append(f"teardown: {type(exc).__name__}: {exc}")
         self.memory_section()  # again: the backlog phase has closed by now
+        if not self.skip("fairness"):
+            try:  # a system of its own (two clients with quotas), after the main one has stopped
+                self.run_fairness()
+            except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+                self.errors.append(f"fairness: {type(exc).__name__}: {exc}")
+                traceback.print_exc()
         if not self.skip("cluster"):
             try:  # systems of its own (the single node's and the cluster's), after the main one has stopped
                 from bench import cluster
@@ -317,6 +357,26 @@ class Bench:
             f"p99 ×{result['p99_ratio']} (≤ {abuse.TARGET_P99_RATIO}) "
             f"[{result['alone']['p99_ms']} → {result['flooded']['p99_ms']} ms]; flood answered 429 after "
             f"{result['flood']['answered_429_after']} attempts, {result['flood']['statuses']}"
+        )
+
+    # --- fairness: a client at its quota beside another, on a system of its own (bench.fairness) -----------------
+
+    def run_fairness(self) -> None:
+        from bench import fairness
+
+        a = self.args
+        result = fairness.run(
+            rate=a.fairness_rate, seconds=a.fairness_seconds, connections=a.fairness_connections, say=self.say
+        )
+        self.result["fairness"] = result
+        bad = {k: v for k, v in result["exit_codes"].items() if v != 0}
+        if bad:
+            self.errors.append(f"fairness: esi processes did not stop cleanly: {bad}")
+        self.say(
+            f"fairness: erp p99 ×{result['p99_ratio']} (≤ {fairness.TARGET_P99_RATIO}) "
+            f"[{result['alone']['p99_ms']} → {result['beside_loop']['p99_ms']} ms], throughput "
+            f"×{result['throughput_ratio']}; loop {result['loop']['attempts_per_s']}/s, "
+            f"{result['loop_refused_429_share']} refused 429, {result['loop']['statuses']}"
         )
 
     # --- 2. end to end ------------------------------------------------------------------------------------------
@@ -940,6 +1000,47 @@ class Bench:
                 speedup is not None and speedup >= TARGET_SCALEOUT,
                 "×",
             )
+        if r.get("abuse"):
+            from bench import abuse
+
+            ab = r["abuse"]
+            ratio = ab["throughput_ratio"]
+            add(
+                ABUSE_THROUGHPUT,
+                ratio,
+                f"≥ {abuse.TARGET_THROUGHPUT_RATIO}",
+                ratio is not None and ratio >= abuse.TARGET_THROUGHPUT_RATIO,
+                "×",
+            )
+            ratio = ab["p99_ratio"]
+            add(
+                ABUSE_P99,
+                ratio,
+                f"≤ {abuse.TARGET_P99_RATIO}",
+                ratio is not None and ratio <= abuse.TARGET_P99_RATIO,
+                "×",
+            )
+            flood = ab["flood"]
+            # the value: attempts answered before the first 429 (all of them when none was: a FAIL, not a blank)
+            first = flood["answered_429_after"]
+            add(
+                ABUSE_FLOOD,
+                first if first is not None else flood["attempts"],
+                "429 from the threshold on",
+                bool(flood["all_429_after_threshold"]),
+                "attempts",
+            )
+        if r.get("fairness"):
+            from bench import fairness
+
+            ratio = r["fairness"]["p99_ratio"]
+            add(
+                FAIRNESS_P99,
+                ratio,
+                f"≤ {fairness.TARGET_P99_RATIO}",
+                ratio is not None and ratio <= fairness.TARGET_P99_RATIO,
+                "×",
+            )
         r["targets"] = targets
 
     def make_chart(self) -> None:
@@ -1197,6 +1298,48 @@ def print_table(result: dict[str, Any]) -> None:
             f"(two: {_fmt(two['seconds'])} s vs ideal {_fmt(two['ideal_seconds'])} s)",
             two["ratio_to_ceiling"],
             name=f"two DMS adapters ≥ 1.7 × one (tight limit {bound['dms_max_concurrency']})",
+        )
+    abuse = result.get("abuse")
+    if abuse:
+        row(
+            f"8. abuse: steady {_fmt(abuse['steady_rate_per_s'])}/s, alone → beside 300 wrong passwords/s",
+            f"{_fmt(abuse['alone']['throughput_per_s'])}/s → {_fmt(abuse['flooded']['throughput_per_s'])}/s "
+            f"= {_fmt(abuse['throughput_ratio'])}×",
+            name=ABUSE_THROUGHPUT,
+        )
+        row(
+            "   steady client's POST p99, alone → beside the flood",
+            f"{_fmt(abuse['alone']['p99_ms'])} → {_fmt(abuse['flooded']['p99_ms'])} ms = {_fmt(abuse['p99_ratio'])}×",
+            name=ABUSE_P99,
+        )
+        flood = abuse["flood"]
+        row(
+            "   the flood: answered 429 after",
+            f"{_fmt(flood['answered_429_after'])} of {_fmt(flood['attempts'])} attempts; "
+            + "  ".join(f"{k}: {v}" for k, v in flood["statuses"].items()),
+            name=ABUSE_FLOOD,
+        )
+    fairness = result.get("fairness")
+    if fairness:
+        loop = fairness["loop"]
+        quota = fairness["loop_quota"]
+        row(
+            f"9. fairness: erp {_fmt(fairness['erp_rate_per_s'])}/s, alone → beside loop at its quota",
+            f"p99 {_fmt(fairness['alone']['p99_ms'])} → {_fmt(fairness['beside_loop']['p99_ms'])} ms "
+            f"= {_fmt(fairness['p99_ratio'])}×",
+            name=FAIRNESS_P99,
+        )
+        row(
+            "   erp's throughput, alone → beside loop",
+            f"{_fmt(fairness['alone']['throughput_per_s'])}/s → {_fmt(fairness['beside_loop']['throughput_per_s'])}/s "
+            f"= {_fmt(fairness['throughput_ratio'])}×",
+        )
+        share = fairness["loop_refused_429_share"]
+        row(
+            f"   loop ({quota['rate']}/s, burst {quota['burst']}, {quota['in_flight']} in flight), "
+            f"{loop['connections']} connections",
+            f"{_fmt(loop['attempts_per_s'])}/s tried, {_fmt(loop['accepted_per_s'])}/s accepted, "
+            f"{_fmt(share * 100 if share is not None else None)}% refused 429",
         )
     client = result.get("client") or {}
     if client.get("verdict"):
