@@ -16,6 +16,9 @@ Any setting `NAME` can also come from a file (secrets above all: `ESI_AMQP_URL`,
 
 `SecretFilesSource` implements 2 and 4 once, for `Settings` and for every system's `SystemSettings`
 (`with_secret_files`); `sources_of` says where each value came from (`esi config check`).
+
+One job in one module, though over 400 lines: every core setting, its variable, default, bounds and description
+(the configuration reference is generated from them), and the sources they are read from.
 """
 
 from __future__ import annotations

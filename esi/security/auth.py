@@ -43,6 +43,9 @@ before.
 
 Failures are logged on this module's logger (`esi.security.auth`) with the client id (as the caller claimed it,
 quoted) and the caller's address — never the secret, nor the header that carries it.
+
+One job in one module, though over 400 lines: who is calling — the credentials' parsing, their verification with
+its cache and single flight, and the throttle's checks around the hashing, which must stay in one order.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ Every POST that sends a request is served within its client's quota (`esi.securi
 the handler — after authentication, which both the fast path and FastAPI do before calling it, and before the body
 is read or anything stored — so that a refused request (429, `quota_exceeded`) leaves no trace and its retry with
 the same `request_id` is accepted as a first attempt.
+
+One job in one module, though over 400 lines: the routes of the request resource — sending one and reading it
+share its store, the caller's scopes, the wait for its outcome and the declarations of what each answers.
 """
 
 from __future__ import annotations
