@@ -247,6 +247,22 @@ def with_secret_files(
     )
 
 
+class FileSecretsSettings(BaseSettings):
+    """Settings read in esi's order of sources (`with_secret_files`): the core's `Settings` and every system's
+    `SystemSettings` derive from it."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return with_secret_files(settings_cls, init_settings, env_settings, dotenv_settings)
+
+
 def sources_of(settings_cls: type[BaseSettings]) -> dict[str, str]:
     """Where each field's value comes from, by field name, in the order `with_secret_files` reads them:
     `environment variable NAME`, `file NAME_FILE (path)`, `.env (NAME)`, `secrets dir (path)` or `default`."""
@@ -286,7 +302,7 @@ def _source(check: str, name: str, dotenv: dict[str, str | None], directory: Pat
     return None
 
 
-class Settings(BaseSettings):
+class Settings(FileSecretsSettings):
     """Every setting esi reads. Names are environment variables (case-insensitive); `.env` is read too, and any
     setting can come from a file (`NAME_FILE`, the secrets directory: see the module's docstring)."""
 
@@ -533,17 +549,6 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", validation_alias=_env("ESI_LOG_FORMAT"), description="json or text"
     )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return with_secret_files(settings_cls, init_settings, env_settings, dotenv_settings)
 
     @field_validator("amqp_url")
     @classmethod

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, func, or_, select, update
 
@@ -41,17 +41,7 @@ class Outbox:
             .limit(limit)
         )
         rows = await self._db.read(lambda conn: conn.execute(query).all())
-        return [
-            OutboxRow(
-                id=r.id,
-                message_id=r.message_id,
-                request_id=r.request_id,
-                routing_key=r.routing_key,
-                body=r.body,
-                trace_context=r.trace_context,
-            )
-            for r in rows
-        ]
+        return [_row(r) for r in rows]
 
     async def claim(
         self, *, limit: int, fresh_s: float, lease_s: float, mine: list[str] | None = None
@@ -83,17 +73,7 @@ class Outbox:
             .returning(o.c.id, o.c.message_id, o.c.request_id, o.c.routing_key, o.c.body, o.c.trace_context)
         )
         rows = await self._db.write(lambda conn: conn.execute(claim).all())
-        return [
-            OutboxRow(
-                id=r.id,
-                message_id=r.message_id,
-                request_id=r.request_id,
-                routing_key=r.routing_key,
-                body=r.body,
-                trace_context=r.trace_context,
-            )
-            for r in sorted(rows, key=lambda r: r.id)
-        ]
+        return [_row(r) for r in sorted(rows, key=lambda r: r.id)]
 
     async def release(self, rows: Sequence[Published]) -> None:
         """Give claimed rows back (their publish failed): the next sweep of any process takes them."""
@@ -143,3 +123,9 @@ class Outbox:
                 lambda conn: conn.execute(o.delete().where(o.c.sent_at.is_not(None), o.c.sent_at < older_than)).rowcount
             )
         )
+
+
+def _row(r: Any) -> OutboxRow:
+    """An outbox row as the relay gets it."""
+    return OutboxRow(id=r.id, message_id=r.message_id, request_id=r.request_id, routing_key=r.routing_key, body=r.body,
+                     trace_context=r.trace_context)  # fmt: skip

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from esi.config import with_secret_files
+from esi.config import FileSecretsSettings
 from esi.messages.catalog import Upload
 from esi.messages.handler import Handler
 
@@ -42,7 +42,7 @@ CODE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
 DEFAULT_MAX_CONCURRENCY = 32
 
 
-class SystemSettings(BaseSettings):
+class SystemSettings(FileSecretsSettings):
     """What every external system's adapter reads; a subclass sets `env_prefix` (`DMS_`) and adds its own fields.
 
     Fields read `<PREFIX><NAME>` from the environment or `.env`: `DMS_URL`, `DMS_TIMEOUT`, `DMS_MAX_CONCURRENCY`,
@@ -70,17 +70,6 @@ class SystemSettings(BaseSettings):
         30.0, gt=0, le=3600, description="longest wait between two probes of a system that is down"
     )
     fake_port: int = Field(8000, description="where the system's fake listens (`esi run --with-fakes`)")
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return with_secret_files(settings_cls, init_settings, env_settings, dotenv_settings)
 
     @classmethod
     def env_name(cls, field_name: str) -> str:
