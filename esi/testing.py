@@ -332,6 +332,12 @@ class EsiSystem:
         """SIGTERM every process, last started first; their exit codes by name."""
         return {name: p.stop() for name, p in reversed(list(self.processes.items())) if p.proc is not None}
 
+    def kill_all(self) -> None:
+        """SIGKILL every process still running (a test that failed cleans up without waiting on them)."""
+        for process in self.processes.values():
+            if process.proc is not None and process.proc.poll() is None:
+                process.kill()
+
     def logs(self) -> str:
         return "".join(p.log_path.read_text(errors="replace") for p in self.processes.values() if p.log_path.exists())
 

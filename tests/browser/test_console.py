@@ -66,9 +66,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EsiSystem]:
         assert all(code == 0 for code in codes.values()), (codes, esi.logs()[-3000:])
     except BaseException:
         print(esi.logs()[-6000:])
-        for process in esi.processes.values():
-            if process.proc is not None and process.proc.poll() is None:
-                process.kill()
+        esi.kill_all()
         raise
     finally:
         vhost.delete()

@@ -132,9 +132,7 @@ def cluster_system(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> I
         assert all(code == 0 for code in codes.values()), (codes, system.logs()[-3000:])
     except BaseException:
         print(system.logs()[-8000:])
-        for process in system.processes.values():
-            if process.proc is not None and process.proc.poll() is None:
-                process.kill()
+        system.kill_all()
         raise
     finally:
         script("up")  # every node back for the next tests

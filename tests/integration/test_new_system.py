@@ -412,9 +412,7 @@ def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> Non
         assert all(code == 0 for code in codes.values()), (codes, system.logs()[-3000:])
     except BaseException:
         print(system.logs()[-5000:])
-        for process in system.processes.values():
-            if process.proc is not None and process.proc.poll() is None:
-                process.kill()
+        system.kill_all()
         raise
     finally:
         vhost.delete()

@@ -51,9 +51,7 @@ def outage_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EsiSyste
         assert all(code == 0 for code in codes.values()), (codes, system.logs()[-3000:])
     except BaseException:
         print(system.logs()[-6000:])
-        for process in system.processes.values():
-            if process.proc is not None and process.proc.poll() is None:
-                process.kill()
+        system.kill_all()
         raise
     finally:
         vhost.delete()

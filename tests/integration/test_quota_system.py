@@ -58,9 +58,7 @@ def two_apis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EsiSyst
         assert all(code == 0 for code in codes.values()), (codes, system.logs()[-3000:])
     except BaseException:
         print(system.logs()[-5000:])
-        for process in system.processes.values():
-            if process.proc is not None and process.proc.poll() is None:
-                process.kill()
+        system.kill_all()
         raise
     finally:
         vhost.delete()
