@@ -7,6 +7,7 @@ as an `ApiError` (the 500 without details), on the fast path (esi.api.hot) and t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "ErrorDetail",
     "error_body",
     "error_response",
+    "held",
     "install_error_handlers",
     "internal_error_response",
     "validation_details",
@@ -58,6 +60,22 @@ def error_body(code: str, message: str, details: list[Any] | None = None) -> dic
     if details:
         error["details"] = details
     return {"error": error}
+
+
+#: the longest a 429 is held before it is answered (its Retry-After, at most this): a client stuck in a loop that
+#: ignores Retry-After — over its quota, or signing in with a wrong password again and again — gets one answer per
+#: connection per hold, not thousands a second, so refusing it costs the process next to nothing and the other
+#: clients keep their latency (docs/security.md)
+REFUSAL_HOLD_S = 1.0
+
+
+async def held(exc: ApiError) -> None:
+    """Hold a refusal with 429 (only those) for its Retry-After, `REFUSAL_HOLD_S` at most: a tarpit for callers
+    that do not wait. Called where an error becomes a response (the fast path and FastAPI's handler), once."""
+    if exc.status != 429:
+        return
+    retry_after = (exc.headers or {}).get("Retry-After", "")
+    await asyncio.sleep(min(REFUSAL_HOLD_S, float(retry_after)) if retry_after.isdigit() else REFUSAL_HOLD_S)
 
 
 def error_response(exc: ApiError) -> JSONResponse:
@@ -95,6 +113,7 @@ def _http_error(exc: StarletteHTTPException) -> ApiError:
 
 async def _handle(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, ApiError):
+        await held(exc)
         return error_response(exc)
     if isinstance(exc, RequestValidationError):
         return error_response(_validation_error(exc))

@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from esi import metrics, tracing
-from esi.api.errors import ApiError, error_response, internal_error_response
+from esi.api.errors import ApiError, error_response, held, internal_error_response
 from esi.api.routes.table import Route
 from esi.security.scopes import Principal
 
@@ -169,6 +169,7 @@ class HotPath:
         try:
             response = await route.handler(request, await self._authenticate(request), *args)  # type: ignore[misc]
         except ApiError as exc:
+            await held(exc)
             response = error_response(exc)
         except Exception:
             log.exception("unhandled error serving %s %s", route.method, route.path)

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from esi import metrics
 from esi.api.app import ApiDeps, create_app
+from esi.api.errors import REFUSAL_HOLD_S
 from esi.errors import ApiError
 from esi.security import ClientRegistry, ClientsConfigError, make_client_entry
 from esi.security.clients import ClientConfig
@@ -401,6 +403,24 @@ async def test_in_flight_quota_with_prefer_wait(api: Api, monkeypatch: pytest.Mo
         assert (await first).status_code == 202
         r = await client.post("/send_to_dms", json={**USER, "request_id": request_id}, auth=("erp", PASSWORD))
         assert r.status_code == 202
+
+
+async def test_a_throttled_attempt_is_held_before_its_429_and_a_401_is_not(api: Api) -> None:
+    """A loop that ignores Retry-After gets one answer per connection per hold, not thousands a second: the 429 of a
+    throttled pair is held for REFUSAL_HOLD_S (its Retry-After is longer); the failures before it are answered
+    without holding."""
+    async with api.client(peer="10.0.0.9") as client:
+        for i in range(3):
+            started = time.perf_counter()
+            r = await client.post("/send_to_dms", json=USER, auth=("erp", f"guess-{i}"))
+            assert r.status_code == 401
+            assert time.perf_counter() - started < REFUSAL_HOLD_S
+        started = time.perf_counter()
+        r = await client.post("/send_to_dms", json=USER, auth=("erp", "guess-again"))
+        assert r.status_code == 429
+        assert int(r.headers["Retry-After"]) > REFUSAL_HOLD_S
+        assert time.perf_counter() - started >= REFUSAL_HOLD_S * 0.95
+        await api.app.authenticator.drain()
 
 
 async def test_throttling_through_the_api_with_its_audit_entry(api: Api) -> None:

@@ -63,19 +63,6 @@ MAX_REQUEST_ID = 128
 MAX_WAIT_PARAM = 300
 
 
-#: the longest a refusal over quota is held before it is answered (its Retry-After, at most this): a client stuck in
-#: a loop that ignores Retry-After gets one answer per connection per hold, not thousands a second, so refusing it
-#: costs the process next to nothing and the other clients keep their latency (docs/security.md)
-QUOTA_HOLD_S = 1.0
-
-
-async def _held(exc: ApiError) -> None:
-    """Hold a refusal over quota (only those) before it is answered: a tarpit for callers that do not wait."""
-    if exc.code == "quota_exceeded":
-        retry_after = (exc.headers or {}).get("Retry-After", "1")
-        await asyncio.sleep(min(QUOTA_HOLD_S, float(retry_after) if retry_after.isdigit() else QUOTA_HOLD_S))
-
-
 class _BacklogGauge:
     """The outbox backlog, counted at most every `ttl` seconds (a count per request would cost more than it tells)."""
 
@@ -267,12 +254,8 @@ class RequestRoutes:
 
     async def send(self, route: SendRoute, request: Request, principal: Principal) -> Response:
         """A send route: `route.default_message_type` unless the body's `message_type` names another request."""
-        try:
-            with self._quotas.admit(principal.client_id, principal.quota):
-                return await self._send(route, request, principal)
-        except ApiError as exc:
-            await _held(exc)
-            raise
+        with self._quotas.admit(principal.client_id, principal.quota):
+            return await self._send(route, request, principal)
 
     async def _send(self, route: SendRoute, request: Request, principal: Principal) -> Response:
         body = await self._read_json(request)
@@ -298,12 +281,8 @@ class RequestRoutes:
         A request that carries a file (`send_pdf_file`) also takes a multipart upload: its fields, and the file in a
         part named `file`.
         """
-        try:
-            with self._quotas.admit(principal.client_id, principal.quota):
-                return await self._send_any(request, principal, target, message_type)
-        except ApiError as exc:
-            await _held(exc)
-            raise
+        with self._quotas.admit(principal.client_id, principal.quota):
+            return await self._send_any(request, principal, target, message_type)
 
     async def _send_any(self, request: Request, principal: Principal, target: str, message_type: str) -> Response:
         content_type = request.headers.get("content-type", "")
