@@ -3,6 +3,7 @@ fake's."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -126,6 +127,24 @@ class CreatioSettings(SystemSettings):
     @staticmethod
     def split_objects(value: str) -> list[str]:
         return [name.strip() for name in value.split(",") if name.strip()]
+
+    @field_validator("poll_from")
+    @classmethod
+    def _iso_start(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"CRM_POLL_FROM must be an ISO 8601 time (2026-12-01T00:00:00Z): {value!r}") from None
+        return value or None
+
+    @property
+    def poll_start(self) -> datetime | None:
+        """`poll_from` as an aware UTC time (no offset: UTC)."""
+        if not self.poll_from:
+            return None
+        start = datetime.fromisoformat(self.poll_from)
+        return (start if start.tzinfo else start.replace(tzinfo=UTC)).astimezone(UTC)
 
     @property
     def polled_objects(self) -> list[str]:
