@@ -59,8 +59,8 @@ def _fake(settings: CreatioSettings) -> FastAPI:
         token_lifetime_s=settings.fake_token_lifetime,
         webhook=WebhookTarget(
             url=settings.fake_webhook_url,
-            user=settings.fake_webhook_user,
-            password=settings.fake_webhook_password.get_secret_value(),
+            user=settings.fake_webhook_user or "",
+            password=settings.secret(settings.fake_webhook_password) or "",
         ),
     )
 

@@ -1,5 +1,5 @@
-"""The CRM adapter's settings: `CREATIO_*`, the OAuth and polling ones `CRM_*` (with `CREATIO_*` aliases), and the
-fake's."""
+"""The CRM adapter's settings: `CREATIO_*`, the OAuth and polling ones `CRM_*` (`CRM_POLL_INTERVAL` also as the issue
+named it, `CREATIO_POLL_INTERVAL`), and the fake's."""
 
 from __future__ import annotations
 
@@ -40,28 +40,28 @@ class CreatioSettings(SystemSettings):
     # --- authentication -----------------------------------------------------------------------------------------
     auth: Literal["cookie", "oauth"] = Field(
         "cookie",
-        validation_alias=_env("CRM_AUTH", "CREATIO_AUTH"),
+        validation_alias="CRM_AUTH",
         description="cookie: forms login (user, password, BPMCSRF); oauth: OAuth 2.0 client credentials (Creatio 8.x)",
     )
     identity_url: str | None = Field(
         None,
-        validation_alias=_env("CRM_IDENTITY_URL", "CREATIO_IDENTITY_URL"),
+        validation_alias="CRM_IDENTITY_URL",
         description="the Identity Service (its /connect/token issues the tokens); unset: Creatio's own URL",
     )
     client_id: str = Field(
         DEMO_CLIENT_ID,
-        validation_alias=_env("CRM_CLIENT_ID", "CREATIO_CLIENT_ID"),
+        validation_alias="CRM_CLIENT_ID",
         description="the client application's id in Creatio's OAuth integrations (CRM_AUTH=oauth)",
     )
     client_secret: SecretStr = Field(
         SecretStr(DEMO_CLIENT_SECRET),
-        validation_alias=_env("CRM_CLIENT_SECRET", "CREATIO_CLIENT_SECRET"),
+        validation_alias="CRM_CLIENT_SECRET",
         description="its client secret (CRM_AUTH=oauth)",
     )
     token_margin: float = Field(
         60.0,
         ge=0,
-        validation_alias=_env("CRM_TOKEN_MARGIN", "CREATIO_TOKEN_MARGIN"),
+        validation_alias="CRM_TOKEN_MARGIN",
         description="renew an access token this long before it expires (a duration; at most a tenth of its lifetime)",
     )
 
@@ -74,40 +74,38 @@ class CreatioSettings(SystemSettings):
     )
     poll_objects: str = Field(
         ",".join(POLLABLE),
-        validation_alias=_env("CRM_POLL_OBJECTS", "CREATIO_POLL_OBJECTS"),
+        validation_alias="CRM_POLL_OBJECTS",
         description="the objects polled, comma-separated: Order (order_changed), Contact (contact_changed)",
     )
     poll_page_size: int = Field(
         100,
         ge=1,
         le=10_000,
-        validation_alias=_env("CRM_POLL_PAGE_SIZE", "CREATIO_POLL_PAGE_SIZE"),
+        validation_alias="CRM_POLL_PAGE_SIZE",
         description="rows per OData page ($top); the watermark advances after each page",
     )
     poll_from: str | None = Field(
         None,
-        validation_alias=_env("CRM_POLL_FROM", "CREATIO_POLL_FROM"),
+        validation_alias="CRM_POLL_FROM",
         description="where the first poll starts (ISO 8601); unset: at the newest change then (no history replayed)",
     )
 
     # --- the fake's business process ----------------------------------------------------------------------------
     fake_webhook_url: str | None = Field(
         None,
-        validation_alias=_env("CRM_FAKE_WEBHOOK_URL", "CREATIO_FAKE_WEBHOOK_URL"),
+        validation_alias="CRM_FAKE_WEBHOOK_URL",
         description="the fake Creatio posts each change a manager makes to <url>/events/crm/<type>; unset: it does not",
     )
-    fake_webhook_user: str = Field(
-        "", validation_alias=_env("CRM_FAKE_WEBHOOK_USER", "CREATIO_FAKE_WEBHOOK_USER"), description="its Basic user"
-    )
-    fake_webhook_password: SecretStr = Field(
-        SecretStr(""),
-        validation_alias=_env("CRM_FAKE_WEBHOOK_PASSWORD", "CREATIO_FAKE_WEBHOOK_PASSWORD"),
+    fake_webhook_user: str | None = Field(None, validation_alias="CRM_FAKE_WEBHOOK_USER", description="its Basic user")
+    fake_webhook_password: SecretStr | None = Field(
+        None,
+        validation_alias="CRM_FAKE_WEBHOOK_PASSWORD",
         description="its Basic password",
     )
     fake_token_lifetime: float = Field(
         3600.0,
         gt=0,
-        validation_alias=_env("CRM_FAKE_TOKEN_LIFETIME", "CREATIO_FAKE_TOKEN_LIFETIME"),
+        validation_alias="CRM_FAKE_TOKEN_LIFETIME",
         description="the lifetime of the fake Identity Service's tokens (a duration)",
     )
 
