@@ -60,7 +60,7 @@ def _fake(settings: CreatioSettings) -> FastAPI:
         webhook=WebhookTarget(
             url=settings.fake_webhook_url,
             user=settings.fake_webhook_user or "",
-            password=settings.secret(settings.fake_webhook_password) or "",
+            password=settings.fake_webhook_password or "",
         ),
     )
 

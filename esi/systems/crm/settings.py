@@ -97,7 +97,8 @@ class CreatioSettings(SystemSettings):
         description="the fake Creatio posts each change a manager makes to <url>/events/crm/<type>; unset: it does not",
     )
     fake_webhook_user: str | None = Field(None, validation_alias="CRM_FAKE_WEBHOOK_USER", description="its Basic user")
-    fake_webhook_password: SecretStr | None = Field(
+    #: the demo's own API client password, not a site's secret (no credential feeds it)
+    fake_webhook_password: str | None = Field(
         None,
         validation_alias="CRM_FAKE_WEBHOOK_PASSWORD",
         description="its Basic password",
