@@ -307,10 +307,12 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_stores_nothing(
     client: CreatioClient, creatio: str, database: Database
 ) -> None:
     watermarks = Watermarks(database)
-    assert await watermarks.claim("Order", "a", lease_s=0.05) is not None
-    assert await watermarks.claim("Order", "b", lease_s=60) is None
-    await asyncio.sleep(0.1)  # the lease's own time passing is what is tested
-    assert await watermarks.claim("Order", "b", lease_s=60) is not None
+    assert await watermarks.claim("Order", "a", lease_s=2) is not None
+    assert await watermarks.claim("Order", "b", lease_s=60) is None  # a's lease holds
+    deadline = asyncio.get_running_loop().time() + 10
+    while await watermarks.claim("Order", "b", lease_s=60) is None:  # until a's lease runs out
+        assert asyncio.get_running_loop().time() < deadline, "the expired lease was never taken over"
+        await asyncio.sleep(0.1)
     when = datetime(2026, 1, 1, tzinfo=UTC)
     assert not await watermarks.advance("Order", "a", modified_on=when, seen=frozenset(), lease_s=60)
     assert await watermarks.advance("Order", "b", modified_on=when, seen=frozenset({"x"}), lease_s=60)
