@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -361,6 +362,20 @@ async def test_build_poller_from_settings(creatio: str, database: Database, monk
     await built.stop()
     monkeypatch.setenv("CREATIO_POLL_INTERVAL", "0")
     assert build_poller(CreatioSettings(), database=database, sink=sink) is None
+    # the hook's form: from the context the CRM's handlers are built from
+    from esi.systems.crm import SYSTEM
+    from esi.systems.crm.poller import poller_for
+    from esi.systems.spec import SystemContext
+
+    store = SimpleNamespace(database=database)
+    monkeypatch.setenv("CREATIO_POLL_INTERVAL", "1s")
+    context = SystemContext(SYSTEM, CreatioSettings(), None, store, None, None)  # type: ignore[arg-type]
+    hooked = poller_for(context, sink)
+    assert hooked is not None
+    assert hooked.interval == 1.0
+    await hooked.stop()
+    with pytest.raises(TypeError, match="CreatioSettings"):
+        poller_for(SystemContext(SYSTEM, None, None, store, None, None), sink)  # type: ignore[arg-type]
 
 
 def test_a_watermark_compares_times_in_utc_and_ids_in_lower_case() -> None:

@@ -41,6 +41,7 @@ from esi.systems.crm.tables import Watermarks
 
 if TYPE_CHECKING:
     from esi.store import Database
+    from esi.systems.spec import SystemContext
 
 logger = logging.getLogger(__name__)
 
@@ -298,3 +299,13 @@ def build_poller(settings: CreatioSettings, *, database: Database, sink: EventSi
         start_from=settings.poll_start,
         close=client.aclose,  # type: ignore[attr-defined]
     )
+
+
+def poller_for(context: SystemContext, sink: EventSink) -> CreatioPoller | None:
+    """The CRM adapter's background task from what its handlers are built from (`SystemContext`: its settings and the
+    store), for a hook such as `System(background=...)`; None when polling is off. Start it with `start()` once the
+    adapter consumes, stop it with `stop()` before the adapter closes."""
+    settings = context.settings
+    if not isinstance(settings, CreatioSettings):
+        raise TypeError("the Creatio poller needs the CRM's settings (CreatioSettings)")
+    return build_poller(settings, database=context.store.database, sink=sink)
