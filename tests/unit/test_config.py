@@ -134,3 +134,49 @@ def test_production_refuses_demo_settings(monkeypatch: pytest.MonkeyPatch) -> No
         Settings()
     monkeypatch.setenv("ESI_AUTH", "on")
     assert Settings().env == "production"
+
+
+def test_creatio_oauth_and_polling_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "CRM_AUTH",
+        "CRM_CLIENT_SECRET",
+        "CRM_POLL_INTERVAL",
+        "CREATIO_POLL_INTERVAL",
+        "CRM_POLL_OBJECTS",
+        "CRM_POLL_FROM",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    s = CreatioSettings()
+    assert s.auth == "cookie"
+    assert s.poll_interval == 0.0
+    assert s.polled_objects == ["Order", "Contact"]
+    assert s.poll_start is None
+    monkeypatch.setenv("CRM_AUTH", "oauth")
+    monkeypatch.setenv("CRM_POLL_INTERVAL", "1m")
+    monkeypatch.setenv("CRM_POLL_OBJECTS", " Contact ,Order")
+    monkeypatch.setenv("CRM_POLL_FROM", "2026-12-01T03:00:00+03:00")
+    s = CreatioSettings()
+    assert s.auth == "oauth"
+    assert s.poll_interval == 60.0
+    assert s.polled_objects == ["Contact", "Order"]
+    assert s.poll_start is not None
+    assert s.poll_start.isoformat() == "2026-12-01T00:00:00+00:00"
+    monkeypatch.setenv("CRM_POLL_OBJECTS", "Order,Lead")
+    with pytest.raises(ValidationError, match="cannot poll Lead"):
+        CreatioSettings()
+    monkeypatch.setenv("CRM_POLL_OBJECTS", "Order")
+    monkeypatch.setenv("CRM_POLL_FROM", "last week")
+    with pytest.raises(ValidationError, match="CRM_POLL_FROM"):
+        CreatioSettings()
+    monkeypatch.delenv("CRM_POLL_FROM")
+    monkeypatch.setenv("CRM_POLL_INTERVAL", "soon")
+    with pytest.raises(ValidationError, match="CRM_POLL_INTERVAL"):
+        CreatioSettings()
+    monkeypatch.setenv("CRM_POLL_INTERVAL", "30s")
+    # production: OAuth needs a real client secret (the forms password is not used then)
+    monkeypatch.setenv("ESI_ENV", "production")
+    with pytest.raises(ValidationError, match="demo Creatio client secret"):
+        CreatioSettings()
+    monkeypatch.setenv("CRM_CLIENT_SECRET", "real-secret")
+    assert CreatioSettings().client_secret.get_secret_value() == "real-secret"
+    assert "real-secret" not in repr(CreatioSettings())

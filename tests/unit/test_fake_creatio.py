@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
+from esi.systems.crm.fake import (
+    CONTACT_IVANOV_ID as CONTACT_ID,
+)
 from esi.systems.crm.fake import (
     EMPTY_GUID,
     FILE_TYPE_ID,
@@ -257,7 +263,7 @@ def test_single_order_is_a_bare_object(http: httpx.Client) -> None:
         (f"/0/odata/Order({EMPTY_GUID})", 404),
         ("/0/odata/Nope", 404),
         (f"/0/odata/Order?$filter=Id eq '{ORDER_9876_ID}'", 400),  # a GUID column compared with a string
-        ("/0/odata/Order?$filter=Number gt 'A'", 400),
+        ("/0/odata/Order?$filter=Number has 'A'", 400),
         ("/0/odata/Order?$select=Colour", 400),
     ],
 )
@@ -416,3 +422,163 @@ def test_reset_restores_the_seed(http: httpx.Client, creatio: FakeServer) -> Non
     assert state["faults"]["armed"] is None
     assert state["config"]["expiry_mode"] == "401"
     assert http.get("/0/odata/Order").status_code == 401  # sessions dropped
+
+
+# --- changes a manager makes, the business process's webhook, and reading changes ---------------------------------
+
+
+@dataclass
+class Receiver:
+    """A stand-in for esi's webhook: records each POST with its Basic credentials."""
+
+    url: str
+    calls: list[dict[str, Any]]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    calls: list[dict[str, Any]] = []
+    app = FastAPI()
+
+    @app.post("/events/crm/{event_type}")
+    async def event(event_type: str, request: Request) -> JSONResponse:
+        calls.append({"type": event_type, "auth": request.headers.get("authorization"), "body": await request.json()})
+        return JSONResponse({"status": "accepted"}, status_code=202)
+
+    with serve(app) as url:
+        yield Receiver(url, calls)
+
+
+def test_a_manager_changes_an_order_and_modified_on_moves(creatio: FakeServer, http: httpx.Client) -> None:
+    before = next(o for o in creatio.state()["orders"] if o["Number"] == "ORD9876")
+    changed = creatio.post("/_fake/orders/ORD9876", {"Status": "Shipped", "Amount": 16000})
+    assert changed.status_code == 200, changed.text
+    row = changed.json()
+    assert row["StatusId"] == STATUS_SHIPPED_ID
+    assert row["Amount"] == 16000
+    assert row["ModifiedOn"] > before["ModifiedOn"]
+    assert row["event"]["type"] == "order_changed"
+    assert row["event"]["body"] == {
+        "Id": ORDER_9876_ID,
+        "Number": "ORD9876",
+        "Status": "Shipped",
+        "ModifiedOn": row["ModifiedOn"],
+        "Amount": 16000,
+    }
+    assert row["event"]["webhook"] is False  # no target configured
+    # a test may pin the moment (two changes sharing one ModifiedOn)
+    pinned = creatio.post("/_fake/orders/ORD9876", {"ModifiedOn": "2026-12-01T10:00:00+03:00"}).json()
+    assert pinned["ModifiedOn"] == "2026-12-01T07:00:00.000Z"
+    assert creatio.post("/_fake/orders/NOPE", {"Status": "Shipped"}).status_code == 404
+    assert creatio.post("/_fake/orders/ORD9876", {"Status": "Paid?"}).status_code == 422
+    assert creatio.post("/_fake/orders/ORD9876", {"Colour": "red"}).status_code == 422
+    assert creatio.post("/_fake/orders/ORD9876", {}).status_code == 422
+    assert creatio.post("/_fake/orders/ORD9876", {"ModifiedOn": "yesterday"}).status_code == 422
+    # an OData write stamps ModifiedOn too, as every save in Creatio does
+    login(http)
+    csrf = http.cookies["BPMCSRF"]
+    assert http.patch(f"/0/odata/Order({ORDER_9876_ID})", json={"Amount": 1}, headers={"BPMCSRF": csrf}).is_success
+    after = next(o for o in creatio.state()["orders"] if o["Number"] == "ORD9876")
+    assert after["ModifiedOn"] > pinned["ModifiedOn"]
+
+
+def test_contacts_are_seeded_changed_and_added(creatio: FakeServer) -> None:
+    contacts = {c["Id"]: c for c in creatio.state()["contacts"]}
+    assert len(contacts) == 3
+    some = next(iter(contacts))
+    row = creatio.post(f"/_fake/contacts/{some}", {"Email": "new@example.com"}).json()
+    assert row["Email"] == "new@example.com"
+    assert row["event"]["type"] == "contact_changed"
+    assert set(row["event"]["body"]) == {"Id", "Name", "Email", "Phone", "ModifiedOn"}
+    new_id = "6c1f0b4c-2f55-4d77-9d55-0f4f1e1f7e01"
+    added = creatio.post(f"/_fake/contacts/{new_id.upper()}", {"Name": "Новый Контакт"}).json()
+    assert added["Id"] == new_id
+    assert added["event"]["body"]["Email"] is None
+    assert creatio.post("/_fake/contacts/not-a-guid", {"Name": "x"}).status_code == 422
+    assert creatio.post(f"/_fake/contacts/{new_id}", {"Name": 5}).status_code == 422
+    assert creatio.post(f"/_fake/contacts/{new_id}", {}).status_code == 422
+
+
+def test_the_business_process_posts_each_change_until_switched_off(creatio: FakeServer, receiver: Receiver) -> None:
+    config = creatio.post("/_fake/webhook", {"url": receiver.url, "user": "creatio", "password": "pw"})
+    assert config.json() == {"url": receiver.url, "user": "creatio", "enabled": True}
+    row = creatio.post("/_fake/orders/ORD0001", {"Status": "Confirmed"}).json()
+    assert row["event"]["webhook"] is True
+    deadline = time.monotonic() + 5
+    while len(receiver.calls) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the recorder with a deadline
+    assert receiver.calls == [
+        {
+            "type": "order_changed",
+            "auth": "Basic " + base64.b64encode(b"creatio:pw").decode(),
+            "body": row["event"]["body"],
+        }
+    ]
+    state = creatio.state()
+    assert state["counters"]["webhooks_sent"] == 1
+    assert state["webhook_calls"][0]["status"] == 202
+    assert "pw" not in str(state["config"]["webhook"])
+
+    assert creatio.post("/_fake/webhook", {"enabled": False}).json()["enabled"] is False
+    assert creatio.post("/_fake/orders/ORD0001", {"Status": "Shipped"}).json()["event"]["webhook"] is False
+    assert creatio.post("/_fake/webhook", {"url": 5}).status_code == 422
+    assert creatio.post("/_fake/webhook", [1]).status_code == 422
+    # a receiver that is down: logged and dropped, as a failed process is
+    creatio.post("/_fake/webhook", {"url": "http://127.0.0.1:9", "enabled": True})
+    creatio.post("/_fake/orders/ORD0001", {"Status": "Delivered"})
+    deadline = time.monotonic() + 5
+    while creatio.state()["counters"]["webhooks_failed"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert creatio.state()["webhook_calls"][-1]["error"]
+    assert len(receiver.calls) == 1
+    creatio.post("/_fake/reset")
+    assert creatio.state()["config"]["webhook"]["url"] is None
+
+
+def test_a_webhook_target_given_at_start(start_creatio: Callable[..., FakeServer], receiver: Receiver) -> None:
+    from esi.systems.crm.fake.state import WebhookTarget
+
+    fake = start_creatio(webhook=WebhookTarget(url=receiver.url, user="u", password="p"))
+    fake.post(f"/_fake/contacts/{CONTACT_ID}", {"Phone": "+7 000"})
+    deadline = time.monotonic() + 5
+    while not receiver.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert receiver.calls[0]["type"] == "contact_changed"
+    assert receiver.calls[0]["body"]["Phone"] == "+7 000"
+
+
+@pytest.mark.parametrize(
+    ("query", "numbers"),
+    [
+        ("ModifiedOn gt 2026-12-01T10:00:00Z", ["B", "C"]),
+        ("ModifiedOn ge 2026-12-01T10:00:00.000Z", ["A", "B", "C"]),
+        ("ModifiedOn lt 2026-12-01T13:00:01.5+03:00 and ModifiedOn gt 2026-01-01T00:00:00Z", ["A", "B"]),
+        ("ModifiedOn le 2026-12-01T10:00:00Z and ModifiedOn ge 2026-12-01T10:00:00Z", ["A"]),
+        ("ModifiedOn ne 2026-12-01T10:00:00Z and ModifiedOn gt 2026-12-01T00:00:00Z", ["B", "C"]),
+        ("ModifiedOn eq '2026-12-01T10:00:01Z'", ["B"]),
+    ],
+)
+def test_changes_are_filtered_and_ordered_by_modified_on(
+    creatio: FakeServer, http: httpx.Client, query: str, numbers: list[str]
+) -> None:
+    for number, when in (("C", "10:00:02"), ("A", "10:00:00"), ("B", "10:00:01")):
+        creatio.post("/_fake/orders", {"Number": number}).raise_for_status()
+        creatio.post(f"/_fake/orders/{number}", {"ModifiedOn": f"2026-12-01T{when}Z"}).raise_for_status()
+    login(http)
+    response = http.get("/0/odata/Order", params={"$filter": query, "$orderby": "ModifiedOn,Id", "$select": "Number"})
+    assert response.status_code == 200, response.text
+    assert [row["Number"] for row in response.json()["value"]] == numbers
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "ModifiedOn gt 'yesterday'",
+        "Number gt 2026-12-01T10:00:00Z",
+        f"Id gt {ORDER_9876_ID}",
+        "ModifiedOn gt 2026-13-01T10:00:00Z",
+    ],
+)
+def test_bad_date_comparisons_are_400(http: httpx.Client, query: str) -> None:
+    login(http)
+    assert http.get("/0/odata/Order", params={"$filter": query}).status_code == 400

@@ -28,6 +28,11 @@ def _client(settings: CreatioSettings) -> CreatioClient:
         timeout=settings.timeout,
         ca_bundle=settings.ca_bundle,
         max_connections=settings.max_concurrency,
+        auth=settings.auth,
+        identity_url=settings.identity_url,
+        client_id=settings.client_id,
+        client_secret=settings.client_secret.get_secret_value(),
+        token_margin=settings.token_margin,
     )
 
 
@@ -44,8 +49,20 @@ def _handlers(context: SystemContext) -> dict[str, Handler]:
 
 def _fake(settings: CreatioSettings) -> FastAPI:
     from esi.systems.crm.fake import create_app
+    from esi.systems.crm.fake.state import WebhookTarget
 
-    return create_app(username=settings.username, password=settings.password.get_secret_value())
+    return create_app(
+        username=settings.username,
+        password=settings.password.get_secret_value(),
+        odata_prefix=settings.odata_path,
+        oauth_clients={settings.client_id: settings.client_secret.get_secret_value()},
+        token_lifetime_s=settings.fake_token_lifetime,
+        webhook=WebhookTarget(
+            url=settings.fake_webhook_url,
+            user=settings.fake_webhook_user or "",
+            password=settings.fake_webhook_password or "",
+        ),
+    )
 
 
 PDF = Upload(

@@ -1,5 +1,6 @@
-"""The CRM adapter's own table: the newest status update applied to each order, so that an older update arriving
-late (a retry, a replay, a second replica) is never applied over a newer one.
+"""The CRM adapter's own tables: the newest status update applied to each order, so that an older update arriving
+late (a retry, a replay, a second replica) is never applied over a newer one; and the poller's watermark of each
+Creatio object, with the lease that lets one replica at a time poll it.
 
 Declared here, with its migrations, and reached through the store's shared database (`SystemContext.database`);
 the generic store knows nothing of it.
@@ -8,12 +9,13 @@ the generic store knows nothing of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Column, Connection, MetaData, String, Table, insert, select, update
+from sqlalchemy import Column, Connection, MetaData, String, Table, Text, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from esi.store import Database, Migrations
-from esi.store.database import now_iso
+from esi.store.database import dumps, loads, now_iso
 
 metadata = MetaData()
 
@@ -31,7 +33,23 @@ order_updates = Table(
     Column("updated_at", String(40), nullable=False),
 )
 
-MIGRATIONS = Migrations("crm", {1: [order_updates]})
+#: the poller's place in each Creatio object, and who polls it (`Watermarks`)
+poll_watermarks = Table(
+    "esi_crm_poll_watermarks",
+    metadata,
+    #: the Creatio object (`Order`, `Contact`)
+    Column("entity", String(100), primary_key=True),
+    #: the newest `ModifiedOn` taken (UTC, ISO 8601 with microseconds); NULL until the first poll stored one
+    Column("modified_on", String(40), nullable=True),
+    #: the Ids taken at exactly that `ModifiedOn` (a JSON list)
+    Column("seen", Text, nullable=False, default="[]"),
+    #: the replica polling the object, and until when it may (UTC ISO: ordered as text)
+    Column("holder", String(200), nullable=False),
+    Column("lease_until", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)
+
+MIGRATIONS = Migrations("crm", {1: [order_updates], 2: [poll_watermarks]})
 
 
 @dataclass(frozen=True)
@@ -101,3 +119,104 @@ class OrderUpdates:
             lambda conn: conn.execute(select(u.c.changed_at, u.c.status).where(u.c.order_key == order_key)).first()
         )
         return None if row is None else OrderClaim(held=True, changed_at=row.changed_at, status=row.status)
+
+
+# --- the poller's watermarks ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredWatermark:
+    """An object's watermark as stored: the newest `ModifiedOn` taken (None before the first) and the Ids taken at
+    exactly that time."""
+
+    modified_on: datetime | None
+    seen: frozenset[str]
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class Watermarks:
+    """Each Creatio object's watermark, and a lease on it: one replica at a time polls an object.
+
+    `claim` takes (or keeps) the lease for `lease_s` and returns the watermark; `advance` stores a new watermark and
+    extends the lease, but only while the caller still holds it (a replica that lost its lease — paused too long —
+    learns so there and stops, instead of moving another's watermark); `release` ends the lease at once (a clean
+    stop), so that another replica takes over at its next poll rather than after the lease runs out.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def claim(self, entity: str, holder: str, *, lease_s: float) -> StoredWatermark | None:
+        """The object's watermark if `holder` now holds its lease (taken when free, expired or already its own);
+        None while another replica holds it."""
+        w = poll_watermarks
+        now = datetime.now(UTC)
+        until = _iso(now + timedelta(seconds=lease_s))
+
+        def write(conn: Connection) -> StoredWatermark | None:
+            taken = conn.execute(
+                update(w)
+                .where(w.c.entity == entity, (w.c.holder == holder) | (w.c.lease_until < _iso(now)))
+                .values(holder=holder, lease_until=until)
+            ).rowcount
+            if not taken:
+                exists = conn.execute(select(w.c.entity).where(w.c.entity == entity)).first()
+                if exists is not None:
+                    return None
+                conn.execute(
+                    insert(w).values(
+                        entity=entity,
+                        modified_on=None,
+                        seen="[]",
+                        holder=holder,
+                        lease_until=until,
+                        updated_at=_iso(now),
+                    )
+                )
+            row = conn.execute(select(w.c.modified_on, w.c.seen).where(w.c.entity == entity)).one()
+            return StoredWatermark(
+                datetime.fromisoformat(row.modified_on) if row.modified_on else None, frozenset(loads(row.seen) or ())
+            )
+
+        try:
+            return await self._db.write(write)
+        except IntegrityError:  # another replica created the row at the same moment: it holds the lease
+            return None
+
+    async def advance(
+        self, entity: str, holder: str, *, modified_on: datetime, seen: frozenset[str], lease_s: float
+    ) -> bool:
+        """Store the watermark and extend the lease, if `holder` still holds it; whether it did."""
+        w = poll_watermarks
+        now = datetime.now(UTC)
+        statement = (
+            update(w)
+            .where(w.c.entity == entity, w.c.holder == holder)
+            .values(
+                modified_on=_iso(modified_on),
+                seen=dumps(sorted(seen)),
+                lease_until=_iso(now + timedelta(seconds=lease_s)),
+                updated_at=_iso(now),
+            )
+        )
+        return bool(await self._db.write(lambda conn: conn.execute(statement).rowcount))
+
+    async def release(self, entity: str, holder: str) -> None:
+        """End `holder`'s lease on the object now (nothing if it does not hold it)."""
+        w = poll_watermarks
+        now = _iso(datetime.now(UTC))
+        statement = update(w).where(w.c.entity == entity, w.c.holder == holder).values(lease_until=now)
+        await self._db.write(lambda conn: conn.execute(statement) and None)
+
+    async def get(self, entity: str) -> StoredWatermark | None:
+        """The object's stored watermark (None before its first poll)."""
+        w = poll_watermarks
+        row = await self._db.read(
+            lambda conn: conn.execute(select(w.c.modified_on, w.c.seen).where(w.c.entity == entity)).first()
+        )
+        if row is None or row.modified_on is None:
+            return None
+        return StoredWatermark(datetime.fromisoformat(row.modified_on), frozenset(loads(row.seen) or ()))

@@ -1,31 +1,52 @@
-"""The Creatio client: cookie-session login, OData 4 on orders and their statuses, files attached to orders.
+"""The Creatio client: cookie-session login or OAuth 2.0 client credentials, OData 4 on orders and their statuses,
+files attached to orders, and the reader of what changed (the poller's).
 
-Every call carries the session cookies, the `BPMCSRF` header and `ForceUseSession: true`. A session that has expired
-shows up in one of three ways (HTTP 401; a 3xx to `/Login/`; HTTP 200 with an HTML login page): the client then logs
-in again — once, however many calls noticed it at the same time — and retries the call once, without spending one of
-the bus's retries. Every other failure is translated into `esi.errors` at this boundary.
+With the forms login (`auth="cookie"`) every call carries the session cookies, the `BPMCSRF` header and
+`ForceUseSession: true`. A session that has expired shows up in one of three ways (HTTP 401; a 3xx to `/Login/`;
+HTTP 200 with an HTML login page): the client then logs in again — once, however many calls noticed it at the same
+time — and retries the call once, without spending one of the bus's retries. With OAuth (`auth="oauth"`) every call
+carries a bearer token from the Identity Service, renewed shortly before it expires and after a 401, the same way.
+Every other failure is translated into `esi.errors` at this boundary.
 
 The parts: `session` (the authenticated call and the renewal shared by concurrent callers), `cookie_login` (the
-forms login), `odata` (orders and statuses), `files` (attachments); `CreatioClient` composes them.
+forms login), `oauth` (the client-credentials grant), `odata` (orders and statuses, changes), `files`
+(attachments); `CreatioClient` composes them.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from datetime import datetime
 from types import TracebackType
+from typing import Any, Literal
 
 import httpx
 
 from esi.systems.crm.client.cookie_login import LOGIN_PATH, CookieLogin
 from esi.systems.crm.client.files import FILE_TYPE_ID, AttachedFile, OrderFiles
-from esi.systems.crm.client.odata import CreatioOrder, OData, Orders, is_guid, odata_string
-from esi.systems.crm.client.session import CreatioSession, session_http_client
+from esi.systems.crm.client.oauth import TOKEN_PATH, ClientCredentials, token_url
+from esi.systems.crm.client.odata import (
+    ChangedPage,
+    CreatioOrder,
+    OData,
+    Orders,
+    Watermark,
+    changed_since,
+    is_guid,
+    newest_change,
+    odata_string,
+)
+from esi.systems.crm.client.session import Authenticator, CreatioSession, session_http_client
 
 __all__ = [
     "FILE_TYPE_ID",
     "LOGIN_PATH",
+    "TOKEN_PATH",
     "AttachedFile",
+    "ChangedPage",
     "CreatioClient",
     "CreatioOrder",
+    "Watermark",
     "is_guid",
     "odata_string",
 ]
@@ -38,7 +59,7 @@ class CreatioClient:
 
     Args:
         base_url: Creatio's root URL, e.g. `https://crm.example.com` (a path prefix is kept).
-        username: the Creatio user the bus acts as.
+        username: the Creatio user the bus acts as (`auth="cookie"`).
         password: that user's password (never logged).
         odata_path: where OData 4 lives: `/0/odata` on .NET Framework builds, `/odata` on .NET Core builds.
         timeout: seconds allowed for each of connect, read, write and pool acquisition.
@@ -47,14 +68,19 @@ class CreatioClient:
         upload_chunk_size: bytes per `UploadFile` request.
         transport: an httpx transport to use instead of aiohttp's sockets (tests).
         rest_path: where Creatio's REST services live (`/0/rest`; `/rest` on some .NET Core builds).
+        auth: `"cookie"` (the forms login with `username` and `password`) or `"oauth"` (client credentials).
+        identity_url: the Identity Service's URL (`auth="oauth"`); Creatio's `base_url` when not given.
+        client_id: the OAuth client application's id (`auth="oauth"`).
+        client_secret: its secret (never logged).
+        token_margin: seconds before a token's expiry at which it is renewed (at most a tenth of its lifetime).
     """
 
     def __init__(
         self,
         *,
         base_url: str,
-        username: str,
-        password: str,
+        username: str = "",
+        password: str = "",
         odata_path: str = "/0/odata",
         timeout: float = 10.0,
         ca_bundle: str | None = None,
@@ -62,6 +88,11 @@ class CreatioClient:
         upload_chunk_size: int = 1_048_576,
         transport: httpx.AsyncBaseTransport | None = None,
         rest_path: str = "/0/rest",
+        auth: Literal["cookie", "oauth"] = "cookie",
+        identity_url: str | None = None,
+        client_id: str = "",
+        client_secret: str = "",
+        token_margin: float = 60.0,
     ) -> None:
         if upload_chunk_size <= 0:
             raise ValueError("upload_chunk_size must be positive")
@@ -72,9 +103,21 @@ class CreatioClient:
             max_connections=max_connections,
             transport=transport,
         )
-        self._auth = CookieLogin(http, username=username, password=password)
+        self._auth: Authenticator[Any]
+        if auth == "oauth":
+            self._auth = ClientCredentials(
+                http,
+                token_url=token_url(identity_url or base_url),
+                client_id=client_id,
+                client_secret=client_secret,
+                margin=token_margin,
+            )
+        elif auth == "cookie":
+            self._auth = CookieLogin(http, username=username, password=password)
+        else:
+            raise ValueError(f"auth must be 'cookie' or 'oauth', not {auth!r}")
         self._session = CreatioSession(http, self._auth)
-        odata = OData(self._session, odata_path)
+        odata = self._odata = OData(self._session, odata_path)
         self._orders = Orders(odata)
         self._files = OrderFiles(self._session, odata, rest_path=rest_path, chunk_size=upload_chunk_size)
 
@@ -91,7 +134,7 @@ class CreatioClient:
         await self._session.aclose()
 
     async def login(self) -> None:
-        """Log in now, replacing any current session.
+        """Log in now (or obtain a token), replacing any current session.
 
         Raises:
             PermanentError: (code `auth_failed`) Creatio refused the credentials.
@@ -151,6 +194,23 @@ class CreatioClient:
     async def download_file(self, file_id: str) -> bytes:
         """The content of an attached file (`FileService/Download`)."""
         return await self._files.download(file_id)
+
+    # -- changes
+
+    def changed_since(
+        self, entity: str, watermark: Watermark, *, page_size: int = 100, select: tuple[str, ...] = ()
+    ) -> AsyncIterator[ChangedPage]:
+        """The rows of `entity` changed since `watermark`, oldest first, a page at a time (see
+        `esi.systems.crm.client.odata.changed_since`); each page comes with the watermark that takes it."""
+        return changed_since(self._odata, entity, watermark, page_size=page_size, select=select)
+
+    async def newest_change(self, entity: str) -> datetime | None:
+        """The newest `ModifiedOn` of `entity`, None when it has no rows."""
+        return await newest_change(self._odata, entity)
+
+    async def status_name(self, status_id: str) -> str | None:
+        """The `Name` of the `OrderStatus` with that Id (cached), None for none."""
+        return await self._orders.status_name(status_id)
 
     # -- health
 

@@ -3,7 +3,8 @@
 An `Authenticator` is one way of authenticating: it obtains a `Credential` (what a call carries: cookies, a token),
 says whether a response shows that credential has gone stale, and renews it once however many concurrent callers
 noticed — the first logs in again, the others wait for it and use its result. `CookieLogin` (in `cookie_login`) is
-Creatio's forms login; an OAuth 2.0 client-credentials grant is meant to be a second implementation.
+Creatio's forms login; `ClientCredentials` (in `oauth`) the OAuth 2.0 client-credentials grant, whose bearer token
+is also renewed ahead of its expiry (`Authenticator.due`).
 
 `CreatioSession.call` sends one request with the current credential; when the answer says the credential expired it
 renews it and retries once, and it translates every other failure into `esi.errors`.
@@ -69,6 +70,11 @@ class Authenticator(ABC, Generic[C]):
     def absorb(self, credential: C, response: httpx.Response) -> None:
         """Keep what an answer to a call made with `credential` renews of it (nothing, unless overridden)."""
 
+    def due(self, credential: C) -> bool:
+        """Whether `credential` should be renewed before it is used (a token near its expiry); never, unless
+        overridden."""
+        return False
+
     def _replace(self, old: C, new: C) -> None:
         """Make `new` current if `old` still is (a late answer must not bring back an older session)."""
         if self._current is old:
@@ -88,10 +94,13 @@ class Authenticator(ABC, Generic[C]):
     async def current(self) -> C:
         """The current credential; logs in if there is none, and waits for a login in progress."""
         credential = self._current
-        if credential is not None and not self._lock.locked():
+        if credential is not None and not self._lock.locked() and not self.due(credential):
             return credential
         async with self._lock:  # waits for a login in progress instead of racing it with a stale credential
             if self._current is None:
+                return await self._login_locked()
+            if self.due(self._current):  # the first caller past the renewal time renews; the others wait for it
+                logger.debug("Creatio credential %d is due for renewal", self._current.generation)
                 return await self._login_locked()
             return self._current
 

@@ -35,6 +35,9 @@ query engine and error envelope, over those tables), `app` (the routes). `/_fake
 
 from esi.systems.crm.fake.app import create_app
 from esi.systems.crm.fake.state import (
+    CONTACT_IVANOV_ID,
+    CONTACT_PETROVA_ID,
+    CONTACT_SIDOROV_ID,
     EMPTY_GUID,
     FILE_TYPE_ID,
     ORDER_0001_ID,
@@ -52,6 +55,9 @@ from esi.systems.crm.fake.state import (
 )
 
 __all__ = [
+    "CONTACT_IVANOV_ID",
+    "CONTACT_PETROVA_ID",
+    "CONTACT_SIDOROV_ID",
     "EMPTY_GUID",
     "FILE_TYPE_ID",
     "ORDER_0001_ID",

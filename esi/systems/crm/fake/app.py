@@ -5,13 +5,17 @@ The state they act on is `esi.systems.crm.fake.state`; OData queries and validat
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import logging
 import re
 import secrets
 import uuid
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -28,7 +32,21 @@ from esi.systems.crm.fake.odata import (
     select_columns,
     validate_values,
 )
-from esi.systems.crm.fake.state import STATUS_NEW_ID, FakeCreatio, is_guid
+from esi.systems.crm.fake.state import (
+    SCHEMAS,
+    STATUS_NEW_ID,
+    FakeCreatio,
+    WebhookTarget,
+    is_guid,
+    stamp,
+)
+
+logger = logging.getLogger(__name__)
+
+#: the Identity Service's token endpoint (the fake serves it at its own root)
+TOKEN_PATH = "/connect/token"  # noqa: S105 - a path, not a secret
+#: the time the business process's "Call web service" element waits for an answer
+WEBHOOK_TIMEOUT_S = 10.0
 
 #: where an expired session is redirected to (`expiry_mode="redirect"`)
 LOGIN_PAGE_PATH = "/Login/NuiLogin.aspx"
@@ -54,6 +72,9 @@ def create_app(
     expiry_mode: str = "401",
     csrf_failure_status: int = 401,
     session_ttl_s: float | None = None,
+    oauth_clients: dict[str, str] | None = None,
+    token_lifetime_s: float = 3600.0,
+    webhook: WebhookTarget | None = None,
 ) -> FastAPI:
     """Build a fake Creatio.
 
@@ -65,6 +86,11 @@ def create_app(
             (HTTP 200 with the login page).
         csrf_failure_status: the status for a write with a live session but a missing or wrong `BPMCSRF` header.
         session_ttl_s: idle seconds after which a session expires by itself (sliding); `None` = never.
+        oauth_clients: the client applications of the Identity Service (`client_id` → `client_secret`) that
+            `POST /connect/token` issues bearer tokens to; none: OAuth refused.
+        token_lifetime_s: the lifetime of an access token (`expires_in`); `POST /_fake/oauth` changes it.
+        webhook: where a change made through `/_fake/orders/{number}` or `/_fake/contacts/{id}` is posted, as the
+            site's business process would; `POST /_fake/webhook` changes or switches it off.
     """
     fake = FakeCreatio(
         username=username,
@@ -73,6 +99,9 @@ def create_app(
         expiry_mode=expiry_mode,
         csrf_failure_status=csrf_failure_status,
         session_ttl_s=session_ttl_s,
+        oauth_clients=oauth_clients,
+        token_lifetime_s=token_lifetime_s,
+        webhook=webhook,
     )
     app = FastAPI(title="Fake Creatio", docs_url=None, redoc_url=None, openapi_url=None, telemetry=TELEMETRY_OFF)
     app.state.fake = fake
@@ -94,7 +123,18 @@ def create_app(
         )
 
     def authenticate(request: Request) -> Response | None:
-        """None if the call may go on, else the response refusing it."""
+        """None if the call may go on, else the response refusing it: a bearer token (OAuth; no CSRF token then)
+        or the forms-login session's cookies."""
+        authorization = request.headers.get("authorization", "")
+        if authorization[:7].lower() == "bearer ":
+            if fake.token_valid(authorization[7:].strip()):
+                return None
+            fake.counters["bearer_rejections"] += 1
+            return JSONResponse(
+                {"Message": "The access token is invalid or has expired."},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         session = fake.session_for(request.cookies.get(".ASPXAUTH"))
         if session is None:
             return expired_response(request)
@@ -280,8 +320,152 @@ def create_app(
             return JSONResponse({"error": str(exc)}, status_code=422)
         return JSONResponse(row, status_code=201)
 
+    # -- OAuth 2.0: the Identity Service
+
+    @app.post(TOKEN_PATH)
+    async def token(request: Request) -> Response:
+        """The client-credentials grant (client authentication in the form body or HTTP Basic)."""
+        fake.count("POST token")
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        basic = request.headers.get("authorization", "")
+        if basic[:6].lower() == "basic ":
+            try:
+                client_id, _, client_secret = base64.b64decode(basic[6:], validate=True).decode().partition(":")
+            except ValueError:
+                client_id = client_secret = None
+        if form.get("grant_type") != "client_credentials":
+            return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+        issued = fake.issue_token(client_id, client_secret)
+        if issued is None:
+            return JSONResponse({"error": "invalid_client"}, status_code=400)
+        access_token, lifetime = issued
+        return JSONResponse(
+            {"access_token": access_token, "token_type": "Bearer", "expires_in": int(lifetime) or 1, "scope": ""},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @app.post("/_fake/oauth")
+    async def configure_oauth(request: Request) -> Response:
+        """`{"token_lifetime_s": N}`: the lifetime of the tokens issued from now on."""
+        body = await _control_body(request)
+        lifetime = body.get("token_lifetime_s") if isinstance(body, dict) else None
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+            return JSONResponse({"error": "token_lifetime_s must be a positive number"}, status_code=422)
+        fake.token_lifetime_s = float(lifetime)
+        return JSONResponse({"token_lifetime_s": fake.token_lifetime_s})
+
+    # -- changes made by a manager, and the business process that reports them
+
+    webhook_tasks: set[asyncio.Task[None]] = set()
+
+    async def post_webhook(event_type: str, body: dict[str, Any], target: WebhookTarget) -> None:
+        """What the business process's "Call web service" element does: one POST; a failure is logged and dropped."""
+        url = f"{str(target.url).rstrip('/')}/events/crm/{event_type}"
+        record: dict[str, Any] = {"type": event_type, "id": body["Id"], "modified_on": body["ModifiedOn"]}
+        try:
+            async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S) as http:
+                response = await http.post(url, json=body, auth=(target.user, target.password))
+            record["status"] = response.status_code
+            ok = response.is_success
+        except httpx.HTTPError as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            ok = False
+        fake.counters["webhooks_sent" if ok else "webhooks_failed"] += 1
+        if not ok:
+            logger.warning("fake Creatio: the business process could not post %s to %s: %s", event_type, url, record)
+        fake.webhook_calls.append(record)
+        del fake.webhook_calls[:-1000]  # the newest thousand are enough to look at
+
+    def changed(entity: str, row: dict[str, Any]) -> dict[str, Any]:
+        """After a manager's change: the object signal starts the business process (when a target is set)."""
+        target = fake.webhook
+        event_type, body = fake.event_body(entity, row)
+        if target.active:
+            task = asyncio.get_running_loop().create_task(post_webhook(event_type, body, target))
+            webhook_tasks.add(task)
+            task.add_done_callback(webhook_tasks.discard)
+        return {**row, "event": {"type": event_type, "body": body, "webhook": target.active}}
+
+    @app.post("/_fake/orders/{number}")
+    async def change_order(number: str, request: Request) -> Response:
+        """Change an order as a manager would: `{"Status": "<OrderStatus Name>", "Amount"?, ...Order columns,
+        "ModifiedOn"?}`; `ModifiedOn` is stamped now unless given."""
+        row = fake.order_by_number(number)
+        if row is None:
+            return JSONResponse({"error": f"no order with Number {number!r}"}, status_code=404)
+        body = await _control_body(request)
+        if not isinstance(body, dict) or not body:
+            return JSONResponse({"error": "body must be a non-empty JSON object of Order columns"}, status_code=422)
+        values = dict(body)
+        status = values.pop("Status", None)
+        if status is not None:
+            status_id = next((sid for sid, s in fake.tables["OrderStatus"].items() if s["Name"] == status), None)
+            if status_id is None:
+                return JSONResponse({"error": f"unknown order status {status!r}"}, status_code=422)
+            values["StatusId"] = status_id
+        try:
+            clean = validate_values(fake.tables, "Order", values, creating=False) if values else {}
+        except ODataError as exc:
+            return JSONResponse({"error": exc.inner}, status_code=422)
+        return JSONResponse(changed("Order", fake.change("Order", row, clean)))
+
+    @app.post("/_fake/contacts/{contact_id}")
+    async def change_contact(contact_id: str, request: Request) -> Response:
+        """Change (or, for a new Id, add) a contact as a manager would: `{"Name"?, "Email"?, "Phone"?, ...,
+        "ModifiedOn"?}`."""
+        if not is_guid(contact_id):
+            return JSONResponse({"error": f"not a GUID: {contact_id!r}"}, status_code=422)
+        body = await _control_body(request)
+        if not isinstance(body, dict) or not body:
+            return JSONResponse({"error": "body must be a non-empty JSON object of Contact columns"}, status_code=422)
+        try:
+            clean = validate_values(fake.tables, "Contact", body, creating=False)
+        except ODataError as exc:
+            return JSONResponse({"error": exc.inner}, status_code=422)
+        contacts = fake.tables["Contact"]
+        key = contact_id.lower()
+        row = contacts.get(key)
+        if row is None:
+            row = contacts[key] = {"Id": key, "Name": "", "Email": "", "Phone": "", "MobilePhone": ""}
+        return JSONResponse(changed("Contact", fake.change("Contact", row, clean)))
+
+    @app.post("/_fake/webhook")
+    async def configure_webhook(request: Request) -> Response:
+        """Set or switch the business process's target: `{"url"?, "user"?, "password"?, "enabled"?}`."""
+        body = await _control_body(request)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "body must be a JSON object"}, status_code=422)
+        current = fake.webhook
+        try:
+            fake.webhook = WebhookTarget(
+                url=_optional_str(body, "url", current.url),
+                user=str(_optional_str(body, "user", current.user) or ""),
+                password=str(_optional_str(body, "password", current.password) or ""),
+                enabled=bool(body.get("enabled", current.enabled)),
+            )
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        return JSONResponse(fake.webhook.public())
+
     install_controls(app, fake)  # /_fake/state, /_fake/reset, /_fake/faults and the faults on every other path
     return app
+
+
+async def _control_body(request: Request) -> object:
+    """The JSON body of a `/_fake/*` control (None when it is not JSON)."""
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        return None
+
+
+def _optional_str(body: dict[str, Any], key: str, default: str | None) -> str | None:
+    value = body.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{key} must be a string")
+    return value
 
 
 async def _json_body(request: Request) -> object:
@@ -314,7 +498,10 @@ async def _dispatch(
         if row is None:
             raise ODataError(404, f"No {entity} with Id '{key}' was found.")
         values = validate_values(fake.tables, entity, await _json_body(request), creating=False)
+        values.pop("ModifiedOn", None)  # a system column: Creatio stamps it on every save
         row.update(values)
+        if "ModifiedOn" in SCHEMAS[entity]:
+            row["ModifiedOn"] = stamp()
         fake.counters["patches"] += 1
         return Response(status_code=204, headers=ODATA_HEADERS)
     if method == "POST" and key is None and entity == "OrderFile":

@@ -9,8 +9,9 @@ client's error handling is exercised by the same texts it meets in production.
 from __future__ import annotations
 
 import functools
+import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -26,7 +27,10 @@ from esi.systems.crm.fake.state import (
     STR,
     Tables,
     is_guid,
+    parse_datetime,
 )
+
+_LOOKS_LIKE_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 
 #: the media type of every OData answer
 ODATA_JSON = "application/json; odata.metadata=minimal"
@@ -118,7 +122,15 @@ def _convert(entity: str, name: str, kind: str, value: object) -> Any:
         if not is_guid(value):
             raise bad()
         return str(value).lower()
-    if kind in (STR, DATE):
+    if kind == DATE:
+        if not isinstance(value, str):
+            raise bad()
+        try:
+            parse_datetime(value)
+        except ValueError:
+            raise bad() from None
+        return value
+    if kind == STR:
         if not isinstance(value, str):
             raise bad()
         return value
@@ -146,6 +158,7 @@ _TOKEN_RE = re.compile(
     r"""\s*(?:
         (?P<string>'(?:[^']|'')*')
       | (?P<guidlit>guid'[^']*')
+      | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2}))
       | (?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})(?![\w-])
       | (?P<word>[A-Za-z_][A-Za-z0-9_.\-]*)
       | (?P<number>-?\d+(?:\.\d+)?)
@@ -153,6 +166,20 @@ _TOKEN_RE = re.compile(
     )""",
     re.VERBOSE,
 )
+
+#: the comparison operators of `$filter`, and what each asks of the two sides' order
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "lt": operator.lt,
+    "le": operator.le,
+}
+#: the operators a lookup (GUID) column takes: Creatio compares keys for equality only
+_GUID_OPERATORS = ("eq", "ne")
+
+Clause = tuple[str, str, object]
 
 
 def _tokenize(text: str) -> list[tuple[str, str]]:
@@ -170,15 +197,22 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
     return tokens
 
 
-def parse_filter(text: str, entity: str) -> list[tuple[str, object]]:
-    """`Col eq literal [and Col eq literal]...` → [(column, value)]; anything else is a 400."""
+def parse_filter(text: str, entity: str) -> list[Clause]:
+    """`Col op literal [and Col op literal]...` → [(column, op, value)] (`op`: eq ne gt ge lt le); anything else
+    is a 400. A date column takes a bare `Edm.DateTimeOffset` literal (`ModifiedOn gt 2024-05-14T10:00:00Z`)."""
     schema = SCHEMAS[entity]
     tokens = _tokenize(text)
-    clauses: list[tuple[str, object]] = []
+    clauses: list[Clause] = []
     i = 0
 
     def syntax(detail: str) -> ODataError:
         return ODataError(400, "The query specified in the URI is not valid. " + detail, detail)
+
+    def incompatible(kind: str, literal_kind: str, op: str) -> ODataError:
+        return syntax(
+            f"A binary operator with incompatible types was detected. "
+            f"Found operand types '{kind}' and '{literal_kind}' for operator kind '{op}'."
+        )
 
     while True:
         if i + 3 > len(tokens):
@@ -186,24 +220,34 @@ def parse_filter(text: str, entity: str) -> list[tuple[str, object]]:
         (k1, column), (k2, op), (k3, literal) = tokens[i], tokens[i + 1], tokens[i + 2]
         if k1 != "word" or column not in schema:
             raise syntax(f"Could not find a property named '{column}' on type '{SCHEMA_NAMESPACE}.{entity}'.")
-        if k2 != "word" or op != "eq":
-            raise syntax(f"The fake supports only 'eq' comparisons, not '{op}'.")
+        if k2 != "word" or op not in _OPERATORS:
+            raise syntax(f"The fake supports only the comparisons {' '.join(_OPERATORS)}, not '{op}'.")
         kind = schema[column]
         if k3 == "guidlit":
             raise syntax(f"Unrecognized 'Edm.String' literal '{literal}' (the OData 3 form guid'...' is not OData 4).")
+        value: object
         if k3 == "string":
-            if kind != STR and kind != DATE:
-                raise syntax(
-                    f"A binary operator with incompatible types was detected. "
-                    f"Found operand types '{kind}' and 'Edm.String' for operator kind 'Equal'."
-                )
-            value: object = literal[1:-1].replace("''", "'")
+            if kind == DATE:
+                try:
+                    value = parse_datetime(literal[1:-1])
+                except ValueError:
+                    raise incompatible(kind, "Edm.String", op) from None
+            elif kind != STR:
+                raise incompatible(kind, "Edm.String", op)
+            else:
+                value = literal[1:-1].replace("''", "'")
+        elif k3 == "datetime":
+            if kind != DATE:
+                raise incompatible(kind, DATE, op)
+            try:
+                value = parse_datetime(literal)
+            except ValueError:
+                raise syntax(f"Unrecognized '{DATE}' literal '{literal}'.") from None
         elif k3 == "guid":
             if kind != GUID:
-                raise syntax(
-                    f"A binary operator with incompatible types was detected. "
-                    f"Found operand types '{kind}' and 'Edm.Guid' for operator kind 'Equal'."
-                )
+                raise incompatible(kind, GUID, op)
+            if op not in _GUID_OPERATORS:
+                raise syntax(f"The fake compares '{GUID}' columns with eq and ne only, not '{op}'.")
             value = literal.lower()
         elif k3 == "number" and kind in (INT, NUM):
             value = float(literal)
@@ -211,7 +255,7 @@ def parse_filter(text: str, entity: str) -> list[tuple[str, object]]:
             value = None
         else:
             raise syntax(f"Syntax error at '{literal}' in '$filter={text}'.")
-        clauses.append((column, value))
+        clauses.append((column, op, value))
         i += 3
         if i == len(tokens):
             return clauses
@@ -220,16 +264,31 @@ def parse_filter(text: str, entity: str) -> list[tuple[str, object]]:
         i += 1
 
 
-def _matches(row: dict[str, Any], clauses: list[tuple[str, object]]) -> bool:
-    for column, value in clauses:
-        actual = row.get(column)
-        if isinstance(value, float):
-            if actual is None or float(actual) != value:
+def _comparable(value: object) -> object:
+    """A column's value as its literal in `$filter` is parsed: dates as datetimes, numbers as floats."""
+    if isinstance(value, str) and _LOOKS_LIKE_DATETIME.match(value):
+        try:
+            return parse_datetime(value)
+        except ValueError:
+            return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and is_guid(value):
+        return value.lower()
+    return value
+
+
+def _matches(row: dict[str, Any], clauses: list[Clause]) -> bool:
+    for column, op, value in clauses:
+        actual = _comparable(row.get(column))
+        if value is None or actual is None:
+            if (op == "eq") != (actual is value):
                 return False
-        elif isinstance(value, str) and is_guid(value) and is_guid(actual):
-            if str(actual).lower() != value:
+            continue
+        try:
+            if not _OPERATORS[op](actual, value):
                 return False
-        elif actual != value:
+        except TypeError:  # a column of text compared with a date: no match, as SQL would have it
             return False
     return True
 
@@ -238,8 +297,9 @@ def _matches(row: dict[str, Any], clauses: list[tuple[str, object]]) -> bool:
 
 
 def _order_key(column: str, row: dict[str, Any]) -> tuple[bool, Any]:
-    """Nulls last (first in descending order), then by value."""
-    return row.get(column) is None, row.get(column)
+    """Nulls last (first in descending order), then by value (dates as dates, whatever their offset)."""
+    value = row.get(column)
+    return value is None, _comparable(value) if value is not None else None
 
 
 def query_collection(tables: Tables, entity: str, params: Mapping[str, str], service_root: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from esi.fakes.faults import Faults
@@ -52,6 +53,20 @@ ORDER_IDS: dict[str, str] = {
     "ORD0002": ORDER_0002_ID,
 }
 
+CONTACT_IVANOV_ID = "c4ed336c-3e9b-40fe-8b82-5632476472b4"
+CONTACT_PETROVA_ID = "410006e1-ca4e-4502-a9ec-e54d922d2c00"
+CONTACT_SIDOROV_ID = "98dae6f4-70ae-4f4b-9db5-e4339be11a92"
+
+#: seeded `Contact` rows: Id → (Name, Email, Phone)
+CONTACTS: dict[str, tuple[str, str, str]] = {
+    CONTACT_IVANOV_ID: ("Иванов Иван", "ivanov@example.com", "+7 495 000-00-01"),
+    CONTACT_PETROVA_ID: ("Petrova Anna", "petrova@example.com", ""),
+    CONTACT_SIDOROV_ID: ("Sidorov Oleg", "", "+7 812 000-00-03"),
+}
+
+#: when the seeded rows were last modified (every seeded row carries it as `ModifiedOn`)
+SEED_MODIFIED_ON = "2024-06-02T00:00:00.000Z"
+
 _SEED_ORDERS: tuple[tuple[str, str, float, str], ...] = (
     (ORDER_9876_ID, "ORD9876", 15000.0, "2024-05-14T00:00:00Z"),
     (ORDER_0001_ID, "ORD0001", 1250.5, "2024-06-01T00:00:00Z"),
@@ -80,8 +95,17 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "DeliveryStatusId": GUID,
         "AccountId": GUID,
         "ContactId": GUID,
+        "ModifiedOn": DATE,
     },
     "OrderStatus": {"Id": GUID, "Name": STR, "Description": STR},
+    "Contact": {
+        "Id": GUID,
+        "Name": STR,
+        "Email": STR,
+        "Phone": STR,
+        "MobilePhone": STR,
+        "ModifiedOn": DATE,
+    },
     "OrderFile": {
         "Id": GUID,
         "Name": STR,
@@ -96,6 +120,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
 #: lookups checked against their table (the other lookup columns point at tables the fake does not model)
 FOREIGN_KEYS: dict[tuple[str, str], str] = {("Order", "StatusId"): "OrderStatus", ("OrderFile", "OrderId"): "Order"}
 
+_LONG_FRACTION = re.compile(r"(\.\d+)")
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 Tables = dict[str, dict[str, dict[str, Any]]]
@@ -111,7 +136,47 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def parse_datetime(value: str) -> datetime:
+    """An `Edm.DateTimeOffset` (ISO 8601; `Z` or an offset; none is UTC) as an aware UTC datetime.
+
+    Fractions beyond microseconds (.NET's 100 ns ticks) are cut; raises ValueError for anything else.
+    """
+    text = _LONG_FRACTION.sub(lambda m: m.group(1)[:7], value.strip())
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def format_datetime(value: datetime) -> str:
+    """A UTC time as the fake writes `ModifiedOn`: ISO 8601 with milliseconds and `Z`."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def stamp() -> str:
+    """The time now as Creatio stamps `ModifiedOn` (UTC, milliseconds: two changes may share one)."""
+    return format_datetime(datetime.now(UTC))
+
+
 # --- state ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where the site's business process posts a change (`<url>/events/crm/<type>`, HTTP Basic); no url: off."""
+
+    url: str | None = None
+    user: str = ""
+    password: str = ""
+    enabled: bool = True
+
+    @property
+    def active(self) -> bool:
+        return bool(self.url) and self.enabled
+
+    def public(self) -> dict[str, Any]:
+        """The target without its password (for `/_fake/state`)."""
+        return {"url": self.url, "user": self.user, "enabled": self.enabled}
 
 
 @dataclass
@@ -169,9 +234,14 @@ class FakeCreatio:
         expiry_mode: str,
         csrf_failure_status: int,
         session_ttl_s: float | None,
+        oauth_clients: dict[str, str] | None = None,
+        token_lifetime_s: float = 3600.0,
+        webhook: WebhookTarget | None = None,
     ) -> None:
         if expiry_mode not in EXPIRY_MODES:
             raise ValueError(f"expiry_mode must be one of {EXPIRY_MODES}, not {expiry_mode!r}")
+        if token_lifetime_s <= 0:
+            raise ValueError("token_lifetime_s must be positive")
         self.username = username
         self.password = password
         self.odata_prefix = "/" + odata_prefix.strip("/")
@@ -179,11 +249,20 @@ class FakeCreatio:
         self.expiry_mode = expiry_mode
         self.csrf_failure_status = csrf_failure_status
         self.session_ttl_s = session_ttl_s
+        #: the Identity Service's client applications: client_id → client_secret
+        self.oauth_clients = dict(oauth_clients or {})
+        self.initial_token_lifetime_s = token_lifetime_s
+        self.token_lifetime_s = token_lifetime_s
+        #: access token → when it expires (monotonic seconds)
+        self.tokens: dict[str, float] = {}
+        self.initial_webhook = webhook or WebhookTarget()
+        self.webhook = self.initial_webhook
         self.faults = Faults()
         self.sessions: dict[str, Session] = {}
         self.tables: Tables = {}
         self.files: dict[str, StoredFile] = {}
         self.counters: dict[str, Any] = {}
+        self.webhook_calls: list[dict[str, Any]] = []
         self.reset()
 
     # -- lifecycle
@@ -191,15 +270,35 @@ class FakeCreatio:
     def reset(self) -> None:
         """Back to the seed: rows, sessions, counters, faults and expiry mode."""
         self.expiry_mode = self.initial_expiry_mode
+        self.token_lifetime_s = self.initial_token_lifetime_s
+        self.webhook = self.initial_webhook
+        self.webhook_calls.clear()
         self.sessions.clear()
+        self.tokens.clear()
         self.files.clear()
         self.faults.reset()
         statuses = {sid: {"Id": sid, "Name": name, "Description": ""} for name, sid in ORDER_STATUS_IDS.items()}
         orders = {
             oid: self._order_row(oid, number, amount, date, STATUS_NEW_ID) for oid, number, amount, date in _SEED_ORDERS
         }
-        self.tables = {"Order": orders, "OrderStatus": statuses, "OrderFile": {}}
+        contacts = {
+            cid: {
+                "Id": cid,
+                "Name": name,
+                "Email": email,
+                "Phone": phone,
+                "MobilePhone": "",
+                "ModifiedOn": SEED_MODIFIED_ON,
+            }
+            for cid, (name, email, phone) in CONTACTS.items()
+        }
+        self.tables = {"Order": orders, "OrderStatus": statuses, "OrderFile": {}, "Contact": contacts}
         self.counters = {
+            "token_requests": 0,
+            "tokens_issued": 0,
+            "bearer_rejections": 0,
+            "webhooks_sent": 0,
+            "webhooks_failed": 0,
             "logins": 0,
             "failed_logins": 0,
             "patches": 0,
@@ -221,6 +320,7 @@ class FakeCreatio:
             "DeliveryStatusId": EMPTY_GUID,
             "AccountId": EMPTY_GUID,
             "ContactId": EMPTY_GUID,
+            "ModifiedOn": SEED_MODIFIED_ON,
         }
 
     def add_order(
@@ -239,8 +339,67 @@ class FakeCreatio:
         if status_id.lower() not in self.tables["OrderStatus"]:
             raise ValueError(f"unknown status id {status_id!r}")
         row = self._order_row(order_id, number, amount, date or "2024-01-01T00:00:00Z", status_id.lower())
+        row["ModifiedOn"] = stamp()
         self.tables["Order"][order_id] = row
         return row
+
+    # -- changes a manager makes
+
+    def order_by_number(self, number: str) -> dict[str, Any] | None:
+        """The `Order` row with that `Number` (the first, should several share it)."""
+        return next((row for row in self.tables["Order"].values() if row["Number"] == number), None)
+
+    def change(self, entity: str, row: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+        """Change `row` of `entity` as a manager saving a page would: the columns given (already validated), and
+        `ModifiedOn` stamped now unless `values` sets it (a test making two changes share one moment)."""
+        modified_on = values.pop("ModifiedOn", None)
+        row.update(values)
+        row["ModifiedOn"] = format_datetime(parse_datetime(modified_on)) if modified_on else stamp()
+        return row
+
+    def status_name(self, status_id: str) -> str | None:
+        """The `Name` of an `OrderStatus`, None for an unknown id."""
+        status = self.tables["OrderStatus"].get(status_id)
+        return None if status is None else str(status["Name"])
+
+    def event_body(self, entity: str, row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The event type and JSON body the site's business process posts for a change of `row` (docs/creatio.md)."""
+        if entity == "Order":
+            return "order_changed", {
+                "Id": row["Id"],
+                "Number": row["Number"],
+                "Status": self.status_name(row["StatusId"]),
+                "ModifiedOn": row["ModifiedOn"],
+                "Amount": row["Amount"],
+            }
+        return "contact_changed", {
+            "Id": row["Id"],
+            "Name": row["Name"],
+            "Email": row["Email"] or None,
+            "Phone": row["Phone"] or row["MobilePhone"] or None,
+            "ModifiedOn": row["ModifiedOn"],
+        }
+
+    # -- OAuth 2.0 (the Identity Service)
+
+    def issue_token(self, client_id: object, client_secret: object) -> tuple[str, float] | None:
+        """A new access token and its lifetime for a known client application, None (not counted) otherwise."""
+        self.counters["token_requests"] += 1
+        if not isinstance(client_id, str) or self.oauth_clients.get(client_id) != client_secret:
+            return None
+        token = secrets.token_urlsafe(32)
+        self.tokens[token] = time.monotonic() + self.token_lifetime_s
+        self.counters["tokens_issued"] += 1
+        # tokens long dead are forgotten (a test issuing one every 5 s for minutes keeps few)
+        now = time.monotonic()
+        for dead in [t for t, until in self.tokens.items() if until < now - 60]:
+            del self.tokens[dead]
+        return token, self.token_lifetime_s
+
+    def token_valid(self, token: str) -> bool:
+        """Whether a bearer token is one the Identity Service issued and it has not expired."""
+        until = self.tokens.get(token)
+        return until is not None and time.monotonic() < until
 
     # -- files
 
@@ -302,13 +461,15 @@ class FakeCreatio:
         return session
 
     def expire_sessions(self, mode: str | None = None) -> int:
-        """Drop every session (and switch the expiry mode when `mode` is given); returns how many were dropped."""
+        """Drop every session and access token (and switch the expiry mode when `mode` is given); returns how many
+        were dropped."""
         if mode is not None:
             if mode not in EXPIRY_MODES:
                 raise ValueError(f"mode must be one of {EXPIRY_MODES}")
             self.expiry_mode = mode
-        dropped = len(self.sessions)
+        dropped = len(self.sessions) + len(self.tokens)
         self.sessions.clear()
+        self.tokens.clear()
         return dropped
 
     # -- inspection
@@ -340,11 +501,17 @@ class FakeCreatio:
                 "expiry_mode": self.expiry_mode,
                 "csrf_failure_status": self.csrf_failure_status,
                 "session_ttl_s": self.session_ttl_s,
+                "token_lifetime_s": self.token_lifetime_s,
+                "oauth_clients": sorted(self.oauth_clients),
+                "webhook": self.webhook.public(),
             },
             "orders": orders,
             "statuses": list(statuses.values()),
+            "contacts": list(self.tables["Contact"].values()),
             "files": files,
+            "webhook_calls": list(self.webhook_calls),
             "sessions": len(self.sessions),
+            "tokens": len(self.tokens),
             "counters": json.loads(json.dumps(self.counters)),
             "faults": self.faults.state(),
         }
