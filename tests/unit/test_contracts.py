@@ -69,6 +69,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
     },
     "send_pdf_file": {"order_id": "ORD1", "file_name": "invoice.pdf", "file_content": PDF},
     "pdf_received": {"order_id": "ORD1", "order_guid": "6f1c", "file_id": "F1", "file_name": "invoice.pdf", "size": 15},
+    "order_changed": {"Id": "6f1c", "Number": "ORD1", "Status": "Paid", "ModifiedOn": "2026-12-07T10:00:00Z"},
+    "contact_changed": {"Id": "c0ffee", "Name": "Иван", "Email": None, "ModifiedOn": "2026-12-07T10:00:00Z"},
+    "policy_issued": {"policy_number": "POL-1", "revision": 1, "status": "active"},
+    "policy_changed": {"policy_number": "POL-1", "revision": 2, "status": "suspended"},
+    "policy_cancelled": {"policy_number": "POL-1", "revision": 3, "status": "cancelled"},
 }
 
 
@@ -130,6 +135,12 @@ def test_channels_are_the_routing_keys_each_system_publishes() -> None:
         # the CRM's own sub-request and its answer
         "crm.request.dms.get_policy_info",
         "dms.response.crm.policy_info_response",
+        # the events: one key each, a copy for every subscriber's events queue
+        "crm.event.order_changed",
+        "crm.event.contact_changed",
+        "dms.event.policy_issued",
+        "dms.event.policy_changed",
+        "dms.event.policy_cancelled",
     }
     for key in keyed:
         channel = DOCUMENT["channels"][key]

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from esi.messages.catalog import Upload
+from esi.systems.crm.events import ContactChanged, OrderChanged
 from esi.systems.crm.messages import PDF_MAGIC, OrderStatusUpdated, PdfReceived, SendPdfFile, UpdateOrderStatus
 from esi.systems.crm.settings import CreatioSettings
 from esi.systems.crm.tables import MIGRATIONS as TABLES
-from esi.systems.spec import Fake, Operation, SendRoute, System, SystemContext
+from esi.systems.spec import Event, Fake, Operation, SendRoute, System, SystemContext
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -72,6 +73,25 @@ SYSTEM = System(
     tables=TABLES,
     fake=Fake("fake-creatio", _fake),
     key_fields=("order_id", "order_number", "order_guid", "file_id", "policy_number"),
+    # what a Creatio business process (or the poller) hands in: Creatio's Id and ModifiedOn are identity and version
+    emits=(
+        Event(
+            "order_changed",
+            OrderChanged,
+            id_field="Id",
+            version_field="ModifiedOn",
+            entity="order",
+            key_fields=("Number",),
+        ),
+        Event(
+            "contact_changed",
+            ContactChanged,
+            id_field="Id",
+            version_field="ModifiedOn",
+            entity="contact",
+            key_fields=("Email", "Phone"),
+        ),
+    ),
     send_routes=(
         SendRoute(
             "/send_to_crm",
