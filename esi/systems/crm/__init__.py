@@ -43,6 +43,13 @@ def _handlers(context: SystemContext) -> dict[str, Handler]:
     )
 
 
+def _event_handlers(context: SystemContext) -> dict[str, Handler]:
+    from esi.systems.crm.handlers import policy_handlers
+
+    assert context.client is not None  # noqa: S101 - the system declares a client
+    return policy_handlers(context.client)
+
+
 def _fake(settings: CreatioSettings) -> FastAPI:
     from esi.systems.crm.fake import create_app
 
@@ -73,6 +80,9 @@ SYSTEM = System(
     tables=TABLES,
     fake=Fake("fake-creatio", _fake),
     key_fields=("order_id", "order_number", "order_guid", "file_id", "policy_number"),
+    # the DMS's policies, written to Creatio's UsrPolicy object (docs/creatio.md)
+    subscribes=("dms.policy_issued", "dms.policy_changed", "dms.policy_cancelled"),
+    on_event=_event_handlers,
     # what a Creatio business process (or the poller) hands in: Creatio's Id and ModifiedOn are identity and version
     emits=(
         Event(

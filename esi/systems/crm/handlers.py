@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -151,3 +152,18 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
         "policy_info_response": policy_info_response,
         "send_pdf_file": send_pdf_file,
     }
+
+
+class PolicyWriter(Protocol):
+    async def record_policy(self, policy: Mapping[str, object]) -> str: ...
+
+
+def policy_handlers(client: PolicyWriter) -> dict[str, Handler]:
+    """The DMS's policy events (issued, changed, cancelled), each written to Creatio's `UsrPolicy` as the policy's
+    state after the change (an update of the row the policy number names: a repeat changes nothing)."""
+
+    async def record(envelope: Envelope, _payload: BaseModel | None) -> list[Envelope]:
+        await client.record_policy(envelope.payload)
+        return []
+
+    return {f"dms.{name}": record for name in ("policy_issued", "policy_changed", "policy_cancelled")}

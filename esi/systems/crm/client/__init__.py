@@ -11,6 +11,7 @@ forms login), `odata` (orders and statuses), `files` (attachments); `CreatioClie
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
 
 import httpx
@@ -18,6 +19,7 @@ import httpx
 from esi.systems.crm.client.cookie_login import LOGIN_PATH, CookieLogin
 from esi.systems.crm.client.files import FILE_TYPE_ID, AttachedFile, OrderFiles
 from esi.systems.crm.client.odata import CreatioOrder, OData, Orders, is_guid, odata_string
+from esi.systems.crm.client.policies import Policies
 from esi.systems.crm.client.session import CreatioSession, session_http_client
 
 __all__ = [
@@ -76,6 +78,7 @@ class CreatioClient:
         self._session = CreatioSession(http, self._auth)
         odata = OData(self._session, odata_path)
         self._orders = Orders(odata)
+        self._policies = Policies(odata)
         self._files = OrderFiles(self._session, odata, rest_path=rest_path, chunk_size=upload_chunk_size)
 
     async def __aenter__(self) -> CreatioClient:
@@ -151,6 +154,12 @@ class CreatioClient:
     async def download_file(self, file_id: str) -> bytes:
         """The content of an attached file (`FileService/Download`)."""
         return await self._files.download(file_id)
+
+    # -- policies (the DMS's events)
+
+    async def record_policy(self, policy: Mapping[str, object]) -> str:
+        """Write a policy's state to `UsrPolicy` (esi.systems.crm.client.policies); its row's Id."""
+        return await self._policies.record(policy)
 
     # -- health
 

@@ -82,6 +82,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "ContactId": GUID,
     },
     "OrderStatus": {"Id": GUID, "Name": STR, "Description": STR},
+    # a site's custom object for the DMS's policies (esi writes the policy events there)
+    "UsrPolicy": {"Id": GUID, "UsrNumber": STR, "UsrStatus": STR, "UsrRevision": INT, "UsrHolder": STR},
     "OrderFile": {
         "Id": GUID,
         "Name": STR,
@@ -198,7 +200,7 @@ class FakeCreatio:
         orders = {
             oid: self._order_row(oid, number, amount, date, STATUS_NEW_ID) for oid, number, amount, date in _SEED_ORDERS
         }
-        self.tables = {"Order": orders, "OrderStatus": statuses, "OrderFile": {}}
+        self.tables = {"Order": orders, "OrderStatus": statuses, "OrderFile": {}, "UsrPolicy": {}}
         self.counters = {
             "logins": 0,
             "failed_logins": 0,
@@ -344,6 +346,7 @@ class FakeCreatio:
             "orders": orders,
             "statuses": list(statuses.values()),
             "files": files,
+            "policies": list(self.tables["UsrPolicy"].values()),
             "sessions": len(self.sessions),
             "counters": json.loads(json.dumps(self.counters)),
             "faults": self.faults.state(),
