@@ -152,7 +152,7 @@ class EventRoutes:
                 "A subscriber's pull feed: the entries after a cursor, oldest first",
                 params=(
                     Param("subscriber", str, Path(pattern=_NAME)),
-                    Param("after", int, Query(0, ge=0)),
+                    Param("after", int | None, Query(None, ge=0)),
                     Param("limit", int, Query(100, ge=1, le=1000)),
                 ),
                 refusals=(FORBIDDEN_FEED, UNKNOWN_FEED, EVENTS_UNAVAILABLE),
@@ -252,11 +252,14 @@ class EventRoutes:
         return self._needs_store()
 
     async def read_feed(
-        self, request: Request, principal: Principal, subscriber: str, after: int, limit: int
+        self, request: Request, principal: Principal, subscriber: str, after: int | None, limit: int
     ) -> dict[str, Any]:
-        """Entries after `after` (0: from the first kept), oldest first; `next` is the cursor to read after them
-        and to acknowledge once they are handled. An entry stays until acknowledged: read again, it is the same."""
+        """Entries after the cursor `after` (left out: after the last one acknowledged), oldest first; `next` is
+        the cursor to read after them and to acknowledge once they are handled. An entry stays until acknowledged:
+        read again, it is the same, with the same `message_id`."""
         store = self._feed_of(principal, subscriber)
+        if after is None:
+            after = (await store.feed.lag(subscriber))["acked"]
         entries = await store.feed.read(subscriber, after=after, limit=limit)
         return {"entries": entries, "next": entries[-1]["cursor"] if entries else after, "more": len(entries) == limit}
 

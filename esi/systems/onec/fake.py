@@ -4,12 +4,15 @@
   answered `208 Already Reported` without being recorded again (as the BSL handler deduplicates);
   `ONEC_USERNAME`/`ONEC_PASSWORD` set: HTTP Basic required, as a 1C user.
 - `GET /ping` — readiness (what esi's `/readyz` calls).
+- `POST /_fake/answer-delay` `{"ms": 300}` — record each message at once but answer it that much later (a 1C that
+  is slow to answer: a sender killed meanwhile sends it again, with the same id).
 - `GET /_fake/state` — `{"received": [{message_id, type, source, key, version, body, at}, ...], "repeats": n,
   "posts": n, ...}`, `POST /_fake/reset`, `POST /_fake/faults` (`esi.fakes`: a 503 for 10 s, say).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 from datetime import UTC, datetime
@@ -35,6 +38,7 @@ class FakeOnec:
         self.seen: dict[str, int] = {}
         self.posts = 0
         self.repeats = 0
+        self.answer_delay_s = 0.0
         self.faults.reset()
 
     def authorized(self, header: str | None) -> bool:
@@ -104,9 +108,18 @@ def create_app(*, username: str | None = None, password: str | None = None) -> F
             return JSONResponse({"error": "the body is not JSON"}, status_code=400)
         if not isinstance(body, dict):
             return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
-        if fake.take(message_id, body):
+        new = fake.take(message_id, body)
+        if fake.answer_delay_s:
+            await asyncio.sleep(fake.answer_delay_s)
+        if new:
             return JSONResponse({"status": "recorded"}, status_code=201)
         return JSONResponse({"status": "duplicate"}, status_code=208)
+
+    @app.post("/_fake/answer-delay")
+    async def answer_delay(request: Request) -> dict[str, float]:
+        body = await request.json()
+        fake.answer_delay_s = max(0.0, float(body.get("ms", 0))) / 1000
+        return {"answer_delay_s": fake.answer_delay_s}
 
     install_controls(app, fake)
     return app
