@@ -112,6 +112,16 @@ class WarehouseClient:
             raise error_for_status(response, system="warehouse", operation="reserve")
         return dict(response.json())
 
+    async def order_changed(self, *, order: str, status: str, version: str, key: str) -> None:
+        with translate_transport_errors("warehouse", "order_changed"):
+            response = await self._http.post(
+                "/order-events",
+                json={"order": order, "status": status, "version": version},
+                headers={"Idempotency-Key": key},
+            )
+        if not response.is_success:
+            raise error_for_status(response, system="warehouse", operation="order_changed")
+
     async def check(self) -> None:
         with translate_transport_errors("warehouse", "check"):
             (await self._http.get("/health")).raise_for_status()
@@ -138,6 +148,20 @@ def warehouse_handlers(context: SystemContext) -> dict[str, Handler]:
         return [envelope.reply("stock_reserved", answer.model_dump())]
 
     return {"reserve_stock": reserve_stock}
+
+
+def warehouse_event_handlers(context: SystemContext) -> dict[str, Handler]:
+    """The events the warehouse subscribes to: an order changed in Creatio (it holds stock for orders)."""
+    client: WarehouseClient = context.client
+
+    async def order_changed(envelope: Envelope, _payload: BaseModel | None) -> list[Envelope]:
+        payload = envelope.payload
+        await client.order_changed(
+            order=payload["Number"], status=payload["Status"], version=payload["ModifiedOn"], key=envelope.message_id
+        )
+        return []
+
+    return {"crm.order_changed": order_changed}
 
 
 # --- 4b. its own table, with its migrations: the reservations it made, by order ----------------------------------
@@ -176,7 +200,7 @@ class Reservations:
 
 def fake_warehouse(_settings: WarehouseSettings) -> FastAPI:
     app = FastAPI()
-    state: dict[str, Any] = {"stock": {"SKU-1": 10}, "reservations": {}}
+    state: dict[str, Any] = {"stock": {"SKU-1": 10}, "reservations": {}, "order_events": {}}
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -193,6 +217,11 @@ def fake_warehouse(_settings: WarehouseSettings) -> FastAPI:
         held = {"id": f"RES-{len(state['reservations']) + 1:04d}", **body}
         state["reservations"][idempotency_key] = held
         return held
+
+    @app.post("/order-events", status_code=201)
+    async def order_event(request: Request, idempotency_key: str = Header()) -> Any:
+        state["order_events"].setdefault(idempotency_key, await request.json())
+        return {"status": "recorded"}
 
     @app.get("/_fake/state")
     async def fake_state() -> dict[str, Any]:
@@ -219,6 +248,9 @@ WAREHOUSE = System(
     fake=Fake("fake-warehouse", fake_warehouse),
     key_fields=("sku", "reservation_id"),
     tables=MIGRATIONS,
+    # it subscribes to an event of another system, exactly as 1C and Creatio do: its own events queue
+    subscribes=("crm.order_changed",),
+    on_event=warehouse_event_handlers,
 )
 
 
@@ -241,6 +273,28 @@ def test_the_registry_derives_catalog_topology_targets_and_routing() -> None:
     assert "stock_reserved" in registry.routed_to(registry.origin)
     assert registry.routed_to(WAREHOUSE) == {"reserve_stock"}
     assert registry.business_keys({"sku": "SKU-1", "quantity": 3}) == ["SKU-1"]
+    # its subscription: a queue of its own bound to the event's key, beside 1C's copy
+    topology = build_topology(registry.queues())
+    events = topology.events_queue_for("warehouse")
+    assert events is not None
+    assert (events.name, events.bindings) == ("warehouse_events_queue", ("crm.event.order_changed",))
+    assert events.dead_letter_queue == "warehouse_events_dead_letter_queue"
+    assert registry.subscribers("crm", "order_changed") == ("1c", "warehouse")
+
+
+def test_a_site_changes_subscriptions_in_its_settings() -> None:
+    systems = [*load_registry().systems, WAREHOUSE]
+    removed = Registry(systems, ["-warehouse:crm.order_changed"])
+    assert removed.subscribers("crm", "order_changed") == ("1c",)
+    assert build_topology(removed.queues()).events_queue_for("warehouse") is None
+    added = Registry(systems, ["warehouse:dms.policy_issued"])
+    assert added.subscriptions["warehouse"] == ("crm.order_changed", "dms.policy_issued")
+    with pytest.raises(RegistryError, match="no registered system emits"):
+        Registry(systems, ["warehouse:crm.order_deleted"])
+    only_orders = {"crm.order_changed": warehouse_handlers}  # what its on_event gives: no policy handler
+    with_policies = Registry(systems, ["warehouse:dms.policy_issued"])
+    with pytest.raises(RegistryError, match="no handler"):
+        with_policies.event_handlers(WAREHOUSE, only_orders)  # type: ignore[dict-item]
 
 
 def test_declarations_that_do_not_fit_are_refused_at_start_up() -> None:
@@ -403,11 +457,30 @@ def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> Non
         invalid = system.post("/requests/warehouse/reserve_stock", json={"sku": "SKU-1", "quantity": -1})
         assert invalid.status_code == 422
         _versions_of_the_payload(system)
+        # an order changed in Creatio reaches the warehouse, a subscriber declared outside esi, and 1C, each once
+        order = {"Id": str(uuid.uuid4()), "Number": "ORD-WH-1", "Status": "Paid", "ModifiedOn": "2026-12-07T10:00:00Z"}
+        taken = system.post("/events/crm/order_changed", json=order)
+        assert taken.status_code == 202, taken.text
+
+        def order_events() -> list[dict[str, Any]]:
+            return list(
+                httpx.get(f"{system.fake_url('warehouse')}/_fake/state", timeout=10).json()["order_events"].values()
+            )
+
+        [seen] = wait_until(order_events, timeout=30, interval=0.2, what="the order event at the warehouse")
+        assert (seen["order"], seen["status"]) == ("ORD-WH-1", "Paid")
+        wait_until(
+            lambda: [r for r in system.fake_state("1c")["received"] if r["key"] == order["Id"]],
+            timeout=30,
+            interval=0.2,
+            what="1C's copy",
+        )
         ready = httpx.get(f"{system.processes['adapters'].health_url}/readyz", timeout=10).json()
         assert ready["checks"]["warehouse"]["status"] == "ok", ready
         queues = rabbitmqctl("list_queues", "-p", vhost.name, "name", "arguments")
         assert "warehouse_queue" in queues
         assert "warehouse_dead_letter_queue" in queues
+        assert "warehouse_events_queue" in queues
         codes = system.stop_all()
         assert all(code == 0 for code in codes.values()), (codes, system.logs()[-3000:])
     except BaseException:
