@@ -95,6 +95,14 @@ def test_an_order_changed_in_creatio_reaches_1c_once_within_2_s_and_a_repeat_pub
     assert [h["event"] for h in event["subscribers"]["1c"]].count("delivered") == 1, event
     time.sleep(0.5)  # a second copy would have arrived by now (it came within 2 s the first time)
     assert len(received(esi, order_id)) == 1
+    # the console lists it with 1C's delivery; the metrics count deliveries per subscriber
+    page = httpx.get(f"{esi.api_url}/console/events", params={"key": order_id}, timeout=10)
+    assert page.status_code == 200
+    assert f'data-event="{taken.json()["event_id"]}"' in page.text
+    assert 'data-subscriber="1c" data-state="delivered"' in page.text
+    metrics = httpx.get(f"{esi.api_url}/metrics", timeout=10).text
+    assert 'esi_deliveries_total{outcome="delivered",subscriber="1c"}' in metrics
+    assert 'esi_events_total{outcome="duplicate",source="crm",type="order_changed"}' in metrics
 
 
 def test_a_webhook_with_a_bad_body_names_the_problem_and_publishes_nothing(esi: EsiSystem) -> None:
