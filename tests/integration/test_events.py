@@ -224,3 +224,27 @@ def test_a_policy_reaches_1c_and_creatio_each_once_and_1c_down_delays_only_its_o
         assert hops.count("delivered") == 1, (subscriber, hops)
     time.sleep(0.5)  # a second copy would have followed the first by now
     assert len(received(esi, number)) == 1
+
+
+def test_1c_is_told_the_outcome_of_its_request_when_it_asked_and_only_then(esi: EsiSystem) -> None:
+    asked, silent = f"NOTIFY-{uuid.uuid4().hex[:8]}", f"QUIET-{uuid.uuid4().hex[:8]}"
+    user = {"user_id": f"U{uuid.uuid4().hex[:6]}", "name": "Иванов Иван", "email": "ivanov@example.com"}
+    order = {"order_id": "ORD9876", "status": "Shipped", "needs_policy_info": True, "policy_number": "POL-0001"}
+    notify = {"X-Esi-Notify": "outcome"}
+    assert esi.post("/send_to_dms", json={**user, "request_id": asked}, headers=notify).status_code == 202
+    two_hops = f"NOTIFY-CRM-{uuid.uuid4().hex[:8]}"  # through the CRM and its question to the DMS
+    assert esi.post("/send_to_crm", json={**order, "request_id": two_hops}, headers=notify).status_code == 202
+    other = {**user, "user_id": f"U{uuid.uuid4().hex[:6]}", "email": "petrov@example.com"}
+    assert esi.post("/send_to_dms", json={**other, "request_id": silent}).status_code == 202
+    for request_id in (asked, two_hops, silent):
+        final = esi.wait_final(request_id)
+        assert final["status"] == "completed", final  # polling works as before
+    [told] = wait_until(lambda: received(esi, asked), timeout=10, interval=0.1, what="the outcome pushed to 1C")
+    assert told["type"] == "request_outcome"
+    assert told["body"]["payload"]["status"] == "completed"
+    assert told["body"]["payload"]["response"]["dms_user_id"]
+    [crm] = wait_until(lambda: received(esi, two_hops), timeout=10, interval=0.1, what="the CRM flow's outcome")
+    assert crm["body"]["payload"]["message_type"] == "order_status_updated"
+    assert crm["body"]["payload"]["response"]["policy_info"]["policy_number"] == "POL-0001"
+    time.sleep(0.5)  # the unasked one would have been pushed by now, as the asked one was
+    assert received(esi, silent) == []

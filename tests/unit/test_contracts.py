@@ -74,6 +74,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "policy_issued": {"policy_number": "POL-1", "revision": 1, "status": "active"},
     "policy_changed": {"policy_number": "POL-1", "revision": 2, "status": "suspended"},
     "policy_cancelled": {"policy_number": "POL-1", "revision": 3, "status": "cancelled"},
+    "request_outcome": {"request_id": "R-1", "status": "completed", "message_type": "user_created", "response": {}},
 }
 
 
@@ -141,6 +142,7 @@ def test_channels_are_the_routing_keys_each_system_publishes() -> None:
         "dms.event.policy_issued",
         "dms.event.policy_changed",
         "dms.event.policy_cancelled",
+        "1c.event.request_outcome",
     }
     for key in keyed:
         channel = DOCUMENT["channels"][key]

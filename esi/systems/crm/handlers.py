@@ -103,6 +103,8 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
                 "reply_to": envelope.source_system,
                 "order_status_updated": updated.model_dump(),
                 "parent_message_id": envelope.message_id,
+                # the requester's own context (its wish to be told the outcome), given back with the answer
+                **({"requester_context": envelope.context} if envelope.context else {}),
             }
             # the DMS's request, by its message type: its payload model is the DMS's (validated where it is consumed)
             return [
@@ -128,6 +130,7 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
             message_type="order_status_updated",
             payload=updated.model_dump(exclude_none=True),
             error=envelope.error,
+            context=context.get("requester_context"),
         )
         return [answer]
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from esi.systems.onec.handlers import RequestOutcome
 from esi.systems.onec.settings import OnecSettings
-from esi.systems.spec import Fake, System, SystemContext
+from esi.systems.spec import Event, Fake, System, SystemContext
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -61,7 +62,12 @@ SYSTEM = System(
     # the client pushes to 1C's HTTP service: only the events queue calls it (its breaker pauses that one alone)
     client=_client,
     fake=Fake("fake-1c", _fake),
+    # the outcome of a request of 1C, when the request asked for it (X-Esi-Notify: outcome): polling goes on as before
+    emits=(
+        Event("request_outcome", RequestOutcome, id_field="request_id", version_field="revision", entity="request"),
+    ),
     subscribes=(
+        "1c.request_outcome",
         "crm.order_changed",
         "dms.policy_issued",
         "dms.policy_changed",
