@@ -361,6 +361,8 @@ class SystemService(Service):
                 older_than = cutoff.isoformat(timespec="microseconds")
                 inbox = await self.store.inbox.prune(older_than)
                 outbox = await self.store.outbox.prune_sent(older_than)
+                if self.system.origin:  # the pull feeds' acknowledged entries (kept until acknowledged, then this)
+                    await self.store.feed.prune_acked(older_than)
                 if inbox or outbox:
                     log.info("pruned %d inbox ids and %d sent outbox rows older than %s", inbox, outbox, cutoff)
             except Exception as exc:  # noqa: BLE001 - pruning outlives any failure: the next interval tries again

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from esi.store import Database, Migrations
 from esi.store.migrations import create_index
 from esi.systems.http import error_for_status, http_client, translate_transport_errors
 from esi.systems.registry import Registry, RegistryError, load_registry
-from esi.systems.spec import Fake, Operation, System, SystemContext, SystemSettings
+from esi.systems.spec import Event, Fake, Operation, System, SystemContext, SystemSettings
 from esi.testing import EsiSystem, Vhost, rabbitmqctl, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,6 +236,28 @@ def fake_warehouse(_settings: WarehouseSettings) -> FastAPI:
     return app
 
 
+# --- 5b. an event it emits, from a task of its own (a poller would be one): its stock of an article -------------
+
+
+class StockChanged(BaseModel):
+    """The warehouse's stock of an article changed (`warehouse.event.stock_changed`)."""
+
+    sku: str
+    quantity: int
+    revision: int
+
+
+def stock_announcer(context: SystemContext) -> Callable[[], Coroutine[Any, Any, None]]:
+    """The warehouse's background task: once started, it tells its stock (a real one would poll and tell changes),
+    through the same sink as the webhooks (`context.sink`: deduplicated by sku and revision)."""
+
+    async def announce() -> None:
+        assert context.sink is not None
+        await context.sink.emit("warehouse", "stock_changed", {"sku": "SKU-1", "quantity": 10, "revision": 1})
+
+    return announce
+
+
 # --- 6. the declaration: everything esi derives from -------------------------------------------------------------
 
 WAREHOUSE = System(
@@ -251,6 +274,8 @@ WAREHOUSE = System(
     # it subscribes to an event of another system, exactly as 1C and Creatio do: its own events queue
     subscribes=("crm.order_changed",),
     on_event=warehouse_event_handlers,
+    emits=(Event("stock_changed", StockChanged, id_field="sku", version_field="revision", key_fields=("sku",)),),
+    background=stock_announcer,
 )
 
 
@@ -416,7 +441,11 @@ def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> Non
         database_url=f"sqlite:///{tmp_path}/esi.db",
         registry=Registry([*load_registry().systems, WAREHOUSE]),
         # registered exactly as the built-in systems are: an entry point of an installed distribution
-        extra_env={"PYTHONPATH": f"{install_entry_point(tmp_path / 'site')}{os.pathsep}{ROOT}"},
+        extra_env={
+            "PYTHONPATH": f"{install_entry_point(tmp_path / 'site')}{os.pathsep}{ROOT}",
+            # the site subscribes 1C to the warehouse's stock in its settings, without code
+            "ESI_SUBSCRIPTIONS": "1c:warehouse.stock_changed",
+        },
     )
     try:
         system.start_all()
@@ -475,6 +504,14 @@ def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> Non
             interval=0.2,
             what="1C's copy",
         )
+        # the warehouse's own task emitted its stock through the sink; the site's subscription brought it to 1C
+        [stock] = wait_until(
+            lambda: [r for r in system.fake_state("1c")["received"] if r["type"] == "stock_changed"],
+            timeout=30,
+            interval=0.2,
+            what="the warehouse's stock event at 1C",
+        )
+        assert (stock["source"], stock["key"], stock["body"]["payload"]["quantity"]) == ("warehouse", "SKU-1", 10)
         ready = httpx.get(f"{system.processes['adapters'].health_url}/readyz", timeout=10).json()
         assert ready["checks"]["warehouse"]["status"] == "ok", ready
         queues = rabbitmqctl("list_queues", "-p", vhost.name, "name", "arguments")
