@@ -457,3 +457,35 @@ def test_check_without_a_snapshot_says_how_to_make_one(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["contracts", "check", str(tmp_path / "none")])
     assert result.exit_code == 2
     assert "esi contracts export" in result.output
+
+
+# --- events ----------------------------------------------------------------------------------------------------------
+
+
+class OrderChangedWithoutStatus(BaseModel):
+    """order_changed with Status dropped and a new required field: what subscribers read is gone."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    id: str = Field(alias="Id")
+    number: str = Field(alias="Number")
+    modified_on: str = Field(alias="ModifiedOn")
+    stage: str = Field(alias="Stage")
+
+
+def test_a_breaking_change_to_an_event_is_caught_and_an_additive_one_is_not() -> None:
+    import dataclasses
+
+    crm = REGISTRY.system("crm")
+    event = crm.event("order_changed")
+    assert event is not None
+    changed = dataclasses.replace(event, model=OrderChangedWithoutStatus)
+    emits = tuple(changed if e.name == "order_changed" else e for e in crm.emits)
+    registry = Registry([dataclasses.replace(crm, emits=emits) if s.code == "crm" else s for s in REGISTRY.systems])
+    report = compare(load_contract(SNAPSHOT), live_contract(registry))
+    assert {f.path for f in report.breaking} >= {"$.properties.Status", "$.properties.Stage"}, report.breaking
+    document = live_contract(REGISTRY).asyncapi
+    channel = document["channels"]["crm.event.order_changed"]
+    assert "1c_events_queue" in channel["description"]
+    assert "receive.1c.order_changed" in document["operations"]
+    assert "receive.crm.policy_issued" in document["operations"]
+    assert not compare(load_contract(SNAPSHOT), live_contract(REGISTRY)).findings
