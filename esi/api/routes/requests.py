@@ -71,7 +71,7 @@ QUOTA_HOLD_S = 1.0
 
 
 #: the header by which 1C asks for the outcome of its request to be delivered to it (pushed or in its feed)
-NOTIFY_HEADER = "x-esi-notify"
+NOTIFY_HEADER = "X-Esi-Notify"
 #: the envelope's context key that carries the wish to the answer
 NOTIFY_CONTEXT = "notify"
 
