@@ -363,6 +363,9 @@ class SystemService(Service):
                 outbox = await self.store.outbox.prune_sent(older_than)
                 if self.system.origin:  # the pull feeds' acknowledged entries (kept until acknowledged, then this)
                     await self.store.feed.prune_acked(older_than)
+                    if self.settings.request_retention_s > 0:  # the events taken, as long as requests are kept
+                        kept = datetime.now(UTC) - timedelta(seconds=self.settings.request_retention_s)
+                        await self.store.event_log.prune(kept.isoformat(timespec="microseconds"))
                 if inbox or outbox:
                     log.info("pruned %d inbox ids and %d sent outbox rows older than %s", inbox, outbox, cutoff)
             except Exception as exc:  # noqa: BLE001 - pruning outlives any failure: the next interval tries again

@@ -92,6 +92,18 @@ class EventLog:
         rows = await self._db.read(lambda conn: conn.execute(query).all())
         return [_entry(r) for r in rows]
 
+    async def prune(self, older_than: str) -> int:
+        """Forget the events taken before `older_than` (ISO time) and their timelines; how many. A change handed in
+        again after that is taken again (and superseded where a subscriber holds a newer version)."""
+        e, t = schema.event_log, schema.events
+
+        def write(conn: Connection) -> int:
+            old = select(e.c.event_id).where(e.c.received_at < older_than)
+            conn.execute(t.delete().where(t.c.request_id.in_(old.scalar_subquery())))
+            return int(conn.execute(e.delete().where(e.c.received_at < older_than)).rowcount)
+
+        return int(await self._db.write(write))
+
     # --- per subscriber: the version of each record it was given ------------------------------------------------
 
     async def given_version(self, subscriber: str, stream: str, record_id: str) -> tuple[str, str] | None:

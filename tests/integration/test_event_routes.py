@@ -194,3 +194,7 @@ async def test_operators_see_events_and_the_feed_needs_its_scope(api: Api) -> No
     assert [e["message_id"] for e in rest["entries"]] == ["m2"]
     assert rest["entries"][0]["body"] == {"n": 2}
     assert await api.store.feed.prune_acked("9999") == 2
+    # the event log is kept as long as requests are (ESI_REQUEST_RETENTION)
+    assert await api.store.event_log.prune("2000") == 0
+    assert await api.store.event_log.prune("9999") == 1
+    assert await api.store.event_log.get(taken["event_id"]) is None
