@@ -25,9 +25,17 @@ check-broker: install
 check-postgres: install
 	@$(BIN)/esi check postgres
 
-## run: the whole system (1C API, DMS and CRM adapters, fake Creatio, fake DMS) on the local RabbitMQ, SQLite store
+## run: the whole system (1C API, DMS and CRM adapters, fake Creatio, fake DMS, fake 1C) on the local RabbitMQ, SQLite
+## store; the demo's events: the fake DMS signs its webhook with a demo secret, the fake Creatio's business process
+## calls its webhook as the demo client, esi polls Creatio every 30 s behind it; 1C receives orders and policies
 run: check-broker
-	ESI_LOG_FORMAT=$${ESI_LOG_FORMAT:-text} $(BIN)/esi run --with-fakes
+	ESI_LOG_FORMAT=$${ESI_LOG_FORMAT:-text} \
+	DMS_WEBHOOK_SECRET=$${DMS_WEBHOOK_SECRET:-demo-webhook-secret} \
+	DMS_FAKE_WEBHOOK_URL=$${DMS_FAKE_WEBHOOK_URL:-http://127.0.0.1:$${ESI_HTTP_PORT:-5000}} \
+	CRM_FAKE_WEBHOOK_URL=$${CRM_FAKE_WEBHOOK_URL:-http://127.0.0.1:$${ESI_HTTP_PORT:-5000}} \
+	CRM_FAKE_WEBHOOK_USER=$${CRM_FAKE_WEBHOOK_USER:-demo} CRM_FAKE_WEBHOOK_PASSWORD=$${CRM_FAKE_WEBHOOK_PASSWORD:-demo} \
+	CRM_POLL_INTERVAL=$${CRM_POLL_INTERVAL:-30s} \
+	$(BIN)/esi run --with-fakes
 
 ## lint: style (ruff check, ruff format --check), the architecture (lint-imports: [tool.importlinter] in
 ## pyproject.toml), types (mypy --strict on esi/, incremental through .mypy_cache), the message contracts

@@ -17,6 +17,8 @@ directory, it measures:
 8. abuse       a flood of wrong passwords beside a well-behaved client (`bench.abuse`): its throughput and p99 ratios
 9. fairness    a client at its quota beside another, on a small system of its own (`bench.fairness`): the other's
                p99 and throughput ratios, the share of the runaway client's requests refused 429
+10. events     one event to two subscribers against one event to one, on a small system of its own
+               (`bench.events`): esi's CPU per event, and the ratio
 
 Output: a table on the terminal, bench/results/latest.json and bench/results/chart.png. Targets are reported as
 PASS/FAIL and never change the exit status; errors (a request that never completes, a crashed service) do.
@@ -60,6 +62,7 @@ SECTIONS = (
     "abuse",
     "backlog",
     "fairness",
+    "events",
     "cluster",
     "chart",
 )
@@ -97,6 +100,7 @@ DEFAULTS: dict[str, Any] = {
     "fairness_rate": 50.0,
     "fairness_seconds": 10.0,
     "fairness_connections": 16,
+    "events_n": 500,
 }
 QUICK: dict[str, Any] = {
     "ceiling_n": 200,
@@ -118,6 +122,7 @@ QUICK: dict[str, Any] = {
     "fairness_rate": 20.0,
     "fairness_seconds": 2.0,
     "fairness_connections": 4,
+    "events_n": 40,
 }
 
 
@@ -207,6 +212,7 @@ class Bench:
             "backlog": None,
             "abuse": None,
             "fairness": None,
+            "events": None,
             "targets": [],
             "client": {},
             "chart": None,
@@ -261,6 +267,7 @@ class Bench:
             "fairness_rate": a.fairness_rate,
             "fairness_seconds": a.fairness_seconds,
             "fairness_connections": a.fairness_connections,
+            "events_n": a.events_n,
             "skip": sorted(a.skip),
             "vhost": self.system.vhost.name,
             "log_level": "INFO (the default)",
@@ -319,6 +326,12 @@ class Bench:
             except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
                 self.errors.append(f"fairness: {type(exc).__name__}: {exc}")
                 traceback.print_exc()
+        if not self.skip("events"):
+            try:  # a system of its own (the DMS's webhook signed, 1C and Creatio subscribed), after the main one
+                self.run_events()
+            except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+                self.errors.append(f"events: {type(exc).__name__}: {exc}")
+                traceback.print_exc()
         if not self.skip("cluster"):
             try:  # systems of its own (the single node's and the cluster's), after the main one has stopped
                 from bench import cluster
@@ -369,6 +382,21 @@ class Bench:
             f"{result['flood']['answered_429_after']} attempts, {result['flood']['statuses']} "
             f"({result['flood']['achieved_per_s']}/s); open loop at {a.abuse_rate}/s: p99 "
             f"×{result['open_loop']['p99_ratio']}"
+        )
+
+    # --- events: fan-out's cost, on a system of its own (bench.events) -------------------------------------------
+
+    def run_events(self) -> None:
+        from bench import events
+
+        result = events.run(n=self.args.events_n, say=self.say)
+        self.result["events"] = result
+        bad = {k: v for k, v in result["exit_codes"].items() if v != 0}
+        if bad:
+            self.errors.append(f"events: esi processes did not stop cleanly: {bad}")
+        self.say(
+            f"events: {result['one_subscriber']['cpu_ms_per_event']} ms CPU per event to one subscriber, "
+            f"{result['two_subscribers']['cpu_ms_per_event']} ms to two: ×{result['cpu_ratio']}"
         )
 
     # --- fairness: a client at its quota beside another, on a system of its own (bench.fairness) -----------------
@@ -1422,6 +1450,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="DMS_MAX_CONCURRENCY per adapter in the tight-limit runs 4b/6b (default 10; quick 5)",
     )
     parser.add_argument("--backlog", type=int)
+    parser.add_argument("--events-n", type=int, help="events per phase of section events (default 500; quick 40)")
     parser.add_argument("--backlog-sample-seconds", type=float)
     parser.add_argument(
         "--profile", metavar="DIR", help="record onec and dms with py-spy during the e2e run at the highest concurrency"

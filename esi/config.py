@@ -528,6 +528,13 @@ class Settings(FileSecretsSettings):
         description="systems beyond the installed ones, as module:attribute of an esi.systems.spec.System "
         "(comma-separated); each reads its own settings",
     )
+    subscriptions: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("ESI_SUBSCRIPTIONS"),
+        description="the site's changes to who receives which event, comma-separated: `<subscriber>:<source>.<type>` "
+        "adds a subscription, `-<subscriber>:<source>.<type>` removes a declared one "
+        "(e.g. `1c:crm.contact_changed,-crm:dms.policy_changed`)",
+    )
 
     # --- the fakes (esi run --with-fakes) ----------------------------------------------------------------------
     fake_host: str = Field(
@@ -589,7 +596,7 @@ class Settings(FileSecretsSettings):
             )
         return value
 
-    @field_validator("systems", mode="before")
+    @field_validator("systems", "subscriptions", mode="before")
     @classmethod
     def _parse_systems(cls, value: object) -> object:
         if isinstance(value, str):

@@ -142,6 +142,32 @@ QUOTA_REFUSED = Counter(
 _CHILDREN: dict[tuple[Any, ...], Any] = {}
 
 
+EVENTS_TAKEN = Counter(
+    "esi_events",
+    "Events taken in (new) or refused as a repeat of a change already taken (duplicate), by source and type",
+    ["source", "type", "outcome"],
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "esi_deliveries",
+    "Events handed to a subscriber, by outcome: delivered, superseded (an older change after a newer one), failed",
+    ["subscriber", "outcome"],
+    registry=REGISTRY,
+)
+FEED_LAG = Gauge(
+    "esi_feed_lag_messages",
+    "Messages in a pull feed its reader has not acknowledged",
+    ["subscriber"],
+    registry=REGISTRY,
+)
+FEED_LAG_SECONDS = Gauge(
+    "esi_feed_lag_seconds",
+    "Age of the oldest message in a pull feed its reader has not acknowledged",
+    ["subscriber"],
+    registry=REGISTRY,
+)
+
+
 def child(metric: Counter | Histogram, *labels: str) -> Any:
     """`metric.labels(*labels)`, looked up once (for the hot paths)."""
     found = _CHILDREN.get((metric, *labels))

@@ -20,6 +20,7 @@ from esi.api.errors import install_error_handlers
 from esi.api.hot import HotPath
 from esi.api.routes.contracts import ContractRoutes
 from esi.api.routes.dead_letters import DeadLetterRoutes
+from esi.api.routes.events import EventRoutes
 from esi.api.routes.health import HealthRoutes
 from esi.api.routes.requests import RequestRoutes
 from esi.api.routes.systems import SystemsRoutes
@@ -37,6 +38,7 @@ def build_routes(deps: ApiDeps) -> list[Route]:
         *DeadLetterRoutes(deps.dead_letters, deps.store).routes(),
         *SystemsRoutes(deps.store, deps.registry).routes(),
         *ContractRoutes(deps.registry, deps.topology).routes(),
+        *EventRoutes(deps.registry, deps.store, deps.sink, dict(deps.system_settings or {})).routes(),
     ]
 
 

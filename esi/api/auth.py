@@ -33,7 +33,14 @@ log = logging.getLogger(__name__)
 AuditRecord = Callable[..., Awaitable[None]]
 
 #: the caller when authentication is off (demo only): everything is allowed
-OPEN = Principal("anonymous", send_scopes=(SendScope("*", "*"),), can_read=True, is_operator=True)
+OPEN = Principal(
+    "anonymous",
+    send_scopes=(SendScope("*", "*"),),
+    can_read=True,
+    is_operator=True,
+    event_sources=("*",),
+    feeds=("*",),
+)
 
 
 class _BasicHeader(SecurityBase):

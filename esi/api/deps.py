@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from esi.bus.dead_letters import DeadLetters
 from esi.bus.topology import Topology
+from esi.events.sink import EventSink
 from esi.security.auth import ClientRegistry
 from esi.security.quota import QuotaLimiter
 from esi.store import Store
 from esi.store.events import EventRecorder
 from esi.store.records import OutboxRow
 from esi.systems.registry import Registry
-from esi.systems.spec import SendRoute
+from esi.systems.spec import SendRoute, SystemSettings
 
 __all__ = ["ApiDeps", "ReadyCheck"]
 
@@ -55,3 +56,7 @@ class ApiDeps:
     trusted_proxies: Sequence[str] = ()
     #: the clients' quotas in this process (their share: ÷ ESI_API_REPLICAS); None: one replica, the real clock
     quotas: QuotaLimiter | None = None
+    #: takes the events of the webhooks (`POST /events/{source}/{type}`); None: the webhooks answer 503
+    sink: EventSink | None = None
+    #: the systems' settings (the signed webhooks' secrets and tolerance), by system code
+    system_settings: Mapping[str, SystemSettings | None] | None = None

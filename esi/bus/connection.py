@@ -124,6 +124,13 @@ class Bus:
         publisher = Publisher(publish_channel, exchange=topology.exchange, timeout=publish_timeout)
         return cls(connection, publish_channel, consume_channel, publisher, topology)
 
+    async def consume_channel_of_its_own(self, prefetch: int) -> AbstractChannel:
+        """Another consume channel with its own prefetch (a second consumer, such as a subscriber's events queue:
+        each consumer's acks are batched per channel, and one consumer's deliveries never wait for the other's)."""
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
     @property
     def node(self) -> str:
         """The node this process is connected to (or trying), as host:port."""

@@ -215,7 +215,8 @@ class Consumer:
             envelope = decode_envelope(message.body)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("message body: %s", message.body[:4000])
-            if envelope.target_system != self.queue.system:
+            # an event has no target: whichever subscriber's events queue it reached is where it belongs
+            if not self.queue.events and envelope.target_system != self.queue.system:
                 raise InvalidMessage(
                     f"message for {envelope.target_system!r} reached {self.queue.name}", code="wrong_queue"
                 )

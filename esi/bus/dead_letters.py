@@ -211,7 +211,7 @@ class DeadLetters:
 
         try:
             for work in self._topology.work_queues:
-                depths[work.system] = {
+                depths[work.label] = {
                     "ready": await count(work.name),
                     "retrying": sum([await count(step.queue) for step in work.retry_steps]),
                     "dead_lettered": await count(work.dead_letter_queue),

@@ -1,12 +1,14 @@
 """The broker topology as data, declared idempotently at start-up by every service.
 
-One work queue per registered system (the registry's `queues()`, built into a topology by `build_topology`); with
-the built-in systems:
+One work queue per registered system, and one events queue per subscriber (the registry's `queues()`, built into a
+topology by `build_topology`); with the built-in systems:
 
     main_exchange (topic)
       ├─ *.request.dms.*                      → dms_queue  (quorum)
       ├─ *.request.crm.*, *.response.crm.*    → crm_queue  (quorum)
-      └─ *.response.1c.*                      → 1c_queue   (quorum)
+      ├─ *.response.1c.*                      → 1c_queue   (quorum)
+      ├─ crm.event.order_changed, dms.event.policy_issued, ...  → 1c_events_queue  (quorum, 1C's copy)
+      └─ dms.event.policy_issued, ...         → crm_events_queue (quorum, Creatio's copy)
     <queue>_dlx (fanout) → <queue>'s dead-letter queue, e.g. dms_dead_letter_queue (quorum)
     <queue>.retry.<delay> (quorum, queue-level TTL) ──expires──▶ default exchange ─▶ <queue>
 
@@ -65,6 +67,13 @@ class WorkQueue:
     name: str
     bindings: tuple[str, ...]
     retry_delays: tuple[float, ...] = ()
+    #: a subscriber's events queue (its copy of each event it subscribes to), beside its work queue
+    events: bool = False
+
+    @property
+    def label(self) -> str:
+        """What operators call it: the system's code, `<code>_events` for its events queue."""
+        return f"{self.system}_events" if self.events else self.system
 
     @property
     def dead_letter_exchange(self) -> str:
@@ -72,7 +81,7 @@ class WorkQueue:
 
     @property
     def dead_letter_queue(self) -> str:
-        return f"{self.system}_dead_letter_queue"
+        return f"{self.label}_dead_letter_queue"
 
     @property
     def retry_steps(self) -> tuple[RetryStep, ...]:
@@ -95,10 +104,14 @@ class Topology:
     _legacy: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._by_system.update({q.system: q for q in self.work_queues})
+        self._by_system.update({q.system: q for q in self.work_queues if not q.events})
 
     def queue_for(self, system: str) -> WorkQueue:
         return self._by_system[system]
+
+    def events_queue_for(self, system: str) -> WorkQueue | None:
+        """`system`'s events queue, if it subscribes to any event."""
+        return next((q for q in self.work_queues if q.events and q.system == system), None)
 
     def work_queue_arguments(self, queue: WorkQueue) -> dict[str, Any]:
         arguments: dict[str, Any] = {
@@ -198,17 +211,19 @@ DEFAULT_RETRY_DELAYS: tuple[float, ...] = (1, 5, 30, 120, 600)
 
 
 def build_topology(
-    queues: Iterable[tuple[str, str, Sequence[str]]],
+    queues: Iterable[tuple[str, str, Sequence[str]] | tuple[str, str, Sequence[str], bool]],
     *,
     retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
     delivery_limit: int = 20,
     max_length: int = 1_000_000,
 ) -> Topology:
-    """The topology of the given `(system, work queue, bindings)` (the registry of systems lists them: its
-    `queues()`), each with the retry ladder of `retry_delays`."""
+    """The topology of the given `(system, work queue, bindings[, events])` (the registry of systems lists them:
+    its `queues()`), each with the retry ladder of `retry_delays`."""
     delays = tuple(float(d) for d in retry_delays)
     return Topology(
-        work_queues=tuple(WorkQueue(system, queue, tuple(bindings), delays) for system, queue, bindings in queues),
+        work_queues=tuple(
+            WorkQueue(q[0], q[1], tuple(q[2]), delays, events=bool(q[3]) if len(q) > 3 else False) for q in queues
+        ),
         delivery_limit=delivery_limit,
         max_length=max_length,
     )

@@ -20,6 +20,13 @@ def clients_add(
     ] = None,
     read: Annotated[bool, typer.Option("--read/--no-read", help="may read the outcome of its requests")] = True,
     operator: Annotated[bool, typer.Option("--operator", help="may use /dlq and replay")] = False,
+    events: Annotated[
+        list[str] | None,
+        typer.Option("--events", help="a source whose events it may hand in (the scope events:<source>), e.g. crm"),
+    ] = None,
+    feeds: Annotated[
+        list[str] | None, typer.Option("--feeds", help="a pull feed it may read (the scope feed:<subscriber>), e.g. 1c")
+    ] = None,
     api_key: Annotated[bool, typer.Option("--api-key", help="also generate an API key (printed once)")] = False,
     file: Annotated[str | None, typer.Option("--file", help="add to this clients file (created if missing)")] = None,
     rate: Annotated[
@@ -52,6 +59,9 @@ def clients_add(
         burst=burst,
         in_flight=_whole(_number(in_flight, "--in-flight", int)),
         catalog=catalog,
+    )
+    entry.update(
+        {name: [v.strip().lower() for v in values] for name, values in (("events", events), ("feeds", feeds)) if values}
     )
     if file:
         from pathlib import Path

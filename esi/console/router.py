@@ -23,6 +23,7 @@ from esi.api.auth import Authenticator
 from esi.api.deps import ApiDeps
 from esi.console.core import Console
 from esi.console.dead_letters import DeadLetterPages
+from esi.console.events import EventPages
 from esi.console.overview import Overview
 from esi.console.requests import RequestPages
 from esi.console.systems import SystemPages
@@ -41,6 +42,7 @@ def console_router(deps: ApiDeps, auth: Authenticator, *, lang: str = "en") -> A
     request_pages = RequestPages(console)
     dead_letter_pages = DeadLetterPages(console, overview_pages)
     system_pages = SystemPages(console, overview_pages)
+    event_pages = EventPages(console)
 
     router = APIRouter(prefix="/console", include_in_schema=False)
     principal = Depends(auth.dependency)
@@ -78,6 +80,9 @@ def console_router(deps: ApiDeps, auth: Authenticator, *, lang: str = "en") -> A
     async def resume(code: str, request: Request, principal: Principal = principal) -> Response:
         return await system_pages.resume(code, request=request, principal=principal)
 
+    async def events(request: Request, principal: Principal = principal) -> Response:
+        return await event_pages.events(request=request, principal=principal)
+
     router.add_api_route("", overview, methods=["GET"], name="console_overview")
     router.add_api_route("/requests", requests, methods=["GET"], name="console_requests")
     router.add_api_route("/requests/{request_id}", request_page, methods=["GET"], name="console_request")
@@ -89,5 +94,6 @@ def console_router(deps: ApiDeps, auth: Authenticator, *, lang: str = "en") -> A
     router.add_api_route("/systems", systems, methods=["GET"], name="console_systems")
     router.add_api_route("/systems/{code}/pause", pause, methods=["POST"], name="console_pause")
     router.add_api_route("/systems/{code}/resume", resume, methods=["POST"], name="console_resume")
+    router.add_api_route("/events", events, methods=["GET"], name="console_events")
     router.add_api_route("/static/{name}", console.static, methods=["GET"], name="console_static")
     return router

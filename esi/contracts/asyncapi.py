@@ -1,7 +1,8 @@
 """The AsyncAPI 3.0.0 document of the bus, generated from the catalog and the topology of the registry of systems.
 
     channels     one per routing key a system publishes (`1c.request.dms.create_user`, AMQP `is: routingKey` on
-                 `main_exchange`), one per work queue (`dms_queue`, `is: queue`) and one per dead-letter queue
+                 `main_exchange`; an event's `crm.event.order_changed`), one per work queue (`dms_queue`, `is:
+                 queue`), one per subscriber's events queue (`1c_events_queue`) and one per dead-letter queue
     operations   `send.<routing key>`: the system that publishes it (persistent, mandatory);
                  `receive.<system>.<message type>`: the system that consumes it from its work queue (acknowledged)
     messages     `<message_type>.v<version>`: the payload's schema wrapped in the envelope
@@ -23,7 +24,7 @@ from typing import Any
 import esi
 from esi.bus.topology import Topology, WorkQueue, build_topology
 from esi.contracts.schemas import ENVELOPE, MessageSchema, accepts_previous, envelope_schema, message_schemas
-from esi.messages.envelope import Kind, RoutingKey
+from esi.messages.envelope import Kind, RoutingKey, event_key
 from esi.systems.registry import Registry
 from esi.systems.spec import System
 
@@ -109,7 +110,7 @@ def _message(message: MessageSchema) -> dict[str, Any]:
     spec = message.spec
     fields: dict[str, Any] = {"type": "object", "properties": {"message_type": {"const": message.message_type}}}
     payload = {"$ref": f"{_SCHEMAS}{message.name}"}
-    if message.kind is Kind.REQUEST:
+    if message.kind is not Kind.RESPONSE:  # a request or an event: its payload, always
         fields["properties"]["payload"] = payload
         fields["required"] = ["payload"]
         wrapped: dict[str, Any] = {"allOf": [{"$ref": f"{_SCHEMAS}{ENVELOPE}"}, fields]}
@@ -205,13 +206,42 @@ def build_asyncapi(registry: Registry, topology: Topology | None = None) -> dict
             "bindings": {"amqp": {"deliveryMode": 2, "mandatory": True, "bindingVersion": AMQP_BINDING_VERSION}},
             "x-esi-system": route.sender.code,
         }
+    #: events: each subscriber's events queue receives its copy (queue name → (routing key, event type))
+    by_events_queue: dict[str, list[tuple[str, str]]] = {}
+    for source, event in registry.events:
+        key, name = event_key(source, event.name), messages[event.name].name
+        sender = registry.system(source)
+        queues = [q for q in topology.work_queues if q.events and key in q.bindings]
+        for queue in queues:
+            by_events_queue.setdefault(queue.name, []).append((key, event.name))
+        channels[key] = {
+            "address": key,
+            "title": f"{event.name}: an event of {sender.title}",
+            "description": f"Published on `{topology.exchange}` with routing key `{key}`; a copy for each "
+            f"subscriber: {', '.join(f'`{q.name}`' for q in queues) or 'none on this site'}. Identity: "
+            f"`{event.id_field}` and the version `{event.version_field}`.",
+            "messages": _message_refs([name]),
+            "bindings": {
+                "amqp": {"is": "routingKey", "exchange": _exchange(topology), "bindingVersion": AMQP_BINDING_VERSION}
+            },
+        }
+        operations[f"send.{key}"] = {
+            "action": "send",
+            "title": f"{sender.title} announces {event.name}",
+            "channel": {"$ref": f"#/channels/{key}"},
+            "messages": [{"$ref": f"#/channels/{key}/messages/{name}"}],
+            "tags": [{"name": sender.code}],
+            "bindings": {"amqp": {"deliveryMode": 2, "mandatory": True, "bindingVersion": AMQP_BINDING_VERSION}},
+            "x-esi-system": sender.code,
+        }
     for queue in topology.work_queues:
         system = registry.system(queue.system)
         arriving = by_queue.get(queue.name, [])
-        names = [messages[r.key.message_type].name for r in arriving]
+        events = by_events_queue.get(queue.name, [])
+        names = [messages[r.key.message_type].name for r in arriving] + [messages[t].name for _, t in events]
         channels[queue.name] = {
             "address": queue.name,
-            "title": f"{system.title}'s work queue",
+            "title": f"{system.title}'s {'events' if queue.events else 'work'} queue",
             "description": (
                 f"Quorum queue bound to `{topology.exchange}` by {', '.join(f'`{b}`' for b in queue.bindings)}. "
                 f"A failed delivery waits in a hold queue `{queue.name}.retry.<delay>` (one per step of "
@@ -224,15 +254,16 @@ def build_asyncapi(registry: Registry, topology: Topology | None = None) -> dict
         }
         channels[queue.dead_letter_queue] = {
             "address": queue.dead_letter_queue,
-            "title": f"{system.title}'s dead letters",
+            "title": f"{system.title}'s dead letters" + (" (events)" if queue.events else ""),
             "description": f"What `{queue.name}` could not handle, kept until an operator replays or purges it "
             f"(`esi dlq`, `/dead-letters`).",
             "messages": _message_refs(names),
             "bindings": _queue_binding(queue.dead_letter_queue),
         }
-        for message_type in sorted({r.key.message_type for r in arriving}):
+        published = [(str(r.key), r.key.message_type) for r in arriving] + events
+        for message_type in sorted({t for _, t in published}):
             name = messages[message_type].name
-            sources = sorted(str(r.key) for r in arriving if r.key.message_type == message_type)
+            sources = sorted(k for k, t in published if t == message_type)
             operations[f"receive.{system.code}.{message_type}"] = {
                 "action": "receive",
                 "title": f"{system.title} receives {message_type}",
@@ -252,7 +283,8 @@ def build_asyncapi(registry: Registry, topology: Topology | None = None) -> dict
             "description": (
                 "The messages esi's systems exchange over RabbitMQ. Every message is a JSON envelope published on "
                 f"the topic exchange `{topology.exchange}` with the routing key "
-                "`<source>.<request|response>.<target>.<message_type>`; each system consumes its own work queue. "
+                "`<source>.<request|response>.<target>.<message_type>`, or `<source>.event.<type>` for an event; "
+                "each system consumes its own work queue, and each subscriber its own events queue. "
                 "Payload schemas are versioned `<message_type>.v<version>`; a consumer also accepts the previous "
                 "version where `x-esi-accepted-versions` lists it."
             ),

@@ -39,6 +39,8 @@ class MessageSpec:
     response_type: str | None = None
     #: for requests that carry a file: how (multipart uploads, the file's magic bytes)
     upload: Upload | None = None
+    #: for events: the system that emits it (its routing key is `<emitted_by>.event.<type>`)
+    emitted_by: str | None = None
     #: the payload's current version (the model's `VERSION`); set from the model
     version: int = field(default=0)
 

@@ -35,6 +35,13 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 class Kind(StrEnum):
     REQUEST = "request"
     RESPONSE = "response"
+    #: something that happened in a system, for every subscriber: `<source>.event.<type>` (no target)
+    EVENT = "event"
+
+
+def event_key(source: str, event_type: str) -> str:
+    """The routing key of an event: `<source>.event.<type>` (`crm.event.order_changed`)."""
+    return f"{source}.{Kind.EVENT.value}.{event_type}"
 
 
 def normalise_system(value: str) -> str:
@@ -60,6 +67,8 @@ class RoutingKey:
         source, kind, target, message_type = parts
         try:
             kind_value = Kind(kind.lower())
+            if kind_value is Kind.EVENT:
+                raise ValueError(kind)
         except ValueError:
             raise ValueError(f"routing key {key!r}: kind must be request or response") from None
         if not _TYPE_RE.fullmatch(message_type.lower()):
@@ -114,6 +123,8 @@ class Envelope(BaseModel):
         return value.strip().lower() if isinstance(value, str) else value
 
     def routing_key(self, kind: Kind) -> str:
+        if kind is Kind.EVENT:  # an event has no target: every subscriber's queue is bound to its key
+            return event_key(self.source_system, self.message_type)
         return str(RoutingKey(self.source_system, kind, self.target_system, self.message_type))
 
     def encode(self) -> bytes:

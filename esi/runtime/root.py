@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 def registry_from(settings: Settings) -> Registry:
     """The systems this process runs with: the installed ones (esi's built-in systems among them) and
     `ESI_SYSTEMS`."""
-    return load_registry(settings.systems)
+    return load_registry(settings.systems, subscriptions=settings.subscriptions)
 
 
 def topology_from(settings: Settings, registry: Registry) -> Topology:
@@ -230,8 +230,13 @@ async def _sample_depths(adapters: list[SystemService], store: Store | None, int
             bus = adapter.bus
             if bus is None or not bus.connected:
                 continue
-            work = bus.topology.queue_for(adapter.system.code)
-            names = [work.name, work.dead_letter_queue, *(s.queue for s in work.retry_steps)]
+            names = []
+            for work in (
+                bus.topology.queue_for(adapter.system.code),
+                bus.topology.events_queue_for(adapter.system.code),
+            ):
+                if work is not None:
+                    names += [work.name, work.dead_letter_queue, *(s.queue for s in work.retry_steps)]
             try:
                 channel = await bus.connection.channel()
                 try:
@@ -244,6 +249,11 @@ async def _sample_depths(adapters: list[SystemService], store: Store | None, int
                     await channel.close()
                 if adapter.system.origin and store is not None:
                     metrics.OUTBOX_BACKLOG.set(await store.outbox.backlog())
+                    for subscriber in adapter.registry.subscriptions:  # the pull feeds' readers, how far behind
+                        lag = await store.feed.lag(subscriber)
+                        if lag["last"]:
+                            metrics.FEED_LAG.labels(subscriber).set(lag["pending"])
+                            metrics.FEED_LAG_SECONDS.labels(subscriber).set(lag["oldest_age_s"])
             except Exception as exc:  # noqa: BLE001 - sampling outlives any failure
                 log.debug("queue depth sampling failed: %s", exc)
         await asyncio.sleep(interval)

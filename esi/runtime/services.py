@@ -27,6 +27,8 @@ from esi.bus.relay import OutboxRelay
 from esi.bus.topology import Topology
 from esi.config import Settings
 from esi.console import console_router
+from esi.events.ordering import in_order
+from esi.events.sink import EventSink
 from esi.health import Check
 from esi.messages import Handler
 from esi.runtime.http import HttpServer
@@ -107,8 +109,14 @@ class SystemService(Service):
         self._client: object = None
         self.breaker: Breaker | None = None
         self._background: list[asyncio.Task[None]] = []
+        #: the consumer of the system's events queue (a subscriber's copy of the events it subscribes to)
+        self.events_consumer: Consumer | None = None
+        #: takes events in (the origin's webhook, a system's poller); None in a service that takes none
+        self.sink: EventSink | None = None
 
-    def _handlers(self) -> Mapping[str, Handler]:
+    def _context(self) -> SystemContext:
+        """What the system's handlers (and its background task) are built from: its client behind the limiter and
+        the breaker, the store, the registry, the event sink."""
         system, config = self.system, self.system_settings
         guarded = None
         if system.client is not None:
@@ -130,18 +138,32 @@ class SystemService(Service):
                 limiter=limiter,
                 breaker=self.breaker,
             )
-        handlers = system.handlers(
-            SystemContext(
-                system=system,
-                settings=config,
-                client=guarded,
-                store=self.store,
-                events=self.events,
-                registry=self.registry,
-            )
+        return SystemContext(
+            system=system,
+            settings=config,
+            client=guarded,
+            store=self.store,
+            events=self.events,
+            registry=self.registry,
+            sink=self.sink,
         )
-        self.registry.check_handlers(system, handlers)
+
+    def _handlers(self, context: SystemContext) -> Mapping[str, Handler]:
+        handlers = self.system.handlers(context)
+        self.registry.check_handlers(self.system, handlers)
         return handlers
+
+    def _event_handlers(self, context: SystemContext) -> Mapping[str, Handler]:
+        """The handlers of the events the system subscribes to, each behind the per-record order check."""
+        declared = self.system.on_event(context) if self.system.on_event is not None else {}
+        return in_order(
+            self.system.code,
+            self.registry.event_handlers(self.system, declared),
+            registry=self.registry,
+            versions=self.store.event_log,
+            timeline=self.events,
+            service=self.name,
+        )
 
     def checks(self) -> dict[str, Check]:
         """What this service needs to do its job, by name."""
@@ -179,6 +201,20 @@ class SystemService(Service):
             ssl_context=ssl_context,
             wait=s.connect_timeout or math.inf,
         )
+        if self.system.origin or self.system.background is not None:
+            # the origin's API and a system's own event source (a poller) take events: their relay publishes them
+            self.relay = OutboxRelay(
+                store=self.store.outbox,
+                publisher=self.bus.publisher,
+                exchange=topology.exchange,
+                events=self.events,
+                fresh_s=s.publish_timeout + 2,
+            )
+            self.relay.start()
+            self.sink = EventSink(
+                registry=self.registry, log=self.store.event_log, on_accepted=self.relay.submit, timeline=self.events
+            )
+        context = self._context()
         self.consumer = Consumer(
             events=self.events,
             service=self.name,
@@ -186,12 +222,27 @@ class SystemService(Service):
             channel=self.bus.consume_channel,
             publisher=self.bus.publisher,
             catalog=self.registry.catalog,
-            handlers=self._handlers(),
+            handlers=self._handlers(context),
             max_attempts=s.max_attempts,
             tracker=self.store.requests,
             inbox=self.store.inbox if self.system.inbox else None,
             queue_arguments=topology.work_queue_arguments(work),
         )
+        events_queue = topology.events_queue_for(self.system.code)
+        if events_queue is not None:
+            # the subscriber's copy of each event, apart from its requests: one slow or failing never holds the other
+            self.events_consumer = Consumer(
+                events=self.events,
+                service=f"{self.name}-events",
+                queue=events_queue,
+                channel=await self.bus.consume_channel_of_its_own(s.prefetch),
+                publisher=self.bus.publisher,
+                catalog=self.registry.catalog,
+                handlers=self._event_handlers(context),
+                max_attempts=s.max_attempts,
+                inbox=self.store.inbox,
+                queue_arguments=topology.work_queue_arguments(events_queue),
+            )
         if self.system.origin:
             await self._start_api(topology)
         if self.breaker is not None:
@@ -200,6 +251,11 @@ class SystemService(Service):
             await self._follow_breaker()
             self._background.append(asyncio.create_task(self._follow_pauses(), name=f"pauses-{self.name}"))
         await self.consumer.start()
+        if self.events_consumer is not None:
+            await self.events_consumer.start()
+        if self.system.background is not None:
+            task = self.system.background(context)
+            self._background.append(asyncio.create_task(task(), name=f"background-{self.name}"))
         self._background.append(asyncio.create_task(self._prune_forever(), name=f"prune-{self.name}"))
         if self.system.origin and s.request_retention_s > 0:
             retention = RetentionTask(
@@ -221,11 +277,14 @@ class SystemService(Service):
         breaker, consumer = self.breaker, self.consumer
         assert breaker is not None  # noqa: S101 - set in start(); narrows for mypy
         assert consumer is not None  # noqa: S101 - set in start(); narrows for mypy
+        # the consumers that call the system: the origin's work queue only records answers, its events queue calls
+        followers = [c for c in (self.events_consumer, None if self.system.origin else consumer) if c is not None]
         try:
-            if breaker.usable:
-                await consumer.resume()
-            else:
-                await consumer.pause()
+            for follower in followers:
+                if breaker.usable:
+                    await follower.resume()
+                else:
+                    await follower.pause()
         except Exception as exc:  # noqa: BLE001 - the channel is being restored: the next transition or restore consumes again
             log.warning("could not follow the %s circuit on %s: %s", self.system.code, consumer.queue.name, exc)
         report = breaker.report()
@@ -262,15 +321,7 @@ class SystemService(Service):
         """The origin's edge: the outbox relay, and the HTTP API that accepts its requests."""
         s = self.settings
         assert self.bus is not None  # noqa: S101 - set in start(); narrows for mypy
-        # a sweep leaves a row to the fast path of the process that committed it until that publish has ended
-        self.relay = OutboxRelay(
-            store=self.store.outbox,
-            publisher=self.bus.publisher,
-            exchange=topology.exchange,
-            events=self.events,
-            fresh_s=s.publish_timeout + 2,
-        )
-        self.relay.start()
+        assert self.relay is not None  # noqa: S101 - the origin's relay, started first; narrows for mypy
         deps = ApiDeps(
             registry=self.registry,
             topology=topology,
@@ -287,6 +338,8 @@ class SystemService(Service):
             console_secret=s.console_secret.get_secret_value().encode() if s.console_secret else None,
             trusted_proxies=tuple(s.trusted_proxies),
             quotas=QuotaLimiter(replicas=s.api_replicas),
+            sink=self.sink,
+            system_settings={code: system_settings(self.registry.system(code)) for code in self.registry.codes},
         )
         app = create_app(deps)
         # the operator console at /console, beside the API, in the site's language unless the browser asks another
@@ -308,6 +361,11 @@ class SystemService(Service):
                 older_than = cutoff.isoformat(timespec="microseconds")
                 inbox = await self.store.inbox.prune(older_than)
                 outbox = await self.store.outbox.prune_sent(older_than)
+                if self.system.origin:  # the pull feeds' acknowledged entries (kept until acknowledged, then this)
+                    await self.store.feed.prune_acked(older_than)
+                    if self.settings.request_retention_s > 0:  # the events taken, as long as requests are kept
+                        kept = datetime.now(UTC) - timedelta(seconds=self.settings.request_retention_s)
+                        await self.store.event_log.prune(kept.isoformat(timespec="microseconds"))
                 if inbox or outbox:
                     log.info("pruned %d inbox ids and %d sent outbox rows older than %s", inbox, outbox, cutoff)
             except Exception as exc:  # noqa: BLE001 - pruning outlives any failure: the next interval tries again
@@ -317,6 +375,9 @@ class SystemService(Service):
     async def stop(self) -> None:
         for task in self._background:
             task.cancel()
+        # a background task's own clean-up (the Creatio poller releases its leases) runs while the store is open
+        if self._background:
+            await asyncio.wait(self._background, timeout=10)
         if self.breaker is not None:
             await self.breaker.aclose()
             with contextlib.suppress(Exception):
@@ -324,6 +385,8 @@ class SystemService(Service):
         if self.http is not None:
             self.store.requests.settlements.close()  # long polls answer now, with the state as it stands
             await self.http.stop()
+        if self.events_consumer is not None:
+            await self.events_consumer.stop()
         if self.consumer is not None:
             await self.consumer.stop()
         if self.relay is not None:

@@ -55,6 +55,8 @@ _ENTRY_KEYS = frozenset(
         "api_key_hash",
         "api_key_hashes",
         "send",
+        "events",
+        "feeds",
         "read",
         "operator",
         "description",
@@ -89,11 +91,17 @@ class ClientConfig:
     read: bool = False
     operator: bool = False
     quota: Quota = DEFAULT_QUOTA
+    #: the sources whose events it may hand over (`POST /events/<source>/...`): the scope `events:<source>`
+    events: tuple[str, ...] = ()
+    #: the pull feeds it may read and acknowledge (`GET /feed/<subscriber>`): the scope `feed:<subscriber>`
+    feeds: tuple[str, ...] = ()
 
     @property
     def principal(self) -> Principal:
         """What this client may do, once it has proved who it is."""
-        return Principal(self.client_id, self.send, self.read, self.operator, self.quota)
+        return Principal(
+            self.client_id, self.send, self.read, self.operator, self.quota, event_sources=self.events, feeds=self.feeds
+        )
 
     @classmethod
     def from_entry(
@@ -139,6 +147,12 @@ class ClientConfig:
             scopes = tuple(SendScope.parse(s, catalog) for s in send)
         except ScopeError as exc:
             raise ClientsConfigError(f"{where}: {exc}") from None
+        names: dict[str, tuple[str, ...]] = {}
+        for name in ("events", "feeds"):
+            value = entry.get(name, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise ClientsConfigError(f'{where}: {name} must be a list of system codes such as ["crm"] (or ["*"])')
+            names[name] = tuple(v.strip().lower() for v in value)
         flags = {}
         for name in ("read", "operator"):
             value = entry.get(name, False)
@@ -149,7 +163,17 @@ class ClientConfig:
             quota = parse_quota(entry, where)
         except ValueError as exc:
             raise ClientsConfigError(str(exc)) from None
-        return cls(client_id, password_hash, tuple(key_hashes), scopes, flags["read"], flags["operator"], quota)
+        return cls(
+            client_id,
+            password_hash,
+            tuple(key_hashes),
+            scopes,
+            flags["read"],
+            flags["operator"],
+            quota,
+            events=names["events"],
+            feeds=names["feeds"],
+        )
 
 
 def _check_hash(value: object, where: str) -> None:

@@ -34,6 +34,8 @@ def demo_registry(**kwargs: Any) -> ClientRegistry:
         read=True,
         operator=True,
         quota=UNLIMITED,
+        events=("*",),
+        feeds=("*",),
     )
     return ClientRegistry([client], demo=True, **kwargs)
 

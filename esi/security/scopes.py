@@ -16,7 +16,16 @@ from esi.errors import ApiError
 from esi.messages.catalog import Catalog
 from esi.security.quota import Quota
 
-__all__ = ["Principal", "ScopeError", "SendScope", "require_operator", "require_read", "require_send"]
+__all__ = [
+    "Principal",
+    "ScopeError",
+    "SendScope",
+    "require_events",
+    "require_feed",
+    "require_operator",
+    "require_read",
+    "require_send",
+]
 
 _SCOPE_PART_RE = re.compile(r"^(\*|[a-z0-9][a-z0-9_]{0,63})$")
 
@@ -77,6 +86,10 @@ class Principal:
     is_operator: bool = False
     #: how fast and how much it may send (esi.security.quota); None: no limit
     quota: Quota | None = None
+    #: the sources whose events it may hand over (scope `events:<source>`; `*`: any)
+    event_sources: tuple[str, ...] = ()
+    #: the pull feeds it may read and acknowledge (scope `feed:<subscriber>`; `*`: any)
+    feeds: tuple[str, ...] = ()
 
     def can_send(self, target: str, message_type: str) -> bool:
         """Whether one of the client's scopes covers `message_type` requests to `target` (any case, any spaces)."""
@@ -99,6 +112,18 @@ def require_read(principal: Principal, request_id: str, sender_client_id: str | 
         raise ApiError(403, "forbidden", f"client {principal.client_id!r} may not read the outcome of requests")
     if sender_client_id is None or not hmac.compare_digest(sender_client_id.encode(), principal.client_id.encode()):
         raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
+
+
+def require_events(principal: Principal, source: str) -> None:
+    """403 unless `principal` holds the scope `events:<source>`."""
+    if "*" not in principal.event_sources and source not in principal.event_sources:
+        raise ApiError(403, "forbidden", f"client {principal.client_id!r} lacks the scope events:{source}")
+
+
+def require_feed(principal: Principal, subscriber: str) -> None:
+    """403 unless `principal` holds the scope `feed:<subscriber>`."""
+    if "*" not in principal.feeds and subscriber not in principal.feeds:
+        raise ApiError(403, "forbidden", f"client {principal.client_id!r} lacks the scope feed:{subscriber}")
 
 
 def require_operator(principal: Principal) -> None:

@@ -6,6 +6,8 @@
     pauses     maintenance pauses and the circuit breakers' reports
     audit      what operators did
     queries    what the operator console searches and counts
+    event_log  the events esi took (deduplicated by record and version), and what each subscriber was given
+    feed       the pull feed of subscribers that read by cursor (1C's scheduled job)
 
 A system's own tables live in its package and reach the same database through `Store.database`.
 """
@@ -17,6 +19,8 @@ from collections.abc import Iterable
 from esi.store import schema
 from esi.store.audit import Audit
 from esi.store.database import Database
+from esi.store.event_log import EventLog
+from esi.store.feed import Feed
 from esi.store.inbox import Inbox
 from esi.store.migrations import Migrations
 from esi.store.outbox import Outbox
@@ -39,6 +43,8 @@ class Store:
         self.pauses = Pauses(database)
         self.audit = Audit(database)
         self.queries = Queries(database)
+        self.event_log = EventLog(database)
+        self.feed = Feed(database)
 
     @classmethod
     async def open(cls, url: str, *, durable_commits: bool = True, migrations: Iterable[Migrations] = ()) -> Store:

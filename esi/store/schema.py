@@ -119,6 +119,64 @@ breakers = Table(
 )
 
 
+#: the events esi took (from a webhook or a poller), one row per change of a record: the event id derives from
+#: (source, type, record id, version), so a repeat of the same change finds its row and publishes nothing
+event_log = Table(
+    "esi_event_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(128), nullable=False, unique=True),
+    Column("message_id", String(128), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("record_id", String(255), nullable=False),
+    Column("version", String(64), nullable=False),
+    #: the business keys, space-separated (searched by the console)
+    Column("keys", Text),
+    #: who handed it over: webhook, or esi's own code (a poller)
+    Column("via", String(32), nullable=False),
+    Column("received_at", String(40), nullable=False),
+    Index("ix_esi_event_log_received", "received_at"),
+)
+
+#: per subscriber, the version of each record it was last given: an older change arriving later is superseded
+event_versions = Table(
+    "esi_event_versions",
+    metadata,
+    Column("subscriber", String(32), primary_key=True),
+    Column("stream", String(160), primary_key=True),
+    Column("record_id", String(255), primary_key=True),
+    Column("version", String(64), nullable=False),
+    Column("message_id", String(128), nullable=False),
+    Column("at", String(40), nullable=False),
+)
+
+#: the pull feed: what a subscriber reading by cursor (1C's scheduled job) has not acknowledged yet, in order
+feed = Table(
+    "esi_feed",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("subscriber", String(32), nullable=False),
+    Column("message_id", String(128), nullable=False),
+    Column("message_type", String(64), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("record_key", String(255)),
+    Column("body", Text, nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Index("ux_esi_feed_message", "subscriber", "message_id", unique=True),
+    Index("ix_esi_feed_read", "subscriber", "seq"),
+)
+
+#: how far each feed's reader has acknowledged
+feed_cursors = Table(
+    "esi_feed_cursors",
+    metadata,
+    Column("subscriber", String(32), primary_key=True),
+    Column("acked", Integer, nullable=False),
+    Column("acked_at", String(40), nullable=False),
+)
+
+
 #: retention (esi.store.retention) finds expired requests by their creation time (never updated, so the index costs
 #: the hot path one insert per request and keeps PostgreSQL's updates of a request HOT), and deletes a request's
 #: business keys and sent outbox rows by its id
@@ -141,5 +199,6 @@ MIGRATIONS = Migrations(
         7: [create_index(REQUESTS_CREATED_AT), create_index(KEYS_REQUEST), create_index(OUTBOX_REQUEST)],
         8: [add_column(outbox, "trace_context")],
         9: [add_column(outbox, "claimed_until")],
+        10: [event_log, event_versions, feed, feed_cursors],
     },
 )

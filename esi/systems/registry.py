@@ -2,8 +2,11 @@
 
     catalog        every message type: the requests each system answers and the replies they produce
     queues         one work queue per system, bound to `*.request.<code>.*` if it answers requests and to
-                   `*.response.<code>.*` if it sends them (the origin, 1C, receives every reply): data the bus
-                   builds its topology from (`esi.bus.topology.build_topology`)
+                   `*.response.<code>.*` if it sends them (the origin, 1C, receives every reply), and one events
+                   queue per subscriber, bound to `<source>.event.<type>` of each event it subscribes to: data the
+                   bus builds its topology from (`esi.bus.topology.build_topology`)
+    subscriptions  who subscribes to which event: the declarations (`System.subscribes`), with what the site's
+                   settings add or remove (`ESI_SUBSCRIPTIONS`: `1c:crm.contact_changed,-crm:dms.policy_issued`)
     targets        the systems 1C may send requests to (the HTTP API's targets)
     routed_to      the message types arriving on a system's queue: its handlers must cover exactly these
     services/fakes the names `esi run` accepts
@@ -24,10 +27,10 @@ from importlib.metadata import entry_points
 from typing import NamedTuple, TypeVar
 
 from esi.messages.catalog import Catalog, MessageSpec
-from esi.messages.envelope import Kind
+from esi.messages.envelope import Kind, event_key
 from esi.messages.handler import Handler
 from esi.store.migrations import Migrations
-from esi.systems.spec import SendRoute, System
+from esi.systems.spec import Event, SendRoute, System
 
 _T = TypeVar("_T")
 
@@ -37,11 +40,13 @@ ENTRY_POINT_GROUP = "esi.systems"
 
 
 class Inbound(NamedTuple):
-    """A system's work queue and the routing keys bound to it (what the bus declares for it)."""
+    """A system's work queue (or its events queue) and the routing keys bound to it (what the bus declares for it)."""
 
     system: str
     queue: str
     bindings: tuple[str, ...]
+    #: an events queue: one subscriber's copy of the events it subscribes to
+    events: bool = False
 
 
 class RegistryError(ValueError):
@@ -51,7 +56,7 @@ class RegistryError(ValueError):
 class Registry:
     """The systems esi runs with. Immutable once built; every derived view is computed here, once."""
 
-    def __init__(self, systems: Iterable[System]) -> None:
+    def __init__(self, systems: Iterable[System], subscriptions: Sequence[str] = ()) -> None:
         self.systems: tuple[System, ...] = tuple(systems)
         self._by_code = _unique({s.code: s for s in self.systems}, [s.code for s in self.systems], "system code")
         self._by_service = _unique(
@@ -89,11 +94,19 @@ class Registry:
                     )
                 )
                 specs.append(MessageSpec(op.reply, Kind.RESPONSE, op.reply_model))
+        self._emitted: dict[str, tuple[System, Event]] = {}
+        for system in self.systems:
+            for event in system.emits:
+                if any(spec.message_type == event.name for spec in specs):
+                    raise RegistryError(f"message type {event.name!r} of {system.code} is declared twice")
+                self._emitted[f"{system.code}.{event.name}"] = (system, event)
+                specs.append(MessageSpec(event.name, Kind.EVENT, event.model, emitted_by=system.code))
         for system in self.systems:
             for request in system.asks:
                 if request not in self._answered_by:
                     raise RegistryError(f"{system.code} asks {request!r}, which no registered system answers")
         self.catalog = Catalog(specs)
+        self.subscriptions: dict[str, tuple[str, ...]] = self._subscriptions(subscriptions)
         self.fakes: dict[str, System] = _unique(
             {s.fake.service: s for s in self.systems if s.fake is not None},
             [s.fake.service for s in self.systems if s.fake is not None] + list(self._by_service),
@@ -146,6 +159,73 @@ class Registry:
             keys.append(f"*.response.{system.code}.*")
         return tuple(keys)
 
+    # --- events ---------------------------------------------------------------------------------------------------
+
+    def _subscriptions(self, overrides: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        # a declared subscription to a system this site does not run is left out (1C subscribes to Creatio's orders:
+        # a site without Creatio still runs); one to an event its source does not emit is a mistake, refused below
+        chosen = {
+            s.code: [e for e in dict.fromkeys(s.subscribes) if e.partition(".")[0] in self._by_code]
+            for s in self.systems
+        }
+        for item in (o.strip() for o in overrides):
+            if not item:
+                continue
+            remove = item.startswith("-")
+            subscriber, sep, event = item.lstrip("-+").partition(":")
+            if not sep or subscriber not in self._by_code:
+                raise RegistryError(
+                    f"subscription {item!r} must be '[-]<subscriber>:<source>.<type>' with a registered subscriber "
+                    f"({', '.join(self.codes)})"
+                )
+            if remove:
+                chosen[subscriber] = [e for e in chosen[subscriber] if e != event]
+            elif event not in chosen[subscriber]:
+                chosen[subscriber].append(event)
+        for subscriber, events in chosen.items():
+            for event in events:
+                if event not in self._emitted:
+                    raise RegistryError(
+                        f"{subscriber} subscribes to {event!r}, which no registered system emits; known: "
+                        f"{', '.join(sorted(self._emitted)) or 'none'}"
+                    )
+            if events and self._by_code[subscriber].on_event is None:
+                raise RegistryError(f"{subscriber} subscribes to {', '.join(events)} but declares no on_event handlers")
+        return {code: tuple(events) for code, events in chosen.items() if events}
+
+    def event(self, source: str, event_type: str) -> Event:
+        """The declaration of `source`'s event `event_type`; KeyError naming the known ones."""
+        try:
+            return self._emitted[f"{source}.{event_type}"][1]
+        except KeyError:
+            known = ", ".join(e.name for e in self.system(source).emits) if source in self._by_code else ""
+            raise KeyError(f"{source} emits no event {event_type!r}" + (f"; known: {known}" if known else "")) from None
+
+    @property
+    def events(self) -> tuple[tuple[str, Event], ...]:
+        """Every declared event with its source, as `(source, event)`."""
+        return tuple((system.code, event) for system, event in self._emitted.values())
+
+    def subscribers(self, source: str, event_type: str) -> tuple[str, ...]:
+        """The systems subscribed to `source`'s `event_type`, in the registry's order."""
+        name = f"{source}.{event_type}"
+        return tuple(code for code, events in self.subscriptions.items() if name in events)
+
+    def subscribed_by(self, system: System) -> frozenset[str]:
+        """The event types arriving on `system`'s events queue."""
+        return frozenset(e.partition(".")[2] for e in self.subscriptions.get(system.code, ()))
+
+    def event_handlers(self, system: System, handlers: Mapping[str, Handler]) -> dict[str, Handler]:
+        """`system`'s event handlers by event type, for its events queue: refused at start-up unless every
+        subscription has one (by `<source>.<type>` or `*`)."""
+        chosen: dict[str, Handler] = {}
+        for name in self.subscriptions.get(system.code, ()):
+            handler = handlers.get(name) or handlers.get("*")
+            if handler is None:
+                raise RegistryError(f"{system.code} subscribes to {name} but has no handler for it")
+            chosen[name.partition(".")[2]] = handler
+        return chosen
+
     def check_handlers(self, system: System, handlers: Mapping[str, Handler]) -> None:
         """Refuse, at start-up, handlers that do not cover exactly what reaches the system's queue."""
         expected = self.routed_to(system)
@@ -165,8 +245,17 @@ class Registry:
             )
 
     def queues(self) -> tuple[Inbound, ...]:
-        """Every system's work queue with its bindings, in the registry's order."""
-        return tuple(Inbound(s.code, s.queue, self.bindings(s)) for s in self.systems)
+        """Every system's work queue with its bindings, in the registry's order, then each subscriber's events
+        queue bound to the keys of its events."""
+        work = tuple(Inbound(s.code, s.queue, self.bindings(s)) for s in self.systems)
+        events = tuple(
+            Inbound(
+                s.code, s.events_queue, tuple(event_key(*e.split(".", 1)) for e in self.subscriptions[s.code]), True
+            )
+            for s in self.systems
+            if s.code in self.subscriptions
+        )
+        return work + events
 
     @property
     def migrations(self) -> tuple[Migrations, ...]:
@@ -206,12 +295,15 @@ def resolve(spec: str) -> System:
     return value
 
 
-def load_registry(extra: Sequence[str] = (), *, entry_points_group: str = ENTRY_POINT_GROUP) -> Registry:
+def load_registry(
+    extra: Sequence[str] = (), *, entry_points_group: str = ENTRY_POINT_GROUP, subscriptions: Sequence[str] = ()
+) -> Registry:
     """The systems of the installed packages' entry points (esi's own built-in ones among them) and the `extra`
-    specs (`ESI_SYSTEMS`), in a stable order: the origin first, then by code."""
+    specs (`ESI_SYSTEMS`), in a stable order: the origin first, then by code; `subscriptions` are the site's
+    changes to who subscribes to what (`ESI_SUBSCRIPTIONS`)."""
     systems: list[System] = []
     for point in entry_points(group=entry_points_group):
         systems.append(resolve(point.value))
         log.debug("system %s registered by the entry point %s", systems[-1].code, point.name)
     systems += [resolve(spec) for spec in extra if spec.strip()]
-    return Registry(sorted(systems, key=lambda s: (not s.origin, s.code)))
+    return Registry(sorted(systems, key=lambda s: (not s.origin, s.code)), subscriptions)

@@ -8,7 +8,10 @@ A declaration says everything the rest of esi derives from it:
 - its settings (a `SystemSettings` subclass with its own environment prefix, e.g. `DMS_`), the client built from
   them, and the handlers built over that client;
 - its fake (a demo/test server), the payload fields people search requests by, its HTTP routes of the original
-  system (`/send_to_dms`), and its own tables with their migrations.
+  system (`/send_to_dms`), and its own tables with their migrations;
+- the events it emits (`Event`: `<code>.event.<type>`, its payload model, the record's id and version fields, its
+  business keys), the events it subscribes to (`subscribes`: `<source>.<type>`) and the handlers that take them in
+  (`on_event`); a site adds or removes subscriptions in its settings (`ESI_SUBSCRIPTIONS`), not in code.
 
 `esi.systems.registry.Registry` derives the catalog, the work queues, the ingress targets, the 1C side's expected
 replies, the runtime wiring and readiness from the declarations; nothing else names a system.
@@ -17,7 +20,7 @@ replies, the runtime wiring and readiness from the declarations; nothing else na
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -99,6 +102,30 @@ class Operation:
 
 
 @dataclass(frozen=True)
+class Event:
+    """An event a system emits (`<code>.event.<type>` on the main exchange), for every system subscribing to it.
+
+    The payload names the record (`id_field`: Creatio's `Id`, a policy number) and the source's version of it
+    (`version_field`: Creatio's `ModifiedOn`, a DMS revision): esi takes one change of one record once (the pair is
+    its identity), and a subscriber never ends with an older version of a record after a newer one (events of one
+    `entity`, e.g. `policy_issued` and `policy_cancelled` of one policy, are ordered by version).
+    """
+
+    name: str
+    model: type[BaseModel]
+    id_field: str
+    version_field: str
+    #: what kind of record it tells about (`order`, `policy`); events of one entity and id share an order
+    entity: str = ""
+    #: payload fields people search by (the business keys recorded with it)
+    key_fields: tuple[str, ...] = ()
+
+    @property
+    def stream(self) -> str:
+        return self.entity or self.name
+
+
+@dataclass(frozen=True)
 class SendRoute:
     """An HTTP route of the original system that sends one system a request (`POST /send_to_dms`): a
     `default_message_type` request, or the one the body's `message_type` names."""
@@ -141,6 +168,17 @@ class Systems(Protocol):
         """The values of a payload that people search requests by."""
         ...
 
+    def event(self, source: str, event_type: str) -> Event:
+        """The declaration of `source`'s event `event_type`."""
+        ...
+
+
+class EventEmitter(Protocol):
+    """How esi's own code emits an event exactly as the webhook does (`esi.events.sink.EventSink`): True when it is
+    new, False for a change of a record already taken (the same id and version)."""
+
+    async def emit(self, source: str, type: str, payload: Mapping[str, object]) -> bool: ...
+
 
 @dataclass
 class SystemContext:
@@ -157,6 +195,8 @@ class SystemContext:
     events: EventRecorder
     #: every system esi runs with (what reaches this system's queue, the fields requests are searched by)
     registry: Systems
+    #: emits events as the webhook does (for a poller: `System.background`); None where no store takes them
+    sink: EventEmitter | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +228,20 @@ class System:
     description: str = ""
     #: the system's own tables: their migrations, applied at start-up beside the core's (owner: the code)
     tables: Migrations | None = None
+    #: the events it emits (`POST /events/<code>/<type>`, or esi's own code through `esi.events.sink.EventSink`)
+    emits: tuple[Event, ...] = ()
+    #: how its event webhook authenticates: an API client holding the scope `events:<code>` (HTTP Basic), or a
+    #: signature of the body with the shared secret of its settings (fields `webhook_secret` and
+    #: `webhook_tolerance`: `<PREFIX>WEBHOOK_SECRET`, as `DmsSettings` has them)
+    event_auth: Literal["basic", "signed"] = "basic"
+    #: the events it subscribes to by default, as `<source>.<type>` (`dms.policy_issued`); ESI_SUBSCRIPTIONS adds
+    #: and removes subscriptions per site
+    subscribes: tuple[str, ...] = ()
+    #: the handlers of the events reaching its events queue, by `<source>.<type>` or `*` (any event); a system
+    #: subscribed to anything needs one
+    on_event: Callable[[SystemContext], Mapping[str, Handler]] | None = None
+    #: a task the system's adapter runs beside its consumers (a poller), built at start-up; None: none
+    background: Callable[[SystemContext], Callable[[], Coroutine[Any, Any, None]]] | None = None
 
     def __post_init__(self) -> None:
         if not CODE_PATTERN.fullmatch(self.code):
@@ -206,5 +260,13 @@ class System:
     def health(self) -> str:
         return self.health_name or self.code
 
+    @property
+    def events_queue(self) -> str:
+        """The queue its subscribed events wait in, apart from its requests and answers."""
+        return f"{self.code}_events_queue"
+
     def operation(self, request: str) -> Operation | None:
         return next((op for op in self.answers if op.request == request), None)
+
+    def event(self, event_type: str) -> Event | None:
+        return next((e for e in self.emits if e.name == event_type), None)

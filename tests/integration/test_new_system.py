@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from esi.store import Database, Migrations
 from esi.store.migrations import create_index
 from esi.systems.http import error_for_status, http_client, translate_transport_errors
 from esi.systems.registry import Registry, RegistryError, load_registry
-from esi.systems.spec import Fake, Operation, System, SystemContext, SystemSettings
+from esi.systems.spec import Event, Fake, Operation, System, SystemContext, SystemSettings
 from esi.testing import EsiSystem, Vhost, rabbitmqctl, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +113,16 @@ class WarehouseClient:
             raise error_for_status(response, system="warehouse", operation="reserve")
         return dict(response.json())
 
+    async def order_changed(self, *, order: str, status: str, version: str, key: str) -> None:
+        with translate_transport_errors("warehouse", "order_changed"):
+            response = await self._http.post(
+                "/order-events",
+                json={"order": order, "status": status, "version": version},
+                headers={"Idempotency-Key": key},
+            )
+        if not response.is_success:
+            raise error_for_status(response, system="warehouse", operation="order_changed")
+
     async def check(self) -> None:
         with translate_transport_errors("warehouse", "check"):
             (await self._http.get("/health")).raise_for_status()
@@ -138,6 +149,20 @@ def warehouse_handlers(context: SystemContext) -> dict[str, Handler]:
         return [envelope.reply("stock_reserved", answer.model_dump())]
 
     return {"reserve_stock": reserve_stock}
+
+
+def warehouse_event_handlers(context: SystemContext) -> dict[str, Handler]:
+    """The events the warehouse subscribes to: an order changed in Creatio (it holds stock for orders)."""
+    client: WarehouseClient = context.client
+
+    async def order_changed(envelope: Envelope, _payload: BaseModel | None) -> list[Envelope]:
+        payload = envelope.payload
+        await client.order_changed(
+            order=payload["Number"], status=payload["Status"], version=payload["ModifiedOn"], key=envelope.message_id
+        )
+        return []
+
+    return {"crm.order_changed": order_changed}
 
 
 # --- 4b. its own table, with its migrations: the reservations it made, by order ----------------------------------
@@ -176,7 +201,7 @@ class Reservations:
 
 def fake_warehouse(_settings: WarehouseSettings) -> FastAPI:
     app = FastAPI()
-    state: dict[str, Any] = {"stock": {"SKU-1": 10}, "reservations": {}}
+    state: dict[str, Any] = {"stock": {"SKU-1": 10}, "reservations": {}, "order_events": {}}
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -194,6 +219,11 @@ def fake_warehouse(_settings: WarehouseSettings) -> FastAPI:
         state["reservations"][idempotency_key] = held
         return held
 
+    @app.post("/order-events", status_code=201)
+    async def order_event(request: Request, idempotency_key: str = Header()) -> Any:
+        state["order_events"].setdefault(idempotency_key, await request.json())
+        return {"status": "recorded"}
+
     @app.get("/_fake/state")
     async def fake_state() -> dict[str, Any]:
         return state
@@ -204,6 +234,28 @@ def fake_warehouse(_settings: WarehouseSettings) -> FastAPI:
         return {"status": "reset"}
 
     return app
+
+
+# --- 5b. an event it emits, from a task of its own (a poller would be one): its stock of an article -------------
+
+
+class StockChanged(BaseModel):
+    """The warehouse's stock of an article changed (`warehouse.event.stock_changed`)."""
+
+    sku: str
+    quantity: int
+    revision: int
+
+
+def stock_announcer(context: SystemContext) -> Callable[[], Coroutine[Any, Any, None]]:
+    """The warehouse's background task: once started, it tells its stock (a real one would poll and tell changes),
+    through the same sink as the webhooks (`context.sink`: deduplicated by sku and revision)."""
+
+    async def announce() -> None:
+        assert context.sink is not None
+        await context.sink.emit("warehouse", "stock_changed", {"sku": "SKU-1", "quantity": 10, "revision": 1})
+
+    return announce
 
 
 # --- 6. the declaration: everything esi derives from -------------------------------------------------------------
@@ -219,6 +271,11 @@ WAREHOUSE = System(
     fake=Fake("fake-warehouse", fake_warehouse),
     key_fields=("sku", "reservation_id"),
     tables=MIGRATIONS,
+    # it subscribes to an event of another system, exactly as 1C and Creatio do: its own events queue
+    subscribes=("crm.order_changed",),
+    on_event=warehouse_event_handlers,
+    emits=(Event("stock_changed", StockChanged, id_field="sku", version_field="revision", key_fields=("sku",)),),
+    background=stock_announcer,
 )
 
 
@@ -241,6 +298,28 @@ def test_the_registry_derives_catalog_topology_targets_and_routing() -> None:
     assert "stock_reserved" in registry.routed_to(registry.origin)
     assert registry.routed_to(WAREHOUSE) == {"reserve_stock"}
     assert registry.business_keys({"sku": "SKU-1", "quantity": 3}) == ["SKU-1"]
+    # its subscription: a queue of its own bound to the event's key, beside 1C's copy
+    topology = build_topology(registry.queues())
+    events = topology.events_queue_for("warehouse")
+    assert events is not None
+    assert (events.name, events.bindings) == ("warehouse_events_queue", ("crm.event.order_changed",))
+    assert events.dead_letter_queue == "warehouse_events_dead_letter_queue"
+    assert registry.subscribers("crm", "order_changed") == ("1c", "warehouse")
+
+
+def test_a_site_changes_subscriptions_in_its_settings() -> None:
+    systems = [*load_registry().systems, WAREHOUSE]
+    removed = Registry(systems, ["-warehouse:crm.order_changed"])
+    assert removed.subscribers("crm", "order_changed") == ("1c",)
+    assert build_topology(removed.queues()).events_queue_for("warehouse") is None
+    added = Registry(systems, ["warehouse:dms.policy_issued"])
+    assert added.subscriptions["warehouse"] == ("crm.order_changed", "dms.policy_issued")
+    with pytest.raises(RegistryError, match="no registered system emits"):
+        Registry(systems, ["warehouse:crm.order_deleted"])
+    only_orders = {"crm.order_changed": warehouse_handlers}  # what its on_event gives: no policy handler
+    with_policies = Registry(systems, ["warehouse:dms.policy_issued"])
+    with pytest.raises(RegistryError, match="no handler"):
+        with_policies.event_handlers(WAREHOUSE, only_orders)  # type: ignore[dict-item]
 
 
 def test_declarations_that_do_not_fit_are_refused_at_start_up() -> None:
@@ -362,7 +441,11 @@ def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> Non
         database_url=f"sqlite:///{tmp_path}/esi.db",
         registry=Registry([*load_registry().systems, WAREHOUSE]),
         # registered exactly as the built-in systems are: an entry point of an installed distribution
-        extra_env={"PYTHONPATH": f"{install_entry_point(tmp_path / 'site')}{os.pathsep}{ROOT}"},
+        extra_env={
+            "PYTHONPATH": f"{install_entry_point(tmp_path / 'site')}{os.pathsep}{ROOT}",
+            # the site subscribes 1C to the warehouse's stock in its settings, without code
+            "ESI_SUBSCRIPTIONS": "1c:warehouse.stock_changed",
+        },
     )
     try:
         system.start_all()
@@ -403,11 +486,38 @@ def test_a_request_goes_from_1c_to_the_warehouse_and_back(tmp_path: Path) -> Non
         invalid = system.post("/requests/warehouse/reserve_stock", json={"sku": "SKU-1", "quantity": -1})
         assert invalid.status_code == 422
         _versions_of_the_payload(system)
+        # an order changed in Creatio reaches the warehouse, a subscriber declared outside esi, and 1C, each once
+        order = {"Id": str(uuid.uuid4()), "Number": "ORD-WH-1", "Status": "Paid", "ModifiedOn": "2026-12-07T10:00:00Z"}
+        taken = system.post("/events/crm/order_changed", json=order)
+        assert taken.status_code == 202, taken.text
+
+        def order_events() -> list[dict[str, Any]]:
+            return list(
+                httpx.get(f"{system.fake_url('warehouse')}/_fake/state", timeout=10).json()["order_events"].values()
+            )
+
+        [seen] = wait_until(order_events, timeout=30, interval=0.2, what="the order event at the warehouse")
+        assert (seen["order"], seen["status"]) == ("ORD-WH-1", "Paid")
+        wait_until(
+            lambda: [r for r in system.fake_state("1c")["received"] if r["key"] == order["Id"]],
+            timeout=30,
+            interval=0.2,
+            what="1C's copy",
+        )
+        # the warehouse's own task emitted its stock through the sink; the site's subscription brought it to 1C
+        [stock] = wait_until(
+            lambda: [r for r in system.fake_state("1c")["received"] if r["type"] == "stock_changed"],
+            timeout=30,
+            interval=0.2,
+            what="the warehouse's stock event at 1C",
+        )
+        assert (stock["source"], stock["key"], stock["body"]["payload"]["quantity"]) == ("warehouse", "SKU-1", 10)
         ready = httpx.get(f"{system.processes['adapters'].health_url}/readyz", timeout=10).json()
         assert ready["checks"]["warehouse"]["status"] == "ok", ready
         queues = rabbitmqctl("list_queues", "-p", vhost.name, "name", "arguments")
         assert "warehouse_queue" in queues
         assert "warehouse_dead_letter_queue" in queues
+        assert "warehouse_events_queue" in queues
         codes = system.stop_all()
         assert all(code == 0 for code in codes.values()), (codes, system.logs()[-3000:])
     except BaseException:

@@ -249,6 +249,11 @@ def test_the_cli_writes_the_quota(tmp_path: Path) -> None:
     assert (entry["rate"], entry["in_flight"]) == ({"per_second": 20, "burst": 40}, "unlimited")
     result = CliRunner().invoke(app, ["clients", "add", "x", "--rate", "lots"], input="p\np\n")
     assert result.exit_code != 0
+    # Creatio's business process and 1C's feed job: the scopes events:crm and feed:1c
+    hooks = ["clients", "add", "creatio", "--events", "crm", "--feeds", "1C", "--file", str(path)]
+    assert CliRunner().invoke(app, hooks, input="pw-c\npw-c\n").exit_code == 0
+    creatio = next(c for c in json.loads(path.read_text())["clients"] if c["id"] == "creatio")
+    assert (creatio["events"], creatio["feeds"]) == (["crm"], ["1c"])
 
 
 def test_the_rate_is_a_token_bucket_with_a_burst_shared_among_replicas() -> None:

@@ -69,6 +69,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
     },
     "send_pdf_file": {"order_id": "ORD1", "file_name": "invoice.pdf", "file_content": PDF},
     "pdf_received": {"order_id": "ORD1", "order_guid": "6f1c", "file_id": "F1", "file_name": "invoice.pdf", "size": 15},
+    "order_changed": {"Id": "6f1c", "Number": "ORD1", "Status": "Paid", "ModifiedOn": "2026-12-07T10:00:00Z"},
+    "contact_changed": {"Id": "c0ffee", "Name": "Иван", "Email": None, "ModifiedOn": "2026-12-07T10:00:00Z"},
+    "policy_issued": {"policy_number": "POL-1", "revision": 1, "status": "active"},
+    "policy_changed": {"policy_number": "POL-1", "revision": 2, "status": "suspended"},
+    "policy_cancelled": {"policy_number": "POL-1", "revision": 3, "status": "cancelled"},
+    "request_outcome": {"request_id": "R-1", "status": "completed", "message_type": "user_created", "response": {}},
 }
 
 
@@ -130,6 +136,13 @@ def test_channels_are_the_routing_keys_each_system_publishes() -> None:
         # the CRM's own sub-request and its answer
         "crm.request.dms.get_policy_info",
         "dms.response.crm.policy_info_response",
+        # the events: one key each, a copy for every subscriber's events queue
+        "crm.event.order_changed",
+        "crm.event.contact_changed",
+        "dms.event.policy_issued",
+        "dms.event.policy_changed",
+        "dms.event.policy_cancelled",
+        "1c.event.request_outcome",
     }
     for key in keyed:
         channel = DOCUMENT["channels"][key]
@@ -444,3 +457,35 @@ def test_check_without_a_snapshot_says_how_to_make_one(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["contracts", "check", str(tmp_path / "none")])
     assert result.exit_code == 2
     assert "esi contracts export" in result.output
+
+
+# --- events ----------------------------------------------------------------------------------------------------------
+
+
+class OrderChangedWithoutStatus(BaseModel):
+    """order_changed with Status dropped and a new required field: what subscribers read is gone."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    id: str = Field(alias="Id")
+    number: str = Field(alias="Number")
+    modified_on: str = Field(alias="ModifiedOn")
+    stage: str = Field(alias="Stage")
+
+
+def test_a_breaking_change_to_an_event_is_caught_and_an_additive_one_is_not() -> None:
+    import dataclasses
+
+    crm = REGISTRY.system("crm")
+    event = crm.event("order_changed")
+    assert event is not None
+    changed = dataclasses.replace(event, model=OrderChangedWithoutStatus)
+    emits = tuple(changed if e.name == "order_changed" else e for e in crm.emits)
+    registry = Registry([dataclasses.replace(crm, emits=emits) if s.code == "crm" else s for s in REGISTRY.systems])
+    report = compare(load_contract(SNAPSHOT), live_contract(registry))
+    assert {f.path for f in report.breaking} >= {"$.properties.Status", "$.properties.Stage"}, report.breaking
+    document = live_contract(REGISTRY).asyncapi
+    channel = document["channels"]["crm.event.order_changed"]
+    assert "1c_events_queue" in channel["description"]
+    assert "receive.1c.order_changed" in document["operations"]
+    assert "receive.crm.policy_issued" in document["operations"]
+    assert not compare(load_contract(SNAPSHOT), live_contract(REGISTRY)).findings

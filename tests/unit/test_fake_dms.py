@@ -247,7 +247,13 @@ async def test_policies_can_be_added_for_a_test(dms: Served) -> None:
     assert added.status_code == 201
     assert_error(refused, 422, "validation_error")
     served = await dms.http.get(f"/policies/{quote('ТЕСТ/1', safe='')}")
-    assert served.json() == {**policy, "insurer": None, "coverage": []}
+    assert served.json() == {**policy, "insurer": None, "coverage": [], "revision": 1}
+    assert added.json()["event"] == "policy_issued"
+    changed = await dms.http.post("/_fake/policies", json={**policy, "status": "active"})
+    cancelled = await dms.http.post("/_fake/policies", json={**policy, "status": "cancelled"})
+    assert (changed.json()["event"], changed.json()["revision"]) == ("policy_changed", 2)
+    assert (cancelled.json()["event"], cancelled.json()["revision"]) == ("policy_cancelled", 3)
+    assert "webhook" not in cancelled.json()  # none configured: none sent
 
 
 async def test_unknown_paths_and_methods_keep_the_error_shape(dms: Served) -> None:

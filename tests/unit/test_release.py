@@ -295,4 +295,4 @@ def test_check_store_and_the_choices(clean_environment: Path, tmp_path: Path, mo
     assert "the store does not answer" in result.output
     result = CliRunner().invoke(app, ["check", "nothing"])
     assert result.exit_code == 2
-    assert "broker, postgres, store, crm, dms, all" in result.output
+    assert "broker, postgres, store, 1c, crm, dms, all" in result.output

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import logging
 import time
@@ -61,6 +62,16 @@ log = logging.getLogger(__name__)
 #: the bounds of `GET /requests/{request_id}?wait=`
 MAX_REQUEST_ID = 128
 MAX_WAIT_PARAM = 300
+
+
+#: the header by which 1C asks for the outcome of its request to be delivered to it (pushed or in its feed)
+NOTIFY_HEADER = "X-Esi-Notify"
+#: the envelope's context key that carries the wish to the answer
+NOTIFY_CONTEXT = "notify"
+
+
+def _wants_outcome(request: Request) -> bool:
+    return request.headers.get(NOTIFY_HEADER, "").strip().lower() == "outcome"
 
 
 class _BacklogGauge:
@@ -272,6 +283,7 @@ class RequestRoutes:
             ),
             principal,
             prefer_wait(request.headers.get("prefer")),
+            notify=_wants_outcome(request),
         )
 
     async def send_any(self, request: Request, principal: Principal, target: str, message_type: str) -> Response:
@@ -301,6 +313,7 @@ class RequestRoutes:
             ),
             principal,
             prefer_wait(request.headers.get("prefer")),
+            notify=_wants_outcome(request),
         )
 
     async def _read_json(self, request: Request) -> dict[str, Any]:
@@ -343,11 +356,18 @@ class RequestRoutes:
         body[upload_spec.content_field] = base64.b64encode(content).decode("ascii")
         return body
 
-    async def _accept(self, accepted: Accepted, principal: Principal, wait: float = 0) -> Response:
+    async def _accept(
+        self, accepted: Accepted, principal: Principal, wait: float = 0, *, notify: bool = False
+    ) -> Response:
         """Store the request and its outgoing message; 202. With `wait` (from `Prefer: wait=N`), the answer waits
-        up to that long for the request's outcome, and is then its state, 200, as `GET /requests/{id}` gives it."""
+        up to that long for the request's outcome, and is then its state, 200, as `GET /requests/{id}` gives it.
+        With `notify` (`X-Esi-Notify: outcome`), the outcome is also delivered to 1C as its events are (the
+        envelope's context carries the wish to the answer, which 1C's adapter turns into `request_outcome`)."""
         deps, auth_on = self._deps, self._auth_on
         require_send(principal, accepted.target, accepted.message_type)
+        if notify:
+            context = {**(accepted.envelope.context or {}), NOTIFY_CONTEXT: "outcome"}
+            accepted = dataclasses.replace(accepted, envelope=accepted.envelope.model_copy(update={"context": context}))
         body = accepted.envelope.encode()
         if await self._backlog.value() >= deps.max_backlog:
             raise ApiError(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from esi.messages.catalog import Upload
+from esi.systems.crm.events import ContactChanged, OrderChanged
 from esi.systems.crm.messages import PDF_MAGIC, OrderStatusUpdated, PdfReceived, SendPdfFile, UpdateOrderStatus
 from esi.systems.crm.settings import CreatioSettings
 from esi.systems.crm.tables import MIGRATIONS as TABLES
-from esi.systems.spec import Fake, Operation, SendRoute, System, SystemContext
+from esi.systems.spec import Event, Fake, Operation, SendRoute, System, SystemContext
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
     from fastapi import FastAPI
 
     from esi.messages import Handler
@@ -45,6 +48,34 @@ def _handlers(context: SystemContext) -> dict[str, Handler]:
     return crm_handlers(
         context.client, max_pdf_bytes=settings.max_pdf_bytes, updates=OrderUpdates(context.store.database)
     )
+
+
+def _event_handlers(context: SystemContext) -> dict[str, Handler]:
+    from esi.systems.crm.handlers import policy_handlers
+
+    assert context.client is not None  # noqa: S101 - the system declares a client
+    return policy_handlers(context.client)
+
+
+def _poll(context: SystemContext) -> Callable[[], Coroutine[Any, Any, None]]:
+    """The CRM adapter's background task: the Creatio poller (`CRM_POLL_INTERVAL`; nothing when it is off), the
+    backstop of the business process's webhook. Cancelled at the adapter's stop, it releases its leases and closes
+    its client."""
+
+    async def poll() -> None:
+        from esi.systems.crm.poller import poller_for
+
+        if context.sink is None:
+            return
+        poller = poller_for(context, context.sink)
+        if poller is None:
+            return
+        try:
+            await poller.run_forever()
+        finally:
+            await poller.stop()
+
+    return poll
 
 
 def _fake(settings: CreatioSettings) -> FastAPI:
@@ -89,6 +120,29 @@ SYSTEM = System(
     tables=TABLES,
     fake=Fake("fake-creatio", _fake),
     key_fields=("order_id", "order_number", "order_guid", "file_id", "policy_number"),
+    # the DMS's policies, written to Creatio's UsrPolicy object (docs/creatio.md)
+    subscribes=("dms.policy_issued", "dms.policy_changed", "dms.policy_cancelled"),
+    on_event=_event_handlers,
+    background=_poll,
+    # what a Creatio business process (or the poller) hands in: Creatio's Id and ModifiedOn are identity and version
+    emits=(
+        Event(
+            "order_changed",
+            OrderChanged,
+            id_field="Id",
+            version_field="ModifiedOn",
+            entity="order",
+            key_fields=("Number",),
+        ),
+        Event(
+            "contact_changed",
+            ContactChanged,
+            id_field="Id",
+            version_field="ModifiedOn",
+            entity="contact",
+            key_fields=("Email", "Phone"),
+        ),
+    ),
     send_routes=(
         SendRoute(
             "/send_to_crm",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -102,6 +103,8 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
                 "reply_to": envelope.source_system,
                 "order_status_updated": updated.model_dump(),
                 "parent_message_id": envelope.message_id,
+                # the requester's own context (its wish to be told the outcome), given back with the answer
+                **({"requester_context": envelope.context} if envelope.context else {}),
             }
             # the DMS's request, by its message type: its payload model is the DMS's (validated where it is consumed)
             return [
@@ -127,6 +130,7 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
             message_type="order_status_updated",
             payload=updated.model_dump(exclude_none=True),
             error=envelope.error,
+            context=context.get("requester_context"),
         )
         return [answer]
 
@@ -151,3 +155,18 @@ def crm_handlers(client: CreatioApi, *, max_pdf_bytes: int, updates: OrderUpdate
         "policy_info_response": policy_info_response,
         "send_pdf_file": send_pdf_file,
     }
+
+
+class PolicyWriter(Protocol):
+    async def record_policy(self, policy: Mapping[str, object]) -> str: ...
+
+
+def policy_handlers(client: PolicyWriter) -> dict[str, Handler]:
+    """The DMS's policy events (issued, changed, cancelled), each written to Creatio's `UsrPolicy` as the policy's
+    state after the change (an update of the row the policy number names: a repeat changes nothing)."""
+
+    async def record(envelope: Envelope, _payload: BaseModel | None) -> list[Envelope]:
+        await client.record_policy(envelope.payload)
+        return []
+
+    return {f"dms.{name}": record for name in ("policy_issued", "policy_changed", "policy_cancelled")}

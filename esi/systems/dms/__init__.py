@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from esi.systems.dms.events import PolicyCancelled, PolicyChanged, PolicyIssued
 from esi.systems.dms.messages import CreateUser, GetPolicyInfo, PolicyInfo, UserCreated
 from esi.systems.dms.settings import DmsSettings
-from esi.systems.spec import Fake, Operation, SendRoute, System, SystemContext
+from esi.systems.spec import Event, Fake, Operation, SendRoute, System, SystemContext
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -37,7 +38,22 @@ def _handlers(context: SystemContext) -> dict[str, Handler]:
 def _fake(settings: DmsSettings) -> FastAPI:
     from esi.systems.dms.fake import create_app
 
-    return create_app(api_key=settings.secret(settings.api_key))
+    return create_app(
+        api_key=settings.secret(settings.api_key),
+        webhook_url=settings.fake_webhook_url,
+        webhook_secret=settings.secret(settings.webhook_secret),
+    )
+
+
+def _policy(event_type: str, model: type[PolicyIssued | PolicyChanged | PolicyCancelled]) -> Event:
+    return Event(
+        event_type,
+        model,
+        id_field="policy_number",
+        version_field="revision",
+        entity="policy",
+        key_fields=("policy_number", "user_id", "order_number"),
+    )
 
 
 SYSTEM = System(
@@ -53,6 +69,13 @@ SYSTEM = System(
     handlers=_handlers,
     fake=Fake("fake-dms", _fake),
     key_fields=("user_id", "dms_user_id", "policy_number"),
+    emits=(
+        _policy("policy_issued", PolicyIssued),
+        _policy("policy_changed", PolicyChanged),
+        _policy("policy_cancelled", PolicyCancelled),
+    ),
+    # the DMS signs its webhook with a shared secret (DMS_WEBHOOK_SECRET)
+    event_auth="signed",
     send_routes=(
         SendRoute(
             "/send_to_dms",

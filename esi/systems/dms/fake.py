@@ -40,7 +40,11 @@ Test and demo controls (never need the API key, never hit by faults)
   ``create_user``, ``get_policy`` — counting requests that reached the operation, faulted ones excluded;
   ``created``; ``idempotent_replays``; ``refused``: ``create_user`` calls answered 409 or 422) and ``faults``.
 - ``POST /_fake/reset`` — back to the seed: no users, seeded policies, counters zero, faults cleared.
-- ``POST /_fake/policies`` — add or replace a policy (the body is a policy as ``GET /policies/…`` serves it).
+- ``POST /_fake/policies`` — issue, change or cancel a policy (the body is a policy as ``GET /policies/…`` serves
+  it; ``status: cancelled`` cancels): its revision goes up by one and, when a webhook URL is configured
+  (``DMS_FAKE_WEBHOOK_URL``), the fake sends the DMS's signed event webhook (``policy_issued``, ``policy_changed``
+  or ``policy_cancelled``) as the real DMS would, signed with ``DMS_WEBHOOK_SECRET``; a failed call is logged, and
+  the answer says how it went (``webhook``).
 - ``POST /_fake/faults`` — see `esi.fakes.faults`.
 
 ``/_fake/state``, ``/_fake/reset`` and ``/_fake/faults`` are the endpoints every fake has (`esi.fakes.controls`).
@@ -56,10 +60,14 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hmac
+import json
+import logging
+import time
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Literal, cast
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -68,6 +76,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from esi.fakes.controls import TELEMETRY_OFF, install_controls
 from esi.fakes.faults import Faults
+from esi.messages.signatures import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
+log = logging.getLogger(__name__)
 
 #: the email domain the fake DMS always refuses (422 validation_error)
 REFUSED_EMAIL_DOMAIN = "refused.example"
@@ -148,7 +159,7 @@ class NewPolicy(BaseModel):
 
     policy_number: str = Field(min_length=1)
     holder_name: str
-    status: Literal["active", "expired", "suspended"]
+    status: Literal["active", "expired", "suspended", "cancelled"]
     start_date: dt.date
     end_date: dt.date
     insurer: str | None = None
@@ -238,9 +249,16 @@ class FakeDms:
 
     def add_policy(self, policy: NewPolicy) -> dict[str, Any]:
         """Add (or replace) a policy; returns it as served."""
-        record = policy.model_dump(mode="json")
+        return self.change_policy(policy)[0]
+
+    def change_policy(self, policy: NewPolicy) -> tuple[dict[str, Any], str]:
+        """Issue, change or cancel a policy: the policy as served (its revision one up) and the event it makes."""
+        before = self.policies.get(policy.policy_number)
+        record = {**policy.model_dump(mode="json"), "revision": int(before.get("revision", 1)) + 1 if before else 1}
         self.policies[policy.policy_number] = record
-        return record
+        if before is None:
+            return record, "policy_issued"
+        return record, "policy_cancelled" if policy.status == "cancelled" else "policy_changed"
 
     def get_policy(self, policy_number: str) -> dict[str, Any]:
         """The policy `policy_number`; raises `FakeDmsError` (404) when there is none."""
@@ -281,11 +299,15 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(*, api_key: str | None = None) -> FastAPI:
+def create_app(
+    *, api_key: str | None = None, webhook_url: str | None = None, webhook_secret: str | None = None
+) -> FastAPI:
     """The fake DMS as an ASGI app; its state is ``app.state.fake`` (a `FakeDms`).
 
     Args:
         api_key: when set, the business endpoints require ``Authorization: Bearer <api_key>``.
+        webhook_url: esi's base URL, where policy changes are announced (``/events/dms/<type>``), signed with
+            ``webhook_secret``; None: no webhook.
     """
     fake = FakeDms(api_key=api_key)
 
@@ -347,12 +369,37 @@ def create_app(*, api_key: str | None = None) -> FastAPI:
 
     @api.post("/_fake/policies", status_code=201)
     async def add_policy(policy: NewPolicy) -> JSONResponse:
-        """Add or replace a policy (tests and demos)."""
-        return JSONResponse(fake.add_policy(policy), status_code=201)
+        """Issue, change or cancel a policy (tests and demos), and announce it by the signed webhook."""
+        record, event = fake.change_policy(policy)
+        answer = {**record, "event": event}
+        if webhook_url:
+            answer["webhook"] = await _announce(webhook_url, webhook_secret or "", event, record)
+        return JSONResponse(answer, status_code=201)
 
     install_controls(api, fake)  # /_fake/state, /_fake/reset, /_fake/faults and the faults on the DMS API
     app.mount("/", api)
     return app
+
+
+async def _announce(url: str, secret: str, event: str, policy: dict[str, Any]) -> int | str:
+    """POST the DMS's signed webhook for `event`; its status, or why it failed (logged, not retried: as a real DMS
+    whose call failed, the change waits for the next one)."""
+    body = json.dumps(policy).encode()
+    stamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: str(stamp),
+        SIGNATURE_HEADER: sign(secret, body, stamp),
+    }
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(f"{url.rstrip('/')}/events/dms/{event}", content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        log.warning("the fake DMS's webhook for %s failed: %s", event, exc)
+        return f"{type(exc).__name__}: {exc}"
+    if response.status_code >= 300:
+        log.warning("the fake DMS's webhook for %s answered %s: %s", event, response.status_code, response.text[:300])
+    return response.status_code
 
 
 def _summarize(exc: ValidationError | RequestValidationError) -> str:

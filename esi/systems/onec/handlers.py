@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -22,6 +22,39 @@ class ResponseStore(Protocol):
         error: dict[str, Any] | None,
         keys: list[str] | None = None,
     ) -> bool: ...
+
+
+class RequestOutcome(BaseModel):
+    """The outcome of a request of 1C, delivered to 1C when its request asked for it (`1c.event.request_outcome`)."""
+
+    request_id: str
+    status: Literal["completed", "failed"]
+    #: the answer's message type (`user_created`)
+    message_type: str
+    response: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    #: an outcome is final: one version
+    revision: int = 1
+
+
+def outcome_event(answer: Envelope, error: dict[str, Any] | None) -> Envelope:
+    """The `request_outcome` event of an answer (its id derived from the answer's: a redelivery yields the same)."""
+    outcome = RequestOutcome(
+        request_id=answer.request_id,
+        status="failed" if error else "completed",
+        message_type=answer.message_type,
+        response=answer.payload or None,
+        error=error,
+    )
+    return Envelope(
+        message_id=answer.derived_id("request_outcome"),
+        request_id=answer.request_id,
+        causation_id=answer.message_id,
+        source_system=answer.target_system,
+        target_system=answer.target_system,
+        message_type="request_outcome",
+        payload=outcome.model_dump(),
+    )
 
 
 def onec_handlers(context: SystemContext) -> dict[str, Handler]:
@@ -52,6 +85,8 @@ def onec_handlers(context: SystemContext) -> dict[str, Handler]:
         )
         if not known:
             log.warning("answer %s for unknown request %s recorded nowhere", envelope.message_type, envelope.request_id)
+        if (envelope.context or {}).get("notify") == "outcome":  # 1C asked for it (X-Esi-Notify: outcome)
+            return [outcome_event(envelope, error)]
         return []
 
     return {name: record for name in sorted(registry.routed_to(context.system))}

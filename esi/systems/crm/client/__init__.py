@@ -15,7 +15,7 @@ forms login), `oauth` (the client-credentials grant), `odata` (orders and status
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
@@ -36,6 +36,7 @@ from esi.systems.crm.client.odata import (
     newest_change,
     odata_string,
 )
+from esi.systems.crm.client.policies import Policies
 from esi.systems.crm.client.session import Authenticator, CreatioSession, session_http_client
 
 __all__ = [
@@ -119,6 +120,7 @@ class CreatioClient:
         self._session = CreatioSession(http, self._auth)
         odata = self._odata = OData(self._session, odata_path)
         self._orders = Orders(odata)
+        self._policies = Policies(odata)
         self._files = OrderFiles(self._session, odata, rest_path=rest_path, chunk_size=upload_chunk_size)
 
     async def __aenter__(self) -> CreatioClient:
@@ -211,6 +213,12 @@ class CreatioClient:
     async def status_name(self, status_id: str) -> str | None:
         """The `Name` of the `OrderStatus` with that Id (cached), None for none."""
         return await self._orders.status_name(status_id)
+
+    # -- policies (the DMS's events)
+
+    async def record_policy(self, policy: Mapping[str, object]) -> str:
+        """Write a policy's state to `UsrPolicy` (esi.systems.crm.client.policies); its row's Id."""
+        return await self._policies.record(policy)
 
     # -- health
 

@@ -503,6 +503,8 @@ async def _dispatch(
         if "ModifiedOn" in SCHEMAS[entity]:
             row["ModifiedOn"] = stamp()
         fake.counters["patches"] += 1
+        if entity == "UsrPolicy":
+            fake.counters["policy_writes"] = fake.counters.get("policy_writes", 0) + 1
         return Response(status_code=204, headers=ODATA_HEADERS)
     if method == "POST" and key is None and entity == "OrderFile":
         values = validate_values(fake.tables, entity, await _json_body(request), creating=True)
@@ -521,6 +523,14 @@ async def _dispatch(
             media_type=ODATA_JSON,
             headers={**ODATA_HEADERS, "Location": location},
         )
+    if method == "POST" and key is None and entity == "UsrPolicy":
+        values = validate_values(fake.tables, entity, await _json_body(request), creating=True)
+        row_id = str(values.get("Id") or uuid.uuid4()).lower()
+        if row_id in table:
+            raise ODataError(400, "The request is invalid.", f"A UsrPolicy with Id '{row_id}' already exists.")
+        table[row_id] = {**dict.fromkeys(SCHEMAS[entity]), **values, "Id": row_id}
+        fake.counters["policy_writes"] = fake.counters.get("policy_writes", 0) + 1
+        return JSONResponse(table[row_id], status_code=201, media_type=ODATA_JSON, headers=ODATA_HEADERS)
     if method == "DELETE" and key is not None and entity == "OrderFile":
         if not fake.delete_file(key):
             raise ODataError(404, f"No {entity} with Id '{key}' was found.")

@@ -106,6 +106,15 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "MobilePhone": STR,
         "ModifiedOn": DATE,
     },
+    # a site's custom object for the DMS's policies (esi writes the policy events there)
+    "UsrPolicy": {
+        "Id": GUID,
+        "UsrNumber": STR,
+        "UsrStatus": STR,
+        "UsrRevision": INT,
+        "UsrHolder": STR,
+        "ModifiedOn": DATE,
+    },
     "OrderFile": {
         "Id": GUID,
         "Name": STR,
@@ -292,7 +301,13 @@ class FakeCreatio:
             }
             for cid, (name, email, phone) in CONTACTS.items()
         }
-        self.tables = {"Order": orders, "OrderStatus": statuses, "OrderFile": {}, "Contact": contacts}
+        self.tables = {
+            "Order": orders,
+            "OrderStatus": statuses,
+            "OrderFile": {},
+            "Contact": contacts,
+            "UsrPolicy": {},
+        }
         self.counters = {
             "token_requests": 0,
             "tokens_issued": 0,
@@ -510,6 +525,7 @@ class FakeCreatio:
             "contacts": list(self.tables["Contact"].values()),
             "files": files,
             "webhook_calls": list(self.webhook_calls),
+            "policies": list(self.tables["UsrPolicy"].values()),
             "sessions": len(self.sessions),
             "tokens": len(self.tokens),
             "counters": json.loads(json.dumps(self.counters)),
