@@ -36,12 +36,11 @@ import logging
 import secrets
 import ssl
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from authlib.integrations.base_client import OAuthError
-from authlib.integrations.starlette_client import OAuth
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -91,6 +90,19 @@ class ConsoleSession:
     id_token: str | None
 
 
+def _authlib() -> tuple[Any, type[Exception]]:
+    """Authlib's Starlette client and its error, imported only when single sign-on is configured.
+
+    Authlib 1.9 warns on import that its fallback to httpx (instead of its fork httpx2) is deprecated; esi uses
+    httpx everywhere else and pins Authlib below 2, so the warning would only be noise in every process's log."""
+    import authlib.deprecate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", authlib.deprecate.AuthlibDeprecationWarning)
+        from authlib.integrations.starlette_client import OAuth, OAuthError
+    return OAuth, OAuthError
+
+
 def _derive(secret: bytes | None, purpose: bytes) -> bytes:
     return hmac.new(secret or secrets.token_bytes(32), purpose, hashlib.sha256).digest()
 
@@ -121,8 +133,10 @@ class ConsoleSignIn:
         #: session id → when it would have expired: the sessions signed out of in this process
         self._ended: dict[str, float] = {}
         self._client: Any = None
+        self._oauth_error: type[Exception] = Exception
         if self.oidc is not None:
-            oauth = OAuth()
+            oauth_cls, self._oauth_error = _authlib()
+            oauth = oauth_cls()
             client_kwargs: dict[str, Any] = {"scope": self.oidc.scopes, "code_challenge_method": "S256", "timeout": 10}
             if self.oidc.ca_file:
                 client_kwargs["verify"] = ssl.create_default_context(cafile=self.oidc.ca_file)
@@ -225,12 +239,13 @@ class ConsoleSignIn:
         request.scope["session"] = pending
         try:
             token = await self._client.authorize_access_token(request)
-        except OAuthError as exc:
-            log.warning("single sign-on refused: %s: %s", exc.error, exc.description)
-            raise ApiError(
-                400, "sign_in_failed", N_("the sign-in failed (%(error)s): sign in again", error=exc.error or "?")
-            ) from None
         except Exception as exc:  # noqa: BLE001 - a bad token (signature, nonce, audience...) or the provider away
+            if isinstance(exc, self._oauth_error):  # the provider's own refusal (error=... back, invalid_grant)
+                error = str(getattr(exc, "error", "") or "?")
+                log.warning("single sign-on refused: %s: %s", error, getattr(exc, "description", ""))
+                raise ApiError(
+                    400, "sign_in_failed", N_("the sign-in failed (%(error)s): sign in again", error=error)
+                ) from None
             log.warning("single sign-on failed: %s: %s", type(exc).__name__, exc)
             raise ApiError(400, "sign_in_failed", N_("the sign-in could not be verified: sign in again")) from None
         claims: dict[str, Any] = dict(token.get("userinfo") or {})
