@@ -43,6 +43,8 @@ __all__ = ["Provider", "User", "running_provider"]
 
 SESSION_COOKIE = "idp_session"
 CODE_LIFETIME_S = 60
+#: the head of the provider's pages (no favicon request: a 404 would show as an error in the browser's console)
+_HEAD = '<!doctype html><title>Test provider</title><link rel="icon" href="data:,">'
 
 
 @dataclass
@@ -186,9 +188,9 @@ class Provider:
         def checked(params: dict[str, str]) -> Response | None:
             """A page of the provider's for an unknown client or redirect URI (never a redirect to it)."""
             if params.get("client_id") != self.client_id:
-                return HTMLResponse("<h1>unknown client</h1>", status_code=400)
+                return HTMLResponse(f"{_HEAD}<h1>unknown client</h1>", status_code=400)
             if params.get("redirect_uri") not in self.redirect_uris:
-                return HTMLResponse("<h1>redirect_uri is not registered for this client</h1>", status_code=400)
+                return HTMLResponse(f"{_HEAD}<h1>redirect_uri is not registered for this client</h1>", status_code=400)
             return None
 
         def sign_in_form(params: dict[str, str], message: str = "") -> HTMLResponse:
@@ -196,7 +198,7 @@ class Provider:
                 f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in params.items()
             )
             return HTMLResponse(
-                "<!doctype html><title>Test provider</title><h1>Sign in to the test provider</h1>"
+                f"{_HEAD}<h1>Sign in to the test provider</h1>"
                 f'<p class="message">{html.escape(message)}</p>'
                 f'<form method="post" action="/authorize">{hidden}'
                 '<label>User <input name="username" id="username"></label>'
@@ -289,13 +291,13 @@ class Provider:
             target = params.get("post_logout_redirect_uri")
             if target:
                 if target not in self.post_logout_redirect_uris:
-                    return HTMLResponse("<h1>post_logout_redirect_uri is not registered</h1>", status_code=400)
+                    return HTMLResponse(f"{_HEAD}<h1>post_logout_redirect_uri is not registered</h1>", status_code=400)
                 query = {"state": params["state"]} if params.get("state") else {}
                 response: Response = RedirectResponse(
                     f"{target}?{urlencode(query)}" if query else target, status_code=302
                 )
             else:
-                response = HTMLResponse("<h1>signed out of the test provider</h1>")
+                response = HTMLResponse(f"{_HEAD}<h1>signed out of the test provider</h1>")
             response.delete_cookie(SESSION_COOKIE, path="/")
             return response
 
