@@ -49,7 +49,7 @@ from esi.api.auth import Authenticator
 from esi.console.core import SECURITY_HEADERS, Console, html_errors
 from esi.console.i18n import N_
 from esi.errors import ApiError
-from esi.security.oidc import OidcConfig
+from esi.security.oidc import OidcConfig, principal_id
 from esi.security.scopes import Principal
 
 __all__ = ["SESSION_COOKIE", "SIGNIN_COOKIE", "ConsoleSignIn", "SignInSettings"]
@@ -187,6 +187,16 @@ class ConsoleSignIn:
 
     # --- the routes -------------------------------------------------------------------------------------------------
 
+    async def _audit(self, action: str, client_id: str, detail: dict[str, Any]) -> None:
+        """A sign-in, a refusal or a sign-out in the audit log (`GET /audit`); a store away is logged, not fatal:
+        the log line has it."""
+        if self.console.store is None:
+            return
+        try:
+            await self.console.store.audit.record(action, client_id=client_id[:64], detail=detail)
+        except Exception as exc:  # noqa: BLE001 - the sign-in itself does not depend on the store
+            log.warning("could not write %s of %s to the audit log: %s", action, client_id, exc)
+
     def _cookie(self, response: Response, name: str, value: str, *, max_age: int, path: str) -> None:
         response.set_cookie(
             name,
@@ -262,6 +272,7 @@ class ConsoleSignIn:
         principal = self.oidc.roles.principal(user, groups)
         if principal is None:
             log.warning("single sign-on: %r is in none of the mapped groups (has %s)", user, groups[:20])
+            await self._audit("console.sign_in_refused", principal_id(user), {"groups": groups[:50]})
             refused = self.console.page(
                 request,
                 None,
@@ -281,6 +292,8 @@ class ConsoleSignIn:
             "t": id_token if isinstance(id_token, str) and len(id_token) <= _MAX_HINT_CHARS else None,
         }
         log.info("single sign-on: %s signed in to the console (%s)", principal.client_id, ", ".join(mapped))
+        scopes = sorted(self.oidc.roles.scopes_of(mapped))
+        await self._audit("console.sign_in", principal.client_id, {"groups": mapped, "scopes": scopes})
         response = RedirectResponse(_local_path(pending.get("next")), status_code=303, headers=SECURITY_HEADERS)
         self._cookie(response, SESSION_COOKIE, self._sessions.dumps(session), max_age=self.lifetime_s, path="/console")
         self._forget(response, SIGNIN_COOKIE, path=_AUTH_PATH)
@@ -300,7 +313,8 @@ class ConsoleSignIn:
         target = "/console/auth/signed-out"
         if session is not None:
             self._ended[session.sid] = now + self.lifetime_s
-            log.info("single sign-on: sso:%s signed out of the console", session.user)
+            log.info("single sign-on: %s signed out of the console", principal_id(session.user))
+            await self._audit("console.sign_out", principal_id(session.user), {})
             try:
                 metadata = await self._client.load_server_metadata()
                 if metadata.get("end_session_endpoint"):

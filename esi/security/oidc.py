@@ -37,6 +37,7 @@ __all__ = [
     "OidcConfigError",
     "RoleMap",
     "claim_values",
+    "principal_id",
     "session_key_problem",
 ]
 

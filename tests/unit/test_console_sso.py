@@ -140,6 +140,9 @@ async def test_an_operator_signs_in_with_pkce_and_gets_a_secure_expiring_session
     assert "sso:olga" in page.text
     assert "data-sign-out" in page.text
     assert 'class="badge">operator' in page.text
+    audit = (await esi.get("/audit", params={"action": "console.sign_in"}, auth=("ops", "ops-pw"))).json()
+    assert audit["entries"][0]["client_id"] == "sso:olga"
+    assert audit["entries"][0]["detail"] == {"groups": ["esi-operators"], "scopes": ["operator"]}
 
 
 async def test_a_viewer_reads_but_gets_403_on_an_action(esi: httpx.AsyncClient) -> None:
@@ -160,6 +163,9 @@ async def test_a_person_in_no_mapped_group_is_refused_without_a_session(esi: htt
     assert "none of your groups may use the console" in refused.text
     assert not any(c.startswith(f"{SESSION_COOKIE}=") for c in refused.headers.get_list("set-cookie"))
     assert (await esi.get("/console")).status_code == 303
+    audit = (await esi.get("/audit", params={"action": "console.sign_in_refused"}, auth=("ops", "ops-pw"))).json()
+    assert audit["entries"][0]["client_id"] == "sso:petr"
+    assert audit["entries"][0]["detail"] == {"groups": ["staff"]}
 
 
 async def test_sign_out_ends_the_session_here_and_at_the_provider(esi: httpx.AsyncClient, provider: Provider) -> None:
@@ -180,6 +186,8 @@ async def test_sign_out_ends_the_session_here_and_at_the_provider(esi: httpx.Asy
     # the cookie kept from before the sign-out is refused too (this process remembers the session ended)
     esi.cookies.set(SESSION_COOKIE, kept, domain="esi.example", path="/console")
     assert (await esi.get("/console")).status_code == 303
+    audit = (await esi.get("/audit", params={"action": "console.sign_out"}, auth=("ops", "ops-pw"))).json()
+    assert audit["entries"][0]["client_id"] == "sso:olga"
     signed_out = await esi.get("/console/auth/signed-out")
     assert signed_out.status_code == 200
     assert "data-sign-in-again" in signed_out.text
