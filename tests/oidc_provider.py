@@ -84,6 +84,8 @@ class Provider:
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     logouts: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: whether the ID token carries the groups (some providers put them in the userinfo only)
+    groups_in_id_token: bool = True
 
     # --- the protocol's checks ----------------------------------------------------------------------------------
 
@@ -142,6 +144,8 @@ class Provider:
             "auth_time": now,
             **self.claims(user),
         }
+        if not self.groups_in_id_token:
+            del claims["groups"]
         if nonce:
             claims["nonce"] = nonce
         return jwt.encode({"alg": "RS256", "kid": self.key.kid}, claims, self.key)

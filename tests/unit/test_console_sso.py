@@ -193,6 +193,32 @@ async def test_sign_out_ends_the_session_here_and_at_the_provider(esi: httpx.Asy
     assert "data-sign-in-again" in signed_out.text
 
 
+async def test_groups_only_in_the_userinfo_are_found_there(esi: httpx.AsyncClient, provider: Provider) -> None:
+    provider.groups_in_id_token = False
+    try:
+        done = await _sign_in(esi, "olga")
+    finally:
+        provider.groups_in_id_token = True
+    assert done.status_code == 303, done.text
+    assert "sso:olga" in (await esi.get("/console/systems")).text
+
+
+async def test_a_session_whose_groups_no_longer_map_is_refused(
+    tmp_path: Path, esi: httpx.AsyncClient, provider: Provider
+) -> None:
+    await _sign_in(esi, "olga")
+    cookie = esi.cookies.get(SESSION_COOKIE)
+    assert cookie
+    remapped = OidcConfig.build(
+        issuer=provider.issuer, client_id=provider.client_id, redirect_url=CALLBACK, roles={"admins": ["operator"]}
+    )
+    async for other in _app(tmp_path / "remapped", _settings(provider, oidc=remapped)):
+        other.cookies.set(SESSION_COOKIE, cookie, domain="esi.example", path="/console")
+        refused = await other.get("/console")
+        assert refused.status_code == 403
+        assert "none of your groups" in refused.text
+
+
 async def test_a_cross_site_sign_out_link_signs_nobody_out(esi: httpx.AsyncClient) -> None:
     await _sign_in(esi, "olga")
     out = await esi.get("/console/auth/logout", headers={"Sec-Fetch-Site": "cross-site"})
@@ -242,7 +268,6 @@ async def test_basic_on_the_console_only_when_configured_and_the_api_keeps_it(
     assert (await esi.get("/audit", auth=("ops", "ops-pw"))).status_code == 200
     assert (await esi.get("/audit")).status_code == 401
     async for both in _app(tmp_path / "both", _settings(provider, basic=True)):
-        (tmp_path / "both").mkdir(exist_ok=True)
         page = await both.get("/console", auth=("ops", "ops-pw"))
         assert page.status_code == 200
         assert "data-sign-out" not in page.text  # a Basic client has no session to end
