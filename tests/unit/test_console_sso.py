@@ -455,3 +455,12 @@ def test_production_takes_a_real_session_key(monkeypatch: pytest.MonkeyPatch) ->
     assert oidc_from(settings) is not None
     assert session_key_problem(key.encode()) is None
     assert session_key_problem(b"browser-test-console-secret") is not None
+
+
+def test_config_check_names_an_incomplete_sign_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    from esi.cli.config import _load
+
+    _settings_from(monkeypatch, {"ESI_OIDC_ISSUER": "https://idp.example", "ESI_OIDC_CLIENT_ID": "esi"})
+    loaded, problems = _load(Settings)
+    assert loaded is not None
+    assert [str(p) for p in problems] == ["ESI_OIDC_*: single sign-on needs ESI_OIDC_REDIRECT_URL, ESI_OIDC_ROLES"]
