@@ -70,8 +70,8 @@ def system(tmp_path_factory: pytest.TempPathFactory, provider: Provider) -> Iter
             "ESI_OIDC_REDIRECT_URL": callback,
             "ESI_OIDC_ROLES": json.dumps(ROLES),
             "ESI_CONSOLE_SESSION_LIFETIME": f"{LIFETIME_S}s",
-            # plain HTTP on 127.0.0.1 in the test: chromium keeps Secure cookies only over HTTPS or on localhost
-            "ESI_CONSOLE_COOKIE_SECURE": "false",
+            # the default, kept although the test speaks plain HTTP: chromium takes 127.0.0.1 as a secure context
+            "ESI_CONSOLE_COOKIE_SECURE": "true",
         }
     )
     try:
@@ -171,7 +171,7 @@ def test_an_operator_signs_in_at_the_provider_and_replays_a_dead_letter(
     assert session["httpOnly"] is True
     assert session["sameSite"] == "Lax"
     assert session["path"] == "/console"
-    assert session["secure"] is False  # ESI_CONSOLE_COOKIE_SECURE=false here; Secure by default (unit tests)
+    assert session["secure"] is True
     assert LIFETIME_S - 120 < session["expires"] - time.time() <= LIFETIME_S
     done = replay(tab)
     assert done.status == 303, done.text()
