@@ -86,6 +86,9 @@ class Provider:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: whether the ID token carries the groups (some providers put them in the userinfo only)
     groups_in_id_token: bool = True
+    #: what to get wrong in the next ID tokens, for the tests that esi refuses them: "nonce", "audience", "issuer",
+    #: "expired" or "key" (signed with a key the JWKS does not hold); None: nothing
+    forge: str | None = None
 
     # --- the protocol's checks ----------------------------------------------------------------------------------
 
@@ -148,7 +151,18 @@ class Provider:
             del claims["groups"]
         if nonce:
             claims["nonce"] = nonce
-        return jwt.encode({"alg": "RS256", "kid": self.key.kid}, claims, self.key)
+        key = self.key
+        if self.forge == "nonce":
+            claims["nonce"] = "not-the-nonce-esi-sent"
+        elif self.forge == "audience":
+            claims["aud"] = "another-client"
+        elif self.forge == "issuer":
+            claims["iss"] = "https://another-provider.example"
+        elif self.forge == "expired":
+            claims["iat"], claims["exp"] = now - 3600, now - 1800
+        elif self.forge == "key":
+            key = RSAKey.generate_key(2048, parameters={"kid": self.key.kid})
+        return jwt.encode({"alg": "RS256", "kid": self.key.kid}, claims, key)
 
     def claims(self, user: str) -> dict[str, Any]:
         person = self.users[user]

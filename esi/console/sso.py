@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import ssl
 import time
@@ -251,7 +252,7 @@ class ConsoleSignIn:
             token = await self._client.authorize_access_token(request)
         except Exception as exc:  # noqa: BLE001 - a bad token (signature, nonce, audience...) or the provider away
             if isinstance(exc, self._oauth_error):  # the provider's own refusal (error=... back, invalid_grant)
-                error = str(getattr(exc, "error", "") or "?")
+                error = re.sub(r"[^a-z_]", "", str(getattr(exc, "error", "")))[:40] or "?"  # shown on the page
                 log.warning("single sign-on refused: %s: %s", error, getattr(exc, "description", ""))
                 raise ApiError(
                     400, "sign_in_failed", N_("the sign-in failed (%(error)s): sign in again", error=error)

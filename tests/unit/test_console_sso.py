@@ -252,6 +252,21 @@ async def test_forged_replayed_or_foreign_sign_ins_are_refused(esi: httpx.AsyncC
     assert error.status_code == 400
 
 
+@pytest.mark.parametrize("forge", ["nonce", "audience", "issuer", "expired", "key"])
+async def test_an_id_token_that_does_not_check_out_gives_no_session(
+    esi: httpx.AsyncClient, provider: Provider, forge: str
+) -> None:
+    provider.forge = forge
+    try:
+        refused = await _sign_in(esi, "olga")
+    finally:
+        provider.forge = None
+    assert refused.status_code == 400, refused.text
+    assert "the sign-in could not be verified" in refused.text
+    assert esi.cookies.get(SESSION_COOKIE) is None
+    assert (await esi.get("/console")).status_code == 303
+
+
 async def test_the_return_path_stays_on_the_console(esi: httpx.AsyncClient) -> None:
     for hostile in ("https://evil.example/", "//evil.example/console", "/console/auth/logout", "/other"):
         redirect = await esi.get("/console/auth/login", params={"next": hostile})
