@@ -167,6 +167,9 @@ def test_an_operator_signs_in_at_the_provider_and_replays_a_dead_letter(
     sent = provider.authorizations[-1]
     assert sent["code_challenge_method"] == "S256"
     assert sent["redirect_uri"] == f"{system.api_url}/console/auth/callback"
+    # the page the sign-in lands on (a redirect chain that started at the provider) can already post its forms
+    [csrf] = [c["value"] for c in tab.context.cookies() if c["name"] == "esi_console_csrf"]
+    assert tab.locator(f'input[name="csrf_token"][value="{csrf}"]').count() >= 1
     [session] = [c for c in tab.context.cookies() if c["name"] == "esi_console_session"]
     assert session["httpOnly"] is True
     assert session["sameSite"] == "Lax"
