@@ -159,8 +159,8 @@ def test_an_operator_signs_in_at_the_provider_and_replays_a_dead_letter(
     system: EsiSystem, provider: Provider, tab: Any
 ) -> None:
     request_id = dead_letter(system)
-    landed = sign_in(tab, provider, "olga", "/console/dlq")
-    assert landed.url == f"{system.api_url}/console/dlq"
+    landed = sign_in(tab, provider, "olga", "/console/systems")
+    assert landed.url == f"{system.api_url}/console/systems"
     assert landed.status == 200
     assert tab.locator("header .who").inner_text().startswith("sso:olga")
     assert tab.locator("header [data-sign-out]").is_visible()
