@@ -374,6 +374,65 @@ class Settings(FileSecretsSettings):
         description="the operator console's language when the browser's Accept-Language names neither en nor ru",
     )
 
+    # --- single sign-on for the console (OpenID Connect: docs/security.md) -----------------------------------------
+    oidc_issuer: str | None = Field(
+        None,
+        validation_alias=_env("ESI_OIDC_ISSUER"),
+        description="the OpenID Connect provider's issuer URL (discovery at <issuer>/.well-known/openid-configuration);"
+        " set: people sign in to the console there",
+    )
+    oidc_client_id: str | None = Field(
+        None, validation_alias=_env("ESI_OIDC_CLIENT_ID"), description="esi's client id at the provider"
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        None,
+        validation_alias=_env("ESI_OIDC_CLIENT_SECRET"),
+        description="esi's client secret at the provider (unset: a public client, PKCE alone)",
+    )
+    oidc_redirect_url: str | None = Field(
+        None,
+        validation_alias=_env("ESI_OIDC_REDIRECT_URL"),
+        description="the console's callback as registered at the provider: https://<esi>/console/auth/callback",
+    )
+    oidc_scopes: str = Field(
+        "openid profile email",
+        validation_alias=_env("ESI_OIDC_SCOPES"),
+        description="the scopes asked of the provider, space-separated (openid among them)",
+    )
+    oidc_groups_claim: str = Field(
+        "groups",
+        validation_alias=_env("ESI_OIDC_GROUPS_CLAIM"),
+        description="the claim that lists a person's groups (a dotted path reaches inside: realm_access.roles)",
+    )
+    oidc_user_claim: str = Field(
+        "preferred_username",
+        validation_alias=_env("ESI_OIDC_USER_CLAIM"),
+        description="the claim that names a person (else sub); they act as sso:<name>",
+    )
+    oidc_roles: str | None = Field(
+        None,
+        validation_alias=_env("ESI_OIDC_ROLES"),
+        description='groups → console scopes, JSON: {"esi-operators": ["operator"], "esi-viewers": ["read"]}',
+    )
+    oidc_ca_file: str | None = Field(
+        None, validation_alias=_env("ESI_OIDC_CA_FILE"), description="CA bundle for HTTPS to the provider"
+    )
+    console_basic: Literal["on", "off"] | None = Field(
+        None,
+        validation_alias=_env("ESI_CONSOLE_BASIC"),
+        description="whether the console accepts Basic and API keys besides single sign-on (unset: only without it)",
+    )
+    console_session_lifetime_s: float = Field(
+        8 * 3600.0,
+        validation_alias=_env("ESI_CONSOLE_SESSION_LIFETIME"),
+        description="how long a console session lasts after its sign-in (8h, 30m, seconds)",
+    )
+    console_cookie_secure: bool = Field(
+        True,
+        validation_alias=_env("ESI_CONSOLE_COOKIE_SECURE"),
+        description="the console's cookies are Secure (HTTPS only); false only for a demo over plain HTTP",
+    )
+
     # --- TLS (HTTPS to each system: its own `<PREFIX>CA_BUNDLE`) ------------------------------------------------
     amqp_ca_file: str | None = Field(
         None, validation_alias=_env("ESI_AMQP_CA_FILE"), description="CA bundle for amqps:// to the broker"
@@ -618,10 +677,17 @@ class Settings(FileSecretsSettings):
                     raise ValueError(f"ESI_TRUSTED_PROXIES: {part!r} is not an IP address or a CIDR") from None
         return value
 
-    @field_validator("request_retention_s", "retention_interval_s", "readiness_interval_s", mode="before")
+    @field_validator(
+        "request_retention_s",
+        "retention_interval_s",
+        "readiness_interval_s",
+        "console_session_lifetime_s",
+        mode="before",
+    )
     @classmethod
     def _parse_duration(cls, value: object, info: ValidationInfo) -> object:
         names = {
+            "console_session_lifetime_s": "ESI_CONSOLE_SESSION_LIFETIME",
             "request_retention_s": "ESI_REQUEST_RETENTION",
             "retention_interval_s": "ESI_RETENTION_INTERVAL",
             "readiness_interval_s": "ESI_READINESS_INTERVAL",
@@ -644,6 +710,12 @@ class Settings(FileSecretsSettings):
     def _check(self) -> Settings:
         if self.env == "production" and self.auth == "off":
             raise ValueError("ESI_ENV=production refuses ESI_AUTH=off: the API always authenticates in production")
+        if self.console_basic == "off" and not self.oidc_issuer:
+            raise ValueError("ESI_CONSOLE_BASIC=off needs single sign-on (ESI_OIDC_ISSUER): nobody could sign in")
+        if self.oidc_issuer and self.console_session_lifetime_s < 60:
+            raise ValueError("ESI_CONSOLE_SESSION_LIFETIME must be at least a minute")
+        if self.env == "production" and self.oidc_issuer and not self.console_cookie_secure:
+            raise ValueError("ESI_ENV=production refuses ESI_CONSOLE_COOKIE_SECURE=false: sessions go over HTTPS")
         return self
 
     def uses_default_broker_credentials(self) -> bool:

@@ -135,6 +135,13 @@ def _load(cls: type[BaseSettings]) -> tuple[BaseSettings | None, list[Problem]]:
             problems: list[Problem] = []
         except ValidationError as exc:
             loaded, problems = None, _validation_problems(cls, exc)
+    if isinstance(loaded, Settings):
+        from esi.runtime.services import SettingsError, oidc_from
+
+        try:  # the console's single sign-on: its settings are checked together, as `esi run` does
+            oidc_from(loaded)
+        except SettingsError as exc:
+            problems.append(Problem("ESI_OIDC_*", str(exc)))
     return loaded, [Problem(p.variable, p.message) for p in unreadable] + problems
 
 

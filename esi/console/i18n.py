@@ -82,6 +82,8 @@ LABELS: dict[str, Text] = {
     "validation_error": N_("invalid request"),
     "forbidden": N_("forbidden"),
     "csrf_failed": N_("stale form"),
+    "sign_in_failed": N_("sign-in failed"),
+    "provider_unavailable": N_("sign-in service unavailable"),
     "unavailable": N_("unavailable"),
     "not_found": N_("not found"),
     "unknown_request": N_("unknown request"),

@@ -1,5 +1,8 @@
 """The operator console's routes: pages under /console, served by the 1C API from the same store and broker.
 
+Who is looking: the person signed in through single sign-on, or a client with Basic or an API key, as configured
+(esi.console.sso, which also serves the sign-in, its callback and the sign-out under /console/auth).
+
 Read pages (overview, requests, a request, dead letters, systems) need the `read` or the `operator` scope; the
 actions (replay, purge, pause, resume) need `operator`, are POSTs carrying a CSRF token (esi.console.csrf), and go
 to the audit log through the same code as the JSON API (esi.api.routes.dead_letters, esi.api.routes.systems).
@@ -26,18 +29,23 @@ from esi.console.dead_letters import DeadLetterPages
 from esi.console.events import EventPages
 from esi.console.overview import Overview
 from esi.console.requests import RequestPages
+from esi.console.sso import ConsoleSignIn, SignInSettings
 from esi.console.systems import SystemPages
 from esi.security.scopes import Principal
 
 __all__ = ["console_router"]
 
 
-def console_router(deps: ApiDeps, auth: Authenticator, *, lang: str = "en") -> APIRouter:
+def console_router(
+    deps: ApiDeps, auth: Authenticator, *, lang: str = "en", sign_in: SignInSettings | None = None
+) -> APIRouter:
     """The console's routes, added beside the API by the composition root (`Api.include_pages`).
 
     `lang`: the pages' language when a request's Accept-Language names neither English nor Russian (`ESI_LANG`,
-    read by the composition root)."""
+    read by the composition root); `sign_in`: how people sign in (esi.console.sso: single sign-on, Basic), by
+    default as the API's clients do."""
     console = Console(deps, auth, lang=lang)
+    sso = ConsoleSignIn(console, auth, sign_in or SignInSettings(secret=deps.console_secret))
     overview_pages = Overview(console)
     request_pages = RequestPages(console)
     dead_letter_pages = DeadLetterPages(console, overview_pages)
@@ -45,7 +53,19 @@ def console_router(deps: ApiDeps, auth: Authenticator, *, lang: str = "en") -> A
     event_pages = EventPages(console)
 
     router = APIRouter(prefix="/console", include_in_schema=False)
-    principal = Depends(auth.dependency)
+    principal = Depends(sso.principal)
+
+    async def login(request: Request) -> Response:
+        return await sso.login(request=request)
+
+    async def callback(request: Request) -> Response:
+        return await sso.callback(request=request)
+
+    async def logout(request: Request) -> Response:
+        return await sso.logout(request=request)
+
+    async def signed_out(request: Request) -> Response:
+        return await sso.signed_out(request=request)
 
     async def overview(request: Request, principal: Principal = principal) -> Response:
         return await overview_pages.overview(request=request, principal=principal)
@@ -95,5 +115,9 @@ def console_router(deps: ApiDeps, auth: Authenticator, *, lang: str = "en") -> A
     router.add_api_route("/systems/{code}/pause", pause, methods=["POST"], name="console_pause")
     router.add_api_route("/systems/{code}/resume", resume, methods=["POST"], name="console_resume")
     router.add_api_route("/events", events, methods=["GET"], name="console_events")
+    router.add_api_route("/auth/login", login, methods=["GET"], name="console_login")
+    router.add_api_route("/auth/callback", callback, methods=["GET"], name="console_callback")
+    router.add_api_route("/auth/logout", logout, methods=["GET"], name="console_logout")
+    router.add_api_route("/auth/signed-out", signed_out, methods=["GET"], name="console_signed_out")
     router.add_api_route("/static/{name}", console.static, methods=["GET"], name="console_static")
     return router

@@ -26,7 +26,7 @@ from esi.config import Settings
 from esi.health import run_checks
 from esi.messages.catalog import Catalog
 from esi.runtime.http import HttpServer
-from esi.runtime.services import FakeService, Service, Stoppable, SystemService
+from esi.runtime.services import FakeService, Service, Stoppable, SystemService, oidc_from
 from esi.security import DEMO_CLIENT_ID, DEMO_PASSWORD, ClientRegistry, is_demo_registry, load_clients
 from esi.security.throttle import SignInThrottle
 from esi.store import Store
@@ -94,6 +94,8 @@ async def run(
         raise RegistryError(
             f"unknown service(s) {', '.join(unknown)}; choose from {' '.join([*registry.services, *registry.fakes])}"
         )
+    if registry.origin.service in services:
+        oidc_from(settings)  # the console's single sign-on: refused now, not once the broker is reached
     topology = topology_from(settings, registry)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

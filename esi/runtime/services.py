@@ -27,12 +27,14 @@ from esi.bus.relay import OutboxRelay
 from esi.bus.topology import Topology
 from esi.config import Settings
 from esi.console import console_router
+from esi.console.sso import SignInSettings
 from esi.events.ordering import in_order
 from esi.events.sink import EventSink
 from esi.health import Check
 from esi.messages import Handler
 from esi.runtime.http import HttpServer
 from esi.security import ClientRegistry
+from esi.security.oidc import OidcConfig, OidcConfigError, session_key_problem
 from esi.security.quota import QuotaLimiter
 from esi.security.tls import amqp_ssl_context_for_url, uvicorn_ssl_kwargs
 from esi.store import Store
@@ -64,6 +66,66 @@ def system_settings(system: System) -> SystemSettings | None:
         return system.settings()
     except ValidationError as exc:
         raise SettingsError(f"invalid settings of {system.code}: {exc}") from None
+
+
+def oidc_from(settings: Settings) -> OidcConfig | None:
+    """The console's single sign-on, validated (`SettingsError` naming the problem); None when no `ESI_OIDC_*`
+    setting is given."""
+    given = [
+        settings.oidc_issuer,
+        settings.oidc_client_id,
+        settings.oidc_redirect_url,
+        settings.oidc_roles,
+        settings.oidc_client_secret,
+    ]
+    if not any(given):
+        return None
+    production = settings.env == "production"
+    try:
+        config = OidcConfig.build(
+            issuer=settings.oidc_issuer,
+            client_id=settings.oidc_client_id,
+            redirect_url=settings.oidc_redirect_url,
+            roles=settings.oidc_roles,
+            client_secret=settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret else None,
+            scopes=settings.oidc_scopes,
+            groups_claim=settings.oidc_groups_claim,
+            user_claim=settings.oidc_user_claim,
+            ca_file=settings.oidc_ca_file,
+            production=production,
+        )
+    except OidcConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    if production:
+        secret = settings.console_secret.get_secret_value().encode() if settings.console_secret else None
+        problem = session_key_problem(secret)
+        if problem:
+            raise SettingsError(f"ESI_ENV=production with single sign-on: {problem}")
+    return config
+
+
+def sign_in_from(settings: Settings) -> SignInSettings:
+    """How people sign in to the console: single sign-on when `ESI_OIDC_*` is set, Basic / API keys as
+    `ESI_CONSOLE_BASIC` says (by default only without single sign-on)."""
+    oidc = oidc_from(settings)
+    secret = settings.console_secret.get_secret_value().encode() if settings.console_secret else None
+    if oidc is not None:
+        log.info("the console signs people in at %s (single sign-on)", oidc.issuer)
+        if secret is None:
+            log.warning(
+                "single sign-on without ESI_CONSOLE_SECRET: this process draws its own session key, so a console "
+                "session ends when it restarts and is unknown to the other API replicas"
+            )
+        if not settings.console_cookie_secure:
+            log.warning("ESI_CONSOLE_COOKIE_SECURE=false: the console's session cookie also goes over plain HTTP")
+    basic = settings.console_basic == "on" if settings.console_basic is not None else oidc is None
+    return SignInSettings(
+        oidc=oidc,
+        basic=basic,
+        session_lifetime_s=settings.console_session_lifetime_s,
+        cookie_secure=settings.console_cookie_secure,
+        secret=secret,
+    )
 
 
 class Service:
@@ -343,7 +405,7 @@ class SystemService(Service):
         )
         app = create_app(deps)
         # the operator console at /console, beside the API, in the site's language unless the browser asks another
-        app.include_pages(functools.partial(console_router, lang=s.console_lang), deps)
+        app.include_pages(functools.partial(console_router, lang=s.console_lang, sign_in=sign_in_from(s)), deps)
         self.http = HttpServer(
             app,
             host=s.http_host,
