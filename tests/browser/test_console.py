@@ -381,7 +381,7 @@ def test_a_russian_browser_gets_the_console_in_russian(system: EsiSystem, ops_ru
     assert page.locator("html").get_attribute("lang") == "ru"
     assert page.locator("h1").inner_text() == "Обзор"
     nav = page.locator("header nav a").all_inner_texts()
-    assert nav == ["Обзор", "Запросы", "Недоставленные сообщения", "Системы"]
+    assert nav == ["Обзор", "Запросы", "Недоставленные сообщения", "Системы", "События"]
     assert page.locator('tr[data-check="store"] td').nth(1).inner_text() == "в норме"
     ops_ru.shot("ru-overview")
     ops_ru.goto("/console/requests")
