@@ -9,14 +9,17 @@ An operation is a plain function over a SQLAlchemy `Connection` (the repositorie
   it fails alone). Reads run in reader threads, in deferred transactions that never wait for the writer (WAL); the
   reads asked for in one turn of the event loop go to a thread in one hand-off. An async SQLite driver would cost a
   thread hop per statement, the bottleneck of the whole bus (docs/performance.md).
-- PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way, reads from the pool.
+- PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way, reads from the pool; and
+  `LISTEN` on a connection of its own for what other processes announce (`Notifications`: settled requests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +28,8 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 #: an operation: a function run on a connection inside the backend's transaction
@@ -56,6 +61,11 @@ class Backend(Protocol):
     def point_read(self, sql: str, params: dict[str, Any]) -> PointRow | None:
         """A primary-key lookup answered at once, without awaiting (column names, row or None); None when this
         backend cannot (the caller then uses `read`)."""
+        ...
+
+    def notifications(self, channel: str, on_payload: Callable[[str], None]) -> Notifications | None:
+        """What other processes announce on `channel`, each payload handed to `on_payload`; None when this backend
+        cannot tell (SQLite: one process's store, its own writes are known in-process)."""
         ...
 
     async def aclose(self) -> None:
@@ -249,6 +259,10 @@ class SqliteBackend(GroupCommit):
                     outcomes.append((None, exc))
         return outcomes
 
+    def notifications(self, channel: str, on_payload: Callable[[str], None]) -> None:
+        """None: SQLite cannot tell one process of another's commits (they are found by reading: esi.store.settled)."""
+        return None
+
     async def aclose(self) -> None:
         """Finish the writes under way, stop the threads, close the engines."""
         await self._drain()
@@ -274,6 +288,7 @@ class PostgresBackend(GroupCommit):
     def __init__(self, engine: AsyncEngine, *, max_batch: int = 256) -> None:
         super().__init__(max_batch=max_batch)
         self._engine = engine
+        self._listeners: list[Notifications] = []
 
     async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
         async with self._engine.begin() as conn:
@@ -288,10 +303,85 @@ class PostgresBackend(GroupCommit):
         """None: asyncpg's reads are awaited (`read`)."""
         return None
 
+    def notifications(self, channel: str, on_payload: Callable[[str], None]) -> Notifications:
+        """`LISTEN channel` on a connection of its own (opened at the first `ensure`), closed with the backend."""
+        dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        listener = Notifications(dsn, channel, on_payload)
+        self._listeners.append(listener)
+        return listener
+
     async def aclose(self) -> None:
-        """Finish the writes under way, close the pool."""
+        """Finish the writes under way, stop listening, close the pool."""
         await self._drain()
+        for listener in self._listeners:
+            await listener.aclose()
         await self._engine.dispose()
+
+
+class Notifications:
+    """PostgreSQL's `LISTEN` on one channel, on an asyncpg connection of its own (not the pool's: a listening
+    connection is held for the life of the process). A `NOTIFY` (`pg_notify`) is delivered at the commit of the
+    transaction that made it, to every listening connection, within milliseconds, and costs the listeners a callback
+    each; nothing is delivered while the connection is down, so what listens keeps a slower way of finding out (the
+    waiters' periodic recheck, `esi.store.settled`). `ensure` connects, or reconnects after a loss, at most every
+    `retry_s` seconds, never raising."""
+
+    def __init__(self, dsn: str, channel: str, on_payload: Callable[[str], None], *, retry_s: float = 5.0) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._on_payload = on_payload
+        self._retry_s = retry_s
+        self._conn: Any = None
+        self._next_try = 0.0
+        self._connecting: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def up(self) -> bool:
+        """Listening now: what is announced from here on is heard."""
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def ensure(self) -> bool:
+        """Listen, unless already listening or the last try failed less than `retry_s` ago; whether listening."""
+        if self.up:
+            return True
+        if self._closed or time.monotonic() < self._next_try:
+            return False
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect(), name=f"listen-{self._channel}")
+        await asyncio.shield(self._connecting)
+        return self.up
+
+    async def _connect(self) -> None:
+        import asyncpg
+
+        self._next_try = time.monotonic() + self._retry_s
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=10)
+            await conn.add_listener(self._channel, self._heard)
+        except Exception as exc:  # noqa: BLE001 - the database is away: the caller's slower way still works
+            log.warning("listening on %s failed: %s", self._channel, exc)
+            return
+        if self._closed:
+            await conn.close()
+            return
+        conn.add_termination_listener(self._lost)
+        self._conn = conn
+
+    def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._on_payload(payload)
+
+    def _lost(self, _conn: Any) -> None:
+        log.warning("the connection listening on %s was lost; listening again at the next wait", self._channel)
+        self._conn = None
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._connecting is not None and not self._connecting.done():
+            await asyncio.wait([self._connecting])
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close(timeout=5)
 
 
 # --- engines --------------------------------------------------------------------------------------------------------

@@ -276,6 +276,32 @@ async def test_a_waiter_wakes_at_once_here_and_by_rereading_for_another_process(
         assert await here.requests.wait_settled("nobody", 1) is None
 
 
+async def test_on_postgresql_a_settlement_by_another_process_wakes_the_waiter_without_the_recheck(pg_database) -> None:
+    async with await Store.open(pg_database.url) as here, await Store.open(pg_database.url) as elsewhere:
+        loop = asyncio.get_running_loop()
+        for kind, rid in (("answer", "N1"), ("dead letter", "N2")):
+            await _accept(here, rid)
+            first_reads: list[object] = []
+            # a recheck of 30 s: only the database's announcement can wake this waiter in time
+            waiter = asyncio.create_task(here.requests.wait_settled(rid, 20, recheck=30, check=first_reads.append))
+            async with asyncio.timeout(5):
+                while not first_reads:  # listening, and the request read as it stood: accepted
+                    await asyncio.sleep(0.005)
+            started = loop.time()
+            if kind == "answer":
+                await elsewhere.requests.record_response(rid, response={"ok": 1}, error=None)
+            else:
+                await elsewhere.requests.dead_lettered(rid, error="boom", queue="dms_dead_letter_queue")
+            record = await asyncio.wait_for(waiter, 10)
+            assert record.status in (RequestStatus.COMPLETED, RequestStatus.DEAD_LETTERED), kind
+            assert loop.time() - started < 0.5, kind  # milliseconds in practice; the recheck would be 30 s
+        # a status that is not an end (a retry) announces nothing: the waiter waits on to its deadline
+        await _accept(here, "N3")
+        waiter = asyncio.create_task(here.requests.wait_settled("N3", 0.5, recheck=30))
+        await elsewhere.requests.retrying("N3", attempt=2, error="TransientError: DMS down")
+        assert (await asyncio.wait_for(waiter, 5)).status is RequestStatus.IN_PROGRESS
+
+
 async def test_closing_the_settlements_answers_every_waiter_at_once(store_url: str) -> None:
     async with await Store.open(store_url) as store:
         await _accept(store, "C1")
