@@ -59,6 +59,24 @@ def _summary(outcomes: list[Outcome], seconds: float) -> dict[str, Any]:
     }
 
 
+def store_costs(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], requests: int
+) -> dict[str, dict[str, float]]:
+    """Per request and per process, what the store was asked between two readings of the counters: commits,
+    writes (group-committed), and on PostgreSQL round trips (statements, BEGINs, commits, rollbacks, pings)."""
+    costs: dict[str, dict[str, float]] = {}
+    for name, now in after.items():
+        then = before.get(name, {})
+        delta = {kind: now[kind] - then.get(kind, 0.0) for kind in now}
+        if not requests or not any(delta.values()):
+            continue
+        per = {kind: round(value / requests, 2) for kind, value in sorted(delta.items())}
+        trips = sum(v for k, v in delta.items() if k != "writes")
+        per["round_trips"] = round(trips / requests, 2)
+        costs[name] = per
+    return costs
+
+
 def run(
     *,
     store: str = "postgres",
@@ -79,14 +97,19 @@ def run(
         first = Driver(system.api_url, completion_timeout=completion_timeout)
         first.prefer_wait = PREFER_WAIT_S
         asyncio.run(_split([first], warmup, min(concurrency, 32)))
+        before = system.store_counters()
         one = _summary(*asyncio.run(_split([first], n, concurrency)))
+        one["store_per_request"] = store_costs(before, system.store_counters(), one["completed"])
+        say(f"sets: the store per request, one set: {json.dumps(one['store_per_request'])}")
         say(f"sets: one set {one['round_trips_per_s']}/s, p99 {one['p99_ms']} ms")
         say("sets: starting the second set (onec2, dms2, crm2)")
         second_url = system.start_second_set()
         second = Driver(second_url, completion_timeout=completion_timeout)
         second.prefer_wait = PREFER_WAIT_S
         asyncio.run(_split([first, second], warmup, min(concurrency, 32)))
+        before = system.store_counters()
         two = _summary(*asyncio.run(_split([first, second], n, concurrency)))
+        two["store_per_request"] = store_costs(before, system.store_counters(), two["completed"])
         say(f"sets: two sets {two['round_trips_per_s']}/s, p99 {two['p99_ms']} ms")
         system.check_alive()
     finally:

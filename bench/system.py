@@ -125,6 +125,32 @@ class BenchSystem:
         self.wait_consumers(queue="crm_queue", count=2)
         return url
 
+    def store_counters(self) -> dict[str, dict[str, float]]:
+        """Each esi process's store counters as they stand (`esi_store_round_trips` by kind, `esi_store_writes`),
+        read from its /metrics on its health port; a process that does not answer is left out."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        counters: dict[str, dict[str, float]] = {}
+        for name, process in self.esi.processes.items():
+            if name == "fakes":
+                continue
+            # an API process serves /metrics beside its API, an adapter on its health port
+            port = process.env.get("ESI_HTTP_PORT") if process.services == ["onec"] else None
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port or process.env['ESI_HEALTH_PORT']}/metrics", timeout=10).text
+            except httpx.HTTPError:
+                continue
+            found: dict[str, float] = {}
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "esi_store_round_trips_total":
+                        found[sample.labels["kind"]] = sample.value
+                    elif sample.name == "esi_store_writes_total":
+                        found["writes"] = sample.value
+            counters[name] = found
+        return counters
+
     def stop_process(self, name: str) -> int:
         process = self.esi.processes[name]
         code = process.stop(timeout=60)

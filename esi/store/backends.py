@@ -29,6 +29,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from esi import metrics
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -73,6 +75,30 @@ class Backend(Protocol):
         ...
 
 
+# --- counting what the database is asked (esi_store_round_trips: docs/performance.md, the production store) -------
+
+_WRITES = metrics.STORE_WRITES
+_TRIPS = {
+    kind: metrics.child(metrics.STORE_ROUND_TRIPS, kind)
+    for kind in ("statement", "begin", "commit", "rollback", "ping")
+}
+
+
+def count_round_trips(engine: Engine, *, statements: bool) -> None:
+    """Count on `engine` its commits, and with `statements` its BEGINs, rollbacks and statements (`ping_when_idle`
+    counts the pings): a counter's increment each, against a round trip's tens of microseconds."""
+    event.listen(engine, "commit", lambda _conn: _TRIPS["commit"].inc())
+    if statements:
+        # SQLAlchemy begins and ends a transaction in autocommit too, without a word to the database
+        event.listen(engine, "begin", lambda conn: None if _autocommit(conn) else _TRIPS["begin"].inc())
+        event.listen(engine, "rollback", lambda conn: None if _autocommit(conn) else _TRIPS["rollback"].inc())
+        event.listen(engine, "before_cursor_execute", lambda *_args: _TRIPS["statement"].inc())
+
+
+def _autocommit(conn: Connection) -> bool:
+    return bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
+
+
 # --- group commit ---------------------------------------------------------------------------------------------------
 
 
@@ -111,6 +137,7 @@ class GroupCommit:
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._run_batches(), name="store-group-commit")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        _WRITES.inc()
         self._pending.append((op, future))
         self._kick.set()
         return await future
@@ -288,6 +315,9 @@ class PostgresBackend(GroupCommit):
     def __init__(self, engine: AsyncEngine, *, max_batch: int = 256) -> None:
         super().__init__(max_batch=max_batch)
         self._engine = engine
+        #: the same pool, its connections in autocommit while they read: a read is its statement alone, without a
+        #: BEGIN and a ROLLBACK around it (at READ COMMITTED each statement has a snapshot of its own either way)
+        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._listeners: list[Notifications] = []
 
     async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
@@ -295,8 +325,8 @@ class PostgresBackend(GroupCommit):
             return await conn.run_sync(fn, arg)
 
     async def read(self, op: Op[T]) -> T:
-        """Run `op` on a pooled connection."""
-        async with self._engine.connect() as conn:
+        """Run `op` on a pooled connection, in autocommit."""
+        async with self._reader.connect() as conn:
             return await conn.run_sync(op)
 
     def point_read(self, sql: str, params: dict[str, Any]) -> PointRow | None:
@@ -414,11 +444,46 @@ def open_backend(url: str, *, durable_commits: bool = True) -> SqliteBackend | P
         writer = sqlite_engine(target, synchronous=synchronous, begin="BEGIN IMMEDIATE", pool_size=2)
         in_memory = parsed.database in (None, "", ":memory:")
         reader = writer if in_memory else sqlite_engine(target, synchronous=synchronous, begin="BEGIN", pool_size=4)
+        count_round_trips(writer, statements=False)
         return SqliteBackend(writer, reader, path=None if in_memory else parsed.database)
-    async_engine = create_async_engine(
-        target, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"command_timeout": 30}
-    )
+    async_engine = create_async_engine(target, pool_size=10, max_overflow=10, connect_args={"command_timeout": 30})
+    count_round_trips(async_engine.sync_engine, statements=True)
+    ping_when_idle(async_engine.sync_engine)
     return PostgresBackend(async_engine)
+
+
+#: a pooled PostgreSQL connection unused for longer than this is pinged before it is used again
+IDLE_PING_S = 5.0
+
+
+def ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection at checkout only when it sat unused for `IDLE_PING_S` seconds or more; a dead one is
+    replaced by a new connection (the pool's pessimistic disconnect handling, as `pool_pre_ping` does).
+
+    `pool_pre_ping` pings at every checkout, and on SQLAlchemy's asyncpg dialect a ping outside a transaction is
+    three round trips (BEGIN, `;`, ROLLBACK): under load that was a third of all the round trips a request cost
+    (docs/performance.md). A connection in use a moment ago was alive a moment ago; one that sat idle through a
+    database restart or a dropped link is the one a ping saves a request from. A connection that breaks while in use
+    fails that use, and the pool then drops every connection older than the failure."""
+    from sqlalchemy.exc import DisconnectionError
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        now = time.monotonic()
+        last = record.info.get("esi_used")
+        if last is not None and now - last >= IDLE_PING_S:
+            _TRIPS["ping"].inc(3)
+            try:
+                dbapi_connection.ping()
+            except Exception as exc:
+                raise DisconnectionError(f"a pooled connection idle for {now - last:.0f} s is gone: {exc}") from exc
+        record.info["esi_used"] = now
+
+    def checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["esi_used"] = time.monotonic()
+
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
 
 
 def sqlite_engine(url: str, *, synchronous: str, begin: str, pool_size: int) -> Engine:

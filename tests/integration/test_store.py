@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, inspect, select
 from sqlalchemy.exc import DBAPIError
 
+from esi import metrics
 from esi.api.app import ApiDeps, create_app
 from esi.store import RequestStatus, Store, schema
 from esi.store.backends import open_backend
@@ -300,6 +301,51 @@ async def test_on_postgresql_a_settlement_by_another_process_wakes_the_waiter_wi
         waiter = asyncio.create_task(here.requests.wait_settled("N3", 0.5, recheck=30))
         await elsewhere.requests.retrying("N3", attempt=2, error="TransientError: DMS down")
         assert (await asyncio.wait_for(waiter, 5)).status is RequestStatus.IN_PROGRESS
+
+
+def _round_trips() -> dict[str, float]:
+    return {
+        s.labels["kind"]: s.value
+        for s in metrics.STORE_ROUND_TRIPS.collect()[0].samples
+        if s.name == "esi_store_round_trips_total"
+    }
+
+
+async def test_on_postgresql_a_read_is_one_round_trip_and_a_busy_pool_is_not_pinged(pg_database) -> None:
+    async with await Store.open(pg_database.url) as store:
+        await _accept(store, "R1")
+        await store.requests.get("R1")  # the pool has its connection
+        before = _round_trips()
+        for _ in range(5):
+            assert (await store.requests.get("R1")).status is RequestStatus.ACCEPTED
+        await store.requests.retrying("R1", attempt=2, error="x")
+        after = _round_trips()
+        spent = {kind: after.get(kind, 0) - before.get(kind, 0) for kind in after}
+        # five reads: their statements alone (autocommit: no BEGIN, no ROLLBACK, no ping of a connection just used);
+        # one write: BEGIN, its statement, COMMIT
+        assert spent == {"statement": 6, "begin": 1, "commit": 1, "rollback": 0, "ping": 0}, spent
+
+
+async def test_on_postgresql_a_pooled_connection_that_died_while_idle_is_replaced(pg_database, monkeypatch) -> None:
+    from esi.store import backends
+
+    async with await Store.open(pg_database.url) as store:
+        await _accept(store, "D1")
+        await store.requests.get("D1")
+        # the database drops every connection of the store (a restart, a dropped link) while they sit in the pool
+        async with await Store.open(pg_database.url) as other:
+            await other.database.read(
+                lambda conn: conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).all()
+            )
+        monkeypatch.setattr(backends, "IDLE_PING_S", 0.0)  # every connection counts as idle: each is pinged
+        before = _round_trips().get("ping", 0)
+        assert (await store.requests.get("D1")).status is RequestStatus.ACCEPTED  # pinged, found dead, replaced
+        await store.requests.retrying("D1", attempt=2, error="x")  # and a write
+        assert (await store.requests.get("D1")).status is RequestStatus.IN_PROGRESS
+        assert _round_trips().get("ping", 0) > before
 
 
 async def test_closing_the_settlements_answers_every_waiter_at_once(store_url: str) -> None:
