@@ -319,6 +319,16 @@ class PostgresBackend(GroupCommit):
         #: BEGIN and a ROLLBACK around it (at READ COMMITTED each statement has a snapshot of its own either way)
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._listeners: list[Notifications] = []
+        #: the server processes of this pool's connections: what they announce, this process knows already
+        self._own_pids: set[int] = set()
+        event.listen(engine.sync_engine, "connect", self._connected)
+        event.listen(engine.sync_engine, "close", self._closed)
+
+    def _connected(self, dbapi_connection: Any, _record: Any) -> None:
+        self._own_pids.add(dbapi_connection.driver_connection.get_server_pid())
+
+    def _closed(self, dbapi_connection: Any, _record: Any) -> None:
+        self._own_pids.discard(dbapi_connection.driver_connection.get_server_pid())
 
     async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
         async with self._engine.begin() as conn:
@@ -336,7 +346,7 @@ class PostgresBackend(GroupCommit):
     def notifications(self, channel: str, on_payload: Callable[[str], None]) -> Notifications:
         """`LISTEN channel` on a connection of its own (opened at the first `ensure`), closed with the backend."""
         dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        listener = Notifications(dsn, channel, on_payload)
+        listener = Notifications(dsn, channel, on_payload, ignore=self._own_pids)
         self._listeners.append(listener)
         return listener
 
@@ -356,8 +366,19 @@ class Notifications:
     waiters' periodic recheck, `esi.store.settled`). `ensure` connects, or reconnects after a loss, at most every
     `retry_s` seconds, never raising."""
 
-    def __init__(self, dsn: str, channel: str, on_payload: Callable[[str], None], *, retry_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        channel: str,
+        on_payload: Callable[[str], None],
+        *,
+        ignore: set[int] | frozenset[int] = frozenset(),
+        retry_s: float = 5.0,
+    ) -> None:
         self._dsn = dsn
+        #: server processes whose announcements are dropped: the listener's own pool's, whose writes this process
+        #: made (and told its waiters of, with the row: heard first, an announcement would cost them a read)
+        self._ignore = ignore
         self._channel = channel
         self._on_payload = on_payload
         self._retry_s = retry_s
@@ -398,10 +419,13 @@ class Notifications:
         conn.add_termination_listener(self._lost)
         self._conn = conn
 
-    def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        self._on_payload(payload)
+    def _heard(self, _conn: Any, pid: int, _channel: str, payload: str) -> None:
+        if pid not in self._ignore:
+            self._on_payload(payload)
 
     def _lost(self, _conn: Any) -> None:
+        if self._closed:
+            return  # closed by `aclose`
         log.warning("the connection listening on %s was lost; listening again at the next wait", self._channel)
         self._conn = None
 

@@ -324,6 +324,17 @@ async def test_on_postgresql_a_read_is_one_round_trip_and_a_busy_pool_is_not_pin
         # five reads: their statements alone (autocommit: no BEGIN, no ROLLBACK, no ping of a connection just used);
         # one write: BEGIN, its statement, COMMIT
         assert spent == {"statement": 6, "begin": 1, "commit": 1, "rollback": 0, "ping": 0}, spent
+        # a waiter here, settled here: woken with the row the write returned, and the database's announcement of
+        # this process's own write ignored (heard first, it would have woken the waiter to read the row again)
+        seen: list[object] = []
+        waiter = asyncio.create_task(store.requests.wait_settled("R1", 10, recheck=30, check=seen.append))
+        async with asyncio.timeout(5):
+            while not seen:
+                await asyncio.sleep(0.005)
+        before = _round_trips()
+        await store.requests.record_response("R1", response={"ok": 1}, error=None)
+        assert (await asyncio.wait_for(waiter, 5)).status is RequestStatus.COMPLETED
+        assert _round_trips()["statement"] - before["statement"] == 1
 
 
 async def test_on_postgresql_a_pooled_connection_that_died_while_idle_is_replaced(pg_database, monkeypatch) -> None:
