@@ -303,6 +303,37 @@ async def test_on_postgresql_a_settlement_by_another_process_wakes_the_waiter_wi
         assert (await asyncio.wait_for(waiter, 5)).status is RequestStatus.IN_PROGRESS
 
 
+async def test_the_listening_connection_comes_back_after_a_loss_and_a_failure_does_not_raise(pg_database) -> None:
+    from esi.store.backends import Notifications
+
+    heard: list[str] = []
+    async with await Store.open(pg_database.url) as store, await Store.open(pg_database.url) as other:
+        listener = store.database.notifications("esi_test_channel", heard.append)
+        assert listener is not None
+        assert await listener.ensure()
+        # the database drops the listening connection (a restart, a dropped link)
+        await other.database.read(
+            lambda conn: conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            ).all()
+        )
+        async with asyncio.timeout(5):
+            while listener.up:  # noticed as lost
+                await asyncio.sleep(0.01)
+        listener._next_try = 0  # the retry pause (5 s) over
+        assert await listener.ensure()  # listening again
+        await other.database.write(lambda conn: conn.exec_driver_sql("SELECT pg_notify('esi_test_channel', 'again')"))
+        async with asyncio.timeout(5):
+            while heard != ["again"]:
+                await asyncio.sleep(0.01)
+    # a database that does not answer: no exception, not listening, no new try before the pause is over
+    nowhere = Notifications("postgresql://nobody@127.0.0.1:1/none", "esi_test_channel", heard.append)
+    assert await nowhere.ensure() is False
+    assert await nowhere.ensure() is False
+    await nowhere.aclose()
+
+
 def _round_trips() -> dict[str, float]:
     return {
         s.labels["kind"]: s.value
