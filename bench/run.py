@@ -12,6 +12,8 @@ directory, it measures:
 6. scaleout    run 4 with one DMS adapter process and with two
 2b. peer      the naive peer (`bench.peer`: FastStream + FastAPI, no store, outbox, inbox or retries) under the same
                load at esi's best concurrency, interleaved with esi (esi, peer, esi, peer): esi ÷ peer
+6c. sets      N create_user with `Prefer: wait` on one set of processes (onec, dms, crm) and on two (the load split
+               across two API processes), on PostgreSQL (`bench.sets`; alone: `python -m bench.sets`): two ÷ one
 7. cluster     the three-node cluster (`make cluster`) against the single node, and two API processes against one,
                as ratios (`bench.cluster`; alone: `python -m bench.cluster`)
 8. abuse       a flood of wrong passwords beside a well-behaved client (`bench.abuse`): its throughput and p99 ratios
@@ -63,6 +65,7 @@ SECTIONS = (
     "backlog",
     "fairness",
     "events",
+    "sets",
     "cluster",
     "chart",
 )
@@ -74,6 +77,10 @@ TARGET_INGRESS_P99_MS = 50.0
 TARGET_SLOW_RATIO = 1.5
 TARGET_RSS_MB = 150.0
 TARGET_SCALEOUT = 1.7
+#: two sets of processes (API + adapters) against one, Prefer: wait, PostgreSQL (issue 31: on a machine whose cores
+#: the second set can use; on two shared cores the ratio says whether a second set costs anything)
+TARGET_SETS = 1.8
+SETS_TARGET = "two sets of processes ≥ 1.8 × one (Prefer: wait, PostgreSQL)"
 #: the names of the targets of sections abuse and fairness (bench.abuse, bench.fairness hold their limits)
 ABUSE_THROUGHPUT = "abuse: steady client's throughput ≥ 0.9 × alone beside a flood of wrong passwords"
 ABUSE_P99 = "abuse: steady client's p99 ≤ 1.3 × alone beside a flood of wrong passwords"
@@ -101,6 +108,8 @@ DEFAULTS: dict[str, Any] = {
     "fairness_seconds": 10.0,
     "fairness_connections": 16,
     "events_n": 500,
+    "sets_n": 3000,
+    "sets_concurrency": 128,
 }
 QUICK: dict[str, Any] = {
     "ceiling_n": 200,
@@ -123,6 +132,8 @@ QUICK: dict[str, Any] = {
     "fairness_seconds": 2.0,
     "fairness_connections": 4,
     "events_n": 40,
+    "sets_n": 100,
+    "sets_concurrency": 16,
 }
 
 
@@ -213,6 +224,7 @@ class Bench:
             "abuse": None,
             "fairness": None,
             "events": None,
+            "sets": None,
             "targets": [],
             "client": {},
             "chart": None,
@@ -331,6 +343,20 @@ class Bench:
                 self.run_events()
             except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
                 self.errors.append(f"events: {type(exc).__name__}: {exc}")
+        if not self.skip("sets"):
+            try:  # a system of its own on PostgreSQL (one set, then two), after the main one has stopped
+                from bench import sets
+
+                self.result["sets"] = sets.run(
+                    n=a.sets_n,
+                    concurrency=a.sets_concurrency,
+                    warmup=a.warmup,
+                    prefetch=a.prefetch,
+                    completion_timeout=a.completion_timeout,
+                    say=self.say,
+                )
+            except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+                self.errors.append(f"sets: {type(exc).__name__}: {exc}")
                 traceback.print_exc()
         if not self.skip("cluster"):
             try:  # systems of its own (the single node's and the cluster's), after the main one has stopped
@@ -1022,6 +1048,9 @@ class Bench:
                 speedup is not None and speedup >= TARGET_SCALEOUT,
                 "×",
             )
+        if r.get("sets"):
+            ratio = r["sets"]["two_vs_one"]
+            add(SETS_TARGET, ratio, f"≥ {TARGET_SETS}", ratio is not None and ratio >= TARGET_SETS, "×")
         if r.get("bound"):
             bound = r["bound"]
             ratio = bound["one"]["ratio_to_ideal"]
@@ -1323,6 +1352,14 @@ def print_table(result: dict[str, Any]) -> None:
             scaleout["two"]["ratio_to_ceiling"],
             name="two DMS adapters ≥ 1.7 × one (slow run)",
         )
+    sets = result.get("sets")
+    if sets:
+        row(
+            f"6c. sets ({sets['store']}): 1 → 2 (API + DMS + CRM)",
+            f"{_fmt(sets['one']['round_trips_per_s'])}/s → {_fmt(sets['two']['round_trips_per_s'])}/s "
+            f"= {_fmt(sets['two_vs_one'])}×; p99 {_fmt(sets['one']['p99_ms'])} → {_fmt(sets['two']['p99_ms'])} ms",
+            name=SETS_TARGET,
+        )
     bound = result.get("bound")
     if bound:
         one, two = bound["one"], bound["two"]
@@ -1449,6 +1486,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="DMS_MAX_CONCURRENCY per adapter in the tight-limit runs 4b/6b (default 10; quick 5)",
     )
+    parser.add_argument("--sets-n", type=int, help="requests per run of the sets section (default 3000; quick 100)")
+    parser.add_argument("--sets-concurrency", type=int, help="concurrency of the sets section (default 128)")
     parser.add_argument("--backlog", type=int)
     parser.add_argument("--events-n", type=int, help="events per phase of section events (default 500; quick 40)")
     parser.add_argument("--backlog-sample-seconds", type=float)

@@ -18,7 +18,7 @@ from yarl import URL
 
 from bench.procs import ProcSampler, find_rabbitmq_pid
 from esi.systems.spec import DEFAULT_MAX_CONCURRENCY
-from esi.testing import EsiSystem, PgDatabase, Vhost, wait_until
+from esi.testing import EsiSystem, PgDatabase, Vhost, free_port, wait_until
 
 LAYOUT: dict[str, list[str]] = {
     "fakes": ["fake-creatio", "fake-dms"],
@@ -109,6 +109,47 @@ class BenchSystem:
         """Start (again) a DMS adapter process under `name` (dms, dms2), with `env` over the usual settings."""
         self.esi.start(name, ["dms"], env)
         self._watch(name)
+
+    def start_second_set(self) -> str:
+        """A second API process (onec2, on a port of its own), DMS adapter (dms2) and CRM adapter (crm2) beside the
+        first set: what a site adds when traffic grows. Returns the second API's URL."""
+        port = free_port()
+        self.esi.start("onec2", ["onec"], {"ESI_HTTP_PORT": str(port)})
+        url = f"http://127.0.0.1:{port}"
+        self.esi.wait_http(f"{url}/readyz")
+        self.esi.start("dms2", ["dms"])
+        self.esi.start("crm2", ["crm"])
+        for name in ("onec2", "dms2", "crm2"):
+            self._watch(name)
+        self.wait_consumers(dms=2)
+        self.wait_consumers(queue="crm_queue", count=2)
+        return url
+
+    def store_counters(self) -> dict[str, dict[str, float]]:
+        """Each esi process's store counters as they stand (`esi_store_round_trips` by kind, `esi_store_writes`),
+        read from its /metrics on its health port; a process that does not answer is left out."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        counters: dict[str, dict[str, float]] = {}
+        for name, process in self.esi.processes.items():
+            if name == "fakes":
+                continue
+            # an API process serves /metrics beside its API, an adapter on its health port
+            port = process.env.get("ESI_HTTP_PORT") if process.services == ["onec"] else None
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port or process.env['ESI_HEALTH_PORT']}/metrics", timeout=10).text
+            except httpx.HTTPError:
+                continue
+            found: dict[str, float] = {}
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "esi_store_round_trips_total":
+                        found[sample.labels["kind"]] = sample.value
+                    elif sample.name == "esi_store_writes_total":
+                        found["writes"] = sample.value
+            counters[name] = found
+        return counters
 
     def stop_process(self, name: str) -> int:
         process = self.esi.processes[name]

@@ -560,7 +560,8 @@ class Settings(FileSecretsSettings):
         gt=0,
         le=60,
         validation_alias=_env("ESI_WAIT_RECHECK"),
-        description="how often one query looks up the requests waited on that another process settled",
+        description="how often one query looks up the requests waited on that another process settled (on "
+        "PostgreSQL the database announces them at once; this is the fallback)",
     )
     http_port: int = Field(5000, validation_alias=_env("ESI_HTTP_PORT", "FLASK_PORT"), description="the API's port")
     health_host: str = Field(

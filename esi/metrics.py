@@ -122,6 +122,17 @@ REQUEST_DURATION = Histogram(
     buckets=(*_BUCKETS, 60, 120, 300, 600, 1800, 3600),
     registry=REGISTRY,
 )
+#: what the store costs the database per request (issue 31): transactions and round trips, by kind
+STORE_ROUND_TRIPS = Counter(
+    "esi_store_round_trips",
+    "Round trips to the store's database by kind: statement, begin, commit, rollback, ping (PostgreSQL); "
+    "SQLite counts its commits only (its statements are calls into the library, not round trips)",
+    ["kind"],
+    registry=REGISTRY,
+)
+STORE_WRITES = Counter(
+    "esi_store_writes", "Writes handed to the store's group commits (several share a commit)", registry=REGISTRY
+)
 RETENTION_DELETED = Counter("esi_retention_deleted", "Rows deleted by the retention pass", ["table"], registry=REGISTRY)
 AUTH_FAILURES = Counter("esi_auth_failures", "Refused sign-ins (401), by reason", ["reason"], registry=REGISTRY)
 AUTH_THROTTLED = Counter(

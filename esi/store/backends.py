@@ -9,14 +9,17 @@ An operation is a plain function over a SQLAlchemy `Connection` (the repositorie
   it fails alone). Reads run in reader threads, in deferred transactions that never wait for the writer (WAL); the
   reads asked for in one turn of the event loop go to a thread in one hand-off. An async SQLite driver would cost a
   thread hop per statement, the bottleneck of the whole bus (docs/performance.md).
-- PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way, reads from the pool.
+- PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way, reads from the pool; and
+  `LISTEN` on a connection of its own for what other processes announce (`Notifications`: settled requests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +28,10 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from esi import metrics
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 #: an operation: a function run on a connection inside the backend's transaction
@@ -58,9 +65,38 @@ class Backend(Protocol):
         backend cannot (the caller then uses `read`)."""
         ...
 
+    def notifications(self, channel: str, on_payload: Callable[[str], None]) -> Notifications | None:
+        """What other processes announce on `channel`, each payload handed to `on_payload`; None when this backend
+        cannot tell (SQLite: one process's store, its own writes are known in-process)."""
+        ...
+
     async def aclose(self) -> None:
         """Finish the writes under way, then close the engines."""
         ...
+
+
+# --- counting what the database is asked (esi_store_round_trips: docs/performance.md, the production store) -------
+
+_WRITES = metrics.STORE_WRITES
+_TRIPS = {
+    kind: metrics.child(metrics.STORE_ROUND_TRIPS, kind)
+    for kind in ("statement", "begin", "commit", "rollback", "ping")
+}
+
+
+def count_round_trips(engine: Engine, *, statements: bool) -> None:
+    """Count on `engine` its commits, and with `statements` its BEGINs, rollbacks and statements (`ping_when_idle`
+    counts the pings): a counter's increment each, against a round trip's tens of microseconds."""
+    event.listen(engine, "commit", lambda _conn: _TRIPS["commit"].inc())
+    if statements:
+        # SQLAlchemy begins and ends a transaction in autocommit too, without a word to the database
+        event.listen(engine, "begin", lambda conn: None if _autocommit(conn) else _TRIPS["begin"].inc())
+        event.listen(engine, "rollback", lambda conn: None if _autocommit(conn) else _TRIPS["rollback"].inc())
+        event.listen(engine, "before_cursor_execute", lambda *_args: _TRIPS["statement"].inc())
+
+
+def _autocommit(conn: Connection) -> bool:
+    return bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
 
 
 # --- group commit ---------------------------------------------------------------------------------------------------
@@ -101,6 +137,7 @@ class GroupCommit:
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._run_batches(), name="store-group-commit")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        _WRITES.inc()
         self._pending.append((op, future))
         self._kick.set()
         return await future
@@ -249,6 +286,10 @@ class SqliteBackend(GroupCommit):
                     outcomes.append((None, exc))
         return outcomes
 
+    def notifications(self, channel: str, on_payload: Callable[[str], None]) -> None:
+        """None: SQLite cannot tell one process of another's commits (they are found by reading: esi.store.settled)."""
+        return None
+
     async def aclose(self) -> None:
         """Finish the writes under way, stop the threads, close the engines."""
         await self._drain()
@@ -274,24 +315,127 @@ class PostgresBackend(GroupCommit):
     def __init__(self, engine: AsyncEngine, *, max_batch: int = 256) -> None:
         super().__init__(max_batch=max_batch)
         self._engine = engine
+        #: the same pool, its connections in autocommit while they read: a read is its statement alone, without a
+        #: BEGIN and a ROLLBACK around it (at READ COMMITTED each statement has a snapshot of its own either way)
+        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._listeners: list[Notifications] = []
+        #: the server processes of this pool's connections: what they announce, this process knows already
+        self._own_pids: set[int] = set()
+        event.listen(engine.sync_engine, "connect", self._connected)
+        event.listen(engine.sync_engine, "close", self._closed)
+
+    def _connected(self, dbapi_connection: Any, _record: Any) -> None:
+        self._own_pids.add(dbapi_connection.driver_connection.get_server_pid())
+
+    def _closed(self, dbapi_connection: Any, _record: Any) -> None:
+        self._own_pids.discard(dbapi_connection.driver_connection.get_server_pid())
 
     async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
         async with self._engine.begin() as conn:
             return await conn.run_sync(fn, arg)
 
     async def read(self, op: Op[T]) -> T:
-        """Run `op` on a pooled connection."""
-        async with self._engine.connect() as conn:
+        """Run `op` on a pooled connection, in autocommit."""
+        async with self._reader.connect() as conn:
             return await conn.run_sync(op)
 
     def point_read(self, sql: str, params: dict[str, Any]) -> PointRow | None:
         """None: asyncpg's reads are awaited (`read`)."""
         return None
 
+    def notifications(self, channel: str, on_payload: Callable[[str], None]) -> Notifications:
+        """`LISTEN channel` on a connection of its own (opened at the first `ensure`), closed with the backend."""
+        dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        listener = Notifications(dsn, channel, on_payload, ignore=self._own_pids)
+        self._listeners.append(listener)
+        return listener
+
     async def aclose(self) -> None:
-        """Finish the writes under way, close the pool."""
+        """Finish the writes under way, stop listening, close the pool."""
         await self._drain()
+        for listener in self._listeners:
+            await listener.aclose()
         await self._engine.dispose()
+
+
+class Notifications:
+    """PostgreSQL's `LISTEN` on one channel, on an asyncpg connection of its own (not the pool's: a listening
+    connection is held for the life of the process). A `NOTIFY` (`pg_notify`) is delivered at the commit of the
+    transaction that made it, to every listening connection, within milliseconds, and costs the listeners a callback
+    each; nothing is delivered while the connection is down, so what listens keeps a slower way of finding out (the
+    waiters' periodic recheck, `esi.store.settled`). `ensure` connects, or reconnects after a loss, at most every
+    `retry_s` seconds, never raising."""
+
+    def __init__(
+        self,
+        dsn: str,
+        channel: str,
+        on_payload: Callable[[str], None],
+        *,
+        ignore: set[int] | frozenset[int] = frozenset(),
+        retry_s: float = 5.0,
+    ) -> None:
+        self._dsn = dsn
+        #: server processes whose announcements are dropped: the listener's own pool's, whose writes this process
+        #: made (and told its waiters of, with the row: heard first, an announcement would cost them a read)
+        self._ignore = ignore
+        self._channel = channel
+        self._on_payload = on_payload
+        self._retry_s = retry_s
+        self._conn: Any = None
+        self._next_try = 0.0
+        self._connecting: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def up(self) -> bool:
+        """Listening now: what is announced from here on is heard."""
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def ensure(self) -> bool:
+        """Listen, unless already listening or the last try failed less than `retry_s` ago; whether listening."""
+        if self.up:
+            return True
+        if self._closed or time.monotonic() < self._next_try:
+            return False
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect(), name=f"listen-{self._channel}")
+        await asyncio.shield(self._connecting)
+        return self.up
+
+    async def _connect(self) -> None:
+        import asyncpg
+
+        self._next_try = time.monotonic() + self._retry_s
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=10)
+            await conn.add_listener(self._channel, self._heard)
+        except Exception as exc:  # noqa: BLE001 - the database is away: the caller's slower way still works
+            log.warning("listening on %s failed: %s", self._channel, exc)
+            return
+        if self._closed:
+            await conn.close()
+            return
+        conn.add_termination_listener(self._lost)
+        self._conn = conn
+
+    def _heard(self, _conn: Any, pid: int, _channel: str, payload: str) -> None:
+        if pid not in self._ignore:
+            self._on_payload(payload)
+
+    def _lost(self, _conn: Any) -> None:
+        if self._closed:
+            return  # closed by `aclose`
+        log.warning("the connection listening on %s was lost; listening again at the next wait", self._channel)
+        self._conn = None
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._connecting is not None and not self._connecting.done():
+            await asyncio.wait([self._connecting])
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close(timeout=5)
 
 
 # --- engines --------------------------------------------------------------------------------------------------------
@@ -324,11 +468,46 @@ def open_backend(url: str, *, durable_commits: bool = True) -> SqliteBackend | P
         writer = sqlite_engine(target, synchronous=synchronous, begin="BEGIN IMMEDIATE", pool_size=2)
         in_memory = parsed.database in (None, "", ":memory:")
         reader = writer if in_memory else sqlite_engine(target, synchronous=synchronous, begin="BEGIN", pool_size=4)
+        count_round_trips(writer, statements=False)
         return SqliteBackend(writer, reader, path=None if in_memory else parsed.database)
-    async_engine = create_async_engine(
-        target, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"command_timeout": 30}
-    )
+    async_engine = create_async_engine(target, pool_size=10, max_overflow=10, connect_args={"command_timeout": 30})
+    count_round_trips(async_engine.sync_engine, statements=True)
+    ping_when_idle(async_engine.sync_engine)
     return PostgresBackend(async_engine)
+
+
+#: a pooled PostgreSQL connection unused for longer than this is pinged before it is used again
+IDLE_PING_S = 5.0
+
+
+def ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection at checkout only when it sat unused for `IDLE_PING_S` seconds or more; a dead one is
+    replaced by a new connection (the pool's pessimistic disconnect handling, as `pool_pre_ping` does).
+
+    `pool_pre_ping` pings at every checkout, and on SQLAlchemy's asyncpg dialect a ping outside a transaction is
+    three round trips (BEGIN, `;`, ROLLBACK): under load that was a third of all the round trips a request cost
+    (docs/performance.md). A connection in use a moment ago was alive a moment ago; one that sat idle through a
+    database restart or a dropped link is the one a ping saves a request from. A connection that breaks while in use
+    fails that use, and the pool then drops every connection older than the failure."""
+    from sqlalchemy.exc import DisconnectionError
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        now = time.monotonic()
+        last = record.info.get("esi_used")
+        if last is not None and now - last >= IDLE_PING_S:
+            _TRIPS["ping"].inc(3)
+            try:
+                dbapi_connection.ping()
+            except Exception as exc:
+                raise DisconnectionError(f"a pooled connection idle for {now - last:.0f} s is gone: {exc}") from exc
+        record.info["esi_used"] = now
+
+    def checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["esi_used"] = time.monotonic()
+
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
 
 
 def sqlite_engine(url: str, *, synchronous: str, begin: str, pool_size: int) -> Engine:

@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from esi.store.backends import Backend, PointRow, open_backend
+from esi.store.backends import Backend, Notifications, PointRow, open_backend
 from esi.store.migrations import Migrations, applied_versions, apply
 from esi.store.statements import Statement
 
@@ -89,6 +89,11 @@ class Database:
     def point_read(self, statement: Statement, params: dict[str, Any]) -> PointRow | None:
         """(names, row) of a primary-key lookup run at once, where the backend can (SQLite); else None."""
         return self._backend.point_read(statement.sqlite_sql, params)
+
+    def notifications(self, channel: str, on_payload: Callable[[str], None]) -> Notifications | None:
+        """What any process announces on `channel` (PostgreSQL's LISTEN/NOTIFY), or None where the database cannot
+        tell (SQLite)."""
+        return self._backend.notifications(channel, on_payload)
 
     async def ping(self) -> None:
         """Raise unless the database answers (readiness)."""

@@ -5,9 +5,10 @@ A system's own tables are declared in its package (`esi.systems.<code>.tables`) 
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import Column, Connection, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
 from esi.store.migrations import Migrations, add_column, create_index, widen_column
+from esi.store.settled import SETTLED
 
 metadata = MetaData()
 
@@ -185,6 +186,30 @@ KEYS_REQUEST = Index("ix_esi_request_keys_request", request_keys.c.request_id)
 OUTBOX_REQUEST = Index("ix_esi_outbox_request", outbox.c.request_id)
 
 
+#: PostgreSQL: the channel on which the database announces, at commit, each request that reached a settled state (its
+#: id as the payload), whoever wrote it; the API replicas listen (`esi.store.requests`) and wake their waiters
+SETTLED_CHANNEL = "esi_settled"
+
+
+def _announce_settlements(conn: Connection) -> None:
+    """PostgreSQL only: a trigger `NOTIFY`ing `SETTLED_CHANNEL` when a request's status becomes completed, failed or
+    dead-lettered. In the database, not in the code that writes: every path that settles a request (the answer, an
+    adapter's dead letter, an operator's action) is announced, at no extra round trip."""
+    if conn.dialect.name != "postgresql":
+        return
+    settled = ", ".join(f"'{status.value}'" for status in SETTLED)
+    conn.exec_driver_sql(
+        "CREATE OR REPLACE FUNCTION esi_announce_settled() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN PERFORM pg_notify('{SETTLED_CHANNEL}', NEW.request_id); RETURN NULL; END $$"
+    )
+    conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS esi_requests_settled ON {requests.name}")
+    conn.exec_driver_sql(
+        f"CREATE TRIGGER esi_requests_settled AFTER UPDATE OF status ON {requests.name} FOR EACH ROW "
+        f"WHEN (NEW.status IN ({settled}) AND OLD.status IS DISTINCT FROM NEW.status) "
+        "EXECUTE FUNCTION esi_announce_settled()"
+    )
+
+
 #: the core's migrations: version → what it does (tables to create, checkfirst, or steps to run)
 MIGRATIONS = Migrations(
     "esi",
@@ -200,5 +225,6 @@ MIGRATIONS = Migrations(
         8: [add_column(outbox, "trace_context")],
         9: [add_column(outbox, "claimed_until")],
         10: [event_log, event_versions, feed, feed_cursors],
+        11: [_announce_settlements],
     },
 )

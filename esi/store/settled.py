@@ -2,8 +2,11 @@
 
 The store calls `notify` right after it commits a request's end (answer recorded, or dead-lettered); a waiter in
 the same process wakes at once. A request settled by another process (another API replica's consumer, an adapter
-that dead-lettered it) is found by one periodic query for all the requests waited on (`lookup`), not by a read per
-waiter: a thousand open long polls cost one query a second, not a thousand.
+that dead-lettered it) is announced on PostgreSQL by the database itself (a trigger's `NOTIFY` at the commit,
+`esi.store.schema`; `Requests` listens), within milliseconds: two API replicas behind a load balancer answer as fast
+as one. Where nothing announces it (SQLite; the listening connection down), it is found by one periodic query for
+all the requests waited on (`lookup`), not by a read per waiter: a thousand open long polls cost one query a
+second, not a thousand.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class Waiter:
         self.row: dict[str, Any] | None = None
 
     def wake(self, row: dict[str, Any] | None) -> None:
-        self.row = row
+        if row is not None:  # a later wake-up without a row (the store's own announcement of it) keeps the row
+            self.row = row
         self.event.set()
 
 

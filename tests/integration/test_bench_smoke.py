@@ -34,13 +34,13 @@ def quick_run(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=420,
     )
     assert proc.returncode == 0, f"bench --quick exited {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
     return proc, json.loads(out.read_text()), out
 
 
-@pytest.mark.timeout(330)
+@pytest.mark.timeout(450)
 def test_quick_run_exits_0_and_every_request_completes(quick_run) -> None:
     proc, result, _ = quick_run
     assert result["ok"] is True
@@ -60,6 +60,14 @@ def test_quick_run_exits_0_and_every_request_completes(quick_run) -> None:
         assert result[section]["all_completed"], result[section]
         assert result[section]["failed"] == result[section]["timed_out"] == 0
     assert result["scaleout"]["two_adapters_run"]["all_completed"]
+    # one set of processes, then two (the load split across two API processes), on PostgreSQL
+    sets = result["sets"]
+    assert sets["store"] == "postgres"
+    assert sets["one"]["all_completed"], sets
+    assert sets["two"]["all_completed"], sets
+    assert _number(sets["two_vs_one"])
+    assert sets["exit_codes"]
+    assert all(code == 0 for code in sets["exit_codes"].values()), sets["exit_codes"]
     assert result["exit_codes"]
     assert all(code == 0 for code in result["exit_codes"].values())
 

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, inspect, select
 from sqlalchemy.exc import DBAPIError
 
+from esi import metrics
 from esi.api.app import ApiDeps, create_app
 from esi.store import RequestStatus, Store, schema
 from esi.store.backends import open_backend
@@ -274,6 +275,119 @@ async def test_a_waiter_wakes_at_once_here_and_by_rereading_for_another_process(
         assert record.status is RequestStatus.ACCEPTED
         assert loop.time() - started >= 0.2
         assert await here.requests.wait_settled("nobody", 1) is None
+
+
+async def test_on_postgresql_a_settlement_by_another_process_wakes_the_waiter_without_the_recheck(pg_database) -> None:
+    async with await Store.open(pg_database.url) as here, await Store.open(pg_database.url) as elsewhere:
+        loop = asyncio.get_running_loop()
+        for kind, rid in (("answer", "N1"), ("dead letter", "N2")):
+            await _accept(here, rid)
+            first_reads: list[object] = []
+            # a recheck of 30 s: only the database's announcement can wake this waiter in time
+            waiter = asyncio.create_task(here.requests.wait_settled(rid, 20, recheck=30, check=first_reads.append))
+            async with asyncio.timeout(5):
+                while not first_reads:  # listening, and the request read as it stood: accepted
+                    await asyncio.sleep(0.005)
+            started = loop.time()
+            if kind == "answer":
+                await elsewhere.requests.record_response(rid, response={"ok": 1}, error=None)
+            else:
+                await elsewhere.requests.dead_lettered(rid, error="boom", queue="dms_dead_letter_queue")
+            record = await asyncio.wait_for(waiter, 10)
+            assert record.status in (RequestStatus.COMPLETED, RequestStatus.DEAD_LETTERED), kind
+            assert loop.time() - started < 0.5, kind  # milliseconds in practice; the recheck would be 30 s
+        # a status that is not an end (a retry) announces nothing: the waiter waits on to its deadline
+        await _accept(here, "N3")
+        waiter = asyncio.create_task(here.requests.wait_settled("N3", 0.5, recheck=30))
+        await elsewhere.requests.retrying("N3", attempt=2, error="TransientError: DMS down")
+        assert (await asyncio.wait_for(waiter, 5)).status is RequestStatus.IN_PROGRESS
+
+
+async def test_the_listening_connection_comes_back_after_a_loss_and_a_failure_does_not_raise(pg_database) -> None:
+    from esi.store.backends import Notifications
+
+    heard: list[str] = []
+    async with await Store.open(pg_database.url) as store, await Store.open(pg_database.url) as other:
+        listener = store.database.notifications("esi_test_channel", heard.append)
+        assert listener is not None
+        assert await listener.ensure()
+        # the database drops the listening connection (a restart, a dropped link)
+        await other.database.read(
+            lambda conn: conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            ).all()
+        )
+        async with asyncio.timeout(5):
+            while listener.up:  # noticed as lost
+                await asyncio.sleep(0.01)
+        listener._next_try = 0  # the retry pause (5 s) over
+        assert await listener.ensure()  # listening again
+        await other.database.write(lambda conn: conn.exec_driver_sql("SELECT pg_notify('esi_test_channel', 'again')"))
+        async with asyncio.timeout(5):
+            while heard != ["again"]:
+                await asyncio.sleep(0.01)
+    # a database that does not answer: no exception, not listening, no new try before the pause is over
+    nowhere = Notifications("postgresql://nobody@127.0.0.1:1/none", "esi_test_channel", heard.append)
+    assert await nowhere.ensure() is False
+    assert await nowhere.ensure() is False
+    await nowhere.aclose()
+
+
+def _round_trips() -> dict[str, float]:
+    return {
+        s.labels["kind"]: s.value
+        for s in metrics.STORE_ROUND_TRIPS.collect()[0].samples
+        if s.name == "esi_store_round_trips_total"
+    }
+
+
+async def test_on_postgresql_a_read_is_one_round_trip_and_a_busy_pool_is_not_pinged(pg_database) -> None:
+    async with await Store.open(pg_database.url) as store:
+        await _accept(store, "R1")
+        await store.requests.get("R1")  # the pool has its connection
+        before = _round_trips()
+        for _ in range(5):
+            assert (await store.requests.get("R1")).status is RequestStatus.ACCEPTED
+        await store.requests.retrying("R1", attempt=2, error="x")
+        after = _round_trips()
+        spent = {kind: after.get(kind, 0) - before.get(kind, 0) for kind in after}
+        # five reads: their statements alone (autocommit: no BEGIN, no ROLLBACK, no ping of a connection just used);
+        # one write: BEGIN, its statement, COMMIT
+        assert spent == {"statement": 6, "begin": 1, "commit": 1, "rollback": 0, "ping": 0}, spent
+        # a waiter here, settled here: woken with the row the write returned, and the database's announcement of
+        # this process's own write ignored (heard first, it would have woken the waiter to read the row again)
+        seen: list[object] = []
+        waiter = asyncio.create_task(store.requests.wait_settled("R1", 10, recheck=30, check=seen.append))
+        async with asyncio.timeout(5):
+            while not seen:
+                await asyncio.sleep(0.005)
+        before = _round_trips()
+        await store.requests.record_response("R1", response={"ok": 1}, error=None)
+        assert (await asyncio.wait_for(waiter, 5)).status is RequestStatus.COMPLETED
+        assert _round_trips()["statement"] - before["statement"] == 1
+
+
+async def test_on_postgresql_a_pooled_connection_that_died_while_idle_is_replaced(pg_database, monkeypatch) -> None:
+    from esi.store import backends
+
+    async with await Store.open(pg_database.url) as store:
+        await _accept(store, "D1")
+        await store.requests.get("D1")
+        # the database drops every connection of the store (a restart, a dropped link) while they sit in the pool
+        async with await Store.open(pg_database.url) as other:
+            await other.database.read(
+                lambda conn: conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).all()
+            )
+        monkeypatch.setattr(backends, "IDLE_PING_S", 0.0)  # every connection counts as idle: each is pinged
+        before = _round_trips().get("ping", 0)
+        assert (await store.requests.get("D1")).status is RequestStatus.ACCEPTED  # pinged, found dead, replaced
+        await store.requests.retrying("D1", attempt=2, error="x")  # and a write
+        assert (await store.requests.get("D1")).status is RequestStatus.IN_PROGRESS
+        assert _round_trips().get("ping", 0) > before
 
 
 async def test_closing_the_settlements_answers_every_waiter_at_once(store_url: str) -> None:
