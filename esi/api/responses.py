@@ -42,6 +42,7 @@ __all__ = [
     "SENDING",
     "SETTLED_WITHIN_WAIT",
     "UNKNOWN_DEAD_LETTER",
+    "UNKNOWN_JOB",
     "UNKNOWN_MESSAGE_TYPE",
     "UNKNOWN_MESSAGE_TYPE_IN_BODY",
     "UNKNOWN_REQUEST",
@@ -205,6 +206,7 @@ REQUEST_ID_CONFLICT = Refusal(
     "`X-Esi-Duplicate: true`)",
     "request_id 'R-1001' was already used for a different request (dms/create_user); use a new request_id",
 )
+UNKNOWN_JOB = Refusal(404, "unknown_job", "no replay or purge job has this id", "no dead-letter job 17")
 COUNT_CHANGED = Refusal(
     409,
     "count_changed",

@@ -27,6 +27,8 @@ from esi.bus.relay import OutboxRelay
 from esi.bus.topology import Topology
 from esi.config import Settings
 from esi.console import console_router
+from esi.dlq.jobs import JobRunner
+from esi.dlq.sweep import Sweep
 from esi.health import Check
 from esi.messages import Handler
 from esi.runtime.http import HttpServer
@@ -191,6 +193,7 @@ class SystemService(Service):
             tracker=self.store.requests,
             inbox=self.store.inbox if self.system.inbox else None,
             queue_arguments=topology.work_queue_arguments(work),
+            keys=self.registry.business_keys,
         )
         if self.system.origin:
             await self._start_api(topology)
@@ -271,6 +274,7 @@ class SystemService(Service):
             fresh_s=s.publish_timeout + 2,
         )
         self.relay.start()
+        dead_letters = DeadLetters(self.bus.connection, topology)
         deps = ApiDeps(
             registry=self.registry,
             topology=topology,
@@ -280,7 +284,7 @@ class SystemService(Service):
             max_pdf_bytes=s.max_pdf_bytes,
             readiness=self.process_readiness,
             events=self.events,
-            dead_letters=DeadLetters(self.bus.connection, topology),
+            dead_letters=dead_letters,
             max_backlog=s.outbox_max_backlog,
             max_wait=s.max_wait_s,
             wait_recheck=s.wait_recheck_s,
@@ -299,6 +303,21 @@ class SystemService(Service):
             ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file, client_ca_file=s.tls_client_ca_file),
         )
         await self.http.start()
+        # replay and purge jobs run here, one at a time; a job left by a process that died resumes once its lease
+        # runs out (esi.dlq.jobs)
+        runner = JobRunner(
+            connection=self.bus.connection, store=self.store, topology=topology, lease_s=s.dlq_job_lease_s
+        )
+        self._background.append(asyncio.create_task(runner.run_forever(), name="dlq-jobs"))
+        if s.dlq_sweep_interval_s > 0:
+            sweep = Sweep(
+                dead_letters=dead_letters,
+                store=self.store,
+                topology=topology,
+                keys=self.registry.business_keys,
+                max_messages=s.dlq_sweep_max,
+            )
+            self._background.append(asyncio.create_task(sweep.run_forever(s.dlq_sweep_interval_s), name="dlq-sweep"))
 
     async def _prune_forever(self) -> None:
         """Forget processed message ids (and sent outbox rows) after the retention time."""

@@ -6,6 +6,8 @@
     pauses     maintenance pauses and the circuit breakers' reports
     audit      what operators did
     queries    what the operator console searches and counts
+    dead_letters   the index of dead letters (what is parked in the DLQs, to filter and count)
+    dlq_jobs   replay and purge jobs, their progress and lease
 
 A system's own tables live in its package and reach the same database through `Store.database`.
 """
@@ -17,6 +19,8 @@ from collections.abc import Iterable
 from esi.store import schema
 from esi.store.audit import Audit
 from esi.store.database import Database
+from esi.store.dead_letters import DeadLetterIndex
+from esi.store.dlq_jobs import Jobs
 from esi.store.inbox import Inbox
 from esi.store.migrations import Migrations
 from esi.store.outbox import Outbox
@@ -39,6 +43,8 @@ class Store:
         self.pauses = Pauses(database)
         self.audit = Audit(database)
         self.queries = Queries(database)
+        self.dead_letters = DeadLetterIndex(database)
+        self.dlq_jobs = Jobs(database)
 
     @classmethod
     async def open(cls, url: str, *, durable_commits: bool = True, migrations: Iterable[Migrations] = ()) -> Store:

@@ -1,0 +1,185 @@
+"""The dead-letter index: written with the request's state when esi dead-letters, by the sweep for a message that
+reached a DLQ some other way, and read a keyset page at a time (every row once while rows are added)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aio_pika
+import httpx
+import pytest
+
+from esi.store import Store
+from esi.store.dead_letters import IndexFilter, index_row
+from esi.testing import ESI, EsiSystem, PgDatabase, Vhost, wait_until
+from tests.support import unique
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EsiSystem]:
+    workdir = tmp_path_factory.mktemp("esi")
+    v = Vhost()
+    esi = EsiSystem(
+        workdir=workdir,
+        amqp_url=v.url,
+        database_url=f"sqlite:///{workdir}/esi.db",
+        extra_env={"ESI_DLQ_SWEEP_INTERVAL": "1"},
+    )
+    try:
+        esi.start_all()
+        yield esi
+        esi.stop_all()
+    except BaseException:
+        print(esi.logs()[-5000:])
+        esi.kill_all()
+        raise
+    finally:
+        v.delete()
+
+
+def _list(esi: EsiSystem, **params: str) -> dict:
+    response = httpx.get(f"{esi.api_url}/dlq", params=params, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_dead_letter_is_indexed_with_the_request_state(system: EsiSystem) -> None:
+    system.reset_fakes()
+    system.fault("dms", {"status": 400, "count": 1})
+    request_id, user_id = unique("IDX"), unique("U")
+    assert (
+        system.post(
+            "/send_to_dms",
+            {"request_id": request_id, "user_id": user_id, "name": "Иванов Иван", "email": "iv@example.com"},
+        ).status_code
+        == 202
+    )
+    final = system.wait_final(request_id)
+    assert final["status"] == "dead_lettered", final
+
+    # the request reads dead_lettered: its index row is there (the same transaction)
+    found = _list(system, key=user_id)
+    assert found["total"] == 1, found
+    row = found["messages"][0]
+    assert row["request_id"] == request_id
+    assert row["system"] == "dms"
+    assert row["queue"] == "dms_dead_letter_queue"
+    assert row["message_type"] == "create_user"
+    assert row["error_class"] == "PermanentError"
+    assert "400" in row["reason"]
+    assert user_id in row["keys"]
+    assert row["size"] > 0
+    assert row["attempts"] == 1
+
+    # filters: system, type, reason, time; the opened letter comes from its queue with its body
+    assert _list(system, system="crm", key=user_id)["total"] == 0
+    assert _list(system, type="create_user", key=user_id)["total"] == 1
+    assert _list(system, reason="400", key=user_id)["total"] == 1
+    assert _list(system, since="1h", key=user_id)["total"] == 1
+    opened = httpx.get(f"{system.api_url}/dlq/{row['id']}", timeout=10).json()
+    assert user_id in opened["body"]
+
+    # the CLI lists from the index (no broker)
+    listed = subprocess.run(
+        [ESI, "dlq", "list", "--key", user_id, "--json"], env=system.env(), capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout.splitlines()[0])["request_id"] == request_id
+
+
+async def _publish_to_dlq(system: EsiSystem, body: bytes, message_id: str) -> None:
+    connection = await aio_pika.connect(system.amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange("dms_queue_dlx")
+        await exchange.publish(
+            aio_pika.Message(body, message_id=message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key="",
+        )
+    finally:
+        await connection.close()
+
+
+def test_the_sweep_indexes_a_raw_poison_message(system: EsiSystem) -> None:
+    marker = uuid.uuid4().hex
+    ident = f"raw-{marker}"
+    asyncio.run(_publish_to_dlq(system, f"not json {marker}".encode(), ident))
+
+    def indexed() -> dict | None:
+        rows = [m for m in _list(system, system="dms", limit="1000")["messages"] if m["id"] == ident]
+        return rows[0] if rows else None
+
+    row = wait_until(indexed, timeout=20, what="the sweep to index the raw message")
+    assert row["message_type"] == "unknown"
+    assert row["code"] == "broker"
+    assert row["size"] == len(f"not json {marker}")
+    # indexed once, whatever the number of sweeps since
+    wait_until(lambda: len([m for m in _list(system, limit="1000")["messages"] if m["id"] == ident]) == 1, timeout=5)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/esi.db"
+        return
+    db = PgDatabase()
+    try:
+        yield db.url
+    finally:
+        db.drop()
+
+
+def _row(n: int, system: str = "dms") -> dict:
+    return index_row(
+        letter_id=f"L{n:06d}-{uuid.uuid4().hex[:6]}",
+        queue=f"{system}_dead_letter_queue",
+        system=system,
+        message_type="create_user",
+        reason_class="PermanentError",
+        reason_code="http_400",
+        reason="refused",
+        keys=[f"K{n % 7}"],
+        request_id=f"R{n}",
+        routing_key="1c.request.dms.create_user",
+        attempts=1,
+        dead_lettered_at=None,
+        size=100,
+    )
+
+
+async def _pages_while_adding(url: str) -> None:
+    store = await Store.open(url)
+    try:
+        await store.dead_letters.add([_row(n) for n in range(95)], indexed_by="sweep")
+        before = {r.id for r in (await store.dead_letters.page(IndexFilter(), limit=1000))[0]}
+        seen: list[int] = []
+        cursor: int | None = None
+        added = 95
+        while True:
+            page, cursor = await store.dead_letters.page(IndexFilter(), after=cursor, limit=10)
+            seen += [r.id for r in page]
+            # others dead-letter while the operator pages
+            await store.dead_letters.add([_row(added), _row(added + 1, "crm")], indexed_by="consumer")
+            added += 2
+            if cursor is None:
+                break
+        assert len(seen) == len(set(seen)), "a row came twice"
+        assert before <= set(seen), "a row was skipped"
+        assert await store.dead_letters.count(IndexFilter()) == added
+        assert await store.dead_letters.count(IndexFilter(system="crm")) == (added - 95) // 2
+        assert await store.dead_letters.count(IndexFilter(key="K3")) == len([n for n in range(added) if n % 7 == 3])
+        groups = await store.dead_letters.groups(IndexFilter())
+        assert sum(g["count"] for g in groups) == added
+    finally:
+        await store.aclose()
+
+
+def test_cursor_pages_return_every_row_once_while_rows_are_added(store_url: str) -> None:
+    asyncio.run(_pages_while_adding(store_url))
