@@ -22,7 +22,7 @@ from fastapi.security.base import SecurityBase
 
 from esi.errors import ApiError
 from esi.security.auth import API_KEY_HEADER, ClientRegistry
-from esi.security.scopes import Principal, SendScope
+from esi.security.scopes import OPERATOR_SCOPES, Principal, SendScope
 from esi.security.throttle import ThrottleEvent, TrustedProxies
 
 __all__ = ["OPEN", "Authenticator", "principal_dependency", "remote_of"]
@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 AuditRecord = Callable[..., Awaitable[None]]
 
 #: the caller when authentication is off (demo only): everything is allowed
-OPEN = Principal("anonymous", send_scopes=(SendScope("*", "*"),), can_read=True, is_operator=True)
+OPEN = Principal(
+    "anonymous", send_scopes=(SendScope("*", "*"),), can_read=True, is_operator=True, scopes=OPERATOR_SCOPES
+)
 
 
 class _BasicHeader(SecurityBase):

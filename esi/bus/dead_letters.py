@@ -293,6 +293,43 @@ class DeadLetters:
         finally:
             await _close(channel)
 
+    async def republish_one(
+        self, queue: str, ident: str, body: bytes, *, extra_headers: dict[str, Any] | None = None
+    ) -> DeadLetter | None:
+        """Replay the dead letter `ident` of `queue` with `body` in place of its own (an operator's edit): published
+        (confirmed) to its original exchange and routing key, attempt count reset, then acked; None when it is not
+        in the queue (or has no routing key), nothing published then."""
+        channel = await self._connection.channel()
+        publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        publisher = Publisher(publish_channel, exchange=self._topology.exchange, timeout=self._timeout)
+        try:
+            try:
+                amqp_queue = await channel.declare_queue(queue, passive=True)
+            except ChannelNotFoundEntity:
+                return None
+            for _ in range(amqp_queue.declaration_result.message_count or 0):
+                message = await amqp_queue.get(no_ack=False, fail=False, timeout=self._timeout)
+                if message is None:
+                    return None
+                if letter_id(_text(message.message_id), message.body) != ident:
+                    continue
+                letter = DeadLetter.from_message(queue, message)
+                if not letter.routing_key:
+                    return None
+                await publisher.publish_raw(
+                    letter.exchange,
+                    letter.routing_key,
+                    body,
+                    headers={**replay_headers(letter.headers), **(extra_headers or {})},
+                    properties=letter.properties,
+                )
+                await message.ack()
+                return letter
+            return None
+        finally:
+            await _close(channel)  # the others go back, unacked
+            await _close(publish_channel)
+
     async def depth(self, queue: str) -> int:
         """Messages in `queue` now (a passive declare; 0 for a queue not declared yet)."""
         channel = await self._connection.channel()

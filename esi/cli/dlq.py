@@ -30,36 +30,37 @@ def _filters(queue: str | None, reason: str | None, since: str | None, ids: Sequ
 
 def _with_dead_letters(action: Callable[[DeadLetters], Awaitable[_T]]) -> _T:
     """Run `action(dead_letters)` on a connection of its own."""
-    from esi.bus.dead_letters import DeadLetters
-    from esi.runtime import registry_from, topology_from
+    from esi.runtime import registry_from
 
     settings = _settings()
-    registry = registry_from(settings)
+    return asyncio.run(_with_dead_letters_async(settings, registry_from(settings), action))
 
-    async def go() -> _T:
-        import aio_pika
 
-        from esi.bus.connection import redact
+async def _with_dead_letters_async(settings: Any, registry: Any, action: Callable[[DeadLetters], Awaitable[_T]]) -> _T:
+    """`action(dead_letters)` on a connection of its own (the first broker node that answers)."""
+    import aio_pika
 
-        connection, problems = None, []
-        for url in settings.broker_urls():  # a cluster: the first node that answers (one may be down)
-            try:
-                connection = await aio_pika.connect(url, client_properties={"connection_name": "esi-dlq"})
-                break
-            except Exception as exc:  # noqa: BLE001 - any failure to connect: try the next node, report them all
-                problems.append(f"{redact(url)}: {exc}")
-        if connection is None:
-            typer.echo(f"esi: cannot connect to RabbitMQ: {'; '.join(problems)}", err=True)
-            raise typer.Exit(3) from None
+    from esi.bus.connection import redact
+    from esi.bus.dead_letters import DeadLetters
+    from esi.runtime import topology_from
+
+    connection, problems = None, []
+    for url in settings.broker_urls():  # a cluster: the first node that answers (one may be down)
         try:
-            return await action(DeadLetters(connection, topology_from(settings, registry)))
-        except ValueError as exc:
-            typer.echo(f"esi: {exc}", err=True)
-            raise typer.Exit(2) from None
-        finally:
-            await connection.close()
-
-    return asyncio.run(go())
+            connection = await aio_pika.connect(url, client_properties={"connection_name": "esi-dlq"})
+            break
+        except Exception as exc:  # noqa: BLE001 - any failure to connect: try the next node, report them all
+            problems.append(f"{redact(url)}: {exc}")
+    if connection is None:
+        typer.echo(f"esi: cannot connect to RabbitMQ: {'; '.join(problems)}", err=True)
+        raise typer.Exit(3) from None
+    try:
+        return await action(DeadLetters(connection, topology_from(settings, registry)))
+    except ValueError as exc:
+        typer.echo(f"esi: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        await connection.close()
 
 
 def _audit_cli(action: str, *, subject: str | None, count: int, detail: dict[str, Any]) -> None:
@@ -431,3 +432,165 @@ def dlq_cancel(job_id: Annotated[int, typer.Argument(metavar="JOB")]) -> None:
         raise typer.Exit(1)
     _audit_cli("dlq.job.cancel", subject=f"job {job_id}", count=job.remaining, detail={"job": job_id})
     typer.echo(_progress_line(job))
+
+
+@dlq_app.command("edit")
+def dlq_edit(ident: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Correct a dead letter's payload in $EDITOR, then replay it (checked against its message type's JSON
+    Schema first; the audit log keeps the payload before and after)."""
+    import getpass
+    import os
+    import shlex
+    import subprocess
+    import tempfile
+
+    from esi.dlq.edit import EditRefused, edit_and_replay
+    from esi.dlq.entries import envelope_fields
+    from esi.dlq.ops import DeadLetterOps
+    from esi.runtime import registry_from
+    from esi.security.masking import mask
+    from esi.store import Store
+
+    settings = _settings()
+    registry = registry_from(settings)
+
+    async def with_ops(action: Callable[[DeadLetterOps], Awaitable[_T]]) -> _T:
+        store = await Store.open(settings.database_url)
+        try:
+            return await _with_dead_letters_async(settings, registry, lambda dl: action(DeadLetterOps(dl, store)))
+        finally:
+            await store.aclose()
+
+    letter = asyncio.run(with_ops(lambda ops: ops.open(ident)))
+    if letter is None:
+        typer.echo(f"esi: no dead letter with id {ident}", err=True)
+        raise typer.Exit(1)
+    envelope = envelope_fields(letter.body)
+    if "payload" not in envelope:
+        typer.echo("esi: only a message with an esi envelope can be edited", err=True)
+        raise typer.Exit(1)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"esi-dlq-{ident[:12]}-", delete=False) as f:
+        f.write(json.dumps(envelope["payload"], ensure_ascii=False, indent=2) + "\n")
+        path = f.name
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    if subprocess.run([*shlex.split(editor), path], check=False).returncode != 0:  # noqa: S603 - the operator's editor
+        typer.echo(f"esi: the editor failed; nothing was replayed (your edit is in {path})", err=True)
+        raise typer.Exit(1)
+    try:
+        with open(path, encoding="utf-8") as edited:
+            payload = json.load(edited)
+    except json.JSONDecodeError as exc:
+        typer.echo(f"esi: the edit is not JSON ({exc}); nothing was replayed (it is in {path})", err=True)
+        raise typer.Exit(1) from None
+    if payload == envelope["payload"]:
+        typer.echo("esi: nothing changed; nothing was replayed", err=True)
+        raise typer.Exit(1)
+    try:
+        detail = asyncio.run(
+            with_ops(
+                lambda ops: edit_and_replay(
+                    ops,
+                    registry.catalog,
+                    ident,
+                    payload,
+                    by=f"cli:{getpass.getuser()}",
+                    mask=lambda value: mask(value, reveal=False),
+                )
+            )
+        )
+    except EditRefused as exc:
+        typer.echo(f"esi: {exc.message}; nothing was replayed (your edit is in {path})", err=True)
+        raise typer.Exit(1) from None
+    os.unlink(path)
+    typer.echo(f"edited and replayed {detail['id']} ({detail['message_type']})")
+
+
+@dlq_app.command("export")
+def dlq_export(
+    output: Annotated[str, typer.Option("--output", "-o", help="the JSON Lines file (- : standard output)")] = "-",
+    queue: QueueOpt = None,
+    reason: ReasonOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    system: SystemOpt = None,
+    message_type: TypeOpt = None,
+    key: KeyOpt = None,
+    ids: Annotated[list[str] | None, typer.Argument(metavar="[ID ...]")] = None,
+) -> None:
+    """Write dead letters as JSON Lines (headers, properties, body); they stay in their queues."""
+    import sys
+
+    from esi.dlq.transfer import export_lines
+    from esi.runtime import registry_from
+    from esi.store import Store
+
+    given = {
+        "queue": queue,
+        "reason": reason,
+        "since": _time_opt(since, "--since"),
+        "until": _time_opt(until, "--until"),
+        "system": system,
+        "message_type": message_type,
+        "key": key,
+        "ids": ids or (),
+    }
+    settings = _settings()
+
+    async def go(dead_letters: Any) -> int:
+        from esi.dlq.ops import DeadLetterOps
+
+        store = await Store.open(settings.database_url)
+        out = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115, ASYNC230 - closed below
+        count = 0
+        try:
+            ops = DeadLetterOps(dead_letters, store)
+            async for line in export_lines(ops, _index_filter(ops, **given)):
+                out.write(line)
+                count += 1
+        finally:
+            out.flush()
+            if out is not sys.stdout.buffer:
+                out.close()
+            await store.aclose()
+        return count
+
+    count = asyncio.run(_with_dead_letters_async(settings, registry_from(settings), go))
+    typer.echo(f"exported {count} dead letter(s)", err=True)
+
+
+@dlq_app.command("import")
+def dlq_import(
+    path: Annotated[str, typer.Argument(metavar="FILE", help="JSON Lines from esi dlq export (- : standard input)")],
+    replay: Annotated[
+        bool, typer.Option("--replay", help="publish each to its original routing key instead of its DLQ")
+    ] = False,
+) -> None:
+    """Put exported dead letters back: into their DLQ (indexed), or replayed with --replay."""
+    import sys
+
+    from esi.dlq.ops import DeadLetterOps
+    from esi.dlq.transfer import load_lines
+    from esi.runtime import registry_from, topology_from
+    from esi.store import Store
+
+    settings = _settings()
+    registry = registry_from(settings)
+    data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()  # noqa: SIM115 - read at once
+
+    async def go(dead_letters: Any) -> int:
+        store = await Store.open(settings.database_url)
+        try:
+            return await load_lines(
+                data.splitlines(),
+                connection=dead_letters._connection,
+                ops=DeadLetterOps(dead_letters, store),
+                topology=topology_from(settings, registry),
+                replay=replay,
+                keys=registry.business_keys,
+            )
+        finally:
+            await store.aclose()
+
+    count = asyncio.run(_with_dead_letters_async(settings, registry, go))
+    _audit_cli("dlq.import", subject=path, count=count, detail={"replay": replay})
+    typer.echo(f"{'replayed' if replay else 'imported'} {count} dead letter(s)")

@@ -30,7 +30,7 @@ import argon2
 from esi.messages.catalog import Catalog
 from esi.security.hashing import hash_secret, is_argon2_hash
 from esi.security.quota import DEFAULT_QUOTA, Quota, parse_quota, quota_entry
-from esi.security.scopes import Principal, ScopeError, SendScope
+from esi.security.scopes import OPERATOR_SCOPES, Principal, ScopeError, SendScope
 
 __all__ = [
     "CLIENT_ID_PATTERN",
@@ -57,6 +57,7 @@ _ENTRY_KEYS = frozenset(
         "send",
         "read",
         "operator",
+        "scopes",
         "description",
         "comment",
         "rate",
@@ -89,11 +90,13 @@ class ClientConfig:
     read: bool = False
     operator: bool = False
     quota: Quota = DEFAULT_QUOTA
+    #: operator scopes beyond `operator` (`dlq:edit`)
+    scopes: frozenset[str] = frozenset()
 
     @property
     def principal(self) -> Principal:
         """What this client may do, once it has proved who it is."""
-        return Principal(self.client_id, self.send, self.read, self.operator, self.quota)
+        return Principal(self.client_id, self.send, self.read, self.operator, self.quota, self.scopes)
 
     @classmethod
     def from_entry(
@@ -149,7 +152,19 @@ class ClientConfig:
             quota = parse_quota(entry, where)
         except ValueError as exc:
             raise ClientsConfigError(str(exc)) from None
-        return cls(client_id, password_hash, tuple(key_hashes), scopes, flags["read"], flags["operator"], quota)
+        extra = entry.get("scopes", [])
+        if not isinstance(extra, list) or any(s not in OPERATOR_SCOPES for s in extra):
+            raise ClientsConfigError(f"{where}: scopes must be a list of {', '.join(sorted(OPERATOR_SCOPES))}")
+        return cls(
+            client_id,
+            password_hash,
+            tuple(key_hashes),
+            scopes,
+            flags["read"],
+            flags["operator"],
+            quota,
+            frozenset(extra),
+        )
 
 
 def _check_hash(value: object, where: str) -> None:

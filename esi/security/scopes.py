@@ -77,6 +77,8 @@ class Principal:
     is_operator: bool = False
     #: how fast and how much it may send (esi.security.quota); None: no limit
     quota: Quota | None = None
+    #: operator scopes beyond `operator` (`OPERATOR_SCOPES`): `dlq:edit` lets it edit a dead letter's payload
+    scopes: frozenset[str] = frozenset()
 
     def can_send(self, target: str, message_type: str) -> bool:
         """Whether one of the client's scopes covers `message_type` requests to `target` (any case, any spaces)."""
@@ -99,6 +101,18 @@ def require_read(principal: Principal, request_id: str, sender_client_id: str | 
         raise ApiError(403, "forbidden", f"client {principal.client_id!r} may not read the outcome of requests")
     if sender_client_id is None or not hmac.compare_digest(sender_client_id.encode(), principal.client_id.encode()):
         raise ApiError(404, "unknown_request", f"no request with request_id {request_id!r}")
+
+
+#: the operator scopes a client may be given besides the `operator` flag
+DLQ_EDIT = "dlq:edit"
+OPERATOR_SCOPES = frozenset({DLQ_EDIT})
+
+
+def require_scope(principal: Principal, scope: str) -> None:
+    """403 unless `principal` is an operator with `scope` too (`dlq:edit`)."""
+    require_operator(principal)
+    if scope not in principal.scopes:
+        raise ApiError(403, "forbidden", f"client {principal.client_id!r} lacks the {scope!r} scope")
 
 
 def require_operator(principal: Principal) -> None:

@@ -183,3 +183,78 @@ async def _pages_while_adding(url: str) -> None:
 
 def test_cursor_pages_return_every_row_once_while_rows_are_added(store_url: str) -> None:
     asyncio.run(_pages_while_adding(store_url))
+
+
+def test_an_edit_is_checked_against_the_schema_then_replayed(system: EsiSystem) -> None:
+    system.reset_fakes()
+    request_id, user_id = unique("EDIT"), unique("U")
+    body = {"request_id": request_id, "user_id": user_id, "name": "Сидоров Сидор", "email": "s@refused.example"}
+    assert system.post("/send_to_dms", body).status_code == 202
+    assert system.wait_final(request_id)["status"] == "failed"  # the DMS refused the e-mail's domain (422)
+    [row] = _list(system, key=user_id)["messages"]
+    payload = httpx.get(f"{system.api_url}/dlq/{row['id']}", timeout=10).json()["body"]
+    payload = json.loads(payload)["payload"]
+
+    refused = system.post(f"/dlq/{row['id']}/edit", {"payload": {**payload, "email": "not an address"}})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["code"] == "invalid_edit"
+    assert "email: 'not an address' does not match" in refused.json()["error"]["message"]
+    assert _list(system, key=user_id)["total"] == 1  # still parked, nothing published
+
+    edited = system.post(f"/dlq/{row['id']}/edit", {"payload": {**payload, "email": "s@example.com"}})
+    assert edited.status_code == 200, edited.text
+    final = system.wait_final(request_id, final=("completed",))
+    assert final["response"]["dms_user_id"].startswith("DMS-")
+    assert [u["email"] for u in system.dms_state()["users"] if u["external_id"] == user_id] == ["s@example.com"]
+    assert _list(system, key=user_id)["total"] == 0
+
+    audit = httpx.get(f"{system.api_url}/audit", params={"since": "1h"}, timeout=10).json()["entries"]
+    mine = {e["action"]: e for e in audit if e["subject"] == request_id}
+    assert mine["dlq.edit"]["detail"]["before"]["email"] == "s•••@refused.example"  # masked as on the pages
+    assert mine["dlq.edit"]["detail"]["after"]["email"] == "s•••@example.com"
+    assert "does not match" in mine["dlq.edit_refused"]["detail"]["error"]
+    events = httpx.get(f"{system.api_url}/requests/{request_id}/timeline", timeout=10).json()["events"]
+    assert "edited" in [e["event"] for e in events]
+
+
+def test_export_then_import_round_trip(system: EsiSystem, tmp_path: Path) -> None:
+    system.reset_fakes()
+    system.fault("dms", {"status": 400, "count": 2})
+    users = {unique("EXP"): unique("U") for _ in range(2)}
+    for request_id, user_id in users.items():
+        body = {"request_id": request_id, "user_id": user_id, "name": "Экспорт", "email": "e@example.com"}
+        assert system.post("/send_to_dms", body).status_code == 202
+    for request_id in users:
+        assert system.wait_final(request_id)["status"] == "dead_lettered"
+    system.fault("dms", {})
+    ids = [r["id"] for r in _list(system, system="dms", limit="1000")["messages"] if r["request_id"] in users]
+    bodies = {i: httpx.get(f"{system.api_url}/dlq/{i}", timeout=10).json()["body"] for i in ids}
+
+    path = tmp_path / "letters.jsonl"
+    env = system.env()
+    exported = subprocess.run(
+        [ESI, "dlq", "export", "-o", str(path), *ids], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert exported.returncode == 0, exported.stderr
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sorted(line["id"] for line in lines) == sorted(ids)
+    assert {line["id"]: line["body"] for line in lines} == bodies
+
+    purge = system.post("/dlq/jobs", {"kind": "purge", "ids": ids, "expect": 2}).json()
+    wait_until(lambda: httpx.get(f"{system.api_url}/dlq/jobs/{purge['id']}").json()["state"] == "done", timeout=30)
+    assert all(httpx.get(f"{system.api_url}/dlq/{i}", timeout=10).status_code == 404 for i in ids)
+
+    back = subprocess.run([ESI, "dlq", "import", str(path)], env=env, capture_output=True, text=True, timeout=60)
+    assert back.returncode == 0, back.stderr
+    assert "imported 2" in back.stdout
+    assert {i: httpx.get(f"{system.api_url}/dlq/{i}", timeout=10).json()["body"] for i in ids} == bodies
+    assert {r["request_id"] for r in _list(system, system="dms", limit="1000")["messages"] if r["id"] in ids} == set(
+        users
+    )
+
+    replayed = subprocess.run(
+        [ESI, "dlq", "import", "--replay", str(path)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    for request_id in users:
+        assert system.wait_final(request_id, final=("completed",))["status"] == "completed"

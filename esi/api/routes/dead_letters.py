@@ -13,6 +13,7 @@ from esi.api.responses import (
     COUNT_CHANGED,
     DEAD_LETTERS_UNAVAILABLE,
     FORBIDDEN_OPERATOR,
+    INVALID_EDIT,
     INVALID_FILTER,
     UNKNOWN_DEAD_LETTER,
     UNKNOWN_JOB,
@@ -20,13 +21,16 @@ from esi.api.responses import (
 from esi.api.routes.table import Param, Route
 from esi.bus.dead_letters import DeadLetters, Filters
 from esi.config import parse_duration
+from esi.dlq.edit import EditRefused, edit_and_replay
 from esi.dlq.ops import CountChanged, DeadLetterOps, start_job
 from esi.errors import ApiError
-from esi.security.scopes import Principal, require_operator
+from esi.messages import Catalog
+from esi.security.masking import mask
+from esi.security.scopes import DLQ_EDIT, Principal, require_operator, require_scope
 from esi.store import Store
 from esi.store.dead_letters import IndexFilter
 
-__all__ = ["DeadLetterRoutes", "JobRequest", "PurgeRequest", "ReplayRequest"]
+__all__ = ["DeadLetterRoutes", "EditRequest", "JobRequest", "PurgeRequest", "ReplayRequest"]
 
 
 #: every dead-letter route: the operator scope, and a service with access to the queues
@@ -79,12 +83,24 @@ class JobRequest(BaseModel):
     expect: int | None = Field(default=None, ge=0, description="a purge: how many the caller saw and confirms")
 
 
+class EditRequest(BaseModel):
+    """A dead letter's corrected payload (its envelope stays as it was)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    payload: dict[str, Any]
+
+
 class DeadLetterRoutes:
     """The operator's view of the dead-letter queues; `dead_letters` is None where the service has no broker access
     for it (503)."""
 
-    def __init__(self, dead_letters: DeadLetters | None, store: Store | None = None) -> None:
+    def __init__(
+        self, dead_letters: DeadLetters | None, store: Store | None = None, catalog: Catalog | None = None
+    ) -> None:
         self._dead_letters = dead_letters
+        #: the message types' schemas an edit is checked against
+        self._catalog = catalog
         #: where replays and purges are audited
         self._store = store
 
@@ -154,6 +170,15 @@ class DeadLetterRoutes:
                 "One dead letter with its headers and body",
                 params=(Param("ident", str, Path(max_length=128)),),
                 refusals=(*_OPERATOR, UNKNOWN_DEAD_LETTER),
+            ),
+            Route(
+                "POST",
+                "/dlq/{ident}/edit",
+                "edit_dead_letter",
+                self.edit,
+                "Correct a dead letter's payload and replay it (scope dlq:edit; checked against its JSON Schema)",
+                params=(Param("ident", str, Path(max_length=128)), Param("body", EditRequest)),
+                refusals=(*_OPERATOR, UNKNOWN_DEAD_LETTER, INVALID_EDIT),
             ),
             Route(
                 "POST",
@@ -266,6 +291,27 @@ class DeadLetterRoutes:
             await self._store.audit.record(
                 action, client_id=principal.client_id, subject=subject, count=count, detail=detail
             )
+
+    async def edit(self, request: Request, principal: Principal, ident: str, body: EditRequest) -> dict[str, Any]:
+        """The audit log keeps the payload before and after (personal data masked); the request's timeline shows
+        the edit."""
+        ops = self._ops(principal)
+        require_scope(principal, DLQ_EDIT)
+        if self._catalog is None:
+            raise ApiError(503, "unavailable", "dead-letter access is not configured on this service")
+        try:
+            detail = await edit_and_replay(
+                ops,
+                self._catalog,
+                ident,
+                body.payload,
+                by=principal.client_id or "anonymous",
+                mask=lambda value: mask(value, reveal=False),
+            )
+        except EditRefused as exc:
+            code = {404: "unknown_dead_letter", 422: "invalid_edit"}.get(exc.status, "unavailable")
+            raise ApiError(exc.status, code, exc.message) from None
+        return {"edited": True, **detail}
 
     async def start_job(self, request: Request, principal: Principal, body: JobRequest) -> dict[str, Any]:
         """The job is in the audit log with who started it, its filter and how many letters it chose; its progress
