@@ -158,6 +158,9 @@ class Jobs:
         now = now_iso()
         free = and_(j.c.state.in_(ACTIVE), or_(j.c.lease_until.is_(None), j.c.lease_until < now))
         wanted = free if job_id is None else and_(free, j.c.id == job_id)
+        first = select(j.c.id).where(wanted).limit(1)
+        if await self._db.read(lambda conn: conn.execute(first).scalar()) is None:
+            return None  # nothing to claim: no write (the runners of every API replica ask every second)
 
         def write(conn: Connection) -> Any:
             job_id = conn.execute(select(j.c.id).where(wanted).order_by(j.c.id).limit(1)).scalar()
