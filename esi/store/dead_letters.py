@@ -25,6 +25,8 @@ from esi.store.database import Database, now_iso
 __all__ = ["PARKED", "DeadLetterIndex", "IndexFilter", "IndexedLetter", "index_row", "upsert_letters"]
 
 PARKED = "parked"
+#: rows of one INSERT (17 parameters each)
+UPSERT_CHUNK = 500
 #: the columns a writer gives (`index_row` builds them); the rest are the index's own
 _ENTRY_COLUMNS = (
     "letter_id",
@@ -92,12 +94,15 @@ def upsert_letters(conn: Connection, rows: Sequence[Mapping[str, Any]], *, index
         for row in rows
     ]
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(d).values(values)
-    statement = statement.on_conflict_do_update(
-        index_elements=[d.c.queue, d.c.letter_id],
-        set_={c: statement.excluded[c] for c in (*_ENTRY_COLUMNS[2:], "state", "job_id", "settled_at", "indexed_by")},
-    )
-    conn.execute(statement)
+    for start in range(0, len(values), UPSERT_CHUNK):  # PostgreSQL takes 32,767 parameters a statement at most
+        statement = dialect.insert(d).values(values[start : start + UPSERT_CHUNK])
+        statement = statement.on_conflict_do_update(
+            index_elements=[d.c.queue, d.c.letter_id],
+            set_={
+                c: statement.excluded[c] for c in (*_ENTRY_COLUMNS[2:], "state", "job_id", "settled_at", "indexed_by")
+            },
+        )
+        conn.execute(statement)
 
 
 @dataclass(frozen=True)
