@@ -247,6 +247,23 @@ def _follow(store: Any, job_id: int, *, here: bool) -> Any:
     import time
 
     settings = _settings()
+
+    async def watch() -> Any:
+        started = time.monotonic()
+        warned = False
+        while True:
+            job = await store.dlq_jobs.get(job_id)
+            sys.stderr.write("\r" + _progress_line(job))
+            if job.finished:
+                sys.stderr.write("\n")
+                return job
+            if job.state == "pending" and not warned and time.monotonic() - started > 10:
+                typer.echo(
+                    "\nesi: no esi API service has taken the job yet (is one running? --here runs it here)", err=True
+                )
+                warned = True
+            await asyncio.sleep(0.5)
+
     if here:
         from esi.dlq.jobs import JobRunner
         from esi.runtime import registry_from, topology_from
@@ -265,9 +282,8 @@ def _follow(store: Any, job_id: int, *, here: bool) -> Any:
                     lease_s=settings.dlq_job_lease_s,
                 )
                 job = await store.dlq_jobs.claim(runner.owner, settings.dlq_job_lease_s, job_id=job_id)
-                if job is None:
-                    typer.echo(f"esi: job {job_id} is running in another process, or over", err=True)
-                    return await store.dlq_jobs.get(job_id)
+                if job is None:  # an API service took it first: follow it there
+                    return await watch()
                 task = asyncio.create_task(runner.run(job))
                 while not task.done():
                     await asyncio.sleep(0.5)
@@ -279,22 +295,6 @@ def _follow(store: Any, job_id: int, *, here: bool) -> Any:
                 await connection.close()
 
         return run()
-
-    async def watch() -> Any:
-        started = time.monotonic()
-        warned = False
-        while True:
-            job = await store.dlq_jobs.get(job_id)
-            sys.stderr.write("\r" + _progress_line(job))
-            if job.finished:
-                sys.stderr.write("\n")
-                return job
-            if job.state == "pending" and not warned and time.monotonic() - started > 10:
-                typer.echo(
-                    "\nesi: no esi API service has taken the job yet (is one running? --here runs it here)", err=True
-                )
-                warned = True
-            await asyncio.sleep(0.5)
 
     return watch()
 

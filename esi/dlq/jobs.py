@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 
 #: messages taken from a queue at a time (one index read, one commit, one round of confirms for all of them)
 BATCH = 50
-#: a queue that answers empty while it should not (someone looks at it): how often to look again, and how long
-EMPTY_RETRIES, EMPTY_PAUSE_S = 10, 0.5
+#: a queue that delivers nothing while it should (someone looks at it, holding its messages): how often to wait,
+#: and how long each time, before the pass ends
+EMPTY_RETRIES, EMPTY_PAUSE_S = 60, 0.5
 
 
 class _Stop(Exception):
@@ -121,37 +122,44 @@ class JobRunner:
             raise _Stop("cancelled")
 
     async def _pass(self, job: JobRecord, queue: str, left: int, limiter: AsyncLimiter | None) -> int:
-        """One pass over `queue`; the job's letters still parked in it after the pass."""
+        """One pass over `queue`; the job's letters still parked in it after the pass.
+
+        The queue is consumed (basic.consume, `BATCH` × 2 unacked at most) rather than polled message by message:
+        one round trip per message would cap a job far below its rate on a busy broker. A pass sees as many
+        messages as the queue held when it began (those put back at its tail come round again after that)."""
         channel = await self._connection.channel()
         publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         publisher = Publisher(publish_channel, exchange=self._topology.exchange, timeout=self._timeout)
+        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         try:
             try:
                 amqp_queue = await channel.declare_queue(queue, passive=True)
             except ChannelNotFoundEntity:
                 return left
             depth = amqp_queue.declaration_result.message_count or 0
+            if not depth:
+                return left
+            await channel.set_qos(prefetch_count=BATCH * 2)
+            await amqp_queue.consume(inbox.put, no_ack=False)
             seen = empties = 0
             while left > 0 and seen < depth:
                 await self._check(job)
-                batch: list[AbstractIncomingMessage] = []
-                while len(batch) < min(BATCH, job.rate or BATCH, depth - seen):
-                    message = await amqp_queue.get(no_ack=False, fail=False, timeout=self._timeout)
-                    if message is None:
-                        break
-                    batch.append(message)
-                if not batch:  # someone holds the queue's messages for a moment (a look at it): wait for them
+                size = min(BATCH, job.rate or BATCH, depth - seen)
+                try:
+                    batch = [await asyncio.wait_for(inbox.get(), EMPTY_PAUSE_S)]
+                except TimeoutError:  # someone holds the queue's messages for a moment (a look at it): wait
                     empties += 1
                     if empties > EMPTY_RETRIES:
                         break
-                    await asyncio.sleep(EMPTY_PAUSE_S)
                     continue
                 empties = 0
+                while len(batch) < size and not inbox.empty():
+                    batch.append(inbox.get_nowait())
                 seen += len(batch)
                 left -= await self._batch(job, queue, batch, publisher, limiter)
             return left
         finally:
-            for open_channel in (channel, publish_channel):
+            for open_channel in (channel, publish_channel):  # what was delivered and not acked goes back
                 if not open_channel.is_closed:
                     with contextlib.suppress(Exception):
                         await open_channel.close()

@@ -205,19 +205,23 @@ class Jobs:
         parked with this job (one settled before, by the same job before a restart, is not counted twice)."""
         j, d = schema.dlq_jobs, schema.dead_letters
 
+        by_state: dict[str, list[int]] = {}
+        for pk, state in settled:
+            by_state.setdefault(state, []).append(pk)
+
         def write(conn: Connection) -> int:
             now = now_iso()
             done = failed = 0
-            for pk, state in settled:
+            for state, pks in by_state.items():  # one statement per state (a batch is one or two)
                 moved = conn.execute(
                     update(d)
-                    .where(d.c.id == pk, d.c.job_id == job_id, d.c.state == PARKED)
+                    .where(d.c.id.in_(pks), d.c.job_id == job_id, d.c.state == PARKED)
                     .values(state=state, settled_at=now)
                 ).rowcount
-                if moved and state in FAILED_STATES:
-                    failed += 1
-                elif moved:
-                    done += 1
+                if state in FAILED_STATES:
+                    failed += moved
+                else:
+                    done += moved
             conn.execute(
                 update(j)
                 .where(j.c.id == job_id)

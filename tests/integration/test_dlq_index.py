@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -258,3 +259,64 @@ def test_export_then_import_round_trip(system: EsiSystem, tmp_path: Path) -> Non
     assert replayed.returncode == 0, replayed.stderr
     for request_id in users:
         assert system.wait_final(request_id, final=("completed",))["status"] == "completed"
+
+
+def test_the_cli_edits_in_the_editor_and_runs_jobs_here(system: EsiSystem, tmp_path: Path) -> None:
+    system.reset_fakes()
+    request_id, user_id = unique("CLI"), unique("U")
+    body = {"request_id": request_id, "user_id": user_id, "name": "Редактор", "email": "r@refused.example"}
+    assert system.post("/send_to_dms", body).status_code == 202
+    assert system.wait_final(request_id)["status"] == "failed"
+    [row] = _list(system, key=user_id)["messages"]
+    env = system.env()
+
+    # $EDITOR: a sed that corrects the domain in the file it is given
+    edited = subprocess.run(
+        [ESI, "dlq", "edit", row["id"]],
+        env={**env, "EDITOR": "sed -i s/refused.example/example.com/", "VISUAL": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert edited.returncode == 0, edited.stderr
+    assert f"edited and replayed {row['id']}" in edited.stdout
+    assert system.wait_final(request_id, final=("completed",))["status"] == "completed"
+    unchanged = subprocess.run(
+        [ESI, "dlq", "edit", row["id"]], env={**env, "EDITOR": "true"}, capture_output=True, text=True, timeout=60
+    )
+    assert unchanged.returncode == 1  # no longer parked
+    assert "no dead letter" in unchanged.stderr or "no parked dead letter" in unchanged.stderr
+
+    # a replay job run by the CLI itself (--here), followed to its end; jobs and job list it
+    system.fault("dms", {"status": 400, "count": 1})
+    again, user2 = unique("CLI"), unique("U")
+    body = {"request_id": again, "user_id": user2, "name": "Повтор", "email": "p@example.com"}
+    assert system.post("/send_to_dms", body).status_code == 202
+    assert system.wait_final(again)["status"] == "dead_lettered"
+    system.fault("dms", {})
+    dry = subprocess.run(
+        [ESI, "dlq", "replay", "--all", "--key", user2, "--dry-run"], env=env, capture_output=True, text=True
+    )
+    assert "would replay 1 message" in dry.stdout
+    replayed = subprocess.run(
+        [ESI, "dlq", "replay", "--all", "--key", user2, "--here", "--rate", "20/s"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1 message(s)" in replayed.stdout
+    assert system.wait_final(again, final=("completed",))["status"] == "completed"
+    job_id = re.search(r"job (\d+) done", replayed.stdout).group(1)  # type: ignore[union-attr]
+    shown = subprocess.run([ESI, "dlq", "job", job_id, "--json"], env=env, capture_output=True, text=True)
+    assert json.loads(shown.stdout)["done"] == 1
+    listed = subprocess.run([ESI, "dlq", "jobs"], env=env, capture_output=True, text=True)
+    assert f"job {job_id} done" in listed.stdout
+    cancelled = subprocess.run([ESI, "dlq", "cancel", job_id], env=env, capture_output=True, text=True)
+    assert cancelled.returncode == 0  # a finished job stays as it ended
+    assert "done" in cancelled.stdout
+    bad_rate = subprocess.run(
+        [ESI, "dlq", "replay", "--all", "--rate", "fast"], env=env, capture_output=True, text=True
+    )
+    assert bad_rate.returncode == 2
