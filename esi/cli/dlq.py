@@ -114,19 +114,27 @@ UntilOpt = Annotated[str | None, typer.Option("--until", help="dead-lettered bef
 
 
 def _with_store(action: Callable[[Any], Awaitable[_T]]) -> _T:
-    """Run `action(ops)` over the store alone (the index: no broker connection)."""
+    """Run `action(ops)` over the store alone (the index: no broker connection). The store is not migrated here:
+    the services migrate it when they start (a command that only reads the index need not pay for the check)."""
     from esi.dlq.ops import DeadLetterOps
-    from esi.store import Store
+    from esi.store import Database, Store
 
     settings = _settings()
 
     async def go() -> _T:
-        store = await Store.open(settings.database_url)
+        from sqlalchemy.exc import DBAPIError
+
+        store = Store(Database.open(settings.database_url))
         try:
             return await action(DeadLetterOps(None, store))
         except ValueError as exc:
             typer.echo(f"esi: {exc}", err=True)
             raise typer.Exit(2) from None
+        except DBAPIError as exc:  # no index yet: a store no esi service of this version has started on
+            first = str(exc).splitlines()[0]
+            hint = "has an esi service migrated this store?"
+            typer.echo(f"esi: cannot read the dead-letter index ({hint}): {first}", err=True)
+            raise typer.Exit(3) from None
         finally:
             await store.aclose()
 

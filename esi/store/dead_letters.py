@@ -309,6 +309,21 @@ class DeadLetterIndex:
         rows = await self._db.read(lambda conn: conn.execute(query).all())
         return {r._mapping["letter_id"]: IndexedLetter.of(dict(r._mapping)) for r in rows}
 
+    async def settle_letters(self, letters: Sequence[tuple[str, str]], state: str) -> None:
+        """Letters `(queue, letter_id)` left their queue outside a job (the synchronous `POST /dlq/replay`)."""
+        d = schema.dead_letters
+
+        def write(conn: Connection) -> None:
+            for queue, letter_id in letters:
+                conn.execute(
+                    update(d)
+                    .where(d.c.queue == queue, d.c.letter_id == letter_id, d.c.state == PARKED)
+                    .values(state=state, settled_at=now_iso(), job_id=None)
+                )
+
+        if letters:
+            await self._db.write(write)
+
     async def settle(self, ids: Sequence[int], state: str) -> None:
         """Letters left their queue outside a job (a single replay, an edit): `state` says how."""
         d = schema.dead_letters

@@ -246,6 +246,8 @@ class DeadLetterRoutes:
         except ValueError as exc:
             raise ApiError(422, "validation_error", str(exc)) from None
         if not body.dry_run:
+            if self._store is not None:  # the index follows what left the queues
+                await self._store.dead_letters.settle_letters([(d.queue, d.id) for d in letters], "replayed")
             await self._audit(
                 principal,
                 "dlq.replay",
@@ -275,6 +277,8 @@ class DeadLetterRoutes:
             purged = await dead_letters.purge(filters)
         except ValueError as exc:
             raise ApiError(422, "validation_error", str(exc)) from None
+        if self._store is not None:  # the index follows what left the queues
+            await self._store.dead_letters.settle_letters([(d.queue, d.id) for d in purged], "purged")
         await self._audit(
             principal,
             "dlq.purge",
