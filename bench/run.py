@@ -264,6 +264,7 @@ class Bench:
             "fairness_rate": a.fairness_rate,
             "fairness_seconds": a.fairness_seconds,
             "fairness_connections": a.fairness_connections,
+            "dlq_n": a.dlq_n,
             "skip": sorted(a.skip),
             "vhost": self.system.vhost.name,
             "log_level": "INFO (the default)",

@@ -196,3 +196,16 @@ def test_chart_is_drawn_when_matplotlib_is_installed(quick_run) -> None:
     chart = Path(result["chart"]["path"])
     assert chart == out.with_name("chart.png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_dlq_section_measures_pages_the_cli_and_a_replay(quick_run) -> None:
+    dlq = quick_run[1]["dlq"]
+    assert dlq["n"] == quick_run[1]["config"]["dlq_n"] == 1_000
+    for page in ("first_page", "filtered_page"):
+        assert _number(dlq[page]["p95_ms"])
+        assert dlq[page]["loads"] == 20
+    assert _number(dlq["cli_list"]["median_s"])
+    replay = dlq["replay"]
+    assert replay["finished"], replay
+    assert replay["replayed"] == dlq["n"]
+    assert _number(replay["rss_growth_mb"])
