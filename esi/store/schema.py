@@ -150,6 +150,8 @@ dead_letters = Table(
     Index("ux_esi_dead_letters_letter", "queue", "letter_id", unique=True),
     Index("ix_esi_dead_letters_state", "state", "id"),
     Index("ix_esi_dead_letters_system", "state", "system", "id"),
+    #: a group of the console (queue and code), newest first, without scanning the others
+    Index("ix_esi_dead_letters_group", "state", "queue", "reason_code", "id"),
     Index("ix_esi_dead_letters_job", "job_id", "state"),
     Index("ix_esi_dead_letters_request", "request_id"),
 )
