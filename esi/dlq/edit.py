@@ -16,6 +16,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from esi.bus.headers import H_EDITED_BY
 from esi.contracts.schemas import model_schema
 from esi.dlq.entries import envelope_fields
 from esi.dlq.ops import DeadLetterOps
@@ -23,9 +24,6 @@ from esi.errors import InvalidMessage
 from esi.messages import Catalog
 
 __all__ = ["EditRefused", "edit_and_replay", "schema_errors"]
-
-#: the header a replayed edit carries: who edited it
-H_EDITED_BY = "x-esi-edited-by"
 
 
 class EditRefused(ValueError):
