@@ -7,10 +7,11 @@ personal data) and the request's timeline gets an `edited` hop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from jsonschema import Draft202012Validator
@@ -24,6 +25,8 @@ from esi.errors import InvalidMessage
 from esi.messages import Catalog
 
 __all__ = ["EditRefused", "edit_and_replay", "schema_errors"]
+
+T = TypeVar("T")
 
 
 class EditRefused(ValueError):
@@ -53,6 +56,18 @@ def schema_errors(catalog: Catalog, message_type: str, payload: Any) -> str | No
     return f"{where}: {error.message}" if where else error.message
 
 
+async def _patiently(look: Callable[[], Awaitable[T]], tries: int = 5, pause_s: float = 0.5) -> T | None:
+    """`look()` until it finds something: a queue's messages held for a moment by another reader (the sweep, a job's
+    pass, an operator opening one) are not in its ready count then."""
+    for attempt in range(tries):
+        found = await look()
+        if found is not None:
+            return found
+        if attempt < tries - 1:
+            await asyncio.sleep(pause_s)  # back-off between looks, not synchronisation
+    return None
+
+
 async def edit_and_replay(
     ops: DeadLetterOps,
     catalog: Catalog,
@@ -68,7 +83,7 @@ async def edit_and_replay(
     row = await ops.store.dead_letters.get(ident)
     if row is None or row.state != "parked":
         raise EditRefused(404, f"no parked dead letter with id {ident!r}")
-    letter = await ops.dead_letters.find(row.queue, ident)
+    letter = await _patiently(lambda: ops.dead_letters.find(row.queue, ident))  # type: ignore[union-attr]
     if letter is None:
         raise EditRefused(404, f"dead letter {ident!r} is not in {row.queue} any more")
     envelope = envelope_fields(letter.body)
@@ -94,7 +109,10 @@ async def edit_and_replay(
         )
         raise EditRefused(422, message)
     body = orjson.dumps({**envelope, "payload": payload})
-    replayed = await ops.dead_letters.republish_one(row.queue, ident, body, extra_headers={H_EDITED_BY: by})
+    dead_letters = ops.dead_letters
+    replayed = await _patiently(
+        lambda: dead_letters.republish_one(row.queue, ident, body, extra_headers={H_EDITED_BY: by})
+    )
     if replayed is None:
         raise EditRefused(404, f"dead letter {ident!r} is not in {row.queue} any more")
     await ops.store.dead_letters.settle([row.id], "edited")

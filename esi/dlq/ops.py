@@ -3,6 +3,7 @@ queues (a body, read only when one letter is opened, replayed, edited or exporte
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from esi.bus.dead_letters import DeadLetter, DeadLetters
@@ -82,7 +83,13 @@ class DeadLetterOps:
             return None
         row = await self.store.dead_letters.get(ident)
         if row is not None:
-            return await self.dead_letters.find(row.queue, ident)
+            for attempt in range(3):  # its queue's messages may be held for a moment by another reader
+                found = await self.dead_letters.find(row.queue, ident)
+                if found is not None or row.state != "parked":
+                    return found
+                if attempt < 2:
+                    await asyncio.sleep(0.5)  # back-off between looks, not synchronisation
+            return None
         return await self.dead_letters.show(ident)  # not indexed yet (the sweep has not come by): every queue
 
 
