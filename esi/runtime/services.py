@@ -327,8 +327,15 @@ class SystemService(Service):
                 older_than = cutoff.isoformat(timespec="microseconds")
                 inbox = await self.store.inbox.prune(older_than)
                 outbox = await self.store.outbox.prune_sent(older_than)
-                if inbox or outbox:
-                    log.info("pruned %d inbox ids and %d sent outbox rows older than %s", inbox, outbox, cutoff)
+                letters = await self.store.dead_letters.prune(older_than)  # settled rows of the dead-letter index
+                if inbox or outbox or letters:
+                    log.info(
+                        "pruned %d inbox ids, %d sent outbox rows and %d settled dead-letter rows older than %s",
+                        inbox,
+                        outbox,
+                        letters,
+                        cutoff,
+                    )
             except Exception as exc:  # noqa: BLE001 - pruning outlives any failure: the next interval tries again
                 log.warning("pruning the store failed: %s", exc)
             await asyncio.sleep(self.settings.prune_interval_s)

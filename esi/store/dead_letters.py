@@ -309,6 +309,13 @@ class DeadLetterIndex:
         rows = await self._db.read(lambda conn: conn.execute(query).all())
         return {r._mapping["letter_id"]: IndexedLetter.of(dict(r._mapping)) for r in rows}
 
+    async def prune(self, older_than: str) -> int:
+        """Forget the rows of letters that left their queue (replayed, purged, edited, missing) before `older_than`
+        (ISO time); parked ones stay whatever their age. How many."""
+        d = schema.dead_letters
+        statement = d.delete().where(d.c.state != PARKED, d.c.settled_at < older_than)
+        return int(await self._db.write(lambda conn: conn.execute(statement).rowcount))
+
     async def settle_letters(self, letters: Sequence[tuple[str, str]], state: str) -> None:
         """Letters `(queue, letter_id)` left their queue outside a job (the synchronous `POST /dlq/replay`)."""
         d = schema.dead_letters

@@ -178,6 +178,10 @@ async def _pages_while_adding(url: str) -> None:
         assert await store.dead_letters.count(IndexFilter(key="K3")) == len([n for n in range(added) if n % 7 == 3])
         groups = await store.dead_letters.groups(IndexFilter())
         assert sum(g["count"] for g in groups) == added
+        # settled rows are pruned after the retention; parked ones stay whatever their age
+        await store.dead_letters.settle(seen[:5], "replayed")
+        assert await store.dead_letters.prune("9999-12-31") == 5
+        assert await store.dead_letters.count(IndexFilter(state=None)) == added - 5
     finally:
         await store.aclose()
 
