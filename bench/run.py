@@ -21,6 +21,9 @@ directory, it measures:
                p99 and throughput ratios, the share of the runaway client's requests refused 429
 10. events     one event to two subscribers against one event to one, on a small system of its own
                (`bench.events`): esi's CPU per event, and the ratio
+10. dlq        100,000 dead letters across two systems, on a system of its own (`bench.dlq`): the console's first
+               and a filtered dead-letter page (p95 of 20 loads), `esi dlq list --limit 50`, and the API process's
+               memory growth while a replay job goes through them at 500/s
 
 Output: a table on the terminal, bench/results/latest.json and bench/results/chart.png. Targets are reported as
 PASS/FAIL and never change the exit status; errors (a request that never completes, a crashed service) do.
@@ -66,6 +69,7 @@ SECTIONS = (
     "fairness",
     "events",
     "sets",
+    "dlq",
     "cluster",
     "chart",
 )
@@ -110,6 +114,7 @@ DEFAULTS: dict[str, Any] = {
     "events_n": 500,
     "sets_n": 3000,
     "sets_concurrency": 128,
+    "dlq_n": 100_000,
 }
 QUICK: dict[str, Any] = {
     "ceiling_n": 200,
@@ -134,6 +139,7 @@ QUICK: dict[str, Any] = {
     "events_n": 40,
     "sets_n": 100,
     "sets_concurrency": 16,
+    "dlq_n": 1_000,
 }
 
 
@@ -280,6 +286,7 @@ class Bench:
             "fairness_seconds": a.fairness_seconds,
             "fairness_connections": a.fairness_connections,
             "events_n": a.events_n,
+            "dlq_n": a.dlq_n,
             "skip": sorted(a.skip),
             "vhost": self.system.vhost.name,
             "log_level": "INFO (the default)",
@@ -357,6 +364,13 @@ class Bench:
                 )
             except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
                 self.errors.append(f"sets: {type(exc).__name__}: {exc}")
+        if not self.skip("dlq"):
+            try:  # a system of its own (its dead letters seeded), after the main one has stopped
+                from bench import dlq
+
+                self.result["dlq"] = dlq.run(a.dlq_n, store=a.store, say=self.say)
+            except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+                self.errors.append(f"dlq: {type(exc).__name__}: {exc}")
                 traceback.print_exc()
         if not self.skip("cluster"):
             try:  # systems of its own (the single node's and the cluster's), after the main one has stopped
@@ -1418,6 +1432,21 @@ def print_table(result: dict[str, Any]) -> None:
             f"{_fmt(loop['attempts_per_s'])}/s tried, {_fmt(loop['accepted_per_s'])}/s accepted, "
             f"{_fmt(share * 100 if share is not None else None)}% refused 429",
         )
+    dlq = result.get("dlq")
+    if dlq and dlq.get("replay"):
+        row(
+            f"10. dlq: {_fmt(dlq['n'])} dead letters (seeded), console first page p95 / filtered p95",
+            f"{_fmt(dlq['first_page']['p95_ms'])} / {_fmt(dlq['filtered_page']['p95_ms'])} ms",
+            target="< 300 ms",
+        )
+        row("    esi dlq list --limit 50", f"{_fmt(dlq['cli_list']['median_s'])} s", target="< 1 s")
+        replay = dlq["replay"]
+        row(
+            f"    replay job at {replay['rate_limit']}/s: API RSS growth",
+            f"+{_fmt(replay['rss_growth_mb'])} MB ({_fmt(replay['replayed'])} in {_fmt(replay['seconds'])} s, "
+            f"{_fmt(replay['rate_per_s'])}/s)",
+            target="< 50 MB",
+        )
     client = result.get("client") or {}
     if client.get("verdict"):
         row("   client (bench process)", client["verdict"])
@@ -1490,6 +1519,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sets-concurrency", type=int, help="concurrency of the sets section (default 128)")
     parser.add_argument("--backlog", type=int)
     parser.add_argument("--events-n", type=int, help="events per phase of section events (default 500; quick 40)")
+    parser.add_argument("--dlq-n", type=int, help="dead letters of section dlq (default 100,000; quick 1,000)")
     parser.add_argument("--backlog-sample-seconds", type=float)
     parser.add_argument(
         "--profile", metavar="DIR", help="record onec and dms with py-spy during the e2e run at the highest concurrency"

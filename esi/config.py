@@ -542,6 +542,28 @@ class Settings(FileSecretsSettings):
         description="how often the retention runs (a duration)",
     )
 
+    # --- dead letters: the index's sweep and the replay/purge jobs ----------------------------------------------
+    dlq_sweep_interval_s: float = Field(
+        60,
+        ge=0,
+        validation_alias=_env("ESI_DLQ_SWEEP_INTERVAL"),
+        description="how often the API service indexes dead letters that reached a DLQ without esi's index "
+        "(a raw poison publish, an older esi); 0 or off: never",
+    )
+    dlq_sweep_max: int = Field(
+        20_000,
+        ge=1,
+        validation_alias=_env("ESI_DLQ_SWEEP_MAX"),
+        description="the most messages of one DLQ a sweep looks at (it holds them unacked while it looks)",
+    )
+    dlq_job_lease_s: float = Field(
+        30,
+        gt=0,
+        validation_alias=_env("ESI_DLQ_JOB_LEASE"),
+        description="how long a replay or purge job stays with the API process running it without news from it; "
+        "after that, another (or the same, restarted) process resumes it (a duration)",
+    )
+
     # --- HTTP API for 1C ----------------------------------------------------------------------------------------
     http_host: str = Field(
         "127.0.0.1",
@@ -683,6 +705,8 @@ class Settings(FileSecretsSettings):
         "retention_interval_s",
         "readiness_interval_s",
         "console_session_lifetime_s",
+        "dlq_sweep_interval_s",
+        "dlq_job_lease_s",
         mode="before",
     )
     @classmethod
@@ -692,6 +716,8 @@ class Settings(FileSecretsSettings):
             "request_retention_s": "ESI_REQUEST_RETENTION",
             "retention_interval_s": "ESI_RETENTION_INTERVAL",
             "readiness_interval_s": "ESI_READINESS_INTERVAL",
+            "dlq_sweep_interval_s": "ESI_DLQ_SWEEP_INTERVAL",
+            "dlq_job_lease_s": "ESI_DLQ_JOB_LEASE",
         }
         return parse_duration(value, name=names[str(info.field_name)])
 

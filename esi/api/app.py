@@ -35,7 +35,7 @@ def build_routes(deps: ApiDeps) -> list[Route]:
     return [
         *HealthRoutes(deps.readiness).routes(),
         *RequestRoutes(deps).routes(),
-        *DeadLetterRoutes(deps.dead_letters, deps.store).routes(),
+        *DeadLetterRoutes(deps.dead_letters, deps.store, deps.registry.catalog if deps.registry else None).routes(),
         *SystemsRoutes(deps.store, deps.registry).routes(),
         *ContractRoutes(deps.registry, deps.topology).routes(),
         *EventRoutes(deps.registry, deps.store, deps.sink, dict(deps.system_settings or {})).routes(),

@@ -22,7 +22,7 @@ from fastapi.security.base import SecurityBase
 
 from esi.errors import ApiError
 from esi.security.auth import API_KEY_HEADER, ClientRegistry
-from esi.security.scopes import Principal, SendScope
+from esi.security.scopes import OPERATOR_SCOPES, Principal, SendScope
 from esi.security.throttle import ThrottleEvent, TrustedProxies
 
 __all__ = ["OPEN", "Authenticator", "principal_dependency", "remote_of"]
@@ -40,6 +40,7 @@ OPEN = Principal(
     is_operator=True,
     event_sources=("*",),
     feeds=("*",),
+    scopes=OPERATOR_SCOPES,
 )
 
 

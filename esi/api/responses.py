@@ -34,6 +34,7 @@ __all__ = [
     "FORBIDDEN_SEND",
     "INTERNAL_ERROR",
     "INVALID_DURATION",
+    "INVALID_EDIT",
     "INVALID_FILTER",
     "INVALID_PARAMETERS",
     "MALFORMED_MULTIPART",
@@ -42,6 +43,7 @@ __all__ = [
     "SENDING",
     "SETTLED_WITHIN_WAIT",
     "UNKNOWN_DEAD_LETTER",
+    "UNKNOWN_JOB",
     "UNKNOWN_MESSAGE_TYPE",
     "UNKNOWN_MESSAGE_TYPE_IN_BODY",
     "UNKNOWN_REQUEST",
@@ -205,6 +207,14 @@ REQUEST_ID_CONFLICT = Refusal(
     "`X-Esi-Duplicate: true`)",
     "request_id 'R-1001' was already used for a different request (dms/create_user); use a new request_id",
 )
+INVALID_EDIT = Refusal(
+    422,
+    "invalid_edit",
+    "the edited payload does not match its message type's JSON Schema (the schema's message says where), or the "
+    "dead letter has no esi envelope",
+    "the edit does not match the create_user schema: email: 'x' does not match '^[^@\\s]+@[^@\\s]+$'",
+)
+UNKNOWN_JOB = Refusal(404, "unknown_job", "no replay or purge job has this id", "no dead-letter job 17")
 COUNT_CHANGED = Refusal(
     409,
     "count_changed",

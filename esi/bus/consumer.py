@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,8 +35,15 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from esi import metrics, tracing
 from esi.bus.acks import AckBatcher
+from esi.bus.dead_letters import letter_id
 from esi.bus.decision import Ack, DeadLetter, Decision, GiveBack, Retry, RetryPolicy, decide, not_yet
-from esi.bus.headers import ATTEMPT_HEADER, H_NOT_BEFORE, H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY
+from esi.bus.headers import (
+    ATTEMPT_HEADER,
+    H_DEAD_LETTERED_AT,
+    H_NOT_BEFORE,
+    H_ORIGINAL_EXCHANGE,
+    H_ORIGINAL_ROUTING_KEY,
+)
 from esi.bus.ports import Inbox, NullRecorder, Recorder, Tracker
 from esi.bus.publisher import Publisher
 from esi.bus.topology import WorkQueue
@@ -69,6 +76,7 @@ class Consumer:
         inbox: Inbox | None = None,
         queue_arguments: dict[str, Any] | None = None,
         events: Recorder | None = None,
+        keys: Callable[[Mapping[str, object] | None], list[str]] | None = None,
     ) -> None:
         self.service = service
         self.queue = queue
@@ -82,6 +90,8 @@ class Consumer:
         self._inbox = inbox
         self._queue_arguments = queue_arguments
         self._events: Recorder = events or NullRecorder()
+        #: the business keys of a payload, for the dead-letter index (the registry's)
+        self._keys = keys
         self._amqp_queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -405,13 +415,42 @@ class Consumer:
             queue=self.queue.dead_letter_queue,
             error=decision.reason,
         )
-        if envelope is not None and reply is None and self._tracker is not None:
-            await self._events.durable()  # the request's state says parked: its hops are there first
+        if self._tracker is not None:
+            settle = envelope is not None and reply is None
+            if settle:
+                await self._events.durable()  # the request's state says parked: its hops are there first
+            # the index row of the dead letter, with the request's state (when it settles it) in one transaction
             await self._track(
                 self._tracker.dead_lettered(
-                    envelope.request_id, error=decision.reason, queue=self.queue.dead_letter_queue
+                    envelope.request_id if envelope is not None else None,
+                    error=decision.reason,
+                    queue=self.queue.dead_letter_queue,
+                    letter=self._letter(message, envelope, decision),
+                    settle=settle,
                 )
             )
+
+    def _letter(
+        self, message: AbstractIncomingMessage, envelope: Envelope | None, decision: DeadLetter
+    ) -> dict[str, Any]:
+        """The dead letter's row of the index (`esi.store.dead_letters.index_row` takes these)."""
+        error = decision.error
+        payload = envelope.payload if envelope is not None else None
+        return {
+            "letter_id": letter_id(message.message_id, message.body),
+            "queue": self.queue.dead_letter_queue,
+            "system": self.queue.system,
+            "message_type": envelope.message_type if envelope is not None else None,
+            "reason_class": type(error).__name__,
+            "reason_code": error.code,
+            "reason": error.message,
+            "keys": self._keys(payload) if self._keys is not None else [],
+            "request_id": envelope.request_id if envelope is not None else message.correlation_id,
+            "routing_key": str(decision.headers.get(H_ORIGINAL_ROUTING_KEY) or message.routing_key or ""),
+            "attempts": decision.attempt,
+            "dead_lettered_at": str(decision.headers.get(H_DEAD_LETTERED_AT) or "") or None,
+            "size": len(message.body),
+        }
 
     def _response_type(self, envelope: Envelope | None) -> str | None:
         """The message type answering the delivery, if it is a request (what `decide` may tell us to answer with)."""

@@ -34,6 +34,11 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+def letter_id(message_id: str | None, body: bytes) -> str:
+    """The id a dead letter goes by (in the index, `esi dlq show ID`): its message id, else a hash of its body."""
+    return message_id or hashlib.sha256(body).hexdigest()[:32]
+
+
 def _parse_time(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -108,7 +113,7 @@ class DeadLetter:
         when = _parse_time(headers.get(h.H_DEAD_LETTERED_AT))
         if when is None and isinstance(first_death, dict):
             when = _parse_time(first_death.get("time"))
-        ident = _text(message.message_id) or hashlib.sha256(message.body).hexdigest()[:32]
+        ident = letter_id(_text(message.message_id), message.body)
         properties = {
             name: getattr(message, name)
             for name in (
@@ -252,6 +257,90 @@ class DeadLetters:
         found.sort(key=lambda d: d.dead_lettered_at or datetime.min.replace(tzinfo=UTC))
         return found[:limit] if limit else found
 
+    async def scan(self, queue: str, *, limit: int) -> builtins.list[DeadLetter]:
+        """Up to `limit` messages of `queue` from its head, looked at and all put back (the index's sweep)."""
+        channel = await self._connection.channel()
+        found: list[DeadLetter] = []
+        try:
+            try:
+                amqp_queue = await channel.declare_queue(queue, passive=True)
+            except ChannelNotFoundEntity:
+                return []
+            for _ in range(min(limit, amqp_queue.declaration_result.message_count or 0)):
+                message = await amqp_queue.get(no_ack=False, fail=False, timeout=self._timeout)
+                if message is None:
+                    break
+                found.append(DeadLetter.from_message(queue, message))
+        finally:
+            await _close(channel)  # every message taken goes back, unacked
+        return found
+
+    async def find(self, queue: str, ident: str) -> DeadLetter | None:
+        """One message of `queue` by its id, read from the head until found; everything goes back as it was."""
+        channel = await self._connection.channel()
+        try:
+            try:
+                amqp_queue = await channel.declare_queue(queue, passive=True)
+            except ChannelNotFoundEntity:
+                return None
+            for _ in range(amqp_queue.declaration_result.message_count or 0):
+                message = await amqp_queue.get(no_ack=False, fail=False, timeout=self._timeout)
+                if message is None:
+                    return None
+                if letter_id(_text(message.message_id), message.body) == ident:
+                    return DeadLetter.from_message(queue, message)
+            return None
+        finally:
+            await _close(channel)
+
+    async def republish_one(
+        self, queue: str, ident: str, body: bytes, *, extra_headers: dict[str, Any] | None = None
+    ) -> DeadLetter | None:
+        """Replay the dead letter `ident` of `queue` with `body` in place of its own (an operator's edit): published
+        (confirmed) to its original exchange and routing key, attempt count reset, then acked; None when it is not
+        in the queue (or has no routing key), nothing published then."""
+        channel = await self._connection.channel()
+        publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        publisher = Publisher(publish_channel, exchange=self._topology.exchange, timeout=self._timeout)
+        try:
+            try:
+                amqp_queue = await channel.declare_queue(queue, passive=True)
+            except ChannelNotFoundEntity:
+                return None
+            for _ in range(amqp_queue.declaration_result.message_count or 0):
+                message = await amqp_queue.get(no_ack=False, fail=False, timeout=self._timeout)
+                if message is None:
+                    return None
+                if letter_id(_text(message.message_id), message.body) != ident:
+                    continue
+                letter = DeadLetter.from_message(queue, message)
+                if not letter.routing_key:
+                    return None
+                await publisher.publish_raw(
+                    letter.exchange,
+                    letter.routing_key,
+                    body,
+                    headers={**replay_headers(letter.headers), **(extra_headers or {})},
+                    properties=letter.properties,
+                )
+                await message.ack()
+                return letter
+            return None
+        finally:
+            await _close(channel)  # the others go back, unacked
+            await _close(publish_channel)
+
+    async def depth(self, queue: str) -> int:
+        """Messages in `queue` now (a passive declare; 0 for a queue not declared yet)."""
+        channel = await self._connection.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+            return int(declared.declaration_result.message_count or 0)
+        except ChannelNotFoundEntity:
+            return 0
+        finally:
+            await _close(channel)
+
     async def show(self, ident: str) -> DeadLetter | None:
         letters = await self.list(Filters(ids=(ident,)))
         return letters[0] if letters else None
@@ -285,7 +374,7 @@ class DeadLetters:
                         letter.exchange,
                         letter.routing_key,
                         letter.body,
-                        headers=_replay_headers(letter.headers),
+                        headers=replay_headers(letter.headers),
                         properties=letter.properties,
                     )
                     await message.ack()
@@ -315,7 +404,7 @@ class DeadLetters:
         return purged
 
 
-def _replay_headers(headers: dict[str, Any]) -> dict[str, Any]:
+def replay_headers(headers: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in headers.items() if k not in h.FAILURE_HEADERS}
     out[h.ATTEMPT_HEADER] = 1
     try:

@@ -30,6 +30,8 @@ H_NOT_BEFORE = "x-esi-not-before"
 # written when an operator replays a dead letter
 H_REPLAYED = "x-esi-replayed"
 H_REPLAY_COUNT = "x-esi-replay-count"
+#: who edited a dead letter's payload before replaying it (esi.dlq.edit)
+H_EDITED_BY = "x-esi-edited-by"
 
 # --- RabbitMQ's (read, or dropped on replay) ------------------------------------------------------------------------
 

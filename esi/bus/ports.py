@@ -12,7 +12,7 @@ part used without a store (a test, a tool) passes nothing, or `NullRecorder`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -54,7 +54,18 @@ class Tracker(Protocol):
 
     async def retrying(self, request_id: str, *, attempt: int, error: str) -> None: ...
 
-    async def dead_lettered(self, request_id: str, *, error: str, queue: str) -> None: ...
+    async def dead_lettered(
+        self,
+        request_id: str | None,
+        *,
+        error: str,
+        queue: str,
+        letter: Mapping[str, Any] | None = None,
+        settle: bool = True,
+    ) -> None:
+        """A message was parked in `queue`: index `letter` (the dead-letter index's row: `esi.store.dead_letters`)
+        and, with `settle` and a `request_id`, mark the request dead-lettered, in one transaction."""
+        ...
 
     async def waiting(self, request_id: str, *, error: str) -> None: ...
 

@@ -48,9 +48,14 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-STATIC_TYPES = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
+STATIC_TYPES = {
+    "console.css": "text/css; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
+    # htmx 2.0.11 (BSD Zero-Clause; htmx.LICENSE.txt), vendored from the npm registry: no CDN at run time
+    "htmx.min.js": "text/javascript; charset=utf-8",
+}
 #: the notices after an action (`?done=`), worded by base.html (with the plural forms of the page's language)
-NOTICES = ("replayed", "purged", "paused", "resumed")
+NOTICES = ("replayed", "purged", "paused", "resumed", "replaying", "purging", "edited", "cancelled")
 
 P = ParamSpec("P")
 
@@ -162,6 +167,7 @@ class Console:
                 "done": query["done"],
                 "n": int(query["n"][:9]) if query.get("n", "").isdigit() else 0,
                 "system": query.get("system", "")[:32],
+                "job": int(query["job"][:9]) if query.get("job", "").isdigit() else None,
             }
         lang = self.language(request)
         html = (
@@ -189,6 +195,23 @@ class Console:
                 COOKIE, token, httponly=True, samesite="strict", path="/console", secure=request.url.scheme == "https"
             )
         return response
+
+    def fragment(self, request: Request, principal: Principal | None, template: str, **context: Any) -> HTMLResponse:
+        """A piece of a page, for htmx to swap in place (no layout; the page's CSRF token, no new cookie)."""
+        cookie = request.cookies.get(COOKIE)
+        valid = principal is not None and cookie is not None and self._csrf.valid_for(cookie, principal.client_id)
+        html = (
+            self._envs[self.language(request)]
+            .get_template(template)
+            .render(
+                principal=principal,
+                operator=principal is not None and principal.is_operator,
+                csrf_field=FIELD,
+                csrf=cookie if valid else "",
+                **context,
+            )
+        )
+        return HTMLResponse(html, headers={**SECURITY_HEADERS, "Vary": "Accept-Language"})
 
     def language(self, request: Request) -> str:
         """The language of the page: the best match of the request's Accept-Language, else the console's."""

@@ -24,7 +24,8 @@ from esi.security.scopes import Principal
 
 __all__ = ["Overview"]
 
-#: the overview refreshes itself this often (seconds); what it reads is kept as long (one query per replica)
+#: the overview's body is fetched again this often (seconds, htmx: no page reload); what it reads is kept as long
+#: (one query per replica)
 REFRESH_S = 10
 OVERVIEW_TTL_S = 5.0
 #: how long the overview waits for the broker's queue depths and the readiness checks
@@ -113,7 +114,19 @@ class Overview:
                     },
                 }
             )
+        totals = {outcome: 0 for outcome in OUTCOMES}
+        for _target, _minute, status, n in counts:
+            totals[status] = totals.get(status, 0) + n
+        requests = sum(totals.values())
+        summary = {
+            "requests": requests,
+            "per_minute": round(requests / 60, 1),
+            "failures": totals.get("failed", 0) + totals.get("dead_lettered", 0),
+            "open_breakers": len({b.system for b in breakers if b.state not in ("closed",)}),
+            "parked": sum((await self._store.dead_letters.counts_by_queue()).values()),
+        }
         return {
+            "summary": summary,
             "systems": systems,
             "backlog": backlog,
             "depth_error": depth_error,
@@ -121,6 +134,15 @@ class Overview:
             "checks": checks,
             "at": now,
         }
+
+    @html_errors
+    async def live(self, *, request: Request, principal: Principal) -> Response:
+        """The overview's body alone: htmx swaps it in place every `REFRESH_S` seconds (no page reload)."""
+        self.console.require_viewer(principal)
+        data = await self._overview.get()
+        return self.console.fragment(
+            request, principal, "_overview_body.html", outcomes=OUTCOMES, refresh_s=REFRESH_S, **data
+        )
 
     @html_errors
     async def overview(self, *, request: Request, principal: Principal) -> Response:

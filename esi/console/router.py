@@ -70,6 +70,21 @@ def console_router(
     async def overview(request: Request, principal: Principal = principal) -> Response:
         return await overview_pages.overview(request=request, principal=principal)
 
+    async def overview_live(request: Request, principal: Principal = principal) -> Response:
+        return await overview_pages.live(request=request, principal=principal)
+
+    async def dlq_live(request: Request, principal: Principal = principal) -> Response:
+        return await dead_letter_pages.live(request=request, principal=principal)
+
+    async def dlq_jobs(request: Request, principal: Principal = principal) -> Response:
+        return await dead_letter_pages.jobs(request=request, principal=principal)
+
+    async def edit(ident: str, request: Request, principal: Principal = principal) -> Response:
+        return await dead_letter_pages.edit(ident[:128], request=request, principal=principal)
+
+    async def cancel(job_id: int, request: Request, principal: Principal = principal) -> Response:
+        return await dead_letter_pages.cancel(job_id, request=request, principal=principal)
+
     async def requests(request: Request, principal: Principal = principal) -> Response:
         return await request_pages.requests(request=request, principal=principal)
 
@@ -106,7 +121,12 @@ def console_router(
     router.add_api_route("", overview, methods=["GET"], name="console_overview")
     router.add_api_route("/requests", requests, methods=["GET"], name="console_requests")
     router.add_api_route("/requests/{request_id}", request_page, methods=["GET"], name="console_request")
+    router.add_api_route("/overview/live", overview_live, methods=["GET"], name="console_overview_live")
     router.add_api_route("/dlq", dead_letters, methods=["GET"], name="console_dead_letters")
+    router.add_api_route("/dlq/live", dlq_live, methods=["GET"], name="console_dlq_live")
+    router.add_api_route("/dlq/jobs", dlq_jobs, methods=["GET"], name="console_dlq_jobs")
+    router.add_api_route("/dlq/jobs/{job_id}/cancel", cancel, methods=["POST"], name="console_dlq_cancel")
+    router.add_api_route("/dlq/messages/{ident}/edit", edit, methods=["POST"], name="console_dlq_edit")
     router.add_api_route("/dlq/messages/{ident}", dead_letter, methods=["GET"], name="console_dead_letter")
     router.add_api_route("/dlq/replay", replay, methods=["POST"], name="console_replay")
     router.add_api_route("/dlq/purge/confirm", confirm_purge, methods=["POST"], name="console_confirm_purge")

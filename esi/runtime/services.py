@@ -28,6 +28,8 @@ from esi.bus.topology import Topology
 from esi.config import Settings
 from esi.console import console_router
 from esi.console.sso import SignInSettings
+from esi.dlq.jobs import JobRunner
+from esi.dlq.sweep import Sweep
 from esi.events.ordering import in_order
 from esi.events.sink import EventSink
 from esi.health import Check
@@ -291,6 +293,7 @@ class SystemService(Service):
             tracker=self.store.requests,
             inbox=self.store.inbox if self.system.inbox else None,
             queue_arguments=topology.work_queue_arguments(work),
+            keys=self.registry.business_keys,
         )
         events_queue = topology.events_queue_for(self.system.code)
         if events_queue is not None:
@@ -386,6 +389,7 @@ class SystemService(Service):
         s = self.settings
         assert self.bus is not None  # noqa: S101 - set in start(); narrows for mypy
         assert self.relay is not None  # noqa: S101 - the origin's relay, started first; narrows for mypy
+        dead_letters = DeadLetters(self.bus.connection, topology)
         deps = ApiDeps(
             registry=self.registry,
             topology=topology,
@@ -395,7 +399,7 @@ class SystemService(Service):
             max_pdf_bytes=s.max_pdf_bytes,
             readiness=self.process_readiness,
             events=self.events,
-            dead_letters=DeadLetters(self.bus.connection, topology),
+            dead_letters=dead_letters,
             max_backlog=s.outbox_max_backlog,
             max_wait=s.max_wait_s,
             wait_recheck=s.wait_recheck_s,
@@ -416,6 +420,21 @@ class SystemService(Service):
             ssl=uvicorn_ssl_kwargs(s.tls_cert_file, s.tls_key_file, client_ca_file=s.tls_client_ca_file),
         )
         await self.http.start()
+        # replay and purge jobs run here, one at a time; a job left by a process that died resumes once its lease
+        # runs out (esi.dlq.jobs)
+        runner = JobRunner(
+            connection=self.bus.connection, store=self.store, topology=topology, lease_s=s.dlq_job_lease_s
+        )
+        self._background.append(asyncio.create_task(runner.run_forever(), name="dlq-jobs"))
+        if s.dlq_sweep_interval_s > 0:
+            sweep = Sweep(
+                dead_letters=dead_letters,
+                store=self.store,
+                topology=topology,
+                keys=self.registry.business_keys,
+                max_messages=s.dlq_sweep_max,
+            )
+            self._background.append(asyncio.create_task(sweep.run_forever(s.dlq_sweep_interval_s), name="dlq-sweep"))
 
     async def _prune_forever(self) -> None:
         """Forget processed message ids (and sent outbox rows) after the retention time."""
@@ -430,8 +449,15 @@ class SystemService(Service):
                     if self.settings.request_retention_s > 0:  # the events taken, as long as requests are kept
                         kept = datetime.now(UTC) - timedelta(seconds=self.settings.request_retention_s)
                         await self.store.event_log.prune(kept.isoformat(timespec="microseconds"))
-                if inbox or outbox:
-                    log.info("pruned %d inbox ids and %d sent outbox rows older than %s", inbox, outbox, cutoff)
+                letters = await self.store.dead_letters.prune(older_than)  # settled rows of the dead-letter index
+                if inbox or outbox or letters:
+                    log.info(
+                        "pruned %d inbox ids, %d sent outbox rows and %d settled dead-letter rows older than %s",
+                        inbox,
+                        outbox,
+                        letters,
+                        cutoff,
+                    )
             except Exception as exc:  # noqa: BLE001 - pruning outlives any failure: the next interval tries again
                 log.warning("pruning the store failed: %s", exc)
             await asyncio.sleep(self.settings.prune_interval_s)

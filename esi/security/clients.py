@@ -30,7 +30,7 @@ import argon2
 from esi.messages.catalog import Catalog
 from esi.security.hashing import hash_secret, is_argon2_hash
 from esi.security.quota import DEFAULT_QUOTA, Quota, parse_quota, quota_entry
-from esi.security.scopes import Principal, ScopeError, SendScope
+from esi.security.scopes import OPERATOR_SCOPES, Principal, ScopeError, SendScope
 
 __all__ = [
     "CLIENT_ID_PATTERN",
@@ -59,6 +59,7 @@ _ENTRY_KEYS = frozenset(
         "feeds",
         "read",
         "operator",
+        "scopes",
         "description",
         "comment",
         "rate",
@@ -95,12 +96,21 @@ class ClientConfig:
     events: tuple[str, ...] = ()
     #: the pull feeds it may read and acknowledge (`GET /feed/<subscriber>`): the scope `feed:<subscriber>`
     feeds: tuple[str, ...] = ()
+    #: operator scopes beyond `operator` (`dlq:edit`)
+    scopes: frozenset[str] = frozenset()
 
     @property
     def principal(self) -> Principal:
         """What this client may do, once it has proved who it is."""
         return Principal(
-            self.client_id, self.send, self.read, self.operator, self.quota, event_sources=self.events, feeds=self.feeds
+            self.client_id,
+            self.send,
+            self.read,
+            self.operator,
+            self.quota,
+            event_sources=self.events,
+            feeds=self.feeds,
+            scopes=self.scopes,
         )
 
     @classmethod
@@ -163,6 +173,9 @@ class ClientConfig:
             quota = parse_quota(entry, where)
         except ValueError as exc:
             raise ClientsConfigError(str(exc)) from None
+        extra = entry.get("scopes", [])
+        if not isinstance(extra, list) or any(s not in OPERATOR_SCOPES for s in extra):
+            raise ClientsConfigError(f"{where}: scopes must be a list of {', '.join(sorted(OPERATOR_SCOPES))}")
         return cls(
             client_id,
             password_hash,
@@ -173,6 +186,7 @@ class ClientConfig:
             quota,
             events=names["events"],
             feeds=names["feeds"],
+            scopes=frozenset(extra),
         )
 
 

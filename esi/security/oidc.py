@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from esi.security.scopes import Principal
+from esi.security.scopes import DLQ_EDIT, OPERATOR_SCOPES, Principal
 
 __all__ = [
     "CONSOLE_SCOPES",
@@ -45,6 +45,7 @@ __all__ = [
 CONSOLE_SCOPES = {
     "read": "the console's pages (personal data masked)",
     "operator": "every page unmasked, and the actions: replay, purge, pause, resume",
+    DLQ_EDIT: "with operator: correct a dead letter's payload and replay it",
 }
 #: what a signed-in person's id starts with: never a client id of the clients file (no ':' there)
 SSO_PREFIX = "sso:"
@@ -139,7 +140,10 @@ class RoleMap:
         if not scopes:
             return None
         return Principal(
-            principal_id(user), can_read="read" in scopes or "operator" in scopes, is_operator="operator" in scopes
+            principal_id(user),
+            can_read="read" in scopes or "operator" in scopes,
+            is_operator="operator" in scopes,
+            scopes=frozenset(scopes & OPERATOR_SCOPES),
         )
 
 

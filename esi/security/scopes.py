@@ -90,6 +90,8 @@ class Principal:
     event_sources: tuple[str, ...] = ()
     #: the pull feeds it may read and acknowledge (scope `feed:<subscriber>`; `*`: any)
     feeds: tuple[str, ...] = ()
+    #: operator scopes beyond `operator` (`OPERATOR_SCOPES`): `dlq:edit` lets it edit a dead letter's payload
+    scopes: frozenset[str] = frozenset()
 
     def can_send(self, target: str, message_type: str) -> bool:
         """Whether one of the client's scopes covers `message_type` requests to `target` (any case, any spaces)."""
@@ -124,6 +126,18 @@ def require_feed(principal: Principal, subscriber: str) -> None:
     """403 unless `principal` holds the scope `feed:<subscriber>`."""
     if "*" not in principal.feeds and subscriber not in principal.feeds:
         raise ApiError(403, "forbidden", f"client {principal.client_id!r} lacks the scope feed:{subscriber}")
+
+
+#: the operator scopes a client may be given besides the `operator` flag
+DLQ_EDIT = "dlq:edit"
+OPERATOR_SCOPES = frozenset({DLQ_EDIT})
+
+
+def require_scope(principal: Principal, scope: str) -> None:
+    """403 unless `principal` is an operator with `scope` too (`dlq:edit`)."""
+    require_operator(principal)
+    if scope not in principal.scopes:
+        raise ApiError(403, "forbidden", f"client {principal.client_id!r} lacks the {scope!r} scope")
 
 
 def require_operator(principal: Principal) -> None:

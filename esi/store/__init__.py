@@ -8,6 +8,8 @@
     queries    what the operator console searches and counts
     event_log  the events esi took (deduplicated by record and version), and what each subscriber was given
     feed       the pull feed of subscribers that read by cursor (1C's scheduled job)
+    dead_letters   the index of dead letters (what is parked in the DLQs, to filter and count)
+    dlq_jobs   replay and purge jobs, their progress and lease
 
 A system's own tables live in its package and reach the same database through `Store.database`.
 """
@@ -19,6 +21,8 @@ from collections.abc import Iterable
 from esi.store import schema
 from esi.store.audit import Audit
 from esi.store.database import Database
+from esi.store.dead_letters import DeadLetterIndex
+from esi.store.dlq_jobs import Jobs
 from esi.store.event_log import EventLog
 from esi.store.feed import Feed
 from esi.store.inbox import Inbox
@@ -45,6 +49,8 @@ class Store:
         self.queries = Queries(database)
         self.event_log = EventLog(database)
         self.feed = Feed(database)
+        self.dead_letters = DeadLetterIndex(database)
+        self.dlq_jobs = Jobs(database)
 
     @classmethod
     async def open(cls, url: str, *, durable_commits: bool = True, migrations: Iterable[Migrations] = ()) -> Store:

@@ -8,7 +8,7 @@ waiting for it to settle (`esi.store.settled`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, select, update
@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from esi import metrics
 from esi.store import schema
 from esi.store.database import Database, dumps, loads, now_iso
+from esi.store.dead_letters import upsert_letters
 from esi.store.records import RequestRecord, RequestStatus
 from esi.store.settled import SETTLED, Settlements
 from esi.store.statements import (
@@ -222,9 +223,18 @@ class Requests:
             .values(status=RequestStatus.IN_PROGRESS.value, last_error=error, updated_at=now_iso())
         )
 
-    async def dead_lettered(self, request_id: str, *, error: str, queue: str) -> None:
-        """A hop of the request was parked in a dead-letter queue."""
-        await self._db.execute(
+    async def dead_lettered(
+        self,
+        request_id: str | None,
+        *,
+        error: str,
+        queue: str,
+        letter: Mapping[str, Any] | None = None,
+        settle: bool = True,
+    ) -> None:
+        """A hop of the request was parked in a dead-letter queue: its row in the dead-letter index (`letter`, see
+        `esi.store.dead_letters.index_row`) and, with `settle`, the request's state, in one transaction."""
+        statement = (
             update(schema.requests)
             .where(schema.requests.c.request_id == request_id, schema.requests.c.status.not_in(_FINAL))
             .values(
@@ -234,7 +244,16 @@ class Requests:
                 updated_at=now_iso(),
             )
         )
-        self.settlements.notify(request_id)
+
+        def write(conn: Connection) -> None:
+            if letter is not None:
+                upsert_letters(conn, [letter], indexed_by="consumer")
+            if settle and request_id is not None:
+                conn.execute(statement)
+
+        await self._db.write(write)
+        if settle and request_id is not None:
+            self.settlements.notify(request_id)
 
     # --- timeline and business keys ----------------------------------------------------------------------------
 

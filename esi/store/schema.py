@@ -177,6 +177,69 @@ feed_cursors = Table(
     Column("acked_at", String(40), nullable=False),
 )
 
+#: the index of dead letters (esi.store.dead_letters): what an operator filters on, written with the request's state
+#: when esi dead-letters a message (or by the sweep, for one that reached a DLQ some other way); the message itself
+#: stays in its dead-letter queue. `state`: parked (in its DLQ), replayed, purged, missing (not found by a job)
+dead_letters = Table(
+    "esi_dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    #: the message's id (its AMQP message-id, else a hash of its body): what `esi dlq show ID` names
+    Column("letter_id", String(128), nullable=False),
+    Column("queue", String(128), nullable=False),
+    Column("system", String(32), nullable=False),
+    Column("message_type", String(64), nullable=False),
+    Column("reason_class", String(64), nullable=False),
+    Column("reason_code", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    #: the business keys, as `|key1|key2|` (a filter looks for `|key|`)
+    Column("keys", Text, nullable=False),
+    Column("request_id", String(128)),
+    Column("routing_key", String(255), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("dead_lettered_at", String(40), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    #: the replay or purge job that has it (esi_dlq_jobs.id), once one chose it
+    Column("job_id", Integer),
+    Column("settled_at", String(40)),
+    #: consumer, sweep or import
+    Column("indexed_by", String(16), nullable=False),
+    Index("ux_esi_dead_letters_letter", "queue", "letter_id", unique=True),
+    Index("ix_esi_dead_letters_state", "state", "id"),
+    Index("ix_esi_dead_letters_system", "state", "system", "id"),
+    #: a group of the console (queue and code), newest first, without scanning the others
+    Index("ix_esi_dead_letters_group", "state", "queue", "reason_code", "id"),
+    Index("ix_esi_dead_letters_job", "job_id", "state"),
+    Index("ix_esi_dead_letters_request", "request_id"),
+)
+
+#: replay and purge jobs (esi.store.dlq_jobs): their filter, progress and the lease of the process running them
+dlq_jobs = Table(
+    "esi_dlq_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("filter", Text, nullable=False),
+    #: pending, running, done, cancelled
+    Column("state", String(16), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("started_at", String(40)),
+    Column("finished_at", String(40)),
+    Column("updated_at", String(40), nullable=False),
+    #: messages per second, at most (None: as fast as they go)
+    Column("rate", Integer),
+    Column("total", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("cancel_requested", Integer, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", String(40)),
+    Column("error", Text),
+    Index("ix_esi_dlq_jobs_state", "state", "id"),
+)
+
 
 #: retention (esi.store.retention) finds expired requests by their creation time (never updated, so the index costs
 #: the hot path one insert per request and keeps PostgreSQL's updates of a request HOT), and deletes a request's
@@ -226,5 +289,6 @@ MIGRATIONS = Migrations(
         9: [add_column(outbox, "claimed_until")],
         10: [event_log, event_versions, feed, feed_cursors],
         11: [_announce_settlements],
+        12: [dead_letters, dlq_jobs],
     },
 )

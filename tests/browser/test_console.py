@@ -36,7 +36,7 @@ OPS = ("ops", "ops-console-pw")
 VIEWER = ("viewer", "viewer-console-pw")
 CLIENTS = {
     "clients": [
-        make_client_entry(OPS[0], password=OPS[1], send=["*"], read=True, operator=True),
+        {**make_client_entry(OPS[0], password=OPS[1], send=["*"], read=True, operator=True), "scopes": ["dlq:edit"]},
         make_client_entry(VIEWER[0], password=VIEWER[1], send=["*"], read=True),
     ]
 }
@@ -254,8 +254,14 @@ def test_a_dead_letter_is_replayed_from_its_group_and_completes(system: EsiSyste
     row.get_by_role("checkbox").check()
     ops.shot("dead-letters")
     group.locator('button[data-action="replay-selected"]').click()
-    ops.page.wait_for_url(re.compile(r"/console/dlq\?done=replayed&n=1"))
-    assert "Replayed 1 dead letter" in ops.page.locator(".notice").inner_text()
+    ops.page.wait_for_url(re.compile(r"/console/dlq\?done=replaying&n=1&job=\d+"))
+    job = re.search(r"job=(\d+)", ops.page.url).group(1)  # type: ignore[union-attr]
+    assert f"Replay job {job} started for 1 dead letter" in ops.page.locator(".notice").inner_text()
+    # the jobs' progress updates in place (htmx), the page is not reloaded
+    ops.page.evaluate("window.__not_reloaded = true")
+    ops.page.locator(f'#dlq-jobs tr[data-job="{job}"][data-job-state="done"]').wait_for(timeout=30_000)
+    assert ops.page.locator(f'#dlq-jobs tr[data-job="{job}"] [data-job-done]').inner_text() == "1"
+    assert ops.page.evaluate("window.__not_reloaded") is True
     assert settled(system, request_id)["status"] == "completed"
     ops.goto(f"/console/requests/{request_id}")
     assert ops.page.locator("[data-status]").inner_text() == "completed"
@@ -282,7 +288,10 @@ def test_a_purge_asks_for_confirmation_naming_how_many(system: EsiSystem, ops: S
     assert confirm.inner_text() == f"Purge {count} dead letters"
     ops.shot("confirm-purge")
     confirm.click()
-    ops.page.wait_for_url(re.compile(rf"/console/dlq\?done=purged&n={count}"))
+    ops.page.wait_for_url(re.compile(rf"/console/dlq\?done=purging&n={count}&job=\d+"))
+    job = re.search(r"job=(\d+)", ops.page.url).group(1)  # type: ignore[union-attr]
+    ops.page.locator(f'#dlq-jobs tr[data-job="{job}"][data-job-state="done"]').wait_for(timeout=30_000)
+    ops.goto("/console/dlq")
     assert ops.page.locator(f'tr[data-request-id="{ids[0]}"]').count() == 0
     audit = httpx.get(f"{system.api_url}/audit", params={"action": "dlq.purge"}, auth=OPS, timeout=10).json()
     assert audit["entries"][0]["client_id"] == "ops"
@@ -361,7 +370,11 @@ def test_the_overview_charts_each_system_and_refreshes_itself(system: EsiSystem,
     request_id = user(system)
     assert settled(system, request_id)["status"] == "completed"
     ops.goto("/console")
-    assert ops.page.locator('meta[http-equiv="refresh"]').get_attribute("content") == "10"
+    assert ops.page.locator('meta[http-equiv="refresh"]').count() == 0  # no full-page refresh: htmx swaps the body
+    assert ops.page.locator("#overview-live").get_attribute("hx-trigger") == "every 10s"
+    before = int(ops.page.locator("[data-throughput]").inner_text().split()[0])
+    assert before >= 1
+    assert ops.page.locator("[data-open-breakers]").inner_text() == "0"
     for code in ("1c", "crm", "dms"):
         card = ops.page.locator(f'section[data-system="{code}"]')
         assert card.locator("svg rect[class^=bar-]").count() >= 1, code
@@ -370,6 +383,14 @@ def test_the_overview_charts_each_system_and_refreshes_itself(system: EsiSystem,
     assert ops.page.locator("[data-outbox-backlog]").inner_text().isdigit()
     assert ops.page.locator('tr[data-check="store"] td').nth(1).inner_text() == "ok"
     ops.shot("overview")
+    ops.page.evaluate("window.__not_reloaded = true")
+    assert settled(system, user(system))["status"] == "completed"
+    wait_until(
+        lambda: int(ops.page.locator("[data-throughput]").inner_text().split()[0]) > before,
+        timeout=40,
+        what="the last hour's count to update in place",
+    )
+    assert ops.page.evaluate("window.__not_reloaded") is True
 
 
 def test_a_russian_browser_gets_the_console_in_russian(system: EsiSystem, ops_ru: Session) -> None:
@@ -405,3 +426,42 @@ def test_a_russian_browser_gets_the_console_in_russian(system: EsiSystem, ops_ru
     assert card.locator('button[data-action="pause"]').inner_text().startswith("Приостановить")
     assert card.get_by_label("Причина").count() == 1
     ops_ru.shot("ru-systems")
+
+
+def test_a_refused_message_is_corrected_on_its_page_and_completes(system: EsiSystem, ops: Session) -> None:
+    user_id = unique("U")
+    body = {"request_id": unique("EDIT"), "user_id": user_id, "name": "Правкин Пётр", "email": "p@refused.example"}
+    request_id = send(system, "/send_to_dms", body)
+    assert settled(system, request_id)["status"] == "failed"  # the DMS refused the e-mail's domain
+    listed = httpx.get(f"{system.api_url}/dlq", params={"key": user_id}, auth=OPS, timeout=10).json()
+    [letter] = listed["messages"]
+    ops.goto(f"/console/dlq/messages/{letter['id']}")
+    editor = ops.page.locator("[data-payload-editor]")
+    payload = json.loads(editor.input_value())
+    assert payload["email"] == "p@refused.example"
+
+    editor.fill(json.dumps({**payload, "email": "not an address"}, ensure_ascii=False))
+    ops.page.locator('button[data-action="edit-replay"]').click()
+    error = ops.page.locator("[data-edit-error]")
+    assert "email: 'not an address' does not match" in error.inner_text()
+    assert json.loads(ops.page.locator("[data-payload-editor]").input_value())["email"] == "not an address"
+    # the refused edit's page is answered 422, which the browser logs: expected, and the only error allowed
+    assert [e for e in ops.errors if "422" in e] == ops.errors
+    ops.errors.clear()
+    ops.shot("dead-letter-edit-refused")
+
+    ops.page.locator("[data-payload-editor]").fill(json.dumps({**payload, "email": "p@example.com"}))
+    ops.page.locator('button[data-action="edit-replay"]').click()
+    ops.page.wait_for_url(re.compile(rf"/console/requests/{request_id}\?done=edited"))
+    assert settled(system, request_id)["status"] == "completed" or wait_until(
+        lambda: settled(system, request_id)["status"] == "completed", timeout=30, what="the corrected request"
+    )
+    ops.goto(f"/console/requests/{request_id}")
+    events = ops.page.locator("table[data-timeline] tr").evaluate_all("rows => rows.map(r => r.dataset.event)")
+    assert "edited" in events
+    audit = httpx.get(f"{system.api_url}/audit", params={"since": "1h"}, auth=OPS, timeout=10).json()["entries"]
+    mine = {e["action"]: e for e in audit if e["subject"] == request_id}
+    assert mine["dlq.edit_refused"]["client_id"] == "ops"
+    assert "does not match" in mine["dlq.edit_refused"]["detail"]["error"]
+    assert mine["dlq.edit"]["detail"]["before"]["email"] == "p•••@refused.example"
+    assert mine["dlq.edit"]["detail"]["after"]["email"] == "p•••@example.com"

@@ -204,3 +204,27 @@ def test_chart_is_drawn_when_matplotlib_is_installed(quick_run) -> None:
     chart = Path(result["chart"]["path"])
     assert chart == out.with_name("chart.png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_dlq_section_measures_pages_the_cli_and_a_replay(tmp_path: Path) -> None:
+    """Section dlq (`bench.dlq`) alone, at a tiny size: a system of its own, seeded, measured, stopped."""
+    out = tmp_path / "dlq.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.dlq", "--n", "300", "--store", "sqlite", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    dlq = json.loads(out.read_text())
+    assert dlq["n"] == 300
+    for page in ("first_page", "filtered_page"):
+        assert _number(dlq[page]["p95_ms"])
+        assert dlq[page]["loads"] == 20
+    assert _number(dlq["cli_list"]["median_s"])
+    assert _number(dlq["index_queries"]["p95_ms"])
+    replay = dlq["replay"]
+    assert replay["finished"], replay
+    assert replay["replayed"] == 300
+    assert _number(replay["rss_growth_mb"])

@@ -11,6 +11,7 @@ of a request sent before, a pause). Bounded: a few examples per operation, the w
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import builtins
 import json
@@ -37,6 +38,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 from esi.api.app import ApiDeps, create_app  # noqa: E402
 from esi.bus.dead_letters import DeadLetter, DeadLetters, Filters  # noqa: E402
 from esi.bus.topology import build_topology  # noqa: E402
+from esi.dlq.entries import entry_of  # noqa: E402
 from esi.security import ClientRegistry, make_client_entry  # noqa: E402
 from esi.store import Store  # noqa: E402
 from esi.systems.registry import load_registry  # noqa: E402
@@ -105,6 +107,9 @@ class FakeDeadLetters(DeadLetters):
         found = [d for d in self.letters if d.queue in queues and filters.match(d)]
         return found[:limit] if limit else found
 
+    async def find(self, queue: str, ident: str) -> DeadLetter | None:
+        return next((d for d in self.letters if d.queue == queue and d.id == ident), None)
+
     async def replay(
         self, filters: Filters, *, rate: float | None = None, dry_run: bool = False
     ) -> builtins.list[DeadLetter]:
@@ -133,11 +138,22 @@ class AuthenticatedEsi(EsiUnderTest):
         }
 
 
+async def _index(url: str, letters: FakeDeadLetters) -> None:
+    """The fake's letters in the store's dead-letter index (what the listing reads)."""
+    store = await Store.open(url)
+    try:
+        await store.dead_letters.add([entry_of(d, system="dms") for d in letters.letters], indexed_by="sweep")
+    finally:
+        await store.aclose()
+
+
 @pytest.fixture(scope="module")
 def esi_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     directory: Path = tmp_path_factory.mktemp("openapi_truth")
+    url = f"sqlite:///{directory}/esi.db"
+    asyncio.run(_index(url, FakeDeadLetters()))
     try:
-        yield schemathesis.openapi.from_asgi("/openapi.json", AuthenticatedEsi(f"sqlite:///{directory}/esi.db"))
+        yield schemathesis.openapi.from_asgi("/openapi.json", AuthenticatedEsi(url))
     finally:
         schemathesis_asgi.shutdown_lifespans()
 

@@ -161,9 +161,13 @@ async def test_actions_need_the_operator_scope_and_the_clients_own_csrf_token(co
 
 
 async def test_dead_letters_without_broker_access_say_so(console: httpx.AsyncClient) -> None:
+    """The list reads the index (the store): it answers; a message's body needs the broker."""
     page = await console.get("/console/dlq", auth=("ops", "ops-pw"))
-    assert page.status_code == 503
-    assert "not configured" in page.text
+    assert page.status_code == 200
+    assert "data-no-dead-letters" in page.text
+    letter = await console.get("/console/dlq/messages/nothing-here", auth=("ops", "ops-pw"))
+    assert letter.status_code == 503
+    assert "not configured" in letter.text
 
 
 def test_masking_keeps_the_shape_and_hides_personal_fields() -> None:

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from esi.api.routes import dead_letters as dead_letter_routes
 from esi.api.routes.systems import PauseRequest, SystemsRoutes
-from esi.bus.dead_letters import Filters
 from esi.cli import app as cli
 from esi.cli import dlq
 from esi.config import parse_duration
@@ -34,27 +33,35 @@ def test_the_parser(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize(("text", "seconds"), DURATIONS)
 def test_the_cli_since(text: str, seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`esi dlq list --since 1w` reaches the dead letters with a week (no broker here: the filter is what counts)."""
-    seen: list[Filters] = []
+    """`esi dlq list --since 1w` reaches the index with a week ago (no store here: the filter is what counts)."""
+    seen: list[dict[str, Any]] = []
 
-    class Letters:
-        async def list(self, filters: Filters, *, limit: int | None = None) -> list[Any]:
-            seen.append(filters)
-            return []
+    class Ops:
+        def filter(self, **given: Any) -> dict[str, Any]:
+            seen.append(given)
+            return given
 
-    def with_dead_letters(action: Callable[[Any], Awaitable[Any]]) -> Any:
-        return asyncio.run(action(Letters()))
+        async def page(self, filters: Any, *, after: int | None, limit: int) -> tuple[list[Any], None]:
+            return [], None
 
-    monkeypatch.setattr(dlq, "_with_dead_letters", with_dead_letters)
+        async def count(self, filters: Any) -> int:
+            return 0
+
+    def with_store(action: Callable[[Any], Awaitable[Any]]) -> Any:
+        return asyncio.run(action(Ops()))
+
+    monkeypatch.setattr(dlq, "_with_store", with_store)
     result = CliRunner().invoke(cli, ["dlq", "list", "--since", text], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert [f.since for f in seen] == [timedelta(seconds=seconds)]
+    ago = datetime.now(UTC) - datetime.fromisoformat(seen[0]["since"])
+    assert abs(ago.total_seconds() - seconds) < 60
     assert dlq._filters(None, None, text).since == timedelta(seconds=seconds)
 
 
 @pytest.mark.parametrize("text", BAD)
 def test_a_bad_cli_since_exits_2_naming_it_before_connecting(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dlq, "_with_dead_letters", lambda action: pytest.fail("connected"))
+    monkeypatch.setattr(dlq, "_with_store", lambda action: pytest.fail("connected"))
     for command in (["dlq", "list"], ["dlq", "purge", "--yes"], ["dlq", "replay", "--all"]):
         result = CliRunner().invoke(cli, [*command, "--since", text])
         assert result.exit_code == 2
