@@ -21,22 +21,9 @@ if TYPE_CHECKING:
 
 
 def _client(settings: CreatioSettings) -> CreatioClient:
-    from esi.systems.crm.client import CreatioClient
+    from esi.systems.crm.client import client_from
 
-    return CreatioClient(
-        base_url=settings.url,
-        username=settings.username,
-        password=settings.password.get_secret_value(),
-        odata_path=settings.odata_path,
-        timeout=settings.timeout,
-        ca_bundle=settings.ca_bundle,
-        max_connections=settings.max_concurrency,
-        auth=settings.auth,
-        identity_url=settings.identity_url,
-        client_id=settings.client_id,
-        client_secret=settings.client_secret.get_secret_value(),
-        token_margin=settings.token_margin,
-    )
+    return client_from(settings)
 
 
 def _handlers(context: SystemContext) -> dict[str, Handler]:

@@ -285,19 +285,18 @@ def build_poller(settings: CreatioSettings, *, database: Database, sink: EventSi
     when the poller stops) and the store's database; None when polling is off (`CRM_POLL_INTERVAL` unset or 0)."""
     if settings.poll_interval <= 0:
         return None
-    from esi.systems.crm import SYSTEM
+    from esi.systems.crm.client import client_from
 
-    assert SYSTEM.client is not None  # noqa: S101 - the CRM declares a client; narrows for mypy
-    client = SYSTEM.client(settings)
+    client = client_from(settings)
     return CreatioPoller(
-        reader=client,  # type: ignore[arg-type]
+        reader=client,
         sink=sink,
         watermarks=Watermarks(database),
         interval=settings.poll_interval,
         objects=settings.polled_objects,
         page_size=settings.poll_page_size,
         start_from=settings.poll_start,
-        close=client.aclose,  # type: ignore[attr-defined]
+        close=client.aclose,
     )
 
 

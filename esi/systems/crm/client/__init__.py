@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
@@ -38,6 +38,9 @@ from esi.systems.crm.client.odata import (
 )
 from esi.systems.crm.client.policies import Policies
 from esi.systems.crm.client.session import Authenticator, CreatioSession, session_http_client
+
+if TYPE_CHECKING:
+    from esi.systems.crm.settings import CreatioSettings
 
 __all__ = [
     "FILE_TYPE_ID",
@@ -230,3 +233,21 @@ class CreatioClient:
             PermanentError: Creatio refuses the credentials.
         """
         await self._orders.check()
+
+
+def client_from(settings: CreatioSettings) -> CreatioClient:
+    """The client of the Creatio that `settings` (`CRM_*`) describe: the adapter's, and the poller's own."""
+    return CreatioClient(
+        base_url=settings.url,
+        username=settings.username,
+        password=settings.password.get_secret_value(),
+        odata_path=settings.odata_path,
+        timeout=settings.timeout,
+        ca_bundle=settings.ca_bundle,
+        max_connections=settings.max_concurrency,
+        auth=settings.auth,
+        identity_url=settings.identity_url,
+        client_id=settings.client_id,
+        client_secret=settings.client_secret.get_secret_value(),
+        token_margin=settings.token_margin,
+    )
