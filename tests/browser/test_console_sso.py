@@ -178,7 +178,8 @@ def test_an_operator_signs_in_at_the_provider_and_replays_a_dead_letter(
     assert LIFETIME_S - 120 < session["expires"] - time.time() <= LIFETIME_S
     done = replay(tab)
     assert done.status == 303, done.text()
-    assert re.search(r"/console/dlq\?done=replayed&n=[1-9]", done.headers["location"])
+    # the replay is a job now (esi.dlq.jobs): the console says it started, with its id
+    assert re.search(r"/console/dlq\?done=replaying&n=1&job=[0-9]+", done.headers["location"])
     wait_until(lambda: status(system, request_id) == "completed", timeout=30, what="the replayed request")
     audit = httpx.get(f"{system.api_url}/audit", params={"action": "dlq.replay"}, auth=OPS, timeout=10).json()
     assert audit["entries"][0]["client_id"] == "sso:olga"
