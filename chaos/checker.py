@@ -96,7 +96,12 @@ def sample(name: str, pid: int, started: float, at: float) -> Sample | None:
 def resource_violations(
     samples: list[Sample], warmup_s: float, min_span_s: float = 60.0
 ) -> tuple[list[Violation], list[dict[str, Any]]]:
-    """Per process (one pid: a restarted process starts again), its level after warm-up against its last sample."""
+    """Per process (one pid: a restarted process starts again), its last sample against its level after warm-up.
+
+    The level is the highest sample of the first half of its life past `warmup_s`: connection pools and caches fill
+    up early, under the first faults; a leak keeps growing and ends above it. A process that lived less than
+    `min_span_s` past its warm-up is not judged.
+    """
     by_pid: dict[int, list[Sample]] = {}
     for s in samples:
         by_pid.setdefault(s.pid, []).append(s)
@@ -106,19 +111,21 @@ def resource_violations(
         warm = [s for s in series if s.at - s.started >= warmup_s]
         if not warm or warm[-1].at - warm[0].at < min_span_s:
             continue
-        base, last = warm[0], warm[-1]
+        last = warm[-1]
+        early = [s for s in warm if s.at <= warm[0].at + (last.at - warm[0].at) / 2]
+        rss, fds = max(s.rss for s in early), max(s.fds for s in early)
         row = {
-            "process": base.name,
+            "process": last.name,
             "pid": pid,
-            "span_s": round(last.at - base.at),
-            "rss_mb": [round(base.rss / 2**20, 1), round(last.rss / 2**20, 1)],
-            "fds": [base.fds, last.fds],
+            "span_s": round(last.at - warm[0].at),
+            "rss_mb": [round(rss / 2**20, 1), round(last.rss / 2**20, 1)],
+            "fds": [fds, last.fds],
         }
         table.append(row)
-        if last.rss > base.rss + max(base.rss * RSS_GROWTH, RSS_SLACK):
-            found.append(Violation("memory_growth", f"{base.name} pid {pid}: {row['rss_mb']} MB"))
-        if last.fds > base.fds + FDS_SLACK:
-            found.append(Violation("fd_growth", f"{base.name} pid {pid}: {row['fds']} open files"))
+        if last.rss > rss + max(rss * RSS_GROWTH, RSS_SLACK):
+            found.append(Violation("memory_growth", f"{last.name} pid {pid}: {row['rss_mb']} MB"))
+        if last.fds > fds + FDS_SLACK:
+            found.append(Violation("fd_growth", f"{last.name} pid {pid}: {row['fds']} open files"))
     return found, table
 
 

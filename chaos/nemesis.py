@@ -175,9 +175,11 @@ async def _fake(spec: dict[str, Any], t: Targets, rng: random.Random, length: fl
     async with httpx.AsyncClient(timeout=30) as client:
         response = await client.post(f"{t.fakes[code]}/_fake/faults", json={**spec, "duration_s": length})
         response.raise_for_status()
+        before = response.json()["injected"]
         await asyncio.sleep(length)
-        await client.post(f"{t.fakes[code]}/_fake/faults", json={})
-    return f"{code}: {spec} for {length:.1f}s"
+        after = (await client.post(f"{t.fakes[code]}/_fake/faults", json={})).json()["injected"]
+    # the fake's own count of the calls the fault hit: it demonstrably fired
+    return f"{code}: {spec} for {length:.1f}s, {after - before} calls hit"
 
 
 async def _fake_503(t: Targets, rng: random.Random, length: float) -> str:

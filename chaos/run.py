@@ -256,7 +256,7 @@ class Run:
             unsent = asyncio.run(checker.unsent_outbox(self.postgres.url))
             if unsent:
                 violations.append(checker.Violation("stuck_outbox", f"{unsent} outbox rows never published"))
-            resource, resource_table = checker.resource_violations(self.samples, warmup_s=self.args.warmup)
+            resource, resource_table = checker.resource_violations(self.samples, warmup_s=self.args.resource_warmup)
             violations += resource
             violations += checker.channel_violations(warm_channels, end_channels)
             sent_by_id = {s.request_id: s for s in workload.sent}
@@ -324,6 +324,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=4.0, help="requests a second")
     p.add_argument("--lanes", type=int, default=2, help="faults at once")
     p.add_argument("--warmup", type=float, default=30.0, help="seconds of load before the first fault")
+    p.add_argument(
+        "--resource-warmup", type=float, default=60.0, help="seconds of a process's life before its memory counts"
+    )
     p.add_argument("--drain", type=float, default=300.0, help="seconds the run may take to settle after the load")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--keep", action="store_true", help="keep the run's directory even when it passed")

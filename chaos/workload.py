@@ -219,8 +219,16 @@ class UpdateOrderStatus(Flow):
                     found.append(Violation("wrong_last_status", f"{number} is {have!r}"))
         for s in sent:
             final = finals.get(s.request_id)
-            if s.accepted and final and final["status"] == "completed" and s.body.get("needs_policy_info"):
-                policy = (final.get("response") or {}).get("policy_info") or {}
+            response = (final or {}).get("response") or {}
+            # a superseded update (applied false: a newer status was there first) asks the DMS nothing
+            if (
+                s.accepted
+                and final
+                and final["status"] == "completed"
+                and s.body.get("needs_policy_info")
+                and (response.get("applied"))
+            ):
+                policy = response.get("policy_info") or {}
                 if policy.get("policy_number") != "POL-0001":
                     found.append(Violation("wrong_answer", f"policy_info {policy}", s.request_id))
         return found
