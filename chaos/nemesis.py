@@ -199,13 +199,21 @@ async def _fake_reset(t: Targets, rng: random.Random, length: float) -> str:
 
 
 async def _alarm(kind: str, t: Targets, rng: random.Random, length: float) -> str:
-    node = await asyncio.to_thread(_node, t, rng, False)
-    if kind == "memory":
-        await asyncio.to_thread(node.ctl, "set_vm_memory_high_watermark", "0.0001")
+    # a limit above the free space of the node's disk (bytes)
+    limit = (
+        ("set_vm_memory_high_watermark", "0.0001")
+        if kind == "memory"
+        else ("set_disk_free_limit", str(2 * shutil.disk_usage(t.broker.nodes[0].dir).free))
+    )
+    for _ in range(20):  # the other lane may be stopping or restarting the node: wait for one that runs
+        node = await asyncio.to_thread(_node, t, rng, False)
+        try:
+            await asyncio.to_thread(node.ctl, *limit)
+            break
+        except RuntimeError:
+            await asyncio.sleep(3)
     else:
-        # a limit above the free space of the node's disk (bytes)
-        limit = str(2 * shutil.disk_usage(node.dir).free)
-        await asyncio.to_thread(node.ctl, "set_disk_free_limit", limit)
+        raise RuntimeError(f"no running node took the {kind} alarm")
     try:
         await asyncio.sleep(length)
     finally:

@@ -25,6 +25,7 @@ in doubt; the decision itself is elsewhere (`esi.bus.decision`), as are the acks
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Mapping
@@ -36,7 +37,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from esi import metrics, tracing
 from esi.bus.acks import AckBatcher
 from esi.bus.decision import Ack, DeadLetter, Decision, GiveBack, Retry, RetryPolicy, decide, not_yet
-from esi.bus.headers import ATTEMPT_HEADER, H_NOT_BEFORE, H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY
+from esi.bus.headers import (
+    ATTEMPT_HEADER,
+    H_NOT_BEFORE,
+    H_ORIGINAL_EXCHANGE,
+    H_ORIGINAL_ROUTING_KEY,
+    H_REPLAY_COUNT,
+)
 from esi.bus.ports import Inbox, NullRecorder, Recorder, Tracker
 from esi.bus.publisher import Publisher
 from esi.bus.topology import WorkQueue
@@ -226,6 +233,22 @@ class Consumer:
                     f"{self.service} does not handle {envelope.message_type!r}", code="unknown_message_type"
                 )
             payload = self._catalog.validate_payload(envelope)
+            if (
+                self._inbox is not None
+                and getattr(message, "redelivered", False)
+                and await self._inbox.seen(self.service, dead_lettered_key(envelope.message_id, headers))
+            ):
+                # dead-lettered already, but its ack was lost with the channel: a second dead letter (and a second
+                # call of the system that refused it) would be a duplicate; a replay from the DLQ is a new publish,
+                # never `redelivered`, and carries a new replay count anyway
+                log.info(
+                    "%s %s was dead-lettered already: redelivery acknowledged",
+                    envelope.message_type,
+                    envelope.message_id,
+                )
+                self._event(envelope, "duplicate_ignored", attempt=attempt)
+                await self._ack(message)
+                return "duplicate", envelope
             if self._inbox is not None and await self._inbox.seen(self.service, envelope.message_id):
                 log.info("duplicate %s %s acknowledged without effect", envelope.message_type, envelope.message_id)
                 self._event(envelope, "duplicate_ignored", attempt=attempt)
@@ -393,6 +416,13 @@ class Consumer:
             log.error("could not dead-letter %s (%s); returning it to %s", _label(envelope), exc, self.queue.name)
             await self._reject_requeue(message)
             return
+        if self._inbox is not None and envelope is not None:
+            # remembered before the ack: if the ack is lost, the redelivery is recognised (`_handle`)
+            key = dead_lettered_key(envelope.message_id, dict(message.headers or {}))
+            try:
+                await self._inbox.record(self.service, key)
+            except Exception as exc:  # noqa: BLE001 - at worst a redelivery is dead-lettered twice (logged)
+                log.warning("could not record that %s was dead-lettered (%s)", _label(envelope), exc)
         await self._ack(message)
         metrics.DEAD_LETTERED.labels(
             self.queue.name, envelope.message_type if envelope else "unknown", type(decision.error).__name__
@@ -454,6 +484,14 @@ class Consumer:
             log.warning("reject failed (%s); the message will be redelivered", exc)
         else:
             self._acks.settled(message)
+
+
+def dead_lettered_key(message_id: str, headers: dict[str, Any]) -> str:
+    """The inbox id recording that this delivery of `message_id` was dead-lettered: one per replay of it (a replay
+    from the DLQ carries the next `x-esi-replay-count`), of a fixed length whatever the message id's."""
+    replay = _int(headers.get(H_REPLAY_COUNT), 0)
+    digest = hashlib.sha256(f"{message_id}\n{replay}".encode()).hexdigest()[:48]
+    return f"dead-lettered:{digest}"
 
 
 def _int(value: Any, default: int) -> int:
