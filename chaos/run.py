@@ -253,6 +253,7 @@ class Run:
             violations += checker.queue_violations(self.broker.queues("messages_ready", "messages_unacknowledged"))
             letters = httpx.get(f"{apis[0]}/dlq", params={"limit": 10000}, timeout=60).json()["messages"]
             violations += checker.dead_letters(letters, workload.sent)
+            copies = checker.duplicate_dead_letters(letters)
             unsent = asyncio.run(checker.unsent_outbox(self.postgres.url))
             if unsent:
                 violations.append(checker.Violation("stuck_outbox", f"{unsent} outbox rows never published"))
@@ -279,6 +280,8 @@ class Run:
                 drain_s=round(drain_s, 1),
                 unexpected_exits=dict(self.exits),
                 extra={
+                    "dead_letters": len(letters),
+                    "duplicate_dead_letters": copies,
                     "channels": {"warm": warm_channels, "end": end_channels},
                     "tag": self.tag,
                     "outcomes": dict(

@@ -16,6 +16,7 @@ from chaos.checker import (
     Sample,
     channel_violations,
     dead_letters,
+    duplicate_dead_letters,
     queue_violations,
     request_violations,
     resource_violations,
@@ -86,12 +87,21 @@ def test_requests_must_settle_as_designed_and_be_answered() -> None:
 
 
 def test_only_designed_refusals_may_be_dead_lettered_once_each() -> None:
-    refusal = {"queue": "dms_dead_letter_queue", "error_class": "BusinessError", "reason": "email at refused.example"}
-    other = {"queue": "crm_dead_letter_queue", "error_class": "TransientError", "reason": "retries exhausted"}
+    refusal = {
+        "id": "m1",
+        "queue": "dms_dead_letter_queue",
+        "error_class": "BusinessError",
+        "reason": "refused.example",
+    }
+    another = {**refusal, "id": "m2"}
+    other = {"id": "m3", "queue": "crm_dead_letter_queue", "error_class": "TransientError", "reason": "exhausted"}
     sent = [_sent("a", expect="failed")]
     assert dead_letters([refusal], sent) == []
     assert [v.check for v in dead_letters([refusal, other], sent)] == ["dead_letter"]
-    assert [v.check for v in dead_letters([refusal, refusal], sent)] == ["dead_letter"]
+    assert [v.check for v in dead_letters([refusal, another], sent)] == ["dead_letter"]
+    # a copy of the same message (its dead-lettering published again after a lost confirm): counted apart
+    assert dead_letters([refusal, refusal], sent) == []
+    assert duplicate_dead_letters([refusal, refusal, another]) == 1
 
 
 def test_queues_must_be_empty_but_dead_letter_queues_are_checked_apart() -> None:
