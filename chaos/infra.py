@@ -125,8 +125,20 @@ class Node:
 
     def start(self) -> None:
         """Start the node (detached) and wait for it to boot."""
-        subprocess.run(["rabbitmq-server", "-detached"], env=self.env(), check=True, timeout=60)  # noqa: S607
-        self.ctl("wait", str(self.pid_file), "--timeout", "120", timeout=150)
+        for attempt in range(3):  # on a loaded machine a detached start now and then never comes up: again
+            launched = subprocess.run(
+                ["rabbitmq-server", "-detached"],  # noqa: S607
+                env=self.env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            try:
+                self.ctl("wait", str(self.pid_file), "--timeout", "90", timeout=120)
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise RuntimeError(f"{self.name} did not start: {launched.stdout} {launched.stderr}") from None
         self.ctl("await_startup", "--timeout", "120", timeout=150)
 
     def pid(self) -> int | None:
@@ -338,9 +350,21 @@ class Proxy:
 
     def stop(self) -> None:
         if self._loop is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(5)
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await self._reset()
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def set(self, mode: str, delay_s: float = 0.0) -> None:
         self.mode, self.delay_s = mode, delay_s
