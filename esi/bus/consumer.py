@@ -400,6 +400,14 @@ class Consumer:
     async def _dead_letter(
         self, message: AbstractIncomingMessage, envelope: Envelope | None, decision: DeadLetter
     ) -> None:
+        key = dead_lettered_key(envelope.message_id, dict(message.headers or {})) if envelope is not None else None
+        if self._inbox is not None and key is not None and await self._dead_lettered_already(key):
+            # a copy of a message dead-lettered before (the relay published it twice: a lost confirm): its answer
+            # and its dead letter are out already
+            log.info("%s was dead-lettered already: this copy is acknowledged", _label(envelope))
+            self._event(envelope, "duplicate_ignored", attempt=decision.attempt)
+            await self._ack(message)
+            return
         log.error("dead-lettering %s after %d attempt(s): %s", _label(envelope), decision.attempt, decision.reason)
         reply = self._error_reply(envelope, decision)
         try:
@@ -416,9 +424,9 @@ class Consumer:
             log.error("could not dead-letter %s (%s); returning it to %s", _label(envelope), exc, self.queue.name)
             await self._reject_requeue(message)
             return
-        if self._inbox is not None and envelope is not None:
-            # remembered before the ack: if the ack is lost, the redelivery is recognised (`_handle`)
-            key = dead_lettered_key(envelope.message_id, dict(message.headers or {}))
+        if self._inbox is not None and key is not None:
+            # remembered before the ack: if the ack is lost, the redelivery is recognised (`_handle`), and so is a
+            # copy of the message (here)
             try:
                 await self._inbox.record(self.service, key)
             except Exception as exc:  # noqa: BLE001 - at worst a redelivery is dead-lettered twice (logged)
@@ -441,6 +449,14 @@ class Consumer:
                     envelope.request_id, error=decision.reason, queue=self.queue.dead_letter_queue
                 )
             )
+
+    async def _dead_lettered_already(self, key: str) -> bool:
+        assert self._inbox is not None  # noqa: S101 - the caller checked; narrows for mypy
+        try:
+            return await self._inbox.seen(self.service, key)
+        except Exception as exc:  # noqa: BLE001 - the store is down: dead-letter (at worst a copy), never block
+            log.warning("could not check whether a message was dead-lettered already (%s)", exc)
+            return False
 
     def _response_type(self, envelope: Envelope | None) -> str | None:
         """The message type answering the delivery, if it is a request (what `decide` may tell us to answer with)."""

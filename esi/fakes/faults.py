@@ -156,7 +156,7 @@ class FaultMiddleware:
         await self.app(scope, receive, send)
 
 
-class AnswerDropped(Exception):  # noqa: N818 - what happened, not an error of the fake's
+class AnswerDropped(Exception):
     """Raised by the fault middleware after a call's work to drop the connection in the middle of its answer."""
 
 

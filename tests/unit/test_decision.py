@@ -643,7 +643,8 @@ class _Inbox:
 
 async def test_a_dead_lettered_message_redelivered_after_its_ack_was_lost_is_not_dead_lettered_again() -> None:
     """Found by the chaos run (seed 20261207): a refusal's ack lost with its channel (a reset, a node killed) came
-    back, called the DMS again and went to the DLQ a second time — two dead letters for one message."""
+    back, called the DMS again and went to the DLQ a second time — two dead letters (and two error answers) for one
+    message; so did a copy of it the outbox relay had published twice."""
     calls = []
 
     async def handler(envelope: Envelope, payload: Any) -> list[Envelope]:
@@ -662,14 +663,21 @@ async def test_a_dead_lettered_message_redelivered_after_its_ack_was_lost_is_not
     assert len(calls) == 1  # the DMS is not asked again
     assert len(publisher.raw) == 1  # one dead letter
     assert acked == [first, again]
+    # a copy of the message (published twice by the relay after a lost confirm), not a redelivery: the refusal is
+    # answered once and dead-lettered once
+    copy = SimpleNamespace(**vars(first))
+    await consumer.handle(copy)
+    assert len(publisher.raw) == 1
+    assert len(publisher.envelopes) == 1  # the error answer to 1C, sent once
+    assert acked == [first, again, copy]
     # an operator's replay from the DLQ is a new publish with the next replay count: handled again
     replayed = SimpleNamespace(**{**vars(first), "headers": {ATTEMPT_HEADER: 1, H_REPLAY_COUNT: 1}})
     await consumer.handle(replayed)
-    assert len(calls) == 2
+    assert len(calls) == 3
     assert len(publisher.raw) == 2
     # and its own redelivery, once dead-lettered, is recognised in turn
     await consumer.handle(SimpleNamespace(**{**vars(replayed), "redelivered": True}))
-    assert len(calls) == 2
+    assert len(calls) == 3
     assert len(publisher.raw) == 2
 
 
