@@ -133,7 +133,7 @@ def _proxy(t: Targets, rng: random.Random) -> Proxy:
 
 async def _net(mode: str, t: Targets, rng: random.Random, length: float) -> str:
     proxy = _proxy(t, rng)
-    delay = rng.uniform(0.2, 1.0) if mode == "delay" else 0.0
+    delay = rng.uniform(0.05, 0.3) if mode == "delay" else 0.0
     proxy.set(mode, delay)
     try:
         await asyncio.sleep(length)
