@@ -32,7 +32,7 @@ import httpx
 from chaos import checker
 from chaos.infra import Broker, Postgres, Proxy
 from chaos.nemesis import FAULTS, Nemesis, Targets, plan
-from chaos.workload import Context, Workload
+from chaos.workload import POST_GIVE_UP_S, Context, Workload
 from esi.testing import EsiSystem, free_port, wait_until
 
 #: retries long enough for the longest fault (two lanes overlapping: a 30 s freeze during a 20 s stall), so that a
@@ -280,6 +280,8 @@ class Run:
                 drain_s=round(drain_s, 1),
                 unexpected_exits=dict(self.exits),
                 extra={
+                    "unanswered": sum(1 for s in workload.sent if s.indeterminate),
+                    "give_up_s": POST_GIVE_UP_S,
                     "dead_letters": len(letters),
                     "duplicate_dead_letters": copies,
                     "channels": {"warm": warm_channels, "end": end_channels},

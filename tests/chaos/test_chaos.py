@@ -67,7 +67,9 @@ def test_a_fixed_seed_chaos_run_finds_nothing_lost_nothing_doubled_nothing_stuck
     # the workload ran: every flow, every 1C behaviour, most requests accepted
     assert set(report["by_flow"]) == {"create_user", "update_order_status", "get_policy_info", "send_pdf_file"}
     assert set(report["by_mode"]) == {"fire", "wait", "poll", "repeat", "conflict"}
-    assert report["accepted"] >= 0.9 * report["requests"] > 0
+    # liveness: 1C gets a definite answer to nearly every post within the client's patience (the checker's
+    # violations are about safety: nothing lost, nothing doubled, nothing stuck)
+    assert report["accepted"] >= 0.9 * report["requests"] > 0, report["extra"]["unanswered"]
     assert report["violations"] == [], report["violations"][:20]
     assert report["ok"] is True
     assert result.returncode == 0

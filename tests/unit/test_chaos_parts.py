@@ -82,7 +82,6 @@ def test_requests_must_settle_as_designed_and_be_answered() -> None:
         ("stuck", "not_final"),
         ("dead", "wrong_outcome"),
         ("lost", "lost_request"),
-        ("never", "unanswered"),
     }
 
 
