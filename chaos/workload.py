@@ -336,26 +336,23 @@ class Workload:
         return count
 
     async def run(self, duration: float) -> None:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        async with httpx.AsyncClient(timeout=httpx.Timeout(40, connect=5), limits=limits) as client:
-            start = time.monotonic()
-            n = 0
-            while (elapsed := time.monotonic() - start) < duration:
-                due = start + n / self.rate
-                if due > time.monotonic():
-                    await asyncio.sleep(due - time.monotonic())
-                n += 1
-                flow = self.rng.choices(self.flows, weights=[f.weight for f in self.flows])[0]
-                sent = flow.make(self.ctx, self.rng, f"CH-{self.ctx.tag}-{n:06d}")
-                sent.mode = self.rng.choices(list(MODES), weights=list(MODES.values()))[0]
-                sent.extra["delay"] = self.rng.uniform(0.2, 3.0)
-                self.sent.append(sent)
-                task = asyncio.create_task(self._one(client, flow, sent))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                del elapsed
-            if self._tasks:
-                await asyncio.gather(*list(self._tasks))
+        start = time.monotonic()
+        n = 0
+        while time.monotonic() - start < duration:
+            due = start + n / self.rate
+            if due > time.monotonic():
+                await asyncio.sleep(due - time.monotonic())
+            n += 1
+            flow = self.rng.choices(self.flows, weights=[f.weight for f in self.flows])[0]
+            sent = flow.make(self.ctx, self.rng, f"CH-{self.ctx.tag}-{n:06d}")
+            sent.mode = self.rng.choices(list(MODES), weights=list(MODES.values()))[0]
+            sent.extra["delay"] = self.rng.uniform(0.2, 3.0)
+            self.sent.append(sent)
+            task = asyncio.create_task(self._one(flow, sent))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks))
 
     def _api(self) -> str:
         self._next_api = (self._next_api + 1) % len(self.apis)
@@ -369,8 +366,8 @@ class Workload:
         while time.monotonic() < deadline:
             try:
                 response = await client.post(f"{self._api()}{sent.path}", json=body, headers=headers)
-            except httpx.HTTPError:
-                sent.answers.append("err")
+            except httpx.HTTPError as exc:
+                sent.answers.append(f"err:{type(exc).__name__}")
                 await asyncio.sleep(1.0)
                 continue
             sent.answers.append(str(response.status_code))
@@ -379,7 +376,14 @@ class Workload:
             await asyncio.sleep(1.0)
         return None
 
-    async def _one(self, client: httpx.AsyncClient, flow: Flow, sent: Sent) -> None:
+    async def _one(self, flow: Flow, sent: Sent) -> None:
+        # a client (a connection pool) per request, as 1C's exchange opens its own connections: a shared pool whose
+        # connections were cut mid-request by the faults ran out of slots for good (httpcore), and the workload, not
+        # esi, stopped sending
+        async with httpx.AsyncClient(timeout=httpx.Timeout(40, connect=5)) as client:
+            await self._one_with(client, flow, sent)
+
+    async def _one_with(self, client: httpx.AsyncClient, flow: Flow, sent: Sent) -> None:
         sent.sent_at = time.time()
         headers = {"Prefer": "wait=15"} if sent.mode == "wait" else {}
         try:
