@@ -291,11 +291,16 @@ class Nemesis:
         self.log = log
         self.history: list[Injected] = []
 
-    async def run(self, t0: float) -> None:
-        await asyncio.gather(*(self._lane(lane, t0) for lane in self.schedule))
+    async def run(self, t0: float, until: float | None = None) -> None:
+        """Inject the schedule from `t0` (monotonic); none starts after `until` seconds (a loaded machine makes the
+        injections overrun their plan: the load is over by then)."""
+        await asyncio.gather(*(self._lane(lane, t0, until) for lane in self.schedule))
 
-    async def _lane(self, lane: list[Planned], t0: float) -> None:
+    async def _lane(self, lane: list[Planned], t0: float, until: float | None) -> None:
         for planned in lane:
+            if until is not None and time.monotonic() - t0 > until:
+                self.log(f"nemesis: {len(lane) - lane.index(planned)} faults of a lane left out: past the load")
+                return
             wait = t0 + planned.at - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)

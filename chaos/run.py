@@ -174,7 +174,7 @@ class Run:
             asyncio.create_task(self.supervise(targets)),
             asyncio.create_task(self.sampler()),
         ]
-        nemesis_task = asyncio.create_task(nemesis.run(t0))
+        nemesis_task = asyncio.create_task(nemesis.run(t0, until=self.args.duration))
         await workload.run(self.args.duration)
         await nemesis_task
         self.stopping = True
