@@ -204,6 +204,22 @@ class Run:
             wait_until(empty, timeout=60, interval=3, what="every queue to empty")
         return time.monotonic() - started
 
+    @staticmethod
+    def dead_letters(api: str) -> list[dict[str, Any]]:
+        """Every dead letter, as `GET /dlq` lists them (asked again while the API answers otherwise)."""
+
+        def listed() -> list[dict[str, Any]] | None:
+            try:
+                response = httpx.get(f"{api}/dlq", params={"limit": 10000}, timeout=60)
+            except httpx.HTTPError:
+                return None
+            return response.json()["messages"] if response.status_code == 200 else None  # type: ignore[no-any-return]
+
+        letters: list[dict[str, Any]] = wait_until(
+            lambda: (found := listed()) is not None and [found], timeout=120, interval=2, what="GET /dlq"
+        )[0]
+        return letters
+
     def main(self) -> int:
         wall = time.monotonic()
         ok = False
@@ -251,7 +267,7 @@ class Run:
             violations = checker.request_violations(workload.sent, final)
             violations += checker.flow_violations(workload.flows, ctx, workload.sent, final)
             violations += checker.queue_violations(self.broker.queues("messages_ready", "messages_unacknowledged"))
-            letters = httpx.get(f"{apis[0]}/dlq", params={"limit": 10000}, timeout=60).json()["messages"]
+            letters = self.dead_letters(apis[0])
             violations += checker.dead_letters(letters, workload.sent)
             copies = checker.duplicate_dead_letters(letters)
             unsent = asyncio.run(checker.unsent_outbox(self.postgres.url))
