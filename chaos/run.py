@@ -26,6 +26,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -213,7 +214,7 @@ class Run:
                 response = httpx.get(f"{api}/dlq", params={"limit": 10000}, timeout=60)
             except httpx.HTTPError:
                 return None
-            return response.json()["messages"] if response.status_code == 200 else None  # type: ignore[no-any-return]
+            return response.json()["messages"] if response.status_code == 200 else None
 
         letters: list[dict[str, Any]] = wait_until(
             lambda: (found := listed()) is not None and [found], timeout=120, interval=2, what="GET /dlq"
