@@ -183,8 +183,11 @@ def queue_violations(queues: list[list[str]]) -> list[Violation]:
 BY_DESIGN = "refused.example"
 
 
-def dead_letters(letters: list[dict[str, Any]], sent: list[Sent]) -> list[Violation]:
-    """Dead letters only where the failure was permanent by design: each refused request once, nothing else."""
+def dead_letters(
+    letters: list[dict[str, Any]], sent: list[Sent], final: dict[str, dict[str, Any]] | None = None
+) -> list[Violation]:
+    """Dead letters only where the failure was permanent by design: each refused request once, nothing else (a
+    refused request counts when the client saw it accepted, or when the store has it: a post whose answer was lost)."""
     found = [
         Violation("dead_letter", f"{letter['queue']}: {letter['error_class']}: {letter['reason'][:200]}")
         for letter in letters
@@ -193,7 +196,8 @@ def dead_letters(letters: list[dict[str, Any]], sent: list[Sent]) -> list[Violat
     # by message id: a dead-lettering whose publish confirm was lost is published again (at least once, as every
     # publish); a copy is no loss and no effect, and is counted apart (`duplicate_dead_letters`)
     designed = {letter["id"] for letter in letters if BY_DESIGN in (letter.get("reason") or "")}
-    refused = sum(1 for s in sent if s.accepted and s.expect == "failed")
+    stored = final or {}
+    refused = sum(1 for s in sent if s.expect == "failed" and (s.accepted or s.request_id in stored))
     if len(designed) != refused:
         found.append(Violation("dead_letter", f"{len(designed)} refusals dead-lettered for {refused} refused requests"))
     return found

@@ -269,7 +269,7 @@ class Run:
             violations += checker.flow_violations(workload.flows, ctx, workload.sent, final)
             violations += checker.queue_violations(self.broker.queues("messages_ready", "messages_unacknowledged"))
             letters = self.dead_letters(apis[0])
-            violations += checker.dead_letters(letters, workload.sent)
+            violations += checker.dead_letters(letters, workload.sent, final)
             copies = checker.duplicate_dead_letters(letters)
             unsent = asyncio.run(checker.unsent_outbox(self.postgres.url))
             if unsent:

@@ -101,6 +101,10 @@ def test_only_designed_refusals_may_be_dead_lettered_once_each() -> None:
     # a copy of the same message (its dead-lettering published again after a lost confirm): counted apart
     assert dead_letters([refusal, refusal], sent) == []
     assert duplicate_dead_letters([refusal, refusal, another]) == 1
+    # a refusal whose post was never answered for sure, but which the store has, counts too
+    unsure = _sent("b", accepted=False, expect="failed")
+    assert dead_letters([refusal, another], [*sent, unsure], {"b": {"status": "failed"}}) == []
+    assert [v.check for v in dead_letters([refusal, another], [*sent, unsure], {})] == ["dead_letter"]
 
 
 def test_queues_must_be_empty_but_dead_letter_queues_are_checked_apart() -> None:
