@@ -126,7 +126,7 @@ def test_memory_and_files_flat_after_warm_up_per_process() -> None:
     flat = series(
         1, [50, 80, 82, 90, 85, 86, 87, 86, 88, 87], [20, 20, 40, 40, 40, 40, 42, 40, 40, 41]
     )  # pools fill early
-    leaking = series(2, [50, 80, 90, 100, 110, 120, 130, 140, 150, 160], [20, 20, 25, 30, 35, 40, 45, 50, 55, 60])
+    leaking = series(2, [50, 80, 90, 100, 110, 120, 130, 140, 150, 160], [20, 20, 25, 30, 35, 40, 60, 80, 100, 120])
     short = series(3, [50, 500], [20, 900])  # died before a minute past its warm-up: not judged
     found, table = resource_violations(flat + leaking + short, warmup_s=10)
     assert sorted((v.check, v.detail.split(":")[0]) for v in found) == [
