@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run lint docs test bench install check-broker check-postgres clean cluster cluster-down chart catalogs
+.PHONY: run lint docs test bench chaos install check-broker check-postgres clean cluster cluster-down chart catalogs
 
 # the exact versions of requirements-dev.lock (the dev and bench extras, pip itself included), every file checked
 # against its hash; then esi itself, editable, without resolving anything again. The lock files are compiled from
@@ -40,8 +40,8 @@ run: check-broker
 ## lint: style (ruff check, ruff format --check), the architecture (lint-imports: [tool.importlinter] in
 ## pyproject.toml), types (mypy --strict on esi/, incremental through .mypy_cache), the message contracts
 lint: install
-	$(BIN)/ruff check esi tests bench
-	$(BIN)/ruff format --check esi tests bench
+	$(BIN)/ruff check esi tests bench chaos
+	$(BIN)/ruff format --check esi tests bench chaos
 	$(BIN)/lint-imports
 	$(BIN)/mypy esi
 	$(BIN)/esi contracts check contracts
@@ -73,6 +73,18 @@ catalogs: install
 ## bench: the benchmark harness (not a test); figures land in bench/results/
 bench: check-broker
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## chaos: a fault-injection run (docs/reliability.md): every flow under a nemesis, then the checker; on a RabbitMQ
+## and a PostgreSQL of its own (never the shared ones). `make chaos DURATION=1800 SEED=7 NODES=3 REPLICAS=2`; the
+## JSON report lands in var/chaos-<seed>.json. The CI-length run is tests/chaos/test_chaos.py, in `make test`
+DURATION ?= 300
+SEED     ?= $(shell date +%s)
+NODES    ?= 1
+REPLICAS ?= 1
+RATE     ?= 4
+chaos: install
+	$(BIN)/python -m chaos.run --duration $(DURATION) --seed $(SEED) --nodes $(NODES) --replicas $(REPLICAS) \
+		--rate $(RATE) --report var/chaos-$(SEED).json $(CHAOS_ARGS)
 
 ## cluster: three RabbitMQ nodes on loopback (n1..n3@localhost, AMQP 5681-5683) for the cluster tests and `ESI_AMQP_URL`
 cluster:

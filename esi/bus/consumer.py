@@ -25,6 +25,7 @@ in doubt; the decision itself is elsewhere (`esi.bus.decision`), as are the acks
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,6 +44,7 @@ from esi.bus.headers import (
     H_NOT_BEFORE,
     H_ORIGINAL_EXCHANGE,
     H_ORIGINAL_ROUTING_KEY,
+    H_REPLAY_COUNT,
 )
 from esi.bus.ports import Inbox, NullRecorder, Recorder, Tracker
 from esi.bus.publisher import Publisher
@@ -237,6 +239,22 @@ class Consumer:
                     f"{self.service} does not handle {envelope.message_type!r}", code="unknown_message_type"
                 )
             payload = self._catalog.validate_payload(envelope)
+            if (
+                self._inbox is not None
+                and getattr(message, "redelivered", False)
+                and await self._inbox.seen(self.service, dead_lettered_key(envelope.message_id, headers))
+            ):
+                # dead-lettered already, but its ack was lost with the channel: a second dead letter (and a second
+                # call of the system that refused it) would be a duplicate; a replay from the DLQ is a new publish,
+                # never `redelivered`, and carries a new replay count anyway
+                log.info(
+                    "%s %s was dead-lettered already: redelivery acknowledged",
+                    envelope.message_type,
+                    envelope.message_id,
+                )
+                self._event(envelope, "duplicate_ignored", attempt=attempt)
+                await self._ack(message)
+                return "duplicate", envelope
             if self._inbox is not None and await self._inbox.seen(self.service, envelope.message_id):
                 log.info("duplicate %s %s acknowledged without effect", envelope.message_type, envelope.message_id)
                 self._event(envelope, "duplicate_ignored", attempt=attempt)
@@ -388,6 +406,14 @@ class Consumer:
     async def _dead_letter(
         self, message: AbstractIncomingMessage, envelope: Envelope | None, decision: DeadLetter
     ) -> None:
+        key = dead_lettered_key(envelope.message_id, dict(message.headers or {})) if envelope is not None else None
+        if self._inbox is not None and key is not None and await self._dead_lettered_already(key):
+            # a copy of a message dead-lettered before (the relay published it twice: a lost confirm): its answer
+            # and its dead letter are out already
+            log.info("%s was dead-lettered already: this copy is acknowledged", _label(envelope))
+            self._event(envelope, "duplicate_ignored", attempt=decision.attempt)
+            await self._ack(message)
+            return
         log.error("dead-lettering %s after %d attempt(s): %s", _label(envelope), decision.attempt, decision.reason)
         reply = self._error_reply(envelope, decision)
         try:
@@ -404,6 +430,13 @@ class Consumer:
             log.error("could not dead-letter %s (%s); returning it to %s", _label(envelope), exc, self.queue.name)
             await self._reject_requeue(message)
             return
+        if self._inbox is not None and key is not None:
+            # remembered before the ack: if the ack is lost, the redelivery is recognised (`_handle`), and so is a
+            # copy of the message (here)
+            try:
+                await self._inbox.record(self.service, key)
+            except Exception as exc:  # noqa: BLE001 - at worst a redelivery is dead-lettered twice (logged)
+                log.warning("could not record that %s was dead-lettered (%s)", _label(envelope), exc)
         await self._ack(message)
         metrics.DEAD_LETTERED.labels(
             self.queue.name, envelope.message_type if envelope else "unknown", type(decision.error).__name__
@@ -452,6 +485,14 @@ class Consumer:
             "size": len(message.body),
         }
 
+    async def _dead_lettered_already(self, key: str) -> bool:
+        assert self._inbox is not None  # noqa: S101 - the caller checked; narrows for mypy
+        try:
+            return await self._inbox.seen(self.service, key)
+        except Exception as exc:  # noqa: BLE001 - the store is down: dead-letter (at worst a copy), never block
+            log.warning("could not check whether a message was dead-lettered already (%s)", exc)
+            return False
+
     def _response_type(self, envelope: Envelope | None) -> str | None:
         """The message type answering the delivery, if it is a request (what `decide` may tell us to answer with)."""
         if envelope is None:
@@ -494,6 +535,14 @@ class Consumer:
             log.warning("reject failed (%s); the message will be redelivered", exc)
         else:
             self._acks.settled(message)
+
+
+def dead_lettered_key(message_id: str, headers: dict[str, Any]) -> str:
+    """The inbox id recording that this delivery of `message_id` was dead-lettered: one per replay of it (a replay
+    from the DLQ carries the next `x-esi-replay-count`), of a fixed length whatever the message id's."""
+    replay = _int(headers.get(H_REPLAY_COUNT), 0)
+    digest = hashlib.sha256(f"{message_id}\n{replay}".encode()).hexdigest()[:48]
+    return f"dead-lettered:{digest}"
 
 
 def _int(value: Any, default: int) -> int:

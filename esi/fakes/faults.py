@@ -3,8 +3,10 @@
 `POST /_fake/faults` with `{"status": 503, "rate": 1.0, "count": 3, "latency_ms": 200, "duration_s": 60,
 "retry_after": 3}` — every field optional: answer `status` to that fraction (`rate`, default 1.0) of calls, for the
 next `count` calls or `duration_s` seconds (default: until cleared), after waiting `latency_ms`, with a `Retry-After`
-header of `retry_after` seconds when given. `{}` clears every fault. Only the fake's business endpoints are
-affected, never `/_fake/*`.
+header of `retry_after` seconds when given. `{"reset_after_work": true, "rate": 0.5}` instead lets the call do its
+work and then drops the connection in the middle of the answer (its status line and headers sent, the body never):
+the effect happened, the caller cannot know it — a load balancer or a network failing at the worst moment. `{}`
+clears every fault. Only the fake's business endpoints are affected, never `/_fake/*`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import random
 import time
 from collections import deque
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +38,8 @@ class FaultSpec(BaseModel):
     duration_s: float | None = Field(default=None, gt=0, le=86_400)
     #: sent as `Retry-After` with the injected status
     retry_after: int | None = Field(default=None, ge=0, le=86_400)
+    #: do the work, then drop the connection before the answer's body (instead of answering `status`)
+    reset_after_work: bool = False
 
 
 @dataclass
@@ -44,6 +49,8 @@ class Decision:
     latency_s: float = 0.0
     status: int | None = None
     retry_after: int | None = None
+    #: do the work, then drop the connection in the middle of the answer
+    reset: bool = False
 
 
 class Faults:
@@ -61,7 +68,7 @@ class Faults:
 
     def arm(self, spec: FaultSpec) -> None:
         """Arm `spec` in place of any fault armed before (a spec without status or latency clears)."""
-        empty = spec.status is None and spec.latency_ms == 0
+        empty = spec.status is None and spec.latency_ms == 0 and not spec.reset_after_work
         self.spec = None if empty else spec
         self.remaining = spec.count
         self.until = time.monotonic() + spec.duration_s if spec.duration_s else None
@@ -93,12 +100,14 @@ class Faults:
                 self.clear()
                 return Decision()
             self.remaining -= 1
-        status = spec.status if spec.status is not None and self._rng.random() < spec.rate else None
-        if status is not None:
+        hit = self._rng.random() < spec.rate
+        status = spec.status if spec.status is not None and hit else None
+        reset = spec.reset_after_work and status is None and hit
+        if status is not None or reset:
             self.injected += 1
         if self.remaining == 0:
             self.clear()
-        return Decision(latency_s=spec.latency_ms / 1000.0, status=status, retry_after=spec.retry_after)
+        return Decision(latency_s=spec.latency_ms / 1000.0, status=status, retry_after=spec.retry_after, reset=reset)
 
     def state(self) -> dict[str, Any]:
         """The armed fault, its remaining count, how many calls it answered and when calls came."""
@@ -139,7 +148,26 @@ class FaultMiddleware:
         if decision.status is not None:
             await fault_response(decision.status, decision.retry_after)(scope, receive, send)
             return
+        if decision.reset:
+            await self.app(scope, receive, _headers_only(send))
+            # the work is done and the status line and headers are out: failing now makes the server close the
+            # connection with the body promised by Content-Length unsent
+            raise AnswerDropped(scope["path"])
         await self.app(scope, receive, send)
+
+
+class AnswerDropped(Exception):
+    """Raised by the fault middleware after a call's work to drop the connection in the middle of its answer."""
+
+
+def _headers_only(send: Send) -> Send:
+    """`send` that passes the answer's start (status, headers) and swallows its body."""
+
+    async def wrapped(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            await send(message)
+
+    return wrapped
 
 
 def install(app: FastAPI, faults: Faults, *, protected_prefix: str = "/_fake") -> None:

@@ -46,6 +46,7 @@ from esi.bus.headers import (
     H_NOT_BEFORE,
     H_ORIGINAL_EXCHANGE,
     H_ORIGINAL_ROUTING_KEY,
+    H_REPLAY_COUNT,
 )
 from esi.bus.topology import RetryStep, build_topology
 from esi.errors import (
@@ -625,6 +626,59 @@ async def test_a_business_refusal_is_answered_then_dead_lettered() -> None:
     assert body == message.body
     assert headers[H_ERROR_CLASS] == "BusinessError"
     assert acked == [message]
+
+
+class _Inbox:
+    """The store's inbox, in memory."""
+
+    def __init__(self) -> None:
+        self.ids: set[tuple[str, str]] = set()
+
+    async def seen(self, consumer: str, message_id: str) -> bool:
+        return (consumer, message_id) in self.ids
+
+    async def record(self, consumer: str, message_id: str) -> None:
+        self.ids.add((consumer, message_id))
+
+
+async def test_a_dead_lettered_message_redelivered_after_its_ack_was_lost_is_not_dead_lettered_again() -> None:
+    """Found by the chaos run (seed 20261207): a refusal's ack lost with its channel (a reset, a node killed) came
+    back, called the DMS again and went to the DLQ a second time — two dead letters (and two error answers) for one
+    message; so did a copy of it the outbox relay had published twice."""
+    calls = []
+
+    async def handler(envelope: Envelope, payload: Any) -> list[Envelope]:
+        calls.append(envelope.message_id)
+        raise BusinessError("user refused", code="user_refused", system="dms")
+
+    publisher = _FakePublisher()
+    consumer, acked = _consumer(handler, publisher)
+    consumer._inbox = _Inbox()
+    first = _message()
+    await consumer.handle(first)
+    assert len(publisher.raw) == 1
+    # the ack never reached the broker: the same delivery comes back, marked redelivered
+    again = SimpleNamespace(**{**vars(first), "redelivered": True})
+    await consumer.handle(again)
+    assert len(calls) == 1  # the DMS is not asked again
+    assert len(publisher.raw) == 1  # one dead letter
+    assert acked == [first, again]
+    # a copy of the message (published twice by the relay after a lost confirm), not a redelivery: the refusal is
+    # answered once and dead-lettered once
+    copy = SimpleNamespace(**vars(first))
+    await consumer.handle(copy)
+    assert len(publisher.raw) == 1
+    assert len(publisher.envelopes) == 1  # the error answer to 1C, sent once
+    assert acked == [first, again, copy]
+    # an operator's replay from the DLQ is a new publish with the next replay count: handled again
+    replayed = SimpleNamespace(**{**vars(first), "headers": {ATTEMPT_HEADER: 1, H_REPLAY_COUNT: 1}})
+    await consumer.handle(replayed)
+    assert len(calls) == 3
+    assert len(publisher.raw) == 2
+    # and its own redelivery, once dead-lettered, is recognised in turn
+    await consumer.handle(SimpleNamespace(**{**vars(replayed), "redelivered": True}))
+    assert len(calls) == 3
+    assert len(publisher.raw) == 2
 
 
 async def test_a_decision_the_consumer_cannot_carry_out_is_an_error_not_an_ack() -> None:

@@ -311,6 +311,22 @@ async def test_faults_hit_business_endpoints_but_not_health_or_controls(dms: Ser
     assert state["users"] == []
 
 
+async def test_a_reset_after_the_work_creates_the_user_and_loses_the_answer(dms: Served) -> None:
+    """The fault the chaos run's nemesis uses for "the effect happened, the answer was lost"."""
+    armed = await dms.http.post("/_fake/faults", json={"reset_after_work": True, "count": 1})
+    assert armed.json()["armed"]["reset_after_work"] is True
+    with pytest.raises(httpx.RemoteProtocolError):
+        await dms.http.post("/users", json=IVANOV, headers={"Idempotency-Key": "k-lost"})
+    state = await dms.state()
+    assert [u["external_id"] for u in state["users"]] == ["U12345"]  # the work was done
+    assert (state["faults"]["injected"], state["faults"]["armed"]) == (1, None)
+    # the caller's retry with its key gets the stored answer: one user
+    again = await dms.http.post("/users", json=IVANOV, headers={"Idempotency-Key": "k-lost"})
+    assert again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len((await dms.state())["users"]) == 1
+
+
 async def test_reset_goes_back_to_the_seed(dms: Served) -> None:
     await dms.http.post("/users", json=IVANOV, headers={"Idempotency-Key": "k-1"})
     await dms.http.post("/users", json=IVANOV, headers={"Idempotency-Key": "k-1"})

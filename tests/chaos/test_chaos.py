@@ -1,0 +1,82 @@
+"""The CI-length chaos run: about five minutes of every flow under every fault class, on a seed fixed here.
+
+`python -m chaos.run` (`make chaos` for longer runs) in a subprocess, on a RabbitMQ node and a PostgreSQL server of
+its own (never the shared ones on 5672 and 5432); the checker's JSON report is read back. Any violation, or a fault
+class that never fired, fails the test, with the table and the violations in its output (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chaos.infra import PG_BIN
+from chaos.nemesis import FAULTS
+from tests.support import ROOT
+
+pytestmark = pytest.mark.integration
+
+#: the fixed seed of the CI run, and its length (seconds of load; set-up, draining and checking come on top)
+SEED = 20261207
+DURATION = 240
+
+
+def _needs(tool: str, present: bool) -> None:
+    if not present:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is missing")
+        pytest.skip(f"{tool} is not installed")
+
+
+@pytest.mark.timeout(900)
+def test_a_fixed_seed_chaos_run_finds_nothing_lost_nothing_doubled_nothing_stuck(tmp_path: Path) -> None:
+    _needs("rabbitmq-server", shutil.which("rabbitmq-server") is not None)
+    _needs("PostgreSQL's server binaries", (PG_BIN / "initdb").exists())
+    report_path = tmp_path / "chaos.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chaos.run",
+            "--duration",
+            str(DURATION),
+            "--seed",
+            str(SEED),
+            "--report",
+            str(report_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
+    print(result.stdout[-20000:])
+    print(result.stderr[-5000:])
+    assert report_path.exists(), "the run wrote no report"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    # every fault class fired (the run cannot pass by injecting nothing), each at least once
+    injected = {row["fault"]: row["injected"] for row in report["table"]}
+    assert {f.name for f in FAULTS} <= set(injected)
+    assert all(injected[f.name] >= 1 for f in FAULTS), injected
+    # the workload ran: every flow, every 1C behaviour, most requests accepted
+    assert set(report["by_flow"]) == {"create_user", "update_order_status", "get_policy_info", "send_pdf_file"}
+    assert set(report["by_mode"]) == {"fire", "wait", "poll", "repeat", "conflict"}
+    # liveness: 1C gets a definite answer to nearly every post within the client's patience (the checker's
+    # violations are about safety: nothing lost, nothing doubled, nothing stuck)
+    assert report["accepted"] >= 0.9 * report["requests"] > 0, report["extra"]["unanswered"]
+    # the one open defect the run finds (docs/reliability.md, "Defects the run found"): send_pdf_file attaching a file
+    # twice when two copies of its message are handled at once. Any other violation fails the test; this one marks
+    # it xfail until the CRM client derives the file's Id from the message
+    known = [v for v in report["violations"] if v["check"] == "duplicate_effect" and "complete files" in v["detail"]]
+    others = [v for v in report["violations"] if v not in known]
+    assert others == [], others[:20]
+    if known:
+        pytest.xfail(f"open defect: send_pdf_file attached twice for {[v['request_id'] for v in known]}")
+    assert report["ok"] is True
+    assert result.returncode == 0
