@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from esi.errors import BusinessError, NotFound, PermanentError, SessionExpired, TransientError
 from esi.systems.crm.client import AttachedFile, CreatioClient, CreatioOrder, odata_string
+from esi.systems.crm.client.files import attachment_id
 from esi.systems.crm.fake import (
     EMPTY_GUID,
     ORDER_0001_ID,
@@ -395,18 +396,82 @@ class FailUploads(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-async def test_failed_upload_leaves_no_row_behind(creatio: FakeServer) -> None:
+async def test_a_failed_upload_is_completed_by_the_retry_in_the_same_row(creatio: FakeServer) -> None:
     content = fake_pdf(3000)
     async with creatio.client(upload_chunk_size=1000, transport=FailUploads()) as client:
         with pytest.raises(TransientError):
             await client.attach_file(ORDER_9876_ID, file_name="half.pdf", content=content)
-    assert creatio.state()["files"] == []  # the half-uploaded row was deleted, so a retry cannot mistake it
+    (half,) = creatio.state()["files"]
+    assert not half["complete"]  # kept for the retry: a copy of the message may still be uploading into it
     async with creatio.client(upload_chunk_size=1000) as client:
         retried = await client.attach_file(ORDER_9876_ID, file_name="half.pdf", content=content)
     assert not retried.already_attached
+    assert retried.id == half["id"] == attachment_id(ORDER_9876_ID, "half.pdf", content)
     (stored,) = creatio.state()["files"]
     assert stored["complete"]
     assert stored["sha256"] == hashlib.sha256(content).hexdigest()
+    assert creatio.counters()["requests"]["POST OrderFile"] == 1
+
+
+class Gate(httpx.AsyncBaseTransport):
+    """A real network transport that holds one kind of request until `release` is set, noting when others pass."""
+
+    def __init__(self, hold: str) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.hold = hold
+        self.release = asyncio.Event()
+        self.found = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith(self.hold):
+            await self.release.wait()
+        response = await self.inner.handle_async_request(request)
+        if request.method == "GET" and request.url.path.endswith("/OrderFile"):
+            self.found.set()
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_two_copies_attaching_at_once_leave_one_file(creatio: FakeServer) -> None:
+    """Both copies look before either creates (a redelivery while the first copy's process was frozen)."""
+    content = fake_pdf(3000)
+    first, second = Gate("/OrderFile"), Gate("/OrderFile")
+    async with (
+        creatio.client(upload_chunk_size=1000, transport=first) as a,
+        creatio.client(upload_chunk_size=1000, transport=second) as b,
+    ):
+
+        async def attach_a() -> AttachedFile:
+            return await a.attach_file(ORDER_9876_ID, file_name="twice.pdf", content=content)
+
+        async def attach_b() -> AttachedFile:
+            await first.found.wait()  # a has looked and found nothing; b looks now, before a creates
+            second.release.set()
+            attached = await b.attach_file(ORDER_9876_ID, file_name="twice.pdf", content=content)
+            first.release.set()
+            return attached
+
+        got_a, got_b = await asyncio.wait_for(asyncio.gather(attach_a(), attach_b()), 30)
+    assert got_a.id == got_b.id
+    (stored,) = creatio.state()["files"]
+    assert stored["complete"]
+    assert stored["sha256"] == hashlib.sha256(content).hexdigest()
+    assert creatio.counters()["requests"]["POST OrderFile"] == 2  # the second create was refused, and taken as done
+
+
+async def test_a_refused_upload_deletes_its_row(creatio: FakeServer) -> None:
+    class RefuseUploads(FailUploads):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/UploadFile"):
+                return httpx.Response(200, json={"success": False, "errorInfo": {"message": "virus found"}})
+            return await self.inner.handle_async_request(request)
+
+    async with creatio.client(upload_chunk_size=1000, transport=RefuseUploads()) as client:
+        with pytest.raises(PermanentError):
+            await client.attach_file(ORDER_9876_ID, file_name="bad.pdf", content=fake_pdf(3000))
+    assert creatio.state()["files"] == []
 
 
 async def test_empty_file_is_refused(client: CreatioClient) -> None:

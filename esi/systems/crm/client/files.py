@@ -1,11 +1,15 @@
 """Files attached to Creatio orders: an `OrderFile` row, then the bytes through `FileApiService/UploadFile` in chunks.
 
-Attaching is idempotent: a file of the same name and size already attached to the order is reported, not attached
-again; a row whose upload failed is deleted so that a retry does not mistake it for a finished attachment.
+Attaching is idempotent, also when two copies of one message run at once (a redelivery while a frozen process
+resumes): the row's Id is derived from the order, the name and the content (`attachment_id`), so every copy and
+every repeat writes the same row — a second create of it is refused by Creatio and taken as "created", and the bytes
+are uploaded again into it at the same offsets, which leaves the same file. A file of the same name and size attached
+under another Id (by hand, or by a version of esi before the derived Id) is reported, not attached again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -20,6 +24,14 @@ logger = logging.getLogger(__name__)
 
 #: `OrderFile.TypeId` of an attached file (as opposed to a link)
 FILE_TYPE_ID = "529bc2f8-0ee0-df11-971b-001d60e938c6"
+
+_NS = uuid.UUID("8b6f3e52-2d7a-4c1e-9f0b-5a3c7e91d204")
+
+
+def attachment_id(order_id: str, file_name: str, content: bytes) -> str:
+    """The `OrderFile.Id` of `content` attached to the order as `file_name`: the same on every copy and repeat."""
+    digest = hashlib.sha256(content).hexdigest()
+    return str(uuid.uuid5(_NS, f"{order_id.lower()}\n{file_name}\n{digest}"))
 
 
 @dataclass(frozen=True)
@@ -68,8 +80,10 @@ class OrderFiles:
     async def attach(self, order_id: str, *, file_name: str, content: bytes, mime_type: str) -> AttachedFile:
         """Attach `content` to the order as `file_name`, unless a file of that name and size already is.
 
-        Creates the `OrderFile` row (with an Id chosen here), then uploads the bytes in `chunk_size` ranges. If
-        either step fails, the row is deleted (best effort).
+        Creates the `OrderFile` row under `attachment_id` (unless it exists: a repeat, or a concurrent copy), then
+        uploads the bytes in `chunk_size` ranges into it. A row of that Id which already holds these bytes is
+        reported as attached; one that does not yet (a failed attempt, a copy still uploading) is uploaded into
+        again. A failed upload leaves the row for the retry; only a refusal (permanent) deletes it.
 
         Raises:
             PermanentError: the order id is not a GUID, the order does not exist, or Creatio refused the file.
@@ -80,13 +94,30 @@ class OrderFiles:
             raise PermanentError(
                 f"crm: refusing to attach the empty file {file_name!r}", code="empty_file", system=SYSTEM
             )
-        for file_id, existing_size in await self._order_files(order_id, file_name):
-            if existing_size == size:
-                logger.debug("File %r of %d bytes is already attached to order %s", file_name, size, order_id)
-                return AttachedFile(id=file_id, name=file_name, size=size, already_attached=True)
+        file_id = attachment_id(order_id, file_name, content)
+        existing = await self._order_files(order_id, file_name)
+        ours = any(row_id.lower() == file_id for row_id, _ in existing)
+        if not ours:
+            for other_id, existing_size in existing:
+                if existing_size == size:
+                    logger.debug("File %r of %d bytes is already attached to order %s", file_name, size, order_id)
+                    return AttachedFile(id=other_id, name=file_name, size=size, already_attached=True)
         order_id = order_id.lower()
-        # the row's Id is chosen here so that a row created by a call that then failed can be found and removed
-        file_id = str(uuid.uuid4())
+        if ours and await self._holds(file_id, content):
+            logger.debug("File %r of %d bytes is already attached to order %s", file_name, size, order_id)
+            return AttachedFile(id=file_id, name=file_name, size=size, already_attached=True)
+        if not ours:
+            await self._create_row(file_id, order_id, file_name, size)
+        try:
+            await self._upload(file_id, order_id, file_name, content, mime_type)
+        except PermanentError:
+            await self._delete_quietly(file_id)
+            raise
+        logger.debug("Attached %r (%d bytes) to order %s as file %s", file_name, size, order_id, file_id)
+        return AttachedFile(id=file_id, name=file_name, size=size, already_attached=False)
+
+    async def _create_row(self, file_id: str, order_id: str, file_name: str, size: int) -> None:
+        """Create the row `file_id`; one a concurrent copy created meanwhile counts as created."""
         try:
             await self._session.call(
                 "POST",
@@ -101,12 +132,24 @@ class OrderFiles:
                     "TypeId": FILE_TYPE_ID,
                 },
             )
-            await self._upload(file_id, order_id, file_name, content, mime_type)
-        except Exception:
-            await self._delete_quietly(file_id)
-            raise
-        logger.debug("Attached %r (%d bytes) to order %s as file %s", file_name, size, order_id, file_id)
-        return AttachedFile(id=file_id, name=file_name, size=size, already_attached=False)
+        except PermanentError:
+            # Creatio refuses a second row of one Id (400); whether that was the refusal is read, not parsed
+            if not await self._row_exists(file_id):
+                raise
+            logger.debug("File row %s was created by a concurrent copy of the message", file_id)
+
+    async def _holds(self, file_id: str, content: bytes) -> bool:
+        """Whether the row `file_id` holds exactly `content` (Creatio serves a file only once it is complete)."""
+        try:
+            return await self.download(file_id) == content
+        except NotFound:
+            return False
+
+    async def _row_exists(self, file_id: str) -> bool:
+        rows = await self._odata.rows(
+            "OrderFile", {"$filter": f"Id eq {file_id}", "$select": "Id"}, operation="find_order_file"
+        )
+        return bool(rows)
 
     async def _upload(self, file_id: str, order_id: str, file_name: str, content: bytes, mime_type: str) -> None:
         total = len(content)
