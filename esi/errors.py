@@ -67,6 +67,14 @@ class CircuitOpen(TransientError):
     code = "circuit_open"
 
 
+class StoreUnavailable(TransientError):
+    """The store's database does not answer: it restarts, a connection to it broke, its pool is exhausted. The
+    store raises this instead of its driver's error (esi.store.database), so that the API answers 503 with
+    Retry-After and a consumer retries the message, as for any transient failure."""
+
+    code = "store_unavailable"
+
+
 class PermanentError(EsiError):
     """A failure that retrying cannot fix: the message is dead-lettered at once."""
 

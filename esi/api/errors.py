@@ -8,6 +8,8 @@ as an `ApiError` (the 500 without details), on the fast path (esi.api.hot) and t
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,7 +19,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from esi.errors import ApiError
+from esi.errors import ApiError, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ApiError",
@@ -111,7 +115,32 @@ def _http_error(exc: StarletteHTTPException) -> ApiError:
     )
 
 
+#: how long a caller is asked to wait when the store does not answer (a restart takes seconds)
+STORE_RETRY_AFTER_S = 1
+
+
+_last_store_warning = 0.0
+
+
+def store_unavailable(exc: StoreUnavailable) -> ApiError:
+    """The 503 of a request the store could not take: nothing was stored (its transaction did not commit). Logged
+    once per ten seconds, not per request: an outage of the database is one event."""
+    global _last_store_warning
+    now = time.monotonic()
+    if now - _last_store_warning >= 10:
+        _last_store_warning = now
+        log.warning("the store does not answer; answering 503 store_unavailable: %s", exc.message)
+    return ApiError(
+        503,
+        "store_unavailable",
+        f"the store does not answer; retry after {STORE_RETRY_AFTER_S} s",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
+
+
 async def _handle(_request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, StoreUnavailable):
+        return error_response(store_unavailable(exc))
     if isinstance(exc, ApiError):
         await held(exc)
         return error_response(exc)
@@ -125,5 +154,5 @@ async def _handle(_request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Have FastAPI answer every error in the JSON shape."""
-    for kind in (ApiError, RequestValidationError, Exception, StarletteHTTPException):
+    for kind in (ApiError, StoreUnavailable, RequestValidationError, Exception, StarletteHTTPException):
         app.add_exception_handler(kind, _handle)

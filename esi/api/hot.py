@@ -30,8 +30,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from esi import metrics, tracing
-from esi.api.errors import ApiError, error_response, held, internal_error_response
+from esi.api.errors import ApiError, error_response, held, internal_error_response, store_unavailable
 from esi.api.routes.table import Route
+from esi.errors import StoreUnavailable
 from esi.security.scopes import Principal
 
 __all__ = ["HotPath", "record_request"]
@@ -168,6 +169,8 @@ class HotPath:
         response: Response
         try:
             response = await route.handler(request, await self._authenticate(request), *args)  # type: ignore[misc]
+        except StoreUnavailable as exc:
+            response = error_response(store_unavailable(exc))
         except ApiError as exc:
             await held(exc)
             response = error_response(exc)

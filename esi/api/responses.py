@@ -42,6 +42,7 @@ __all__ = [
     "REQUEST_ID_CONFLICT",
     "SENDING",
     "SETTLED_WITHIN_WAIT",
+    "STORE_UNAVAILABLE",
     "UNKNOWN_DEAD_LETTER",
     "UNKNOWN_JOB",
     "UNKNOWN_MESSAGE_TYPE",
@@ -159,6 +160,16 @@ INTERNAL_ERROR = Refusal(
     "internal_error",
     "an unexpected failure; the service log has it",
     "internal error; the service log has the details",
+)
+
+#: every route: the store's database does not answer (a restart, a broken connection); nothing was stored
+STORE_UNAVAILABLE = Refusal(
+    503,
+    "store_unavailable",
+    "the store's database does not answer (it restarts, a connection broke): nothing was stored, retry after "
+    "Retry-After with the same request_id",
+    "the store does not answer; retry after 1 s",
+    headers=("Retry-After",),
 )
 
 # --- the handlers' own refusals ---

@@ -16,8 +16,16 @@ from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    PendingRollbackError,
+    ProgrammingError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from esi.errors import StoreUnavailable
 from esi.store.backends import Backend, Notifications, PointRow, open_backend
 from esi.store.migrations import Migrations, applied_versions, apply
 from esi.store.statements import Statement
@@ -38,6 +46,52 @@ def dumps(value: Any) -> str | None:
 
 def loads(value: str | None) -> Any:
     return None if value is None else orjson.loads(value)
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """The `StoreUnavailable` that `exc` (a driver's or SQLAlchemy's error) stands for, or None when it is not about
+    reaching the database: a broken or refused connection, a server shutting down or starting up, a transaction a
+    lost connection left to roll back, an exhausted pool. A constraint or a bad statement is not unavailability."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if isinstance(exc, IntegrityError | ProgrammingError):
+        return None
+    broken = isinstance(exc, PendingRollbackError | PoolTimeout) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+    seen: BaseException | None = exc
+    for _ in range(8):  # the driver's own error, and what caused it
+        if seen is None or broken:
+            break
+        broken = isinstance(seen, OSError | ConnectionError | TimeoutError) or _is_connection_error(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not broken and isinstance(exc, OperationalError):
+        # SQLite: a locked or unreadable file is unavailability (503 and a retry are the honest answer); a missing
+        # table or column is a bug
+        broken = not any(word in str(exc.orig) for word in ("no such", "syntax", "has no column"))
+    if not broken:
+        return None
+    return StoreUnavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """asyncpg's connection failures (a lost connection, a server shutting down — SQLSTATE class 57 or 08 —, one
+    that is starting up), recognised without importing asyncpg where SQLite alone is installed."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate[:2] in ("08", "57"):
+        return True
+    return type(exc).__module__.startswith("asyncpg") and type(exc).__name__ in (
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+        "ConnectionFailureError",
+    )
+
+
+def _raise_unavailable(exc: Exception) -> None:
+    """Raise the `StoreUnavailable` that `exc` stands for, if it stands for one."""
+    translated = unavailable(exc)
+    if translated is not None and translated is not exc:
+        raise translated from exc
 
 
 class Database:
@@ -70,21 +124,36 @@ class Database:
 
     # --- running operations -----------------------------------------------------------------------------------
 
+    # Each raises `StoreUnavailable` (a TransientError) when the database cannot be reached, instead of the
+    # driver's error: the API answers it 503 with Retry-After, a consumer retries its message.
+
     async def write(self, op: Callable[[Connection], T]) -> T:
         """Run `op` in a committed transaction, possibly shared with other writes (a group commit)."""
-        return await self._backend.write(op)
+        try:
+            return await self._backend.write(op)
+        except Exception as exc:
+            _raise_unavailable(exc)
+            raise
 
     async def write_alone(self, op: Callable[[Connection], T]) -> T:
         """Run `op` in a short transaction of its own, outside the group commits (retention's batches)."""
-        return await self._backend.write_alone(op)
+        try:
+            return await self._backend.write_alone(op)
+        except Exception as exc:
+            _raise_unavailable(exc)
+            raise
 
     async def read(self, op: Callable[[Connection], T]) -> T:
         """Run `op` on a connection that writes nothing."""
-        return await self._backend.read(op)
+        try:
+            return await self._backend.read(op)
+        except Exception as exc:
+            _raise_unavailable(exc)
+            raise
 
     async def execute(self, statement: Any, parameters: Any = None) -> None:
         """One statement, in the next group commit."""
-        await self._backend.write(lambda conn: conn.execute(statement, parameters) and None)
+        await self.write(lambda conn: conn.execute(statement, parameters) and None)
 
     def point_read(self, statement: Statement, params: dict[str, Any]) -> PointRow | None:
         """(names, row) of a primary-key lookup run at once, where the backend can (SQLite); else None."""
@@ -99,7 +168,7 @@ class Database:
         """Raise unless the database answers (readiness)."""
         from sqlalchemy import select
 
-        await self._backend.read(lambda conn: conn.execute(select(1)).scalar())
+        await self.read(lambda conn: conn.execute(select(1)).scalar())
 
     # --- schema -------------------------------------------------------------------------------------------------
 

@@ -536,3 +536,78 @@ async def test_the_audit_log_keeps_who_did_what_newest_first(store_url: str) -> 
         assert [e.action for e in await store.audit.entries(action="dlq.replay")] == ["dlq.replay"]
         assert [e.client_id for e in await store.audit.entries(client_id="anna")] == ["anna"]
         assert await store.audit.entries(since=(datetime.now(UTC) + timedelta(minutes=1)).isoformat()) == []
+
+
+async def _drop_connections(url: str) -> None:
+    """The database ends every connection to it but this one (what a restart does to its clients)."""
+    async with await Store.open(url) as other:
+        await other.database.read(
+            lambda conn: conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).all()
+        )
+
+
+async def test_a_database_that_does_not_answer_is_store_unavailable_not_the_drivers_error(pg_database) -> None:
+    from esi.errors import StoreUnavailable, TransientError
+    from esi.store.database import Database
+
+    async with await Store.open(pg_database.url) as store:
+        await _accept(store, "U1")
+        await store.requests.get("U1")  # the pool holds live connections
+        await _drop_connections(pg_database.url)
+        # the connections in the pool are dead (used a moment ago: not pinged); the write on one fails, and says
+        # so as the store's error, a transient one
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.requests.retrying("U1", attempt=2, error="x")
+        assert isinstance(caught.value, TransientError) and caught.value.code == "store_unavailable"
+        # the pool dropped its connections at the failure: the next write and read work
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    await store.requests.retrying("U1", attempt=2, error="x")
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.05)
+        assert (await store.requests.get("U1")).status is RequestStatus.IN_PROGRESS
+        # a constraint is not unavailability: a duplicate key stays the driver's error
+        with pytest.raises(DBAPIError):
+            await store.database.write(
+                lambda conn: conn.execute(
+                    insert(schema.inbox), {"consumer": "c", "message_id": "m", "processed_at": "2026"}
+                )
+                and conn.execute(insert(schema.inbox), {"consumer": "c", "message_id": "m", "processed_at": "2026"})
+            )
+    # a server that refuses connections (stopped, restarting): reads and writes are StoreUnavailable
+    nowhere = Database.open("postgresql://postgres@127.0.0.1:1/none")
+    async with nowhere:
+        with pytest.raises(StoreUnavailable):
+            await nowhere.read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+        with pytest.raises(StoreUnavailable):
+            await nowhere.write(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+
+
+async def test_the_api_answers_503_store_unavailable_while_the_database_is_away_and_stores_nothing(
+    pg_database,
+) -> None:
+    async with await Store.open(pg_database.url) as store:
+        app = create_app(
+            ApiDeps(registry=load_registry(), store=store, on_accepted=lambda row: None, max_pdf_bytes=1024)
+        )
+        transport = httpx.ASGITransport(app=app)
+        body = {"request_id": "SU-1", "user_id": "U1", "name": "n", "email": "a@b.c"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://esi") as client:
+            assert (await client.post("/send_to_dms", json={**body, "request_id": "SU-0"})).status_code == 202
+            await _drop_connections(pg_database.url)
+            refused = await client.post("/send_to_dms", json=body)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"] == "1"
+            assert refused.json()["error"]["code"] == "store_unavailable"
+            # nothing was stored: the same request_id later is accepted as new, not as a duplicate
+            async with asyncio.timeout(10):
+                while (again := await client.post("/send_to_dms", json=body)).status_code == 503:
+                    await asyncio.sleep(0.05)
+            assert again.status_code == 202, again.text
+            assert "X-Esi-Duplicate" not in again.headers
+        assert (await store.requests.get("SU-1")).status is RequestStatus.ACCEPTED

@@ -22,7 +22,15 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 
-from esi.api.responses import AUTHENTICATION, INTERNAL_ERROR, INVALID_PARAMETERS, UNREADABLE_BODY, Refusal, refusals
+from esi.api.responses import (
+    AUTHENTICATION,
+    INTERNAL_ERROR,
+    INVALID_PARAMETERS,
+    STORE_UNAVAILABLE,
+    UNREADABLE_BODY,
+    Refusal,
+    refusals,
+)
 from esi.security.scopes import Principal
 
 __all__ = ["Endpoint", "Param", "Route", "add_routes"]
@@ -104,6 +112,7 @@ def _refusals(route: Route) -> tuple[Refusal, ...]:
         *(AUTHENTICATION if route.authenticated else ()),
         *((INVALID_PARAMETERS,) if route.params else ()),
         *((UNREADABLE_BODY,) if any(p.declaration is _EMPTY for p in route.params) else ()),
+        STORE_UNAVAILABLE,
         INTERNAL_ERROR,
     )
 
