@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from esi import metrics
 from esi.api.app import ApiDeps, create_app
-from esi.api.errors import REFUSAL_HOLD_S
+from esi.api.errors import REFUSAL_HOLD_MIN_SHARE, REFUSAL_HOLD_S
 from esi.errors import ApiError
 from esi.security import ClientRegistry, ClientsConfigError, make_client_entry
 from esi.security.clients import ClientConfig
@@ -424,7 +424,7 @@ async def test_a_throttled_attempt_is_held_before_its_429_and_a_401_is_not(api: 
         r = await client.post("/send_to_dms", json=USER, auth=("erp", "guess-again"))
         assert r.status_code == 429
         assert int(r.headers["Retry-After"]) > REFUSAL_HOLD_S
-        assert time.perf_counter() - started >= REFUSAL_HOLD_S * 0.95
+        assert time.perf_counter() - started >= REFUSAL_HOLD_S * REFUSAL_HOLD_MIN_SHARE * 0.95
         await api.app.authenticator.drain()
 
 
@@ -461,3 +461,27 @@ async def test_throttling_through_the_api_with_its_audit_entry(api: Api) -> None
         assert r.status_code == 429
         await api.app.authenticator.drain()
     assert len(await api.store.audit.entries(action="auth.throttled")) == 1
+
+
+async def test_refusals_held_together_are_answered_spread_over_the_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runaway client's connections refused at the same moment come back spread out, not as one burst: each hold is
+    drawn between REFUSAL_HOLD_MIN_SHARE and all of the full hold."""
+    from esi.api import errors
+
+    monkeypatch.setattr(errors, "REFUSAL_HOLD_S", 0.4)
+    refusal = ApiError(429, "quota_exceeded", "over", headers={"Retry-After": "1"})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def one() -> float:
+        await errors.held(refusal)
+        return loop.time() - started
+
+    ends = sorted(await asyncio.gather(*(one() for _ in range(40))))
+    assert ends[0] >= 0.4 * REFUSAL_HOLD_MIN_SHARE * 0.95
+    assert ends[-1] <= 0.4 + 0.15
+    assert ends[-1] - ends[0] >= 0.4 * (1 - REFUSAL_HOLD_MIN_SHARE) * 0.5  # spread over the window, not one burst
+    # a refusal that is not a 429 is not held at all
+    t0 = loop.time()
+    await errors.held(ApiError(401, "unauthorized", "no"))
+    assert loop.time() - t0 < 0.05
