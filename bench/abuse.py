@@ -1,7 +1,10 @@
 """Section `abuse` of `bench.run`: a flood of wrong passwords beside a well-behaved client (issue 33).
 
-A well-behaved client (the bench's demo client) posts create_user requests for a few seconds alone, then again while
-another caller floods wrong passwords for another client id at 300/s from the same address (127.0.0.1). Twice:
+A well-behaved client (the bench's demo client) posts create_user requests while another caller floods wrong
+passwords for another client id at 300/s from the same address (127.0.0.1) — in phases, `PHASE_S` seconds on and
+`PHASE_S` off on a clock both processes share: the client's requests are sorted by the phase they were sent in (the
+first `SETTLE_S` of each left out), so "alone" and "beside the flood" are interleaved through the same seconds and a
+machine whose other load changes during the run moves both alike. Twice:
 
 - **closed loop** (the targets): the client sends as fast as esi answers, from `connections` connections — a 1C
   exchange job at full speed, as the issue measured it (726/s and p99 112 ms alone). Reported: its throughput and POST
@@ -34,6 +37,8 @@ import httpx
 from bench.load import percentile
 
 TARGET_THROUGHPUT_RATIO = 0.9
+#: seconds the flood is on, then off, alternately; a request sent in the first SETTLE_S of a phase is not counted
+PHASE_S, SETTLE_S = 2.5, 0.5
 TARGET_P99_RATIO = 1.3
 FLOOD_RATE = 300.0
 #: enough connections to keep FLOOD_RATE attempts a second under way while each 429 is held for a second
@@ -58,6 +63,74 @@ def _figures(latencies: list[float], statuses: dict[int, int], elapsed: float) -
     }
 
 
+def phase_of(at: float, start: float) -> int:
+    """The phase (0, 1, 2, ...) an epoch time is in; odd phases are the flood's."""
+    return int((at - start) // PHASE_S)
+
+
+def _counted(at: float, start: float) -> bool:
+    return at - (start + phase_of(at, start) * PHASE_S) >= SETTLE_S
+
+
+def _by_phase(
+    sent: list[tuple[float, float, int]], start: float, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(alone, beside the flood): the figures of the requests `(sent at, latency, status)` sent in even and odd
+    phases, those in a phase's first SETTLE_S left out."""
+    counted = (PHASE_S - SETTLE_S) * (seconds // PHASE_S) / 2
+    kinds = []
+    for parity in (0, 1):
+        mine = [(lat, st) for at, lat, st in sent if phase_of(at, start) % 2 == parity and _counted(at, start)]
+        statuses: dict[int, int] = {}
+        for _, st in mine:
+            statuses[st] = statuses.get(st, 0) + 1
+        kinds.append(_figures([lat for lat, _ in mine], statuses, counted))
+    return kinds[0], kinds[1]
+
+
+async def _steady_phased(
+    base: str, auth: tuple[str, str], rate: float, start: float, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Open loop from `start` (epoch) for `seconds`: (alone, beside the flood)."""
+    sent: list[tuple[float, float, int]] = []
+    async with httpx.AsyncClient(base_url=base, auth=auth, timeout=30, limits=httpx.Limits(max_connections=64)) as c:
+
+        async def one(i: int) -> None:
+            at, began = time.time(), time.perf_counter()
+            r = await c.post("/send_to_dms", json=_body(i))
+            sent.append((at, time.perf_counter() - began, r.status_code))
+
+        await asyncio.sleep(max(0.0, start - time.time()))
+        origin = time.perf_counter()
+        tasks = []
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, origin + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return _by_phase(sent, start, seconds)
+
+
+async def _closed_phased(
+    base: str, auth: tuple[str, str], connections: int, start: float, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Closed loop from `start` (epoch) for `seconds`: (alone, beside the flood)."""
+    sent: list[tuple[float, float, int]] = []
+    limits = httpx.Limits(max_connections=connections)
+    async with httpx.AsyncClient(base_url=base, auth=auth, timeout=30, limits=limits) as c:
+        await asyncio.sleep(max(0.0, start - time.time()))
+
+        async def caller(k: int) -> None:
+            i = k
+            while (at := time.time()) < start + seconds:
+                began = time.perf_counter()
+                r = await c.post("/send_to_dms", json=_body(i))
+                sent.append((at, time.perf_counter() - began, r.status_code))
+                i += connections
+
+        await asyncio.gather(*(caller(k) for k in range(connections)))
+    return _by_phase(sent, start, seconds)
+
+
 async def _steady(base: str, auth: tuple[str, str], rate: float, seconds: float) -> dict[str, Any]:
     """Open loop: a request every 1/rate seconds, whatever the answers."""
     latencies: list[float] = []
@@ -79,46 +152,37 @@ async def _steady(base: str, auth: tuple[str, str], rate: float, seconds: float)
         return _figures(latencies, statuses, time.perf_counter() - started)
 
 
-async def _closed(base: str, auth: tuple[str, str], connections: int, seconds: float) -> dict[str, Any]:
-    """Closed loop: `connections` callers, each sending its next request when the last is answered."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    limits = httpx.Limits(max_connections=connections)
-    async with httpx.AsyncClient(base_url=base, auth=auth, timeout=30, limits=limits) as c:
-        started = time.perf_counter()
-
-        async def caller(k: int) -> None:
-            i = k
-            while time.perf_counter() - started < seconds:
-                sent = time.perf_counter()
-                r = await c.post("/send_to_dms", json=_body(i))
-                latencies.append(time.perf_counter() - sent)
-                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                i += connections
-
-        await asyncio.gather(*(caller(k) for k in range(connections)))
-        return _figures(latencies, statuses, time.perf_counter() - started)
-
-
 #: ESI_AUTH_MAX_FAILURES's default, and the verifications that may be under way when it is reached
 THRESHOLD, UNDER_WAY = 5, 2
 
 
-async def _flood(base: str, seconds: float, connections: int = FLOOD_CONNECTIONS) -> dict[str, Any]:
-    """POST /send_to_dms with a wrong password at FLOOD_RATE for `seconds`, attempt i from connection i % connections
-    at `i / FLOOD_RATE`: raw HTTP/1.1 (a request written, the status line and body read), so the flood costs its own
-    process little."""
+async def _flood(
+    base: str, seconds: float, connections: int = FLOOD_CONNECTIONS, start: float | None = None
+) -> dict[str, Any]:
+    """POST /send_to_dms with a wrong password at FLOOD_RATE for `seconds` of flooding, attempt i from connection
+    i % connections: raw HTTP/1.1 (a request written, the status line and body read), so the flood costs its own
+    process little. From `start` (epoch), in the odd phases only (`seconds` is then the flood's own time, half the
+    run's); else at once, without pause."""
     url = urlsplit(base)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     answers: list[tuple[int, int]] = []  # (attempt, status) in the order the answers arrived
+    if start is not None:
+        await asyncio.sleep(max(0.0, start - time.time()))
     started = time.perf_counter()
+
+    def due(i: int) -> float:
+        """When attempt i is sent (perf_counter): at FLOOD_RATE, through the flood's phases only."""
+        x = i / FLOOD_RATE
+        if start is None:
+            return started + x
+        return started + (2 * (x // PHASE_S) + 1) * PHASE_S + x % PHASE_S
 
     async def connection(first: int) -> None:
         reader, writer = await asyncio.open_connection(host, port)
         try:
             i = first
             while i / FLOOD_RATE < seconds:
-                await asyncio.sleep(max(0.0, started + i / FLOOD_RATE - time.perf_counter()))
+                await asyncio.sleep(max(0.0, due(i) - time.perf_counter()))
                 token = base64.b64encode(f"intruder:guess-{i}".encode()).decode()
                 writer.write(
                     f"POST /send_to_dms HTTP/1.1\r\nhost: {host}\r\nauthorization: Basic {token}\r\n"
@@ -135,7 +199,7 @@ async def _flood(base: str, seconds: float, connections: int = FLOOD_CONNECTIONS
             writer.close()
 
     await asyncio.gather(*(connection(k) for k in range(connections)))
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - started if start is None else seconds
     statuses = [status for _, status in answers]
     # answers are listed as they arrive (a hashed 401 may finish after the first 429s), so the check counts: at most
     # the threshold's failures were hashed (401), plus the verifications already under way when it was reached (the
@@ -154,15 +218,17 @@ async def _flood(base: str, seconds: float, connections: int = FLOOD_CONNECTIONS
     }
 
 
-async def _beside_flood(base: str, seconds: float, client: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    # the flood runs in a process of its own, as an attacker's would on its machine
+async def _interleaved(base: str, seconds: float, client: Any) -> tuple[Any, dict[str, Any]]:
+    """`client(start, total)` beside the flood, on and off every PHASE_S from `start`: the client's result and the
+    flood's figures. The flood runs in a process of its own, as an attacker's would on its machine."""
+    total = 2 * PHASE_S * max(1, round(seconds / PHASE_S))
+    start = time.time() + 3.0  # the flood's process is up by then
     flood = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.abuse", "flood", base, str(seconds + 1.5),
+        sys.executable, "-m", "bench.abuse", "flood", base, str(total / 2), repr(start),
         stdout=asyncio.subprocess.PIPE, cwd=_ROOT,
     )  # fmt: skip
-    await asyncio.sleep(1.0)  # the flood is under way (and throttled) before the steady client starts
-    steady = await client
-    out, _ = await asyncio.wait_for(flood.communicate(), timeout=seconds + 60)
+    steady = await client(start, total)
+    out, _ = await asyncio.wait_for(flood.communicate(), timeout=total + 60)
     return steady, json.loads(out)
 
 
@@ -172,10 +238,12 @@ def _ratio(beside: float, alone: float) -> float | None:
 
 def run(base: str, auth: tuple[str, str], *, rate: float, seconds: float, connections: int) -> dict[str, Any]:
     """The section's figures (see the module)."""
-    alone = asyncio.run(_closed(base, auth, connections, seconds))
-    flooded, flood = asyncio.run(_beside_flood(base, seconds, _closed(base, auth, connections, seconds)))
-    open_alone = asyncio.run(_steady(base, auth, rate, seconds))
-    open_flooded, _ = asyncio.run(_beside_flood(base, seconds, _steady(base, auth, rate, seconds)))
+    (alone, flooded), flood = asyncio.run(
+        _interleaved(base, seconds, lambda start, total: _closed_phased(base, auth, connections, start, total))
+    )
+    (open_alone, open_flooded), _ = asyncio.run(
+        _interleaved(base, seconds, lambda start, total: _steady_phased(base, auth, rate, start, total))
+    )
     throughput = _ratio(flooded["throughput_per_s"], alone["throughput_per_s"])
     p99 = _ratio(flooded["p99_ms"], alone["p99_ms"])
     return {
@@ -198,6 +266,7 @@ def run(base: str, auth: tuple[str, str], *, rate: float, seconds: float, connec
     }
 
 
-if __name__ == "__main__":  # python -m bench.abuse flood BASE SECONDS: the flood alone, its figures as JSON
-    _, _, url, how_long = sys.argv[:4]
-    print(json.dumps(asyncio.run(_flood(url, float(how_long)))))
+if __name__ == "__main__":  # python -m bench.abuse flood BASE SECONDS [START]: the flood, its figures as JSON
+    url, how_long = sys.argv[2], float(sys.argv[3])
+    at = float(sys.argv[4]) if len(sys.argv) > 4 else None
+    print(json.dumps(asyncio.run(_flood(url, how_long, start=at))))

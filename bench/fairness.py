@@ -4,15 +4,20 @@ The bench system runs the demo client alone, so this section starts a small syst
 vhost of its own, SQLite in a temporary directory) with a clients file of two clients:
 
 - `erp`, well behaved, quota unlimited: posts create_user requests at a fixed rate, open loop (as section `abuse`'s
-  steady client), for a few seconds alone, then again while
+  steady client), the whole time, while
 - `loop`, a runaway client with a small quota (50/s, burst 50, 16 in flight), hammers `POST /send_to_dms` as fast as
   it can from `connections` connections at once (closed loop, in a process of its own so that its client's CPU
-  does not slow erp's), most of it answered 429 `quota_exceeded`.
+  does not slow erp's), most of it answered 429 `quota_exceeded` — in phases: `PHASE_S` seconds on, `PHASE_S` off,
+  on a clock both processes share.
 
-Reported: erp's POST p99 beside loop ÷ alone (target ≤ 1.33×, "one client at its quota does not raise another
-client's p99 by more than a third"), erp's throughput ratio, and loop's attempts, statuses and share refused 429.
+erp's requests are sorted by the phase they were sent in (those sent in the first `SETTLE_S` of a phase, while the
+switch's effects settle, are left out): "alone" and "beside loop" are interleaved through the same seconds, so a
+machine whose other load changes during the run (a shared 2-core box) moves both alike instead of one. Reported:
+erp's POST p99 beside loop ÷ alone (target ≤ 1.33×, "one client at its quota does not raise another client's p99
+by more than a third"), erp's throughput ratio, and loop's attempts, statuses and share refused 429.
 
-    python -m bench.fairness hammer BASE_URL CLIENT PASSWORD CONNECTIONS SECONDS   (the runaway client, JSON out)
+    python -m bench.fairness hammer BASE_URL CLIENT PASSWORD CONNECTIONS SECONDS START PHASE
+    (the runaway client, JSON out; on from START + PHASE for PHASE seconds, every other PHASE, START an epoch time)
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TARGET_P99_RATIO = 1.33
+#: seconds the runaway client is on, then off, alternately
+PHASE_S = 2.5
+#: erp's requests sent in the first this many seconds of a phase are not counted (the switch settles)
+SETTLE_S = 0.5
 #: the runaway client's quota
 LOOP_RATE, LOOP_BURST, LOOP_IN_FLIGHT = 50, 50, 16
 ERP = ("erp", "erp-bench-pw")
@@ -69,8 +78,16 @@ def clients_json() -> str:
 # --- the runaway client (a process of its own) ------------------------------------------------------------------
 
 
-async def hammer(base: str, auth: tuple[str, str], connections: int, seconds: float) -> dict[str, Any]:
-    """`connections` closed loops of POST /send_to_dms for `seconds`: statuses and answers per second."""
+def phase_of(at: float, start: float, phase: float) -> int:
+    """The phase (0, 1, 2, ...) an epoch time `at` is in; odd phases are the runaway client's."""
+    return int((at - start) // phase)
+
+
+async def hammer(
+    base: str, auth: tuple[str, str], connections: int, seconds: float, start: float, phase: float
+) -> dict[str, Any]:
+    """`connections` closed loops of POST /send_to_dms in the odd phases from `start` (epoch) until `seconds` after
+    it: statuses and answers per second of its phases."""
     import aiohttp
 
     statuses: dict[int, int] = {}
@@ -82,12 +99,16 @@ async def hammer(base: str, auth: tuple[str, str], connections: int, seconds: fl
         auth=aiohttp.BasicAuth(*auth),
         timeout=aiohttp.ClientTimeout(total=30),
     ) as http:
-        deadline = time.perf_counter() + seconds
+        deadline = start + seconds
 
         async def worker(w: int) -> None:
             nonlocal errors
             i = 0
-            while time.perf_counter() < deadline:
+            while (now := time.time()) < deadline:
+                n = phase_of(now, start, phase)
+                if n % 2 == 0:  # off: wait for the next phase
+                    await asyncio.sleep(start + (n + 1) * phase - now)
+                    continue
                 i += 1
                 body = {
                     "request_id": f"loop-{uuid.uuid4().hex}",
@@ -103,9 +124,8 @@ async def hammer(base: str, auth: tuple[str, str], connections: int, seconds: fl
                     errors += 1
                     await asyncio.sleep(0.05)
 
-        started = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(connections)))
-        elapsed = time.perf_counter() - started
+    elapsed = seconds / 2  # its phases: half the time
     attempts = sum(statuses.values())
     accepted = statuses.get(202, 0) + statuses.get(200, 0)
     return {
@@ -120,9 +140,10 @@ async def hammer(base: str, auth: tuple[str, str], connections: int, seconds: fl
     }
 
 
-def _start_hammer(base: str, connections: int, seconds: float) -> subprocess.Popen[str]:
+def _start_hammer(base: str, connections: int, seconds: float, start: float) -> subprocess.Popen[str]:
+    args = [base, *LOOP, str(connections), str(seconds), repr(start), str(PHASE_S)]
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.fairness", "hammer", base, *LOOP, str(connections), str(seconds)],
+        [sys.executable, "-m", "bench.fairness", "hammer", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -136,6 +157,48 @@ def _hammer_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"the runaway client exited with {proc.returncode}: {out[-1000:]} {err[-2000:]}")
     return json.loads(lines[-1])
+
+
+# --- the well-behaved client ------------------------------------------------------------------------------------
+
+
+async def steady_phased(
+    base: str, auth: tuple[str, str], rate: float, start: float, seconds: float, phase: float
+) -> dict[str, dict[str, Any]]:
+    """erp: a request every 1/rate seconds from `start` (epoch) for `seconds`, whatever the answers; its figures per
+    kind of phase ("alone": even, "beside": odd), without the requests sent in a phase's first SETTLE_S."""
+    import httpx
+
+    from bench.abuse import _body, _figures
+
+    sent: list[tuple[int, float, int]] = []  # (phase, latency, status)
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=base, auth=auth, timeout=30, limits=limits) as c:
+
+        async def one(i: int) -> None:
+            at = time.time()
+            began = time.perf_counter()
+            r = await c.post("/send_to_dms", json=_body(i))
+            latency = time.perf_counter() - began
+            if at - (start + phase_of(at, start, phase) * phase) >= SETTLE_S:
+                sent.append((phase_of(at, start, phase), latency, r.status_code))
+
+        await asyncio.sleep(max(0.0, start - time.time()))
+        origin = time.perf_counter()
+        tasks = []
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, origin + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    counted = (phase - SETTLE_S) * (seconds // phase) / 2  # the seconds each kind of phase was counted
+    result = {}
+    for name, parity in (("alone", 0), ("beside", 1)):
+        mine = [(lat, st) for n, lat, st in sent if n % 2 == parity]
+        statuses: dict[int, int] = {}
+        for _, st in mine:
+            statuses[st] = statuses.get(st, 0) + 1
+        result[name] = _figures([lat for lat, _ in mine], statuses, counted)
+    return result
 
 
 # --- the section ------------------------------------------------------------------------------------------------
@@ -161,13 +224,17 @@ def run(*, rate: float, seconds: float, connections: int, say: Callable[[str], N
         system.start("dms", ["dms"])
         base = system.api_url
         asyncio.run(_steady(base, ERP, rate, 1.0))  # warm-up: connections, the first argon2 verifications
-        say(f"fairness: erp at {rate}/s alone for {seconds} s")
-        alone = asyncio.run(_steady(base, ERP, rate, seconds))
-        say(f"fairness: erp at {rate}/s beside loop (quota {LOOP_RATE}/s) from {connections} connections")
-        proc = _start_hammer(base, connections, seconds + 1.5)
-        time.sleep(1.0)  # the runaway client is under way (and over its quota) before erp starts
-        beside = asyncio.run(_steady(base, ERP, rate, seconds))
-        loop = _hammer_result(proc, timeout=seconds + 60)
+        # alone and beside loop interleaved: `seconds` of each, in phases of PHASE_S
+        total = 2 * PHASE_S * max(1, round(seconds / PHASE_S))
+        say(
+            f"fairness: erp at {rate}/s for {total} s, loop (quota {LOOP_RATE}/s) from {connections} connections "
+            f"on and off every {PHASE_S} s"
+        )
+        start = time.time() + 3.0  # the runaway client's process is up by then
+        proc = _start_hammer(base, connections, total, start)
+        figures = asyncio.run(steady_phased(base, ERP, rate, start, total, PHASE_S))
+        alone, beside = figures["alone"], figures["beside"]
+        loop = _hammer_result(proc, timeout=total + 60)
         for name, p in system.processes.items():
             if p.proc is not None and p.proc.poll() is not None:
                 raise RuntimeError(f"esi process {name} exited with {p.proc.returncode}: {system.logs()[-2000:]}")
@@ -188,6 +255,7 @@ def run(*, rate: float, seconds: float, connections: int, say: Callable[[str], N
     return {
         "erp_rate_per_s": rate,
         "seconds": seconds,
+        "measurement": f"interleaved: loop on and off every {PHASE_S} s, the first {SETTLE_S} s of each not counted",
         "loop_quota": {"rate": LOOP_RATE, "burst": LOOP_BURST, "in_flight": LOOP_IN_FLIGHT},
         "alone": alone,
         "beside_loop": beside,
@@ -201,7 +269,8 @@ def run(*, rate: float, seconds: float, connections: int, say: Callable[[str], N
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 7 or sys.argv[1] != "hammer":
+    if len(sys.argv) != 9 or sys.argv[1] != "hammer":
         sys.exit(__doc__.rsplit("\n\n", 1)[-1])
-    _, _, base_url, client_id, password, conns, secs = sys.argv
-    print(json.dumps(asyncio.run(hammer(base_url, (client_id, password), int(conns), float(secs)))), flush=True)
+    _, _, base_url, client_id, password, conns, secs, at, every = sys.argv
+    figures = hammer(base_url, (client_id, password), int(conns), float(secs), float(at), float(every))
+    print(json.dumps(asyncio.run(figures)), flush=True)
