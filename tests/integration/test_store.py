@@ -561,7 +561,8 @@ async def test_a_database_that_does_not_answer_is_store_unavailable_not_the_driv
         # so as the store's error, a transient one
         with pytest.raises(StoreUnavailable) as caught:
             await store.requests.retrying("U1", attempt=2, error="x")
-        assert isinstance(caught.value, TransientError) and caught.value.code == "store_unavailable"
+        assert isinstance(caught.value, TransientError)
+        assert caught.value.code == "store_unavailable"
         # the pool dropped its connections at the failure: the next write and read work
         async with asyncio.timeout(10):
             while True:
