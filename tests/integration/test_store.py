@@ -575,10 +575,10 @@ async def test_a_database_that_does_not_answer_is_store_unavailable_not_the_driv
         # a constraint is not unavailability: a duplicate key stays the driver's error
         with pytest.raises(DBAPIError):
             await store.database.write(
-                lambda conn: conn.execute(
-                    insert(schema.inbox), {"consumer": "c", "message_id": "m", "processed_at": "2026"}
+                lambda conn: (
+                    conn.execute(insert(schema.inbox), {"consumer": "c", "message_id": "m", "processed_at": "2026"})
+                    and conn.execute(insert(schema.inbox), {"consumer": "c", "message_id": "m", "processed_at": "2026"})
                 )
-                and conn.execute(insert(schema.inbox), {"consumer": "c", "message_id": "m", "processed_at": "2026"})
             )
     # a server that refuses connections (stopped, restarting): reads and writes are StoreUnavailable
     nowhere = Database.open("postgresql://postgres@127.0.0.1:1/none")
