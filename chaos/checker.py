@@ -72,7 +72,7 @@ async def finals(database_url: str, tag: str) -> dict[str, dict[str, Any]]:
 
 async def event_store(database_url: str, tag: str) -> dict[str, Any]:
     """What the store holds of the run's events: `logged`, the event ids of its event log; `given`, per (subscriber,
-    record id), the revision esi recorded as handed over (`esi_event_versions`: what order per record compares)."""
+    record id), the version esi recorded as handed over (`esi_event_versions`: what order per record compares)."""
     like = f"CH-{tag}-%"
     logged = await _fetch(database_url, "SELECT event_id FROM esi_event_log WHERE record_id LIKE $1", like)
     given = await _fetch(
@@ -80,9 +80,7 @@ async def event_store(database_url: str, tag: str) -> dict[str, Any]:
     )
     return {
         "logged": {row["event_id"] for row in logged},
-        "given": {
-            (row["subscriber"], row["record_id"]): int(row["version"]) for row in given if str(row["version"]).isdigit()
-        },
+        "given": {(row["subscriber"], row["record_id"]): row["version"] for row in given},
     }
 
 

@@ -333,67 +333,58 @@ class SendPdfFile(Flow):
         return found
 
 
-class PolicyEvents(Flow):
-    """The DMS's policy events, posted to esi's signed webhook (`POST /events/dms/<type>`) as the DMS posts them.
+class EventFlow(Flow):
+    """Events a source posts to esi's webhook (`POST /events/<source>/<type>`), as the source posts them.
 
-    A few policies, each at increasing revisions; now and then a revision is held back and posted after the next one
-    (as a DMS retrying a failed webhook call does), so that order per record is exercised: a stale revision must be
-    dropped (superseded), never written over a newer one. Every post — every retry too — is signed anew (a fresh
-    `X-Esi-Timestamp`). esi keeps no request record of an event: the liveness check is this flow's own (`judge`).
-    Subscribers: Creatio (one `UsrPolicy` row per policy) and 1C (pushed to its HTTP service, the fake 1C).
+    A few records, each changed at increasing revisions; now and then a revision is held back and posted after the
+    next one (as a source retrying a failed webhook call does), so that order per record is exercised: a stale
+    revision must be dropped (superseded), never handed over after a newer one. esi keeps no request record of an
+    event: the liveness check is the flow's own (`judge`). What every event flow checks: each accepted event in
+    esi's event log; each subscriber given the highest revision accepted; 1C (pushed to its HTTP service: the fake
+    1C) ending at it, each change under one message id; nothing at 1C that no post carried.
     """
 
-    name = "policy_events"
-    weight = 1.5
+    source: ClassVar[str]
     #: an event has no outcome to wait for or poll, and a changed body is another event (not a conflict)
     modes: ClassVar[dict[str, float] | None] = {"fire": 0.7, "repeat": 0.3}
-    POLICIES = 5
+    #: the systems subscribed to this flow's events (`System.subscribes`)
+    subscribers: ClassVar[tuple[str, ...]] = ("1c",)
+    RECORDS = 5
     #: the share of revisions held back and posted after the next one
     HOLD_BACK = 0.25
-    #: the subscribers to the DMS's policy events (`System.subscribes` of crm and 1c) and the stream they are in
-    SUBSCRIBERS = ("crm", "1c")
 
     def __init__(self) -> None:
-        #: per policy: the next revision to give, and the revisions held back (posted later, stale by then)
+        #: per record: the next revision to give, and the revisions held back (posted later, stale by then)
         self._next: dict[str, int] = {}
         self._held: dict[str, list[int]] = {}
         self._stats: dict[str, Any] = {}
 
+    def records(self, ctx: Context) -> list[str]:
+        raise NotImplementedError
+
+    def event(self, rng: random.Random, record: str, revision: int, request_id: str) -> tuple[str, dict[str, Any]]:
+        """The event type and body of `record`'s change to `revision`."""
+        raise NotImplementedError
+
     @staticmethod
-    def policies(ctx: Context) -> list[str]:
-        return [f"CH-{ctx.tag}-POL{i}" for i in range(PolicyEvents.POLICIES)]
+    def revision_of(version: str) -> int:
+        """A revision from a version as esi and 1C write it (the event's version field as text, or its sort key)."""
+        return int(version)
 
     def make(self, ctx: Context, rng: random.Random, request_id: str) -> Sent:
-        number = rng.choice(self.policies(ctx))
-        nxt, held = self._next.get(number, 1), self._held.setdefault(number, [])
+        record = rng.choice(self.records(ctx))
+        nxt, held = self._next.get(record, 1), self._held.setdefault(record, [])
         if held and rng.random() < 0.5:
             revision = held.pop(0)  # a newer one went first: this one is stale now
         elif rng.random() < self.HOLD_BACK:
             held.append(nxt)
-            revision, self._next[number] = nxt + 1, nxt + 2
+            revision, self._next[record] = nxt + 1, nxt + 2
         else:
-            revision, self._next[number] = nxt, nxt + 1
-        if revision == 1:
-            event_type, status = "policy_issued", "active"
-        elif rng.random() < 0.2:
-            event_type, status = "policy_cancelled", "cancelled"
-        else:
-            event_type, status = "policy_changed", rng.choice(("active", "suspended"))
-        body = {
-            "policy_number": number,
-            "revision": revision,
-            "status": status,
-            "holder_name": f"Хаос {request_id[-6:]} r{revision}",
-            "start_date": "2026-01-01",
-        }
-        sent = Sent(request_id, self.name, f"/events/dms/{event_type}", body, "", record=False)
-        sent.extra["event_type"] = event_type
+            revision, self._next[record] = nxt, nxt + 1
+        event_type, body = self.event(rng, record, revision, request_id)
+        sent = Sent(request_id, self.name, f"/events/{self.source}/{event_type}", body, "", record=False)
+        sent.extra |= {"event_type": event_type, "record": record, "revision": revision}
         return sent
-
-    def headers(self, ctx: Context, sent: Sent, content: bytes) -> dict[str, str]:
-        timestamp = str(int(time.time()))
-        mac = hmac.new(ctx.dms_webhook_secret.encode(), f"{timestamp}.".encode() + content, hashlib.sha256)
-        return {"X-Esi-Timestamp": timestamp, "X-Esi-Signature": f"sha256={mac.hexdigest()}"}
 
     def repeat_violation(self, sent: Sent, again: httpx.Response) -> str | None:
         # the same change again: taken before (200 duplicate), or 202 when the first answer was of a post that was
@@ -406,126 +397,218 @@ class PolicyEvents(Flow):
         return None
 
     def check(self, ctx: Context, sent: list[Sent], finals: dict[str, dict[str, Any]]) -> list[Violation]:
-        mine = set(self.policies(ctx))
-        rows = [row for row in ctx.fake_state("crm").get("policies", []) if row.get("UsrNumber") in mine]
+        mine = set(self.records(ctx))
         onec = ctx.fake_state("1c")
-        received = [m for m in onec["received"] if m.get("source") == "dms" and m.get("key") in mine]
+        received = [m for m in onec["received"] if m.get("source") == self.source and m.get("key") in mine]
         self._stats = {
             "accepted": sum(1 for s in sent if s.accepted),
             "duplicates": sum(1 for s in sent if (s.extra.get("answer") or {}).get("status") == "duplicate"),
             "stale": self.stale(sent),
-            "logged": len(ctx.store_events.get("logged", ())),
-            "creatio_rows": len(rows),
+            "logged": sum(
+                1 for s in sent if (s.extra.get("answer") or {}).get("event_id") in ctx.store_events.get("logged", ())
+            ),
             "at_1c": len(received),
-            "1c_repeats": onec.get("repeats", 0),
         }
-        return self.judge(self.policies(ctx), sent, rows, received, ctx.store_events)
+        return self.judge(self.records(ctx), sent, received, ctx.store_events)
 
     def stats(self) -> dict[str, Any]:
         return self._stats
 
     @staticmethod
     def stale(sent: list[Sent]) -> int:
-        """Accepted events older than one of their policy accepted before them: order per record at work."""
+        """Accepted events older than one of their record accepted before them: order per record at work."""
         count, highest = 0, dict[str, int]()
         for s in sorted((s for s in sent if s.accepted_at is not None), key=lambda s: s.accepted_at or 0.0):
-            number, revision = s.body["policy_number"], s.body["revision"]
-            if revision < highest.get(number, 0):
+            record, revision = s.extra["record"], s.extra["revision"]
+            if revision < highest.get(record, 0):
                 count += 1
-            highest[number] = max(revision, highest.get(number, 0))
+            highest[record] = max(revision, highest.get(record, 0))
         return count
 
-    @classmethod
+    @staticmethod
+    def outcome(sent: list[Sent], record: str) -> tuple[dict[int, Sent], int | None, set[int]]:
+        """`record`'s posts that may have been taken (by revision), the highest accepted, and the revisions it may
+        end at: the highest accepted, or a higher one whose post was never answered for sure."""
+        posts = [s for s in sent if s.extra["record"] == record]
+        maybe = {s.extra["revision"]: s for s in posts if s.accepted or s.indeterminate}
+        top = max((s.extra["revision"] for s in posts if s.accepted), default=None)
+        return maybe, top, {r for r in maybe if top is not None and r >= top}
+
     def judge(
-        cls,
-        policies: list[str],
-        sent: list[Sent],
-        rows: list[dict[str, Any]],
-        received: list[dict[str, Any]],
-        store: dict[str, Any],
+        self, records: list[str], sent: list[Sent], received: list[dict[str, Any]], store: dict[str, Any]
     ) -> list[Violation]:
-        """The effects of the events, per policy: Creatio's `UsrPolicy` row and what 1C got hold the highest
-        revision accepted (or a higher one whose post was never answered for sure), with that revision's fields;
-        no effect without a post; one message per change at 1C; and in the store (`store`: `logged`, the event ids
-        of the event log; `given`, {(subscriber, policy): revision} as esi recorded each subscriber's hand-over),
-        every accepted event taken and each subscriber given the highest revision."""
+        """`received`: what the fake 1C recorded of this flow's records; `store`: `logged`, the event ids of esi's
+        event log, and `given`, {(subscriber, record): version} as esi recorded each hand-over."""
         found: list[Violation] = []
         logged = set(store.get("logged", ()))
-        given: dict[tuple[str, str], int] = store.get("given", {})
+        given: dict[tuple[str, str], str] = store.get("given", {})
         for s in sent:
             event_id = (s.extra.get("answer") or {}).get("event_id")
             if s.accepted and event_id not in logged:
                 found.append(Violation("lost_event", f"accepted as {event_id}, not in the event log", s.request_id))
-        row_of = {row["UsrNumber"]: row for row in rows}
         at_1c: dict[str, dict[int, set[str]]] = {}
         for m in received:
-            at_1c.setdefault(m["key"], {}).setdefault(int(m["version"]), set()).add(m["message_id"])
-        for number in policies:
-            posts = [s for s in sent if s.body["policy_number"] == number]
-            maybe = {s.body["revision"]: s for s in posts if s.accepted or s.indeterminate}
-            accepted = [s.body["revision"] for s in posts if s.accepted]
-            top = max(accepted, default=None)
-            # what the policy may end as: the highest accepted, or a higher one that may have been taken
-            allowed = {r for r in maybe if top is not None and r >= top}
-            row = row_of.get(number)
-            if row is not None:
-                have = int(row.get("UsrRevision") or 0)
-                if have not in maybe:
-                    found.append(Violation("effect_without_request", f"Creatio's {number} at revision {have}"))
-                elif top is not None and have not in allowed:
-                    found.append(
-                        Violation(
-                            "wrong_last_revision", f"Creatio's {number} at revision {have}, highest accepted {top}"
-                        )
-                    )
-                else:
-                    body = maybe[have].body
-                    if (row.get("UsrStatus"), row.get("UsrHolder")) != (body["status"], body["holder_name"]):
-                        found.append(
-                            Violation(
-                                "wrong_effect",
-                                f"Creatio's {number} r{have}: {row.get('UsrStatus')!r} {row.get('UsrHolder')!r}",
-                                maybe[have].request_id,
-                            )
-                        )
-            elif top is not None:
-                found.append(Violation("lost_effect", f"no UsrPolicy {number} at Creatio (revision {top} accepted)"))
-            versions = at_1c.get(number, {})
+            at_1c.setdefault(m["key"], {}).setdefault(self.revision_of(m["version"]), set()).add(m["message_id"])
+        for record in records:
+            maybe, top, allowed = self.outcome(sent, record)
+            versions = at_1c.get(record, {}) if "1c" in self.subscribers else {}
             for revision, ids in sorted(versions.items()):
                 if revision not in maybe:
-                    found.append(Violation("effect_without_request", f"1C got {number} revision {revision}"))
+                    found.append(Violation("effect_without_request", f"1C got {record} revision {revision}"))
                     continue
+                post = maybe[revision]
                 if len(ids) > 1:
                     found.append(
                         Violation(
-                            "duplicate_effect",
-                            f"1C got {number} r{revision} as {len(ids)} messages",
-                            maybe[revision].request_id,
+                            "duplicate_effect", f"1C got {record} r{revision} as {len(ids)} messages", post.request_id
                         )
                     )
-                want = (maybe[revision].extra.get("answer") or {}).get("message_id")
+                want = (post.extra.get("answer") or {}).get("message_id")
                 if want is not None and want not in ids:
-                    found.append(Violation("wrong_effect", f"1C got {number} r{revision} as {sorted(ids)}, not {want}"))
+                    found.append(Violation("wrong_effect", f"1C got {record} r{revision} as {sorted(ids)}, not {want}"))
             last = max(versions, default=None)
-            if top is not None and last not in allowed:
+            if "1c" in self.subscribers and top is not None and last not in allowed:
                 found.append(
                     Violation(
-                        "wrong_last_revision", f"1C's last revision of {number} is {last}, highest accepted {top}"
+                        "wrong_last_revision", f"1C's last revision of {record} is {last}, highest accepted {top}"
                     )
                 )
-            for subscriber in cls.SUBSCRIBERS:
-                was = given.get((subscriber, number))
-                if top is not None and was not in allowed:
+            for subscriber in self.subscribers:
+                was = given.get((subscriber, record))
+                revision = None if was is None else self.revision_of(was)
+                if top is not None and revision not in allowed:
                     found.append(
                         Violation(
                             "not_delivered",
-                            f"esi gave {subscriber} revision {was} of {number}, highest accepted {top}",
+                            f"esi gave {subscriber} revision {revision} of {record}, highest accepted {top}",
                         )
                     )
         return found
 
 
-FLOWS: tuple[type[Flow], ...] = (CreateUser, UpdateOrderStatus, GetPolicyInfo, SendPdfFile, PolicyEvents)
+class PolicyEvents(EventFlow):
+    """The DMS's policy events (`policy_issued` at revision 1, then `policy_changed`, a fifth `policy_cancelled`),
+    posted to the DMS's signed webhook: every post — every retry too — signed anew (a fresh `X-Esi-Timestamp`).
+    Subscribers: Creatio (one `UsrPolicy` row per policy, holding the highest revision with its fields) and 1C."""
+
+    name = "policy_events"
+    source = "dms"
+    weight = 1.5
+    subscribers = ("crm", "1c")
+
+    def records(self, ctx: Context) -> list[str]:
+        return self.policies(ctx)
+
+    @staticmethod
+    def policies(ctx: Context) -> list[str]:
+        return [f"CH-{ctx.tag}-POL{i}" for i in range(EventFlow.RECORDS)]
+
+    def event(self, rng: random.Random, record: str, revision: int, request_id: str) -> tuple[str, dict[str, Any]]:
+        if revision == 1:
+            event_type, status = "policy_issued", "active"
+        elif rng.random() < 0.2:
+            event_type, status = "policy_cancelled", "cancelled"
+        else:
+            event_type, status = "policy_changed", rng.choice(("active", "suspended"))
+        body = {
+            "policy_number": record,
+            "revision": revision,
+            "status": status,
+            "holder_name": f"Хаос {request_id[-6:]} r{revision}",
+            "start_date": "2026-01-01",
+        }
+        return event_type, body
+
+    def headers(self, ctx: Context, sent: Sent, content: bytes) -> dict[str, str]:
+        timestamp = str(int(time.time()))
+        mac = hmac.new(ctx.dms_webhook_secret.encode(), f"{timestamp}.".encode() + content, hashlib.sha256)
+        return {"X-Esi-Timestamp": timestamp, "X-Esi-Signature": f"sha256={mac.hexdigest()}"}
+
+    def check(self, ctx: Context, sent: list[Sent], finals: dict[str, dict[str, Any]]) -> list[Violation]:
+        found = super().check(ctx, sent, finals)
+        mine = set(self.policies(ctx))
+        rows = [row for row in ctx.fake_state("crm").get("policies", []) if row.get("UsrNumber") in mine]
+        self._stats["creatio_rows"] = len(rows)
+        return found + self.at_creatio(self.policies(ctx), sent, rows)
+
+    @classmethod
+    def at_creatio(cls, policies: list[str], sent: list[Sent], rows: list[dict[str, Any]]) -> list[Violation]:
+        """Creatio's `UsrPolicy` row of each policy holds the highest revision accepted (or a higher one whose post
+        was never answered for sure), with that revision's fields; no row that no post carried."""
+        found: list[Violation] = []
+        row_of = {row["UsrNumber"]: row for row in rows}
+        for number in policies:
+            maybe, top, allowed = cls.outcome(sent, number)
+            row = row_of.get(number)
+            if row is None:
+                if top is not None:
+                    found.append(
+                        Violation("lost_effect", f"no UsrPolicy {number} at Creatio (revision {top} accepted)")
+                    )
+                continue
+            have = int(row.get("UsrRevision") or 0)
+            if have not in maybe:
+                found.append(Violation("effect_without_request", f"Creatio's {number} at revision {have}"))
+            elif top is not None and have not in allowed:
+                found.append(
+                    Violation("wrong_last_revision", f"Creatio's {number} at revision {have}, highest accepted {top}")
+                )
+            else:
+                body = maybe[have].body
+                if (row.get("UsrStatus"), row.get("UsrHolder")) != (body["status"], body["holder_name"]):
+                    found.append(
+                        Violation(
+                            "wrong_effect",
+                            f"Creatio's {number} r{have}: {row.get('UsrStatus')!r} {row.get('UsrHolder')!r}",
+                            maybe[have].request_id,
+                        )
+                    )
+        return found
+
+
+#: the time Creatio's ModifiedOn of an order-changed event counts from (revision r: r seconds later)
+_MODIFIED_BASE = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+
+
+class OrderEvents(EventFlow):
+    """Creatio's `order_changed` events, posted to its webhook (`POST /events/crm/order_changed`) as its business
+    process does (HTTP Basic of a client with the scope `events:crm`; the run's esi has authentication off), with
+    `ModifiedOn` as the version. Subscriber: 1C."""
+
+    name = "order_events"
+    source = "crm"
+    weight = 1.0
+    subscribers = ("1c",)
+
+    def records(self, ctx: Context) -> list[str]:
+        return [f"CH-{ctx.tag}-OC{i}" for i in range(self.RECORDS)]
+
+    def event(self, rng: random.Random, record: str, revision: int, request_id: str) -> tuple[str, dict[str, Any]]:
+        modified = _MODIFIED_BASE + dt.timedelta(seconds=revision)
+        body = {
+            "Id": record,
+            "Number": f"{record}-N",
+            "Status": rng.choice(UpdateOrderStatus.STATUSES),
+            "ModifiedOn": modified.isoformat().replace("+00:00", "Z"),
+        }
+        return "order_changed", body
+
+    @staticmethod
+    def revision_of(version: str) -> int:
+        moment = dt.datetime.fromisoformat(version.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        return round((moment - _MODIFIED_BASE).total_seconds())
+
+
+FLOWS: tuple[type[Flow], ...] = (
+    CreateUser,
+    UpdateOrderStatus,
+    GetPolicyInfo,
+    SendPdfFile,
+    PolicyEvents,
+    OrderEvents,
+)
 
 
 class Workload:

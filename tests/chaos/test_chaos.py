@@ -71,6 +71,7 @@ def test_a_fixed_seed_chaos_run_finds_nothing_lost_nothing_doubled_nothing_stuck
         "get_policy_info",
         "send_pdf_file",
         "policy_events",
+        "order_events",
     }
     assert set(report["by_mode"]) == {"fire", "wait", "poll", "repeat", "conflict"}
     # liveness: 1C gets a definite answer to nearly every post within the client's patience (the checker's

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +26,10 @@ from chaos.checker import (
 )
 from chaos.infra import Proxy
 from chaos.nemesis import FAULTS, plan
-from chaos.workload import Context, PolicyEvents, Sent
+from chaos.workload import Context, OrderEvents, PolicyEvents, Sent
+from esi.events.identity import version_key
 from esi.messages.signatures import verify
+from esi.systems.crm.events import OrderChanged
 from tests.unit.test_bench_imports import _test_imports
 
 CHAOS = Path(__file__).resolve().parents[2] / "chaos"
@@ -249,6 +252,7 @@ def _post(ctx: Context, number: int, revision: int, *, accepted: bool = True, an
     body = {"policy_number": f"CH-{ctx.tag}-POL{number}", "revision": revision, "status": status,
             "holder_name": f"h{revision}"}  # fmt: skip
     sent = Sent(f"R{number}-{revision}", "policy_events", "/events/dms/policy_changed", body, "fire", record=False)
+    sent.extra |= {"record": body["policy_number"], "revision": revision}
     sent.answers = answers or (["202"] if accepted else ["err:ReadTimeout"])
     if accepted:
         sent.accepted_at = float(revision)
@@ -272,17 +276,20 @@ def test_policy_events_judge_the_last_revision_no_effect_without_a_post_and_one_
     sent = [_post(ctx, 0, 1), _post(ctx, 0, 3), _post(ctx, 0, 2), _post(ctx, 1, 1), _post(ctx, 1, 2, accepted=False)]
     store = {
         "logged": {"evt-0-1", "evt-0-2", "evt-0-3", "evt-1-1"},
-        "given": {(sub, p): r for sub in ("crm", "1c") for p, r in ((policies[0], 3), (policies[1], 2))},
+        "given": {(sub, p): version_key(r) for sub in ("crm", "1c") for p, r in ((policies[0], 3), (policies[1], 2))},
     }
     # policy 0 ends at 3 although 2 came last (superseded); policy 1 at 2, a post never answered for sure: allowed
     rows = [_row(ctx, 0, 3), _row(ctx, 1, 2)]
     at_1c = [_at_1c(ctx, 0, 1), _at_1c(ctx, 0, 3), _at_1c(ctx, 1, 1), _at_1c(ctx, 1, 2, "m-x")]
-    assert PolicyEvents.judge(policies, sent, rows, at_1c, store) == []
+    flow = PolicyEvents()
 
     def checks(**changed: object) -> list[tuple[str, str]]:
-        args = {"sent": sent, "rows": rows, "received": at_1c, "store": store, **changed}
-        found = PolicyEvents.judge(policies, **args)  # type: ignore[arg-type]
+        args: dict[str, Any] = {"sent": sent, "rows": rows, "received": at_1c, "store": store, **changed}
+        found = flow.judge(policies, args["sent"], args["received"], args["store"])
+        found += PolicyEvents.at_creatio(policies, args["sent"], args["rows"])
         return sorted((v.check, v.detail.split(" ")[0]) for v in found)
+
+    assert checks() == []
 
     # the stale revision written over the newer one, at Creatio and at 1C
     assert checks(rows=[_row(ctx, 0, 2), _row(ctx, 1, 2)]) == [("wrong_last_revision", "Creatio's")]
@@ -301,5 +308,32 @@ def test_policy_events_judge_the_last_revision_no_effect_without_a_post_and_one_
     # lost: not at Creatio, not in the event log, a subscriber left at an older revision
     assert checks(rows=rows[1:]) == [("lost_effect", "no")]
     assert checks(store={**store, "logged": store["logged"] - {"evt-0-2"}}) == [("lost_event", "accepted")]
-    given = {**store["given"], ("1c", policies[0]): 1}  # type: ignore[dict-item]
+    given = {**store["given"], ("1c", policies[0]): version_key(1)}  # type: ignore[dict-item]
     assert checks(store={**store, "given": given}) == [("not_delivered", "esi")]
+
+
+def test_order_events_carry_modified_on_as_their_version_read_back_as_esi_and_1c_write_it() -> None:
+    ctx, flow, rng = Context("T1", {}), OrderEvents(), random.Random(5)
+    sent = [flow.make(ctx, rng, f"CH-T1-{n:06d}") for n in range(60)]
+    assert {s.path for s in sent} == {"/events/crm/order_changed"}
+    for s in sent:
+        event = OrderChanged.model_validate(s.body)
+        as_1c_gets_it = event.model_dump(mode="json", by_alias=True)["ModifiedOn"]  # the message's `version`
+        assert OrderEvents.revision_of(as_1c_gets_it) == s.extra["revision"]
+        assert OrderEvents.revision_of(version_key(event.modified_on)) == s.extra["revision"]  # esi's record
+    # judged at 1C only: its last version of each order is the highest accepted
+    for s in sent:
+        s.accepted_at, s.answers = 1.0, ["202"]
+        s.extra["answer"] = {"event_id": f"e{s.request_id}", "message_id": f"m{s.request_id}"}
+    top = {r: max(s.extra["revision"] for s in sent if s.extra["record"] == r) for r in flow.records(ctx)}
+    last = {r: next(s for s in sent if s.extra["record"] == r and s.extra["revision"] == top[r]) for r in top}
+    received = [
+        {"key": r, "version": s.body["ModifiedOn"], "source": "crm", "message_id": f"m{s.request_id}"}
+        for r, s in last.items()
+    ]
+    store = {
+        "logged": {f"e{s.request_id}" for s in sent},
+        "given": {("1c", r): version_key(s.body["ModifiedOn"]) for r, s in last.items()},
+    }
+    assert flow.judge(flow.records(ctx), sent, received, store) == []
+    assert [v.check for v in flow.judge(flow.records(ctx), sent, received[1:], store)] == ["wrong_last_revision"]
