@@ -315,8 +315,9 @@ class Run:
                     "channels": {"warm": warm_channels, "end": end_channels},
                     "tag": self.tag,
                     "flows": {flow.name: stats for flow in workload.flows if (stats := flow.stats())},
+                    # of the requests (an event has no request record: its flow's stats count it)
                     "outcomes": dict(
-                        Counter((final.get(s.request_id) or {}).get("status", "-") for s in workload.sent)
+                        Counter((final.get(s.request_id) or {}).get("status", "-") for s in workload.sent if s.record)
                     ),
                 },
             )
