@@ -1,8 +1,8 @@
 """The checker: after the run drained, what every request, every effect, every queue and every process must show.
 
     every request answered 2xx reached a final state, and the one it must (completed; failed where refused by design)
-    every event answered 2xx is in the event log, and each subscriber was given its policy's highest revision
-    (PolicyEvents's check: esi keeps no request record of an event)
+    every event answered 2xx is in the event log, each subscriber was given its record's highest revision and holds it
+    (the event flows' check, `EventFlow.judge`: esi keeps no request record of an event)
     every effect happened exactly once at the fake, none without an accepted request (the flows' own checks)
     each order's last status at Creatio is the last one 1C sent (UpdateOrderStatus's check)
     nothing left unacknowledged or ready in a queue, no dead letter, no unsent outbox row

@@ -89,9 +89,10 @@ class Run:
                 "ESI_PUBLISH_TIMEOUT": "5",
                 "ESI_REPLICAS": str(self.args.replicas),
                 "ESI_LOG_LEVEL": "INFO",
-                # the DMS's policy events (PolicyEvents): signed webhook calls, to Creatio's UsrPolicy and to 1C,
-                # which subscribe to them by default (`System.subscribes`); 1C gets them pushed to its HTTP service,
-                # the fake 1C (ONEC_BASE_URL and its port: set by EsiSystem for every fake)
+                # the event flows: the DMS's policy events (signed webhook calls) to Creatio's UsrPolicy and to 1C,
+                # Creatio's order_changed to 1C, as they subscribe by default (`System.subscribes`); 1C gets them
+                # pushed to its HTTP service, the fake 1C (ONEC_BASE_URL and its port: set by EsiSystem for every
+                # fake)
                 "DMS_WEBHOOK_SECRET": self.dms_webhook_secret,
                 "ONEC_DELIVERY": "push",
             },
