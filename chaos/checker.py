@@ -1,6 +1,8 @@
 """The checker: after the run drained, what every request, every effect, every queue and every process must show.
 
     every request answered 2xx reached a final state, and the one it must (completed; failed where refused by design)
+    every event answered 2xx is in the event log, each subscriber was given its record's highest revision and holds it
+    (the event flows' check, `EventFlow.judge`: esi keeps no request record of an event)
     every effect happened exactly once at the fake, none without an accepted request (the flows' own checks)
     each order's last status at Creatio is the last one 1C sent (UpdateOrderStatus's check)
     nothing left unacknowledged or ready in a queue, no dead letter, no unsent outbox row
@@ -66,6 +68,20 @@ async def finals(database_url: str, tag: str) -> dict[str, dict[str, Any]]:
             "settled_at": _epoch(row["updated_at"]) if row["status"] in FINAL else None,
         }
     return found
+
+
+async def event_store(database_url: str, tag: str) -> dict[str, Any]:
+    """What the store holds of the run's events: `logged`, the event ids of its event log; `given`, per (subscriber,
+    record id), the version esi recorded as handed over (`esi_event_versions`: what order per record compares)."""
+    like = f"CH-{tag}-%"
+    logged = await _fetch(database_url, "SELECT event_id FROM esi_event_log WHERE record_id LIKE $1", like)
+    given = await _fetch(
+        database_url, "SELECT subscriber, record_id, version FROM esi_event_versions WHERE record_id LIKE $1", like
+    )
+    return {
+        "logged": {row["event_id"] for row in logged},
+        "given": {(row["subscriber"], row["record_id"]): row["version"] for row in given},
+    }
 
 
 async def unsent_outbox(database_url: str) -> int:
@@ -151,6 +167,8 @@ def request_violations(sent: list[Sent], final: dict[str, dict[str, Any]]) -> li
         if s.client_violation:
             found.append(Violation("api_contract", s.client_violation, s.request_id))
         if not s.accepted:  # never answered for sure (counted as `unanswered`: availability, not safety)
+            continue
+        if not s.record:  # an event: esi keeps no request record of it (its flow's check proves it arrived)
             continue
         if record is None:
             found.append(Violation("lost_request", "accepted, unknown to the store", s.request_id))
@@ -252,6 +270,8 @@ class Report:
                 f"dead letters: {self.extra['dead_letters']} (designed refusals; "
                 f"{self.extra['duplicate_dead_letters']} copies of one), outcomes: {self.extra.get('outcomes')}"
             )
+        for name, stats in (self.extra.get("flows") or {}).items():
+            lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
         lines.append("violations: none" if not self.violations else f"violations: {len(self.violations)}")
         lines += [f"  {v['check']}: {v.get('request_id') or ''} {v['detail']}" for v in self.violations[:40]]
         never = [row["fault"] for row in self.table if row["fault"] != "(none)" and row["injected"] == 0]

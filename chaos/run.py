@@ -51,6 +51,8 @@ class Run:
         self.args = args
         self.seed: int = args.seed
         self.tag = f"{self.seed}{uuid.uuid4().hex[:4]}".upper()
+        #: the secret the workload signs the DMS's webhook calls with (as the DMS does), set for the API processes
+        self.dms_webhook_secret = uuid.uuid4().hex
         self.dir = Path(tempfile.mkdtemp(prefix="esi-chaos-"))
         os.chmod(self.dir, 0o755)  # noqa: S103 - the broker's and PostgreSQL's users enter it
         self.broker = Broker(self.dir, args.nodes)
@@ -87,11 +89,19 @@ class Run:
                 "ESI_PUBLISH_TIMEOUT": "5",
                 "ESI_REPLICAS": str(self.args.replicas),
                 "ESI_LOG_LEVEL": "INFO",
+                # the event flows: the DMS's policy events (signed webhook calls) to Creatio's UsrPolicy and to 1C,
+                # Creatio's order_changed to 1C, as they subscribe by default (`System.subscribes`); 1C gets them
+                # pushed to its HTTP service, the fake 1C (ONEC_BASE_URL and its port: set by EsiSystem for every
+                # fake)
+                "DMS_WEBHOOK_SECRET": self.dms_webhook_secret,
+                "ONEC_DELIVERY": "push",
             },
         )
         self.system = system
         say(f"chaos: {len(self.broker.nodes)} RabbitMQ node(s), PostgreSQL on {self.postgres.port}, proxies up")
-        system.start_all({"fakes": ["fake-creatio", "fake-dms"], "onec": ["onec"], "dms": ["dms"], "crm": ["crm"]})
+        system.start_all(
+            {"fakes": ["fake-creatio", "fake-dms", "fake-1c"], "onec": ["onec"], "dms": ["dms"], "crm": ["crm"]}
+        )
         for i in range(2, self.args.replicas + 1):
             self.extra_env[f"onec{i}"] = {"ESI_HTTP_PORT": str(free_port())}
             self._start(f"onec{i}", ["onec"])
@@ -187,7 +197,7 @@ class Run:
         """Wait until every accepted request settled, the outbox is empty and every queue too; how long it took."""
         assert self.system is not None  # noqa: S101 - set up first
         started = time.monotonic()
-        accepted = {s.request_id for s in workload.sent if s.accepted}
+        accepted = {s.request_id for s in workload.sent if s.accepted and s.record}
         database = self.postgres.url
 
         def settled() -> bool:
@@ -226,7 +236,8 @@ class Run:
         ok = False
         try:
             system = self.up()
-            ctx = Context(self.tag, {"crm": system.creatio_url, "dms": system.dms_url})
+            fakes = {"crm": system.creatio_url, "dms": system.dms_url, "1c": system.fake_url("1c")}
+            ctx = Context(self.tag, fakes, dms_webhook_secret=self.dms_webhook_secret)
             apis = [self.api(n) for n in self.apis_names()]
             workload = Workload(ctx, apis, rate=self.args.rate, seed=self.seed)
             workload.setup()
@@ -238,7 +249,7 @@ class Run:
                 broker=self.broker,
                 postgres=self.postgres,
                 proxies=self.proxies,
-                fakes={"crm": system.creatio_url, "dms": system.dms_url},
+                fakes=fakes,
             )
             targets.restart = self._start
             warmup = self.args.warmup
@@ -265,6 +276,7 @@ class Run:
             self.sample()
             end_channels = self.broker.channels_per_connection()
             final = asyncio.run(checker.finals(self.postgres.url, self.tag))
+            ctx.store_events = asyncio.run(checker.event_store(self.postgres.url, self.tag))
             violations = checker.request_violations(workload.sent, final)
             violations += checker.flow_violations(workload.flows, ctx, workload.sent, final)
             violations += checker.queue_violations(self.broker.queues("messages_ready", "messages_unacknowledged"))
@@ -303,8 +315,10 @@ class Run:
                     "duplicate_dead_letters": copies,
                     "channels": {"warm": warm_channels, "end": end_channels},
                     "tag": self.tag,
+                    "flows": {flow.name: stats for flow in workload.flows if (stats := flow.stats())},
+                    # of the requests (an event has no request record: its flow's stats count it)
                     "outcomes": dict(
-                        Counter((final.get(s.request_id) or {}).get("status", "-") for s in workload.sent)
+                        Counter((final.get(s.request_id) or {}).get("status", "-") for s in workload.sent if s.record)
                     ),
                 },
             )

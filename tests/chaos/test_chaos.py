@@ -65,7 +65,14 @@ def test_a_fixed_seed_chaos_run_finds_nothing_lost_nothing_doubled_nothing_stuck
     assert {f.name for f in FAULTS} <= set(injected)
     assert all(injected[f.name] >= 1 for f in FAULTS), injected
     # the workload ran: every flow, every 1C behaviour, most requests accepted
-    assert set(report["by_flow"]) == {"create_user", "update_order_status", "get_policy_info", "send_pdf_file"}
+    assert set(report["by_flow"]) == {
+        "create_user",
+        "update_order_status",
+        "get_policy_info",
+        "send_pdf_file",
+        "policy_events",
+        "order_events",
+    }
     assert set(report["by_mode"]) == {"fire", "wait", "poll", "repeat", "conflict"}
     # liveness: 1C gets a definite answer to nearly every post within the client's patience (the checker's
     # violations are about safety: nothing lost, nothing doubled, nothing stuck)

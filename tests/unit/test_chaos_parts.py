@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import random
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +26,10 @@ from chaos.checker import (
 )
 from chaos.infra import Proxy
 from chaos.nemesis import FAULTS, plan
-from chaos.workload import Sent
+from chaos.workload import Context, OrderEvents, PolicyEvents, Sent
+from esi.events.identity import version_key
+from esi.messages.signatures import verify
+from esi.systems.crm.events import OrderChanged
 from tests.unit.test_bench_imports import _test_imports
 
 CHAOS = Path(__file__).resolve().parents[2] / "chaos"
@@ -83,6 +89,14 @@ def test_requests_must_settle_as_designed_and_be_answered() -> None:
         ("dead", "wrong_outcome"),
         ("lost", "lost_request"),
     }
+
+
+def test_an_event_needs_no_request_record_but_its_client_findings_count() -> None:
+    event = _sent("evt")
+    event.record = False
+    assert request_violations([event], {}) == []
+    event.client_violation = "a repeated event was answered 409"
+    assert [v.check for v in request_violations([event], {})] == ["api_contract"]
 
 
 def test_only_designed_refusals_may_be_dead_lettered_once_each() -> None:
@@ -200,3 +214,126 @@ def test_the_proxy_passes_holds_delays_and_resets(echo: int) -> None:
         client.close()
     finally:
         proxy.stop()
+
+
+# --- the DMS's policy events -----------------------------------------------------------------------------------------
+
+
+def _events(count: int, seed: int = 3) -> tuple[Context, PolicyEvents, list[Sent]]:
+    ctx, flow, rng = Context("T1", {}, dms_webhook_secret="s3cret"), PolicyEvents(), random.Random(seed)
+    return ctx, flow, [flow.make(ctx, rng, f"CH-T1-{n:06d}") for n in range(count)]
+
+
+def test_policy_events_climb_per_policy_with_some_revisions_posted_late_and_each_post_signed() -> None:
+    ctx, flow, sent = _events(200)
+    assert {s.flow for s in sent} == {"policy_events"}
+    assert not any(s.record for s in sent)
+    assert set(flow.modes or {}) == {"fire", "repeat"}  # nothing to wait for or poll, no conflicting body
+    late = 0
+    for number in PolicyEvents.policies(ctx):
+        revisions = [s.body["revision"] for s in sent if s.body["policy_number"] == number]
+        assert len(revisions) == len(set(revisions))  # one change per revision: one event id each
+        late += sum(1 for i, r in enumerate(revisions) if r < max(revisions[:i], default=0))
+    assert late >= 10  # order per record is exercised: revisions arrive after a newer one
+    for s in sent:
+        event_type = s.path.rsplit("/", 1)[1]
+        assert s.path.startswith("/events/dms/")
+        assert event_type == s.extra["event_type"]
+        assert (event_type == "policy_issued") == (s.body["revision"] == 1)
+        assert (event_type == "policy_cancelled") == (s.body["status"] == "cancelled")
+    content = json.dumps(sent[0].body).encode()
+    headers = flow.headers(ctx, sent[0], content)
+    verify("s3cret", content, timestamp=headers["X-Esi-Timestamp"], signature=headers["X-Esi-Signature"],
+           now=time.time(), tolerance=5)  # fmt: skip
+
+
+def _post(ctx: Context, number: int, revision: int, *, accepted: bool = True, answers: list[str] | None = None) -> Sent:
+    status = "cancelled" if revision == 9 else "active"
+    body = {"policy_number": f"CH-{ctx.tag}-POL{number}", "revision": revision, "status": status,
+            "holder_name": f"h{revision}"}  # fmt: skip
+    sent = Sent(f"R{number}-{revision}", "policy_events", "/events/dms/policy_changed", body, "fire", record=False)
+    sent.extra |= {"record": body["policy_number"], "revision": revision}
+    sent.answers = answers or (["202"] if accepted else ["err:ReadTimeout"])
+    if accepted:
+        sent.accepted_at = float(revision)
+        sent.extra["answer"] = {"event_id": f"evt-{number}-{revision}", "message_id": f"m-{number}-{revision}"}
+    return sent
+
+
+def _row(ctx: Context, number: int, revision: int, status: str = "active") -> dict[str, object]:
+    return {"UsrNumber": f"CH-{ctx.tag}-POL{number}", "UsrRevision": revision, "UsrStatus": status,
+            "UsrHolder": f"h{revision}"}  # fmt: skip
+
+
+def _at_1c(ctx: Context, number: int, revision: int, message_id: str | None = None) -> dict[str, object]:
+    return {"key": f"CH-{ctx.tag}-POL{number}", "version": str(revision), "source": "dms",
+            "message_id": message_id or f"m-{number}-{revision}"}  # fmt: skip
+
+
+def test_policy_events_judge_the_last_revision_no_effect_without_a_post_and_one_message_per_change() -> None:
+    ctx = Context("T1", {})
+    policies = PolicyEvents.policies(ctx)
+    sent = [_post(ctx, 0, 1), _post(ctx, 0, 3), _post(ctx, 0, 2), _post(ctx, 1, 1), _post(ctx, 1, 2, accepted=False)]
+    store = {
+        "logged": {"evt-0-1", "evt-0-2", "evt-0-3", "evt-1-1"},
+        "given": {(sub, p): version_key(r) for sub in ("crm", "1c") for p, r in ((policies[0], 3), (policies[1], 2))},
+    }
+    # policy 0 ends at 3 although 2 came last (superseded); policy 1 at 2, a post never answered for sure: allowed
+    rows = [_row(ctx, 0, 3), _row(ctx, 1, 2)]
+    at_1c = [_at_1c(ctx, 0, 1), _at_1c(ctx, 0, 3), _at_1c(ctx, 1, 1), _at_1c(ctx, 1, 2, "m-x")]
+    flow = PolicyEvents()
+
+    def checks(**changed: object) -> list[tuple[str, str]]:
+        args: dict[str, Any] = {"sent": sent, "rows": rows, "received": at_1c, "store": store, **changed}
+        found = flow.judge(policies, args["sent"], args["received"], args["store"])
+        found += PolicyEvents.at_creatio(policies, args["sent"], args["rows"])
+        return sorted((v.check, v.detail.split(" ")[0]) for v in found)
+
+    assert checks() == []
+
+    # the stale revision written over the newer one, at Creatio and at 1C
+    assert checks(rows=[_row(ctx, 0, 2), _row(ctx, 1, 2)]) == [("wrong_last_revision", "Creatio's")]
+    assert checks(received=at_1c[:1] + at_1c[2:]) == [("wrong_last_revision", "1C's")]
+    # an effect nobody posted; a field of another change
+    assert checks(rows=[*rows, _row(ctx, 2, 1)]) == [("effect_without_request", "Creatio's")]
+    assert checks(received=[*at_1c, _at_1c(ctx, 0, 7)]) == [
+        ("effect_without_request", "1C"),
+        ("wrong_last_revision", "1C's"),
+    ]
+    assert checks(rows=[_row(ctx, 0, 3, "suspended"), _row(ctx, 1, 2)]) == [("wrong_effect", "Creatio's")]
+    # one change as two messages: a duplicated effect (a repeat of one message id is 1C's to drop: allowed)
+    assert checks(received=[*at_1c, _at_1c(ctx, 0, 3, "m-other")]) == [("duplicate_effect", "1C")]
+    assert checks(received=[*at_1c, _at_1c(ctx, 0, 3)]) == []
+    assert checks(received=[_at_1c(ctx, 0, 1), _at_1c(ctx, 0, 3, "m-other"), *at_1c[2:]]) == [("wrong_effect", "1C")]
+    # lost: not at Creatio, not in the event log, a subscriber left at an older revision
+    assert checks(rows=rows[1:]) == [("lost_effect", "no")]
+    assert checks(store={**store, "logged": store["logged"] - {"evt-0-2"}}) == [("lost_event", "accepted")]
+    given = {**store["given"], ("1c", policies[0]): version_key(1)}  # type: ignore[dict-item]
+    assert checks(store={**store, "given": given}) == [("not_delivered", "esi")]
+
+
+def test_order_events_carry_modified_on_as_their_version_read_back_as_esi_and_1c_write_it() -> None:
+    ctx, flow, rng = Context("T1", {}), OrderEvents(), random.Random(5)
+    sent = [flow.make(ctx, rng, f"CH-T1-{n:06d}") for n in range(60)]
+    assert {s.path for s in sent} == {"/events/crm/order_changed"}
+    for s in sent:
+        event = OrderChanged.model_validate(s.body)
+        as_1c_gets_it = event.model_dump(mode="json", by_alias=True)["ModifiedOn"]  # the message's `version`
+        assert OrderEvents.revision_of(as_1c_gets_it) == s.extra["revision"]
+        assert OrderEvents.revision_of(version_key(event.modified_on)) == s.extra["revision"]  # esi's record
+    # judged at 1C only: its last version of each order is the highest accepted
+    for s in sent:
+        s.accepted_at, s.answers = 1.0, ["202"]
+        s.extra["answer"] = {"event_id": f"e{s.request_id}", "message_id": f"m{s.request_id}"}
+    top = {r: max(s.extra["revision"] for s in sent if s.extra["record"] == r) for r in flow.records(ctx)}
+    last = {r: next(s for s in sent if s.extra["record"] == r and s.extra["revision"] == top[r]) for r in top}
+    received = [
+        {"key": r, "version": s.body["ModifiedOn"], "source": "crm", "message_id": f"m{s.request_id}"}
+        for r, s in last.items()
+    ]
+    store = {
+        "logged": {f"e{s.request_id}" for s in sent},
+        "given": {("1c", r): version_key(s.body["ModifiedOn"]) for r, s in last.items()},
+    }
+    assert flow.judge(flow.records(ctx), sent, received, store) == []
+    assert [v.check for v in flow.judge(flow.records(ctx), sent, received[1:], store)] == ["wrong_last_revision"]
