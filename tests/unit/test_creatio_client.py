@@ -477,3 +477,27 @@ async def test_a_refused_upload_deletes_its_row(creatio: FakeServer) -> None:
 async def test_empty_file_is_refused(client: CreatioClient) -> None:
     with pytest.raises(PermanentError):
         await client.attach_file(ORDER_9876_ID, file_name="empty.pdf", content=b"")
+
+
+# --- policies (the DMS's events, written to UsrPolicy) ---------------------------------------------------------------
+
+
+def _policy(revision: int, status: str) -> dict[str, object]:
+    return {"policy_number": "POL-77", "status": status, "revision": revision, "holder_name": "Иванов"}
+
+
+async def test_an_older_policy_revision_arriving_last_does_not_overwrite_a_newer_one(
+    client: CreatioClient, creatio: FakeServer
+) -> None:
+    """Two replicas, or a write applied late: revision 2 reaches Creatio before revision 1."""
+    row_id = await client.record_policy(_policy(2, "active"))
+    assert await client.record_policy(_policy(1, "issued")) == row_id
+    (row,) = creatio.state()["policies"]
+    assert (row["UsrRevision"], row["UsrStatus"]) == (2, "active")
+    writes = creatio.counters()["policy_writes"]
+    await client.record_policy(_policy(2, "active"))  # a repeat: nothing written
+    assert creatio.counters()["policy_writes"] == writes
+    await client.record_policy(_policy(3, "cancelled"))  # a newer one is
+    (row,) = creatio.state()["policies"]
+    assert (row["UsrRevision"], row["UsrStatus"]) == (3, "cancelled")
+    assert creatio.counters()["policy_writes"] == writes + 1
