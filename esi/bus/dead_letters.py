@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from esi.bus import headers as h
+from esi.bus.channels import short_lived_channel
 from esi.bus.publisher import Publisher
 from esi.bus.topology import Topology
 
@@ -203,14 +204,14 @@ class DeadLetters:
         (`retrying`) and parked in its dead-letter queue (`dead_lettered`). Passive declares: nothing is read; a
         queue not declared yet counts 0."""
         depths: dict[str, dict[str, int]] = {}
-        channel = await self._connection.channel()
+        channel = await short_lived_channel(self._connection)
 
         async def count(name: str) -> int:
             nonlocal channel
             try:
                 declared = await channel.declare_queue(name, passive=True)
             except ChannelNotFoundEntity:  # the broker closed the channel: go on with another
-                channel = await self._connection.channel()
+                channel = await short_lived_channel(self._connection)
                 return 0
             return int(declared.declaration_result.message_count or 0)
 
@@ -246,7 +247,7 @@ class DeadLetters:
         filters = filters or Filters()
         found: list[DeadLetter] = []
         for queue in self.queues(filters.queue):
-            channel = await self._connection.channel()
+            channel = await short_lived_channel(self._connection)
             try:
                 for message in await self._take_all(channel, queue):
                     letter = DeadLetter.from_message(queue, message)
@@ -259,7 +260,7 @@ class DeadLetters:
 
     async def scan(self, queue: str, *, limit: int) -> builtins.list[DeadLetter]:
         """Up to `limit` messages of `queue` from its head, looked at and all put back (the index's sweep)."""
-        channel = await self._connection.channel()
+        channel = await short_lived_channel(self._connection)
         found: list[DeadLetter] = []
         try:
             try:
@@ -277,7 +278,7 @@ class DeadLetters:
 
     async def find(self, queue: str, ident: str) -> DeadLetter | None:
         """One message of `queue` by its id, read from the head until found; everything goes back as it was."""
-        channel = await self._connection.channel()
+        channel = await short_lived_channel(self._connection)
         try:
             try:
                 amqp_queue = await channel.declare_queue(queue, passive=True)
@@ -299,8 +300,8 @@ class DeadLetters:
         """Replay the dead letter `ident` of `queue` with `body` in place of its own (an operator's edit): published
         (confirmed) to its original exchange and routing key, attempt count reset, then acked; None when it is not
         in the queue (or has no routing key), nothing published then."""
-        channel = await self._connection.channel()
-        publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = await short_lived_channel(self._connection)
+        publish_channel = await short_lived_channel(self._connection, publisher_confirms=True, on_return_raises=True)
         publisher = Publisher(publish_channel, exchange=self._topology.exchange, timeout=self._timeout)
         try:
             try:
@@ -332,7 +333,7 @@ class DeadLetters:
 
     async def depth(self, queue: str) -> int:
         """Messages in `queue` now (a passive declare; 0 for a queue not declared yet)."""
-        channel = await self._connection.channel()
+        channel = await short_lived_channel(self._connection)
         try:
             declared = await channel.declare_queue(queue, passive=True)
             return int(declared.declaration_result.message_count or 0)
@@ -356,8 +357,10 @@ class DeadLetters:
         replayed: list[DeadLetter] = []
         interval = 1.0 / rate if rate else 0.0
         for queue in self.queues(filters.queue):
-            channel = await self._connection.channel()
-            publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            channel = await short_lived_channel(self._connection)
+            publish_channel = await short_lived_channel(
+                self._connection, publisher_confirms=True, on_return_raises=True
+            )
             publisher = Publisher(publish_channel, exchange=self._topology.exchange, timeout=self._timeout)
             try:
                 for message in await self._take_all(channel, queue):
@@ -392,7 +395,7 @@ class DeadLetters:
         """Delete matching dead letters for good."""
         purged: list[DeadLetter] = []
         for queue in self.queues(filters.queue):
-            channel = await self._connection.channel()
+            channel = await short_lived_channel(self._connection)
             try:
                 for message in await self._take_all(channel, queue):
                     letter = DeadLetter.from_message(queue, message)

@@ -31,6 +31,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aiolimiter import AsyncLimiter
 from aiormq.exceptions import ChannelNotFoundEntity
 
+from esi.bus.channels import short_lived_channel
 from esi.bus.dead_letters import DeadLetter, replay_headers
 from esi.bus.publisher import Publisher
 from esi.bus.topology import Topology
@@ -127,8 +128,8 @@ class JobRunner:
         The queue is consumed (basic.consume, `BATCH` × 2 unacked at most) rather than polled message by message:
         one round trip per message would cap a job far below its rate on a busy broker. A pass sees as many
         messages as the queue held when it began (those put back at its tail come round again after that)."""
-        channel = await self._connection.channel()
-        publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = await short_lived_channel(self._connection)
+        publish_channel = await short_lived_channel(self._connection, publisher_confirms=True, on_return_raises=True)
         publisher = Publisher(publish_channel, exchange=self._topology.exchange, timeout=self._timeout)
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         try:

@@ -19,8 +19,11 @@ import signal
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
+from aio_pika.abc import AbstractChannel
+
 from esi import metrics
 from esi.api.health import ReadyCheck, create_health_app
+from esi.bus.channels import short_lived_channel
 from esi.bus.topology import Topology, build_topology
 from esi.config import Settings
 from esi.health import run_checks
@@ -226,36 +229,44 @@ async def _sample_readiness(readiness: ReadyCheck, interval: float) -> None:
 
 
 async def _sample_depths(adapters: list[SystemService], store: Store | None, interval: float = 5.0) -> None:
-    """Keep the queue-depth and outbox-backlog gauges current (a passive declare per queue)."""
-    while True:
-        for adapter in adapters:
-            bus = adapter.bus
-            if bus is None or not bus.connected:
-                continue
-            names = []
-            for work in (
-                bus.topology.queue_for(adapter.system.code),
-                bus.topology.events_queue_for(adapter.system.code),
-            ):
-                if work is not None:
-                    names += [work.name, work.dead_letter_queue, *(s.queue for s in work.retry_steps)]
-            try:
-                channel = await bus.connection.channel()
+    """Keep the queue-depth and outbox-backlog gauges current (a passive declare per queue), on one plain channel per
+    connection kept from sample to sample (opened again when it was closed): not a robust channel each time
+    (esi.bus.channels says why)."""
+    channels: dict[int, AbstractChannel] = {}
+    try:
+        while True:
+            for adapter in adapters:
+                bus = adapter.bus
+                if bus is None or not bus.connected:
+                    continue
+                names = []
+                for work in (
+                    bus.topology.queue_for(adapter.system.code),
+                    bus.topology.events_queue_for(adapter.system.code),
+                ):
+                    if work is not None:
+                        names += [work.name, work.dead_letter_queue, *(s.queue for s in work.retry_steps)]
                 try:
+                    channel = channels.get(id(bus))
+                    if channel is None or channel.is_closed:
+                        channel = channels[id(bus)] = await short_lived_channel(bus.connection)
                     for name in names:
                         declared = await channel.declare_queue(name, passive=True)
                         count = declared.declaration_result.message_count
                         if count is not None:
                             metrics.QUEUE_DEPTH.labels(name).set(count)
-                finally:
+                    if adapter.system.origin and store is not None:
+                        metrics.OUTBOX_BACKLOG.set(await store.outbox.backlog())
+                        for subscriber in adapter.registry.subscriptions:  # the pull feeds' readers, how far behind
+                            lag = await store.feed.lag(subscriber)
+                            if lag["last"]:
+                                metrics.FEED_LAG.labels(subscriber).set(lag["pending"])
+                                metrics.FEED_LAG_SECONDS.labels(subscriber).set(lag["oldest_age_s"])
+                except Exception as exc:  # noqa: BLE001 - sampling outlives any failure
+                    log.debug("queue depth sampling failed: %s", exc)
+            await asyncio.sleep(interval)
+    finally:
+        for channel in channels.values():
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
                     await channel.close()
-                if adapter.system.origin and store is not None:
-                    metrics.OUTBOX_BACKLOG.set(await store.outbox.backlog())
-                    for subscriber in adapter.registry.subscriptions:  # the pull feeds' readers, how far behind
-                        lag = await store.feed.lag(subscriber)
-                        if lag["last"]:
-                            metrics.FEED_LAG.labels(subscriber).set(lag["pending"])
-                            metrics.FEED_LAG_SECONDS.labels(subscriber).set(lag["oldest_age_s"])
-            except Exception as exc:  # noqa: BLE001 - sampling outlives any failure
-                log.debug("queue depth sampling failed: %s", exc)
-        await asyncio.sleep(interval)
