@@ -133,6 +133,11 @@ STORE_ROUND_TRIPS = Counter(
 STORE_WRITES = Counter(
     "esi_store_writes", "Writes handed to the store's group commits (several share a commit)", registry=REGISTRY
 )
+STORE_CONFLICT_RETRIES = Counter(
+    "esi_store_conflict_retries",
+    "Store transactions run again after PostgreSQL ended them for a deadlock or a serialization failure",
+    registry=REGISTRY,
+)
 RETENTION_DELETED = Counter("esi_retention_deleted", "Rows deleted by the retention pass", ["table"], registry=REGISTRY)
 AUTH_FAILURES = Counter("esi_auth_failures", "Refused sign-ins (401), by reason", ["reason"], registry=REGISTRY)
 AUTH_THROTTLED = Counter(

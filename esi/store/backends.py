@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import sqlite3
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from esi import metrics
@@ -306,6 +308,28 @@ class SqliteBackend(GroupCommit):
 # --- PostgreSQL -----------------------------------------------------------------------------------------------------
 
 
+#: SQLSTATEs of a transaction PostgreSQL ended to resolve a conflict (deadlock_detected, serialization_failure): run
+#: it again
+_CONFLICTS = frozenset({"40P01", "40001"})
+#: attempts at one transaction that meets such conflicts, in all
+CONFLICT_TRIES = 3
+_CONFLICT_RETRIES = metrics.STORE_CONFLICT_RETRIES
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver's error, looked for along its causes (asyncpg's own error carries it)."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return None
+        for name in ("sqlstate", "pgcode"):
+            value = getattr(seen, name, None)
+            if isinstance(value, str):
+                return value
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
 class PostgresBackend(GroupCommit):
     """PostgreSQL through asyncpg. Writes are group-committed too: a transaction per write costs the 1C process
     CPU on every request (docs/performance.md)."""
@@ -331,8 +355,20 @@ class PostgresBackend(GroupCommit):
         self._own_pids.discard(dbapi_connection.driver_connection.get_server_pid())
 
     async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
-        async with self._engine.begin() as conn:
-            return await conn.run_sync(fn, arg)
+        """`fn(conn, arg)` in one transaction, committed; run again (up to `CONFLICT_TRIES` times in all) when
+        PostgreSQL rolled it back for a deadlock or a serialization failure: two processes' group commits that update
+        the same requests in another order deadlock now and then, and the transaction that PostgreSQL chose to end
+        left nothing behind, so running it again is safe (the chaos run, seed 31, lost state updates to it)."""
+        for attempt in range(1, CONFLICT_TRIES + 1):
+            try:
+                async with self._engine.begin() as conn:
+                    return await conn.run_sync(fn, arg)
+            except DBAPIError as exc:
+                if attempt == CONFLICT_TRIES or _sqlstate(exc) not in _CONFLICTS:
+                    raise
+                _CONFLICT_RETRIES.inc()
+                await asyncio.sleep(random.uniform(0.005, 0.03) * attempt)  # noqa: S311 - jitter, not a secret
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def read(self, op: Op[T]) -> T:
         """Run `op` on a pooled connection, in autocommit."""

@@ -612,3 +612,47 @@ async def test_the_api_answers_503_store_unavailable_while_the_database_is_away_
             assert again.status_code == 202, again.text
             assert "X-Esi-Duplicate" not in again.headers
         assert (await store.requests.get("SU-1")).status is RequestStatus.ACCEPTED
+
+
+async def test_a_transaction_postgresql_ended_for_a_deadlock_is_run_again_and_other_errors_are_not(
+    pg_database,
+) -> None:
+    """Two processes' group commits updating the same requests in another order deadlock now and then (the chaos
+    run, seed 31): PostgreSQL ends one transaction, which left nothing, and the store runs it again."""
+    from esi.store import backends
+
+    raise_once = "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '{}'; END $$"
+    async with await Store.open(pg_database.url) as store:
+        for code in ("40P01", "40001"):
+            calls: list[int] = []
+
+            def op(conn, code=code, calls=calls):
+                calls.append(1)
+                if len(calls) == 1:
+                    conn.exec_driver_sql(raise_once.format(code))
+                return conn.exec_driver_sql("SELECT 42").scalar()
+
+            before = metrics.STORE_CONFLICT_RETRIES._value.get()
+            assert await store.database.write(op) == 42
+            assert len(calls) == 2
+            assert metrics.STORE_CONFLICT_RETRIES._value.get() == before + 1
+        # a conflict every time: given up after CONFLICT_TRIES, the driver's error raised
+        always: list[int] = []
+
+        def conflicting(conn):
+            always.append(1)
+            conn.exec_driver_sql(raise_once.format("40P01"))
+
+        with pytest.raises(DBAPIError):
+            await store.database.write_alone(conflicting)
+        assert len(always) == backends.CONFLICT_TRIES
+        # any other error is not retried
+        other: list[int] = []
+
+        def unique_violation(conn):
+            other.append(1)
+            conn.exec_driver_sql(raise_once.format("23505"))
+
+        with pytest.raises(DBAPIError):
+            await store.database.write_alone(unique_violation)
+        assert len(other) == 1
