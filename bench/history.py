@@ -250,7 +250,7 @@ def seed(database_url: str, n: int, *, now: datetime | None = None, expired: int
 
 def _statements(database_url: str) -> dict[str, tuple[Any, dict[str, Any]]]:
     """The console's and the API's statements over the history, compiled as the store runs them."""
-    from sqlalchemy import func, select
+    from sqlalchemy import String, func, literal, select, union_all
 
     from esi.store import schema
     from esi.store.cursors import keyset
@@ -259,7 +259,10 @@ def _statements(database_url: str) -> dict[str, tuple[Any, dict[str, Any]]]:
     since = _iso(datetime.now(UTC) - timedelta(minutes=60))
     minute = func.substr(r.c.created_at, 1, 16)
     by_key = select(r).join(k, k.c.request_id == r.c.request_id).where(k.c.key == SHARED_KEY)
-    text = select(k.c.request_id).where(k.c.key == SHARED_KEY)
+    text = union_all(
+        select(literal(SHARED_KEY, String(255)).label("request_id")),
+        select(k.c.request_id).where(k.c.key == SHARED_KEY),
+    ).subquery()
     return {
         "overview: per minute": (
             select(r.c.target, minute, r.c.status, func.count())
@@ -276,7 +279,7 @@ def _statements(database_url: str) -> dict[str, tuple[Any, dict[str, Any]]]:
             {},
         ),
         "list: q=key": (
-            keyset(select(r).where((r.c.request_id == SHARED_KEY) | r.c.request_id.in_(text))).limit(51),
+            keyset(select(r).where(r.c.request_id.in_(select(text.c.request_id)))).limit(51),
             {},
         ),
         "GET /requests?key=": (keyset(by_key).limit(101), {}),

@@ -8,7 +8,7 @@ pages' reads never shift a row onto the next page twice or off it: each row is o
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import String, func, literal, select, union_all
 
 from esi.store import schema
 from esi.store.cursors import cursor_of, keyset, parse_cursor
@@ -45,8 +45,13 @@ class Queries:
         r, k = schema.requests, schema.request_keys
         query = select(r)
         if text:
-            by_key = select(k.c.request_id).where(k.c.key == text)
-            query = query.where((r.c.request_id == text) | r.c.request_id.in_(by_key))
+            # the ids first (the request's own, those with the key), then their rows: an OR of the two conditions
+            # has PostgreSQL read the whole history backwards by `created_at` for a key few requests carry
+            ids = union_all(
+                select(literal(text, String(255)).label("request_id")),
+                select(k.c.request_id).where(k.c.key == text),
+            ).subquery()
+            query = query.where(r.c.request_id.in_(select(ids.c.request_id)))
         for column, value in (
             (r.c.status, status),
             (r.c.message_type, message_type),
