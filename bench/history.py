@@ -432,7 +432,15 @@ def _retention_under_traffic(system: Any, url: str, n: int, expired: int, concur
 
 
 def run_store(
-    store: str, n: int, *, e2e_n: int, concurrency: int, rounds: int = 2, loads: int = LOADS, say: Any = print
+    store: str,
+    n: int,
+    *,
+    e2e_n: int,
+    concurrency: int,
+    rounds: int = 2,
+    loads: int = LOADS,
+    pages_only: bool = False,
+    say: Any = print,
 ) -> dict[str, Any]:
     """One store kind: two systems side by side, one empty and one with `n` past requests; the pages on the full
     one; the e2e runs interleaved; then `n // 4` expired requests added and the retention pass under traffic."""
@@ -452,7 +460,8 @@ def run_store(
         empty.start()
         full.start()
         result["plans"] = asyncio.run(explain(url))
-        result["pages"] = pages(full.api_url, loads=loads, overview_loads=max(2, loads // 4))
+        # the overview's loads are 5.2 s apart (each a fresh read): as many as the others' in a full run only
+        result["pages"] = pages(full.api_url, loads=loads, overview_loads=loads if loads >= LOADS else 2)
         result["pages_empty"] = pages(
             empty.api_url,
             loads=max(3, loads // 4),
@@ -461,6 +470,8 @@ def run_store(
         )
         slowest = max(result["pages"].items(), key=lambda kv: kv[1]["p95_ms"])
         say(f"history ({store}): slowest page {slowest[0]}: p95 {slowest[1]['p95_ms']} ms")
+        if pages_only:
+            return result
         warm = max(20, e2e_n // 10)
         _e2e(empty, warm, min(concurrency, 32))
         _e2e(full, warm, min(concurrency, 32))
@@ -495,15 +506,27 @@ def run(
     concurrency: int = 64,
     rounds: int = 2,
     loads: int = LOADS,
+    pages_only: bool = False,
     say: Any = print,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"n": n, "e2e_n": e2e_n, "concurrency": concurrency, "machine": machine_info()}
     targets: dict[str, list[Any]] = {}
     for store in stores:
-        found = run_store(store, n, e2e_n=e2e_n, concurrency=concurrency, rounds=rounds, loads=loads, say=say)
+        found = run_store(
+            store,
+            n,
+            e2e_n=e2e_n,
+            concurrency=concurrency,
+            rounds=rounds,
+            loads=loads,
+            pages_only=pages_only,
+            say=say,
+        )
         result[store] = found
         slowest = max(found["pages"].values(), key=lambda page: page["p95_ms"])
         targets[f"{store}: slowest page p95 ms"] = [slowest["p95_ms"], "<", TARGET_PAGE_P95_MS]
+        if pages_only:
+            continue
         targets[f"{store}: throughput full ÷ empty"] = [found["throughput_ratio"], "≥", TARGET_THROUGHPUT_RATIO]
         targets[f"{store}: p99 full ÷ empty"] = [found["p99_ratio"], "≤", TARGET_P99_RATIO]
         targets[f"{store}: throughput during retention ÷ before"] = [
@@ -529,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--e2e-n", type=int, help="requests per end-to-end run (default 2000; quick 100)")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--pages-only", action="store_true", help="the pages alone (no end to end, no retention)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "history.json"))
     args = parser.parse_args(argv)
     n = args.n or (20_000 if args.quick else 1_000_000)
@@ -541,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=min(args.concurrency, 16) if args.quick else args.concurrency,
         rounds=1 if args.quick else 2,
         loads=5 if args.quick else LOADS,
+        pages_only=args.pages_only,
         say=lambda text: print(text, file=sys.stderr),
     )
     Path(args.out).write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
