@@ -24,6 +24,10 @@ directory, it measures:
 10. dlq        100,000 dead letters across two systems, on a system of its own (`bench.dlq`): the console's first
                and a filtered dead-letter page (p95 of 20 loads), `esi dlq list --limit 50`, and the API process's
                memory growth while a replay job goes through them at 500/s
+11. history    1,000,000 past requests and their rows in the store (`bench.history`, seeded by bulk inserts), on
+               SQLite and PostgreSQL: each console page and `GET /requests?key=` (p95 of 20 loads, < 100 ms), end
+               to end against an empty store (interleaved: ≥ 0.95× throughput, ≤ 1.1× p99), and the API process's
+               retention pass deleting a quarter as many expired requests while traffic runs (≥ 0.9× throughput)
 
 Output: a table on the terminal, bench/results/latest.json and bench/results/chart.png. Targets are reported as
 PASS/FAIL and never change the exit status; errors (a request that never completes, a crashed service) do.
@@ -70,6 +74,7 @@ SECTIONS = (
     "events",
     "sets",
     "dlq",
+    "history",
     "cluster",
     "chart",
 )
@@ -115,6 +120,8 @@ DEFAULTS: dict[str, Any] = {
     "sets_n": 3000,
     "sets_concurrency": 128,
     "dlq_n": 100_000,
+    "history_n": 1_000_000,
+    "history_stores": "sqlite,postgres",
 }
 QUICK: dict[str, Any] = {
     "ceiling_n": 200,
@@ -140,6 +147,8 @@ QUICK: dict[str, Any] = {
     "sets_n": 100,
     "sets_concurrency": 16,
     "dlq_n": 1_000,
+    "history_n": 20_000,
+    "history_stores": None,
 }
 
 
@@ -287,6 +296,7 @@ class Bench:
             "fairness_connections": a.fairness_connections,
             "events_n": a.events_n,
             "dlq_n": a.dlq_n,
+            "history_n": a.history_n,
             "skip": sorted(a.skip),
             "vhost": self.system.vhost.name,
             "log_level": "INFO (the default)",
@@ -371,6 +381,23 @@ class Bench:
                 self.result["dlq"] = dlq.run(a.dlq_n, store=a.store, say=self.say)
             except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
                 self.errors.append(f"dlq: {type(exc).__name__}: {exc}")
+                traceback.print_exc()
+        if not self.skip("history"):
+            try:  # two systems of their own per store (one empty, one with the history), after the main one stopped
+                from bench import history
+
+                stores = tuple((a.history_stores or a.store).split(","))
+                self.result["history"] = history.run(
+                    a.history_n,
+                    stores=stores,
+                    e2e_n=a.n,
+                    concurrency=min(64, max(a.concurrency)),
+                    rounds=1 if a.quick else 2,
+                    loads=5 if a.quick else history.LOADS,
+                    say=self.say,
+                )
+            except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+                self.errors.append(f"history: {type(exc).__name__}: {exc}")
                 traceback.print_exc()
         if not self.skip("cluster"):
             try:  # systems of its own (the single node's and the cluster's), after the main one has stopped
@@ -1124,6 +1151,16 @@ class Bench:
                 ratio is not None and ratio <= fairness.TARGET_P99_RATIO,
                 "×",
             )
+        if r.get("history"):
+            from bench import history
+
+            for name, (value, op, limit) in r["history"]["targets"].items():
+                add(
+                    f"history ({_fmt(r['history']['n'])} past requests): {name} {op} {limit:g}",
+                    value,
+                    f"{op} {limit:g}",
+                    bool(history.passed(value, op, limit)),
+                )
         r["targets"] = targets
 
     def make_chart(self) -> None:
@@ -1447,6 +1484,29 @@ def print_table(result: dict[str, Any]) -> None:
             f"{_fmt(replay['rate_per_s'])}/s)",
             target="< 50 MB",
         )
+    hist = result.get("history")
+    if hist:
+        for store in ("sqlite", "postgres"):
+            found = hist.get(store)
+            if not found:
+                continue
+            slowest = max(found["pages"].items(), key=lambda kv: kv[1]["p95_ms"])
+            row(
+                f"11. history ({store}): {_fmt(hist['n'])} past requests, slowest page p95 ({slowest[0]})",
+                f"{_fmt(slowest[1]['p95_ms'])} ms",
+                target="< 100 ms",
+            )
+            row(
+                "    end to end, full ÷ empty store: throughput / p99",
+                f"{_fmt(found['throughput_ratio'])}× / {_fmt(found['p99_ratio'])}×",
+                target="≥ 0.95× / ≤ 1.1×",
+            )
+            ret = found["retention"]
+            row(
+                f"    retention deleting {_fmt(ret['deleted_requests'])} requests under traffic: ÷ before",
+                f"{_fmt(ret['ratio'])}× ({_fmt(ret['during_per_s'])}/s)",
+                target="≥ 0.9×",
+            )
     client = result.get("client") or {}
     if client.get("verdict"):
         row("   client (bench process)", client["verdict"])
@@ -1520,6 +1580,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backlog", type=int)
     parser.add_argument("--events-n", type=int, help="events per phase of section events (default 500; quick 40)")
     parser.add_argument("--dlq-n", type=int, help="dead letters of section dlq (default 100,000; quick 1,000)")
+    parser.add_argument(
+        "--history-n", type=int, help="past requests of section history (default 1,000,000; quick 20,000)"
+    )
+    parser.add_argument(
+        "--history-stores", help="stores of section history, comma-separated (default sqlite,postgres; quick --store)"
+    )
     parser.add_argument("--backlog-sample-seconds", type=float)
     parser.add_argument(
         "--profile", metavar="DIR", help="record onec and dms with py-spy during the e2e run at the highest concurrency"

@@ -40,6 +40,7 @@ def _root(
 app.command("run")(run.run)
 app.command("status")(requests.status)
 app.command("trace")(requests.trace)
+app.command("find")(requests.find)
 app.command("check")(run.check)
 app.command("audit")(systems.audit)
 app.add_typer(config.config_app, name="config")

@@ -20,6 +20,7 @@ from esi.console.views import sequence
 from esi.errors import ApiError
 from esi.security.scopes import Principal
 from esi.store import RequestStatus
+from esi.store.cursors import cursor_of, parse_cursor
 
 __all__ = ["RequestPages"]
 
@@ -36,6 +37,11 @@ def _utc(value: str | None) -> str | None:
         raise ApiError(422, "validation_error", N_("not a date and time: %(value)s", value=repr(value))) from None
     moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     return moment.isoformat(timespec="microseconds")
+
+
+def _link(form: dict[str, str], page: int, **cursor: str) -> str:
+    """The query string of another page of the list: the same filters, a page number shown, the cursor."""
+    return urlencode({**form, "page": page, **cursor})
 
 
 class RequestPages:
@@ -58,6 +64,15 @@ class RequestPages:
         since, until = _utc(query.get("from")), _utc(query.get("to"))
         page = int(query["page"]) if query.get("page", "").isdigit() else 1
         page = max(1, min(page, 10_000))
+        # a page by keyset: `after` (older) or `before` (newer) a request's cursor; `page` numbers it only (and
+        # skips rows by offset in a link without a cursor, as they were made before cursors)
+        after, before = query.get("after") or None, query.get("before") or None
+        for token in (after, before):
+            if token is not None:
+                try:
+                    parse_cursor(token)
+                except ValueError:
+                    raise ApiError(422, "validation_error", N_("not a page of this list")) from None
         records = await self._store.queries.search_requests(
             text=text or None,
             status=status,
@@ -66,8 +81,20 @@ class RequestPages:
             until=until,
             client_id=None if self.console.sees_all(principal) else principal.client_id,
             limit=PAGE_SIZE + 1,
-            offset=(page - 1) * PAGE_SIZE,
+            offset=0 if after or before else (page - 1) * PAGE_SIZE,
+            after=after,
+            before=before,
         )
+        if before is not None:  # newest first, the one beyond the page (if any) is the first
+            newer = len(records) > PAGE_SIZE
+            records = records[-PAGE_SIZE:]
+            older = True
+        else:
+            newer = page > 1 or after is not None
+            older = len(records) > PAGE_SIZE
+            records = records[:PAGE_SIZE]
+        if before is not None and not newer:
+            page = 1  # back at the newest
         form = {
             "q": text,
             "status": status or "",
@@ -81,13 +108,15 @@ class RequestPages:
             principal,
             "requests.html",
             title=N_("Requests"),
-            records=records[:PAGE_SIZE],
+            records=records,
             form=form,
             statuses=[s.value for s in RequestStatus],
             message_types=sorted(s.message_type for s in self._registry.catalog.specs),
             page=page,
-            previous=urlencode({**link, "page": page - 1}) if page > 1 else None,
-            next=urlencode({**link, "page": page + 1}) if len(records) > PAGE_SIZE else None,
+            previous=(
+                (_link(link, page - 1, before=cursor_of(records[0])) if records else _link(link, 1)) if newer else None
+            ),
+            next=_link(link, page + 1, after=cursor_of(records[-1])) if older and records else None,
             searched=bool(link),
         )
 

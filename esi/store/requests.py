@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from esi import metrics
 from esi.store import schema
+from esi.store.cursors import keyset
 from esi.store.database import Database, dumps, loads, now_iso
 from esi.store.dead_letters import upsert_letters
 from esi.store.records import RequestRecord, RequestStatus
@@ -284,13 +285,16 @@ class Requests:
 
         return await self._db.read(read)
 
-    async def find_by_key(self, key: str, limit: int = 100, *, client_id: str | None = None) -> list[RequestRecord]:
-        """Requests carrying a business key; only `client_id`'s when given."""
+    async def find_by_key(
+        self, key: str, limit: int = 100, *, client_id: str | None = None, after: str | None = None
+    ) -> list[RequestRecord]:
+        """Requests carrying a business key, newest first; only `client_id`'s when given; the `limit` after the
+        cursor `after` (`esi.store.cursors`: a page by keyset)."""
         k, r = schema.request_keys, schema.requests
         query = select(r).join(k, k.c.request_id == r.c.request_id).where(k.c.key == key)
         if client_id is not None:
             query = query.where(r.c.client_id == client_id)
-        query = query.order_by(r.c.created_at.desc()).limit(limit)
+        query = keyset(query, after=after).limit(limit)
         rows = await self._db.read(lambda conn: [dict(row._mapping) for row in conn.execute(query).all()])
         return [as_record(row) for row in rows]
 

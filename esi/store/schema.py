@@ -247,6 +247,13 @@ dlq_jobs = Table(
 REQUESTS_CREATED_AT = Index("ix_esi_requests_created_at", requests.c.created_at)
 KEYS_REQUEST = Index("ix_esi_request_keys_request", request_keys.c.request_id)
 OUTBOX_REQUEST = Index("ix_esi_outbox_request", outbox.c.request_id)
+#: the console's lists filtered by status or by message type, newest first (`esi.store.queries`): without them a
+#: filter that few requests match (a status nothing is in, a type seldom sent) reads the whole history backwards by
+#: `created_at` to fill a page. Ordered by `created_at` inside each value, so a page (and a keyset's next page) is a
+#: range of the index. The status one costs an entry per change of status (and on PostgreSQL makes such an update
+#: no longer HOT): measured in docs/performance.md ("History")
+REQUESTS_STATUS = Index("ix_esi_requests_status", requests.c.status, requests.c.created_at)
+REQUESTS_TYPE = Index("ix_esi_requests_type", requests.c.message_type, requests.c.created_at)
 
 
 #: PostgreSQL: the channel on which the database announces, at commit, each request that reached a settled state (its
@@ -290,5 +297,6 @@ MIGRATIONS = Migrations(
         10: [event_log, event_versions, feed, feed_cursors],
         11: [_announce_settlements],
         12: [dead_letters, dlq_jobs],
+        13: [create_index(REQUESTS_STATUS), create_index(REQUESTS_TYPE)],
     },
 )

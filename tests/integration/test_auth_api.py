@@ -155,3 +155,31 @@ def test_production_refuses_demo_credentials_and_auth_off(tmp_path: Path) -> Non
     assert demo.returncode != 0
     assert "demo" in demo.stderr
     assert "Supervisor" not in demo.stderr + no_clients.stderr
+
+
+async def test_requests_by_key_come_a_page_at_a_time_by_cursor(api: httpx.AsyncClient) -> None:
+    """`GET /requests?key=` with `limit`: `next` is the `after` of the following page, null on the last; every
+    request comes once, even with requests accepted between the pages; a made-up cursor is 422."""
+    sent = []
+    for i in range(5):
+        request_id = unique(f"PAGE{i}")
+        r = await api.post(
+            "/send_to_dms", json={**USER, "request_id": request_id, "user_id": "U-pages"}, auth=("erp", "erp-pw-1")
+        )
+        assert r.status_code == 202
+        sent.append(request_id)
+    seen: list[str] = []
+    params: dict[str, str | int] = {"key": "U-pages", "limit": 2}
+    while True:
+        page = (await api.get("/requests", params=params, auth=("erp", "erp-pw-1"))).json()
+        assert page["count"] == len(page["requests"]) <= 2
+        seen += [r["request_id"] for r in page["requests"]]
+        if page["next"] is None:
+            break
+        await api.post(  # a newer one between two pages: not on the pages after
+            "/send_to_dms", json={**USER, "request_id": unique("LATE"), "user_id": "U-pages"}, auth=("erp", "erp-pw-1")
+        )
+        params["after"] = page["next"]
+    assert seen == sent[::-1]  # newest first, each once
+    bad = await api.get("/requests", params={"key": "U-pages", "after": "not-a-cursor"}, auth=("erp", "erp-pw-1"))
+    assert bad.status_code == 422

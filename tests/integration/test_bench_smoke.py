@@ -34,13 +34,13 @@ def quick_run(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=420,
+        timeout=540,
     )
     assert proc.returncode == 0, f"bench --quick exited {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
     return proc, json.loads(out.read_text()), out
 
 
-@pytest.mark.timeout(450)
+@pytest.mark.timeout(570)
 def test_quick_run_exits_0_and_every_request_completes(quick_run) -> None:
     proc, result, _ = quick_run
     assert result["ok"] is True
@@ -67,6 +67,12 @@ def test_quick_run_exits_0_and_every_request_completes(quick_run) -> None:
     assert sets["two"]["all_completed"], sets
     assert _number(sets["two_vs_one"])
     assert sets["exit_codes"]
+    # 20,000 past requests in an SQLite store against an empty one
+    history = result["history"]["sqlite"]
+    assert history["seed"]["rows"]["requests"] == 20_000
+    assert history["e2e"]["full"][0]["all_completed"], history["e2e"]
+    assert history["e2e"]["empty"][0]["all_completed"], history["e2e"]
+    assert history["retention"]["deleted_requests"] == 5_000
     assert all(code == 0 for code in sets["exit_codes"].values()), sets["exit_codes"]
     assert result["exit_codes"]
     assert all(code == 0 for code in result["exit_codes"].values())
@@ -228,3 +234,32 @@ def test_the_dlq_section_measures_pages_the_cli_and_a_replay(tmp_path: Path) -> 
     assert replay["finished"], replay
     assert replay["replayed"] == 300
     assert _number(replay["rss_growth_mb"])
+
+
+def test_the_history_section_seeds_measures_pages_e2e_and_retention_on_postgres(tmp_path: Path) -> None:
+    """Section history (`bench.history`) alone on PostgreSQL (the quick run above takes SQLite), at a tiny size."""
+    out = tmp_path / "history.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.history", "--quick", "--n", "2000", "--store", "postgres", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    history = json.loads(out.read_text())["postgres"]
+    assert history["seed"]["rows"]["requests"] == 2000
+    assert history["seed"]["rows"]["events"] > 5 * 2000  # a timeline each (shorter for those still under way)
+    for name, page in history["pages"].items():
+        assert _number(page["p95_ms"]), name
+    assert {"console: overview", "console: requests, next page", "GET /requests?key= (shared key)"} <= set(
+        history["pages"]
+    )
+    assert all(plan for plan in history["plans"].values())
+    for side in ("empty", "full"):
+        assert all(run["all_completed"] for run in history["e2e"][side]), history["e2e"]
+    assert _number(history["throughput_ratio"])
+    assert _number(history["p99_ratio"])
+    retention = history["retention"]
+    assert retention["deleted_requests"] == 500  # the quarter seeded expired, and only they
+    assert _number(retention["ratio"])

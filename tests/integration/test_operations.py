@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Iterator
@@ -206,6 +207,28 @@ def test_requests_are_found_by_business_key(ops_system: EsiSystem) -> None:
     assert policy_req in [r["request_id"] for r in found["requests"]]
     orders = httpx.get(f"{ops_system.api_url}/requests", params={"key": "ORD9876"}, timeout=10).json()
     assert all(r["target"] == "crm" for r in orders["requests"])
+    # `esi find`: a page at a time (the cursor of the next on stderr), or every page with --all
+    more = [unique("KEY") for _ in range(2)]
+    for request_id in more:
+        ops_system.post("/requests/dms/get_policy_info", {"request_id": request_id, "policy_number": "POL-12345"})
+    api = ["--api", ops_system.api_url]
+    page = subprocess.run([ESI, "find", "POL-12345", "--limit", "2", *api], capture_output=True, text=True, timeout=30)
+    assert page.returncode == 0, page.stderr
+    assert [line.split()[1] for line in page.stdout.splitlines()] == more[::-1]
+    assert page.stderr.startswith("next: ")
+    rest = subprocess.run(
+        [ESI, "find", "POL-12345", "--limit", "2", "--after", page.stderr.split()[1], "--json", *api],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert policy_req in [json.loads(line)["request_id"] for line in rest.stdout.splitlines()]
+    every = subprocess.run(
+        [ESI, "find", "POL-12345", "--limit", "1", "--all", *api], capture_output=True, text=True, timeout=30
+    )
+    found_ids = [line.split()[1] for line in every.stdout.splitlines()]
+    assert found_ids[:3] == [*more[::-1], policy_req]
+    assert len(found_ids) == len(set(found_ids))
 
 
 def test_secrets_never_reach_the_logs(ops_system: EsiSystem) -> None:

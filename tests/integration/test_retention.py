@@ -267,3 +267,61 @@ async def test_a_pass_over_100k_expired_requests_does_not_stall_the_api(backend:
         vhost.delete()
         if db is not None:
             await asyncio.to_thread(db.drop)
+
+
+async def test_batches_delete_exactly_the_expired_rows_while_requests_arrive(store_url: str) -> None:
+    """Many small batches over a history that straddles the cutoff (statuses mixed, some answered late, some with
+    an outbox row unsent), while new requests are accepted and answered at the same time: exactly the expired
+    requests go, each with its keys, timeline and sent outbox row, and every other row stays."""
+    now = datetime.now(UTC)
+    rows, expected = [], set()
+    statuses = ("completed", "failed", "dead_lettered", "in_progress", "accepted")
+    for i in range(90):
+        rid = f"H-{i:03d}"
+        created = now - timedelta(days=31) + timedelta(hours=i * 0.5)  # from 31 days ago to 26 days ago
+        status = statuses[i % 5]
+        updated = created if i % 7 else now - timedelta(hours=2)  # one in seven answered two hours ago
+        row = _request(rid, status=status, at=created.isoformat(timespec="microseconds"))
+        row["updated_at"] = updated.isoformat(timespec="microseconds")
+        rows.append(row)
+        unsent = i % 11 == 0
+        cutoff = now - timedelta(days=30)
+        if created < cutoff and updated < cutoff and status in ("completed", "failed", "dead_lettered") and not unsent:
+            expected.add(rid)
+    every = [r["request_id"] for r in rows]
+    async with await Store.open(store_url) as store:
+        await _insert(store, schema.requests, rows)
+        await _insert(store, schema.request_keys, [{"key": f"K-{rid}", "request_id": rid} for rid in every])
+        await _insert(store, schema.events, [_event(rid, e, OLD) for rid in every for e in ("accepted", "published")])
+        await _insert(store, schema.outbox, [_outbox(rid, at=OLD, sent=int(rid[2:]) % 11 != 0) for rid in every])
+        assert 20 < len(expected) < 50  # both sides of the cutoff, and of each condition
+
+        async def traffic() -> list[str]:
+            made = []
+            for i in range(30):
+                rid = f"NEW-{i}"
+                await store.requests.accept(
+                    request_id=rid,
+                    source="1c",
+                    target="dms",
+                    message_type="create_user",
+                    payload_hash="h",
+                    message_id=f"m-{rid}",
+                    routing_key="1c.request.dms.create_user",
+                    body=b"{}",
+                    keys=[f"K-{rid}"],
+                )
+                await store.requests.record_response(rid, response={}, error=None)
+                made.append(rid)
+            return made
+
+        done, made = await asyncio.gather(run_pass(store, retention_s=30 * DAY, batch=4), traffic())
+
+        assert done.batches >= len(expected) // 4
+        assert done.requests == len(expected)
+        assert (done.keys, done.events, done.outbox) == (len(expected), 2 * len(expected), len(expected))
+        left = set(every) - expected | set(made)
+        assert await _ids(store, schema.requests.c.request_id) == left
+        assert await _ids(store, schema.request_keys.c.request_id) == left
+        assert await _ids(store, schema.events.c.request_id) == set(every) - expected  # the new ones: none written
+        assert await _ids(store, schema.outbox.c.request_id) == left

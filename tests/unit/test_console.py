@@ -261,3 +261,36 @@ def test_the_sequence_puts_each_hop_between_its_lanes() -> None:
     assert [lane.key for lane in diagram.lanes] == ["ext:1c", "esi:1c", "esi:dms", "ext:dms"]
     assert diagram.steps[3].label == "create_user · 4.2 ms · ok"
     assert diagram.steps[-1].offset_ms == 50.0
+
+
+async def test_the_request_list_pages_by_cursor_older_and_back_newer(console: httpx.AsyncClient) -> None:
+    """/console/requests a page of 50 at a time: "older" follows a cursor (`after=`), "newer" comes back
+    (`before=`) to the same page; the pages do not overlap and together hold every request."""
+    ops = ("ops", "ops-pw")
+    for i in range(120):
+        await _send(console, ops, request_id=f"L-{i:03d}", user_id=f"U{i}", name="n", email="n@example.com")
+
+    def listed(page: httpx.Response) -> list[str]:
+        assert page.status_code == 200, page.text
+        return re.findall(r'href="/console/requests/(L-\d+)"', page.text)
+
+    def link(page: httpx.Response, rel: str) -> str | None:
+        found = re.search(rf'href="(/console/requests\?[^"]+)" rel="{rel}"', page.text)
+        return found.group(1).replace("&amp;", "&") if found else None
+
+    first = await console.get("/console/requests", auth=ops)
+    assert link(first, "prev") is None
+    second = await console.get(link(first, "next") or "", auth=ops)
+    third = await console.get(link(second, "next") or "", auth=ops)
+    assert "after=" in (link(first, "next") or "")
+    assert link(third, "next") is None  # 120 = 50 + 50 + 20
+    pages = [listed(first), listed(second), listed(third)]
+    assert [len(p) for p in pages] == [50, 50, 20]
+    assert [rid for p in pages for rid in p] == [f"L-{i:03d}" for i in reversed(range(120))]
+    back = await console.get(link(third, "prev") or "", auth=ops)
+    assert listed(back) == pages[1]
+    assert "page 2" in back.text
+    newest = await console.get(link(back, "prev") or "", auth=ops)
+    assert listed(newest) == pages[0]
+    assert link(newest, "prev") is None
+    assert (await console.get("/console/requests?after=bad", auth=ops)).status_code == 422

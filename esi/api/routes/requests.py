@@ -51,6 +51,7 @@ from esi.errors import ApiError
 from esi.security.quota import QuotaLimiter
 from esi.security.scopes import Principal, require_read, require_send
 from esi.store import RequestRecord, Store
+from esi.store.cursors import cursor_of, parse_cursor
 from esi.store.records import OutboxRow
 from esi.store.settled import SETTLED
 from esi.systems.spec import SendRoute
@@ -240,6 +241,15 @@ class RequestRoutes:
                         ),
                     ),
                     Param("limit", int, Query(100, ge=1, le=1000)),
+                    Param(
+                        "after",
+                        str | None,
+                        Query(
+                            None,
+                            max_length=512,
+                            description="the next page: the `next` of the previous answer (newest first)",
+                        ),
+                    ),
                 ),
                 refusals=(FORBIDDEN_READ,),
             ),
@@ -468,14 +478,28 @@ class RequestRoutes:
         # serialised by the model itself: the record is already valid, FastAPI's response validation would redo it
         return Response(record.model_dump_json(), media_type="application/json")
 
-    async def find(self, request: Request, principal: Principal, key: str, limit: int) -> dict[str, Any]:
-        """The caller's requests that carry `key` (an order id or number, a user id, a DMS user id, a policy number)."""
+    async def find(
+        self, request: Request, principal: Principal, key: str, limit: int, after: str | None = None
+    ) -> dict[str, Any]:
+        """The caller's requests that carry `key` (an order id or number, a user id, a DMS user id, a policy number),
+        newest first, `limit` at a time: `next` (null on the last page) is the `after` of the next page."""
         if self._auth_on and not principal.can_read:
             raise ApiError(403, "forbidden", f"client {principal.client_id!r} may not read the outcome of requests")
+        if after is not None:
+            try:
+                parse_cursor(after)
+            except ValueError as exc:
+                raise ApiError(422, "validation_error", f"after: {exc}") from None
         records = await self._store.requests.find_by_key(
-            key, limit=limit, client_id=principal.client_id if self._auth_on else None
+            key, limit=limit + 1, client_id=principal.client_id if self._auth_on else None, after=after
         )
-        return {"key": key, "count": len(records), "requests": [r.model_dump() for r in records]}
+        page = records[:limit]
+        return {
+            "key": key,
+            "count": len(page),
+            "requests": [r.model_dump() for r in page],
+            "next": cursor_of(page[-1]) if len(records) > limit else None,
+        }
 
     async def timeline(self, request: Request, principal: Principal, request_id: str) -> dict[str, Any]:
         """Accepted, published, consumed by which adapter, external calls, retries, answers, the end."""
