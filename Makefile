@@ -76,7 +76,7 @@ bench: check-broker
 
 ## chaos: a fault-injection run (docs/reliability.md): every flow under a nemesis, then the checker; on a RabbitMQ
 ## and a PostgreSQL of its own (never the shared ones). `make chaos DURATION=1800 SEED=7 NODES=3 REPLICAS=2`; the
-## JSON report lands in var/chaos-<seed>.json. The CI-length run is tests/chaos/test_chaos.py (`ESI_CHAOS=1 make test`)
+## JSON report lands in var/chaos-<seed>.json. The CI-length run, tests/chaos/test_chaos.py, is part of `make test`
 DURATION ?= 300
 SEED     ?= $(shell date +%s)
 NODES    ?= 1
