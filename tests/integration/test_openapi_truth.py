@@ -15,6 +15,7 @@ import asyncio
 import base64
 import builtins
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -296,16 +297,17 @@ def test_the_answers_random_data_does_not_reach_are_declared_too(esi_schema: Any
         assert response.status_code == status, (method, path, response.status_code, response.content[:300])
         return response.json()
 
-    # a user id of its own: the random examples before may have sent anything, "U1" included
-    body = {"request_id": "truth-1", "user_id": "truth-U1", "name": "Иван", "email": "ivan@example.com"}
+    # ids of its own: the random examples before may have sent anything ("U1"; a CI run met its old "truth-1")
+    request_id, user_id = f"truth-{uuid.uuid4().hex}", f"truth-{uuid.uuid4().hex[:12]}"
+    body = {"request_id": request_id, "user_id": user_id, "name": "Иван", "email": "ivan@example.com"}
     path = "/requests/{target}/{message_type}"
     sent = {"target": "dms", "message_type": "create_user"}
     call(path, "POST", 202, path_parameters=sent, body=body, media_type="application/json")
     call(path, "POST", 202, path_parameters=sent, body=body, media_type="application/json")  # the same again
     call(path, "POST", 409, path_parameters=sent, body={**body, "name": "Пётр"}, media_type="application/json")
-    call("/requests/{request_id}", "GET", 200, path_parameters={"request_id": "truth-1"}, query={"wait": 1})
-    call("/requests/{request_id}/timeline", "GET", 200, path_parameters={"request_id": "truth-1"})
-    assert call("/requests", "GET", 200, query={"key": "truth-U1"})["count"] == 1
+    call("/requests/{request_id}", "GET", 200, path_parameters={"request_id": request_id}, query={"wait": 1})
+    call("/requests/{request_id}/timeline", "GET", 200, path_parameters={"request_id": request_id})
+    assert call("/requests", "GET", 200, query={"key": user_id})["count"] == 1
     call("/systems/{code}/pause", "POST", 200, path_parameters={"code": "dms"}, body={"for": "1h", "reason": "test"})
     call("/systems/{code}/pause", "POST", 422, path_parameters={"code": "dms"}, body={"for": "soon"})
     call("/systems/{code}/resume", "POST", 200, path_parameters={"code": "dms"})
