@@ -106,7 +106,7 @@ async def hammer(
             i = 0
             while (now := time.time()) < deadline:
                 n = phase_of(now, start, phase)
-                if n % 2 == 0:  # off: wait for the next phase
+                if n < 0 or n % 2 == 0:  # off (before `start` too): wait for the next phase
                     await asyncio.sleep(start + (n + 1) * phase - now)
                     continue
                 i += 1
