@@ -433,8 +433,14 @@ def test_a_refused_message_is_corrected_on_its_page_and_completes(system: EsiSys
     body = {"request_id": unique("EDIT"), "user_id": user_id, "name": "Правкин Пётр", "email": "p@refused.example"}
     request_id = send(system, "/send_to_dms", body)
     assert settled(system, request_id)["status"] == "failed"  # the DMS refused the e-mail's domain
-    listed = httpx.get(f"{system.api_url}/dlq", params={"key": user_id}, auth=OPS, timeout=10).json()
-    [letter] = listed["messages"]
+    # the DMS adapter indexes its dead letter as it parks it; the answer that made the request "failed" may be
+    # recorded by the API first: the listing is polled until the letter is there
+    letters = wait_until(
+        lambda: httpx.get(f"{system.api_url}/dlq", params={"key": user_id}, auth=OPS, timeout=10).json()["messages"],
+        timeout=30,
+        what="the dead letter in the listing",
+    )
+    [letter] = letters
     ops.goto(f"/console/dlq/messages/{letter['id']}")
     editor = ops.page.locator("[data-payload-editor]")
     payload = json.loads(editor.input_value())
