@@ -70,11 +70,23 @@ def find_rabbitmq_pid(port: int | None = None) -> int | None:
     sockets = listening_sockets(port)
     for pid in beams:
         try:
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in sockets for fd in os.listdir(f"/proc/{pid}/fd")):
+            if fd_links(pid) & sockets:
                 return pid
         except OSError:
             continue
     return None
+
+
+def fd_links(pid: int) -> set[str]:
+    """What the process's open file descriptors point at (`socket:[inode]`, paths); a descriptor closed while they
+    are read is skipped (a busy broker opens and closes them all the time)."""
+    links: set[str] = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return links
 
 
 def listening_sockets(port: int) -> set[str]:
