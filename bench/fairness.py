@@ -38,11 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import abuse  # noqa: E402 - after the path is set, for `python -m bench.fairness hammer`
+
 TARGET_P99_RATIO = 1.33
 #: seconds the runaway client is on, then off, alternately
-PHASE_S = 2.5
+PHASE_S = abuse.PHASE_S
 #: erp's requests sent in the first this many seconds of a phase are not counted (the switch settles)
-SETTLE_S = 0.5
+SETTLE_S = abuse.SETTLE_S
 #: the runaway client's quota
 LOOP_RATE, LOOP_BURST, LOOP_IN_FLIGHT = 50, 50, 16
 ERP = ("erp", "erp-bench-pw")
@@ -160,54 +162,12 @@ def _hammer_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any
     return json.loads(lines[-1])
 
 
-# --- the well-behaved client ------------------------------------------------------------------------------------
-
-
-async def steady_phased(
-    base: str, auth: tuple[str, str], rate: float, start: float, seconds: float, phase: float
-) -> dict[str, dict[str, Any]]:
-    """erp: a request every 1/rate seconds from `start` (epoch) for `seconds`, whatever the answers; its figures per
-    kind of phase ("alone": even, "beside": odd), without the requests sent in a phase's first SETTLE_S."""
-    import httpx
-
-    from bench.abuse import _body, _figures
-
-    sent: list[tuple[int, float, int]] = []  # (phase, latency, status)
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(base_url=base, auth=auth, timeout=30, limits=limits) as c:
-
-        async def one(i: int) -> None:
-            at = time.time()
-            began = time.perf_counter()
-            r = await c.post("/send_to_dms", json=_body(i))
-            latency = time.perf_counter() - began
-            if at - (start + phase_of(at, start, phase) * phase) >= SETTLE_S:
-                sent.append((phase_of(at, start, phase), latency, r.status_code))
-
-        await asyncio.sleep(max(0.0, start - time.time()))
-        origin = time.perf_counter()
-        tasks = []
-        for i in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, origin + i / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
-    counted = (phase - SETTLE_S) * (seconds // phase) / 2  # the seconds each kind of phase was counted
-    result = {}
-    for name, parity in (("alone", 0), ("beside", 1)):
-        mine = [(lat, st) for n, lat, st in sent if n % 2 == parity]
-        statuses: dict[int, int] = {}
-        for _, st in mine:
-            statuses[st] = statuses.get(st, 0) + 1
-        result[name] = _figures([lat for lat, _ in mine], statuses, counted)
-    return result
-
-
 # --- the section ------------------------------------------------------------------------------------------------
 
 
 def run(*, rate: float, seconds: float, connections: int, say: Callable[[str], None] = print) -> dict[str, Any]:
     """The section's figures (see the module). Raises when the system cannot be set up or a process fails."""
-    from bench.abuse import _steady
+    from bench.abuse import _steady, _steady_phased
     from esi.testing import EsiSystem, Vhost
 
     vhost = Vhost()
@@ -233,8 +193,8 @@ def run(*, rate: float, seconds: float, connections: int, say: Callable[[str], N
         )
         start = time.time() + 3.0  # the runaway client's process is up by then
         proc = _start_hammer(base, connections, total, start)
-        figures = asyncio.run(steady_phased(base, ERP, rate, start, total, PHASE_S))
-        alone, beside = figures["alone"], figures["beside"]
+        # erp's requests sorted by phase as section abuse sorts its client's (the same phases and settling)
+        alone, beside = asyncio.run(_steady_phased(base, ERP, rate, start, total))
         loop = _hammer_result(proc, timeout=total + 60)
         for name, p in system.processes.items():
             if p.proc is not None and p.proc.poll() is not None:
