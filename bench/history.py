@@ -52,6 +52,8 @@ RETENTION_INTERVAL = 3
 WINDOW = timedelta(days=30)
 #: the inbox's and the sent outbox's (ESI_INBOX_RETENTION): older ones were pruned
 INBOX_WINDOW = timedelta(days=7)
+#: the sizes on the way to N (fractions of it) at which section history measures the growth (`run_store`)
+GROWTH_STEPS = (0.25, 0.5)
 #: the business key every `KEY_EVERY`-th request shares (a customer with many orders): `GET /requests?key=`
 #: and the console's search are measured on it and on a key of a single request
 SHARED_KEY = "BENCH-SHARED"
@@ -431,6 +433,27 @@ def _retention_under_traffic(system: Any, url: str, n: int, expired: int, concur
     }
 
 
+#: the pages measured at each step of the growth (those whose queries read more as the history grows)
+GROWTH_PAGES = ("console: overview", "console: requests", "console: requests, q=key", "GET /requests?key= (shared key)")
+
+
+def _growth_point(empty: Any, full: Any, rows: int, *, e2e_n: int, concurrency: int, loads: int) -> dict[str, Any]:
+    """The full system with `rows` past requests: the growing pages' p95 and one end-to-end run on it, interleaved
+    with one on the empty system (the same moment's reference)."""
+    _e2e(full, max(20, e2e_n // 10), min(concurrency, 32))  # a fresh process: connections, the cached sign-in
+    found = pages(full.api_url, loads=max(3, loads // 2), overview_loads=2 if loads >= LOADS else 1, only=GROWTH_PAGES)
+    runs = {"empty": _e2e(empty, e2e_n, concurrency), "full": _e2e(full, e2e_n, concurrency)}
+    return {
+        "rows": rows,
+        "pages_p95_ms": {name: page["p95_ms"] for name, page in found.items()},
+        **{
+            f"{name}_{figure}": run[key]
+            for name, run in runs.items()
+            for figure, key in (("per_s", "round_trips_per_s"), ("p99_ms", "p99_ms"))
+        },
+    }
+
+
 def run_store(
     store: str,
     n: int,
@@ -440,10 +463,15 @@ def run_store(
     rounds: int = 2,
     loads: int = LOADS,
     pages_only: bool = False,
+    steps: tuple[float, ...] = GROWTH_STEPS,
     say: Any = print,
 ) -> dict[str, Any]:
     """One store kind: two systems side by side, one empty and one with `n` past requests; the pages on the full
-    one; the e2e runs interleaved; then `n // 4` expired requests added and the retention pass under traffic."""
+    one; the e2e runs interleaved; then `n // 4` expired requests added and the retention pass under traffic.
+
+    On the way to `n`, at each of `steps` (fractions of it) the full system is measured briefly (`growth`: the
+    pages that grow, one end-to-end run beside one on the empty system) and stopped while the next part is seeded:
+    the figures against stored rows that `bench.chart` draws."""
     from bench.system import BenchSystem
 
     result: dict[str, Any] = {"store": store, "n": n}
@@ -454,11 +482,31 @@ def run_store(
         for system in (empty, full):  # a pass every few seconds on both: one finds nothing, one the expired
             system.esi.extra_env["ESI_RETENTION_INTERVAL"] = str(RETENTION_INTERVAL)
         url = full.db.url if full.db else f"sqlite:///{full.workdir}/esi.db"
-        say(f"history ({store}): seeding {n} past requests")
-        result["seed"] = seed(url, n)
+        seeded, seeds, growth = 0, [], []
+        for target in sorted({int(n * f) for f in steps if 0 < f < 1} | {n}):
+            say(f"history ({store}): seeding past requests {seeded} to {target}")
+            seeds.append(seed(url, target - seeded, first=seeded))
+            seeded = target
+            if growth:
+                full.start()
+            else:
+                empty.start()
+                full.start()
+                _e2e(empty, max(20, e2e_n // 10), min(concurrency, 32))
+            if target == n:
+                break
+            growth.append(_growth_point(empty, full, target, e2e_n=e2e_n, concurrency=concurrency, loads=loads))
+            say(f"history ({store}): at {target} past requests {json.dumps(growth[-1], ensure_ascii=False)}")
+            full.stop()
+        result["seed"] = {
+            "n": n,
+            "expired": 0,
+            "steps": len(seeds),
+            "rows": {k: sum(s["rows"][k] for s in seeds) for k in seeds[0]["rows"]},
+            "seconds": round(sum(s["seconds"] for s in seeds), 1),
+        }
+        result["growth"] = growth
         say(f"history ({store}): seeded {result['seed']['rows']} in {result['seed']['seconds']} s")
-        empty.start()
-        full.start()
         result["plans"] = asyncio.run(explain(url))
         # the overview's loads are 5.2 s apart (each a fresh read): as many as the others' in a full run only
         result["pages"] = pages(full.api_url, loads=loads, overview_loads=loads if loads >= LOADS else 2)
@@ -472,9 +520,7 @@ def run_store(
         say(f"history ({store}): slowest page {slowest[0]}: p95 {slowest[1]['p95_ms']} ms")
         if pages_only:
             return result
-        warm = max(20, e2e_n // 10)
-        _e2e(empty, warm, min(concurrency, 32))
-        _e2e(full, warm, min(concurrency, 32))
+        _e2e(full, max(20, e2e_n // 10), min(concurrency, 32))
         runs: dict[str, list[dict[str, Any]]] = {"empty": [], "full": []}
         for _ in range(rounds):
             for name, system in (("empty", empty), ("full", full)):
@@ -520,6 +566,7 @@ def run(
             rounds=rounds,
             loads=loads,
             pages_only=pages_only,
+            steps=() if pages_only else GROWTH_STEPS,
             say=say,
         )
         result[store] = found

@@ -1165,6 +1165,11 @@ class Bench:
 
     def make_chart(self) -> None:
         path = Path(self.args.chart) if self.args.chart else Path(self.args.out).with_name("chart.png")
+        if chart.available():  # the growth charts (history, sets, drain) beside it, for the sections this run has
+            self.result["growth_charts"] = {
+                section: {**made, "path": made["path"] and self._shown(Path(made["path"]))}
+                for section, made in chart.make_growth_charts(self.result, path.parent).items()
+            }
         if not self.result.get("e2e"):
             self.result["chart"] = {"path": None, "skipped": "no end-to-end runs"}
             return
@@ -1173,11 +1178,15 @@ class Bench:
             return
         try:
             chart.make_chart(self.result, path)
-            # relative to the repository when inside it: the results are committed and read on other machines
-            shown = path.resolve()
-            self.result["chart"] = {"path": str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown)}
+            self.result["chart"] = {"path": self._shown(path)}
         except Exception as exc:  # noqa: BLE001 - a chart is not worth the figures
             self.result["chart"] = {"path": None, "skipped": f"{type(exc).__name__}: {exc}"}
+
+    @staticmethod
+    def _shown(path: Path) -> str:
+        """`path` relative to the repository when inside it: the results are committed and read on other machines."""
+        shown = path.resolve()
+        return str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown)
 
     def write(self) -> None:
         out = Path(self.args.out)
@@ -1538,6 +1547,8 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"chart: {chart_info['path']}")
     elif chart_info.get("skipped"):
         print(f"chart: skipped ({chart_info['skipped']})")
+    for section, made in (result.get("growth_charts") or {}).items():
+        print(f"chart of section {section}: {made.get('path') or 'skipped (' + str(made.get('skipped')) + ')'}")
     if result.get("errors"):
         print("ERRORS:")
         for error in result["errors"]:

@@ -100,6 +100,14 @@ class BenchSystem:
         self.wait_consumers(dms=1)
         self.wait_consumers(queue="crm_queue", count=1)
 
+    def stop(self) -> dict[str, int]:
+        """Stop every process, keeping the store, the vhost and the work directory: `start()` starts them again
+        (section history seeds a store while its system is down)."""
+        codes = self.esi.stop_all()
+        for process in self.esi.processes.values():
+            process.proc = None  # stopped on purpose: what start() waits on must not count it as one that died
+        return codes
+
     def _watch(self, name: str) -> None:
         proc = self.esi.processes[name].proc
         assert proc is not None

@@ -36,6 +36,8 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 ASYNCAPI = ROOT / "contracts" / "asyncapi.json"
 ERROR_CODES = Path(__file__).with_name("error_codes.yml")
 CHART = ROOT / "bench" / "results" / "chart.png"
+#: the growth charts of `make bench` (bench/chart.py), beside it: docs/performance.md shows those that exist
+GROWTH_CHARTS = ("history.png", "sets.png", "drain.png")
 #: the pages that must hold one entry per alert (the English runbook and its translation)
 RUNBOOKS = ("runbook.md", "runbook.ru.md")
 
@@ -374,8 +376,9 @@ def on_files(files: Files, config: Any) -> Files:
     written = Path(tempfile.mkdtemp(prefix="esi-docs-")) / "openapi.json"
     written.write_text(json.dumps(openapi(), indent=2), encoding="utf-8")
     files.append(File.generated(config, "reference/openapi.json", abs_src_path=str(written)))
-    if CHART.exists():
-        files.append(File.generated(config, "assets/chart.png", abs_src_path=str(CHART)))
+    for chart in (CHART, *(CHART.with_name(name) for name in GROWTH_CHARTS)):
+        if chart.exists():
+            files.append(File.generated(config, f"assets/{chart.name}", abs_src_path=str(chart)))
     return files
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bench.history import GROWTH_PAGES
 from esi.systems.spec import DEFAULT_MAX_CONCURRENCY
 
 pytestmark = pytest.mark.integration
@@ -210,6 +211,12 @@ def test_chart_is_drawn_when_matplotlib_is_installed(quick_run) -> None:
     chart = Path(result["chart"]["path"])
     assert chart == out.with_name("chart.png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the growth charts of the sections that ran (issue 31): history against stored rows, sets against processes
+    for section, name in (("history", "history.png"), ("sets", "sets.png")):
+        made = result["growth_charts"][section]
+        assert made["path"] is not None, made
+        assert Path(made["path"]).name == name
+        assert out.with_name(name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_dlq_section_measures_pages_the_cli_and_a_replay(tmp_path: Path) -> None:
@@ -260,6 +267,13 @@ def test_the_history_section_seeds_measures_pages_e2e_and_retention_on_postgres(
         assert all(run["all_completed"] for run in history["e2e"][side]), history["e2e"]
     assert _number(history["throughput_ratio"])
     assert _number(history["p99_ratio"])
+    # the growth on the way: measured at a quarter and at half of the history, the rest seeded after each
+    assert history["seed"]["steps"] == 3
+    assert [point["rows"] for point in history["growth"]] == [500, 1000]
+    for point in history["growth"]:
+        for key in ("full_per_s", "empty_per_s", "full_p99_ms", "empty_p99_ms"):
+            assert _number(point[key]), (key, point)
+        assert set(point["pages_p95_ms"]) == set(GROWTH_PAGES), point
     retention = history["retention"]
     assert retention["deleted_requests"] == 500  # the quarter seeded expired, and only they
     assert _number(retention["ratio"])
