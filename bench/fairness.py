@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -165,17 +166,47 @@ def _hammer_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any
 # --- the section ------------------------------------------------------------------------------------------------
 
 
-def run(*, rate: float, seconds: float, connections: int, say: Callable[[str], None] = print) -> dict[str, Any]:
+#: how the CPU is shared in a run: "shared", every program at the normal policy; "esi-first", esi's processes and
+#: erp's client ahead of the rest (`bench.procs.set_scheduling`); "api-first", the API process and erp's client only
+SCHEDULING = ("shared", "esi-first", "api-first")
+
+
+def _prioritize(system: Any, scheduling: str) -> bool:
+    """Apply `scheduling` to the system's processes and to this one (erp's client); False when it could not."""
+    from bench.procs import set_scheduling
+
+    if scheduling == "shared":
+        return True
+    names = ["onec"] if scheduling == "api-first" else list(system.processes)
+    pids = [system.processes[name].proc.pid for name in names] + [os.getpid()]
+    return all([set_scheduling(pid, realtime=True) for pid in pids])
+
+
+def run(
+    *,
+    rate: float,
+    seconds: float,
+    connections: int,
+    scheduling: str = "shared",
+    store: str = "sqlite",
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """The section's figures (see the module). Raises when the system cannot be set up or a process fails."""
     from bench.abuse import _steady, _steady_phased
-    from esi.testing import EsiSystem, Vhost
+    from bench.procs import set_scheduling
+    from esi.testing import EsiSystem, PgDatabase, Vhost
+
+    if scheduling not in SCHEDULING:
+        raise ValueError(f"scheduling must be one of {SCHEDULING}, not {scheduling!r}")
+    prioritized = None
 
     vhost = Vhost()
     workdir = Path(tempfile.mkdtemp(prefix="esi-bench-fair-"))
+    db = PgDatabase() if store == "postgres" else None
     system = EsiSystem(
         workdir=workdir,
         amqp_url=vhost.url,
-        database_url=f"sqlite:///{workdir}/esi.db",
+        database_url=db.url if db is not None else f"sqlite:///{workdir}/esi.db",
         extra_env={"ESI_AUTH": "on", "ESI_CLIENTS_JSON": clients_json(), "DMS_TIMEOUT": "10"},
     )
     codes: dict[str, int] = {}
@@ -184,6 +215,7 @@ def run(*, rate: float, seconds: float, connections: int, say: Callable[[str], N
         system.start_all({"fakes": ["fake-creatio", "fake-dms"], "onec": ["onec"]})
         system.start("dms", ["dms"])
         base = system.api_url
+        prioritized = _prioritize(system, scheduling)
         asyncio.run(_steady(base, ERP, rate, 1.0))  # warm-up: connections, the first argon2 verifications
         # alone and beside loop interleaved: `seconds` of each, in phases of PHASE_S
         total = 2 * PHASE_S * max(1, round(seconds / PHASE_S))
@@ -207,8 +239,11 @@ def run(*, rate: float, seconds: float, connections: int, say: Callable[[str], N
     else:
         codes = system.stop_all()
     finally:
+        set_scheduling(os.getpid(), realtime=False)  # the sections after this one run as before it
         try:
             vhost.delete()
+            if db is not None:
+                db.drop()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     throughput = beside["throughput_per_s"] / alone["throughput_per_s"] if alone["throughput_per_s"] else None
@@ -216,6 +251,9 @@ def run(*, rate: float, seconds: float, connections: int, say: Callable[[str], N
     return {
         "erp_rate_per_s": rate,
         "seconds": seconds,
+        "scheduling": scheduling,
+        "prioritized": prioritized,
+        "store": store,
         "measurement": f"interleaved: loop on and off every {PHASE_S} s, the first {SETTLE_S} s of each not counted",
         "loop_quota": {"rate": LOOP_RATE, "burst": LOOP_BURST, "in_flight": LOOP_IN_FLIGHT},
         "alone": alone,
@@ -233,5 +271,8 @@ if __name__ == "__main__":
     if len(sys.argv) != 9 or sys.argv[1] != "hammer":
         sys.exit(__doc__.rsplit("\n\n", 1)[-1])
     _, _, base_url, client_id, password, conns, secs, at, every = sys.argv
+    from bench.procs import set_scheduling
+
+    set_scheduling(os.getpid(), realtime=False)  # started by a prioritized run: the runaway client never is
     figures = hammer(base_url, (client_id, password), int(conns), float(secs), float(at), float(every))
     print(json.dumps(asyncio.run(figures)), flush=True)

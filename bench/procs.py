@@ -110,6 +110,32 @@ def listening_sockets(port: int) -> set[str]:
 MACHINE = "machine(all)"
 
 
+def set_scheduling(pid: int, *, realtime: bool, priority: int = 10) -> bool:
+    """Every thread of process `pid` under round-robin real-time scheduling at `priority` (`realtime`), or back under
+    the normal policy; threads it starts later inherit it from the thread that starts them. False when this process
+    may not (no CAP_SYS_NICE), the platform has no such policy, or `pid` is gone.
+
+    Section fairness uses it to give the system under test the CPU before the programs that share this machine with
+    it but would not share its host on a site (the broker, the runaway client, other work): see bench.fairness."""
+    policy = getattr(os, "SCHED_RR" if realtime else "SCHED_OTHER", None)
+    if policy is None or not hasattr(os, "sched_setscheduler"):
+        return False
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return False
+    param = os.sched_param(priority if realtime else 0)
+    try:
+        for tid in threads:
+            try:
+                os.sched_setscheduler(tid, policy, param)
+            except ProcessLookupError:  # a thread that ended meanwhile
+                continue
+    except PermissionError:
+        return False
+    return True
+
+
 def machine_busy_seconds() -> float | None:
     """CPU seconds the machine spent busy (all cores, all processes) since boot, from /proc/stat."""
     try:

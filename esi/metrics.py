@@ -138,6 +138,16 @@ STORE_CONFLICT_RETRIES = Counter(
     "Store transactions run again after PostgreSQL ended them for a deadlock or a serialization failure",
     registry=REGISTRY,
 )
+SQLITE_LOCK_WAITS = Counter(
+    "esi_sqlite_lock_waits",
+    "SQLite write transactions that found another process holding the write lock and waited for it",
+    registry=REGISTRY,
+)
+SQLITE_LOCK_WAIT_SECONDS = Counter(
+    "esi_sqlite_lock_wait_seconds",
+    "Time SQLite write transactions waited for another process's write lock",
+    registry=REGISTRY,
+)
 RETENTION_DELETED = Counter("esi_retention_deleted", "Rows deleted by the retention pass", ["table"], registry=REGISTRY)
 AUTH_FAILURES = Counter("esi_auth_failures", "Refused sign-ins (401), by reason", ["reason"], registry=REGISTRY)
 AUTH_THROTTLED = Counter(

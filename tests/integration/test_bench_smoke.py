@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,16 @@ def test_quick_run_exits_0_and_every_request_completes(quick_run) -> None:
     assert history["e2e"]["full"][0]["all_completed"], history["e2e"]
     assert history["e2e"]["empty"][0]["all_completed"], history["e2e"]
     assert history["retention"]["deleted_requests"] == 5_000
+    # a client at its quota beside another, the CPU shared as it comes and then with esi's processes first
+    assert result["fairness"]["scheduling"] == "shared"
+    assert _number(result["fairness"]["p99_ratio"])
+    first = result["fairness_esi_first"]
+    if os.geteuid() == 0:  # root may set real-time scheduling (CI runs as root here)
+        assert first["scheduling"] == "esi-first"
+        assert first["prioritized"] is True
+        assert _number(first["p99_ratio"])
+    else:
+        assert "real-time" in first.get("skipped", ""), first
     assert all(code == 0 for code in sets["exit_codes"].values()), sets["exit_codes"]
     assert result["exit_codes"]
     assert all(code == 0 for code in result["exit_codes"].values())
