@@ -28,6 +28,10 @@ directory, it measures:
                SQLite and PostgreSQL: each console page and `GET /requests?key=` (p95 of 20 loads, < 100 ms), end
                to end against an empty store (interleaved: ≥ 0.95× throughput, ≤ 1.1× p99), and the API process's
                retention pass deleting a quarter as many expired requests while traffic runs (≥ 0.9× throughput)
+12. drain      100,000 create_user requests accepted over HTTP while the DMS is down (its breaker open), then the
+               recovery, on a system of its own (`bench.drain`): the drain rate ÷ the steady rate of the same run
+               (≥ 0.9), a fresh client's p99 at 10/s during the drain (≤ 5 s), the broker's alarms (none); every
+               backlog request completed once, nothing dead-lettered
 
 Output: a table on the terminal, bench/results/latest.json and bench/results/chart.png. Targets are reported as
 PASS/FAIL and never change the exit status; errors (a request that never completes, a crashed service) do.
@@ -74,6 +78,7 @@ SECTIONS = (
     "events",
     "sets",
     "dlq",
+    "drain",
     "history",
     "cluster",
     "chart",
@@ -121,6 +126,8 @@ DEFAULTS: dict[str, Any] = {
     "sets_n": 3000,
     "sets_concurrency": 128,
     "dlq_n": 100_000,
+    "drain_n": 100_000,
+    "drain_steady_n": 3_000,
     "history_n": 1_000_000,
     "history_stores": "sqlite,postgres",
 }
@@ -148,6 +155,8 @@ QUICK: dict[str, Any] = {
     "sets_n": 100,
     "sets_concurrency": 16,
     "dlq_n": 1_000,
+    "drain_n": 300,
+    "drain_steady_n": 200,
     "history_n": 20_000,
     "history_stores": None,
 }
@@ -297,6 +306,8 @@ class Bench:
             "fairness_connections": a.fairness_connections,
             "events_n": a.events_n,
             "dlq_n": a.dlq_n,
+            "drain_n": a.drain_n,
+            "drain_steady_n": a.drain_steady_n,
             "history_n": a.history_n,
             "skip": sorted(a.skip),
             "vhost": self.system.vhost.name,
@@ -382,6 +393,21 @@ class Bench:
                 self.result["dlq"] = dlq.run(a.dlq_n, store=a.store, say=self.say)
             except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
                 self.errors.append(f"dlq: {type(exc).__name__}: {exc}")
+                traceback.print_exc()
+        if not self.skip("drain"):
+            try:  # a system of its own (the DMS down, then back), after the main one has stopped
+                from bench import drain
+
+                self.result["drain"] = drain.run(
+                    a.drain_n,
+                    steady_n=a.drain_steady_n,
+                    concurrency=min(64, max(a.concurrency)),
+                    completion_timeout=a.completion_timeout,
+                    say=self.say,
+                )
+                self.errors.extend(self.result["drain"]["errors"])
+            except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+                self.errors.append(f"drain: {type(exc).__name__}: {exc}")
                 traceback.print_exc()
         if not self.skip("history"):
             try:  # two systems of their own per store (one empty, one with the history), after the main one stopped
@@ -1166,6 +1192,12 @@ class Bench:
 
                 ratio = r[key]["p99_ratio"]
                 add(name, ratio, f"≤ {fairness.TARGET_P99_RATIO}", ratio <= fairness.TARGET_P99_RATIO, "×")
+        if r.get("drain") and r["drain"].get("targets"):
+            from bench import drain
+
+            units = {drain.DRAIN_TARGET: "× steady", drain.FRESH_TARGET: "s", drain.ALARM_TARGET: "alarms"}
+            for name, (value, op, limit) in r["drain"]["targets"].items():
+                add(name, value, f"{op} {limit:g}", bool(drain.passed(value, op, limit)), units[name])
         if r.get("history"):
             from bench import history
 
@@ -1516,6 +1548,26 @@ def print_table(result: dict[str, Any]) -> None:
             f"{_fmt(replay['rate_per_s'])}/s)",
             target="< 50 MB",
         )
+    dr = result.get("drain")
+    if dr and dr.get("targets"):
+        from bench import drain
+
+        fresh, broker = dr["fresh"], dr["broker"]
+        row(
+            f"12. drain: {_fmt(dr['n'])} accepted while the DMS was down, drain ÷ steady",
+            f"{_fmt(dr['drain_rate_per_s'])}/s ÷ {_fmt(dr['steady']['rate_per_s'])}/s = {_fmt(dr['drain_ratio'])}×",
+            name=drain.DRAIN_TARGET,
+        )
+        row(
+            f"    fresh client at {_fmt(fresh['rate_per_s'])}/s during the drain: p99 (done within 5 s)",
+            f"{_fmt(fresh['p99_s'])} s ({_fmt(fresh['done_within_5s'])} of {_fmt(fresh['posted'])})",
+            name=drain.FRESH_TARGET,
+        )
+        row(
+            "    broker: memory alarms, peak memory (erlang:memory) / RSS",
+            f"{len(broker['alarms'])} alarms, {_fmt(broker['peak_memory_mb'])} / {_fmt(broker['peak_rss_mb'])} MB",
+            name=drain.ALARM_TARGET,
+        )
     hist = result.get("history")
     if hist:
         for store in ("sqlite", "postgres"):
@@ -1614,6 +1666,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backlog", type=int)
     parser.add_argument("--events-n", type=int, help="events per phase of section events (default 500; quick 40)")
     parser.add_argument("--dlq-n", type=int, help="dead letters of section dlq (default 100,000; quick 1,000)")
+    parser.add_argument("--drain-n", type=int, help="backlog of section drain (default 100,000; quick 300)")
+    parser.add_argument(
+        "--drain-steady-n", type=int, help="requests of each steady run of section drain (default 3,000; quick 200)"
+    )
     parser.add_argument(
         "--history-n", type=int, help="past requests of section history (default 1,000,000; quick 20,000)"
     )

@@ -69,6 +69,16 @@ def test_quick_run_exits_0_and_every_request_completes(quick_run) -> None:
     assert sets["two"]["all_completed"], sets
     assert _number(sets["two_vs_one"])
     assert sets["exit_codes"]
+    # 300 requests accepted while the DMS was down, drained with a fresh client beside: every one completed once
+    drain = result["drain"]
+    assert drain["errors"] == [], drain["errors"]
+    assert drain["by_status"] == {"completed": drain["n"]}, drain["by_status"]
+    assert drain["dead_letters"] == 0
+    assert _number(drain["drain_ratio"]), drain
+    assert _number(drain["fresh"]["p99_s"]), drain["fresh"]
+    assert drain["fresh"]["posted"] >= 1
+    assert drain["fresh"]["outcomes"] == {"completed": drain["fresh"]["posted"]}
+    assert drain["broker"]["samples"] >= 1
     # 20,000 past requests in an SQLite store against an empty one
     history = result["history"]["sqlite"]
     assert history["seed"]["rows"]["requests"] == 20_000
