@@ -229,6 +229,53 @@ def make_sets_chart(sets: dict[str, Any], path: Path) -> Path:
     return _save(fig, plt, path)
 
 
+def make_drain_chart(drain: dict[str, Any], path: Path) -> Path:
+    """Section drain against the backlog: the requests still waiting after the recovery over time (with the line
+    the steady rate would draw), and the broker's memory through the run; the fresh requests' p99 in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trace = drain.get("drain_trace") or []
+    if not trace:
+        raise ValueError("section drain has no trace")
+    n = drain["n"]
+    times = [t for t, _ in trace]
+    left_over = [n - done for _, done in trace]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(times, left_over, "-", color="tab:blue", label="backlog still waiting")
+    steady = (drain.get("steady") or {}).get("rate_per_s")
+    if steady:
+        left.plot(
+            [0, n / steady], [n, 0], ":", color="tab:gray", label=f"at the steady rate ({steady:.0f}/s, same run)"
+        )
+    left.set_xlabel("seconds since the system recovered")
+    left.set_ylabel("requests")
+    left.set_ylim(bottom=0)
+    left.set_title(f"Draining {n:,} requests: {drain.get('drain_ratio')} × the steady rate (target ≥ 0.9)")
+    memory = (drain.get("broker") or {}).get("memory_trace_mb") or []
+    if memory:
+        right.plot([t for t, _ in memory], [m for _, m in memory], "o-", color="tab:purple", label="node memory")
+    alarms = (drain.get("broker") or {}).get("alarms") or []
+    right.set_xlabel("seconds since the outage began")
+    right.set_ylabel("RabbitMQ node memory (MB)")
+    right.set_ylim(bottom=0)
+    right.set_title(f"The broker: {len(alarms)} memory alarms")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fresh = drain.get("fresh") or {}
+    machine = drain.get("machine") or {}
+    fig.suptitle(
+        f"esi bench, section drain: fresh requests during the drain p99 {fresh.get('p99_s')} s, "
+        f"{fresh.get('done_within_5s_share')} done within 5 s (target p99 ≤ 5 s) — "
+        f"{machine.get('nproc')} CPU {machine.get('cpu_model')}",
+        fontsize=9,
+    )
+    return _save(fig, plt, path)
+
+
 def _save(fig: Any, plt: Any, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +285,11 @@ def _save(fig: Any, plt: Any, path: Path) -> Path:
 
 
 #: the growth charts: the section of a run each is drawn from, its file name beside chart.png, and how
-GROWTH_CHARTS = {"history": ("history.png", make_history_chart), "sets": ("sets.png", make_sets_chart)}
+GROWTH_CHARTS = {
+    "history": ("history.png", make_history_chart),
+    "sets": ("sets.png", make_sets_chart),
+    "drain": ("drain.png", make_drain_chart),
+}
 
 
 def make_growth_charts(result: dict[str, Any], directory: Path) -> dict[str, dict[str, str | None]]:

@@ -233,7 +233,7 @@ def test_chart_is_drawn_when_matplotlib_is_installed(quick_run) -> None:
     assert chart == out.with_name("chart.png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the growth charts of the sections that ran (issue 31): history against stored rows, sets against processes
-    for section, name in (("history", "history.png"), ("sets", "sets.png")):
+    for section, name in (("history", "history.png"), ("sets", "sets.png"), ("drain", "drain.png")):
         made = result["growth_charts"][section]
         assert made["path"] is not None, made
         assert Path(made["path"]).name == name
