@@ -420,41 +420,49 @@ class PostgresBackend(GroupCommit):
 
 
 class Lookups:
-    """Primary-key lookups on PostgreSQL (the inbox check of every message an adapter takes, a request's row) on an
-    asyncpg connection kept for them, outside SQLAlchemy's pool, in autocommit: each is its prepared statement
+    """Primary-key lookups on PostgreSQL (the inbox check of every message an adapter takes, a request's row) on
+    asyncpg connections kept for them, outside SQLAlchemy's pool, in autocommit: each is its prepared statement
     (asyncpg's statement cache) and one round trip. Through the pool, the checkout and return, SQLAlchemy's
     connection and the greenlet around each read were 15% of the DMS adapter's CPU (docs/performance.md, 2026-12-08),
     against a few microseconds for SQLite's lookups on the loop's thread (`SqliteBackend.point_read`).
 
-    One connection, one lookup at a time: a lookup is a fraction of a millisecond, and the lookups of a process are
-    a few per request. A connection lost is opened again at the next lookup; a lookup that found the connection
-    gone (the database restarted while it sat idle) is tried once more on a new one, as the pool pings a connection
-    idle for a while before using it (`ping_when_idle`)."""
+    Up to `connections` lookups at a time, one per connection, opened when first needed and reused newest first (a
+    light load keeps to one). One connection alone serialised the lookups: on a busy machine each round trip waits
+    for the server's process to be scheduled, and the adapter's consumers queued behind one another (2026-12-08).
+    A connection lost is opened again at its next use; a lookup that found its connection gone (the database
+    restarted while it sat idle) is tried once more on a new one, as the pool pings a connection idle for a while
+    before using it (`ping_when_idle`)."""
 
-    def __init__(self, dsn: str, *, command_timeout: float = 30) -> None:
+    def __init__(self, dsn: str, *, connections: int = 8, command_timeout: float = 30) -> None:
         self._dsn = dsn
         self._command_timeout = command_timeout
-        self._conn: Any = None
-        self._lock = asyncio.Lock()
+        self._slots: asyncio.LifoQueue[Any] = asyncio.LifoQueue()
+        for _ in range(connections):
+            self._slots.put_nowait(None)
+        self._open: set[Any] = set()
 
     async def fetchrow(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
-        async with self._lock:
+        conn = await self._slots.get()
+        try:
             for attempt in (1, 2):
-                fresh = self._conn is None or self._conn.is_closed()
+                fresh = conn is None or conn.is_closed()
                 if fresh:
-                    self._conn = await self._connect()
+                    self._open.discard(conn)
+                    conn = await self._connect()
+                    self._open.add(conn)
                 _TRIPS["statement"].inc()
                 try:
-                    record = await self._conn.fetchrow(sql, *args)
+                    record = await conn.fetchrow(sql, *args)
                 except Exception:
-                    if not self._conn.is_closed():
+                    if not conn.is_closed():
                         raise  # the statement failed, not the connection
-                    self._conn = None
                     if fresh or attempt == 2:
                         raise
                     continue
                 return None if record is None else dict(record.items())
-        raise AssertionError("unreachable")  # pragma: no cover
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            self._slots.put_nowait(conn)
 
     async def _connect(self) -> Any:
         import asyncpg
@@ -462,9 +470,9 @@ class Lookups:
         return await asyncpg.connect(self._dsn, timeout=10, command_timeout=self._command_timeout)
 
     async def aclose(self) -> None:
-        async with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None and not conn.is_closed():
+        conns, self._open = self._open, set()
+        for conn in conns:
+            if not conn.is_closed():
                 await conn.close(timeout=5)
 
 
