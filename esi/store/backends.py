@@ -9,8 +9,10 @@ An operation is a plain function over a SQLAlchemy `Connection` (the repositorie
   it fails alone). Reads run in reader threads, in deferred transactions that never wait for the writer (WAL); the
   reads asked for in one turn of the event loop go to a thread in one hand-off. An async SQLite driver would cost a
   thread hop per statement, the bottleneck of the whole bus (docs/performance.md).
-- PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way, reads from the pool; and
-  `LISTEN` on a connection of its own for what other processes announce (`Notifications`: settled requests).
+- PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way (a batch's inserts sent as
+  one pipelined statement each: `esi.store.statements.deferred`), reads from the pool, primary-key lookups on
+  asyncpg connections kept for them (`Lookups`); and `LISTEN` on a connection of its own for what other processes
+  announce (`Notifications`: settled requests).
 """
 
 from __future__ import annotations
