@@ -9,8 +9,10 @@ An operation is a plain function over a SQLAlchemy `Connection` (the repositorie
   it fails alone). Reads run in reader threads, in deferred transactions that never wait for the writer (WAL); the
   reads asked for in one turn of the event loop go to a thread in one hand-off. An async SQLite driver would cost a
   thread hop per statement, the bottleneck of the whole bus (docs/performance.md).
-- PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way, reads from the pool; and
-  `LISTEN` on a connection of its own for what other processes announce (`Notifications`: settled requests).
+- PostgreSQL: asyncpg through SQLAlchemy's async engine, group-committed the same way (a batch's inserts sent as
+  one pipelined statement each: `esi.store.statements.deferred`), reads from the pool, primary-key lookups on
+  asyncpg connections kept for them (`Lookups`); and `LISTEN` on a connection of its own for what other processes
+  announce (`Notifications`: settled requests).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from esi import metrics
+from esi.store.statements import Statement, deferred, flush_before_statement
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,10 @@ class Backend(Protocol):
     def point_read(self, sql: str, params: dict[str, Any]) -> PointRow | None:
         """A primary-key lookup answered at once, without awaiting (column names, row or None); None when this
         backend cannot (the caller then uses `read`)."""
+        ...
+
+    async def lookup(self, statement: Statement, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The row a primary-key lookup finds (a dict), None without one, by the cheapest way this backend has."""
         ...
 
     def notifications(self, channel: str, on_payload: Callable[[str], None]) -> Notifications | None:
@@ -105,15 +112,18 @@ def _autocommit(conn: Connection) -> bool:
 
 
 def _run_ops(conn: Connection, batch: list[tuple[Op[Any], Any]]) -> list[Any]:
-    return [op(conn) for op, _ in batch]
+    # on PostgreSQL the batch's inserts gather into one pipelined statement each (esi.store.statements)
+    with deferred(conn):
+        return [op(conn) for op, _ in batch]
 
 
 def _run_ops_each_in_savepoint(conn: Connection, batch: list[tuple[Op[Any], Any]]) -> Outcomes:
     outcomes: Outcomes = []
     for op, _ in batch:
         try:
-            with conn.begin_nested():
-                outcomes.append((op(conn), None))
+            with conn.begin_nested(), deferred(conn):  # its rows sent within its savepoint: it fails alone
+                result = op(conn)
+            outcomes.append((result, None))
         except Exception as exc:  # noqa: BLE001 - this write fails alone; the others go on
             outcomes.append((None, exc))
     return outcomes
@@ -248,6 +258,14 @@ class SqliteBackend(GroupCommit):
             return None
         return names, row
 
+    async def lookup(self, statement: Statement, params: dict[str, Any]) -> dict[str, Any] | None:
+        """On the loop's thread (`point_read`), else through the reader threads."""
+        found = self.point_read(statement.sqlite_sql, params)
+        if found is None:
+            return await self.read(lambda conn: statement.first(conn, params))
+        names, row = found
+        return None if row is None else dict(zip(names, row))
+
     async def _transaction(self, fn: Callable[[Connection, Any], T], arg: Any) -> T:
         def run() -> T:
             with self._engine.begin() as conn:
@@ -343,6 +361,7 @@ class PostgresBackend(GroupCommit):
         #: BEGIN and a ROLLBACK around it (at READ COMMITTED each statement has a snapshot of its own either way)
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._listeners: list[Notifications] = []
+        self._lookups = Lookups(self._dsn())
         #: the server processes of this pool's connections: what they announce, this process knows already
         self._own_pids: set[int] = set()
         event.listen(engine.sync_engine, "connect", self._connected)
@@ -376,13 +395,20 @@ class PostgresBackend(GroupCommit):
             return await conn.run_sync(op)
 
     def point_read(self, sql: str, params: dict[str, Any]) -> PointRow | None:
-        """None: asyncpg's reads are awaited (`read`)."""
+        """None: asyncpg's reads are awaited (`read`, `lookup`)."""
         return None
+
+    async def lookup(self, statement: Statement, params: dict[str, Any]) -> dict[str, Any] | None:
+        """On the connection kept for lookups (`Lookups`)."""
+        return await self._lookups.fetchrow(statement.postgresql_sql, statement.args(params))
+
+    def _dsn(self) -> str:
+        """The pool's database as a plain DSN, for asyncpg's own connections (lookups, `LISTEN`)."""
+        return self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     def notifications(self, channel: str, on_payload: Callable[[str], None]) -> Notifications:
         """`LISTEN channel` on a connection of its own (opened at the first `ensure`), closed with the backend."""
-        dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        listener = Notifications(dsn, channel, on_payload, ignore=self._own_pids)
+        listener = Notifications(self._dsn(), channel, on_payload, ignore=self._own_pids)
         self._listeners.append(listener)
         return listener
 
@@ -391,7 +417,65 @@ class PostgresBackend(GroupCommit):
         await self._drain()
         for listener in self._listeners:
             await listener.aclose()
+        await self._lookups.aclose()
         await self._engine.dispose()
+
+
+class Lookups:
+    """Primary-key lookups on PostgreSQL (the inbox check of every message an adapter takes, a request's row) on
+    asyncpg connections kept for them, outside SQLAlchemy's pool, in autocommit: each is its prepared statement
+    (asyncpg's statement cache) and one round trip. Through the pool, the checkout and return, SQLAlchemy's
+    connection and the greenlet around each read were 15% of the DMS adapter's CPU (docs/performance.md, 2026-12-08),
+    against a few microseconds for SQLite's lookups on the loop's thread (`SqliteBackend.point_read`).
+
+    Up to `connections` lookups at a time, one per connection, opened when first needed and reused newest first (a
+    light load keeps to one). One connection alone serialised the lookups: on a busy machine each round trip waits
+    for the server's process to be scheduled, and the adapter's consumers queued behind one another (2026-12-08).
+    A connection lost is opened again at its next use; a lookup that found its connection gone (the database
+    restarted while it sat idle) is tried once more on a new one, as the pool pings a connection idle for a while
+    before using it (`ping_when_idle`)."""
+
+    def __init__(self, dsn: str, *, connections: int = 8, command_timeout: float = 30) -> None:
+        self._dsn = dsn
+        self._command_timeout = command_timeout
+        self._slots: asyncio.LifoQueue[Any] = asyncio.LifoQueue()
+        for _ in range(connections):
+            self._slots.put_nowait(None)
+        self._open: set[Any] = set()
+
+    async def fetchrow(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
+        conn = await self._slots.get()
+        try:
+            for attempt in (1, 2):
+                fresh = conn is None or conn.is_closed()
+                if fresh:
+                    self._open.discard(conn)
+                    conn = await self._connect()
+                    self._open.add(conn)
+                _TRIPS["statement"].inc()
+                try:
+                    record = await conn.fetchrow(sql, *args)
+                except Exception:
+                    if not conn.is_closed():
+                        raise  # the statement failed, not the connection
+                    if fresh or attempt == 2:
+                        raise
+                    continue
+                return None if record is None else dict(record.items())
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            self._slots.put_nowait(conn)
+
+    async def _connect(self) -> Any:
+        import asyncpg
+
+        return await asyncpg.connect(self._dsn, timeout=10, command_timeout=self._command_timeout)
+
+    async def aclose(self) -> None:
+        conns, self._open = self._open, set()
+        for conn in conns:
+            if not conn.is_closed():
+                await conn.close(timeout=5)
 
 
 class Notifications:
@@ -509,6 +593,7 @@ def open_backend(url: str, *, durable_commits: bool = True) -> SqliteBackend | P
     async_engine = create_async_engine(target, pool_size=10, max_overflow=10, connect_args={"command_timeout": 30})
     count_round_trips(async_engine.sync_engine, statements=True)
     ping_when_idle(async_engine.sync_engine)
+    event.listen(async_engine.sync_engine, "before_cursor_execute", flush_before_statement)
     return PostgresBackend(async_engine)
 
 

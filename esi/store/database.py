@@ -159,6 +159,15 @@ class Database:
         """(names, row) of a primary-key lookup run at once, where the backend can (SQLite); else None."""
         return self._backend.point_read(statement.sqlite_sql, params)
 
+    async def lookup(self, statement: Statement, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The row of a primary-key lookup (`statement`, a SELECT) as a dict, None without one: on the loop's thread
+        where the backend can (SQLite), on a connection kept for lookups (PostgreSQL)."""
+        try:
+            return await self._backend.lookup(statement, params)
+        except Exception as exc:
+            _raise_unavailable(exc)
+            raise
+
     def notifications(self, channel: str, on_payload: Callable[[str], None]) -> Notifications | None:
         """What any process announces on `channel` (PostgreSQL's LISTEN/NOTIFY), or None where the database cannot
         tell (SQLite)."""

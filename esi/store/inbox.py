@@ -18,11 +18,7 @@ class Inbox:
 
     async def seen(self, consumer: str, message_id: str) -> bool:
         """Whether `consumer` has already handled `message_id` (the inbox)."""
-        params = {"consumer": consumer, "mid": message_id}
-        found = self._db.point_read(SELECT_SEEN, params)
-        if found is not None:
-            return found[1] is not None
-        return await self._db.read(lambda conn: SELECT_SEEN.first(conn, params) is not None)
+        return await self._db.lookup(SELECT_SEEN, {"consumer": consumer, "mid": message_id}) is not None
 
     async def record(self, consumer: str, message_id: str) -> None:
         """Remember that `consumer` handled `message_id`; recording it twice is harmless."""

@@ -119,12 +119,7 @@ class Requests:
         return record, True, payload_hash
 
     async def _get_row(self, request_id: str) -> Any:
-        params = {"rid": request_id}
-        found = self._db.point_read(SELECT_REQUEST, params)
-        if found is not None:
-            names, row = found
-            return None if row is None else dict(zip(names, row))
-        return await self._db.read(lambda conn: SELECT_REQUEST.first(conn, params))
+        return await self._db.lookup(SELECT_REQUEST, {"rid": request_id})
 
     async def get(self, request_id: str) -> RequestRecord | None:
         """The request `request_id`, None if there is none."""

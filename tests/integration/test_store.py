@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, inspect, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from esi import metrics
@@ -656,3 +657,67 @@ async def test_a_transaction_postgresql_ended_for_a_deadlock_is_run_again_and_ot
         with pytest.raises(DBAPIError):
             await store.database.write_alone(unique_violation)
         assert len(other) == 1
+
+
+async def test_a_group_commit_sends_its_inserts_once_per_statement_on_postgresql(pg_database) -> None:
+    """On PostgreSQL the inserts of a batch of writes go as one pipelined statement per statement, not one per row:
+    60 accepted requests (three rows each) in a batch or two are a handful of statements, and every row is there;
+    a write that reads in the same transaction sees the rows gathered before it."""
+    tag = uuid.uuid4().hex[:8]
+    async with await Store.open(pg_database.url) as store:
+        await _accept(store, f"{tag}-warm")  # the first connection out of the way
+        backend = store.database._backend
+        hold = asyncio.create_task(backend.write(lambda conn: None))  # the batcher busy: the next writes gather
+        await asyncio.sleep(0)
+        before = _round_trips()
+        r = schema.requests
+
+        def seen_by_a_later_write(conn):
+            return conn.execute(select(r.c.request_id).where(r.c.request_id == f"{tag}-7")).scalars().all()
+
+        accepts = [
+            store.requests.accept(
+                request_id=f"{tag}-{i}",
+                source="1c",
+                target="dms",
+                message_type="create_user",
+                payload_hash="h",
+                message_id=f"{tag}-m{i}",
+                routing_key="1c.request.dms.create_user",
+                body=b"{}",
+                keys=[f"{tag}-k{i}"],
+            )
+            for i in range(60)
+        ]
+        results = await asyncio.gather(*accepts, backend.write(seen_by_a_later_write), hold)
+        sent = _round_trips()["statement"] - before["statement"]
+        assert all(created for _, created, _ in results[:60])
+        assert results[60] == [f"{tag}-7"]
+        assert sent <= 10, f"{sent} statements for 60 requests of three rows each"
+        o, k = schema.outbox, schema.request_keys
+        counts = await store.database.read(
+            lambda conn: [
+                conn.execute(select(func.count()).where(column.like(f"{tag}-%"))).scalar()
+                for column in (r.c.request_id, o.c.message_id, k.c.key)
+            ]
+        )
+        assert counts == [61, 60, 60]
+
+
+async def test_lookups_on_postgresql_survive_a_lost_connection(pg_database) -> None:
+    """The connections kept for lookups (the inbox check, a request by its id): a connection the server ended is
+    replaced at the next lookup, which answers as if nothing happened."""
+    async with await Store.open(pg_database.url) as store:
+        await _accept(store, "LK1")
+        await store.inbox.record("dms", "M1")
+        assert await store.inbox.seen("dms", "M1") is True
+        assert await store.inbox.seen("dms", "M2") is False
+        lookups = store.database._backend._lookups
+        pids = [conn.get_server_pid() for conn in lookups._open]
+        assert pids
+        await store.database.write(
+            lambda conn: [conn.execute(select(func.pg_terminate_backend(pid))) for pid in pids] and None
+        )
+        assert (await store.requests.get("LK1")).request_id == "LK1"
+        assert await store.inbox.seen("dms", "M1") is True
+        assert all(conn.get_server_pid() not in pids for conn in lookups._open if not conn.is_closed())
