@@ -120,7 +120,7 @@ DEFAULTS: dict[str, Any] = {
     "abuse_seconds": 10.0,
     "abuse_connections": 32,
     "fairness_rate": 50.0,
-    "fairness_seconds": 30.0,
+    "fairness_seconds": 60.0,
     "fairness_connections": 16,
     "events_n": 500,
     "sets_n": 3000,
