@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from aiolimiter import AsyncLimiter
 
 from esi import metrics, tracing
+from esi.errors import CircuitOpen, TransientError
 from esi.logs import current_context
 from esi.systems.breaker import Breaker
 
@@ -139,6 +140,16 @@ class Guarded:
                     metrics.EXTERNAL_ERRORS.labels(system, name, type(exc).__name__).inc()
                     if breaker is not None:
                         breaker.failure(exc, trial)
+                        if trial and isinstance(exc, TransientError) and not isinstance(exc, CircuitOpen):
+                            # the trial was a question about the system, answered "still down" (the breaker is
+                            # open again): the message it carried goes back untried, as the calls refused while the
+                            # breaker was open do. Else one message met the outage's first failures on two adapters
+                            # and a trial a second later, and was dead-lettered in a minute-long outage. A message
+                            # that fails on its own is not held: the next trial is another message, which closes
+                            # the breaker, and then this one's failures count as any other's.
+                            raise CircuitOpen(
+                                f"{system} is unavailable (circuit open): the trial call failed: {exc}", system=system
+                            ) from exc
                     raise
                 except BaseException:  # cancelled: says nothing of the system
                     outcome = "cancelled"

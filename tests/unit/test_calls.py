@@ -145,3 +145,40 @@ async def test_a_rate_limit_spaces_the_calls_out() -> None:
     assert await asyncio.gather(*(client.call(i) for i in range(40))) == [i * 2 for i in range(40)]
     # a bucket of 20 at once, then 20 per second: the 40th call starts about a second in
     assert 0.85 <= time.monotonic() - started < 3.0
+
+
+async def test_a_failed_trial_call_gives_its_message_back_untried() -> None:
+    """The half-open trial that fails raises `CircuitOpen` (the consumer gives the message back without spending a
+    try) and opens the breaker again; a failure while the breaker is closed stays the system's own error."""
+    from datetime import UTC, datetime
+
+    from esi.bus.decision import GiveBack, RetryPolicy, decide
+    from esi.bus.topology import RetryStep
+    from esi.errors import CircuitOpen
+    from esi.systems.breaker import Breaker, State
+
+    system = SlowSystem()
+    breaker = Breaker(system="guarded-trial", failure_threshold=1, probe_initial=0.01)
+    client = Guarded(system, system="guarded-trial", breaker=breaker)
+    with pytest.raises(TransientError) as first:
+        await client.fail()  # closed: the call's own failure, a try spent
+    assert not isinstance(first.value, CircuitOpen)
+    assert breaker.state is State.OPEN
+    await _until(lambda: breaker.state is State.HALF_OPEN)
+    with pytest.raises(CircuitOpen) as trial:
+        await client.fail()  # the trial
+    assert isinstance(trial.value.__cause__, TransientError)
+    assert "trial call failed" in str(trial.value)
+    assert breaker.state is State.OPEN
+    policy = RetryPolicy(3, (RetryStep("dms_retry_1s", 1.0),))
+    decision = decide(
+        trial.value,
+        2,
+        policy,
+        adapter="dms",
+        headers={},
+        exchange="main_exchange",
+        routing_key="1c.request.dms.create_user",
+        now=datetime.now(UTC),
+    )
+    assert isinstance(decision, GiveBack)  # the second try of three is not spent: no dead letter at the third
