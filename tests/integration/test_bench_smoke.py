@@ -272,7 +272,7 @@ def test_the_history_section_seeds_measures_pages_e2e_and_retention_on_postgres(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,  # the growth steps restart the full system twice: 2-4 min on a busy machine
     )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     history = json.loads(out.read_text())["postgres"]
